@@ -1,0 +1,547 @@
+#include "scheduler/selector.h"
+
+#include "scheduler/strings.h"
+#include <cstring>
+
+#include "scheduler/epoch.h"
+
+namespace mxsched {
+
+// ---------------------------------------------------------------------------------------
+// Domain entries and shard tables.
+
+struct alignas(ABSL_CACHELINE_SIZE) DomainEntry {
+  std::atomic<const RouteSnapshot*> snapshot{nullptr};
+  std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
+  std::atomic<int32_t> active{0};
+  std::atomic<uint32_t> cursor{0};      // rotation position (mod tier size)
+  std::atomic<bool> refreshing{false};
+  uint64_t hash = 0;
+  std::string name;  // lower-case
+};
+static_assert(sizeof(DomainEntry) == ABSL_CACHELINE_SIZE);
+
+struct Selector::Table {
+  size_t mask;
+  size_t count = 0;  // written under the shard mutex only
+  std::unique_ptr<std::atomic<DomainEntry*>[]> slots;
+
+  explicit Table(size_t capacity)
+      : mask(capacity - 1), slots(new std::atomic<DomainEntry*>[capacity]) {
+    for (size_t i = 0; i < capacity; ++i) slots[i].store(nullptr, std::memory_order_relaxed);
+  }
+  void Insert(DomainEntry* e) {
+    for (size_t i = e->hash & mask;; i = (i + 1) & mask) {
+      if (slots[i].load(std::memory_order_relaxed) == nullptr) {
+        slots[i].store(e, std::memory_order_release);
+        ++count;
+        return;
+      }
+    }
+  }
+};
+
+struct Selector::Shard {
+  absl::Mutex mu;  // writers: inserting, growing, rebuilding routes
+  std::atomic<Table*> table;
+  std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
+  size_t arena_used ABSL_GUARDED_BY(mu) = 0;
+  // Server-limit credit held by this shard, on its own cache line.
+  alignas(ABSL_CACHELINE_SIZE) std::atomic<int32_t> credit{0};
+
+  Shard() : table(new Table(64)) {}
+  ~Shard() { delete table.load(); }
+
+  DomainEntry* NewEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    static constexpr size_t kArena = 256;  // entries are never freed: bump-allocate them
+    if (arenas.empty() || arena_used == kArena) {
+      arenas.emplace_back(new DomainEntry[kArena]);
+      arena_used = 0;
+    }
+    return &arenas.back()[arena_used++];
+  }
+};
+
+namespace {
+
+constexpr int32_t kCreditBatch = 32;
+
+inline uint64_t Load8(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// ASCII lower-case of 8 bytes at once (bytes >= 0x80 untouched).
+inline uint64_t Lower8(uint64_t w) {
+  constexpr uint64_t kOnes = 0x0101010101010101ull;
+  const uint64_t heptets = w & (0x7F * kOnes);
+  const uint64_t above_z = heptets + (0x25 * kOnes);   // high bit set if byte > 'Z'
+  const uint64_t from_a = heptets + (0x3F * kOnes);    // high bit set if byte >= 'A'
+  const uint64_t upper = ~w & (from_a ^ above_z) & (0x80 * kOnes);
+  return w | (upper >> 2);
+}
+
+inline uint64_t Mix(uint64_t a, uint64_t b) {
+  __uint128_t r = static_cast<__uint128_t>(a ^ 0xA0761D6478BD642Full) * (b ^ 0xE7037ED1A0B428DBull);
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+// Case-insensitive hash of a domain name.
+uint64_t HashDomain(std::string_view s) {
+  uint64_t h = s.size() * 0x9E3779B97F4A7C15ull;
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) h = Mix(h, Lower8(Load8(s.data() + i)));
+  if (i < s.size()) {
+    uint64_t w = 0;
+    std::memcpy(&w, s.data() + i, s.size() - i);
+    h = Mix(h, Lower8(w));
+  }
+  return Mix(h, 0x8EBC6AF09C88C6E3ull);
+}
+
+// `lower` is already lower-case.
+bool EqualsLower(std::string_view query, std::string_view lower) {
+  if (query.size() != lower.size()) return false;
+  size_t i = 0;
+  for (; i + 8 <= query.size(); i += 8) {
+    if (Lower8(Load8(query.data() + i)) != Load8(lower.data() + i)) return false;
+  }
+  for (; i < query.size(); ++i) {
+    if (AsciiLower(static_cast<unsigned char>(query[i])) != lower[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Names and messages.
+
+std::string_view DeferReasonName(DeferReason r) {
+  switch (r) {
+    case DeferReason::kHostsAtLimit: return "hosts_at_limit";
+    case DeferReason::kDomainLimit: return "domain_limit";
+    case DeferReason::kServerLimit: return "server_limit";
+    case DeferReason::kHostsUnreachable: return "hosts_unreachable";
+    case DeferReason::kNoMxReachable: return "no_mx_reachable";
+    case DeferReason::kResolving: return "resolving";
+    case DeferReason::kTempFailure: return "temporary_failure";
+    case DeferReason::kPermanent: return "permanent_failure";
+  }
+  return "?";
+}
+
+std::string Deferral::ToString() const {
+  switch (reason) {
+    case DeferReason::kHostsAtLimit:
+      return "451 4.4.5 every reachable host is at its connection limit";
+    case DeferReason::kDomainLimit:
+      return "451 4.4.5 domain at max_outbound_connections";
+    case DeferReason::kServerLimit:
+      return "451 4.4.5 server_max_outbound_connections reached";
+    case DeferReason::kHostsUnreachable:
+      return "451 4.4.1 every host failed recently; waiting for host_failure_retry";
+    case DeferReason::kNoMxReachable:
+      return "421 4.4.0 no MXs for this domain could be reached";
+    case DeferReason::kResolving:
+    case DeferReason::kTempFailure:
+      return StrCat("451 ", detail);
+    case DeferReason::kPermanent:
+      return StrCat("550 ", detail);
+  }
+  return "?";
+}
+
+std::string_view OutcomeName(Outcome o) {
+  switch (o) {
+    case Outcome::kConnected: return "connected";
+    case Outcome::kConnectFailed: return "connect_failed";
+    case Outcome::kTimedOut: return "timed_out";
+    case Outcome::kGreetingRejected: return "greeting_rejected";
+    case Outcome::kProtocolError: return "protocol_error";
+    case Outcome::kLocalError: return "local_error";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------
+// Lease.
+
+Lease& Lease::operator=(Lease&& o) noexcept {
+  if (this != &o) {
+    Release();
+    selector_ = std::exchange(o.selector_, nullptr);
+    host_ = std::exchange(o.host_, nullptr);
+    domain_ = std::exchange(o.domain_, nullptr);
+    shard_ = o.shard_;
+    probe_ = o.probe_;
+    reported_ = o.reported_;
+  }
+  return *this;
+}
+
+void Lease::Report(Outcome outcome) {
+  if (host_ == nullptr || reported_) return;
+  reported_ = true;
+  switch (outcome) {
+    case Outcome::kConnected:
+      host_->RecordSuccess();
+      break;
+    case Outcome::kLocalError:
+      break;
+    default:
+      host_->RecordFailure(selector_->clock_->NowNanos());
+      break;
+  }
+  probe_ = false;  // the outcome settled the probe either way
+}
+
+void Lease::Release() {
+  if (host_ == nullptr) return;
+  selector_->ReleaseLease(*this);
+  host_ = nullptr;
+}
+
+// ---------------------------------------------------------------------------------------
+// Selector.
+
+Selector::Selector(std::shared_ptr<const Config> config, Clock* clock, Random* random,
+                   Resolver* resolver, HostRegistry* registry)
+    : clock_(clock ? clock : MonotonicCoarseClock::Default()),
+      random_(random ? random : SplitMixRandom::Default()),
+      owned_registry_(registry ? nullptr : std::make_unique<HostRegistry>()),
+      registry_(registry ? registry : owned_registry_.get()),
+      planner_(registry_, resolver, clock_, random_) {
+  shards_.reserve(kShards);
+  for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>());
+  SetConfig(std::move(config));
+}
+
+Selector::~Selector() {
+  // REQUIRES: no Lease outstanding and no concurrent call. Snapshots may be read by no one
+  // now, so free them directly; tables likewise.
+  for (auto& shard : shards_) {
+    Table* t = shard->table.load();
+    for (size_t i = 0; i <= t->mask; ++i) {
+      if (DomainEntry* e = t->slots[i].load()) {
+        RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(e->snapshot.load()));
+      }
+    }
+  }
+  epoch::Reclaim();
+}
+
+std::shared_ptr<const Config> Selector::config() const {
+  absl::MutexLock lock(&config_mu_);
+  return config_;
+}
+
+void Selector::SetConfig(std::shared_ptr<const Config> config) {
+  const int32_t limit = config->server_max_outbound_connections;
+  {
+    absl::MutexLock lock(&config_mu_);
+    config_ = std::move(config);
+  }
+  // The pool absorbs the difference; it may go negative until enough slots come back.
+  const int32_t old = server_limit_.exchange(limit);
+  server_pool_.fetch_add(int64_t{limit} - old);
+  server_limited_.store(limit != kUnlimited);
+}
+
+DomainEntry* Selector::Find(const Table* t, uint64_t hash, std::string_view domain) const {
+  for (size_t i = hash & t->mask;; i = (i + 1) & t->mask) {
+    DomainEntry* e = t->slots[i].load(std::memory_order_acquire);
+    if (e == nullptr) return nullptr;
+    if (e->hash == hash && EqualsLower(domain, e->name)) return e;
+  }
+}
+
+DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
+  absl::StatusOr<std::string> name = NormalizeHostname(domain);
+  if (!name.ok()) {
+    *invalid = {DeferReason::kPermanent,
+                StrCat("5.1.2 invalid domain \"", Escape(domain.substr(0, 300)),
+                             "\": ", ToStd(name.status().message()))};
+    return nullptr;
+  }
+  // Entries are stored under the normalized name (lower-case, no trailing dot), which may
+  // live in another shard than the name as given.
+  const uint64_t norm_hash = HashDomain(*name);
+  Shard& shard = ShardFor(norm_hash);
+  absl::MutexLock lock(&shard.mu);
+  Table* t = shard.table.load(std::memory_order_relaxed);
+  if (DomainEntry* e = Find(t, norm_hash, *name)) return e;
+  DomainEntry* e = shard.NewEntry();
+  e->hash = norm_hash;
+  e->name = *name;
+  e->cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
+  e->snapshot.store(planner_.Plan(*config(), e->name), std::memory_order_release);
+  e->generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
+  if ((t->count + 1) * 2 > t->mask + 1) {  // keep load factor <= 1/2
+    auto* bigger = new Table((t->mask + 1) * 2);
+    for (size_t i = 0; i <= t->mask; ++i) {
+      if (DomainEntry* x = t->slots[i].load(std::memory_order_relaxed)) bigger->Insert(x);
+    }
+    bigger->Insert(e);
+    shard.table.store(bigger, std::memory_order_release);
+    epoch::RetireObject(t);
+  } else {
+    t->Insert(e);
+  }
+  return e;
+}
+
+void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
+  const RouteSnapshot* old = entry->snapshot.exchange(fresh, std::memory_order_acq_rel);
+  epoch::Retire(const_cast<RouteSnapshot*>(old),
+                [](void* p) { RouteSnapshot::Destroy(static_cast<RouteSnapshot*>(p)); });
+}
+
+const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old,
+                                       int64_t now) {
+  if (entry->refreshing.exchange(true, std::memory_order_acquire)) return old;  // another thread
+  const uint32_t gen = generation_.load(std::memory_order_acquire);
+  RouteSnapshot* fresh = planner_.Plan(*config(), entry->name);
+  if (old->state() == RouteState::kReady && fresh->state() != RouteState::kReady &&
+      fresh->state() != RouteState::kPermFail) {
+    // Stale-while-revalidate: DNS is slow or failing; keep the hosts we had for a few more
+    // seconds rather than deferring mail that could go.
+    std::vector<std::vector<HostState*>> tiers;
+    std::vector<std::pair<uint32_t, uint32_t>> keys;
+    for (size_t t = 0; t < old->num_tiers(); ++t) {
+      RouteSnapshot::Tier tier = old->GetTier(t);
+      tiers.emplace_back(tier.hosts.begin(), tier.hosts.end());
+      keys.emplace_back(tier.key_tier, tier.key_mx_pref);
+    }
+    RouteSnapshot::Destroy(fresh);
+    fresh = RouteSnapshot::Create(RouteState::kReady, now + 5 * kNanosPerSecond,
+                                  old->domain_limit(), old->mx_failures_to_delay(), "", tiers,
+                                  keys);
+  }
+  Publish(entry, fresh);
+  entry->generation.store(gen, std::memory_order_release);
+  entry->refreshing.store(false, std::memory_order_release);
+  return fresh;
+}
+
+bool Selector::TakeServerSlot(Shard& shard) {
+  int32_t c = shard.credit.load(std::memory_order_relaxed);
+  while (c > 0) {
+    if (shard.credit.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed)) {
+      return true;
+    }
+  }
+  // Refill from the pool in a batch.
+  int64_t pool = server_pool_.load(std::memory_order_relaxed);
+  while (pool > 0) {
+    const int64_t take = std::min<int64_t>(pool, kCreditBatch);
+    if (server_pool_.compare_exchange_weak(pool, pool - take, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed)) {
+      if (take > 1) shard.credit.fetch_add(static_cast<int32_t>(take - 1), std::memory_order_acq_rel);
+      return true;
+    }
+  }
+  // Pool empty: near the limit, take a single credit from any shard that holds spare.
+  for (auto& other : shards_) {
+    int32_t oc = other->credit.load(std::memory_order_relaxed);
+    while (oc > 0) {
+      if (other->credit.compare_exchange_weak(oc, oc - 1, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+void Selector::ReturnServerSlot(Shard& shard) {
+  int32_t c = shard.credit.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (ABSL_PREDICT_FALSE(c > 2 * kCreditBatch)) {
+    if (shard.credit.compare_exchange_strong(c, c - kCreditBatch, std::memory_order_acq_rel,
+                                             std::memory_order_relaxed)) {
+      server_pool_.fetch_add(kCreditBatch, std::memory_order_acq_rel);
+    }
+  }
+}
+
+int64_t Selector::server_active() const {
+  int64_t held = server_pool_.load();
+  for (const auto& s : shards_) held += s->credit.load();
+  return server_limit_.load() - held;
+}
+
+void Selector::ReleaseLease(Lease& lease) {
+  lease.host_->Release(lease.probe_);
+  lease.domain_->active.fetch_sub(1, std::memory_order_acq_rel);
+  if (server_limited_.load(std::memory_order_relaxed)) ReturnServerSlot(*shards_[lease.shard_]);
+}
+
+Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {
+  if (saw_full) return {DeferReason::kHostsAtLimit, {}};
+  bool all_over_threshold = true;
+  for (size_t t = 0; t < snap.num_tiers() && all_over_threshold; ++t) {
+    for (HostState* h : snap.TierHosts(t)) {
+      if (h->Reachable(now) || h->consecutive_failures() < snap.mx_failures_to_delay()) {
+        all_over_threshold = false;
+        break;
+      }
+    }
+  }
+  return {all_over_threshold ? DeferReason::kNoMxReachable : DeferReason::kHostsUnreachable, {}};
+}
+
+AcquireResult Selector::Acquire(std::string_view domain) {
+  const uint64_t hash = HashDomain(domain);
+  epoch::EpochGuard guard;
+  DomainEntry* entry = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  if (ABSL_PREDICT_FALSE(entry == nullptr)) {
+    Deferral invalid{DeferReason::kPermanent, {}};
+    entry = Materialize(domain, &invalid);
+    if (entry == nullptr) return AcquireResult(std::move(invalid));
+  }
+  const uint32_t shard_index = ShardIndex(entry->hash);
+  Shard& shard = *shards_[shard_index];
+  const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
+  const int64_t now = clock_->NowNanos();
+  if (ABSL_PREDICT_FALSE(now >= snap->expires_at() ||
+                         entry->generation.load(std::memory_order_relaxed) !=
+                             generation_.load(std::memory_order_relaxed))) {
+    snap = Refresh(entry, snap, now);
+  }
+  if (ABSL_PREDICT_FALSE(snap->state() != RouteState::kReady)) {
+    DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
+                    : snap->state() == RouteState::kPermFail ? DeferReason::kPermanent
+                                                             : DeferReason::kTempFailure;
+    return AcquireResult(Deferral{r, snap->detail()});
+  }
+
+  // Domain, then server: both bounded CAS, undone if no host admits.
+  const int32_t domain_limit = snap->domain_limit();
+  int32_t active = entry->active.load(std::memory_order_relaxed);
+  do {
+    if (active >= domain_limit) return AcquireResult(Deferral{DeferReason::kDomainLimit, {}});
+  } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed));
+  const bool server_limited = server_limited_.load(std::memory_order_relaxed);
+  if (server_limited && !TakeServerSlot(shard)) {
+    entry->active.fetch_sub(1, std::memory_order_acq_rel);
+    return AcquireResult(Deferral{DeferReason::kServerLimit, {}});
+  }
+
+  bool saw_full = false;
+  for (size_t t = 0; t < snap->num_tiers(); ++t) {
+    std::span<HostState* const> hosts = snap->TierHosts(t);
+    const uint32_t n = static_cast<uint32_t>(hosts.size());
+    const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < n; ++i) {
+      HostState* h = hosts[(start + i) % n];
+      Admission a = h->TryAdmit(now);
+      if (a == Admission::kAdmitted || a == Admission::kProbe) {
+        // Racy by design: concurrent pickers may both start at the same place; the limit
+        // is still exact, only the rotation is approximate under contention.
+        entry->cursor.store(start + i + 1, std::memory_order_relaxed);
+        Lease lease;
+        lease.selector_ = this;
+        lease.host_ = h;
+        lease.domain_ = entry;
+        lease.shard_ = shard_index;
+        lease.probe_ = a == Admission::kProbe;
+        return AcquireResult(std::move(lease));
+      }
+      saw_full |= a == Admission::kFull;
+    }
+  }
+  entry->active.fetch_sub(1, std::memory_order_acq_rel);
+  if (server_limited) ReturnServerSlot(shard);
+  return AcquireResult(ClassifyNoHost(*snap, saw_full, now));
+}
+
+bool Selector::RefreshDomain(std::string_view domain) {
+  const uint64_t hash = HashDomain(domain);
+  epoch::EpochGuard guard;
+  DomainEntry* e = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  if (e == nullptr) return false;
+  e->generation.store(0, std::memory_order_release);
+  return true;
+}
+
+void Selector::RefreshAll() {
+  uint32_t g = generation_.load();
+  uint32_t next;
+  do {
+    next = g + 1 == 0 ? 1 : g + 1;  // 0 is reserved for "refresh this one"
+  } while (!generation_.compare_exchange_weak(g, next));
+}
+
+DomainView Selector::Describe(std::string_view domain) {
+  DomainView v;
+  const uint64_t hash = HashDomain(domain);
+  epoch::EpochGuard guard;
+  DomainEntry* e = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  if (e == nullptr) {
+    Deferral invalid{DeferReason::kPermanent, {}};
+    e = Materialize(domain, &invalid);
+    if (e == nullptr) {
+      v.domain = std::string(domain);
+      v.state = RouteState::kPermFail;
+      v.detail = invalid.detail;
+      return v;
+    }
+  }
+  const int64_t now = clock_->NowNanos();
+  const RouteSnapshot* snap = e->snapshot.load(std::memory_order_acquire);
+  if (now >= snap->expires_at() || e->generation.load() != generation_.load()) {
+    snap = Refresh(e, snap, now);
+  }
+  v.domain = e->name;
+  v.state = snap->state();
+  v.detail = snap->detail();
+  v.ttl_left_s = std::max<int64_t>(0, (snap->expires_at() - now) / kNanosPerSecond);
+  v.active = e->active.load();
+  v.limit = snap->domain_limit();
+  const uint32_t cursor = e->cursor.load();
+  for (size_t t = 0; t < snap->num_tiers(); ++t) {
+    RouteSnapshot::Tier tier = snap->GetTier(t);
+    DomainView::Tier vt{tier.key_tier, tier.key_mx_pref, {}};
+    const size_t n = tier.hosts.size();
+    for (size_t i = 0; i < n; ++i) {
+      const HostState* h = tier.hosts[(cursor + i) % n];
+      vt.hosts.push_back({h->name(), h->endpoint(), h->limit(), h->active(), h->Reachable(now),
+                          h->last_failure() ? (now - h->last_failure()) / kNanosPerSecond : -1,
+                          h->consecutive_failures()});
+    }
+    v.tiers.push_back(std::move(vt));
+  }
+  return v;
+}
+
+size_t Selector::domain_count() const {
+  size_t n = 0;
+  for (const auto& s : shards_) {
+    absl::MutexLock lock(&s->mu);
+    n += s->table.load()->count;
+  }
+  return n;
+}
+
+size_t Selector::DomainMemoryBytes() const {
+  size_t bytes = sizeof(*this);
+  epoch::EpochGuard guard;
+  for (const auto& s : shards_) {
+    absl::MutexLock lock(&s->mu);
+    const Table* t = s->table.load();
+    bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<DomainEntry*>);
+    bytes += s->arenas.size() * 256 * sizeof(DomainEntry);
+    for (size_t i = 0; i <= t->mask; ++i) {
+      const DomainEntry* e = t->slots[i].load();
+      if (e == nullptr) continue;
+      if (e->name.capacity() > 15) bytes += e->name.capacity() + 1;
+      bytes += e->snapshot.load()->bytes();
+    }
+  }
+  return bytes;
+}
+
+}  // namespace mxsched
