@@ -24,7 +24,7 @@
 
 namespace mxsched::epoch {
 
-struct alignas(ABSL_CACHELINE_SIZE) ThreadRecord {
+struct alignas(128) ThreadRecord {
   std::atomic<uint64_t> epoch{0};  // 0: not in a critical section
   uint32_t depth = 0;
   std::atomic<bool> in_use{false};

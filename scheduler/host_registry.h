@@ -35,7 +35,7 @@ enum class Admission : uint8_t {
   kDown,      // failed and inside host_failure_retry, or its probe is already out
 };
 
-class alignas(ABSL_CACHELINE_SIZE) HostState {
+class alignas(128) HostState {
  public:
   HostState(Endpoint endpoint, std::string name, int32_t limit, int64_t retry_nanos);
 

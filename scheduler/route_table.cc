@@ -40,7 +40,7 @@ RouteSnapshot* RouteSnapshot::Create(RouteState state, int64_t expires_at_nanos,
   s->expires_at_ = expires_at_nanos;
   s->domain_limit_ = domain_limit;
   s->mx_failures_to_delay_ = mx_failures_to_delay;
-  s->detail_ = std::move(detail);
+  if (!detail.empty()) s->detail_ = std::make_unique<const std::string>(std::move(detail));
   s->num_hosts_ = static_cast<uint16_t>(num_hosts);
   s->num_tiers_ = static_cast<uint16_t>(tiers.size());
   auto** hosts = const_cast<HostState**>(s->hosts());
@@ -63,7 +63,8 @@ void RouteSnapshot::Destroy(RouteSnapshot* s) {
 }
 
 size_t RouteSnapshot::bytes() const {
-  return AllocationSize(num_hosts_, num_tiers_) + (detail_.capacity() > 15 ? detail_.capacity() : 0);
+  return AllocationSize(num_hosts_, num_tiers_) +
+         (detail_ ? sizeof(std::string) + detail_->capacity() : 0);
 }
 
 namespace {

@@ -82,7 +82,7 @@ class RouteSnapshot {
   int64_t expires_at() const { return expires_at_; }
   int32_t domain_limit() const { return domain_limit_; }
   uint32_t mx_failures_to_delay() const { return mx_failures_to_delay_; }
-  const std::string& detail() const { return detail_; }
+  std::string_view detail() const { return detail_ ? std::string_view(*detail_) : ""; }
   size_t num_tiers() const { return num_tiers_; }
   size_t num_hosts() const { return num_hosts_; }
   // Hosts of tier t. REQUIRES: t < num_tiers().
@@ -116,7 +116,7 @@ class RouteSnapshot {
   uint16_t num_hosts_ = 0;
   uint16_t num_tiers_ = 0;
   RouteState state_ = RouteState::kPending;
-  std::string detail_;
+  std::unique_ptr<const std::string> detail_;  // set only for failures: keeps snapshots small
   // Followed in the same allocation by: HostState* hosts[num_hosts_];
   // uint16_t tier_ends[num_tiers_]; uint32_t keys[2 * num_tiers_].
 };

@@ -10,30 +10,59 @@ namespace mxsched {
 // ---------------------------------------------------------------------------------------
 // Domain entries and shard tables.
 
-struct alignas(ABSL_CACHELINE_SIZE) DomainEntry {
+// 128 bytes, not 64: x86's adjacent-line prefetcher moves lines in 128-byte pairs, and with
+// 64-byte entries two threads working on neighbouring domains slowed each other by ~30%
+// (bench/README.md). The otherwise idle half holds the name inline.
+struct alignas(128) DomainEntry {
+  static constexpr size_t kInlineName = 88;
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
   std::atomic<uint32_t> cursor{0};      // rotation position (mod tier size)
   std::atomic<bool> refreshing{false};
+  uint16_t name_size = 0;
   uint64_t hash = 0;
-  std::string name;  // lower-case
-};
-static_assert(sizeof(DomainEntry) == ABSL_CACHELINE_SIZE);
+  std::unique_ptr<char[]> name_heap;  // names longer than kInlineName
+  char name_inline[kInlineName];
 
+  std::string_view name() const {
+    return {name_heap ? name_heap.get() : name_inline, name_size};
+  }
+  void SetName(std::string_view n) {
+    name_size = static_cast<uint16_t>(n.size());  // <= 253: validated hostname
+    char* dst = name_inline;
+    if (n.size() > kInlineName) {
+      name_heap.reset(new char[n.size()]);
+      dst = name_heap.get();
+    }
+    std::memcpy(dst, n.data(), n.size());
+  }
+};
+static_assert(sizeof(DomainEntry) == 128);
+
+// Open addressing, linear probing, load <= 1/2. A slot holds the entry pointer with a 16-bit
+// tag of the hash in its unused top bits, so a probe that passes other domains' slots does
+// not touch their entries — whose cache lines other threads are busy writing.
 struct Selector::Table {
+  static constexpr int kTagShift = 48;
   size_t mask;
   size_t count = 0;  // written under the shard mutex only
-  std::unique_ptr<std::atomic<DomainEntry*>[]> slots;
+  std::unique_ptr<std::atomic<uintptr_t>[]> slots;
 
   explicit Table(size_t capacity)
-      : mask(capacity - 1), slots(new std::atomic<DomainEntry*>[capacity]) {
-    for (size_t i = 0; i < capacity; ++i) slots[i].store(nullptr, std::memory_order_relaxed);
+      : mask(capacity - 1), slots(new std::atomic<uintptr_t>[capacity]) {
+    for (size_t i = 0; i < capacity; ++i) slots[i].store(0, std::memory_order_relaxed);
   }
+  static uintptr_t Tag(uint64_t hash) { return static_cast<uintptr_t>((hash >> 32) & 0xFFFF); }
+  static DomainEntry* Entry(uintptr_t slot) {
+    return reinterpret_cast<DomainEntry*>(slot & ((uintptr_t{1} << kTagShift) - 1));
+  }
+  DomainEntry* At(size_t i) const { return Entry(slots[i].load(std::memory_order_acquire)); }
   void Insert(DomainEntry* e) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(e) | (Tag(e->hash) << kTagShift);
     for (size_t i = e->hash & mask;; i = (i + 1) & mask) {
-      if (slots[i].load(std::memory_order_relaxed) == nullptr) {
-        slots[i].store(e, std::memory_order_release);
+      if (slots[i].load(std::memory_order_relaxed) == 0) {
+        slots[i].store(v, std::memory_order_release);
         ++count;
         return;
       }
@@ -46,8 +75,6 @@ struct Selector::Shard {
   std::atomic<Table*> table;
   std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
   size_t arena_used ABSL_GUARDED_BY(mu) = 0;
-  // Server-limit credit held by this shard, on its own cache line.
-  alignas(ABSL_CACHELINE_SIZE) std::atomic<int32_t> credit{0};
 
   Shard() : table(new Table(64)) {}
   ~Shard() { delete table.load(); }
@@ -60,6 +87,10 @@ struct Selector::Shard {
     }
     return &arenas.back()[arena_used++];
   }
+};
+
+struct alignas(128) Selector::CreditSlot {
+  std::atomic<int32_t> credit{0};
 };
 
 namespace {
@@ -87,16 +118,29 @@ inline uint64_t Mix(uint64_t a, uint64_t b) {
   return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
 }
 
+inline uint32_t Load4(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The last `rem` (1..7) bytes of s as the low bytes of a word, without a variable-length
+// memcpy call: overlapping fixed-size loads.
+inline uint64_t Tail(const char* p, size_t n, size_t rem) {
+  if (n >= 8) return Load8(p + n - 8) >> (8 * (8 - rem));
+  if (n >= 4) return Load4(p) | (uint64_t{Load4(p + n - 4)} << 32);
+  uint64_t w = static_cast<uint8_t>(p[0]);
+  w |= uint64_t{static_cast<uint8_t>(p[n / 2])} << 8;
+  return w | uint64_t{static_cast<uint8_t>(p[n - 1])} << 16;
+}
+
 // Case-insensitive hash of a domain name.
 uint64_t HashDomain(std::string_view s) {
-  uint64_t h = s.size() * 0x9E3779B97F4A7C15ull;
+  const size_t n = s.size();
+  uint64_t h = n * 0x9E3779B97F4A7C15ull;
   size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) h = Mix(h, Lower8(Load8(s.data() + i)));
-  if (i < s.size()) {
-    uint64_t w = 0;
-    std::memcpy(&w, s.data() + i, s.size() - i);
-    h = Mix(h, Lower8(w));
-  }
+  for (; i + 8 <= n; i += 8) h = Mix(h, Lower8(Load8(s.data() + i)));
+  if (i < n) h = Mix(h, Lower8(Tail(s.data(), n, n - i)));
   return Mix(h, 0x8EBC6AF09C88C6E3ull);
 }
 
@@ -106,6 +150,10 @@ bool EqualsLower(std::string_view query, std::string_view lower) {
   size_t i = 0;
   for (; i + 8 <= query.size(); i += 8) {
     if (Lower8(Load8(query.data() + i)) != Load8(lower.data() + i)) return false;
+  }
+  if (i < query.size() && query.size() >= 8) {  // overlapping final word
+    const size_t last = query.size() - 8;
+    return Lower8(Load8(query.data() + last)) == Load8(lower.data() + last);
   }
   for (; i < query.size(); ++i) {
     if (AsciiLower(static_cast<unsigned char>(query[i])) != lower[i]) return false;
@@ -174,7 +222,6 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     selector_ = std::exchange(o.selector_, nullptr);
     host_ = std::exchange(o.host_, nullptr);
     domain_ = std::exchange(o.domain_, nullptr);
-    shard_ = o.shard_;
     probe_ = o.probe_;
     reported_ = o.reported_;
   }
@@ -212,7 +259,8 @@ Selector::Selector(std::shared_ptr<const Config> config, Clock* clock, Random* r
       random_(random ? random : SplitMixRandom::Default()),
       owned_registry_(registry ? nullptr : std::make_unique<HostRegistry>()),
       registry_(registry ? registry : owned_registry_.get()),
-      planner_(registry_, resolver, clock_, random_) {
+      planner_(registry_, resolver, clock_, random_),
+      credit_(new CreditSlot[kCreditSlots]) {
   shards_.reserve(kShards);
   for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>());
   SetConfig(std::move(config));
@@ -224,7 +272,7 @@ Selector::~Selector() {
   for (auto& shard : shards_) {
     Table* t = shard->table.load();
     for (size_t i = 0; i <= t->mask; ++i) {
-      if (DomainEntry* e = t->slots[i].load()) {
+      if (DomainEntry* e = t->At(i)) {
         RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(e->snapshot.load()));
       }
     }
@@ -250,10 +298,13 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
 }
 
 DomainEntry* Selector::Find(const Table* t, uint64_t hash, std::string_view domain) const {
+  const uintptr_t tag = Table::Tag(hash);
   for (size_t i = hash & t->mask;; i = (i + 1) & t->mask) {
-    DomainEntry* e = t->slots[i].load(std::memory_order_acquire);
-    if (e == nullptr) return nullptr;
-    if (e->hash == hash && EqualsLower(domain, e->name)) return e;
+    const uintptr_t slot = t->slots[i].load(std::memory_order_acquire);
+    if (slot == 0) return nullptr;
+    if ((slot >> Table::kTagShift) != tag) continue;
+    DomainEntry* e = Table::Entry(slot);
+    if (e->hash == hash && EqualsLower(domain, e->name())) return e;
   }
 }
 
@@ -274,14 +325,14 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   if (DomainEntry* e = Find(t, norm_hash, *name)) return e;
   DomainEntry* e = shard.NewEntry();
   e->hash = norm_hash;
-  e->name = *name;
+  e->SetName(*name);
   e->cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
-  e->snapshot.store(planner_.Plan(*config(), e->name), std::memory_order_release);
+  e->snapshot.store(planner_.Plan(*config(), e->name()), std::memory_order_release);
   e->generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
   if ((t->count + 1) * 2 > t->mask + 1) {  // keep load factor <= 1/2
     auto* bigger = new Table((t->mask + 1) * 2);
     for (size_t i = 0; i <= t->mask; ++i) {
-      if (DomainEntry* x = t->slots[i].load(std::memory_order_relaxed)) bigger->Insert(x);
+      if (DomainEntry* x = t->At(i)) bigger->Insert(x);
     }
     bigger->Insert(e);
     shard.table.store(bigger, std::memory_order_release);
@@ -302,7 +353,7 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
                                        int64_t now) {
   if (entry->refreshing.exchange(true, std::memory_order_acquire)) return old;  // another thread
   const uint32_t gen = generation_.load(std::memory_order_acquire);
-  RouteSnapshot* fresh = planner_.Plan(*config(), entry->name);
+  RouteSnapshot* fresh = planner_.Plan(*config(), entry->name());
   if (old->state() == RouteState::kReady && fresh->state() != RouteState::kReady &&
       fresh->state() != RouteState::kPermFail) {
     // Stale-while-revalidate: DNS is slow or failing; keep the hosts we had for a few more
@@ -325,10 +376,24 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
   return fresh;
 }
 
-bool Selector::TakeServerSlot(Shard& shard) {
-  int32_t c = shard.credit.load(std::memory_order_relaxed);
+namespace {
+// A small dense number per thread, so threads land on different credit slots.
+uint32_t ThreadOrdinal() {
+  static std::atomic<uint32_t> next{0};
+  thread_local uint32_t ordinal = next.fetch_add(1, std::memory_order_relaxed);
+  return ordinal;
+}
+}  // namespace
+
+Selector::CreditSlot& Selector::MyCreditSlot() {
+  return credit_[ThreadOrdinal() % kCreditSlots];
+}
+
+bool Selector::TakeServerSlot() {
+  CreditSlot& slot = MyCreditSlot();
+  int32_t c = slot.credit.load(std::memory_order_relaxed);
   while (c > 0) {
-    if (shard.credit.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
+    if (slot.credit.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
                                            std::memory_order_relaxed)) {
       return true;
     }
@@ -339,15 +404,16 @@ bool Selector::TakeServerSlot(Shard& shard) {
     const int64_t take = std::min<int64_t>(pool, kCreditBatch);
     if (server_pool_.compare_exchange_weak(pool, pool - take, std::memory_order_acq_rel,
                                            std::memory_order_relaxed)) {
-      if (take > 1) shard.credit.fetch_add(static_cast<int32_t>(take - 1), std::memory_order_acq_rel);
+      if (take > 1) slot.credit.fetch_add(static_cast<int32_t>(take - 1), std::memory_order_acq_rel);
       return true;
     }
   }
-  // Pool empty: near the limit, take a single credit from any shard that holds spare.
-  for (auto& other : shards_) {
-    int32_t oc = other->credit.load(std::memory_order_relaxed);
+  // Pool empty: near the limit, take a single credit from any slot that holds spare.
+  for (size_t i = 0; i < kCreditSlots; ++i) {
+    CreditSlot& other = credit_[i];
+    int32_t oc = other.credit.load(std::memory_order_relaxed);
     while (oc > 0) {
-      if (other->credit.compare_exchange_weak(oc, oc - 1, std::memory_order_acq_rel,
+      if (other.credit.compare_exchange_weak(oc, oc - 1, std::memory_order_acq_rel,
                                               std::memory_order_relaxed)) {
         return true;
       }
@@ -356,10 +422,11 @@ bool Selector::TakeServerSlot(Shard& shard) {
   return false;
 }
 
-void Selector::ReturnServerSlot(Shard& shard) {
-  int32_t c = shard.credit.fetch_add(1, std::memory_order_acq_rel) + 1;
+void Selector::ReturnServerSlot() {
+  CreditSlot& slot = MyCreditSlot();
+  int32_t c = slot.credit.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (ABSL_PREDICT_FALSE(c > 2 * kCreditBatch)) {
-    if (shard.credit.compare_exchange_strong(c, c - kCreditBatch, std::memory_order_acq_rel,
+    if (slot.credit.compare_exchange_strong(c, c - kCreditBatch, std::memory_order_acq_rel,
                                              std::memory_order_relaxed)) {
       server_pool_.fetch_add(kCreditBatch, std::memory_order_acq_rel);
     }
@@ -368,14 +435,14 @@ void Selector::ReturnServerSlot(Shard& shard) {
 
 int64_t Selector::server_active() const {
   int64_t held = server_pool_.load();
-  for (const auto& s : shards_) held += s->credit.load();
+  for (size_t i = 0; i < kCreditSlots; ++i) held += credit_[i].credit.load();
   return server_limit_.load() - held;
 }
 
 void Selector::ReleaseLease(Lease& lease) {
   lease.host_->Release(lease.probe_);
   lease.domain_->active.fetch_sub(1, std::memory_order_acq_rel);
-  if (server_limited_.load(std::memory_order_relaxed)) ReturnServerSlot(*shards_[lease.shard_]);
+  if (server_limited_.load(std::memory_order_relaxed)) ReturnServerSlot();
 }
 
 Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {
@@ -401,8 +468,6 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     entry = Materialize(domain, &invalid);
     if (entry == nullptr) return AcquireResult(std::move(invalid));
   }
-  const uint32_t shard_index = ShardIndex(entry->hash);
-  Shard& shard = *shards_[shard_index];
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   const int64_t now = clock_->NowNanos();
   if (ABSL_PREDICT_FALSE(now >= snap->expires_at() ||
@@ -414,7 +479,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
                     : snap->state() == RouteState::kPermFail ? DeferReason::kPermanent
                                                              : DeferReason::kTempFailure;
-    return AcquireResult(Deferral{r, snap->detail()});
+    return AcquireResult(Deferral{r, std::string(snap->detail())});
   }
 
   // Domain, then server: both bounded CAS, undone if no host admits.
@@ -425,7 +490,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
   const bool server_limited = server_limited_.load(std::memory_order_relaxed);
-  if (server_limited && !TakeServerSlot(shard)) {
+  if (server_limited && !TakeServerSlot()) {
     entry->active.fetch_sub(1, std::memory_order_acq_rel);
     return AcquireResult(Deferral{DeferReason::kServerLimit, {}});
   }
@@ -446,7 +511,6 @@ AcquireResult Selector::Acquire(std::string_view domain) {
         lease.selector_ = this;
         lease.host_ = h;
         lease.domain_ = entry;
-        lease.shard_ = shard_index;
         lease.probe_ = a == Admission::kProbe;
         return AcquireResult(std::move(lease));
       }
@@ -454,7 +518,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     }
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
-  if (server_limited) ReturnServerSlot(shard);
+  if (server_limited) ReturnServerSlot();
   return AcquireResult(ClassifyNoHost(*snap, saw_full, now));
 }
 
@@ -495,9 +559,9 @@ DomainView Selector::Describe(std::string_view domain) {
   if (now >= snap->expires_at() || e->generation.load() != generation_.load()) {
     snap = Refresh(e, snap, now);
   }
-  v.domain = e->name;
+  v.domain = std::string(e->name());
   v.state = snap->state();
-  v.detail = snap->detail();
+  v.detail = std::string(snap->detail());
   v.ttl_left_s = std::max<int64_t>(0, (snap->expires_at() - now) / kNanosPerSecond);
   v.active = e->active.load();
   v.limit = snap->domain_limit();
@@ -532,12 +596,12 @@ size_t Selector::DomainMemoryBytes() const {
   for (const auto& s : shards_) {
     absl::MutexLock lock(&s->mu);
     const Table* t = s->table.load();
-    bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<DomainEntry*>);
+    bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<uintptr_t>);
     bytes += s->arenas.size() * 256 * sizeof(DomainEntry);
     for (size_t i = 0; i <= t->mask; ++i) {
-      const DomainEntry* e = t->slots[i].load();
+      const DomainEntry* e = t->At(i);
       if (e == nullptr) continue;
-      if (e->name.capacity() > 15) bytes += e->name.capacity() + 1;
+      if (e->name_heap) bytes += e->name_size;
       bytes += e->snapshot.load()->bytes();
     }
   }

@@ -30,8 +30,10 @@
 // Concurrency: Acquire, Lease::Report and Lease::Release take no mutex. Domains live in
 // kShards shards, each an open-addressing table of DomainEntry pointers read lock-free;
 // route snapshots are immutable and published by atomic pointer, reclaimed with EBR
-// (epoch.h). The server-wide limit is split into per-shard credit drawn from a global pool
-// in batches, so two threads on distinct domains do not bounce one counter's cache line.
+// (epoch.h). The server-wide limit is split into per-thread credit slots drawn from a global
+// pool in batches, so two threads on distinct domains do not bounce one counter's cache
+// line; near the limit a thread takes single credits from other slots, so the limit is
+// exact: never exceeded, and reachable.
 // Slow paths (first sight of a domain, TTL expiry, refresh, table growth) take the shard's
 // mutex. All public methods are safe for concurrent use by multiple threads.
 //
@@ -119,7 +121,6 @@ class Lease {
   Selector* selector_ = nullptr;
   HostState* host_ = nullptr;
   DomainEntry* domain_ = nullptr;
-  uint32_t shard_ = 0;
   bool probe_ = false;
   bool reported_ = false;
 };
@@ -154,11 +155,11 @@ struct DomainView {
     std::vector<Host> hosts;  // in the domain's rotation order, next pick first
   };
   std::string domain;
-  RouteState state;
+  RouteState state = RouteState::kPending;
   std::string detail;
-  int64_t ttl_left_s;
-  int32_t active;
-  int32_t limit;
+  int64_t ttl_left_s = 0;
+  int32_t active = 0;
+  int32_t limit = 0;
   std::vector<Tier> tiers;
 };
 
@@ -215,8 +216,12 @@ class Selector {
   void Publish(DomainEntry* entry, RouteSnapshot* fresh);
   std::shared_ptr<const Config> config() const;
 
-  bool TakeServerSlot(Shard& shard);
-  void ReturnServerSlot(Shard& shard);
+  // Server-wide limit: credit drawn from server_pool_ in batches into per-thread slots.
+  struct CreditSlot;
+  static constexpr size_t kCreditSlots = 64;
+  CreditSlot& MyCreditSlot();
+  bool TakeServerSlot();
+  void ReturnServerSlot();
   void ReleaseLease(Lease& lease);
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
 
@@ -232,6 +237,7 @@ class Selector {
   std::atomic<int64_t> server_pool_{0};  // credit not yet handed to a shard
   std::atomic<int32_t> server_limit_{0};
   std::vector<std::unique_ptr<Shard>> shards_;
+  std::unique_ptr<CreditSlot[]> credit_;
 };
 
 }  // namespace mxsched

@@ -1,0 +1,144 @@
+// mxsched — the command-line tool: inspect routes, run load and stress tests, benchmark.
+//
+//   mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...
+//
+// Exit codes: 0 success, 1 a domain has no usable route (route), 2 usage or config error.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "scheduler/config.h"
+#include "scheduler/selector.h"
+#include "scheduler/strings.h"
+#include "tools/json.h"
+
+namespace mxsched {
+namespace {
+
+constexpr char kUsage[] =
+    "usage:\n"
+    "  mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...\n";
+
+int UsageError(std::string_view why) {
+  std::fprintf(stderr, "mxsched: %.*s\n%s", static_cast<int>(why.size()), why.data(), kUsage);
+  return 2;
+}
+
+void PrintHuman(const DomainView& v) {
+  size_t hosts = 0;
+  for (const auto& t : v.tiers) hosts += t.hosts.size();
+  std::printf("%s: %s, %zu tier(s), %zu host(s), TTL %llds, active %d/%s\n", v.domain.c_str(),
+              std::string(RouteStateName(v.state)).c_str(), v.tiers.size(), hosts,
+              static_cast<long long>(v.ttl_left_s), v.active,
+              v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit).c_str());
+  if (!v.detail.empty()) std::printf("  %s\n", v.detail.c_str());
+  for (const auto& t : v.tiers) {
+    std::printf("  tier %u, mx pref %u:\n", t.tier, t.mx_pref);
+    for (size_t i = 0; i < t.hosts.size(); ++i) {
+      const DomainView::Host& h = t.hosts[i];
+      // Momentum's console marks: "=>" next pick, "*" failed.
+      const char* mark = !h.reachable ? " *" : (i == 0 ? "=>" : "  ");
+      std::string limit = h.limit == kUnlimited ? "unlimited" : std::to_string(h.limit);
+      std::printf("    %s %-24s %-28s limit %-9s active %d", mark, h.endpoint.ToString().c_str(),
+                  h.name.c_str(), limit.c_str(), h.active);
+      if (h.seconds_since_failure >= 0) {
+        std::printf("  %llds since failure, %u consecutive",
+                    static_cast<long long>(h.seconds_since_failure), h.consecutive_failures);
+      }
+      std::printf("\n");
+    }
+  }
+}
+
+void AddJson(JsonWriter& w, const DomainView& v) {
+  w.BeginObject()
+      .Field("domain", v.domain)
+      .Field("state", RouteStateName(v.state))
+      .Field("detail", v.detail)
+      .Field("ttl_left_s", v.ttl_left_s)
+      .Field("active", v.active)
+      .Field("limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit});
+  w.Key("tiers").BeginArray();
+  for (const auto& t : v.tiers) {
+    w.BeginObject().Field("tier", t.tier).Field("mx_pref", t.mx_pref);
+    w.Key("hosts").BeginArray();
+    for (const auto& h : t.hosts) {
+      w.BeginObject()
+          .Field("name", h.name)
+          .Field("address", h.endpoint.address.ToString())
+          .Field("port", static_cast<int>(h.endpoint.port))
+          .Field("limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit})
+          .Field("active", h.active)
+          .Field("reachable", h.reachable)
+          .Field("seconds_since_failure", h.seconds_since_failure)
+          .Field("consecutive_failures", h.consecutive_failures)
+          .EndObject();
+    }
+    w.EndArray().EndObject();
+  }
+  w.EndArray().EndObject();
+}
+
+int RouteCommand(const std::vector<std::string_view>& args) {
+  std::string config_path, dns;
+  bool json = false;
+  std::vector<std::string_view> domains;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string_view a = args[i];
+    if (a == "--config" && i + 1 < args.size()) {
+      config_path = args[++i];
+    } else if (a == "--dns" && i + 1 < args.size()) {
+      dns = args[++i];
+    } else if (a == "--json") {
+      json = true;
+    } else if (!a.empty() && a[0] == '-') {
+      return UsageError(StrCat("route: unknown or incomplete option ", a));
+    } else {
+      domains.push_back(a);
+    }
+  }
+  if (config_path.empty()) return UsageError("route: --config FILE is required");
+  if (domains.empty()) return UsageError("route: give at least one DOMAIN");
+  if (!dns.empty()) {
+    return UsageError("route: --dns is not available in this build yet (literal routes only)");
+  }
+  absl::StatusOr<Config> config = LoadConfigFile(config_path);
+  if (!config.ok()) {
+    std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  Selector selector(std::make_shared<const Config>(*std::move(config)));
+  JsonWriter w;
+  w.BeginArray();
+  int rc = 0;
+  for (std::string_view d : domains) {
+    DomainView v = selector.Describe(d);
+    if (v.state != RouteState::kReady) rc = 1;
+    if (json) {
+      AddJson(w, v);
+    } else {
+      PrintHuman(v);
+    }
+  }
+  w.EndArray();
+  if (json) std::printf("%s\n", w.str().c_str());
+  return rc;
+}
+
+}  // namespace
+}  // namespace mxsched
+
+int main(int argc, char** argv) {
+  if (argc < 2) return mxsched::UsageError("missing command");
+  std::string_view cmd = argv[1];
+  std::vector<std::string_view> args(argv + 2, argv + argc);
+  if (cmd == "route") return mxsched::RouteCommand(args);
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::printf("%s", mxsched::kUsage);
+    return 0;
+  }
+  return mxsched::UsageError(mxsched::StrCat("unknown command \"", cmd, "\""));
+}
