@@ -1,8 +1,13 @@
 // mxsched — the command-line tool: inspect routes, run load and stress tests, benchmark.
 //
 //   mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...
+//   mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N
+//                 --concurrency C [--threads T] [--hold-ms H] [--json OUT]
+//   mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]
+//                 [--stats FILE] [--max-seconds S]
 //
-// Exit codes: 0 success, 1 a domain has no usable route (route), 2 usage or config error.
+// Exit codes: 0 success, 1 a domain has no usable route (route) or an I/O problem,
+// 2 usage or configuration error.
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -13,19 +18,27 @@
 #include "scheduler/config.h"
 #include "scheduler/selector.h"
 #include "scheduler/strings.h"
-#include "tools/json.h"
+#include "io/json.h"
+#include "tools/commands.h"
 
-namespace mxsched {
-namespace {
+namespace mxsched::tools {
 
 constexpr char kUsage[] =
     "usage:\n"
-    "  mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...\n";
+    "  mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...\n"
+    "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N\n"
+    "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
+    "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
+    "                [--banner-timeout-ms MS]\n"
+    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]\n"
+    "                [--stats FILE] [--max-seconds S]\n";
 
 int UsageError(std::string_view why) {
   std::fprintf(stderr, "mxsched: %.*s\n%s", static_cast<int>(why.size()), why.data(), kUsage);
   return 2;
 }
+
+namespace {
 
 void PrintHuman(const DomainView& v) {
   size_t hosts = 0;
@@ -82,7 +95,9 @@ void AddJson(JsonWriter& w, const DomainView& v) {
   w.EndArray().EndObject();
 }
 
-int RouteCommand(const std::vector<std::string_view>& args) {
+}  // namespace
+
+int RouteCommand(const Args& args) {
   std::string config_path, dns;
   bool json = false;
   std::vector<std::string_view> domains;
@@ -128,17 +143,19 @@ int RouteCommand(const std::vector<std::string_view>& args) {
   return rc;
 }
 
-}  // namespace
-}  // namespace mxsched
+}  // namespace mxsched::tools
 
 int main(int argc, char** argv) {
-  if (argc < 2) return mxsched::UsageError("missing command");
+  namespace t = mxsched::tools;
+  if (argc < 2) return t::UsageError("missing command");
   std::string_view cmd = argv[1];
-  std::vector<std::string_view> args(argv + 2, argv + argc);
-  if (cmd == "route") return mxsched::RouteCommand(args);
+  t::Args args(argv + 2, argv + argc);
+  if (cmd == "route") return t::RouteCommand(args);
+  if (cmd == "load") return t::LoadCommand(args);
+  if (cmd == "farm") return t::FarmCommand(args);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-    std::printf("%s", mxsched::kUsage);
+    std::printf("%s", t::kUsage);
     return 0;
   }
-  return mxsched::UsageError(mxsched::StrCat("unknown command \"", cmd, "\""));
+  return t::UsageError(mxsched::StrCat("unknown command \"", cmd, "\""));
 }

@@ -1,7 +1,7 @@
 // A minimal streaming JSON writer for the CLI's --json output (objects, arrays, scalars).
 // Not thread-safe; one writer per document.
-#ifndef MXSCHED_TOOLS_JSON_H_
-#define MXSCHED_TOOLS_JSON_H_
+#ifndef MXSCHED_IO_JSON_H_
+#define MXSCHED_IO_JSON_H_
 
 #include <cstdint>
 #include <string>
@@ -106,4 +106,4 @@ class JsonWriter {
 
 }  // namespace mxsched
 
-#endif  // MXSCHED_TOOLS_JSON_H_
+#endif  // MXSCHED_IO_JSON_H_

@@ -1,0 +1,80 @@
+// Loop: one io_uring event loop, owned by one thread.
+//
+// Every submission carries a typed `user_data`: a pointer to a Completion, whose function is
+// called with the CQE's result. Decoding happens in one place (Loop::Dispatch). A null
+// user_data is never submitted.
+//
+// The ring is set up with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN where the kernel has
+// them (6.1+), else COOP_TASKRUN, else no flags — Create() tries them in that order and
+// flags() says which took.
+//
+// Thread-safety: REQUIRES external synchronization — a Loop and everything submitted to it
+// belong to the thread that runs it. Wake() is the one exception: callable from any thread.
+#ifndef MXSCHED_IO_LOOP_H_
+#define MXSCHED_IO_LOOP_H_
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+
+namespace mxsched::io {
+
+struct Completion {
+  // `res` is the CQE result (>= 0 or -errno); `flags` the CQE flags (IORING_CQE_F_MORE...).
+  void (*fn)(Completion* self, int res, uint32_t flags) = nullptr;
+};
+
+// Builds a Completion that calls obj->*Method(res, flags).
+template <typename T, void (T::*Method)(int, uint32_t)>
+struct MemberCompletion : Completion {
+  explicit MemberCompletion(T* o) : obj(o) {
+    fn = [](Completion* c, int res, uint32_t flags) {
+      auto* self = static_cast<MemberCompletion*>(c);
+      (self->obj->*Method)(res, flags);
+    };
+  }
+  T* obj;
+};
+
+class Loop {
+ public:
+  static absl::StatusOr<std::unique_ptr<Loop>> Create(unsigned entries = 4096);
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // A free SQE, submitting pending ones first if the submission queue is full. Never null.
+  io_uring_sqe* Sqe();
+  static void SetCompletion(io_uring_sqe* sqe, Completion* c) { io_uring_sqe_set_data(sqe, c); }
+
+  // Submits what is queued, waits up to `timeout_ms` (-1: until one completion) for at
+  // least one completion, and dispatches every ready completion. Returns how many.
+  int RunOnce(int timeout_ms);
+
+  // Makes a RunOnce blocked in another thread return (eventfd + poll).
+  void Wake();
+
+  bool has_socket_op() const { return has_socket_op_; }
+  unsigned flags() const { return flags_; }
+  io_uring* ring() { return &ring_; }
+
+ private:
+  Loop() = default;
+  void ArmWake();
+  void OnWake(int, uint32_t) { ArmWake(); }
+  int Dispatch();
+
+  io_uring ring_{};
+  unsigned flags_ = 0;
+  bool has_socket_op_ = false;
+  int wake_fd_ = -1;
+  uint64_t wake_buf_ = 0;
+  MemberCompletion<Loop, &Loop::OnWake> wake_completion_{this};
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_LOOP_H_

@@ -1,0 +1,296 @@
+// The io_uring connector and load driver against real peers on loopback: the in-process
+// farm (server-side counts prove the limits) and raw TCP peers for malformed greetings.
+#include "io/connector.h"
+
+#include <sys/resource.h>
+
+#include "io/load.h"
+#include "tests/net_testutil.h"
+#include "tests/testutil.h"
+
+namespace mxsched {
+namespace {
+
+using io::ConnectResult;
+using io::Fault;
+using testing::ConfigFrom;
+using testing::ConnectOnce;
+using testing::Ep;
+using testing::StatsFor;
+
+class ConnectorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    net_ = testing::LoopbackPrefix();
+    port_ = testing::FreePort();
+  }
+  std::string Ip(int last) const { return StrCat(net_, last); }
+  std::string Url(int last, int pref) const {
+    return StrCat("\"smtp://", Ip(last), "?pref=", pref, "\"");
+  }
+  std::string Common() const { return StrCat("remote_smtp_port = ", port_, "\n"); }
+  std::vector<Endpoint> Hosts(std::initializer_list<int> lasts) const {
+    std::vector<Endpoint> v;
+    for (int l : lasts) v.push_back(Ep(Ip(l), port_));
+    return v;
+  }
+  io::LoadReport Load(Selector& s, std::shared_ptr<const Config> c, std::vector<std::string> domains,
+                      int64_t sessions, int concurrency, int hold_ms, int threads = 2) {
+    io::LoadOptions o;
+    o.domains = std::move(domains);
+    o.sessions = sessions;
+    o.concurrency = concurrency;
+    o.hold_ms = hold_ms;
+    o.threads = threads;
+    o.max_seconds = 60;
+    o.connector.banner_timeout_ms = 2000;
+    o.connector.connect_timeout_ms = 2000;
+    auto r = io::RunLoad(s, std::move(c), o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
+    return *r;
+  }
+
+  std::string net_;
+  uint16_t port_ = 0;
+};
+
+TEST_F(ConnectorTest, ConnectsAndReadsTheGreeting) {
+  auto farm = testing::StartFarm(Hosts({1}));
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.greeting, "220 farm.mxsched.test ESMTP mxsched farm");
+  EXPECT_GE(r.fd, 0);
+  EXPECT_EQ(r.lease.endpoint(), Ep(Ip(1), port_));
+  EXPECT_EQ(r.attempts, 1);
+  EXPECT_EQ(r.lease.host().active(), 1) << "slot held while the socket is open";
+  testing::CloseConnection(r);
+}
+
+TEST_F(ConnectorTest, StrictPreferenceWithHostLimitsServerSidePeak) {
+  auto farm = testing::StartFarm(Hosts({1, 2, 3}));
+  auto config = ConfigFrom(Common() + StrCat(R"(
+    routes = ( )", Url(1, 10), " ", Url(2, 10), " ", Url(3, 20), R"( )
+    max_outbound_connections = 1000
+    Host ")", Ip(1), R"(" { max_outbound_connections = 3 }
+    Host ")", Ip(2), R"(" { max_outbound_connections = 3 })"));
+  Selector selector(config);
+  io::LoadReport r = Load(selector, config, {"example.com"}, 400, 10, 20);
+  auto stats = farm->Stats();
+  EXPECT_EQ(StatsFor(stats, Ip(1))->peak, 3) << "tier 0 host filled to, never past, its limit";
+  EXPECT_EQ(StatsFor(stats, Ip(2))->peak, 3);
+  EXPECT_LE(StatsFor(stats, Ip(3))->peak, 4) << "tier 1 takes only the overflow (10 - 6)";
+  EXPECT_GT(StatsFor(stats, Ip(3))->total, 0u);
+  EXPECT_EQ(r.connected, 400);
+}
+
+TEST_F(ConnectorTest, EvenSpreadAcrossFourHosts) {
+  auto farm = testing::StartFarm(Hosts({1, 2, 3, 4}));
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 5), Url(2, 5), Url(3, 5),
+                                             Url(4, 5), " )\nmax_outbound_connections = 100"));
+  Selector selector(config);
+  io::LoadReport r = Load(selector, config, {"a.example", "b.example", "c.example"}, 4000, 8, 0);
+  EXPECT_EQ(r.connected, 4000);
+  for (int h = 1; h <= 4; ++h) {
+    EXPECT_NEAR(static_cast<double>(StatsFor(farm->Stats(), Ip(h))->total), 1000, 100) << Ip(h);
+  }
+}
+
+TEST_F(ConnectorTest, FailoverOnRefusedConnection) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
+  testing::CloseConnection(r);
+  const HostState* failed = selector.registry().Find(Ep(Ip(1), port_));
+  ASSERT_NE(failed, nullptr);
+  EXPECT_FALSE(failed->Reachable(selector.clock().NowNanos()));
+  EXPECT_EQ(failed->consecutive_failures(), 1u);
+}
+
+TEST_F(ConnectorTest, FailoverOnBlackholeBannerTimeout) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
+  Selector selector(config);
+  io::ConnectorOptions o;
+  o.banner_timeout_ms = 300;
+  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_GE(r.elapsed_nanos, 300'000'000);
+  EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
+  testing::CloseConnection(r);
+}
+
+TEST_F(ConnectorTest, FailoverOn421Greeting) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.attempts, 2);
+  testing::CloseConnection(r);
+  // With nowhere else to go, the 421 is the reason given.
+  auto only = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nmx_failures_to_delay = 1"));
+  Selector s2(only);
+  ConnectResult r2 = ConnectOnce(s2, only, "example.com");
+  EXPECT_EQ(r2.kind, ConnectResult::Kind::kDeferred);
+  EXPECT_NE(r2.reason.find("greeting 421 4.3.2 farm fault"), std::string::npos) << r2.reason;
+}
+
+TEST_F(ConnectorTest, SlowBannerWithinTimeoutConnectsBeyondItFailsOver) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 200}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
+  {
+    Selector selector(config);
+    io::ConnectorOptions o;
+    o.banner_timeout_ms = 2000;
+    ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+    ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+    EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(1));
+    EXPECT_GE(r.elapsed_nanos, 200'000'000);
+    testing::CloseConnection(r);
+  }
+  Selector selector(config);
+  io::ConnectorOptions o;
+  o.banner_timeout_ms = 50;
+  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
+  testing::CloseConnection(r);
+}
+
+TEST_F(ConnectorTest, HostComesBackAfterHostFailureRetry) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )\n",
+                                             "host_failure_retry = 1"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
+  testing::CloseConnection(r);
+  farm->SetFault(*IpAddress::Parse(Ip(1)), Fault{});
+  ConnectResult still = ConnectOnce(selector, config, "example.com");
+  EXPECT_EQ(still.lease.endpoint().address.ToString(), Ip(2)) << "inside the retry window";
+  testing::CloseConnection(still);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // real clock, real peer
+  ConnectResult back = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(back.kind, ConnectResult::Kind::kConnected) << back.reason;
+  EXPECT_EQ(back.lease.endpoint().address.ToString(), Ip(1)) << "probe after the window";
+  testing::CloseConnection(back);
+}
+
+TEST_F(ConnectorTest, AllMxsDownDefersWith421) {
+  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}},
+                                                 {*IpAddress::Parse(Ip(2)), {Fault::Kind::kRefuse}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), " )\n",
+                                             "mx_failures_to_delay = 1"));
+  Selector selector(config);
+  ConnectResult first = ConnectOnce(selector, config, "example.com");
+  EXPECT_EQ(first.kind, ConnectResult::Kind::kDeferred);
+  EXPECT_EQ(first.attempts, 2);
+  EXPECT_EQ(first.reason.rfind("421 4.4.0 no MXs for this domain could be reached", 0), 0u)
+      << first.reason;
+  EXPECT_NE(first.reason.find("Connection refused"), std::string::npos) << first.reason;
+  ConnectResult next = ConnectOnce(selector, config, "example.com");
+  EXPECT_EQ(next.kind, ConnectResult::Kind::kDeferred);
+  EXPECT_EQ(next.attempts, 0) << "no connection is tried while every MX is in its window";
+  EXPECT_EQ(*next.defer_reason, DeferReason::kNoMxReachable);
+}
+
+TEST_F(ConnectorTest, AttemptsAreBoundedLikeHostsMaxTry) {
+  auto farm = testing::StartFarm(Hosts({1, 2, 3}),
+                                 {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}},
+                                  {*IpAddress::Parse(Ip(2)), {Fault::Kind::kTempfail}},
+                                  {*IpAddress::Parse(Ip(3)), {Fault::Kind::kTempfail}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), Url(3, 0), " )"));
+  Selector selector(config);
+  io::ConnectorOptions o;
+  o.max_attempts = 2;
+  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  EXPECT_EQ(r.kind, ConnectResult::Kind::kFailed);
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_EQ(*r.last_outcome, Outcome::kGreetingRejected);
+  EXPECT_NE(r.reason.find("2 attempt(s) failed"), std::string::npos) << r.reason;
+}
+
+TEST_F(ConnectorTest, Ipv6Loopback) {
+  const uint16_t port = testing::FreePort();
+  auto farm = testing::StartFarm({Ep("::1", port)});
+  if (farm == nullptr) GTEST_SKIP() << "no IPv6 loopback here";
+  auto config = ConfigFrom(StrCat("routes = ( \"smtp://[::1]?port=", port, "\" )"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.lease.endpoint().ToString(), StrCat("[::1]:", port));
+  testing::CloseConnection(r);
+}
+
+TEST_F(ConnectorTest, GlobalRouteSharedByManyDomainsKeepsTheHostLimit) {
+  auto farm = testing::StartFarm(Hosts({1}));
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
+                                             "\" { max_outbound_connections = 5 }"));
+  Selector selector(config);
+  std::vector<std::string> domains;
+  for (int i = 0; i < 100; ++i) domains.push_back(StrCat("d", i, ".example"));
+  io::LoadReport r = Load(selector, config, domains, 3000, 40, 5);
+  EXPECT_EQ(StatsFor(farm->Stats(), Ip(1))->peak, 5) << "server-side peak";
+  EXPECT_GT(r.connected, 0);
+  EXPECT_GT(r.deferred, 0) << "concurrency 40 against a limit of 5 must defer";
+  EXPECT_EQ(r.deferrals["hosts_at_limit"], r.deferred);
+  EXPECT_EQ(r.failed, 0);
+}
+
+struct BadGreeting {
+  const char* name;
+  std::vector<std::string> chunks;
+  Outcome outcome;
+  const char* says;
+};
+
+class BadGreetingTest : public ConnectorTest, public ::testing::WithParamInterface<BadGreeting> {};
+
+TEST_P(BadGreetingTest, FailsTheHostWithAClearReason) {
+  const BadGreeting& c = GetParam();
+  testing::RawPeer peer(Ep(Ip(1), port_), c.chunks);
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )"));
+  Selector selector(config);
+  io::ConnectorOptions o;
+  o.banner_timeout_ms = 500;
+  o.max_attempts = 1;
+  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  EXPECT_EQ(r.kind, ConnectResult::Kind::kFailed);
+  ASSERT_TRUE(r.last_outcome.has_value());
+  EXPECT_EQ(*r.last_outcome, c.outcome);
+  EXPECT_NE(r.reason.find(c.says), std::string::npos) << r.reason;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Greetings, BadGreetingTest,
+    ::testing::Values(
+        BadGreeting{"garbage", {"HTTP/1.1 200 OK\r\n"}, Outcome::kProtocolError, "not an SMTP"},
+        BadGreeting{"overlong", {"220 " + std::string(5000, 'x')}, Outcome::kProtocolError,
+                    "longer than"},
+        BadGreeting{"closed", {"220-partial\r\n"}, Outcome::kTimedOut, "no greeting within"},
+        BadGreeting{"rejected", {"554 5.7.1 no thanks\r\n"}, Outcome::kGreetingRejected,
+                    "greeting 554"}),
+    [](const auto& info) { return info.param.name; });
+
+TEST_F(ConnectorTest, GreetingSplitAcrossManyReads) {
+  std::vector<std::string> chunks;
+  for (char c : std::string("220-mx first\r\n220 mx second\r\n")) chunks.emplace_back(1, c);
+  testing::RawPeer peer(Ep(Ip(1), port_), chunks, /*gap_ms=*/2);
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )"));
+  Selector selector(config);
+  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_EQ(r.greeting, "220 mx first");
+  testing::CloseConnection(r);
+}
+
+}  // namespace
+}  // namespace mxsched

@@ -1,0 +1,145 @@
+// Loopback helpers for integration tests: unique addresses per test process (ctest runs
+// test cases as parallel processes), a free port, an in-process farm, a raw TCP peer that
+// writes given bytes, and a driver that runs a Connector to completion.
+#ifndef MXSCHED_TESTS_NET_TESTUTIL_H_
+#define MXSCHED_TESTS_NET_TESTUTIL_H_
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "io/connector.h"
+#include "io/farm.h"
+#include "io/loop.h"
+#include "scheduler/strings.h"
+
+namespace mxsched::testing {
+
+// 127.<a>.<b>.x with <a> from the pid and <b> counting per call: no two test processes and
+// no two fixtures in one process share an address.
+inline std::string LoopbackPrefix() {
+  static std::atomic<int> counter{0};
+  const int a = 20 + getpid() % 200;
+  const int b = counter.fetch_add(1) % 250;
+  return StrCat("127.", a, ".", b, ".");
+}
+
+// A port free on 127.0.0.1 right now (bound with port 0, then released).
+inline uint16_t FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+  socklen_t len = sizeof(sin);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
+  close(fd);
+  return ntohs(sin.sin_port);
+}
+
+inline Endpoint Ep(const std::string& ip, uint16_t port) {
+  return Endpoint{*IpAddress::Parse(ip), port};
+}
+
+inline std::unique_ptr<io::Farm> StartFarm(const std::vector<Endpoint>& listen,
+                                           std::vector<std::pair<IpAddress, io::Fault>> faults = {}) {
+  io::FarmOptions o;
+  o.listen = listen;
+  o.faults = std::move(faults);
+  auto farm = io::Farm::Start(std::move(o));
+  EXPECT_TRUE(farm.ok()) << farm.status();
+  return farm.ok() ? *std::move(farm) : nullptr;
+}
+
+inline const io::FarmAddressStats* StatsFor(const std::vector<io::FarmAddressStats>& all,
+                                            const std::string& ip) {
+  for (const auto& s : all) {
+    if (s.endpoint.address.ToString() == ip) return &s;
+  }
+  return nullptr;
+}
+
+// Runs one Connect to completion on a private loop. The lease and fd come back in the
+// result; the caller closes and releases.
+inline io::ConnectResult ConnectOnce(Selector& selector, std::shared_ptr<const Config> config,
+                                     const std::string& domain, io::ConnectorOptions options = {}) {
+  auto loop = io::Loop::Create(256);
+  EXPECT_TRUE(loop.ok()) << loop.status();
+  io::Connector connector(loop->get(), &selector, std::move(config), options);
+  io::ConnectResult out;
+  bool done = false;
+  connector.Connect(domain, [&](io::ConnectResult r) {
+    out = std::move(r);
+    done = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!done && std::chrono::steady_clock::now() < deadline) (*loop)->RunOnce(100);
+  EXPECT_TRUE(done) << "connect did not finish within 60 s";
+  for (int i = 0; i < 5; ++i) (*loop)->RunOnce(1);  // drain cancelled link timeouts
+  return out;
+}
+
+inline void CloseConnection(io::ConnectResult& r) {
+  if (r.fd >= 0) close(r.fd);
+  r.fd = -1;
+  r.lease.Release();
+}
+
+// A raw TCP peer: accepts connections and writes `chunks` to each, pausing `gap_ms` between
+// chunks, then keeps the connection open until the client closes. For greetings the farm
+// would never send (garbage, split, over-long).
+class RawPeer {
+ public:
+  RawPeer(const Endpoint& ep, std::vector<std::string> chunks, int gap_ms = 0)
+      : chunks_(std::move(chunks)), gap_ms_(gap_ms) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_storage ss;
+    socklen_t len = ep.ToSockaddr(&ss);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&ss), len), 0);
+    EXPECT_EQ(listen(fd_, 16), 0);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~RawPeer() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  int accepted() const { return accepted_; }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      ++accepted_;
+      for (const std::string& chunk : chunks_) {
+        if (send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) break;
+        if (gap_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(gap_ms_));
+      }
+      char buf[256];
+      while (!stop_ && recv(c, buf, sizeof(buf), 0) > 0) {
+      }
+      close(c);
+    }
+  }
+  std::vector<std::string> chunks_;
+  int gap_ms_;
+  int fd_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
+}  // namespace mxsched::testing
+
+#endif  // MXSCHED_TESTS_NET_TESTUTIL_H_
