@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "io/json.h"
+#include "io/resolver.h"
 #include "scheduler/strings.h"
 
 namespace mxsched::io {
@@ -64,12 +65,20 @@ class Worker {
     loop_ = *std::move(loop);
     connector_ = std::make_unique<Connector>(loop_.get(), selector_, config_,
                                              shared_->options->connector);
+    const LoadOptions& o = *shared_->options;
+    if (o.dns_cache != nullptr) {
+      auto client = DnsClient::Create(loop_.get(), o.dns_cache, o.dns_server);
+      if (!client.ok()) return client.status();
+      dns_ = *std::move(client);
+      dns_->SetOnChange([this] { connector_->OnRoutesChanged(); });
+    }
     StartMore();
     while (in_flight_ > 0 || connector_->in_flight() > 0) loop_->RunOnce(-1);
     // Let cancelled timers' completions drain so no session object outlives the loop.
     for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
     }
     connector_.reset();
+    dns_.reset();
     return absl::OkStatus();
   }
 
@@ -131,6 +140,7 @@ class Worker {
   int in_flight_ = 0;
   std::unique_ptr<Loop> loop_;
   std::unique_ptr<Connector> connector_;
+  std::unique_ptr<DnsClient> dns_;
 };
 
 void Hold::Start() {
@@ -195,8 +205,8 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Con
   if (options.sessions < 0 || options.concurrency < 1 || options.threads < 1) {
     return absl::InvalidArgumentError("load: sessions >= 0, concurrency >= 1, threads >= 1");
   }
-  if (!options.dns_server.empty()) {
-    return absl::UnimplementedError("load: --dns is not available in this build yet");
+  if (!options.dns_server.empty() && options.dns_cache == nullptr) {
+    return absl::InvalidArgumentError("load: a DNS server needs the Selector's DnsCache");
   }
   selector.registry().ForEach([](const HostState& h) { const_cast<HostState&>(h).ResetPeak(); });
   Shared shared;

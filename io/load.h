@@ -21,7 +21,7 @@
 
 namespace mxsched::io {
 
-class DnsResolver;
+class DnsCache;
 
 struct LoadOptions {
   std::vector<std::string> domains;  // sessions go round-robin over these
@@ -31,8 +31,10 @@ struct LoadOptions {
   int hold_ms = 0;
   int max_seconds = 600;  // stop starting sessions after this; in-flight ones finish
   ConnectorOptions connector;
-  // Optional: DNS, one client per thread pointed at this server ("127.0.0.1:5353").
+  // Optional DNS: one c-ares client per thread, pointed at `dns_server` ("127.0.0.1:5353"),
+  // all storing into `dns_cache` — which must be the Resolver the Selector was built with.
   std::string dns_server;
+  DnsCache* dns_cache = nullptr;
   std::function<void(int64_t done, int64_t connected, int64_t deferred, int64_t failed)> progress;
 };
 

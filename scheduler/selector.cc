@@ -96,6 +96,9 @@ struct alignas(128) Selector::CreditSlot {
 namespace {
 
 constexpr int32_t kCreditBatch = 32;
+// While a refresh waits for DNS, the previous hosts serve and the route is re-planned this
+// often (one thread at a time) until the answer is in.
+constexpr int64_t kStaleRetryNanos = 200'000'000;
 
 inline uint64_t Load8(const char* p) {
   uint64_t v;
@@ -356,8 +359,8 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
   RouteSnapshot* fresh = planner_.Plan(*config(), entry->name());
   if (old->state() == RouteState::kReady && fresh->state() != RouteState::kReady &&
       fresh->state() != RouteState::kPermFail) {
-    // Stale-while-revalidate: DNS is slow or failing; keep the hosts we had for a few more
-    // seconds rather than deferring mail that could go.
+    // Stale-while-revalidate: DNS is slow or failing; keep the hosts we had rather than
+    // deferring mail that could go, and look again shortly (the answer may be in by then).
     std::vector<std::vector<HostState*>> tiers;
     std::vector<std::pair<uint32_t, uint32_t>> keys;
     for (size_t t = 0; t < old->num_tiers(); ++t) {
@@ -366,7 +369,7 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
       keys.emplace_back(tier.key_tier, tier.key_mx_pref);
     }
     RouteSnapshot::Destroy(fresh);
-    fresh = RouteSnapshot::Create(RouteState::kReady, now + 5 * kNanosPerSecond,
+    fresh = RouteSnapshot::Create(RouteState::kReady, now + kStaleRetryNanos,
                                   old->domain_limit(), old->mx_failures_to_delay(), "", tiers,
                                   keys);
   }

@@ -10,6 +10,7 @@
 
 #include "io/farm.h"
 #include "io/load.h"
+#include "io/resolver.h"
 #include "scheduler/strings.h"
 #include "tools/commands.h"
 
@@ -167,7 +168,9 @@ int LoadCommand(const Args& args) {
   }
   RaiseFdLimit();
   auto shared = std::make_shared<const Config>(*std::move(config));
-  Selector selector(shared);
+  io::DnsCache cache;
+  if (!o.dns_server.empty()) o.dns_cache = &cache;
+  Selector selector(shared, nullptr, nullptr, o.dns_cache);
   if (isatty(STDERR_FILENO)) {
     const int64_t total = o.sessions;
     o.progress = [total](int64_t done, int64_t c, int64_t d, int64_t f) {

@@ -19,6 +19,8 @@
 #include "scheduler/selector.h"
 #include "scheduler/strings.h"
 #include "io/json.h"
+#include "io/loop.h"
+#include "io/resolver.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
@@ -117,20 +119,34 @@ int RouteCommand(const Args& args) {
   }
   if (config_path.empty()) return UsageError("route: --config FILE is required");
   if (domains.empty()) return UsageError("route: give at least one DOMAIN");
-  if (!dns.empty()) {
-    return UsageError("route: --dns is not available in this build yet (literal routes only)");
-  }
   absl::StatusOr<Config> config = LoadConfigFile(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
-  Selector selector(std::make_shared<const Config>(*std::move(config)));
+  io::DnsCache cache;
+  std::unique_ptr<io::Loop> loop;
+  std::unique_ptr<io::DnsClient> client;
+  if (!dns.empty()) {
+    auto l = io::Loop::Create(64);
+    if (!l.ok()) return UsageError(ToStd(l.status().message()));
+    loop = *std::move(l);
+    auto c = io::DnsClient::Create(loop.get(), &cache, dns);
+    if (!c.ok()) return UsageError(ToStd(c.status().message()));
+    client = *std::move(c);
+  }
+  Selector selector(std::make_shared<const Config>(*std::move(config)), nullptr, nullptr,
+                    client ? &cache : nullptr);
   JsonWriter w;
   w.BeginArray();
   int rc = 0;
   for (std::string_view d : domains) {
     DomainView v = selector.Describe(d);
+    // With DNS, run the resolver until the route is known (c-ares gives up well before).
+    for (int i = 0; loop && v.state == RouteState::kPending && i < 300; ++i) {
+      loop->RunOnce(50);
+      v = selector.Describe(d);
+    }
     if (v.state != RouteState::kReady) rc = 1;
     if (json) {
       AddJson(w, v);

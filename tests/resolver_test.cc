@@ -1,0 +1,236 @@
+// DNS against a real dnsmasq on loopback: MX with TTLs, implicit MX, null MX, NXDOMAIN,
+// timeouts, TTL expiry, refresh, CNAMEs, prohibited addresses — and the connector waiting
+// for resolution end to end with the farm.
+#include "io/resolver.h"
+
+#include "io/connector.h"
+#include "io/load.h"
+#include "tests/dnsmasq.h"
+#include "tests/net_testutil.h"
+#include "tests/testutil.h"
+
+namespace mxsched {
+namespace {
+
+using testing::ConfigFrom;
+
+class ResolverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (testing::DnsmasqBinary() == nullptr) {
+      GTEST_SKIP() << "dnsmasq not installed (Debian dnsmasq-base); tools/dev.sh installs it";
+    }
+    net_ = testing::LoopbackPrefix();
+    auto loop = io::Loop::Create(256);
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    loop_ = *std::move(loop);
+  }
+  void TearDown() override {
+    client_.reset();
+    selector_.reset();
+  }
+
+  void StartDns(std::vector<std::string> records, int ttl = 300) {
+    dns_ = std::make_unique<testing::Dnsmasq>(std::move(records), ttl);
+    ASSERT_TRUE(dns_->ok()) << "dnsmasq did not start";
+    Connect(dns_->server());
+  }
+  void Connect(const std::string& server, int timeout_ms = 1500) {
+    auto c = io::DnsClient::Create(loop_.get(), &cache_, server, timeout_ms, 2);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+  void MakeSelector(const std::string& config_text) {
+    config_ = ConfigFrom(config_text);
+    selector_ = std::make_unique<Selector>(config_, nullptr, nullptr, &cache_);
+  }
+  // Runs the loop until the domain's first host is `ip` (at most 10 s); returns that host.
+  std::string WaitForFirstHost(const std::string& domain, const std::string& ip) {
+    std::string host;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (host != ip && std::chrono::steady_clock::now() < deadline) {
+      DomainView v = selector_->Describe(domain);
+      if (v.state == RouteState::kReady) host = v.tiers[0].hosts[0].endpoint.address.ToString();
+      loop_->RunOnce(20);
+    }
+    return host;
+  }
+  // Runs the loop until the domain's route is no longer resolving (at most 10 s).
+  DomainView Resolve(const std::string& domain) {
+    DomainView v = selector_->Describe(domain);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (v.state == RouteState::kPending && std::chrono::steady_clock::now() < deadline) {
+      loop_->RunOnce(50);
+      v = selector_->Describe(domain);
+    }
+    return v;
+  }
+  std::string Ip(int last) const { return StrCat(net_, last); }
+
+  std::string net_;
+  std::unique_ptr<io::Loop> loop_;
+  io::DnsCache cache_;
+  std::unique_ptr<testing::Dnsmasq> dns_;
+  std::unique_ptr<io::DnsClient> client_;
+  std::shared_ptr<const Config> config_;
+  std::unique_ptr<Selector> selector_;
+};
+
+TEST_F(ResolverTest, MxSetInPreferenceOrderWithTtl) {
+  StartDns({"--mx-host=a.test,mx1.a.test,10", "--mx-host=a.test,mx2.a.test,20",
+            StrCat("--host-record=mx1.a.test,", Ip(1)), StrCat("--host-record=mx2.a.test,", Ip(2))},
+           120);
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("a.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  ASSERT_EQ(v.tiers.size(), 2u);
+  EXPECT_EQ(v.tiers[0].mx_pref, 10u);
+  EXPECT_EQ(v.tiers[0].hosts[0].name, "mx1.a.test");
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(1));
+  EXPECT_EQ(v.tiers[1].mx_pref, 20u);
+  EXPECT_EQ(v.tiers[1].hosts[0].endpoint.address.ToString(), Ip(2));
+  EXPECT_GT(v.ttl_left_s, 100);
+  EXPECT_LE(v.ttl_left_s, 120) << "route lives no longer than the DNS TTL";
+}
+
+TEST_F(ResolverTest, NoMxUsesTheDomainsAddressAsImplicitMx) {
+  StartDns({StrCat("--host-record=b.test,", Ip(3))});
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("b.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  ASSERT_EQ(v.tiers.size(), 1u);
+  EXPECT_EQ(v.tiers[0].mx_pref, 0u);
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(3));
+}
+
+TEST_F(ResolverTest, NullMxFailsAtOncePermanently) {
+  StartDns({"--dns-rr=nullmx.test,15,000000", StrCat("--host-record=nullmx.test,", Ip(4))});
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("nullmx.test");
+  EXPECT_EQ(v.state, RouteState::kPermFail);
+  EXPECT_NE(v.detail.find("5.1.10"), std::string::npos) << v.detail;
+  AcquireResult r = selector_->Acquire("nullmx.test");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.deferral().permanent());
+}
+
+TEST_F(ResolverTest, NxDomainIsPermanent) {
+  StartDns({});
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("missing.test");
+  EXPECT_EQ(v.state, RouteState::kPermFail);
+  EXPECT_NE(v.detail.find("NXDOMAIN"), std::string::npos) << v.detail;
+}
+
+TEST_F(ResolverTest, DnsTimeoutIsTemporary) {
+  // A UDP socket that never answers: c-ares times out.
+  int silent = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)), 0);
+  socklen_t len = sizeof(sin);
+  getsockname(silent, reinterpret_cast<sockaddr*>(&sin), &len);
+  Connect(StrCat("127.0.0.1:", ntohs(sin.sin_port)), /*timeout_ms=*/200);
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("slow.test");
+  close(silent);
+  EXPECT_EQ(v.state, RouteState::kTempFail);
+  EXPECT_NE(v.detail.find("4.4.3"), std::string::npos) << v.detail;
+  AcquireResult r = selector_->Acquire("slow.test");
+  ASSERT_FALSE(r.ok());
+  EXPECT_FALSE(r.deferral().permanent());
+}
+
+TEST_F(ResolverTest, TtlExpiryReResolvesAndPicksUpTheNewMxSet) {
+  StartDns({"--mx-host=c.test,mx1.c.test,10", StrCat("--host-record=mx1.c.test,", Ip(1)),
+            StrCat("--host-record=mx9.c.test,", Ip(9))},
+           1);
+  MakeSelector("routes = ( \"__mx__\" )");
+  ASSERT_EQ(Resolve("c.test").tiers[0].hosts[0].endpoint.address.ToString(), Ip(1));
+  dns_->Restart({"--mx-host=c.test,mx9.c.test,10", StrCat("--host-record=mx1.c.test,", Ip(1)),
+                 StrCat("--host-record=mx9.c.test,", Ip(9))},
+                1);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(WaitForFirstHost("c.test", Ip(9)), Ip(9));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500))
+      << "picked up before the 1 s TTL ran out";
+}
+
+TEST_F(ResolverTest, RefreshAppliesANewMxSetBeforeTheTtl) {
+  StartDns({"--mx-host=d.test,mx1.d.test,10", StrCat("--host-record=mx1.d.test,", Ip(1)),
+            StrCat("--host-record=mx9.d.test,", Ip(9))},
+           300);
+  MakeSelector("routes = ( \"__mx__\" )");
+  ASSERT_EQ(Resolve("d.test").tiers[0].hosts[0].endpoint.address.ToString(), Ip(1));
+  dns_->Restart({"--mx-host=d.test,mx9.d.test,10", StrCat("--host-record=mx1.d.test,", Ip(1)),
+                 StrCat("--host-record=mx9.d.test,", Ip(9))},
+                300);
+  EXPECT_EQ(Resolve("d.test").tiers[0].hosts[0].endpoint.address.ToString(), Ip(1))
+      << "cached for 300 s";
+  cache_.Clear();
+  selector_->RefreshDomain("d.test");
+  EXPECT_EQ(WaitForFirstHost("d.test", Ip(9)), Ip(9));
+}
+
+TEST_F(ResolverTest, MxTargetBehindCnameChain) {
+  StartDns({"--mx-host=e.test,alias.e.test,10", "--cname=alias.e.test,real.e.test",
+            StrCat("--host-record=real.e.test,", Ip(5))});
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("e.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(5));
+}
+
+TEST_F(ResolverTest, ProhibitedAddressesFromDnsAreSkipped) {
+  StartDns({"--mx-host=f.test,evil.f.test,10", "--mx-host=f.test,good.f.test,20",
+            "--host-record=evil.f.test,10.1.2.3", StrCat("--host-record=good.f.test,", Ip(6))});
+  MakeSelector("routes = ( \"__mx__\" )\nprohibited_hosts = ( \"10.0.0.0/8\" )");
+  DomainView v = Resolve("f.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  ASSERT_EQ(v.tiers.size(), 1u) << "the prohibited MX is gone, not just deprioritised";
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(6));
+}
+
+TEST_F(ResolverTest, HostnameRouteItemResolvesWithA) {
+  StartDns({StrCat("--host-record=relay.g.test,", Ip(7))});
+  MakeSelector("routes = ( \"smtp://relay.g.test?pref=5&port=2600\" )");
+  DomainView v = Resolve("anything.example");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.ToString(), StrCat(Ip(7), ":2600"));
+}
+
+TEST_F(ResolverTest, ConnectorWaitsForDnsThenConnectsEndToEnd) {
+  const uint16_t port = testing::FreePort();
+  auto farm = testing::StartFarm({testing::Ep(Ip(1), port), testing::Ep(Ip(2), port)});
+  StartDns({"--mx-host=h.test,mx1.h.test,10", "--mx-host=h.test,mx2.h.test,10",
+            StrCat("--host-record=mx1.h.test,", Ip(1)), StrCat("--host-record=mx2.h.test,", Ip(2))});
+  MakeSelector(StrCat("routes = ( \"__mx__\" )\nremote_smtp_port = ", port));
+  io::Connector connector(loop_.get(), selector_.get(), config_);
+  client_->SetOnChange([&] { connector.OnRoutesChanged(); });
+  int connected = 0, other = 0;
+  for (int i = 0; i < 20; ++i) {
+    connector.Connect("h.test", [&](io::ConnectResult r) {
+      if (r.kind == io::ConnectResult::Kind::kConnected) {
+        ++connected;
+        testing::CloseConnection(r);
+      } else {
+        ++other;
+        ADD_FAILURE() << r.reason;
+      }
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (connector.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    loop_->RunOnce(100);
+  }
+  EXPECT_EQ(connected, 20) << "sessions that arrived before DNS answered waited, not deferred";
+  EXPECT_EQ(other, 0);
+  EXPECT_EQ(testing::StatsFor(farm->Stats(), Ip(1))->total +
+                testing::StatsFor(farm->Stats(), Ip(2))->total,
+            20u);
+  for (int i = 0; i < 5; ++i) loop_->RunOnce(1);
+}
+
+}  // namespace
+}  // namespace mxsched
