@@ -1,0 +1,64 @@
+// A minimal delivery worker embedding mxsched: one io_uring loop, one connector, optional
+// DNS. For each domain on the command line it gets a ready SMTP connection (or the reason
+// there is none), says QUIT, closes the socket and only then releases the slot.
+//
+//   example_worker CONFIG [--dns HOST:PORT] DOMAIN...
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "io/connector.h"
+#include "io/resolver.h"
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: example_worker CONFIG [--dns HOST:PORT] DOMAIN...\n");
+    return 2;
+  }
+  auto parsed = mxsched::LoadConfigFile(argv[1]);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  auto config = std::make_shared<const mxsched::Config>(*std::move(parsed));
+  int first_domain = 2;
+  std::string dns;
+  if (std::string(argv[2]) == "--dns" && argc > 4) {
+    dns = argv[3];
+    first_domain = 4;
+  }
+
+  auto loop = mxsched::io::Loop::Create();  // one per worker thread
+  if (!loop.ok()) return 1;
+  mxsched::io::DnsCache cache;                // one per process, shared by all workers
+  mxsched::Selector selector(config, nullptr, nullptr, dns.empty() ? nullptr : &cache);
+  mxsched::io::Connector connector(loop->get(), &selector, config);
+  std::unique_ptr<mxsched::io::DnsClient> resolver;
+  if (!dns.empty()) {
+    auto c = mxsched::io::DnsClient::Create(loop->get(), &cache, dns);
+    if (!c.ok()) return 2;
+    resolver = *std::move(c);
+    resolver->SetOnChange([&] { connector.OnRoutesChanged(); });  // wake sessions waiting on DNS
+  }
+
+  for (int i = first_domain; i < argc; ++i) {
+    std::string domain = argv[i];
+    connector.Connect(domain, [domain](mxsched::io::ConnectResult r) {
+      if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) {
+        std::printf("%s: %s: %s\n", domain.c_str(),
+                    std::string(mxsched::io::ConnectKindName(r.kind)).c_str(), r.reason.c_str());
+        return;
+      }
+      std::printf("%s: connected to %s after %d attempt(s): %s\n", domain.c_str(),
+                  r.lease.endpoint().ToString().c_str(), r.attempts, r.greeting.c_str());
+      // ... EHLO, MAIL, RCPT, DATA would go here ...
+      [[maybe_unused]] ssize_t n = write(r.fd, "QUIT\r\n", 6);
+      close(r.fd);        // first the socket,
+      r.lease.Release();  // then the slot: the MX never sees limit + 1
+    });
+  }
+  while (connector.in_flight() > 0) (*loop)->RunOnce(-1);
+  return 0;
+}
