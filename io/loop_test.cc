@@ -36,32 +36,6 @@ void RunUntil(Loop& loop, const std::vector<Result*>& rs) {
   FAIL() << "operations did not complete";
 }
 
-// A listener that never accepts, its backlog already full: further SYNs are dropped, so a
-// connect to it hangs until a timeout — a real connect timeout on loopback.
-struct FullBacklog {
-  FullBacklog() {
-    ep = testing::Ep(testing::LoopbackPrefix() + "1", testing::FreePort());
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_storage ss;
-    socklen_t len = ep.ToSockaddr(&ss);
-    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&ss), len), 0);
-    EXPECT_EQ(listen(fd, 0), 0);
-    for (int i = 0; i < 4; ++i) {  // fill the accept queue (non-blocking connects)
-      int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-      connect(c, reinterpret_cast<sockaddr*>(&ss), len);
-      fillers.push_back(c);
-    }
-    usleep(50'000);
-  }
-  ~FullBacklog() {
-    for (int c : fillers) close(c);
-    close(fd);
-  }
-  Endpoint ep;
-  int fd;
-  std::vector<int> fillers;
-};
-
 TEST(IoUring, SocketOp) {
   auto loop = Loop::Create(8);
   ASSERT_TRUE(loop.ok()) << loop.status();
@@ -76,7 +50,7 @@ TEST(IoUring, SocketOp) {
 }
 
 TEST(IoUring, ConnectLinkedToATimeoutThatFires) {
-  FullBacklog peer;
+  testing::FullBacklog peer(testing::Ep(testing::LoopbackPrefix() + "1", testing::FreePort()));
   auto loop = Loop::Create(8);
   ASSERT_TRUE(loop.ok());
   int fd = socket(AF_INET, SOCK_STREAM, 0);

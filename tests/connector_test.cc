@@ -114,27 +114,15 @@ TEST_F(ConnectorTest, FailoverOnRefusedConnection) {
 }
 
 TEST_F(ConnectorTest, FailoverOnConnectTimeout) {
-  // Ip(1) listens with a full accept queue and never accepts: SYNs are dropped.
-  Endpoint dead = Ep(Ip(1), port_);
-  int lfd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_storage ss;
-  socklen_t len = dead.ToSockaddr(&ss);
-  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&ss), len), 0);
-  ASSERT_EQ(listen(lfd, 0), 0);
-  std::vector<int> fillers;
-  for (int i = 0; i < 4; ++i) {
-    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    connect(c, reinterpret_cast<sockaddr*>(&ss), len);
-    fillers.push_back(c);
-  }
+  const Endpoint dead = Ep(Ip(1), port_);
+  auto peer = std::make_unique<testing::FullBacklog>(dead);  // SYNs to Ip(1) are dropped
   auto farm = testing::StartFarm(Hosts({2}));
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
   io::ConnectorOptions o;
   o.connect_timeout_ms = 200;
   ConnectResult r = ConnectOnce(selector, config, "example.com", o);
-  for (int c : fillers) close(c);
-  close(lfd);
+  peer.reset();
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.attempts, 2);
   EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));

@@ -92,6 +92,31 @@ inline void CloseConnection(io::ConnectResult& r) {
   r.lease.Release();
 }
 
+// A listener that never accepts, its accept queue already full: further SYNs are dropped,
+// so a connect to it hangs until a timeout — a real connect timeout on loopback.
+struct FullBacklog {
+  explicit FullBacklog(const Endpoint& endpoint) : ep(endpoint) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_storage ss;
+    socklen_t len = ep.ToSockaddr(&ss);
+    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&ss), len), 0);
+    EXPECT_EQ(listen(fd, 0), 0);
+    for (int i = 0; i < 4; ++i) {  // non-blocking connects fill the queue
+      int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      connect(c, reinterpret_cast<sockaddr*>(&ss), len);
+      fillers.push_back(c);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ~FullBacklog() {
+    for (int c : fillers) close(c);
+    close(fd);
+  }
+  Endpoint ep;
+  int fd;
+  std::vector<int> fillers;
+};
+
 // A raw TCP peer: accepts connections and writes `chunks` to each, pausing `gap_ms` between
 // chunks, then keeps the connection open until the client closes. For greetings the farm
 // would never send (garbage, split, over-long).
