@@ -1,5 +1,6 @@
 #include "io/connector.h"
 
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -80,6 +81,12 @@ struct Connector::Session {
       if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
           !dns_wait_expired) {
         return WaitForDns();
+      }
+      const bool at_limit = d.reason == DeferReason::kHostsAtLimit ||
+                            d.reason == DeferReason::kDomainLimit ||
+                            d.reason == DeferReason::kServerLimit;
+      if (at_limit && connector->options_.slot_wait_ms > 0 && !slot_wait_expired) {
+        return WaitForSlot();
       }
       ConnectResult res;
       res.kind = d.permanent() ? ConnectResult::Kind::kFailed : ConnectResult::Kind::kDeferred;
@@ -247,8 +254,54 @@ struct Connector::Session {
     MaybeDelete();
   }
 
+  // --- rule 8: wait for a slot -------------------------------------------------------
+  struct Waiter : SlotWaiter {
+    explicit Waiter(Session* s) : session(s) {}
+    void Wake() override { session->connector->QueueWoken(session); }  // any thread
+    Session* session;
+  };
+  Waiter waiter{this};
+  bool slot_waiting = false;
+  bool slot_woken_before = false;
+  bool slot_wait_expired = false;
+  bool slot_timer_armed = false;
+  __kernel_timespec slot_ts{};
+
+  void WaitForSlot() {
+    if (!slot_timer_armed && !slot_woken_before) {
+      slot_timer_armed = true;
+      slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
+      io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
+    }
+    slot_waiting = true;
+    connector->selector_->WaitForSlot(domain, &waiter, /*front=*/slot_woken_before);
+  }
+
+  void OnWoken() {  // on the loop thread
+    slot_waiting = false;
+    slot_woken_before = true;
+    if (!finished) return Attempt();
+    MaybeDelete();
+  }
+
+  void OnSlotTimer(int, uint32_t) {
+    --pending;
+    slot_timer_armed = false;
+    slot_wait_expired = true;
+    if (slot_waiting && connector->selector_->CancelWait(&waiter)) {
+      slot_waiting = false;
+      if (!finished) return Attempt();  // one last try, then deferred
+    }
+    MaybeDelete();  // (if already woken, the queued wake-up continues the session)
+  }
+
   void Finish(ConnectResult r) {
     finished = true;
+    if (slot_timer_armed) {
+      io_uring_sqe* sqe = loop()->Sqe();
+      io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&slot_timer_done), 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
     if (dns_timer_armed) {  // do not keep the session alive until the DNS wait would expire
       io_uring_sqe* sqe = loop()->Sqe();
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&dns_timer_done), 0);
@@ -263,7 +316,7 @@ struct Connector::Session {
   }
 
   void MaybeDelete() {
-    if (finished && pending == 0 && !waiting_dns) delete this;
+    if (finished && pending == 0 && !waiting_dns && !slot_waiting) delete this;
   }
 
   MemberCompletion<Session, &Session::OnSocket> socket_done{this};
@@ -271,15 +324,60 @@ struct Connector::Session {
   MemberCompletion<Session, &Session::OnRecv> recv_done{this};
   MemberCompletion<Session, &Session::OnTimeout> timeout_done{this};
   MemberCompletion<Session, &Session::OnDnsTimer> dns_timer_done{this};
+  MemberCompletion<Session, &Session::OnSlotTimer> slot_timer_done{this};
 };
 
 Connector::Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
                      ConnectorOptions options)
     : loop_(loop), selector_(selector), config_(std::move(config)), options_(options) {
   if (options_.max_attempts < 1) options_.max_attempts = 1;
+  if (options_.slot_wait_ms > 0) {
+    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_fd_ < 0) {
+      options_.slot_wait_ms = 0;  // cannot be woken: fall back to deferring at once
+    } else {
+      ArmWakeRead();
+    }
+  }
 }
 
-Connector::~Connector() = default;
+Connector::~Connector() {
+  if (wake_armed_) {  // take our eventfd read out of the ring before the memory goes
+    io_uring_sqe* sqe = loop_->Sqe();
+    io_uring_prep_cancel(sqe, &wake_done_, 0);
+    Loop::SetCompletion(sqe, nullptr);
+    for (int i = 0; i < 1000 && wake_armed_; ++i) loop_->RunOnce(10);
+  }
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+void Connector::QueueWoken(Session* s) {
+  {
+    absl::MutexLock lock(&wake_mu_);
+    woken_.push_back(s);
+  }
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+}
+
+void Connector::ArmWakeRead() {
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
+  Loop::SetCompletion(sqe, &wake_done_);
+  wake_armed_ = true;
+}
+
+void Connector::OnWakeRead(int res, uint32_t) {
+  wake_armed_ = false;
+  if (res == -ECANCELED) return;
+  ArmWakeRead();
+  std::vector<Session*> woken;
+  {
+    absl::MutexLock lock(&wake_mu_);
+    woken.swap(woken_);
+  }
+  for (Session* s : woken) s->OnWoken();
+}
 
 void Connector::Connect(std::string_view domain, Callback done) {
   ++in_flight_;

@@ -36,6 +36,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "io/loop.h"
 #include "scheduler/config.h"
 #include "scheduler/selector.h"
@@ -65,6 +66,10 @@ struct ConnectorOptions {
   int connect_timeout_ms = -1;
   int banner_timeout_ms = -1;
   int dns_wait_ms = 30000;
+  // Rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
+  // to this long for a slot — woken by the Selector the moment one frees, no polling —
+  // instead of ending as deferred at once. 0: defer at once.
+  int slot_wait_ms = 0;
 };
 
 class Connector {
@@ -87,12 +92,24 @@ class Connector {
 
  private:
   friend struct Session;
+  // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
+  // eventfd read on this loop picks them up.
+  void QueueWoken(Session* s);
+  void ArmWakeRead();
+  void OnWakeRead(int res, uint32_t flags);
+
   Loop* loop_;
   Selector* selector_;
   std::shared_ptr<const Config> config_;
   ConnectorOptions options_;
   size_t in_flight_ = 0;
   std::vector<Session*> waiting_dns_;
+  int wake_fd_ = -1;
+  uint64_t wake_buf_ = 0;
+  bool wake_armed_ = false;
+  absl::Mutex wake_mu_;
+  std::vector<Session*> woken_ ABSL_GUARDED_BY(wake_mu_);
+  MemberCompletion<Connector, &Connector::OnWakeRead> wake_done_{this};
 };
 
 }  // namespace mxsched::io

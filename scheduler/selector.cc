@@ -235,9 +235,12 @@ void Lease::Report(Outcome outcome) {
   if (host_ == nullptr || reported_) return;
   reported_ = true;
   switch (outcome) {
-    case Outcome::kConnected:
+    case Outcome::kConnected: {
+      const bool recovered = host_->failed_until() != 0;
       host_->RecordSuccess();
+      if (recovered) selector_->WakeWaiters(host_, /*all=*/true);
       break;
+    }
     case Outcome::kLocalError:
       break;
     default:
@@ -446,6 +449,89 @@ void Selector::ReleaseLease(Lease& lease) {
   lease.host_->Release(lease.probe_);
   lease.domain_->active.fetch_sub(1, std::memory_order_acq_rel);
   if (server_limited_.load(std::memory_order_relaxed)) ReturnServerSlot();
+  if (ABSL_PREDICT_FALSE(waiter_count_.load(std::memory_order_acquire) != 0)) {
+    WakeWaiters(lease.host_, /*all=*/false);
+  }
+}
+
+void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
+  const uint64_t hash = HashDomain(domain);
+  DomainEntry* entry;
+  {
+    epoch::EpochGuard guard;
+    entry = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+    if (entry == nullptr) {
+      Deferral unused{DeferReason::kPermanent, {}};
+      entry = Materialize(domain, &unused);
+    }
+  }
+  if (entry == nullptr) {  // not a valid domain: nothing will ever free up
+    waiter->Wake();
+    return;
+  }
+  {
+    absl::MutexLock lock(&wait_mu_);
+    if (front) {
+      waiters_.push_front({waiter, entry});
+    } else {
+      waiters_.push_back({waiter, entry});
+    }
+    waiter_count_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  // A slot may have freed between the caller's failed Acquire and the registration: check
+  // once more so the waiter cannot miss it (the release saw waiter_count_ == 0).
+  WakeWaiters(nullptr, /*all=*/false);
+}
+
+bool Selector::CancelWait(SlotWaiter* waiter) {
+  absl::MutexLock lock(&wait_mu_);
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (it->waiter == waiter) {
+      waiters_.erase(it);
+      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
+      return true;
+    }
+  }
+  return false;
+}
+
+size_t Selector::waiting() const {
+  absl::MutexLock lock(&wait_mu_);
+  return waiters_.size();
+}
+
+void Selector::WakeWaiters(const HostState* host, bool all) {
+  std::vector<SlotWaiter*> wake;
+  {
+    epoch::EpochGuard guard;
+    absl::MutexLock lock(&wait_mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      // Could this waiter's domain get a slot now? The domain below its limit, and a host
+      // of its route (the freed one, if given) reachable and below its limit.
+      bool serves = false;
+      const RouteSnapshot* snap = it->domain->snapshot.load(std::memory_order_acquire);
+      const int64_t now = clock_->NowNanos();
+      if (it->domain->active.load(std::memory_order_relaxed) < snap->domain_limit()) {
+        for (size_t t = 0; t < snap->num_tiers() && !serves; ++t) {
+          for (const HostState* h : snap->TierHosts(t)) {
+            if ((host == nullptr || h == host) && h->active() < h->limit() && h->Reachable(now)) {
+              serves = true;
+              break;
+            }
+          }
+        }
+      }
+      if (!serves) {
+        ++it;
+        continue;
+      }
+      wake.push_back(it->waiter);
+      it = waiters_.erase(it);
+      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
+      if (!all) break;
+    }
+  }
+  for (SlotWaiter* w : wake) w->Wake();
 }
 
 Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {

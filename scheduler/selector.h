@@ -43,6 +43,7 @@
 #define MXSCHED_SCHEDULER_SELECTOR_H_
 
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -125,6 +126,15 @@ class Lease {
   bool reported_ = false;
 };
 
+// Rule 8: a caller that would rather wait for a slot than take "deferred" registers a
+// SlotWaiter. Wake() is called once, from whichever thread released the slot (or reported
+// the recovery), so it must be cheap and thread-safe — typically: queue and poke an eventfd.
+class SlotWaiter {
+ public:
+  virtual ~SlotWaiter() = default;
+  virtual void Wake() = 0;
+};
+
 class AcquireResult {
  public:
   explicit AcquireResult(Lease lease) : v_(std::move(lease)) {}
@@ -190,6 +200,16 @@ class Selector {
   // Acquire.
   void RefreshAll();
 
+  // Rule 8, waiting instead of polling: `waiter` is woken once, in FIFO order among waiters,
+  // the moment a slot that could serve `domain` frees — a lease on a host of its route or on
+  // the domain itself is released — or a host of its route recovers. Then it calls Acquire
+  // again (and may wait again; `front` puts it back at the head of the queue).
+  // REQUIRES: `waiter` stays valid until woken or CancelWait returns true.
+  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
+  // True if `waiter` was still queued (and now is not); false if it was already woken.
+  bool CancelWait(SlotWaiter* waiter);
+  size_t waiting() const;
+
   // Builds the domain's route if needed and describes it.
   DomainView Describe(std::string_view domain);
 
@@ -224,6 +244,17 @@ class Selector {
   void ReturnServerSlot();
   void ReleaseLease(Lease& lease);
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
+  // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
+  // on `host` (any host if null).
+  void WakeWaiters(const HostState* host, bool all);
+
+  struct Waiting {
+    SlotWaiter* waiter;
+    DomainEntry* domain;
+  };
+  mutable absl::Mutex wait_mu_;
+  std::deque<Waiting> waiters_ ABSL_GUARDED_BY(wait_mu_);
+  std::atomic<int64_t> waiter_count_{0};  // read on every release: zero means no lock
 
   Clock* clock_;
   Random* random_;

@@ -538,3 +538,101 @@ TEST(Describe, ShowsTiersHostsAndState) {
 
 }  // namespace
 }  // namespace mxsched
+
+namespace mxsched {
+namespace {
+
+// --- Rule 8: waiting instead of polling -------------------------------------------------
+
+struct CountingWaiter : SlotWaiter {
+  void Wake() override { woken.fetch_add(1); }
+  std::atomic<int> woken{0};
+};
+
+constexpr char kOneSlot[] = R"(
+  routes = ( "127.0.4.1" )
+  Host "127.0.4.1" { max_outbound_connections = 1 }
+)";
+
+TEST(WaitingInsteadOfPolling, WaiterIsWokenTheMomentASlotFrees) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  ASSERT_FALSE(f.selector.Acquire("example.com").ok());
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_EQ(w.woken.load(), 0) << "nothing freed yet";
+  EXPECT_EQ(f.selector.waiting(), 1u);
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_EQ(f.selector.waiting(), 0u);
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok()) << "the woken waiter gets the slot";
+}
+
+TEST(WaitingInsteadOfPolling, WaitersAreWokenInOrderOnePerFreedSlot) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("a.example");
+  CountingWaiter first, second;
+  f.selector.WaitForSlot("b.example", &first);
+  f.selector.WaitForSlot("c.example", &second);
+  held.Release();
+  EXPECT_EQ(first.woken.load(), 1);
+  EXPECT_EQ(second.woken.load(), 0) << "one slot freed: one waiter woken";
+  Lease again = f.MustAcquire("b.example");
+  again.Release();
+  EXPECT_EQ(second.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, ReleaseOnAnUnrelatedHostWakesNobody) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+    Domain "other.example" { routes = ( "127.0.4.2" ) }
+  )");
+  Lease held = f.MustAcquire("example.com");
+  Lease unrelated = f.MustAcquire("other.example");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  unrelated.Release();
+  EXPECT_EQ(w.woken.load(), 0);
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, SlotFreedBeforeRegistrationIsNotMissed) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  ASSERT_FALSE(f.selector.Acquire("example.com").ok());
+  held.Release();  // freed between the failed Acquire and the registration
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_EQ(w.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, RecoveredHostWakesEveryWaiterItCanServe) {
+  SelectorFixture f(R"(routes = ( "127.0.4.1" ))");
+  f.MustAcquire("a.example").Report(Outcome::kConnectFailed);
+  CountingWaiter w1, w2;
+  f.selector.WaitForSlot("a.example", &w1);
+  f.selector.WaitForSlot("b.example", &w2);
+  EXPECT_EQ(w1.woken.load() + w2.woken.load(), 0);
+  f.clock.AdvanceSeconds(120);
+  Lease probe = f.MustAcquire("c.example");
+  ASSERT_TRUE(probe.is_probe());
+  probe.Report(Outcome::kConnected);
+  EXPECT_EQ(w1.woken.load(), 1);
+  EXPECT_EQ(w2.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, CancelWait) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_TRUE(f.selector.CancelWait(&w));
+  EXPECT_FALSE(f.selector.CancelWait(&w));
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 0);
+}
+
+}  // namespace
+}  // namespace mxsched

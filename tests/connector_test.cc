@@ -264,6 +264,44 @@ TEST_F(ConnectorTest, GlobalRouteSharedByManyDomainsKeepsTheHostLimit) {
   EXPECT_EQ(r.failed, 0);
 }
 
+TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
+  auto farm = testing::StartFarm(Hosts({1}));
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
+                                             "\" { max_outbound_connections = 5 }"));
+  Selector selector(config);
+  io::LoadOptions o;
+  for (int i = 0; i < 50; ++i) o.domains.push_back(StrCat("d", i, ".example"));
+  o.sessions = 2000;
+  o.concurrency = 40;
+  o.threads = 2;
+  o.hold_ms = 2;
+  o.connector.slot_wait_ms = 20000;
+  auto r = io::RunLoad(selector, config, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->connected, 2000) << "every session waited for a slot instead of deferring";
+  EXPECT_EQ(r->deferred, 0);
+  EXPECT_EQ(StatsFor(farm->Stats(), Ip(1))->peak, 5) << "and the limit still held";
+  EXPECT_EQ(selector.waiting(), 0u);
+}
+
+TEST_F(ConnectorTest, SlotWaitIsBoundedAndEndsDeferred) {
+  auto farm = testing::StartFarm(Hosts({1}));
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
+                                             "\" { max_outbound_connections = 1 }"));
+  Selector selector(config);
+  ConnectResult holder = ConnectOnce(selector, config, "example.com");
+  ASSERT_EQ(holder.kind, ConnectResult::Kind::kConnected);
+  io::ConnectorOptions o;
+  o.slot_wait_ms = 200;
+  const auto start = std::chrono::steady_clock::now();
+  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  EXPECT_EQ(r.kind, ConnectResult::Kind::kDeferred);
+  EXPECT_EQ(*r.defer_reason, DeferReason::kHostsAtLimit);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(200));
+  EXPECT_EQ(selector.waiting(), 0u) << "the expired waiter was withdrawn";
+  testing::CloseConnection(holder);
+}
+
 struct BadGreeting {
   const char* name;
   std::vector<std::string> chunks;

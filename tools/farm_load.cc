@@ -149,6 +149,9 @@ int LoadCommand(const Args& args) {
     } else if (a == "--max-attempts") {
       if (!number(1, 100)) return UsageError("load: --max-attempts takes 1..100");
       o.connector.max_attempts = static_cast<int>(v);
+    } else if (a == "--wait-ms") {
+      if (!number(0, 3'600'000)) return UsageError("load: --wait-ms takes 0..3600000");
+      o.connector.slot_wait_ms = static_cast<int>(v);
     } else if (a == "--connect-timeout-ms") {
       if (!number(1, 3'600'000)) return UsageError("load: --connect-timeout-ms takes 1..3600000");
       o.connector.connect_timeout_ms = static_cast<int>(v);

@@ -31,7 +31,7 @@ constexpr char kUsage[] =
     "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N\n"
     "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
     "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
-    "                [--banner-timeout-ms MS]\n"
+    "                [--banner-timeout-ms MS] [--wait-ms MS]\n"
     "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]\n"
     "                [--stats FILE] [--max-seconds S]\n";
 
