@@ -1,5 +1,6 @@
 #include "io/load.h"
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,19 +30,25 @@ struct Shared {
 
 class Worker;
 
-// The part of a session after the connection is ready: hold, QUIT, read reply, close.
+// The part of a session after the connection is ready: hold, then the dialogue (QUIT, or a
+// whole message transaction like smtp-source's), one command at a time, each reply read in
+// full (multi-line aware) under a 5 s timeout; then close and release.
 struct Hold {
   Hold(Worker* w, ConnectResult c) : worker(w), conn(std::move(c)) {}
   Worker* worker;
   ConnectResult conn;
   int pending = 0;
+  size_t step = 0;
+  size_t sent = 0;
+  std::string reply;
   __kernel_timespec hold_ts{}, reply_ts{};
   char buf[512];
-  static constexpr char kQuit[] = "QUIT\r\n";
 
   void Start();
   void OnHold(int, uint32_t);
+  void Send();
   void OnSent(int res, uint32_t);
+  void Recv();
   void OnReply(int res, uint32_t);
   void OnTimer(int, uint32_t);
   void End();
@@ -60,6 +67,18 @@ class Worker {
         concurrency_(concurrency) {}
 
   absl::Status Run() {
+    const LoadOptions& opts = *shared_->options;
+    if (opts.message_bytes >= 0) {  // the transaction smtp-source runs
+      dialogue_ = {"EHLO load.mxsched.test\r\n", "MAIL FROM:<load@mxsched.test>\r\n",
+                   "RCPT TO:<rcpt@example.test>\r\n", "DATA\r\n"};
+      std::string body = "From: <load@mxsched.test>\r\nTo: <rcpt@example.test>\r\n"
+                         "Subject: mxsched load\r\n\r\n";
+      while (body.size() < static_cast<size_t>(opts.message_bytes)) {
+        body += "La-la-la mxsched load test body line.\r\n";
+      }
+      dialogue_.push_back(body + ".\r\n");
+    }
+    dialogue_.push_back("QUIT\r\n");
     auto loop = Loop::Create(4096);
     if (!loop.ok()) return loop.status();
     loop_ = *std::move(loop);
@@ -126,6 +145,7 @@ class Worker {
 
   Loop* loop() { return loop_.get(); }
   const LoadOptions& options() const { return *shared_->options; }
+  const std::vector<std::string>& dialogue() const { return dialogue_; }
   Shared* shared() { return shared_; }
 
   std::vector<int64_t> latencies_;
@@ -141,11 +161,12 @@ class Worker {
   std::unique_ptr<Loop> loop_;
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;
+  std::vector<std::string> dialogue_;
 };
 
 void Hold::Start() {
   const int ms = worker->options().hold_ms;
-  if (ms <= 0) return OnHold(0, 0);
+  if (ms <= 0) return Send();
   hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_timeout(sqe, &hold_ts, 0, 0);
@@ -154,9 +175,14 @@ void Hold::Start() {
 }
 
 void Hold::OnHold(int, uint32_t) {
-  if (pending > 0) --pending;
+  --pending;
+  Send();
+}
+
+void Hold::Send() {
+  const std::string& cmd = worker->dialogue()[step];
   io_uring_sqe* sqe = worker->loop()->Sqe();
-  io_uring_prep_send(sqe, conn.fd, kQuit, sizeof(kQuit) - 1, MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, conn.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
   Loop::SetCompletion(sqe, &sent_done);
   ++pending;
 }
@@ -164,25 +190,42 @@ void Hold::OnHold(int, uint32_t) {
 void Hold::OnSent(int res, uint32_t) {
   --pending;
   if (res < 0) return End();
+  sent += res;
+  if (sent < worker->dialogue()[step].size()) return Send();
+  reply.clear();
+  Recv();
+}
+
+void Hold::Recv() {
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_recv(sqe, conn.fd, buf, sizeof(buf), 0);
   sqe->flags |= IOSQE_IO_LINK;
   Loop::SetCompletion(sqe, &reply_done);
-  reply_ts = {5, 0};  // the 221 should be immediate; do not wait long for a rude server
+  reply_ts = {5, 0};  // replies should be immediate; do not wait long for a rude server
   sqe = worker->loop()->Sqe();
   io_uring_prep_link_timeout(sqe, &reply_ts, 0);
   Loop::SetCompletion(sqe, &timer_done);
   pending += 2;
 }
 
-void Hold::OnReply(int, uint32_t) {
+void Hold::OnReply(int res, uint32_t) {
   --pending;
-  End();
+  if (res <= 0) return End();
+  reply.append(buf, res);
+  if (reply.size() > 65536) return End();  // a server that never ends its reply
+  // Complete when the last line is "NNN text\r\n" (not "NNN-").
+  if (reply.size() < 2 || reply.back() != '\n') return Recv();
+  const size_t line = reply.rfind('\n', reply.size() - 2);
+  const size_t start = line == std::string::npos ? 0 : line + 1;
+  if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
+  if (++step >= worker->dialogue().size()) return End();
+  sent = 0;
+  Send();
 }
 
 void Hold::OnTimer(int, uint32_t) {
   --pending;
-  End();
+  if (pending == 0 || ended) End();
 }
 
 void Hold::End() {
@@ -229,9 +272,18 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Con
     });
   }
   int64_t last = 0;
+  std::vector<int64_t> timeline;
+  int64_t next_sample = start + 250'000'000, last_connected = 0;
   while (running.load() > 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (options.progress && NowNanos() - last > 500'000'000) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (NowNanos() >= next_sample) {
+      next_sample += 250'000'000;
+      const int64_t c = shared.connected.load();
+      timeline.push_back(c - last_connected);
+      last_connected = c;
+    }
+    if (options.progress &&
+        NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
       last = NowNanos();
       options.progress(shared.done.load(), shared.connected.load(), shared.deferred.load(),
                        shared.failed.load());
@@ -243,6 +295,10 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Con
   }
   LoadReport report;
   report.seconds = (NowNanos() - start) / 1e9;
+  timeline.push_back(shared.connected.load() - last_connected);
+  report.connected_timeline = std::move(timeline);
+  rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) report.max_rss_kb = ru.ru_maxrss;
   report.connected = shared.connected.load();
   report.deferred = shared.deferred.load();
   report.failed = shared.failed.load();
@@ -282,7 +338,11 @@ std::string LoadReport::ToJson() const {
       .Field("connected_per_second", connected_per_second)
       .Field("connect_p50_us", connect_p50_us)
       .Field("connect_p99_us", connect_p99_us)
-      .Field("connect_max_us", connect_max_us);
+      .Field("connect_max_us", connect_max_us)
+      .Field("max_rss_kb", max_rss_kb);
+  w.Key("connected_per_250ms").BeginArray();
+  for (int64_t v : connected_timeline) w.Value(v);
+  w.EndArray();
   w.Key("hosts").BeginObject();
   for (const auto& [k, h] : hosts) {
     w.Key(k).BeginObject().Field("sessions", h.sessions).Field("peak", h.peak).EndObject();

@@ -29,6 +29,10 @@ struct LoadOptions {
   int concurrency = 10;
   int threads = 1;
   int hold_ms = 0;
+  // >= 0: after the greeting, run one message transaction (EHLO, MAIL, RCPT, DATA with a
+  // body of about this many bytes, ".") before QUIT — the dialogue Postfix's smtp-source
+  // runs, for a like-for-like comparison. -1: QUIT only.
+  int message_bytes = -1;
   int max_seconds = 600;  // stop starting sessions after this; in-flight ones finish
   ConnectorOptions connector;
   // Optional DNS: one c-ares client per thread, pointed at `dns_server` ("127.0.0.1:5353"),
@@ -36,6 +40,7 @@ struct LoadOptions {
   std::string dns_server;
   DnsCache* dns_cache = nullptr;
   std::function<void(int64_t done, int64_t connected, int64_t deferred, int64_t failed)> progress;
+  int progress_interval_ms = 500;
 };
 
 struct LoadReport {
@@ -44,6 +49,9 @@ struct LoadReport {
   double sessions_per_second = 0;   // all ended sessions / wall time
   double connected_per_second = 0;  // connected sessions / wall time
   int64_t connect_p50_us = 0, connect_p99_us = 0, connect_max_us = 0;
+  int64_t max_rss_kb = 0;  // the process's peak resident memory at the end of the run
+  // Connected sessions per 250 ms interval since the start, for plots.
+  std::vector<int64_t> connected_timeline;
   struct Host {
     int64_t sessions = 0;
     int64_t peak = 0;  // client-side peak concurrent connections

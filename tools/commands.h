@@ -12,6 +12,7 @@ using Args = std::vector<std::string_view>;
 int RouteCommand(const Args& args);
 int FarmCommand(const Args& args);
 int LoadCommand(const Args& args);
+int DemoCommand(const Args& args);
 int UsageError(std::string_view why);
 // Raises RLIMIT_NOFILE's soft limit to the hard limit (load and farm hold many sockets).
 void RaiseFdLimit();

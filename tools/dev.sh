@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config python3
           liburing-dev libabsl-dev libc-ares-dev libgtest-dev libgmock-dev libbenchmark-dev
-          dnsmasq-base postfix)
+          dnsmasq-base postfix gnuplot-nox)
 
 install_deps() {
   local missing=()
@@ -43,9 +43,7 @@ case "${1:-}" in
     ;;
   demo)
     install_deps; build
-    # The global-route vs MX-spread demo arrives with the connector; until then, show how the
-    # shipped example configuration routes two domains.
-    ./build/mxsched route --config examples/smarthost.conf example.com partner.example
+    ./build/mxsched demo "${@:2}"
     ;;
   bench)
     install_deps; build

@@ -59,6 +59,7 @@ const volatile bool* InstallStopSignals() {
 
 int FarmCommand(const Args& args) {
   io::FarmOptions options;
+  std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
   std::string stats_path;
   int64_t max_seconds = 600;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -72,6 +73,17 @@ int FarmCommand(const Args& args) {
       auto f = io::ParseFaultSpec(args[++i]);
       if (!f.ok()) return UsageError(ToStd(f.status().message()));
       options.faults.push_back(*f);
+    } else if (a == "--flap" && has_value) {
+      // ADDR=MS: the address alternates between refusing and serving every MS ms.
+      std::string_view spec = args[++i];
+      size_t eq = spec.find('=');
+      int64_t ms = 0;
+      auto ip = IpAddress::Parse(spec.substr(0, eq == std::string_view::npos ? 0 : eq));
+      if (eq == std::string_view::npos || !ip.ok() ||
+          !ParseInt(spec.substr(eq + 1), 10, 3'600'000, &ms)) {
+        return UsageError(StrCat("farm: --flap \"", spec, "\": want ADDR=MS (10..3600000)"));
+      }
+      flaps.emplace_back(*ip, ms);
     } else if (a == "--stats" && has_value) {
       stats_path = args[++i];
     } else if (a == "--max-seconds" && has_value) {
@@ -92,9 +104,23 @@ int FarmCommand(const Args& args) {
   }
   std::fprintf(stderr, "mxsched farm: listening on %zu address(es), pid %d, for at most %lld s\n",
                options.listen.size(), getpid(), static_cast<long long>(max_seconds));
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(max_seconds);
+  const auto begin = std::chrono::steady_clock::now();
+  const auto end = begin + std::chrono::seconds(max_seconds);
+  std::vector<int64_t> flap_phase(flaps.size(), 0);
   while (!*stop && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::this_thread::sleep_for(std::chrono::milliseconds(flaps.empty() ? 200 : 10));
+    const int64_t elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now() - begin)
+                                   .count();
+    for (size_t f = 0; f < flaps.size(); ++f) {
+      const int64_t phase = elapsed_ms / flaps[f].second;
+      if (phase != flap_phase[f]) {
+        flap_phase[f] = phase;
+        io::Fault fault;
+        if (phase % 2 == 1) fault.kind = io::Fault::Kind::kRefuse;
+        (*farm)->SetFault(flaps[f].first, fault);
+      }
+    }
     static auto last = std::chrono::steady_clock::now();
     if (!stats_path.empty() && std::chrono::steady_clock::now() - last > std::chrono::seconds(1)) {
       last = std::chrono::steady_clock::now();
@@ -149,6 +175,9 @@ int LoadCommand(const Args& args) {
     } else if (a == "--max-attempts") {
       if (!number(1, 100)) return UsageError("load: --max-attempts takes 1..100");
       o.connector.max_attempts = static_cast<int>(v);
+    } else if (a == "--message") {
+      if (!number(0, 10'000'000)) return UsageError("load: --message takes a byte count");
+      o.message_bytes = static_cast<int>(v);
     } else if (a == "--wait-ms") {
       if (!number(0, 3'600'000)) return UsageError("load: --wait-ms takes 0..3600000");
       o.connector.slot_wait_ms = static_cast<int>(v);

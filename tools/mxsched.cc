@@ -31,9 +31,10 @@ constexpr char kUsage[] =
     "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N\n"
     "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
     "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
-    "                [--banner-timeout-ms MS] [--wait-ms MS]\n"
+    "                [--banner-timeout-ms MS] [--wait-ms MS] [--message BYTES]\n"
     "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]\n"
-    "                [--stats FILE] [--max-seconds S]\n";
+    "                [--flap ADDR=MS] [--stats FILE] [--max-seconds S]\n"
+    "  mxsched demo  [--seconds S] [--out DIR]\n";
 
 int UsageError(std::string_view why) {
   std::fprintf(stderr, "mxsched: %.*s\n%s", static_cast<int>(why.size()), why.data(), kUsage);
@@ -169,6 +170,7 @@ int main(int argc, char** argv) {
   if (cmd == "route") return t::RouteCommand(args);
   if (cmd == "load") return t::LoadCommand(args);
   if (cmd == "farm") return t::FarmCommand(args);
+  if (cmd == "demo") return t::DemoCommand(args);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
     std::printf("%s", t::kUsage);
     return 0;
