@@ -300,6 +300,7 @@ void Listener::OnAccept(int res, uint32_t) {
   accept_armed = false;
   if (res == -ECANCELED || farm->stopping.load()) {
     if (fault().kind == Fault::Kind::kRefuse && fd >= 0) {
+      shutdown(fd, SHUT_RDWR);
       close(fd);
       fd = -1;
     }
@@ -366,11 +367,18 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
     loop->RunOnce(-1);
     ApplyFaultChanges();
   }
+  // Stop listening now, not when the ring's teardown drops its last file reference: a
+  // pending accept keeps a listening socket alive (and its port bound) after close(), even
+  // after the process exits. shutdown() takes it out of LISTEN at once.
   for (auto& l : listeners) {
-    if (l->fd >= 0) close(l->fd);
+    if (l->fd >= 0) {
+      shutdown(l->fd, SHUT_RDWR);
+      close(l->fd);
+    }
     l->fd = -1;
   }
   for (Conn* c : conns) {
+    shutdown(c->fd, SHUT_RDWR);
     close(c->fd);
     c->listener->current.fetch_sub(1);
   }

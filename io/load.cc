@@ -32,7 +32,7 @@ class Worker;
 
 // The part of a session after the connection is ready: hold, then the dialogue (QUIT, or a
 // whole message transaction like smtp-source's), one command at a time, each reply read in
-// full (multi-line aware) under a 5 s timeout; then close and release.
+// full (multi-line aware), the whole dialogue under one 30 s deadline; then close, release.
 struct Hold {
   Hold(Worker* w, ConnectResult c) : worker(w), conn(std::move(c)) {}
   Worker* worker;
@@ -58,6 +58,7 @@ struct Hold {
   MemberCompletion<Hold, &Hold::OnReply> reply_done{this};
   MemberCompletion<Hold, &Hold::OnTimer> timer_done{this};
   bool ended = false;
+  bool timer_fired = false;
 };
 
 class Worker {
@@ -165,6 +166,12 @@ class Worker {
 };
 
 void Hold::Start() {
+  // One deadline for the whole dialogue (not a linked timeout per read: half the SQEs).
+  reply_ts = {30, 0};
+  io_uring_sqe* dl = worker->loop()->Sqe();
+  io_uring_prep_timeout(dl, &reply_ts, 0, 0);
+  Loop::SetCompletion(dl, &timer_done);
+  ++pending;
   const int ms = worker->options().hold_ms;
   if (ms <= 0) return Send();
   hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
@@ -199,13 +206,8 @@ void Hold::OnSent(int res, uint32_t) {
 void Hold::Recv() {
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_recv(sqe, conn.fd, buf, sizeof(buf), 0);
-  sqe->flags |= IOSQE_IO_LINK;
   Loop::SetCompletion(sqe, &reply_done);
-  reply_ts = {5, 0};  // replies should be immediate; do not wait long for a rude server
-  sqe = worker->loop()->Sqe();
-  io_uring_prep_link_timeout(sqe, &reply_ts, 0);
-  Loop::SetCompletion(sqe, &timer_done);
-  pending += 2;
+  ++pending;
 }
 
 void Hold::OnReply(int res, uint32_t) {
@@ -225,12 +227,23 @@ void Hold::OnReply(int res, uint32_t) {
 
 void Hold::OnTimer(int, uint32_t) {
   --pending;
-  if (pending == 0 || ended) End();
+  timer_fired = true;
+  if (!ended) {
+    // The deadline passed: shut the socket down so the outstanding read completes.
+    shutdown(conn.fd, SHUT_RDWR);
+    return;
+  }
+  End();
 }
 
 void Hold::End() {
   if (!ended) {
     ended = true;
+    if (!timer_fired) {  // cancel the deadline; its completion frees this object
+      io_uring_sqe* sqe = worker->loop()->Sqe();
+      io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done), 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
     close(conn.fd);
     conn.fd = -1;
     conn.lease.Release();  // after close: the slot covers the socket's whole life

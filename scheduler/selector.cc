@@ -454,6 +454,23 @@ void Selector::ReleaseLease(Lease& lease) {
   }
 }
 
+namespace {
+// Could `domain` get a slot now: below its own limit, and a host of its route (`host` if
+// given) reachable and below its limit? REQUIRES: an EpochGuard.
+bool HasRoom(const DomainEntry* domain, const HostState* host, int64_t now) {
+  const RouteSnapshot* snap = domain->snapshot.load(std::memory_order_acquire);
+  if (domain->active.load(std::memory_order_relaxed) >= snap->domain_limit()) return false;
+  for (size_t t = 0; t < snap->num_tiers(); ++t) {
+    for (const HostState* h : snap->TierHosts(t)) {
+      if ((host == nullptr || h == host) && h->active() < h->limit() && h->Reachable(now)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+}  // namespace
+
 void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
   const uint64_t hash = HashDomain(domain);
   DomainEntry* entry;
@@ -478,9 +495,14 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
     }
     waiter_count_.fetch_add(1, std::memory_order_acq_rel);
   }
-  // A slot may have freed between the caller's failed Acquire and the registration: check
-  // once more so the waiter cannot miss it (the release saw waiter_count_ == 0).
-  WakeWaiters(nullptr, /*all=*/false);
+  // A slot may have freed between the caller's failed Acquire and the registration (that
+  // release saw no waiter): look once more, for this waiter only.
+  bool room;
+  {
+    epoch::EpochGuard guard;
+    room = HasRoom(entry, nullptr, clock_->NowNanos());
+  }
+  if (room && CancelWait(waiter)) waiter->Wake();
 }
 
 bool Selector::CancelWait(SlotWaiter* waiter) {
@@ -501,27 +523,15 @@ size_t Selector::waiting() const {
 }
 
 void Selector::WakeWaiters(const HostState* host, bool all) {
+  const int64_t now = clock_->NowNanos();
+  // Nothing to hand out (a concurrent Acquire took the slot): no need to look at anyone.
+  if (host->active() >= host->limit() || !host->Reachable(now)) return;
   std::vector<SlotWaiter*> wake;
   {
     epoch::EpochGuard guard;
     absl::MutexLock lock(&wait_mu_);
     for (auto it = waiters_.begin(); it != waiters_.end();) {
-      // Could this waiter's domain get a slot now? The domain below its limit, and a host
-      // of its route (the freed one, if given) reachable and below its limit.
-      bool serves = false;
-      const RouteSnapshot* snap = it->domain->snapshot.load(std::memory_order_acquire);
-      const int64_t now = clock_->NowNanos();
-      if (it->domain->active.load(std::memory_order_relaxed) < snap->domain_limit()) {
-        for (size_t t = 0; t < snap->num_tiers() && !serves; ++t) {
-          for (const HostState* h : snap->TierHosts(t)) {
-            if ((host == nullptr || h == host) && h->active() < h->limit() && h->Reachable(now)) {
-              serves = true;
-              break;
-            }
-          }
-        }
-      }
-      if (!serves) {
+      if (!HasRoom(it->domain, host, now)) {
         ++it;
         continue;
       }

@@ -245,7 +245,7 @@ class Selector {
   void ReleaseLease(Lease& lease);
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
   // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
-  // on `host` (any host if null).
+  // on `host`. Stops at once when `host` has no room left.
   void WakeWaiters(const HostState* host, bool all);
 
   struct Waiting {

@@ -152,7 +152,16 @@ int LoadCommand(const Args& args) {
     } else if (a == "--dns" && has_value) {
       o.dns_server = args[++i];
     } else if (a == "--domains" && has_value) {
-      for (std::string_view d : Split(args[++i], ',')) {
+      std::string_view list = args[++i];
+      std::string file_text;
+      if (!list.empty() && list[0] == '@') {  // @FILE: one domain per line (or commas)
+        std::ifstream in{std::string(list.substr(1))};
+        if (!in) return UsageError(StrCat("load: cannot read ", list.substr(1)));
+        file_text.assign(std::istreambuf_iterator<char>(in), {});
+        for (char& c : file_text) c = (c == '\n' || c == '\r') ? ',' : c;
+        list = file_text;
+      }
+      for (std::string_view d : Split(list, ',')) {
         if (!d.empty()) o.domains.emplace_back(d);
       }
     } else if (a == "--json" && has_value) {

@@ -28,7 +28,7 @@ namespace mxsched::tools {
 constexpr char kUsage[] =
     "usage:\n"
     "  mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...\n"
-    "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N\n"
+    "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,...|@FILE --sessions N\n"
     "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
     "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
     "                [--banner-timeout-ms MS] [--wait-ms MS] [--message BYTES]\n"
