@@ -353,7 +353,7 @@ Connector::~Connector() {
 
 void Connector::QueueWoken(Session* s) {
   {
-    absl::MutexLock lock(&wake_mu_);
+    MutexLock lock(&wake_mu_);
     woken_.push_back(s);
   }
   uint64_t one = 1;
@@ -373,7 +373,7 @@ void Connector::OnWakeRead(int res, uint32_t) {
   ArmWakeRead();
   std::vector<Session*> woken;
   {
-    absl::MutexLock lock(&wake_mu_);
+    MutexLock lock(&wake_mu_);
     woken.swap(woken_);
   }
   for (Session* s : woken) s->OnWoken();

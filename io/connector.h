@@ -36,7 +36,7 @@
 #include <string_view>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 #include "io/loop.h"
 #include "scheduler/config.h"
 #include "scheduler/selector.h"
@@ -107,7 +107,7 @@ class Connector {
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
   bool wake_armed_ = false;
-  absl::Mutex wake_mu_;
+  Mutex wake_mu_;
   std::vector<Session*> woken_ ABSL_GUARDED_BY(wake_mu_);
   MemberCompletion<Connector, &Connector::OnWakeRead> wake_done_{this};
 };

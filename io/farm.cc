@@ -131,7 +131,7 @@ struct Farm::Impl {
   absl::flat_hash_set<Conn*> conns;
   std::thread thread;
   std::atomic<bool> stopping{false};
-  absl::Mutex mu;
+  Mutex mu;
   std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
   std::string banner;
 
@@ -332,7 +332,7 @@ Listener* Farm::Impl::ListenerFor(const IpAddress& a) {
 void Farm::Impl::ApplyFaultChanges() {
   std::vector<std::pair<IpAddress, Fault>> changes;
   {
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     changes.swap(fault_changes);
   }
   for (const auto& [addr, fault] : changes) {
@@ -432,7 +432,7 @@ void Farm::Stop() {
 
 void Farm::SetFault(const IpAddress& address, Fault fault) {
   {
-    absl::MutexLock lock(&impl_->mu);
+    MutexLock lock(&impl_->mu);
     impl_->fault_changes.emplace_back(address, fault);
   }
   impl_->loop->Wake();

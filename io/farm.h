@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 #include "scheduler/endpoint.h"
 
 namespace mxsched::io {

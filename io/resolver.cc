@@ -35,7 +35,7 @@ DnsAnswer DnsCache::LookupMx(std::string_view name) {
   bool queued = false;
   DnsAnswer a;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     a = Get(ToLower(name), kTypeMx, &queued);
     if (queued) PokeAll(false);
   }
@@ -49,7 +49,7 @@ DnsAnswer DnsCache::LookupAddresses(std::string_view name, bool want_v4, bool wa
   v4.state = v6.state = DnsAnswer::State::kReady;
   v4.ttl_s = v6.ttl_s = UINT32_MAX;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (want_v4) v4 = Get(key, kTypeA, &queued);
     if (want_v6) v6 = Get(key, kTypeAaaa, &queued);
     if (queued) PokeAll(false);
@@ -78,7 +78,7 @@ DnsAnswer DnsCache::LookupAddresses(std::string_view name, bool want_v4, bool wa
 }
 
 void DnsCache::Clear() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->second.in_flight) {
       it->second.expires = 0;
@@ -90,21 +90,21 @@ void DnsCache::Clear() {
 }
 
 size_t DnsCache::pending() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [k, e] : entries_) n += e.in_flight;
   return n;
 }
 
 std::vector<DnsCache::Query> DnsCache::TakeWanted() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<Query> out;
   out.swap(wanted_);
   return out;
 }
 
 void DnsCache::Store(const Query& q, DnsAnswer answer) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Entry& e = entries_[Key{q.name, q.type}];
   e.in_flight = false;
   uint32_t life = answer.ttl_s;
@@ -116,18 +116,18 @@ void DnsCache::Store(const Query& q, DnsAnswer answer) {
 }
 
 void DnsCache::Abandon(const Query& q) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = entries_.find(Key{q.name, q.type});
   if (it != entries_.end()) it->second.in_flight = false;
 }
 
 void DnsCache::AddClient(DnsClient* c) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   clients_.push_back(c);
 }
 
 void DnsCache::RemoveClient(DnsClient* c) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::erase(clients_, c);
 }
 

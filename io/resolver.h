@@ -32,7 +32,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 #include "io/loop.h"
 #include "scheduler/clock.h"
 #include "scheduler/route_table.h"
@@ -88,7 +88,7 @@ class DnsCache final : public Resolver {
   void PokeAll(bool changed);
 
   Clock* clock_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::vector<Query> wanted_ ABSL_GUARDED_BY(mu_);
   std::vector<DnsClient*> clients_ ABSL_GUARDED_BY(mu_);

@@ -26,7 +26,15 @@
 //   mx_failures_to_delay             G D  50
 //   min_dns_ttl / max_dns_ttl        G    0 s / 86400 s
 //   use_ipv6 / prefer_ipv6_mxs       G D  false / false
-//   prohibited_hosts                 G    () CIDR list, IPv6 without brackets
+//   prohibited_hosts                 G    CIDR list, IPv6 without brackets. Applies to every
+//                                    address that comes from DNS (MX and A/AAAA answers),
+//                                    never to literal addresses written in routes. Default:
+//                                    DefaultProhibitedHosts() — loopback, RFC 1918, link-local,
+//                                    CGNAT, unspecified, ULA and multicast — so a hostile MX
+//                                    record cannot aim connections inside the network (see
+//                                    SECURITY.md). `prohibited_hosts = ( )` allows everything
+//                                    (tests on loopback opt in that way). Momentum's default is
+//                                    empty; this one is deliberately safer.
 //   delivery_method                  G D  "esmtp" (esmtp|smtp|apn|gcm|mm7|http)
 //
 // Thread-safety: Config is an immutable value once parsed; share it with shared_ptr<const>.
@@ -68,6 +76,9 @@ struct HostSettings {
   std::optional<uint32_t> host_failure_retry_s;
 };
 
+// The ranges DNS answers may not point at unless the configuration says otherwise.
+std::vector<Cidr> DefaultProhibitedHosts();
+
 struct Config {
   DomainSettings global;  // also the settings of every domain without a stanza
   absl::flat_hash_map<std::string, DomainSettings> domains;  // key: lower-case name
@@ -76,7 +87,7 @@ struct Config {
   uint32_t host_failure_retry_s = 120;
   uint32_t min_dns_ttl_s = 0;
   uint32_t max_dns_ttl_s = 86400;
-  std::vector<Cidr> prohibited_hosts;
+  std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;

@@ -23,6 +23,21 @@ TEST(Config, DefaultsFollowMomentum) {
   ASSERT_EQ(c->global.routes.size(), 1u);
   EXPECT_TRUE(c->global.routes[0].domain_mx) << "no routes at all means __mx__";
   EXPECT_EQ(c->HostLimit("mx.example", *IpAddress::Parse("192.0.2.1")), kUnlimited);
+  auto prohibited = [&](const char* ip) {
+    for (const Cidr& r : c->prohibited_hosts) {
+      if (r.Contains(*IpAddress::Parse(ip))) return true;
+    }
+    return false;
+  };
+  for (const char* ip : {"127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.0.9", "169.254.1.1",
+                         "100.64.0.1", "::1", "fe80::1", "fd00::5"}) {
+    EXPECT_TRUE(prohibited(ip)) << ip << " must be refused for DNS answers by default";
+  }
+  EXPECT_FALSE(prohibited("192.0.2.1"));
+  EXPECT_FALSE(prohibited("2001:db8::1"));
+  auto open = ParseConfig("prohibited_hosts = ( )", "x");
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE(open->prohibited_hosts.empty()) << "an empty list opts out";
 }
 
 TEST(Config, FullSyntax) {

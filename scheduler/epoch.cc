@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 
 namespace mxsched::epoch {
 namespace internal {
@@ -49,7 +49,7 @@ struct Retired {
 };
 
 struct Domain {
-  absl::Mutex mu;
+  Mutex mu;
   std::atomic<ThreadRecord*> records{nullptr};  // push-only list; records are reused
   std::vector<Retired> retired ABSL_GUARDED_BY(mu);
   size_t since_reclaim ABSL_GUARDED_BY(mu) = 0;
@@ -124,7 +124,7 @@ ThreadRecord* RegisterThisThread() {
 
 void Retire(void* p, void (*deleter)(void*)) {
   internal::Domain& d = internal::TheDomain();
-  absl::MutexLock lock(&d.mu);
+  MutexLock lock(&d.mu);
   // Readers that pinned an epoch <= e may hold p; readers pinning after the increment
   // synchronize with it and can no longer reach p.
   uint64_t e = internal::global_epoch.fetch_add(1, std::memory_order_acq_rel);
@@ -134,7 +134,7 @@ void Retire(void* p, void (*deleter)(void*)) {
 
 size_t Reclaim() {
   internal::Domain& d = internal::TheDomain();
-  absl::MutexLock lock(&d.mu);
+  MutexLock lock(&d.mu);
   return internal::ReclaimLocked(d);
 }
 

@@ -38,7 +38,7 @@ void HostState::RecordFailure(int64_t now_nanos) {
 
 HostState* HostRegistry::GetOrCreate(const Endpoint& endpoint, std::string_view name,
                                      int32_t limit, int64_t retry_nanos) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto& slot = hosts_[endpoint];
   if (slot == nullptr) {
     slot = std::make_unique<HostState>(endpoint,
@@ -52,18 +52,18 @@ HostState* HostRegistry::GetOrCreate(const Endpoint& endpoint, std::string_view 
 }
 
 HostState* HostRegistry::Find(const Endpoint& endpoint) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = hosts_.find(endpoint);
   return it == hosts_.end() ? nullptr : it->second.get();
 }
 
 size_t HostRegistry::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return hosts_.size();
 }
 
 void HostRegistry::ForEach(const std::function<void(const HostState&)>& fn) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& [ep, h] : hosts_) fn(*h);
 }
 

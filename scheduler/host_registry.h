@@ -23,7 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 #include "scheduler/endpoint.h"
 
 namespace mxsched {
@@ -133,7 +133,7 @@ class HostRegistry {
   void ForEach(const std::function<void(const HostState&)>& fn) const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<Endpoint, std::unique_ptr<HostState>> hosts_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -71,7 +71,7 @@ struct Selector::Table {
 };
 
 struct Selector::Shard {
-  absl::Mutex mu;  // writers: inserting, growing, rebuilding routes
+  Mutex mu;  // writers: inserting, growing, rebuilding routes
   std::atomic<Table*> table;
   std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
   size_t arena_used ABSL_GUARDED_BY(mu) = 0;
@@ -287,14 +287,14 @@ Selector::~Selector() {
 }
 
 std::shared_ptr<const Config> Selector::config() const {
-  absl::MutexLock lock(&config_mu_);
+  MutexLock lock(&config_mu_);
   return config_;
 }
 
 void Selector::SetConfig(std::shared_ptr<const Config> config) {
   const int32_t limit = config->server_max_outbound_connections;
   {
-    absl::MutexLock lock(&config_mu_);
+    MutexLock lock(&config_mu_);
     config_ = std::move(config);
   }
   // The pool absorbs the difference; it may go negative until enough slots come back.
@@ -326,7 +326,7 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   // live in another shard than the name as given.
   const uint64_t norm_hash = HashDomain(*name);
   Shard& shard = ShardFor(norm_hash);
-  absl::MutexLock lock(&shard.mu);
+  MutexLock lock(&shard.mu);
   Table* t = shard.table.load(std::memory_order_relaxed);
   if (DomainEntry* e = Find(t, norm_hash, *name)) return e;
   DomainEntry* e = shard.NewEntry();
@@ -487,7 +487,7 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
     return;
   }
   {
-    absl::MutexLock lock(&wait_mu_);
+    MutexLock lock(&wait_mu_);
     if (front) {
       waiters_.push_front({waiter, entry});
     } else {
@@ -506,7 +506,7 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
 }
 
 bool Selector::CancelWait(SlotWaiter* waiter) {
-  absl::MutexLock lock(&wait_mu_);
+  MutexLock lock(&wait_mu_);
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->waiter == waiter) {
       waiters_.erase(it);
@@ -518,7 +518,7 @@ bool Selector::CancelWait(SlotWaiter* waiter) {
 }
 
 size_t Selector::waiting() const {
-  absl::MutexLock lock(&wait_mu_);
+  MutexLock lock(&wait_mu_);
   return waiters_.size();
 }
 
@@ -529,7 +529,7 @@ void Selector::WakeWaiters(const HostState* host, bool all) {
   std::vector<SlotWaiter*> wake;
   {
     epoch::EpochGuard guard;
-    absl::MutexLock lock(&wait_mu_);
+    MutexLock lock(&wait_mu_);
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (!HasRoom(it->domain, host, now)) {
         ++it;
@@ -683,7 +683,7 @@ DomainView Selector::Describe(std::string_view domain) {
 size_t Selector::domain_count() const {
   size_t n = 0;
   for (const auto& s : shards_) {
-    absl::MutexLock lock(&s->mu);
+    MutexLock lock(&s->mu);
     n += s->table.load()->count;
   }
   return n;
@@ -693,7 +693,7 @@ size_t Selector::DomainMemoryBytes() const {
   size_t bytes = sizeof(*this);
   epoch::EpochGuard guard;
   for (const auto& s : shards_) {
-    absl::MutexLock lock(&s->mu);
+    MutexLock lock(&s->mu);
     const Table* t = s->table.load();
     bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<uintptr_t>);
     bytes += s->arenas.size() * 256 * sizeof(DomainEntry);

@@ -53,7 +53,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "scheduler/mutex.h"
 #include "scheduler/clock.h"
 #include "scheduler/config.h"
 #include "scheduler/host_registry.h"
@@ -252,7 +252,7 @@ class Selector {
     SlotWaiter* waiter;
     DomainEntry* domain;
   };
-  mutable absl::Mutex wait_mu_;
+  mutable Mutex wait_mu_;
   std::deque<Waiting> waiters_ ABSL_GUARDED_BY(wait_mu_);
   std::atomic<int64_t> waiter_count_{0};  // read on every release: zero means no lock
 
@@ -261,7 +261,7 @@ class Selector {
   std::unique_ptr<HostRegistry> owned_registry_;
   HostRegistry* registry_;
   RoutePlanner planner_;
-  mutable absl::Mutex config_mu_;
+  mutable Mutex config_mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<uint32_t> generation_{1};
   std::atomic<bool> server_limited_{true};

@@ -30,6 +30,7 @@ for i in $(seq 50); do grep -q listening "$work/farm.err" 2>/dev/null && break; 
 sleep 0.3
 cat >"$work/mx.conf" <<CONF
 routes = ( "__mx__" )
+prohibited_hosts = ( )   # the MXs are on loopback: opt in
 remote_smtp_port = $port
 max_outbound_connections = 64
 CONF

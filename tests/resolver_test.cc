@@ -40,8 +40,11 @@ class ResolverTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = *std::move(c);
   }
+  // Tests resolve to loopback addresses, which the default prohibited_hosts refuses: they
+  // opt in explicitly unless the test is about prohibited_hosts itself.
   void MakeSelector(const std::string& config_text) {
-    config_ = ConfigFrom(config_text);
+    const bool opt_in = config_text.find("prohibited_hosts") == std::string::npos;
+    config_ = ConfigFrom(config_text + (opt_in ? "\nprohibited_hosts = ( )\n" : ""));
     selector_ = std::make_unique<Selector>(config_, nullptr, nullptr, &cache_);
   }
   // Runs the loop until the domain's first host is `ip` (at most 10 s); returns that host.
@@ -190,6 +193,17 @@ TEST_F(ResolverTest, ProhibitedAddressesFromDnsAreSkipped) {
   ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
   ASSERT_EQ(v.tiers.size(), 1u) << "the prohibited MX is gone, not just deprioritised";
   EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(6));
+}
+
+TEST_F(ResolverTest, ByDefaultDnsCannotAimConnectionsAtLoopbackOrPrivateRanges) {
+  StartDns({"--mx-host=p.test,lo.p.test,10", "--mx-host=p.test,lan.p.test,20",
+            StrCat("--host-record=lo.p.test,", Ip(1)), "--host-record=lan.p.test,192.168.1.25"});
+  config_ = ConfigFrom("routes = ( \"__mx__\" )");  // no opt-in: the production default
+  selector_ = std::make_unique<Selector>(config_, nullptr, nullptr, &cache_);
+  DomainView v = Resolve("p.test");
+  EXPECT_EQ(v.state, RouteState::kTempFail) << "no usable MX left";
+  EXPECT_NE(v.detail.find("prohibited address"), std::string::npos) << v.detail;
+  EXPECT_FALSE(selector_->Acquire("p.test").ok());
 }
 
 TEST_F(ResolverTest, HostnameRouteItemResolvesWithA) {
