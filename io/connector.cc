@@ -348,14 +348,16 @@ Connector::~Connector() {
     Loop::SetCompletion(sqe, nullptr);
     for (int i = 0; i < 1000 && wake_armed_; ++i) loop_->RunOnce(10);
   }
+  MutexLock lock(&wake_mu_);  // a waker on another thread may be inside QueueWoken
   if (wake_fd_ >= 0) close(wake_fd_);
+  wake_fd_ = -1;
 }
 
 void Connector::QueueWoken(Session* s) {
-  {
-    MutexLock lock(&wake_mu_);
-    woken_.push_back(s);
-  }
+  // The write happens under the lock: once this thread lets go, the loop thread may finish
+  // the session and destroy the connector (ThreadSanitizer found the unlocked version).
+  MutexLock lock(&wake_mu_);
+  woken_.push_back(s);
   uint64_t one = 1;
   [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
 }

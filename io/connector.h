@@ -104,7 +104,7 @@ class Connector {
   ConnectorOptions options_;
   size_t in_flight_ = 0;
   std::vector<Session*> waiting_dns_;
-  int wake_fd_ = -1;
+  int wake_fd_ = -1;  // written by wakers on any thread and closed under wake_mu_
   uint64_t wake_buf_ = 0;
   bool wake_armed_ = false;
   Mutex wake_mu_;

@@ -126,7 +126,7 @@ struct Conn;
 
 struct Farm::Impl {
   FarmOptions options;
-  std::unique_ptr<Loop> loop;
+  std::unique_ptr<Loop> loop;  // created and reset on the farm thread; Wake() under `mu`
   std::vector<std::unique_ptr<Listener>> listeners;
   absl::flat_hash_set<Conn*> conns;
   std::thread thread;
@@ -351,7 +351,10 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
     ready->set_value(created.status());
     return;
   }
-  loop = *std::move(created);
+  {
+    MutexLock lock(&mu);
+    loop = *std::move(created);
+  }
   for (auto& l : listeners) {
     if (l->fault().kind == Fault::Kind::kRefuse) continue;
     std::string error;
@@ -382,7 +385,10 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
     close(c->fd);
     c->listener->current.fetch_sub(1);
   }
-  loop.reset();  // cancels every outstanding operation before the Conns go
+  {
+    MutexLock lock(&mu);  // Stop()/SetFault() may be calling loop->Wake() right now
+    loop.reset();         // cancels every outstanding operation before the Conns go
+  }
   for (Conn* c : conns) delete c;
   conns.clear();
 }
@@ -426,16 +432,17 @@ Farm::~Farm() { Stop(); }
 void Farm::Stop() {
   if (!impl_->thread.joinable()) return;
   impl_->stopping.store(true, std::memory_order_release);
-  if (impl_->loop) impl_->loop->Wake();
+  {
+    MutexLock lock(&impl_->mu);
+    if (impl_->loop) impl_->loop->Wake();
+  }
   impl_->thread.join();
 }
 
 void Farm::SetFault(const IpAddress& address, Fault fault) {
-  {
-    MutexLock lock(&impl_->mu);
-    impl_->fault_changes.emplace_back(address, fault);
-  }
-  impl_->loop->Wake();
+  MutexLock lock(&impl_->mu);
+  impl_->fault_changes.emplace_back(address, fault);
+  if (impl_->loop) impl_->loop->Wake();
 }
 
 std::vector<FarmAddressStats> Farm::Stats() const {

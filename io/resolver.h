@@ -85,7 +85,7 @@ class DnsCache final : public Resolver {
   // Returns the usable answer or kPending (queuing a query). REQUIRES: mu_ held.
   DnsAnswer Get(const std::string& name, uint16_t type, bool* queued)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PokeAll(bool changed);
+  void PokeAll(bool changed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Clock* clock_;
   mutable Mutex mu_;

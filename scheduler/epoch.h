@@ -7,7 +7,7 @@
 // The read side is a plain store: the store-load fence readers would need is moved to the
 // writer side with membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) — the "asymmetric fence"
 // used by liburcu's memb flavour and folly. Where the kernel lacks it (or under TSan, which
-// cannot see membarrier), readers fall back to a seq_cst fence.
+// cannot see membarrier), readers fall back to a seq_cst exchange (a full barrier).
 //
 // Thread-safety: every function is safe for concurrent use by multiple threads. Guards
 // nest. A thread's first guard registers it (one mutex acquisition per thread lifetime).
@@ -45,11 +45,11 @@ class EpochGuard {
     if (ABSL_PREDICT_FALSE(r == nullptr)) r = internal::RegisterThisThread();
     rec_ = r;
     if (r->depth++ == 0) {
-      r->epoch.store(internal::global_epoch.load(std::memory_order_acquire),
-                     std::memory_order_relaxed);
+      const uint64_t e = internal::global_epoch.load(std::memory_order_acquire);
       if (internal::readers_need_fence) {
-        std::atomic_thread_fence(std::memory_order_seq_cst);
+        r->epoch.exchange(e, std::memory_order_seq_cst);  // store + full barrier (xchg)
       } else {
+        r->epoch.store(e, std::memory_order_relaxed);
         std::atomic_signal_fence(std::memory_order_seq_cst);  // compiler-only
       }
     }
