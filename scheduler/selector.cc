@@ -2,6 +2,7 @@
 
 #include "scheduler/strings.h"
 #include <cstring>
+#include <thread>
 
 #include "scheduler/epoch.h"
 
@@ -357,7 +358,15 @@ void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
 
 const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old,
                                        int64_t now) {
-  if (entry->refreshing.exchange(true, std::memory_order_acquire)) return old;  // another thread
+  if (entry->refreshing.exchange(true, std::memory_order_acquire)) {
+    // Another thread is re-planning. A usable route keeps serving meanwhile; an unusable
+    // one (still resolving) would make this caller wait for the *next* DNS answer — which
+    // may never come, the winner having consumed it — so wait for the winner's result.
+    // Planning never blocks (DNS lookups only read the cache), so this is short.
+    if (old->state() == RouteState::kReady) return old;
+    while (entry->refreshing.load(std::memory_order_acquire)) std::this_thread::yield();
+    return entry->snapshot.load(std::memory_order_acquire);
+  }
   const uint32_t gen = generation_.load(std::memory_order_acquire);
   RouteSnapshot* fresh = planner_.Plan(*config(), entry->name());
   if (old->state() == RouteState::kReady && fresh->state() != RouteState::kReady &&
