@@ -80,6 +80,8 @@ class Connector {
             ConnectorOptions options = {});
   ~Connector();  // REQUIRES: in_flight() == 0
 
+  // `done` is called exactly once, on this loop's thread — possibly before Connect returns
+  // (an immediate deferral or permanent failure), so it must not assume otherwise.
   void Connect(std::string_view domain, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();

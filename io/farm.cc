@@ -23,6 +23,7 @@ std::string Fault::ToString() const {
     case Kind::kBlackhole: return "blackhole";
     case Kind::kTempfail: return "tempfail";
     case Kind::kSlow: return StrCat("slow:", slow_ms);
+    case Kind::kReset: return "reset";
   }
   return "?";
 }
@@ -73,7 +74,7 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
   size_t eq = spec.find('=');
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
-        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|slow:MS)"));
+        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS)"));
   };
   if (eq == std::string_view::npos) return bad("missing '='");
   auto ip = IpAddress::Parse(spec.substr(0, eq));
@@ -86,6 +87,8 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
     f.kind = Fault::Kind::kBlackhole;
   } else if (what == "tempfail") {
     f.kind = Fault::Kind::kTempfail;
+  } else if (what == "reset") {
+    f.kind = Fault::Kind::kReset;
   } else if (what == "none") {
     f.kind = Fault::Kind::kNone;
   } else if (what.substr(0, 5) == "slow:") {
@@ -202,6 +205,11 @@ struct Conn {
         return Send();
       case Fault::Kind::kBlackhole:
         return Recv();  // never answer; wait for the client to give up
+      case Fault::Kind::kReset: {
+        linger l{1, 0};  // close with RST instead of FIN
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        return Close();
+      }
       case Fault::Kind::kSlow: {
         ts.tv_sec = f.slow_ms / 1000;
         ts.tv_nsec = (f.slow_ms % 1000) * 1'000'000LL;

@@ -8,6 +8,7 @@
 //   blackhole   connections are accepted and never answered (the client's banner timeout)
 //   tempfail    "421 4.3.2 farm fault: try later" then close
 //   slow:MS     the greeting comes after MS milliseconds
+//   reset       the connection is accepted, then reset (RST) before any greeting
 // Faults can change while the farm runs (SetFault), so tests can make a host flap.
 //
 // Thread-safety: Start() runs the farm on its own thread. Stats(), StatsJson(), SetFault()
@@ -30,7 +31,7 @@
 namespace mxsched::io {
 
 struct Fault {
-  enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow };
+  enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow, kReset };
   Kind kind = Kind::kNone;
   int slow_ms = 0;
   std::string ToString() const;
@@ -39,7 +40,7 @@ struct Fault {
 // "127.0.1.1-127.0.1.64:2525", "127.0.0.9:2525" or "[::1]:2525". IPv4 ranges at most 65,536
 // addresses; loopback only (127.0.0.0/8, ::1) — the farm is a test peer, not a server.
 absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec);
-// "ADDR=refuse|blackhole|tempfail|slow:MS" (ADDR without brackets for IPv6).
+// "ADDR=refuse|blackhole|tempfail|reset|slow:MS" (ADDR without brackets for IPv6).
 absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec);
 
 struct FarmOptions {

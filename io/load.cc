@@ -103,6 +103,16 @@ class Worker {
   }
 
   void StartMore() {
+    // A session can end inside Connect() (an immediate deferral calls back synchronously),
+    // which calls StartMore again: without this guard, thousands of instant deferrals nest
+    // that deep (AddressSanitizer caught the stack overflow). The outer loop carries on.
+    if (starting_) return;
+    starting_ = true;
+    StartLoop();
+    starting_ = false;
+  }
+
+  void StartLoop() {
     const LoadOptions& o = *shared_->options;
     while (in_flight_ < concurrency_) {
       if (NowNanos() >= shared_->deadline_nanos) return;
@@ -159,6 +169,7 @@ class Worker {
   std::shared_ptr<const Config> config_;
   int concurrency_;
   int in_flight_ = 0;
+  bool starting_ = false;
   std::unique_ptr<Loop> loop_;
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;

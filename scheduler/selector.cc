@@ -636,6 +636,20 @@ bool Selector::RefreshDomain(std::string_view domain) {
   DomainEntry* e = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
   if (e == nullptr) return false;
   e->generation.store(0, std::memory_order_release);
+  std::vector<SlotWaiter*> wake;  // this domain's waiters re-plan against the new route
+  {
+    MutexLock lock(&wait_mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (it->domain != e) {
+        ++it;
+        continue;
+      }
+      wake.push_back(it->waiter);
+      it = waiters_.erase(it);
+      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+  for (SlotWaiter* w : wake) w->Wake();
   return true;
 }
 
@@ -645,6 +659,15 @@ void Selector::RefreshAll() {
   do {
     next = g + 1 == 0 ? 1 : g + 1;  // 0 is reserved for "refresh this one"
   } while (!generation_.compare_exchange_weak(g, next));
+  // Waiters were judged against the old routes; the new ones may have room. Wake them all
+  // to re-plan (those still without a slot queue again, at the front).
+  std::deque<Waiting> all;
+  {
+    MutexLock lock(&wait_mu_);
+    all.swap(waiters_);
+    waiter_count_.store(0, std::memory_order_release);
+  }
+  for (const Waiting& w : all) w.waiter->Wake();
 }
 
 DomainView Selector::Describe(std::string_view domain) {

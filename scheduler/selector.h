@@ -197,7 +197,7 @@ class Selector {
   // Returns false if the domain has no route yet. Open leases are unaffected.
   bool RefreshDomain(std::string_view domain);
   // Every domain (console `refresh domain all`): O(1), applied lazily on each domain's next
-  // Acquire.
+  // Acquire. Slot waiters are woken to re-plan against the new routes.
   void RefreshAll();
 
   // Rule 8, waiting instead of polling: `waiter` is woken once, in FIFO order among waiters,

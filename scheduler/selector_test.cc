@@ -636,3 +636,27 @@ TEST(WaitingInsteadOfPolling, CancelWait) {
 
 }  // namespace
 }  // namespace mxsched
+
+namespace mxsched {
+namespace {
+
+TEST(WaitingInsteadOfPolling, RefreshWakesWaitersToReplanAgainstNewRoutes) {
+  testing::SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+  )");
+  Lease held = f.MustAcquire("example.com");
+  struct W : SlotWaiter {
+    void Wake() override { ++woken; }
+    std::atomic<int> woken{0};
+  } w;
+  f.selector.WaitForSlot("example.com", &w);
+  f.selector.SetConfig(testing::ConfigFrom(R"(routes = ( "127.0.4.2" ))"));
+  EXPECT_EQ(w.woken.load(), 0) << "a new config alone changes nothing until it applies";
+  f.selector.RefreshAll();
+  EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.4.2");
+}
+
+}  // namespace
+}  // namespace mxsched

@@ -206,6 +206,32 @@ TEST_F(ResolverTest, ByDefaultDnsCannotAimConnectionsAtLoopbackOrPrivateRanges) 
   EXPECT_FALSE(selector_->Acquire("p.test").ok());
 }
 
+TEST_F(ResolverTest, HugeMxSetIsCapped) {
+  std::vector<std::string> records;
+  for (int i = 0; i < 40; ++i) {
+    records.push_back(StrCat("--mx-host=big.test,mx", i, ".big.test,", 10 + i));
+    records.push_back(StrCat("--host-record=mx", i, ".big.test,", Ip(100 + i)));
+  }
+  StartDns(records);
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("big.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  size_t hosts = 0;
+  for (const auto& t : v.tiers) hosts += t.hosts.size();
+  EXPECT_EQ(hosts, kMaxMxPerDomain) << "40 MXs in DNS, capped in preference order";
+  EXPECT_EQ(v.tiers.front().mx_pref, 10u);
+  EXPECT_EQ(v.tiers.back().mx_pref, 10u + kMaxMxPerDomain - 1);
+}
+
+TEST_F(ResolverTest, TtlZeroIsUsedOnceAndAskedAgain) {
+  StartDns({"--mx-host=z.test,mx.z.test,10", StrCat("--host-record=mx.z.test,", Ip(8))}, 0);
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("z.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(8));
+  EXPECT_TRUE(selector_->Acquire("z.test").ok()) << "a TTL of 0 still delivers";
+}
+
 TEST_F(ResolverTest, HostnameRouteItemResolvesWithA) {
   StartDns({StrCat("--host-record=relay.g.test,", Ip(7))});
   MakeSelector("routes = ( \"smtp://relay.g.test?pref=5&port=2600\" )");

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # One set-up script behind both README commands.
 #   tools/dev.sh demo    install what is missing, build, run the demo
-#   tools/dev.sh test    install what is missing, build, run every test (ctest)
+#   tools/dev.sh test    install what is missing, build, run every test: sanitizer builds
+#                        (ASan+UBSan, TSan), the fuzzers for a bounded time, then ctest
 #   tools/dev.sh build   install what is missing, build
-#   tools/dev.sh bench   build and run the benchmarks (see bench/README.md)
+#   tools/dev.sh bench   build and run the selector benchmarks (see bench/README.md)
 # Debian 12 packages only. Installing needs root (or sudo); nothing is installed when all
-# packages are already present.
+# packages are already present. MXSCHED_QUICK=1 skips the sanitizer and fuzz stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config python3
           liburing-dev libabsl-dev libc-ares-dev libgtest-dev libgmock-dev libbenchmark-dev
-          dnsmasq-base postfix gnuplot-nox)
+          dnsmasq-base postfix gnuplot-nox clang libclang-rt-14-dev)
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 install_deps() {
   local missing=()
@@ -28,17 +30,66 @@ install_deps() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-build() {
-  local werror=OFF
-  [ "${CI:-}" = "true" ] && werror=ON
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXSCHED_WERROR=$werror >/dev/null
-  cmake --build build -j"$(nproc)"
+werror() { [ "${CI:-}" = "true" ] && echo ON || echo OFF; }
+
+# configure_and_build DIR [cmake args...]
+configure_and_build() {
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXSCHED_WERROR="$(werror)" \
+    "$@" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+}
+
+build() { configure_and_build build; }
+
+sanitizers() {
+  echo "== AddressSanitizer + UndefinedBehaviorSanitizer: unit and integration tests"
+  configure_and_build build-asan -DMXSCHED_SANITIZE=address,undefined -DMXSCHED_BUILD_BENCHMARKS=OFF
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure -j2 --timeout 600 -E 'cli_demo'
+  echo "== ThreadSanitizer: selector, epoch, connector, resolver and load tests"
+  configure_and_build build-tsan -DMXSCHED_SANITIZE=thread -DMXSCHED_BUILD_BENCHMARKS=OFF \
+    -DMXSCHED_BUILD_TOOLS=OFF
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/mxsched_unit_tests --gtest_brief=1
+  TSAN_OPTIONS=halt_on_error=1 build-tsan/mxsched_io_tests --gtest_brief=1
+}
+
+fuzz() {
+  if ! command -v clang++ >/dev/null; then
+    echo "== fuzzers skipped: clang++ not installed"
+    return 0
+  fi
+  echo "== libFuzzer: ${FUZZ_SECONDS} s per parser (config, route, dns, greeting)"
+  configure_and_build build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DMXSCHED_BUILD_FUZZERS=ON \
+    -DMXSCHED_SANITIZE=address,undefined -DMXSCHED_BUILD_TESTS=OFF \
+    -DMXSCHED_BUILD_BENCHMARKS=OFF -DMXSCHED_BUILD_TOOLS=OFF
+  for target in config route dns greeting; do
+    local work="build-fuzz/corpus-$target"
+    mkdir -p "$work"
+    # New inputs go to the scratch corpus; the seeds in fuzz/corpus stay as committed.
+    # A crash writes build-fuzz/crash-* and fails the run: add it as a regression test.
+    local rc=0
+    build-fuzz/${target}_fuzzer -max_total_time="$FUZZ_SECONDS" -max_len=4096 -rss_limit_mb=2048 \
+      -print_final_stats=1 -artifact_prefix=build-fuzz/ "$work" "fuzz/corpus/$target" \
+      >"build-fuzz/$target.log" 2>&1 || rc=$?
+    echo "$target: $(grep -E '^stat::number_of_executed_units' "build-fuzz/$target.log" | tr -d ' ')"
+    if [ $rc -ne 0 ]; then
+      grep -E "ERROR|SUMMARY|Test unit written|==" "build-fuzz/$target.log" | head -40
+      echo "fuzzer $target failed (exit $rc)"
+      exit 1
+    fi
+  done
 }
 
 case "${1:-}" in
   build) install_deps; build ;;
   test)
     install_deps; build
+    if [ "${MXSCHED_QUICK:-0}" != 1 ]; then
+      sanitizers
+      fuzz
+    fi
+    echo "== tests (ctest)"
     ctest --test-dir build --output-on-failure -j2 --timeout 600
     ;;
   demo)
@@ -47,7 +98,7 @@ case "${1:-}" in
     ;;
   bench)
     install_deps; build
-    ./build/selector_bench --benchmark_min_time=0.2 "${@:2}"
+    python3 bench/ratios.py build
     ;;
   *) echo "usage: tools/dev.sh demo|test|build|bench" >&2; exit 2 ;;
 esac

@@ -32,7 +32,7 @@ constexpr char kUsage[] =
     "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
     "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
     "                [--banner-timeout-ms MS] [--wait-ms MS] [--message BYTES]\n"
-    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]\n"
+    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS]\n"
     "                [--flap ADDR=MS] [--stats FILE] [--max-seconds S]\n"
     "  mxsched demo  [--seconds S] [--out DIR]\n";
 
