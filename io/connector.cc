@@ -44,7 +44,10 @@ bool IsLocalError(int err) {
 
 struct Connector::Session {
   Session(Connector* c, std::string d, Callback cb)
-      : connector(c), domain(std::move(d)), done(std::move(cb)), start(NowNanos()) {}
+      : connector(c), domain(std::move(d)), done(std::move(cb)), start(NowNanos()) {
+    ++connector->live_;
+  }
+  ~Session() { --connector->live_; }
 
   Connector* connector;
   std::string domain;
@@ -123,6 +126,7 @@ struct Connector::Session {
     --pending;
     if (res < 0) return LocalFailure("socket", -res);
     fd = res;
+    loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
     io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
     sqe->flags |= IOSQE_IO_LINK;
@@ -145,6 +149,7 @@ struct Connector::Session {
   }
 
   void Recv() {
+    loop()->Reserve(2);
     io_uring_sqe* sqe = Submit(&recv_done);
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
     sqe->flags |= IOSQE_IO_LINK;
@@ -342,6 +347,9 @@ Connector::Connector(Loop* loop, Selector* selector, std::shared_ptr<const Confi
 }
 
 Connector::~Connector() {
+  // Finished sessions may still await the completions of cancelled timeouts; let them come
+  // in (bounded) so no session is freed while the ring can still report to it.
+  for (int i = 0; i < 500 && live_ > 0; ++i) loop_->RunOnce(10);
   if (wake_armed_) {  // take our eventfd read out of the ring before the memory goes
     io_uring_sqe* sqe = loop_->Sqe();
     io_uring_prep_cancel(sqe, &wake_done_, 0);

@@ -78,7 +78,9 @@ class Connector {
 
   Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
             ConnectorOptions options = {});
-  ~Connector();  // REQUIRES: in_flight() == 0
+  // REQUIRES: in_flight() == 0. Runs the loop briefly so finished sessions can collect the
+  // completions of their cancelled timeouts.
+  ~Connector();
 
   // `done` is called exactly once, on this loop's thread — possibly before Connect returns
   // (an immediate deferral or permanent failure), so it must not assume otherwise.
@@ -105,6 +107,7 @@ class Connector {
   std::shared_ptr<const Config> config_;
   ConnectorOptions options_;
   size_t in_flight_ = 0;
+  size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)
   std::vector<Session*> waiting_dns_;
   int wake_fd_ = -1;  // written by wakers on any thread and closed under wake_mu_
   uint64_t wake_buf_ = 0;

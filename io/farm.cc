@@ -102,6 +102,21 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
   return std::make_pair(*ip, f);
 }
 
+uint16_t FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sin);
+  uint16_t port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len) == 0) {
+    port = ntohs(sin.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
 namespace {
 
 int OpenListener(const Endpoint& ep, std::string* error) {

@@ -43,6 +43,10 @@ absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec);
 // "ADDR=refuse|blackhole|tempfail|reset|slow:MS" (ADDR without brackets for IPv6).
 absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec);
 
+// A TCP port free on 127.0.0.1 right now (bound with port 0, then released), for farms and
+// tests that need one port across many loopback addresses.
+uint16_t FreeLoopbackPort();
+
 struct FarmOptions {
   std::vector<Endpoint> listen;
   std::vector<std::pair<IpAddress, Fault>> faults;  // applies to every port of the address

@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -11,6 +12,7 @@
 namespace mxsched::io {
 
 absl::StatusOr<std::unique_ptr<Loop>> Loop::Create(unsigned entries) {
+  entries = std::max(entries, 4u);  // room for a linked pair plus the wake-up read
   std::unique_ptr<Loop> loop(new Loop);
   const unsigned attempts[] = {
       IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
@@ -64,6 +66,10 @@ io_uring_sqe* Loop::Sqe() {
     sqe = io_uring_get_sqe(&ring_);
   }
   return sqe;
+}
+
+void Loop::Reserve(unsigned n) {
+  while (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
 }
 
 int Loop::Dispatch() {

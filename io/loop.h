@@ -48,6 +48,9 @@ class Loop {
 
   // A free SQE, submitting pending ones first if the submission queue is full. Never null.
   io_uring_sqe* Sqe();
+  // Makes room for `n` consecutive SQEs. Call before a linked chain (op + link timeout):
+  // a chain split by a submit in the middle loses its link, and the op its timeout.
+  void Reserve(unsigned n);
   static void SetCompletion(io_uring_sqe* sqe, Completion* c) { io_uring_sqe_set_data(sqe, c); }
 
   // Submits what is queued, waits up to `timeout_ms` (-1: until one completion) for at

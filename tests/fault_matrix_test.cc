@@ -202,8 +202,9 @@ TEST_F(FaultMatrix, ConfigReloadUnderLoadLosesNoSession) {
   stop = true;
   reloader.join();
   EXPECT_EQ(r.connected, 5000) << "sessions waited through reloads; none lost or failed";
+  const std::vector<io::FarmAddressStats> stats = farm->Stats();
   for (int h = 1; h <= 4; ++h) {
-    const auto* s = StatsFor(farm->Stats(), Ip(h));
+    const auto* s = StatsFor(stats, Ip(h));
     EXPECT_LE(s->peak, 6) << Ip(h) << ": a reload must never let a host pass its limit";
     EXPECT_GT(s->total, 0u) << Ip(h) << ": both configurations were in effect at some point";
   }

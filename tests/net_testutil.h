@@ -31,18 +31,7 @@ inline std::string LoopbackPrefix() {
   return StrCat("127.", a, ".", b, ".");
 }
 
-// A port free on 127.0.0.1 right now (bound with port 0, then released).
-inline uint16_t FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
-  socklen_t len = sizeof(sin);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
-  close(fd);
-  return ntohs(sin.sin_port);
-}
+inline uint16_t FreePort() { return io::FreeLoopbackPort(); }
 
 inline Endpoint Ep(const std::string& ip, uint16_t port) {
   return Endpoint{*IpAddress::Parse(ip), port};

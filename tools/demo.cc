@@ -4,8 +4,6 @@
 //   MX spread     every domain has its own MX
 // Sessions wait for a slot (rule 8) rather than fail, so the rate shows capacity.
 // Prints a table, writes demo.json and demo.csv, and demo.png when gnuplot is installed.
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,18 +53,6 @@ std::string SpreadConfig(uint16_t port) {
   return c;
 }
 
-uint16_t FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
-  socklen_t len = sizeof(sin);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
-  close(fd);
-  return ntohs(sin.sin_port);
-}
-
 }  // namespace
 
 int DemoCommand(const Args& args) {
@@ -84,7 +70,7 @@ int DemoCommand(const Args& args) {
     }
   }
   RaiseFdLimit();
-  const uint16_t port = FreePort();
+  const uint16_t port = io::FreeLoopbackPort();
   io::FarmOptions fo;
   for (auto spec : {StrCat("127.0.70.1-127.0.70.", kGlobalHosts, ":", port),
                     StrCat("127.0.71.1-127.0.71.", kDomains, ":", port)}) {
