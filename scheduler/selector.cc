@@ -392,19 +392,27 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
 }
 
 namespace {
-// A small dense number per thread, so threads land on different credit slots.
-uint32_t ThreadOrdinal() {
-  static std::atomic<uint32_t> next{0};
-  thread_local uint32_t ordinal = next.fetch_add(1, std::memory_order_relaxed);
-  return ordinal;
+// A small dense number per thread, so threads land on different credit slots. Constant-
+// initialized (no TLS guard on every access); assigned on first use.
+thread_local uint32_t tls_ordinal = UINT32_MAX;
+std::atomic<uint32_t> next_ordinal{0};
+
+inline uint32_t ThreadOrdinal() {
+  uint32_t o = tls_ordinal;
+  if (ABSL_PREDICT_FALSE(o == UINT32_MAX)) {
+    o = next_ordinal.fetch_add(1, std::memory_order_relaxed) % (UINT32_MAX - 1);
+    tls_ordinal = o;
+  }
+  return o;
 }
 }  // namespace
 
-Selector::CreditSlot& Selector::MyCreditSlot() {
+inline Selector::CreditSlot& Selector::MyCreditSlot() {
   return credit_[ThreadOrdinal() % kCreditSlots];
 }
 
-bool Selector::TakeServerSlot() {
+// Fast path inline (one CAS on this thread's slot); refill and stealing out of line.
+inline bool Selector::TakeServerSlot() {
   CreditSlot& slot = MyCreditSlot();
   int32_t c = slot.credit.load(std::memory_order_relaxed);
   while (c > 0) {
@@ -413,6 +421,10 @@ bool Selector::TakeServerSlot() {
       return true;
     }
   }
+  return RefillServerSlot(slot);
+}
+
+bool Selector::RefillServerSlot(CreditSlot& slot) {
   // Refill from the pool in a batch.
   int64_t pool = server_pool_.load(std::memory_order_relaxed);
   while (pool > 0) {
@@ -437,7 +449,7 @@ bool Selector::TakeServerSlot() {
   return false;
 }
 
-void Selector::ReturnServerSlot() {
+inline void Selector::ReturnServerSlot() {
   CreditSlot& slot = MyCreditSlot();
   int32_t c = slot.credit.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (ABSL_PREDICT_FALSE(c > 2 * kCreditBatch)) {

@@ -241,6 +241,7 @@ class Selector {
   static constexpr size_t kCreditSlots = 64;
   CreditSlot& MyCreditSlot();
   bool TakeServerSlot();
+  bool RefillServerSlot(CreditSlot& slot);
   void ReturnServerSlot();
   void ReleaseLease(Lease& lease);
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
