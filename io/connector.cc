@@ -129,9 +129,14 @@ struct Connector::Session {
     loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
     io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
-    sqe->flags |= IOSQE_IO_LINK;
-    connect_ts = ToTimespec(int64_t{ConnectTimeoutMs()} * 1'000'000);
-    io_uring_prep_link_timeout(Submit(&timeout_done), &connect_ts, 0);
+    LinkTimeout(sqe, &connect_ts, int64_t{ConnectTimeoutMs()} * 1'000'000);
+  }
+
+  // Links a timeout to `op`, the SQE just prepared. REQUIRES: Reserve(2) before `op`.
+  void LinkTimeout(io_uring_sqe* op, __kernel_timespec* ts, int64_t nanos) {
+    op->flags |= IOSQE_IO_LINK;
+    *ts = ToTimespec(nanos);
+    io_uring_prep_link_timeout(Submit(&timeout_done), ts, 0);
   }
 
   void OnConnect(int res, uint32_t) {
@@ -152,9 +157,7 @@ struct Connector::Session {
     loop()->Reserve(2);
     io_uring_sqe* sqe = Submit(&recv_done);
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
-    sqe->flags |= IOSQE_IO_LINK;
-    recv_ts = ToTimespec(banner_deadline - NowNanos());
-    io_uring_prep_link_timeout(Submit(&timeout_done), &recv_ts, 0);
+    LinkTimeout(sqe, &recv_ts, banner_deadline - NowNanos());
   }
 
   void OnRecv(int res, uint32_t) {

@@ -493,15 +493,11 @@ bool HasRoom(const DomainEntry* domain, const HostState* host, int64_t now) {
 }  // namespace
 
 void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
-  const uint64_t hash = HashDomain(domain);
   DomainEntry* entry;
   {
     epoch::EpochGuard guard;
-    entry = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
-    if (entry == nullptr) {
-      Deferral unused{DeferReason::kPermanent, {}};
-      entry = Materialize(domain, &unused);
-    }
+    Deferral unused{DeferReason::kPermanent, {}};
+    entry = FindOrCreate(domain, &unused);
   }
   if (entry == nullptr) {  // not a valid domain: nothing will ever free up
     waiter->Wake();
@@ -579,22 +575,30 @@ Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int6
   return {all_over_threshold ? DeferReason::kNoMxReachable : DeferReason::kHostsUnreachable, {}};
 }
 
-AcquireResult Selector::Acquire(std::string_view domain) {
+inline DomainEntry* Selector::FindOrCreate(std::string_view domain, Deferral* invalid) {
   const uint64_t hash = HashDomain(domain);
-  epoch::EpochGuard guard;
   DomainEntry* entry = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
-  if (ABSL_PREDICT_FALSE(entry == nullptr)) {
-    Deferral invalid{DeferReason::kPermanent, {}};
-    entry = Materialize(domain, &invalid);
-    if (entry == nullptr) return AcquireResult(std::move(invalid));
-  }
+  if (ABSL_PREDICT_FALSE(entry == nullptr)) entry = Materialize(domain, invalid);
+  return entry;
+}
+
+inline const RouteSnapshot* Selector::CurrentRoute(DomainEntry* entry, int64_t now) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
-  const int64_t now = clock_->NowNanos();
   if (ABSL_PREDICT_FALSE(now >= snap->expires_at() ||
                          entry->generation.load(std::memory_order_relaxed) !=
                              generation_.load(std::memory_order_relaxed))) {
     snap = Refresh(entry, snap, now);
   }
+  return snap;
+}
+
+AcquireResult Selector::Acquire(std::string_view domain) {
+  epoch::EpochGuard guard;
+  Deferral invalid{DeferReason::kPermanent, {}};
+  DomainEntry* entry = FindOrCreate(domain, &invalid);
+  if (ABSL_PREDICT_FALSE(entry == nullptr)) return AcquireResult(std::move(invalid));
+  const int64_t now = clock_->NowNanos();
+  const RouteSnapshot* snap = CurrentRoute(entry, now);
   if (ABSL_PREDICT_FALSE(snap->state() != RouteState::kReady)) {
     DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
                     : snap->state() == RouteState::kPermFail ? DeferReason::kPermanent
@@ -684,24 +688,17 @@ void Selector::RefreshAll() {
 
 DomainView Selector::Describe(std::string_view domain) {
   DomainView v;
-  const uint64_t hash = HashDomain(domain);
   epoch::EpochGuard guard;
-  DomainEntry* e = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  Deferral invalid{DeferReason::kPermanent, {}};
+  DomainEntry* e = FindOrCreate(domain, &invalid);
   if (e == nullptr) {
-    Deferral invalid{DeferReason::kPermanent, {}};
-    e = Materialize(domain, &invalid);
-    if (e == nullptr) {
-      v.domain = std::string(domain);
-      v.state = RouteState::kPermFail;
-      v.detail = invalid.detail;
-      return v;
-    }
+    v.domain = std::string(domain);
+    v.state = RouteState::kPermFail;
+    v.detail = invalid.detail;
+    return v;
   }
   const int64_t now = clock_->NowNanos();
-  const RouteSnapshot* snap = e->snapshot.load(std::memory_order_acquire);
-  if (now >= snap->expires_at() || e->generation.load() != generation_.load()) {
-    snap = Refresh(e, snap, now);
-  }
+  const RouteSnapshot* snap = CurrentRoute(e, now);
   v.domain = std::string(e->name());
   v.state = snap->state();
   v.detail = std::string(snap->detail());

@@ -229,6 +229,12 @@ class Selector {
   static uint32_t ShardIndex(uint64_t hash) { return static_cast<uint32_t>(hash >> 58); }
   Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
   DomainEntry* Find(const Table* t, uint64_t hash, std::string_view domain) const;
+  // The domain's entry, created on first sight (null, *invalid set, for a name that is not
+  // a valid domain). REQUIRES: an EpochGuard.
+  DomainEntry* FindOrCreate(std::string_view domain, Deferral* invalid);
+  // The domain's route, re-planned first if it expired or a refresh asked for it.
+  // REQUIRES: an EpochGuard.
+  const RouteSnapshot* CurrentRoute(DomainEntry* entry, int64_t now);
   // Slow path: creates the domain's entry and first route. Null (and *invalid set) for a
   // name that is not a valid domain.
   DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
