@@ -185,6 +185,21 @@ TEST_F(ResolverTest, MxTargetBehindCnameChain) {
   EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(5));
 }
 
+TEST_F(ResolverTest, OverlongCnameChainIsRefusedNotFollowedForever) {
+  // dnsmasq refuses CNAME loops outright, so the bound is exercised with a chain of 12
+  // (the parser stops at kMaxCnameHops = 8; a crafted loop is in dns_message_test).
+  std::vector<std::string> records = {"--mx-host=long.test,c0.long.test,10"};
+  for (int i = 0; i < 12; ++i) {
+    records.push_back(StrCat("--cname=c", i, ".long.test,c", i + 1, ".long.test"));
+  }
+  records.push_back(StrCat("--host-record=c12.long.test,", Ip(9)));
+  StartDns(records);
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("long.test");
+  EXPECT_NE(v.state, RouteState::kReady);
+  EXPECT_NE(v.detail.find("CNAME chain longer than"), std::string::npos) << v.detail;
+}
+
 TEST_F(ResolverTest, ProhibitedAddressesFromDnsAreSkipped) {
   StartDns({"--mx-host=f.test,evil.f.test,10", "--mx-host=f.test,good.f.test,20",
             "--host-record=evil.f.test,10.1.2.3", StrCat("--host-record=good.f.test,", Ip(6))});
