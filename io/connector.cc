@@ -1,6 +1,5 @@
 #include "io/connector.h"
 
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -340,11 +339,11 @@ Connector::Connector(Loop* loop, Selector* selector, std::shared_ptr<const Confi
     : loop_(loop), selector_(selector), config_(std::move(config)), options_(options) {
   if (options_.max_attempts < 1) options_.max_attempts = 1;
   if (options_.slot_wait_ms > 0) {
-    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake_fd_ < 0) {
-      options_.slot_wait_ms = 0;  // cannot be woken: fall back to deferring at once
+    auto wake = Notifier::Create(loop_, [this] { RunWoken(); });
+    if (wake.ok()) {
+      wake_ = *std::move(wake);
     } else {
-      ArmWakeRead();
+      options_.slot_wait_ms = 0;  // cannot be woken: fall back to deferring at once
     }
   }
 }
@@ -353,37 +352,21 @@ Connector::~Connector() {
   // Finished sessions may still await the completions of cancelled timeouts; let them come
   // in (bounded) so no session is freed while the ring can still report to it.
   for (int i = 0; i < 500 && live_ > 0; ++i) loop_->RunOnce(10);
-  if (wake_armed_) {  // take our eventfd read out of the ring before the memory goes
-    io_uring_sqe* sqe = loop_->Sqe();
-    io_uring_prep_cancel(sqe, &wake_done_, 0);
-    Loop::SetCompletion(sqe, nullptr);
-    for (int i = 0; i < 1000 && wake_armed_; ++i) loop_->RunOnce(10);
-  }
-  MutexLock lock(&wake_mu_);  // a waker on another thread may be inside QueueWoken
-  if (wake_fd_ >= 0) close(wake_fd_);
-  wake_fd_ = -1;
+  // A waker on another thread may still be inside QueueWoken for a session that has since
+  // finished: wait for it to leave before the notifier goes.
+  { MutexLock lock(&wake_mu_); }
+  wake_.reset();
 }
 
 void Connector::QueueWoken(Session* s) {
-  // The write happens under the lock: once this thread lets go, the loop thread may finish
-  // the session and destroy the connector (ThreadSanitizer found the unlocked version).
+  // Notify under the lock: once this thread lets go, the loop thread may finish the
+  // session and destroy the connector (ThreadSanitizer found the unlocked version).
   MutexLock lock(&wake_mu_);
   woken_.push_back(s);
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+  wake_->Notify();
 }
 
-void Connector::ArmWakeRead() {
-  io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof(wake_buf_), 0);
-  Loop::SetCompletion(sqe, &wake_done_);
-  wake_armed_ = true;
-}
-
-void Connector::OnWakeRead(int res, uint32_t) {
-  wake_armed_ = false;
-  if (res == -ECANCELED) return;
-  ArmWakeRead();
+void Connector::RunWoken() {
   std::vector<Session*> woken;
   {
     MutexLock lock(&wake_mu_);

@@ -99,8 +99,7 @@ class Connector {
   // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
   // eventfd read on this loop picks them up.
   void QueueWoken(Session* s);
-  void ArmWakeRead();
-  void OnWakeRead(int res, uint32_t flags);
+  void RunWoken();
 
   Loop* loop_;
   Selector* selector_;
@@ -109,12 +108,10 @@ class Connector {
   size_t in_flight_ = 0;
   size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)
   std::vector<Session*> waiting_dns_;
-  int wake_fd_ = -1;  // written by wakers on any thread and closed under wake_mu_
-  uint64_t wake_buf_ = 0;
-  bool wake_armed_ = false;
   Mutex wake_mu_;
   std::vector<Session*> woken_ ABSL_GUARDED_BY(wake_mu_);
-  MemberCompletion<Connector, &Connector::OnWakeRead> wake_done_{this};
+  // Set when slot_wait_ms > 0; notified by wakers on any thread under wake_mu_.
+  std::unique_ptr<Notifier> wake_;
 };
 
 }  // namespace mxsched::io

@@ -111,4 +111,43 @@ int Loop::RunOnce(int timeout_ms) {
   return Dispatch();
 }
 
+absl::StatusOr<std::unique_ptr<Notifier>> Notifier::Create(Loop* loop,
+                                                            std::function<void()> on_notify) {
+  std::unique_ptr<Notifier> n(new Notifier(loop, std::move(on_notify)));
+  n->fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (n->fd_ < 0) return absl::InternalError(StrCat("eventfd: ", std::strerror(errno)));
+  n->Arm();
+  return n;
+}
+
+Notifier::~Notifier() {
+  closing_ = true;
+  if (armed_) {
+    io_uring_sqe* sqe = loop_->Sqe();
+    io_uring_prep_cancel(sqe, &done_, 0);
+    Loop::SetCompletion(sqe, nullptr);
+    for (int i = 0; i < 1000 && armed_; ++i) loop_->RunOnce(10);
+  }
+  if (fd_ >= 0) close(fd_);
+}
+
+void Notifier::Notify() {
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(fd_, &one, sizeof(one));
+}
+
+void Notifier::Arm() {
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_read(sqe, fd_, &buf_, sizeof(buf_), 0);
+  Loop::SetCompletion(sqe, &done_);
+  armed_ = true;
+}
+
+void Notifier::OnRead(int res, uint32_t) {
+  armed_ = false;
+  if (res == -ECANCELED || closing_) return;
+  Arm();  // before the callback: a Notify() during it must not be lost
+  on_notify_();
+}
+
 }  // namespace mxsched::io

@@ -16,6 +16,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -76,6 +77,38 @@ class Loop {
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
   MemberCompletion<Loop, &Loop::OnWake> wake_completion_{this};
+};
+
+// Notifier: an eventfd whose read stays armed on a Loop, so that Notify() from any thread
+// makes `on_notify` run on the loop's thread (notifications that arrive together coalesce
+// into one call). The cross-thread wake-up behind slot waits and DNS answers.
+//
+// Thread-safety: Notify() from any thread — but not concurrently with destruction: the
+// owner must make sure no other thread is inside Notify() when it destroys the Notifier
+// (callers do so with their own lock). Everything else on the loop's thread.
+class Notifier {
+ public:
+  static absl::StatusOr<std::unique_ptr<Notifier>> Create(Loop* loop,
+                                                          std::function<void()> on_notify);
+  // Takes the read out of the ring (runs the loop until its cancellation completes).
+  ~Notifier();
+  Notifier(const Notifier&) = delete;
+  Notifier& operator=(const Notifier&) = delete;
+
+  void Notify();
+
+ private:
+  Notifier(Loop* loop, std::function<void()> fn) : loop_(loop), on_notify_(std::move(fn)) {}
+  void Arm();
+  void OnRead(int res, uint32_t flags);
+
+  Loop* loop_;
+  std::function<void()> on_notify_;
+  int fd_ = -1;
+  uint64_t buf_ = 0;
+  bool armed_ = false;
+  bool closing_ = false;
+  MemberCompletion<Notifier, &Notifier::OnRead> done_{this};
 };
 
 }  // namespace mxsched::io

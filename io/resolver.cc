@@ -1,7 +1,6 @@
 #include "io/resolver.h"
 
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -244,9 +243,10 @@ absl::StatusOr<std::unique_ptr<DnsClient>> DnsClient::Create(Loop* loop, DnsCach
     return absl::InvalidArgumentError(StrCat("DNS server \"", servers, "\": ", ares_strerror(rc),
                                              " (want HOST:PORT[,HOST:PORT])"));
   }
-  c->poke_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (c->poke_fd_ < 0) return absl::InternalError(StrCat("eventfd: ", std::strerror(errno)));
-  c->ArmPoke();
+  DnsClient* raw = c.get();
+  auto poke = Notifier::Create(loop, [raw] { raw->OnPoke(); });
+  if (!poke.ok()) return poke.status();
+  c->poke_ = *std::move(poke);
   cache->AddClient(c.get());
   c->Poke(false);  // pick up anything already wanted
   return c;
@@ -257,9 +257,8 @@ DnsClient::~DnsClient() {
   cache_->RemoveClient(this);
   if (channel_ != nullptr) ares_destroy(channel_);  // pending queries: Abandon
   // Take every operation of ours out of the ring before the memory goes.
-  io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_cancel(sqe, &poke_done_, 0);
-  Loop::SetCompletion(sqe, nullptr);
+  poke_.reset();  // no longer poked: RemoveClient ran under the cache's lock
+  io_uring_sqe* sqe;
   if (timer_armed_) {
     sqe = loop_->Sqe();
     io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done_), 0);
@@ -277,26 +276,15 @@ DnsClient::~DnsClient() {
   }
   watches_.clear();
   for (int i = 0; i < 1000 && ops_in_ring_ > 0; ++i) loop_->RunOnce(10);
-  if (poke_fd_ >= 0) close(poke_fd_);
 }
 
 void DnsClient::Poke(bool changed) {
   if (changed) changed_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(poke_fd_, &one, sizeof(one));
+  poke_->Notify();
 }
 
-void DnsClient::ArmPoke() {
-  io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_read(sqe, poke_fd_, &poke_buf_, sizeof(poke_buf_), 0);
-  Loop::SetCompletion(sqe, &poke_done_);
-  ++ops_in_ring_;
-}
-
-void DnsClient::OnPoke(int, uint32_t) {
-  --ops_in_ring_;
+void DnsClient::OnPoke() {
   if (destroying_) return;
-  ArmPoke();
   StartQueries();
   if (changed_.exchange(false, std::memory_order_acq_rel) && on_change_) on_change_();
 }

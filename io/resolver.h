@@ -2,7 +2,7 @@
 // interface, and DnsClient, a c-ares channel driven from one io_uring Loop.
 //
 // Lookups never block: a name not in the cache answers kPending and is queued; every
-// DnsClient is poked (eventfd) and the first to run sends the query (in-flight lookups are
+// DnsClient is poked (a Notifier) and the first to run sends the query (in-flight lookups are
 // coalesced per name and type). When an answer is stored, every client is poked again and
 // calls its on_change callback on its own loop thread — the connector uses it to wake
 // sessions waiting for routes, without polling.
@@ -117,9 +117,8 @@ class DnsClient {
  private:
   DnsClient(Loop* loop, DnsCache* cache) : loop_(loop), cache_(cache) {}
   static void SockStateCb(void* data, ares_socket_t fd, int readable, int writable);
-  void OnPoke(int res, uint32_t flags);
+  void OnPoke();
   void OnTimer(int res, uint32_t flags);
-  void ArmPoke();
   void ArmTimer();
   void StartQueries();
   void Arm(Watch* w);
@@ -129,8 +128,7 @@ class DnsClient {
   Loop* loop_;
   DnsCache* cache_;
   ares_channel channel_ = nullptr;
-  int poke_fd_ = -1;
-  uint64_t poke_buf_ = 0;
+  std::unique_ptr<Notifier> poke_;  // notified under DnsCache::mu_, removed before it goes
   std::atomic<bool> changed_{false};
   bool timer_armed_ = false;
   bool destroying_ = false;
@@ -139,7 +137,6 @@ class DnsClient {
   __kernel_timespec timer_ts_{};
   std::function<void()> on_change_;
   absl::flat_hash_map<int, Watch*> watches_;
-  MemberCompletion<DnsClient, &DnsClient::OnPoke> poke_done_{this};
   MemberCompletion<DnsClient, &DnsClient::OnTimer> timer_done_{this};
 };
 
