@@ -358,14 +358,17 @@ void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
 
 const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old,
                                        int64_t now) {
-  if (entry->refreshing.exchange(true, std::memory_order_acquire)) {
+  for (int round = 0; entry->refreshing.exchange(true, std::memory_order_acquire); ++round) {
     // Another thread is re-planning. A usable route keeps serving meanwhile; an unusable
     // one (still resolving) would make this caller wait for the *next* DNS answer — which
-    // may never come, the winner having consumed it — so wait for the winner's result.
+    // may never come — so wait for the winner's result. The winner may have planned before
+    // the answer that woke this caller was stored: if its route is still unusable, plan
+    // (or, losing again, take the plan of a thread that started after this one waited).
     // Planning never blocks (DNS lookups only read the cache), so this is short.
     if (old->state() == RouteState::kReady) return old;
     while (entry->refreshing.load(std::memory_order_acquire)) std::this_thread::yield();
-    return entry->snapshot.load(std::memory_order_acquire);
+    old = entry->snapshot.load(std::memory_order_acquire);
+    if (round == 1 || old->state() == RouteState::kReady) return old;
   }
   const uint32_t gen = generation_.load(std::memory_order_acquire);
   RouteSnapshot* fresh = planner_.Plan(*config(), entry->name());
