@@ -2,7 +2,7 @@
 
 #include <map>
 
-#include "scheduler/strings.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched::bench {
 

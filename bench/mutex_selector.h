@@ -19,7 +19,7 @@
 #include <shared_mutex>
 
 #include "absl/container/flat_hash_map.h"
-#include "scheduler/config.h"
+#include "mxsched/scheduler/config.h"
 
 namespace mxsched::bench {
 

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "io/farm.h"
-#include "scheduler/strings.h"
+#include "testbed/farm.h"
+#include "mxsched/base/strings.h"
 
 namespace {
 

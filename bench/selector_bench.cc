@@ -22,9 +22,9 @@
 #include "bench/mutex_selector.h"
 #include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
-#include "scheduler/config.h"
-#include "scheduler/selector.h"
-#include "scheduler/strings.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched::bench {
 namespace {

@@ -2,7 +2,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "io/dns_message.h"
+#include "mxsched/io/dns_message.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;

@@ -1,10 +1,10 @@
 // The io_uring connector and load driver against real peers on loopback: the in-process
 // farm (server-side counts prove the limits) and raw TCP peers for malformed greetings.
-#include "io/connector.h"
+#include "mxsched/io/connector.h"
 
 #include <sys/resource.h>
 
-#include "io/load.h"
+#include "testbed/load.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"
 

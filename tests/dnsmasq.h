@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "scheduler/strings.h"
+#include "mxsched/base/strings.h"
 #include "tests/net_testutil.h"
 
 namespace mxsched::testing {

@@ -4,8 +4,8 @@
 #include <dirent.h>
 #include <sys/resource.h>
 
-#include "io/connector.h"
-#include "io/load.h"
+#include "mxsched/io/connector.h"
+#include "testbed/load.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"
 

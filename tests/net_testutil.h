@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "io/connector.h"
-#include "io/farm.h"
-#include "io/loop.h"
-#include "scheduler/strings.h"
+#include "mxsched/io/connector.h"
+#include "testbed/farm.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched::testing {
 

@@ -1,10 +1,10 @@
 // DNS against a real dnsmasq on loopback: MX with TTLs, implicit MX, null MX, NXDOMAIN,
 // timeouts, TTL expiry, refresh, CNAMEs, prohibited addresses — and the connector waiting
 // for resolution end to end with the farm.
-#include "io/resolver.h"
+#include "mxsched/io/resolver.h"
 
-#include "io/connector.h"
-#include "io/load.h"
+#include "mxsched/io/connector.h"
+#include "testbed/load.h"
 #include "tests/dnsmasq.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"

@@ -7,9 +7,9 @@
 #include <string_view>
 
 #include "gtest/gtest.h"
-#include "scheduler/clock.h"
-#include "scheduler/config.h"
-#include "scheduler/selector.h"
+#include "mxsched/base/clock.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
 
 namespace mxsched::testing {
 

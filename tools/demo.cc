@@ -12,9 +12,9 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "io/farm.h"
-#include "io/load.h"
-#include "scheduler/strings.h"
+#include "testbed/farm.h"
+#include "testbed/load.h"
+#include "mxsched/base/strings.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {

@@ -9,8 +9,8 @@
 #include <memory>
 #include <string>
 
-#include "io/connector.h"
-#include "io/resolver.h"
+#include "mxsched/io/connector.h"
+#include "mxsched/io/resolver.h"
 
 int main(int argc, char** argv) {
   if (argc < 3) {

@@ -8,10 +8,10 @@
 #include <fstream>
 #include <thread>
 
-#include "io/farm.h"
-#include "io/load.h"
-#include "io/resolver.h"
-#include "scheduler/strings.h"
+#include "testbed/farm.h"
+#include "testbed/load.h"
+#include "mxsched/io/resolver.h"
+#include "mxsched/base/strings.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {

@@ -15,12 +15,12 @@
 #include <string_view>
 #include <vector>
 
-#include "scheduler/config.h"
-#include "scheduler/selector.h"
-#include "scheduler/strings.h"
-#include "io/json.h"
-#include "io/loop.h"
-#include "io/resolver.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
+#include "mxsched/base/strings.h"
+#include "testbed/json.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/io/resolver.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {

@@ -1,0 +1,39 @@
+#include "mxsched/base/endpoint.h"
+
+#include "gtest/gtest.h"
+
+namespace mxsched {
+namespace {
+
+TEST(IpAddress, ParsesV4AndV6AndRejectsGarbage) {
+  EXPECT_EQ(IpAddress::Parse("192.0.2.7")->ToString(), "192.0.2.7");
+  EXPECT_EQ(IpAddress::Parse("2001:DB8::7")->ToString(), "2001:db8::7");
+  EXPECT_FALSE(IpAddress::Parse("").ok());
+  EXPECT_FALSE(IpAddress::Parse("300.1.1.1").ok());
+  EXPECT_FALSE(IpAddress::Parse("[::1]").ok());
+  EXPECT_FALSE(IpAddress::Parse(std::string(200, '1')).ok());
+}
+
+TEST(Endpoint, FormatsWithBracketsForV6) {
+  EXPECT_EQ((Endpoint{*IpAddress::Parse("::1"), 2525}).ToString(), "[::1]:2525");
+  EXPECT_EQ((Endpoint{*IpAddress::Parse("127.0.0.9"), 25}).ToString(), "127.0.0.9:25");
+}
+
+TEST(Cidr, ContainsByPrefix) {
+  Cidr loop = *Cidr::Parse("127.0.0.0/8");
+  EXPECT_TRUE(loop.Contains(*IpAddress::Parse("127.9.8.7")));
+  EXPECT_FALSE(loop.Contains(*IpAddress::Parse("128.0.0.1")));
+  EXPECT_FALSE(loop.Contains(*IpAddress::Parse("::1")));
+  Cidr odd = *Cidr::Parse("10.64.0.0/10");
+  EXPECT_TRUE(odd.Contains(*IpAddress::Parse("10.127.255.255")));
+  EXPECT_FALSE(odd.Contains(*IpAddress::Parse("10.128.0.0")));
+  Cidr v6 = *Cidr::Parse("fe80::/10");
+  EXPECT_TRUE(v6.Contains(*IpAddress::Parse("febf::1")));
+  EXPECT_TRUE(Cidr::Parse("192.0.2.1")->Contains(*IpAddress::Parse("192.0.2.1")));
+  EXPECT_FALSE(Cidr::Parse("10.0.0.0/33").ok());
+  EXPECT_FALSE(Cidr::Parse("10.0.0.0/x").ok());
+  EXPECT_FALSE(Cidr::Parse("[::1]/128").ok());
+}
+
+}  // namespace
+}  // namespace mxsched

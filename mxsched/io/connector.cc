@@ -1,0 +1,393 @@
+#include "mxsched/io/connector.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "mxsched/io/greeting.h"
+#include "mxsched/base/strings.h"
+
+namespace mxsched::io {
+
+std::string_view ConnectKindName(ConnectResult::Kind k) {
+  switch (k) {
+    case ConnectResult::Kind::kConnected: return "connected";
+    case ConnectResult::Kind::kDeferred: return "deferred";
+    case ConnectResult::Kind::kFailed: return "failed";
+  }
+  return "?";
+}
+
+namespace {
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+__kernel_timespec ToTimespec(int64_t nanos) {
+  if (nanos < 0) nanos = 0;
+  return {nanos / 1'000'000'000, nanos % 1'000'000'000};
+}
+
+bool IsLocalError(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM ||
+         err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
+}
+
+}  // namespace
+
+struct Connector::Session {
+  Session(Connector* c, std::string d, Callback cb)
+      : connector(c), domain(std::move(d)), done(std::move(cb)), start(NowNanos()) {
+    ++connector->live_;
+  }
+  ~Session() { --connector->live_; }
+
+  Connector* connector;
+  std::string domain;
+  Callback done;
+  int64_t start;
+  Lease lease;
+  int fd = -1;
+  int attempts = 0;
+  int pending = 0;  // CQEs still to come for this session
+  bool finished = false;
+  bool waiting_dns = false;
+  std::optional<Outcome> last_outcome;
+  std::string last_error;
+  GreetingParser parser;
+  int64_t banner_deadline = 0;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{};
+  char buf[1024];
+
+  Loop* loop() { return connector->loop_; }
+
+  io_uring_sqe* Submit(Completion* c) {
+    io_uring_sqe* sqe = loop()->Sqe();
+    Loop::SetCompletion(sqe, c);
+    ++pending;
+    return sqe;
+  }
+
+  void Attempt() {
+    AcquireResult r = connector->selector_->Acquire(domain);
+    if (!r.ok()) {
+      const Deferral& d = r.deferral();
+      if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
+          !dns_wait_expired) {
+        return WaitForDns();
+      }
+      const bool at_limit = d.reason == DeferReason::kHostsAtLimit ||
+                            d.reason == DeferReason::kDomainLimit ||
+                            d.reason == DeferReason::kServerLimit;
+      if (at_limit && connector->options_.slot_wait_ms > 0 && !slot_wait_expired) {
+        return WaitForSlot();
+      }
+      ConnectResult res;
+      res.kind = d.permanent() ? ConnectResult::Kind::kFailed : ConnectResult::Kind::kDeferred;
+      res.reason = d.ToString();
+      if (!last_error.empty()) res.reason += StrCat(" (last attempt: ", last_error, ")");
+      res.defer_reason = d.reason;
+      return Finish(std::move(res));
+    }
+    lease = r.TakeLease();
+    ++attempts;
+    parser = GreetingParser();
+    addr_len = lease.endpoint().ToSockaddr(&addr);
+    const int family = lease.endpoint().address.is_v4() ? AF_INET : AF_INET6;
+    if (loop()->has_socket_op()) {
+      io_uring_prep_socket(Submit(&socket_done), family, SOCK_STREAM | SOCK_CLOEXEC, 0, 0);
+    } else {
+      // Kernels before 5.19 have no IORING_OP_SOCKET: one socket(2) call instead.
+      int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      ++pending;
+      OnSocket(s >= 0 ? s : -errno, 0);
+    }
+  }
+
+  int ConnectTimeoutMs() const {
+    if (connector->options_.connect_timeout_ms >= 0) return connector->options_.connect_timeout_ms;
+    return static_cast<int>(connector->config_->ForDomain(domain).connect_timeout_s) * 1000;
+  }
+  int BannerTimeoutMs() const {
+    if (connector->options_.banner_timeout_ms >= 0) return connector->options_.banner_timeout_ms;
+    return static_cast<int>(connector->config_->ForDomain(domain).banner_timeout_s) * 1000;
+  }
+
+  void OnSocket(int res, uint32_t) {
+    --pending;
+    if (res < 0) return LocalFailure("socket", -res);
+    fd = res;
+    loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
+    io_uring_sqe* sqe = Submit(&connect_done);
+    io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
+    LinkTimeout(sqe, &connect_ts, int64_t{ConnectTimeoutMs()} * 1'000'000);
+  }
+
+  // Links a timeout to `op`, the SQE just prepared. REQUIRES: Reserve(2) before `op`.
+  void LinkTimeout(io_uring_sqe* op, __kernel_timespec* ts, int64_t nanos) {
+    op->flags |= IOSQE_IO_LINK;
+    *ts = ToTimespec(nanos);
+    io_uring_prep_link_timeout(Submit(&timeout_done), ts, 0);
+  }
+
+  void OnConnect(int res, uint32_t) {
+    --pending;
+    if (res == -ECANCELED) {
+      return HostFailure(Outcome::kTimedOut,
+                         StrCat("connect timeout after ", ConnectTimeoutMs(), " ms"));
+    }
+    if (res < 0) {
+      if (IsLocalError(-res)) return LocalFailure("connect", -res);
+      return HostFailure(Outcome::kConnectFailed, StrCat("connect: ", std::strerror(-res)));
+    }
+    banner_deadline = NowNanos() + int64_t{BannerTimeoutMs()} * 1'000'000;
+    Recv();
+  }
+
+  void Recv() {
+    loop()->Reserve(2);
+    io_uring_sqe* sqe = Submit(&recv_done);
+    io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
+    LinkTimeout(sqe, &recv_ts, banner_deadline - NowNanos());
+  }
+
+  void OnRecv(int res, uint32_t) {
+    --pending;
+    if (res == -ECANCELED) {
+      return HostFailure(Outcome::kTimedOut,
+                         StrCat("no greeting within ", BannerTimeoutMs(), " ms"));
+    }
+    if (res < 0) return HostFailure(Outcome::kConnectFailed, StrCat("recv: ", std::strerror(-res)));
+    if (res == 0) {
+      return HostFailure(Outcome::kProtocolError, "connection closed before a complete greeting");
+    }
+    switch (parser.Feed(std::string_view(buf, res))) {
+      case GreetingParser::State::kNeedMore:
+        if (NowNanos() >= banner_deadline) {
+          return HostFailure(Outcome::kTimedOut,
+                             StrCat("greeting incomplete after ", BannerTimeoutMs(), " ms"));
+        }
+        return Recv();
+      case GreetingParser::State::kError:
+        return HostFailure(Outcome::kProtocolError, StrCat("bad greeting: ", parser.error()));
+      case GreetingParser::State::kDone:
+        break;
+    }
+    if (parser.code() / 100 != 2) {
+      return HostFailure(Outcome::kGreetingRejected, StrCat("greeting ", parser.Summary()));
+    }
+    lease.Report(Outcome::kConnected);
+    ConnectResult r;
+    r.kind = ConnectResult::Kind::kConnected;
+    r.fd = std::exchange(fd, -1);
+    r.lease = std::move(lease);
+    r.greeting = parser.Summary();
+    r.last_outcome = Outcome::kConnected;
+    Finish(std::move(r));
+  }
+
+  void OnTimeout(int, uint32_t) {
+    --pending;
+    MaybeDelete();
+  }
+
+  // The host is to blame: mark it, drop this attempt, try the next destination.
+  void HostFailure(Outcome outcome, std::string why) {
+    last_outcome = outcome;
+    last_error = StrCat(lease.endpoint().ToString(), ": ", why);
+    lease.Report(outcome);
+    CloseAttempt();
+    if (attempts >= connector->options_.max_attempts) {
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kFailed;
+      r.reason = StrCat("451 4.4.1 ", attempts, " attempt(s) failed; last: ", last_error);
+      r.last_outcome = outcome;
+      return Finish(std::move(r));
+    }
+    Attempt();
+  }
+
+  // Our side ran out of something: do not blame the host; defer.
+  void LocalFailure(std::string_view op, int err) {
+    last_outcome = Outcome::kLocalError;
+    lease.Report(Outcome::kLocalError);
+    CloseAttempt();
+    ConnectResult r;
+    r.kind = ConnectResult::Kind::kDeferred;
+    r.reason = StrCat("451 4.3.0 local resource shortage: ", op, ": ", std::strerror(err),
+                      err == EADDRNOTAVAIL ? " (ephemeral ports exhausted)" : "");
+    r.last_outcome = Outcome::kLocalError;
+    Finish(std::move(r));
+  }
+
+  void CloseAttempt() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+    lease.Release();  // after the socket is closed: the host never sees limit + 1
+  }
+
+  bool dns_wait_expired = false;
+  bool dns_timer_armed = false;
+
+  void WaitForDns() {
+    if (!waiting_dns) {
+      waiting_dns = true;
+      connector->waiting_dns_.push_back(this);
+      if (!dns_timer_armed) {
+        dns_timer_armed = true;
+        dns_ts = ToTimespec(int64_t{connector->options_.dns_wait_ms} * 1'000'000);
+        io_uring_prep_timeout(Submit(&dns_timer_done), &dns_ts, 0, 0);
+      }
+    }
+  }
+
+  void OnDnsTimer(int, uint32_t) {
+    --pending;
+    dns_timer_armed = false;
+    dns_wait_expired = true;
+    if (waiting_dns) {
+      std::erase(connector->waiting_dns_, this);
+      waiting_dns = false;
+      if (!finished) return Attempt();  // one last look, then deferred
+    }
+    MaybeDelete();
+  }
+
+  // --- rule 8: wait for a slot -------------------------------------------------------
+  struct Waiter : SlotWaiter {
+    explicit Waiter(Session* s) : session(s) {}
+    void Wake() override { session->connector->QueueWoken(session); }  // any thread
+    Session* session;
+  };
+  Waiter waiter{this};
+  bool slot_waiting = false;
+  bool slot_woken_before = false;
+  bool slot_wait_expired = false;
+  bool slot_timer_armed = false;
+  __kernel_timespec slot_ts{};
+
+  void WaitForSlot() {
+    if (!slot_timer_armed && !slot_woken_before) {
+      slot_timer_armed = true;
+      slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
+      io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
+    }
+    slot_waiting = true;
+    connector->selector_->WaitForSlot(domain, &waiter, /*front=*/slot_woken_before);
+  }
+
+  void OnWoken() {  // on the loop thread
+    slot_waiting = false;
+    slot_woken_before = true;
+    if (!finished) return Attempt();
+    MaybeDelete();
+  }
+
+  void OnSlotTimer(int, uint32_t) {
+    --pending;
+    slot_timer_armed = false;
+    slot_wait_expired = true;
+    if (slot_waiting && connector->selector_->CancelWait(&waiter)) {
+      slot_waiting = false;
+      if (!finished) return Attempt();  // one last try, then deferred
+    }
+    MaybeDelete();  // (if already woken, the queued wake-up continues the session)
+  }
+
+  void Finish(ConnectResult r) {
+    finished = true;
+    if (slot_timer_armed) {
+      io_uring_sqe* sqe = loop()->Sqe();
+      io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&slot_timer_done), 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
+    if (dns_timer_armed) {  // do not keep the session alive until the DNS wait would expire
+      io_uring_sqe* sqe = loop()->Sqe();
+      io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&dns_timer_done), 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
+    r.attempts = attempts;
+    r.elapsed_nanos = NowNanos() - start;
+    --connector->in_flight_;
+    Callback cb = std::move(done);
+    cb(std::move(r));
+    MaybeDelete();
+  }
+
+  void MaybeDelete() {
+    if (finished && pending == 0 && !waiting_dns && !slot_waiting) delete this;
+  }
+
+  MemberCompletion<Session, &Session::OnSocket> socket_done{this};
+  MemberCompletion<Session, &Session::OnConnect> connect_done{this};
+  MemberCompletion<Session, &Session::OnRecv> recv_done{this};
+  MemberCompletion<Session, &Session::OnTimeout> timeout_done{this};
+  MemberCompletion<Session, &Session::OnDnsTimer> dns_timer_done{this};
+  MemberCompletion<Session, &Session::OnSlotTimer> slot_timer_done{this};
+};
+
+Connector::Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
+                     ConnectorOptions options)
+    : loop_(loop), selector_(selector), config_(std::move(config)), options_(options) {
+  if (options_.max_attempts < 1) options_.max_attempts = 1;
+  if (options_.slot_wait_ms > 0) {
+    auto wake = Notifier::Create(loop_, [this] { RunWoken(); });
+    if (wake.ok()) {
+      wake_ = *std::move(wake);
+    } else {
+      options_.slot_wait_ms = 0;  // cannot be woken: fall back to deferring at once
+    }
+  }
+}
+
+Connector::~Connector() {
+  // Finished sessions may still await the completions of cancelled timeouts; let them come
+  // in (bounded) so no session is freed while the ring can still report to it.
+  for (int i = 0; i < 500 && live_ > 0; ++i) loop_->RunOnce(10);
+  // A waker on another thread may still be inside QueueWoken for a session that has since
+  // finished: wait for it to leave before the notifier goes.
+  { MutexLock lock(&wake_mu_); }
+  wake_.reset();
+}
+
+void Connector::QueueWoken(Session* s) {
+  // Notify under the lock: once this thread lets go, the loop thread may finish the
+  // session and destroy the connector (ThreadSanitizer found the unlocked version).
+  MutexLock lock(&wake_mu_);
+  woken_.push_back(s);
+  wake_->Notify();
+}
+
+void Connector::RunWoken() {
+  std::vector<Session*> woken;
+  {
+    MutexLock lock(&wake_mu_);
+    woken.swap(woken_);
+  }
+  for (Session* s : woken) s->OnWoken();
+}
+
+void Connector::Connect(std::string_view domain, Callback done) {
+  ++in_flight_;
+  auto* s = new Session(this, std::string(domain), std::move(done));
+  s->Attempt();
+}
+
+void Connector::OnRoutesChanged() {
+  std::vector<Session*> waiting;
+  waiting.swap(waiting_dns_);
+  for (Session* s : waiting) {
+    s->waiting_dns = false;
+    s->Attempt();  // may wait again; its timer is still armed
+  }
+}
+
+}  // namespace mxsched::io

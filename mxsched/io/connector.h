@@ -1,0 +1,119 @@
+// Connector: the io_uring outbound connector. A delivery worker asks for "a connection for
+// domain D"; the connector acquires a destination from the Selector, opens the TCP
+// connection, reads the SMTP greeting and hands back a ready connection — or says why not.
+//
+//   io::Connector connector(loop, &selector, config);
+//   connector.Connect("example.com", [](io::ConnectResult r) {
+//     if (r.kind == io::ConnectResult::Kind::kConnected) {
+//       // r.fd is a connected TCP socket after a 2xx greeting (r.greeting); r.lease holds the
+//       // slot: close(r.fd) first, then let r.lease go (or call r.lease.Release()).
+//     } else {
+//       // kDeferred (try later) or kFailed, with r.reason ("421 4.4.0 ...", "...: refused").
+//     }
+//   });
+//   while (connector.in_flight() > 0) loop->RunOnce(-1);
+//
+// One attempt: Acquire -> socket (IORING_OP_SOCKET, or socket(2) where the kernel lacks
+// it) -> connect linked to a timeout (connect_timeout) -> recv linked to a timeout until a
+// complete greeting arrives (banner_timeout, one deadline for all reads). A refused or timed
+// out connect, a 4xx/5xx greeting or garbage marks the host failed (Lease::Report) and the
+// connector tries again for the same domain — the selector now skips that host — up to
+// max_attempts (like Exim's hosts_max_try). Local errors (no fds, no ephemeral ports) do not
+// blame the host and end the session as deferred.
+//
+// While a domain's DNS is still resolving, sessions wait (woken by OnRoutesChanged(), no
+// polling) up to dns_wait_ms, then end as deferred.
+//
+// Thread-safety: REQUIRES external synchronization — a Connector belongs to its Loop's
+// thread. Several connectors (one per thread) may share one Selector.
+#ifndef MXSCHED_IO_CONNECTOR_H_
+#define MXSCHED_IO_CONNECTOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxsched/base/mutex.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
+
+namespace mxsched::io {
+
+struct ConnectResult {
+  enum class Kind : uint8_t { kConnected, kDeferred, kFailed };
+  Kind kind = Kind::kFailed;
+  std::string reason;  // why not connected: an SMTP-style status and text
+  // The selector's reason when it deferred (kDeferred from Acquire), else unset.
+  std::optional<DeferReason> defer_reason;
+  // What the last connection attempt ended with (kFailed, or kDeferred after failures).
+  std::optional<Outcome> last_outcome;
+  int attempts = 0;
+  int64_t elapsed_nanos = 0;  // from Connect() to this result
+  // kConnected only:
+  int fd = -1;
+  Lease lease;
+  std::string greeting;  // "220 mx.example ESMTP ..." (first line)
+};
+std::string_view ConnectKindName(ConnectResult::Kind k);
+
+struct ConnectorOptions {
+  int max_attempts = 5;
+  // Override the per-domain connect_timeout / banner_timeout (config has whole seconds).
+  int connect_timeout_ms = -1;
+  int banner_timeout_ms = -1;
+  int dns_wait_ms = 30000;
+  // Rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
+  // to this long for a slot — woken by the Selector the moment one frees, no polling —
+  // instead of ending as deferred at once. 0: defer at once.
+  int slot_wait_ms = 0;
+};
+
+class Connector {
+ public:
+  using Callback = std::function<void(ConnectResult)>;
+
+  Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
+            ConnectorOptions options = {});
+  // REQUIRES: in_flight() == 0. Runs the loop briefly so finished sessions can collect the
+  // completions of their cancelled timeouts.
+  ~Connector();
+
+  // `done` is called exactly once, on this loop's thread — possibly before Connect returns
+  // (an immediate deferral or permanent failure), so it must not assume otherwise.
+  void Connect(std::string_view domain, Callback done);
+  // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
+  void OnRoutesChanged();
+  void SetConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
+
+  size_t in_flight() const { return in_flight_; }
+  Loop* loop() { return loop_; }
+
+  struct Session;
+
+ private:
+  friend struct Session;
+  // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
+  // eventfd read on this loop picks them up.
+  void QueueWoken(Session* s);
+  void RunWoken();
+
+  Loop* loop_;
+  Selector* selector_;
+  std::shared_ptr<const Config> config_;
+  ConnectorOptions options_;
+  size_t in_flight_ = 0;
+  size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)
+  std::vector<Session*> waiting_dns_;
+  Mutex wake_mu_;
+  std::vector<Session*> woken_ ABSL_GUARDED_BY(wake_mu_);
+  // Set when slot_wait_ms > 0; notified by wakers on any thread under wake_mu_.
+  std::unique_ptr<Notifier> wake_;
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_CONNECTOR_H_

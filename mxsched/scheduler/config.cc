@@ -1,0 +1,590 @@
+#include "mxsched/scheduler/config.h"
+
+#include "mxsched/base/strings.h"
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+
+namespace mxsched {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Syntax: text -> tree of entries with positions.
+
+struct Pos {
+  int line = 1;
+  int col = 1;
+};
+
+enum class Tok { kWord, kString, kEquals, kLParen, kRParen, kLBrace, kRBrace, kEnd };
+
+std::string_view TokName(Tok t) {
+  switch (t) {
+    case Tok::kWord: return "a word";
+    case Tok::kString: return "a quoted string";
+    case Tok::kEquals: return "'='";
+    case Tok::kLParen: return "'('";
+    case Tok::kRParen: return "')'";
+    case Tok::kLBrace: return "'{'";
+    case Tok::kRBrace: return "'}'";
+    case Tok::kEnd: return "end of file";
+  }
+  return "?";
+}
+
+struct Token {
+  Tok kind = Tok::kEnd;
+  std::string text;
+  Pos pos;
+};
+
+struct Value {
+  bool is_list = false;
+  std::vector<std::string> items;  // one item unless is_list
+  std::vector<Pos> item_pos;
+  Pos pos;
+};
+
+struct Entry;
+struct Stanza {
+  std::string kind;  // "domain" or "host" (lower-case)
+  std::string name;
+  Pos pos;
+  std::vector<Entry> entries;
+};
+
+struct Entry {
+  std::string name;  // lower-case option name
+  Pos pos;
+  Value value;
+  std::unique_ptr<Stanza> stanza;  // set for `Domain "x" { ... }`
+};
+
+class Parser {
+ public:
+  Parser(std::string_view text, std::string_view source) : text_(text), source_(source) {}
+
+  absl::StatusOr<std::vector<Entry>> ParseFile() {
+    if (absl::Status s = Advance(); !s.ok()) return s;
+    std::vector<Entry> entries;
+    if (absl::Status s = ParseScope(entries, /*in_stanza=*/false); !s.ok()) return s;
+    return entries;
+  }
+
+  absl::Status ErrorInFile(std::string_view what) const {
+    return absl::InvalidArgumentError(StrCat(source_, ": ", what));
+  }
+  absl::Status ErrorAt(Pos p, std::string_view what) const {
+    return absl::InvalidArgumentError(StrCat(source_, ":", p.line, ":", p.col, ": ", what));
+  }
+
+ private:
+  absl::Status ParseScope(std::vector<Entry>& out, bool in_stanza) {
+    while (true) {
+      if (tok_.kind == Tok::kEnd) {
+        if (in_stanza) return ErrorAt(tok_.pos, "expected '}' to close the stanza, got end of file");
+        return absl::OkStatus();
+      }
+      if (tok_.kind == Tok::kRBrace) {
+        if (!in_stanza) return ErrorAt(tok_.pos, "unexpected '}' outside a stanza");
+        return Advance();
+      }
+      if (tok_.kind != Tok::kWord) {
+        return ErrorAt(tok_.pos, StrCat("expected an option name, got ", TokName(tok_.kind)));
+      }
+      Entry e;
+      e.name = ToLower(tok_.text);
+      e.pos = tok_.pos;
+      if (absl::Status s = Advance(); !s.ok()) return s;
+      if (tok_.kind == Tok::kEquals) {
+        if (absl::Status s = Advance(); !s.ok()) return s;
+        if (absl::Status s = ParseValue(e.value); !s.ok()) return s;
+      } else if (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) {
+        if (in_stanza) return ErrorAt(e.pos, "stanzas cannot be nested");
+        auto st = std::make_unique<Stanza>();
+        st->kind = e.name;
+        st->name = tok_.text;
+        st->pos = tok_.pos;
+        if (absl::Status s = Advance(); !s.ok()) return s;
+        if (tok_.kind != Tok::kLBrace) {
+          return ErrorAt(tok_.pos, StrCat("expected '{' after ", e.name, " \"", st->name,
+                                                "\", got ", TokName(tok_.kind)));
+        }
+        if (absl::Status s = Advance(); !s.ok()) return s;
+        if (absl::Status s = ParseScope(st->entries, true); !s.ok()) return s;
+        e.stanza = std::move(st);
+      } else {
+        return ErrorAt(tok_.pos, StrCat("expected '=' after option \"", e.name, "\", got ",
+                                              TokName(tok_.kind)));
+      }
+      out.push_back(std::move(e));
+    }
+  }
+
+  absl::Status ParseValue(Value& v) {
+    v.pos = tok_.pos;
+    if (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) {
+      v.items.push_back(tok_.text);
+      v.item_pos.push_back(tok_.pos);
+      return Advance();
+    }
+    if (tok_.kind != Tok::kLParen) {
+      return ErrorAt(tok_.pos, StrCat("expected a value (string, number or '( list )'), got ",
+                                            TokName(tok_.kind)));
+    }
+    v.is_list = true;
+    if (absl::Status s = Advance(); !s.ok()) return s;
+    while (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) {
+      v.items.push_back(tok_.text);
+      v.item_pos.push_back(tok_.pos);
+      if (absl::Status s = Advance(); !s.ok()) return s;
+    }
+    if (tok_.kind != Tok::kRParen) {
+      return ErrorAt(tok_.pos, StrCat("expected a list item or ')', got ", TokName(tok_.kind)));
+    }
+    return Advance();
+  }
+
+  // Lexer -------------------------------------------------------------------------------
+  char Peek(size_t ahead = 0) const {
+    return i_ + ahead < text_.size() ? text_[i_ + ahead] : '\0';
+  }
+  void Bump() {
+    if (text_[i_] == '\n') {
+      ++pos_.line;
+      pos_.col = 1;
+    } else {
+      ++pos_.col;
+    }
+    ++i_;
+  }
+  static bool IsWordChar(char c) {
+    return IsAlnum(static_cast<unsigned char>(c)) ||
+           std::string_view("_-.:/[]@*+%!?&$^~").find(c) != std::string_view::npos;
+  }
+
+  absl::Status Advance() {
+    // Skip blanks, commas, semicolons and comments.
+    while (i_ < text_.size()) {
+      char c = Peek();
+      if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ',' || c == ';') {
+        Bump();
+      } else if (c == '#') {
+        while (i_ < text_.size() && Peek() != '\n') Bump();
+      } else if (c == '/' && Peek(1) == '*') {
+        Pos start = pos_;
+        Bump();
+        Bump();
+        while (i_ < text_.size() && !(Peek() == '*' && Peek(1) == '/')) Bump();
+        if (i_ >= text_.size()) return ErrorAt(start, "unterminated /* comment");
+        Bump();
+        Bump();
+      } else {
+        break;
+      }
+    }
+    tok_ = Token{};
+    tok_.pos = pos_;
+    if (i_ >= text_.size()) return absl::OkStatus();
+    char c = Peek();
+    static constexpr std::string_view kPunct = "=(){}";
+    static constexpr Tok kPunctTok[] = {Tok::kEquals, Tok::kLParen, Tok::kRParen, Tok::kLBrace,
+                                        Tok::kRBrace};
+    if (size_t p = kPunct.find(c); p != std::string_view::npos) {
+      tok_.kind = kPunctTok[p];
+      Bump();
+      return absl::OkStatus();
+    }
+    if (c == '"') return LexString();
+    if (IsWordChar(c)) {
+      tok_.kind = Tok::kWord;
+      while (i_ < text_.size() && IsWordChar(Peek())) {
+        tok_.text.push_back(Peek());
+        Bump();
+      }
+      return absl::OkStatus();
+    }
+    return ErrorAt(pos_, StrCat("unexpected character '",
+                                      Escape(std::string_view(&c, 1)), "'"));
+  }
+
+  absl::Status LexString() {
+    Pos start = pos_;
+    tok_.kind = Tok::kString;
+    Bump();
+    while (true) {
+      if (i_ >= text_.size()) return ErrorAt(start, "unterminated string");
+      char c = Peek();
+      if (c == '"') {
+        Bump();
+        return absl::OkStatus();
+      }
+      if (c == '\n') return ErrorAt(start, "unterminated string (newline inside quotes)");
+      if (c == '\\') {
+        Bump();
+        if (i_ >= text_.size()) return ErrorAt(start, "unterminated string");
+        char e = Peek();
+        switch (e) {
+          case 'n': tok_.text.push_back('\n'); break;
+          case 't': tok_.text.push_back('\t'); break;
+          case '"': case '\\': case '\'': tok_.text.push_back(e); break;
+          default:
+            return ErrorAt(pos_, StrCat("unknown escape '\\",
+                                              Escape(std::string_view(&e, 1)), "'"));
+        }
+        Bump();
+        continue;
+      }
+      tok_.text.push_back(c);
+      Bump();
+    }
+  }
+
+  std::string_view text_;
+  std::string_view source_;
+  size_t i_ = 0;
+  Pos pos_;
+  Token tok_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Semantics: entries -> Config.
+
+enum Scope : unsigned { kGlobal = 1, kDomain = 2, kHost = 4 };
+
+enum class Kind { kCount, kSeconds, kPort, kBool, kRoutes, kCidrList, kDeliveryMethod };
+
+struct OptionSpec {
+  std::string_view name;
+  Kind kind;
+  unsigned scopes;
+};
+
+constexpr OptionSpec kOptions[] = {
+    {"routes", Kind::kRoutes, kGlobal | kDomain},
+    {"max_outbound_connections", Kind::kCount, kGlobal | kDomain | kHost},
+    {"server_max_outbound_connections", Kind::kCount, kGlobal},
+    {"remote_smtp_port", Kind::kPort, kGlobal | kDomain},
+    {"connect_timeout", Kind::kSeconds, kGlobal | kDomain},
+    {"banner_timeout", Kind::kSeconds, kGlobal | kDomain},
+    {"host_failure_retry", Kind::kSeconds, kGlobal | kHost},
+    {"mx_failures_to_delay", Kind::kCount, kGlobal | kDomain},
+    {"min_dns_ttl", Kind::kSeconds, kGlobal},
+    {"max_dns_ttl", Kind::kSeconds, kGlobal},
+    {"use_ipv6", Kind::kBool, kGlobal | kDomain},
+    {"prefer_ipv6_mxs", Kind::kBool, kGlobal | kDomain},
+    {"prohibited_hosts", Kind::kCidrList, kGlobal},
+    {"delivery_method", Kind::kDeliveryMethod, kGlobal | kDomain},
+};
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string ScopeNames(unsigned scopes) {
+  std::vector<std::string> names;
+  if (scopes & kGlobal) names.push_back("global");
+  if (scopes & kDomain) names.push_back("Domain");
+  if (scopes & kHost) names.push_back("Host");
+  return Join(names, ", ");
+}
+
+// The typed value of one entry.
+struct Typed {
+  int64_t number = 0;
+  bool flag = false;
+  std::string text;
+  std::vector<RouteItem> routes;
+  std::vector<Cidr> cidrs;
+};
+
+class Binder {
+ public:
+  explicit Binder(const Parser& parser) : parser_(parser) {}
+
+  absl::StatusOr<Config> Bind(const std::vector<Entry>& entries) {
+    Config config;
+    std::vector<const Stanza*> domains, hosts;
+    std::vector<std::string> seen;
+    for (const Entry& e : entries) {
+      if (e.stanza) {
+        if (e.stanza->kind == "domain") {
+          domains.push_back(e.stanza.get());
+        } else if (e.stanza->kind == "host") {
+          hosts.push_back(e.stanza.get());
+        } else {
+          return parser_.ErrorAt(e.pos, StrCat("unknown stanza \"", e.name,
+                                                     "\" (expected Domain or Host)"));
+        }
+        continue;
+      }
+      absl::StatusOr<Typed> v = Check(e, kGlobal, seen);
+      if (!v.ok()) return v.status();
+      ApplyGlobal(e.name, *v, config);
+      ApplyDomain(e.name, *v, config.global);
+    }
+    if (config.min_dns_ttl_s > config.max_dns_ttl_s) {
+      return parser_.ErrorInFile(StrCat("min_dns_ttl (", config.min_dns_ttl_s,
+                                              ") exceeds max_dns_ttl (", config.max_dns_ttl_s,
+                                              ")"));
+    }
+    if (config.global.routes.empty()) config.global.routes = DefaultRoutes();
+    for (const Stanza* st : domains) {
+      auto name = NormalizeHostname(st->name);
+      if (!name.ok()) {
+        return parser_.ErrorAt(st->pos, StrCat("Domain name \"", st->name,
+                                                     "\": ", ToStd(name.status().message())));
+      }
+      if (config.domains.contains(*name)) {
+        return parser_.ErrorAt(st->pos, StrCat("Domain \"", *name, "\" defined twice"));
+      }
+      DomainSettings d = config.global;
+      d.routes_from_domain = false;
+      std::vector<std::string> dseen;
+      for (const Entry& e : st->entries) {
+        absl::StatusOr<Typed> v = Check(e, kDomain, dseen);
+        if (!v.ok()) return v.status();
+        ApplyDomain(e.name, *v, d);
+        if (e.name == "routes") d.routes_from_domain = true;
+      }
+      config.domains.emplace(*name, std::move(d));
+    }
+    for (const Stanza* st : hosts) {
+      std::string key;
+      if (auto ip = IpAddress::Parse(st->name); ip.ok()) {
+        key = ip->ToString();
+      } else if (auto name = NormalizeHostname(st->name); name.ok()) {
+        key = *name;
+      } else {
+        return parser_.ErrorAt(st->pos, StrCat("Host \"", st->name,
+                                                     "\": expected a hostname or an IP address"));
+      }
+      if (config.hosts.contains(key)) {
+        return parser_.ErrorAt(st->pos, StrCat("Host \"", key, "\" defined twice"));
+      }
+      HostSettings h;
+      std::vector<std::string> hseen;
+      for (const Entry& e : st->entries) {
+        absl::StatusOr<Typed> v = Check(e, kHost, hseen);
+        if (!v.ok()) return v.status();
+        if (e.name == "max_outbound_connections") h.max_outbound_connections = v->number;
+        if (e.name == "host_failure_retry") h.host_failure_retry_s = v->number;
+      }
+      config.hosts.emplace(std::move(key), h);
+    }
+    return config;
+  }
+
+ private:
+  static std::vector<RouteItem> DefaultRoutes() {
+    return *ParseRouteList({"__mx__"});
+  }
+
+  absl::StatusOr<Typed> Check(const Entry& e, Scope scope, std::vector<std::string>& seen) {
+    if (e.stanza) return parser_.ErrorAt(e.pos, "stanzas cannot be nested");
+    const OptionSpec* spec = nullptr;
+    for (const auto& o : kOptions) {
+      if (o.name == e.name) spec = &o;
+    }
+    if (spec == nullptr) {
+      const OptionSpec* best = &kOptions[0];
+      for (const auto& o : kOptions) {
+        if (EditDistance(o.name, e.name) < EditDistance(best->name, e.name)) best = &o;
+      }
+      return parser_.ErrorAt(e.pos, StrCat("unknown option \"", e.name,
+                                                 "\"; did you mean \"", best->name, "\"?"));
+    }
+    if (!(spec->scopes & scope)) {
+      return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" is not valid in ",
+                                                 ScopeNames(scope), " scope (valid in: ",
+                                                 ScopeNames(spec->scopes), ")"));
+    }
+    if (std::find(seen.begin(), seen.end(), e.name) != seen.end()) {
+      return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" set twice in this scope"));
+    }
+    seen.push_back(e.name);
+    return Convert(*spec, e);
+  }
+
+  absl::StatusOr<Typed> Convert(const OptionSpec& spec, const Entry& e) {
+    const Value& v = e.value;
+    Typed out;
+    const bool wants_list = spec.kind == Kind::kRoutes || spec.kind == Kind::kCidrList;
+    if (wants_list && !v.is_list) {
+      return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
+                                                 "\" expects a list: ( \"a\" \"b\" )"));
+    }
+    if (!wants_list && v.is_list) {
+      return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
+                                                 "\" expects a single value, not a list"));
+    }
+    switch (spec.kind) {
+      case Kind::kCount:
+      case Kind::kPort:
+      case Kind::kSeconds: {
+        const int64_t hi = spec.kind == Kind::kPort ? 65535 : INT32_MAX;
+        const int64_t lo = spec.kind == Kind::kPort ? 1 : 0;
+        auto n = spec.kind == Kind::kSeconds ? ParseSeconds(v.items[0]) : ParseInt(v.items[0]);
+        if (!n || *n < lo || *n > hi) {
+          return parser_.ErrorAt(
+              v.pos, StrCat("option \"", e.name, "\" expects ",
+                                  spec.kind == Kind::kSeconds ? "a duration (e.g. 30, 90s, 5m)"
+                                                              : "an integer",
+                                  " in ", lo, "..", hi, ", got \"", v.items[0], "\""));
+        }
+        out.number = *n;
+        return out;
+      }
+      case Kind::kBool: {
+        std::string s = ToLower(v.items[0]);
+        if (s == "true" || s == "yes" || s == "on" || s == "1") {
+          out.flag = true;
+        } else if (s == "false" || s == "no" || s == "off" || s == "0") {
+          out.flag = false;
+        } else {
+          return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
+                                                     "\" expects true or false, got \"",
+                                                     v.items[0], "\""));
+        }
+        return out;
+      }
+      case Kind::kDeliveryMethod: {
+        std::string s = ToLower(v.items[0]);
+        static constexpr std::string_view kMethods[] = {"esmtp", "smtp", "apn",
+                                                        "gcm",   "mm7",  "http"};
+        if (std::find(std::begin(kMethods), std::end(kMethods), s) == std::end(kMethods)) {
+          return parser_.ErrorAt(v.pos, StrCat("delivery_method \"", v.items[0],
+                                                     "\" unknown (expected esmtp, smtp, apn, "
+                                                     "gcm, mm7 or http)"));
+        }
+        out.text = s;
+        return out;
+      }
+      case Kind::kRoutes: {
+        for (size_t i = 0; i < v.items.size(); ++i) {
+          auto item = ParseRouteItem(v.items[i]);
+          if (!item.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(item.status().message()));
+          out.routes.push_back(*std::move(item));
+        }
+        if (out.routes.empty()) return parser_.ErrorAt(v.pos, "routes list is empty");
+        AssignTiers(out.routes);
+        return out;
+      }
+      case Kind::kCidrList: {
+        for (size_t i = 0; i < v.items.size(); ++i) {
+          auto c = Cidr::Parse(v.items[i]);
+          if (!c.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
+          out.cidrs.push_back(*c);
+        }
+        return out;
+      }
+    }
+    return out;
+  }
+
+  static std::optional<int64_t> ParseInt(std::string_view s) {
+    uint64_t n;
+    if (!ParseUint(s, &n) || n > uint64_t{INT64_MAX}) return std::nullopt;
+    return static_cast<int64_t>(n);
+  }
+
+  static std::optional<int64_t> ParseSeconds(std::string_view s) {
+    int64_t unit = 1;
+    if (!s.empty()) {
+      switch (AsciiLower(static_cast<unsigned char>(s.back()))) {
+        case 's': unit = 1; s.remove_suffix(1); break;
+        case 'm': unit = 60; s.remove_suffix(1); break;
+        case 'h': unit = 3600; s.remove_suffix(1); break;
+        case 'd': unit = 86400; s.remove_suffix(1); break;
+        default: break;
+      }
+    }
+    auto n = ParseInt(s);
+    if (!n || *n > INT32_MAX / unit) return std::nullopt;
+    return *n * unit;
+  }
+
+  static void ApplyGlobal(const std::string& name, const Typed& v, Config& c) {
+    if (name == "server_max_outbound_connections") c.server_max_outbound_connections = v.number;
+    if (name == "host_failure_retry") c.host_failure_retry_s = v.number;
+    if (name == "min_dns_ttl") c.min_dns_ttl_s = v.number;
+    if (name == "max_dns_ttl") c.max_dns_ttl_s = v.number;
+    if (name == "prohibited_hosts") c.prohibited_hosts = v.cidrs;
+  }
+
+  static void ApplyDomain(const std::string& name, const Typed& v, DomainSettings& d) {
+    if (name == "routes") d.routes = v.routes;
+    if (name == "max_outbound_connections") d.max_outbound_connections = v.number;
+    if (name == "remote_smtp_port") d.remote_smtp_port = v.number;
+    if (name == "connect_timeout") d.connect_timeout_s = v.number;
+    if (name == "banner_timeout") d.banner_timeout_s = v.number;
+    if (name == "mx_failures_to_delay") d.mx_failures_to_delay = v.number;
+    if (name == "use_ipv6") d.use_ipv6 = v.flag;
+    if (name == "prefer_ipv6_mxs") d.prefer_ipv6_mxs = v.flag;
+    if (name == "delivery_method") d.delivery_method = v.text;
+  }
+
+  const Parser& parser_;
+};
+
+}  // namespace
+
+std::vector<Cidr> DefaultProhibitedHosts() {
+  static constexpr std::string_view kRanges[] = {
+      "0.0.0.0/8",      "10.0.0.0/8",  "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+      "172.16.0.0/12",  "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128",
+      "::1/128",        "::ffff:0:0/96", "fc00::/7",     "fe80::/10",   "ff00::/8",
+  };
+  std::vector<Cidr> out;
+  for (std::string_view r : kRanges) out.push_back(*Cidr::Parse(r));
+  return out;
+}
+
+const DomainSettings& Config::ForDomain(std::string_view domain) const {
+  if (domains.empty()) return global;
+  auto it = domains.find(ToLower(domain));
+  return it == domains.end() ? global : it->second;
+}
+
+const HostSettings* Config::ForHost(std::string_view name_or_ip) const {
+  if (hosts.empty()) return nullptr;
+  auto it = hosts.find(ToLower(name_or_ip));
+  return it == hosts.end() ? nullptr : &it->second;
+}
+
+int32_t Config::HostLimit(std::string_view name, const IpAddress& address) const {
+  if (const HostSettings* h = ForHost(address.ToString())) return h->max_outbound_connections;
+  if (!name.empty()) {
+    if (const HostSettings* h = ForHost(name)) return h->max_outbound_connections;
+  }
+  return kUnlimited;
+}
+
+absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name) {
+  Parser parser(text, source_name);
+  absl::StatusOr<std::vector<Entry>> entries = parser.ParseFile();
+  if (!entries.ok()) return entries.status();
+  return Binder(parser).Bind(*entries);
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(StrCat(path, ": cannot open config file"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ParseConfig(ss.str(), path);
+}
+
+}  // namespace mxsched

@@ -1,0 +1,106 @@
+// Momentum-syntax configuration: parsing and the typed, validated result.
+//
+//   # comment          /* block comment */
+//   Server_Max_Outbound_Connections = 20000
+//   Routes = ( "smtp://relay.example.net?pref=10" "__mx__" )
+//   Domain "example.com" { Max_Outbound_Connections = 8  Routes = ( "__mx__" ) }
+//   Host "mx1.example.com" { Max_Outbound_Connections = 4 }
+//
+// Option names are case-insensitive. Values: integers, durations (seconds, or with a unit
+// suffix s/m/h/d: "90s", "5m"), booleans (true/false/yes/no/on/off/1/0), strings in double
+// quotes (escapes \" \\ \n \t) or bare words, and lists `( "a" "b" )` (commas optional).
+// Every error is "FILE:LINE:COLUMN: what was expected"; an unknown option names the nearest
+// known one; an option in a scope where it has no meaning is an error.
+//
+// Options and defaults (scopes: G global, D Domain, H Host):
+//   routes                           G D  ( "__mx__" )
+//   max_outbound_connections         G D H  32 per domain; a Host stanza sets a per-address
+//                                    limit (unset = no per-host limit, as in Momentum)
+//   server_max_outbound_connections  G    20000
+//   remote_smtp_port                 G D  25
+//   connect_timeout                  G D  300 s (Momentum's default)
+//   banner_timeout                   G D  60 s: time to read the 220 greeting after connect.
+//                                    Momentum folds this into connect_timeout; the name and
+//                                    default follow KumoMTA, which separates the two.
+//   host_failure_retry               G H  120 s
+//   mx_failures_to_delay             G D  50
+//   min_dns_ttl / max_dns_ttl        G    0 s / 86400 s
+//   use_ipv6 / prefer_ipv6_mxs       G D  false / false
+//   prohibited_hosts                 G    CIDR list, IPv6 without brackets. Applies to every
+//                                    address that comes from DNS (MX and A/AAAA answers),
+//                                    never to literal addresses written in routes. Default:
+//                                    DefaultProhibitedHosts() — loopback, RFC 1918, link-local,
+//                                    CGNAT, unspecified, ULA and multicast — so a hostile MX
+//                                    record cannot aim connections inside the network (see
+//                                    SECURITY.md). `prohibited_hosts = ( )` allows everything
+//                                    (tests on loopback opt in that way). Momentum's default is
+//                                    empty; this one is deliberately safer.
+//   delivery_method                  G D  "esmtp" (esmtp|smtp|apn|gcm|mm7|http)
+//
+// Thread-safety: Config is an immutable value once parsed; share it with shared_ptr<const>.
+#ifndef MXSCHED_SCHEDULER_CONFIG_H_
+#define MXSCHED_SCHEDULER_CONFIG_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "mxsched/base/endpoint.h"
+#include "mxsched/scheduler/routes.h"
+
+namespace mxsched {
+
+inline constexpr int32_t kUnlimited = INT32_MAX;
+
+// Settings that a Domain stanza can override; the global scope gives the defaults.
+struct DomainSettings {
+  std::vector<RouteItem> routes;  // empty never: defaults to __mx__
+  int32_t max_outbound_connections = 32;
+  uint16_t remote_smtp_port = 25;
+  uint32_t connect_timeout_s = 300;
+  uint32_t banner_timeout_s = 60;
+  uint32_t mx_failures_to_delay = 50;
+  bool use_ipv6 = false;
+  bool prefer_ipv6_mxs = false;
+  std::string delivery_method = "esmtp";
+  bool routes_from_domain = false;  // true when a Domain stanza set routes (for display)
+};
+
+struct HostSettings {
+  int32_t max_outbound_connections = kUnlimited;
+  std::optional<uint32_t> host_failure_retry_s;
+};
+
+// The ranges DNS answers may not point at unless the configuration says otherwise.
+std::vector<Cidr> DefaultProhibitedHosts();
+
+struct Config {
+  DomainSettings global;  // also the settings of every domain without a stanza
+  absl::flat_hash_map<std::string, DomainSettings> domains;  // key: lower-case name
+  absl::flat_hash_map<std::string, HostSettings> hosts;      // key: lower-case name or IP text
+  int32_t server_max_outbound_connections = 20000;
+  uint32_t host_failure_retry_s = 120;
+  uint32_t min_dns_ttl_s = 0;
+  uint32_t max_dns_ttl_s = 86400;
+  std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
+
+  // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
+  const DomainSettings& ForDomain(std::string_view domain) const;
+  // Host stanza for an MX name or an address text, or nullptr.
+  const HostSettings* ForHost(std::string_view name_or_ip) const;
+  // Per-address limit: an IP-keyed stanza wins over the name's stanza; unset is unlimited.
+  int32_t HostLimit(std::string_view name, const IpAddress& address) const;
+};
+
+// `source_name` is used in error messages ("FILE:LINE:COL: ...").
+absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name);
+absl::StatusOr<Config> LoadConfigFile(const std::string& path);
+
+}  // namespace mxsched
+
+#endif  // MXSCHED_SCHEDULER_CONFIG_H_

@@ -1,0 +1,173 @@
+#include "mxsched/scheduler/config.h"
+
+#include "mxsched/base/strings.h"
+#include "gtest/gtest.h"
+
+namespace mxsched {
+namespace {
+
+std::string ErrorOf(std::string_view text) {
+  auto c = ParseConfig(text, "m.conf");
+  EXPECT_FALSE(c.ok()) << "parsed: " << text;
+  return c.ok() ? "" : std::string(ToStd(c.status().message()));
+}
+
+TEST(Config, DefaultsFollowMomentum) {
+  auto c = ParseConfig("", "empty.conf");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->global.max_outbound_connections, 32);
+  EXPECT_EQ(c->global.remote_smtp_port, 25);
+  EXPECT_EQ(c->global.connect_timeout_s, 300u);
+  EXPECT_EQ(c->global.mx_failures_to_delay, 50u);
+  EXPECT_EQ(c->host_failure_retry_s, 120u);
+  ASSERT_EQ(c->global.routes.size(), 1u);
+  EXPECT_TRUE(c->global.routes[0].domain_mx) << "no routes at all means __mx__";
+  EXPECT_EQ(c->HostLimit("mx.example", *IpAddress::Parse("192.0.2.1")), kUnlimited);
+  auto prohibited = [&](const char* ip) {
+    for (const Cidr& r : c->prohibited_hosts) {
+      if (r.Contains(*IpAddress::Parse(ip))) return true;
+    }
+    return false;
+  };
+  for (const char* ip : {"127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.0.9", "169.254.1.1",
+                         "100.64.0.1", "::1", "fe80::1", "fd00::5"}) {
+    EXPECT_TRUE(prohibited(ip)) << ip << " must be refused for DNS answers by default";
+  }
+  EXPECT_FALSE(prohibited("192.0.2.1"));
+  EXPECT_FALSE(prohibited("2001:db8::1"));
+  auto open = ParseConfig("prohibited_hosts = ( )", "x");
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE(open->prohibited_hosts.empty()) << "an empty list opts out";
+}
+
+TEST(Config, FullSyntax) {
+  auto c = ParseConfig(R"(
+# global scope
+Server_Max_Outbound_Connections = 500
+ROUTES = ( "smtp://10.0.11.7?pref=10", "smtp://10.0.11.8?pref=10" )  # trailing comment
+/* a block
+   comment */
+host_failure_retry = 3m
+prohibited_hosts = ( "10.0.0.0/8" "fe80::/10" )
+Domain "Example.COM" {
+  max_outbound_connections = 8
+  routes = ( "__mx__" )
+  use_ipv6 = yes
+  delivery_method = "esmtp"
+}
+Host "mx1.example.com" { Max_Outbound_Connections = 4  host_failure_retry = 30 }
+Host 10.0.11.7 { max_outbound_connections = 2 }
+)",
+                       "full.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->server_max_outbound_connections, 500);
+  EXPECT_EQ(c->host_failure_retry_s, 180u);  // 3m
+  ASSERT_EQ(c->global.routes.size(), 2u);
+  EXPECT_EQ(c->global.routes[1].tier, 10u);
+  EXPECT_EQ(c->prohibited_hosts.size(), 2u);
+  const DomainSettings& d = c->ForDomain("example.com");
+  EXPECT_EQ(d.max_outbound_connections, 8);
+  EXPECT_TRUE(d.use_ipv6);
+  EXPECT_TRUE(d.routes_from_domain);
+  EXPECT_TRUE(d.routes[0].domain_mx);
+  EXPECT_EQ(&c->ForDomain("EXAMPLE.com"), &d);
+  EXPECT_EQ(c->ForDomain("other.example").max_outbound_connections, 32);
+  EXPECT_EQ(c->ForDomain("other.example").routes.size(), 2u) << "global routes apply";
+  EXPECT_EQ(c->HostLimit("mx1.example.com", *IpAddress::Parse("192.0.2.1")), 4);
+  EXPECT_EQ(c->HostLimit("whatever", *IpAddress::Parse("10.0.11.7")), 2);
+  EXPECT_EQ(*c->ForHost("mx1.example.com")->host_failure_retry_s, 30u);
+}
+
+TEST(Config, DomainInheritsGlobalsSetAfterTheStanza) {
+  auto c = ParseConfig("Domain \"a.example\" { routes = (\"1.2.3.4\") }\nremote_smtp_port = 2525\n",
+                       "x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->ForDomain("a.example").remote_smtp_port, 2525);
+}
+
+TEST(Config, ErrorsNameFileLineColumnAndWhatWasExpected) {
+  EXPECT_EQ(ErrorOf("routes = ( \"a.example\"\n"),
+            "m.conf:2:1: expected a list item or ')', got end of file");
+  EXPECT_EQ(ErrorOf("\n  max_outbound_connections = lots\n"),
+            "m.conf:2:30: option \"max_outbound_connections\" expects an integer in 0..2147483647, "
+            "got \"lots\"");
+  EXPECT_EQ(ErrorOf("routes = ( \"smtp://a.example?pref=99999\" )"),
+            "m.conf:1:12: route \"smtp://a.example?pref=99999\": pref=\"99999\" must be an integer "
+            "in 0..65535");
+  EXPECT_EQ(ErrorOf("x = \"unterminated\n"),
+            "m.conf:1:5: unterminated string (newline inside quotes)");
+  EXPECT_EQ(ErrorOf("/* never closed"), "m.conf:1:1: unterminated /* comment");
+  EXPECT_EQ(ErrorOf("Domain \"a.example\" { routes = (\"x.example\")"),
+            "m.conf:1:44: expected '}' to close the stanza, got end of file");
+  EXPECT_EQ(ErrorOf("}"), "m.conf:1:1: unexpected '}' outside a stanza");
+  EXPECT_EQ(ErrorOf("routes \"a\""), "m.conf:1:11: expected '{' after routes \"a\", got end of file");
+}
+
+TEST(Config, UnknownOptionSuggestsNearestName) {
+  EXPECT_EQ(ErrorOf("max_outbound_conections = 3"),
+            "m.conf:1:1: unknown option \"max_outbound_conections\"; did you mean "
+            "\"max_outbound_connections\"?");
+  EXPECT_NE(ErrorOf("host_failure_rety = 3").find("did you mean \"host_failure_retry\""),
+            std::string::npos);
+}
+
+TEST(Config, OptionInWrongScopeIsAnError) {
+  EXPECT_EQ(ErrorOf("Domain \"a.example\" { server_max_outbound_connections = 3 }"),
+            "m.conf:1:22: option \"server_max_outbound_connections\" is not valid in Domain scope "
+            "(valid in: global)");
+  EXPECT_NE(ErrorOf("Host \"h.example\" { routes = ( \"x\" ) }").find("not valid in Host scope"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Domain \"a.example\" { Domain \"b.example\" { } }").find("nested"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"b\" { }").find("unknown stanza \"binding\""), std::string::npos);
+}
+
+TEST(Config, RejectsBadValues) {
+  EXPECT_NE(ErrorOf("use_ipv6 = maybe").find("true or false"), std::string::npos);
+  EXPECT_NE(ErrorOf("remote_smtp_port = 0").find("1..65535"), std::string::npos);
+  EXPECT_NE(ErrorOf("routes = \"__mx__\"").find("expects a list"), std::string::npos);
+  EXPECT_NE(ErrorOf("routes = ( )").find("routes list is empty"), std::string::npos);
+  EXPECT_NE(ErrorOf("connect_timeout = ( 1 2 )").find("single value"), std::string::npos);
+  EXPECT_NE(ErrorOf("connect_timeout = 10x").find("duration"), std::string::npos);
+  EXPECT_NE(ErrorOf("prohibited_hosts = ( \"[::1]\" )").find("IPv6 without brackets"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("delivery_method = carrier_pigeon").find("unknown"), std::string::npos);
+  EXPECT_NE(ErrorOf("min_dns_ttl = 100\nmax_dns_ttl = 10").find("exceeds"), std::string::npos);
+  EXPECT_NE(ErrorOf("x = \"bad \\q escape\"").find("unknown escape"), std::string::npos);
+  EXPECT_NE(ErrorOf("Domain \"bad domain\" { }").find("Domain name"), std::string::npos);
+  EXPECT_NE(ErrorOf("Host \"!!\" { }").find("hostname or an IP"), std::string::npos);
+  EXPECT_NE(ErrorOf("a = \x01").find("unexpected character"), std::string::npos);
+}
+
+TEST(Config, RepeatedOptionOrStanzaIsAnError) {
+  EXPECT_NE(ErrorOf("remote_smtp_port = 25\nREMOTE_SMTP_PORT = 26").find("set twice"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Domain a.example { }\nDomain A.EXAMPLE { }").find("defined twice"),
+            std::string::npos);
+}
+
+TEST(Config, NeverCrashesOnArbitraryBytes) {
+  const std::string pieces[] = {"routes", " = ", "(", ")", "{", "}", "\"", "\\", "/*", "*/",
+                                "#",      "\n",  "Domain", "Host", "\"a.example\"", "32", "\x00",
+                                "\xff",   "smtp://x?pref=1", "max_outbound_connections"};
+  uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 20000; ++i) {
+    std::string text;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    for (size_t n = x % 16; n > 0; --n) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      text += pieces[x % std::size(pieces)];
+    }
+    auto c = ParseConfig(text, "fuzz.conf");
+    if (!c.ok()) {
+      EXPECT_EQ(ToStd(c.status().message()).rfind("fuzz.conf:", 0), 0u) << c.status();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mxsched

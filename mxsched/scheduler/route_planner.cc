@@ -1,0 +1,273 @@
+#include "mxsched/scheduler/route_planner.h"
+
+#include "mxsched/base/strings.h"
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "absl/container/flat_hash_set.h"
+
+namespace mxsched {
+
+std::string_view RouteStateName(RouteState s) {
+  switch (s) {
+    case RouteState::kReady: return "ready";
+    case RouteState::kPending: return "resolving";
+    case RouteState::kTempFail: return "temporary failure";
+    case RouteState::kPermFail: return "permanent failure";
+  }
+  return "?";
+}
+
+namespace {
+size_t AllocationSize(size_t hosts, size_t tiers) {
+  size_t n = sizeof(RouteSnapshot) + hosts * sizeof(HostState*) + tiers * sizeof(uint16_t);
+  n = (n + 3) & ~size_t{3};
+  return n + 2 * tiers * sizeof(uint32_t);
+}
+}  // namespace
+
+RouteSnapshot* RouteSnapshot::Create(RouteState state, int64_t expires_at_nanos,
+                                     int32_t domain_limit, uint32_t mx_failures_to_delay,
+                                     std::string detail,
+                                     const std::vector<std::vector<HostState*>>& tiers,
+                                     const std::vector<std::pair<uint32_t, uint32_t>>& keys) {
+  size_t num_hosts = 0;
+  for (const auto& t : tiers) num_hosts += t.size();
+  void* mem = ::operator new(AllocationSize(num_hosts, tiers.size()));
+  auto* s = new (mem) RouteSnapshot();
+  s->state_ = state;
+  s->expires_at_ = expires_at_nanos;
+  s->domain_limit_ = domain_limit;
+  s->mx_failures_to_delay_ = mx_failures_to_delay;
+  if (!detail.empty()) s->detail_ = std::make_unique<const std::string>(std::move(detail));
+  s->num_hosts_ = static_cast<uint16_t>(num_hosts);
+  s->num_tiers_ = static_cast<uint16_t>(tiers.size());
+  auto** hosts = const_cast<HostState**>(s->hosts());
+  auto* ends = const_cast<uint16_t*>(s->tier_ends());
+  auto* k = const_cast<uint32_t*>(s->keys());
+  size_t at = 0;
+  for (size_t t = 0; t < tiers.size(); ++t) {
+    for (HostState* h : tiers[t]) hosts[at++] = h;
+    ends[t] = static_cast<uint16_t>(at);
+    k[2 * t] = keys[t].first;
+    k[2 * t + 1] = keys[t].second;
+  }
+  return s;
+}
+
+void RouteSnapshot::Destroy(RouteSnapshot* s) {
+  if (s == nullptr) return;
+  s->~RouteSnapshot();
+  ::operator delete(s);
+}
+
+size_t RouteSnapshot::bytes() const {
+  return AllocationSize(num_hosts_, num_tiers_) +
+         (detail_ ? sizeof(std::string) + detail_->capacity() : 0);
+}
+
+namespace {
+
+struct Candidate {
+  uint32_t tier;
+  uint32_t mx_pref;
+  uint8_t family_rank;
+  Endpoint endpoint;
+  std::string name;
+};
+
+// Collects candidates and the outcome of every lookup for one Plan call.
+class Collector {
+ public:
+  Collector(const Config& config, const DomainSettings& ds, Resolver* resolver)
+      : config_(config), ds_(ds), resolver_(resolver) {}
+
+  void AddItem(const RouteItem& item, std::string_view domain) {
+    const uint16_t port = item.PortOr(ds_.remote_smtp_port);
+    if (item.ttl) NoteTtl(*item.ttl);
+    switch (item.lookup) {
+      case RouteLookup::kLiteral:
+        Add(item.tier, 0, Endpoint{*item.address, port}, "", /*from_dns=*/false);
+        return;
+      case RouteLookup::kA:
+        AddAddresses(item.tier, 0, item.host, port);
+        return;
+      case RouteLookup::kMx:
+        AddMx(item.tier, item.domain_mx ? domain : std::string_view(item.host), port);
+        return;
+    }
+  }
+
+  std::vector<Candidate>& candidates() { return candidates_; }
+  bool pending() const { return pending_; }
+  const std::string& temp_detail() const { return temp_detail_; }
+  const std::string& perm_detail() const { return perm_detail_; }
+  std::optional<uint32_t> ttl() const { return ttl_; }
+
+ private:
+  void NoteTtl(uint32_t ttl) { ttl_ = std::min(ttl_.value_or(ttl), ttl); }
+
+  // Returns true when the answer is usable.
+  bool Accept(const DnsAnswer& a, std::string_view what) {
+    switch (a.state) {
+      case DnsAnswer::State::kReady:
+        NoteTtl(std::clamp(a.ttl_s, config_.min_dns_ttl_s, config_.max_dns_ttl_s));
+        return true;
+      case DnsAnswer::State::kPending:
+        pending_ = true;
+        return false;
+      case DnsAnswer::State::kNxDomain:
+        if (perm_detail_.empty()) {
+          perm_detail_ = StrCat("5.1.2 ", what, ": no such domain (NXDOMAIN)");
+        }
+        return false;
+      case DnsAnswer::State::kTempFail:
+        if (temp_detail_.empty()) {
+          temp_detail_ = StrCat("4.4.3 ", what, ": DNS lookup failed: ", a.detail);
+        }
+        return false;
+    }
+    return false;
+  }
+
+  void AddAddresses(uint32_t tier, uint32_t mx_pref, std::string_view name, uint16_t port) {
+    if (resolver_ == nullptr) {
+      if (temp_detail_.empty()) {
+        temp_detail_ = StrCat("4.4.3 ", name, ": needs DNS, and no resolver is configured");
+      }
+      return;
+    }
+    DnsAnswer a = resolver_->LookupAddresses(name, /*want_v4=*/true, ds_.use_ipv6);
+    if (!Accept(a, name)) return;
+    if (a.addresses.empty() && perm_detail_.empty()) {
+      perm_detail_ = StrCat("5.1.2 ", name, ": no A/AAAA records");
+    }
+    for (const IpAddress& ip : a.addresses) {
+      if (!ip.is_v4() && !ds_.use_ipv6) continue;
+      Add(tier, mx_pref, Endpoint{ip, port}, name, /*from_dns=*/true);
+    }
+  }
+
+  void AddMx(uint32_t tier, std::string_view name, uint16_t port) {
+    if (resolver_ == nullptr) {
+      if (temp_detail_.empty()) {
+        temp_detail_ = StrCat("4.4.3 ", name, ": MX lookup needs DNS, and no resolver is "
+                                    "configured");
+      }
+      return;
+    }
+    DnsAnswer a = resolver_->LookupMx(name);
+    if (!Accept(a, name)) return;
+    if (a.mx.empty()) {  // RFC 5321 §5.1: no MX -> the name itself is an implicit MX, pref 0
+      AddAddresses(tier, 0, name, port);
+      return;
+    }
+    if (a.mx.size() == 1 && a.mx[0].host.empty()) {  // RFC 7505 null MX
+      if (perm_detail_.empty()) {
+        perm_detail_ = StrCat("5.1.10 ", name, " accepts no mail (null MX, RFC 7505)");
+      }
+      return;
+    }
+    std::vector<DnsAnswer::Mx> mx = a.mx;
+    std::stable_sort(mx.begin(), mx.end(),
+                     [](const auto& x, const auto& y) { return x.pref < y.pref; });
+    if (mx.size() > kMaxMxPerDomain) mx.resize(kMaxMxPerDomain);
+    for (const auto& m : mx) {
+      if (m.host.empty()) continue;  // a "." among real MXs is meaningless: skip it
+      AddAddresses(tier, m.pref, m.host, port);
+    }
+  }
+
+  void Add(uint32_t tier, uint32_t mx_pref, Endpoint ep, std::string_view name, bool from_dns) {
+    if (from_dns) {
+      for (const Cidr& c : config_.prohibited_hosts) {
+        if (c.Contains(ep.address)) {
+          ++prohibited_;
+          if (temp_detail_.empty()) {
+            temp_detail_ = StrCat("4.4.0 ", name, " resolves to prohibited address ",
+                                        ep.address.ToString(), " (prohibited_hosts ",
+                                        c.ToString(), ")");
+          }
+          return;
+        }
+      }
+    }
+    if (!seen_.insert(ep).second) return;  // first (best) position wins
+    if (candidates_.size() >= kMaxAddressesPerRoute) return;
+    uint8_t rank = ds_.prefer_ipv6_mxs ? (ep.address.is_v4() ? 1 : 0) : 0;
+    candidates_.push_back({tier, mx_pref, rank, ep, std::string(name)});
+  }
+
+  const Config& config_;
+  const DomainSettings& ds_;
+  Resolver* resolver_;
+  std::vector<Candidate> candidates_;
+  absl::flat_hash_set<Endpoint> seen_;
+  bool pending_ = false;
+  size_t prohibited_ = 0;
+  std::string temp_detail_, perm_detail_;
+  std::optional<uint32_t> ttl_;
+};
+
+}  // namespace
+
+RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain) {
+  const DomainSettings& ds = config.ForDomain(domain);
+  const int64_t now = clock_->NowNanos();
+  Collector c(config, ds, resolver_);
+  for (const RouteItem& item : ds.routes) {
+    if (item.is_push()) continue;  // push routes are shown by `mxsched route`, not connected
+    c.AddItem(item, domain);
+  }
+  auto expiry = [&](uint32_t seconds) { return now + int64_t{seconds} * kNanosPerSecond; };
+  const uint32_t ttl = c.ttl().value_or(config.max_dns_ttl_s);
+  if (c.pending()) {
+    // Strict preference forbids using a later tier while an earlier one is unknown, so a
+    // route with any lookup in flight waits for all of them. Expires at once: re-planned on
+    // the next Acquire (the resolver coalesces and caches).
+    return RouteSnapshot::Create(RouteState::kPending, now, ds.max_outbound_connections,
+                                 ds.mx_failures_to_delay, "4.4.3 DNS lookup in progress", {}, {});
+  }
+  auto& cands = c.candidates();
+  if (cands.empty()) {
+    if (!c.temp_detail().empty()) {
+      return RouteSnapshot::Create(RouteState::kTempFail, expiry(std::min<uint32_t>(ttl, 30)),
+                                   ds.max_outbound_connections, ds.mx_failures_to_delay,
+                                   c.temp_detail(), {}, {});
+    }
+    std::string detail = c.perm_detail().empty() ? "5.4.4 route has no SMTP destinations"
+                                                 : c.perm_detail();
+    return RouteSnapshot::Create(RouteState::kPermFail, expiry(ttl), ds.max_outbound_connections,
+                                 ds.mx_failures_to_delay, std::move(detail), {}, {});
+  }
+  std::stable_sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) {
+    return std::tie(a.tier, a.mx_pref, a.family_rank) < std::tie(b.tier, b.mx_pref, b.family_rank);
+  });
+  std::vector<std::vector<HostState*>> tiers;
+  std::vector<std::pair<uint32_t, uint32_t>> keys;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const Candidate& k = cands[i];
+    if (i == 0 || k.tier != cands[i - 1].tier || k.mx_pref != cands[i - 1].mx_pref ||
+        k.family_rank != cands[i - 1].family_rank) {
+      tiers.emplace_back();
+      keys.emplace_back(k.tier, k.mx_pref);
+    }
+    const HostSettings* hs = config.ForHost(k.endpoint.address.ToString());
+    if (hs == nullptr && !k.name.empty()) hs = config.ForHost(k.name);
+    const uint32_t retry_s =
+        hs && hs->host_failure_retry_s ? *hs->host_failure_retry_s : config.host_failure_retry_s;
+    tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name,
+                                                  config.HostLimit(k.name, k.endpoint.address),
+                                                  int64_t{retry_s} * kNanosPerSecond));
+  }
+  for (auto& t : tiers) {  // Fisher-Yates with the injected source
+    for (size_t i = t.size(); i > 1; --i) std::swap(t[i - 1], t[random_->Uniform(i)]);
+  }
+  // A temporarily failed item elsewhere in the list: use what resolved, but look again soon.
+  const uint32_t life = c.temp_detail().empty() ? ttl : std::min<uint32_t>(ttl, 30);
+  return RouteSnapshot::Create(RouteState::kReady, expiry(life), ds.max_outbound_connections,
+                               ds.mx_failures_to_delay, "", tiers, keys);
+}
+
+}  // namespace mxsched

@@ -1,0 +1,148 @@
+// RouteSnapshot: one domain's resolved route — its hosts grouped into tiers in strict
+// preference order — and RoutePlanner, which builds snapshots from the configuration, the
+// DNS (through the Resolver interface) and the shared HostRegistry.
+//
+// Tier order: by the route item's tier (routes.h), then by MX preference inside an MX item,
+// then (with prefer_ipv6_mxs) IPv6 before IPv4. Hosts of one tier are shuffled per domain
+// with the injected Random (RFC 5321 §5.1: equal preferences in random order), so domains
+// that share hosts do not all start on the same one.
+//
+// Thread-safety: a RouteSnapshot is immutable after Create and read without locks; it is
+// published through an atomic pointer and reclaimed with epoch-based reclamation.
+// RoutePlanner::Plan is safe for concurrent use if the Resolver is; it runs on the slow path.
+#ifndef MXSCHED_SCHEDULER_ROUTE_PLANNER_H_
+#define MXSCHED_SCHEDULER_ROUTE_PLANNER_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxsched/base/clock.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/host_registry.h"
+
+namespace mxsched {
+
+// What the resolver knows about a name now. Lookups never block: an unknown name answers
+// kPending and the resolver starts (or joins) a query; the caller asks again later.
+struct DnsAnswer {
+  enum class State : uint8_t {
+    kReady,     // records below (may be empty for "no such record type": NODATA)
+    kPending,   // query in flight
+    kNxDomain,  // permanent: the name does not exist
+    kTempFail,  // SERVFAIL, timeout, refused: try again later
+  };
+  struct Mx {
+    uint16_t pref;
+    std::string host;  // "" for a null MX (RFC 7505)
+  };
+  State state = State::kPending;
+  std::vector<Mx> mx;                 // LookupMx
+  std::vector<IpAddress> addresses;   // LookupAddresses
+  uint32_t ttl_s = 0;
+  std::string detail;                 // for failures: what the server said
+};
+
+class Resolver {
+ public:
+  virtual ~Resolver() = default;
+  virtual DnsAnswer LookupMx(std::string_view name) = 0;
+  virtual DnsAnswer LookupAddresses(std::string_view name, bool want_v4, bool want_v6) = 0;
+};
+
+enum class RouteState : uint8_t {
+  kReady,      // hosts below
+  kPending,    // DNS in flight
+  kTempFail,   // DNS failed temporarily, or every address was filtered out
+  kPermFail,   // NXDOMAIN, null MX, nothing deliverable
+};
+std::string_view RouteStateName(RouteState s);
+
+class RouteSnapshot {
+ public:
+  struct Tier {
+    uint32_t key_tier;    // route item tier
+    uint32_t key_mx_pref; // MX preference inside the item (0 for A and literals)
+    std::span<HostState* const> hosts;
+  };
+
+  static RouteSnapshot* Create(RouteState state, int64_t expires_at_nanos, int32_t domain_limit,
+                               uint32_t mx_failures_to_delay, std::string detail,
+                               const std::vector<std::vector<HostState*>>& tiers,
+                               const std::vector<std::pair<uint32_t, uint32_t>>& tier_keys);
+  static void Destroy(RouteSnapshot* s);
+  struct Deleter {
+    void operator()(RouteSnapshot* s) const { Destroy(s); }
+  };
+
+  RouteState state() const { return state_; }
+  int64_t expires_at() const { return expires_at_; }
+  int32_t domain_limit() const { return domain_limit_; }
+  uint32_t mx_failures_to_delay() const { return mx_failures_to_delay_; }
+  std::string_view detail() const { return detail_ ? std::string_view(*detail_) : ""; }
+  size_t num_tiers() const { return num_tiers_; }
+  size_t num_hosts() const { return num_hosts_; }
+  // Hosts of tier t. REQUIRES: t < num_tiers().
+  std::span<HostState* const> TierHosts(size_t t) const {
+    const uint16_t* ends = tier_ends();
+    uint16_t begin = t == 0 ? 0 : ends[t - 1];
+    return {hosts() + begin, static_cast<size_t>(ends[t] - begin)};
+  }
+  Tier GetTier(size_t t) const {
+    const uint32_t* k = keys();
+    return {k[2 * t], k[2 * t + 1], TierHosts(t)};
+  }
+  // Heap bytes this snapshot uses (for the memory benchmark).
+  size_t bytes() const;
+
+ private:
+  RouteSnapshot() = default;
+  HostState* const* hosts() const { return reinterpret_cast<HostState* const*>(this + 1); }
+  const uint16_t* tier_ends() const {
+    return reinterpret_cast<const uint16_t*>(hosts() + num_hosts_);
+  }
+  const uint32_t* keys() const {
+    // aligned after the uint16 ends
+    uintptr_t p = reinterpret_cast<uintptr_t>(tier_ends() + num_tiers_);
+    return reinterpret_cast<const uint32_t*>((p + 3) & ~uintptr_t{3});
+  }
+
+  int64_t expires_at_ = 0;
+  int32_t domain_limit_ = 0;
+  uint32_t mx_failures_to_delay_ = 0;
+  uint16_t num_hosts_ = 0;
+  uint16_t num_tiers_ = 0;
+  RouteState state_ = RouteState::kPending;
+  std::unique_ptr<const std::string> detail_;  // set only for failures: keeps snapshots small
+  // Followed in the same allocation by: HostState* hosts[num_hosts_];
+  // uint16_t tier_ends[num_tiers_]; uint32_t keys[2 * num_tiers_].
+};
+
+// Caps on what one domain's route may expand to (cf. Postfix smtp_mx_address_limit = 5):
+// hostile or huge MX sets are truncated in preference order.
+inline constexpr size_t kMaxMxPerDomain = 16;
+inline constexpr size_t kMaxAddressesPerRoute = 32;
+
+class RoutePlanner {
+ public:
+  // `resolver` may be null: then only literal-address routes resolve, and items that need
+  // DNS make the route kTempFail with a message saying so.
+  RoutePlanner(HostRegistry* registry, Resolver* resolver, Clock* clock, Random* random)
+      : registry_(registry), resolver_(resolver), clock_(clock), random_(random) {}
+
+  // Builds the snapshot for `domain` (lower-case) under `config`. Never returns null.
+  RouteSnapshot* Plan(const Config& config, std::string_view domain);
+
+ private:
+  HostRegistry* registry_;
+  Resolver* resolver_;
+  Clock* clock_;
+  Random* random_;
+};
+
+}  // namespace mxsched
+
+#endif  // MXSCHED_SCHEDULER_ROUTE_PLANNER_H_

@@ -1,0 +1,164 @@
+#include "mxsched/scheduler/routes.h"
+
+#include "mxsched/base/strings.h"
+#include "gtest/gtest.h"
+
+namespace mxsched {
+namespace {
+
+TEST(RouteItem, Hostname) {
+  auto r = ParseRouteItem("Relay.Example.NET.");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->lookup, RouteLookup::kA);
+  EXPECT_EQ(r->host, "relay.example.net");
+  EXPECT_EQ(r->PortOr(25), 25);
+}
+
+TEST(RouteItem, LiteralAddresses) {
+  auto v4 = ParseRouteItem("192.0.2.7");
+  ASSERT_TRUE(v4.ok());
+  EXPECT_EQ(v4->lookup, RouteLookup::kLiteral);
+  EXPECT_EQ(v4->address->ToString(), "192.0.2.7");
+  auto v6 = ParseRouteItem("[2001:db8::7]");
+  ASSERT_TRUE(v6.ok()) << v6.status();
+  EXPECT_EQ(v6->address->ToString(), "2001:db8::7");
+}
+
+TEST(RouteItem, BareIpv6SaysUseBrackets) {
+  auto r = ParseRouteItem("2001:db8::7");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(ToStd(r.status().message()).find("brackets"), std::string::npos) << r.status();
+}
+
+TEST(RouteItem, MxLiteral) {
+  auto r = ParseRouteItem("__mx__");
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->domain_mx);
+  EXPECT_EQ(r->lookup, RouteLookup::kMx);
+}
+
+TEST(RouteItem, SmtpUrlWithAllParameters) {
+  auto r = ParseRouteItem("smtp://mx.example.org?pref=10&ttl=300&port=2525&type=mx");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->scheme, RouteScheme::kSmtp);
+  EXPECT_EQ(r->host, "mx.example.org");
+  EXPECT_EQ(r->lookup, RouteLookup::kMx);
+  EXPECT_EQ(*r->pref, 10u);
+  EXPECT_EQ(*r->ttl, 300u);
+  EXPECT_EQ(r->PortOr(25), 2525);
+}
+
+TEST(RouteItem, SmtpUrlIpv4AndIpv6Hosts) {
+  auto a = ParseRouteItem("smtp://1.2.3.4?pref=10&ttl=300");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->lookup, RouteLookup::kLiteral);
+  auto b = ParseRouteItem("smtp://[::1]?port=2525");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->address->ToString(), "::1");
+  EXPECT_FALSE(ParseRouteItem("smtp://::1").ok());
+}
+
+TEST(RouteItem, PushUrls) {
+  auto apn = ParseRouteItem("apn://gateway.push.apple.com?port=2195");
+  ASSERT_TRUE(apn.ok()) << apn.status();
+  EXPECT_EQ(apn->scheme, RouteScheme::kApn);
+  EXPECT_TRUE(apn->is_push());
+  auto gcm = ParseRouteItem("gcm://android.google.apis.com");
+  ASSERT_TRUE(gcm.ok()) << gcm.status();
+  EXPECT_EQ(gcm->PortOr(25), 443);
+  auto http = ParseRouteItem("http://push.example.com/v1/send?pref=5");
+  ASSERT_TRUE(http.ok()) << http.status();
+  EXPECT_EQ(http->path, "/v1/send");
+  EXPECT_TRUE(ParseRouteItem("mm7://mmsc.example.net").ok());
+  EXPECT_FALSE(ParseRouteItem("gcm://x.example?type=mx").ok());
+}
+
+TEST(RouteItem, RejectsBadParametersWithClearMessages) {
+  struct Case {
+    const char* text;
+    const char* says;
+  } cases[] = {
+      {"smtp://a.example?pref=65536", "pref"},
+      {"smtp://a.example?pref=-1", "pref"},
+      {"smtp://a.example?port=0", "port"},
+      {"smtp://a.example?port=70000", "port"},
+      {"smtp://a.example?ttl=abc", "ttl"},
+      {"smtp://a.example?type=aaaa", "mx or a"},
+      {"smtp://a.example?weight=3", "unknown parameter"},
+      {"smtp://a.example?pref=1&pref=2", "repeated"},
+      {"smtp://a.example?pref", "no '=value'"},
+      {"smtp://a.example?", "empty query"},
+      {"smtp://a.example?pref=1&&ttl=2", "empty query parameter"},
+      {"smtp://1.2.3.4?type=mx", "needs a hostname"},
+      {"ftp://a.example", "unknown scheme"},
+      {"smtp://", "missing host"},
+      {"smtp://a.example/path", "no path"},
+      {"smtp://a.example:25", "?port="},
+      {"bad host!", "invalid character"},
+      {"a..example", "empty label"},
+      {"a.example?pref=1", "URL form"},
+      {"", "empty"},
+      {"smtp://[1.2.3.4]", "IPv6"},
+      {"smtp://[::1", "unterminated"},
+  };
+  for (const Case& c : cases) {
+    auto r = ParseRouteItem(c.text);
+    ASSERT_FALSE(r.ok()) << c.text;
+    EXPECT_NE(ToStd(r.status().message()).find(c.says), std::string::npos)
+        << c.text << " -> " << ToStd(r.status().message());
+    EXPECT_NE(ToStd(r.status().message()).find("route \""), std::string::npos) << r.status();
+  }
+}
+
+TEST(RouteList, ListedOrderGivesStrictPreference) {
+  auto r = ParseRouteList({"a.example", "b.example", "c.example"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].tier, 0u);
+  EXPECT_EQ((*r)[1].tier, 1u);
+  EXPECT_EQ((*r)[2].tier, 2u);
+}
+
+TEST(RouteList, ExplicitPrefsShareTiersAndImplicitItemsFollowTheHighestSoFar) {
+  auto r = ParseRouteList({"smtp://a.example?pref=10", "smtp://b.example?pref=10", "c.example",
+                           "smtp://d.example?pref=0"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].tier, 10u);
+  EXPECT_EQ((*r)[1].tier, 10u);
+  EXPECT_EQ((*r)[2].tier, 11u);
+  EXPECT_EQ((*r)[3].tier, 0u);
+  auto s = ParseRouteList({"smtp://relay.example?pref=1", "__mx__"});  // the seed's example
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)[0].tier, 1u);
+  EXPECT_EQ((*s)[1].tier, 2u);
+}
+
+TEST(RouteList, ErrorNamesTheItem) {
+  auto r = ParseRouteList({"a.example", "smtp://b?pref=x"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(ToStd(r.status().message()).find("item 2"), std::string::npos) << r.status();
+}
+
+TEST(RouteItem, NeverCrashesOnArbitraryBytes) {
+  uint64_t x = 12345;
+  const std::string alphabet = "smtp:/?&=[]._-0123456789abcdefxAPNGCM%\x80\xff\n ";
+  for (int i = 0; i < 20000; ++i) {
+    std::string s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    size_t len = x % 40;
+    for (size_t j = 0; j < len; ++j) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      s.push_back(alphabet[x % alphabet.size()]);
+    }
+    auto r = ParseRouteItem(s);
+    if (!r.ok()) {
+      EXPECT_FALSE(ToStd(r.status().message()).empty());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mxsched

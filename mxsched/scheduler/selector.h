@@ -1,0 +1,283 @@
+// Selector: decides which destination a new outbound connection for a domain goes to, under
+// the Momentum `routes` rules (DESIGN §1), and hands out Leases that hold the slot.
+//
+//   mxsched::Selector selector(config);
+//   mxsched::AcquireResult r = selector.Acquire("example.com");
+//   if (r.ok()) {
+//     mxsched::Lease lease = r.TakeLease();
+//     connect to lease.endpoint() ...; lease.Report(Outcome::kConnected);
+//     ... deliver ...; close the socket; lease.Release();   // or let it go out of scope
+//   } else {
+//     defer the message with r.deferral().ToString();
+//   }
+//
+// Rules enforced here:
+//  1. strict preference — tier k+1 only when every host of tiers 0..k is unreachable or at
+//     its limit;
+//  2. even spreading — a per-domain rotation over the tier (starting at a random offset per
+//     domain; tiers shuffled per domain), skipping full or failed hosts; the cursor moves past
+//     the host chosen, so a full host's turns are spread over the rest, not given to its
+//     neighbour;
+//  3. limits never exceeded — host, domain and server counters are taken by bounded CAS (domain,
+//     then server, then host) and given back on failure; the slot is held
+//     until Lease::Release (after the socket is closed);
+//  4. reachability — failures mark the host for host_failure_retry, then one half-open probe;
+//     when every host is down and each has failed mx_failures_to_delay times in a row, the
+//     deferral is "421 4.4.0 no MXs for this domain could be reached";
+//  5. hosts are shared — host state lives in the HostRegistry keyed by (address, port);
+//  7. reload — SetConfig applies at each domain's TTL; RefreshDomain/RefreshAll at once.
+//
+// Concurrency: Acquire, Lease::Report and Lease::Release take no mutex. Domains live in
+// kShards shards, each an open-addressing table of DomainEntry pointers read lock-free;
+// route snapshots are immutable and published by atomic pointer, reclaimed with EBR
+// (epoch.h). The server-wide limit is split into per-thread credit slots drawn from a global
+// pool in batches, so two threads on distinct domains do not bounce one counter's cache
+// line; near the limit a thread takes single credits from other slots, so the limit is
+// exact: never exceeded, and reachable.
+// Slow paths (first sight of a domain, TTL expiry, refresh, table growth) take the shard's
+// mutex. All public methods are safe for concurrent use by multiple threads.
+//
+// Lifetime: the Selector must outlive every Lease it hands out. Domain entries are resident
+// for the Selector's life (about 64 bytes + name + snapshot each).
+#ifndef MXSCHED_SCHEDULER_SELECTOR_H_
+#define MXSCHED_SCHEDULER_SELECTOR_H_
+
+#include <atomic>
+#include <deque>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "mxsched/base/mutex.h"
+#include "mxsched/base/clock.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/host_registry.h"
+#include "mxsched/scheduler/route_planner.h"
+
+namespace mxsched {
+
+class Selector;
+struct DomainEntry;
+
+enum class DeferReason : uint8_t {
+  kHostsAtLimit,      // reachable hosts exist, all at their limit
+  kDomainLimit,       // the domain's max_outbound_connections
+  kServerLimit,       // server_max_outbound_connections
+  kHostsUnreachable,  // every host failed recently (inside host_failure_retry)
+  kNoMxReachable,     // ... and each failed mx_failures_to_delay times in a row
+  kResolving,         // DNS in flight
+  kTempFailure,       // DNS temporary failure, prohibited addresses, no resolver
+  kPermanent,         // NXDOMAIN, null MX, invalid domain: do not retry
+};
+std::string_view DeferReasonName(DeferReason r);
+
+struct Deferral {
+  DeferReason reason;
+  std::string detail;  // enhanced status + text for DNS and permanent failures
+  bool permanent() const { return reason == DeferReason::kPermanent; }
+  // "421 4.4.0 no MXs for this domain could be reached", "4.4.5 ...", etc.
+  std::string ToString() const;
+};
+
+// What the caller observed on the connection a Lease was for.
+enum class Outcome : uint8_t {
+  kConnected,        // TCP connected and a 2xx greeting read
+  kConnectFailed,    // refused, unreachable, reset
+  kTimedOut,         // connect or greeting timeout
+  kGreetingRejected, // 4xx/5xx greeting
+  kProtocolError,    // garbage or over-long greeting
+  kLocalError,       // our side (EMFILE, EADDRNOTAVAIL...): the host is not blamed
+};
+std::string_view OutcomeName(Outcome o);
+
+// A held connection slot on one host. Move-only; releases on destruction.
+// Thread-compatible: one owner at a time (it may move between threads).
+class Lease {
+ public:
+  Lease() = default;
+  Lease(Lease&& o) noexcept { *this = std::move(o); }
+  Lease& operator=(Lease&& o) noexcept;
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease() { Release(); }
+
+  bool valid() const { return host_ != nullptr; }
+  const Endpoint& endpoint() const { return host_->endpoint(); }
+  const HostState& host() const { return *host_; }
+  bool is_probe() const { return probe_; }
+
+  // Records what happened on the connection (marks or clears host failure). At most once;
+  // later calls are ignored. Does not release the slot.
+  void Report(Outcome outcome);
+  // Gives the slot back; call after the socket is closed. Idempotent.
+  void Release();
+
+ private:
+  friend class Selector;
+  Selector* selector_ = nullptr;
+  HostState* host_ = nullptr;
+  DomainEntry* domain_ = nullptr;
+  bool probe_ = false;
+  bool reported_ = false;
+};
+
+// Rule 8: a caller that would rather wait for a slot than take "deferred" registers a
+// SlotWaiter. Wake() is called once, from whichever thread released the slot (or reported
+// the recovery), so it must be cheap and thread-safe — typically: queue and poke an eventfd.
+class SlotWaiter {
+ public:
+  virtual ~SlotWaiter() = default;
+  virtual void Wake() = 0;
+};
+
+class AcquireResult {
+ public:
+  explicit AcquireResult(Lease lease) : v_(std::move(lease)) {}
+  explicit AcquireResult(Deferral d) : v_(std::move(d)) {}
+  bool ok() const { return v_.index() == 0; }
+  Lease& lease() { return std::get<0>(v_); }
+  Lease TakeLease() { return std::move(std::get<0>(v_)); }
+  const Deferral& deferral() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<Lease, Deferral> v_;
+};
+
+// A read-only picture of a domain's route, for `mxsched route` and the console.
+struct DomainView {
+  struct Host {
+    std::string name;
+    Endpoint endpoint;
+    int32_t limit;
+    int32_t active;
+    bool reachable;
+    int64_t seconds_since_failure;  // -1 if never failed
+    uint32_t consecutive_failures;
+  };
+  struct Tier {
+    uint32_t tier;
+    uint32_t mx_pref;
+    std::vector<Host> hosts;  // in the domain's rotation order, next pick first
+  };
+  std::string domain;
+  RouteState state = RouteState::kPending;
+  std::string detail;
+  int64_t ttl_left_s = 0;
+  int32_t active = 0;
+  int32_t limit = 0;
+  std::vector<Tier> tiers;
+};
+
+class Selector {
+ public:
+  static constexpr size_t kShards = 64;
+
+  // `clock`, `random`, `resolver` and `registry` are borrowed and must outlive the selector;
+  // null means the process defaults (coarse monotonic clock, kernel-seeded random, no DNS,
+  // a registry owned by the selector).
+  explicit Selector(std::shared_ptr<const Config> config, Clock* clock = nullptr,
+                    Random* random = nullptr, Resolver* resolver = nullptr,
+                    HostRegistry* registry = nullptr);
+  ~Selector();
+  Selector(const Selector&) = delete;
+  Selector& operator=(const Selector&) = delete;
+
+  // The hot path. `domain` is case-insensitive.
+  AcquireResult Acquire(std::string_view domain);
+
+  // Reload: new routes and domain settings apply when each domain's route reaches its TTL
+  // (or at once with RefreshDomain/RefreshAll); server_max_outbound_connections at once.
+  void SetConfig(std::shared_ptr<const Config> config);
+  // Drops the cached route so the next Acquire rebuilds it (console `refresh domain NAME`).
+  // Returns false if the domain has no route yet. Open leases are unaffected.
+  bool RefreshDomain(std::string_view domain);
+  // Every domain (console `refresh domain all`): O(1), applied lazily on each domain's next
+  // Acquire. Slot waiters are woken to re-plan against the new routes.
+  void RefreshAll();
+
+  // Rule 8, waiting instead of polling: `waiter` is woken once, in FIFO order among waiters,
+  // the moment a slot that could serve `domain` frees — a lease on a host of its route or on
+  // the domain itself is released — or a host of its route recovers. Then it calls Acquire
+  // again (and may wait again; `front` puts it back at the head of the queue).
+  // REQUIRES: `waiter` stays valid until woken or CancelWait returns true.
+  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
+  // True if `waiter` was still queued (and now is not); false if it was already woken.
+  bool CancelWait(SlotWaiter* waiter);
+  size_t waiting() const;
+
+  // Builds the domain's route if needed and describes it.
+  DomainView Describe(std::string_view domain);
+
+  size_t domain_count() const;
+  // Bytes held for domains: tables, entries, names, snapshots (not hosts).
+  size_t DomainMemoryBytes() const;
+  // Connections currently held against server_max_outbound_connections.
+  int64_t server_active() const;
+  HostRegistry& registry() { return *registry_; }
+  Clock& clock() { return *clock_; }
+
+ private:
+  friend class Lease;
+  struct Shard;
+  struct Table;
+
+  static uint32_t ShardIndex(uint64_t hash) { return static_cast<uint32_t>(hash >> 58); }
+  Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
+  DomainEntry* Find(const Table* t, uint64_t hash, std::string_view domain) const;
+  // The domain's entry, created on first sight (null, *invalid set, for a name that is not
+  // a valid domain). REQUIRES: an EpochGuard.
+  DomainEntry* FindOrCreate(std::string_view domain, Deferral* invalid);
+  // The domain's route, re-planned first if it expired or a refresh asked for it.
+  // REQUIRES: an EpochGuard.
+  const RouteSnapshot* CurrentRoute(DomainEntry* entry, int64_t now);
+  // Slow path: creates the domain's entry and first route. Null (and *invalid set) for a
+  // name that is not a valid domain.
+  DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
+  const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
+  void Publish(DomainEntry* entry, RouteSnapshot* fresh);
+  std::shared_ptr<const Config> config() const;
+
+  // Server-wide limit: credit drawn from server_pool_ in batches into per-thread slots.
+  struct CreditSlot;
+  static constexpr size_t kCreditSlots = 64;
+  CreditSlot& MyCreditSlot();
+  bool TakeServerSlot();
+  bool RefillServerSlot(CreditSlot& slot);
+  void ReturnServerSlot();
+  void ReleaseLease(Lease& lease);
+  Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
+  // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
+  // on `host`. Stops at once when `host` has no room left.
+  void WakeWaiters(const HostState* host, bool all);
+
+  struct Waiting {
+    SlotWaiter* waiter;
+    DomainEntry* domain;
+  };
+  mutable Mutex wait_mu_;
+  std::deque<Waiting> waiters_ ABSL_GUARDED_BY(wait_mu_);
+  std::atomic<int64_t> waiter_count_{0};  // read on every release: zero means no lock
+
+  Clock* clock_;
+  Random* random_;
+  std::unique_ptr<HostRegistry> owned_registry_;
+  HostRegistry* registry_;
+  RoutePlanner planner_;
+  mutable Mutex config_mu_;
+  std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
+  std::atomic<uint32_t> generation_{1};
+  std::atomic<bool> server_limited_{true};
+  std::atomic<int64_t> server_pool_{0};  // credit not yet handed to a shard
+  std::atomic<int32_t> server_limit_{0};
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::unique_ptr<CreditSlot[]> credit_;
+};
+
+}  // namespace mxsched
+
+#endif  // MXSCHED_SCHEDULER_SELECTOR_H_

@@ -1,0 +1,662 @@
+// One test (or more) per rule of DESIGN §1, named after the rule. Time and randomness are
+// injected: no sleeps.
+#include "mxsched/scheduler/selector.h"
+
+#include "mxsched/base/strings.h"
+#include <map>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/testutil.h"
+
+namespace mxsched {
+namespace {
+
+using testing::ConfigFrom;
+using testing::SelectorFixture;
+
+constexpr char kFourEqual[] = R"(
+  routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10"
+             "smtp://127.0.1.3?pref=10" "smtp://127.0.1.4?pref=10" )
+  max_outbound_connections = 100000
+)";
+
+// --- Rule 1: strict preference ----------------------------------------------------------
+
+TEST(StrictPreference, LowerTierIsUsedUntilItsHostsAreAtTheirLimit) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.2.1" "127.0.2.2" )
+    Host "127.0.2.1" { max_outbound_connections = 2 }
+  )");
+  Lease a = f.MustAcquire("example.com");
+  Lease b = f.MustAcquire("example.com");
+  EXPECT_EQ(a.endpoint().address.ToString(), "127.0.2.1");
+  EXPECT_EQ(b.endpoint().address.ToString(), "127.0.2.1");
+  Lease c = f.MustAcquire("example.com");
+  EXPECT_EQ(c.endpoint().address.ToString(), "127.0.2.2") << "spills only when tier 0 is full";
+  a.Release();
+  EXPECT_EQ(f.Pick("example.com"), "127.0.2.1") << "returns to tier 0 as soon as a slot frees";
+}
+
+TEST(StrictPreference, UnreachableLowerTierSpillsToNextTier) {
+  SelectorFixture f(R"(routes = ( "smtp://127.0.2.1?pref=0" "smtp://127.0.2.2?pref=5" ))");
+  Lease a = f.MustAcquire("example.com");
+  ASSERT_EQ(a.endpoint().address.ToString(), "127.0.2.1");
+  a.Report(Outcome::kConnectFailed);
+  a.Release();
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(f.Pick("example.com"), "127.0.2.2");
+}
+
+TEST(StrictPreference, NeverUsesHigherTierWhileAnyLowerHostHasRoom) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.2.1?pref=1" "smtp://127.0.2.2?pref=1" "smtp://127.0.2.3?pref=2" )
+    Host "127.0.2.1" { max_outbound_connections = 3 }
+    Host "127.0.2.2" { max_outbound_connections = 5 }
+  )");
+  std::vector<Lease> held;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(f.MustAcquire("example.com"));
+    EXPECT_NE(held.back().endpoint().address.ToString(), "127.0.2.3") << "acquisition " << i;
+  }
+  EXPECT_EQ(f.Pick("example.com"), "127.0.2.3");
+}
+
+// --- Rule 2: even spreading -------------------------------------------------------------
+
+std::map<std::string, int> Spread(SelectorFixture& f, std::string_view domain, int picks) {
+  std::map<std::string, int> count;
+  for (int i = 0; i < picks; ++i) ++count[f.Pick(domain)];
+  return count;
+}
+
+TEST(EvenSpreading, EqualPreferenceHostsShareConnectionsEvenly) {
+  SelectorFixture f(kFourEqual);
+  const int kPicks = 40000;
+  auto count = Spread(f, "example.com", kPicks);
+  ASSERT_EQ(count.size(), 4u);
+  for (const auto& [host, n] : count) {
+    EXPECT_NEAR(n, kPicks / 4, kPicks / 100) << host;  // within 1 percentage point
+  }
+}
+
+TEST(EvenSpreading, HostAtItsLimitIsSkippedAndTheRestStayEven) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10"
+               "smtp://127.0.1.3?pref=10" "smtp://127.0.1.4?pref=10" )
+    Host "127.0.1.1" { max_outbound_connections = 1 }
+  )");
+  // Occupy 127.0.1.1's only slot.
+  std::vector<Lease> held;
+  while (held.empty() || held.back().endpoint().address.ToString() != "127.0.1.1") {
+    held.push_back(f.MustAcquire("example.com"));
+  }
+  Lease full = std::move(held.back());
+  held.clear();
+  const int kPicks = 30000;
+  auto count = Spread(f, "example.com", kPicks);
+  EXPECT_EQ(count.count("127.0.1.1"), 0u);
+  ASSERT_EQ(count.size(), 3u);
+  for (const auto& [host, n] : count) EXPECT_NEAR(n, kPicks / 3, kPicks / 100) << host;
+}
+
+TEST(EvenSpreading, NotProportionalToLimits) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10" )
+    Host "127.0.1.1" { max_outbound_connections = 1000 }
+    Host "127.0.1.2" { max_outbound_connections = 10 }
+  )");
+  std::vector<Lease> held;
+  std::map<std::string, int> count;
+  for (int i = 0; i < 20; ++i) {
+    held.push_back(f.MustAcquire("example.com"));
+    ++count[held.back().endpoint().address.ToString()];
+  }
+  EXPECT_EQ(count["127.0.1.1"], 10);
+  EXPECT_EQ(count["127.0.1.2"], 10);
+}
+
+TEST(EvenSpreading, EqualPreferenceOrderIsRandomisedPerDomain) {
+  SelectorFixture f(kFourEqual);
+  std::map<std::string, int> first_pick;
+  const int kDomains = 400;
+  for (int d = 0; d < kDomains; ++d) ++first_pick[f.Pick(StrCat("d", d, ".example"))];
+  ASSERT_EQ(first_pick.size(), 4u) << "domains sharing hosts all started on the same ones";
+  for (const auto& [host, n] : first_pick) {
+    EXPECT_GT(n, kDomains / 4 / 2) << host;  // each host is first for a fair share of domains
+  }
+}
+
+TEST(EvenSpreading, DifferentSeedsGiveDifferentOrders) {
+  SelectorFixture a(kFourEqual, 1), b(kFourEqual, 2);
+  std::string seq_a, seq_b;
+  for (int d = 0; d < 20; ++d) {
+    seq_a += a.Pick(StrCat("d", d, ".example"));
+    seq_b += b.Pick(StrCat("d", d, ".example"));
+  }
+  EXPECT_NE(seq_a, seq_b);
+}
+
+// --- Rule 3: limits are never exceeded --------------------------------------------------
+
+TEST(LimitsNeverExceeded, AllHostsAtLimitDefersWithReason) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=1" "smtp://127.0.1.2?pref=1" )
+    Host "127.0.1.1" { max_outbound_connections = 1 }
+    Host "127.0.1.2" { max_outbound_connections = 1 }
+  )");
+  Lease a = f.MustAcquire("example.com");
+  Lease b = f.MustAcquire("example.com");
+  AcquireResult r = f.selector.Acquire("example.com");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kHostsAtLimit);
+  EXPECT_NE(r.deferral().ToString().find("connection limit"), std::string::npos);
+}
+
+TEST(LimitsNeverExceeded, DomainLimit) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    Domain "small.example" { max_outbound_connections = 3 }
+  )");
+  std::vector<Lease> held;
+  for (int i = 0; i < 3; ++i) held.push_back(f.MustAcquire("small.example"));
+  AcquireResult r = f.selector.Acquire("small.example");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kDomainLimit);
+  EXPECT_TRUE(f.selector.Acquire("other.example").ok()) << "domain limit is per domain";
+  held.pop_back();
+  EXPECT_TRUE(f.selector.Acquire("small.example").ok());
+}
+
+TEST(LimitsNeverExceeded, DomainDefaultLimitIs32) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" ))");
+  std::vector<Lease> held;
+  for (int i = 0; i < 32; ++i) held.push_back(f.MustAcquire("example.com"));
+  EXPECT_EQ(f.selector.Acquire("example.com").deferral().reason, DeferReason::kDomainLimit);
+}
+
+TEST(LimitsNeverExceeded, ServerLimitIsExactAcrossShards) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    server_max_outbound_connections = 150
+  )");
+  // Many domains spread over every shard: the per-shard credit must still add up to exactly
+  // the server limit, no more, no fewer.
+  std::vector<Lease> held;
+  int deferred = 0;
+  for (int i = 0; i < 400; ++i) {
+    AcquireResult r = f.selector.Acquire(StrCat("d", i, ".example"));
+    if (r.ok()) {
+      held.push_back(r.TakeLease());
+    } else {
+      EXPECT_EQ(r.deferral().reason, DeferReason::kServerLimit);
+      ++deferred;
+    }
+  }
+  EXPECT_EQ(held.size(), 150u);
+  EXPECT_EQ(deferred, 250);
+  EXPECT_EQ(f.selector.server_active(), 150);
+  held.resize(100);
+  EXPECT_EQ(f.selector.server_active(), 100);
+  for (int i = 0; i < 50; ++i) held.push_back(f.MustAcquire(StrCat("e", i, ".example")));
+  EXPECT_FALSE(f.selector.Acquire("last.example").ok());
+}
+
+TEST(LimitsNeverExceeded, StressManyThreadsNeverPassAnyLimit) {
+  // 4 hosts with small limits shared by 64 domains; threads grab and release leases in
+  // random order. After every admission the host's active count is checked against its
+  // limit, and the peak the host itself recorded is checked at the end.
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=1" "smtp://127.0.1.2?pref=1"
+               "smtp://127.0.1.3?pref=1" "smtp://127.0.1.4?pref=2" )
+    Host "127.0.1.1" { max_outbound_connections = 3 }
+    Host "127.0.1.2" { max_outbound_connections = 5 }
+    Host "127.0.1.3" { max_outbound_connections = 7 }
+    Host "127.0.1.4" { max_outbound_connections = 2 }
+    max_outbound_connections = 6
+    server_max_outbound_connections = 15
+  )");
+  const int kThreads = std::max(2u, std::thread::hardware_concurrency());
+  const int kOpsPerThread = 2'000'000 / kThreads;
+  std::atomic<int64_t> violations{0}, admitted{0}, deferred{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      std::vector<Lease> held;
+      for (int i = 0; i < kOpsPerThread; ++i) {
+        if (!held.empty() && (held.size() >= 8 || rng() % 2)) {
+          std::swap(held[rng() % held.size()], held.back());
+          held.pop_back();
+          continue;
+        }
+        AcquireResult r = f.selector.Acquire(StrCat("d", rng() % 64, ".example"));
+        if (!r.ok()) {
+          deferred.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        const HostState& h = r.lease().host();
+        if (h.active() > h.limit()) violations.fetch_add(1);
+        if (f.selector.server_active() > 15) violations.fetch_add(1);
+        admitted.fetch_add(1, std::memory_order_relaxed);
+        held.push_back(r.TakeLease());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_GT(admitted.load(), 100000);
+  EXPECT_GT(deferred.load(), 0) << "the limits were never reached: the test proves nothing";
+  f.selector.registry().ForEach([](const HostState& h) {
+    EXPECT_LE(h.peak(), h.limit()) << h.endpoint().ToString();
+    EXPECT_EQ(h.active(), 0) << h.endpoint().ToString() << " leaked a slot";
+  });
+  EXPECT_EQ(f.selector.server_active(), 0);
+}
+
+TEST(LimitsNeverExceeded, SlotIsHeldUntilReleaseNotUntilReport) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    Host "127.0.1.1" { max_outbound_connections = 1 }
+  )");
+  Lease a = f.MustAcquire("example.com");
+  a.Report(Outcome::kConnected);
+  EXPECT_FALSE(f.selector.Acquire("example.com").ok()) << "slot freed before the socket closed";
+  a.Release();
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok());
+}
+
+TEST(LimitsNeverExceeded, LeaseReleasesOnDestructionAndOnMove) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    Host "127.0.1.1" { max_outbound_connections = 1 }
+  )");
+  { Lease a = f.MustAcquire("example.com"); }
+  Lease b = f.MustAcquire("example.com");
+  Lease c = std::move(b);
+  EXPECT_FALSE(b.valid());
+  EXPECT_FALSE(f.selector.Acquire("x.example").ok()) << "host full";
+  c = Lease();  // move-assign releases c's slot
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok());
+}
+
+// --- Rule 4: reachability ---------------------------------------------------------------
+
+TEST(Reachability, FailedHostIsSkippedForHostFailureRetryThenOneProbe) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=1" "smtp://127.0.1.2?pref=1" )
+    host_failure_retry = 120
+  )");
+  // Find and fail 127.0.1.1.
+  for (;;) {
+    Lease l = f.MustAcquire("example.com");
+    if (l.endpoint().address.ToString() == "127.0.1.1") {
+      l.Report(Outcome::kTimedOut);
+      break;
+    }
+  }
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(f.Pick("example.com"), "127.0.1.2");
+  f.clock.AdvanceSeconds(119);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(f.Pick("example.com"), "127.0.1.2");
+  f.clock.AdvanceSeconds(1);
+  // Half-open: exactly one probe gets through while it is outstanding.
+  std::vector<Lease> held;
+  int probes = 0;
+  for (int i = 0; i < 20; ++i) {
+    held.push_back(f.MustAcquire("example.com"));
+    if (held.back().endpoint().address.ToString() == "127.0.1.1") {
+      ++probes;
+      EXPECT_TRUE(held.back().is_probe());
+    }
+  }
+  EXPECT_EQ(probes, 1);
+  for (Lease& l : held) {
+    if (l.is_probe()) l.Report(Outcome::kConnected);
+  }
+  held.clear();
+  auto count = Spread(f, "example.com", 1000);
+  EXPECT_EQ(count["127.0.1.1"], 500) << "a successful probe restores the host";
+}
+
+TEST(Reachability, FailedProbeRestartsTheWindow) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" "127.0.1.2" ))");
+  Lease a = f.MustAcquire("example.com");
+  a.Report(Outcome::kConnectFailed);
+  a.Release();
+  f.clock.AdvanceSeconds(120);
+  Lease probe = f.MustAcquire("example.com");
+  ASSERT_TRUE(probe.is_probe());
+  probe.Report(Outcome::kGreetingRejected);
+  probe.Release();
+  EXPECT_EQ(f.Pick("example.com"), "127.0.1.2");
+  f.clock.AdvanceSeconds(119);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.1.2");
+  f.clock.AdvanceSeconds(1);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.1.1");
+}
+
+TEST(Reachability, ProbeReleasedWithoutOutcomeLetsAnotherProbeGo) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" "127.0.1.2" ))");
+  f.MustAcquire("example.com").Report(Outcome::kConnectFailed);
+  f.clock.AdvanceSeconds(120);
+  { Lease probe = f.MustAcquire("example.com"); ASSERT_TRUE(probe.is_probe()); }
+  Lease again = f.MustAcquire("example.com");
+  EXPECT_TRUE(again.is_probe());
+  EXPECT_EQ(again.endpoint().address.ToString(), "127.0.1.1");
+}
+
+TEST(Reachability, LocalErrorsDoNotBlameTheHost) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" "127.0.1.2" ))");
+  f.MustAcquire("example.com").Report(Outcome::kLocalError);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.1.1");
+}
+
+TEST(Reachability, AllHostsDownDefersAsUnreachable) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" ))");
+  f.MustAcquire("example.com").Report(Outcome::kConnectFailed);
+  AcquireResult r = f.selector.Acquire("example.com");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kHostsUnreachable);
+}
+
+TEST(Reachability, MxFailuresToDelayGives421NoMxs) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=1" "smtp://127.0.1.2?pref=1" )
+    mx_failures_to_delay = 3
+  )");
+  for (int round = 0; round < 3; ++round) {
+    // Both hosts fail once per round (a probe each after the first round).
+    for (int k = 0; k < 2; ++k) {
+      AcquireResult r = f.selector.Acquire("example.com");
+      ASSERT_TRUE(r.ok()) << "round " << round << ": " << r.deferral().ToString();
+      r.lease().Report(Outcome::kConnectFailed);
+    }
+    AcquireResult r = f.selector.Acquire("example.com");
+    ASSERT_FALSE(r.ok());
+    if (round < 2) {
+      EXPECT_EQ(r.deferral().reason, DeferReason::kHostsUnreachable) << "round " << round;
+    } else {
+      EXPECT_EQ(r.deferral().reason, DeferReason::kNoMxReachable);
+      EXPECT_EQ(r.deferral().ToString(), "421 4.4.0 no MXs for this domain could be reached");
+    }
+    f.clock.AdvanceSeconds(120);
+  }
+  // A success anywhere lifts the delay.
+  Lease l = f.MustAcquire("example.com");
+  l.Report(Outcome::kConnected);
+  EXPECT_EQ(l.host().consecutive_failures(), 0u);
+}
+
+// --- Rule 5: hosts are shared -----------------------------------------------------------
+
+TEST(HostsAreShared, HostLimitHoldsAcrossDomains) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    Host "127.0.1.1" { max_outbound_connections = 2 }
+  )");
+  Lease a = f.MustAcquire("a.example");
+  Lease b = f.MustAcquire("b.example");
+  AcquireResult r = f.selector.Acquire("c.example");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kHostsAtLimit);
+  EXPECT_EQ(&a.host(), &b.host());
+}
+
+TEST(HostsAreShared, FailureSeenByOneDomainProtectsOthers) {
+  SelectorFixture f(R"(routes = ( "127.0.1.1" "127.0.1.2" ))");
+  Lease a = f.MustAcquire("a.example");
+  ASSERT_EQ(a.endpoint().address.ToString(), "127.0.1.1");
+  a.Report(Outcome::kConnectFailed);
+  EXPECT_EQ(f.Pick("b.example"), "127.0.1.2");
+}
+
+TEST(HostsAreShared, KeyIsAddressAndPort) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?port=2525" )
+    Domain "other.example" { routes = ( "smtp://127.0.1.1?port=2526" ) }
+  )");
+  Lease a = f.MustAcquire("a.example");
+  Lease b = f.MustAcquire("other.example");
+  EXPECT_NE(&a.host(), &b.host());
+  EXPECT_EQ(a.endpoint().port, 2525);
+  EXPECT_EQ(b.endpoint().port, 2526);
+}
+
+// --- Rule 7: reload and refresh ---------------------------------------------------------
+
+constexpr char kOldRoutes[] = R"(routes = ( "smtp://127.0.3.1?ttl=300" ))";
+constexpr char kNewRoutes[] = R"(routes = ( "smtp://127.0.3.2?ttl=300" ))";
+
+TEST(Reload, NewConfigAppliesWhenTheRouteReachesItsTtl) {
+  SelectorFixture f(kOldRoutes);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.3.1");
+  f.selector.SetConfig(ConfigFrom(kNewRoutes));
+  f.clock.AdvanceSeconds(299);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.3.1");
+  f.clock.AdvanceSeconds(1);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.3.2");
+}
+
+TEST(Reload, RefreshDomainAppliesNowAndOnlyThere) {
+  SelectorFixture f(kOldRoutes);
+  EXPECT_EQ(f.Pick("a.example"), "127.0.3.1");
+  EXPECT_EQ(f.Pick("b.example"), "127.0.3.1");
+  f.selector.SetConfig(ConfigFrom(kNewRoutes));
+  EXPECT_TRUE(f.selector.RefreshDomain("A.Example"));
+  EXPECT_FALSE(f.selector.RefreshDomain("never-seen.example"));
+  EXPECT_EQ(f.Pick("a.example"), "127.0.3.2");
+  EXPECT_EQ(f.Pick("b.example"), "127.0.3.1");
+  f.selector.RefreshAll();
+  EXPECT_EQ(f.Pick("b.example"), "127.0.3.2");
+}
+
+TEST(Reload, OpenLeasesSurviveARefresh) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.3.1" )
+    Host "127.0.3.1" { max_outbound_connections = 1 }
+  )");
+  Lease old = f.MustAcquire("example.com");
+  const HostState* host = &old.host();
+  f.selector.SetConfig(ConfigFrom(R"(routes = ( "127.0.3.2" ))"));
+  f.selector.RefreshAll();
+  Lease fresh = f.MustAcquire("example.com");
+  EXPECT_EQ(fresh.endpoint().address.ToString(), "127.0.3.2");
+  EXPECT_TRUE(old.valid());
+  EXPECT_EQ(host->active(), 1);
+  old.Release();
+  EXPECT_EQ(host->active(), 0);
+}
+
+TEST(Reload, NewHostLimitAppliesOnRefreshWithoutTearingDownConnections) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.3.1" )
+    Host "127.0.3.1" { max_outbound_connections = 3 }
+  )");
+  std::vector<Lease> held;
+  for (int i = 0; i < 3; ++i) held.push_back(f.MustAcquire("example.com"));
+  f.selector.SetConfig(ConfigFrom(R"(
+    routes = ( "127.0.3.1" )
+    Host "127.0.3.1" { max_outbound_connections = 1 }
+  )"));
+  f.selector.RefreshAll();
+  EXPECT_FALSE(f.selector.Acquire("example.com").ok());
+  EXPECT_EQ(held[0].host().active(), 3);
+  held.resize(1);
+  EXPECT_FALSE(f.selector.Acquire("example.com").ok()) << "new limit 1 is already used";
+  held.clear();
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok());
+}
+
+// --- Bad input --------------------------------------------------------------------------
+
+TEST(BadInput, InvalidDomainIsAPermanentDeferralNotACrash) {
+  SelectorFixture f(kFourEqual);
+  for (std::string_view bad : {std::string_view(""), std::string_view("a..b"),
+                               std::string_view("sp ace.example"), std::string_view("\xff\x00", 2)}) {
+    AcquireResult r = f.selector.Acquire(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(r.deferral().permanent());
+    EXPECT_NE(r.deferral().ToString().find("invalid domain"), std::string::npos);
+  }
+}
+
+TEST(BadInput, DomainNamesAreCaseInsensitiveAndTrailingDotTolerant) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.1.1" )
+    Domain "example.com" { max_outbound_connections = 2 }
+  )");
+  Lease a = f.MustAcquire("EXAMPLE.com");
+  Lease b = f.MustAcquire("example.com.");
+  EXPECT_EQ(f.selector.Acquire("Example.Com").deferral().reason, DeferReason::kDomainLimit);
+  EXPECT_EQ(f.selector.domain_count(), 1u);
+}
+
+TEST(BadInput, RouteNeedingDnsWithoutResolverIsTemporaryWithReason) {
+  SelectorFixture f(R"(routes = ( "relay.example.net" ))");
+  AcquireResult r = f.selector.Acquire("example.com");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kTempFailure);
+  EXPECT_NE(r.deferral().ToString().find("no resolver"), std::string::npos);
+}
+
+TEST(Describe, ShowsTiersHostsAndState) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=5&ttl=60" "smtp://127.0.1.2?pref=5" "127.0.1.9" )
+    Host "127.0.1.1" { max_outbound_connections = 4 }
+  )");
+  Lease l = f.MustAcquire("example.com");
+  DomainView v = f.selector.Describe("example.com");
+  EXPECT_EQ(v.state, RouteState::kReady);
+  EXPECT_EQ(v.ttl_left_s, 60);
+  EXPECT_EQ(v.active, 1);
+  ASSERT_EQ(v.tiers.size(), 2u);
+  EXPECT_EQ(v.tiers[0].tier, 5u);
+  EXPECT_EQ(v.tiers[0].hosts.size(), 2u);
+  EXPECT_EQ(v.tiers[1].tier, 6u);
+  EXPECT_EQ(v.tiers[1].hosts[0].endpoint.ToString(), "127.0.1.9:25");
+}
+
+}  // namespace
+}  // namespace mxsched
+
+namespace mxsched {
+namespace {
+
+// --- Rule 8: waiting instead of polling -------------------------------------------------
+
+struct CountingWaiter : SlotWaiter {
+  void Wake() override { woken.fetch_add(1); }
+  std::atomic<int> woken{0};
+};
+
+constexpr char kOneSlot[] = R"(
+  routes = ( "127.0.4.1" )
+  Host "127.0.4.1" { max_outbound_connections = 1 }
+)";
+
+TEST(WaitingInsteadOfPolling, WaiterIsWokenTheMomentASlotFrees) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  ASSERT_FALSE(f.selector.Acquire("example.com").ok());
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_EQ(w.woken.load(), 0) << "nothing freed yet";
+  EXPECT_EQ(f.selector.waiting(), 1u);
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_EQ(f.selector.waiting(), 0u);
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok()) << "the woken waiter gets the slot";
+}
+
+TEST(WaitingInsteadOfPolling, WaitersAreWokenInOrderOnePerFreedSlot) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("a.example");
+  CountingWaiter first, second;
+  f.selector.WaitForSlot("b.example", &first);
+  f.selector.WaitForSlot("c.example", &second);
+  held.Release();
+  EXPECT_EQ(first.woken.load(), 1);
+  EXPECT_EQ(second.woken.load(), 0) << "one slot freed: one waiter woken";
+  Lease again = f.MustAcquire("b.example");
+  again.Release();
+  EXPECT_EQ(second.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, ReleaseOnAnUnrelatedHostWakesNobody) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+    Domain "other.example" { routes = ( "127.0.4.2" ) }
+  )");
+  Lease held = f.MustAcquire("example.com");
+  Lease unrelated = f.MustAcquire("other.example");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  unrelated.Release();
+  EXPECT_EQ(w.woken.load(), 0);
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, SlotFreedBeforeRegistrationIsNotMissed) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  ASSERT_FALSE(f.selector.Acquire("example.com").ok());
+  held.Release();  // freed between the failed Acquire and the registration
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_EQ(w.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, RecoveredHostWakesEveryWaiterItCanServe) {
+  SelectorFixture f(R"(routes = ( "127.0.4.1" ))");
+  f.MustAcquire("a.example").Report(Outcome::kConnectFailed);
+  CountingWaiter w1, w2;
+  f.selector.WaitForSlot("a.example", &w1);
+  f.selector.WaitForSlot("b.example", &w2);
+  EXPECT_EQ(w1.woken.load() + w2.woken.load(), 0);
+  f.clock.AdvanceSeconds(120);
+  Lease probe = f.MustAcquire("c.example");
+  ASSERT_TRUE(probe.is_probe());
+  probe.Report(Outcome::kConnected);
+  EXPECT_EQ(w1.woken.load(), 1);
+  EXPECT_EQ(w2.woken.load(), 1);
+}
+
+TEST(WaitingInsteadOfPolling, CancelWait) {
+  SelectorFixture f(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_TRUE(f.selector.CancelWait(&w));
+  EXPECT_FALSE(f.selector.CancelWait(&w));
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 0);
+}
+
+}  // namespace
+}  // namespace mxsched
+
+namespace mxsched {
+namespace {
+
+TEST(WaitingInsteadOfPolling, RefreshWakesWaitersToReplanAgainstNewRoutes) {
+  testing::SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+  )");
+  Lease held = f.MustAcquire("example.com");
+  struct W : SlotWaiter {
+    void Wake() override { ++woken; }
+    std::atomic<int> woken{0};
+  } w;
+  f.selector.WaitForSlot("example.com", &w);
+  f.selector.SetConfig(testing::ConfigFrom(R"(routes = ( "127.0.4.2" ))"));
+  EXPECT_EQ(w.woken.load(), 0) << "a new config alone changes nothing until it applies";
+  f.selector.RefreshAll();
+  EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_EQ(f.Pick("example.com"), "127.0.4.2");
+}
+
+}  // namespace
+}  // namespace mxsched

@@ -1,0 +1,511 @@
+#include "testbed/farm.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+
+#include "absl/container/flat_hash_set.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/base/strings.h"
+#include "testbed/json.h"
+
+namespace mxsched::io {
+
+std::string Fault::ToString() const {
+  switch (kind) {
+    case Kind::kNone: return "none";
+    case Kind::kRefuse: return "refuse";
+    case Kind::kBlackhole: return "blackhole";
+    case Kind::kTempfail: return "tempfail";
+    case Kind::kSlow: return StrCat("slow:", slow_ms);
+    case Kind::kReset: return "reset";
+  }
+  return "?";
+}
+
+absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(StrCat("listen \"", spec, "\": ", why,
+                                             " (want ADDR[-ADDR]:PORT or [::1]:PORT)"));
+  };
+  size_t colon = spec.rfind(':');
+  if (colon == std::string_view::npos) return bad("missing :PORT");
+  uint64_t port;
+  if (!ParseUint(spec.substr(colon + 1), &port) || port == 0 || port > 65535) {
+    return bad("port must be 1..65535");
+  }
+  std::string_view addrs = spec.substr(0, colon);
+  std::vector<Endpoint> out;
+  if (!addrs.empty() && addrs.front() == '[') {
+    if (addrs.back() != ']') return bad("unterminated [");
+    auto ip = IpAddress::Parse(addrs.substr(1, addrs.size() - 2));
+    if (!ip.ok() || ip->is_v4()) return bad("expected an IPv6 address in [ ]");
+    if (!ip->IsLoopback()) return bad("only loopback addresses");
+    out.push_back({*ip, static_cast<uint16_t>(port)});
+    return out;
+  }
+  size_t dash = addrs.find('-');
+  auto first = IpAddress::Parse(addrs.substr(0, dash));
+  auto last = dash == std::string_view::npos ? first : IpAddress::Parse(addrs.substr(dash + 1));
+  if (!first.ok() || !last.ok() || !first->is_v4() || !last->is_v4()) {
+    return bad("expected IPv4 addresses");
+  }
+  auto to_u32 = [](const IpAddress& a) {
+    const auto& b = a.bytes();
+    return uint32_t{b[0]} << 24 | uint32_t{b[1]} << 16 | uint32_t{b[2]} << 8 | b[3];
+  };
+  const uint32_t lo = to_u32(*first), hi = to_u32(*last);
+  if (hi < lo) return bad("range ends before it starts");
+  if (hi - lo >= 65536) return bad("range longer than 65,536 addresses");
+  for (uint32_t a = lo; a <= hi; ++a) {
+    IpAddress ip = IpAddress::V4(a);
+    if (!ip.IsLoopback()) return bad("only loopback addresses (127.0.0.0/8)");
+    out.push_back({ip, static_cast<uint16_t>(port)});
+  }
+  return out;
+}
+
+absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec) {
+  size_t eq = spec.find('=');
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(
+        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS)"));
+  };
+  if (eq == std::string_view::npos) return bad("missing '='");
+  auto ip = IpAddress::Parse(spec.substr(0, eq));
+  if (!ip.ok()) return bad("bad address");
+  std::string_view what = spec.substr(eq + 1);
+  Fault f;
+  if (what == "refuse") {
+    f.kind = Fault::Kind::kRefuse;
+  } else if (what == "blackhole") {
+    f.kind = Fault::Kind::kBlackhole;
+  } else if (what == "tempfail") {
+    f.kind = Fault::Kind::kTempfail;
+  } else if (what == "reset") {
+    f.kind = Fault::Kind::kReset;
+  } else if (what == "none") {
+    f.kind = Fault::Kind::kNone;
+  } else if (what.substr(0, 5) == "slow:") {
+    uint64_t ms;
+    if (!ParseUint(what.substr(5), &ms) || ms > 3'600'000) return bad("slow:MS needs 0..3600000");
+    f.kind = Fault::Kind::kSlow;
+    f.slow_ms = static_cast<int>(ms);
+  } else {
+    return bad("unknown fault");
+  }
+  return std::make_pair(*ip, f);
+}
+
+uint16_t FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sin);
+  uint16_t port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len) == 0) {
+    port = ntohs(sin.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+namespace {
+
+int OpenListener(const Endpoint& ep, std::string* error) {
+  int fd = socket(ep.address.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = StrCat("socket: ", std::strerror(errno));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_storage ss;
+  socklen_t len = ep.ToSockaddr(&ss);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 4096) != 0) {
+    *error = StrCat("listen on ", ep.ToString(), ": ", std::strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+struct Listener;
+struct Conn;
+
+struct Farm::Impl {
+  FarmOptions options;
+  std::unique_ptr<Loop> loop;  // created and reset on the farm thread; Wake() under `mu`
+  std::vector<std::unique_ptr<Listener>> listeners;
+  absl::flat_hash_set<Conn*> conns;
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  Mutex mu;
+  std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
+  std::string banner;
+
+  void Run(std::promise<absl::Status>* ready);
+  void ApplyFaultChanges();
+  Listener* ListenerFor(const IpAddress& a);
+};
+
+struct alignas(64) Listener {
+  Farm::Impl* farm = nullptr;
+  Endpoint endpoint;
+  int fd = -1;
+  bool accept_armed = false;
+  std::atomic<uint8_t> fault_kind{0};
+  std::atomic<int> slow_ms{0};
+  std::atomic<uint64_t> total{0}, quits{0}, messages{0};
+  std::atomic<int64_t> current{0}, peak{0};
+  Fault fault() const {
+    return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()};
+  }
+  void ArmAccept() {
+    if (fd < 0 || accept_armed) return;
+    io_uring_sqe* sqe = farm->loop->Sqe();
+    io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    Loop::SetCompletion(sqe, &accept_done);
+    accept_armed = true;
+  }
+  void OnAccept(int res, uint32_t flags);
+  // Makes the listening socket match the fault: closed for refuse, open otherwise.
+  void Reconcile() {
+    const bool want_open = fault().kind != Fault::Kind::kRefuse;
+    if (want_open && fd < 0) {
+      std::string error;
+      fd = OpenListener(endpoint, &error);
+      ArmAccept();
+    } else if (!want_open && fd >= 0 && accept_armed) {
+      io_uring_sqe* sqe = farm->loop->Sqe();
+      io_uring_prep_cancel(sqe, &accept_done, 0);
+      Loop::SetCompletion(sqe, nullptr);
+      // OnAccept(-ECANCELED) closes the socket.
+    } else if (!want_open && fd >= 0) {
+      close(fd);
+      fd = -1;
+    }
+  }
+  MemberCompletion<Listener, &Listener::OnAccept> accept_done{this};
+};
+
+struct Conn {
+  Conn(Farm::Impl* f, Listener* l, int s) : farm(f), listener(l), fd(s) {}
+  Farm::Impl* farm;
+  Listener* listener;
+  int fd;
+  std::string in;
+  std::string out;
+  size_t out_off = 0;
+  bool data_mode = false;
+  bool close_after_send = false;
+  char buf[4096];
+  __kernel_timespec ts{};
+
+  void Start() {
+    const Fault f = listener->fault();
+    switch (f.kind) {
+      case Fault::Kind::kTempfail:
+        out = "421 4.3.2 farm fault: try later\r\n";
+        close_after_send = true;
+        return Send();
+      case Fault::Kind::kBlackhole:
+        return Recv();  // never answer; wait for the client to give up
+      case Fault::Kind::kReset: {
+        linger l{1, 0};  // close with RST instead of FIN
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        return Close();
+      }
+      case Fault::Kind::kSlow: {
+        ts.tv_sec = f.slow_ms / 1000;
+        ts.tv_nsec = (f.slow_ms % 1000) * 1'000'000LL;
+        io_uring_sqe* sqe = farm->loop->Sqe();
+        io_uring_prep_timeout(sqe, &ts, 0, 0);
+        Loop::SetCompletion(sqe, &timer_done);
+        return;
+      }
+      default:
+        out = farm->banner;
+        return Send();
+    }
+  }
+  void OnTimer(int, uint32_t) {
+    out = farm->banner;
+    Send();
+  }
+  void Recv() {
+    io_uring_sqe* sqe = farm->loop->Sqe();
+    io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
+    Loop::SetCompletion(sqe, &recv_done);
+  }
+  void Send() {
+    io_uring_sqe* sqe = farm->loop->Sqe();
+    io_uring_prep_send(sqe, fd, out.data() + out_off, out.size() - out_off, MSG_NOSIGNAL);
+    Loop::SetCompletion(sqe, &send_done);
+  }
+  void OnSend(int res, uint32_t) {
+    if (res <= 0) return Close();
+    out_off += res;
+    if (out_off < out.size()) return Send();
+    out.clear();
+    out_off = 0;
+    if (close_after_send) return Close();
+    Recv();
+  }
+  void OnRecv(int res, uint32_t) {
+    if (res <= 0) return Close();
+    if (listener->fault().kind == Fault::Kind::kBlackhole) return Recv();
+    in.append(buf, res);
+    size_t start = 0;
+    for (size_t nl; (nl = in.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(in.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      Command(line);
+      if (close_after_send) break;
+    }
+    in.erase(0, start);
+    if (in.size() > 65536) {
+      out += "500 5.5.2 line too long\r\n";
+      close_after_send = true;
+    }
+    if (!out.empty()) return Send();
+    if (close_after_send) return Close();
+    Recv();
+  }
+  void Command(std::string_view line) {
+    if (data_mode) {
+      if (line == ".") {
+        data_mode = false;
+        listener->messages.fetch_add(1, std::memory_order_relaxed);
+        out += "250 2.0.0 queued\r\n";
+      }
+      return;
+    }
+    std::string verb = ToLower(line.substr(0, 4));
+    if (verb == "ehlo") {
+      out += StrCat("250-", farm->options.hostname, "\r\n250 PIPELINING\r\n");
+    } else if (verb == "helo") {
+      out += StrCat("250 ", farm->options.hostname, "\r\n");
+    } else if (verb == "mail" || verb == "rcpt" || verb == "rset" || verb == "noop") {
+      out += "250 2.0.0 ok\r\n";
+    } else if (verb == "data") {
+      data_mode = true;
+      out += "354 go ahead\r\n";
+    } else if (verb == "quit") {
+      listener->quits.fetch_add(1, std::memory_order_relaxed);
+      out += "221 2.0.0 bye\r\n";
+      close_after_send = true;
+    } else {
+      out += "502 5.5.2 command not recognized\r\n";
+    }
+  }
+  void Close() {
+    close(fd);
+    listener->current.fetch_sub(1, std::memory_order_relaxed);
+    farm->conns.erase(this);
+    delete this;
+  }
+  MemberCompletion<Conn, &Conn::OnRecv> recv_done{this};
+  MemberCompletion<Conn, &Conn::OnSend> send_done{this};
+  MemberCompletion<Conn, &Conn::OnTimer> timer_done{this};
+};
+
+void Listener::OnAccept(int res, uint32_t) {
+  accept_armed = false;
+  if (res == -ECANCELED || farm->stopping.load()) {
+    if (fault().kind == Fault::Kind::kRefuse && fd >= 0) {
+      shutdown(fd, SHUT_RDWR);
+      close(fd);
+      fd = -1;
+    }
+    return;
+  }
+  if (res >= 0) {
+    int one = 1;
+    setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    total.fetch_add(1, std::memory_order_relaxed);
+    const int64_t now = current.fetch_add(1, std::memory_order_relaxed) + 1;
+    int64_t p = peak.load(std::memory_order_relaxed);
+    while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+    }
+    auto* c = new Conn(farm, this, res);
+    farm->conns.insert(c);
+    c->Start();
+  }
+  // Errors such as EMFILE: keep accepting; the backlog holds the rest.
+  ArmAccept();
+}
+
+Listener* Farm::Impl::ListenerFor(const IpAddress& a) {
+  for (auto& l : listeners) {
+    if (l->endpoint.address == a) return l.get();
+  }
+  return nullptr;
+}
+
+void Farm::Impl::ApplyFaultChanges() {
+  std::vector<std::pair<IpAddress, Fault>> changes;
+  {
+    MutexLock lock(&mu);
+    changes.swap(fault_changes);
+  }
+  for (const auto& [addr, fault] : changes) {
+    for (auto& l : listeners) {
+      if (!(l->endpoint.address == addr)) continue;
+      l->fault_kind.store(static_cast<uint8_t>(fault.kind));
+      l->slow_ms.store(fault.slow_ms);
+      l->Reconcile();
+    }
+  }
+}
+
+void Farm::Impl::Run(std::promise<absl::Status>* ready) {
+  auto created = Loop::Create(8192);
+  if (!created.ok()) {
+    ready->set_value(created.status());
+    return;
+  }
+  {
+    MutexLock lock(&mu);
+    loop = *std::move(created);
+  }
+  for (auto& l : listeners) {
+    if (l->fault().kind == Fault::Kind::kRefuse) continue;
+    std::string error;
+    l->fd = OpenListener(l->endpoint, &error);
+    if (l->fd < 0) {
+      ready->set_value(absl::UnavailableError(error));
+      return;
+    }
+    l->ArmAccept();
+  }
+  ready->set_value(absl::OkStatus());
+  while (!stopping.load(std::memory_order_acquire)) {
+    loop->RunOnce(-1);
+    ApplyFaultChanges();
+  }
+  // Stop listening now, not when the ring's teardown drops its last file reference: a
+  // pending accept keeps a listening socket alive (and its port bound) after close(), even
+  // after the process exits. shutdown() takes it out of LISTEN at once.
+  for (auto& l : listeners) {
+    if (l->fd >= 0) {
+      shutdown(l->fd, SHUT_RDWR);
+      close(l->fd);
+    }
+    l->fd = -1;
+  }
+  for (Conn* c : conns) {
+    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd);
+    c->listener->current.fetch_sub(1);
+  }
+  {
+    MutexLock lock(&mu);  // Stop()/SetFault() may be calling loop->Wake() right now
+    loop.reset();         // cancels every outstanding operation before the Conns go
+  }
+  for (Conn* c : conns) delete c;
+  conns.clear();
+}
+
+Farm::Farm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
+  if (options.listen.empty()) return absl::InvalidArgumentError("farm: nothing to listen on");
+  auto impl = std::make_unique<Impl>();
+  impl->banner = StrCat("220 ", options.hostname, " ESMTP mxsched farm\r\n");
+  for (const Endpoint& ep : options.listen) {
+    if (!ep.address.IsLoopback()) {
+      return absl::InvalidArgumentError(StrCat("farm: ", ep.ToString(), " is not loopback"));
+    }
+    auto l = std::make_unique<Listener>();
+    l->farm = impl.get();
+    l->endpoint = ep;
+    for (const auto& [addr, fault] : options.faults) {
+      if (addr == ep.address) {
+        l->fault_kind.store(static_cast<uint8_t>(fault.kind));
+        l->slow_ms.store(fault.slow_ms);
+      }
+    }
+    impl->listeners.push_back(std::move(l));
+  }
+  impl->options = std::move(options);
+  std::promise<absl::Status> ready;
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw, &ready] { raw->Run(&ready); });
+  absl::Status status = ready.get_future().get();
+  std::unique_ptr<Farm> farm(new Farm(std::move(impl)));
+  if (!status.ok()) {
+    farm->Stop();
+    return status;
+  }
+  return farm;
+}
+
+Farm::~Farm() { Stop(); }
+
+void Farm::Stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->stopping.store(true, std::memory_order_release);
+  {
+    MutexLock lock(&impl_->mu);
+    if (impl_->loop) impl_->loop->Wake();
+  }
+  impl_->thread.join();
+}
+
+void Farm::SetFault(const IpAddress& address, Fault fault) {
+  MutexLock lock(&impl_->mu);
+  impl_->fault_changes.emplace_back(address, fault);
+  if (impl_->loop) impl_->loop->Wake();
+}
+
+std::vector<FarmAddressStats> Farm::Stats() const {
+  std::vector<FarmAddressStats> out;
+  for (const auto& l : impl_->listeners) {
+    out.push_back({l->endpoint, l->fault(), l->total.load(), l->quits.load(), l->messages.load(),
+                   l->current.load(), l->peak.load()});
+  }
+  return out;
+}
+
+void Farm::ResetCounters() {
+  for (auto& l : impl_->listeners) {
+    l->total = 0;
+    l->quits = 0;
+    l->messages = 0;
+    l->peak = l->current.load();
+  }
+}
+
+std::string Farm::StatsJson() const {
+  JsonWriter w;
+  uint64_t total = 0;
+  int64_t peak = 0;
+  w.BeginObject().Key("addresses").BeginArray();
+  for (const FarmAddressStats& s : Stats()) {
+    total += s.total;
+    peak = std::max(peak, s.peak);
+    w.BeginObject()
+        .Field("address", s.endpoint.ToString())
+        .Field("fault", s.fault.ToString())
+        .Field("total", s.total)
+        .Field("quits", s.quits)
+        .Field("messages", s.messages)
+        .Field("current", s.current)
+        .Field("peak", s.peak)
+        .EndObject();
+  }
+  w.EndArray().Field("total", total).Field("max_peak", peak).EndObject();
+  return w.str();
+}
+
+}  // namespace mxsched::io

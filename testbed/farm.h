@@ -1,0 +1,90 @@
+// Farm: an io_uring SMTP sink listening on many loopback addresses, with injectable faults
+// and per-address counters — the peer for tests, `mxsched load` and the demo.
+//
+// Each accepted connection gets a greeting ("220 <hostname> ESMTP"), then a minimal SMTP
+// dialogue: EHLO/HELO, MAIL, RCPT, DATA ... ".", RSET, NOOP answered 250 (354 for DATA),
+// QUIT answered 221 and closed, anything else 502. Faults, per address:
+//   refuse      nothing listens: connects are refused
+//   blackhole   connections are accepted and never answered (the client's banner timeout)
+//   tempfail    "421 4.3.2 farm fault: try later" then close
+//   slow:MS     the greeting comes after MS milliseconds
+//   reset       the connection is accepted, then reset (RST) before any greeting
+// Faults can change while the farm runs (SetFault), so tests can make a host flap.
+//
+// Thread-safety: Start() runs the farm on its own thread. Stats(), StatsJson(), SetFault()
+// and Stop() are safe from any thread.
+#ifndef MXSCHED_TESTBED_FARM_H_
+#define MXSCHED_TESTBED_FARM_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mxsched/base/mutex.h"
+#include "mxsched/base/endpoint.h"
+
+namespace mxsched::io {
+
+struct Fault {
+  enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow, kReset };
+  Kind kind = Kind::kNone;
+  int slow_ms = 0;
+  std::string ToString() const;
+};
+
+// "127.0.1.1-127.0.1.64:2525", "127.0.0.9:2525" or "[::1]:2525". IPv4 ranges at most 65,536
+// addresses; loopback only (127.0.0.0/8, ::1) — the farm is a test peer, not a server.
+absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec);
+// "ADDR=refuse|blackhole|tempfail|reset|slow:MS" (ADDR without brackets for IPv6).
+absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec);
+
+// A TCP port free on 127.0.0.1 right now (bound with port 0, then released), for farms and
+// tests that need one port across many loopback addresses.
+uint16_t FreeLoopbackPort();
+
+struct FarmOptions {
+  std::vector<Endpoint> listen;
+  std::vector<std::pair<IpAddress, Fault>> faults;  // applies to every port of the address
+  std::string hostname = "farm.mxsched.test";
+};
+
+struct FarmAddressStats {
+  Endpoint endpoint;
+  Fault fault;
+  uint64_t total = 0;     // connections accepted
+  uint64_t quits = 0;     // sessions that ended with QUIT
+  uint64_t messages = 0;  // DATA transactions completed
+  int64_t current = 0;    // open now
+  int64_t peak = 0;       // highest concurrent, server-side
+};
+
+class Farm {
+ public:
+  static absl::StatusOr<std::unique_ptr<Farm>> Start(FarmOptions options);
+  ~Farm();
+  Farm(const Farm&) = delete;
+  Farm& operator=(const Farm&) = delete;
+
+  // Stops accepting, closes every connection and joins the thread. Idempotent.
+  void Stop();
+  void SetFault(const IpAddress& address, Fault fault);
+  std::vector<FarmAddressStats> Stats() const;
+  std::string StatsJson() const;
+  // Zeroes peaks (to the current count) and totals, e.g. between scenarios.
+  void ResetCounters();
+
+  struct Impl;
+
+ private:
+  explicit Farm(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_TESTBED_FARM_H_

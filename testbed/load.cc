@@ -1,0 +1,403 @@
+#include "testbed/load.h"
+
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "testbed/json.h"
+#include "mxsched/io/resolver.h"
+#include "mxsched/base/strings.h"
+
+namespace mxsched::io {
+namespace {
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct Shared {
+  const LoadOptions* options;
+  std::atomic<int64_t> next{0}, done{0}, connected{0}, deferred{0}, failed{0};
+  int64_t deadline_nanos = 0;
+};
+
+class Worker;
+
+// The part of a session after the connection is ready: hold, then the dialogue (QUIT, or a
+// whole message transaction like smtp-source's), one command at a time, each reply read in
+// full (multi-line aware), the whole dialogue under one 30 s deadline; then close, release.
+struct Hold {
+  Hold(Worker* w, ConnectResult c) : worker(w), conn(std::move(c)) {}
+  Worker* worker;
+  ConnectResult conn;
+  int pending = 0;
+  size_t step = 0;
+  size_t sent = 0;
+  std::string reply;
+  __kernel_timespec hold_ts{}, reply_ts{};
+  char buf[512];
+
+  void Start();
+  void OnHold(int, uint32_t);
+  void Send();
+  void OnSent(int res, uint32_t);
+  void Recv();
+  void OnReply(int res, uint32_t);
+  void OnTimer(int, uint32_t);
+  void End();
+
+  MemberCompletion<Hold, &Hold::OnHold> hold_done{this};
+  MemberCompletion<Hold, &Hold::OnSent> sent_done{this};
+  MemberCompletion<Hold, &Hold::OnReply> reply_done{this};
+  MemberCompletion<Hold, &Hold::OnTimer> timer_done{this};
+  bool ended = false;
+  bool timer_fired = false;
+};
+
+class Worker {
+ public:
+  Worker(Shared* shared, Selector* selector, std::shared_ptr<const Config> config, int concurrency)
+      : shared_(shared), selector_(selector), config_(std::move(config)),
+        concurrency_(concurrency) {}
+
+  absl::Status Run() {
+    const LoadOptions& opts = *shared_->options;
+    if (opts.message_bytes >= 0) {  // the transaction smtp-source runs
+      dialogue_ = {"EHLO load.mxsched.test\r\n", "MAIL FROM:<load@mxsched.test>\r\n",
+                   "RCPT TO:<rcpt@example.test>\r\n", "DATA\r\n"};
+      std::string body = "From: <load@mxsched.test>\r\nTo: <rcpt@example.test>\r\n"
+                         "Subject: mxsched load\r\n\r\n";
+      while (body.size() < static_cast<size_t>(opts.message_bytes)) {
+        body += "La-la-la mxsched load test body line.\r\n";
+      }
+      dialogue_.push_back(body + ".\r\n");
+    }
+    dialogue_.push_back("QUIT\r\n");
+    auto loop = Loop::Create(4096);
+    if (!loop.ok()) return loop.status();
+    loop_ = *std::move(loop);
+    connector_ = std::make_unique<Connector>(loop_.get(), selector_, config_,
+                                             shared_->options->connector);
+    const LoadOptions& o = *shared_->options;
+    if (o.dns_cache != nullptr) {
+      auto client = DnsClient::Create(loop_.get(), o.dns_cache, o.dns_server);
+      if (!client.ok()) return client.status();
+      dns_ = *std::move(client);
+      dns_->SetOnChange([this] { connector_->OnRoutesChanged(); });
+    }
+    StartMore();
+    while (in_flight_ > 0 || connector_->in_flight() > 0) loop_->RunOnce(-1);
+    // Let cancelled timers' completions drain so no session object outlives the loop.
+    for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
+    }
+    connector_.reset();
+    dns_.reset();
+    return absl::OkStatus();
+  }
+
+  void StartMore() {
+    // A session can end inside Connect() (an immediate deferral calls back synchronously),
+    // which calls StartMore again: without this guard, thousands of instant deferrals nest
+    // that deep (AddressSanitizer caught the stack overflow). The outer loop carries on.
+    if (starting_) return;
+    starting_ = true;
+    StartLoop();
+    starting_ = false;
+  }
+
+  void StartLoop() {
+    const LoadOptions& o = *shared_->options;
+    while (in_flight_ < concurrency_) {
+      if (NowNanos() >= shared_->deadline_nanos) return;
+      const int64_t i = shared_->next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= o.sessions) return;
+      ++in_flight_;
+      connector_->Connect(o.domains[i % o.domains.size()],
+                          [this](ConnectResult r) { OnConnected(std::move(r)); });
+    }
+  }
+
+  void OnConnected(ConnectResult r) {
+    if (r.kind == ConnectResult::Kind::kConnected) {
+      latencies_.push_back(r.elapsed_nanos);
+      ++hosts_[r.lease.endpoint().ToString()];
+      auto* h = new Hold(this, std::move(r));
+      h->Start();
+      return;
+    }
+    std::string kind;
+    if (r.kind == ConnectResult::Kind::kDeferred) {
+      kind = r.defer_reason ? std::string(DeferReasonName(*r.defer_reason))
+                            : std::string(r.last_outcome ? OutcomeName(*r.last_outcome) : "?");
+      ++deferrals_[kind];
+      shared_->deferred.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      kind = r.defer_reason ? std::string(DeferReasonName(*r.defer_reason))
+                            : std::string(r.last_outcome ? OutcomeName(*r.last_outcome) : "?");
+      ++failures_[kind];
+      shared_->failed.fetch_add(1, std::memory_order_relaxed);
+    }
+    examples_.try_emplace(kind, r.reason);
+    SessionEnded();
+  }
+
+  void SessionEnded() {
+    shared_->done.fetch_add(1, std::memory_order_relaxed);
+    --in_flight_;
+    StartMore();
+  }
+
+  Loop* loop() { return loop_.get(); }
+  const LoadOptions& options() const { return *shared_->options; }
+  const std::vector<std::string>& dialogue() const { return dialogue_; }
+  Shared* shared() { return shared_; }
+
+  std::vector<int64_t> latencies_;
+  std::map<std::string, int64_t> hosts_, deferrals_, failures_;
+  std::map<std::string, std::string> examples_;
+
+ private:
+  Shared* shared_;
+  Selector* selector_;
+  std::shared_ptr<const Config> config_;
+  int concurrency_;
+  int in_flight_ = 0;
+  bool starting_ = false;
+  std::unique_ptr<Loop> loop_;
+  std::unique_ptr<Connector> connector_;
+  std::unique_ptr<DnsClient> dns_;
+  std::vector<std::string> dialogue_;
+};
+
+void Hold::Start() {
+  // One deadline for the whole dialogue (not a linked timeout per read: half the SQEs).
+  reply_ts = {30, 0};
+  io_uring_sqe* dl = worker->loop()->Sqe();
+  io_uring_prep_timeout(dl, &reply_ts, 0, 0);
+  Loop::SetCompletion(dl, &timer_done);
+  ++pending;
+  const int ms = worker->options().hold_ms;
+  if (ms <= 0) return Send();
+  hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
+  io_uring_sqe* sqe = worker->loop()->Sqe();
+  io_uring_prep_timeout(sqe, &hold_ts, 0, 0);
+  Loop::SetCompletion(sqe, &hold_done);
+  ++pending;
+}
+
+void Hold::OnHold(int, uint32_t) {
+  --pending;
+  Send();
+}
+
+void Hold::Send() {
+  const std::string& cmd = worker->dialogue()[step];
+  io_uring_sqe* sqe = worker->loop()->Sqe();
+  io_uring_prep_send(sqe, conn.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
+  Loop::SetCompletion(sqe, &sent_done);
+  ++pending;
+}
+
+void Hold::OnSent(int res, uint32_t) {
+  --pending;
+  if (res < 0) return End();
+  sent += res;
+  if (sent < worker->dialogue()[step].size()) return Send();
+  reply.clear();
+  Recv();
+}
+
+void Hold::Recv() {
+  io_uring_sqe* sqe = worker->loop()->Sqe();
+  io_uring_prep_recv(sqe, conn.fd, buf, sizeof(buf), 0);
+  Loop::SetCompletion(sqe, &reply_done);
+  ++pending;
+}
+
+void Hold::OnReply(int res, uint32_t) {
+  --pending;
+  if (res <= 0) return End();
+  reply.append(buf, res);
+  if (reply.size() > 65536) return End();  // a server that never ends its reply
+  // Complete when the last line is "NNN text\r\n" (not "NNN-").
+  if (reply.size() < 2 || reply.back() != '\n') return Recv();
+  const size_t line = reply.rfind('\n', reply.size() - 2);
+  const size_t start = line == std::string::npos ? 0 : line + 1;
+  if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
+  if (++step >= worker->dialogue().size()) return End();
+  sent = 0;
+  Send();
+}
+
+void Hold::OnTimer(int, uint32_t) {
+  --pending;
+  timer_fired = true;
+  if (!ended) {
+    // The deadline passed: shut the socket down so the outstanding read completes.
+    shutdown(conn.fd, SHUT_RDWR);
+    return;
+  }
+  End();
+}
+
+void Hold::End() {
+  if (!ended) {
+    ended = true;
+    if (!timer_fired) {  // cancel the deadline; its completion frees this object
+      io_uring_sqe* sqe = worker->loop()->Sqe();
+      io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done), 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
+    close(conn.fd);
+    conn.fd = -1;
+    conn.lease.Release();  // after close: the slot covers the socket's whole life
+    worker->shared()->connected.fetch_add(1, std::memory_order_relaxed);
+    worker->SessionEnded();
+  }
+  if (pending == 0) delete this;
+}
+
+}  // namespace
+
+absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Config> config,
+                                   const LoadOptions& options) {
+  if (options.domains.empty()) return absl::InvalidArgumentError("load: no domains");
+  if (options.sessions < 0 || options.concurrency < 1 || options.threads < 1) {
+    return absl::InvalidArgumentError("load: sessions >= 0, concurrency >= 1, threads >= 1");
+  }
+  if (!options.dns_server.empty() && options.dns_cache == nullptr) {
+    return absl::InvalidArgumentError("load: a DNS server needs the Selector's DnsCache");
+  }
+  selector.registry().ForEach([](const HostState& h) { const_cast<HostState&>(h).ResetPeak(); });
+  Shared shared;
+  shared.options = &options;
+  const int64_t start = NowNanos();
+  shared.deadline_nanos = start + int64_t{options.max_seconds} * 1'000'000'000;
+  const int threads = std::min<int>(options.threads, options.concurrency);
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int t = 0; t < threads; ++t) {
+    int c = options.concurrency / threads + (t < options.concurrency % threads ? 1 : 0);
+    workers.push_back(std::make_unique<Worker>(&shared, &selector, config, c));
+  }
+  std::vector<absl::Status> status(threads);
+  std::vector<std::thread> pool;
+  std::atomic<int> running{threads};
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      status[t] = workers[t]->Run();
+      running.fetch_sub(1);
+    });
+  }
+  int64_t last = 0;
+  std::vector<int64_t> timeline;
+  int64_t next_sample = start + 250'000'000, last_connected = 0;
+  while (running.load() > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (NowNanos() >= next_sample) {
+      next_sample += 250'000'000;
+      const int64_t c = shared.connected.load();
+      timeline.push_back(c - last_connected);
+      last_connected = c;
+    }
+    if (options.progress &&
+        NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
+      last = NowNanos();
+      options.progress(shared.done.load(), shared.connected.load(), shared.deferred.load(),
+                       shared.failed.load());
+    }
+  }
+  for (auto& th : pool) th.join();
+  for (const auto& s : status) {
+    if (!s.ok()) return s;
+  }
+  LoadReport report;
+  report.seconds = (NowNanos() - start) / 1e9;
+  timeline.push_back(shared.connected.load() - last_connected);
+  report.connected_timeline = std::move(timeline);
+  rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) report.max_rss_kb = ru.ru_maxrss;
+  report.connected = shared.connected.load();
+  report.deferred = shared.deferred.load();
+  report.failed = shared.failed.load();
+  report.sessions = report.connected + report.deferred + report.failed;
+  report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
+  report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
+  std::vector<int64_t> lat;
+  for (auto& w : workers) {
+    lat.insert(lat.end(), w->latencies_.begin(), w->latencies_.end());
+    for (auto& [k, v] : w->hosts_) report.hosts[k].sessions += v;
+    for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
+    for (auto& [k, v] : w->failures_) report.failures[k] += v;
+    for (auto& [k, v] : w->examples_) report.examples.try_emplace(k, v);
+  }
+  selector.registry().ForEach([&](const HostState& h) {
+    auto it = report.hosts.find(h.endpoint().ToString());
+    if (it != report.hosts.end()) it->second.peak = h.peak();
+  });
+  if (!lat.empty()) {
+    std::sort(lat.begin(), lat.end());
+    report.connect_p50_us = lat[lat.size() / 2] / 1000;
+    report.connect_p99_us = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)] / 1000;
+    report.connect_max_us = lat.back() / 1000;
+  }
+  return report;
+}
+
+std::string LoadReport::ToJson() const {
+  JsonWriter w;
+  w.BeginObject()
+      .Field("sessions", sessions)
+      .Field("connected", connected)
+      .Field("deferred", deferred)
+      .Field("failed", failed)
+      .Field("seconds", seconds)
+      .Field("sessions_per_second", sessions_per_second)
+      .Field("connected_per_second", connected_per_second)
+      .Field("connect_p50_us", connect_p50_us)
+      .Field("connect_p99_us", connect_p99_us)
+      .Field("connect_max_us", connect_max_us)
+      .Field("max_rss_kb", max_rss_kb);
+  w.Key("connected_per_250ms").BeginArray();
+  for (int64_t v : connected_timeline) w.Value(v);
+  w.EndArray();
+  w.Key("hosts").BeginObject();
+  for (const auto& [k, h] : hosts) {
+    w.Key(k).BeginObject().Field("sessions", h.sessions).Field("peak", h.peak).EndObject();
+  }
+  w.EndObject();
+  for (auto [name, m] : {std::pair{"deferrals", &deferrals}, std::pair{"failures", &failures}}) {
+    w.Key(name).BeginObject();
+    for (const auto& [k, v] : *m) w.Field(k, v);
+    w.EndObject();
+  }
+  w.Key("examples").BeginObject();
+  for (const auto& [k, v] : examples) w.Field(k, v);
+  w.EndObject().EndObject();
+  return w.str();
+}
+
+std::string LoadReport::ToText() const {
+  std::string s = StrCat("sessions ", sessions, ": connected ", connected, ", deferred ",
+                         deferred, ", failed ", failed, " in ", seconds, " s\n");
+  s += StrCat("rate: ", sessions_per_second, " sessions/s (", connected_per_second,
+              " connected/s); connect latency p50 ", connect_p50_us, " us, p99 ",
+              connect_p99_us, " us, max ", connect_max_us, " us\n");
+  if (!hosts.empty()) s += "per host (sessions, peak concurrent):\n";
+  for (const auto& [k, h] : hosts) s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "\n");
+  for (const auto& [k, v] : deferrals) {
+    s += StrCat("deferred ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
+  }
+  for (const auto& [k, v] : failures) {
+    s += StrCat("failed ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
+  }
+  return s;
+}
+
+}  // namespace mxsched::io
