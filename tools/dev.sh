@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config python3
           liburing-dev libabsl-dev libc-ares-dev libgtest-dev libgmock-dev libbenchmark-dev
-          dnsmasq-base postfix gnuplot-nox clang libclang-rt-14-dev)
+          dnsmasq-base postfix gnuplot-nox clang libclang-rt-14-dev ccache)
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 install_deps() {
@@ -35,8 +35,10 @@ werror() { [ "${CI:-}" = "true" ] && echo ON || echo OFF; }
 # configure_and_build DIR [cmake args...]
 configure_and_build() {
   local dir=$1; shift
+  local launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXSCHED_WERROR="$(werror)" \
-    "$@" >/dev/null
+    "${launcher[@]}" "$@" >/dev/null
   cmake --build "$dir" -j"$(nproc)"
 }
 
