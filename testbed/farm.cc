@@ -24,6 +24,7 @@ std::string Fault::ToString() const {
     case Kind::kTempfail: return "tempfail";
     case Kind::kSlow: return StrCat("slow:", slow_ms);
     case Kind::kReset: return "reset";
+    case Kind::kCap: return StrCat("cap:", slow_ms);
   }
   return "?";
 }
@@ -74,7 +75,7 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
   size_t eq = spec.find('=');
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
-        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS)"));
+        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N)"));
   };
   if (eq == std::string_view::npos) return bad("missing '='");
   auto ip = IpAddress::Parse(spec.substr(0, eq));
@@ -96,6 +97,11 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
     if (!ParseUint(what.substr(5), &ms) || ms > 3'600'000) return bad("slow:MS needs 0..3600000");
     f.kind = Fault::Kind::kSlow;
     f.slow_ms = static_cast<int>(ms);
+  } else if (what.substr(0, 4) == "cap:") {
+    uint64_t n;
+    if (!ParseUint(what.substr(4), &n) || n > 1'000'000) return bad("cap:N needs 0..1000000");
+    f.kind = Fault::Kind::kCap;
+    f.slow_ms = static_cast<int>(n);
   } else {
     return bad("unknown fault");
   }
@@ -167,6 +173,8 @@ struct alignas(64) Listener {
   std::atomic<int> slow_ms{0};
   std::atomic<uint64_t> total{0}, quits{0}, messages{0};
   std::atomic<int64_t> current{0}, peak{0};
+  std::atomic<uint64_t> rejected{0};
+  std::atomic<int64_t> serving{0}, served_peak{0};  // sessions greeted 220 and still open
   Fault fault() const {
     return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()};
   }
@@ -208,6 +216,7 @@ struct Conn {
   size_t out_off = 0;
   bool data_mode = false;
   bool close_after_send = false;
+  bool serving = false;  // counted in listener->serving
   char buf[4096];
   __kernel_timespec ts{};
 
@@ -225,6 +234,17 @@ struct Conn {
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
         return Close();
       }
+      case Fault::Kind::kCap:
+        // The farm runs on one thread: the check and the increment cannot race.
+        if (listener->serving.load(std::memory_order_relaxed) >= f.slow_ms) {
+          listener->rejected.fetch_add(1, std::memory_order_relaxed);
+          out = "421 4.7.0 too many connections from your IP\r\n";
+          close_after_send = true;
+          return Send();
+        }
+        StartServing();
+        out = farm->banner;
+        return Send();
       case Fault::Kind::kSlow: {
         ts.tv_sec = f.slow_ms / 1000;
         ts.tv_nsec = (f.slow_ms % 1000) * 1'000'000LL;
@@ -234,11 +254,20 @@ struct Conn {
         return;
       }
       default:
+        StartServing();
         out = farm->banner;
         return Send();
     }
   }
+  void StartServing() {
+    serving = true;
+    const int64_t now = listener->serving.fetch_add(1, std::memory_order_relaxed) + 1;
+    int64_t p = listener->served_peak.load(std::memory_order_relaxed);
+    while (now > p && !listener->served_peak.compare_exchange_weak(p, now)) {
+    }
+  }
   void OnTimer(int, uint32_t) {
+    StartServing();
     out = farm->banner;
     Send();
   }
@@ -311,6 +340,7 @@ struct Conn {
   void Close() {
     close(fd);
     listener->current.fetch_sub(1, std::memory_order_relaxed);
+    if (serving) listener->serving.fetch_sub(1, std::memory_order_relaxed);
     farm->conns.erase(this);
     delete this;
   }
@@ -407,6 +437,7 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
     shutdown(c->fd, SHUT_RDWR);
     close(c->fd);
     c->listener->current.fetch_sub(1);
+    if (c->serving) c->listener->serving.fetch_sub(1);
   }
   {
     MutexLock lock(&mu);  // Stop()/SetFault() may be calling loop->Wake() right now
@@ -472,7 +503,8 @@ std::vector<FarmAddressStats> Farm::Stats() const {
   std::vector<FarmAddressStats> out;
   for (const auto& l : impl_->listeners) {
     out.push_back({l->endpoint, l->fault(), l->total.load(), l->quits.load(), l->messages.load(),
-                   l->current.load(), l->peak.load()});
+                   l->current.load(), l->peak.load(), l->rejected.load(),
+                   l->served_peak.load()});
   }
   return out;
 }
@@ -483,6 +515,8 @@ void Farm::ResetCounters() {
     l->quits = 0;
     l->messages = 0;
     l->peak = l->current.load();
+    l->rejected = 0;
+    l->served_peak = l->serving.load();
   }
 }
 
@@ -502,6 +536,8 @@ std::string Farm::StatsJson() const {
         .Field("messages", s.messages)
         .Field("current", s.current)
         .Field("peak", s.peak)
+        .Field("rejected", s.rejected)
+        .Field("served_peak", s.served_peak)
         .EndObject();
   }
   w.EndArray().Field("total", total).Field("max_peak", peak).EndObject();

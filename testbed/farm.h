@@ -9,6 +9,9 @@
 //   tempfail    "421 4.3.2 farm fault: try later" then close
 //   slow:MS     the greeting comes after MS milliseconds
 //   reset       the connection is accepted, then reset (RST) before any greeting
+//   cap:N       serves N sessions at once; every connection beyond that is answered
+//               "421 4.7.0 too many connections from your IP" and closed — a receiver that
+//               limits concurrency per sending IP (Yahoo, Microsoft, GMX...)
 // Faults can change while the farm runs (SetFault), so tests can make a host flap.
 //
 // Thread-safety: Start() runs the farm on its own thread. Stats(), StatsJson(), SetFault()
@@ -31,16 +34,16 @@
 namespace mxsched::io {
 
 struct Fault {
-  enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow, kReset };
+  enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow, kReset, kCap };
   Kind kind = Kind::kNone;
-  int slow_ms = 0;
+  int slow_ms = 0;  // kSlow: greeting delay; kCap: sessions served at once
   std::string ToString() const;
 };
 
 // "127.0.1.1-127.0.1.64:2525", "127.0.0.9:2525" or "[::1]:2525". IPv4 ranges at most 65,536
 // addresses; loopback only (127.0.0.0/8, ::1) — the farm is a test peer, not a server.
 absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec);
-// "ADDR=refuse|blackhole|tempfail|reset|slow:MS" (ADDR without brackets for IPv6).
+// "ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N" (ADDR without brackets for IPv6).
 absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec);
 
 // A TCP port free on 127.0.0.1 right now (bound with port 0, then released), for farms and
@@ -60,7 +63,9 @@ struct FarmAddressStats {
   uint64_t quits = 0;     // sessions that ended with QUIT
   uint64_t messages = 0;  // DATA transactions completed
   int64_t current = 0;    // open now
-  int64_t peak = 0;       // highest concurrent, server-side
+  int64_t peak = 0;       // highest concurrent, server-side (every accepted connection)
+  uint64_t rejected = 0;  // cap:N — connections answered 421 "too many connections"
+  int64_t served_peak = 0;  // highest number of sessions served (greeted 220) at once
 };
 
 class Farm {

@@ -3,7 +3,7 @@
 //   mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...
 //   mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N
 //                 --concurrency C [--threads T] [--hold-ms H] [--json OUT]
-//   mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|slow:MS]
+//   mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N]
 //                 [--stats FILE] [--max-seconds S]
 //
 // Exit codes: 0 success, 1 a domain has no usable route (route) or an I/O problem,
@@ -32,7 +32,7 @@ constexpr char kUsage[] =
     "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
     "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
     "                [--banner-timeout-ms MS] [--wait-ms MS] [--message BYTES]\n"
-    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS]\n"
+    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N]\n"
     "                [--flap ADDR=MS] [--stats FILE] [--max-seconds S]\n"
     "  mxsched demo  [--seconds S] [--out DIR]\n";
 
