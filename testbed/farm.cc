@@ -521,27 +521,23 @@ void Farm::ResetCounters() {
 }
 
 std::string Farm::StatsJson() const {
-  JsonWriter w;
   uint64_t total = 0;
   int64_t peak = 0;
-  w.BeginObject().Key("addresses").BeginArray();
+  nlohmann::json addresses = nlohmann::json::array();
   for (const FarmAddressStats& s : Stats()) {
     total += s.total;
     peak = std::max(peak, s.peak);
-    w.BeginObject()
-        .Field("address", s.endpoint.ToString())
-        .Field("fault", s.fault.ToString())
-        .Field("total", s.total)
-        .Field("quits", s.quits)
-        .Field("messages", s.messages)
-        .Field("current", s.current)
-        .Field("peak", s.peak)
-        .Field("rejected", s.rejected)
-        .Field("served_peak", s.served_peak)
-        .EndObject();
+    addresses.push_back({{"address", s.endpoint.ToString()},
+                         {"fault", s.fault.ToString()},
+                         {"total", s.total},
+                         {"quits", s.quits},
+                         {"messages", s.messages},
+                         {"current", s.current},
+                         {"peak", s.peak},
+                         {"rejected", s.rejected},
+                         {"served_peak", s.served_peak}});
   }
-  w.EndArray().Field("total", total).Field("max_peak", peak).EndObject();
-  return w.str();
+  return DumpJson({{"addresses", std::move(addresses)}, {"total", total}, {"max_peak", peak}});
 }
 
 }  // namespace mxsched::io

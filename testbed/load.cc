@@ -351,36 +351,24 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Con
 }
 
 std::string LoadReport::ToJson() const {
-  JsonWriter w;
-  w.BeginObject()
-      .Field("sessions", sessions)
-      .Field("connected", connected)
-      .Field("deferred", deferred)
-      .Field("failed", failed)
-      .Field("seconds", seconds)
-      .Field("sessions_per_second", sessions_per_second)
-      .Field("connected_per_second", connected_per_second)
-      .Field("connect_p50_us", connect_p50_us)
-      .Field("connect_p99_us", connect_p99_us)
-      .Field("connect_max_us", connect_max_us)
-      .Field("max_rss_kb", max_rss_kb);
-  w.Key("connected_per_250ms").BeginArray();
-  for (int64_t v : connected_timeline) w.Value(v);
-  w.EndArray();
-  w.Key("hosts").BeginObject();
-  for (const auto& [k, h] : hosts) {
-    w.Key(k).BeginObject().Field("sessions", h.sessions).Field("peak", h.peak).EndObject();
-  }
-  w.EndObject();
-  for (auto [name, m] : {std::pair{"deferrals", &deferrals}, std::pair{"failures", &failures}}) {
-    w.Key(name).BeginObject();
-    for (const auto& [k, v] : *m) w.Field(k, v);
-    w.EndObject();
-  }
-  w.Key("examples").BeginObject();
-  for (const auto& [k, v] : examples) w.Field(k, v);
-  w.EndObject().EndObject();
-  return w.str();
+  nlohmann::json host_json = nlohmann::json::object();
+  for (const auto& [k, h] : hosts) host_json[k] = {{"sessions", h.sessions}, {"peak", h.peak}};
+  return DumpJson({{"sessions", sessions},
+                   {"connected", connected},
+                   {"deferred", deferred},
+                   {"failed", failed},
+                   {"seconds", seconds},
+                   {"sessions_per_second", sessions_per_second},
+                   {"connected_per_second", connected_per_second},
+                   {"connect_p50_us", connect_p50_us},
+                   {"connect_p99_us", connect_p99_us},
+                   {"connect_max_us", connect_max_us},
+                   {"max_rss_kb", max_rss_kb},
+                   {"connected_per_250ms", connected_timeline},
+                   {"hosts", std::move(host_json)},
+                   {"deferrals", deferrals},
+                   {"failures", failures},
+                   {"examples", examples}});
 }
 
 std::string LoadReport::ToText() const {

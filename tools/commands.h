@@ -1,18 +1,53 @@
-// The mxsched subcommands. Each takes its arguments (after the command name) and returns the
-// process exit code: 0 success, 1 the operation ran but found a problem, 2 usage/config error.
+// The mxsched subcommands and how they plug into the command line (CLI11, Debian
+// libcli11-dev: per-subcommand --help with defaults, --version and errors that name the flag,
+// which ~250 lines of hand-written argument loops did not give).
+//
+// Each subcommand has one SetUp function that declares its flags on the CLI11 subcommand it
+// is given — each flag bound to a variable the function owns (a shared_ptr'd struct captured
+// by the returned closure) — and returns the closure that runs the command once the command
+// line has parsed. The closure returns the process exit code: 0 success, 1 the operation ran
+// but found a problem, 2 usage or configuration error. main() (tools/mxsched.cc) walks
+// kCommands, so:
+//   - a new flag: one `sub.add_option(...)` line in that command's SetUp function (give it a
+//     description; defaults are shown by --help automatically);
+//   - a new subcommand: write `CommandRun SetUpFooCommand(CLI::App& sub)` in its own
+//     tools/foo.cc, declare it below, add a row to kCommands, add the file to the
+//     mxsched_cli target in CMakeLists.txt.
+// Not thread-safe: everything here runs on the main thread.
 #ifndef MXSCHED_TOOLS_COMMANDS_H_
 #define MXSCHED_TOOLS_COMMANDS_H_
 
+#include <functional>
 #include <string_view>
-#include <vector>
+
+#include "CLI/CLI.hpp"
 
 namespace mxsched::tools {
 
-using Args = std::vector<std::string_view>;
-int RouteCommand(const Args& args);
-int FarmCommand(const Args& args);
-int LoadCommand(const Args& args);
-int DemoCommand(const Args& args);
+using CommandRun = std::function<int()>;
+
+CommandRun SetUpRouteCommand(CLI::App& sub);
+CommandRun SetUpLoadCommand(CLI::App& sub);
+CommandRun SetUpFarmCommand(CLI::App& sub);
+CommandRun SetUpDemoCommand(CLI::App& sub);
+
+struct CommandEntry {
+  const char* name;
+  const char* description;  // one line, shown by `mxsched --help`
+  CommandRun (*set_up)(CLI::App& sub);
+};
+
+inline constexpr CommandEntry kCommands[] = {
+    {"route", "Show how domains route: tiers, hosts, limits, state", SetUpRouteCommand},
+    {"load", "Run sessions against real SMTP servers and report rate, latency, outcomes",
+     SetUpLoadCommand},
+    {"farm", "Run an SMTP sink on loopback addresses with injectable faults (a test peer)",
+     SetUpFarmCommand},
+    {"demo", "Measure a global route against MX spread on an in-process farm",
+     SetUpDemoCommand},
+};
+
+// Prints "mxsched: WHY" to stderr and returns 2 (a usage error found after parsing).
 int UsageError(std::string_view why);
 // Raises RLIMIT_NOFILE's soft limit to the hard limit (load and farm hold many sockets).
 void RaiseFdLimit();

@@ -15,6 +15,7 @@
 #include "testbed/farm.h"
 #include "testbed/load.h"
 #include "mxsched/base/strings.h"
+#include "testbed/json.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
@@ -53,22 +54,14 @@ std::string SpreadConfig(uint16_t port) {
   return c;
 }
 
-}  // namespace
-
-int DemoCommand(const Args& args) {
+struct DemoFlags {
   int seconds = 4;
   std::string out = "mxsched-demo";
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--seconds" && i + 1 < args.size()) {
-      uint64_t v;
-      if (!ParseUint(args[++i], &v) || v < 1 || v > 60) return UsageError("demo: --seconds 1..60");
-      seconds = static_cast<int>(v);
-    } else if (args[i] == "--out" && i + 1 < args.size()) {
-      out = args[++i];
-    } else {
-      return UsageError(StrCat("demo: unknown option ", args[i]));
-    }
-  }
+};
+
+int RunDemo(const DemoFlags& f) {
+  const int seconds = f.seconds;
+  const std::string& out = f.out;
   RaiseFdLimit();
   const uint16_t port = io::FreeLoopbackPort();
   io::FarmOptions fo;
@@ -161,12 +154,10 @@ int DemoCommand(const Args& args) {
 
   mkdir(out.c_str(), 0755);
   {
+    nlohmann::json doc = nlohmann::json::object();
+    for (const Scenario& sc : scenarios) doc[sc.name] = nlohmann::json::parse(sc.report.ToJson());
     std::ofstream json(out + "/demo.json");
-    json << "{";
-    for (size_t i = 0; i < scenarios.size(); ++i) {
-      json << (i ? "," : "") << "\"" << scenarios[i].name << "\":" << scenarios[i].report.ToJson();
-    }
-    json << "}\n";
+    json << DumpJson(doc) << "\n";
     std::ofstream csv(out + "/demo.csv");
     csv << "seconds,global route,MX spread\n";
     const auto& a = scenarios[0].report.connected_timeline;
@@ -189,6 +180,16 @@ int DemoCommand(const Args& args) {
   std::printf("\nwrote %s/demo.json, %s/demo.csv%s\n", out.c_str(), out.c_str(),
               png ? StrCat(", ", out, "/demo.png").c_str() : " (install gnuplot-nox for demo.png)");
   return 0;
+}
+
+}  // namespace
+
+CommandRun SetUpDemoCommand(CLI::App& sub) {
+  auto f = std::make_shared<DemoFlags>();
+  sub.add_option("--seconds", f->seconds, "Run time of each scenario")->check(CLI::Range(1, 60));
+  sub.add_option("--out", f->out, "Directory for demo.json, demo.csv and demo.png")
+      ->type_name("DIR");
+  return [f] { return RunDemo(*f); };
 }
 
 }  // namespace mxsched::tools

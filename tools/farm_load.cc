@@ -30,15 +30,6 @@ bool WriteFile(const std::string& path, const std::string& text) {
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-bool ParseInt(std::string_view s, int64_t lo, int64_t hi, int64_t* out) {
-  uint64_t v;
-  if (!ParseUint(s, &v) || static_cast<int64_t>(v) < lo || static_cast<int64_t>(v) > hi) {
-    return false;
-  }
-  *out = static_cast<int64_t>(v);
-  return true;
-}
-
 }  // namespace
 
 void RaiseFdLimit() {
@@ -57,44 +48,40 @@ const volatile bool* InstallStopSignals() {
   return &g_stop;
 }
 
-int FarmCommand(const Args& args) {
-  io::FarmOptions options;
-  std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
+namespace {
+
+struct FarmFlags {
+  std::vector<std::string> listen, faults, flaps;
   std::string stats_path;
   int64_t max_seconds = 600;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view a = args[i];
-    const bool has_value = i + 1 < args.size();
-    if (a == "--listen" && has_value) {
-      auto eps = io::ParseListenSpec(args[++i]);
-      if (!eps.ok()) return UsageError(ToStd(eps.status().message()));
-      options.listen.insert(options.listen.end(), eps->begin(), eps->end());
-    } else if (a == "--fault" && has_value) {
-      auto f = io::ParseFaultSpec(args[++i]);
-      if (!f.ok()) return UsageError(ToStd(f.status().message()));
-      options.faults.push_back(*f);
-    } else if (a == "--flap" && has_value) {
-      // ADDR=MS: the address alternates between refusing and serving every MS ms.
-      std::string_view spec = args[++i];
-      size_t eq = spec.find('=');
-      int64_t ms = 0;
-      auto ip = IpAddress::Parse(spec.substr(0, eq == std::string_view::npos ? 0 : eq));
-      if (eq == std::string_view::npos || !ip.ok() ||
-          !ParseInt(spec.substr(eq + 1), 10, 3'600'000, &ms)) {
-        return UsageError(StrCat("farm: --flap \"", spec, "\": want ADDR=MS (10..3600000)"));
-      }
-      flaps.emplace_back(*ip, ms);
-    } else if (a == "--stats" && has_value) {
-      stats_path = args[++i];
-    } else if (a == "--max-seconds" && has_value) {
-      if (!ParseInt(args[++i], 1, 86400, &max_seconds)) {
-        return UsageError("farm: --max-seconds takes 1..86400");
-      }
-    } else {
-      return UsageError(StrCat("farm: unknown or incomplete option ", a));
-    }
+};
+
+int RunFarm(const FarmFlags& f) {
+  io::FarmOptions options;
+  std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
+  const std::string& stats_path = f.stats_path;
+  const int64_t max_seconds = f.max_seconds;
+  for (const std::string& spec : f.listen) {
+    auto eps = io::ParseListenSpec(spec);
+    if (!eps.ok()) return UsageError(StrCat("farm: --listen: ", eps.status().message()));
+    options.listen.insert(options.listen.end(), eps->begin(), eps->end());
   }
-  if (options.listen.empty()) return UsageError("farm: give at least one --listen");
+  for (const std::string& spec : f.faults) {
+    auto fault = io::ParseFaultSpec(spec);
+    if (!fault.ok()) return UsageError(StrCat("farm: --fault: ", fault.status().message()));
+    options.faults.push_back(*fault);
+  }
+  for (std::string_view spec : f.flaps) {
+    // ADDR=MS: the address alternates between refusing and serving every MS ms.
+    size_t eq = spec.find('=');
+    uint64_t ms = 0;
+    auto ip = IpAddress::Parse(spec.substr(0, eq == std::string_view::npos ? 0 : eq));
+    if (eq == std::string_view::npos || !ip.ok() || !ParseUint(spec.substr(eq + 1), &ms) ||
+        ms < 10 || ms > 3'600'000) {
+      return UsageError(StrCat("farm: --flap \"", spec, "\": want ADDR=MS (10..3600000)"));
+    }
+    flaps.emplace_back(*ip, static_cast<int64_t>(ms));
+  }
   RaiseFdLimit();
   const volatile bool* stop = InstallStopSignals();
   auto farm = io::Farm::Start(options);
@@ -137,71 +124,28 @@ int FarmCommand(const Args& args) {
   return 0;
 }
 
-int LoadCommand(const Args& args) {
-  std::string config_path, json_path;
+struct LoadFlags {
+  std::string config_path, json_path, domains;
   io::LoadOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view a = args[i];
-    const bool has_value = i + 1 < args.size();
-    int64_t v = 0;
-    auto number = [&](int64_t lo, int64_t hi) {
-      return has_value && ParseInt(args[++i], lo, hi, &v);
-    };
-    if (a == "--config" && has_value) {
-      config_path = args[++i];
-    } else if (a == "--dns" && has_value) {
-      o.dns_server = args[++i];
-    } else if (a == "--domains" && has_value) {
-      std::string_view list = args[++i];
-      std::string file_text;
-      if (!list.empty() && list[0] == '@') {  // @FILE: one domain per line (or commas)
-        std::ifstream in{std::string(list.substr(1))};
-        if (!in) return UsageError(StrCat("load: cannot read ", list.substr(1)));
-        file_text.assign(std::istreambuf_iterator<char>(in), {});
-        for (char& c : file_text) c = (c == '\n' || c == '\r') ? ',' : c;
-        list = file_text;
-      }
-      for (std::string_view d : Split(list, ',')) {
-        if (!d.empty()) o.domains.emplace_back(d);
-      }
-    } else if (a == "--json" && has_value) {
-      json_path = args[++i];
-    } else if (a == "--sessions") {
-      if (!number(0, int64_t{1} << 40)) return UsageError("load: --sessions takes a count");
-      o.sessions = v;
-    } else if (a == "--concurrency") {
-      if (!number(1, 1'000'000)) return UsageError("load: --concurrency takes 1..1000000");
-      o.concurrency = static_cast<int>(v);
-    } else if (a == "--threads") {
-      if (!number(1, 256)) return UsageError("load: --threads takes 1..256");
-      o.threads = static_cast<int>(v);
-    } else if (a == "--hold-ms") {
-      if (!number(0, 3'600'000)) return UsageError("load: --hold-ms takes 0..3600000");
-      o.hold_ms = static_cast<int>(v);
-    } else if (a == "--max-seconds") {
-      if (!number(1, 86400)) return UsageError("load: --max-seconds takes 1..86400");
-      o.max_seconds = static_cast<int>(v);
-    } else if (a == "--max-attempts") {
-      if (!number(1, 100)) return UsageError("load: --max-attempts takes 1..100");
-      o.connector.max_attempts = static_cast<int>(v);
-    } else if (a == "--message") {
-      if (!number(0, 10'000'000)) return UsageError("load: --message takes a byte count");
-      o.message_bytes = static_cast<int>(v);
-    } else if (a == "--wait-ms") {
-      if (!number(0, 3'600'000)) return UsageError("load: --wait-ms takes 0..3600000");
-      o.connector.slot_wait_ms = static_cast<int>(v);
-    } else if (a == "--connect-timeout-ms") {
-      if (!number(1, 3'600'000)) return UsageError("load: --connect-timeout-ms takes 1..3600000");
-      o.connector.connect_timeout_ms = static_cast<int>(v);
-    } else if (a == "--banner-timeout-ms") {
-      if (!number(1, 3'600'000)) return UsageError("load: --banner-timeout-ms takes 1..3600000");
-      o.connector.banner_timeout_ms = static_cast<int>(v);
-    } else {
-      return UsageError(StrCat("load: unknown or incomplete option ", a));
-    }
+};
+
+int RunLoadCommand(LoadFlags& f) {
+  const std::string& config_path = f.config_path;
+  const std::string& json_path = f.json_path;
+  io::LoadOptions& o = f.o;
+  std::string_view list = f.domains;
+  std::string file_text;
+  if (!list.empty() && list[0] == '@') {  // @FILE: one domain per line (or commas)
+    std::ifstream in{std::string(list.substr(1))};
+    if (!in) return UsageError(StrCat("load: --domains: cannot read ", list.substr(1)));
+    file_text.assign(std::istreambuf_iterator<char>(in), {});
+    for (char& c : file_text) c = (c == '\n' || c == '\r') ? ',' : c;
+    list = file_text;
   }
-  if (config_path.empty()) return UsageError("load: --config FILE is required");
-  if (o.domains.empty()) return UsageError("load: --domains D1,D2,... is required");
+  for (std::string_view d : Split(list, ',')) {
+    if (!d.empty()) o.domains.emplace_back(d);
+  }
+  if (o.domains.empty()) return UsageError("load: --domains names no domain");
   auto config = LoadConfigFile(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
@@ -233,6 +177,84 @@ int LoadCommand(const Args& args) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+CommandRun SetUpFarmCommand(CLI::App& sub) {
+  auto f = std::make_shared<FarmFlags>();
+  sub.add_option("--listen", f->listen,
+                 "Addresses to serve, repeatable: 127.0.1.1-127.0.1.64:2525, 127.0.0.9:2525 "
+                 "or [::1]:2525 (loopback only)")
+      ->required()
+      ->type_name("ADDR[-ADDR]:PORT");
+  sub.add_option("--fault", f->faults,
+                 "Fault for an address, repeatable: refuse, blackhole (never answers), "
+                 "tempfail (421), reset (RST), slow:MS (greeting after MS ms) or cap:N (serve N at "
+                 "once, answer the rest 421)")
+      ->type_name("ADDR=KIND");
+  sub.add_option("--flap", f->flaps,
+                 "Alternate an address between refusing and serving every MS ms (10..3600000), "
+                 "repeatable")
+      ->type_name("ADDR=MS");
+  sub.add_option("--stats", f->stats_path,
+                 "Write per-address counts as JSON here every second and on exit (default: "
+                 "print them on exit)")
+      ->type_name("FILE");
+  sub.add_option("--max-seconds", f->max_seconds, "Stop by itself after this long")
+      ->check(CLI::Range(1, 86400));
+  return [f] { return RunFarm(*f); };
+}
+
+CommandRun SetUpLoadCommand(CLI::App& sub) {
+  auto f = std::make_shared<LoadFlags>();
+  io::LoadOptions& o = f->o;
+  sub.add_option("--config", f->config_path, "Configuration file (Momentum syntax)")
+      ->required()
+      ->type_name("FILE");
+  sub.add_option("--dns", o.dns_server,
+                 "DNS server for MX and address lookups; without it only literal-address "
+                 "routes resolve")
+      ->type_name("HOST:PORT");
+  sub.add_option("--domains", f->domains,
+                 "Domains, comma-separated, or @FILE with one per line; sessions go "
+                 "round-robin over them")
+      ->required()
+      ->type_name("D1,D2,...|@FILE");
+  sub.add_option("--sessions", o.sessions, "Sessions to run in all")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  sub.add_option("--concurrency", o.concurrency, "Sessions in flight at once")
+      ->check(CLI::Range(1, 1'000'000));
+  sub.add_option("--threads", o.threads, "Threads, each with its own io_uring loop")
+      ->check(CLI::Range(1, 256));
+  sub.add_option("--hold-ms", o.hold_ms, "Hold each connection this long before QUIT")
+      ->check(CLI::Range(0, 3'600'000));
+  sub.add_option("--max-seconds", o.max_seconds,
+                 "Start no new session after this long; sessions in flight finish")
+      ->check(CLI::Range(1, 86400));
+  sub.add_option("--max-attempts", o.connector.max_attempts,
+                 "Destinations tried per session (failover)")
+      ->check(CLI::Range(1, 100));
+  sub.add_option("--message", o.message_bytes,
+                 "Run one message transaction of about this many bytes before QUIT, like "
+                 "smtp-source (-1: QUIT only)")
+      ->check(CLI::Range(-1, 10'000'000))
+      ->type_name("BYTES");
+  sub.add_option("--wait-ms", o.connector.slot_wait_ms,
+                 "How long a session waits for a free slot before it ends deferred (0: defer "
+                 "at once)")
+      ->check(CLI::Range(0, 3'600'000));
+  sub.add_option("--connect-timeout-ms", o.connector.connect_timeout_ms,
+                 "TCP connect timeout per attempt")
+      ->check(CLI::Range(1, 3'600'000))
+      ->default_str("the config's connect_timeout");
+  sub.add_option("--banner-timeout-ms", o.connector.banner_timeout_ms,
+                 "Greeting timeout per attempt")
+      ->check(CLI::Range(1, 3'600'000))
+      ->default_str("the config's banner_timeout");
+  sub.add_option("--json", f->json_path, "Also write the report as JSON to this file")
+      ->type_name("OUT");
+  return [f] { return RunLoadCommand(*f); };
 }
 
 }  // namespace mxsched::tools

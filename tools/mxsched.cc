@@ -1,10 +1,7 @@
 // mxsched — the command-line tool: inspect routes, run load and stress tests, benchmark.
-//
-//   mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...
-//   mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,... --sessions N
-//                 --concurrency C [--threads T] [--hold-ms H] [--json OUT]
-//   mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N]
-//                 [--stats FILE] [--max-seconds S]
+// main() builds the CLI11 parser from kCommands (tools/commands.h) and runs the chosen
+// subcommand; `route` lives here, `load` and `farm` in farm_load.cc, `demo` in demo.cc.
+// `mxsched --help` and `mxsched SUBCOMMAND --help` list every flag with its default.
 //
 // Exit codes: 0 success, 1 a domain has no usable route (route) or an I/O problem,
 // 2 usage or configuration error.
@@ -19,25 +16,15 @@
 #include "mxsched/scheduler/selector.h"
 #include "mxsched/base/strings.h"
 #include "testbed/json.h"
+#include "mxsched/version.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/io/resolver.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
 
-constexpr char kUsage[] =
-    "usage:\n"
-    "  mxsched route --config FILE [--dns HOST:PORT] [--json] DOMAIN...\n"
-    "  mxsched load  --config FILE [--dns HOST:PORT] --domains D1,D2,...|@FILE --sessions N\n"
-    "                --concurrency C [--threads T] [--hold-ms H] [--json OUT]\n"
-    "                [--max-seconds S] [--max-attempts K] [--connect-timeout-ms MS]\n"
-    "                [--banner-timeout-ms MS] [--wait-ms MS] [--message BYTES]\n"
-    "  mxsched farm  --listen ADDR[-ADDR]:PORT ... [--fault ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N]\n"
-    "                [--flap ADDR=MS] [--stats FILE] [--max-seconds S]\n"
-    "  mxsched demo  [--seconds S] [--out DIR]\n";
-
 int UsageError(std::string_view why) {
-  std::fprintf(stderr, "mxsched: %.*s\n%s", static_cast<int>(why.size()), why.data(), kUsage);
+  std::fprintf(stderr, "mxsched: %.*s\n", static_cast<int>(why.size()), why.data());
   return 2;
 }
 
@@ -69,58 +56,40 @@ void PrintHuman(const DomainView& v) {
   }
 }
 
-void AddJson(JsonWriter& w, const DomainView& v) {
-  w.BeginObject()
-      .Field("domain", v.domain)
-      .Field("state", RouteStateName(v.state))
-      .Field("detail", v.detail)
-      .Field("ttl_left_s", v.ttl_left_s)
-      .Field("active", v.active)
-      .Field("limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit});
-  w.Key("tiers").BeginArray();
+nlohmann::json ToJson(const DomainView& v) {
+  nlohmann::json tiers = nlohmann::json::array();
   for (const auto& t : v.tiers) {
-    w.BeginObject().Field("tier", t.tier).Field("mx_pref", t.mx_pref);
-    w.Key("hosts").BeginArray();
+    nlohmann::json hosts = nlohmann::json::array();
     for (const auto& h : t.hosts) {
-      w.BeginObject()
-          .Field("name", h.name)
-          .Field("address", h.endpoint.address.ToString())
-          .Field("port", static_cast<int>(h.endpoint.port))
-          .Field("limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit})
-          .Field("active", h.active)
-          .Field("reachable", h.reachable)
-          .Field("seconds_since_failure", h.seconds_since_failure)
-          .Field("consecutive_failures", h.consecutive_failures)
-          .EndObject();
+      hosts.push_back({{"name", h.name},
+                       {"address", h.endpoint.address.ToString()},
+                       {"port", h.endpoint.port},
+                       {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
+                       {"active", h.active},
+                       {"reachable", h.reachable},
+                       {"seconds_since_failure", h.seconds_since_failure},
+                       {"consecutive_failures", h.consecutive_failures}});
     }
-    w.EndArray().EndObject();
+    tiers.push_back({{"tier", t.tier}, {"mx_pref", t.mx_pref}, {"hosts", std::move(hosts)}});
   }
-  w.EndArray().EndObject();
+  return {{"domain", v.domain},
+          {"state", RouteStateName(v.state)},
+          {"detail", v.detail},
+          {"ttl_left_s", v.ttl_left_s},
+          {"active", v.active},
+          {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
+          {"tiers", std::move(tiers)}};
 }
 
-}  // namespace
-
-int RouteCommand(const Args& args) {
-  std::string config_path, dns;
+struct RouteFlags {
+  std::string config_path;
+  std::string dns;
   bool json = false;
-  std::vector<std::string_view> domains;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string_view a = args[i];
-    if (a == "--config" && i + 1 < args.size()) {
-      config_path = args[++i];
-    } else if (a == "--dns" && i + 1 < args.size()) {
-      dns = args[++i];
-    } else if (a == "--json") {
-      json = true;
-    } else if (!a.empty() && a[0] == '-') {
-      return UsageError(StrCat("route: unknown or incomplete option ", a));
-    } else {
-      domains.push_back(a);
-    }
-  }
-  if (config_path.empty()) return UsageError("route: --config FILE is required");
-  if (domains.empty()) return UsageError("route: give at least one DOMAIN");
-  absl::StatusOr<Config> config = LoadConfigFile(config_path);
+  std::vector<std::string> domains;
+};
+
+int RunRoute(const RouteFlags& f) {
+  absl::StatusOr<Config> config = LoadConfigFile(f.config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
@@ -128,20 +97,19 @@ int RouteCommand(const Args& args) {
   io::DnsCache cache;
   std::unique_ptr<io::Loop> loop;
   std::unique_ptr<io::DnsClient> client;
-  if (!dns.empty()) {
+  if (!f.dns.empty()) {
     auto l = io::Loop::Create(64);
     if (!l.ok()) return UsageError(ToStd(l.status().message()));
     loop = *std::move(l);
-    auto c = io::DnsClient::Create(loop.get(), &cache, dns);
+    auto c = io::DnsClient::Create(loop.get(), &cache, f.dns);
     if (!c.ok()) return UsageError(ToStd(c.status().message()));
     client = *std::move(c);
   }
   Selector selector(std::make_shared<const Config>(*std::move(config)), nullptr, nullptr,
                     client ? &cache : nullptr);
-  JsonWriter w;
-  w.BeginArray();
+  nlohmann::json out = nlohmann::json::array();
   int rc = 0;
-  for (std::string_view d : domains) {
+  for (const std::string& d : f.domains) {
     DomainView v = selector.Describe(d);
     // With DNS, run the resolver until the route is known (c-ares gives up well before).
     for (int i = 0; loop && v.state == RouteState::kPending && i < 300; ++i) {
@@ -149,31 +117,57 @@ int RouteCommand(const Args& args) {
       v = selector.Describe(d);
     }
     if (v.state != RouteState::kReady) rc = 1;
-    if (json) {
-      AddJson(w, v);
+    if (f.json) {
+      out.push_back(ToJson(v));
     } else {
       PrintHuman(v);
     }
   }
-  w.EndArray();
-  if (json) std::printf("%s\n", w.str().c_str());
+  if (f.json) std::printf("%s\n", DumpJson(out).c_str());
   return rc;
+}
+
+}  // namespace
+
+CommandRun SetUpRouteCommand(CLI::App& sub) {
+  auto f = std::make_shared<RouteFlags>();
+  sub.add_option("--config", f->config_path, "Configuration file (Momentum syntax)")
+      ->required()
+      ->type_name("FILE");
+  sub.add_option("--dns", f->dns,
+                 "DNS server for MX and address lookups; without it only literal-address "
+                 "routes resolve")
+      ->type_name("HOST:PORT");
+  sub.add_flag("--json", f->json, "Print a JSON array, one object per domain");
+  sub.add_option("DOMAIN", f->domains, "Domains to show")->required();
+  return [f] { return RunRoute(*f); };
 }
 
 }  // namespace mxsched::tools
 
 int main(int argc, char** argv) {
   namespace t = mxsched::tools;
-  if (argc < 2) return t::UsageError("missing command");
-  std::string_view cmd = argv[1];
-  t::Args args(argv + 2, argv + argc);
-  if (cmd == "route") return t::RouteCommand(args);
-  if (cmd == "load") return t::LoadCommand(args);
-  if (cmd == "farm") return t::FarmCommand(args);
-  if (cmd == "demo") return t::DemoCommand(args);
-  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-    std::printf("%s", t::kUsage);
-    return 0;
+  CLI::App app{"mxsched: outbound SMTP connection scheduler - inspect routes, run load and "
+               "stress tests.\nExit status: 0 success, 1 the command ran and found a problem, "
+               "2 usage or configuration error.",
+               "mxsched"};
+  app.set_version_flag("--version", "mxsched " MXSCHED_VERSION_STRING);
+  app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();
+  std::vector<t::CommandRun> runs(std::size(t::kCommands));
+  for (size_t i = 0; i < std::size(t::kCommands); ++i) {
+    CLI::App* sub = app.add_subcommand(t::kCommands[i].name, t::kCommands[i].description);
+    runs[i] = t::kCommands[i].set_up(*sub);
   }
-  return t::UsageError(mxsched::StrCat("unknown command \"", cmd, "\""));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every real parse error is a usage error (2).
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  for (size_t i = 0; i < std::size(t::kCommands); ++i) {
+    if (app.got_subcommand(t::kCommands[i].name)) return runs[i]();
+  }
+  return 2;  // unreachable: require_subcommand(1)
 }

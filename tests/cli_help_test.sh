@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The command line itself: --help on every subcommand (exit 0, every flag with its default),
+# --version, and usage errors that exit 2 naming the bad flag or value.
+set -u
+bin=$1
+fail() { echo "FAIL: $*"; exit 1; }
+for cmd in route load farm demo; do
+  out=$("$bin" "$cmd" --help) || fail "$cmd --help exited $?"
+  grep -q "^Usage: mxsched $cmd" <<<"$out" || fail "$cmd --help usage line: $out"
+done
+load=$("$bin" load --help)
+grep -q -- "--concurrency.*=10$" <<<"$load" || fail "load --help shows the concurrency default"
+grep -q -- "--max-seconds.*=600$" <<<"$load" || fail "load --help shows the max-seconds default"
+grep -q -- "--seconds.*=4$" <<<"$("$bin" demo --help)" || fail "demo --help shows its default"
+top=$("$bin" --help) || fail "--help exited $?"
+for cmd in route load farm demo; do grep -q "^  $cmd " <<<"$top" || fail "--help lists $cmd"; done
+ver=$("$bin" --version) || fail "--version exited $?"
+grep -Eq "^mxsched [0-9]+\.[0-9]+\.[0-9]+$" <<<"$ver" || fail "--version: $ver"
+
+err=$("$bin" load --config x --domains a --sessions abc 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "bad value exit $rc"
+grep -q -- "--sessions" <<<"$err" || fail "bad value names the flag: $err"
+err=$("$bin" farm --listen 127.0.0.1:1 --bogus 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "unknown flag exit $rc"
+grep -q -- "--bogus" <<<"$err" || fail "unknown flag named: $err"
+err=$("$bin" load --domains a 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "missing required exit $rc"
+grep -q -- "--config" <<<"$err" || fail "missing --config named: $err"
+err=$("$bin" frobnicate 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "unknown subcommand exit $rc"
+"$bin" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no subcommand must be a usage error"
+echo "cli_help_test: all checks passed"
