@@ -190,8 +190,8 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
       ->type_name("ADDR[-ADDR]:PORT");
   sub.add_option("--fault", f->faults,
                  "Fault for an address, repeatable: refuse, blackhole (never answers), "
-                 "tempfail (421), reset (RST), slow:MS (greeting after MS ms) or cap:N (serve N at "
-                 "once, answer the rest 421)")
+                 "tempfail (421), reset (RST), slow:MS (greeting after MS ms) or cap:N "
+                 "(serve N at once, answer the rest 421)")
       ->type_name("ADDR=KIND");
   sub.add_option("--flap", f->flaps,
                  "Alternate an address between refusing and serving every MS ms (10..3600000), "
