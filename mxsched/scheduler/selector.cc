@@ -1,170 +1,16 @@
 #include "mxsched/scheduler/selector.h"
 
-#include "mxsched/base/strings.h"
-#include <cstring>
 #include <thread>
 
+#include "mxsched/base/strings.h"
 #include "mxsched/scheduler/epoch.h"
 
 namespace mxsched {
 
-// ---------------------------------------------------------------------------------------
-// Domain entries and shard tables.
-
-// 128 bytes, not 64: x86's adjacent-line prefetcher moves lines in 128-byte pairs, and with
-// 64-byte entries two threads working on neighbouring domains slowed each other by ~30%
-// (bench/README.md). The otherwise idle half holds the name inline.
-struct alignas(128) DomainEntry {
-  static constexpr size_t kInlineName = 88;
-  std::atomic<const RouteSnapshot*> snapshot{nullptr};
-  std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
-  std::atomic<int32_t> active{0};
-  std::atomic<uint32_t> cursor{0};      // rotation position (mod tier size)
-  std::atomic<bool> refreshing{false};
-  uint16_t name_size = 0;
-  uint64_t hash = 0;
-  std::unique_ptr<char[]> name_heap;  // names longer than kInlineName
-  char name_inline[kInlineName];
-
-  std::string_view name() const {
-    return {name_heap ? name_heap.get() : name_inline, name_size};
-  }
-  void SetName(std::string_view n) {
-    name_size = static_cast<uint16_t>(n.size());  // <= 253: validated hostname
-    char* dst = name_inline;
-    if (n.size() > kInlineName) {
-      name_heap.reset(new char[n.size()]);
-      dst = name_heap.get();
-    }
-    std::memcpy(dst, n.data(), n.size());
-  }
-};
-static_assert(sizeof(DomainEntry) == 128);
-
-// Open addressing, linear probing, load <= 1/2. A slot holds the entry pointer with a 16-bit
-// tag of the hash in its unused top bits, so a probe that passes other domains' slots does
-// not touch their entries — whose cache lines other threads are busy writing.
-struct Selector::Table {
-  static constexpr int kTagShift = 48;
-  size_t mask;
-  size_t count = 0;  // written under the shard mutex only
-  std::unique_ptr<std::atomic<uintptr_t>[]> slots;
-
-  explicit Table(size_t capacity)
-      : mask(capacity - 1), slots(new std::atomic<uintptr_t>[capacity]) {
-    for (size_t i = 0; i < capacity; ++i) slots[i].store(0, std::memory_order_relaxed);
-  }
-  static uintptr_t Tag(uint64_t hash) { return static_cast<uintptr_t>((hash >> 32) & 0xFFFF); }
-  static DomainEntry* Entry(uintptr_t slot) {
-    return reinterpret_cast<DomainEntry*>(slot & ((uintptr_t{1} << kTagShift) - 1));
-  }
-  DomainEntry* At(size_t i) const { return Entry(slots[i].load(std::memory_order_acquire)); }
-  void Insert(DomainEntry* e) {
-    const uintptr_t v = reinterpret_cast<uintptr_t>(e) | (Tag(e->hash) << kTagShift);
-    for (size_t i = e->hash & mask;; i = (i + 1) & mask) {
-      if (slots[i].load(std::memory_order_relaxed) == 0) {
-        slots[i].store(v, std::memory_order_release);
-        ++count;
-        return;
-      }
-    }
-  }
-};
-
-struct Selector::Shard {
-  Mutex mu;  // writers: inserting, growing, rebuilding routes
-  std::atomic<Table*> table;
-  std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
-  size_t arena_used ABSL_GUARDED_BY(mu) = 0;
-
-  Shard() : table(new Table(64)) {}
-  ~Shard() { delete table.load(); }
-
-  DomainEntry* NewEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    static constexpr size_t kArena = 256;  // entries are never freed: bump-allocate them
-    if (arenas.empty() || arena_used == kArena) {
-      arenas.emplace_back(new DomainEntry[kArena]);
-      arena_used = 0;
-    }
-    return &arenas.back()[arena_used++];
-  }
-};
-
-struct alignas(128) Selector::CreditSlot {
-  std::atomic<int32_t> credit{0};
-};
-
 namespace {
-
-constexpr int32_t kCreditBatch = 32;
 // While a refresh waits for DNS, the previous hosts serve and the route is re-planned this
 // often (one thread at a time) until the answer is in.
 constexpr int64_t kStaleRetryNanos = 200'000'000;
-
-inline uint64_t Load8(const char* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
-// ASCII lower-case of 8 bytes at once (bytes >= 0x80 untouched).
-inline uint64_t Lower8(uint64_t w) {
-  constexpr uint64_t kOnes = 0x0101010101010101ull;
-  const uint64_t heptets = w & (0x7F * kOnes);
-  const uint64_t above_z = heptets + (0x25 * kOnes);   // high bit set if byte > 'Z'
-  const uint64_t from_a = heptets + (0x3F * kOnes);    // high bit set if byte >= 'A'
-  const uint64_t upper = ~w & (from_a ^ above_z) & (0x80 * kOnes);
-  return w | (upper >> 2);
-}
-
-inline uint64_t Mix(uint64_t a, uint64_t b) {
-  __uint128_t r = static_cast<__uint128_t>(a ^ 0xA0761D6478BD642Full) * (b ^ 0xE7037ED1A0B428DBull);
-  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
-}
-
-inline uint32_t Load4(const char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-// The last `rem` (1..7) bytes of s as the low bytes of a word, without a variable-length
-// memcpy call: overlapping fixed-size loads.
-inline uint64_t Tail(const char* p, size_t n, size_t rem) {
-  if (n >= 8) return Load8(p + n - 8) >> (8 * (8 - rem));
-  if (n >= 4) return Load4(p) | (uint64_t{Load4(p + n - 4)} << 32);
-  uint64_t w = static_cast<uint8_t>(p[0]);
-  w |= uint64_t{static_cast<uint8_t>(p[n / 2])} << 8;
-  return w | uint64_t{static_cast<uint8_t>(p[n - 1])} << 16;
-}
-
-// Case-insensitive hash of a domain name.
-uint64_t HashDomain(std::string_view s) {
-  const size_t n = s.size();
-  uint64_t h = n * 0x9E3779B97F4A7C15ull;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) h = Mix(h, Lower8(Load8(s.data() + i)));
-  if (i < n) h = Mix(h, Lower8(Tail(s.data(), n, n - i)));
-  return Mix(h, 0x8EBC6AF09C88C6E3ull);
-}
-
-// `lower` is already lower-case.
-bool EqualsLower(std::string_view query, std::string_view lower) {
-  if (query.size() != lower.size()) return false;
-  size_t i = 0;
-  for (; i + 8 <= query.size(); i += 8) {
-    if (Lower8(Load8(query.data() + i)) != Load8(lower.data() + i)) return false;
-  }
-  if (i < query.size() && query.size() >= 8) {  // overlapping final word
-    const size_t last = query.size() - 8;
-    return Lower8(Load8(query.data() + last)) == Load8(lower.data() + last);
-  }
-  for (; i < query.size(); ++i) {
-    if (AsciiLower(static_cast<unsigned char>(query[i])) != lower[i]) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -266,24 +112,16 @@ Selector::Selector(std::shared_ptr<const Config> config, Clock* clock, Random* r
       random_(random ? random : SplitMixRandom::Default()),
       owned_registry_(registry ? nullptr : std::make_unique<HostRegistry>()),
       registry_(registry ? registry : owned_registry_.get()),
-      planner_(registry_, resolver, clock_, random_),
-      credit_(new CreditSlot[kCreditSlots]) {
-  shards_.reserve(kShards);
-  for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>());
+      planner_(registry_, resolver, clock_, random_) {
   SetConfig(std::move(config));
 }
 
 Selector::~Selector() {
   // REQUIRES: no Lease outstanding and no concurrent call. Snapshots may be read by no one
-  // now, so free them directly; tables likewise.
-  for (auto& shard : shards_) {
-    Table* t = shard->table.load();
-    for (size_t i = 0; i <= t->mask; ++i) {
-      if (DomainEntry* e = t->At(i)) {
-        RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(e->snapshot.load()));
-      }
-    }
-  }
+  // now, so free them directly; the table frees itself.
+  domains_.ForEach([](const DomainEntry& e) {
+    RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(e.snapshot.load()));
+  });
   epoch::Reclaim();
 }
 
@@ -298,21 +136,7 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
     MutexLock lock(&config_mu_);
     config_ = std::move(config);
   }
-  // The pool absorbs the difference; it may go negative until enough slots come back.
-  const int32_t old = server_limit_.exchange(limit);
-  server_pool_.fetch_add(int64_t{limit} - old);
-  server_limited_.store(limit != kUnlimited);
-}
-
-DomainEntry* Selector::Find(const Table* t, uint64_t hash, std::string_view domain) const {
-  const uintptr_t tag = Table::Tag(hash);
-  for (size_t i = hash & t->mask;; i = (i + 1) & t->mask) {
-    const uintptr_t slot = t->slots[i].load(std::memory_order_acquire);
-    if (slot == 0) return nullptr;
-    if ((slot >> Table::kTagShift) != tag) continue;
-    DomainEntry* e = Table::Entry(slot);
-    if (e->hash == hash && EqualsLower(domain, e->name())) return e;
-  }
+  server_credit_.SetLimit(limit, limit != kUnlimited);
 }
 
 DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
@@ -325,29 +149,11 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   }
   // Entries are stored under the normalized name (lower-case, no trailing dot), which may
   // live in another shard than the name as given.
-  const uint64_t norm_hash = HashDomain(*name);
-  Shard& shard = ShardFor(norm_hash);
-  MutexLock lock(&shard.mu);
-  Table* t = shard.table.load(std::memory_order_relaxed);
-  if (DomainEntry* e = Find(t, norm_hash, *name)) return e;
-  DomainEntry* e = shard.NewEntry();
-  e->hash = norm_hash;
-  e->SetName(*name);
-  e->cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
-  e->snapshot.store(planner_.Plan(*config(), e->name()), std::memory_order_release);
-  e->generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
-  if ((t->count + 1) * 2 > t->mask + 1) {  // keep load factor <= 1/2
-    auto* bigger = new Table((t->mask + 1) * 2);
-    for (size_t i = 0; i <= t->mask; ++i) {
-      if (DomainEntry* x = t->At(i)) bigger->Insert(x);
-    }
-    bigger->Insert(e);
-    shard.table.store(bigger, std::memory_order_release);
-    epoch::RetireObject(t);
-  } else {
-    t->Insert(e);
-  }
-  return e;
+  return domains_.FindOrInsert(HashDomain(*name), *name, [&](DomainEntry& e) {
+    e.cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
+    e.snapshot.store(planner_.Plan(*config(), e.name()), std::memory_order_release);
+    e.generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
+  });
 }
 
 void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
@@ -394,86 +200,11 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
   return fresh;
 }
 
-namespace {
-// A small dense number per thread, so threads land on different credit slots. Constant-
-// initialized (no TLS guard on every access); assigned on first use.
-thread_local uint32_t tls_ordinal = UINT32_MAX;
-std::atomic<uint32_t> next_ordinal{0};
-
-inline uint32_t ThreadOrdinal() {
-  uint32_t o = tls_ordinal;
-  if (ABSL_PREDICT_FALSE(o == UINT32_MAX)) {
-    o = next_ordinal.fetch_add(1, std::memory_order_relaxed) % (UINT32_MAX - 1);
-    tls_ordinal = o;
-  }
-  return o;
-}
-}  // namespace
-
-inline Selector::CreditSlot& Selector::MyCreditSlot() {
-  return credit_[ThreadOrdinal() % kCreditSlots];
-}
-
-// Fast path inline (one CAS on this thread's slot); refill and stealing out of line.
-inline bool Selector::TakeServerSlot() {
-  CreditSlot& slot = MyCreditSlot();
-  int32_t c = slot.credit.load(std::memory_order_relaxed);
-  while (c > 0) {
-    if (slot.credit.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
-                                           std::memory_order_relaxed)) {
-      return true;
-    }
-  }
-  return RefillServerSlot(slot);
-}
-
-bool Selector::RefillServerSlot(CreditSlot& slot) {
-  // Refill from the pool in a batch.
-  int64_t pool = server_pool_.load(std::memory_order_relaxed);
-  while (pool > 0) {
-    const int64_t take = std::min<int64_t>(pool, kCreditBatch);
-    if (server_pool_.compare_exchange_weak(pool, pool - take, std::memory_order_acq_rel,
-                                           std::memory_order_relaxed)) {
-      if (take > 1) slot.credit.fetch_add(static_cast<int32_t>(take - 1), std::memory_order_acq_rel);
-      return true;
-    }
-  }
-  // Pool empty: near the limit, take a single credit from any slot that holds spare.
-  for (size_t i = 0; i < kCreditSlots; ++i) {
-    CreditSlot& other = credit_[i];
-    int32_t oc = other.credit.load(std::memory_order_relaxed);
-    while (oc > 0) {
-      if (other.credit.compare_exchange_weak(oc, oc - 1, std::memory_order_acq_rel,
-                                              std::memory_order_relaxed)) {
-        return true;
-      }
-    }
-  }
-  return false;
-}
-
-inline void Selector::ReturnServerSlot() {
-  CreditSlot& slot = MyCreditSlot();
-  int32_t c = slot.credit.fetch_add(1, std::memory_order_acq_rel) + 1;
-  if (ABSL_PREDICT_FALSE(c > 2 * kCreditBatch)) {
-    if (slot.credit.compare_exchange_strong(c, c - kCreditBatch, std::memory_order_acq_rel,
-                                             std::memory_order_relaxed)) {
-      server_pool_.fetch_add(kCreditBatch, std::memory_order_acq_rel);
-    }
-  }
-}
-
-int64_t Selector::server_active() const {
-  int64_t held = server_pool_.load();
-  for (size_t i = 0; i < kCreditSlots; ++i) held += credit_[i].credit.load();
-  return server_limit_.load() - held;
-}
-
 void Selector::ReleaseLease(Lease& lease) {
   lease.host_->Release(lease.probe_);
   lease.domain_->active.fetch_sub(1, std::memory_order_acq_rel);
-  if (server_limited_.load(std::memory_order_relaxed)) ReturnServerSlot();
-  if (ABSL_PREDICT_FALSE(waiter_count_.load(std::memory_order_acquire) != 0)) {
+  if (server_credit_.limited()) server_credit_.Return();
+  if (ABSL_PREDICT_FALSE(waiters_.maybe_nonempty())) {
     WakeWaiters(lease.host_, /*all=*/false);
   }
 }
@@ -506,15 +237,7 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
     waiter->Wake();
     return;
   }
-  {
-    MutexLock lock(&wait_mu_);
-    if (front) {
-      waiters_.push_front({waiter, entry});
-    } else {
-      waiters_.push_back({waiter, entry});
-    }
-    waiter_count_.fetch_add(1, std::memory_order_acq_rel);
-  }
+  waiters_.Add(waiter, entry, front);
   // A slot may have freed between the caller's failed Acquire and the registration (that
   // release saw no waiter): look once more, for this waiter only.
   bool room;
@@ -525,22 +248,9 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
   if (room && CancelWait(waiter)) waiter->Wake();
 }
 
-bool Selector::CancelWait(SlotWaiter* waiter) {
-  MutexLock lock(&wait_mu_);
-  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
-    if (it->waiter == waiter) {
-      waiters_.erase(it);
-      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
-      return true;
-    }
-  }
-  return false;
-}
+bool Selector::CancelWait(SlotWaiter* waiter) { return waiters_.Cancel(waiter); }
 
-size_t Selector::waiting() const {
-  MutexLock lock(&wait_mu_);
-  return waiters_.size();
-}
+size_t Selector::waiting() const { return waiters_.size(); }
 
 void Selector::WakeWaiters(const HostState* host, bool all) {
   const int64_t now = clock_->NowNanos();
@@ -549,17 +259,7 @@ void Selector::WakeWaiters(const HostState* host, bool all) {
   std::vector<SlotWaiter*> wake;
   {
     epoch::EpochGuard guard;
-    MutexLock lock(&wait_mu_);
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (!HasRoom(it->domain, host, now)) {
-        ++it;
-        continue;
-      }
-      wake.push_back(it->waiter);
-      it = waiters_.erase(it);
-      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
-      if (!all) break;
-    }
+    wake = waiters_.Take([&](const DomainEntry* d) { return HasRoom(d, host, now); }, all);
   }
   for (SlotWaiter* w : wake) w->Wake();
 }
@@ -579,8 +279,7 @@ Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int6
 }
 
 inline DomainEntry* Selector::FindOrCreate(std::string_view domain, Deferral* invalid) {
-  const uint64_t hash = HashDomain(domain);
-  DomainEntry* entry = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  DomainEntry* entry = domains_.Find(HashDomain(domain), domain);
   if (ABSL_PREDICT_FALSE(entry == nullptr)) entry = Materialize(domain, invalid);
   return entry;
 }
@@ -616,8 +315,8 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     if (active >= domain_limit) return AcquireResult(Deferral{DeferReason::kDomainLimit, {}});
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
-  const bool server_limited = server_limited_.load(std::memory_order_relaxed);
-  if (server_limited && !TakeServerSlot()) {
+  const bool server_limited = server_credit_.limited();
+  if (server_limited && !server_credit_.Take()) {
     entry->active.fetch_sub(1, std::memory_order_acq_rel);
     return AcquireResult(Deferral{DeferReason::kServerLimit, {}});
   }
@@ -645,30 +344,20 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     }
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
-  if (server_limited) ReturnServerSlot();
+  if (server_limited) server_credit_.Return();
   return AcquireResult(ClassifyNoHost(*snap, saw_full, now));
 }
 
 bool Selector::RefreshDomain(std::string_view domain) {
   const uint64_t hash = HashDomain(domain);
   epoch::EpochGuard guard;
-  DomainEntry* e = Find(ShardFor(hash).table.load(std::memory_order_acquire), hash, domain);
+  DomainEntry* e = domains_.Find(hash, domain);
   if (e == nullptr) return false;
   e->generation.store(0, std::memory_order_release);
-  std::vector<SlotWaiter*> wake;  // this domain's waiters re-plan against the new route
-  {
-    MutexLock lock(&wait_mu_);
-    for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (it->domain != e) {
-        ++it;
-        continue;
-      }
-      wake.push_back(it->waiter);
-      it = waiters_.erase(it);
-      waiter_count_.fetch_sub(1, std::memory_order_acq_rel);
-    }
+  // This domain's waiters re-plan against the new route.
+  for (SlotWaiter* w : waiters_.Take([e](const DomainEntry* d) { return d == e; }, true)) {
+    w->Wake();
   }
-  for (SlotWaiter* w : wake) w->Wake();
   return true;
 }
 
@@ -680,13 +369,7 @@ void Selector::RefreshAll() {
   } while (!generation_.compare_exchange_weak(g, next));
   // Waiters were judged against the old routes; the new ones may have room. Wake them all
   // to re-plan (those still without a slot queue again, at the front).
-  std::deque<Waiting> all;
-  {
-    MutexLock lock(&wait_mu_);
-    all.swap(waiters_);
-    waiter_count_.store(0, std::memory_order_release);
-  }
-  for (const Waiting& w : all) w.waiter->Wake();
+  for (SlotWaiter* w : waiters_.TakeAll()) w->Wake();
 }
 
 DomainView Selector::Describe(std::string_view domain) {
@@ -724,31 +407,15 @@ DomainView Selector::Describe(std::string_view domain) {
   return v;
 }
 
-size_t Selector::domain_count() const {
-  size_t n = 0;
-  for (const auto& s : shards_) {
-    MutexLock lock(&s->mu);
-    n += s->table.load()->count;
-  }
-  return n;
-}
+size_t Selector::domain_count() const { return domains_.size(); }
 
 size_t Selector::DomainMemoryBytes() const {
-  size_t bytes = sizeof(*this);
+  size_t bytes = sizeof(*this) + domains_.MemoryBytes();
   epoch::EpochGuard guard;
-  for (const auto& s : shards_) {
-    MutexLock lock(&s->mu);
-    const Table* t = s->table.load();
-    bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<uintptr_t>);
-    bytes += s->arenas.size() * 256 * sizeof(DomainEntry);
-    for (size_t i = 0; i <= t->mask; ++i) {
-      const DomainEntry* e = t->At(i);
-      if (e == nullptr) continue;
-      if (e->name_heap) bytes += e->name_size;
-      bytes += e->snapshot.load()->bytes();
-    }
-  }
+  domains_.ForEach([&](const DomainEntry& e) { bytes += e.snapshot.load()->bytes(); });
   return bytes;
 }
+
+int64_t Selector::server_active() const { return server_credit_.active(); }
 
 }  // namespace mxsched

@@ -27,13 +27,11 @@
 //  5. hosts are shared — host state lives in the HostRegistry keyed by (address, port);
 //  7. reload — SetConfig applies at each domain's TTL; RefreshDomain/RefreshAll at once.
 //
-// Concurrency: Acquire, Lease::Report and Lease::Release take no mutex. Domains live in
-// kShards shards, each an open-addressing table of DomainEntry pointers read lock-free;
-// route snapshots are immutable and published by atomic pointer, reclaimed with EBR
-// (epoch.h). The server-wide limit is split into per-thread credit slots drawn from a global
-// pool in batches, so two threads on distinct domains do not bounce one counter's cache
-// line; near the limit a thread takes single credits from other slots, so the limit is
-// exact: never exceeded, and reachable.
+// Concurrency: Acquire, Lease::Report and Lease::Release take no mutex. Domains live in a
+// DomainTable (domain_table.h: sharded open-addressing tables read lock-free); route
+// snapshots are immutable and published by atomic pointer, reclaimed with EBR (epoch.h). The
+// server-wide limit is a ServerCredit (server_credit.h: per-thread credit slots, exact).
+// Waiters queue in SlotWaiters (slot_waiters.h).
 // Slow paths (first sight of a domain, TTL expiry, refresh, table growth) take the shard's
 // mutex. All public methods are safe for concurrent use by multiple threads.
 //
@@ -43,7 +41,6 @@
 #define MXSCHED_SCHEDULER_SELECTOR_H_
 
 #include <atomic>
-#include <deque>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -56,13 +53,15 @@
 #include "mxsched/base/mutex.h"
 #include "mxsched/base/clock.h"
 #include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/scheduler/route_planner.h"
+#include "mxsched/scheduler/server_credit.h"
+#include "mxsched/scheduler/slot_waiters.h"
 
 namespace mxsched {
 
 class Selector;
-struct DomainEntry;
 
 enum class DeferReason : uint8_t {
   kHostsAtLimit,      // reachable hosts exist, all at their limit
@@ -126,15 +125,6 @@ class Lease {
   bool reported_ = false;
 };
 
-// Rule 8: a caller that would rather wait for a slot than take "deferred" registers a
-// SlotWaiter. Wake() is called once, from whichever thread released the slot (or reported
-// the recovery), so it must be cheap and thread-safe — typically: queue and poke an eventfd.
-class SlotWaiter {
- public:
-  virtual ~SlotWaiter() = default;
-  virtual void Wake() = 0;
-};
-
 class AcquireResult {
  public:
   explicit AcquireResult(Lease lease) : v_(std::move(lease)) {}
@@ -175,8 +165,6 @@ struct DomainView {
 
 class Selector {
  public:
-  static constexpr size_t kShards = 64;
-
   // `clock`, `random`, `resolver` and `registry` are borrowed and must outlive the selector;
   // null means the process defaults (coarse monotonic clock, kernel-seeded random, no DNS,
   // a registry owned by the selector).
@@ -223,12 +211,7 @@ class Selector {
 
  private:
   friend class Lease;
-  struct Shard;
-  struct Table;
 
-  static uint32_t ShardIndex(uint64_t hash) { return static_cast<uint32_t>(hash >> 58); }
-  Shard& ShardFor(uint64_t hash) { return *shards_[ShardIndex(hash)]; }
-  DomainEntry* Find(const Table* t, uint64_t hash, std::string_view domain) const;
   // The domain's entry, created on first sight (null, *invalid set, for a name that is not
   // a valid domain). REQUIRES: an EpochGuard.
   DomainEntry* FindOrCreate(std::string_view domain, Deferral* invalid);
@@ -236,32 +219,17 @@ class Selector {
   // REQUIRES: an EpochGuard.
   const RouteSnapshot* CurrentRoute(DomainEntry* entry, int64_t now);
   // Slow path: creates the domain's entry and first route. Null (and *invalid set) for a
-  // name that is not a valid domain.
+  // name that is not a valid domain. REQUIRES: an EpochGuard.
   DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
   const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
   void Publish(DomainEntry* entry, RouteSnapshot* fresh);
   std::shared_ptr<const Config> config() const;
 
-  // Server-wide limit: credit drawn from server_pool_ in batches into per-thread slots.
-  struct CreditSlot;
-  static constexpr size_t kCreditSlots = 64;
-  CreditSlot& MyCreditSlot();
-  bool TakeServerSlot();
-  bool RefillServerSlot(CreditSlot& slot);
-  void ReturnServerSlot();
   void ReleaseLease(Lease& lease);
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
   // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
   // on `host`. Stops at once when `host` has no room left.
   void WakeWaiters(const HostState* host, bool all);
-
-  struct Waiting {
-    SlotWaiter* waiter;
-    DomainEntry* domain;
-  };
-  mutable Mutex wait_mu_;
-  std::deque<Waiting> waiters_ ABSL_GUARDED_BY(wait_mu_);
-  std::atomic<int64_t> waiter_count_{0};  // read on every release: zero means no lock
 
   Clock* clock_;
   Random* random_;
@@ -271,11 +239,9 @@ class Selector {
   mutable Mutex config_mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<uint32_t> generation_{1};
-  std::atomic<bool> server_limited_{true};
-  std::atomic<int64_t> server_pool_{0};  // credit not yet handed to a shard
-  std::atomic<int32_t> server_limit_{0};
-  std::vector<std::unique_ptr<Shard>> shards_;
-  std::unique_ptr<CreditSlot[]> credit_;
+  ServerCredit server_credit_;
+  DomainTable domains_;
+  SlotWaiters waiters_;
 };
 
 }  // namespace mxsched
