@@ -62,6 +62,8 @@ struct Connector::Session {
   std::string last_error;
   GreetingParser parser;
   int64_t banner_deadline = 0;
+  int64_t attempt_start = 0;     // this attempt's Acquire: its connect + greeting latency
+  int64_t slot_wait_start = -1;  // the first slot wait (statistics), -1 if none
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{};
@@ -99,6 +101,7 @@ struct Connector::Session {
     }
     lease = r.TakeLease();
     ++attempts;
+    attempt_start = NowNanos();
     parser = GreetingParser();
     addr_len = lease.endpoint().ToSockaddr(&addr);
     const int family = lease.endpoint().address.is_v4() ? AF_INET : AF_INET6;
@@ -185,6 +188,7 @@ struct Connector::Session {
       return HostFailure(Outcome::kGreetingRejected, StrCat("greeting ", parser.Summary()));
     }
     lease.Report(Outcome::kConnected);
+    lease.RecordConnectLatency(NowNanos() - attempt_start);
     ConnectResult r;
     r.kind = ConnectResult::Kind::kConnected;
     r.fd = std::exchange(fd, -1);
@@ -275,6 +279,7 @@ struct Connector::Session {
   __kernel_timespec slot_ts{};
 
   void WaitForSlot() {
+    if (slot_wait_start < 0) slot_wait_start = NowNanos();
     if (!slot_timer_armed && !slot_woken_before) {
       slot_timer_armed = true;
       slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
@@ -315,7 +320,10 @@ struct Connector::Session {
       Loop::SetCompletion(sqe, nullptr);
     }
     r.attempts = attempts;
-    r.elapsed_nanos = NowNanos() - start;
+    const int64_t now = NowNanos();
+    r.elapsed_nanos = now - start;
+    connector->selector_->stats().CountSession(static_cast<size_t>(r.kind),
+                                               slot_wait_start < 0 ? -1 : now - slot_wait_start);
     --connector->in_flight_;
     Callback cb = std::move(done);
     cb(std::move(r));

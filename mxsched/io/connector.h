@@ -59,6 +59,7 @@ struct ConnectResult {
   std::string greeting;  // "220 mx.example ESMTP ..." (first line)
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
+static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
 
 struct ConnectorOptions {
   int max_attempts = 5;

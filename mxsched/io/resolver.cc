@@ -19,7 +19,11 @@ DnsCache::DnsCache(Clock* clock) : clock_(clock ? clock : MonotonicCoarseClock::
 
 DnsAnswer DnsCache::Get(const std::string& name, uint16_t type, bool* queued) {
   Entry& e = entries_[Key{name, type}];
-  if (e.expires != 0 && clock_->NowNanos() < e.expires) return e.answer;
+  if (e.expires != 0 && clock_->NowNanos() < e.expires) {
+    ++stats_.hits;
+    return e.answer;
+  }
+  ++stats_.misses;
   if (!e.in_flight) {
     e.in_flight = true;
     wanted_.push_back({name, type});
@@ -99,13 +103,29 @@ std::vector<DnsCache::Query> DnsCache::TakeWanted() {
   MutexLock lock(&mu_);
   std::vector<Query> out;
   out.swap(wanted_);
+  stats_.queries += out.size();
   return out;
+}
+
+DnsCache::Stats DnsCache::stats() const {
+  MutexLock lock(&mu_);
+  Stats s = stats_;
+  s.entries = entries_.size();
+  return s;
 }
 
 void DnsCache::Store(const Query& q, DnsAnswer answer) {
   MutexLock lock(&mu_);
   Entry& e = entries_[Key{q.name, q.type}];
   e.in_flight = false;
+  switch (answer.state) {
+    case DnsAnswer::State::kReady:
+      ++(answer.mx.empty() && answer.addresses.empty() ? stats_.answers_nodata
+                                                       : stats_.answers_ok);
+      break;
+    case DnsAnswer::State::kNxDomain: ++stats_.answers_nxdomain; break;
+    default: ++stats_.answers_tempfail; break;
+  }
   uint32_t life = answer.ttl_s;
   if (answer.state == DnsAnswer::State::kTempFail) life = kTempFailSeconds;
   life = std::max(life, kMinCacheSeconds);

@@ -56,6 +56,18 @@ class DnsCache final : public Resolver {
   // Number of queries queued or in flight.
   size_t pending() const;
 
+  // Statistics (the admin library's DNS metrics), counted under the cache's own lock on
+  // paths that already take it.
+  struct Stats {
+    uint64_t hits = 0;    // lookups answered from the cache
+    uint64_t misses = 0;  // lookups that found no fresh answer (pending, or queued a query)
+    uint64_t queries = 0; // queries handed to a DnsClient
+    // Answers stored, by result: records, no records (NODATA), NXDOMAIN, temporary failure.
+    uint64_t answers_ok = 0, answers_nodata = 0, answers_nxdomain = 0, answers_tempfail = 0;
+    size_t entries = 0;   // names and types cached (fresh, expired or in flight)
+  };
+  Stats stats() const;
+
   // --- for DnsClient --------------------------------------------------------------------
   struct Query {
     std::string name;
@@ -92,6 +104,7 @@ class DnsCache final : public Resolver {
   absl::flat_hash_map<Key, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::vector<Query> wanted_ ABSL_GUARDED_BY(mu_);
   std::vector<DnsClient*> clients_ ABSL_GUARDED_BY(mu_);
+  Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
 class DnsClient {

@@ -12,6 +12,22 @@ void HostState::RaisePeak(int32_t value) {
   }
 }
 
+void HostState::RecordConnectLatency(int64_t nanos) {
+  size_t i = 0;
+  while (i < kConnectLatencyBoundsNanos.size() && nanos > kConnectLatencyBoundsNanos[i]) ++i;
+  latency_buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  latency_sum_nanos_.fetch_add(nanos, std::memory_order_relaxed);
+}
+
+HostState::LatencyCounts HostState::connect_latency() const {
+  LatencyCounts c;
+  for (size_t i = 0; i < c.buckets.size(); ++i) {
+    c.buckets[i] = latency_buckets_[i].load(std::memory_order_relaxed);
+  }
+  c.sum_nanos = latency_sum_nanos_.load(std::memory_order_relaxed);
+  return c;
+}
+
 void HostState::RecordSuccess() {
   successes_.fetch_add(1, std::memory_order_relaxed);
   // Plain loads first: on a healthy host the common case writes nothing shared.
@@ -65,6 +81,14 @@ size_t HostRegistry::size() const {
 void HostRegistry::ForEach(const std::function<void(const HostState&)>& fn) const {
   MutexLock lock(&mu_);
   for (const auto& [ep, h] : hosts_) fn(*h);
+}
+
+std::vector<const HostState*> HostRegistry::Snapshot() const {
+  MutexLock lock(&mu_);
+  std::vector<const HostState*> out;
+  out.reserve(hosts_.size());
+  for (const auto& [ep, h] : hosts_) out.push_back(h.get());
+  return out;
 }
 
 }  // namespace mxsched

@@ -14,12 +14,14 @@
 #ifndef MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 #define MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -34,6 +36,15 @@ enum class Admission : uint8_t {
   kFull,      // at its limit
   kDown,      // failed and inside host_failure_retry, or its probe is already out
 };
+
+// Connect + greeting latency buckets for a host's successful connections (the admin
+// library exposes them as a Prometheus histogram). Upper bounds in nanoseconds, ascending;
+// one more bucket above the last for everything slower.
+inline constexpr std::array<int64_t, 10> kConnectLatencyBoundsNanos = {
+    1'000'000,   2'500'000,   5'000'000,   10'000'000,    25'000'000,
+    50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 5'000'000'000};
+// Per-outcome connection counts kept on each host, indexed by `Outcome` (selector.h).
+inline constexpr size_t kOutcomeKinds = 6;
 
 class alignas(128) HostState {
  public:
@@ -102,6 +113,23 @@ class alignas(128) HostState {
   }
   void ResetPeak() { peak_.store(active(), std::memory_order_relaxed); }
 
+  // --- statistics, written once per connection outcome (Lease::Report), read by scrapes --
+  // Counts one reported outcome (an `Outcome` value, < kOutcomeKinds).
+  void CountOutcome(size_t outcome) {
+    outcomes_[outcome].fetch_add(1, std::memory_order_relaxed);
+  }
+  uint64_t outcomes(size_t outcome) const {
+    return outcomes_[outcome].load(std::memory_order_relaxed);
+  }
+  // Records the connect + greeting time of one successful connection.
+  void RecordConnectLatency(int64_t nanos);
+  // Non-cumulative bucket counts (the last is above every bound) and their sum.
+  struct LatencyCounts {
+    std::array<uint64_t, kConnectLatencyBoundsNanos.size() + 1> buckets{};
+    int64_t sum_nanos = 0;
+  };
+  LatencyCounts connect_latency() const;
+
  private:
   void RaisePeak(int32_t value);
 
@@ -117,6 +145,10 @@ class alignas(128) HostState {
   std::atomic<int64_t> last_failure_{0};
   std::atomic<uint64_t> successes_{0};
   std::atomic<uint64_t> failures_{0};
+  // Cold: statistics.
+  std::array<std::atomic<uint64_t>, kOutcomeKinds> outcomes_{};
+  std::array<std::atomic<uint64_t>, kConnectLatencyBoundsNanos.size() + 1> latency_buckets_{};
+  std::atomic<int64_t> latency_sum_nanos_{0};
   const Endpoint endpoint_;
   const std::string name_;
 };
@@ -131,6 +163,9 @@ class HostRegistry {
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
   // Visits every host (order unspecified) under the registry lock.
   void ForEach(const std::function<void(const HostState&)>& fn) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Every host, for readers that should not hold the lock while they look (scrapes): the
+  // pointers stay valid for the registry's life.
+  std::vector<const HostState*> Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   mutable Mutex mu_;

@@ -78,9 +78,13 @@ Lease& Lease::operator=(Lease&& o) noexcept {
   return *this;
 }
 
+static_assert(static_cast<size_t>(Outcome::kLocalError) + 1 == kOutcomeKinds);
+static_assert(static_cast<size_t>(DeferReason::kPermanent) + 1 == kDeferReasons);
+
 void Lease::Report(Outcome outcome) {
   if (host_ == nullptr || reported_) return;
   reported_ = true;
+  host_->CountOutcome(static_cast<size_t>(outcome));
   switch (outcome) {
     case Outcome::kConnected: {
       const bool recovered = host_->failed_until() != 0;
@@ -294,31 +298,36 @@ inline const RouteSnapshot* Selector::CurrentRoute(DomainEntry* entry, int64_t n
   return snap;
 }
 
+AcquireResult Selector::Deferred(Deferral d) {
+  stats_.CountDeferral(static_cast<size_t>(d.reason));
+  return AcquireResult(std::move(d));
+}
+
 AcquireResult Selector::Acquire(std::string_view domain) {
   epoch::EpochGuard guard;
   Deferral invalid{DeferReason::kPermanent, {}};
   DomainEntry* entry = FindOrCreate(domain, &invalid);
-  if (ABSL_PREDICT_FALSE(entry == nullptr)) return AcquireResult(std::move(invalid));
+  if (ABSL_PREDICT_FALSE(entry == nullptr)) return Deferred(std::move(invalid));
   const int64_t now = clock_->NowNanos();
   const RouteSnapshot* snap = CurrentRoute(entry, now);
   if (ABSL_PREDICT_FALSE(snap->state() != RouteState::kReady)) {
     DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
                     : snap->state() == RouteState::kPermFail ? DeferReason::kPermanent
                                                              : DeferReason::kTempFailure;
-    return AcquireResult(Deferral{r, std::string(snap->detail())});
+    return Deferred(Deferral{r, std::string(snap->detail())});
   }
 
   // Domain, then server: both bounded CAS, undone if no host admits.
   const int32_t domain_limit = snap->domain_limit();
   int32_t active = entry->active.load(std::memory_order_relaxed);
   do {
-    if (active >= domain_limit) return AcquireResult(Deferral{DeferReason::kDomainLimit, {}});
+    if (active >= domain_limit) return Deferred(Deferral{DeferReason::kDomainLimit, {}});
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
   const bool server_limited = server_credit_.limited();
   if (server_limited && !server_credit_.Take()) {
     entry->active.fetch_sub(1, std::memory_order_acq_rel);
-    return AcquireResult(Deferral{DeferReason::kServerLimit, {}});
+    return Deferred(Deferral{DeferReason::kServerLimit, {}});
   }
 
   bool saw_full = false;
@@ -345,7 +354,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
   if (server_limited) server_credit_.Return();
-  return AcquireResult(ClassifyNoHost(*snap, saw_full, now));
+  return Deferred(ClassifyNoHost(*snap, saw_full, now));
 }
 
 bool Selector::RefreshDomain(std::string_view domain) {
@@ -373,18 +382,33 @@ void Selector::RefreshAll() {
 }
 
 DomainView Selector::Describe(std::string_view domain) {
-  DomainView v;
   epoch::EpochGuard guard;
   Deferral invalid{DeferReason::kPermanent, {}};
   DomainEntry* e = FindOrCreate(domain, &invalid);
   if (e == nullptr) {
+    DomainView v;
     v.domain = std::string(domain);
     v.state = RouteState::kPermFail;
     v.detail = invalid.detail;
     return v;
   }
   const int64_t now = clock_->NowNanos();
-  const RouteSnapshot* snap = CurrentRoute(e, now);
+  return DescribeEntry(e, CurrentRoute(e, now), now);
+}
+
+std::optional<DomainView> Selector::DescribeResident(std::string_view domain) {
+  absl::StatusOr<std::string> name = NormalizeHostname(domain);
+  if (!name.ok()) return std::nullopt;
+  const uint64_t hash = HashDomain(*name);
+  epoch::EpochGuard guard;
+  const DomainEntry* e = domains_.Find(hash, *name);
+  if (e == nullptr) return std::nullopt;
+  return DescribeEntry(e, e->snapshot.load(std::memory_order_acquire), clock_->NowNanos());
+}
+
+DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap,
+                                   int64_t now) const {
+  DomainView v;
   v.domain = std::string(e->name());
   v.state = snap->state();
   v.detail = std::string(snap->detail());

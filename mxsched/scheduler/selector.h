@@ -58,6 +58,7 @@
 #include "mxsched/scheduler/route_planner.h"
 #include "mxsched/scheduler/server_credit.h"
 #include "mxsched/scheduler/slot_waiters.h"
+#include "mxsched/scheduler/stats.h"
 
 namespace mxsched {
 
@@ -113,6 +114,11 @@ class Lease {
   // Records what happened on the connection (marks or clears host failure). At most once;
   // later calls are ignored. Does not release the slot.
   void Report(Outcome outcome);
+  // Statistics only: the connect + greeting time of this lease's successful connection
+  // (the host's latency histogram).
+  void RecordConnectLatency(int64_t nanos) {
+    if (host_ != nullptr) host_->RecordConnectLatency(nanos);
+  }
   // Gives the slot back; call after the socket is closed. Idempotent.
   void Release();
 
@@ -200,6 +206,9 @@ class Selector {
 
   // Builds the domain's route if needed and describes it.
   DomainView Describe(std::string_view domain);
+  // Describes the domain as it is, changing nothing: no entry is created, no expired route
+  // re-planned, no DNS asked (the admin endpoint's GET). Empty if the domain is not resident.
+  std::optional<DomainView> DescribeResident(std::string_view domain);
 
   size_t domain_count() const;
   // Bytes held for domains: tables, entries, names, snapshots (not hosts).
@@ -207,6 +216,9 @@ class Selector {
   // Connections currently held against server_max_outbound_connections.
   int64_t server_active() const;
   HostRegistry& registry() { return *registry_; }
+  // Process-wide counters: deferrals by reason, sessions by result and slot-wait times.
+  SelectorStats& stats() { return stats_; }
+  const SelectorStats& stats() const { return stats_; }
   Clock& clock() { return *clock_; }
 
  private:
@@ -226,6 +238,9 @@ class Selector {
   std::shared_ptr<const Config> config() const;
 
   void ReleaseLease(Lease& lease);
+  // Counts a deferral (statistics) and answers it.
+  AcquireResult Deferred(Deferral d);
+  DomainView DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap, int64_t now) const;
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
   // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
   // on `host`. Stops at once when `host` has no room left.
@@ -242,6 +257,7 @@ class Selector {
   ServerCredit server_credit_;
   DomainTable domains_;
   SlotWaiters waiters_;
+  SelectorStats stats_;
 };
 
 }  // namespace mxsched

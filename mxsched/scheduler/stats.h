@@ -1,0 +1,72 @@
+// SelectorStats: process-wide counters of what the Selector answered and how sessions ended,
+// kept for observability (the admin library turns them into Prometheus metrics at scrape
+// time). Owned by the Selector (Selector::stats()); per-host counters live in HostState.
+//
+// Nothing here runs on the admitted Acquire or on Release: deferrals are counted on
+// Acquire's deferral branch, sessions by the connector when one ends. Counters are striped
+// per thread (a small thread ordinal picks one of kStripes cache-line-aligned stripes), so
+// threads deferring or finishing sessions at high rates do not bounce one shared line;
+// Collect() sums the stripes.
+//
+// Thread-safety: every method is safe for concurrent use from any thread. Collect() is a
+// relaxed read: each counter is exact, the set of counters is not one atomic snapshot.
+#ifndef MXSCHED_SCHEDULER_STATS_H_
+#define MXSCHED_SCHEDULER_STATS_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace mxsched {
+
+// Number of DeferReason values (selector.h); checked there.
+inline constexpr size_t kDeferReasons = 8;
+// How a connector session ended (ConnectResult::Kind): connected, deferred, failed.
+inline constexpr size_t kSessionResults = 3;
+// Slot-wait time buckets (rule 8 waits), upper bounds in nanoseconds; one more above them.
+inline constexpr std::array<int64_t, 8> kWaitBoundsNanos = {
+    1'000'000,   10'000'000,    100'000'000,    500'000'000,
+    1'000'000'000, 5'000'000'000, 30'000'000'000, 120'000'000'000};
+
+class SelectorStats {
+ public:
+  static constexpr size_t kStripes = 16;
+
+  SelectorStats();
+  ~SelectorStats();
+  SelectorStats(const SelectorStats&) = delete;
+  SelectorStats& operator=(const SelectorStats&) = delete;
+
+  // An Acquire answered "deferred" for `reason` (a DeferReason value).
+  void CountDeferral(size_t reason) { Mine().deferrals[reason].fetch_add(1, kRelaxed); }
+  // A connector session ended with `result` (a ConnectResult::Kind value); `waited_nanos`
+  // is the time it spent waiting for a slot (rule 8), or -1 if it never waited.
+  void CountSession(size_t result, int64_t waited_nanos);
+
+  struct Totals {
+    std::array<uint64_t, kDeferReasons> deferrals{};
+    std::array<uint64_t, kSessionResults> sessions{};
+    // Sessions that waited for a slot: non-cumulative buckets (last: above every bound).
+    std::array<uint64_t, kWaitBoundsNanos.size() + 1> wait_buckets{};
+    int64_t wait_sum_nanos = 0;
+  };
+  Totals Collect() const;
+
+ private:
+  static constexpr std::memory_order kRelaxed = std::memory_order_relaxed;
+  struct alignas(64) Stripe {
+    std::array<std::atomic<uint64_t>, kDeferReasons> deferrals{};
+    std::array<std::atomic<uint64_t>, kSessionResults> sessions{};
+    std::array<std::atomic<uint64_t>, kWaitBoundsNanos.size() + 1> wait_buckets{};
+    std::atomic<int64_t> wait_sum_nanos{0};
+  };
+  Stripe& Mine();
+
+  std::unique_ptr<Stripe[]> stripes_;
+};
+
+}  // namespace mxsched
+
+#endif  // MXSCHED_SCHEDULER_STATS_H_
