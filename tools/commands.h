@@ -26,6 +26,7 @@ namespace mxsched::tools {
 
 using CommandRun = std::function<int()>;
 
+CommandRun SetUpCheckCommand(CLI::App& sub);
 CommandRun SetUpRouteCommand(CLI::App& sub);
 CommandRun SetUpLoadCommand(CLI::App& sub);
 CommandRun SetUpFarmCommand(CLI::App& sub);
@@ -38,6 +39,8 @@ struct CommandEntry {
 };
 
 inline constexpr CommandEntry kCommands[] = {
+    {"check", "Validate a configuration file and print its effective settings",
+     SetUpCheckCommand},
     {"route", "Show how domains route: tiers, hosts, limits, state", SetUpRouteCommand},
     {"load", "Run sessions against real SMTP servers and report rate, latency, outcomes",
      SetUpLoadCommand},

@@ -1,10 +1,11 @@
 #include "mxsched/scheduler/config.h"
 
-#include "mxsched/base/strings.h"
 #include <algorithm>
 #include <fstream>
 #include <sstream>
 
+#include "mxsched/base/strings.h"
+#include "mxsched/scheduler/config_options.h"
 
 namespace mxsched {
 namespace {
@@ -72,9 +73,6 @@ class Parser {
     return entries;
   }
 
-  absl::Status ErrorInFile(std::string_view what) const {
-    return absl::InvalidArgumentError(StrCat(source_, ": ", what));
-  }
   absl::Status ErrorAt(Pos p, std::string_view what) const {
     return absl::InvalidArgumentError(StrCat(source_, ":", p.line, ":", p.col, ": ", what));
   }
@@ -251,32 +249,9 @@ class Parser {
 // ---------------------------------------------------------------------------------------
 // Semantics: entries -> Config.
 
-enum Scope : unsigned { kGlobal = 1, kDomain = 2, kHost = 4 };
-
-enum class Kind { kCount, kSeconds, kPort, kBool, kRoutes, kCidrList, kDeliveryMethod };
-
-struct OptionSpec {
-  std::string_view name;
-  Kind kind;
-  unsigned scopes;
-};
-
-constexpr OptionSpec kOptions[] = {
-    {"routes", Kind::kRoutes, kGlobal | kDomain},
-    {"max_outbound_connections", Kind::kCount, kGlobal | kDomain | kHost},
-    {"server_max_outbound_connections", Kind::kCount, kGlobal},
-    {"remote_smtp_port", Kind::kPort, kGlobal | kDomain},
-    {"connect_timeout", Kind::kSeconds, kGlobal | kDomain},
-    {"banner_timeout", Kind::kSeconds, kGlobal | kDomain},
-    {"host_failure_retry", Kind::kSeconds, kGlobal | kHost},
-    {"mx_failures_to_delay", Kind::kCount, kGlobal | kDomain},
-    {"min_dns_ttl", Kind::kSeconds, kGlobal},
-    {"max_dns_ttl", Kind::kSeconds, kGlobal},
-    {"use_ipv6", Kind::kBool, kGlobal | kDomain},
-    {"prefer_ipv6_mxs", Kind::kBool, kGlobal | kDomain},
-    {"prohibited_hosts", Kind::kCidrList, kGlobal},
-    {"delivery_method", Kind::kDeliveryMethod, kGlobal | kDomain},
-};
+// Option names, scopes, types and ranges come from the descriptor table (config_options.h).
+using Scope = OptionScope;
+constexpr Scope kGlobal = kGlobalScope, kDomain = kDomainScope, kHost = kHostScope;
 
 size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -301,15 +276,6 @@ std::string ScopeNames(unsigned scopes) {
   return Join(names, ", ");
 }
 
-// The typed value of one entry.
-struct Typed {
-  int64_t number = 0;
-  bool flag = false;
-  std::string text;
-  std::vector<RouteItem> routes;
-  std::vector<Cidr> cidrs;
-};
-
 class Binder {
  public:
   explicit Binder(const Parser& parser) : parser_(parser) {}
@@ -318,6 +284,7 @@ class Binder {
     Config config;
     std::vector<const Stanza*> domains, hosts;
     std::vector<std::string> seen;
+    Pos ttl_pos;  // the later of min_dns_ttl/max_dns_ttl, for the cross-check below
     for (const Entry& e : entries) {
       if (e.stanza) {
         if (e.stanza->kind == "domain") {
@@ -330,17 +297,21 @@ class Binder {
         }
         continue;
       }
-      absl::StatusOr<Typed> v = Check(e, kGlobal, seen);
+      absl::StatusOr<OptionValue> v = Check(e, kGlobal, seen);
       if (!v.ok()) return v.status();
-      ApplyGlobal(e.name, *v, config);
-      ApplyDomain(e.name, *v, config.global);
+      const OptionDescriptor& o = *FindConfigOption(e.name);
+      if (o.config) {
+        o.config.set(config, *v);
+      } else {
+        o.domain.set(config.global, *v);
+      }
+      if (e.name == "min_dns_ttl" || e.name == "max_dns_ttl") ttl_pos = e.value.pos;
     }
     if (config.min_dns_ttl_s > config.max_dns_ttl_s) {
-      return parser_.ErrorInFile(StrCat("min_dns_ttl (", config.min_dns_ttl_s,
-                                              ") exceeds max_dns_ttl (", config.max_dns_ttl_s,
-                                              ")"));
+      return parser_.ErrorAt(ttl_pos, StrCat("min_dns_ttl (", config.min_dns_ttl_s,
+                                             ") exceeds max_dns_ttl (", config.max_dns_ttl_s,
+                                             ")"));
     }
-    if (config.global.routes.empty()) config.global.routes = DefaultRoutes();
     for (const Stanza* st : domains) {
       auto name = NormalizeHostname(st->name);
       if (!name.ok()) {
@@ -354,9 +325,9 @@ class Binder {
       d.routes_from_domain = false;
       std::vector<std::string> dseen;
       for (const Entry& e : st->entries) {
-        absl::StatusOr<Typed> v = Check(e, kDomain, dseen);
+        absl::StatusOr<OptionValue> v = Check(e, kDomain, dseen);
         if (!v.ok()) return v.status();
-        ApplyDomain(e.name, *v, d);
+        FindConfigOption(e.name)->domain.set(d, *v);
         if (e.name == "routes") d.routes_from_domain = true;
       }
       config.domains.emplace(*name, std::move(d));
@@ -377,10 +348,9 @@ class Binder {
       HostSettings h;
       std::vector<std::string> hseen;
       for (const Entry& e : st->entries) {
-        absl::StatusOr<Typed> v = Check(e, kHost, hseen);
+        absl::StatusOr<OptionValue> v = Check(e, kHost, hseen);
         if (!v.ok()) return v.status();
-        if (e.name == "max_outbound_connections") h.max_outbound_connections = v->number;
-        if (e.name == "host_failure_retry") h.host_failure_retry_s = v->number;
+        FindConfigOption(e.name)->host.set(h, *v);
       }
       config.hosts.emplace(std::move(key), h);
     }
@@ -388,19 +358,12 @@ class Binder {
   }
 
  private:
-  static std::vector<RouteItem> DefaultRoutes() {
-    return *ParseRouteList({"__mx__"});
-  }
-
-  absl::StatusOr<Typed> Check(const Entry& e, Scope scope, std::vector<std::string>& seen) {
+  absl::StatusOr<OptionValue> Check(const Entry& e, Scope scope, std::vector<std::string>& seen) {
     if (e.stanza) return parser_.ErrorAt(e.pos, "stanzas cannot be nested");
-    const OptionSpec* spec = nullptr;
-    for (const auto& o : kOptions) {
-      if (o.name == e.name) spec = &o;
-    }
+    const OptionDescriptor* spec = FindConfigOption(e.name);
     if (spec == nullptr) {
-      const OptionSpec* best = &kOptions[0];
-      for (const auto& o : kOptions) {
+      const OptionDescriptor* best = &ConfigOptions()[0];
+      for (const auto& o : ConfigOptions()) {
         if (EditDistance(o.name, e.name) < EditDistance(best->name, e.name)) best = &o;
       }
       return parser_.ErrorAt(e.pos, StrCat("unknown option \"", e.name,
@@ -418,128 +381,48 @@ class Binder {
     return Convert(*spec, e);
   }
 
-  absl::StatusOr<Typed> Convert(const OptionSpec& spec, const Entry& e) {
+  absl::StatusOr<OptionValue> Convert(const OptionDescriptor& spec, const Entry& e) {
     const Value& v = e.value;
-    Typed out;
-    const bool wants_list = spec.kind == Kind::kRoutes || spec.kind == Kind::kCidrList;
+    OptionValue out;
+    const bool wants_list =
+        spec.type == OptionType::kRoutes || spec.type == OptionType::kCidrList;
     if (wants_list && !v.is_list) {
       return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
-                                                 "\" expects a list: ( \"a\" \"b\" )"));
+                                           "\" expects a list: ( \"a\" \"b\" )"));
     }
     if (!wants_list && v.is_list) {
       return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
-                                                 "\" expects a single value, not a list"));
+                                           "\" expects a single value, not a list"));
     }
-    switch (spec.kind) {
-      case Kind::kCount:
-      case Kind::kPort:
-      case Kind::kSeconds: {
-        const int64_t hi = spec.kind == Kind::kPort ? 65535 : INT32_MAX;
-        const int64_t lo = spec.kind == Kind::kPort ? 1 : 0;
-        auto n = spec.kind == Kind::kSeconds ? ParseSeconds(v.items[0]) : ParseInt(v.items[0]);
-        if (!n || *n < lo || *n > hi) {
-          return parser_.ErrorAt(
-              v.pos, StrCat("option \"", e.name, "\" expects ",
-                                  spec.kind == Kind::kSeconds ? "a duration (e.g. 30, 90s, 5m)"
-                                                              : "an integer",
-                                  " in ", lo, "..", hi, ", got \"", v.items[0], "\""));
-        }
-        out.number = *n;
-        return out;
+    if (spec.type == OptionType::kRoutes) {
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        auto item = ParseRouteItem(v.items[i]);
+        if (!item.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(item.status().message()));
+        out.routes.push_back(*std::move(item));
       }
-      case Kind::kBool: {
-        std::string s = ToLower(v.items[0]);
-        if (s == "true" || s == "yes" || s == "on" || s == "1") {
-          out.flag = true;
-        } else if (s == "false" || s == "no" || s == "off" || s == "0") {
-          out.flag = false;
-        } else {
-          return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
-                                                     "\" expects true or false, got \"",
-                                                     v.items[0], "\""));
-        }
-        return out;
-      }
-      case Kind::kDeliveryMethod: {
-        std::string s = ToLower(v.items[0]);
-        static constexpr std::string_view kMethods[] = {"esmtp", "smtp", "apn",
-                                                        "gcm",   "mm7",  "http"};
-        if (std::find(std::begin(kMethods), std::end(kMethods), s) == std::end(kMethods)) {
-          return parser_.ErrorAt(v.pos, StrCat("delivery_method \"", v.items[0],
-                                                     "\" unknown (expected esmtp, smtp, apn, "
-                                                     "gcm, mm7 or http)"));
-        }
-        out.text = s;
-        return out;
-      }
-      case Kind::kRoutes: {
-        for (size_t i = 0; i < v.items.size(); ++i) {
-          auto item = ParseRouteItem(v.items[i]);
-          if (!item.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(item.status().message()));
-          out.routes.push_back(*std::move(item));
-        }
-        if (out.routes.empty()) return parser_.ErrorAt(v.pos, "routes list is empty");
-        AssignTiers(out.routes);
-        return out;
-      }
-      case Kind::kCidrList: {
-        for (size_t i = 0; i < v.items.size(); ++i) {
-          auto c = Cidr::Parse(v.items[i]);
-          if (!c.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
-          out.cidrs.push_back(*c);
-        }
-        return out;
-      }
+      if (out.routes.empty()) return parser_.ErrorAt(v.pos, "routes list is empty");
+      AssignTiers(out.routes);
+      return out;
     }
-    return out;
-  }
-
-  static std::optional<int64_t> ParseInt(std::string_view s) {
-    uint64_t n;
-    if (!ParseUint(s, &n) || n > uint64_t{INT64_MAX}) return std::nullopt;
-    return static_cast<int64_t>(n);
-  }
-
-  static std::optional<int64_t> ParseSeconds(std::string_view s) {
-    int64_t unit = 1;
-    if (!s.empty()) {
-      switch (AsciiLower(static_cast<unsigned char>(s.back()))) {
-        case 's': unit = 1; s.remove_suffix(1); break;
-        case 'm': unit = 60; s.remove_suffix(1); break;
-        case 'h': unit = 3600; s.remove_suffix(1); break;
-        case 'd': unit = 86400; s.remove_suffix(1); break;
-        default: break;
+    if (spec.type == OptionType::kCidrList) {
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        auto c = Cidr::Parse(v.items[i]);
+        if (!c.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
+        out.cidrs.push_back(*c);
       }
+      return out;
     }
-    auto n = ParseInt(s);
-    if (!n || *n > INT32_MAX / unit) return std::nullopt;
-    return *n * unit;
-  }
-
-  static void ApplyGlobal(const std::string& name, const Typed& v, Config& c) {
-    if (name == "server_max_outbound_connections") c.server_max_outbound_connections = v.number;
-    if (name == "host_failure_retry") c.host_failure_retry_s = v.number;
-    if (name == "min_dns_ttl") c.min_dns_ttl_s = v.number;
-    if (name == "max_dns_ttl") c.max_dns_ttl_s = v.number;
-    if (name == "prohibited_hosts") c.prohibited_hosts = v.cidrs;
-  }
-
-  static void ApplyDomain(const std::string& name, const Typed& v, DomainSettings& d) {
-    if (name == "routes") d.routes = v.routes;
-    if (name == "max_outbound_connections") d.max_outbound_connections = v.number;
-    if (name == "remote_smtp_port") d.remote_smtp_port = v.number;
-    if (name == "connect_timeout") d.connect_timeout_s = v.number;
-    if (name == "banner_timeout") d.banner_timeout_s = v.number;
-    if (name == "mx_failures_to_delay") d.mx_failures_to_delay = v.number;
-    if (name == "use_ipv6") d.use_ipv6 = v.flag;
-    if (name == "prefer_ipv6_mxs") d.prefer_ipv6_mxs = v.flag;
-    if (name == "delivery_method") d.delivery_method = v.text;
+    absl::StatusOr<OptionValue> scalar = ParseScalarOption(spec, v.items[0]);
+    if (!scalar.ok()) return parser_.ErrorAt(v.pos, ToStd(scalar.status().message()));
+    return scalar;
   }
 
   const Parser& parser_;
 };
 
 }  // namespace
+
+std::vector<RouteItem> DefaultRoutes() { return *ParseRouteList({"__mx__"}); }
 
 std::vector<Cidr> DefaultProhibitedHosts() {
   static constexpr std::string_view kRanges[] = {

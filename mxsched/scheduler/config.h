@@ -12,30 +12,15 @@
 // Every error is "FILE:LINE:COLUMN: what was expected"; an unknown option names the nearest
 // known one; an option in a scope where it has no meaning is an error.
 //
-// Options and defaults (scopes: G global, D Domain, H Host):
-//   routes                           G D  ( "__mx__" )
-//   max_outbound_connections         G D H  32 per domain; a Host stanza sets a per-address
-//                                    limit (unset = no per-host limit, as in Momentum)
-//   server_max_outbound_connections  G    20000
-//   remote_smtp_port                 G D  25
-//   connect_timeout                  G D  300 s (Momentum's default)
-//   banner_timeout                   G D  60 s: time to read the 220 greeting after connect.
-//                                    Momentum folds this into connect_timeout; the name and
-//                                    default follow KumoMTA, which separates the two.
-//   host_failure_retry               G H  120 s
-//   mx_failures_to_delay             G D  50
-//   min_dns_ttl / max_dns_ttl        G    0 s / 86400 s
-//   use_ipv6 / prefer_ipv6_mxs       G D  false / false
-//   prohibited_hosts                 G    CIDR list, IPv6 without brackets. Applies to every
-//                                    address that comes from DNS (MX and A/AAAA answers),
-//                                    never to literal addresses written in routes. Default:
-//                                    DefaultProhibitedHosts() — loopback, RFC 1918, link-local,
-//                                    CGNAT, unspecified, ULA and multicast — so a hostile MX
-//                                    record cannot aim connections inside the network (see
-//                                    SECURITY.md). `prohibited_hosts = ( )` allows everything
-//                                    (tests on loopback opt in that way). Momentum's default is
-//                                    empty; this one is deliberately safer.
-//   delivery_method                  G D  "esmtp" (esmtp|smtp|apn|gcm|mm7|http)
+// The options — names, scopes, types, ranges, defaults and meaning — are the descriptor table
+// in config_options.h, which the parser reads; `mxsched check -d` prints the defaults and
+// docs/DESIGN.md §4 lists them. The defaults are the member initializers below. Choices where
+// Momentum is silent or differs: banner_timeout is separate from connect_timeout (as in
+// KumoMTA); prohibited_hosts defaults to DefaultProhibitedHosts() — loopback, RFC 1918,
+// link-local, CGNAT, unspecified, ULA and multicast — so a hostile MX record cannot aim
+// connections inside the network (SECURITY.md); `prohibited_hosts = ( )` allows everything
+// (tests on loopback opt in that way). It applies to addresses from DNS, never to literal
+// addresses written in routes.
 //
 // Thread-safety: Config is an immutable value once parsed; share it with shared_ptr<const>.
 #ifndef MXSCHED_SCHEDULER_CONFIG_H_
@@ -57,9 +42,12 @@ namespace mxsched {
 
 inline constexpr int32_t kUnlimited = INT32_MAX;
 
+// ( "__mx__" ): the default routes, the domain's own MX set.
+std::vector<RouteItem> DefaultRoutes();
+
 // Settings that a Domain stanza can override; the global scope gives the defaults.
 struct DomainSettings {
-  std::vector<RouteItem> routes;  // empty never: defaults to __mx__
+  std::vector<RouteItem> routes = DefaultRoutes();  // never empty
   int32_t max_outbound_connections = 32;
   uint16_t remote_smtp_port = 25;
   uint32_t connect_timeout_s = 300;

@@ -89,7 +89,7 @@ TEST(Config, ErrorsNameFileLineColumnAndWhatWasExpected) {
   EXPECT_EQ(ErrorOf("routes = ( \"a.example\"\n"),
             "m.conf:2:1: expected a list item or ')', got end of file");
   EXPECT_EQ(ErrorOf("\n  max_outbound_connections = lots\n"),
-            "m.conf:2:30: option \"max_outbound_connections\" expects an integer in 0..2147483647, "
+            "m.conf:2:30: option \"max_outbound_connections\" expects an integer in 1..1000000, "
             "got \"lots\"");
   EXPECT_EQ(ErrorOf("routes = ( \"smtp://a.example?pref=99999\" )"),
             "m.conf:1:12: route \"smtp://a.example?pref=99999\": pref=\"99999\" must be an integer "

@@ -1,0 +1,402 @@
+#include "mxsched/scheduler/config_options.h"
+
+#include <algorithm>
+#include <type_traits>
+
+#include "mxsched/base/strings.h"
+
+namespace mxsched {
+namespace {
+
+// --- reading and writing typed fields -----------------------------------------------------
+
+void Assign(int32_t& f, const OptionValue& v) { f = static_cast<int32_t>(v.number); }
+void Assign(uint32_t& f, const OptionValue& v) { f = static_cast<uint32_t>(v.number); }
+void Assign(uint16_t& f, const OptionValue& v) { f = static_cast<uint16_t>(v.number); }
+void Assign(bool& f, const OptionValue& v) { f = v.flag; }
+void Assign(std::string& f, const OptionValue& v) { f = v.text; }
+void Assign(std::vector<RouteItem>& f, const OptionValue& v) { f = v.routes; }
+void Assign(std::vector<Cidr>& f, const OptionValue& v) { f = v.cidrs; }
+void Assign(std::optional<uint32_t>& f, const OptionValue& v) {
+  f = static_cast<uint32_t>(v.number);
+}
+
+OptionValue Read(int64_t n) {
+  OptionValue v;
+  v.number = n;
+  return v;
+}
+OptionValue Read(bool b) {
+  OptionValue v;
+  v.flag = b;
+  return v;
+}
+OptionValue Read(const std::string& s) {
+  OptionValue v;
+  v.text = s;
+  return v;
+}
+OptionValue Read(const std::vector<RouteItem>& r) {
+  OptionValue v;
+  v.routes = r;
+  return v;
+}
+OptionValue Read(const std::vector<Cidr>& c) {
+  OptionValue v;
+  v.cidrs = c;
+  return v;
+}
+OptionValue Read(const std::optional<uint32_t>& o) {
+  OptionValue v = Read(int64_t{o.value_or(0)});
+  v.present = o.has_value();
+  return v;
+}
+
+template <typename S, typename T>
+S ClassOf(T S::*);
+
+// The accessor pair for a data member: Field<&DomainSettings::connect_timeout_s>().
+template <auto kMember>
+constexpr auto Field() {
+  using S = decltype(ClassOf(kMember));
+  return FieldAccess<S>{
+      [](S& s, const OptionValue& v) { Assign(s.*kMember, v); },
+      [](const S& s) {
+        const auto& f = s.*kMember;
+        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(f)>> &&
+                      !std::is_same_v<std::remove_cvref_t<decltype(f)>, bool>) {
+          return Read(static_cast<int64_t>(f));
+        } else {
+          return Read(f);
+        }
+      }};
+}
+
+// A Host stanza's limit: kUnlimited stands for "not set" (no per-host limit).
+constexpr FieldAccess<HostSettings> kHostLimit{
+    [](HostSettings& h, const OptionValue& v) {
+      h.max_outbound_connections = static_cast<int32_t>(v.number);
+    },
+    [](const HostSettings& h) {
+      OptionValue v = Read(int64_t{h.max_outbound_connections});
+      v.present = h.max_outbound_connections != kUnlimited;
+      return v;
+    }};
+
+constexpr unsigned G = kGlobalScope, D = kDomainScope, H = kHostScope;
+constexpr int64_t kMaxConnections = 1000000;  // beyond any fd limit: a typo, not a setting
+constexpr int64_t kDay = 86400;
+
+// The option table. Ranges reject what can only be a mistake: a zero timeout or limit, a
+// timeout longer than an hour (a connector slot held that long is an outage), a TTL beyond
+// a week. See the header for how to add a row.
+constexpr OptionDescriptor kOptions[] = {
+    {.name = "routes",
+     .scopes = G | D,
+     .type = OptionType::kRoutes,
+     .doc = "where mail for the domain goes, in tiers (docs/DESIGN.md §1); \"__mx__\" is the "
+            "domain's own MX set",
+     .domain = Field<&DomainSettings::routes>()},
+    {.name = "max_outbound_connections",
+     .scopes = G | D | H,
+     .type = OptionType::kCount,
+     .min = 1,
+     .max = kMaxConnections,
+     .doc = "connections at once per domain; in a Host stanza, per destination address "
+            "(unset there: no per-host limit, as in Momentum)",
+     .domain = Field<&DomainSettings::max_outbound_connections>(),
+     .host = kHostLimit},
+    {.name = "server_max_outbound_connections",
+     .scopes = G,
+     .type = OptionType::kCount,
+     .min = 1,
+     .max = kMaxConnections,
+     .doc = "connections at once over all domains",
+     .config = Field<&Config::server_max_outbound_connections>()},
+    {.name = "remote_smtp_port",
+     .scopes = G | D,
+     .type = OptionType::kPort,
+     .min = 1,
+     .max = 65535,
+     .doc = "port for route items that name none",
+     .domain = Field<&DomainSettings::remote_smtp_port>()},
+    {.name = "connect_timeout",
+     .scopes = G | D,
+     .type = OptionType::kSeconds,
+     .min = 1,
+     .max = 3600,
+     .doc = "time for the TCP connect (Momentum's default)",
+     .domain = Field<&DomainSettings::connect_timeout_s>()},
+    {.name = "banner_timeout",
+     .scopes = G | D,
+     .type = OptionType::kSeconds,
+     .min = 1,
+     .max = 3600,
+     .doc = "time to read the 220 greeting after connect (separate from connect_timeout, as "
+            "in KumoMTA)",
+     .domain = Field<&DomainSettings::banner_timeout_s>()},
+    {.name = "host_failure_retry",
+     .scopes = G | H,
+     .type = OptionType::kSeconds,
+     .min = 0,
+     .max = kDay,
+     .doc = "how long a failed host is skipped before one probe is let through (0: at once)",
+     .config = Field<&Config::host_failure_retry_s>(),
+     .host = Field<&HostSettings::host_failure_retry_s>()},
+    {.name = "mx_failures_to_delay",
+     .scopes = G | D,
+     .type = OptionType::kCount,
+     .min = 1,
+     .max = INT32_MAX,
+     .doc = "consecutive failures of every host of a domain before its sessions get the 421 "
+            "\"no MXs\" deferral",
+     .domain = Field<&DomainSettings::mx_failures_to_delay>()},
+    {.name = "min_dns_ttl",
+     .scopes = G,
+     .type = OptionType::kSeconds,
+     .min = 0,
+     .max = kDay,
+     .doc = "DNS answers are kept at least this long (at most max_dns_ttl)",
+     .config = Field<&Config::min_dns_ttl_s>()},
+    {.name = "max_dns_ttl",
+     .scopes = G,
+     .type = OptionType::kSeconds,
+     .min = 1,
+     .max = 7 * kDay,
+     .doc = "DNS answers are kept at most this long; also the lifetime of literal-address "
+            "routes without ttl=",
+     .config = Field<&Config::max_dns_ttl_s>()},
+    {.name = "use_ipv6",
+     .scopes = G | D,
+     .type = OptionType::kBool,
+     .doc = "look up AAAA records and connect over IPv6",
+     .domain = Field<&DomainSettings::use_ipv6>()},
+    {.name = "prefer_ipv6_mxs",
+     .scopes = G | D,
+     .type = OptionType::kBool,
+     .doc = "within a tier, try IPv6 addresses before IPv4 ones",
+     .domain = Field<&DomainSettings::prefer_ipv6_mxs>()},
+    {.name = "prohibited_hosts",
+     .scopes = G,
+     .type = OptionType::kCidrList,
+     .doc = "address ranges DNS answers may not point at (never applied to literal routes); "
+            "the default refuses internal ranges, ( ) allows all (SECURITY.md)",
+     .config = Field<&Config::prohibited_hosts>()},
+    {.name = "delivery_method",
+     .scopes = G | D,
+     .type = OptionType::kChoice,
+     .choices = "esmtp|smtp|apn|gcm|mm7|http",
+     .doc = "protocol of the domain's deliveries",
+     .domain = Field<&DomainSettings::delivery_method>()},
+};
+
+std::optional<int64_t> ParseInt(std::string_view s) {
+  uint64_t n;
+  if (!ParseUint(s, &n) || n > uint64_t{INT64_MAX}) return std::nullopt;
+  return static_cast<int64_t>(n);
+}
+
+std::optional<int64_t> ParseSeconds(std::string_view s) {
+  int64_t unit = 1;
+  if (!s.empty()) {
+    switch (AsciiLower(s.back())) {
+      case 's': unit = 1; s.remove_suffix(1); break;
+      case 'm': unit = 60; s.remove_suffix(1); break;
+      case 'h': unit = 3600; s.remove_suffix(1); break;
+      case 'd': unit = kDay; s.remove_suffix(1); break;
+      default: break;
+    }
+  }
+  auto n = ParseInt(s);
+  if (!n || *n > INT64_MAX / unit) return std::nullopt;
+  return *n * unit;
+}
+
+std::string Quote(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default: out.push_back(c);
+    }
+  }
+  out.push_back('"');
+  return out;
+}
+
+std::string TypeAndRange(const OptionDescriptor& o) {
+  switch (o.type) {
+    case OptionType::kCount: return StrCat("integer ", o.min, "..", o.max);
+    case OptionType::kSeconds: return StrCat("seconds ", o.min, "..", o.max);
+    case OptionType::kPort: return StrCat("port ", o.min, "..", o.max);
+    case OptionType::kBool: return "boolean";
+    case OptionType::kChoice: {
+      std::string s = StrCat("one of ", o.choices);
+      std::replace(s.begin(), s.end(), '|', ' ');  // '|' would end a Markdown table cell
+      return s;
+    }
+    case OptionType::kRoutes: return "route list";
+    case OptionType::kCidrList: return "CIDR list";
+  }
+  return "?";
+}
+
+std::string ScopeLetters(unsigned scopes) {
+  std::string s;
+  if (scopes & kGlobalScope) s += "G";
+  if (scopes & kDomainScope) s += "D";
+  if (scopes & kHostScope) s += "H";
+  return s;
+}
+
+}  // namespace
+
+std::span<const OptionDescriptor> ConfigOptions() { return kOptions; }
+
+const OptionDescriptor* FindConfigOption(std::string_view lower_name) {
+  for (const OptionDescriptor& o : kOptions) {
+    if (o.name == lower_name) return &o;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::string_view text) {
+  OptionValue out;
+  switch (o.type) {
+    case OptionType::kCount:
+    case OptionType::kPort:
+    case OptionType::kSeconds: {
+      const bool seconds = o.type == OptionType::kSeconds;
+      auto n = seconds ? ParseSeconds(text) : ParseInt(text);
+      if (!n || *n < o.min || *n > o.max) {
+        return absl::InvalidArgumentError(
+            StrCat("option \"", o.name, "\" expects ",
+                   seconds ? "a duration (e.g. 30, 90s, 5m) in " : "an integer in ", o.min, "..",
+                   o.max, seconds ? " seconds" : "", ", got \"", text, "\""));
+      }
+      out.number = *n;
+      return out;
+    }
+    case OptionType::kBool: {
+      std::string s = ToLower(text);
+      if (s == "true" || s == "yes" || s == "on" || s == "1") {
+        out.flag = true;
+      } else if (s == "false" || s == "no" || s == "off" || s == "0") {
+        out.flag = false;
+      } else {
+        return absl::InvalidArgumentError(
+            StrCat("option \"", o.name, "\" expects true or false, got \"", text, "\""));
+      }
+      return out;
+    }
+    case OptionType::kChoice: {
+      std::string s = ToLower(text);
+      for (std::string_view c : Split(o.choices, '|')) {
+        if (c == s) {
+          out.text = s;
+          return out;
+        }
+      }
+      std::string expected(o.choices);
+      std::replace(expected.begin(), expected.end(), '|', ' ');
+      return absl::InvalidArgumentError(StrCat(o.name, " \"", text,
+                                               "\" unknown (expected one of: ", expected, ")"));
+    }
+    case OptionType::kRoutes:
+    case OptionType::kCidrList:
+      break;
+  }
+  return absl::InvalidArgumentError(StrCat("option \"", o.name, "\" expects a list"));
+}
+
+std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
+  switch (o.type) {
+    case OptionType::kCount:
+    case OptionType::kPort: return StrCat(v.number);
+    case OptionType::kSeconds: return StrCat(v.number, "s");
+    case OptionType::kBool: return v.flag ? "true" : "false";
+    case OptionType::kChoice: return Quote(v.text);
+    case OptionType::kRoutes: {
+      std::string s = "(";
+      for (const RouteItem& r : v.routes) s += " " + Quote(r.text);
+      return s + " )";
+    }
+    case OptionType::kCidrList: {
+      std::string s = "(";
+      for (const Cidr& c : v.cidrs) s += " " + Quote(c.ToString());
+      return s + " )";
+    }
+  }
+  return "";
+}
+
+std::optional<OptionValue> GlobalOptionValue(const OptionDescriptor& o, const Config& c) {
+  if (o.config) return o.config.get(c);
+  if (o.domain) return o.domain.get(c.global);
+  return std::nullopt;
+}
+
+std::string ListConfig(const Config& config, ConfigListing listing) {
+  static const Config kDefaults;
+  const Config& shown = listing == ConfigListing::kDefaults ? kDefaults : config;
+  std::string out;
+  for (const OptionDescriptor& o : kOptions) {
+    std::optional<OptionValue> v = GlobalOptionValue(o, shown);
+    if (!v) continue;
+    std::string text = FormatOptionValue(o, *v);
+    const bool is_default = text == FormatOptionValue(o, *GlobalOptionValue(o, kDefaults));
+    if (listing == ConfigListing::kNonDefault && is_default) continue;
+    out += StrCat(o.name, " = ", text,
+                  listing == ConfigListing::kEffective && is_default ? "  # default" : "", "\n");
+  }
+  if (listing == ConfigListing::kDefaults) return out;
+
+  std::vector<std::string> names;
+  for (const auto& [name, d] : config.domains) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const DomainSettings& d = config.domains.at(name);
+    out += StrCat("Domain ", Quote(name), " {\n");
+    for (const OptionDescriptor& o : kOptions) {
+      if (!(o.scopes & kDomainScope) || !o.domain) continue;
+      std::string text = FormatOptionValue(o, o.domain.get(d));
+      if (text == FormatOptionValue(o, o.domain.get(config.global))) continue;
+      out += StrCat("  ", o.name, " = ", text, "\n");
+    }
+    out += "}\n";
+  }
+  names.clear();
+  for (const auto& [name, h] : config.hosts) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const HostSettings& h = config.hosts.at(name);
+    out += StrCat("Host ", Quote(name), " {\n");
+    for (const OptionDescriptor& o : kOptions) {
+      if (!(o.scopes & kHostScope) || !o.host) continue;
+      OptionValue v = o.host.get(h);
+      if (v.present) out += StrCat("  ", o.name, " = ", FormatOptionValue(o, v), "\n");
+    }
+    out += "}\n";
+  }
+  return out;
+}
+
+std::string ConfigOptionsMarkdown() {
+  static const Config kDefaults;
+  std::string out =
+      "| option | scopes | type, range | default | meaning |\n"
+      "|---|---|---|---|---|\n";
+  for (const OptionDescriptor& o : kOptions) {
+    std::optional<OptionValue> v = GlobalOptionValue(o, kDefaults);
+    std::string def = v ? StrCat("`", FormatOptionValue(o, *v), "`") : "unset";
+    if (o.host) def += " (Host stanza: unset)";
+    out += StrCat("| `", o.name, "` | ", ScopeLetters(o.scopes), " | ", TypeAndRange(o), " | ",
+                  def, " | ", o.doc, " |\n");
+  }
+  return out;
+}
+
+}  // namespace mxsched
