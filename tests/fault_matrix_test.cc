@@ -154,8 +154,17 @@ TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
     clear_reason |= example.find("Too many open files") != std::string::npos;
   }
   EXPECT_TRUE(clear_reason) << "EMFILE must be named in the reason";
+  // The starved run failed the host more than mx_failures_to_delay times in a row, so until
+  // its one half-open probe connects, sessions are deferred ("no MXs ... could be reached").
+  // Wait for that probe (bounded), not for a guess at how long it takes.
+  bool probe_connected = false;
+  for (int i = 0; i < 200 && !probe_connected; ++i) {
+    probe_connected = Load(selector, config, 1, 1).connected == 1;
+  }
+  ASSERT_TRUE(probe_connected) << "the host never recovered";
   io::LoadReport recovered = Load(selector, config, 2000, 50);
   EXPECT_EQ(recovered.connected, 2000) << "fds are back: everything connects again";
+  for (const auto& [kind, example] : recovered.examples) ADD_FAILURE() << example;
 }
 
 TEST_F(FaultMatrix, TinySubmissionQueueStillCarriesManySessions) {
