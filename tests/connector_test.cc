@@ -284,6 +284,75 @@ TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
   EXPECT_EQ(selector.waiting(), 0u);
 }
 
+TEST_F(ConnectorTest, SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhileLaterOnesAreServed) {
+  // DESIGN §5 against the farm: 60 sessions for three domains of one route contend for 2
+  // slots on a host that greets after 20 ms; each waits at most 300 ms. The farm serves
+  // ~2 per 20 ms, so some are served and some may time out. Fair hand-off means service
+  // follows arrival (within the 2 slots' overlap), and no session is deferred after a later
+  // one was served. Order is checked by callback sequence, not by clock.
+  auto farm = testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 20}}});
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
+                                             "\" { max_outbound_connections = 2 }"));
+  Selector selector(config);
+  auto loop = io::Loop::Create(1024);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  io::ConnectorOptions o;
+  o.slot_wait_ms = 300;
+  o.banner_timeout_ms = 5000;
+  o.connect_timeout_ms = 5000;
+  constexpr int kSessions = 60;
+  struct Done {
+    int index;
+    ConnectResult::Kind kind;
+  };
+  std::vector<Done> order;  // callback order
+  {
+    io::Connector connector(loop->get(), &selector, config, o);
+    // Like a delivery worker: 20 in flight, and each session that ends starts the next, so
+    // new arrivals keep coming while older ones wait (the issue 13 scenario: the newcomer
+    // used to take the slot its predecessor just freed, ahead of the woken waiter).
+    int next = 0;
+    std::function<void()> start_one = [&] {
+      const int i = next++;
+      connector.Connect(StrCat("d", i % 3, ".example"), [&, i](ConnectResult r) {
+        order.push_back({i, r.kind});
+        if (r.kind == ConnectResult::Kind::kConnected) testing::CloseConnection(r);
+        if (next < kSessions) start_one();
+      });
+    };
+    while (next < 20) start_one();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (connector.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+      (*loop)->RunOnce(100);
+    }
+    ASSERT_EQ(connector.in_flight(), 0u);
+  }
+  ASSERT_EQ(order.size(), static_cast<size_t>(kSessions));
+  std::vector<int> served;  // indices of connected sessions, in order of service
+  int deferred = 0;
+  for (size_t k = 0; k < order.size(); ++k) {
+    if (order[k].kind == ConnectResult::Kind::kConnected) {
+      served.push_back(order[k].index);
+      continue;
+    }
+    ASSERT_EQ(order[k].kind, ConnectResult::Kind::kDeferred);
+    ++deferred;
+    // Nobody who arrived later than this waiter had been served when it gave up.
+    for (int s : served) EXPECT_LT(s, order[k].index) << "session " << s << " arrived after "
+                                                      << order[k].index << " but was served first";
+  }
+  ASSERT_GE(served.size(), 4u) << "too few served to say anything about order";
+  int max_before = -1;  // FIFO: no one overtakes more than the other slot's overlap
+  for (size_t k = 2; k < served.size(); ++k) {
+    max_before = std::max(max_before, served[k - 2]);
+    EXPECT_GT(served[k], max_before) << "served #" << k << " arrived before #" << k - 2;
+  }
+  EXPECT_LE(StatsFor(farm->Stats(), Ip(1))->peak, 2);
+  EXPECT_EQ(selector.waiting(), 0u);
+  RecordProperty("served", static_cast<int>(served.size()));
+  RecordProperty("deferred", deferred);
+}
+
 TEST_F(ConnectorTest, SlotWaitIsBoundedAndEndsDeferred) {
   auto farm = testing::StartFarm(Hosts({1}));
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),

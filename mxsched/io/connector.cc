@@ -80,26 +80,29 @@ struct Connector::Session {
 
   void Attempt() {
     AcquireResult r = connector->selector_->Acquire(domain);
-    if (!r.ok()) {
-      const Deferral& d = r.deferral();
-      if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
-          !dns_wait_expired) {
-        return WaitForDns();
-      }
-      const bool at_limit = d.reason == DeferReason::kHostsAtLimit ||
-                            d.reason == DeferReason::kDomainLimit ||
-                            d.reason == DeferReason::kServerLimit;
-      if (at_limit && connector->options_.slot_wait_ms > 0 && !slot_wait_expired) {
-        return WaitForSlot();
-      }
-      ConnectResult res;
-      res.kind = d.permanent() ? ConnectResult::Kind::kFailed : ConnectResult::Kind::kDeferred;
-      res.reason = d.ToString();
-      if (!last_error.empty()) res.reason += StrCat(" (last attempt: ", last_error, ")");
-      res.defer_reason = d.reason;
-      return Finish(std::move(res));
+    if (r.ok()) return Start(r.TakeLease());
+    const Deferral& d = r.deferral();
+    if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
+        !dns_wait_expired) {
+      return WaitForDns();
     }
-    lease = r.TakeLease();
+    const bool at_limit = d.reason == DeferReason::kHostsAtLimit ||
+                          d.reason == DeferReason::kDomainLimit ||
+                          d.reason == DeferReason::kServerLimit;
+    if (at_limit && connector->options_.slot_wait_ms > 0 && !slot_wait_expired) {
+      return WaitForSlot();
+    }
+    ConnectResult res;
+    res.kind = d.permanent() ? ConnectResult::Kind::kFailed : ConnectResult::Kind::kDeferred;
+    res.reason = d.ToString();
+    if (!last_error.empty()) res.reason += StrCat(" (last attempt: ", last_error, ")");
+    res.defer_reason = d.reason;
+    return Finish(std::move(res));
+  }
+
+  // A slot is held (from Acquire, or handed over by the selector to this waiter).
+  void Start(Lease l) {
+    lease = std::move(l);
     ++attempts;
     attempt_start = NowNanos();
     parser = GreetingParser();
@@ -268,7 +271,10 @@ struct Connector::Session {
   // --- rule 8: wait for a slot -------------------------------------------------------
   struct Waiter : SlotWaiter {
     explicit Waiter(Session* s) : session(s) {}
-    void Wake() override { session->connector->QueueWoken(session); }  // any thread
+    // Any thread. `lease` is the slot handed over (or invalid: re-plan with Acquire).
+    void Wake(Lease lease) override {
+      session->connector->QueueWoken(session, std::move(lease));
+    }
     Session* session;
   };
   Waiter waiter{this};
@@ -289,11 +295,14 @@ struct Connector::Session {
     connector->selector_->WaitForSlot(domain, &waiter, /*front=*/slot_woken_before);
   }
 
-  void OnWoken() {  // on the loop thread
+  void OnWoken(Lease granted) {  // on the loop thread
     slot_waiting = false;
     slot_woken_before = true;
-    if (!finished) return Attempt();
-    MaybeDelete();
+    if (!finished) {
+      if (granted.valid()) return Start(std::move(granted));  // handed over: no re-race
+      return Attempt();
+    }
+    MaybeDelete();  // (`granted`, if any, goes back: the session ended meanwhile)
   }
 
   void OnSlotTimer(int, uint32_t) {
@@ -324,6 +333,7 @@ struct Connector::Session {
     r.elapsed_nanos = now - start;
     connector->selector_->stats().CountSession(static_cast<size_t>(r.kind),
                                                slot_wait_start < 0 ? -1 : now - slot_wait_start);
+    if (slot_wait_start >= 0) r.slot_wait_nanos = now - slot_wait_start;
     --connector->in_flight_;
     Callback cb = std::move(done);
     cb(std::move(r));
@@ -366,21 +376,21 @@ Connector::~Connector() {
   wake_.reset();
 }
 
-void Connector::QueueWoken(Session* s) {
+void Connector::QueueWoken(Session* s, Lease lease) {
   // Notify under the lock: once this thread lets go, the loop thread may finish the
   // session and destroy the connector (ThreadSanitizer found the unlocked version).
   MutexLock lock(&wake_mu_);
-  woken_.push_back(s);
+  woken_.emplace_back(s, std::move(lease));
   wake_->Notify();
 }
 
 void Connector::RunWoken() {
-  std::vector<Session*> woken;
+  std::vector<std::pair<Session*, Lease>> woken;
   {
     MutexLock lock(&wake_mu_);
     woken.swap(woken_);
   }
-  for (Session* s : woken) s->OnWoken();
+  for (auto& [s, lease] : woken) s->OnWoken(std::move(lease));
 }
 
 void Connector::Connect(std::string_view domain, Callback done) {

@@ -53,6 +53,9 @@ struct ConnectResult {
   std::optional<Outcome> last_outcome;
   int attempts = 0;
   int64_t elapsed_nanos = 0;  // from Connect() to this result
+  // From the first wait for a slot to this result (0 if it never waited): the part of
+  // elapsed_nanos spent queued behind others, not connecting.
+  int64_t slot_wait_nanos = 0;
   // kConnected only:
   int fd = -1;
   Lease lease;
@@ -68,8 +71,9 @@ struct ConnectorOptions {
   int banner_timeout_ms = -1;
   int dns_wait_ms = 30000;
   // Rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
-  // to this long for a slot — woken by the Selector the moment one frees, no polling —
-  // instead of ending as deferred at once. 0: defer at once.
+  // to this long for a slot — handed over by the Selector, first come first served, the
+  // moment one frees (DESIGN §5), no polling — instead of ending as deferred at once.
+  // 0: defer at once.
   int slot_wait_ms = 0;
 };
 
@@ -99,7 +103,7 @@ class Connector {
   friend struct Session;
   // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
   // eventfd read on this loop picks them up.
-  void QueueWoken(Session* s);
+  void QueueWoken(Session* s, Lease lease);
   void RunWoken();
 
   Loop* loop_;
@@ -110,7 +114,7 @@ class Connector {
   size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)
   std::vector<Session*> waiting_dns_;
   Mutex wake_mu_;
-  std::vector<Session*> woken_ ABSL_GUARDED_BY(wake_mu_);
+  std::vector<std::pair<Session*, Lease>> woken_ ABSL_GUARDED_BY(wake_mu_);
   // Set when slot_wait_ms > 0; notified by wakers on any thread under wake_mu_.
   std::unique_ptr<Notifier> wake_;
 };

@@ -90,11 +90,13 @@ bool EqualsLower(std::string_view query, std::string_view lower);
 // neighbouring domains slowed each other by ~30% (bench/README.md). The otherwise idle half
 // holds the name inline.
 struct alignas(128) DomainEntry {
-  static constexpr size_t kInlineName = 88;
+  static constexpr size_t kInlineName = 80;
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
   std::atomic<uint32_t> cursor{0};  // rotation position (mod tier size)
+  std::atomic<int32_t> waiting{0};  // SlotWaiters queued for this domain's own limit
+  std::atomic<uint32_t> last_used_s{0};  // coarse clock seconds of the last Acquire/Release
   std::atomic<bool> refreshing{false};
   uint16_t name_size = 0;
   uint64_t hash = 0;

@@ -80,7 +80,9 @@ class alignas(128) HostState {
   // reported, so another probe may go.
   void Release(bool was_probe) {
     if (ABSL_PREDICT_FALSE(was_probe)) probe_in_flight_.store(false, std::memory_order_release);
-    active_.fetch_sub(1, std::memory_order_acq_rel);
+    // seq_cst (the same instruction on x86): the releaser then reads waiting(); a waiter
+    // raises waiting and then looks at active (slot_waiters.h).
+    active_.fetch_sub(1, std::memory_order_seq_cst);
   }
 
   // A connection reached a usable 220 greeting: the host is reachable again.
@@ -97,6 +99,10 @@ class alignas(128) HostState {
   int32_t active() const { return active_.load(std::memory_order_acquire); }
   int32_t limit() const { return limit_.load(std::memory_order_relaxed); }
   int32_t peak() const { return peak_.load(std::memory_order_relaxed); }
+  // Slot waiters queued on this host (SlotWaiters): while non-zero, a new Acquire does not
+  // take a slot here — a freed slot goes to the oldest waiter (DESIGN §5).
+  int32_t waiting() const { return waiting_.load(std::memory_order_seq_cst); }
+  void AddWaiting(int32_t delta) { waiting_.fetch_add(delta, std::memory_order_seq_cst); }
   uint32_t consecutive_failures() const {
     return consecutive_failures_.load(std::memory_order_relaxed);
   }
@@ -139,6 +145,7 @@ class alignas(128) HostState {
   std::atomic<int64_t> failed_until_{0};  // 0 = reachable
   std::atomic<bool> probe_in_flight_{false};
   std::atomic<int32_t> peak_{0};
+  std::atomic<int32_t> waiting_{0};
   // Warm: touched on Report.
   std::atomic<uint32_t> consecutive_failures_{0};
   std::atomic<int64_t> retry_nanos_;

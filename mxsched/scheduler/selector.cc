@@ -1,5 +1,6 @@
 #include "mxsched/scheduler/selector.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "mxsched/base/strings.h"
@@ -89,7 +90,7 @@ void Lease::Report(Outcome outcome) {
     case Outcome::kConnected: {
       const bool recovered = host_->failed_until() != 0;
       host_->RecordSuccess();
-      if (recovered) selector_->WakeWaiters(host_, /*all=*/true);
+      if (recovered) selector_->HandOff(host_, nullptr);
       break;
     }
     case Outcome::kLocalError:
@@ -206,67 +207,179 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
 
 void Selector::ReleaseLease(Lease& lease) {
   lease.host_->Release(lease.probe_);
-  lease.domain_->active.fetch_sub(1, std::memory_order_acq_rel);
+  lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
-  if (ABSL_PREDICT_FALSE(waiters_.maybe_nonempty())) {
-    WakeWaiters(lease.host_, /*all=*/false);
-  }
+  // The slot is free; if anyone waits, hand it over before a newcomer can race for it
+  // (newcomers skip hosts and domains with waiters). The seq_cst RMWs above and the read
+  // here pair with WaitForSlot's registration, so a waiter is never missed.
+  if (ABSL_PREDICT_FALSE(waiters_.maybe_nonempty())) HandOff(lease.host_, lease.domain_);
 }
 
-namespace {
-// Could `domain` get a slot now: below its own limit, and a host of its route (`host` if
-// given) reachable and below its limit? REQUIRES: an EpochGuard.
-bool HasRoom(const DomainEntry* domain, const HostState* host, int64_t now) {
-  const RouteSnapshot* snap = domain->snapshot.load(std::memory_order_acquire);
-  if (domain->active.load(std::memory_order_relaxed) >= snap->domain_limit()) return false;
-  for (size_t t = 0; t < snap->num_tiers(); ++t) {
-    for (const HostState* h : snap->TierHosts(t)) {
-      if ((host == nullptr || h == host) && h->active() < h->limit() && h->Reachable(now)) {
-        return true;
+Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
+                                   const HostState* freed, int64_t now, Lease* out) {
+  const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
+  if (snap->state() != RouteState::kReady) return Grant::kHosts;
+  // Older waiters for this domain's own limit, or for the server, go first.
+  if (entry->waiting.load(std::memory_order_seq_cst) != 0) {
+    const SlotWaiters::Node* head = waiters_.DomainHead(entry);
+    if (t == nullptr || head == nullptr || head->ticket != t) return Grant::kDomain;
+  }
+  int32_t active = entry->active.load(std::memory_order_seq_cst);
+  do {
+    if (active >= snap->domain_limit()) return Grant::kDomain;
+  } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed));
+  const bool server_limited = server_credit_.limited();
+  if (server_limited) {
+    const SlotWaiters::Node* head = waiters_.ServerHead();
+    const bool older_waits = head != nullptr && (t == nullptr || head->ticket != t);
+    if (older_waits || !server_credit_.Take()) {
+      entry->active.fetch_sub(1, std::memory_order_acq_rel);
+      return Grant::kServer;
+    }
+  }
+  auto usable = [&](const HostState* h) {
+    if (h == freed || h->waiting() == 0) return true;
+    const SlotWaiters::Node* head = waiters_.HostHead(h);
+    return t != nullptr && head != nullptr && head->ticket == t;
+  };
+  for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
+    std::span<HostState* const> hosts = snap->TierHosts(ti);
+    const uint32_t n = static_cast<uint32_t>(hosts.size());
+    const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
+    // The freed host first in its tier: the slot is handed over, not re-raced.
+    int32_t freed_at = -1;
+    for (uint32_t i = 0; i < n && freed != nullptr; ++i) {
+      if (hosts[i] == freed) freed_at = static_cast<int32_t>(i);
+    }
+    for (uint32_t k = 0; k < n + (freed_at >= 0 ? 1 : 0); ++k) {
+      uint32_t idx;
+      if (freed_at >= 0) {
+        if (k == 0) {
+          idx = static_cast<uint32_t>(freed_at);
+        } else {
+          idx = (start + k - 1) % n;
+          if (idx == static_cast<uint32_t>(freed_at)) continue;
+        }
+      } else {
+        idx = (start + k) % n;
+      }
+      HostState* h = hosts[idx];
+      if (!usable(h)) continue;
+      Admission a = h->TryAdmit(now);
+      if (a == Admission::kAdmitted || a == Admission::kProbe) {
+        entry->cursor.store(idx + 1, std::memory_order_relaxed);
+        Lease lease;
+        lease.selector_ = this;
+        lease.host_ = h;
+        lease.domain_ = entry;
+        lease.probe_ = a == Admission::kProbe;
+        *out = std::move(lease);
+        return Grant::kGranted;
       }
     }
   }
-  return false;
+  entry->active.fetch_sub(1, std::memory_order_acq_rel);
+  if (server_limited) server_credit_.Return();
+  return Grant::kHosts;
 }
-}  // namespace
+
+SlotWaiters::Ticket* Selector::Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why,
+                                       bool front, int64_t now) {
+  SlotWaiters::Kind kind = why == Grant::kDomain   ? SlotWaiters::Kind::kDomain
+                           : why == Grant::kServer ? SlotWaiters::Kind::kServer
+                                                   : SlotWaiters::Kind::kHosts;
+  std::vector<HostState*> hosts;
+  if (kind == SlotWaiters::Kind::kHosts) {
+    const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
+    for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
+      for (HostState* h : snap->TierHosts(ti)) {
+        if (std::find(hosts.begin(), hosts.end(), h) == hosts.end()) hosts.push_back(h);
+      }
+    }
+  }
+  return waiters_.Add(waiter, entry, kind, hosts, front, now);
+}
+
+void Selector::HandOff(HostState* host, DomainEntry* domain) {
+  std::vector<std::pair<SlotWaiter*, Lease>> grants;
+  {
+    epoch::EpochGuard guard;
+    MutexLock lock(&waiters_.mu());
+    const int64_t now = clock_->NowNanos();
+    // Tickets that lost their reason to wait on one queue but must wait on another (a
+    // domain waiter whose domain now has room but whose hosts are full) move there.
+    std::vector<std::pair<SlotWaiters::Ticket*, Grant>> moves;
+    auto serve = [&](SlotWaiters::Node* n, const HostState* freed, bool skip_domain_full) {
+      while (n != nullptr) {
+        if (freed != nullptr && (freed->active() >= freed->limit() || !freed->Reachable(now))) {
+          return;  // nothing left to hand out here
+        }
+        SlotWaiters::Node* next = n->next;
+        SlotWaiters::Ticket* t = n->ticket;
+        Lease lease;
+        const Grant g = TryGrant(t->domain, t, freed, now, &lease);
+        if (g == Grant::kGranted) {
+          grants.emplace_back(waiters_.Remove(t), std::move(lease));
+          if (freed == nullptr) return;  // one domain or server slot freed: one grant
+        } else if (g == Grant::kDomain && skip_domain_full) {
+          // This waiter's own domain is full: the slot may serve the next one.
+        } else {
+          const bool misplaced =
+              (t->kind == SlotWaiters::Kind::kDomain && g == Grant::kHosts) ||
+              (t->kind == SlotWaiters::Kind::kServer && g != Grant::kServer);
+          if (freed != nullptr || !misplaced) return;
+          moves.emplace_back(t, g);  // and look further for one who can use the slot
+        }
+        n = next;
+      }
+    };
+    if (host != nullptr && host->waiting() != 0) serve(waiters_.HostHead(host), host, true);
+    if (domain != nullptr && domain->waiting.load(std::memory_order_seq_cst) != 0) {
+      serve(waiters_.DomainHead(domain), nullptr, false);
+    }
+    if (waiters_.server_waiting()) serve(waiters_.ServerHead(), nullptr, false);
+    for (auto& [t, why] : moves) {
+      DomainEntry* e = t->domain;
+      Enqueue(e, waiters_.Remove(t), why, /*front=*/false, now);
+    }
+  }
+  for (auto& [w, lease] : grants) w->Wake(std::move(lease));
+}
 
 void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
-  DomainEntry* entry;
-  {
-    epoch::EpochGuard guard;
-    Deferral unused{DeferReason::kPermanent, {}};
-    entry = FindOrCreate(domain, &unused);
-  }
+  epoch::EpochGuard guard;
+  Deferral unused{DeferReason::kPermanent, {}};
+  DomainEntry* entry = FindOrCreate(domain, &unused);
   if (entry == nullptr) {  // not a valid domain: nothing will ever free up
-    waiter->Wake();
+    waiter->Wake(Lease());
     return;
   }
-  waiters_.Add(waiter, entry, front);
-  // A slot may have freed between the caller's failed Acquire and the registration (that
-  // release saw no waiter): look once more, for this waiter only.
-  bool room;
+  const int64_t now = clock_->NowNanos();
+  Lease lease;
   {
-    epoch::EpochGuard guard;
-    room = HasRoom(entry, nullptr, clock_->NowNanos());
+    MutexLock lock(&waiters_.mu());
+    Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease);
+    if (g != Grant::kGranted) {
+      SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, now);
+      // A slot may have freed between the caller's failed Acquire and the registration
+      // (that release saw no waiter): look once more, as this ticket.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (TryGrant(entry, t, nullptr, now, &lease) == Grant::kGranted) waiters_.Remove(t);
+    }
   }
-  if (room && CancelWait(waiter)) waiter->Wake();
+  if (lease.valid()) waiter->Wake(std::move(lease));
 }
 
-bool Selector::CancelWait(SlotWaiter* waiter) { return waiters_.Cancel(waiter); }
+bool Selector::CancelWait(SlotWaiter* waiter) {
+  MutexLock lock(&waiters_.mu());
+  SlotWaiters::Ticket* t = waiters_.Find(waiter);
+  if (t == nullptr) return false;
+  waiters_.Remove(t);
+  return true;
+}
 
 size_t Selector::waiting() const { return waiters_.size(); }
-
-void Selector::WakeWaiters(const HostState* host, bool all) {
-  const int64_t now = clock_->NowNanos();
-  // Nothing to hand out (a concurrent Acquire took the slot): no need to look at anyone.
-  if (host->active() >= host->limit() || !host->Reachable(now)) return;
-  std::vector<SlotWaiter*> wake;
-  {
-    epoch::EpochGuard guard;
-    wake = waiters_.Take([&](const DomainEntry* d) { return HasRoom(d, host, now); }, all);
-  }
-  for (SlotWaiter* w : wake) w->Wake();
-}
 
 Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {
   if (saw_full) return {DeferReason::kHostsAtLimit, {}};
@@ -318,14 +431,19 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   }
 
   // Domain, then server: both bounded CAS, undone if no host admits.
+  // Older waiters first (DESIGN §5): a slot they are queued for is not taken from them.
   const int32_t domain_limit = snap->domain_limit();
   int32_t active = entry->active.load(std::memory_order_relaxed);
   do {
-    if (active >= domain_limit) return Deferred(Deferral{DeferReason::kDomainLimit, {}});
+    if (active >= domain_limit ||
+        ABSL_PREDICT_FALSE(entry->waiting.load(std::memory_order_relaxed) != 0)) {
+      return Deferred(Deferral{DeferReason::kDomainLimit, {}});
+    }
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
   const bool server_limited = server_credit_.limited();
-  if (server_limited && !server_credit_.Take()) {
+  if (server_limited &&
+      (ABSL_PREDICT_FALSE(waiters_.server_waiting()) || !server_credit_.Take())) {
     entry->active.fetch_sub(1, std::memory_order_acq_rel);
     return Deferred(Deferral{DeferReason::kServerLimit, {}});
   }
@@ -337,6 +455,12 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
     for (uint32_t i = 0; i < n; ++i) {
       HostState* h = hosts[(start + i) % n];
+      // Waiters queued here get its next slot. (A failed host is still probed: waiters do
+      // not poll, so the probe that brings it back comes from a new session.)
+      if (ABSL_PREDICT_FALSE(h->waiting() != 0) && h->failed_until() == 0) {
+        saw_full = true;
+        continue;
+      }
       Admission a = h->TryAdmit(now);
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
         // Racy by design: concurrent pickers may both start at the same place; the limit
@@ -364,9 +488,14 @@ bool Selector::RefreshDomain(std::string_view domain) {
   if (e == nullptr) return false;
   e->generation.store(0, std::memory_order_release);
   // This domain's waiters re-plan against the new route.
-  for (SlotWaiter* w : waiters_.Take([e](const DomainEntry* d) { return d == e; }, true)) {
-    w->Wake();
+  std::vector<SlotWaiter*> wake;
+  {
+    MutexLock lock(&waiters_.mu());
+    for (SlotWaiters::Ticket* t : waiters_.All()) {
+      if (t->domain == e) wake.push_back(waiters_.Remove(t));
+    }
   }
+  for (SlotWaiter* w : wake) w->Wake(Lease());
   return true;
 }
 
@@ -378,7 +507,12 @@ void Selector::RefreshAll() {
   } while (!generation_.compare_exchange_weak(g, next));
   // Waiters were judged against the old routes; the new ones may have room. Wake them all
   // to re-plan (those still without a slot queue again, at the front).
-  for (SlotWaiter* w : waiters_.TakeAll()) w->Wake();
+  std::vector<SlotWaiter*> wake;
+  {
+    MutexLock lock(&waiters_.mu());
+    for (SlotWaiters::Ticket* t : waiters_.All()) wake.push_back(waiters_.Remove(t));
+  }
+  for (SlotWaiter* w : wake) w->Wake(Lease());
 }
 
 DomainView Selector::Describe(std::string_view domain) {

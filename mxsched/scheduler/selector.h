@@ -194,11 +194,18 @@ class Selector {
   // Acquire. Slot waiters are woken to re-plan against the new routes.
   void RefreshAll();
 
-  // Rule 8, waiting instead of polling: `waiter` is woken once, in FIFO order among waiters,
-  // the moment a slot that could serve `domain` frees — a lease on a host of its route or on
-  // the domain itself is released — or a host of its route recovers. Then it calls Acquire
-  // again (and may wait again; `front` puts it back at the head of the queue).
-  // REQUIRES: `waiter` stays valid until woken or CancelWait returns true.
+  // Waiting instead of polling, first come first served (DESIGN §5): `waiter` is queued for
+  // what stopped `domain` (its hosts' limits, its own limit or the server's) and woken once,
+  // with the slot handed over in Wake(lease), when that frees and it is the oldest waiter
+  // that can use it. Strict preference holds for the hand-off (a freed tier-1 slot is not
+  // given while a tier-0 host of the waiter's route has room), and while waiters are queued
+  // for a host, domain or the server, new Acquires do not take that slot from them. If a
+  // slot is free already, Wake runs before WaitForSlot returns. `front` queues ahead of
+  // everyone (for a waiter woken without a lease that must wait again).
+  // A release costs O(1) queue work plus one grant; only the freed host's, the releasing
+  // domain's and the server's queues are looked at.
+  // REQUIRES: `waiter` is not queued already, and stays valid until woken or CancelWait
+  // returns true.
   void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
   // True if `waiter` was still queued (and now is not); false if it was already woken.
   bool CancelWait(SlotWaiter* waiter);
@@ -242,9 +249,21 @@ class Selector {
   AcquireResult Deferred(Deferral d);
   DomainView DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap, int64_t now) const;
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
-  // Wakes the first waiter (or all, for a recovered host) whose domain could now get a slot
-  // on `host`. Stops at once when `host` has no room left.
-  void WakeWaiters(const HostState* host, bool all);
+
+  // Fair hand-off. What stops a grant; kGranted: *out holds the slot.
+  enum class Grant : uint8_t { kGranted, kDomain, kServer, kHosts };
+  // Takes a slot for `entry` on behalf of ticket `t` (null: a caller not queued yet),
+  // respecting older waiters: a host whose queue `t` does not head is skipped, except
+  // `freed` (the host whose slot is being handed over). REQUIRES: waiters_.mu(), EpochGuard.
+  Grant TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t, const HostState* freed,
+                 int64_t now, Lease* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
+  // Queues `waiter` by what stopped it. REQUIRES: waiters_.mu(), EpochGuard.
+  SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front,
+                               int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
+  // A slot freed on `host` (and for `domain`, either may be null): hands it to the oldest
+  // waiter that can use it — the host's queue, then the domain's, then the server's — and
+  // goes on while `host` has room (a recovered host serves as many as its limit allows).
+  void HandOff(HostState* host, DomainEntry* domain);
 
   Clock* clock_;
   Random* random_;

@@ -2,6 +2,7 @@
 // injected: no sleeps.
 #include "mxsched/scheduler/selector.h"
 
+#include "mxsched/base/mutex.h"
 #include "mxsched/base/strings.h"
 #include <map>
 #include <random>
@@ -546,9 +547,14 @@ namespace {
 
 // --- Rule 8: waiting instead of polling -------------------------------------------------
 
+// Records its wake-up and keeps the lease it was handed (if any).
 struct CountingWaiter : SlotWaiter {
-  void Wake() override { woken.fetch_add(1); }
+  void Wake(Lease l) override {
+    lease = std::move(l);
+    woken.fetch_add(1);
+  }
   std::atomic<int> woken{0};
+  Lease lease;
 };
 
 constexpr char kOneSlot[] = R"(
@@ -556,7 +562,9 @@ constexpr char kOneSlot[] = R"(
   Host "127.0.4.1" { max_outbound_connections = 1 }
 )";
 
-TEST(WaitingInsteadOfPolling, WaiterIsWokenTheMomentASlotFrees) {
+// --- DESIGN §5: waiting, first come first served, slot handed over ----------------------
+
+TEST(FairHandOff, ReleasedSlotIsHandedToTheWaiterNotReRaced) {
   SelectorFixture f(kOneSlot);
   Lease held = f.MustAcquire("example.com");
   ASSERT_FALSE(f.selector.Acquire("example.com").ok());
@@ -566,11 +574,15 @@ TEST(WaitingInsteadOfPolling, WaiterIsWokenTheMomentASlotFrees) {
   EXPECT_EQ(f.selector.waiting(), 1u);
   held.Release();
   EXPECT_EQ(w.woken.load(), 1);
+  ASSERT_TRUE(w.lease.valid()) << "the slot itself is handed over";
+  EXPECT_EQ(w.lease.endpoint().address.ToString(), "127.0.4.1");
   EXPECT_EQ(f.selector.waiting(), 0u);
-  EXPECT_TRUE(f.selector.Acquire("example.com").ok()) << "the woken waiter gets the slot";
+  EXPECT_FALSE(f.selector.Acquire("example.com").ok()) << "the waiter holds the only slot";
+  w.lease.Release();
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok());
 }
 
-TEST(WaitingInsteadOfPolling, WaitersAreWokenInOrderOnePerFreedSlot) {
+TEST(FairHandOff, WaitersAreServedInArrivalOrderOnePerFreedSlot) {
   SelectorFixture f(kOneSlot);
   Lease held = f.MustAcquire("a.example");
   CountingWaiter first, second;
@@ -578,13 +590,144 @@ TEST(WaitingInsteadOfPolling, WaitersAreWokenInOrderOnePerFreedSlot) {
   f.selector.WaitForSlot("c.example", &second);
   held.Release();
   EXPECT_EQ(first.woken.load(), 1);
-  EXPECT_EQ(second.woken.load(), 0) << "one slot freed: one waiter woken";
-  Lease again = f.MustAcquire("b.example");
-  again.Release();
+  EXPECT_EQ(second.woken.load(), 0) << "one slot freed: one waiter served";
+  first.lease.Release();
   EXPECT_EQ(second.woken.load(), 1);
+  EXPECT_TRUE(second.lease.valid());
 }
 
-TEST(WaitingInsteadOfPolling, ReleaseOnAnUnrelatedHostWakesNobody) {
+TEST(FairHandOff, NewSessionDoesNotOvertakeWaitersForTheSameHost) {
+  // Regression for issue 13 §1: a new session's Acquire took a freed slot before the
+  // woken waiter ran. Now the slot never becomes free while someone waits for it.
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 2 }
+  )");
+  Lease a = f.MustAcquire("a.example");
+  Lease b = f.MustAcquire("b.example");
+  CountingWaiter w;
+  f.selector.WaitForSlot("c.example", &w);
+  a.Release();
+  ASSERT_EQ(w.woken.load(), 1);
+  w.lease.Release();  // the waiter is done: the slot is free for anyone again
+  Lease c = f.MustAcquire("d.example");
+  CountingWaiter w2;
+  f.selector.WaitForSlot("e.example", &w2);
+  AcquireResult newcomer = f.selector.Acquire("f.example");
+  EXPECT_FALSE(newcomer.ok()) << "host full";
+  // A slot frees while w2 waits: a newcomer racing for it loses.
+  b.Release();
+  EXPECT_EQ(w2.woken.load(), 1);
+  EXPECT_FALSE(f.selector.Acquire("g.example").ok());
+}
+
+TEST(FairHandOff, NewcomerDefersWhileOthersWaitEvenIfItsRouteHasOtherHosts) {
+  // Waiters on host .1 only; a newcomer whose route also has host .2 (tier 1) goes to .2,
+  // never to .1 ahead of them — strict preference still holds (.1 is full for it).
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+    Domain "both.example" { routes = ( "smtp://127.0.4.1?pref=0" "smtp://127.0.4.2?pref=5" ) }
+  )");
+  Lease held = f.MustAcquire("a.example");
+  CountingWaiter w;
+  f.selector.WaitForSlot("b.example", &w);
+  held.Release();
+  ASSERT_TRUE(w.lease.valid());
+  EXPECT_EQ(f.Pick("both.example"), "127.0.4.2");
+}
+
+TEST(FairHandOff, HandOffKeepsStrictPreference) {
+  // A waiter on a two-tier route; a tier-1 slot frees while a tier-0 host has room: the
+  // waiter gets tier 0, and the tier-1 slot stays free.
+  SelectorFixture f(R"(
+    Domain "w.example" { routes = ( "smtp://127.0.4.1?pref=0" "smtp://127.0.4.2?pref=5" ) }
+    Domain "x.example" { routes = ( "127.0.4.2" ) }
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 1 }
+    Host "127.0.4.2" { max_outbound_connections = 1 }
+  )");
+  Lease t0 = f.MustAcquire("a.example");  // tier 0 of w.example, via another domain
+  Lease t1 = f.MustAcquire("x.example");  // tier 1 of w.example
+  CountingWaiter w;
+  f.selector.WaitForSlot("w.example", &w);
+  ASSERT_EQ(w.woken.load(), 0);
+  t0.Release();
+  ASSERT_TRUE(w.lease.valid());
+  EXPECT_EQ(w.lease.endpoint().address.ToString(), "127.0.4.1");
+  w.lease.Release();
+  CountingWaiter w2;
+  Lease t0b = f.MustAcquire("a.example");
+  f.selector.WaitForSlot("w.example", &w2);
+  t1.Release();  // tier 1 frees while tier 0 is full: the waiter may use tier 1
+  ASSERT_TRUE(w2.lease.valid());
+  EXPECT_EQ(w2.lease.endpoint().address.ToString(), "127.0.4.2");
+}
+
+TEST(FairHandOff, DomainLimitWaiterIsServedByItsDomainsRelease) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" "127.0.4.2" )
+    max_outbound_connections = 1
+  )");
+  Lease held = f.MustAcquire("example.com");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_TRUE(f.selector.Acquire("other.example").ok()) << "hosts have room for others";
+  EXPECT_FALSE(f.selector.Acquire("example.com").ok()) << "domain full, and a waiter first";
+  held.Release();
+  EXPECT_TRUE(w.lease.valid());
+  EXPECT_EQ(f.selector.waiting(), 0u);
+}
+
+TEST(FairHandOff, ServerLimitWaitersAreServedInOrder) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" "127.0.4.2" )
+    server_max_outbound_connections = 1
+  )");
+  Lease held = f.MustAcquire("a.example");
+  CountingWaiter w1, w2;
+  f.selector.WaitForSlot("b.example", &w1);
+  f.selector.WaitForSlot("c.example", &w2);
+  EXPECT_FALSE(f.selector.Acquire("d.example").ok());
+  held.Release();
+  EXPECT_TRUE(w1.lease.valid());
+  EXPECT_EQ(w2.woken.load(), 0);
+  w1.lease.Release();
+  EXPECT_TRUE(w2.lease.valid());
+  EXPECT_EQ(f.selector.server_active(), 1);
+}
+
+TEST(FairHandOff, ManyWaitersManyDomainsServedStrictlyFifo) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" "127.0.4.2" )
+    Host "127.0.4.1" { max_outbound_connections = 2 }
+    Host "127.0.4.2" { max_outbound_connections = 1 }
+  )");
+  std::vector<Lease> held;
+  for (int i = 0; i < 3; ++i) held.push_back(f.MustAcquire(StrCat("h", i, ".example")));
+  constexpr int kWaiters = 200;
+  std::vector<std::unique_ptr<CountingWaiter>> ws;
+  for (int i = 0; i < kWaiters; ++i) {
+    ws.push_back(std::make_unique<CountingWaiter>());
+    f.selector.WaitForSlot(StrCat("d", i % 17, ".example"), ws.back().get());
+  }
+  int served = 0;
+  for (auto& l : held) l.Release();
+  // Each served waiter releases in turn; service must follow arrival order exactly.
+  for (int round = 0; round < kWaiters; ++round) {
+    ASSERT_EQ(ws[round]->woken.load(), 1) << "waiter " << round;
+    ASSERT_TRUE(ws[round]->lease.valid());
+    for (int later = round + 4; later < kWaiters && later < round + 8; ++later) {
+      ASSERT_EQ(ws[later]->woken.load(), 0) << "waiter " << later << " overtook " << round;
+    }
+    ws[round]->lease.Release();
+    ++served;
+  }
+  EXPECT_EQ(served, kWaiters);
+  EXPECT_EQ(f.selector.waiting(), 0u);
+}
+
+TEST(FairHandOff, ReleaseOnAnUnrelatedHostWakesNobody) {
   SelectorFixture f(R"(
     routes = ( "127.0.4.1" )
     Host "127.0.4.1" { max_outbound_connections = 1 }
@@ -600,7 +743,7 @@ TEST(WaitingInsteadOfPolling, ReleaseOnAnUnrelatedHostWakesNobody) {
   EXPECT_EQ(w.woken.load(), 1);
 }
 
-TEST(WaitingInsteadOfPolling, SlotFreedBeforeRegistrationIsNotMissed) {
+TEST(FairHandOff, SlotFreedBeforeRegistrationIsNotMissed) {
   SelectorFixture f(kOneSlot);
   Lease held = f.MustAcquire("example.com");
   ASSERT_FALSE(f.selector.Acquire("example.com").ok());
@@ -608,24 +751,32 @@ TEST(WaitingInsteadOfPolling, SlotFreedBeforeRegistrationIsNotMissed) {
   CountingWaiter w;
   f.selector.WaitForSlot("example.com", &w);
   EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_TRUE(w.lease.valid());
 }
 
-TEST(WaitingInsteadOfPolling, RecoveredHostWakesEveryWaiterItCanServe) {
-  SelectorFixture f(R"(routes = ( "127.0.4.1" ))");
+TEST(FairHandOff, RecoveredHostServesWaitersUpToItsLimit) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" )
+    Host "127.0.4.1" { max_outbound_connections = 2 }
+  )");
   f.MustAcquire("a.example").Report(Outcome::kConnectFailed);
-  CountingWaiter w1, w2;
+  CountingWaiter w1, w2, w3;
   f.selector.WaitForSlot("a.example", &w1);
   f.selector.WaitForSlot("b.example", &w2);
-  EXPECT_EQ(w1.woken.load() + w2.woken.load(), 0);
+  f.selector.WaitForSlot("b.example", &w3);
+  EXPECT_EQ(w1.woken.load() + w2.woken.load() + w3.woken.load(), 0);
   f.clock.AdvanceSeconds(120);
   Lease probe = f.MustAcquire("c.example");
-  ASSERT_TRUE(probe.is_probe());
+  ASSERT_TRUE(probe.is_probe()) << "waiters do not poll: a new session probes";
   probe.Report(Outcome::kConnected);
   EXPECT_EQ(w1.woken.load(), 1);
+  EXPECT_EQ(w2.woken.load(), 0) << "limit 2: the probe holds one, w1 the other";
+  probe.Release();
   EXPECT_EQ(w2.woken.load(), 1);
+  EXPECT_EQ(w3.woken.load(), 0);
 }
 
-TEST(WaitingInsteadOfPolling, CancelWait) {
+TEST(FairHandOff, CancelWait) {
   SelectorFixture f(kOneSlot);
   Lease held = f.MustAcquire("example.com");
   CountingWaiter w;
@@ -634,6 +785,62 @@ TEST(WaitingInsteadOfPolling, CancelWait) {
   EXPECT_FALSE(f.selector.CancelWait(&w));
   held.Release();
   EXPECT_EQ(w.woken.load(), 0);
+  EXPECT_TRUE(f.selector.Acquire("example.com").ok()) << "a cancelled waiter holds nothing";
+}
+
+TEST(FairHandOff, ConcurrentWaitersAndReleasesNeverLoseOrDuplicateASlot) {
+  // Threads wait and release in a loop on a small route; every waiter is served exactly
+  // once and the limits hold (the host's own peak).
+  SelectorFixture f(R"(
+    routes = ( "127.0.4.1" "127.0.4.2" )
+    Host "127.0.4.1" { max_outbound_connections = 2 }
+    Host "127.0.4.2" { max_outbound_connections = 1 }
+  )");
+  struct QueueWaiter : SlotWaiter {
+    void Wake(Lease l) override {
+      MutexLock lock(&mu);
+      got = std::move(l);
+      done = true;
+    }
+    Mutex mu;
+    bool done = false;
+    Lease got;
+  };
+  constexpr int kThreads = 4, kRounds = 3000;
+  std::atomic<int> served{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        AcquireResult r = f.selector.Acquire(StrCat("t", t, ".example"));
+        Lease l;
+        if (r.ok()) {
+          l = r.TakeLease();
+        } else {
+          QueueWaiter w;
+          f.selector.WaitForSlot(StrCat("t", t, ".example"), &w);
+          for (;;) {  // the other threads' releases serve us; bounded by the test timeout
+            {
+              MutexLock lock(&w.mu);
+              if (w.done) break;
+            }
+            std::this_thread::yield();
+          }
+          MutexLock lock(&w.mu);
+          l = std::move(w.got);
+        }
+        ASSERT_TRUE(l.valid());
+        served.fetch_add(1);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(served.load(), kThreads * kRounds);
+  f.selector.registry().ForEach([](const HostState& h) {
+    EXPECT_LE(h.peak(), h.limit());
+    EXPECT_EQ(h.active(), 0);
+  });
+  EXPECT_EQ(f.selector.waiting(), 0u);
 }
 
 }  // namespace
@@ -642,21 +849,19 @@ TEST(WaitingInsteadOfPolling, CancelWait) {
 namespace mxsched {
 namespace {
 
-TEST(WaitingInsteadOfPolling, RefreshWakesWaitersToReplanAgainstNewRoutes) {
+TEST(FairHandOff, RefreshWakesWaitersToReplanAgainstNewRoutes) {
   testing::SelectorFixture f(R"(
     routes = ( "127.0.4.1" )
     Host "127.0.4.1" { max_outbound_connections = 1 }
   )");
   Lease held = f.MustAcquire("example.com");
-  struct W : SlotWaiter {
-    void Wake() override { ++woken; }
-    std::atomic<int> woken{0};
-  } w;
+  CountingWaiter w;
   f.selector.WaitForSlot("example.com", &w);
   f.selector.SetConfig(testing::ConfigFrom(R"(routes = ( "127.0.4.2" ))"));
   EXPECT_EQ(w.woken.load(), 0) << "a new config alone changes nothing until it applies";
   f.selector.RefreshAll();
   EXPECT_EQ(w.woken.load(), 1);
+  EXPECT_FALSE(w.lease.valid()) << "woken to re-plan: no slot handed over";
   EXPECT_EQ(f.Pick("example.com"), "127.0.4.2");
 }
 
