@@ -63,9 +63,8 @@ struct Hold {
 
 class Worker {
  public:
-  Worker(Shared* shared, Selector* selector, std::shared_ptr<const Config> config, int concurrency)
-      : shared_(shared), selector_(selector), config_(std::move(config)),
-        concurrency_(concurrency) {}
+  Worker(Shared* shared, Selector* selector, int concurrency)
+      : shared_(shared), selector_(selector), concurrency_(concurrency) {}
 
   absl::Status Run() {
     const LoadOptions& opts = *shared_->options;
@@ -83,8 +82,7 @@ class Worker {
     auto loop = Loop::Create(4096);
     if (!loop.ok()) return loop.status();
     loop_ = *std::move(loop);
-    connector_ = std::make_unique<Connector>(loop_.get(), selector_, config_,
-                                             shared_->options->connector);
+    connector_ = std::make_unique<Connector>(loop_.get(), selector_, shared_->options->connector);
     const LoadOptions& o = *shared_->options;
     if (o.dns_cache != nullptr) {
       auto client = DnsClient::Create(loop_.get(), o.dns_cache, o.dns_server);
@@ -166,7 +164,6 @@ class Worker {
  private:
   Shared* shared_;
   Selector* selector_;
-  std::shared_ptr<const Config> config_;
   int concurrency_;
   int in_flight_ = 0;
   bool starting_ = false;
@@ -266,8 +263,7 @@ void Hold::End() {
 
 }  // namespace
 
-absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Config> config,
-                                   const LoadOptions& options) {
+absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& options) {
   if (options.domains.empty()) return absl::InvalidArgumentError("load: no domains");
   if (options.sessions < 0 || options.concurrency < 1 || options.threads < 1) {
     return absl::InvalidArgumentError("load: sessions >= 0, concurrency >= 1, threads >= 1");
@@ -284,7 +280,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Con
   std::vector<std::unique_ptr<Worker>> workers;
   for (int t = 0; t < threads; ++t) {
     int c = options.concurrency / threads + (t < options.concurrency % threads ? 1 : 0);
-    workers.push_back(std::make_unique<Worker>(&shared, &selector, config, c));
+    workers.push_back(std::make_unique<Worker>(&shared, &selector, c));
   }
   std::vector<absl::Status> status(threads);
   std::vector<std::thread> pool;

@@ -64,8 +64,7 @@ struct LoadReport {
   std::string ToText() const;
 };
 
-absl::StatusOr<LoadReport> RunLoad(Selector& selector, std::shared_ptr<const Config> config,
-                                   const LoadOptions& options);
+absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& options);
 
 }  // namespace mxsched::io
 

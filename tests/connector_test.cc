@@ -34,7 +34,7 @@ class ConnectorTest : public ::testing::Test {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, std::shared_ptr<const Config> c, std::vector<std::string> domains,
+  io::LoadReport Load(Selector& s, std::vector<std::string> domains,
                       int64_t sessions, int concurrency, int hold_ms, int threads = 2) {
     io::LoadOptions o;
     o.domains = std::move(domains);
@@ -45,7 +45,7 @@ class ConnectorTest : public ::testing::Test {
     o.max_seconds = 60;
     o.connector.banner_timeout_ms = 2000;
     o.connector.connect_timeout_ms = 2000;
-    auto r = io::RunLoad(s, std::move(c), o);
+    auto r = io::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
     return *r;
@@ -59,7 +59,7 @@ TEST_F(ConnectorTest, ConnectsAndReadsTheGreeting) {
   auto farm = testing::StartFarm(Hosts({1}));
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.greeting, "220 farm.mxsched.test ESMTP mxsched farm");
   EXPECT_GE(r.fd, 0);
@@ -77,7 +77,7 @@ TEST_F(ConnectorTest, StrictPreferenceWithHostLimitsServerSidePeak) {
     Host ")", Ip(1), R"(" { max_outbound_connections = 3 }
     Host ")", Ip(2), R"(" { max_outbound_connections = 3 })"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, config, {"example.com"}, 400, 10, 20);
+  io::LoadReport r = Load(selector, {"example.com"}, 400, 10, 20);
   auto stats = farm->Stats();
   EXPECT_EQ(StatsFor(stats, Ip(1))->peak, 3) << "tier 0 host filled to, never past, its limit";
   EXPECT_EQ(StatsFor(stats, Ip(2))->peak, 3);
@@ -91,7 +91,7 @@ TEST_F(ConnectorTest, EvenSpreadAcrossFourHosts) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 5), Url(2, 5), Url(3, 5),
                                              Url(4, 5), " )\nmax_outbound_connections = 100"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, config, {"a.example", "b.example", "c.example"}, 4000, 8, 0);
+  io::LoadReport r = Load(selector, {"a.example", "b.example", "c.example"}, 4000, 8, 0);
   EXPECT_EQ(r.connected, 4000);
   for (int h = 1; h <= 4; ++h) {
     EXPECT_NEAR(static_cast<double>(StatsFor(farm->Stats(), Ip(h))->total), 1000, 100) << Ip(h);
@@ -102,7 +102,7 @@ TEST_F(ConnectorTest, FailoverOnRefusedConnection) {
   auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.attempts, 2);
   EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
@@ -121,7 +121,7 @@ TEST_F(ConnectorTest, FailoverOnConnectTimeout) {
   Selector selector(config);
   io::ConnectorOptions o;
   o.connect_timeout_ms = 200;
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   peer.reset();
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.attempts, 2);
@@ -138,7 +138,7 @@ TEST_F(ConnectorTest, FailoverOnBlackholeBannerTimeout) {
   Selector selector(config);
   io::ConnectorOptions o;
   o.banner_timeout_ms = 300;
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.attempts, 2);
   EXPECT_GE(r.elapsed_nanos, 300'000'000);
@@ -146,18 +146,31 @@ TEST_F(ConnectorTest, FailoverOnBlackholeBannerTimeout) {
   testing::CloseConnection(r);
 }
 
+TEST_F(ConnectorTest, TimeoutsComeFromTheSelectorsConfigAfterAReload) {
+  auto farm = testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
+  const std::string routes = Common() + StrCat("routes = ( ", Url(1, 0), " )\n");
+  Selector selector(ConfigFrom(routes + "banner_timeout = 1h\n"));
+  selector.SetConfig(ConfigFrom(routes + "banner_timeout = 1s\n"));
+  io::ConnectorOptions o;
+  o.max_attempts = 1;
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
+  EXPECT_NE(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+  EXPECT_NE(r.reason.find("no greeting within 1000 ms"), std::string::npos)
+      << "the reloaded banner_timeout applies: " << r.reason;
+}
+
 TEST_F(ConnectorTest, FailoverOn421Greeting) {
   auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.attempts, 2);
   testing::CloseConnection(r);
   // With nowhere else to go, the 421 is the reason given.
   auto only = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nmx_failures_to_delay = 1"));
   Selector s2(only);
-  ConnectResult r2 = ConnectOnce(s2, only, "example.com");
+  ConnectResult r2 = ConnectOnce(s2, "example.com");
   EXPECT_EQ(r2.kind, ConnectResult::Kind::kDeferred);
   EXPECT_NE(r2.reason.find("greeting 421 4.3.2 farm fault"), std::string::npos) << r2.reason;
 }
@@ -169,7 +182,7 @@ TEST_F(ConnectorTest, SlowBannerWithinTimeoutConnectsBeyondItFailsOver) {
     Selector selector(config);
     io::ConnectorOptions o;
     o.banner_timeout_ms = 2000;
-    ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+    ConnectResult r = ConnectOnce(selector, "example.com", o);
     ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
     EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(1));
     EXPECT_GE(r.elapsed_nanos, 200'000'000);
@@ -178,7 +191,7 @@ TEST_F(ConnectorTest, SlowBannerWithinTimeoutConnectsBeyondItFailsOver) {
   Selector selector(config);
   io::ConnectorOptions o;
   o.banner_timeout_ms = 50;
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
   testing::CloseConnection(r);
@@ -189,15 +202,15 @@ TEST_F(ConnectorTest, HostComesBackAfterHostFailureRetry) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )\n",
                                              "host_failure_retry = 1"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
   testing::CloseConnection(r);
   farm->SetFault(*IpAddress::Parse(Ip(1)), Fault{});
-  ConnectResult still = ConnectOnce(selector, config, "example.com");
+  ConnectResult still = ConnectOnce(selector, "example.com");
   EXPECT_EQ(still.lease.endpoint().address.ToString(), Ip(2)) << "inside the retry window";
   testing::CloseConnection(still);
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // real clock, real peer
-  ConnectResult back = ConnectOnce(selector, config, "example.com");
+  ConnectResult back = ConnectOnce(selector, "example.com");
   ASSERT_EQ(back.kind, ConnectResult::Kind::kConnected) << back.reason;
   EXPECT_EQ(back.lease.endpoint().address.ToString(), Ip(1)) << "probe after the window";
   testing::CloseConnection(back);
@@ -209,13 +222,13 @@ TEST_F(ConnectorTest, AllMxsDownDefersWith421) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), " )\n",
                                              "mx_failures_to_delay = 1"));
   Selector selector(config);
-  ConnectResult first = ConnectOnce(selector, config, "example.com");
+  ConnectResult first = ConnectOnce(selector, "example.com");
   EXPECT_EQ(first.kind, ConnectResult::Kind::kDeferred);
   EXPECT_EQ(first.attempts, 2);
   EXPECT_EQ(first.reason.rfind("421 4.4.0 no MXs for this domain could be reached", 0), 0u)
       << first.reason;
   EXPECT_NE(first.reason.find("Connection refused"), std::string::npos) << first.reason;
-  ConnectResult next = ConnectOnce(selector, config, "example.com");
+  ConnectResult next = ConnectOnce(selector, "example.com");
   EXPECT_EQ(next.kind, ConnectResult::Kind::kDeferred);
   EXPECT_EQ(next.attempts, 0) << "no connection is tried while every MX is in its window";
   EXPECT_EQ(*next.defer_reason, DeferReason::kNoMxReachable);
@@ -230,7 +243,7 @@ TEST_F(ConnectorTest, AttemptsAreBoundedLikeHostsMaxTry) {
   Selector selector(config);
   io::ConnectorOptions o;
   o.max_attempts = 2;
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   EXPECT_EQ(r.kind, ConnectResult::Kind::kFailed);
   EXPECT_EQ(r.attempts, 2);
   EXPECT_EQ(*r.last_outcome, Outcome::kGreetingRejected);
@@ -243,7 +256,7 @@ TEST_F(ConnectorTest, Ipv6Loopback) {
   if (farm == nullptr) GTEST_SKIP() << "no IPv6 loopback here";
   auto config = ConfigFrom(StrCat("routes = ( \"smtp://[::1]?port=", port, "\" )"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.lease.endpoint().ToString(), StrCat("[::1]:", port));
   testing::CloseConnection(r);
@@ -256,7 +269,7 @@ TEST_F(ConnectorTest, GlobalRouteSharedByManyDomainsKeepsTheHostLimit) {
   Selector selector(config);
   std::vector<std::string> domains;
   for (int i = 0; i < 100; ++i) domains.push_back(StrCat("d", i, ".example"));
-  io::LoadReport r = Load(selector, config, domains, 3000, 40, 5);
+  io::LoadReport r = Load(selector, domains, 3000, 40, 5);
   EXPECT_EQ(StatsFor(farm->Stats(), Ip(1))->peak, 5) << "server-side peak";
   EXPECT_GT(r.connected, 0);
   EXPECT_GT(r.deferred, 0) << "concurrency 40 against a limit of 5 must defer";
@@ -276,7 +289,7 @@ TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
   o.threads = 2;
   o.hold_ms = 2;
   o.connector.slot_wait_ms = 20000;
-  auto r = io::RunLoad(selector, config, o);
+  auto r = io::RunLoad(selector, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->connected, 2000) << "every session waited for a slot instead of deferring";
   EXPECT_EQ(r->deferred, 0);
@@ -307,7 +320,7 @@ TEST_F(ConnectorTest, SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhile
   };
   std::vector<Done> order;  // callback order
   {
-    io::Connector connector(loop->get(), &selector, config, o);
+    io::Connector connector(loop->get(), &selector, o);
     // Like a delivery worker: 20 in flight, and each session that ends starts the next, so
     // new arrivals keep coming while older ones wait (the issue 13 scenario: the newcomer
     // used to take the slot its predecessor just freed, ahead of the woken waiter).
@@ -358,12 +371,12 @@ TEST_F(ConnectorTest, SlotWaitIsBoundedAndEndsDeferred) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
                                              "\" { max_outbound_connections = 1 }"));
   Selector selector(config);
-  ConnectResult holder = ConnectOnce(selector, config, "example.com");
+  ConnectResult holder = ConnectOnce(selector, "example.com");
   ASSERT_EQ(holder.kind, ConnectResult::Kind::kConnected);
   io::ConnectorOptions o;
   o.slot_wait_ms = 200;
   const auto start = std::chrono::steady_clock::now();
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   EXPECT_EQ(r.kind, ConnectResult::Kind::kDeferred);
   EXPECT_EQ(*r.defer_reason, DeferReason::kHostsAtLimit);
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(200));
@@ -388,7 +401,7 @@ TEST_P(BadGreetingTest, FailsTheHostWithAClearReason) {
   io::ConnectorOptions o;
   o.banner_timeout_ms = 500;
   o.max_attempts = 1;
-  ConnectResult r = ConnectOnce(selector, config, "example.com", o);
+  ConnectResult r = ConnectOnce(selector, "example.com", o);
   EXPECT_EQ(r.kind, ConnectResult::Kind::kFailed);
   ASSERT_TRUE(r.last_outcome.has_value());
   EXPECT_EQ(*r.last_outcome, c.outcome);
@@ -412,7 +425,7 @@ TEST_F(ConnectorTest, GreetingSplitAcrossManyReads) {
   testing::RawPeer peer(Ep(Ip(1), port_), chunks, /*gap_ms=*/2);
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )"));
   Selector selector(config);
-  ConnectResult r = ConnectOnce(selector, config, "example.com");
+  ConnectResult r = ConnectOnce(selector, "example.com");
   ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
   EXPECT_EQ(r.greeting, "220 mx first");
   testing::CloseConnection(r);

@@ -48,7 +48,7 @@ class FaultMatrix : public ::testing::Test {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, std::shared_ptr<const Config> c, int64_t sessions,
+  io::LoadReport Load(Selector& s, int64_t sessions,
                       int concurrency, io::ConnectorOptions co = {}, int hold_ms = 0,
                       int threads = 2) {
     io::LoadOptions o;
@@ -61,7 +61,7 @@ class FaultMatrix : public ::testing::Test {
     if (co.banner_timeout_ms < 0) co.banner_timeout_ms = 1000;
     if (co.connect_timeout_ms < 0) co.connect_timeout_ms = 1000;
     o.connector = co;
-    auto r = io::RunLoad(s, std::move(c), o);
+    auto r = io::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "a session was lost";
@@ -79,7 +79,7 @@ TEST_F(FaultMatrix, ResetAfterAcceptFailsOverWithReason) {
     auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"smtp://", Ip(1),
                                     "?pref=0\" \"smtp://", Ip(2), "?pref=1\" )\n"));
     Selector selector(config);
-    ConnectResult r = testing::ConnectOnce(selector, config, "example.com");
+    ConnectResult r = testing::ConnectOnce(selector, "example.com");
     ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
     EXPECT_EQ(r.attempts, 2);
     EXPECT_EQ(r.lease.endpoint().address.ToString(), Ip(2));
@@ -87,7 +87,7 @@ TEST_F(FaultMatrix, ResetAfterAcceptFailsOverWithReason) {
     io::ConnectorOptions only_one;
     only_one.max_attempts = 1;
     Selector fresh(ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"", Ip(1), "\" )")));
-    ConnectResult rst = testing::ConnectOnce(fresh, config, "example.com", only_one);
+    ConnectResult rst = testing::ConnectOnce(fresh, "example.com", only_one);
     EXPECT_EQ(rst.kind, ConnectResult::Kind::kFailed);
     EXPECT_TRUE(rst.reason.find("reset") != std::string::npos ||
                 rst.reason.find("closed before") != std::string::npos)
@@ -105,7 +105,7 @@ TEST_F(FaultMatrix, SlowDripGreetingPastTheDeadlineTimesOut) {
     io::ConnectorOptions o;
     o.banner_timeout_ms = 300;  // one deadline for the whole greeting, not per read
     o.max_attempts = 1;
-    ConnectResult r = testing::ConnectOnce(selector, config, "example.com", o);
+    ConnectResult r = testing::ConnectOnce(selector, "example.com", o);
     EXPECT_EQ(r.kind, ConnectResult::Kind::kFailed);
     EXPECT_EQ(*r.last_outcome, Outcome::kTimedOut);
     EXPECT_LT(r.elapsed_nanos, 800'000'000) << "the deadline must not restart on every byte";
@@ -126,7 +126,7 @@ TEST_F(FaultMatrix, FlappingHostsUnderLoadLoseNothing) {
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
   });
-  io::LoadReport r = Load(selector, config, 20000, 64);
+  io::LoadReport r = Load(selector, 20000, 64);
   stop = true;
   flapper.join();
   farm->Stop();
@@ -146,7 +146,7 @@ TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
   // One client thread: its ring is set up before the sessions eat the fd budget (a second
   // thread's ring would race them and the run would fail as a whole — also reported, but
   // not what this test is about).
-  io::LoadReport starved = Load(selector, config, 2000, 200, {}, /*hold_ms=*/20, /*threads=*/1);
+  io::LoadReport starved = Load(selector, 2000, 200, {}, /*hold_ms=*/20, /*threads=*/1);
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   EXPECT_GT(starved.deferred + starved.failed, 0) << "the limit was never hit";
   bool clear_reason = false;
@@ -159,10 +159,10 @@ TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
   // Wait for that probe (bounded), not for a guess at how long it takes.
   bool probe_connected = false;
   for (int i = 0; i < 200 && !probe_connected; ++i) {
-    probe_connected = Load(selector, config, 1, 1).connected == 1;
+    probe_connected = Load(selector, 1, 1).connected == 1;
   }
   ASSERT_TRUE(probe_connected) << "the host never recovered";
-  io::LoadReport recovered = Load(selector, config, 2000, 50);
+  io::LoadReport recovered = Load(selector, 2000, 50);
   EXPECT_EQ(recovered.connected, 2000) << "fds are back: everything connects again";
   for (const auto& [kind, example] : recovered.examples) ADD_FAILURE() << example;
 }
@@ -174,7 +174,7 @@ TEST_F(FaultMatrix, TinySubmissionQueueStillCarriesManySessions) {
   auto loop = io::Loop::Create(4);  // 4 SQEs for 200 sessions in flight
   ASSERT_TRUE(loop.ok());
   {
-    io::Connector connector(loop->get(), &selector, config);
+    io::Connector connector(loop->get(), &selector);
     int connected = 0;
     for (int i = 0; i < 200; ++i) {
       connector.Connect("example.com", [&](ConnectResult r) {
@@ -207,7 +207,7 @@ TEST_F(FaultMatrix, ConfigReloadUnderLoadLosesNoSession) {
   });
   io::ConnectorOptions co;
   co.slot_wait_ms = 10000;
-  io::LoadReport r = Load(selector, config_a, 5000, 40, co, /*hold_ms=*/1);
+  io::LoadReport r = Load(selector, 5000, 40, co, /*hold_ms=*/1);
   stop = true;
   reloader.join();
   EXPECT_EQ(r.connected, 5000) << "sessions waited through reloads; none lost or failed";

@@ -57,11 +57,11 @@ inline const io::FarmAddressStats* StatsFor(const std::vector<io::FarmAddressSta
 
 // Runs one Connect to completion on a private loop. The lease and fd come back in the
 // result; the caller closes and releases.
-inline io::ConnectResult ConnectOnce(Selector& selector, std::shared_ptr<const Config> config,
-                                     const std::string& domain, io::ConnectorOptions options = {}) {
+inline io::ConnectResult ConnectOnce(Selector& selector, const std::string& domain,
+                                     io::ConnectorOptions options = {}) {
   auto loop = io::Loop::Create(256);
   EXPECT_TRUE(loop.ok()) << loop.status();
-  io::Connector connector(loop->get(), &selector, std::move(config), options);
+  io::Connector connector(loop->get(), &selector, options);
   io::ConnectResult out;
   bool done = false;
   connector.Connect(domain, [&](io::ConnectResult r) {

@@ -45,7 +45,7 @@ class ResolverTest : public ::testing::Test {
   void MakeSelector(const std::string& config_text) {
     const bool opt_in = config_text.find("prohibited_hosts") == std::string::npos;
     config_ = ConfigFrom(config_text + (opt_in ? "\nprohibited_hosts = ( )\n" : ""));
-    selector_ = std::make_unique<Selector>(config_, nullptr, nullptr, &cache_);
+    selector_ = std::make_unique<Selector>(config_, SelectorOptions{.resolver = &cache_});
   }
   // Runs the loop until the domain's first host is `ip` (at most 10 s); returns that host.
   std::string WaitForFirstHost(const std::string& domain, const std::string& ip) {
@@ -214,7 +214,7 @@ TEST_F(ResolverTest, ByDefaultDnsCannotAimConnectionsAtLoopbackOrPrivateRanges) 
   StartDns({"--mx-host=p.test,lo.p.test,10", "--mx-host=p.test,lan.p.test,20",
             StrCat("--host-record=lo.p.test,", Ip(1)), "--host-record=lan.p.test,192.168.1.25"});
   config_ = ConfigFrom("routes = ( \"__mx__\" )");  // no opt-in: the production default
-  selector_ = std::make_unique<Selector>(config_, nullptr, nullptr, &cache_);
+  selector_ = std::make_unique<Selector>(config_, SelectorOptions{.resolver = &cache_});
   DomainView v = Resolve("p.test");
   EXPECT_EQ(v.state, RouteState::kTempFail) << "no usable MX left";
   EXPECT_NE(v.detail.find("prohibited address"), std::string::npos) << v.detail;
@@ -261,7 +261,7 @@ TEST_F(ResolverTest, ConnectorWaitsForDnsThenConnectsEndToEnd) {
   StartDns({"--mx-host=h.test,mx1.h.test,10", "--mx-host=h.test,mx2.h.test,10",
             StrCat("--host-record=mx1.h.test,", Ip(1)), StrCat("--host-record=mx2.h.test,", Ip(2))});
   MakeSelector(StrCat("routes = ( \"__mx__\" )\nremote_smtp_port = ", port));
-  io::Connector connector(loop_.get(), selector_.get(), config_);
+  io::Connector connector(loop_.get(), selector_.get());
   client_->SetOnChange([&] { connector.OnRoutesChanged(); });
   int connected = 0, other = 0;
   for (int i = 0; i < 20; ++i) {

@@ -24,7 +24,7 @@ inline std::shared_ptr<const Config> ConfigFrom(std::string_view text) {
 // A selector with a manual clock and a seeded random source, the way every rule is tested.
 struct SelectorFixture {
   explicit SelectorFixture(std::string_view config_text, uint64_t seed = 42)
-      : random(seed), selector(ConfigFrom(config_text), &clock, &random) {}
+      : random(seed), selector(ConfigFrom(config_text), {.clock = &clock, .random = &random}) {}
 
   // Acquires or fails the test, returning the lease.
   Lease MustAcquire(std::string_view domain) {

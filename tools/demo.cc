@@ -117,7 +117,7 @@ int RunDemo(const DemoFlags& f) {
       last_connected = c;
       last_t = now;
     };
-    auto r = io::RunLoad(selector, config, o);
+    auto r = io::RunLoad(selector, o);
     if (tty) std::fprintf(stderr, "\n");
     if (!r.ok()) {
       std::fprintf(stderr, "mxsched demo: %s\n", std::string(r.status().message()).c_str());

@@ -155,7 +155,7 @@ int RunLoadCommand(LoadFlags& f) {
   auto shared = std::make_shared<const Config>(*std::move(config));
   io::DnsCache cache;
   if (!o.dns_server.empty()) o.dns_cache = &cache;
-  Selector selector(shared, nullptr, nullptr, o.dns_cache);
+  Selector selector(shared, {.resolver = o.dns_cache});
   if (isatty(STDERR_FILENO)) {
     const int64_t total = o.sessions;
     o.progress = [total](int64_t done, int64_t c, int64_t d, int64_t f) {
@@ -165,7 +165,7 @@ int RunLoadCommand(LoadFlags& f) {
                    static_cast<long long>(f));
     };
   }
-  auto report = io::RunLoad(selector, shared, o);
+  auto report = io::RunLoad(selector, o);
   if (o.progress) std::fprintf(stderr, "\n");
   if (!report.ok()) {
     std::fprintf(stderr, "mxsched load: %s\n", std::string(report.status().message()).c_str());

@@ -105,8 +105,8 @@ int RunRoute(const RouteFlags& f) {
     if (!c.ok()) return UsageError(ToStd(c.status().message()));
     client = *std::move(c);
   }
-  Selector selector(std::make_shared<const Config>(*std::move(config)), nullptr, nullptr,
-                    client ? &cache : nullptr);
+  Selector selector(std::make_shared<const Config>(*std::move(config)),
+                    {.resolver = client ? &cache : nullptr});
   nlohmann::json out = nlohmann::json::array();
   int rc = 0;
   for (const std::string& d : f.domains) {

@@ -63,6 +63,8 @@ struct Connector::Session {
   GreetingParser parser;
   int64_t banner_deadline = 0;
   int64_t attempt_start = 0;     // this attempt's Acquire: its connect + greeting latency
+  int64_t connect_timeout_ms = 0;  // this attempt's (config, or ConnectorOptions' override)
+  int64_t banner_timeout_ms = 0;
   int64_t slot_wait_start = -1;  // the first slot wait (statistics), -1 if none
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
@@ -105,6 +107,13 @@ struct Connector::Session {
     lease = std::move(l);
     ++attempts;
     attempt_start = NowNanos();
+    // Per attempt, from the configuration in force now (a reload applies to the next one).
+    const DomainSettings& ds = connector->CurrentConfig().ForDomain(domain);
+    const ConnectorOptions& o = connector->options_;
+    connect_timeout_ms = o.connect_timeout_ms >= 0 ? o.connect_timeout_ms
+                                                   : int64_t{ds.connect_timeout_s} * 1000;
+    banner_timeout_ms = o.banner_timeout_ms >= 0 ? o.banner_timeout_ms
+                                                 : int64_t{ds.banner_timeout_s} * 1000;
     parser = GreetingParser();
     addr_len = lease.endpoint().ToSockaddr(&addr);
     const int family = lease.endpoint().address.is_v4() ? AF_INET : AF_INET6;
@@ -118,14 +127,6 @@ struct Connector::Session {
     }
   }
 
-  int ConnectTimeoutMs() const {
-    if (connector->options_.connect_timeout_ms >= 0) return connector->options_.connect_timeout_ms;
-    return static_cast<int>(connector->config_->ForDomain(domain).connect_timeout_s) * 1000;
-  }
-  int BannerTimeoutMs() const {
-    if (connector->options_.banner_timeout_ms >= 0) return connector->options_.banner_timeout_ms;
-    return static_cast<int>(connector->config_->ForDomain(domain).banner_timeout_s) * 1000;
-  }
 
   void OnSocket(int res, uint32_t) {
     --pending;
@@ -134,7 +135,7 @@ struct Connector::Session {
     loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
     io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
-    LinkTimeout(sqe, &connect_ts, int64_t{ConnectTimeoutMs()} * 1'000'000);
+    LinkTimeout(sqe, &connect_ts, int64_t{connect_timeout_ms} * 1'000'000);
   }
 
   // Links a timeout to `op`, the SQE just prepared. REQUIRES: Reserve(2) before `op`.
@@ -148,13 +149,13 @@ struct Connector::Session {
     --pending;
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
-                         StrCat("connect timeout after ", ConnectTimeoutMs(), " ms"));
+                         StrCat("connect timeout after ", connect_timeout_ms, " ms"));
     }
     if (res < 0) {
       if (IsLocalError(-res)) return LocalFailure("connect", -res);
       return HostFailure(Outcome::kConnectFailed, StrCat("connect: ", std::strerror(-res)));
     }
-    banner_deadline = NowNanos() + int64_t{BannerTimeoutMs()} * 1'000'000;
+    banner_deadline = NowNanos() + int64_t{banner_timeout_ms} * 1'000'000;
     Recv();
   }
 
@@ -169,7 +170,7 @@ struct Connector::Session {
     --pending;
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
-                         StrCat("no greeting within ", BannerTimeoutMs(), " ms"));
+                         StrCat("no greeting within ", banner_timeout_ms, " ms"));
     }
     if (res < 0) return HostFailure(Outcome::kConnectFailed, StrCat("recv: ", std::strerror(-res)));
     if (res == 0) {
@@ -179,7 +180,7 @@ struct Connector::Session {
       case GreetingParser::State::kNeedMore:
         if (NowNanos() >= banner_deadline) {
           return HostFailure(Outcome::kTimedOut,
-                             StrCat("greeting incomplete after ", BannerTimeoutMs(), " ms"));
+                             StrCat("greeting incomplete after ", banner_timeout_ms, " ms"));
         }
         return Recv();
       case GreetingParser::State::kError:
@@ -352,9 +353,8 @@ struct Connector::Session {
   MemberCompletion<Session, &Session::OnSlotTimer> slot_timer_done{this};
 };
 
-Connector::Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
-                     ConnectorOptions options)
-    : loop_(loop), selector_(selector), config_(std::move(config)), options_(options) {
+Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)
+    : loop_(loop), selector_(selector), options_(options) {
   if (options_.max_attempts < 1) options_.max_attempts = 1;
   if (options_.slot_wait_ms > 0) {
     auto wake = Notifier::Create(loop_, [this] { RunWoken(); });
@@ -391,6 +391,15 @@ void Connector::RunWoken() {
     woken.swap(woken_);
   }
   for (auto& [s, lease] : woken) s->OnWoken(std::move(lease));
+}
+
+const Config& Connector::CurrentConfig() {
+  // One atomic load per attempt; the selector's mutex only after a reload.
+  if (const uint64_t v = selector_->config_version(); v != config_version_) {
+    config_ = selector_->config();
+    config_version_ = v;
+  }
+  return *config_;
 }
 
 void Connector::Connect(std::string_view domain, Callback done) {

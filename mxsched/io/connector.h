@@ -2,7 +2,7 @@
 // domain D"; the connector acquires a destination from the Selector, opens the TCP
 // connection, reads the SMTP greeting and hands back a ready connection — or says why not.
 //
-//   io::Connector connector(loop, &selector, config);
+//   io::Connector connector(loop, &selector);
 //   connector.Connect("example.com", [](io::ConnectResult r) {
 //     if (r.kind == io::ConnectResult::Kind::kConnected) {
 //       // r.fd is a connected TCP socket after a 2xx greeting (r.greeting); r.lease holds the
@@ -66,7 +66,8 @@ static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionR
 
 struct ConnectorOptions {
   int max_attempts = 5;
-  // Override the per-domain connect_timeout / banner_timeout (config has whole seconds).
+  // Override the per-domain connect_timeout / banner_timeout (config has whole seconds;
+  // tests and the load tool need less). -1: the selector's configuration decides.
   int connect_timeout_ms = -1;
   int banner_timeout_ms = -1;
   int dns_wait_ms = 30000;
@@ -81,8 +82,10 @@ class Connector {
  public:
   using Callback = std::function<void(ConnectResult)>;
 
-  Connector(Loop* loop, Selector* selector, std::shared_ptr<const Config> config,
-            ConnectorOptions options = {});
+  // Timeouts come from the selector's configuration in force when each attempt starts, so a
+  // Selector::SetConfig reload reaches them without telling the connector.
+  // REQUIRES: `loop` and `selector` outlive the connector.
+  Connector(Loop* loop, Selector* selector, ConnectorOptions options = {});
   // REQUIRES: in_flight() == 0. Runs the loop briefly so finished sessions can collect the
   // completions of their cancelled timeouts.
   ~Connector();
@@ -92,7 +95,6 @@ class Connector {
   void Connect(std::string_view domain, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();
-  void SetConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
 
   size_t in_flight() const { return in_flight_; }
   Loop* loop() { return loop_; }
@@ -105,10 +107,13 @@ class Connector {
   // eventfd read on this loop picks them up.
   void QueueWoken(Session* s, Lease lease);
   void RunWoken();
+  // The selector's configuration, fetched again only when it changed.
+  const Config& CurrentConfig();
 
   Loop* loop_;
   Selector* selector_;
-  std::shared_ptr<const Config> config_;
+  std::shared_ptr<const Config> config_;  // the selector's, as of config_version_
+  uint64_t config_version_ = 0;
   ConnectorOptions options_;
   size_t in_flight_ = 0;
   size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)

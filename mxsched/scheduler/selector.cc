@@ -111,13 +111,12 @@ void Lease::Release() {
 // ---------------------------------------------------------------------------------------
 // Selector.
 
-Selector::Selector(std::shared_ptr<const Config> config, Clock* clock, Random* random,
-                   Resolver* resolver, HostRegistry* registry)
-    : clock_(clock ? clock : MonotonicCoarseClock::Default()),
-      random_(random ? random : SplitMixRandom::Default()),
-      owned_registry_(registry ? nullptr : std::make_unique<HostRegistry>()),
-      registry_(registry ? registry : owned_registry_.get()),
-      planner_(registry_, resolver, clock_, random_) {
+Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options)
+    : clock_(options.clock ? options.clock : MonotonicCoarseClock::Default()),
+      random_(options.random ? options.random : SplitMixRandom::Default()),
+      owned_registry_(options.registry ? nullptr : std::make_unique<HostRegistry>()),
+      registry_(options.registry ? options.registry : owned_registry_.get()),
+      planner_(registry_, options.resolver, clock_, random_) {
   SetConfig(std::move(config));
 }
 
@@ -140,6 +139,7 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
   {
     MutexLock lock(&config_mu_);
     config_ = std::move(config);
+    config_version_.fetch_add(1, std::memory_order_acq_rel);
   }
   server_credit_.SetLimit(limit, limit != kUnlimited);
 }

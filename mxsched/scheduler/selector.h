@@ -169,14 +169,20 @@ struct DomainView {
   std::vector<Tier> tiers;
 };
 
+// What a Selector uses besides its Config. Every pointer is borrowed and must outlive the
+// selector; null (the default) means the process default named on each.
+struct SelectorOptions {
+  Clock* clock = nullptr;            // null: MonotonicCoarseClock::Default()
+  Random* random = nullptr;          // null: SplitMixRandom::Default() (kernel-seeded)
+  Resolver* resolver = nullptr;      // null: no DNS; only literal-address routes resolve
+  HostRegistry* registry = nullptr;  // null: the selector owns one
+};
+
 class Selector {
  public:
-  // `clock`, `random`, `resolver` and `registry` are borrowed and must outlive the selector;
-  // null means the process defaults (coarse monotonic clock, kernel-seeded random, no DNS,
-  // a registry owned by the selector).
-  explicit Selector(std::shared_ptr<const Config> config, Clock* clock = nullptr,
-                    Random* random = nullptr, Resolver* resolver = nullptr,
-                    HostRegistry* registry = nullptr);
+  //   Selector selector(config);                          // process defaults
+  //   Selector selector(config, {.resolver = &cache});    // with DNS
+  explicit Selector(std::shared_ptr<const Config> config, SelectorOptions options = {});
   ~Selector();
   Selector(const Selector&) = delete;
   Selector& operator=(const Selector&) = delete;
@@ -187,6 +193,11 @@ class Selector {
   // Reload: new routes and domain settings apply when each domain's route reaches its TTL
   // (or at once with RefreshDomain/RefreshAll); server_max_outbound_connections at once.
   void SetConfig(std::shared_ptr<const Config> config);
+  // The configuration in force (the last SetConfig). Takes a mutex: callers on a hot path
+  // keep the pointer and fetch again only when config_version() changes.
+  std::shared_ptr<const Config> config() const;
+  // Starts at 1 and increases with every SetConfig.
+  uint64_t config_version() const { return config_version_.load(std::memory_order_acquire); }
   // Drops the cached route so the next Acquire rebuilds it (console `refresh domain NAME`).
   // Returns false if the domain has no route yet. Open leases are unaffected.
   bool RefreshDomain(std::string_view domain);
@@ -242,7 +253,6 @@ class Selector {
   DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
   const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
   void Publish(DomainEntry* entry, RouteSnapshot* fresh);
-  std::shared_ptr<const Config> config() const;
 
   void ReleaseLease(Lease& lease);
   // Counts a deferral (statistics) and answers it.
@@ -272,6 +282,7 @@ class Selector {
   RoutePlanner planner_;
   mutable Mutex config_mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
+  std::atomic<uint64_t> config_version_{0};
   std::atomic<uint32_t> generation_{1};
   ServerCredit server_credit_;
   DomainTable domains_;

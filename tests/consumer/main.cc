@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   // --- README: With I/O ---
   auto loop = mxsched::io::Loop::Create();                 // one per worker thread
   if (!loop.ok()) return 1;
-  mxsched::io::Connector connector(loop->get(), &selector, config);
+  mxsched::io::Connector connector(loop->get(), &selector);
   connector.Connect("example.com", [](mxsched::io::ConnectResult r) {
     if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) return defer(r.reason);
     std::printf("connected: %s\n", r.greeting.c_str());
