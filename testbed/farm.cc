@@ -155,6 +155,7 @@ struct Farm::Impl {
   absl::flat_hash_set<Conn*> conns;
   std::thread thread;
   std::atomic<bool> stopping{false};
+  std::atomic<int64_t> current_all{0}, peak_all{0};  // over every listener
   Mutex mu;
   std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
   std::string banner;
@@ -340,6 +341,7 @@ struct Conn {
   void Close() {
     close(fd);
     listener->current.fetch_sub(1, std::memory_order_relaxed);
+    farm->current_all.fetch_sub(1, std::memory_order_relaxed);
     if (serving) listener->serving.fetch_sub(1, std::memory_order_relaxed);
     farm->conns.erase(this);
     delete this;
@@ -363,6 +365,10 @@ void Listener::OnAccept(int res, uint32_t) {
     int one = 1;
     setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     total.fetch_add(1, std::memory_order_relaxed);
+    const int64_t all = farm->current_all.fetch_add(1, std::memory_order_relaxed) + 1;
+    int64_t pa = farm->peak_all.load(std::memory_order_relaxed);
+    while (all > pa && !farm->peak_all.compare_exchange_weak(pa, all)) {
+    }
     const int64_t now = current.fetch_add(1, std::memory_order_relaxed) + 1;
     int64_t p = peak.load(std::memory_order_relaxed);
     while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
@@ -437,6 +443,7 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
     shutdown(c->fd, SHUT_RDWR);
     close(c->fd);
     c->listener->current.fetch_sub(1);
+    current_all.fetch_sub(1);
     if (c->serving) c->listener->serving.fetch_sub(1);
   }
   {
@@ -509,7 +516,10 @@ std::vector<FarmAddressStats> Farm::Stats() const {
   return out;
 }
 
+int64_t Farm::PeakAllAddresses() const { return impl_->peak_all.load(); }
+
 void Farm::ResetCounters() {
+  impl_->peak_all = impl_->current_all.load();
   for (auto& l : impl_->listeners) {
     l->total = 0;
     l->quits = 0;
@@ -537,7 +547,8 @@ std::string Farm::StatsJson() const {
                          {"rejected", s.rejected},
                          {"served_peak", s.served_peak}});
   }
-  return DumpJson({{"addresses", std::move(addresses)}, {"total", total}, {"max_peak", peak}});
+  return DumpJson({{"addresses", std::move(addresses)}, {"total", total}, {"max_peak", peak},
+                   {"peak_all_addresses", PeakAllAddresses()}});
 }
 
 }  // namespace mxsched::io

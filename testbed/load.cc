@@ -123,6 +123,7 @@ class Worker {
   }
 
   void OnConnected(ConnectResult r) {
+    busy_replies_ += r.busy_replies;
     if (r.kind == ConnectResult::Kind::kConnected) {
       latencies_.push_back(r.elapsed_nanos);
       ++hosts_[r.lease.endpoint().ToString()];
@@ -158,6 +159,7 @@ class Worker {
   Shared* shared() { return shared_; }
 
   std::vector<int64_t> latencies_;
+  int64_t busy_replies_ = 0;
   std::map<std::string, int64_t> hosts_, deferrals_, failures_;
   std::map<std::string, std::string> examples_;
 
@@ -329,13 +331,21 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   for (auto& w : workers) {
     lat.insert(lat.end(), w->latencies_.begin(), w->latencies_.end());
     for (auto& [k, v] : w->hosts_) report.hosts[k].sessions += v;
+    report.busy_replies += w->busy_replies_;
     for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
     for (auto& [k, v] : w->failures_) report.failures[k] += v;
     for (auto& [k, v] : w->examples_) report.examples.try_emplace(k, v);
   }
+  const int64_t now = selector.clock().NowNanos();
   selector.registry().ForEach([&](const HostState& h) {
     auto it = report.hosts.find(h.endpoint().ToString());
-    if (it != report.hosts.end()) it->second.peak = h.peak();
+    if (it == report.hosts.end() && h.busy_replies() == 0) return;
+    LoadReport::Host& rh = report.hosts[h.endpoint().ToString()];
+    rh.peak = h.peak();
+    rh.limit = h.limit();
+    rh.configured_limit = h.configured_limit();
+    rh.busy_replies = h.busy_replies();
+    rh.limit_moved = h.last_move().ToString(now);
   });
   if (!lat.empty()) {
     std::sort(lat.begin(), lat.end());
@@ -348,7 +358,15 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
 
 std::string LoadReport::ToJson() const {
   nlohmann::json host_json = nlohmann::json::object();
-  for (const auto& [k, h] : hosts) host_json[k] = {{"sessions", h.sessions}, {"peak", h.peak}};
+  auto limit = [](int32_t l) { return l == kUnlimited ? int64_t{-1} : int64_t{l}; };
+  for (const auto& [k, h] : hosts) {
+    host_json[k] = {{"sessions", h.sessions},
+                    {"peak", h.peak},
+                    {"limit", limit(h.limit)},
+                    {"configured_limit", limit(h.configured_limit)},
+                    {"busy_replies", h.busy_replies},
+                    {"limit_moved", h.limit_moved}};
+  }
   return DumpJson({{"sessions", sessions},
                    {"connected", connected},
                    {"deferred", deferred},
@@ -359,6 +377,7 @@ std::string LoadReport::ToJson() const {
                    {"connect_p50_us", connect_p50_us},
                    {"connect_p99_us", connect_p99_us},
                    {"connect_max_us", connect_max_us},
+                   {"busy_replies", busy_replies},
                    {"max_rss_kb", max_rss_kb},
                    {"connected_per_250ms", connected_timeline},
                    {"hosts", std::move(host_json)},
@@ -373,8 +392,17 @@ std::string LoadReport::ToText() const {
   s += StrCat("rate: ", sessions_per_second, " sessions/s (", connected_per_second,
               " connected/s); connect latency p50 ", connect_p50_us, " us, p99 ",
               connect_p99_us, " us, max ", connect_max_us, " us\n");
-  if (!hosts.empty()) s += "per host (sessions, peak concurrent):\n";
-  for (const auto& [k, h] : hosts) s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "\n");
+  if (busy_replies > 0) {
+    s += StrCat("busy replies (421 too many connections...): ", busy_replies, "\n");
+  }
+  if (!hosts.empty()) s += "per host (sessions, peak concurrent, limit):\n";
+  auto limit = [](int32_t l) { return l == kUnlimited ? std::string("unlimited") : StrCat(l); };
+  for (const auto& [k, h] : hosts) {
+    s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", limit(h.limit));
+    if (h.limit != h.configured_limit) s += StrCat(" (configured ", limit(h.configured_limit), ")");
+    if (!h.limit_moved.empty()) s += StrCat("  ", h.limit_moved);
+    s += "\n";
+  }
   for (const auto& [k, v] : deferrals) {
     s += StrCat("deferred ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
   }

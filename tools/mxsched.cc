@@ -51,6 +51,15 @@ void PrintHuman(const DomainView& v) {
         std::printf("  %llds since failure, %u consecutive",
                     static_cast<long long>(h.seconds_since_failure), h.consecutive_failures);
       }
+      if (h.limit != h.configured_limit) {  // adaptive (DESIGN §6): lowered by busy replies
+        std::printf("  (configured %s)", h.configured_limit == kUnlimited
+                                             ? "unlimited"
+                                             : std::to_string(h.configured_limit).c_str());
+      }
+      if (!h.limit_moved.empty()) std::printf("  %s", h.limit_moved.c_str());
+      if (!h.group.empty()) {
+        std::printf("  provider \"%s\" %d/%d", h.group.c_str(), h.group_active, h.group_limit);
+      }
       std::printf("\n");
     }
   }
@@ -68,7 +77,15 @@ nlohmann::json ToJson(const DomainView& v) {
                        {"active", h.active},
                        {"reachable", h.reachable},
                        {"seconds_since_failure", h.seconds_since_failure},
-                       {"consecutive_failures", h.consecutive_failures}});
+                       {"consecutive_failures", h.consecutive_failures},
+                       {"configured_limit", h.configured_limit == kUnlimited
+                                                ? int64_t{-1}
+                                                : int64_t{h.configured_limit}},
+                       {"limit_moved", h.limit_moved},
+                       {"busy_replies", h.busy_replies},
+                       {"provider", h.group},
+                       {"provider_limit", h.group_limit},
+                       {"provider_active", h.group_active}});
     }
     tiers.push_back({{"tier", t.tier}, {"mx_pref", t.mx_pref}, {"hosts", std::move(hosts)}});
   }

@@ -55,6 +55,7 @@ struct Connector::Session {
   Lease lease;
   int fd = -1;
   int attempts = 0;
+  int busy_replies = 0;  // attempts answered with a busy greeting
   int pending = 0;  // CQEs still to come for this session
   bool finished = false;
   bool waiting_dns = false;
@@ -188,10 +189,13 @@ struct Connector::Session {
       case GreetingParser::State::kDone:
         break;
     }
-    if (parser.code() / 100 != 2) {
-      return HostFailure(Outcome::kGreetingRejected, StrCat("greeting ", parser.Summary()));
+    // The selector classifies the reply (feedback.h): a busy one lowers the host's limit
+    // instead of marking it failed.
+    const Outcome outcome = lease.Report(SmtpReply::FromText(parser.code(), parser.text()));
+    if (outcome == Outcome::kBusy) return HostBusy(StrCat("greeting ", parser.Summary()));
+    if (outcome != Outcome::kConnected) {
+      return HostFailure(outcome, StrCat("greeting ", parser.Summary()));
     }
-    lease.Report(Outcome::kConnected);
     lease.RecordConnectLatency(NowNanos() - attempt_start);
     ConnectResult r;
     r.kind = ConnectResult::Kind::kConnected;
@@ -218,6 +222,27 @@ struct Connector::Session {
       r.kind = ConnectResult::Kind::kFailed;
       r.reason = StrCat("451 4.4.1 ", attempts, " attempt(s) failed; last: ", last_error);
       r.last_outcome = outcome;
+      return Finish(std::move(r));
+    }
+    Attempt();
+  }
+
+  // The receiver pushed back (a busy greeting, already reported): its limit went down, it is
+  // not failed. Try again — the selector now counts this host as full (or finds the next
+  // host of the tier); with slot waits the session waits for a slot rather than retrying
+  // at once. Busy attempts count toward max_attempts; running out of them defers.
+  void HostBusy(std::string why) {
+    ++busy_replies;
+    busy_since_wait = true;
+    last_outcome = Outcome::kBusy;
+    last_error = StrCat(lease.endpoint().ToString(), ": ", why);
+    CloseAttempt();
+    if (attempts >= connector->options_.max_attempts) {
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.reason = StrCat("451 4.4.5 ", attempts, " attempt(s) met busy receivers; last: ",
+                        last_error);
+      r.last_outcome = Outcome::kBusy;
       return Finish(std::move(r));
     }
     Attempt();
@@ -281,6 +306,7 @@ struct Connector::Session {
   Waiter waiter{this};
   bool slot_waiting = false;
   bool slot_woken_before = false;
+  bool busy_since_wait = false;
   bool slot_wait_expired = false;
   bool slot_timer_armed = false;
   __kernel_timespec slot_ts{};
@@ -293,7 +319,13 @@ struct Connector::Session {
       io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
     }
     slot_waiting = true;
-    connector->selector_->WaitForSlot(domain, &waiter, /*front=*/slot_woken_before);
+    // A session woken earlier goes back to the head of the queue (it lost a race, not its
+    // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
+    // to the back spreads the limit's next probe (DESIGN §6) over the waiting sessions
+    // instead of charging every refused probe to the same one.
+    connector->selector_->WaitForSlot(domain, &waiter,
+                                      /*front=*/slot_woken_before && !busy_since_wait);
+    busy_since_wait = false;
   }
 
   void OnWoken(Lease granted) {  // on the loop thread
@@ -330,6 +362,7 @@ struct Connector::Session {
       Loop::SetCompletion(sqe, nullptr);
     }
     r.attempts = attempts;
+    r.busy_replies = busy_replies;
     const int64_t now = NowNanos();
     r.elapsed_nanos = now - start;
     connector->selector_->stats().CountSession(static_cast<size_t>(r.kind),

@@ -18,8 +18,10 @@
 // complete greeting arrives (banner_timeout, one deadline for all reads). A refused or timed
 // out connect, a 4xx/5xx greeting or garbage marks the host failed (Lease::Report) and the
 // connector tries again for the same domain — the selector now skips that host — up to
-// max_attempts (like Exim's hosts_max_try). Local errors (no fds, no ephemeral ports) do not
-// blame the host and end the session as deferred.
+// max_attempts (like Exim's hosts_max_try). A busy greeting ("421 4.7.0 too many
+// connections", DESIGN §6) instead lowers the host's effective limit and the session tries
+// again the same way (waiting for a slot if slot_wait_ms is set). Local errors (no fds, no
+// ephemeral ports) do not blame the host and end the session as deferred.
 //
 // While a domain's DNS is still resolving, sessions wait (woken by OnRoutesChanged(), no
 // polling) up to dns_wait_ms, then end as deferred.
@@ -52,6 +54,7 @@ struct ConnectResult {
   // What the last connection attempt ended with (kFailed, or kDeferred after failures).
   std::optional<Outcome> last_outcome;
   int attempts = 0;
+  int busy_replies = 0;       // attempts whose greeting was busy (421 "too many connections")
   int64_t elapsed_nanos = 0;  // from Connect() to this result
   // From the first wait for a slot to this result (0 if it never waited): the part of
   // elapsed_nanos spent queued behind others, not connecting.

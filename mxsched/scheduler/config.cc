@@ -1,5 +1,7 @@
 #include "mxsched/scheduler/config.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <fstream>
 #include <sstream>
@@ -334,7 +336,15 @@ class Binder {
     }
     for (const Stanza* st : hosts) {
       std::string key;
-      if (auto ip = IpAddress::Parse(st->name); ip.ok()) {
+      const bool pattern = st->name.find_first_of("*?") != std::string::npos;
+      if (pattern) {
+        key = ToLower(st->name);
+        if (!ValidNamePattern(key)) {
+          return parser_.ErrorAt(st->pos, StrCat("Host \"", st->name, "\": a name pattern may "
+                                                 "hold hostname characters, '*' and '?', and "
+                                                 "at least one literal character"));
+        }
+      } else if (auto ip = IpAddress::Parse(st->name); ip.ok()) {
         key = ip->ToString();
       } else if (auto name = NormalizeHostname(st->name); name.ok()) {
         key = *name;
@@ -342,7 +352,11 @@ class Binder {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", st->name,
                                                      "\": expected a hostname or an IP address"));
       }
-      if (config.hosts.contains(key)) {
+      const bool twice =
+          pattern ? std::any_of(config.host_patterns.begin(), config.host_patterns.end(),
+                                [&](const HostPattern& p) { return p.pattern == key; })
+                  : config.hosts.contains(key);
+      if (twice) {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", key, "\" defined twice"));
       }
       HostSettings h;
@@ -352,9 +366,25 @@ class Binder {
         if (!v.ok()) return v.status();
         FindConfigOption(e.name)->host.set(h, *v);
       }
-      config.hosts.emplace(std::move(key), h);
+      if (pattern) {
+        config.host_patterns.push_back({std::move(key), h});
+      } else {
+        config.hosts.emplace(std::move(key), h);
+      }
     }
+    SortBySpecificity(config.host_patterns);
     return config;
+  }
+
+  // Most literal characters first; ties by name, so the order never depends on the file's.
+  static void SortBySpecificity(std::vector<HostPattern>& v) {
+    auto literal = [](const std::string& p) {
+      return std::count_if(p.begin(), p.end(), [](char c) { return c != '*' && c != '?'; });
+    };
+    std::sort(v.begin(), v.end(), [&](const HostPattern& a, const HostPattern& b) {
+      const auto la = literal(a.pattern), lb = literal(b.pattern);
+      return la != lb ? la > lb : a.pattern < b.pattern;
+    });
   }
 
  private:
@@ -384,8 +414,9 @@ class Binder {
   absl::StatusOr<OptionValue> Convert(const OptionDescriptor& spec, const Entry& e) {
     const Value& v = e.value;
     OptionValue out;
-    const bool wants_list =
-        spec.type == OptionType::kRoutes || spec.type == OptionType::kCidrList;
+    const bool wants_list = spec.type == OptionType::kRoutes ||
+                            spec.type == OptionType::kCidrList ||
+                            spec.type == OptionType::kNameList;
     if (wants_list && !v.is_list) {
       return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
                                            "\" expects a list: ( \"a\" \"b\" )"));
@@ -409,6 +440,17 @@ class Binder {
         auto c = Cidr::Parse(v.items[i]);
         if (!c.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
         out.cidrs.push_back(*c);
+      }
+      return out;
+    }
+    if (spec.type == OptionType::kNameList) {
+      for (size_t i = 0; i < v.items.size(); ++i) {
+        std::string p = ToLower(v.items[i]);
+        if (!ValidNamePattern(p)) {
+          return parser_.ErrorAt(v.item_pos[i], StrCat("\"", v.items[i], "\" is not a host "
+                                                       "name or pattern (e.g. \"*.example\")"));
+        }
+        out.names.push_back(std::move(p));
       }
       return out;
     }
@@ -453,6 +495,76 @@ int32_t Config::HostLimit(std::string_view name, const IpAddress& address) const
     if (const HostSettings* h = ForHost(name)) return h->max_outbound_connections;
   }
   return kUnlimited;
+}
+
+bool ValidNamePattern(std::string_view p) {
+  bool literal = false;
+  for (char c : p) {
+    if (c == '*' || c == '?') continue;
+    if (!(IsAlnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_')) {
+      return false;
+    }
+    literal |= c != '.';
+  }
+  return literal && !p.empty() && p.size() <= 253;
+}
+
+bool NamePatternMatches(std::string_view pattern, std::string_view lower_name) {
+  // fnmatch(3) without FNM_PERIOD/FNM_PATHNAME: '*' crosses dots, as provider patterns need.
+  return fnmatch(std::string(pattern).c_str(), std::string(lower_name).c_str(), 0) == 0;
+}
+
+bool HostPattern::Matches(std::string_view lower_name) const {
+  return NamePatternMatches(pattern, lower_name);
+}
+
+const HostPattern* Config::MatchHostPattern(std::string_view name) const {
+  if (name.empty()) return nullptr;
+  for (const HostPattern& p : host_patterns) {  // most specific first
+    if (p.Matches(name)) return &p;
+  }
+  return nullptr;
+}
+
+const std::string* Config::ProhibitedMxName(std::string_view name) const {
+  for (const std::string& p : prohibited_mx_names) {
+    if (NamePatternMatches(p, name)) return &p;
+  }
+  return nullptr;
+}
+
+HostPolicy Config::PolicyFor(std::string_view name, const IpAddress& address) const {
+  HostPolicy out;
+  out.limit = HostLimit(name, address);
+  const std::string lower = ToLower(name);
+  const HostPattern* pattern = MatchHostPattern(lower);
+  if (pattern != nullptr && pattern->settings.max_outbound_connections != kUnlimited) {
+    out.provider = pattern;
+  }
+  // IP stanza, then exact name, then pattern: the first that sets an option wins.
+  const HostSettings* chain[3] = {ForHost(address.ToString()),
+                                  lower.empty() ? nullptr : ForHost(lower),
+                                  pattern ? &pattern->settings : nullptr};
+  out.host_failure_retry_s = host_failure_retry_s;
+  out.adaptive = adaptive_concurrency;
+  out.adaptive_floor = adaptive_concurrency_floor;
+  bool retry_set = false, adaptive_set = false, floor_set = false;
+  for (const HostSettings* h : chain) {
+    if (h == nullptr) continue;
+    if (!retry_set && h->host_failure_retry_s) {
+      out.host_failure_retry_s = *h->host_failure_retry_s;
+      retry_set = true;
+    }
+    if (!adaptive_set && h->adaptive_concurrency) {
+      out.adaptive = *h->adaptive_concurrency;
+      adaptive_set = true;
+    }
+    if (!floor_set && h->adaptive_concurrency_floor) {
+      out.adaptive_floor = *h->adaptive_concurrency_floor;
+      floor_set = true;
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name) {

@@ -22,6 +22,14 @@
 // (tests on loopback opt in that way). It applies to addresses from DNS, never to literal
 // addresses written in routes.
 //
+// Host stanzas are keyed by an IP address, an exact MX/host name, or a name pattern with
+// `*`/`?` (`Host "*.mail.protection.outlook.com" { }`: a provider). Precedence (DESIGN §6):
+// the per-address limit comes from the IP stanza, else the exact-name stanza, else none; a
+// pattern stanza's max_outbound_connections is one limit SHARED by every address behind
+// every matching MX name, for all domains (in addition to any per-address limit); other
+// Host options come from the IP stanza, else the exact name, else the most specific
+// matching pattern (most literal characters; ties by name), else the global value.
+//
 // Thread-safety: Config is an immutable value once parsed; share it with shared_ptr<const>.
 #ifndef MXSCHED_SCHEDULER_CONFIG_H_
 #define MXSCHED_SCHEDULER_CONFIG_H_
@@ -62,6 +70,29 @@ struct DomainSettings {
 struct HostSettings {
   int32_t max_outbound_connections = kUnlimited;
   std::optional<uint32_t> host_failure_retry_s;
+  std::optional<bool> adaptive_concurrency;
+  std::optional<int32_t> adaptive_concurrency_floor;
+};
+
+// Host name patterns: `*` matches any run of characters (dots included), `?` one; at least
+// one literal character other than '.'. `lower_name` must be lower-case.
+bool ValidNamePattern(std::string_view pattern);
+bool NamePatternMatches(std::string_view pattern, std::string_view lower_name);
+
+// A `Host "pattern" { }` stanza.
+struct HostPattern {
+  std::string pattern;  // lower-case
+  HostSettings settings;
+  bool Matches(std::string_view lower_name) const;
+};
+
+// Everything the configuration says about one destination, with precedence applied.
+struct HostPolicy {
+  int32_t limit = kUnlimited;  // per address
+  uint32_t host_failure_retry_s = 120;
+  bool adaptive = true;
+  int32_t adaptive_floor = 1;
+  const HostPattern* provider = nullptr;  // the matching pattern with a shared limit, if any
 };
 
 // The ranges DNS answers may not point at unless the configuration says otherwise.
@@ -76,6 +107,10 @@ struct Config {
   uint32_t min_dns_ttl_s = 0;
   uint32_t max_dns_ttl_s = 86400;
   std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
+  bool adaptive_concurrency = true;
+  int32_t adaptive_concurrency_floor = 1;
+  std::vector<HostPattern> host_patterns;  // most specific first
+  std::vector<std::string> prohibited_mx_names;  // lower-case name patterns
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;
@@ -83,6 +118,12 @@ struct Config {
   const HostSettings* ForHost(std::string_view name_or_ip) const;
   // Per-address limit: an IP-keyed stanza wins over the name's stanza; unset is unlimited.
   int32_t HostLimit(std::string_view name, const IpAddress& address) const;
+  // The most specific pattern stanza matching `name` (lower-case), or nullptr.
+  const HostPattern* MatchHostPattern(std::string_view name) const;
+  // All Host settings for `address` reached through MX/host `name` ("" for literals).
+  HostPolicy PolicyFor(std::string_view name, const IpAddress& address) const;
+  // The prohibited_mx_names pattern `name` (lower-case) matches, or nullptr.
+  const std::string* ProhibitedMxName(std::string_view name) const;
 };
 
 // `source_name` is used in error messages ("FILE:LINE:COL: ...").

@@ -17,9 +17,14 @@ void Assign(bool& f, const OptionValue& v) { f = v.flag; }
 void Assign(std::string& f, const OptionValue& v) { f = v.text; }
 void Assign(std::vector<RouteItem>& f, const OptionValue& v) { f = v.routes; }
 void Assign(std::vector<Cidr>& f, const OptionValue& v) { f = v.cidrs; }
+void Assign(std::vector<std::string>& f, const OptionValue& v) { f = v.names; }
 void Assign(std::optional<uint32_t>& f, const OptionValue& v) {
   f = static_cast<uint32_t>(v.number);
 }
+void Assign(std::optional<int32_t>& f, const OptionValue& v) {
+  f = static_cast<int32_t>(v.number);
+}
+void Assign(std::optional<bool>& f, const OptionValue& v) { f = v.flag; }
 
 OptionValue Read(int64_t n) {
   OptionValue v;
@@ -46,8 +51,23 @@ OptionValue Read(const std::vector<Cidr>& c) {
   v.cidrs = c;
   return v;
 }
+OptionValue Read(const std::vector<std::string>& n) {
+  OptionValue v;
+  v.names = n;
+  return v;
+}
 OptionValue Read(const std::optional<uint32_t>& o) {
   OptionValue v = Read(int64_t{o.value_or(0)});
+  v.present = o.has_value();
+  return v;
+}
+OptionValue Read(const std::optional<int32_t>& o) {
+  OptionValue v = Read(int64_t{o.value_or(0)});
+  v.present = o.has_value();
+  return v;
+}
+OptionValue Read(const std::optional<bool>& o) {
+  OptionValue v = Read(o.value_or(false));
   v.present = o.has_value();
   return v;
 }
@@ -188,6 +208,27 @@ constexpr OptionDescriptor kOptions[] = {
      .choices = "esmtp|smtp|apn|gcm|mm7|http",
      .doc = "protocol of the domain's deliveries",
      .domain = Field<&DomainSettings::delivery_method>()},
+    {.name = "adaptive_concurrency",
+     .scopes = G | H,
+     .type = OptionType::kBool,
+     .doc = "busy replies (421, 4.7.x, \"too many connections\"...) lower a host's effective "
+            "limit instead of marking it failed; successes raise it back (DESIGN §6)",
+     .config = Field<&Config::adaptive_concurrency>(),
+     .host = Field<&HostSettings::adaptive_concurrency>()},
+    {.name = "adaptive_concurrency_floor",
+     .scopes = G | H,
+     .type = OptionType::kCount,
+     .min = 1,
+     .max = kMaxConnections,
+     .doc = "the effective limit never goes below this (DESIGN §6)",
+     .config = Field<&Config::adaptive_concurrency_floor>(),
+     .host = Field<&HostSettings::adaptive_concurrency_floor>()},
+    {.name = "prohibited_mx_names",
+     .scopes = G,
+     .type = OptionType::kNameList,
+     .doc = "MX target names or patterns (\"*.example\") never connected to; a domain left "
+            "without MXs is deferred naming the MX and the pattern (DESIGN §6)",
+     .config = Field<&Config::prohibited_mx_names>()},
 };
 
 std::optional<int64_t> ParseInt(std::string_view s) {
@@ -240,6 +281,7 @@ std::string TypeAndRange(const OptionDescriptor& o) {
     }
     case OptionType::kRoutes: return "route list";
     case OptionType::kCidrList: return "CIDR list";
+    case OptionType::kNameList: return "name pattern list";
   }
   return "?";
 }
@@ -307,6 +349,7 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
     }
     case OptionType::kRoutes:
     case OptionType::kCidrList:
+    case OptionType::kNameList:
       break;
   }
   return absl::InvalidArgumentError(StrCat("option \"", o.name, "\" expects a list"));
@@ -327,6 +370,11 @@ std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
     case OptionType::kCidrList: {
       std::string s = "(";
       for (const Cidr& c : v.cidrs) s += " " + Quote(c.ToString());
+      return s + " )";
+    }
+    case OptionType::kNameList: {
+      std::string s = "(";
+      for (const std::string& n : v.names) s += " " + Quote(n);
       return s + " )";
     }
   }
@@ -368,11 +416,7 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
     }
     out += "}\n";
   }
-  names.clear();
-  for (const auto& [name, h] : config.hosts) names.push_back(name);
-  std::sort(names.begin(), names.end());
-  for (const std::string& name : names) {
-    const HostSettings& h = config.hosts.at(name);
+  auto host_stanza = [&](const std::string& name, const HostSettings& h) {
     out += StrCat("Host ", Quote(name), " {\n");
     for (const OptionDescriptor& o : kOptions) {
       if (!(o.scopes & kHostScope) || !o.host) continue;
@@ -380,7 +424,12 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
       if (v.present) out += StrCat("  ", o.name, " = ", FormatOptionValue(o, v), "\n");
     }
     out += "}\n";
-  }
+  };
+  names.clear();
+  for (const auto& [name, h] : config.hosts) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) host_stanza(name, config.hosts.at(name));
+  for (const HostPattern& p : config.host_patterns) host_stanza(p.pattern, p.settings);
   return out;
 }
 

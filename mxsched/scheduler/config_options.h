@@ -43,6 +43,7 @@ enum class OptionType {
   kChoice,    // one word of OptionDescriptor::choices
   kRoutes,    // list of route items (routes.h)
   kCidrList,  // list of CIDR ranges
+  kNameList,  // list of host names or name patterns ("*.example")
 };
 
 // A typed option value, as parsed or as read back from a Config. Only the member matching
@@ -54,6 +55,7 @@ struct OptionValue {
   std::string text;
   std::vector<RouteItem> routes;
   std::vector<Cidr> cidrs;
+  std::vector<std::string> names;
 };
 
 // Reads and writes one field of one settings struct.

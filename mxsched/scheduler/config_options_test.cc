@@ -20,6 +20,7 @@ std::string SomeValidValue(const OptionDescriptor& o) {
     case OptionType::kChoice: return std::string(Split(o.choices, '|').back());
     case OptionType::kRoutes: return "( \"192.0.2.1\" )";
     case OptionType::kCidrList: return "( \"192.0.2.0/24\" )";
+    case OptionType::kNameList: return "( \"*.blocked.example\" )";
   }
   return "";
 }

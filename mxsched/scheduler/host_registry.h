@@ -1,6 +1,8 @@
 // HostState: the shared, mutable state of one destination (address, port) — active
-// connections, limit, reachability — and HostRegistry, which owns one HostState per
-// destination for the life of the registry.
+// connections, configured and effective (adaptive, DESIGN §6) limit, reachability —
+// LimitGroup, a provider limit shared by hosts whose MX names match one pattern, and
+// HostRegistry, which owns one HostState per destination and one LimitGroup per pattern for
+// the life of the registry.
 //
 // Every domain that routes to the same (address, port) shares its HostState, so a per-host
 // limit holds across domains (DESIGN §1 rule 5) and a failure seen by one domain protects
@@ -15,6 +17,7 @@
 #define MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 
 #include <array>
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -33,7 +36,7 @@ namespace mxsched {
 enum class Admission : uint8_t {
   kAdmitted,  // a slot was taken
   kProbe,     // a slot was taken as the single half-open probe of a failed host
-  kFull,      // at its limit
+  kFull,      // at its (effective) limit, or its provider group is at its limit
   kDown,      // failed and inside host_failure_retry, or its probe is already out
 };
 
@@ -44,18 +47,78 @@ inline constexpr std::array<int64_t, 10> kConnectLatencyBoundsNanos = {
     1'000'000,   2'500'000,   5'000'000,   10'000'000,    25'000'000,
     50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 5'000'000'000};
 // Per-outcome connection counts kept on each host, indexed by `Outcome` (selector.h).
-inline constexpr size_t kOutcomeKinds = 6;
+inline constexpr size_t kOutcomeKinds = 7;
+// A limit shared by every host whose MX name matches one `Host "*.pattern" { }` stanza: a
+// provider limit (DESIGN §6). Lock-free; owned by the HostRegistry, never removed.
+class alignas(64) LimitGroup {
+ public:
+  LimitGroup(std::string pattern, int32_t limit) : limit_(limit), pattern_(std::move(pattern)) {}
+  const std::string& pattern() const { return pattern_; }
+  // Bounded CAS: `active` never passes the limit.
+  bool TryTake() {
+    const int32_t limit = limit_.load(std::memory_order_relaxed);
+    int32_t active = active_.load(std::memory_order_relaxed);
+    do {
+      if (active >= limit) return false;
+    } while (!active_.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
+                                            std::memory_order_relaxed));
+    int32_t p = peak_.load(std::memory_order_relaxed);
+    while (active + 1 > p && !peak_.compare_exchange_weak(p, active + 1)) {
+    }
+    return true;
+  }
+  void Give() { active_.fetch_sub(1, std::memory_order_acq_rel); }
+  bool HasRoom() const { return active() < limit(); }
+  int32_t active() const { return active_.load(std::memory_order_acquire); }
+  int32_t limit() const { return limit_.load(std::memory_order_relaxed); }
+  int32_t peak() const { return peak_.load(std::memory_order_relaxed); }
+  void SetLimit(int32_t limit) { limit_.store(limit, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int32_t> active_{0};
+  std::atomic<int32_t> limit_;
+  std::atomic<int32_t> peak_{0};
+  const std::string pattern_;
+};
+
+// What the configuration says about one host; applied on every route plan (newest wins).
+struct HostConfig {
+  int32_t limit = INT32_MAX;       // configured per-address limit
+  int64_t retry_nanos = 0;         // host_failure_retry
+  LimitGroup* group = nullptr;     // provider limit shared by name pattern, or none
+  bool adaptive = true;            // adaptive_concurrency
+  int32_t adaptive_floor = 1;      // adaptive_concurrency_floor
+};
+
+// Why a host's effective limit last moved (DESIGN §6), for `route`, `load` and DomainView.
+struct LimitMove {
+  enum class Kind : uint8_t { kNone, kLowered, kRaised, kFailedAtOne };
+  Kind kind = Kind::kNone;
+  int32_t to = 0;         // the effective limit after the move
+  int64_t at_nanos = 0;   // when (the selector's clock)
+  int reply_code = 0;     // kLowered/kFailedAtOne: the busy reply
+  std::string enhanced;   // its enhanced status, if any
+  uint8_t rule = 0;       // BusyRule (feedback.h)
+  std::string ToString(int64_t now_nanos) const;  // "lowered to 4 by 421 4.7.0, 3 s ago"
+};
+
+// Where a slot was taken: released through the same group even if a reload moved the host.
+struct AdmitTicket {
+  LimitGroup* group = nullptr;
+  int32_t level = 0;  // host connections open right after this admission (this one included)
+};
 
 class alignas(128) HostState {
  public:
-  HostState(Endpoint endpoint, std::string name, int32_t limit, int64_t retry_nanos);
+  HostState(Endpoint endpoint, std::string name, const HostConfig& config);
 
   const Endpoint& endpoint() const { return endpoint_; }
   const std::string& name() const { return name_; }  // first MX/host name seen, or the IP
 
-  // Takes a slot if the host is reachable and below its limit; never lets `active` pass the
-  // limit, even transiently (bounded CAS).
-  Admission TryAdmit(int64_t now_nanos) {
+  // Takes a slot if the host is reachable, below its effective limit and its provider group
+  // (if any) below the group's limit; never lets either count pass its limit, even
+  // transiently (bounded CAS, the host first, undone if the group is full).
+  Admission TryAdmit(int64_t now_nanos, AdmitTicket* ticket) {
     bool probe = false;
     int64_t failed_until = failed_until_.load(std::memory_order_acquire);
     if (ABSL_PREDICT_FALSE(failed_until != 0)) {
@@ -63,7 +126,7 @@ class alignas(128) HostState {
       if (probe_in_flight_.exchange(true, std::memory_order_acq_rel)) return Admission::kDown;
       probe = true;
     }
-    int32_t limit = limit_.load(std::memory_order_relaxed);
+    const int32_t limit = LimitOf(adapt_.load(std::memory_order_relaxed));
     int32_t active = active_.load(std::memory_order_relaxed);
     do {
       if (active >= limit) {
@@ -72,32 +135,58 @@ class alignas(128) HostState {
       }
     } while (!active_.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                             std::memory_order_relaxed));
+    LimitGroup* group = group_.load(std::memory_order_acquire);
+    if (ABSL_PREDICT_FALSE(group != nullptr) && !group->TryTake()) {
+      active_.fetch_sub(1, std::memory_order_acq_rel);
+      if (probe) probe_in_flight_.store(false, std::memory_order_release);
+      return Admission::kFull;
+    }
     if (ABSL_PREDICT_FALSE(active + 1 > peak_.load(std::memory_order_relaxed))) RaisePeak(active + 1);
+    ticket->group = group;
+    ticket->level = active + 1;
     return probe ? Admission::kProbe : Admission::kAdmitted;
   }
 
   // Gives a slot back. `was_probe`: the slot was the half-open probe and no outcome was
   // reported, so another probe may go.
-  void Release(bool was_probe) {
+  void Release(bool was_probe, LimitGroup* group) {
     if (ABSL_PREDICT_FALSE(was_probe)) probe_in_flight_.store(false, std::memory_order_release);
+    if (group != nullptr) group->Give();
     // seq_cst (the same instruction on x86): the releaser then reads waiting(); a waiter
     // raises waiting and then looks at active (slot_waiters.h).
     active_.fetch_sub(1, std::memory_order_seq_cst);
   }
 
-  // A connection reached a usable 220 greeting: the host is reachable again.
-  void RecordSuccess();
+  // A connection reached a usable 2xx greeting: the host is reachable again, and — if its
+  // limit was lowered by busy replies — positive feedback (DESIGN §6). `level` is the
+  // ticket's. Returns true when the effective limit went up (a waiter may now fit).
+  bool RecordSuccess(int32_t level, int64_t now_nanos);
   // Connect failure, timeout or rejecting greeting: mark failed for the retry window.
   void RecordFailure(int64_t now_nanos);
+  // A busy reply (feedback.h) on a connection that holds a slot here: negative feedback.
+  // Lowers the effective limit to below the connections open now; marks the host failed
+  // instead when this was the only connection open (the receiver refuses even one: Postfix's
+  // failed cohort) or adaptive concurrency is off. Returns true if the host was marked failed.
+  bool RecordBusy(int64_t now_nanos, int reply_code, std::string_view enhanced, uint8_t rule);
 
   // Would TryAdmit at `now` see the host as reachable (ignoring its limit)?
   bool Reachable(int64_t now_nanos) const {
     int64_t fu = failed_until_.load(std::memory_order_acquire);
     return fu == 0 || (now_nanos >= fu && !probe_in_flight_.load(std::memory_order_acquire));
   }
+  // Below its effective limit and its group's.
+  bool HasRoom() const {
+    const LimitGroup* g = group_.load(std::memory_order_acquire);
+    return active() < limit() && (g == nullptr || g->HasRoom());
+  }
 
   int32_t active() const { return active_.load(std::memory_order_acquire); }
-  int32_t limit() const { return limit_.load(std::memory_order_relaxed); }
+  // The effective limit: the configured one, or lower after busy replies.
+  int32_t limit() const { return LimitOf(adapt_.load(std::memory_order_relaxed)); }
+  int32_t configured_limit() const { return configured_.load(std::memory_order_relaxed); }
+  const LimitGroup* group() const { return group_.load(std::memory_order_acquire); }
+  LimitMove last_move() const;
+  uint64_t busy_replies() const { return busy_replies_.load(std::memory_order_relaxed); }
   int32_t peak() const { return peak_.load(std::memory_order_relaxed); }
   // Slot waiters queued on this host (SlotWaiters): while non-zero, a new Acquire does not
   // take a slot here — a freed slot goes to the oldest waiter (DESIGN §5).
@@ -111,12 +200,11 @@ class alignas(128) HostState {
   uint64_t successes() const { return successes_.load(std::memory_order_relaxed); }
   uint64_t failures() const { return failures_.load(std::memory_order_relaxed); }
 
-  // Reload: new limit (lowering it below `active` blocks new admissions until enough
-  // connections close; open connections are never torn down) and retry window.
-  void Configure(int32_t limit, int64_t retry_nanos) {
-    limit_.store(limit, std::memory_order_relaxed);
-    retry_nanos_.store(retry_nanos, std::memory_order_relaxed);
-  }
+  // Reload and re-plan: new configured limit (lowering it below `active` blocks new
+  // admissions until enough connections close; open connections are never torn down),
+  // retry window, group and adaptive settings. A learned (lowered) limit is kept, clamped
+  // to the new configured limit; a host that was at its configured limit follows it.
+  void Configure(const HostConfig& config);
   void ResetPeak() { peak_.store(active(), std::memory_order_relaxed); }
 
   // --- statistics, written once per connection outcome (Lease::Report), read by scrapes --
@@ -137,16 +225,40 @@ class alignas(128) HostState {
   LatencyCounts connect_latency() const;
 
  private:
+  // adapt_ packs the adaptive state so one CAS moves it consistently and TryAdmit reads the
+  // effective limit with one load: bits 0-31 effective limit, 32-51 successes counted
+  // toward the next raise, 52-55 probe backoff exponent, 56 "a raise is being probed".
+  static constexpr uint64_t kLimitMask = 0xFFFF'FFFFull;
+  static constexpr int kSuccessShift = 32;
+  static constexpr uint64_t kSuccessMax = (1u << 20) - 1;
+  static constexpr int kBackoffShift = 52;
+  static constexpr uint32_t kMaxBackoff = 6;  // a raise needs at most 64 × limit successes
+  static constexpr uint64_t kProbingBit = uint64_t{1} << 56;
+  static int32_t LimitOf(uint64_t w) { return static_cast<int32_t>(w & kLimitMask); }
+  static uint32_t SuccessesOf(uint64_t w) {
+    return static_cast<uint32_t>((w >> kSuccessShift) & kSuccessMax);
+  }
+  static uint32_t BackoffOf(uint64_t w) { return static_cast<uint32_t>((w >> kBackoffShift) & 0xF); }
+  static uint64_t Pack(int32_t limit, uint64_t successes, uint32_t backoff, bool probing) {
+    return static_cast<uint32_t>(limit) | std::min(successes, kSuccessMax) << kSuccessShift |
+           uint64_t{backoff} << kBackoffShift | (probing ? kProbingBit : 0);
+  }
   void RaisePeak(int32_t value);
+  void NoteMove(LimitMove::Kind kind, int32_t to, int64_t now, int code,
+                std::string_view enhanced, uint8_t rule);
 
   // Hot: touched by every Acquire/Release of this host.
   std::atomic<int32_t> active_{0};
-  std::atomic<int32_t> limit_;
+  std::atomic<uint64_t> adapt_;
   std::atomic<int64_t> failed_until_{0};  // 0 = reachable
   std::atomic<bool> probe_in_flight_{false};
   std::atomic<int32_t> peak_{0};
   std::atomic<int32_t> waiting_{0};
+  std::atomic<LimitGroup*> group_{nullptr};
   // Warm: touched on Report.
+  std::atomic<int32_t> configured_;
+  std::atomic<int32_t> adaptive_floor_{1};
+  std::atomic<bool> adaptive_{true};
   std::atomic<uint32_t> consecutive_failures_{0};
   std::atomic<int64_t> retry_nanos_;
   std::atomic<int64_t> last_failure_{0};
@@ -156,6 +268,11 @@ class alignas(128) HostState {
   std::array<std::atomic<uint64_t>, kOutcomeKinds> outcomes_{};
   std::array<std::atomic<uint64_t>, kConnectLatencyBoundsNanos.size() + 1> latency_buckets_{};
   std::atomic<int64_t> latency_sum_nanos_{0};
+  std::atomic<uint64_t> busy_replies_{0};
+  // The last limit move, packed (kind 2 bits, rule 2, code 10, status class 3, subject 10,
+  // detail 10, limit after 26 bits saturating) so it is written and read without a lock.
+  std::atomic<uint64_t> last_move_{0};
+  std::atomic<int64_t> last_move_nanos_{0};
   const Endpoint endpoint_;
   const std::string name_;
 };
@@ -164,8 +281,13 @@ class HostRegistry {
  public:
   // Returns the state for `endpoint`, creating it on first use; updates its limit and retry
   // window to the given values (the newest configuration wins).
-  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name, int32_t limit,
-                         int64_t retry_nanos) ABSL_LOCKS_EXCLUDED(mu_);
+  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name,
+                         const HostConfig& config) ABSL_LOCKS_EXCLUDED(mu_);
+  // The provider group for a `Host "pattern"` stanza, created on first use; its limit is
+  // set to `limit` (the newest configuration wins).
+  LimitGroup* GetOrCreateGroup(std::string_view pattern, int32_t limit) ABSL_LOCKS_EXCLUDED(mu_);
+  void ForEachGroup(const std::function<void(const LimitGroup&)>& fn) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   HostState* Find(const Endpoint& endpoint) const ABSL_LOCKS_EXCLUDED(mu_);
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
   // Visits every host (order unspecified) under the registry lock.
@@ -177,6 +299,7 @@ class HostRegistry {
  private:
   mutable Mutex mu_;
   absl::flat_hash_map<Endpoint, std::unique_ptr<HostState>> hosts_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<LimitGroup>> groups_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mxsched

@@ -160,7 +160,7 @@ class Collector {
     DnsAnswer a = resolver_->LookupMx(name);
     if (!Accept(a, name)) return;
     if (a.mx.empty()) {  // RFC 5321 §5.1: no MX -> the name itself is an implicit MX, pref 0
-      AddAddresses(tier, 0, name, port);
+      if (!Prohibited(name)) AddAddresses(tier, 0, name, port);
       return;
     }
     if (a.mx.size() == 1 && a.mx[0].host.empty()) {  // RFC 7505 null MX
@@ -175,8 +175,22 @@ class Collector {
     if (mx.size() > kMaxMxPerDomain) mx.resize(kMaxMxPerDomain);
     for (const auto& m : mx) {
       if (m.host.empty()) continue;  // a "." among real MXs is meaningless: skip it
+      if (Prohibited(m.host)) continue;
       AddAddresses(tier, m.pref, m.host, port);
     }
+  }
+
+  // prohibited_mx_names: an MX target blocked by name is skipped; if nothing else is left,
+  // the route is a temporary failure that names the MX and the pattern.
+  bool Prohibited(std::string_view mx_name) {
+    if (config_.prohibited_mx_names.empty()) return false;
+    const std::string* p = config_.ProhibitedMxName(ToLower(mx_name));
+    if (p == nullptr) return false;
+    if (temp_detail_.empty()) {
+      temp_detail_ = StrCat("4.4.0 MX ", mx_name, " is blocked by prohibited_mx_names \"", *p,
+                            "\"");
+    }
+    return true;
   }
 
   void Add(uint32_t tier, uint32_t mx_pref, Endpoint ep, std::string_view name, bool from_dns) {
@@ -253,13 +267,17 @@ RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain)
       tiers.emplace_back();
       keys.emplace_back(k.tier, k.mx_pref);
     }
-    const HostSettings* hs = config.ForHost(k.endpoint.address.ToString());
-    if (hs == nullptr && !k.name.empty()) hs = config.ForHost(k.name);
-    const uint32_t retry_s =
-        hs && hs->host_failure_retry_s ? *hs->host_failure_retry_s : config.host_failure_retry_s;
-    tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name,
-                                                  config.HostLimit(k.name, k.endpoint.address),
-                                                  int64_t{retry_s} * kNanosPerSecond));
+    const HostPolicy policy = config.PolicyFor(k.name, k.endpoint.address);
+    HostConfig hc;
+    hc.limit = policy.limit;
+    hc.retry_nanos = int64_t{policy.host_failure_retry_s} * kNanosPerSecond;
+    hc.adaptive = policy.adaptive;
+    hc.adaptive_floor = policy.adaptive_floor;
+    if (policy.provider != nullptr) {
+      hc.group = registry_->GetOrCreateGroup(policy.provider->pattern,
+                                             policy.provider->settings.max_outbound_connections);
+    }
+    tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name, hc));
   }
   for (auto& t : tiers) {  // Fisher-Yates with the injected source
     for (size_t i = t.size(); i > 1; --i) std::swap(t[i - 1], t[random_->Uniform(i)]);

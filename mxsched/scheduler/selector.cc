@@ -60,6 +60,7 @@ std::string_view OutcomeName(Outcome o) {
     case Outcome::kGreetingRejected: return "greeting_rejected";
     case Outcome::kProtocolError: return "protocol_error";
     case Outcome::kLocalError: return "local_error";
+    case Outcome::kBusy: return "busy";
   }
   return "?";
 }
@@ -73,13 +74,15 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     selector_ = std::exchange(o.selector_, nullptr);
     host_ = std::exchange(o.host_, nullptr);
     domain_ = std::exchange(o.domain_, nullptr);
+    ticket_ = o.ticket_;
     probe_ = o.probe_;
     reported_ = o.reported_;
+    busy_reported_ = o.busy_reported_;
   }
   return *this;
 }
 
-static_assert(static_cast<size_t>(Outcome::kLocalError) + 1 == kOutcomeKinds);
+static_assert(static_cast<size_t>(Outcome::kBusy) + 1 == kOutcomeKinds);
 static_assert(static_cast<size_t>(DeferReason::kPermanent) + 1 == kDeferReasons);
 
 void Lease::Report(Outcome outcome) {
@@ -89,17 +92,47 @@ void Lease::Report(Outcome outcome) {
   switch (outcome) {
     case Outcome::kConnected: {
       const bool recovered = host_->failed_until() != 0;
-      host_->RecordSuccess();
-      if (recovered) selector_->HandOff(host_, nullptr);
+      const bool raised = host_->RecordSuccess(ticket_.level, selector_->clock_->NowNanos());
+      // A recovered host, or one whose adaptive limit rose, has room for waiters.
+      if (recovered || raised) selector_->HandOff(host_, nullptr);
       break;
     }
     case Outcome::kLocalError:
       break;
+    case Outcome::kBusy:
+      // A probe that found the host busy stays a probe: its Release lets the next one go.
+      busy_reported_ = true;
+      host_->RecordBusy(selector_->clock_->NowNanos(), 0, "", 0);
+      return;
     default:
       host_->RecordFailure(selector_->clock_->NowNanos());
       break;
   }
   probe_ = false;  // the outcome settled the probe either way
+}
+
+Outcome Lease::Report(const SmtpReply& reply) {
+  if (host_ == nullptr) return Outcome::kLocalError;
+  const ReplyVerdict v = ClassifyReply(reply);
+  if (!reported_) {
+    if (v.cls == ReplyClass::kPositive) {
+      Report(Outcome::kConnected);
+      return Outcome::kConnected;
+    }
+    if (v.cls == ReplyClass::kRejected) {
+      Report(Outcome::kGreetingRejected);
+      return Outcome::kGreetingRejected;
+    }
+    reported_ = true;  // a probe that found the host busy stays a probe (see above)
+    host_->CountOutcome(static_cast<size_t>(Outcome::kBusy));
+  } else if (v.cls != ReplyClass::kBusy || busy_reported_) {
+    return Outcome::kConnected;
+  }
+  busy_reported_ = true;
+  const bool failed = host_->RecordBusy(selector_->clock_->NowNanos(), reply.code,
+                                        reply.enhanced, static_cast<uint8_t>(v.rule));
+  // Busy with no other connection open (or adaptation off): the host was marked failed.
+  return failed ? Outcome::kGreetingRejected : Outcome::kBusy;
 }
 
 void Lease::Release() {
@@ -206,7 +239,7 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
 }
 
 void Selector::ReleaseLease(Lease& lease) {
-  lease.host_->Release(lease.probe_);
+  lease.host_->Release(lease.probe_, lease.ticket_.group);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
   // The slot is free; if anyone waits, hand it over before a newcomer can race for it
@@ -266,13 +299,15 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
       }
       HostState* h = hosts[idx];
       if (!usable(h)) continue;
-      Admission a = h->TryAdmit(now);
+      AdmitTicket ticket;
+      Admission a = h->TryAdmit(now, &ticket);
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
         entry->cursor.store(idx + 1, std::memory_order_relaxed);
         Lease lease;
         lease.selector_ = this;
         lease.host_ = h;
         lease.domain_ = entry;
+        lease.ticket_ = ticket;
         lease.probe_ = a == Admission::kProbe;
         *out = std::move(lease);
         return Grant::kGranted;
@@ -312,7 +347,7 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
     std::vector<std::pair<SlotWaiters::Ticket*, Grant>> moves;
     auto serve = [&](SlotWaiters::Node* n, const HostState* freed, bool skip_domain_full) {
       while (n != nullptr) {
-        if (freed != nullptr && (freed->active() >= freed->limit() || !freed->Reachable(now))) {
+        if (freed != nullptr && (!freed->HasRoom() || !freed->Reachable(now))) {
           return;  // nothing left to hand out here
         }
         SlotWaiters::Node* next = n->next;
@@ -335,6 +370,25 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
       }
     };
     if (host != nullptr && host->waiting() != 0) serve(waiters_.HostHead(host), host, true);
+    // A provider limit (DESIGN §6) shared with other hosts: the slot may serve a waiter
+    // queued on another host of the group, oldest first. Costs a pass over the waiters,
+    // only when a group host is released while anyone waits.
+    if (host != nullptr && host->group() != nullptr && host->group()->HasRoom()) {
+      std::vector<SlotWaiters::Ticket*> all = waiters_.All();
+      std::sort(all.begin(), all.end(),
+                [](const auto* a, const auto* b) { return a->seq < b->seq; });
+      for (SlotWaiters::Ticket* t : all) {
+        if (!host->group()->HasRoom()) break;
+        if (t->kind != SlotWaiters::Kind::kHosts) continue;
+        const bool in_group = std::any_of(t->hosts.begin(), t->hosts.end(), [&](auto* h) {
+          return h != host && h->group() == host->group();
+        });
+        Lease lease;
+        if (in_group && TryGrant(t->domain, t, nullptr, now, &lease) == Grant::kGranted) {
+          grants.emplace_back(waiters_.Remove(t), std::move(lease));
+        }
+      }
+    }
     if (domain != nullptr && domain->waiting.load(std::memory_order_seq_cst) != 0) {
       serve(waiters_.DomainHead(domain), nullptr, false);
     }
@@ -461,7 +515,8 @@ AcquireResult Selector::Acquire(std::string_view domain) {
         saw_full = true;
         continue;
       }
-      Admission a = h->TryAdmit(now);
+      AdmitTicket ticket;
+      Admission a = h->TryAdmit(now, &ticket);
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
         // Racy by design: concurrent pickers may both start at the same place; the limit
         // is still exact, only the rotation is approximate under contention.
@@ -470,6 +525,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
         lease.selector_ = this;
         lease.host_ = h;
         lease.domain_ = entry;
+        lease.ticket_ = ticket;
         lease.probe_ = a == Admission::kProbe;
         return AcquireResult(std::move(lease));
       }
@@ -556,9 +612,24 @@ DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* sn
     const size_t n = tier.hosts.size();
     for (size_t i = 0; i < n; ++i) {
       const HostState* h = tier.hosts[(cursor + i) % n];
-      vt.hosts.push_back({h->name(), h->endpoint(), h->limit(), h->active(), h->Reachable(now),
-                          h->last_failure() ? (now - h->last_failure()) / kNanosPerSecond : -1,
-                          h->consecutive_failures()});
+      DomainView::Host vh;
+      vh.name = h->name();
+      vh.endpoint = h->endpoint();
+      vh.limit = h->limit();
+      vh.active = h->active();
+      vh.reachable = h->Reachable(now);
+      vh.seconds_since_failure =
+          h->last_failure() ? (now - h->last_failure()) / kNanosPerSecond : -1;
+      vh.consecutive_failures = h->consecutive_failures();
+      vh.configured_limit = h->configured_limit();
+      vh.limit_moved = h->last_move().ToString(now);
+      vh.busy_replies = h->busy_replies();
+      if (const LimitGroup* g = h->group()) {
+        vh.group = g->pattern();
+        vh.group_limit = g->limit();
+        vh.group_active = g->active();
+      }
+      vt.hosts.push_back(std::move(vh));
     }
     v.tiers.push_back(std::move(vt));
   }

@@ -54,6 +54,7 @@
 #include "mxsched/base/clock.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/domain_table.h"
+#include "mxsched/scheduler/feedback.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/scheduler/route_planner.h"
 #include "mxsched/scheduler/server_credit.h"
@@ -92,6 +93,7 @@ enum class Outcome : uint8_t {
   kGreetingRejected, // 4xx/5xx greeting
   kProtocolError,    // garbage or over-long greeting
   kLocalError,       // our side (EMFILE, EADDRNOTAVAIL...): the host is not blamed
+  kBusy,             // a busy reply (feedback.h): lowers the host's limit, not a failure
 };
 std::string_view OutcomeName(Outcome o);
 
@@ -119,6 +121,16 @@ class Lease {
   void RecordConnectLatency(int64_t nanos) {
     if (host_ != nullptr) host_->RecordConnectLatency(nanos);
   }
+  // Records an SMTP reply seen on this connection (DESIGN §6). The first report is the
+  // greeting: 2xx is kConnected, a busy reply (421, 4.7.x, "too many connections"...) is
+  // negative concurrency feedback (kBusy: the host's effective limit goes down, the host is
+  // not marked failed), any other 4xx/5xx is kGreetingRejected. After that, an embedder
+  // may report later replies (EHLO, MAIL, RCPT, DATA): the first busy one is negative
+  // feedback, anything else is ignored. Returns what was recorded: kConnected, kBusy, or
+  // kGreetingRejected — also for a busy reply that marked the host failed because no other
+  // connection to it was open (the receiver refuses even one) or adaptation is off.
+  // Does not release the slot.
+  Outcome Report(const SmtpReply& reply);
   // Gives the slot back; call after the socket is closed. Idempotent.
   void Release();
 
@@ -127,8 +139,10 @@ class Lease {
   Selector* selector_ = nullptr;
   HostState* host_ = nullptr;
   DomainEntry* domain_ = nullptr;
+  AdmitTicket ticket_;
   bool probe_ = false;
   bool reported_ = false;
+  bool busy_reported_ = false;
 };
 
 class AcquireResult {
@@ -149,11 +163,17 @@ struct DomainView {
   struct Host {
     std::string name;
     Endpoint endpoint;
-    int32_t limit;
-    int32_t active;
-    bool reachable;
-    int64_t seconds_since_failure;  // -1 if never failed
-    uint32_t consecutive_failures;
+    int32_t limit = 0;         // effective: the configured one, or lower after busy replies
+    int32_t active = 0;
+    bool reachable = true;
+    int64_t seconds_since_failure = -1;  // -1 if never failed
+    uint32_t consecutive_failures = 0;
+    int32_t configured_limit = kUnlimited;
+    std::string limit_moved;   // why the effective limit last moved ("" if it never did)
+    uint64_t busy_replies = 0;
+    std::string group;         // provider pattern sharing a limit with other hosts, or ""
+    int32_t group_limit = 0;
+    int32_t group_active = 0;
   };
   struct Tier {
     uint32_t tier;
