@@ -102,7 +102,7 @@ class AdaptiveTest : public ::testing::Test {
   }
   static Fault Cap(int n) { return {Fault::Kind::kCap, n}; }
   // Sessions with slot waits (DESIGN §1 rule 8), as a delivery worker would run them.
-  io::LoadReport Load(Selector& s, std::shared_ptr<const Config> c, int64_t sessions,
+  io::LoadReport Load(Selector& s, int64_t sessions,
                       int concurrency, int hold_ms, std::vector<std::string> domains = {},
                       io::DnsCache* dns_cache = nullptr, std::string dns_server = "") {
     io::LoadOptions o;
@@ -117,7 +117,7 @@ class AdaptiveTest : public ::testing::Test {
     o.connector.slot_wait_ms = 60000;
     o.dns_cache = dns_cache;
     o.dns_server = std::move(dns_server);
-    auto r = io::RunLoad(s, std::move(c), o);
+    auto r = io::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "a session was lost";
@@ -133,7 +133,7 @@ TEST_F(AdaptiveTest, CappedReceiverLimitIsLearnedAndNothingIsWrittenOff) {
   auto farm = testing::StartFarm({Host(1)}, {{*IpAddress::Parse(Ip(1)), Cap(4)}});
   auto config = ConfigFrom(Routes({1}));
   Selector selector(config);
-  io::LoadReport r = Load(selector, config, 400, 16, /*hold_ms=*/10);
+  io::LoadReport r = Load(selector, 400, 16, /*hold_ms=*/10);
   EXPECT_EQ(r.connected, 400) << r.ToText();
   EXPECT_EQ(r.failed, 0) << r.ToText();
   const HostState& h = State(selector, 1);
@@ -155,17 +155,17 @@ TEST_F(AdaptiveTest, LimitRecoversWhenTheReceiversCapRisesNeverAboveTheConfigure
   auto farm = testing::StartFarm({Host(1)}, {{*IpAddress::Parse(Ip(1)), Cap(3)}});
   auto config = ConfigFrom(Routes({1}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 8 }\n"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, config, 300, 16, /*hold_ms=*/5);
+  io::LoadReport r = Load(selector, 300, 16, /*hold_ms=*/5);
   EXPECT_EQ(r.connected, 300) << r.ToText();
   EXPECT_LE(State(selector, 1).limit(), 4);
   farm->SetFault(*IpAddress::Parse(Ip(1)), Cap(20));
   for (int round = 0; round < 20 && State(selector, 1).limit() < 8; ++round) {
-    r = Load(selector, config, 300, 16, /*hold_ms=*/5);
+    r = Load(selector, 300, 16, /*hold_ms=*/5);
     EXPECT_EQ(r.connected, 300) << r.ToText();
   }
   EXPECT_EQ(State(selector, 1).limit(), 8) << "back to the configured limit";
   farm->ResetCounters();
-  r = Load(selector, config, 300, 16, /*hold_ms=*/5);
+  r = Load(selector, 300, 16, /*hold_ms=*/5);
   EXPECT_EQ(r.connected, 300) << r.ToText();
   EXPECT_EQ(r.busy_replies, 0);
   EXPECT_EQ(State(selector, 1).limit(), 8) << "never above the configured limit";
@@ -176,7 +176,7 @@ TEST_F(AdaptiveTest, TwoEqualHostsOneCappedItServesWhatItAcceptsTheRestGoesToThe
   auto farm = testing::StartFarm({Host(1), Host(2)}, {{*IpAddress::Parse(Ip(1)), Cap(4)}});
   auto config = ConfigFrom(Routes({1, 2}));
   Selector selector(config);
-  io::LoadReport r = Load(selector, config, 600, 16, /*hold_ms=*/10);
+  io::LoadReport r = Load(selector, 600, 16, /*hold_ms=*/10);
   EXPECT_EQ(r.connected, 600) << r.ToText();
   const int64_t capped = r.hosts[Host(1).ToString()].sessions;
   const int64_t other = r.hosts[Host(2).ToString()].sessions;
@@ -215,8 +215,8 @@ TEST_F(ProviderTest, PatternSharedBy50DomainsWithDifferentMxNamesNeverExceedsIts
     prohibited_hosts = ( )
     Host "*.provider.test" { max_outbound_connections = 5 })"));
   io::DnsCache cache;
-  Selector selector(config, nullptr, nullptr, &cache);
-  io::LoadReport r = Load(selector, config, 1000, 32, /*hold_ms=*/5, domains, &cache,
+  Selector selector(config, {.resolver = &cache});
+  io::LoadReport r = Load(selector, 1000, 32, /*hold_ms=*/5, domains, &cache,
                           dns.server());
   EXPECT_EQ(r.connected, 1000) << "waiters on one host are woken by releases on another "
                                   "host of the same provider: " << r.ToText();
@@ -242,7 +242,7 @@ TEST_F(ProviderTest, BlockedMxNameDefersWithTheNameAndPatternInTheReason) {
     prohibited_hosts = ( )
     prohibited_mx_names = ( "*.blocked.test" ))"));
   io::DnsCache cache;
-  Selector selector(config, nullptr, nullptr, &cache);
+  Selector selector(config, {.resolver = &cache});
   auto loop = io::Loop::Create(64);
   ASSERT_TRUE(loop.ok());
   auto client = io::DnsClient::Create(loop->get(), &cache, dns.server());
