@@ -13,7 +13,14 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); dport=$(free_port)
-net="127.$((30 + $$ % 200)).77"
+# A 127.N.77.0/24 network no other running test uses: N is claimed by an flock held on fd 9
+# for this script's life (and its children's). C++ tests use 127.128+ (net_testutil.h).
+net=
+for n in $(seq 30 127); do
+  exec 9>"${TMPDIR:-/tmp}/mxsched-test-net-$n.lock"
+  if flock -n 9; then net="127.$n.77"; break; fi
+done
+[ -n "$net" ] || fail "no free 127.N.77 test network"
 
 "$bin" farm --listen "$net.1-$net.4:$port" --fault "$net.4=refuse" --stats "$work/farm.json" \
   --max-seconds 120 2>"$work/farm.err" &
@@ -26,8 +33,10 @@ pids+=($!); farm_pid=$!
   --host-record=mx1.x.test,$net.1 --host-record=mx2.x.test,$net.2 \
   --host-record=mx3.x.test,$net.3 --host-record=mx4.x.test,$net.4 2>/dev/null &
 pids+=($!)
-for i in $(seq 50); do grep -q listening "$work/farm.err" 2>/dev/null && break; sleep 0.1; done
-sleep 0.3
+# Wait for the peers by what they do, not for a guessed time: the farm says "listening";
+# dnsmasq is ready when `route --dns` gets the MX set (both bounded at 30 s).
+for i in $(seq 300); do grep -q listening "$work/farm.err" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$work/farm.err" || fail "farm did not start: $(cat "$work/farm.err")"
 cat >"$work/mx.conf" <<CONF
 routes = ( "__mx__" )
 prohibited_hosts = ( )   # the MXs are on loopback: opt in
@@ -35,7 +44,11 @@ remote_smtp_port = $port
 max_outbound_connections = 64
 CONF
 
-out=$("$bin" route --config "$work/mx.conf" --dns "127.0.0.1:$dport" x.test) || fail "route --dns: $out"
+for i in $(seq 300); do
+  out=$("$bin" route --config "$work/mx.conf" --dns "127.0.0.1:$dport" x.test) && break
+  sleep 0.1
+done
+[ $i -lt 300 ] || fail "route --dns: $out"
 echo "$out"
 grep -q "x.test: ready, 1 tier(s), 4 host(s)" <<<"$out" || fail "route --dns shows 4 MXs"
 grep -q "mx1.x.test" <<<"$out" || fail "MX names shown"
@@ -56,12 +69,23 @@ assert len(r["hosts"]) == 3, r["hosts"]
 for h, v in r["hosts"].items():
     assert 700 <= v["sessions"] <= 1300, (h, v)  # even spread over the 3 reachable MXs
 PY
-kill "$farm_pid"; wait "$farm_pid"
+# While the farm still runs (its exit closes everything, so checking after would prove
+# nothing): every session said QUIT and the server counts no connection open. The farm
+# writes its stats every second; wait for them to settle, bounded.
 python3 - "$work/farm.json" <<'PY' || fail "farm stats"
-import json, sys
-s = json.load(open(sys.argv[1]))
-quits = sum(a["quits"] for a in s["addresses"])
-assert quits == 3000, s  # every session said QUIT to a real server
-assert all(a["current"] == 0 for a in s["addresses"]), s
+import json, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        s = json.load(open(sys.argv[1]))
+        quits = sum(a["quits"] for a in s["addresses"])
+        if quits == 3000 and all(a["current"] == 0 for a in s["addresses"]):
+            break
+    except (OSError, ValueError):
+        s = None  # mid-write
+    if time.monotonic() > deadline:
+        sys.exit(f"farm never showed 3000 QUITs and no open connection: {s}")
+    time.sleep(0.1)
 PY
+kill "$farm_pid"; wait "$farm_pid"
 echo "cli_farm_load_test: all checks passed"

@@ -83,7 +83,9 @@ class Dnsmasq {
       execv(bin, argv.data());
       _exit(127);
     }
-    for (int i = 0; i < 500 && !UdpPortTaken(); ++i) {
+    // Ready once it has bound its port (it binds after reading its whole command line).
+    // Bounded generously: a sanitizer build next to another build starts slowly.
+    for (int i = 0; i < 3000 && !UdpPortTaken(); ++i) {
       int status;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {  // exited: bad arguments
         pid_ = -1;

@@ -5,6 +5,7 @@
 #define MXSCHED_TESTS_NET_TESTUTIL_H_
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,13 +23,22 @@
 
 namespace mxsched::testing {
 
-// 127.<a>.<b>.x with <a> from the pid and <b> counting per call: no two test processes and
-// no two fixtures in one process share an address.
+// "127.<a>.<b>." for one fixture, unique among every process on the machine that uses this
+// function (and distinct from the shell tests' 127.30-127.x ranges): <a>.<b> is the number
+// of a UDP port on 127.0.0.1 that this process binds and holds until it exits, and the
+// kernel never gives one port to two live sockets. (A pid-derived prefix collided when
+// pids shared a residue.) Ephemeral ports are >= 32768, so <a> >= 128.
 inline std::string LoopbackPrefix() {
-  static std::atomic<int> counter{0};
-  const int a = 20 + getpid() % 200;
-  const int b = counter.fetch_add(1) % 250;
-  return StrCat("127.", a, ".", b, ".");
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);  // held until exit
+  EXPECT_GE(fd, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sin);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)), 0);
+  EXPECT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len), 0);
+  const int port = ntohs(sin.sin_port);
+  return StrCat("127.", port >> 8, ".", port & 255, ".");
 }
 
 inline uint16_t FreePort() { return io::FreeLoopbackPort(); }
@@ -95,7 +105,18 @@ struct FullBacklog {
       connect(c, reinterpret_cast<sockaddr*>(&ss), len);
       fillers.push_back(c);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Wait (bounded) until the kernel has queued a completed connection: then the queue is
+    // full and further SYNs are dropped. TCP_INFO on a listener reports the accept queue's
+    // length (tcpi_unacked) and capacity (tcpi_sacked).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    tcp_info info{};
+    socklen_t info_len = sizeof(info);
+    while (std::chrono::steady_clock::now() < deadline &&
+           getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &info_len) == 0 &&
+           info.tcpi_unacked <= info.tcpi_sacked) {
+      std::this_thread::yield();
+    }
+    EXPECT_GT(info.tcpi_unacked, info.tcpi_sacked) << "accept queue never filled";
   }
   ~FullBacklog() {
     for (int c : fillers) close(c);

@@ -20,9 +20,9 @@ unshare -n bash -c '
   set -e
   ip link set lo up
   sysctl -q -w net.ipv4.ip_local_port_range="40000 40003"
-  "$1" farm --listen 127.0.0.1:2525 --max-seconds 60 2>/dev/null &
+  "$1" farm --listen 127.0.0.1:2525 --max-seconds 60 2>"$2/farm.err" &
   farm=$!
-  sleep 0.3
+  for i in $(seq 300); do grep -q listening "$2/farm.err" && break; sleep 0.1; done
   "$1" load --config "$2/one.conf" --domains a.example --sessions 200 --concurrency 32 \
     --hold-ms 20 --max-attempts 1 --json "$2/load.json" >/dev/null
   kill $farm; wait $farm 2>/dev/null || true

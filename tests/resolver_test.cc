@@ -245,6 +245,10 @@ TEST_F(ResolverTest, TtlZeroIsUsedOnceAndAskedAgain) {
   ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
   EXPECT_EQ(v.tiers[0].hosts[0].endpoint.address.ToString(), Ip(8));
   EXPECT_TRUE(selector_->Acquire("z.test").ok()) << "a TTL of 0 still delivers";
+  // Asked again: the server now gives a different answer, and only a new query can see it
+  // (with any TTL above 0 the cached Ip(8) would stay).
+  dns_->Restart({"--mx-host=z.test,mx.z.test,10", StrCat("--host-record=mx.z.test,", Ip(9))}, 0);
+  EXPECT_EQ(WaitForFirstHost("z.test", Ip(9)), Ip(9)) << "the TTL-0 answer was reused";
 }
 
 TEST_F(ResolverTest, HostnameRouteItemResolvesWithA) {

@@ -2,7 +2,9 @@
 //
 // Every submission carries a typed `user_data`: a pointer to a Completion, whose function is
 // called with the CQE's result. Decoding happens in one place (Loop::Dispatch). A null
-// user_data is never submitted.
+// user_data marks a fire-and-forget submission whose result nobody needs — a cancel or a
+// timeout removal, whose target's own completion reports the outcome — and Dispatch drops
+// its completion (IoUring.NullUserDataCompletionIsDropped).
 //
 // The ring is set up with IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN where the kernel has
 // them (6.1+), else COOP_TASKRUN, else no flags — Create() tries them in that order and
@@ -52,6 +54,7 @@ class Loop {
   // Makes room for `n` consecutive SQEs. Call before a linked chain (op + link timeout):
   // a chain split by a submit in the middle loses its link, and the op its timeout.
   void Reserve(unsigned n);
+  // `c` null: nothing is called when the operation completes (see the top of this file).
   static void SetCompletion(io_uring_sqe* sqe, Completion* c) { io_uring_sqe_set_data(sqe, c); }
 
   // Submits what is queued, waits up to `timeout_ms` (-1: until one completion) for at

@@ -146,11 +146,23 @@ TEST(Config, RepeatedOptionOrStanzaIsAnError) {
             std::string::npos);
 }
 
+TEST(Config, NulByteReachesTheLexerAndIsReportedWhereItIs) {
+  const std::string text("routes = (\n  \0 )", 16);
+  ASSERT_EQ(text.size(), 16u);
+  EXPECT_EQ(ErrorOf(text), "m.conf:2:3: unexpected character '\\x00'");
+  EXPECT_EQ(ErrorOf(std::string("max_dns_ttl = 5\0", 16)),
+            "m.conf:1:16: unexpected character '\\x00'")
+      << "a NUL ends nothing early: the text is parsed to its real end";
+}
+
 TEST(Config, NeverCrashesOnArbitraryBytes) {
+  // std::string("\x00") would be empty: the NUL piece is built with its length.
   const std::string pieces[] = {"routes", " = ", "(", ")", "{", "}", "\"", "\\", "/*", "*/",
-                                "#",      "\n",  "Domain", "Host", "\"a.example\"", "32", "\x00",
+                                "#",      "\n",  "Domain", "Host", "\"a.example\"", "32",
+                                std::string(1, '\0'),
                                 "\xff",   "smtp://x?pref=1", "max_outbound_connections"};
   uint64_t x = 88172645463325252ull;
+  int with_nul = 0;
   for (int i = 0; i < 20000; ++i) {
     std::string text;
     x ^= x << 13;
@@ -162,11 +174,13 @@ TEST(Config, NeverCrashesOnArbitraryBytes) {
       x ^= x << 17;
       text += pieces[x % std::size(pieces)];
     }
+    with_nul += text.find('\0') != std::string::npos;
     auto c = ParseConfig(text, "fuzz.conf");
     if (!c.ok()) {
       EXPECT_EQ(ToStd(c.status().message()).rfind("fuzz.conf:", 0), 0u) << c.status();
     }
   }
+  EXPECT_GT(with_nul, 0) << "no generated text contained a NUL byte";
 }
 
 }  // namespace

@@ -82,7 +82,10 @@ void HeavyBarrier() {
   }
 }
 
-size_t ReclaimLocked(Domain& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
+// Moves what no reader can hold from d.retired to `free_now`; the caller runs the deleters
+// after releasing d.mu. Returns how many objects still wait.
+size_t CollectLocked(Domain& d, std::vector<Retired>& free_now)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
   d.since_reclaim = 0;
   if (d.retired.empty()) return 0;
   HeavyBarrier();  // makes every reader's epoch store visible before we read it
@@ -92,11 +95,13 @@ size_t ReclaimLocked(Domain& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) {
     if (e != 0 && e < oldest) oldest = e;
   }
   std::vector<Retired> keep;
-  std::vector<Retired> free_now;
   for (const Retired& x : d.retired) (x.epoch < oldest ? free_now : keep).push_back(x);
   d.retired.swap(keep);
-  for (const Retired& x : free_now) x.deleter(x.p);
   return d.retired.size();
+}
+
+void RunDeleters(const std::vector<Retired>& free_now) {
+  for (const Retired& x : free_now) x.deleter(x.p);
 }
 
 }  // namespace
@@ -127,18 +132,28 @@ ThreadRecord* RegisterThisThread() {
 
 void Retire(void* p, void (*deleter)(void*)) {
   internal::Domain& d = internal::TheDomain();
-  MutexLock lock(&d.mu);
-  // Readers that pinned an epoch <= e may hold p; readers pinning after the increment
-  // synchronize with it and can no longer reach p.
-  uint64_t e = internal::global_epoch.fetch_add(1, std::memory_order_acq_rel);
-  d.retired.push_back({p, deleter, e});
-  if (++d.since_reclaim >= kReclaimBatch) internal::ReclaimLocked(d);
+  std::vector<internal::Retired> free_now;
+  {
+    MutexLock lock(&d.mu);
+    // Readers that pinned an epoch <= e may hold p; readers pinning after the increment
+    // synchronize with it and can no longer reach p.
+    uint64_t e = internal::global_epoch.fetch_add(1, std::memory_order_acq_rel);
+    d.retired.push_back({p, deleter, e});
+    if (++d.since_reclaim >= kReclaimBatch) internal::CollectLocked(d, free_now);
+  }
+  internal::RunDeleters(free_now);
 }
 
 size_t Reclaim() {
   internal::Domain& d = internal::TheDomain();
-  MutexLock lock(&d.mu);
-  return internal::ReclaimLocked(d);
+  std::vector<internal::Retired> free_now;
+  size_t waiting;
+  {
+    MutexLock lock(&d.mu);
+    waiting = internal::CollectLocked(d, free_now);
+  }
+  internal::RunDeleters(free_now);
+  return waiting;
 }
 
 bool UsingMembarrier() { return internal::membarrier_ok; }

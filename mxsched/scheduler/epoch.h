@@ -10,8 +10,13 @@
 // cannot see membarrier), readers fall back to a seq_cst exchange (a full barrier).
 //
 // Thread-safety: every function is safe for concurrent use by multiple threads. Guards
-// nest. A thread's first guard registers it (one mutex acquisition per thread lifetime).
-// Retire never blocks; reclamation happens in batches (kReclaimBatch) or on Reclaim().
+// nest. A thread's first guard registers it (lock-free; records are reused).
+// Retire never waits for readers: it appends to the retire list under a short internal
+// mutex, and every kReclaimBatch-th call also runs a reclamation pass on the calling thread —
+// one heavy barrier (a membarrier syscall) and the deleters of what no reader can hold, run
+// after the mutex is released. So Retire belongs on slow paths (route refresh, table growth),
+// never on the Acquire fast path, and `deleter` must not take a lock the retiring thread
+// holds. Reclaim() runs a pass on demand. (Epoch.RetireDoesNotWaitForAPinnedReader)
 #ifndef MXSCHED_SCHEDULER_EPOCH_H_
 #define MXSCHED_SCHEDULER_EPOCH_H_
 

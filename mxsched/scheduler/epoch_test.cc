@@ -43,6 +43,43 @@ TEST(Epoch, ReaderPinnedAfterRetireDoesNotBlockReclaim) {
   EXPECT_EQ(freed.load(), 1);
 }
 
+TEST(Epoch, RetireDoesNotWaitForAPinnedReader) {
+  std::atomic<int> freed{0};
+  std::atomic<bool> pinned{false}, go{false};
+  std::thread reader([&] {
+    EpochGuard g;
+    pinned = true;
+    while (!go) std::this_thread::yield();
+  });
+  while (!pinned) std::this_thread::yield();
+  // Several reclamation passes' worth of retires return while the reader stays pinned (a
+  // Retire that waited for readers would hang here), and none of them is freed yet.
+  constexpr int kRetires = 3 * kReclaimBatch;
+  for (int i = 0; i < kRetires; ++i) RetireObject(new Tracked(&freed));
+  EXPECT_EQ(freed.load(), 0);
+  go = true;
+  reader.join();
+  EXPECT_EQ(Reclaim(), 0u);
+  EXPECT_EQ(freed.load(), kRetires);
+}
+
+TEST(Epoch, DeletersMayRetireAgain) {
+  // Deleters run outside the retire-list mutex, so a deleter that retires (an object owning
+  // another, like a table owning its entries) does not self-deadlock.
+  static std::atomic<int> freed{0};
+  freed = 0;
+  struct Outer {
+    ~Outer() {
+      RetireObject(new Tracked(&freed));
+      freed.fetch_add(1);
+    }
+  };
+  RetireObject(new Outer);
+  Reclaim();
+  Reclaim();
+  EXPECT_EQ(freed.load(), 2);
+}
+
 TEST(Epoch, GuardsNest) {
   std::atomic<int> freed{0};
   {
