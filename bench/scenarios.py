@@ -158,6 +158,7 @@ if "routes" in only:
             peak = max(a["peak"] for a in stats["addresses"])
             used = sum(1 for a in stats["addresses"] if a["total"] > 0)
             rows.append([n, k, hold, name, used, f"{r['connected_per_second']:,.0f}",
+                         f"{r['wait_p50_us'] / 1000:.1f} / {r['wait_p99_us'] / 1000:.1f}",
                          f"{r['connect_p50_us'] / 1000:.1f} / {r['connect_p99_us'] / 1000:.1f}",
                          r["deferred"], f"{peak} (limit {limit})",
                          f"{k * limit * 1000 / hold:,.0f}" if name == "global route" else "-"])
@@ -167,7 +168,7 @@ if "routes" in only:
                  "p99_us": r["connect_p99_us"], "deferred": r["deferred"], "max_peak": peak})
     table(f"Global route vs MX spread: per-host limit {limit}, {conc} sessions in flight (waiting for slots), 2 client threads, {secs} s each",
           ["domains", "k global hosts", "hold ms", "scenario", "hosts used", "connected/s",
-           "time to connection p50 / p99 ms", "deferred", "server-side peak", "k x limit / hold"],
+           "waited for a slot p50 / p99 ms", "connect p50 / p99 ms", "deferred", "server-side peak", "k x limit / hold"],
           rows)
 
 # --- Connection-limit stress with flapping hosts -----------------------------------------

@@ -458,6 +458,22 @@ Farm::Farm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   if (options.listen.empty()) return absl::InvalidArgumentError("farm: nothing to listen on");
+  // Mistakes in the options are errors here, at start, not surprises in the results.
+  absl::flat_hash_set<Endpoint> endpoints;
+  absl::flat_hash_set<IpAddress> addresses;
+  for (const Endpoint& ep : options.listen) {
+    if (!endpoints.insert(ep).second) {
+      return absl::InvalidArgumentError(StrCat("farm: ", ep.ToString(), " is given twice"));
+    }
+    addresses.insert(ep.address);
+  }
+  for (const auto& [addr, fault] : options.faults) {
+    if (!addresses.contains(addr)) {
+      return absl::InvalidArgumentError(StrCat("farm: fault ", fault.ToString(), " for ",
+                                               addr.ToString(), ", which the farm does not "
+                                               "serve"));
+    }
+  }
   auto impl = std::make_unique<Impl>();
   impl->banner = StrCat("220 ", options.hostname, " ESMTP mxsched farm\r\n");
   for (const Endpoint& ep : options.listen) {

@@ -124,8 +124,9 @@ class Worker {
 
   void OnConnected(ConnectResult r) {
     busy_replies_ += r.busy_replies;
+    if (r.slot_wait_nanos > 0) slot_waits_.push_back(r.slot_wait_nanos);
     if (r.kind == ConnectResult::Kind::kConnected) {
-      latencies_.push_back(r.elapsed_nanos);
+      latencies_.push_back(r.elapsed_nanos - r.slot_wait_nanos);
       ++hosts_[r.lease.endpoint().ToString()];
       auto* h = new Hold(this, std::move(r));
       h->Start();
@@ -158,8 +159,9 @@ class Worker {
   const std::vector<std::string>& dialogue() const { return dialogue_; }
   Shared* shared() { return shared_; }
 
-  std::vector<int64_t> latencies_;
+  std::vector<int64_t> latencies_;  // connected sessions: connect time less slot wait
   int64_t busy_replies_ = 0;
+  std::vector<int64_t> slot_waits_;  // every session that waited for a slot
   std::map<std::string, int64_t> hosts_, deferrals_, failures_;
   std::map<std::string, std::string> examples_;
 
@@ -327,9 +329,10 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.sessions = report.connected + report.deferred + report.failed;
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
-  std::vector<int64_t> lat;
+  std::vector<int64_t> lat, waits;
   for (auto& w : workers) {
     lat.insert(lat.end(), w->latencies_.begin(), w->latencies_.end());
+    waits.insert(waits.end(), w->slot_waits_.begin(), w->slot_waits_.end());
     for (auto& [k, v] : w->hosts_) report.hosts[k].sessions += v;
     report.busy_replies += w->busy_replies_;
     for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
@@ -352,6 +355,13 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     report.connect_p50_us = lat[lat.size() / 2] / 1000;
     report.connect_p99_us = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)] / 1000;
     report.connect_max_us = lat.back() / 1000;
+  }
+  report.waited = static_cast<int64_t>(waits.size());
+  if (!waits.empty()) {
+    std::sort(waits.begin(), waits.end());
+    report.wait_p50_us = waits[waits.size() / 2] / 1000;
+    report.wait_p99_us = waits[std::min(waits.size() - 1, waits.size() * 99 / 100)] / 1000;
+    report.wait_max_us = waits.back() / 1000;
   }
   return report;
 }
@@ -378,6 +388,10 @@ std::string LoadReport::ToJson() const {
                    {"connect_p99_us", connect_p99_us},
                    {"connect_max_us", connect_max_us},
                    {"busy_replies", busy_replies},
+                   {"waited", waited},
+                   {"wait_p50_us", wait_p50_us},
+                   {"wait_p99_us", wait_p99_us},
+                   {"wait_max_us", wait_max_us},
                    {"max_rss_kb", max_rss_kb},
                    {"connected_per_250ms", connected_timeline},
                    {"hosts", std::move(host_json)},
@@ -389,9 +403,16 @@ std::string LoadReport::ToJson() const {
 std::string LoadReport::ToText() const {
   std::string s = StrCat("sessions ", sessions, ": connected ", connected, ", deferred ",
                          deferred, ", failed ", failed, " in ", seconds, " s\n");
-  s += StrCat("rate: ", sessions_per_second, " sessions/s (", connected_per_second,
-              " connected/s); connect latency p50 ", connect_p50_us, " us, p99 ",
+  s += StrCat("rate: ", connected_per_second, " connected/s (", sessions_per_second,
+              " sessions ended/s, counting deferred and failed)\n");
+  s += StrCat("connect latency (without slot wait): p50 ", connect_p50_us, " us, p99 ",
               connect_p99_us, " us, max ", connect_max_us, " us\n");
+  if (waited > 0) {
+    s += StrCat("waited for a slot: ", waited, " sessions, p50 ", wait_p50_us, " us, p99 ",
+                wait_p99_us, " us, max ", wait_max_us, " us\n");
+  } else {
+    s += "waited for a slot: no session\n";
+  }
   if (busy_replies > 0) {
     s += StrCat("busy replies (421 too many connections...): ", busy_replies, "\n");
   }

@@ -48,7 +48,13 @@ struct LoadReport {
   double seconds = 0;
   double sessions_per_second = 0;   // all ended sessions / wall time
   double connected_per_second = 0;  // connected sessions / wall time
+  // Connected sessions, from Connect() to a ready connection less any slot wait: the time
+  // the network and the server took.
   int64_t connect_p50_us = 0, connect_p99_us = 0, connect_max_us = 0;
+  // Sessions (of any outcome) that waited for a free slot, and how long (percentiles over
+  // those sessions only).
+  int64_t waited = 0;
+  int64_t wait_p50_us = 0, wait_p99_us = 0, wait_max_us = 0;
   int64_t max_rss_kb = 0;  // the process's peak resident memory at the end of the run
   // Connected sessions per 250 ms interval since the start, for plots.
   std::vector<int64_t> connected_timeline;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `mxsched demo` runs from nothing (in-process farm), prints both scenarios, and shows the
-# seed's warning: the global route delivers fewer sessions/s than MX spread, at the limit.
+# Momentum's warning: the global route delivers fewer sessions/s than MX spread, at the limit.
 set -u
 bin=$1
 out=$(mktemp -d)

@@ -8,10 +8,10 @@ fail() { echo "FAIL: $*"; exit 1; }
 out=$("$bin" route --config "$examples/smarthost.conf" example.com partner.example) || fail "route exited $?"
 echo "$out"
 grep -q "^example.com: ready, 2 tier(s), 6 host(s)" <<<"$out" || fail "example.com summary"
-grep -q "tier 10, mx pref 0" <<<"$out" || fail "tier 10 listed"
+grep -q "^  tier 10:$" <<<"$out" || fail "tier 10 listed"
 grep -q "127.0.11.7:2525 .* limit 16" <<<"$out" || fail "host limit from Host stanza"
 grep -q "^partner.example: ready, 2 tier(s), 2 host(s)" <<<"$out" || fail "partner summary"
-first_tier_line=$(grep -n "tier 0," <<<"$out" | head -1 | cut -d: -f1)
+first_tier_line=$(grep -n "^  tier 0:" <<<"$out" | head -1 | cut -d: -f1)
 v6_line=$(grep -n "\[::1\]:2525" <<<"$out" | cut -d: -f1)
 [ "$first_tier_line" -lt "$v6_line" ] || fail "listed order not kept"
 json=$("$bin" route --config "$examples/smarthost.conf" --json example.com) || fail "json exit"

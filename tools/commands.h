@@ -18,9 +18,11 @@
 #define MXSCHED_TOOLS_COMMANDS_H_
 
 #include <functional>
+#include <string>
 #include <string_view>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 
 namespace mxsched::tools {
 
@@ -52,6 +54,10 @@ inline constexpr CommandEntry kCommands[] = {
 
 // Prints "mxsched: WHY" to stderr and returns 2 (a usage error found after parsing).
 int UsageError(std::string_view why);
+// "HOST[:PORT][,HOST[:PORT]...]" with HOST a name, an IPv4 address or [IPv6] (port 53 when
+// not given) -> the "ADDR:PORT,..." form DnsClient::Create takes. Names are looked up with
+// the system resolver (getaddrinfo), once, here.
+absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec);
 // Raises RLIMIT_NOFILE's soft limit to the hard limit (load and farm hold many sockets).
 void RaiseFdLimit();
 // Installs SIGINT/SIGTERM handlers that set the returned flag.

@@ -1,4 +1,4 @@
-// `mxsched demo`: the seed's warning, measured. An in-process farm serves two route
+// `mxsched demo`: Momentum's warning about global routes, measured. An in-process farm serves two route
 // layouts for the same 250 domains, the same per-host limit and the same hold time:
 //   global route  every domain routed through the same 4 smarthosts
 //   MX spread     every domain has its own MX
@@ -9,7 +9,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include "testbed/farm.h"
@@ -62,6 +64,17 @@ struct DemoFlags {
 int RunDemo(const DemoFlags& f) {
   const int seconds = f.seconds;
   const std::string& out = f.out;
+  // The output directory is checked before the run, not found missing after it.
+  if (mkdir(out.c_str(), 0755) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "mxsched demo: --out %s: cannot create: %s\n", out.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  struct stat st {};
+  if (stat(out.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || access(out.c_str(), W_OK) != 0) {
+    std::fprintf(stderr, "mxsched demo: --out %s: not a writable directory\n", out.c_str());
+    return 1;
+  }
   RaiseFdLimit();
   const uint16_t port = io::FreeLoopbackPort();
   io::FarmOptions fo;
@@ -131,12 +144,15 @@ int RunDemo(const DemoFlags& f) {
   }
   (*farm)->Stop();
 
-  std::printf("\n| scenario | hosts used | connected/s | time to connection p50 / p99 | "
-              "deferred | failed | max server-side peak per host |\n|---|---|---|---|---|---|---|\n");
+  std::printf("\n| scenario | hosts used | connected/s | waited for a slot p50 / p99 | "
+              "connect p50 / p99 | deferred | failed | max server-side peak per host |\n"
+              "|---|---|---|---|---|---|---|---|\n");
   for (const Scenario& sc : scenarios) {
     const auto& r = sc.report;
-    std::printf("| %s | %d | %.0f | %.1f / %.1f ms | %lld | %lld | %lld (limit %d) |\n",
-                sc.name.c_str(), sc.hosts_used, r.connected_per_second, r.connect_p50_us / 1e3,
+    std::printf("| %s | %d | %.0f | %.1f / %.1f ms | %.1f / %.1f ms | %lld | %lld | %lld (limit "
+                "%d) |\n",
+                sc.name.c_str(), sc.hosts_used, r.connected_per_second, r.wait_p50_us / 1e3,
+                r.wait_p99_us / 1e3, r.connect_p50_us / 1e3,
                 r.connect_p99_us / 1e3, static_cast<long long>(r.deferred),
                 static_cast<long long>(r.failed), static_cast<long long>(sc.max_server_peak),
                 kHostLimit);
@@ -147,12 +163,11 @@ int RunDemo(const DemoFlags& f) {
       "shared: %d hosts x %d connections = %d at once; each session holds its slot for about\n"
       "%d ms, so the route cannot exceed ~%.0f sessions/s however many domains queue behind it.\n"
       "With MX spread each domain brings its own host and its own %d slots, and the rate\n"
-      "is bounded by the %d sessions in flight and the CPU instead. (The seed: \"Message\n"
-      "throughput can be greatly reduced if a global route is set.\")\n",
+      "is bounded by the %d sessions in flight and the CPU instead. (Momentum's documentation:\n"
+      "\"Message throughput can be greatly reduced if a global route is set.\")\n",
       kGlobalHosts, kGlobalHosts, kHostLimit, kGlobalHosts * kHostLimit, kHoldMs, cap, kHostLimit,
       kConcurrency);
 
-  mkdir(out.c_str(), 0755);
   {
     nlohmann::json doc = nlohmann::json::object();
     for (const Scenario& sc : scenarios) doc[sc.name] = nlohmann::json::parse(sc.report.ToJson());
@@ -167,6 +182,13 @@ int RunDemo(const DemoFlags& f) {
     for (size_t i = 0; i + 1 < n; ++i) {
       csv << (i + 1) * 0.25 << "," << (i < a.size() ? a[i] * 4 : 0) << ","
           << (i < b.size() ? b[i] * 4 : 0) << "\n";
+    }
+    json.close();
+    csv.close();
+    if (!json || !csv) {
+      std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n",
+                   out.c_str(), out.c_str());
+      return 1;
     }
   }
   std::string plot = StrCat(

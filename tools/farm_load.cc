@@ -2,7 +2,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -80,14 +83,27 @@ int RunFarm(const FarmFlags& f) {
         ms < 10 || ms > 3'600'000) {
       return UsageError(StrCat("farm: --flap \"", spec, "\": want ADDR=MS (10..3600000)"));
     }
+    const bool served = std::any_of(options.listen.begin(), options.listen.end(),
+                                    [&](const Endpoint& ep) { return ep.address == *ip; });
+    if (!served) {
+      return UsageError(StrCat("farm: --flap \"", spec, "\": the farm does not serve ",
+                               ip->ToString()));
+    }
     flaps.emplace_back(*ip, static_cast<int64_t>(ms));
   }
   RaiseFdLimit();
   const volatile bool* stop = InstallStopSignals();
   auto farm = io::Farm::Start(options);
   if (!farm.ok()) {
-    std::fprintf(stderr, "mxsched farm: %s\n", std::string(farm.status().message()).c_str());
-    return 1;
+    std::fprintf(stderr, "mxsched %s\n", std::string(farm.status().message()).c_str());
+    // Mistakes in the options are usage errors; a failure to listen is not.
+    return absl::IsInvalidArgument(farm.status()) ? 2 : 1;
+  }
+  // An unwritable --stats is found now, not when the run is over.
+  if (!stats_path.empty() && !WriteFile(stats_path, (*farm)->StatsJson())) {
+    (*farm)->Stop();
+    return UsageError(StrCat("farm: --stats ", stats_path, ": cannot write: ",
+                             std::strerror(errno)));
   }
   std::fprintf(stderr, "mxsched farm: listening on %zu address(es), pid %d, for at most %lld s\n",
                options.listen.size(), getpid(), static_cast<long long>(max_seconds));
@@ -146,6 +162,11 @@ int RunLoadCommand(LoadFlags& f) {
     if (!d.empty()) o.domains.emplace_back(d);
   }
   if (o.domains.empty()) return UsageError("load: --domains names no domain");
+  if (!o.dns_server.empty()) {
+    auto servers = ResolveDnsServers(o.dns_server);
+    if (!servers.ok()) return UsageError(StrCat("load: --dns: ", servers.status().message()));
+    o.dns_server = *std::move(servers);
+  }
   auto config = LoadConfigFile(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
@@ -174,6 +195,10 @@ int RunLoadCommand(LoadFlags& f) {
   std::printf("%s", report->ToText().c_str());
   if (!json_path.empty() && !WriteFile(json_path, report->ToJson())) {
     std::fprintf(stderr, "mxsched load: cannot write %s\n", json_path.c_str());
+    return 1;
+  }
+  if (report->sessions > 0 && report->connected == 0) {
+    std::fprintf(stderr, "mxsched load: no session connected\n");
     return 1;
   }
   return 0;
@@ -213,9 +238,9 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->required()
       ->type_name("FILE");
   sub.add_option("--dns", o.dns_server,
-                 "DNS server for MX and address lookups; without it only literal-address "
-                 "routes resolve")
-      ->type_name("HOST:PORT");
+                 "DNS server(s) for MX and address lookups, by name or address (port 53 if "
+                 "not given); without it only literal-address routes resolve")
+      ->type_name("HOST[:PORT][,...]");
   sub.add_option("--domains", f->domains,
                  "Domains, comma-separated, or @FILE with one per line; sessions go "
                  "round-robin over them")
@@ -240,9 +265,12 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
                  "smtp-source (-1: QUIT only)")
       ->check(CLI::Range(-1, 10'000'000))
       ->type_name("BYTES");
+  // Waiting is the default: without it a run against a limit "completes" at a huge rate with
+  // nearly every session deferred, which measures nothing.
+  o.connector.slot_wait_ms = 10'000;
   sub.add_option("--wait-ms", o.connector.slot_wait_ms,
-                 "How long a session waits for a free slot before it ends deferred (0: defer "
-                 "at once)")
+                 "How long a session at a connection limit waits for a free slot (woken when "
+                 "one frees) before it ends deferred; 0: defer at once")
       ->check(CLI::Range(0, 3'600'000));
   sub.add_option("--connect-timeout-ms", o.connector.connect_timeout_ms,
                  "TCP connect timeout per attempt")

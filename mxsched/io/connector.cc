@@ -310,6 +310,13 @@ struct Connector::Session {
   bool slot_wait_expired = false;
   bool slot_timer_armed = false;
   __kernel_timespec slot_ts{};
+  int64_t slot_wait_since = 0;   // when the current wait began
+  int64_t slot_waited_nanos = 0;  // all waits so far
+
+  void EndSlotWait() {
+    slot_waiting = false;
+    slot_waited_nanos += NowNanos() - slot_wait_since;
+  }
 
   void WaitForSlot() {
     if (slot_wait_start < 0) slot_wait_start = NowNanos();
@@ -323,13 +330,14 @@ struct Connector::Session {
     // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
     // to the back spreads the limit's next probe (DESIGN §6) over the waiting sessions
     // instead of charging every refused probe to the same one.
+    slot_wait_since = NowNanos();
     connector->selector_->WaitForSlot(domain, &waiter,
                                       /*front=*/slot_woken_before && !busy_since_wait);
     busy_since_wait = false;
   }
 
   void OnWoken(Lease granted) {  // on the loop thread
-    slot_waiting = false;
+    EndSlotWait();
     slot_woken_before = true;
     if (!finished) {
       if (granted.valid()) return Start(std::move(granted));  // handed over: no re-race
@@ -343,7 +351,7 @@ struct Connector::Session {
     slot_timer_armed = false;
     slot_wait_expired = true;
     if (slot_waiting && connector->selector_->CancelWait(&waiter)) {
-      slot_waiting = false;
+      EndSlotWait();
       if (!finished) return Attempt();  // one last try, then deferred
     }
     MaybeDelete();  // (if already woken, the queued wake-up continues the session)
@@ -365,9 +373,9 @@ struct Connector::Session {
     r.busy_replies = busy_replies;
     const int64_t now = NowNanos();
     r.elapsed_nanos = now - start;
+    r.slot_wait_nanos = slot_waited_nanos;
     connector->selector_->stats().CountSession(static_cast<size_t>(r.kind),
                                                slot_wait_start < 0 ? -1 : now - slot_wait_start);
-    if (slot_wait_start >= 0) r.slot_wait_nanos = now - slot_wait_start;
     --connector->in_flight_;
     Callback cb = std::move(done);
     cb(std::move(r));

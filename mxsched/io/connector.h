@@ -56,8 +56,8 @@ struct ConnectResult {
   int attempts = 0;
   int busy_replies = 0;       // attempts whose greeting was busy (421 "too many connections")
   int64_t elapsed_nanos = 0;  // from Connect() to this result
-  // From the first wait for a slot to this result (0 if it never waited): the part of
-  // elapsed_nanos spent queued behind others, not connecting.
+  // The part of elapsed_nanos spent waiting for a free slot (0 if it never waited): time the
+  // limits kept the session queued behind others, not time the network took.
   int64_t slot_wait_nanos = 0;
   // kConnected only:
   int fd = -1;

@@ -259,7 +259,9 @@ absl::StatusOr<std::unique_ptr<DnsClient>> DnsClient::Create(Loop* loop, DnsCach
   if (int rc = ares_init_options(&c->channel_, &opts, mask); rc != ARES_SUCCESS) {
     return absl::UnavailableError(StrCat("c-ares init: ", ares_strerror(rc)));
   }
-  if (int rc = ares_set_servers_ports_csv(c->channel_, servers.c_str()); rc != ARES_SUCCESS) {
+  if (int rc = servers.empty() ? ARES_SUCCESS
+                                : ares_set_servers_ports_csv(c->channel_, servers.c_str());
+      rc != ARES_SUCCESS) {
     return absl::InvalidArgumentError(StrCat("DNS server \"", servers, "\": ", ares_strerror(rc),
                                              " (want HOST:PORT[,HOST:PORT])"));
   }

@@ -109,7 +109,8 @@ class DnsCache final : public Resolver {
 
 class DnsClient {
  public:
-  // `servers`: "127.0.0.1:5353" or a comma-separated list (ares_set_servers_ports_csv).
+  // `servers`: "127.0.0.1:5353" or a comma-separated list (ares_set_servers_ports_csv);
+  // empty: the system's resolvers (/etc/resolv.conf), as c-ares reads them by default.
   static absl::StatusOr<std::unique_ptr<DnsClient>> Create(Loop* loop, DnsCache* cache,
                                                            const std::string& servers,
                                                            int timeout_ms = 1500, int tries = 2);
