@@ -5,6 +5,7 @@
 
 #include "mxsched/io/connector.h"
 #include "testbed/load.h"
+#include "tests/dns_peer.h"
 #include "tests/dnsmasq.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"
@@ -289,6 +290,94 @@ TEST_F(ResolverTest, ConnectorWaitsForDnsThenConnectsEndToEnd) {
                 testing::StatsFor(farm->Stats(), Ip(2))->total,
             20u);
   for (int i = 0; i < 5; ++i) loop_->RunOnce(1);
+}
+
+// Issue 10 #1: a truncated answer makes c-ares retry over TCP. While that TCP answer is held,
+// lookups of other names go over UDP and must still be answered: every socket c-ares opens
+// stays watched until c-ares closes it.
+TEST_F(ResolverTest, HeldTcpRetryDoesNotStallUdpLookupsOfOtherNames) {
+  testing::DnsPeer::Options o;
+  o.address = Ip(1);
+  o.hold_udp_until_tcp = true;
+  testing::DnsPeer peer(o);
+  ASSERT_TRUE(peer.ok());
+  Connect(peer.server());
+  auto run_until = [&](auto done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done() && std::chrono::steady_clock::now() < deadline) loop_->RunOnce(20);
+    return done();
+  };
+  using S = DnsAnswer::State;
+  // All at once: the MX query and 20 A queries leave together; the peer answers the MX
+  // query TC=1 at once and the A queries only after the TCP retry arrived.
+  std::vector<std::string> names;
+  for (int i = 0; i < 20; ++i) names.push_back(StrCat("h", i, ".ok.test"));
+  ASSERT_EQ(cache_.LookupMx("many.test").state, S::kPending);
+  for (const auto& n : names) cache_.LookupAddresses(n, true, false);
+  ASSERT_TRUE(run_until([&] { return peer.tcp_queries() > 0; })) << "no TCP retry after TC=1";
+  EXPECT_EQ(client_->watched_fds().size(), 2u) << "the UDP and the TCP socket";
+  // The TCP answer is held from here on; the UDP answers must all be read.
+  for (const auto& n : names) {
+    DnsAnswer a;
+    ASSERT_TRUE(run_until([&] {
+      a = cache_.LookupAddresses(n, true, false);
+      return a.state != S::kPending;
+    })) << n;
+    ASSERT_EQ(a.state, S::kReady) << n << ": " << a.detail;
+    ASSERT_EQ(a.addresses.size(), 1u);
+    EXPECT_EQ(a.addresses[0].ToString(), Ip(1));
+  }
+  // And lookups started while the TCP answer is outstanding, one after another.
+  for (const char* name : {"a.ok.test", "b.ok.test", "c.ok.test"}) {
+    DnsAnswer a = cache_.LookupAddresses(name, true, false);
+    ASSERT_TRUE(run_until([&] {
+      a = cache_.LookupAddresses(name, true, false);
+      return a.state != S::kPending;
+    })) << name;
+    ASSERT_EQ(a.state, S::kReady) << name << ": " << a.detail;
+  }
+  peer.Release();
+  DnsAnswer mx;
+  ASSERT_TRUE(run_until([&] {
+    mx = cache_.LookupMx("many.test");
+    return mx.state != S::kPending;
+  }));
+  ASSERT_EQ(mx.state, S::kReady) << mx.detail;
+  EXPECT_EQ(mx.mx.size(), 50u);
+  EXPECT_EQ(client_->repaired(), 0) << "a socket c-ares wanted watched was not";
+}
+
+// Issue 10 #2: an NXDOMAIN is reused for its negative TTL (SOA minimum, RFC 2308), not for
+// max_dns_ttl: a domain whose DNS is fixed delivers again.
+TEST_F(ResolverTest, NxDomainLastsOnlyItsNegativeTtl) {
+  testing::DnsPeer::Options o;
+  o.address = Ip(2);
+  o.negative_ttl = 1;
+  testing::DnsPeer peer(o);
+  ASSERT_TRUE(peer.ok());
+  Connect(peer.server());
+  MakeSelector("routes = ( \"__mx__\" )");
+  DomainView v = Resolve("fixed.nx.test");
+  ASSERT_EQ(v.state, RouteState::kPermFail) << v.detail;
+  EXPECT_NE(v.detail.find("NXDOMAIN"), std::string::npos) << v.detail;
+  EXPECT_LE(v.ttl_left_s, 1) << "the SOA minimum, not max_dns_ttl";
+  peer.SetNxExists(true);  // the owner fixes the zone
+  EXPECT_EQ(WaitForFirstHost("fixed.nx.test", Ip(2)), Ip(2));
+}
+
+TEST_F(ResolverTest, NegativeTtlIsBoundedByMaxNegativeDnsTtl) {
+  testing::DnsPeer::Options o;
+  o.address = Ip(3);
+  o.negative_ttl = 86400;  // a zone that asks for a day of negative caching
+  testing::DnsPeer peer(o);
+  ASSERT_TRUE(peer.ok());
+  Connect(peer.server());
+  MakeSelector("routes = ( \"__mx__\" )\nmax_negative_dns_ttl = 1s");
+  DomainView v = Resolve("day.nx.test");
+  ASSERT_EQ(v.state, RouteState::kPermFail) << v.detail;
+  EXPECT_LE(v.ttl_left_s, 1);
+  peer.SetNxExists(true);
+  EXPECT_EQ(WaitForFirstHost("day.nx.test", Ip(3)), Ip(3)) << "neither route nor cache kept it";
 }
 
 }  // namespace

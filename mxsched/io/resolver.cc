@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
@@ -80,6 +81,12 @@ DnsAnswer DnsCache::LookupAddresses(std::string_view name, bool want_v4, bool wa
   return out;
 }
 
+void DnsCache::SetTtlBounds(uint32_t max_ttl_s, uint32_t max_negative_ttl_s) {
+  MutexLock lock(&mu_);
+  max_ttl_s_ = max_ttl_s;
+  max_negative_ttl_s_ = max_negative_ttl_s;
+}
+
 void DnsCache::Clear() {
   MutexLock lock(&mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
@@ -127,6 +134,10 @@ void DnsCache::Store(const Query& q, DnsAnswer answer) {
     default: ++stats_.answers_tempfail; break;
   }
   uint32_t life = answer.ttl_s;
+  const bool negative = answer.state == DnsAnswer::State::kNxDomain ||
+                        (answer.state == DnsAnswer::State::kReady && answer.mx.empty() &&
+                         answer.addresses.empty());
+  life = std::min(life, negative ? max_negative_ttl_s_ : max_ttl_s_);
   if (answer.state == DnsAnswer::State::kTempFail) life = kTempFailSeconds;
   life = std::max(life, kMinCacheSeconds);
   e.expires = clock_->NowNanos() + int64_t{life} * kNanosPerSecond;
@@ -157,6 +168,11 @@ void DnsCache::PokeAll(bool changed) {
 // ---------------------------------------------------------------------------------------
 // DnsClient
 
+// One socket c-ares opened, from the sock_state_cb that opened it to the one that closed it
+// (readable = writable = 0). At most one IORING_OP_POLL_ADD of it is in the ring (`armed`);
+// a change of interest removes that poll and the completion re-arms with the new events.
+// The watch is freed only when it is both closed by c-ares (`dead`) and out of the ring and
+// out of its own callback.
 struct DnsClient::Watch {
   Watch(DnsClient* c, int f) : client(c), fd(f) {}
   DnsClient* client;
@@ -164,6 +180,7 @@ struct DnsClient::Watch {
   short events = 0;
   bool armed = false;
   bool dead = false;
+  bool in_callback = false;
 
   void OnPoll(int res, uint32_t) {
     armed = false;
@@ -173,17 +190,19 @@ struct DnsClient::Watch {
       return;
     }
     DnsClient* c = client;
-    const int my_fd = fd;
-    Watch* self = this;
     if (res > 0) {
       const bool in = res & (POLLIN | POLLERR | POLLHUP);
       const bool out = res & (POLLOUT | POLLERR | POLLHUP);
-      ares_process_fd(c->channel_, in ? my_fd : ARES_SOCKET_BAD, out ? my_fd : ARES_SOCKET_BAD);
+      in_callback = true;  // ares_process_fd may close the socket: free this only after
+      ares_process_fd(c->channel_, in ? fd : ARES_SOCKET_BAD, out ? fd : ARES_SOCKET_BAD);
+      in_callback = false;
     }
-    // ares_process_fd may have closed the socket (and deleted this watch): look it up again.
-    auto it = c->watches_.find(my_fd);
-    if (it != c->watches_.end() && it->second == self && !self->armed) c->Arm(self);
-    c->ArmTimer();
+    if (dead) {
+      delete this;
+    } else if (!armed) {
+      c->Arm(this);
+    }
+    c->AfterAres();
   }
   MemberCompletion<Watch, &Watch::OnPoll> done{this};
 };
@@ -318,7 +337,36 @@ void DnsClient::StartQueries() {
     ares_query(channel_, p->query.name.c_str(), 1 /* C_IN */, p->query.type, &Pending::Callback,
                p);
   }
+  AfterAres();
+}
+
+void DnsClient::AfterAres() {
+  // Every socket c-ares has open and wants watched must be watched, whatever the order of
+  // its sock_state_cb calls was: ask c-ares which sockets those are (UDP sockets while
+  // queries are outstanding, TCP sockets always, writable while a request is queued) and
+  // arm any that are not. Cheap: one UDP and one TCP socket per server at most.
+  ares_socket_t socks[ARES_GETSOCK_MAXNUM];
+  const int bits = ares_getsock(channel_, socks, ARES_GETSOCK_MAXNUM);
+  for (int i = 0; i < ARES_GETSOCK_MAXNUM; ++i) {
+    const bool r = ARES_GETSOCK_READABLE(bits, i), w = ARES_GETSOCK_WRITABLE(bits, i);
+    if (!r && !w) continue;
+    const short events = static_cast<short>((r ? POLLIN : 0) | (w ? POLLOUT : 0));
+    auto it = watches_.find(socks[i]);
+    if (it == watches_.end() || (it->second->events & events) != events) {
+      ++repaired_;
+      WatchFd(socks[i], events);
+    }
+  }
   ArmTimer();
+}
+
+std::vector<int> DnsClient::watched_fds() const {
+  std::vector<int> out;
+  for (const auto& [fd, w] : watches_) {
+    if (w->armed) out.push_back(fd);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 void DnsClient::ArmTimer() {
@@ -338,7 +386,7 @@ void DnsClient::OnTimer(int, uint32_t) {
   --ops_in_ring_;
   if (destroying_) return;
   ares_process_fd(channel_, ARES_SOCKET_BAD, ARES_SOCKET_BAD);  // handles timeouts
-  ArmTimer();
+  AfterAres();
 }
 
 void DnsClient::Arm(Watch* w) {
@@ -351,37 +399,42 @@ void DnsClient::Arm(Watch* w) {
 
 void DnsClient::SockStateCb(void* data, ares_socket_t fd, int readable, int writable) {
   auto* c = static_cast<DnsClient*>(data);
-  auto it = c->watches_.find(fd);
-  if (!readable && !writable) {
-    if (it == c->watches_.end()) return;
-    Watch* w = it->second;
-    c->watches_.erase(it);
-    w->dead = true;
-    if (!w->armed) {
-      delete w;
-    } else {
-      io_uring_sqe* sqe = c->loop_->Sqe();
-      io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&w->done));
-      Loop::SetCompletion(sqe, nullptr);
-    }
-    return;
-  }
+  if (!readable && !writable) return c->UnwatchFd(fd);
+  c->WatchFd(fd, static_cast<short>((readable ? POLLIN : 0) | (writable ? POLLOUT : 0)));
+}
+
+void DnsClient::WatchFd(int fd, short events) {
+  auto it = watches_.find(fd);
   Watch* w;
-  if (it == c->watches_.end()) {
-    w = new Watch(c, fd);
-    c->watches_[fd] = w;
+  if (it == watches_.end()) {
+    w = new Watch(this, fd);
+    watches_[fd] = w;
   } else {
     w = it->second;
   }
-  const short events = static_cast<short>((readable ? POLLIN : 0) | (writable ? POLLOUT : 0));
   if (w->armed && w->events != events) {
-    // Re-arm with the new interest once the old poll is gone.
-    io_uring_sqe* sqe = c->loop_->Sqe();
+    // Re-arm with the new interest once the old poll is gone (its completion does it).
+    io_uring_sqe* sqe = loop_->Sqe();
     io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&w->done));
     Loop::SetCompletion(sqe, nullptr);
   }
   w->events = events;
-  if (!w->armed && !c->destroying_) c->Arm(w);
+  if (!w->armed && !w->in_callback && !destroying_) Arm(w);
+}
+
+void DnsClient::UnwatchFd(int fd) {
+  auto it = watches_.find(fd);
+  if (it == watches_.end()) return;
+  Watch* w = it->second;
+  watches_.erase(it);
+  w->dead = true;
+  if (w->armed) {
+    io_uring_sqe* sqe = loop_->Sqe();
+    io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&w->done));
+    Loop::SetCompletion(sqe, nullptr);
+  } else if (!w->in_callback) {
+    delete w;
+  }
 }
 
 }  // namespace mxsched::io

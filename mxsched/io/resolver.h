@@ -9,8 +9,9 @@
 //
 // Caching: answers live for their TTL (MX from the raw answer, which ares_parse_mx_reply
 // would drop; negative answers for the SOA minimum, RFC 2308), at least kMinCacheSeconds so
-// a TTL of 0 is used once rather than re-queried forever; temporary failures for
-// kTempFailSeconds. Route-level bounds (min_dns_ttl, max_dns_ttl, a route's ttl) apply in
+// a TTL of 0 is used once rather than re-queried forever, at most max_dns_ttl (negative
+// answers max_negative_dns_ttl: SetTtlBounds, from the Selector's config); temporary failures
+// for kTempFailSeconds. Route-level bounds (min_dns_ttl, a route's ttl) apply in
 // RoutePlanner. MX sets are capped at kMaxMxPerDomain there.
 //
 // c-ares 1.18 channels are not thread-safe: each DnsClient owns one and touches it only on
@@ -50,6 +51,8 @@ class DnsCache final : public Resolver {
 
   DnsAnswer LookupMx(std::string_view name) override;
   DnsAnswer LookupAddresses(std::string_view name, bool want_v4, bool want_v6) override;
+  // Answers stored from now on live at most max_ttl_s (negative ones max_negative_ttl_s).
+  void SetTtlBounds(uint32_t max_ttl_s, uint32_t max_negative_ttl_s) override;
 
   // Drops every cached answer (console `refresh domain all` also refreshes DNS).
   void Clear();
@@ -105,6 +108,8 @@ class DnsCache final : public Resolver {
   std::vector<Query> wanted_ ABSL_GUARDED_BY(mu_);
   std::vector<DnsClient*> clients_ ABSL_GUARDED_BY(mu_);
   Stats stats_ ABSL_GUARDED_BY(mu_);
+  uint32_t max_ttl_s_ ABSL_GUARDED_BY(mu_) = 86400;
+  uint32_t max_negative_ttl_s_ ABSL_GUARDED_BY(mu_) = 300;
 };
 
 class DnsClient {
@@ -124,6 +129,10 @@ class DnsClient {
   void Poke(bool changed);
   // Queries this client has in flight.
   int in_flight() const { return in_flight_; }
+  // For tests: the sockets with a poll in the ring, and how often AfterAres found a socket
+  // c-ares wanted watched that its sock_state_cb calls had not left watched.
+  std::vector<int> watched_fds() const;
+  int repaired() const { return repaired_; }
 
   struct Watch;
   struct Pending;
@@ -136,6 +145,10 @@ class DnsClient {
   void ArmTimer();
   void StartQueries();
   void Arm(Watch* w);
+  // After every call into c-ares: make sure each socket it wants watched is; arm the timer.
+  void AfterAres();
+  void WatchFd(int fd, short events);
+  void UnwatchFd(int fd);
   friend struct Watch;
   friend struct Pending;
 
@@ -148,6 +161,7 @@ class DnsClient {
   bool destroying_ = false;
   int in_flight_ = 0;
   int ops_in_ring_ = 0;
+  int repaired_ = 0;
   __kernel_timespec timer_ts_{};
   std::function<void()> on_change_;
   absl::flat_hash_map<int, Watch*> watches_;

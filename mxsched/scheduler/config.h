@@ -106,6 +106,7 @@ struct Config {
   uint32_t host_failure_retry_s = 120;
   uint32_t min_dns_ttl_s = 0;
   uint32_t max_dns_ttl_s = 86400;
+  uint32_t max_negative_dns_ttl_s = 300;
   std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
   bool adaptive_concurrency = true;
   int32_t adaptive_concurrency_floor = 1;

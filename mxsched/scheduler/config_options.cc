@@ -186,6 +186,14 @@ constexpr OptionDescriptor kOptions[] = {
      .doc = "DNS answers are kept at most this long; also the lifetime of literal-address "
             "routes without ttl=",
      .config = Field<&Config::max_dns_ttl_s>()},
+    {.name = "max_negative_dns_ttl",
+     .scopes = G,
+     .type = OptionType::kSeconds,
+     .min = 0,
+     .max = kDay,
+     .doc = "NXDOMAIN and NODATA answers are kept for their negative TTL (SOA minimum, "
+            "RFC 2308), at most this long; NXDOMAIN fails messages (5.1.2) while it lasts",
+     .config = Field<&Config::max_negative_dns_ttl_s>()},
     {.name = "use_ipv6",
      .scopes = G | D,
      .type = OptionType::kBool,

@@ -112,12 +112,19 @@ class Collector {
   bool Accept(const DnsAnswer& a, std::string_view what) {
     switch (a.state) {
       case DnsAnswer::State::kReady:
-        NoteTtl(std::clamp(a.ttl_s, config_.min_dns_ttl_s, config_.max_dns_ttl_s));
+        if (a.mx.empty() && a.addresses.empty()) {  // NODATA: a negative answer
+          NoteTtl(std::min(a.ttl_s, config_.max_negative_dns_ttl_s));
+        } else {
+          NoteTtl(std::clamp(a.ttl_s, config_.min_dns_ttl_s, config_.max_dns_ttl_s));
+        }
         return true;
       case DnsAnswer::State::kPending:
         pending_ = true;
         return false;
       case DnsAnswer::State::kNxDomain:
+        // Reused for the negative TTL (RFC 2308) and no longer than max_negative_dns_ttl:
+        // a domain whose DNS is fixed delivers again within minutes, not after max_dns_ttl.
+        NoteTtl(std::min(a.ttl_s, config_.max_negative_dns_ttl_s));
         if (perm_detail_.empty()) {
           perm_detail_ = StrCat("5.1.2 ", what, ": no such domain (NXDOMAIN)");
         }

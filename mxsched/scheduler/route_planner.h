@@ -51,6 +51,10 @@ class Resolver {
   virtual ~Resolver() = default;
   virtual DnsAnswer LookupMx(std::string_view name) = 0;
   virtual DnsAnswer LookupAddresses(std::string_view name, bool want_v4, bool want_v6) = 0;
+  // The longest a positive and a negative (NXDOMAIN, NODATA) answer may be reused; the
+  // Selector passes max_dns_ttl and max_negative_dns_ttl on every SetConfig, so a cache
+  // never serves an answer older than the route built from it may live.
+  virtual void SetTtlBounds(uint32_t /*max_ttl_s*/, uint32_t /*max_negative_ttl_s*/) {}
 };
 
 enum class RouteState : uint8_t {
@@ -132,6 +136,7 @@ class RoutePlanner {
   // DNS make the route kTempFail with a message saying so.
   RoutePlanner(HostRegistry* registry, Resolver* resolver, Clock* clock, Random* random)
       : registry_(registry), resolver_(resolver), clock_(clock), random_(random) {}
+  Resolver* resolver() const { return resolver_; }
 
   // Builds the snapshot for `domain` (lower-case) under `config`. Never returns null.
   RouteSnapshot* Plan(const Config& config, std::string_view domain);

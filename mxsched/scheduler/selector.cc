@@ -169,6 +169,9 @@ std::shared_ptr<const Config> Selector::config() const {
 
 void Selector::SetConfig(std::shared_ptr<const Config> config) {
   const int32_t limit = config->server_max_outbound_connections;
+  if (Resolver* r = planner_.resolver()) {
+    r->SetTtlBounds(config->max_dns_ttl_s, config->max_negative_dns_ttl_s);
+  }
   {
     MutexLock lock(&config_mu_);
     config_ = std::move(config);
