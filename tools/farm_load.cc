@@ -223,9 +223,9 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
                  "repeatable")
       ->type_name("ADDR=MS");
   sub.add_option("--stats", f->stats_path,
-                 "Write per-address counts as JSON here every second and on exit (default: "
-                 "print them on exit)")
-      ->type_name("FILE");
+                 "Write per-address counts as JSON here every second and on exit")
+      ->type_name("FILE")
+      ->default_str("none: print them on exit");
   sub.add_option("--max-seconds", f->max_seconds, "Stop by itself after this long")
       ->check(CLI::Range(1, 86400));
   return [f] { return RunFarm(*f); };
@@ -239,8 +239,9 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->type_name("FILE");
   sub.add_option("--dns", o.dns_server,
                  "DNS server(s) for MX and address lookups, by name or address (port 53 if "
-                 "not given); without it only literal-address routes resolve")
-      ->type_name("HOST[:PORT][,...]");
+                 "not given)")
+      ->type_name("HOST[:PORT][,...]")
+      ->default_str("none: only literal-address routes resolve");
   sub.add_option("--domains", f->domains,
                  "Domains, comma-separated, or @FILE with one per line; sessions go "
                  "round-robin over them")
@@ -281,7 +282,8 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->check(CLI::Range(1, 3'600'000))
       ->default_str("the config's banner_timeout");
   sub.add_option("--json", f->json_path, "Also write the report as JSON to this file")
-      ->type_name("OUT");
+      ->type_name("OUT")
+      ->default_str("none");
   return [f] { return RunLoadCommand(*f); };
 }
 
