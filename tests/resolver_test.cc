@@ -380,5 +380,39 @@ TEST_F(ResolverTest, NegativeTtlIsBoundedByMaxNegativeDnsTtl) {
   EXPECT_EQ(WaitForFirstHost("day.nx.test", Ip(3)), Ip(3)) << "neither route nor cache kept it";
 }
 
+// Issue 10 #3: an AAAA ::ffff:a.b.c.d is the host a.b.c.d — one registry entry, one limit —
+// and a prohibited IPv4 range blocks its mapped form.
+TEST_F(ResolverTest, Ipv4MappedAaaaIsTheSameHostForLimits) {
+  StartDns({"--mx-host=mapped.test,mx.mapped.test,10",
+            StrCat("--host-record=mx.mapped.test,", Ip(5), ",::ffff:", Ip(5))});
+  MakeSelector(StrCat("routes = ( \"__mx__\" )\nuse_ipv6 = true\nHost \"", Ip(5),
+                      "\" { max_outbound_connections = 2 }"));
+  DomainView v = Resolve("mapped.test");
+  ASSERT_EQ(v.state, RouteState::kReady) << v.detail;
+  size_t hosts = 0;
+  for (const auto& t : v.tiers) {
+    for (const auto& h : t.hosts) {
+      ++hosts;
+      EXPECT_EQ(h.endpoint.address.ToString(), Ip(5));
+    }
+  }
+  EXPECT_EQ(hosts, 1u) << "A and mapped AAAA are one host";
+  std::vector<Lease> leases;
+  for (int i = 0; i < 5; ++i) {
+    AcquireResult r = selector_->Acquire("mapped.test");
+    if (r.ok()) leases.push_back(r.TakeLease());
+  }
+  EXPECT_EQ(leases.size(), 2u) << "the Host limit holds across both address forms";
+}
+
+TEST_F(ResolverTest, ProhibitedIpv4RangeBlocksTheMappedForm) {
+  StartDns({"--mx-host=mapped2.test,mx.mapped2.test,10",
+            StrCat("--host-record=mx.mapped2.test,::ffff:", Ip(6))});
+  MakeSelector("routes = ( \"__mx__\" )\nuse_ipv6 = true\nprohibited_hosts = ( \"127.0.0.0/8\" )");
+  DomainView v = Resolve("mapped2.test");
+  EXPECT_EQ(v.state, RouteState::kTempFail);
+  EXPECT_NE(v.detail.find("prohibited address"), std::string::npos) << v.detail;
+}
+
 }  // namespace
 }  // namespace mxsched

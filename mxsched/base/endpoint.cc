@@ -3,6 +3,7 @@
 #include "mxsched/base/strings.h"
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
 
 
@@ -18,7 +19,20 @@ IpAddress IpAddress::V4(uint32_t host_order) {
   return a;
 }
 
+namespace {
+bool IsV4Mapped(const std::array<uint8_t, 16>& b) {
+  for (int i = 0; i < 10; ++i) {
+    if (b[i] != 0) return false;
+  }
+  return b[10] == 0xff && b[11] == 0xff;
+}
+}  // namespace
+
 IpAddress IpAddress::V6(const std::array<uint8_t, 16>& bytes) {
+  if (IsV4Mapped(bytes)) {
+    return V4(uint32_t{bytes[12]} << 24 | uint32_t{bytes[13]} << 16 | uint32_t{bytes[14]} << 8 |
+              bytes[15]);
+  }
   IpAddress a;
   a.family_ = Family::kV6;
   a.bytes_ = bytes;
@@ -38,10 +52,7 @@ absl::StatusOr<IpAddress> IpAddress::Parse(std::string_view text) {
     a.family_ = Family::kV4;
     return a;
   }
-  if (inet_pton(AF_INET6, buf, a.bytes_.data()) == 1) {
-    a.family_ = Family::kV6;
-    return a;
-  }
+  if (inet_pton(AF_INET6, buf, a.bytes_.data()) == 1) return V6(a.bytes_);
   return absl::InvalidArgumentError(StrCat("not an IP address: \"", text, "\""));
 }
 
@@ -50,6 +61,15 @@ bool IpAddress::IsLoopback() const {
   static constexpr std::array<uint8_t, 16> kV6Loopback{0, 0, 0, 0, 0, 0, 0, 0,
                                                        0, 0, 0, 0, 0, 0, 0, 1};
   return bytes_ == kV6Loopback;
+}
+
+std::optional<IpAddress> IpAddress::Nat64Embedded() const {
+  static constexpr std::array<uint8_t, 12> kWellKnown{0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+  if (is_v4() || !std::equal(kWellKnown.begin(), kWellKnown.end(), bytes_.begin())) {
+    return std::nullopt;
+  }
+  return V4(uint32_t{bytes_[12]} << 24 | uint32_t{bytes_[13]} << 16 | uint32_t{bytes_[14]} << 8 |
+            bytes_[15]);
 }
 
 std::string IpAddress::ToString() const {
@@ -95,6 +115,15 @@ absl::StatusOr<Cidr> Cidr::Parse(std::string_view text) {
   if (!ip.ok()) {
     return absl::InvalidArgumentError(
         StrCat("not a CIDR \"", text, "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
+  }
+  if (ip->is_v4() && addr.find(':') != std::string_view::npos && prefix >= 0) {
+    // Written as IPv4-mapped: judged as the IPv4 range it maps.
+    if (prefix <= 96) {
+      return absl::InvalidArgumentError(StrCat(
+          "CIDR \"", text, "\" covers all of IPv4: IPv4-mapped addresses are judged as IPv4, "
+          "so write IPv4 ranges"));
+    }
+    prefix -= 96;
   }
   if (prefix < 0) prefix = ip->bit_length();
   if (prefix > ip->bit_length()) {

@@ -35,5 +35,33 @@ TEST(Cidr, ContainsByPrefix) {
   EXPECT_FALSE(Cidr::Parse("[::1]/128").ok());
 }
 
+// Issue 10 #3: one identity per host.
+TEST(IpAddress, Ipv4MappedIsIpv4CompatibleAndNat64StayIpv6) {
+  IpAddress mapped = *IpAddress::Parse("::ffff:127.0.1.5");
+  EXPECT_TRUE(mapped.is_v4());
+  EXPECT_EQ(mapped, *IpAddress::Parse("127.0.1.5"));
+  EXPECT_EQ(IpAddress::Parse("::FFFF:7f00:105")->ToString(), "127.0.1.5");
+  std::array<uint8_t, 16> b{};
+  b[10] = b[11] = 0xff;
+  b[12] = 10;
+  b[15] = 1;
+  EXPECT_EQ(IpAddress::V6(b), *IpAddress::Parse("10.0.0.1")) << "AAAA answers too";
+  EXPECT_FALSE(IpAddress::Parse("::127.0.1.5")->is_v4()) << "IPv4-compatible stays IPv6";
+  IpAddress nat64 = *IpAddress::Parse("64:ff9b::7f00:1");
+  EXPECT_FALSE(nat64.is_v4());
+  ASSERT_TRUE(nat64.Nat64Embedded().has_value());
+  EXPECT_EQ(*nat64.Nat64Embedded(), *IpAddress::Parse("127.0.0.1"));
+  EXPECT_FALSE(IpAddress::Parse("2001:db8::1")->Nat64Embedded().has_value());
+}
+
+TEST(Cidr, Ipv4MappedRangesAreIpv4Ranges) {
+  Cidr c = *Cidr::Parse("::ffff:10.0.0.0/104");
+  EXPECT_TRUE(c.Contains(*IpAddress::Parse("10.1.2.3")));
+  EXPECT_TRUE(c.Contains(*IpAddress::Parse("::ffff:10.1.2.3")));
+  EXPECT_EQ(c.ToString(), "10.0.0.0/8");
+  EXPECT_TRUE(Cidr::Parse("127.0.0.0/8")->Contains(*IpAddress::Parse("::ffff:127.0.0.1")));
+  EXPECT_FALSE(Cidr::Parse("::ffff:0:0/96").ok()) << "would silently be all of IPv4";
+}
+
 }  // namespace
 }  // namespace mxsched

@@ -470,7 +470,7 @@ std::vector<Cidr> DefaultProhibitedHosts() {
   static constexpr std::string_view kRanges[] = {
       "0.0.0.0/8",      "10.0.0.0/8",  "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
       "172.16.0.0/12",  "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128",
-      "::1/128",        "::ffff:0:0/96", "fc00::/7",     "fe80::/10",   "ff00::/8",
+      "::1/128",        "::/96", "fc00::/7",     "fe80::/10",   "ff00::/8",
   };
   std::vector<Cidr> out;
   for (std::string_view r : kRanges) out.push_back(*Cidr::Parse(r));

@@ -202,8 +202,11 @@ class Collector {
 
   void Add(uint32_t tier, uint32_t mx_pref, Endpoint ep, std::string_view name, bool from_dns) {
     if (from_dns) {
+      // A NAT64 address leads to the IPv4 address it embeds: judge both (64:ff9b::7f00:1
+      // must not reach 127.0.0.1 through a translator when 127.0.0.0/8 is prohibited).
+      const std::optional<IpAddress> via = ep.address.Nat64Embedded();
       for (const Cidr& c : config_.prohibited_hosts) {
-        if (c.Contains(ep.address)) {
+        if (c.Contains(ep.address) || (via && c.Contains(*via))) {
           ++prohibited_;
           if (temp_detail_.empty()) {
             temp_detail_ = StrCat("4.4.0 ", name, " resolves to prohibited address ",
