@@ -144,7 +144,8 @@ TEST_F(AdaptiveTest, CappedReceiverLimitIsLearnedAndNothingIsWrittenOff) {
   // and the limit can stand a little above the cap until the next refusal.
   EXPECT_LE(h.limit(), 8) << r.ToText();
   EXPECT_EQ(h.configured_limit(), kUnlimited);
-  const auto* fs = StatsFor(farm->Stats(), Ip(1));
+  const auto farm_stats = farm->Stats();
+  const auto* fs = StatsFor(farm_stats, Ip(1));
   EXPECT_EQ(static_cast<uint64_t>(r.busy_replies), fs->rejected)
       << "every 421 the receiver sent was seen and counted";
   EXPECT_LT(r.busy_replies, 100) << "probing above the cap backs off: " << r.ToText();

@@ -144,6 +144,9 @@ Domain "b.example" { max_outbound_connections = 8  routes = ( "__mx__" )  use_ip
 Domain "a.example" { banner_timeout = 2m  delivery_method = "smtp" }
 Host "mx1.example.com" { max_outbound_connections = 4  host_failure_retry = 30 }
 Host 192.0.2.7 { max_outbound_connections = 2 }
+prohibited_mx_names = ( "*.blocked.example" "mx.bad.example" )
+adaptive_concurrency_floor = 2
+Host "*.provider.example" { max_outbound_connections = 40  adaptive_concurrency = no }
 )";
 
 TEST(ConfigOptions, ListingParsesBackToTheSameSettings) {
@@ -164,6 +167,13 @@ TEST(ConfigOptions, ListingParsesBackToTheSameSettings) {
             std::string::npos)
       << effective;
   EXPECT_NE(effective.find("Host \"192.0.2.7\" {\n  max_outbound_connections = 2\n}\n"),
+            std::string::npos)
+      << effective;
+  EXPECT_NE(effective.find("Host \"*.provider.example\" {\n  max_outbound_connections = 40\n"
+                           "  adaptive_concurrency = false\n}\n"),
+            std::string::npos)
+      << effective;
+  EXPECT_NE(effective.find("prohibited_mx_names = ( \"*.blocked.example\" \"mx.bad.example\" )"),
             std::string::npos)
       << effective;
   std::string non_default = ListConfig(*c, ConfigListing::kNonDefault);
