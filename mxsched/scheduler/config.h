@@ -107,6 +107,7 @@ struct Config {
   uint32_t min_dns_ttl_s = 0;
   uint32_t max_dns_ttl_s = 86400;
   uint32_t max_negative_dns_ttl_s = 300;
+  uint32_t domain_idle_timeout_s = 3600;
   std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
   bool adaptive_concurrency = true;
   int32_t adaptive_concurrency_floor = 1;

@@ -171,6 +171,14 @@ constexpr OptionDescriptor kOptions[] = {
      .doc = "consecutive failures of every host of a domain before its sessions get the 421 "
             "\"no MXs\" deferral",
      .domain = Field<&DomainSettings::mx_failures_to_delay>()},
+    {.name = "domain_idle_timeout",
+     .scopes = G,
+     .type = OptionType::kSeconds,
+     .min = 1,
+     .max = 30 * kDay,
+     .doc = "a domain with no connection and no waiter for this long is dropped from memory "
+            "(its route is planned again on its next use; docs/DESIGN.md §5)",
+     .config = Field<&Config::domain_idle_timeout_s>()},
     {.name = "min_dns_ttl",
      .scopes = G,
      .type = OptionType::kSeconds,

@@ -1,5 +1,8 @@
 #include "mxsched/scheduler/domain_table.h"
 
+#include <algorithm>
+#include <new>
+
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/epoch.h"
 
@@ -43,6 +46,7 @@ void DomainTable::Table::Insert(DomainEntry* e) {
     if (slots[i].load(std::memory_order_relaxed) == 0) {
       slots[i].store(v, std::memory_order_release);
       ++count;
+      ++used;
       return;
     }
   }
@@ -52,6 +56,11 @@ DomainTable::Shard::Shard() : table(new Table(64)) {}
 DomainTable::Shard::~Shard() { delete table.load(); }
 
 DomainEntry* DomainTable::Shard::NewEntry() {
+  if (!free_list.empty()) {
+    DomainEntry* e = free_list.back();
+    free_list.pop_back();
+    return e;
+  }
   if (arenas.empty() || arena_used == kArena) {
     arenas.emplace_back(new DomainEntry[kArena]);
     arena_used = 0;
@@ -59,9 +68,12 @@ DomainEntry* DomainTable::Shard::NewEntry() {
   return &arenas.back()[arena_used++];
 }
 
-DomainTable::DomainTable() {
+DomainTable::DomainTable(void (*destroy_snapshot)(const RouteSnapshot*)) {
   shards_.reserve(kShards);
-  for (size_t i = 0; i < kShards; ++i) shards_.push_back(std::make_unique<Shard>());
+  for (size_t i = 0; i < kShards; ++i) {
+    shards_.push_back(std::make_shared<Shard>());
+    shards_.back()->destroy_snapshot = destroy_snapshot;
+  }
 }
 
 DomainTable::~DomainTable() = default;
@@ -69,25 +81,102 @@ DomainTable::~DomainTable() = default;
 DomainEntry* DomainTable::FindOrInsert(uint64_t hash, std::string_view name,
                                        const std::function<void(DomainEntry&)>& init) {
   Shard& shard = *shards_[ShardIndex(hash)];
-  MutexLock lock(&shard.mu);
-  if (DomainEntry* e = Find(hash, name)) return e;
-  Table* t = shard.table.load(std::memory_order_relaxed);
-  DomainEntry* e = shard.NewEntry();
-  e->hash = hash;
-  e->SetName(name);
-  init(*e);
-  if ((t->count + 1) * 2 > t->mask + 1) {  // keep load factor <= 1/2
-    auto* bigger = new Table((t->mask + 1) * 2);
-    for (size_t i = 0; i <= t->mask; ++i) {
-      if (DomainEntry* x = t->At(i)) bigger->Insert(x);
+  Table* retired = nullptr;
+  DomainEntry* e;
+  {
+    MutexLock lock(&shard.mu);
+    if (DomainEntry* found = Find(hash, name)) return found;
+    Table* t = shard.table.load(std::memory_order_relaxed);
+    e = shard.NewEntry();
+    e->hash = hash;
+    e->SetName(name);
+    init(*e);
+    if ((t->used + 1) * 2 > t->mask + 1) {
+      // Load (with tombstones) would pass 1/2: rebuild without tombstones at a size where
+      // live entries fill at most 1/3, so rebuilds are at least capacity/6 inserts apart.
+      // The table shrinks too, after mass eviction.
+      size_t capacity = 64;
+      while ((t->count + 1) * 3 > capacity) capacity *= 2;
+      auto* fresh = new Table(capacity);
+      for (size_t i = 0; i <= t->mask; ++i) {
+        if (DomainEntry* x = t->At(i)) fresh->Insert(x);
+      }
+      fresh->Insert(e);
+      shard.table.store(fresh, std::memory_order_release);
+      retired = t;
+    } else {
+      t->Insert(e);
     }
-    bigger->Insert(e);
-    shard.table.store(bigger, std::memory_order_release);
-    epoch::RetireObject(t);
-  } else {
-    t->Insert(e);
   }
+  // Outside the mutex: Retire may run deleters, and an evicted entry's deleter takes it.
+  if (retired != nullptr) epoch::RetireObject(retired);
   return e;
+}
+
+namespace {
+struct RetiredEntry {
+  std::shared_ptr<void> shard_owner;  // keeps the shard alive until the entry is recycled
+  void (*recycle)(void* shard, DomainEntry* e);
+  void* shard;
+  DomainEntry* entry;
+};
+}  // namespace
+
+size_t DomainTable::Evict(const std::shared_ptr<Shard>& shard, size_t slots,
+                          const std::function<bool(const DomainEntry&)>& idle) {
+  std::vector<DomainEntry*> evicted;
+  {
+    MutexLock lock(&shard->mu);
+    Table* t = shard->table.load(std::memory_order_relaxed);
+    const size_t n = std::min(slots, t->mask + 1);
+    size_t i = shard->hand & t->mask;
+    for (size_t k = 0; k < n; ++k, i = (i + 1) & t->mask) {
+      DomainEntry* e = t->At(i);
+      if (e == nullptr || !idle(*e)) continue;
+      if (e->tickets.load(std::memory_order_seq_cst) != 0) continue;
+      int32_t zero = 0;
+      if (!e->active.compare_exchange_strong(zero, DomainEntry::kDead,
+                                             std::memory_order_seq_cst)) {
+        continue;  // has a connection (or is taking one now)
+      }
+      // seq_cst pairs with WaitForSlot (tickets++ then reads active): one of us backs off.
+      if (e->tickets.load(std::memory_order_seq_cst) != 0) {
+        e->active.store(0, std::memory_order_seq_cst);
+        continue;
+      }
+      t->slots[i].store(Table::kTombstone, std::memory_order_release);
+      --t->count;
+      evicted.push_back(e);
+    }
+    shard->hand = i;
+  }
+  for (DomainEntry* e : evicted) {
+    auto* r = new RetiredEntry{shard, [](void* sp, DomainEntry* x) {
+      auto* sh = static_cast<Shard*>(sp);
+      sh->destroy_snapshot(x->snapshot.load(std::memory_order_acquire));
+      x->~DomainEntry();
+      new (x) DomainEntry();
+      MutexLock lock(&sh->mu);
+      sh->free_list.push_back(x);
+    }, shard.get(), e};
+    epoch::Retire(r, [](void* p) {
+      auto* rr = static_cast<RetiredEntry*>(p);
+      rr->recycle(rr->shard, rr->entry);
+      delete rr;
+    });
+  }
+  return evicted.size();
+}
+
+size_t DomainTable::EvictIdle(size_t slots, const std::function<bool(const DomainEntry&)>& idle) {
+  size_t n = 0;
+  for (const auto& s : shards_) n += Evict(s, slots, idle);
+  return n;
+}
+
+size_t DomainTable::EvictIdleNear(uint64_t hash, size_t slots,
+                                  const std::function<bool(const DomainEntry&)>& idle) {
+  return Evict(shards_[ShardIndex(hash)], slots, idle);
 }
 
 void DomainTable::ForEach(const std::function<void(const DomainEntry&)>& fn) const {
@@ -115,7 +204,7 @@ size_t DomainTable::MemoryBytes() const {
     MutexLock lock(&s->mu);
     const Table* t = s->table.load();
     bytes += sizeof(Shard) + sizeof(Table) + (t->mask + 1) * sizeof(std::atomic<uintptr_t>);
-    bytes += s->arenas.size() * Shard::kArena * sizeof(DomainEntry);
+    bytes += s->arenas.size() * Shard::kArena * sizeof(DomainEntry);  // incl. the free list
     for (size_t i = 0; i <= t->mask; ++i) {
       const DomainEntry* e = t->At(i);
       if (e != nullptr && e->name_heap) bytes += e->name_size;

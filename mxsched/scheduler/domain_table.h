@@ -1,14 +1,21 @@
 // DomainTable: the selector's index from domain name to DomainEntry — kShards open-addressing
 // hash tables read without locks — and HashDomain, the case-insensitive hash it uses.
 //
-// Ownership: the table owns its entries (bump-allocated in per-shard arenas) for its whole
-// life; an entry pointer handed out stays valid until the table is destroyed. What an entry
-// points to (its route snapshot) belongs to the Selector.
+// Ownership: the table owns its entries (allocated in per-shard arenas, reused through a
+// free list) and their route snapshots. An entry pointer stays valid while the reader's
+// epoch::EpochGuard lasts; beyond that only while the entry cannot be evicted (it has a
+// connection or a waiter: `active` > 0 or `tickets` > 0).
+//
+// Eviction (DESIGN §5): EvictIdle claims an idle entry by CAS of `active` from 0 to kDead,
+// backs off if a waiter registered meanwhile (`tickets`), unlinks it (a tombstone slot) and
+// retires it through epoch.h; its memory goes back to the shard's free list after every
+// reader that might hold it has left. A reader that finds `active` < 0 must look the name
+// up again (FindOrInsert creates a fresh entry).
 //
 // Thread-safety: Find is lock-free and safe from any thread inside an epoch::EpochGuard
 // (a table that grows is retired through epoch.h, so a reader may still be walking the old
-// one). FindOrInsert takes the shard's mutex (slow path: first sight of a domain). ForEach,
-// size and MemoryBytes take each shard's mutex in turn.
+// one). FindOrInsert and EvictIdle take the shard's mutex (slow path). ForEach, size and
+// MemoryBytes take each shard's mutex in turn.
 #ifndef MXSCHED_SCHEDULER_DOMAIN_TABLE_H_
 #define MXSCHED_SCHEDULER_DOMAIN_TABLE_H_
 
@@ -90,19 +97,23 @@ bool EqualsLower(std::string_view query, std::string_view lower);
 // neighbouring domains slowed each other by ~30% (bench/README.md). The otherwise idle half
 // holds the name inline.
 struct alignas(128) DomainEntry {
-  static constexpr size_t kInlineName = 80;
+  static constexpr size_t kInlineName = 72;
+  // `active` of an evicted entry: any CAS that would take a slot sees it negative.
+  static constexpr int32_t kDead = INT32_MIN / 2;
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
   std::atomic<uint32_t> cursor{0};  // rotation position (mod tier size)
   std::atomic<int32_t> waiting{0};  // SlotWaiters queued for this domain's own limit
-  std::atomic<uint32_t> last_used_s{0};  // coarse clock seconds of the last Acquire/Release
+  std::atomic<int32_t> tickets{0};  // SlotWaiters queued for this domain, any kind
+  std::atomic<uint32_t> last_used{0};  // clock nanos >> kUseTickShift of the last Acquire
   std::atomic<bool> refreshing{false};
   uint16_t name_size = 0;
   uint64_t hash = 0;
   std::unique_ptr<char[]> name_heap;  // names longer than kInlineName
   char name_inline[kInlineName];
 
+  static constexpr int kUseTickShift = 30;  // ~1.07 s: a shift, not a division, per Acquire
   std::string_view name() const { return {name_heap ? name_heap.get() : name_inline, name_size}; }
   void SetName(std::string_view n);
 };
@@ -112,7 +123,8 @@ class DomainTable {
  public:
   static constexpr size_t kShards = 64;
 
-  DomainTable();
+  // `destroy_snapshot` frees an entry's route snapshot when the entry is freed.
+  explicit DomainTable(void (*destroy_snapshot)(const RouteSnapshot*));
   ~DomainTable();
   DomainTable(const DomainTable&) = delete;
   DomainTable& operator=(const DomainTable&) = delete;
@@ -124,7 +136,7 @@ class DomainTable {
     for (size_t i = hash & t->mask;; i = (i + 1) & t->mask) {
       const uintptr_t slot = t->slots[i].load(std::memory_order_acquire);
       if (slot == 0) return nullptr;
-      if ((slot >> Table::kTagShift) != tag) continue;
+      if ((slot >> Table::kTagShift) != tag || slot == Table::kTombstone) continue;
       DomainEntry* e = Table::Entry(slot);
       if (e->hash == hash && EqualsLower(domain, e->name())) return e;
     }
@@ -135,6 +147,15 @@ class DomainTable {
   // REQUIRES: `name` is lower-case and hash == HashDomain(name); an epoch::EpochGuard.
   DomainEntry* FindOrInsert(uint64_t hash, std::string_view name,
                             const std::function<void(DomainEntry&)>& init);
+
+  // Evicts entries for which `idle(entry)` holds and that have no connection and no waiter,
+  // looking at up to `slots` slots of each shard (from where the last call stopped; SIZE_MAX:
+  // all). Returns how many were evicted. REQUIRES: an epoch::EpochGuard is NOT held by the
+  // caller if it wants memory back promptly (retirement waits for readers).
+  size_t EvictIdle(size_t slots, const std::function<bool(const DomainEntry&)>& idle);
+  // Evicts idle entries of the shard of `hash` (a few slots; amortized into inserts).
+  size_t EvictIdleNear(uint64_t hash, size_t slots,
+                       const std::function<bool(const DomainEntry&)>& idle);
 
   // Visits every entry (order unspecified), each shard under its mutex.
   void ForEach(const std::function<void(const DomainEntry&)>& fn) const;
@@ -148,8 +169,10 @@ class DomainTable {
   // slots does not touch their entries — whose cache lines other threads are busy writing.
   struct Table {
     static constexpr int kTagShift = 48;
+    static constexpr uintptr_t kTombstone = 1;  // an evicted entry's slot (tag 0)
     size_t mask;
-    size_t count = 0;  // written under the shard mutex only
+    size_t count = 0;  // live entries; written under the shard mutex only
+    size_t used = 0;   // live entries + tombstones
     std::unique_ptr<std::atomic<uintptr_t>[]> slots;
 
     explicit Table(size_t capacity);
@@ -157,24 +180,34 @@ class DomainTable {
     static DomainEntry* Entry(uintptr_t slot) {
       return reinterpret_cast<DomainEntry*>(slot & ((uintptr_t{1} << kTagShift) - 1));
     }
-    DomainEntry* At(size_t i) const { return Entry(slots[i].load(std::memory_order_acquire)); }
+    DomainEntry* At(size_t i) const {
+      const uintptr_t v = slots[i].load(std::memory_order_acquire);
+      return v == kTombstone ? nullptr : Entry(v);
+    }
     void Insert(DomainEntry* e);
   };
+  // Shared-owned: an evicted entry's deferred reclamation (epoch.h) keeps its shard alive
+  // even if the table is destroyed first.
   struct Shard {
-    static constexpr size_t kArena = 256;  // entries are never freed: bump-allocate them
-    Mutex mu;                              // writers: inserting, growing
+    static constexpr size_t kArena = 256;  // bump-allocated; evicted entries are reused
+    Mutex mu;                              // writers: inserting, growing, evicting
     std::atomic<Table*> table;
     std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
     size_t arena_used ABSL_GUARDED_BY(mu) = 0;
+    std::vector<DomainEntry*> free_list ABSL_GUARDED_BY(mu);
+    size_t hand ABSL_GUARDED_BY(mu) = 0;  // where the next eviction sweep starts
+    void (*destroy_snapshot)(const RouteSnapshot*) = nullptr;
 
     Shard();
     ~Shard();
     DomainEntry* NewEntry() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   };
+  static size_t Evict(const std::shared_ptr<Shard>& shard, size_t slots,
+                      const std::function<bool(const DomainEntry&)>& idle);
 
   static uint32_t ShardIndex(uint64_t hash) { return static_cast<uint32_t>(hash >> 58); }
 
-  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<std::shared_ptr<Shard>> shards_;
 };
 
 }  // namespace mxsched

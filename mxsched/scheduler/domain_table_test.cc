@@ -3,6 +3,7 @@
 #include "mxsched/scheduler/domain_table.h"
 
 #include <atomic>
+#include <cstdio>
 #include <set>
 #include <string>
 #include <thread>
@@ -14,6 +15,8 @@
 
 namespace mxsched {
 namespace {
+
+constexpr void (*kNoSnapshot)(const RouteSnapshot*) = +[](const RouteSnapshot*) {};
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(AsciiLower(static_cast<unsigned char>(c)));
@@ -46,7 +49,7 @@ TEST(HashDomain, DistinguishesNamesThatDifferInOneByte) {
 }
 
 TEST(DomainTable, FindsWhatWasInsertedInAnyCaseAcrossGrowth) {
-  DomainTable table;
+  DomainTable table(kNoSnapshot);
   epoch::EpochGuard guard;
   std::vector<DomainEntry*> entries;
   constexpr int kN = 20'000;  // several doublings of every shard
@@ -73,7 +76,7 @@ TEST(DomainTable, FindsWhatWasInsertedInAnyCaseAcrossGrowth) {
 }
 
 TEST(DomainTable, ReadersSeeEveryInsertedEntryWhileTablesGrow) {
-  DomainTable table;
+  DomainTable table(kNoSnapshot);
   constexpr int kN = 30'000;
   std::atomic<int> inserted{0};
   std::thread writer([&] {
@@ -95,6 +98,59 @@ TEST(DomainTable, ReadersSeeEveryInsertedEntryWhileTablesGrow) {
   writer.join();
   EXPECT_EQ(misses, 0);
   epoch::Reclaim();
+}
+
+TEST(DomainTable, EvictsOnlyIdleEntriesWithoutConnectionsOrWaiters) {
+  DomainTable table(kNoSnapshot);
+  std::vector<DomainEntry*> e;
+  {
+    epoch::EpochGuard guard;
+    for (int i = 0; i < 3000; ++i) {
+      const std::string name = StrCat("e", i, ".example");
+      e.push_back(table.FindOrInsert(HashDomain(name), name, [](DomainEntry&) {}));
+    }
+  }
+  e[0]->active.store(1);   // has a connection
+  e[1]->tickets.store(1);  // has a waiter
+  // "Idle" by the caller's rule: every entry with an even index (and 0 and 1, which must
+  // survive anyway).
+  auto idle = [](const DomainEntry& d) {
+    int i = 0;
+    std::sscanf(std::string(d.name()).c_str(), "e%d", &i);
+    return i % 2 == 0 || i == 1;
+  };
+  epoch::EpochGuard guard;  // a reader that may still hold evicted entries
+  EXPECT_EQ(table.EvictIdle(SIZE_MAX, idle), 1499u) << "all even but e0, none odd";
+  EXPECT_EQ(table.size(), 1501u);
+  for (int i = 0; i < 3000; ++i) {
+    const std::string name = StrCat("e", i, ".example");
+    const bool kept = i % 2 == 1 || i == 0;
+    EXPECT_EQ(table.Find(HashDomain(name), name) != nullptr, kept) << name;
+  }
+  EXPECT_EQ(e[2]->active.load(), DomainEntry::kDead) << "a reader still holding it sees it dead";
+  EXPECT_EQ(e[0]->active.load(), 1);
+}
+
+TEST(DomainTable, EvictedEntriesAreReusedSoMemoryLevelsOff) {
+  DomainTable table(kNoSnapshot);
+  auto all_idle = [](const DomainEntry&) { return true; };
+  size_t peak = 0;
+  for (int round = 0; round < 20; ++round) {
+    {
+      epoch::EpochGuard guard;
+      for (int i = 0; i < 5000; ++i) {
+        const std::string name = StrCat("r", round, "-", i, ".example");
+        table.FindOrInsert(HashDomain(name), name, [](DomainEntry&) {});
+      }
+    }
+    EXPECT_EQ(table.EvictIdle(SIZE_MAX, all_idle), 5000u);
+    epoch::Reclaim();  // no reader left: evicted entries go back to the free lists
+    if (round == 1) peak = table.MemoryBytes();
+    if (round > 1) {
+      EXPECT_LE(table.MemoryBytes(), peak + peak / 10) << "round " << round;  // table sizes vary
+    }
+  }
+  EXPECT_EQ(table.size(), 0u);
 }
 
 }  // namespace

@@ -149,7 +149,10 @@ Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options
       random_(options.random ? options.random : SplitMixRandom::Default()),
       owned_registry_(options.registry ? nullptr : std::make_unique<HostRegistry>()),
       registry_(options.registry ? options.registry : owned_registry_.get()),
-      planner_(registry_, options.resolver, clock_, random_) {
+      planner_(registry_, options.resolver, clock_, random_),
+      domains_(+[](const RouteSnapshot* snap) {
+        RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(snap));
+      }) {
   SetConfig(std::move(config));
 }
 
@@ -172,12 +175,16 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
   if (Resolver* r = planner_.resolver()) {
     r->SetTtlBounds(config->max_dns_ttl_s, config->max_negative_dns_ttl_s);
   }
+  const uint32_t idle_s = config->domain_idle_timeout_s;
   {
     MutexLock lock(&config_mu_);
     config_ = std::move(config);
     config_version_.fetch_add(1, std::memory_order_acq_rel);
   }
   server_credit_.SetLimit(limit, limit != kUnlimited);
+  idle_ticks_.store(std::max<int64_t>(1, (int64_t{idle_s} * kNanosPerSecond) >>
+                                             DomainEntry::kUseTickShift),
+                    std::memory_order_relaxed);
 }
 
 DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
@@ -190,11 +197,36 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   }
   // Entries are stored under the normalized name (lower-case, no trailing dot), which may
   // live in another shard than the name as given.
-  return domains_.FindOrInsert(HashDomain(*name), *name, [&](DomainEntry& e) {
+  const uint64_t hash = HashDomain(*name);
+  const int64_t now = clock_->NowNanos();
+  bool created = false;
+  DomainEntry* entry = domains_.FindOrInsert(hash, *name, [&](DomainEntry& e) {
+    created = true;
     e.cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
     e.snapshot.store(planner_.Plan(*config(), e.name()), std::memory_order_release);
     e.generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
+    e.last_used.store(static_cast<uint32_t>(now >> DomainEntry::kUseTickShift),
+                      std::memory_order_relaxed);
   });
+  // Each new domain pays for sweeping a few slots of its shard, so idle domains leave at
+  // the rate new ones come and memory levels off (DESIGN §5), without a background thread.
+  if (created) domains_.EvictIdleNear(hash, kEvictSlotsPerInsert, IdlePredicate(now));
+  return entry;
+}
+
+std::function<bool(const DomainEntry&)> Selector::IdlePredicate(int64_t now) const {
+  const uint32_t tick = static_cast<uint32_t>(now >> DomainEntry::kUseTickShift);
+  const int64_t idle = idle_ticks_.load(std::memory_order_relaxed);
+  return [tick, idle](const DomainEntry& e) {
+    return static_cast<int64_t>(static_cast<uint32_t>(tick - e.last_used.load(
+               std::memory_order_relaxed))) >= idle &&
+           e.active.load(std::memory_order_relaxed) == 0 &&
+           e.tickets.load(std::memory_order_relaxed) == 0;
+  };
+}
+
+size_t Selector::EvictIdle() {
+  return domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
 }
 
 void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
@@ -262,6 +294,7 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
   }
   int32_t active = entry->active.load(std::memory_order_seq_cst);
   do {
+    if (active < 0) return Grant::kHosts;  // evicted (WaitForSlot looks it up again)
     if (active >= snap->domain_limit()) return Grant::kDomain;
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
@@ -406,24 +439,35 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
 
 void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
   epoch::EpochGuard guard;
-  Deferral unused{DeferReason::kPermanent, {}};
-  DomainEntry* entry = FindOrCreate(domain, &unused);
-  if (entry == nullptr) {  // not a valid domain: nothing will ever free up
-    waiter->Wake(Lease());
-    return;
-  }
-  const int64_t now = clock_->NowNanos();
   Lease lease;
-  {
-    MutexLock lock(&waiters_.mu());
-    Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease);
-    if (g != Grant::kGranted) {
-      SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, now);
-      // A slot may have freed between the caller's failed Acquire and the registration
-      // (that release saw no waiter): look once more, as this ticket.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (TryGrant(entry, t, nullptr, now, &lease) == Grant::kGranted) waiters_.Remove(t);
+  for (;;) {
+    Deferral unused{DeferReason::kPermanent, {}};
+    DomainEntry* entry = FindOrCreate(domain, &unused);
+    if (entry == nullptr) {  // not a valid domain: nothing will ever free up
+      waiter->Wake(Lease());
+      return;
     }
+    const int64_t now = clock_->NowNanos();
+    bool evicted = false;
+    {
+      MutexLock lock(&waiters_.mu());
+      Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease);
+      if (g != Grant::kGranted) {
+        SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, now);
+        // A slot may have freed between the caller's failed Acquire and the registration
+        // (that release saw no waiter): look once more, as this ticket. The fence also
+        // pairs with eviction (DomainTable::Evict): the entry is live or we see it dead.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (entry->active.load(std::memory_order_seq_cst) < 0) {
+          waiters_.Remove(t);
+          evicted = true;
+        } else if (TryGrant(entry, t, nullptr, now, &lease) == Grant::kGranted) {
+          waiters_.Remove(t);
+        }
+      }
+    }
+    if (!evicted) break;
+    Materialize(domain, &unused);  // evicted meanwhile: queue on its fresh entry
   }
   if (lease.valid()) waiter->Wake(std::move(lease));
 }
@@ -479,6 +523,10 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   DomainEntry* entry = FindOrCreate(domain, &invalid);
   if (ABSL_PREDICT_FALSE(entry == nullptr)) return Deferred(std::move(invalid));
   const int64_t now = clock_->NowNanos();
+  const uint32_t tick = static_cast<uint32_t>(now >> DomainEntry::kUseTickShift);
+  if (entry->last_used.load(std::memory_order_relaxed) != tick) {  // idle clock (eviction)
+    entry->last_used.store(tick, std::memory_order_relaxed);
+  }
   const RouteSnapshot* snap = CurrentRoute(entry, now);
   if (ABSL_PREDICT_FALSE(snap->state() != RouteState::kReady)) {
     DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
@@ -493,7 +541,11 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   int32_t active = entry->active.load(std::memory_order_relaxed);
   do {
     if (active >= domain_limit ||
-        ABSL_PREDICT_FALSE(entry->waiting.load(std::memory_order_relaxed) != 0)) {
+        ABSL_PREDICT_FALSE(entry->waiting.load(std::memory_order_relaxed) != 0 || active < 0)) {
+      if (active < 0) {  // evicted under us: look it up again (a fresh entry)
+        Materialize(domain, &invalid);
+        return Acquire(domain);
+      }
       return Deferred(Deferral{DeferReason::kDomainLimit, {}});
     }
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,

@@ -35,13 +35,15 @@
 // Slow paths (first sight of a domain, TTL expiry, refresh, table growth) take the shard's
 // mutex. All public methods are safe for concurrent use by multiple threads.
 //
-// Lifetime: the Selector must outlive every Lease it hands out. Domain entries are resident
-// for the Selector's life (about 64 bytes + name + snapshot each).
+// Lifetime: the Selector must outlive every Lease it hands out. A domain entry (128 bytes +
+// table slot + snapshot) stays resident while it has a connection or a waiter, and until it
+// has been idle for domain_idle_timeout (then it is evicted: DESIGN §5).
 #ifndef MXSCHED_SCHEDULER_SELECTOR_H_
 #define MXSCHED_SCHEDULER_SELECTOR_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -249,6 +251,11 @@ class Selector {
   std::optional<DomainView> DescribeResident(std::string_view domain);
 
   size_t domain_count() const;
+  // Drops every domain idle for domain_idle_timeout (no connection, no waiter, no Acquire):
+  // its route is planned again on next use. Also done a few slots at a time as new domains
+  // arrive, so calling this is optional. Returns how many were dropped; their memory is
+  // reused once no reader can hold them (epoch.h).
+  size_t EvictIdle();
   // Bytes held for domains: tables, entries, names, snapshots (not hosts).
   size_t DomainMemoryBytes() const;
   // Connections currently held against server_max_outbound_connections.
@@ -294,6 +301,10 @@ class Selector {
   // waiter that can use it — the host's queue, then the domain's, then the server's — and
   // goes on while `host` has room (a recovered host serves as many as its limit allows).
   void HandOff(HostState* host, DomainEntry* domain);
+  // Eviction: which entries are idle at `now`.
+  std::function<bool(const DomainEntry&)> IdlePredicate(int64_t now) const;
+  static constexpr size_t kEvictSlotsPerInsert = 8;
+  std::atomic<int64_t> idle_ticks_{1};
 
   Clock* clock_;
   Random* random_;

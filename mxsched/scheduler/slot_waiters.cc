@@ -69,6 +69,7 @@ SlotWaiters::Ticket* SlotWaiters::Add(SlotWaiter* waiter, DomainEntry* domain, K
     }
     Link(q, &t->nodes[0], front);
   }
+  domain->tickets.fetch_add(1, std::memory_order_seq_cst);  // blocks eviction
   auto [it, inserted] = tickets_.try_emplace(waiter, std::move(owned));
   if (!inserted) {  // REQUIRES says it cannot be queued twice; keep the books right anyway
     Remove(it->second.get());
@@ -92,6 +93,7 @@ SlotWaiter* SlotWaiters::Remove(Ticket* t) {
       server_count_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
+  t->domain->tickets.fetch_sub(1, std::memory_order_seq_cst);
   count_.fetch_sub(1, std::memory_order_seq_cst);
   tickets_.erase(w);  // frees t
   return w;
