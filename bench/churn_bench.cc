@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
   if (!c.ok()) return 2;
   ManualClock clock;
   SplitMixRandom random(1);
-  Selector selector(std::make_shared<const Config>(*std::move(c)), &clock, &random);
+  Selector selector(std::make_shared<const Config>(*std::move(c)), {.clock = &clock, .random = &random});
   std::printf("domains_seen\tresident_domains\trss_mib\n");
   std::printf("0\t0\t%.1f\n", RssKb() / 1024.0);
   for (long i = 0; i < total; ++i) {
