@@ -307,7 +307,7 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
       return Grant::kServer;
     }
   }
-  auto usable = [&](const HostState* h) {
+  auto usable = [&](const HostState* h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
     if (h == freed || h->waiting() == 0) return true;
     const SlotWaiters::Node* head = waiters_.HostHead(h);
     return t != nullptr && head != nullptr && head->ticket == t;
@@ -381,7 +381,8 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
     // Tickets that lost their reason to wait on one queue but must wait on another (a
     // domain waiter whose domain now has room but whose hosts are full) move there.
     std::vector<std::pair<SlotWaiters::Ticket*, Grant>> moves;
-    auto serve = [&](SlotWaiters::Node* n, const HostState* freed, bool skip_domain_full) {
+    auto serve = [&](SlotWaiters::Node* n, const HostState* freed, bool skip_domain_full)
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
       while (n != nullptr) {
         if (freed != nullptr && (!freed->HasRoom() || !freed->Reachable(now))) {
           return;  // nothing left to hand out here
