@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A receiver that pushes back (DESIGN §6): `mxsched farm` serving 4 sessions at once and
+# A receiver that pushes back (docs/DESIGN.md §6): `mxsched farm` serving 4 sessions at once and
 # answering the rest "421 4.7.0 too many connections from your IP" (fault cap:4); `mxsched
 # load` runs SESSIONS sessions at concurrency 16, hold 20 ms, waiting for slots — once with
 # adaptive_concurrency (the default) and once with it off (the old behaviour: 421 = failed).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs selector_bench once and prints DESIGN §5's targets as ratios measured in that run.
+"""Runs selector_bench once and prints docs/DESIGN.md §10's targets as ratios measured in that run.
 
 usage: bench/ratios.py BUILD_DIR [--min-time 0.3] [--json OUT]
 Every number comes from the same run: the mutex baseline and the one-thread case are the

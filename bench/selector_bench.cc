@@ -5,7 +5,7 @@
 // table in bench/README.md.
 //
 // Scenarios:
-//   OneDomain      1 domain, 4 equal-preference hosts (the DESIGN §5 40 ns target)
+//   OneDomain      1 domain, 4 equal-preference hosts (docs/DESIGN.md §10: ≤ 35 ns)
 //   MxSpread/N     N domains, each with its own 4 hosts; threads use disjoint domains
 //   GlobalRoute    1,000 domains all routed through the same 4 hosts (shared host lines)
 //   MillionDomains/0|1  1,000,000 resident domains, uniform (0) or Zipf (1) access

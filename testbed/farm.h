@@ -81,7 +81,7 @@ class Farm {
   std::vector<FarmAddressStats> Stats() const;
   std::string StatsJson() const;
   // Highest number of connections open at once over ALL addresses (server-side): what a
-  // limit shared by many hosts — a provider limit, DESIGN §6 — must keep below.
+  // limit shared by many hosts — a provider limit, docs/DESIGN.md §6 — must keep below.
   int64_t PeakAllAddresses() const;
   // Zeroes peaks (to the current count) and totals, e.g. between scenarios.
   void ResetCounters();

@@ -58,12 +58,12 @@ struct LoadReport {
   int64_t max_rss_kb = 0;  // the process's peak resident memory at the end of the run
   // Connected sessions per 250 ms interval since the start, for plots.
   std::vector<int64_t> connected_timeline;
-  // Busy greetings ("421 4.7.0 too many connections"...) met by all sessions (DESIGN §6).
+  // Busy greetings ("421 4.7.0 too many connections"...) met by all sessions (docs/DESIGN.md §6).
   int64_t busy_replies = 0;
   struct Host {
     int64_t sessions = 0;
     int64_t peak = 0;  // client-side peak concurrent connections
-    // At the end of the run (DESIGN §6): the effective limit, the configured one, busy
+    // At the end of the run (docs/DESIGN.md §6): the effective limit, the configured one, busy
     // replies the host gave (since the selector started) and why the limit last moved.
     int32_t limit = 0;
     int32_t configured_limit = 0;

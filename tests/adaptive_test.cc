@@ -1,4 +1,4 @@
-// Receivers that push back (DESIGN §6), against real peers on loopback: the farm's cap:N
+// Receivers that push back (docs/DESIGN.md §6), against real peers on loopback: the farm's cap:N
 // fault (a receiver serving N sessions at once that answers the rest "421 4.7.0 too many
 // connections"), adaptive per-host limits learned from those replies, provider limits shared
 // by MX-name pattern and MX names blocked by name (dnsmasq for DNS).
@@ -101,7 +101,7 @@ class AdaptiveTest : public ::testing::Test {
     return r + " )\n";
   }
   static Fault Cap(int n) { return {Fault::Kind::kCap, n}; }
-  // Sessions with slot waits (DESIGN §1 rule 8), as a delivery worker would run them.
+  // Sessions with slot waits (docs/DESIGN.md §1 rule 8), as a delivery worker would run them.
   io::LoadReport Load(Selector& s, int64_t sessions,
                       int concurrency, int hold_ms, std::vector<std::string> domains = {},
                       io::DnsCache* dns_cache = nullptr, std::string dns_server = "") {

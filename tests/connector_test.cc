@@ -305,7 +305,7 @@ TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
 }
 
 TEST_F(ConnectorTest, SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhileLaterOnesAreServed) {
-  // DESIGN §5 against the farm: 60 sessions for three domains of one route contend for 2
+  // docs/DESIGN.md §5 against the farm: 60 sessions for three domains of one route contend for 2
   // slots on a host that greets after 20 ms; each waits at most 300 ms. The farm serves
   // ~2 per 20 ms, so some are served and some may time out. Fair hand-off means service
   // follows arrival (within the 2 slots' overlap), and no session is deferred after a later

@@ -2,7 +2,7 @@
 // layouts for the same 250 domains, the same per-host limit and the same hold time:
 //   global route  every domain routed through the same 4 smarthosts
 //   MX spread     every domain has its own MX
-// Sessions wait for a slot (rule 8) rather than fail, so the rate shows capacity.
+// Sessions wait for a slot (docs/DESIGN.md §1 rule 8) rather than fail, so the rate shows capacity.
 // Prints a table, writes demo.json and demo.csv, and demo.png when gnuplot is installed.
 #include <sys/stat.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-// `mxsched farm` and `mxsched load` (DESIGN §3).
+// `mxsched farm` and `mxsched load` (docs/DESIGN.md §9, the CLI contract).
 #include <sys/resource.h>
 #include <unistd.h>
 

@@ -210,7 +210,7 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
         std::printf("  %llds since failure, %u consecutive",
                     static_cast<long long>(h.seconds_since_failure), h.consecutive_failures);
       }
-      if (h.limit != h.configured_limit) {  // adaptive (DESIGN §6): lowered by busy replies
+      if (h.limit != h.configured_limit) {  // adaptive (docs/DESIGN.md §6): lowered by busy replies
         std::printf("  (configured %s)", h.configured_limit == kUnlimited
                                              ? "unlimited"
                                              : std::to_string(h.configured_limit).c_str());

@@ -294,7 +294,7 @@ struct Connector::Session {
     MaybeDelete();
   }
 
-  // --- rule 8: wait for a slot -------------------------------------------------------
+  // --- docs/DESIGN.md §1 rule 8: wait for a slot----------------------------------------------
   struct Waiter : SlotWaiter {
     explicit Waiter(Session* s) : session(s) {}
     // Any thread. `lease` is the slot handed over (or invalid: re-plan with Acquire).
@@ -328,7 +328,7 @@ struct Connector::Session {
     slot_waiting = true;
     // A session woken earlier goes back to the head of the queue (it lost a race, not its
     // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
-    // to the back spreads the limit's next probe (DESIGN §6) over the waiting sessions
+    // to the back spreads the limit's next probe (docs/DESIGN.md §6) over the waiting sessions
     // instead of charging every refused probe to the same one.
     slot_wait_since = NowNanos();
     connector->selector_->WaitForSlot(domain, &waiter,

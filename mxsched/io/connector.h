@@ -19,7 +19,7 @@
 // out connect, a 4xx/5xx greeting or garbage marks the host failed (Lease::Report) and the
 // connector tries again for the same domain — the selector now skips that host — up to
 // max_attempts (like Exim's hosts_max_try). A busy greeting ("421 4.7.0 too many
-// connections", DESIGN §6) instead lowers the host's effective limit and the session tries
+// connections", docs/DESIGN.md §6) instead lowers the host's effective limit and the session tries
 // again the same way (waiting for a slot if slot_wait_ms is set). Local errors (no fds, no
 // ephemeral ports) do not blame the host and end the session as deferred.
 //
@@ -74,9 +74,9 @@ struct ConnectorOptions {
   int connect_timeout_ms = -1;
   int banner_timeout_ms = -1;
   int dns_wait_ms = 30000;
-  // Rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
+  // docs/DESIGN.md §1 rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
   // to this long for a slot — handed over by the Selector, first come first served, the
-  // moment one frees (DESIGN §5), no polling — instead of ending as deferred at once.
+  // moment one frees (docs/DESIGN.md §5), no polling — instead of ending as deferred at once.
   // 0: defer at once.
   int slot_wait_ms = 0;
 };

@@ -23,7 +23,7 @@
 // addresses written in routes.
 //
 // Host stanzas are keyed by an IP address, an exact MX/host name, or a name pattern with
-// `*`/`?` (`Host "*.mail.protection.outlook.com" { }`: a provider). Precedence (DESIGN §6):
+// `*`/`?` (`Host "*.mail.protection.outlook.com" { }`: a provider). Precedence (docs/DESIGN.md §6):
 // the per-address limit comes from the IP stanza, else the exact-name stanza, else none; a
 // pattern stanza's max_outbound_connections is one limit SHARED by every address behind
 // every matching MX name, for all domains (in addition to any per-address limit); other

@@ -228,7 +228,7 @@ constexpr OptionDescriptor kOptions[] = {
      .scopes = G | H,
      .type = OptionType::kBool,
      .doc = "busy replies (421, 4.7.x, \"too many connections\"...) lower a host's effective "
-            "limit instead of marking it failed; successes raise it back (DESIGN §6)",
+            "limit instead of marking it failed; successes raise it back (docs/DESIGN.md §6)",
      .config = Field<&Config::adaptive_concurrency>(),
      .host = Field<&HostSettings::adaptive_concurrency>()},
     {.name = "adaptive_concurrency_floor",
@@ -236,14 +236,14 @@ constexpr OptionDescriptor kOptions[] = {
      .type = OptionType::kCount,
      .min = 1,
      .max = kMaxConnections,
-     .doc = "the effective limit never goes below this (DESIGN §6)",
+     .doc = "the effective limit never goes below this (docs/DESIGN.md §6)",
      .config = Field<&Config::adaptive_concurrency_floor>(),
      .host = Field<&HostSettings::adaptive_concurrency_floor>()},
     {.name = "prohibited_mx_names",
      .scopes = G,
      .type = OptionType::kNameList,
      .doc = "MX target names or patterns (\"*.example\") never connected to; a domain left "
-            "without MXs is deferred naming the MX and the pattern (DESIGN §6)",
+            "without MXs is deferred naming the MX and the pattern (docs/DESIGN.md §6)",
      .config = Field<&Config::prohibited_mx_names>()},
 };
 

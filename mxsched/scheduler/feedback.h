@@ -1,4 +1,4 @@
-// SMTP replies as concurrency feedback (DESIGN §6): which replies say "you have too many
+// SMTP replies as concurrency feedback (docs/DESIGN.md §6): which replies say "you have too many
 // connections open to me, come back later" — negative feedback on a host's concurrency, not
 // a sign that the host is down.
 //

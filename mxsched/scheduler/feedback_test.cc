@@ -1,4 +1,4 @@
-// DESIGN §6: which replies are busy, the adaptive limit's control law, provider patterns and
+// docs/DESIGN.md §6: which replies are busy, the adaptive limit's control law, provider patterns and
 // their precedence. Time is injected (ManualClock): no sleeps.
 #include "mxsched/scheduler/feedback.h"
 

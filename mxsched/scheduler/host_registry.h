@@ -1,11 +1,11 @@
 // HostState: the shared, mutable state of one destination (address, port) — active
-// connections, configured and effective (adaptive, DESIGN §6) limit, reachability —
+// connections, configured and effective (adaptive, docs/DESIGN.md §6) limit, reachability —
 // LimitGroup, a provider limit shared by hosts whose MX names match one pattern, and
 // HostRegistry, which owns one HostState per destination and one LimitGroup per pattern for
 // the life of the registry.
 //
 // Every domain that routes to the same (address, port) shares its HostState, so a per-host
-// limit holds across domains (DESIGN §1 rule 5) and a failure seen by one domain protects
+// limit holds across domains (docs/DESIGN.md §1 rule 5) and a failure seen by one domain protects
 // all of them.
 //
 // Thread-safety: HostState's methods are lock-free and safe from any thread. HostRegistry
@@ -49,7 +49,7 @@ inline constexpr std::array<int64_t, 10> kConnectLatencyBoundsNanos = {
 // Per-outcome connection counts kept on each host, indexed by `Outcome` (selector.h).
 inline constexpr size_t kOutcomeKinds = 7;
 // A limit shared by every host whose MX name matches one `Host "*.pattern" { }` stanza: a
-// provider limit (DESIGN §6). Lock-free; owned by the HostRegistry, never removed.
+// provider limit (docs/DESIGN.md §6). Lock-free; owned by the HostRegistry, never removed.
 class alignas(64) LimitGroup {
  public:
   LimitGroup(std::string pattern, int32_t limit) : limit_(limit), pattern_(std::move(pattern)) {}
@@ -90,7 +90,7 @@ struct HostConfig {
   int32_t adaptive_floor = 1;      // adaptive_concurrency_floor
 };
 
-// Why a host's effective limit last moved (DESIGN §6), for `route`, `load` and DomainView.
+// Why a host's effective limit last moved (docs/DESIGN.md §6), for `route`, `load` and DomainView.
 struct LimitMove {
   enum class Kind : uint8_t { kNone, kLowered, kRaised, kFailedAtOne };
   Kind kind = Kind::kNone;
@@ -158,7 +158,7 @@ class alignas(128) HostState {
   }
 
   // A connection reached a usable 2xx greeting: the host is reachable again, and — if its
-  // limit was lowered by busy replies — positive feedback (DESIGN §6). `level` is the
+  // limit was lowered by busy replies — positive feedback (docs/DESIGN.md §6). `level` is the
   // ticket's. Returns true when the effective limit went up (a waiter may now fit).
   bool RecordSuccess(int32_t level, int64_t now_nanos);
   // Connect failure, timeout or rejecting greeting: mark failed for the retry window.
@@ -189,7 +189,7 @@ class alignas(128) HostState {
   uint64_t busy_replies() const { return busy_replies_.load(std::memory_order_relaxed); }
   int32_t peak() const { return peak_.load(std::memory_order_relaxed); }
   // Slot waiters queued on this host (SlotWaiters): while non-zero, a new Acquire does not
-  // take a slot here — a freed slot goes to the oldest waiter (DESIGN §5).
+  // take a slot here — a freed slot goes to the oldest waiter (docs/DESIGN.md §5).
   int32_t waiting() const { return waiting_.load(std::memory_order_seq_cst); }
   void AddWaiting(int32_t delta) { waiting_.fetch_add(delta, std::memory_order_seq_cst); }
   uint32_t consecutive_failures() const {

@@ -23,7 +23,7 @@ TEST(HostRegistry, OneStatePerAddressAndPortSharedByEveryCaller) {
   HostRegistry registry;
   HostState* a = registry.GetOrCreate(Ep("192.0.2.1"), "mx1.example", Limit(4));
   EXPECT_EQ(registry.GetOrCreate(Ep("192.0.2.1"), "other-name.example", Limit(4)), a)
-      << "the same destination under another MX name is the same host (DESIGN §1 rule 5)";
+      << "the same destination under another MX name is the same host (docs/DESIGN.md §1 rule 5)";
   EXPECT_NE(registry.GetOrCreate(Ep("192.0.2.1", 2525), "mx1.example", Limit(4)), a)
       << "another port is another destination";
   EXPECT_NE(registry.GetOrCreate(Ep("2001:db8::1"), "mx1.example", Limit(4)), a);

@@ -407,7 +407,7 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
       }
     };
     if (host != nullptr && host->waiting() != 0) serve(waiters_.HostHead(host), host, true);
-    // A provider limit (DESIGN §6) shared with other hosts: the slot may serve a waiter
+    // A provider limit (docs/DESIGN.md §6) shared with other hosts: the slot may serve a waiter
     // queued on another host of the group, oldest first. Costs a pass over the waiters,
     // only when a group host is released while anyone waits.
     if (host != nullptr && host->group() != nullptr && host->group()->HasRoom()) {
@@ -537,7 +537,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   }
 
   // Domain, then server: both bounded CAS, undone if no host admits.
-  // Older waiters first (DESIGN §5): a slot they are queued for is not taken from them.
+  // Older waiters first (docs/DESIGN.md §5): a slot they are queued for is not taken from them.
   const int32_t domain_limit = snap->domain_limit();
   int32_t active = entry->active.load(std::memory_order_relaxed);
   do {

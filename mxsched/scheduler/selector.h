@@ -1,5 +1,5 @@
 // Selector: decides which destination a new outbound connection for a domain goes to, under
-// the Momentum `routes` rules (DESIGN §1), and hands out Leases that hold the slot.
+// the Momentum `routes` rules (docs/DESIGN.md §1), and hands out Leases that hold the slot.
 //
 //   mxsched::Selector selector(config);
 //   mxsched::AcquireResult r = selector.Acquire("example.com");
@@ -123,7 +123,7 @@ class Lease {
   void RecordConnectLatency(int64_t nanos) {
     if (host_ != nullptr) host_->RecordConnectLatency(nanos);
   }
-  // Records an SMTP reply seen on this connection (DESIGN §6). The first report is the
+  // Records an SMTP reply seen on this connection (docs/DESIGN.md §6). The first report is the
   // greeting: 2xx is kConnected, a busy reply (421, 4.7.x, "too many connections"...) is
   // negative concurrency feedback (kBusy: the host's effective limit goes down, the host is
   // not marked failed), any other 4xx/5xx is kGreetingRejected. After that, an embedder
@@ -227,7 +227,7 @@ class Selector {
   // Acquire. Slot waiters are woken to re-plan against the new routes.
   void RefreshAll();
 
-  // Waiting instead of polling, first come first served (DESIGN §5): `waiter` is queued for
+  // Waiting instead of polling, first come first served (docs/DESIGN.md §5): `waiter` is queued for
   // what stopped `domain` (its hosts' limits, its own limit or the server's) and woken once,
   // with the slot handed over in Wake(lease), when that frees and it is the oldest waiter
   // that can use it. Strict preference holds for the hand-off (a freed tier-1 slot is not

@@ -1,4 +1,4 @@
-// One test (or more) per rule of DESIGN §1, named after the rule. Time and randomness are
+// One test (or more) per rule of docs/DESIGN.md §1, named after the rule. Time and randomness are
 // injected: no sleeps.
 #include "mxsched/scheduler/selector.h"
 
@@ -562,7 +562,7 @@ constexpr char kOneSlot[] = R"(
   Host "127.0.4.1" { max_outbound_connections = 1 }
 )";
 
-// --- DESIGN §5: waiting, first come first served, slot handed over ----------------------
+// --- docs/DESIGN.md §5: waiting, first come first served, slot handed over ----------------------
 
 TEST(FairHandOff, ReleasedSlotIsHandedToTheWaiterNotReRaced) {
   SelectorFixture f(kOneSlot);

@@ -1,4 +1,4 @@
-// SlotWaiter, the callback of a caller waiting for a connection slot (DESIGN §5), and
+// SlotWaiter, the callback of a caller waiting for a connection slot (docs/DESIGN.md §5), and
 // SlotWaiters, the selector's first-come-first-served queues of them.
 //
 // Fair hand-off: a slot that frees goes to the oldest waiter that can use it — the slot is

@@ -25,7 +25,7 @@ namespace mxsched {
 inline constexpr size_t kDeferReasons = 8;
 // How a connector session ended (ConnectResult::Kind): connected, deferred, failed.
 inline constexpr size_t kSessionResults = 3;
-// Slot-wait time buckets (rule 8 waits), upper bounds in nanoseconds; one more above them.
+// Slot-wait time buckets (docs/DESIGN.md §1 rule 8 waits), upper bounds in nanoseconds; one more above them.
 inline constexpr std::array<int64_t, 8> kWaitBoundsNanos = {
     1'000'000,   10'000'000,    100'000'000,    500'000'000,
     1'000'000'000, 5'000'000'000, 30'000'000'000, 120'000'000'000};
@@ -42,7 +42,7 @@ class SelectorStats {
   // An Acquire answered "deferred" for `reason` (a DeferReason value).
   void CountDeferral(size_t reason) { Mine().deferrals[reason].fetch_add(1, kRelaxed); }
   // A connector session ended with `result` (a ConnectResult::Kind value); `waited_nanos`
-  // is the time it spent waiting for a slot (rule 8), or -1 if it never waited.
+  // is the time it spent waiting for a slot (docs/DESIGN.md §1 rule 8), or -1 if it never waited.
   void CountSession(size_t result, int64_t waited_nanos);
 
   struct Totals {

@@ -1,4 +1,4 @@
-// DESIGN §8: the statistics the Selector and HostState keep for the admin library's metrics.
+// docs/DESIGN.md §8: the statistics the Selector and HostState keep for the admin library's metrics.
 #include "mxsched/scheduler/stats.h"
 
 #include <thread>
