@@ -1,4 +1,4 @@
-// Eviction under churn (DESIGN §5): 10,000,000 distinct domains pass through one selector,
+// Eviction under churn (docs/DESIGN.md §5): 10,000,000 distinct domains pass through one selector,
 // each used once (Acquire + Release), with domain_idle_timeout = 10 s and a manual clock
 // advancing 1 s per 100,000 domains — so about 1,000,000 domains are live (not yet idle)
 // at any time. Prints resident domains and the process RSS every 500,000 domains: with

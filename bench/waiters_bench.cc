@@ -1,4 +1,4 @@
-// The cost of a release that hands its slot to a waiter (DESIGN §5), as the number of
+// The cost of a release that hands its slot to a waiter (docs/DESIGN.md §5), as the number of
 // waiters grows: 10,000 hosts (limit 1 each, all held), 10,000 domains (domain i routes to
 // host i), and W waiters spread evenly over the domains (W/10,000 per host). One iteration
 // = release the lease on one host (handed to that host's oldest waiter) + that waiter

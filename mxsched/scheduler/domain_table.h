@@ -6,7 +6,7 @@
 // epoch::EpochGuard lasts; beyond that only while the entry cannot be evicted (it has a
 // connection or a waiter: `active` > 0 or `tickets` > 0).
 //
-// Eviction (DESIGN §5): EvictIdle claims an idle entry by CAS of `active` from 0 to kDead,
+// Eviction (docs/DESIGN.md §5): EvictIdle claims an idle entry by CAS of `active` from 0 to kDead,
 // backs off if a waiter registered meanwhile (`tickets`), unlinks it (a tombstone slot) and
 // retires it through epoch.h; its memory goes back to the shard's free list after every
 // reader that might hold it has left. A reader that finds `active` < 0 must look the name

@@ -209,7 +209,7 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
                       std::memory_order_relaxed);
   });
   // Each new domain pays for sweeping a few slots of its shard, so idle domains leave at
-  // the rate new ones come and memory levels off (DESIGN §5), without a background thread.
+  // the rate new ones come and memory levels off (docs/DESIGN.md §5), without a background thread.
   if (created) domains_.EvictIdleNear(hash, kEvictSlotsPerInsert, IdlePredicate(now));
   return entry;
 }

@@ -37,7 +37,7 @@
 //
 // Lifetime: the Selector must outlive every Lease it hands out. A domain entry (128 bytes +
 // table slot + snapshot) stays resident while it has a connection or a waiter, and until it
-// has been idle for domain_idle_timeout (then it is evicted: DESIGN §5).
+// has been idle for domain_idle_timeout (then it is evicted: docs/DESIGN.md §5).
 #ifndef MXSCHED_SCHEDULER_SELECTOR_H_
 #define MXSCHED_SCHEDULER_SELECTOR_H_
 

@@ -871,7 +871,7 @@ TEST(FairHandOff, RefreshWakesWaitersToReplanAgainstNewRoutes) {
 namespace mxsched {
 namespace {
 
-// --- DESIGN §5: eviction of idle domains --------------------------------------------------
+// --- docs/DESIGN.md §5: eviction of idle domains --------------------------------------------------
 
 constexpr char kIdle[] = R"(
   routes = ( "127.0.5.1" )
