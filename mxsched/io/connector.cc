@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -106,6 +107,12 @@ struct Connector::Session {
   // A slot is held (from Acquire, or handed over by the selector to this waiter).
   void Start(Lease l) {
     lease = std::move(l);
+    if (connector->options_.cluster != nullptr) return ClusterStep();
+    Open();
+  }
+
+  // The host and domain are free here (and fleet-wide, with cluster limits): connect.
+  void Open() {
     ++attempts;
     attempt_start = NowNanos();
     // Per attempt, from the configuration in force now (a reload applies to the next one).
@@ -201,6 +208,7 @@ struct Connector::Session {
     r.kind = ConnectResult::Kind::kConnected;
     r.fd = std::exchange(fd, -1);
     r.lease = std::move(lease);
+    r.cluster_lease = std::move(cluster_lease);
     r.greeting = parser.Summary();
     r.last_outcome = Outcome::kConnected;
     Finish(std::move(r));
@@ -265,6 +273,97 @@ struct Connector::Session {
     if (fd >= 0) close(fd);
     fd = -1;
     lease.Release();  // after the socket is closed: the host never sees limit + 1
+    cluster_lease.Release();
+  }
+
+  // --- cluster-wide limits (DESIGN §7) --------------------------------------------------
+  struct ClusterWait : ClusterWaiter {
+    explicit ClusterWait(Session* s) : session(s) {}
+    void ClusterWake() override { session->OnClusterWoken(); }
+    Session* session;
+  };
+  ClusterWait cluster_waiter{this};
+  std::string cluster_id;
+  ClusterLease cluster_lease;
+  std::vector<Endpoint> cluster_full_hosts;  // hosts the fleet had full, this session
+  bool cluster_queue = false;    // next acquire joins the queue (waits) if full
+  bool cluster_waiting = false;  // queued, to be woken by the ClusterClient
+  static constexpr size_t kClusterHostTries = 3;
+
+  bool MayWait() const { return connector->options_.slot_wait_ms > 0 && !slot_wait_expired; }
+
+  void ClusterStep() {
+    ClusterClient* cc = connector->options_.cluster;
+    if (cluster_id.empty()) cluster_id = cc->NewId();
+    std::vector<ClusterKey> keys;
+    bool has_host_key = false;
+    if (lease.host().limit() != kUnlimited) {
+      keys.push_back({cc->limits().HostKey(lease.endpoint()), lease.host().limit()});
+      has_host_key = true;
+    }
+    const int32_t domain_limit = connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
+    if (domain_limit != kUnlimited) keys.push_back({cc->limits().DomainKey(domain), domain_limit});
+    if (keys.empty()) return Open();
+    const Endpoint endpoint = lease.endpoint();
+    const bool seen = std::find(cluster_full_hosts.begin(), cluster_full_hosts.end(),
+                                endpoint) != cluster_full_hosts.end();
+    ClusterWaiter* w = MayWait() && (cluster_queue || seen) ? &cluster_waiter : nullptr;
+    ++pending;
+    cc->Acquire(cluster_id, std::move(keys), w,
+                [this, w, endpoint, has_host_key](ClusterClient::Result res) {
+                  --pending;
+                  OnClusterVerdict(std::move(res), w != nullptr, endpoint, has_host_key);
+                });
+  }
+
+  void OnClusterVerdict(ClusterClient::Result res, bool queued, const Endpoint& endpoint,
+                        bool has_host_key) {
+    using V = ClusterClient::Verdict;
+    if (res.verdict == V::kGranted) {
+      cluster_lease = std::move(res.lease);
+      if (finished) return CloseAttempt(), MaybeDelete();
+      return Open();
+    }
+    lease.Release();  // the local slot is no use without the fleet's
+    if (finished) return MaybeDelete();
+    if (res.verdict == V::kClosed) {
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = DeferReason::kTempFailure;
+      r.reason = "451 4.4.3 cluster limits unavailable (Redis unreachable, "
+                 "cluster_failure_mode = closed)";
+      return Finish(std::move(r));
+    }
+    const bool host_full = has_host_key && (res.full_mask & 1);
+    const bool domain_full = res.full_mask & (has_host_key ? 2u : 1u);
+    if (queued) {
+      cluster_waiting = true;
+      if (!slot_timer_armed && !slot_wait_expired) {
+        slot_timer_armed = true;
+        slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
+        io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
+      }
+      return;  // ClusterClient wakes us: a release, or the re-check
+    }
+    if (!MayWait()) {
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = domain_full ? DeferReason::kDomainLimit : DeferReason::kHostsAtLimit;
+      r.reason = StrCat("451 4.4.5 cluster-wide limit reached on ",
+                        domain_full ? StrCat("domain ", domain) : endpoint.ToString());
+      return Finish(std::move(r));
+    }
+    // Another host of the domain may have room fleet-wide (the selector's rotation moves
+    // on); after a few, or when the domain itself is full, join the queue.
+    if (host_full && !domain_full) cluster_full_hosts.push_back(endpoint);
+    if (domain_full || cluster_full_hosts.size() >= kClusterHostTries) cluster_queue = true;
+    Attempt();
+  }
+
+  void OnClusterWoken() {  // on the loop thread, from the ClusterClient
+    cluster_waiting = false;
+    if (!finished) return Attempt();
+    MaybeDelete();
   }
 
   bool dns_wait_expired = false;
@@ -354,6 +453,11 @@ struct Connector::Session {
       EndSlotWait();
       if (!finished) return Attempt();  // one last try, then deferred
     }
+    if (cluster_waiting) {
+      connector->options_.cluster->Unwait(cluster_id);
+      cluster_waiting = false;
+      if (!finished) return Attempt();  // one last try (keeping its place), then deferred
+    }
     MaybeDelete();  // (if already woken, the queued wake-up continues the session)
   }
 
@@ -369,6 +473,11 @@ struct Connector::Session {
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&dns_timer_done), 0);
       Loop::SetCompletion(sqe, nullptr);
     }
+    if (!cluster_id.empty()) {
+      if (cluster_waiting) connector->options_.cluster->Unwait(cluster_id);
+      cluster_waiting = false;
+      connector->options_.cluster->Forget(cluster_id);  // leave every queue joined
+    }
     r.attempts = attempts;
     r.busy_replies = busy_replies;
     const int64_t now = NowNanos();
@@ -383,7 +492,9 @@ struct Connector::Session {
   }
 
   void MaybeDelete() {
-    if (finished && pending == 0 && !waiting_dns && !slot_waiting) delete this;
+    if (finished && pending == 0 && !waiting_dns && !slot_waiting && !cluster_waiting) {
+      delete this;
+    }
   }
 
   MemberCompletion<Session, &Session::OnSocket> socket_done{this};

@@ -26,6 +26,9 @@
 // While a domain's DNS is still resolving, sessions wait (woken by OnRoutesChanged(), no
 // polling) up to dns_wait_ms, then end as deferred.
 //
+// With ConnectorOptions::cluster, a cluster-wide slot (host and domain limits across every
+// worker process) is taken after the selector's and before the socket (DESIGN §7).
+//
 // Thread-safety: REQUIRES external synchronization — a Connector belongs to its Loop's
 // thread. Several connectors (one per thread) may share one Selector.
 #ifndef MXSCHED_IO_CONNECTOR_H_
@@ -39,6 +42,7 @@
 #include <vector>
 
 #include "mxsched/base/mutex.h"
+#include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/selector.h"
@@ -63,6 +67,9 @@ struct ConnectResult {
   int fd = -1;
   Lease lease;
   std::string greeting;  // "220 mx.example ESMTP ..." (first line)
+  // With cluster limits: the fleet-wide part of the slot, refreshed while held. Release it
+  // with `lease`, on this connector's loop thread.
+  ClusterLease cluster_lease;
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
 static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
@@ -79,6 +86,12 @@ struct ConnectorOptions {
   // moment one frees (docs/DESIGN.md §5), no polling — instead of ending as deferred at once.
   // 0: defer at once.
   int slot_wait_ms = 0;
+  // Cluster-wide limits (DESIGN §7), borrowed; must outlive the connector and every
+  // ClusterLease it hands out, on the same loop. After the selector picks a host, the
+  // session takes the host's (if it has a Host limit) and the domain's cluster slot —
+  // one Redis round trip — before connecting. At a cluster limit it waits like at a local
+  // one (slot_wait_ms), queued in Redis and woken by the release that frees a slot.
+  ClusterClient* cluster = nullptr;
 };
 
 class Connector {

@@ -1,0 +1,621 @@
+#include "mxsched/io/cluster_limits.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "mxsched/base/strings.h"
+
+namespace mxsched::io {
+namespace {
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+constexpr int64_t kMs = 1'000'000;
+constexpr int kTickMs = 100;
+constexpr int kProbeMs = 500;
+constexpr size_t kMaxOwed = 100'000;
+
+// KEYS: per limit key K, three keys: K (leases), K:w (waiters by wait start), K:wx (waiter
+// expiry). ARGV: id, lease_ms, wait (0/1), waiter_ttl_ms, then one limit per key.
+// Returns {1, 0, counts...} when every key had room (lease added to each), else
+// {0, full_mask, counts...} (bit i-1 set when key i was full; with wait=1 the id queued
+// there, keeping its place if already queued). A key has room for `id` when its live leases
+// plus the waiters queued ahead of `id` (all of them, if `id` is not queued) are below the
+// limit: a freed slot goes to the longest waiter, not to whoever asks first.
+constexpr char kAcquireLua[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+local lease_ms = tonumber(ARGV[2])
+local n = #KEYS / 3
+local counts, full, mask = {}, {}, 0
+for i = 1, n do
+  local L, W, WX = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+  local gone = redis.call('ZRANGEBYSCORE', WX, '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREM', W, unpack(gone))
+    redis.call('ZREM', WX, unpack(gone))
+  end
+  local c = redis.call('ZCARD', L)
+  local ahead = redis.call('ZRANK', W, id)
+  if not ahead then ahead = redis.call('ZCARD', W) end
+  counts[i] = c
+  if c + ahead >= tonumber(ARGV[4 + i]) then
+    full[i] = true
+    mask = mask + 2 ^ (i - 1)
+  end
+end
+if mask == 0 then
+  for i = 1, n do
+    redis.call('ZADD', KEYS[3*i-2], now + lease_ms, id)
+    redis.call('PEXPIRE', KEYS[3*i-2], lease_ms + 60000)
+    redis.call('ZREM', KEYS[3*i-1], id)
+    redis.call('ZREM', KEYS[3*i], id)
+    counts[i] = counts[i] + 1
+  end
+  return {1, 0, unpack(counts)}
+end
+if ARGV[3] == '1' then
+  local ttl = tonumber(ARGV[4])
+  for i = 1, n do
+    if full[i] then
+      redis.call('ZADD', KEYS[3*i-1], 'NX', now, id)
+      redis.call('ZADD', KEYS[3*i], now + ttl, id)
+      redis.call('PEXPIRE', KEYS[3*i-1], ttl + 60000)
+      redis.call('PEXPIRE', KEYS[3*i], ttl + 60000)
+    end
+  end
+end
+return {0, mask, unpack(counts)}
+)lua";
+
+// KEYS: triples as above. ARGV: id, channel prefix, then one limit per key. Drops `id`'s
+// lease and its places in the queues; where a queue is not empty, publishes to the clients
+// owning the longest waiters, one message per free slot, each naming its waiter (a client
+// that is gone — PUBLISH reaches nobody — loses its waiter's place). Returns how many woke.
+constexpr char kReleaseLua[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+local woke = 0
+for i = 1, #KEYS / 3 do
+  local L, W, WX = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
+  redis.call('ZREM', L, id)
+  if redis.call('ZREM', W, id) == 1 then redis.call('ZREM', WX, id) end
+  if redis.call('EXISTS', W) == 1 then
+    local gone = redis.call('ZRANGEBYSCORE', WX, '-inf', now)
+    if #gone > 0 then
+      redis.call('ZREM', W, unpack(gone))
+      redis.call('ZREM', WX, unpack(gone))
+    end
+    redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+    local free = tonumber(ARGV[2 + i]) - redis.call('ZCARD', L)
+    if free > 0 then
+      for _, w in ipairs(redis.call('ZRANGE', W, 0, free - 1)) do
+        local client = string.match(w, '^(.*):')
+        if client and redis.call('PUBLISH', ARGV[2] .. client, w) > 0 then
+          woke = woke + 1
+        else
+          redis.call('ZREM', W, w)
+          redis.call('ZREM', WX, w)
+        end
+      end
+    end
+  end
+end
+return woke
+)lua";
+
+// KEYS: the workers set, then lease keys. ARGV: worker id, lease_ms, then per lease key the
+// ids this client holds there, comma-separated. Heartbeats the worker, renews every lease —
+// adding back any Redis lost (a restart) — and returns {live workers, leases added back}.
+constexpr char kRefreshLua[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease_ms = tonumber(ARGV[2])
+local exp = now + lease_ms
+redis.call('ZADD', KEYS[1], exp, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease_ms + 60000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local added = 0
+for i = 2, #KEYS do
+  for id in string.gmatch(ARGV[i + 1], '[^,]+') do
+    added = added + redis.call('ZADD', KEYS[i], exp, id)
+  end
+  redis.call('PEXPIRE', KEYS[i], lease_ms + 60000)
+end
+return {redis.call('ZCARD', KEYS[1]), added}
+)lua";
+
+// KEYS: one lease key. Live leases on it, by the Redis clock.
+constexpr char kCountLua[] = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+)lua";
+
+std::string RandomHex() {
+  std::random_device rd;
+  const uint64_t v = (uint64_t{rd()} << 32) ^ rd();
+  char buf[17];
+  snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::vector<std::string> Triples(const std::vector<ClusterKey>& keys) {
+  std::vector<std::string> out;
+  for (const ClusterKey& k : keys) {
+    out.push_back(k.key);
+    out.push_back(k.key + ":w");
+    out.push_back(k.key + ":wx");
+  }
+  return out;
+}
+
+bool HasKey(const std::vector<ClusterKey>& keys, const std::string& key) {
+  for (const ClusterKey& k : keys) {
+    if (k.key == key) return true;
+  }
+  return false;
+}
+
+absl::Status ReplyStatus(const absl::StatusOr<RedisReply>& r) {
+  if (!r.ok()) return r.status();
+  if (r->is_error()) return absl::UnavailableError(StrCat("Redis: ", r->str));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string_view ClusterFailureModeName(ClusterFailureMode m) {
+  switch (m) {
+    case ClusterFailureMode::kShare: return "share";
+    case ClusterFailureMode::kClosed: return "closed";
+    case ClusterFailureMode::kOpen: return "open";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------
+// ClusterLimits
+
+ClusterLimits::ClusterLimits(ClusterOptions options)
+    : options_(std::move(options)), tag_(StrCat("{", options_.name, "}")),
+      worker_id_(RandomHex()) {}
+
+std::string ClusterLimits::NewClientId() {
+  return StrCat(worker_id_, ".", next_client_.fetch_add(1, std::memory_order_relaxed));
+}
+
+std::string ClusterLimits::HostKey(const Endpoint& e) const {
+  return StrCat(tag_, ":h:", e.ToString());
+}
+
+std::string ClusterLimits::DomainKey(std::string_view domain) const {
+  return StrCat(tag_, ":d:", ToLower(domain));
+}
+
+void ClusterLimits::ReportFailure(const absl::Status& why) {
+  if (degraded_.exchange(true, std::memory_order_acq_rel)) return;
+  degraded_since_.store(NowNanos(), std::memory_order_release);
+  stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
+  fprintf(stderr,
+          "mxsched: cluster limits: Redis %s unreachable (%s); cluster_failure_mode = %s until "
+          "it answers (%lld live workers last seen)\n",
+          options_.redis.ToString().c_str(), std::string(why.message()).c_str(),
+          std::string(ClusterFailureModeName(options_.failure_mode)).c_str(),
+          static_cast<long long>(live_workers()));
+}
+
+void ClusterLimits::ReportRecovered() {
+  if (!degraded_.exchange(false, std::memory_order_acq_rel)) return;
+  stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
+  recovery_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  fprintf(stderr, "mxsched: cluster limits: Redis %s answers again; limits shared again\n",
+          options_.redis.ToString().c_str());
+}
+
+bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
+  const bool share = options_.failure_mode == ClusterFailureMode::kShare;
+  const int64_t workers = std::max<int64_t>(1, live_workers());
+  const bool fresh = NowNanos() - degraded_since_.load(std::memory_order_acquire) <
+                     int64_t{options_.lease_seconds} * 1'000'000'000;
+  MutexLock lock(&mu_);
+  for (const ClusterKey& k : keys) {
+    const KeyHolding& h = held_[k.key];
+    int64_t allowed = k.limit;
+    if (share) {
+      allowed = std::max<int64_t>(1, k.limit / workers);
+      // Right after the switch the others may still hold what they held: do not add to a
+      // key the fleet had full (their leases would have expired by lease_seconds).
+      if (fresh && h.here + h.others_seen >= k.limit) return false;
+    }
+    if (h.here >= allowed) return false;
+  }
+  for (const ClusterKey& k : keys) ++held_[k.key].here;
+  return true;
+}
+
+void ClusterLimits::AddHeld(const std::vector<ClusterKey>& keys,
+                            const std::vector<int64_t>& counts) {
+  MutexLock lock(&mu_);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    KeyHolding& h = held_[keys[i].key];
+    ++h.here;
+    if (i < counts.size()) h.others_seen = std::max<int64_t>(0, counts[i] - h.here);
+  }
+}
+
+void ClusterLimits::RemoveHeld(const std::vector<ClusterKey>& keys) {
+  MutexLock lock(&mu_);
+  for (const ClusterKey& k : keys) {
+    auto it = held_.find(k.key);
+    if (it != held_.end() && it->second.here > 0) --it->second.here;
+  }
+}
+
+int64_t ClusterLimits::Held(const std::string& key) const {
+  MutexLock lock(&mu_);
+  auto it = held_.find(key);
+  return it == held_.end() ? 0 : it->second.here;
+}
+
+// ---------------------------------------------------------------------------------------
+// ClusterLease
+
+ClusterLease& ClusterLease::operator=(ClusterLease&& o) noexcept {
+  if (this != &o) {
+    Release();
+    client_ = std::exchange(o.client_, nullptr);
+    handle_ = std::exchange(o.handle_, 0);
+  }
+  return *this;
+}
+
+void ClusterLease::Release() {
+  if (client_ == nullptr) return;
+  std::exchange(client_, nullptr)->Release(handle_);
+}
+
+// ---------------------------------------------------------------------------------------
+// ClusterClient
+
+struct ClusterClient::Script {
+  const char* body;
+  size_t index;
+};
+namespace {
+const struct {
+  const char* body;
+} kScripts[] = {{kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}};
+enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3 };
+}  // namespace
+
+ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits)
+    : loop_(loop), limits_(std::move(limits)), client_id_(limits_->NewClientId()),
+      cmd_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}),
+      sub_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}) {
+  shas_.resize(std::size(kScripts));
+  for (size_t i = 0; i < std::size(kScripts); ++i) {
+    limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
+    cmd_.Command({"SCRIPT", "LOAD", kScripts[i].body}, [this, i](absl::StatusOr<RedisReply> r) {
+      if (r.ok() && r->type == RedisReply::Type::kString) shas_[i] = r->str;
+    });
+  }
+  sub_.Subscribe(limits_->ChannelPrefix() + client_id_,
+                 [this](std::string_view, std::string_view waiter) {
+                   Wake(std::string(waiter), /*by_publish=*/true);
+                 });
+  seen_epoch_ = limits_->recovery_epoch();
+  Refresh();  // heartbeat now: the live-worker count share mode needs
+  ArmTick();
+}
+
+ClusterClient::~ClusterClient() {
+  destroying_ = true;
+  // Releases already sent: let them reach Redis, so the fleet sees the slots free now
+  // rather than at lease expiry.
+  const int rounds = limits_->options().timeout_ms / 10 + 1;
+  for (int i = 0; i < rounds && cmd_.pending() > 0; ++i) loop_->RunOnce(10);
+  if (tick_armed_) {
+    io_uring_sqe* sqe = loop_->Sqe();
+    io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&tick_done_), 0);
+    Loop::SetCompletion(sqe, nullptr);
+  }
+  for (int i = 0; i < 200 && tick_armed_; ++i) loop_->RunOnce(10);
+}
+
+std::string ClusterClient::NewId() { return StrCat(client_id_, ":", ++next_id_); }
+
+void ClusterClient::Eval(const Script& s, std::vector<std::string> keys,
+                         std::vector<std::string> args, RedisConnection::ReplyFn fn) {
+  std::vector<std::string> argv;
+  argv.reserve(3 + keys.size() + args.size());
+  const std::string& sha = shas_[s.index];
+  argv.push_back(sha.empty() ? "EVAL" : "EVALSHA");
+  argv.push_back(sha.empty() ? std::string(s.body) : sha);
+  argv.push_back(StrCat(keys.size()));
+  for (auto& k : keys) argv.push_back(std::move(k));
+  for (auto& a : args) argv.push_back(std::move(a));
+  limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
+  if (sha.empty()) return cmd_.Command(std::move(argv), std::move(fn));
+  std::vector<std::string> again = argv;  // for a NOSCRIPT retry
+  cmd_.Command(std::move(argv), [this, s, again = std::move(again),
+                                 fn = std::move(fn)](absl::StatusOr<RedisReply> r) mutable {
+    if (r.ok() && r->is_error() && r->str.rfind("NOSCRIPT", 0) == 0) {
+      // Redis restarted (or SCRIPT FLUSH): run the body, which caches it again.
+      limits_->stats().noscript.fetch_add(1, std::memory_order_relaxed);
+      limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
+      again[0] = "EVAL";
+      again[1] = s.body;
+      return cmd_.Command(std::move(again), std::move(fn));
+    }
+    fn(std::move(r));
+  });
+}
+
+void ClusterClient::OnFailure(const absl::Status& s) {
+  limits_->stats().redis_errors.fetch_add(1, std::memory_order_relaxed);
+  limits_->ReportFailure(s);
+}
+
+void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
+                            ClusterWaiter* waiter, Done done) {
+  if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
+  if (limits_->degraded()) return DecideLocally(id, std::move(keys), waiter, std::move(done));
+  Decide(id, std::move(keys), waiter, std::move(done));
+}
+
+void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
+                           ClusterWaiter* waiter, Done done) {
+  const ClusterOptions& o = limits_->options();
+  std::vector<std::string> args = {id, StrCat(int64_t{o.lease_seconds} * 1000),
+                                   waiter != nullptr ? "1" : "0", StrCat(o.waiter_ttl_ms)};
+  for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
+  Eval(Script{kScripts[kAcquire].body, kAcquire}, Triples(keys), std::move(args),
+       [this, id, keys, waiter, done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
+         if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
+                                              r->elements.size() < 2 + keys.size()) {
+           OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
+           return DecideLocally(id, std::move(keys), waiter, std::move(done));
+         }
+         std::vector<int64_t> counts;
+         for (size_t i = 2; i < r->elements.size(); ++i) counts.push_back(r->elements[i].integer);
+         const int64_t mask = r->elements[1].integer;
+         auto it = waiting_.find(id);
+         if (r->elements[0].integer == 1) {
+           if (it != waiting_.end()) {
+             // Queued elsewhere earlier (another host of the domain): give those places up.
+             std::vector<ClusterKey> other;
+             for (ClusterKey& k : it->second.queued) {
+               if (!HasKey(keys, k.key)) other.push_back(std::move(k));
+             }
+             waiting_.erase(it);
+             if (!other.empty()) SendRelease(id, other);
+           }
+           const uint64_t h = next_handle_++;
+           limits_->AddHeld(keys, counts);
+           limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
+           leases_[h] = LeaseRec{id, std::move(keys)};
+           Result res{Verdict::kGranted, ClusterLease(this, h)};
+           return done(std::move(res));
+         }
+         Result res{Verdict::kFull, ClusterLease()};
+         res.full_mask = static_cast<uint32_t>(mask);
+         if (waiter != nullptr && it != waiting_.end()) {
+           WaitRec& w = it->second;
+           for (size_t i = 0; i < keys.size(); ++i) {
+             if (((mask >> i) & 1) && !HasKey(w.queued, keys[i].key)) w.queued.push_back(keys[i]);
+           }
+           const int64_t now = NowNanos();
+           if (w.since == 0) {
+             w.since = now;
+             limits_->stats().waits.fetch_add(1, std::memory_order_relaxed);
+           }
+           w.local = false;
+           w.waiter = waiter;
+           w.recheck_at = now + int64_t{limits_->options().recheck_ms} * kMs;
+         }
+         done(std::move(res));
+       });
+}
+
+void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey> keys,
+                                  ClusterWaiter* waiter, Done done) {
+  if (limits_->options().failure_mode == ClusterFailureMode::kClosed) {
+    if (waiter != nullptr) Forget(id);
+    return done(Result{Verdict::kClosed, ClusterLease()});
+  }
+  if (limits_->TryTakeLocal(keys)) {
+    auto it = waiting_.find(id);
+    if (it != waiting_.end() && it->second.queued.empty()) waiting_.erase(it);
+    const uint64_t h = next_handle_++;
+    limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
+    limits_->stats().local_leases.fetch_add(1, std::memory_order_relaxed);
+    leases_[h] = LeaseRec{id, std::move(keys)};
+    return done(Result{Verdict::kGranted, ClusterLease(this, h)});
+  }
+  if (waiter != nullptr) {
+    WaitRec& w = waiting_[id];
+    const int64_t now = NowNanos();
+    if (w.since == 0) {
+      w.since = now;
+      limits_->stats().waits.fetch_add(1, std::memory_order_relaxed);
+    }
+    w.local = true;
+    w.waiter = waiter;
+    w.recheck_at = now + int64_t{limits_->options().recheck_ms} * kMs;
+    w.queued = keys;  // for the local wake-up on release (no Redis queue in this mode)
+  }
+  Result res{Verdict::kFull, ClusterLease()};
+  res.full_mask = (1u << keys.size()) - 1;  // not known which: treat all as full
+  done(std::move(res));
+}
+
+void ClusterClient::Wake(const std::string& id, bool by_publish) {
+  auto it = waiting_.find(id);
+  if (it == waiting_.end()) return;
+  WaitRec& w = it->second;
+  if (w.waiter == nullptr) return;  // not waiting right now (or the reply is still coming)
+  ClusterWaiter* waiter = std::exchange(w.waiter, nullptr);
+  const int64_t now = NowNanos();
+  limits_->stats().wait_nanos.fetch_add(now - w.since, std::memory_order_relaxed);
+  w.since = 0;
+  if (by_publish) limits_->stats().wakeups.fetch_add(1, std::memory_order_relaxed);
+  waiter->ClusterWake();
+}
+
+void ClusterClient::Unwait(const std::string& id) {
+  auto it = waiting_.find(id);
+  if (it == waiting_.end() || it->second.waiter == nullptr) return;
+  limits_->stats().wait_nanos.fetch_add(NowNanos() - it->second.since, std::memory_order_relaxed);
+  it->second.since = 0;
+  it->second.waiter = nullptr;
+}
+
+void ClusterClient::Forget(const std::string& id) {
+  auto it = waiting_.find(id);
+  if (it == waiting_.end()) return;
+  if (it->second.waiter != nullptr) {
+    limits_->stats().wait_nanos.fetch_add(NowNanos() - it->second.since,
+                                          std::memory_order_relaxed);
+  }
+  std::vector<ClusterKey> queued = std::move(it->second.queued);
+  const bool local = it->second.local;
+  waiting_.erase(it);
+  if (!queued.empty() && !local) SendRelease(id, queued);
+}
+
+void ClusterClient::Release(uint64_t handle) {
+  auto it = leases_.find(handle);
+  if (it == leases_.end()) return;
+  LeaseRec rec = std::move(it->second);
+  leases_.erase(it);
+  limits_->RemoveHeld(rec.keys);
+  SendRelease(rec.id, rec.keys);
+  if (limits_->degraded()) {
+    // No publish while Redis is away: wake the longest local waiter on these keys.
+    std::string best;
+    int64_t best_since = INT64_MAX;
+    for (auto& [wid, w] : waiting_) {
+      if (w.waiter == nullptr || !w.local || w.since >= best_since) continue;
+      for (const ClusterKey& k : rec.keys) {
+        if (HasKey(w.queued, k.key)) {
+          best = wid;
+          best_since = w.since;
+          break;
+        }
+      }
+    }
+    if (!best.empty()) Wake(best, false);
+  }
+}
+
+void ClusterClient::SendRelease(const std::string& id, const std::vector<ClusterKey>& keys) {
+  if (limits_->degraded()) {
+    // Owed until Redis answers again (it may still hold the lease, for lease_seconds).
+    if (owed_.size() < kMaxOwed) owed_.push_back(LeaseRec{id, keys});
+    return;
+  }
+  std::vector<std::string> args = {id, limits_->ChannelPrefix()};
+  for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
+  Eval(Script{kScripts[kRelease].body, kRelease}, Triples(keys), std::move(args),
+       [this, id, keys](absl::StatusOr<RedisReply> r) {
+         if (absl::Status s = ReplyStatus(r); !s.ok()) {
+           OnFailure(s);
+           if (owed_.size() < kMaxOwed) owed_.push_back(LeaseRec{id, keys});
+         }
+       });
+}
+
+void ClusterClient::Refresh() {
+  if (refresh_in_flight_) return;
+  const ClusterOptions& o = limits_->options();
+  std::vector<std::string> keys = {limits_->WorkersKey()};
+  std::vector<std::string> args = {limits_->worker_id(), StrCat(int64_t{o.lease_seconds} * 1000)};
+  absl::flat_hash_map<std::string, size_t> index;
+  for (const auto& [h, rec] : leases_) {
+    for (const ClusterKey& k : rec.keys) {
+      auto [it, fresh] = index.try_emplace(k.key, keys.size());
+      if (fresh) {
+        keys.push_back(k.key);
+        args.emplace_back();
+      }
+      std::string& ids = args[it->second + 1];
+      if (!ids.empty()) ids += ',';
+      ids += rec.id;
+    }
+  }
+  refresh_in_flight_ = true;
+  const int64_t now = NowNanos();
+  next_refresh_ = now + int64_t{o.lease_seconds} * 1000 * kMs / 3;
+  next_probe_ = now + int64_t{kProbeMs} * kMs;
+  Eval(Script{kScripts[kRefresh].body, kRefresh}, std::move(keys), std::move(args),
+       [this](absl::StatusOr<RedisReply> r) {
+         refresh_in_flight_ = false;
+         if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 2) {
+           if (s.ok()) s = absl::InternalError("refresh: unexpected reply");
+           return OnFailure(s);
+         }
+         limits_->SetLiveWorkers(r->elements[0].integer);
+         limits_->stats().refreshes.fetch_add(1, std::memory_order_relaxed);
+         limits_->stats().reregistered.fetch_add(r->elements[1].integer,
+                                                 std::memory_order_relaxed);
+         if (limits_->degraded()) {
+           limits_->ReportRecovered();
+           seen_epoch_ = limits_->recovery_epoch();
+         }
+         // Releases that could not be sent while Redis was away.
+         std::vector<LeaseRec> owed;
+         owed.swap(owed_);
+         for (const LeaseRec& rec : owed) SendRelease(rec.id, rec.keys);
+       });
+}
+
+void ClusterClient::CountKey(const std::string& key,
+                             std::function<void(absl::StatusOr<int64_t>)> done) {
+  Eval(Script{kScripts[kCount].body, kCount}, {key}, {},
+       [done = std::move(done)](absl::StatusOr<RedisReply> r) {
+         if (absl::Status s = ReplyStatus(r); !s.ok()) return done(s);
+         done(r->integer);
+       });
+}
+
+void ClusterClient::ArmTick() {
+  if (tick_armed_ || destroying_) return;
+  tick_ts_ = {0, kTickMs * kMs};
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_timeout(sqe, &tick_ts_, 0, 0);
+  Loop::SetCompletion(sqe, &tick_done_);
+  tick_armed_ = true;
+}
+
+void ClusterClient::OnTick(int, uint32_t) {
+  tick_armed_ = false;
+  if (destroying_) return;
+  const int64_t now = NowNanos();
+  sub_.Tick();
+  if (limits_->degraded()) {
+    if (now >= next_probe_) Refresh();  // the probe that brings us back
+  } else if (limits_->recovery_epoch() != seen_epoch_) {
+    // Another client of this process saw Redis back: re-register our leases now too.
+    seen_epoch_ = limits_->recovery_epoch();
+    Refresh();
+  } else if (now >= next_refresh_) {
+    Refresh();
+  }
+  std::vector<std::string> due;
+  for (auto& [id, w] : waiting_) {
+    if (w.waiter != nullptr && now >= w.recheck_at) due.push_back(id);
+  }
+  for (const std::string& id : due) Wake(id, false);
+  ArmTick();
+}
+
+}  // namespace mxsched::io

@@ -1,0 +1,254 @@
+// Cluster-wide limits: per-host and per-domain max_outbound_connections shared by every
+// worker process that uses the same Redis and cluster_name (DESIGN §7).
+//
+//   ClusterLimits  one per process: options, worker id, the process's own count of slots
+//                  held per key, the failure mode (normal or degraded) and the counters.
+//                  Thread-safe.
+//   ClusterClient  one per io_uring Loop (one per Connector): a command connection and a
+//                  subscriber connection to Redis (redis_async.h), the leases its
+//                  connections hold (refreshed before expiry, re-registered after a Redis
+//                  restart), its waiting sessions, and a 100 ms tick for refreshes, the
+//                  heartbeat, waiter re-checks and recovery probes. Loop thread only.
+//   ClusterLease   the cluster part of a connection's slot; releases on destruction.
+//
+// Protocol (all keys hash-tagged `{cluster_name}`, so every script call stays in one Redis
+// Cluster slot): per limit key K a ZSET K of leases (member lease id, score expiry in ms of
+// the Redis server's clock, TIME inside the scripts), a ZSET K:w of waiters (score = when
+// they started waiting: the order slots are handed out in) and K:wx (their expiry). Acquire,
+// release and refresh are Lua scripts run by EVALSHA (EVAL when Redis answers NOSCRIPT,
+// e.g. after a restart). A release publishes only when K has waiters, to the channel of the
+// client owning the longest waiter (CLUSTER_NAME:wake:CLIENT), naming that waiter; idle
+// keys cost no pub/sub traffic. Waiters also re-check every recheck_ms (≤ 1 s), so a lost
+// wake-up or an expired lease of a dead worker only delays.
+//
+// Failure modes (cluster_failure_mode), entered on the first Redis error or timeout and
+// left by the first successful probe (both logged once to stderr and counted):
+//   share   floor(limit / live workers) per process (at least 1), the worker count last
+//           seen in the heartbeat set; a process that held more when Redis went away opens
+//           nothing new on that key until it is below its share — and, for lease_seconds
+//           after the switch, nothing that would pass the limit given the other workers'
+//           holdings last seen.
+//   closed  nothing new is opened (sessions end deferred).
+//   open    the local (per-process) limits only.
+#ifndef MXSCHED_IO_CLUSTER_LIMITS_H_
+#define MXSCHED_IO_CLUSTER_LIMITS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "mxsched/base/endpoint.h"
+#include "mxsched/base/mutex.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/io/redis_async.h"
+
+namespace mxsched::io {
+
+enum class ClusterFailureMode : uint8_t { kShare, kClosed, kOpen };
+std::string_view ClusterFailureModeName(ClusterFailureMode m);
+
+struct ClusterOptions {
+  RedisAddress redis;
+  std::string name = "mxsched";
+  int lease_seconds = 30;  // a dead worker's slots come back within this
+  ClusterFailureMode failure_mode = ClusterFailureMode::kShare;
+  int timeout_ms = 1000;   // per Redis command
+  int recheck_ms = 1000;   // waiters look again at least this often
+  int waiter_ttl_ms = 3000;  // a waiter not seen for this long is dropped from the queue
+};
+
+// One limit a connection counts against: its Redis key and the configured limit.
+struct ClusterKey {
+  std::string key;
+  int32_t limit;
+};
+
+class ClusterLimits {
+ public:
+  explicit ClusterLimits(ClusterOptions options);
+  ClusterLimits(const ClusterLimits&) = delete;
+  ClusterLimits& operator=(const ClusterLimits&) = delete;
+
+  const ClusterOptions& options() const { return options_; }
+  const std::string& worker_id() const { return worker_id_; }
+  std::string NewClientId();  // "WORKER.N", one per ClusterClient
+  std::string HostKey(const Endpoint& e) const;
+  std::string DomainKey(std::string_view domain) const;
+  std::string WorkersKey() const { return tag_ + ":workers"; }
+  std::string ChannelPrefix() const { return options_.name + ":wake:"; }
+
+  bool degraded() const { return degraded_.load(std::memory_order_acquire); }
+  // First failure after normal operation switches to the failure mode (one log line).
+  void ReportFailure(const absl::Status& why);
+  // First success while degraded switches back (one log line).
+  void ReportRecovered();
+  uint64_t recovery_epoch() const { return recovery_epoch_.load(std::memory_order_acquire); }
+
+  // Degraded mode: may this process open one more connection on every key? Takes the
+  // slots if so. The failure mode decides (header comment).
+  bool TryTakeLocal(const std::vector<ClusterKey>& keys);
+  // Redis granted: count the slots here too; `counts` are the cluster-wide counts after.
+  void AddHeld(const std::vector<ClusterKey>& keys, const std::vector<int64_t>& counts);
+  void RemoveHeld(const std::vector<ClusterKey>& keys);
+  int64_t Held(const std::string& key) const;
+  void SetLiveWorkers(int64_t n) { live_workers_.store(n, std::memory_order_relaxed); }
+  int64_t live_workers() const { return live_workers_.load(std::memory_order_relaxed); }
+
+  struct Stats {
+    std::atomic<int64_t> leases{0};          // slots taken (through Redis or locally)
+    std::atomic<int64_t> local_leases{0};    // ... of which decided locally (degraded)
+    std::atomic<int64_t> waits{0};           // times a session waited at a cluster limit
+    std::atomic<int64_t> wait_nanos{0};      // total time spent waiting
+    std::atomic<int64_t> wakeups{0};         // waits ended by a release's publish
+    std::atomic<int64_t> refreshes{0};       // refresh calls (each renews all of a client's)
+    std::atomic<int64_t> reregistered{0};    // leases Redis had lost, added back by refresh
+    std::atomic<int64_t> redis_errors{0};    // failed or timed-out Redis calls
+    std::atomic<int64_t> noscript{0};        // NOSCRIPT answers (script cache lost)
+    std::atomic<int64_t> mode_switches{0};   // normal -> degraded and back
+    std::atomic<int64_t> commands{0};        // commands sent to Redis
+  };
+  Stats& stats() { return stats_; }
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct KeyHolding {
+    int64_t here = 0;
+    int64_t others_seen = 0;  // cluster-wide count minus ours, at our last grant
+  };
+  ClusterOptions options_;
+  std::string tag_;  // "{name}"
+  std::string worker_id_;
+  std::atomic<int> next_client_{0};
+  std::atomic<bool> degraded_{false};
+  std::atomic<uint64_t> recovery_epoch_{0};
+  std::atomic<int64_t> degraded_since_{0};
+  std::atomic<int64_t> live_workers_{0};
+  mutable Mutex mu_;
+  absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
+  Stats stats_;
+};
+
+class ClusterClient;
+
+// The cluster part of a held slot. Move-only; releases on destruction.
+// REQUIRES: used on its ClusterClient's loop thread; the client outlives it.
+class ClusterLease {
+ public:
+  ClusterLease() = default;
+  ClusterLease(ClusterLease&& o) noexcept { *this = std::move(o); }
+  ClusterLease& operator=(ClusterLease&& o) noexcept;
+  ~ClusterLease() { Release(); }
+  bool valid() const { return client_ != nullptr; }
+  // Gives the slots back (after the socket is closed). Idempotent.
+  void Release();
+
+ private:
+  friend class ClusterClient;
+  ClusterLease(ClusterClient* c, uint64_t h) : client_(c), handle_(h) {}
+  ClusterClient* client_ = nullptr;
+  uint64_t handle_ = 0;
+};
+
+// A session waiting at a cluster limit. ClusterWake() runs once on the loop thread.
+class ClusterWaiter {
+ public:
+  virtual ~ClusterWaiter() = default;
+  virtual void ClusterWake() = 0;
+};
+
+class ClusterClient {
+ public:
+  enum class Verdict : uint8_t { kGranted, kFull, kClosed };
+  struct Result {
+    Verdict verdict;
+    ClusterLease lease;  // kGranted
+    uint32_t full_mask = 0;  // kFull via Redis: bit i set when keys[i] was full
+  };
+  using Done = std::function<void(Result)>;
+
+  ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits);
+  // Sends what is still owed to Redis (releases) and waits for it, bounded by timeout_ms.
+  // REQUIRES: no acquire in flight, no waiter registered, every ClusterLease released.
+  ~ClusterClient();
+  ClusterClient(const ClusterClient&) = delete;
+  ClusterClient& operator=(const ClusterClient&) = delete;
+
+  // A fresh id for one session (lease and waiter id).
+  std::string NewId();
+  // Takes a slot on every key, or none. `done` runs on the loop thread, possibly before
+  // Acquire returns (degraded mode, Redis in reconnect backoff). With a `waiter`, kFull
+  // also queues it (in Redis, keeping its place across calls with the same id) and it is
+  // woken once — by a release, or at the re-check. REQUIRES: `waiter` stays valid until
+  // woken or Unwait/Forget.
+  void Acquire(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
+               Done done);
+  // Stops waking `id` (it keeps its place in Redis for a last try).
+  void Unwait(const std::string& id);
+  // `id` is done: drops its places in every queue it joined (here and in Redis).
+  void Forget(const std::string& id);
+
+  ClusterLimits& limits() { return *limits_; }
+  size_t leases() const { return leases_.size(); }
+  size_t waiting() const { return waiting_.size(); }
+  // Cluster-wide count on `key` (ZCOUNT of live leases); for `route` and tests.
+  void CountKey(const std::string& key, std::function<void(absl::StatusOr<int64_t>)> done);
+
+ private:
+  friend class ClusterLease;
+  struct LeaseRec {
+    std::string id;
+    std::vector<ClusterKey> keys;
+  };
+  struct WaitRec {
+    ClusterWaiter* waiter = nullptr;  // null: not to be woken (Unwait), places kept
+    std::vector<ClusterKey> queued;   // keys whose Redis queue holds this id
+    int64_t since = 0;
+    int64_t recheck_at = 0;
+    bool local = false;               // degraded-mode wait (no Redis queue)
+  };
+  struct Script;
+
+  void Release(uint64_t handle);
+  void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
+            RedisConnection::ReplyFn fn);
+  void Decide(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
+              Done done);
+  void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
+                     Done done);
+  void Wake(const std::string& id, bool by_publish);
+  void SendRelease(const std::string& id, const std::vector<ClusterKey>& keys);
+  void Refresh();
+  void OnFailure(const absl::Status& s);
+  void ArmTick();
+  void OnTick(int res, uint32_t flags);
+
+  Loop* loop_;
+  std::shared_ptr<ClusterLimits> limits_;
+  std::string client_id_;
+  uint64_t next_id_ = 0;
+  uint64_t next_handle_ = 1;
+  RedisConnection cmd_;
+  RedisConnection sub_;
+  absl::flat_hash_map<uint64_t, LeaseRec> leases_;
+  absl::flat_hash_map<std::string, WaitRec> waiting_;
+  std::vector<std::string> shas_;
+  std::vector<LeaseRec> owed_;  // releases Redis has not seen yet (it was away)
+  int64_t next_refresh_ = 0;
+  int64_t next_probe_ = 0;
+  uint64_t seen_epoch_ = 0;
+  bool refresh_in_flight_ = false;
+  bool tick_armed_ = false;
+  bool destroying_ = false;
+  __kernel_timespec tick_ts_{};
+  MemberCompletion<ClusterClient, &ClusterClient::OnTick> tick_done_{this};
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_CLUSTER_LIMITS_H_

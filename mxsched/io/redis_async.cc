@@ -1,0 +1,390 @@
+#include "mxsched/io/redis_async.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "mxsched/base/strings.h"
+
+namespace mxsched::io {
+namespace {
+
+int64_t NowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+RedisReply Copy(const redisReply* r) {
+  RedisReply out;
+  switch (r->type) {
+    case REDIS_REPLY_STRING: out.type = RedisReply::Type::kString; break;
+    case REDIS_REPLY_ARRAY: out.type = RedisReply::Type::kArray; break;
+    case REDIS_REPLY_INTEGER: out.type = RedisReply::Type::kInteger; break;
+    case REDIS_REPLY_STATUS: out.type = RedisReply::Type::kStatus; break;
+    case REDIS_REPLY_ERROR: out.type = RedisReply::Type::kError; break;
+    default: out.type = RedisReply::Type::kNil; break;
+  }
+  out.integer = r->integer;
+  if (r->str != nullptr) out.str.assign(r->str, r->len);
+  for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(Copy(r->element[i]));
+  return out;
+}
+
+}  // namespace
+
+std::string RedisAddress::ToString() const {
+  const bool v6 = host.find(':') != std::string::npos;
+  return StrCat("redis://", v6 ? "[" : "", host, v6 ? "]" : "", ":", port,
+                db != 0 ? StrCat("/", db) : "");
+}
+
+absl::StatusOr<RedisAddress> ParseRedisUrl(std::string_view url) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(StrCat("Redis URL \"", Escape(url), "\": ", why,
+                                             " (want redis://HOST:PORT[/DB])"));
+  };
+  constexpr std::string_view kScheme = "redis://";
+  if (url.substr(0, kScheme.size()) != kScheme) return bad("must start with redis://");
+  std::string_view rest = url.substr(kScheme.size());
+  RedisAddress a;
+  std::string_view hostport = rest.substr(0, rest.find('/'));
+  std::string_view path =
+      hostport.size() < rest.size() ? rest.substr(hostport.size() + 1) : std::string_view();
+  if (hostport.find('@') != std::string_view::npos) return bad("credentials are not supported");
+  std::string_view port_text;
+  if (!hostport.empty() && hostport[0] == '[') {
+    const size_t close = hostport.find(']');
+    if (close == std::string_view::npos) return bad("unclosed [ in the host");
+    a.host = std::string(hostport.substr(1, close - 1));
+    std::string_view after = hostport.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return bad("expected :PORT after ]");
+      port_text = after.substr(1);
+    }
+  } else {
+    const size_t colon = hostport.find(':');
+    a.host = std::string(hostport.substr(0, colon));
+    if (colon != std::string_view::npos) port_text = hostport.substr(colon + 1);
+  }
+  if (a.host.empty()) return bad("no host");
+  for (char c : a.host) {
+    if (!IsAlnum(c) && c != '.' && c != '-' && c != ':' && c != '_') return bad("bad host");
+  }
+  if (!port_text.empty() || hostport.find(':') != std::string_view::npos) {
+    uint64_t port = 0;
+    if (!ParseUint(port_text, &port) || port == 0 || port > 65535) {
+      return bad("port must be 1..65535");
+    }
+    a.port = static_cast<uint16_t>(port);
+  }
+  if (!path.empty()) {
+    uint64_t db = 0;
+    if (!ParseUint(path, &db) || db > 1'000'000) return bad("DB must be a number");
+    a.db = static_cast<int>(db);
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------
+// The io_uring event-loop adapter hiredis calls through ac->ev. It outlives the context
+// when a poll is still in the ring at cleanup: it deletes itself when that poll comes back.
+
+struct RedisConnection::Adapter {
+  Adapter(Loop* l, redisAsyncContext* a, std::shared_ptr<int> o)
+      : loop(l), ac(a), fd(a->c.fd), ops(std::move(o)) {}
+  Loop* loop;
+  redisAsyncContext* ac;
+  int fd;
+  std::shared_ptr<int> ops;
+  bool want_read = false, want_write = false;
+  bool armed = false, removing = false, dead = false, in_handler = false;
+  short armed_events = 0;
+
+  static Adapter* Of(void* p) { return static_cast<Adapter*>(p); }
+  static void AddRead(void* p) { Of(p)->want_read = true, Of(p)->Update(); }
+  static void DelRead(void* p) { Of(p)->want_read = false, Of(p)->Update(); }
+  static void AddWrite(void* p) { Of(p)->want_write = true, Of(p)->Update(); }
+  static void DelWrite(void* p) { Of(p)->want_write = false, Of(p)->Update(); }
+  static void Cleanup(void* p) {
+    Adapter* a = Of(p);
+    a->dead = true;
+    a->ac = nullptr;
+    if (a->in_handler) return;  // OnPoll finishes the job
+    if (a->armed) {
+      a->Update();  // takes the poll out; its completion deletes the adapter
+    } else {
+      delete a;
+    }
+  }
+
+  short Wanted() const {
+    if (dead) return 0;
+    return static_cast<short>((want_read ? POLLIN : 0) | (want_write ? POLLOUT : 0));
+  }
+
+  void Update() {
+    if (in_handler) return;  // OnPoll re-arms after hiredis's handlers return
+    const short want = Wanted();
+    if (armed) {
+      if (want != armed_events && !removing) {
+        removing = true;
+        io_uring_sqe* sqe = loop->Sqe();
+        io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&done));
+        Loop::SetCompletion(sqe, nullptr);
+      }
+      return;
+    }
+    if (want == 0) return;
+    io_uring_sqe* sqe = loop->Sqe();
+    io_uring_prep_poll_add(sqe, fd, want);
+    Loop::SetCompletion(sqe, &done);
+    armed = true;
+    armed_events = want;
+    ++*ops;
+  }
+
+  void OnPoll(int res, uint32_t) {
+    armed = false;
+    removing = false;
+    --*ops;
+    if (dead) {
+      delete this;
+      return;
+    }
+    if (res > 0) {
+      in_handler = true;
+      if ((res & (POLLIN | POLLERR | POLLHUP)) && want_read) redisAsyncHandleRead(ac);
+      if (!dead && (res & (POLLOUT | POLLERR | POLLHUP)) && want_write) {
+        redisAsyncHandleWrite(ac);
+      }
+      in_handler = false;
+      if (dead) {
+        delete this;
+        return;
+      }
+    }
+    Update();
+  }
+  MemberCompletion<Adapter, &Adapter::OnPoll> done{this};
+};
+
+struct RedisConnection::Pending {
+  RedisConnection* conn;
+  ReplyFn fn;
+  int64_t deadline;
+};
+
+// ---------------------------------------------------------------------------------------
+
+RedisConnection::RedisConnection(Loop* loop, RedisOptions options)
+    : loop_(loop), options_(std::move(options)) {}
+
+RedisConnection::~RedisConnection() {
+  destroying_ = true;
+  for (Pending* p : pending_) p->fn = nullptr;  // the owner is going away: no callbacks
+  on_message_ = nullptr;
+  if (ac_ != nullptr) {
+    redisAsyncContext* ac = std::exchange(ac_, nullptr);
+    redisAsyncFree(ac);  // runs OnReply(NULL) for each pending command
+  }
+  if (timer_armed_) {
+    io_uring_sqe* sqe = loop_->Sqe();
+    io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done_), 0);
+    Loop::SetCompletion(sqe, nullptr);
+  }
+  for (int i = 0; i < 200 && *ops_in_ring_ > 0; ++i) loop_->RunOnce(10);
+}
+
+bool RedisConnection::EnsureContext() {
+  if (ac_ != nullptr) return true;
+  if (destroying_ || NowNanos() < retry_after_) return false;
+  redisAsyncContext* ac = redisAsyncConnect(options_.address.host.c_str(), options_.address.port);
+  if (ac == nullptr || ac->err) {
+    drop_reason_ = absl::UnavailableError(
+        StrCat(options_.address.ToString(), ": ", ac ? ac->errstr : "out of memory"));
+    if (ac != nullptr) redisAsyncFree(ac);
+    ++failures_;
+    retry_after_ = NowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
+    return false;
+  }
+  // Attach the event hooks before the callbacks: setting the connect callback asks for
+  // write readiness through them.
+  auto* adapter = new Adapter(loop_, ac, ops_in_ring_);
+  ac->ev.data = adapter;
+  ac->ev.addRead = &Adapter::AddRead;
+  ac->ev.delRead = &Adapter::DelRead;
+  ac->ev.addWrite = &Adapter::AddWrite;
+  ac->ev.delWrite = &Adapter::DelWrite;
+  ac->ev.cleanup = &Adapter::Cleanup;
+  ac->data = this;
+  ac_ = ac;
+  redisAsyncSetConnectCallback(ac, &RedisConnection::OnConnect);
+  redisAsyncSetDisconnectCallback(ac, &RedisConnection::OnDisconnect);
+  if (options_.address.db != 0) {
+    // Pipelined ahead of everything else on this connection; a failure fails the commands
+    // behind it the same way (the connection is dropped).
+    Command({"SELECT", StrCat(options_.address.db)}, [this](absl::StatusOr<RedisReply> r) {
+      if (r.ok() && r->is_error()) {
+        Drop(absl::UnavailableError(StrCat(options_.address.ToString(), ": SELECT: ", r->str)));
+      }
+    });
+  }
+  return true;
+}
+
+void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
+  if (!EnsureContext()) {
+    fn(drop_reason_.ok() ? absl::UnavailableError("Redis connection down") : drop_reason_);
+    return;
+  }
+  std::vector<const char*> args;
+  std::vector<size_t> lens;
+  args.reserve(argv.size());
+  lens.reserve(argv.size());
+  for (const std::string& a : argv) {
+    args.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* p = new Pending{this, std::move(fn),
+                        NowNanos() + int64_t{options_.timeout_ms} * 1'000'000};
+  if (redisAsyncCommandArgv(ac_, &RedisConnection::OnReply, p, static_cast<int>(args.size()),
+                            args.data(), lens.data()) != REDIS_OK) {
+    ReplyFn f = std::move(p->fn);
+    delete p;
+    f(absl::UnavailableError(StrCat(options_.address.ToString(), ": connection closing")));
+    return;
+  }
+  pending_.push_back(p);
+  ArmTimer();
+}
+
+void RedisConnection::Subscribe(std::string channel, MessageFn on_message) {
+  channel_ = std::move(channel);
+  on_message_ = std::move(on_message);
+  SendSubscribe();
+}
+
+bool RedisConnection::Tick() {
+  if (!channel_.empty() && ac_ == nullptr) SendSubscribe();
+  return subscribed_;
+}
+
+void RedisConnection::SendSubscribe() {
+  if (!EnsureContext()) return;
+  subscribed_ = false;
+  const char* args[2] = {"SUBSCRIBE", channel_.data()};
+  size_t lens[2] = {9, channel_.size()};
+  if (redisAsyncCommandArgv(ac_, &RedisConnection::OnMessage, this, 2, args, lens) == REDIS_OK) {
+    subscribe_deadline_ = NowNanos() + int64_t{options_.timeout_ms} * 1'000'000;
+    ArmTimer();
+  }
+}
+
+void RedisConnection::Drop(absl::Status why) {
+  drop_reason_ = std::move(why);
+  ++failures_;
+  retry_after_ = NowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
+  connected_ = subscribed_ = false;
+  subscribe_deadline_ = 0;
+  if (ac_ != nullptr) {
+    // Inside a hiredis callback the free is deferred until the callback returns; either way
+    // every pending command's callback runs with a NULL reply and reads drop_reason_.
+    redisAsyncFree(std::exchange(ac_, nullptr));
+  }
+}
+
+void RedisConnection::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
+  auto* p = static_cast<Pending*>(privdata);
+  RedisConnection* c = p->conn;
+  auto it = std::find(c->pending_.begin(), c->pending_.end(), p);
+  if (it != c->pending_.end()) c->pending_.erase(it);
+  ReplyFn fn = std::move(p->fn);
+  delete p;
+  if (!fn) return;
+  if (reply != nullptr) return fn(Copy(static_cast<redisReply*>(reply)));
+  if (ac == c->ac_ || c->drop_reason_.ok()) {
+    return fn(absl::UnavailableError(
+        StrCat(c->options_.address.ToString(), ": connection lost",
+               ac->errstr != nullptr && ac->err ? StrCat(" (", ac->errstr, ")") : "")));
+  }
+  fn(c->drop_reason_);
+}
+
+void RedisConnection::OnMessage(redisAsyncContext*, void* reply, void* privdata) {
+  auto* c = static_cast<RedisConnection*>(privdata);
+  auto* r = static_cast<redisReply*>(reply);
+  if (r == nullptr || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+  std::string_view kind(r->element[0]->str ? r->element[0]->str : "", r->element[0]->len);
+  if (kind == "subscribe") {
+    c->subscribed_ = true;
+    c->subscribe_deadline_ = 0;
+  } else if (kind == "message" && c->on_message_ && r->element[2]->str != nullptr) {
+    c->on_message_(std::string_view(r->element[1]->str, r->element[1]->len),
+                   std::string_view(r->element[2]->str, r->element[2]->len));
+  }
+}
+
+void RedisConnection::OnConnect(const redisAsyncContext* ac, int status) {
+  auto* c = static_cast<RedisConnection*>(ac->data);
+  if (ac != c->ac_) return;
+  if (status == REDIS_OK) {
+    c->connected_ = true;
+    return;
+  }
+  // hiredis frees the context itself after this callback.
+  c->ac_ = nullptr;
+  c->connected_ = c->subscribed_ = false;
+  c->subscribe_deadline_ = 0;
+  ++c->failures_;
+  c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
+  c->drop_reason_ = absl::UnavailableError(
+      StrCat(c->options_.address.ToString(), ": connect: ", ac->errstr ? ac->errstr : "failed"));
+}
+
+void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
+  auto* c = static_cast<RedisConnection*>(ac->data);
+  if (ac != c->ac_) return;  // we dropped it ourselves
+  c->ac_ = nullptr;
+  c->connected_ = c->subscribed_ = false;
+  c->subscribe_deadline_ = 0;
+  ++c->failures_;
+  c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
+  c->drop_reason_ = absl::UnavailableError(StrCat(c->options_.address.ToString(),
+                                                  ": connection lost"));
+}
+
+void RedisConnection::ArmTimer() {
+  if (timer_armed_ || destroying_) return;
+  int64_t next = INT64_MAX;
+  if (!pending_.empty()) next = pending_.front()->deadline;
+  if (subscribe_deadline_ != 0) next = std::min(next, subscribe_deadline_);
+  if (next == INT64_MAX) return;
+  const int64_t wait = std::max<int64_t>(next - NowNanos(), 1'000'000);
+  timer_ts_ = {wait / 1'000'000'000, wait % 1'000'000'000};
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_timeout(sqe, &timer_ts_, 0, 0);
+  Loop::SetCompletion(sqe, &timer_done_);
+  timer_armed_ = true;
+  ++*ops_in_ring_;
+}
+
+void RedisConnection::OnTimer(int, uint32_t) {
+  timer_armed_ = false;
+  --*ops_in_ring_;
+  if (destroying_) return;
+  const int64_t now = NowNanos();
+  const bool late = (!pending_.empty() && pending_.front()->deadline <= now) ||
+                    (subscribe_deadline_ != 0 && subscribe_deadline_ <= now);
+  if (late) {
+    Drop(absl::DeadlineExceededError(StrCat(options_.address.ToString(), ": no reply within ",
+                                            options_.timeout_ms, " ms")));
+  }
+  ArmTimer();
+}
+
+}  // namespace mxsched::io

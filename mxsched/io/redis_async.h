@@ -1,0 +1,127 @@
+// RedisConnection: one hiredis async connection driven from an io_uring Loop, with command
+// deadlines and reconnection. The Redis client behind cluster-wide limits (cluster_limits.h).
+//
+// hiredis (Debian libhiredis-dev 0.14) parses replies and buffers commands; this file is its
+// event-loop adapter — the counterpart of hiredis's adapters/libuv.h for io_uring: the
+// addRead/delRead/addWrite/delWrite hooks become one-shot IORING_OP_POLL_ADD readiness polls
+// on the socket (idempotent: a hook only changes the wanted mask; the poll is re-armed or
+// removed accordingly), and `cleanup` takes any poll out of the ring. hiredis 0.14 has no
+// async timeouts (they came in 1.0), so each command carries its own deadline: when the
+// oldest unanswered command passes it — a Redis that accepts and never answers, a SYN lost
+// in a black hole — the context is freed, every pending command fails with
+// DEADLINE_EXCEEDED, and the next command reconnects (no sooner than reconnect_ms after a
+// failure, failing fast with UNAVAILABLE meanwhile, so a dead Redis costs no connect storm).
+//
+// Replies are copied into RedisReply (hiredis frees its own after the callback returns).
+//
+// Thread-safety: REQUIRES external synchronization — a RedisConnection belongs to its
+// Loop's thread, and callbacks run there (a callback may run before Command returns, when
+// the connection is down). Callbacks must not destroy the connection.
+#ifndef MXSCHED_IO_REDIS_ASYNC_H_
+#define MXSCHED_IO_REDIS_ASYNC_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mxsched/io/loop.h"
+
+struct redisAsyncContext;
+
+namespace mxsched::io {
+
+// "redis://HOST:PORT[/DB]" (HOST: a name, an IPv4 address or [IPv6]). Errors name the part.
+struct RedisAddress {
+  std::string host;
+  uint16_t port = 6379;
+  int db = 0;
+  std::string ToString() const;
+};
+absl::StatusOr<RedisAddress> ParseRedisUrl(std::string_view url);
+
+struct RedisReply {
+  enum class Type : uint8_t { kString, kArray, kInteger, kNil, kStatus, kError };
+  Type type = Type::kNil;
+  int64_t integer = 0;
+  std::string str;  // kString, kStatus, kError
+  std::vector<RedisReply> elements;
+  bool is_error() const { return type == Type::kError; }
+};
+
+struct RedisOptions {
+  RedisAddress address;
+  int timeout_ms = 1000;    // per command, counted from when it was issued
+  int reconnect_ms = 250;   // after a failure, fail fast this long before dialling again
+};
+
+class RedisConnection {
+ public:
+  using ReplyFn = std::function<void(absl::StatusOr<RedisReply>)>;
+  using MessageFn = std::function<void(std::string_view channel, std::string_view payload)>;
+
+  RedisConnection(Loop* loop, RedisOptions options);
+  // Fails pending commands (UNAVAILABLE), then runs the loop (bounded) until its polls and
+  // timer have left the ring.
+  ~RedisConnection();
+  RedisConnection(const RedisConnection&) = delete;
+  RedisConnection& operator=(const RedisConnection&) = delete;
+
+  // Sends `argv`; `fn` gets the reply (a Redis error reply is a reply, type kError), or a
+  // status: DEADLINE_EXCEEDED, UNAVAILABLE (connection refused, lost, in reconnect backoff).
+  void Command(std::vector<std::string> argv, ReplyFn fn);
+
+  // Makes this a subscriber connection: SUBSCRIBE `channel`, and again after every
+  // reconnect (attempted on each call to Tick()). Messages go to `on_message`. A connection
+  // that subscribes runs no other commands.
+  void Subscribe(std::string channel, MessageFn on_message);
+  // For subscribers: reconnects and re-subscribes if the connection is down and the backoff
+  // has passed. Returns true when subscribed.
+  bool Tick();
+
+  bool connected() const { return connected_; }
+  size_t pending() const { return pending_.size(); }
+  // Incremented on each connection failure or command timeout.
+  int64_t failures() const { return failures_; }
+  const RedisOptions& options() const { return options_; }
+
+  struct Pending;
+  struct Adapter;
+
+ private:
+  bool EnsureContext();
+  void Drop(absl::Status why);
+  void ArmTimer();
+  void OnTimer(int res, uint32_t flags);
+  void SendSubscribe();
+  static void OnReply(redisAsyncContext* ac, void* reply, void* privdata);
+  static void OnMessage(redisAsyncContext* ac, void* reply, void* privdata);
+  static void OnConnect(const redisAsyncContext* ac, int status);
+  static void OnDisconnect(const redisAsyncContext* ac, int status);
+
+  Loop* loop_;
+  RedisOptions options_;
+  redisAsyncContext* ac_ = nullptr;
+  bool connected_ = false;
+  bool subscribed_ = false;
+  int64_t retry_after_ = 0;  // monotonic nanos
+  int64_t failures_ = 0;
+  int64_t subscribe_deadline_ = 0;  // while a SUBSCRIBE is unconfirmed
+  std::deque<Pending*> pending_;    // in send order: replies come back in this order
+  absl::Status drop_reason_;
+  std::string channel_;
+  MessageFn on_message_;
+  std::shared_ptr<int> ops_in_ring_ = std::make_shared<int>(0);
+  bool timer_armed_ = false;
+  bool destroying_ = false;
+  __kernel_timespec timer_ts_{};
+  MemberCompletion<RedisConnection, &RedisConnection::OnTimer> timer_done_{this};
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_REDIS_ASYNC_H_
