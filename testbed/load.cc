@@ -82,7 +82,12 @@ class Worker {
     auto loop = Loop::Create(4096);
     if (!loop.ok()) return loop.status();
     loop_ = *std::move(loop);
-    connector_ = std::make_unique<Connector>(loop_.get(), selector_, shared_->options->connector);
+    ConnectorOptions copts = shared_->options->connector;
+    if (shared_->options->cluster != nullptr) {
+      cluster_ = std::make_unique<ClusterClient>(loop_.get(), shared_->options->cluster);
+      copts.cluster = cluster_.get();
+    }
+    connector_ = std::make_unique<Connector>(loop_.get(), selector_, copts);
     const LoadOptions& o = *shared_->options;
     if (o.dns_cache != nullptr) {
       auto client = DnsClient::Create(loop_.get(), o.dns_cache, o.dns_server);
@@ -96,6 +101,7 @@ class Worker {
     for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
     }
     connector_.reset();
+    cluster_.reset();  // after the connector: its sessions' leases are back by now
     dns_.reset();
     return absl::OkStatus();
   }
@@ -172,6 +178,7 @@ class Worker {
   int in_flight_ = 0;
   bool starting_ = false;
   std::unique_ptr<Loop> loop_;
+  std::unique_ptr<ClusterClient> cluster_;
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;
   std::vector<std::string> dialogue_;
@@ -259,6 +266,7 @@ void Hold::End() {
     close(conn.fd);
     conn.fd = -1;
     conn.lease.Release();  // after close: the slot covers the socket's whole life
+    conn.cluster_lease.Release();
     worker->shared()->connected.fetch_add(1, std::memory_order_relaxed);
     worker->SessionEnded();
   }
@@ -363,6 +371,26 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     report.wait_p99_us = waits[std::min(waits.size() - 1, waits.size() * 99 / 100)] / 1000;
     report.wait_max_us = waits.back() / 1000;
   }
+  if (options.cluster != nullptr) {
+    const ClusterLimits::Stats& st = options.cluster->stats();
+    LoadReport::Cluster c;
+    c.leases = st.leases.load();
+    c.local_leases = st.local_leases.load();
+    c.waits = st.waits.load();
+    c.wait_ms = st.wait_nanos.load() / 1'000'000;
+    c.wakeups = st.wakeups.load();
+    c.refreshes = st.refreshes.load();
+    c.reregistered = st.reregistered.load();
+    c.redis_errors = st.redis_errors.load();
+    c.noscript = st.noscript.load();
+    c.mode_switches = st.mode_switches.load();
+    c.commands = st.commands.load();
+    c.live_workers = options.cluster->live_workers();
+    c.mode = options.cluster->degraded()
+                 ? std::string(ClusterFailureModeName(options.cluster->options().failure_mode))
+                 : "normal";
+    report.cluster = c;
+  }
   return report;
 }
 
@@ -377,7 +405,19 @@ std::string LoadReport::ToJson() const {
                     {"busy_replies", h.busy_replies},
                     {"limit_moved", h.limit_moved}};
   }
-  return DumpJson({{"sessions", sessions},
+  nlohmann::json cluster_json = nullptr;
+  if (cluster) {
+    const Cluster& c = *cluster;
+    cluster_json = {{"leases", c.leases},         {"local_leases", c.local_leases},
+                    {"waits", c.waits},           {"wait_ms", c.wait_ms},
+                    {"wakeups", c.wakeups},       {"refreshes", c.refreshes},
+                    {"reregistered", c.reregistered}, {"redis_errors", c.redis_errors},
+                    {"noscript", c.noscript},     {"mode_switches", c.mode_switches},
+                    {"redis_commands", c.commands}, {"live_workers", c.live_workers},
+                    {"mode", c.mode}};
+  }
+  return DumpJson({{"cluster", std::move(cluster_json)},
+                   {"sessions", sessions},
                    {"connected", connected},
                    {"deferred", deferred},
                    {"failed", failed},
@@ -429,6 +469,15 @@ std::string LoadReport::ToText() const {
   }
   for (const auto& [k, v] : failures) {
     s += StrCat("failed ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
+  }
+  if (cluster) {
+    const Cluster& c = *cluster;
+    s += StrCat("cluster: leases ", c.leases, " (", c.local_leases, " decided locally), waits ",
+                c.waits, " (", c.wait_ms, " ms in all, ", c.wakeups, " woken by a release), ",
+                "refreshes ", c.refreshes, " (", c.reregistered, " leases re-registered), ",
+                "Redis errors ", c.redis_errors, " (NOSCRIPT ", c.noscript, "), mode switches ",
+                c.mode_switches, ", Redis commands ", c.commands, ", live workers ",
+                c.live_workers, ", mode ", c.mode, "\n");
   }
   return s;
 }

@@ -12,10 +12,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/scheduler/selector.h"
 
@@ -39,6 +41,9 @@ struct LoadOptions {
   // all storing into `dns_cache` — which must be the Resolver the Selector was built with.
   std::string dns_server;
   DnsCache* dns_cache = nullptr;
+  // Cluster-wide limits (DESIGN §7): one ClusterClient per thread on this process's
+  // ClusterLimits. Null: limits are per process.
+  std::shared_ptr<ClusterLimits> cluster;
   std::function<void(int64_t done, int64_t connected, int64_t deferred, int64_t failed)> progress;
   int progress_interval_ms = 500;
 };
@@ -74,6 +79,14 @@ struct LoadReport {
   std::map<std::string, int64_t> deferrals;        // by reason kind
   std::map<std::string, int64_t> failures;         // by outcome
   std::map<std::string, std::string> examples;     // one full reason per kind
+  // With cluster limits: this process's counters (ClusterLimits::Stats) at the end.
+  struct Cluster {
+    int64_t leases = 0, local_leases = 0, waits = 0, wait_ms = 0, wakeups = 0, refreshes = 0,
+            reregistered = 0, redis_errors = 0, noscript = 0, mode_switches = 0, commands = 0,
+            live_workers = 0;
+    std::string mode;  // "normal" or the failure mode in force at the end
+  };
+  std::optional<Cluster> cluster;
   std::string ToJson() const;
   std::string ToText() const;
 };

@@ -223,7 +223,8 @@ void ClusterLimits::ReportRecovered() {
 
 bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
   const bool share = options_.failure_mode == ClusterFailureMode::kShare;
-  const int64_t workers = std::max<int64_t>(1, live_workers());
+  // No worker count ever seen (Redis away since we started): assume the worst, a share of 1.
+  const int64_t workers = live_workers() > 0 ? live_workers() : INT32_MAX;
   const bool fresh = NowNanos() - degraded_since_.load(std::memory_order_acquire) <
                      int64_t{options_.lease_seconds} * 1'000'000'000;
   MutexLock lock(&mu_);

@@ -196,6 +196,8 @@ class ClusterClient {
   ClusterLimits& limits() { return *limits_; }
   size_t leases() const { return leases_.size(); }
   size_t waiting() const { return waiting_.size(); }
+  // The wake-up channel is subscribed (until then a waiter is found by its re-check only).
+  bool subscribed() const { return sub_.subscribed(); }
   // Cluster-wide count on `key` (ZCOUNT of live leases); for `route` and tests.
   void CountKey(const std::string& key, std::function<void(absl::StatusOr<int64_t>)> done);
 

@@ -29,20 +29,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "mxsched/base/redis_url.h"
 #include "mxsched/io/loop.h"
 
 struct redisAsyncContext;
 
 namespace mxsched::io {
 
-// "redis://HOST:PORT[/DB]" (HOST: a name, an IPv4 address or [IPv6]). Errors name the part.
-struct RedisAddress {
-  std::string host;
-  uint16_t port = 6379;
-  int db = 0;
-  std::string ToString() const;
-};
-absl::StatusOr<RedisAddress> ParseRedisUrl(std::string_view url);
+using mxsched::RedisAddress;
 
 struct RedisReply {
   enum class Type : uint8_t { kString, kArray, kInteger, kNil, kStatus, kError };
@@ -84,6 +78,7 @@ class RedisConnection {
   bool Tick();
 
   bool connected() const { return connected_; }
+  bool subscribed() const { return subscribed_; }
   size_t pending() const { return pending_.size(); }
   // Incremented on each connection failure or command timeout.
   int64_t failures() const { return failures_; }

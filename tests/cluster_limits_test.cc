@@ -1,0 +1,385 @@
+// Cluster-wide limits against a real redis-server (DESIGN §7): the hiredis adapter and its
+// deadlines, the lease scripts, the hand-off of a freed slot to the longest waiter by
+// publish, NOSCRIPT, a Redis restart, a Redis that never answers, the failure modes.
+// Separate ClusterLimits objects stand for separate worker processes (each has its own
+// worker id and Redis connections); their loops are driven from the test thread.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mxsched/io/cluster_limits.h"
+#include "mxsched/io/redis_async.h"
+#include "tests/net_testutil.h"
+#include "tests/redis_server.h"
+
+namespace mxsched::testing {
+namespace {
+
+using io::ClusterClient;
+using io::ClusterKey;
+using io::ClusterLimits;
+using io::ClusterOptions;
+using io::Loop;
+
+// Runs `loops` until `done()` (bounded: a generous deadline, not a timing assertion).
+bool PumpUntil(const std::vector<Loop*>& loops, const std::function<bool()>& done,
+               int bound_ms = 20000) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(bound_ms);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    for (Loop* l : loops) l->RunOnce(1);
+  }
+  return true;
+}
+
+// A TCP listener that accepts (the kernel completes the handshake) and never answers.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+    listen(fd_, 64);
+    socklen_t len = sizeof(sin);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&sin), &len);
+    port_ = ntohs(sin.sin_port);
+  }
+  ~SilentListener() { close(fd_); }
+  std::string url() const { return StrCat("redis://127.0.0.1:", port_); }
+
+ private:
+  int fd_;
+  uint16_t port_ = 0;
+};
+
+// One simulated worker process: its own ClusterLimits, loop and client.
+struct Worker {
+  explicit Worker(ClusterOptions o, bool wait_subscribed = true) {
+    loop = *Loop::Create(256);
+    limits = std::make_shared<ClusterLimits>(std::move(o));
+    client = std::make_unique<ClusterClient>(loop.get(), limits);
+    // Until the wake-up channel is subscribed a release could not reach this worker.
+    if (wait_subscribed) PumpUntil({loop.get()}, [&] { return client->subscribed(); }, 5000);
+  }
+  ~Worker() {
+    leases.clear();
+    client.reset();
+  }
+  std::unique_ptr<Loop> loop;
+  std::shared_ptr<ClusterLimits> limits;
+  std::unique_ptr<ClusterClient> client;
+  std::vector<io::ClusterLease> leases;
+};
+
+struct TestWaiter : io::ClusterWaiter {
+  void ClusterWake() override { ++woken; }
+  int woken = 0;
+};
+
+// The verdict of one Acquire, pumping `loops` until it arrives.
+std::optional<ClusterClient::Result> AcquireOnce(Worker& w, const std::string& id,
+                                                 std::vector<ClusterKey> keys,
+                                                 io::ClusterWaiter* waiter,
+                                                 const std::vector<Loop*>& loops) {
+  std::optional<ClusterClient::Result> out;
+  w.client->Acquire(id, std::move(keys), waiter,
+                    [&](ClusterClient::Result r) { out = std::move(r); });
+  PumpUntil(loops, [&] { return out.has_value(); });
+  return out;
+}
+
+class ClusterLimitsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (RedisServerBinary() == nullptr) GTEST_SKIP() << "redis-server not installed";
+    redis_ = std::make_unique<RedisServer>();
+    ASSERT_TRUE(redis_->ok());
+  }
+  ClusterOptions Options() {
+    ClusterOptions o;
+    o.redis = *ParseRedisUrl(redis_->url());
+    o.name = StrCat("t", getpid());
+    o.lease_seconds = 30;
+    return o;
+  }
+  std::unique_ptr<RedisServer> redis_;
+};
+
+TEST(RedisUrl, ParsesAndNamesWhatIsWrong) {
+  auto a = ParseRedisUrl("redis://127.0.0.1:6380/2");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "127.0.0.1");
+  EXPECT_EQ(a->port, 6380);
+  EXPECT_EQ(a->db, 2);
+  auto v6 = ParseRedisUrl("redis://[::1]:7000");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->ToString(), "redis://[::1]:7000");
+  EXPECT_EQ(ParseRedisUrl("redis://localhost")->port, 6379);
+  for (const char* bad : {"http://x:1", "redis://:6379", "redis://h:0", "redis://h:99999",
+                          "redis://h:12x", "redis://h:1/db", "redis://u:p@h:1", "redis://[::1"}) {
+    auto r = ParseRedisUrl(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_NE(std::string(r.status().message()).find("redis://HOST:PORT[/DB]"), std::string::npos)
+        << r.status();
+  }
+}
+
+TEST_F(ClusterLimitsTest, RedisConnectionRepliesInOrder) {
+  auto loop = *Loop::Create(64);
+  io::RedisConnection c(loop.get(), {*ParseRedisUrl(redis_->url()), 2000});
+  std::vector<std::string> got;
+  c.Command({"SET", "k", "v"}, [&](auto r) { got.push_back(r.ok() ? r->str : "error"); });
+  c.Command({"GET", "k"}, [&](auto r) { got.push_back(r.ok() ? r->str : "error"); });
+  c.Command({"NOSUCHCOMMAND"}, [&](auto r) {
+    got.push_back(r.ok() && r->is_error() ? "redis-error" : "?");
+  });
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 3; }));
+  EXPECT_EQ(got, (std::vector<std::string>{"OK", "v", "redis-error"}));
+}
+
+TEST_F(ClusterLimitsTest, RedisThatNeverAnswersTimesOutEveryCommand) {
+  SilentListener silent;
+  auto loop = *Loop::Create(64);
+  io::RedisConnection c(loop.get(), {*ParseRedisUrl(silent.url()), 200, 50});
+  std::vector<absl::Status> got;
+  for (int i = 0; i < 3; ++i) c.Command({"PING"}, [&](auto r) { got.push_back(r.status()); });
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 3; }));
+  for (const auto& s : got) EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  // And again after the reconnect back-off: a new connection, the same bounded outcome.
+  got.clear();
+  PumpUntil({loop.get()}, [] { return false; }, 100);
+  c.Command({"PING"}, [&](auto r) { got.push_back(r.status()); });
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 1; }));
+  EXPECT_EQ(got[0].code(), absl::StatusCode::kDeadlineExceeded) << got[0];
+  EXPECT_EQ(c.pending(), 0u);
+}
+
+TEST_F(ClusterLimitsTest, AcquireCountsAcrossWorkersAndReleaseGivesBack) {
+  Worker a(Options()), b(Options());
+  std::vector<Loop*> loops = {a.loop.get(), b.loop.get()};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.1", 25));
+  for (int i = 0; i < 3; ++i) {
+    auto r = AcquireOnce(a, a.client->NewId(), {{key, 3}}, nullptr, loops);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
+  }
+  auto r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, loops);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);  // the other worker holds all 3
+  EXPECT_EQ(r->full_mask, 1u);
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  a.leases.pop_back();  // release one
+  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+  r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, loops);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+  EXPECT_EQ(a.limits->Held(key), 2);
+  EXPECT_EQ(b.limits->Held(key), 1);
+  EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
+}
+
+TEST_F(ClusterLimitsTest, FreedSlotGoesToTheLongestWaiterByPublish) {
+  ClusterOptions o = Options();
+  o.recheck_ms = 600'000;  // only a release's publish can wake a waiter in this test
+  Worker holder(o), first(o), second(o);
+  std::vector<Loop*> loops = {holder.loop.get(), first.loop.get(), second.loop.get()};
+  const std::string key = holder.limits->HostKey(Ep("127.0.0.2", 25));
+  for (int i = 0; i < 2; ++i) {
+    auto r = AcquireOnce(holder, holder.client->NewId(), {{key, 2}}, nullptr, loops);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    holder.leases.push_back(std::move(r->lease));
+  }
+  TestWaiter w1, w2;
+  const std::string id1 = first.client->NewId(), id2 = second.client->NewId();
+  auto r1 = AcquireOnce(first, id1, {{key, 2}}, &w1, loops);
+  ASSERT_TRUE(r1 && r1->verdict == ClusterClient::Verdict::kFull);
+  auto r2 = AcquireOnce(second, id2, {{key, 2}}, &w2, loops);
+  ASSERT_TRUE(r2 && r2->verdict == ClusterClient::Verdict::kFull);
+
+  holder.leases.pop_back();  // one slot frees: the first waiter, not the second, is woken
+  ASSERT_TRUE(PumpUntil(loops, [&] { return w1.woken == 1; }));
+  EXPECT_EQ(w2.woken, 0);
+  // A newcomer does not jump the queue while the woken waiter comes to take its slot.
+  auto late = AcquireOnce(second, second.client->NewId(), {{key, 2}}, nullptr, loops);
+  ASSERT_TRUE(late && late->verdict == ClusterClient::Verdict::kFull);
+  auto g1 = AcquireOnce(first, id1, {{key, 2}}, &w1, loops);
+  ASSERT_TRUE(g1 && g1->verdict == ClusterClient::Verdict::kGranted);
+
+  holder.leases.pop_back();  // the next slot goes to the second waiter
+  ASSERT_TRUE(PumpUntil(loops, [&] { return w2.woken == 1; }));
+  auto g2 = AcquireOnce(second, id2, {{key, 2}}, &w2, loops);
+  ASSERT_TRUE(g2 && g2->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_EQ(first.limits->stats().wakeups.load(), 1);
+  EXPECT_EQ(second.limits->stats().wakeups.load(), 1);
+  EXPECT_EQ(redis_->Query({"ZCARD", key + ":w"}), "0");  // queue empty again
+}
+
+TEST_F(ClusterLimitsTest, WaiterThatGivesUpLeavesTheQueue) {
+  ClusterOptions o = Options();
+  o.recheck_ms = 600'000;
+  Worker holder(o), quitter(o), patient(o);
+  std::vector<Loop*> loops = {holder.loop.get(), quitter.loop.get(), patient.loop.get()};
+  const std::string key = holder.limits->DomainKey("quit.test");
+  auto h = AcquireOnce(holder, holder.client->NewId(), {{key, 1}}, nullptr, loops);
+  ASSERT_TRUE(h && h->verdict == ClusterClient::Verdict::kGranted);
+  TestWaiter wq, wp;
+  const std::string idq = quitter.client->NewId(), idp = patient.client->NewId();
+  ASSERT_EQ(AcquireOnce(quitter, idq, {{key, 1}}, &wq, loops)->verdict,
+            ClusterClient::Verdict::kFull);
+  ASSERT_EQ(AcquireOnce(patient, idp, {{key, 1}}, &wp, loops)->verdict,
+            ClusterClient::Verdict::kFull);
+  quitter.client->Unwait(idq);
+  quitter.client->Forget(idq);  // gave up: its place goes
+  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key + ":w"}) == "1"; }));
+  h->lease.Release();
+  ASSERT_TRUE(PumpUntil(loops, [&] { return wp.woken == 1; }));
+  EXPECT_EQ(wq.woken, 0);
+  EXPECT_EQ(AcquireOnce(patient, idp, {{key, 1}}, &wp, loops)->verdict,
+            ClusterClient::Verdict::kGranted);
+}
+
+TEST_F(ClusterLimitsTest, NoscriptAfterScriptFlushIsHandled) {
+  Worker a(Options());
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->DomainKey("noscript.test");
+  auto r = AcquireOnce(a, a.client->NewId(), {{key, 5}}, nullptr, loops);
+  ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+  ASSERT_EQ(redis_->Query({"SCRIPT", "FLUSH"}), "OK");
+  r = AcquireOnce(a, a.client->NewId(), {{key, 5}}, nullptr, loops);
+  ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_GE(a.limits->stats().noscript.load(), 1);
+  EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+}
+
+TEST_F(ClusterLimitsTest, RestartedRedisGetsTheOpenLeasesBack) {
+  ClusterOptions o = Options();
+  o.lease_seconds = 3;  // refresh every second
+  Worker a(o);
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.3", 25));
+  for (int i = 0; i < 3; ++i) {
+    auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
+  }
+  redis_->Stop(SIGKILL);
+  redis_->Start();  // empty: no leases, no scripts
+  ASSERT_TRUE(redis_->ok());
+  ASSERT_EQ(redis_->Query({"EXISTS", key}), "0");
+  ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->stats().reregistered.load() >= 3; }));
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  // Scripts were lost with the restart: the next acquire still works (NOSCRIPT -> EVAL).
+  auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
+  ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "4");
+}
+
+TEST_F(ClusterLimitsTest, LeaseOfAWorkerThatStopsRefreshingExpires) {
+  ClusterOptions o = Options();
+  o.recheck_ms = 200;
+  Worker alive(o);
+  std::vector<Loop*> loops = {alive.loop.get()};
+  const std::string key = alive.limits->HostKey(Ep("127.0.0.4", 25));
+  // What a worker SIGKILLed while holding the only slot leaves behind: a lease that is
+  // never refreshed nor released, expiring 1 s from now by the Redis clock.
+  redis_->Query({"EVAL",
+                 "local t = redis.call('TIME') "
+                 "return redis.call('ZADD', KEYS[1], t[1] * 1000 + 1000, 'deadbeef.0:1')",
+                 "1", key});
+  ASSERT_EQ(redis_->Query({"ZCARD", key}), "1");
+  TestWaiter w;
+  const std::string id = alive.client->NewId();
+  auto full = AcquireOnce(alive, id, {{key, 1}}, &w, loops);
+  ASSERT_TRUE(full && full->verdict == ClusterClient::Verdict::kFull);
+  // No publish comes from a dead worker: the re-check finds the slot once the lease ran out.
+  std::optional<ClusterClient::Result> g;
+  ASSERT_TRUE(PumpUntil(loops, [&] {
+    if (w.woken == 0) return false;
+    w.woken = 0;
+    g = AcquireOnce(alive, id, {{key, 1}}, &w, loops);
+    return g->verdict == ClusterClient::Verdict::kGranted;
+  }));
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "1");
+  EXPECT_EQ(redis_->Query({"ZSCORE", key, "deadbeef.0:1"}), "");  // the dead lease is gone
+  alive.leases.push_back(std::move(g->lease));
+}
+
+TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
+  SilentListener silent;
+  for (auto mode : {io::ClusterFailureMode::kShare, io::ClusterFailureMode::kClosed,
+                    io::ClusterFailureMode::kOpen}) {
+    ClusterOptions o = Options();
+    o.redis = *ParseRedisUrl(silent.url());
+    o.timeout_ms = 200;
+    o.failure_mode = mode;
+    Worker w(o, /*wait_subscribed=*/false);
+    std::vector<Loop*> loops = {w.loop.get()};
+    const std::string key = w.limits->HostKey(Ep("127.0.0.5", 25));
+    int granted = 0, closed = 0;
+    for (int i = 0; i < 8; ++i) {
+      auto r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
+      ASSERT_TRUE(r);
+      if (r->verdict == ClusterClient::Verdict::kGranted) {
+        ++granted;
+        w.leases.push_back(std::move(r->lease));
+      }
+      closed += r->verdict == ClusterClient::Verdict::kClosed;
+    }
+    SCOPED_TRACE(std::string(io::ClusterFailureModeName(mode)));
+    EXPECT_TRUE(w.limits->degraded());
+    EXPECT_EQ(w.limits->stats().mode_switches.load(), 1);  // switched once
+    EXPECT_GE(w.limits->stats().redis_errors.load(), 1);
+    switch (mode) {
+      case io::ClusterFailureMode::kShare:
+        EXPECT_EQ(granted, 1);  // no worker count ever seen: the floor, 1
+        break;
+      case io::ClusterFailureMode::kClosed:
+        EXPECT_EQ(closed, 8);
+        break;
+      case io::ClusterFailureMode::kOpen:
+        EXPECT_EQ(granted, 8);
+        break;
+    }
+  }
+}
+
+TEST_F(ClusterLimitsTest, ShareModeUsesTheWorkerCountLastSeenAndComesBack) {
+  ClusterOptions o = Options();
+  o.lease_seconds = 3;
+  o.timeout_ms = 300;
+  Worker a(o), b(o), c(o);  // three workers heartbeat
+  std::vector<Loop*> loops = {a.loop.get(), b.loop.get(), c.loop.get()};
+  ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->live_workers() == 3; }));
+  const std::string key = a.limits->HostKey(Ep("127.0.0.6", 25));
+  redis_->Stop(SIGKILL);
+  int granted = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
+    ASSERT_TRUE(r);
+    if (r->verdict == ClusterClient::Verdict::kGranted) {
+      ++granted;
+      a.leases.push_back(std::move(r->lease));
+    }
+  }
+  EXPECT_EQ(granted, 2);  // floor(8 / 3)
+  EXPECT_TRUE(a.limits->degraded());
+  redis_->Start();
+  ASSERT_TRUE(PumpUntil(loops, [&] { return !a.limits->degraded(); }));
+  EXPECT_EQ(a.limits->stats().mode_switches.load(), 2);  // away and back, once each
+  // The two connections opened while Redis was away are registered now.
+  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+}
+
+}  // namespace
+}  // namespace mxsched::testing
