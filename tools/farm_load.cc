@@ -172,6 +172,12 @@ int RunLoadCommand(LoadFlags& f) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  auto cluster = io::ClusterOptionsFromConfig(*config);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "mxsched: %s\n", std::string(cluster.status().message()).c_str());
+    return 2;
+  }
+  if (cluster->has_value()) o.cluster = std::make_shared<io::ClusterLimits>(**cluster);
   RaiseFdLimit();
   auto shared = std::make_shared<const Config>(*std::move(config));
   io::DnsCache cache;

@@ -182,6 +182,28 @@ std::string_view ClusterFailureModeName(ClusterFailureMode m) {
   return "?";
 }
 
+absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Config& config) {
+  if (config.cluster_limits.empty()) return std::nullopt;
+  auto url = ParseRedisUrl(config.cluster_limits);
+  if (!url.ok()) return url.status();
+  ClusterOptions o;
+  o.redis = *url;
+  o.name = config.cluster_name;
+  o.lease_seconds = static_cast<int>(config.cluster_lease_seconds);
+  if (config.cluster_failure_mode == "closed") {
+    o.failure_mode = ClusterFailureMode::kClosed;
+  } else if (config.cluster_failure_mode == "open") {
+    o.failure_mode = ClusterFailureMode::kOpen;
+  } else if (config.cluster_failure_mode == "share") {
+    o.failure_mode = ClusterFailureMode::kShare;
+  } else {
+    return absl::InvalidArgumentError(StrCat("cluster_failure_mode \"",
+                                             config.cluster_failure_mode,
+                                             "\" unknown (expected share, closed or open)"));
+  }
+  return std::optional<ClusterOptions>(std::move(o));
+}
+
 // ---------------------------------------------------------------------------------------
 // ClusterLimits
 
@@ -298,7 +320,7 @@ const struct {
 enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3 };
 }  // namespace
 
-ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits)
+ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, bool worker)
     : loop_(loop), limits_(std::move(limits)), client_id_(limits_->NewClientId()),
       cmd_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}),
       sub_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}) {
@@ -309,6 +331,8 @@ ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits)
       if (r.ok() && r->type == RedisReply::Type::kString) shas_[i] = r->str;
     });
   }
+  worker_ = worker;
+  if (!worker_) return;
   sub_.Subscribe(limits_->ChannelPrefix() + client_id_,
                  [this](std::string_view, std::string_view waiter) {
                    Wake(std::string(waiter), /*by_publish=*/true);
@@ -397,6 +421,7 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
              for (ClusterKey& k : it->second.queued) {
                if (!HasKey(keys, k.key)) other.push_back(std::move(k));
              }
+             EndWait(it->second);
              waiting_.erase(it);
              if (!other.empty()) SendRelease(id, other);
            }
@@ -435,7 +460,10 @@ void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey>
   }
   if (limits_->TryTakeLocal(keys)) {
     auto it = waiting_.find(id);
-    if (it != waiting_.end() && it->second.queued.empty()) waiting_.erase(it);
+    if (it != waiting_.end()) {
+      EndWait(it->second);
+      if (it->second.queued.empty()) waiting_.erase(it);
+    }
     const uint64_t h = next_handle_++;
     limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
     limits_->stats().local_leases.fetch_add(1, std::memory_order_relaxed);
@@ -459,34 +487,34 @@ void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey>
   done(std::move(res));
 }
 
+void ClusterClient::EndWait(WaitRec& w) {
+  // A session's wait counts once, from its first "full" to its slot (or giving up).
+  if (w.since != 0) {
+    limits_->stats().wait_nanos.fetch_add(NowNanos() - w.since, std::memory_order_relaxed);
+    w.since = 0;
+  }
+}
+
 void ClusterClient::Wake(const std::string& id, bool by_publish) {
   auto it = waiting_.find(id);
   if (it == waiting_.end()) return;
   WaitRec& w = it->second;
   if (w.waiter == nullptr) return;  // not waiting right now (or the reply is still coming)
   ClusterWaiter* waiter = std::exchange(w.waiter, nullptr);
-  const int64_t now = NowNanos();
-  limits_->stats().wait_nanos.fetch_add(now - w.since, std::memory_order_relaxed);
-  w.since = 0;
   if (by_publish) limits_->stats().wakeups.fetch_add(1, std::memory_order_relaxed);
   waiter->ClusterWake();
 }
 
 void ClusterClient::Unwait(const std::string& id) {
   auto it = waiting_.find(id);
-  if (it == waiting_.end() || it->second.waiter == nullptr) return;
-  limits_->stats().wait_nanos.fetch_add(NowNanos() - it->second.since, std::memory_order_relaxed);
-  it->second.since = 0;
+  if (it == waiting_.end()) return;
   it->second.waiter = nullptr;
 }
 
 void ClusterClient::Forget(const std::string& id) {
   auto it = waiting_.find(id);
   if (it == waiting_.end()) return;
-  if (it->second.waiter != nullptr) {
-    limits_->stats().wait_nanos.fetch_add(NowNanos() - it->second.since,
-                                          std::memory_order_relaxed);
-  }
+  EndWait(it->second);
   std::vector<ClusterKey> queued = std::move(it->second.queued);
   const bool local = it->second.local;
   waiting_.erase(it);
@@ -601,6 +629,7 @@ void ClusterClient::OnTick(int, uint32_t) {
   tick_armed_ = false;
   if (destroying_) return;
   const int64_t now = NowNanos();
+  if (!worker_) return;  // no tick for an observer
   sub_.Tick();
   if (limits_->degraded()) {
     if (now >= next_probe_) Refresh();  // the probe that brings us back

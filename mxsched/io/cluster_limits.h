@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +48,7 @@
 #include "mxsched/base/mutex.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/io/redis_async.h"
+#include "mxsched/scheduler/config.h"
 
 namespace mxsched::io {
 
@@ -62,6 +64,10 @@ struct ClusterOptions {
   int recheck_ms = 1000;   // waiters look again at least this often
   int waiter_ttl_ms = 3000;  // a waiter not seen for this long is dropped from the queue
 };
+
+// The options from a parsed Config (cluster_limits, cluster_name, cluster_lease_seconds,
+// cluster_failure_mode); nullopt when cluster_limits is unset.
+absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Config& config);
 
 // One limit a connection counts against: its Redis key and the configured limit.
 struct ClusterKey {
@@ -172,7 +178,9 @@ class ClusterClient {
   };
   using Done = std::function<void(Result)>;
 
-  ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits);
+  // `worker` false: an observer (`mxsched route`) that only reads counts — no heartbeat
+  // (it is not counted as a live worker), no wake-up channel, no leases.
+  ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, bool worker = true);
   // Sends what is still owed to Redis (releases) and waits for it, bounded by timeout_ms.
   // REQUIRES: no acquire in flight, no waiter registered, every ClusterLease released.
   ~ClusterClient();
@@ -210,7 +218,7 @@ class ClusterClient {
   struct WaitRec {
     ClusterWaiter* waiter = nullptr;  // null: not to be woken (Unwait), places kept
     std::vector<ClusterKey> queued;   // keys whose Redis queue holds this id
-    int64_t since = 0;
+    int64_t since = 0;  // first found full (0: not waiting); the order of local wake-ups
     int64_t recheck_at = 0;
     bool local = false;               // degraded-mode wait (no Redis queue)
   };
@@ -224,6 +232,7 @@ class ClusterClient {
   void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
                      Done done);
   void Wake(const std::string& id, bool by_publish);
+  void EndWait(WaitRec& w);
   void SendRelease(const std::string& id, const std::vector<ClusterKey>& keys);
   void Refresh();
   void OnFailure(const absl::Status& s);
@@ -244,6 +253,7 @@ class ClusterClient {
   int64_t next_refresh_ = 0;
   int64_t next_probe_ = 0;
   uint64_t seen_epoch_ = 0;
+  bool worker_ = true;
   bool refresh_in_flight_ = false;
   bool tick_armed_ = false;
   bool destroying_ = false;

@@ -113,6 +113,11 @@ struct Config {
   int32_t adaptive_concurrency_floor = 1;
   std::vector<HostPattern> host_patterns;  // most specific first
   std::vector<std::string> prohibited_mx_names;  // lower-case name patterns
+  // Cluster-wide limits (docs/DESIGN.md §7). cluster_limits "" = off (limits per process).
+  std::string cluster_limits;
+  std::string cluster_name = "mxsched";
+  uint32_t cluster_lease_seconds = 30;
+  std::string cluster_failure_mode = "share";
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "mxsched/base/redis_url.h"
 #include "mxsched/base/strings.h"
 
 namespace mxsched {
@@ -245,6 +246,32 @@ constexpr OptionDescriptor kOptions[] = {
      .doc = "MX target names or patterns (\"*.example\") never connected to; a domain left "
             "without MXs is deferred naming the MX and the pattern (docs/DESIGN.md §6)",
      .config = Field<&Config::prohibited_mx_names>()},
+    {.name = "cluster_limits",
+     .scopes = G,
+     .type = OptionType::kRedisUrl,
+     .doc = "share per-host (Host stanza) and per-domain max_outbound_connections with every "
+            "worker using this Redis and cluster_name (docs/DESIGN.md §7); \"\": per process",
+     .config = Field<&Config::cluster_limits>()},
+    {.name = "cluster_name",
+     .scopes = G,
+     .type = OptionType::kName,
+     .doc = "the fleet's Redis key namespace ({NAME}:...) and channel prefix",
+     .config = Field<&Config::cluster_name>()},
+    {.name = "cluster_lease_seconds",
+     .scopes = G,
+     .type = OptionType::kSeconds,
+     .min = 3,
+     .max = 3600,
+     .doc = "life of a cluster slot lease, refreshed every third of it while the connection is "
+            "open: a worker that dies gives its slots back within this",
+     .config = Field<&Config::cluster_lease_seconds>()},
+    {.name = "cluster_failure_mode",
+     .scopes = G,
+     .type = OptionType::kChoice,
+     .choices = "share|closed|open",
+     .doc = "while Redis is unreachable: share = floor(limit / live workers) each (at least 1), "
+            "closed = open nothing new, open = per-process limits",
+     .config = Field<&Config::cluster_failure_mode>()},
 };
 
 std::optional<int64_t> ParseInt(std::string_view s) {
@@ -298,6 +325,8 @@ std::string TypeAndRange(const OptionDescriptor& o) {
     case OptionType::kRoutes: return "route list";
     case OptionType::kCidrList: return "CIDR list";
     case OptionType::kNameList: return "name pattern list";
+    case OptionType::kRedisUrl: return "redis://HOST:PORT[/DB] or \"\"";
+    case OptionType::kName: return "name [A-Za-z0-9_.-]{1,64}";
   }
   return "?";
 }
@@ -363,6 +392,28 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       return absl::InvalidArgumentError(StrCat(o.name, " \"", text,
                                                "\" unknown (expected one of: ", expected, ")"));
     }
+    case OptionType::kRedisUrl: {
+      if (!text.empty()) {
+        auto url = ParseRedisUrl(text);
+        if (!url.ok()) {
+          return absl::InvalidArgumentError(
+              StrCat("option \"", o.name, "\": ", ToStd(url.status().message())));
+        }
+      }
+      out.text = std::string(text);
+      return out;
+    }
+    case OptionType::kName: {
+      bool ok = !text.empty() && text.size() <= 64;
+      for (char c : text) ok = ok && (IsAlnum(c) || c == '_' || c == '.' || c == '-');
+      if (!ok) {
+        return absl::InvalidArgumentError(
+            StrCat("option \"", o.name, "\" expects 1..64 of A-Z a-z 0-9 _ . - (it names Redis "
+                   "keys and channels), got \"", Escape(text), "\""));
+      }
+      out.text = std::string(text);
+      return out;
+    }
     case OptionType::kRoutes:
     case OptionType::kCidrList:
     case OptionType::kNameList:
@@ -377,7 +428,9 @@ std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
     case OptionType::kPort: return StrCat(v.number);
     case OptionType::kSeconds: return StrCat(v.number, "s");
     case OptionType::kBool: return v.flag ? "true" : "false";
-    case OptionType::kChoice: return Quote(v.text);
+    case OptionType::kChoice:
+    case OptionType::kRedisUrl:
+    case OptionType::kName: return Quote(v.text);
     case OptionType::kRoutes: {
       std::string s = "(";
       for (const RouteItem& r : v.routes) s += " " + Quote(r.text);

@@ -44,6 +44,8 @@ enum class OptionType {
   kRoutes,    // list of route items (routes.h)
   kCidrList,  // list of CIDR ranges
   kNameList,  // list of host names or name patterns ("*.example")
+  kRedisUrl,  // "redis://HOST:PORT[/DB]" (redis_url.h), or "" for none
+  kName,      // 1..64 of [A-Za-z0-9_.-]: a name that goes into keys and channels
 };
 
 // A typed option value, as parsed or as read back from a Config. Only the member matching

@@ -21,6 +21,8 @@ std::string SomeValidValue(const OptionDescriptor& o) {
     case OptionType::kRoutes: return "( \"192.0.2.1\" )";
     case OptionType::kCidrList: return "( \"192.0.2.0/24\" )";
     case OptionType::kNameList: return "( \"*.blocked.example\" )";
+    case OptionType::kRedisUrl: return "\"redis://127.0.0.1:6379/1\"";
+    case OptionType::kName: return "fleet-1";
   }
   return "";
 }

@@ -139,6 +139,42 @@ TEST(Config, RejectsBadValues) {
   EXPECT_NE(ErrorOf("a = \x01").find("unexpected character"), std::string::npos);
 }
 
+// DESIGN §7: the cluster options, and the errors a bad value gets at load.
+TEST(Config, ClusterOptionsParseAndBadValuesAreClearErrors) {
+  auto c = ParseConfig(
+      "cluster_limits = \"redis://127.0.0.1:6380/2\"\ncluster_name = fleet-a\n"
+      "cluster_lease_seconds = 45s\ncluster_failure_mode = closed\n",
+      "m.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cluster_limits, "redis://127.0.0.1:6380/2");
+  EXPECT_EQ(c->cluster_name, "fleet-a");
+  EXPECT_EQ(c->cluster_lease_seconds, 45u);
+  EXPECT_EQ(c->cluster_failure_mode, "closed");
+  const Config defaults;
+  EXPECT_EQ(defaults.cluster_limits, "");  // off unless set
+  EXPECT_EQ(defaults.cluster_name, "mxsched");
+  EXPECT_EQ(defaults.cluster_lease_seconds, 30u);
+  EXPECT_EQ(defaults.cluster_failure_mode, "share");
+
+  EXPECT_EQ(ErrorOf("cluster_limits = \"http://127.0.0.1:6379\""),
+            "m.conf:1:18: option \"cluster_limits\": Redis URL \"http://127.0.0.1:6379\": must "
+            "start with redis:// (want redis://HOST:PORT[/DB])");
+  EXPECT_NE(ErrorOf("cluster_limits = \"redis://127.0.0.1:0\"").find("port must be 1..65535"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_limits = \"redis://127.0.0.1:6379/x\"").find("DB must be a number"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_limits = \"redis://:6379\"").find("no host"), std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_name = \"a{b}\"").find("expects 1..64 of"), std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_name = \"\"").find("expects 1..64 of"), std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_lease_seconds = 1").find("3..3600 seconds"), std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_lease_seconds = 2h").find("3..3600 seconds"), std::string::npos);
+  EXPECT_NE(ErrorOf("cluster_failure_mode = maybe").find("expected one of: share closed open"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Domain \"a.example\" { cluster_limits = \"redis://h:1\" }")
+                .find("not valid in Domain scope"),
+            std::string::npos);
+}
+
 TEST(Config, RepeatedOptionOrStanzaIsAnError) {
   EXPECT_NE(ErrorOf("remote_smtp_port = 25\nREMOTE_SMTP_PORT = 26").find("set twice"),
             std::string::npos);

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Cluster-wide limits across real worker processes (docs/DESIGN.md §7): a real redis-server,
+# the farm (`mxsched farm`, which counts connections server-side), and several
+# `mxsched load` processes sharing one Host limit of 8 through Redis.
+#   three_workers_share_a_host_limit   server-side peak <= 8, every session connected
+#   waiter_woken_by_release            a worker started while another holds every slot is
+#                                      woken by the release's publish, not by a poll
+#   sigkilled_worker_slots_expire      a worker SIGKILLed holding every slot: the others
+#                                      proceed once its leases expire, never above 8
+#   redis_killed_and_restarted         every session accounted, never above 8 (share mode),
+#                                      mode switches away and back, NOSCRIPT handled
+# Every process here is started by this script, bounded, and stopped by its PID.
+# Exit 77 (skip) when redis-server is missing.
+set -u
+bin=$1
+REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
+CLI=$(command -v redis-cli)
+[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for f in "$work"/*.err; do echo "--- $f"; tail -5 "$f"; done
+  exit 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits (bounded: 30 s) until the shell condition $1 holds.
+wait_for() {
+  for _ in $(seq 600); do eval "$1" && return 0; sleep 0.05; done
+  fail "timed out waiting for: $1"
+}
+port=$(free_port); rport=$(free_port)
+net="127.$((30 + $$ % 200)).78"
+name="t$$"
+hostkey="{$name}:h:$net.1:$port"
+rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
+
+# Children run under `timeout -s KILL` (bounded even if this script is killed); child_of
+# gives the real process under it, for the SIGKILLs the scenarios need.
+child_of() { wait_for "pgrep -P $1 >/dev/null"; pgrep -P "$1"; }
+start_redis() {
+  timeout -s KILL 300 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+    --maxmemory-policy noeviction --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
+  local t=$!
+  wait_for '[ "$(rcli ping)" = PONG ]'
+  redis_pid=$(child_of $t)
+  pids+=($redis_pid $t)
+}
+start_redis
+"$bin" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 300 \
+  2>"$work/farm.err" &
+farm_pid=$!
+pids+=($farm_pid)
+wait_for 'grep -q listening "$work/farm.err"'
+
+cat >"$work/c.conf" <<CONF
+routes = ( "$net.1" )
+remote_smtp_port = $port
+max_outbound_connections = 64
+Host "$net.1" { max_outbound_connections = 8 }
+cluster_limits = "redis://127.0.0.1:$rport"
+cluster_name = "$name"
+cluster_lease_seconds = 3
+CONF
+
+# load NAME ARGS...: a worker process in the background, its JSON in NAME.json; its PID
+# (of the `timeout` around it) in $last.
+load() {
+  local n=$1; shift
+  timeout -s KILL 120 "$bin" load --config "$work/c.conf" --domains a.test \
+    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 60000 \
+    "$@" >"$work/$n.out" 2>"$work/$n.err" &
+  last=$!
+  pids+=($last)
+}
+check() {  # check PY: assert over the JSON reports r[NAME] and the farm's stats s
+  python3 - "$work" "$1" <<'PY' || fail "$1"
+import json, sys, os
+work, expr = sys.argv[1], sys.argv[2]
+r = {f[:-5]: json.load(open(os.path.join(work, f))) for f in os.listdir(work)
+     if f.endswith(".json") and f != "farm.json"}
+s = json.load(open(os.path.join(work, "farm.json")))
+peak = max(a["peak"] for a in s["addresses"])
+ok = eval(expr)
+print(("ok: " if ok else "NOT: ") + expr)
+if not ok:
+    print({k: {x: v[x] for x in ("connected", "deferred", "failed", "cluster")} for k, v in r.items()})
+    print("farm peak", peak)
+    sys.exit(1)
+PY
+}
+farm_quits() {
+  python3 -c "import json;print(sum(a['quits'] for a in json.load(open('$work/farm.json'))['addresses']))" 2>/dev/null || echo 0
+}
+farm_peak_now() {  # the farm writes its stats every second
+  python3 -c "import json;print(max(a['peak'] for a in json.load(open('$work/farm.json'))['addresses']))" 2>/dev/null
+}
+
+echo "== three_workers_share_a_host_limit"
+load w1 --sessions 300 --concurrency 12 --hold-ms 20; a=$last
+load w2 --sessions 300 --concurrency 12 --hold-ms 20; b=$last
+load w3 --sessions 300 --concurrency 12 --hold-ms 20; c=$last
+wait "$a" && wait "$b" && wait "$c" || fail "a load exited non-zero"
+wait_for '[ "$(farm_quits)" -ge 900 ]'  # the farm rewrites its stats every second
+check 'all(r[w]["connected"] == 300 for w in ("w1", "w2", "w3"))'
+check 'peak <= 8'
+check 'sum(r[w]["cluster"]["waits"] for w in ("w1", "w2", "w3")) > 0'
+check 'all(r[w]["cluster"]["redis_errors"] == 0 for w in ("w1", "w2", "w3"))'
+rm -f "$work"/w?.json
+
+echo "== waiter_woken_by_release"
+load holder --sessions 8 --concurrency 8 --hold-ms 1500; h=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+load late --sessions 1 --concurrency 1; w=$last
+wait "$w" || fail "late worker exited non-zero"
+wait "$h" || fail "holder exited non-zero"
+check 'r["late"]["connected"] == 1 and r["late"]["cluster"]["waits"] == 1'
+check 'r["late"]["cluster"]["wakeups"] == 1'  # the release's publish, not the 1 s re-check
+rm -f "$work"/late.json "$work"/holder.json
+
+echo "== sigkilled_worker_slots_expire"
+load killed --sessions 8 --concurrency 8 --hold-ms 600000; k=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+load after --sessions 16 --concurrency 8 --hold-ms 10; l=$last
+wait_for '[ "$(rcli zcard "$hostkey:w")" -ge 1 ]'  # queued behind the holder
+kill -9 "$(child_of "$k")"; wait "$k" 2>/dev/null
+wait "$l" || fail "worker after the SIGKILL exited non-zero"
+rm -f "$work/killed.json"
+check 'r["after"]["connected"] == 16'
+[ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8"
+rm -f "$work/after.json"
+
+echo "== redis_killed_and_restarted"
+for i in 1 2 3; do
+  load r$i --sessions 150 --concurrency 10 --hold-ms 40; rp[$i]=$last
+done
+wait_for '[ "$(rcli zcard "$hostkey")" -ge 1 ]'
+kill -9 "$redis_pid"
+wait_for 'grep -q unreachable "$work/r1.err" && grep -q unreachable "$work/r2.err" && grep -q unreachable "$work/r3.err"'
+start_redis
+for i in 1 2 3; do wait "${rp[$i]}" || fail "r$i exited non-zero"; done
+wait_for '[ "$(farm_quits)" -ge 1375 ]'  # 900 + 9 + 16 + 450
+check 'all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] == 150 for w in ("r1", "r2", "r3"))'
+check 'all(r[w]["connected"] == 150 for w in ("r1", "r2", "r3"))'
+check 'peak <= 8'
+check 'all(r[w]["cluster"]["mode_switches"] == 2 for w in ("r1", "r2", "r3"))'
+check 'sum(r[w]["cluster"]["local_leases"] for w in ("r1", "r2", "r3")) > 0'
+check 'sum(r[w]["cluster"]["noscript"] for w in ("r1", "r2", "r3")) > 0'
+check 'all(r[w]["cluster"]["mode"] == "normal" for w in ("r1", "r2", "r3"))'
+echo "cluster_limits_test: all checks passed"
