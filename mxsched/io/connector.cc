@@ -297,8 +297,10 @@ struct Connector::Session {
     if (cluster_id.empty()) cluster_id = cc->NewId();
     std::vector<ClusterKey> keys;
     bool has_host_key = false;
-    if (lease.host().limit() != kUnlimited) {
-      keys.push_back({cc->limits().HostKey(lease.endpoint()), lease.host().limit()});
+    // The configured limit is the fleet's; a lower adaptive one (DESIGN §6) is this
+    // process's own view and already applied by the selector.
+    if (const int32_t host_limit = lease.host().configured_limit(); host_limit != kUnlimited) {
+      keys.push_back({cc->limits().HostKey(lease.endpoint()), host_limit});
       has_host_key = true;
     }
     const int32_t domain_limit = connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
