@@ -126,6 +126,10 @@ rm -f "$work"/late.json "$work"/holder.json
 echo "== sigkilled_worker_slots_expire"
 load killed --sessions 8 --concurrency 8 --hold-ms 600000; k=$last
 wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+# `route` shows the slots held fleet-wide (this process holds none) against the limit.
+out=$("$bin" route --config "$work/c.conf" --no-dns a.test) || fail "route: $out"
+grep -q "cluster-wide 8/8" <<<"$out" || fail "route shows cluster-wide 8/8: $out"
+grep -q "cluster-wide (all workers): domain 8/64" <<<"$out" || fail "route domain count: $out"
 load after --sessions 16 --concurrency 8 --hold-ms 10; l=$last
 wait_for '[ "$(rcli zcard "$hostkey:w")" -ge 1 ]'  # queued behind the holder
 kill -9 "$(child_of "$k")"; wait "$k" 2>/dev/null

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "mxsched/base/strings.h"
 #include "testbed/json.h"
 #include "mxsched/version.h"
+#include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/io/resolver.h"
 #include "tools/commands.h"
@@ -173,13 +175,36 @@ std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns) 
   return "not used (listed earlier in the route, or prohibited)";
 }
 
-void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool have_dns) {
+// With cluster_limits (DESIGN §7): live leases in Redis per host key and per domain key, as
+// an observer sees them (-1: could not be read).
+struct ClusterCounts {
+  bool enabled = false;
+  std::string error;  // Redis could not be asked
+  int64_t domain = -1;
+  std::map<std::string, int64_t> hosts;  // by endpoint text
+};
+
+int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h) {
+  auto it = c.hosts.find(h.endpoint.ToString());
+  return it == c.hosts.end() ? -1 : it->second;
+}
+
+std::string CountText(int64_t n) { return n < 0 ? "?" : std::to_string(n); }
+
+void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool have_dns,
+                const ClusterCounts& cluster) {
   size_t hosts = 0;
   for (const auto& t : v.tiers) hosts += t.hosts.size();
   std::printf("%s: %s, %zu tier(s), %zu host(s), TTL %llds, active %d/%s\n", v.domain.c_str(),
               std::string(RouteStateName(v.state)).c_str(), v.tiers.size(), hosts,
               static_cast<long long>(v.ttl_left_s), v.active,
               v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit).c_str());
+  if (cluster.enabled) {
+    std::string line = StrCat("  cluster-wide (all workers): domain ", CountText(cluster.domain),
+                              "/", v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit));
+    if (!cluster.error.empty()) line += StrCat("  (Redis: ", cluster.error, ")");
+    std::printf("%s\n", line.c_str());
+  }
   if (!v.detail.empty()) std::printf("  %s\n", v.detail.c_str());
   if (!items.empty()) std::printf("  route items (tier: lower is preferred):\n");
   for (const RouteItem& it : items) {
@@ -206,6 +231,10 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
       std::string limit = h.limit == kUnlimited ? "unlimited" : std::to_string(h.limit);
       std::printf("    %s %-24s %-28s limit %-9s active %d", mark, h.endpoint.ToString().c_str(),
                   h.name.c_str(), limit.c_str(), h.active);
+      if (cluster.enabled && h.configured_limit != kUnlimited) {
+        std::printf("  cluster-wide %s/%d", CountText(HostClusterCount(cluster, h)).c_str(),
+                    h.configured_limit);
+      }
       if (h.seconds_since_failure >= 0) {
         std::printf("  %llds since failure, %u consecutive",
                     static_cast<long long>(h.seconds_since_failure), h.consecutive_failures);
@@ -225,7 +254,7 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
 }
 
 nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items,
-                      bool have_dns) {
+                      bool have_dns, const ClusterCounts& cluster) {
   nlohmann::json item_json = nlohmann::json::array();
   for (const RouteItem& it : items) {
     item_json.push_back({{"item", it.text},
@@ -245,6 +274,9 @@ nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items,
                        {"port", h.endpoint.port},
                        {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
                        {"active", h.active},
+                       {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
+                                              ? nlohmann::json(HostClusterCount(cluster, h))
+                                              : nlohmann::json(nullptr)},
                        {"reachable", h.reachable},
                        {"seconds_since_failure", h.seconds_since_failure},
                        {"consecutive_failures", h.consecutive_failures},
@@ -268,6 +300,8 @@ nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items,
           {"detail", v.detail},
           {"ttl_left_s", v.ttl_left_s},
           {"active", v.active},
+          {"cluster_active",
+           cluster.enabled ? nlohmann::json(cluster.domain) : nlohmann::json(nullptr)},
           {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
           {"items", std::move(item_json)},
           {"tiers", std::move(tiers)}};
@@ -287,10 +321,13 @@ int RunRoute(const RouteFlags& f) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  auto cluster_options = io::ClusterOptionsFromConfig(*config);
+  if (!cluster_options.ok()) return UsageError(ToStd(cluster_options.status().message()));
   auto shared = std::make_shared<const Config>(*std::move(config));
   io::DnsCache cache;
   std::unique_ptr<io::Loop> loop;
   std::unique_ptr<io::DnsClient> client;
+  std::unique_ptr<io::ClusterClient> observer;
   if (!f.no_dns) {
     // Without --dns: the system's resolvers (/etc/resolv.conf), as c-ares reads them.
     std::string servers;
@@ -305,6 +342,16 @@ int RunRoute(const RouteFlags& f) {
     auto c = io::DnsClient::Create(loop.get(), &cache, servers);
     if (!c.ok()) return UsageError(StrCat("route: --dns: ", c.status().message()));
     client = *std::move(c);
+  }
+  if (cluster_options->has_value()) {
+    if (loop == nullptr) {
+      auto l = io::Loop::Create(64);
+      if (!l.ok()) return UsageError(ToStd(l.status().message()));
+      loop = *std::move(l);
+    }
+    // An observer: reads counts, is not counted as a live worker.
+    observer = std::make_unique<io::ClusterClient>(
+        loop.get(), std::make_shared<io::ClusterLimits>(**cluster_options), /*worker=*/false);
   }
   Selector selector(shared, {.resolver = client ? &cache : nullptr});
   nlohmann::json out = nlohmann::json::array();
@@ -321,10 +368,36 @@ int RunRoute(const RouteFlags& f) {
     static const std::vector<RouteItem> kNone;
     const std::vector<RouteItem>& items =
         NormalizeHostname(d).ok() ? shared->ForDomain(d).routes : kNone;
+    ClusterCounts counts;
+    if (observer != nullptr) {
+      counts.enabled = true;
+      int waiting = 0;
+      auto ask = [&](const std::string& key, int64_t* into) {
+        ++waiting;
+        observer->CountKey(key, [&, into](absl::StatusOr<int64_t> n) {
+          --waiting;
+          if (n.ok()) {
+            *into = *n;
+          } else {
+            counts.error = std::string(n.status().message());
+          }
+        });
+      };
+      ask(observer->limits().DomainKey(v.domain), &counts.domain);
+      for (const auto& t : v.tiers) {
+        for (const auto& h : t.hosts) {
+          if (h.configured_limit == kUnlimited) continue;
+          auto [it, fresh] = counts.hosts.try_emplace(h.endpoint.ToString(), -1);
+          if (fresh) ask(observer->limits().HostKey(h.endpoint), &it->second);
+        }
+      }
+      // Each count is one script call under the client's own deadline: this ends.
+      while (waiting > 0) loop->RunOnce(50);
+    }
     if (f.json) {
-      out.push_back(ToJson(v, items, client != nullptr));
+      out.push_back(ToJson(v, items, client != nullptr, counts));
     } else {
-      PrintHuman(v, items, client != nullptr);
+      PrintHuman(v, items, client != nullptr, counts);
     }
   }
   if (f.json) std::printf("%s\n", DumpJson(out).c_str());
