@@ -33,6 +33,74 @@ err=$("$bin" check --config "$tmp/bad.conf" 2>&1); rc=$?
 grep -q "^mxsched: $tmp/bad.conf:3:21: option \"connect_timeout\" expects a duration" <<<"$err" ||
   fail "out-of-range message: $err"
 
+# Every example of Momentum's routes reference page, verbatim (the push stanzas' elision
+# line "  ..." dropped): each is a file `check` accepts. The synopsis' first line used to be
+# rejected with "type=mx needs a hostname".
+cat >"$tmp/page1.conf" <<'EOF'
+Routes = ( "smtp://1.2.3.4?pref=10&ttl=300&type=mx" )
+EOF
+cat >"$tmp/page2.conf" <<'EOF'
+Routes = ( "my.local.smart.host" )
+EOF
+cat >"$tmp/page3.conf" <<'EOF'
+Routes = ( "__mx__" )
+EOF
+cat >"$tmp/page4.conf" <<'EOF'
+Routes = ( "smtp://my.local.smart.host?pref=1" "__mx__" )
+EOF
+cat >"$tmp/page5.conf" <<'EOF'
+Routes = ( 
+           "smtp://10.0.11.7?pref=10" "smtp://10.0.11.8?pref=10"
+           "smtp://10.0.11.10?pref=10" "smtp://10.0.11.13?pref=10"
+           "smtp://10.0.11.56?pref=10"
+         )
+EOF
+cat >"$tmp/page6.conf" <<'EOF'
+domain "apn_example.com"{
+  delivery_method = "apn"
+  routes = ("apn://gateway.push.apple.com?port=2195")
+}
+domain "gcm.example.com" {
+  delivery_method = "gcm"
+  routes = ("gcm://android.google.apis.com?port=443")
+}
+EOF
+for n in 1 2 3 4 5 6; do
+  out=$("$bin" check --config "$tmp/page$n.conf" 2>&1) || fail "routes page example $n: $out"
+done
+out=$("$bin" check --config "$tmp/page1.conf" -n) || fail "synopsis -n"
+grep -q 'smtp://1.2.3.4?pref=10&ttl=300&type=mx' <<<"$out" || fail "synopsis route listed: $out"
+
+# Input files: regular files only, size-capped, errors naming the file (exit 2). A directory
+# used to read as an empty config (--config) or abort with ios_failure (--domains @DIR), and
+# /dev/zero to abort with bad_alloc.
+for cfg in "$tmp" /dev/zero; do
+  err=$("$bin" check --config "$cfg" 2>&1); rc=$?
+  [ $rc -eq 2 ] || fail "check --config $cfg: exit $rc: $err"
+  grep -q "^mxsched: $cfg: \(is a directory\|not a regular file\)" <<<"$err" ||
+    fail "check --config $cfg message: $err"
+done
+for list in "@$tmp" @/dev/zero; do
+  err=$(timeout 60 "$bin" load --config "$examples/smarthost.conf" --domains "$list" \
+        --sessions 1 2>&1); rc=$?
+  [ $rc -eq 2 ] || fail "load --domains $list: exit $rc: $err"
+  grep -q -- "--domains: ${list#@}: \(is a directory\|not a regular file\)" <<<"$err" ||
+    fail "load --domains $list message: $err"
+done
+truncate -s 17M "$tmp/huge.conf"
+err=$("$bin" check --config "$tmp/huge.conf" 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "huge.conf: larger than" <<<"$err" || fail "huge config ($rc): $err"
+
+# Timeouts out of range are refused at load (25d used to overflow the connector's millisecond
+# arithmetic into a negative timeout; 0 failed every host), and so are absurd magnitudes.
+for v in 25d 0 0s 3601 99999999999999999999d 1e9; do
+  printf 'banner_timeout = %s\n' "$v" >"$tmp/bt.conf"
+  err=$("$bin" check --config "$tmp/bt.conf" 2>&1); rc=$?
+  [ $rc -eq 2 ] && grep -q "banner_timeout" <<<"$err" || fail "banner_timeout = $v ($rc): $err"
+done
+printf 'banner_timeout = 1h\nDomain "a.example" { banner_timeout = 1s }\n' >"$tmp/bt.conf"
+"$bin" check --config "$tmp/bt.conf" >/dev/null || fail "banner_timeout in range refused"
+
 err=$("$bin" check --config "$tmp/missing.conf" 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "missing file: exit $rc"
 grep -q "missing.conf: cannot open" <<<"$err" || fail "missing file message: $err"

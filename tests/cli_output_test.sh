@@ -125,6 +125,22 @@ out=$("$bin" load --config "$work/limit.conf" --domains l.example --sessions 100
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["deferred"] > 0 and r["waited"] == 0, r' \
   "$work/nowait.json" || fail "--wait-ms 0 defers at once"
 
+# --- output files: a symlink planted at the old predictable "<path>.tmp" is not followed (its
+# target used to be overwritten); a failed rename (the path is a directory) leaves no temp file
+echo "precious" >"$work/victim"
+ln -s "$work/victim" "$work/planted.json.tmp"
+"$bin" load --config "$work/limit.conf" --domains l.example --sessions 5 --concurrency 2 \
+  --json "$work/planted.json" >/dev/null || fail "load --json beside a planted symlink exited $?"
+[ "$(cat "$work/victim")" = "precious" ] || fail "planted symlink followed: $(head -c 200 "$work/victim")"
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["connected"] == 5' \
+  "$work/planted.json" || fail "--json beside a planted symlink"
+mkdir "$work/jsondir"
+"$bin" load --config "$work/limit.conf" --domains l.example --sessions 5 --concurrency 2 \
+  --json "$work/jsondir" >/dev/null 2>"$work/jsondir.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "cannot write $work/jsondir" "$work/jsondir.err" || fail "--json DIR: exit $rc"
+left=$(ls -d "$work"/jsondir?* 2>/dev/null | grep -v 'jsondir.err$')
+[ -z "$left" ] || fail "failed rename left a temporary file: $left"
+
 # --- load: nothing connected is a failure (exit 1)
 printf 'routes = ( "smtp://%s?port=%s" )\n' "$net.3" "$port" >"$work/refused.conf"
 "$bin" load --config "$work/refused.conf" --domains r.example --sessions 20 --concurrency 4 \

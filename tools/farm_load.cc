@@ -1,5 +1,6 @@
 // `mxsched farm` and `mxsched load` (docs/DESIGN.md §9, the CLI contract).
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,12 +9,14 @@
 #include <cstring>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
 #include "testbed/farm.h"
 #include "testbed/load.h"
 #include "mxsched/io/resolver.h"
+#include "mxsched/base/file.h"
 #include "mxsched/base/strings.h"
 #include "tools/commands.h"
 
@@ -22,15 +25,28 @@ namespace {
 
 volatile bool g_stop = false;
 
+// Replaces `path` with `text` atomically. The temporary file is created by mkstemp (O_EXCL,
+// a fresh random name in the same directory, so the rename stays on one file system): a
+// symlink planted at a predictable "<path>.tmp" used to be followed and its target
+// overwritten. On any failure the temporary file is removed (ctest cli_output).
 bool WriteFile(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) return false;
-    out << text << "\n";
-    if (!out) return false;
+  std::string tmp = path + ".XXXXXX";
+  int fd = ::mkstemp(tmp.data());
+  if (fd < 0) return false;
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  bool ok = ::fchmod(fd, 0666 & ~mask) == 0;  // mkstemp's 0600 would hide a report
+  const std::string body = text + "\n";
+  for (size_t done = 0; ok && done < body.size();) {
+    ssize_t n = ::write(fd, body.data() + done, body.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ok = false;
+    else done += static_cast<size_t>(n);
   }
-  return std::rename(tmp.c_str(), path.c_str()) == 0;
+  ok = (::close(fd) == 0) && ok;
+  if (ok && std::rename(tmp.c_str(), path.c_str()) == 0) return true;
+  ::unlink(tmp.c_str());
+  return false;
 }
 
 }  // namespace
@@ -152,9 +168,11 @@ int RunLoadCommand(LoadFlags& f) {
   std::string_view list = f.domains;
   std::string file_text;
   if (!list.empty() && list[0] == '@') {  // @FILE: one domain per line (or commas)
-    std::ifstream in{std::string(list.substr(1))};
-    if (!in) return UsageError(StrCat("load: --domains: cannot read ", list.substr(1)));
-    file_text.assign(std::istreambuf_iterator<char>(in), {});
+    // Regular files only, size-capped: a directory used to abort with ios_failure and
+    // /dev/zero with bad_alloc (ctest cli_output).
+    auto text = ReadInputFile(std::string(list.substr(1)));
+    if (!text.ok()) return UsageError(StrCat("load: --domains: ", text.status().message()));
+    file_text = *std::move(text);
     for (char& c : file_text) c = (c == '\n' || c == '\r') ? ',' : c;
     list = file_text;
   }

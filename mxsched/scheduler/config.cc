@@ -1,5 +1,7 @@
 #include "mxsched/scheduler/config.h"
 
+#include "mxsched/base/file.h"
+
 #include <fnmatch.h>
 
 #include <algorithm>
@@ -575,11 +577,11 @@ absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view sourc
 }
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(StrCat(path, ": cannot open config file"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ParseConfig(ss.str(), path);
+  // Regular files only, size-capped: a directory used to read as an empty config and
+  // /dev/zero as an endless one (Config.LoadConfigFileRefusesDirectoriesDevicesAndHugeFiles).
+  absl::StatusOr<std::string> text = ReadInputFile(path);
+  if (!text.ok()) return text.status();
+  return ParseConfig(*text, path);
 }
 
 }  // namespace mxsched

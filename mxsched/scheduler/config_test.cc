@@ -1,5 +1,11 @@
 #include "mxsched/scheduler/config.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "mxsched/base/file.h"
+
 #include "mxsched/base/strings.h"
 #include "gtest/gtest.h"
 
@@ -76,6 +82,69 @@ Host 10.0.11.7 { max_outbound_connections = 2 }
   EXPECT_EQ(c->HostLimit("mx1.example.com", *IpAddress::Parse("192.0.2.1")), 4);
   EXPECT_EQ(c->HostLimit("whatever", *IpAddress::Parse("10.0.11.7")), 2);
   EXPECT_EQ(*c->ForHost("mx1.example.com")->host_failure_retry_s, 30u);
+}
+
+// Every example of Momentum's `routes` reference page (conf.ref.routes), copied verbatim;
+// each is loaded as a configuration file of its own. The only edit: the page elides the rest
+// of the push stanzas with a line "  ...", which is dropped (it is not configuration).
+TEST(Config, EveryExampleOfTheMomentumRoutesPageLoads) {
+  const char* examples[] = {
+      R"(Routes = ( "smtp://1.2.3.4?pref=10&ttl=300&type=mx" ))",
+      R"(Routes = ( "my.local.smart.host" ))",
+      R"(Routes = ( "__mx__" ))",
+      R"(Routes = ( "smtp://my.local.smart.host?pref=1" "__mx__" ))",
+      R"(Routes = ( 
+           "smtp://10.0.11.7?pref=10" "smtp://10.0.11.8?pref=10"
+           "smtp://10.0.11.10?pref=10" "smtp://10.0.11.13?pref=10"
+           "smtp://10.0.11.56?pref=10"
+         ))",
+      R"(domain "apn_example.com"{
+  ...
+  delivery_method = "apn"
+  routes = ("apn://gateway.push.apple.com?port=2195")
+}
+domain "gcm.example.com" {
+  ...
+  delivery_method = "gcm"
+  routes = ("gcm://android.google.apis.com?port=443")
+})",
+  };
+  for (std::string text : examples) {
+    for (size_t at; (at = text.find("  ...\n")) != std::string::npos;) text.erase(at, 6);
+    auto c = ParseConfig(text, "routes-page.conf");
+    ASSERT_TRUE(c.ok()) << text << "\n-> " << c.status();
+  }
+  auto first = ParseConfig(examples[0], "synopsis.conf");
+  ASSERT_EQ(first->global.routes.size(), 1u);
+  EXPECT_EQ(first->global.routes[0].lookup, RouteLookup::kLiteral) << "the address as-is";
+  EXPECT_EQ(first->global.routes[0].address->ToString(), "1.2.3.4");
+  EXPECT_EQ(first->global.routes[0].tier, 10u);
+}
+
+// A directory used to load as an empty configuration and /dev/zero to abort with
+// bad_alloc: only regular files of bounded size are read, and the error names the file.
+TEST(Config, LoadConfigFileRefusesDirectoriesDevicesAndHugeFiles) {
+  auto dir = LoadConfigFile("/tmp");
+  ASSERT_FALSE(dir.ok());
+  EXPECT_EQ(ToStd(dir.status().message()), "/tmp: is a directory, not a regular file");
+  auto dev = LoadConfigFile("/dev/zero");
+  ASSERT_FALSE(dev.ok());
+  EXPECT_EQ(ToStd(dev.status().message()), "/dev/zero: not a regular file");
+  auto missing = LoadConfigFile("/nonexistent/m.conf");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(ToStd(missing.status().message()),
+            "/nonexistent/m.conf: cannot open: No such file or directory");
+  // Over the cap: a sparse file, so the test writes nothing but its size.
+  char path[] = "/tmp/mxsched-huge-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(kMaxInputFileBytes) + 1), 0);
+  close(fd);
+  auto huge = LoadConfigFile(path);
+  unlink(path);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(ToStd(huge.status().message()).find("larger than 16777216 bytes"), std::string::npos)
+      << huge.status();
 }
 
 TEST(Config, DomainInheritsGlobalsSetAfterTheStanza) {

@@ -101,12 +101,10 @@ absl::Status ParseQuery(std::string_view item, std::string_view query, RouteItem
       if (t != "mx" && t != "a") {
         return Bad(item, StrCat("type=\"", value, "\" must be mx or a"));
       }
-      if (t == "mx") {
-        if (out.lookup == RouteLookup::kLiteral) {
-          return Bad(item, "type=mx needs a hostname, not an address");
-        }
-        out.lookup = RouteLookup::kMx;
-      }
+      // type=mx on an address literal (the first example of Momentum's routes page,
+      // "smtp://1.2.3.4?pref=10&ttl=300&type=mx"): there is no name to look up, so the
+      // address is used as-is, exactly like type=a on it — a literal route.
+      if (t == "mx" && out.lookup != RouteLookup::kLiteral) out.lookup = RouteLookup::kMx;
     } else {
       return Bad(item, StrCat("unknown parameter \"", key,
                                     "\" (expected pref, ttl, port or type)"));

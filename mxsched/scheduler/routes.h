@@ -6,6 +6,11 @@
 //   "smtp://host?pref=P&ttl=T&port=O&type=mx|a"   every parameter optional
 //   "apn://", "gcm://", "mm7://", "http://" push URLs with the same parameters
 //
+// `type=` on an address literal ("smtp://1.2.3.4?type=mx", the first example of Momentum's
+// routes page) changes nothing: there is no name to look up, so the address is used as-is,
+// a literal route (as with type=a). Every example of that page is accepted (ctest cli_check,
+// Config.EveryExampleOfTheMomentumRoutesPageLoads).
+//
 // Preference rule (one rule for explicit and implicit preferences): an item with `pref=P`
 // sits in tier P. An item without `pref` sits one tier after the highest tier of any item
 // listed before it (the first item: tier 0). So a plain list is strictly ordered — the first

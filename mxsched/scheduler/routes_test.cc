@@ -73,6 +73,23 @@ TEST(RouteItem, PushUrls) {
   EXPECT_FALSE(ParseRouteItem("gcm://x.example?type=mx").ok());
 }
 
+// Momentum's routes page opens with this synopsis; an address literal has no name to look
+// up, so type=mx uses the address as-is (a literal route), like type=a.
+TEST(RouteItem, TypeMxOnAnAddressIsTheAddressAsIs) {
+  for (const char* text : {"smtp://1.2.3.4?pref=10&ttl=300&type=mx", "smtp://1.2.3.4?type=a",
+                           "smtp://[2001:db8::7]?type=MX"}) {
+    auto r = ParseRouteItem(text);
+    ASSERT_TRUE(r.ok()) << text << ": " << r.status();
+    EXPECT_EQ(r->lookup, RouteLookup::kLiteral) << text;
+    EXPECT_TRUE(r->address.has_value()) << text;
+    EXPECT_FALSE(r->domain_mx) << text;
+  }
+  auto r = ParseRouteItem("smtp://1.2.3.4?pref=10&ttl=300&type=mx");
+  EXPECT_EQ(r->address->ToString(), "1.2.3.4");
+  EXPECT_EQ(*r->pref, 10u);
+  EXPECT_EQ(*r->ttl, 300u);
+}
+
 TEST(RouteItem, RejectsBadParametersWithClearMessages) {
   struct Case {
     const char* text;
@@ -89,7 +106,6 @@ TEST(RouteItem, RejectsBadParametersWithClearMessages) {
       {"smtp://a.example?pref", "no '=value'"},
       {"smtp://a.example?", "empty query"},
       {"smtp://a.example?pref=1&&ttl=2", "empty query parameter"},
-      {"smtp://1.2.3.4?type=mx", "needs a hostname"},
       {"ftp://a.example", "unknown scheme"},
       {"smtp://", "missing host"},
       {"smtp://a.example/path", "no path"},
