@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
+#include <unordered_set>
 
 #include "testbed/json.h"
 #include "mxsched/io/resolver.h"
@@ -26,7 +28,13 @@ struct Shared {
   const LoadOptions* options;
   std::atomic<int64_t> next{0}, done{0}, connected{0}, deferred{0}, failed{0};
   int64_t deadline_nanos = 0;
+  // Set by RunLoad's thread at --max-seconds or on options->stop: workers start nothing
+  // more and cut the sessions they hold short (counted deferred, kind "stopped").
+  std::atomic<bool> stop{false};
 };
+
+constexpr char kStoppedReason[] =
+    "the run was stopped (--max-seconds or a signal) before this session ended";
 
 class Worker;
 
@@ -51,7 +59,13 @@ struct Hold {
   void Recv();
   void OnReply(int res, uint32_t);
   void OnTimer(int, uint32_t);
-  void End();
+  // Cuts the session short (the run is stopping): the hold timer is cancelled and the socket
+  // shut down, so whatever is outstanding completes now and End() counts it "stopped".
+  void Stop();
+  // `why` empty: the dialogue ran to its end (connected); else it failed after the greeting.
+  void End(std::string why = {});
+  // The command whose reply is awaited, for messages: "EHLO", "QUIT", "the message body".
+  std::string DialogueStep() const;
 
   MemberCompletion<Hold, &Hold::OnHold> hold_done{this};
   MemberCompletion<Hold, &Hold::OnSent> sent_done{this};
@@ -59,6 +73,8 @@ struct Hold {
   MemberCompletion<Hold, &Hold::OnTimer> timer_done{this};
   bool ended = false;
   bool timer_fired = false;
+  bool stopped = false;
+  bool holding = false;  // the hold timer is outstanding
 };
 
 class Worker {
@@ -96,7 +112,15 @@ class Worker {
       dns_->SetOnChange([this] { connector_->OnRoutesChanged(); });
     }
     StartMore();
-    while (in_flight_ > 0 || connector_->in_flight() > 0) loop_->RunOnce(-1);
+    // A bounded wait, so a stop (--max-seconds, a signal) is seen within 50 ms even when
+    // nothing completes — sessions held for --hold-ms are then cut short.
+    while (in_flight_ > 0 || connector_->in_flight() > 0) {
+      loop_->RunOnce(50);
+      if (!stopping_ && shared_->stop.load(std::memory_order_relaxed)) {
+        stopping_ = true;
+        for (Hold* h : std::vector<Hold*>(holds_.begin(), holds_.end())) h->Stop();
+      }
+    }
     // Let cancelled timers' completions drain so no session object outlives the loop.
     for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
     }
@@ -120,6 +144,7 @@ class Worker {
     const LoadOptions& o = *shared_->options;
     while (in_flight_ < concurrency_) {
       if (NowNanos() >= shared_->deadline_nanos) return;
+      if (shared_->stop.load(std::memory_order_relaxed)) return;
       const int64_t i = shared_->next.fetch_add(1, std::memory_order_relaxed);
       if (i >= o.sessions) return;
       ++in_flight_;
@@ -135,7 +160,9 @@ class Worker {
       latencies_.push_back(r.elapsed_nanos - r.slot_wait_nanos);
       ++hosts_[r.lease.endpoint().ToString()];
       auto* h = new Hold(this, std::move(r));
+      holds_.insert(h);
       h->Start();
+      if (stopping_) h->Stop();
       return;
     }
     std::string kind;
@@ -153,6 +180,19 @@ class Worker {
     examples_.try_emplace(kind, r.reason);
     SessionEnded();
   }
+
+  // A session cut short by a stop, or whose dialogue failed after the greeting.
+  void CountStopped() {
+    ++deferrals_["stopped"];
+    examples_.try_emplace("stopped", kStoppedReason);
+    shared_->deferred.fetch_add(1, std::memory_order_relaxed);
+  }
+  void CountDialogueFailed(const std::string& why) {
+    ++failures_["dialogue"];
+    examples_.try_emplace("dialogue", why);
+    shared_->failed.fetch_add(1, std::memory_order_relaxed);
+  }
+  void HoldEnded(Hold* h) { holds_.erase(h); }
 
   void SessionEnded() {
     shared_->done.fetch_add(1, std::memory_order_relaxed);
@@ -172,6 +212,8 @@ class Worker {
   std::map<std::string, std::string> examples_;
 
  private:
+  std::unordered_set<Hold*> holds_;  // sessions past Connect, not yet ended
+  bool stopping_ = false;
   Shared* shared_;
   Selector* selector_;
   int concurrency_;
@@ -185,24 +227,46 @@ class Worker {
 };
 
 void Hold::Start() {
-  // One deadline for the whole dialogue (not a linked timeout per read: half the SQEs).
-  reply_ts = {30, 0};
+  // One deadline for the hold and the whole dialogue after it (not a linked timeout per
+  // read: half the SQEs); the hold counts in, or a hold over 30 s would outlive it.
+  const int ms = worker->options().hold_ms;
+  reply_ts = {30 + ms / 1000, (ms % 1000) * 1'000'000LL};
   io_uring_sqe* dl = worker->loop()->Sqe();
   io_uring_prep_timeout(dl, &reply_ts, 0, 0);
   Loop::SetCompletion(dl, &timer_done);
   ++pending;
-  const int ms = worker->options().hold_ms;
   if (ms <= 0) return Send();
   hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_timeout(sqe, &hold_ts, 0, 0);
   Loop::SetCompletion(sqe, &hold_done);
   ++pending;
+  holding = true;
 }
 
 void Hold::OnHold(int, uint32_t) {
   --pending;
+  holding = false;
+  if (stopped) return End();
   Send();
+}
+
+std::string Hold::DialogueStep() const {
+  const std::string& cmd = worker->dialogue()[std::min(step, worker->dialogue().size() - 1)];
+  if (worker->dialogue().size() > 1 && step == 4) return "the message body";  // EHLO, MAIL, RCPT, DATA, body, QUIT
+  return cmd.substr(0, cmd.find_first_of(" \r"));
+}
+
+void Hold::Stop() {
+  if (stopped || ended) return;
+  stopped = true;
+  if (holding) {  // its completion (-ECANCELED) ends the session
+    io_uring_sqe* sqe = worker->loop()->Sqe();
+    io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&hold_done), 0);
+    Loop::SetCompletion(sqe, nullptr);
+    return;
+  }
+  shutdown(conn.fd, SHUT_RDWR);  // the outstanding send or read completes at once
 }
 
 void Hold::Send() {
@@ -215,7 +279,7 @@ void Hold::Send() {
 
 void Hold::OnSent(int res, uint32_t) {
   --pending;
-  if (res < 0) return End();
+  if (res < 0) return End(StrCat("dialogue: sending ", DialogueStep(), ": ", std::strerror(-res)));
   sent += res;
   if (sent < worker->dialogue()[step].size()) return Send();
   reply.clear();
@@ -231,9 +295,12 @@ void Hold::Recv() {
 
 void Hold::OnReply(int res, uint32_t) {
   --pending;
-  if (res <= 0) return End();
+  if (res < 0) return End(StrCat("dialogue: reply to ", DialogueStep(), ": ", std::strerror(-res)));
+  if (res == 0) return End(StrCat("dialogue: connection closed before the reply to ", DialogueStep()));
   reply.append(buf, res);
-  if (reply.size() > 65536) return End();  // a server that never ends its reply
+  if (reply.size() > 65536) {  // a server that never ends its reply
+    return End(StrCat("dialogue: reply to ", DialogueStep(), " over 65536 bytes"));
+  }
   // Complete when the last line is "NNN text\r\n" (not "NNN-").
   if (reply.size() < 2 || reply.back() != '\n') return Recv();
   const size_t line = reply.rfind('\n', reply.size() - 2);
@@ -255,9 +322,12 @@ void Hold::OnTimer(int, uint32_t) {
   End();
 }
 
-void Hold::End() {
+void Hold::End(std::string why) {
   if (!ended) {
     ended = true;
+    if (timer_fired && !why.empty()) {
+      why = StrCat("dialogue: no complete reply to ", DialogueStep(), " within 30 s");
+    }
     if (!timer_fired) {  // cancel the deadline; its completion frees this object
       io_uring_sqe* sqe = worker->loop()->Sqe();
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done), 0);
@@ -267,7 +337,16 @@ void Hold::End() {
     conn.fd = -1;
     conn.lease.Release();  // after close: the slot covers the socket's whole life
     conn.cluster_lease.Release();
-    worker->shared()->connected.fetch_add(1, std::memory_order_relaxed);
+    // Connected means the whole dialogue ran. A session cut short by a stop is deferred; one
+    // whose dialogue failed after the greeting is failed, kind "dialogue" — not connected.
+    if (stopped) {
+      worker->CountStopped();
+    } else if (!why.empty()) {
+      worker->CountDialogueFailed(why);
+    } else {
+      worker->shared()->connected.fetch_add(1, std::memory_order_relaxed);
+    }
+    worker->HoldEnded(this);
     worker->SessionEnded();
   }
   if (pending == 0) delete this;
@@ -306,8 +385,14 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   int64_t last = 0;
   std::vector<int64_t> timeline;
   int64_t next_sample = start + 250'000'000, last_connected = 0;
+  std::string stopped_by;
   while (running.load() > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (stopped_by.empty()) {
+      if (options.stop != nullptr && *options.stop) stopped_by = "signal";
+      if (NowNanos() >= shared.deadline_nanos) stopped_by = "max_seconds";
+      if (!stopped_by.empty()) shared.stop.store(true);
+    }
     if (NowNanos() >= next_sample) {
       next_sample += 250'000'000;
       const int64_t c = shared.connected.load();
@@ -334,6 +419,16 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.connected = shared.connected.load();
   report.deferred = shared.deferred.load();
   report.failed = shared.failed.load();
+  report.stopped_by = stopped_by;
+  // Sessions never started because the run stopped: deferred too, so the counts add up to
+  // the sessions asked for.
+  const int64_t not_started =
+      std::max<int64_t>(0, options.sessions - std::min(shared.next.load(), options.sessions));
+  if (not_started > 0) {
+    report.deferred += not_started;
+    report.deferrals["stopped"] += not_started;
+    report.examples.try_emplace("stopped", kStoppedReason);
+  }
   report.sessions = report.connected + report.deferred + report.failed;
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
@@ -421,6 +516,8 @@ std::string LoadReport::ToJson() const {
                    {"connected", connected},
                    {"deferred", deferred},
                    {"failed", failed},
+                   {"stopped_by", stopped_by.empty() ? nlohmann::json(nullptr)
+                                                     : nlohmann::json(stopped_by)},
                    {"seconds", seconds},
                    {"sessions_per_second", sessions_per_second},
                    {"connected_per_second", connected_per_second},
@@ -443,6 +540,10 @@ std::string LoadReport::ToJson() const {
 std::string LoadReport::ToText() const {
   std::string s = StrCat("sessions ", sessions, ": connected ", connected, ", deferred ",
                          deferred, ", failed ", failed, " in ", seconds, " s\n");
+  if (!stopped_by.empty()) {
+    s += StrCat("stopped early (", stopped_by == "signal" ? "by a signal" : "at --max-seconds",
+                "): unfinished sessions counted deferred, kind \"stopped\"\n");
+  }
   s += StrCat("rate: ", connected_per_second, " connected/s (", sessions_per_second,
               " sessions ended/s, counting deferred and failed)\n");
   s += StrCat("connect latency (without slot wait): p50 ", connect_p50_us, " us, p99 ",

@@ -35,7 +35,12 @@ struct LoadOptions {
   // body of about this many bytes, ".") before QUIT — the dialogue Postfix's smtp-source
   // runs, for a like-for-like comparison. -1: QUIT only.
   int message_bytes = -1;
-  int max_seconds = 600;  // stop starting sessions after this; in-flight ones finish
+  // At max_seconds, or once *stop is true (a signal handler's flag), the run stops: no new
+  // session starts, sessions held or in their dialogue are cut short, and those and the
+  // sessions never started are counted deferred, kind "stopped". Sessions still inside
+  // Connect (connecting, waiting for a slot) end by their own bounded timeouts.
+  int max_seconds = 600;
+  const volatile bool* stop = nullptr;
   ConnectorOptions connector;
   // Optional DNS: one c-ares client per thread, pointed at `dns_server` ("127.0.0.1:5353"),
   // all storing into `dns_cache` — which must be the Resolver the Selector was built with.
@@ -49,7 +54,10 @@ struct LoadOptions {
 };
 
 struct LoadReport {
+  // connected: the whole dialogue ran. A session whose dialogue failed after the greeting is
+  // failed, kind "dialogue" (the connection itself was made).
   int64_t sessions = 0, connected = 0, deferred = 0, failed = 0;
+  std::string stopped_by;  // "", "max_seconds" or "signal"
   double seconds = 0;
   double sessions_per_second = 0;   // all ended sessions / wall time
   double connected_per_second = 0;  // connected sessions / wall time

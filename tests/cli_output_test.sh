@@ -141,6 +141,67 @@ mkdir "$work/jsondir"
 left=$(ls -d "$work"/jsondir?* 2>/dev/null | grep -v 'jsondir.err$')
 [ -z "$left" ] || fail "failed rename left a temporary file: $left"
 
+# --- load: a run ends at --max-seconds even while sessions are held (--hold-ms 40000 used to
+# run 40 s); the unfinished sessions are deferred, kind "stopped", and the counts add up
+out=$(timeout 30 "$bin" load --config "$work/limit.conf" --domains l.example --sessions 10 \
+  --concurrency 2 --hold-ms 40000 --max-seconds 1 --json "$work/maxs.json" 2>&1); rc=$?
+[ $rc -ne 124 ] || fail "--max-seconds 1 with --hold-ms 40000 did not end the run"
+grep -q "stopped early (at --max-seconds)" <<<"$out" || fail "stop reported: $out"
+python3 - "$work/maxs.json" <<'PY' || fail "--max-seconds report"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["stopped_by"] == "max_seconds", r
+assert r["connected"] + r["deferred"] + r["failed"] == r["sessions"] == 10, r
+assert r["deferrals"].get("stopped") == 10 and r["connected"] == 0, r
+assert "stopped" in r["examples"]["stopped"], r
+PY
+
+# --- load: SIGTERM/SIGINT write the report and the JSON, then exit 128+signal
+for sig in TERM INT; do
+  rm -f "$work/sig.json"
+  timeout 60 "$bin" load --config "$work/limit.conf" --domains l.example --sessions 6 \
+    --concurrency 2 --hold-ms 40000 --json "$work/sig.json" >"$work/sig.out" 2>&1 &
+  lpid=$!; pids+=($lpid)
+  # Signal once the sessions are held (established to the farm): the handler is installed.
+  for i in $(seq 300); do
+    [ "$(ss -Htn state established "( dport = :$port )" | wc -l)" -ge 2 ] && break; sleep 0.1
+  done
+  kill -$sig $lpid
+  wait $lpid; rc=$?
+  want=$([ $sig = TERM ] && echo 143 || echo 130)
+  [ $rc -eq $want ] || fail "load on SIG$sig exited $rc, want $want: $(cat "$work/sig.out")"
+  grep -q "stopped early (by a signal)" "$work/sig.out" || fail "SIG$sig: no report: $(cat "$work/sig.out")"
+  python3 - "$work/sig.json" <<'PY' || fail "SIG$sig JSON"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["stopped_by"] == "signal", r
+assert r["connected"] + r["deferred"] + r["failed"] == r["sessions"] == 6, r
+assert r["deferrals"].get("stopped") == 6, r
+PY
+done
+
+# --- load: a session whose dialogue fails after the greeting is failed ("dialogue"), not
+# connected (it used to count as connected). The peer greets, then closes at the first command.
+dport2=$(free_port)
+timeout 60 python3 - "$net.7" "$dport2" >"$work/greeter.out" 2>&1 <<'PY' &
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16); print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(b"220 greeter ESMTP\r\n"); c.recv(100); c.close()
+PY
+pids+=($!)
+for i in $(seq 100); do grep -q listening "$work/greeter.out" && break; sleep 0.1; done
+printf 'routes = ( "smtp://%s?port=%s" )\n' "$net.7" "$dport2" >"$work/greeter.conf"
+"$bin" load --config "$work/greeter.conf" --domains g.example --sessions 5 --concurrency 1 \
+  --json "$work/greeter.json" >/dev/null 2>&1
+python3 - "$work/greeter.json" <<'PY' || fail "dialogue failure counted apart"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["connected"] == 0 and r["failed"] == 5 and r["failures"].get("dialogue") == 5, r
+assert "QUIT" in r["examples"]["dialogue"], r
+PY
+
 # --- load: nothing connected is a failure (exit 1)
 printf 'routes = ( "smtp://%s?port=%s" )\n' "$net.3" "$port" >"$work/refused.conf"
 "$bin" load --config "$work/refused.conf" --domains r.example --sessions 20 --concurrency 4 \

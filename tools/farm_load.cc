@@ -24,6 +24,7 @@ namespace mxsched::tools {
 namespace {
 
 volatile bool g_stop = false;
+volatile sig_atomic_t g_signal = 0;  // the signal that set g_stop
 
 // Replaces `path` with `text` atomically. The temporary file is created by mkstemp (O_EXCL,
 // a fresh random name in the same directory, so the rename stays on one file system): a
@@ -61,7 +62,10 @@ void RaiseFdLimit() {
 
 const volatile bool* InstallStopSignals() {
   struct sigaction sa {};
-  sa.sa_handler = [](int) { g_stop = true; };
+  sa.sa_handler = [](int sig) {
+    g_signal = sig;
+    g_stop = true;
+  };
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   return &g_stop;
@@ -210,6 +214,9 @@ int RunLoadCommand(LoadFlags& f) {
                    static_cast<long long>(f));
     };
   }
+  // SIGINT/SIGTERM stop the run: what was measured is still reported and written, then
+  // the exit status is 128 + the signal (ctest cli_output).
+  o.stop = InstallStopSignals();
   auto report = io::RunLoad(selector, o);
   if (o.progress) std::fprintf(stderr, "\n");
   if (!report.ok()) {
@@ -221,6 +228,7 @@ int RunLoadCommand(LoadFlags& f) {
     std::fprintf(stderr, "mxsched load: cannot write %s\n", json_path.c_str());
     return 1;
   }
+  if (report->stopped_by == "signal") return 128 + static_cast<int>(g_signal);
   if (report->sessions > 0 && report->connected == 0) {
     std::fprintf(stderr, "mxsched load: no session connected\n");
     return 1;
@@ -280,7 +288,8 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
   sub.add_option("--hold-ms", o.hold_ms, "Hold each connection this long before QUIT")
       ->check(CLI::Range(0, 3'600'000));
   sub.add_option("--max-seconds", o.max_seconds,
-                 "Start no new session after this long; sessions in flight finish")
+                 "Stop the run after this long: sessions not finished by then are cut short "
+                 "and counted deferred (\"stopped\")")
       ->check(CLI::Range(1, 86400));
   sub.add_option("--max-attempts", o.connector.max_attempts,
                  "Destinations tried per session (failover)")
