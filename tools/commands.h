@@ -33,6 +33,7 @@ CommandRun SetUpRouteCommand(CLI::App& sub);
 CommandRun SetUpLoadCommand(CLI::App& sub);
 CommandRun SetUpFarmCommand(CLI::App& sub);
 CommandRun SetUpDemoCommand(CLI::App& sub);
+CommandRun SetUpTopCommand(CLI::App& sub);
 
 struct CommandEntry {
   const char* name;
@@ -50,6 +51,7 @@ inline constexpr CommandEntry kCommands[] = {
      SetUpFarmCommand},
     {"demo", "Measure a global route against MX spread on an in-process farm",
      SetUpDemoCommand},
+    {"top", "Live view of a running worker through its admin endpoint", SetUpTopCommand},
 };
 
 // Prints "mxsched: WHY" to stderr and returns 2 (a usage error found after parsing).

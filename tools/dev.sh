@@ -14,7 +14,8 @@ PACKAGES=(build-essential cmake ninja-build pkg-config python3
           liburing-dev libabsl-dev libc-ares-dev libgtest-dev libgmock-dev libbenchmark-dev
           dnsmasq-base postfix gnuplot-nox clang libclang-rt-14-dev ccache
           nlohmann-json3-dev libcli11-dev
-          libhiredis-dev redis-server)
+          libhiredis-dev redis-server
+          prometheus-cpp-dev libcivetweb-dev libcurl4-openssl-dev prometheus tmux)
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 install_deps() {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "mxsched/admin/admin_server.h"
 #include "testbed/farm.h"
 #include "testbed/load.h"
 #include "mxsched/io/resolver.h"
@@ -161,7 +162,7 @@ int RunFarm(const FarmFlags& f) {
 }
 
 struct LoadFlags {
-  std::string config_path, json_path, domains;
+  std::string config_path, json_path, domains, admin;
   io::LoadOptions o;
 };
 
@@ -205,6 +206,15 @@ int RunLoadCommand(LoadFlags& f) {
   io::DnsCache cache;
   if (!o.dns_server.empty()) o.dns_cache = &cache;
   Selector selector(shared, {.resolver = o.dns_cache});
+  std::unique_ptr<admin::AdminServer> admin_server;
+  if (!f.admin.empty()) {
+    admin::AdminOptions ao;
+    ao.listen = f.admin;
+    auto started = admin::AdminServer::Start(&selector, &cache, ao);
+    if (!started.ok()) return UsageError(StrCat("load: --admin: ", started.status().message()));
+    admin_server = *std::move(started);
+    std::fprintf(stderr, "mxsched load: admin endpoint on port %d\n", admin_server->port());
+  }
   if (isatty(STDERR_FILENO)) {
     const int64_t total = o.sessions;
     o.progress = [total](int64_t done, int64_t c, int64_t d, int64_t f) {
@@ -314,6 +324,10 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
                  "Greeting timeout per attempt")
       ->check(CLI::Range(1, 3'600'000))
       ->default_str("the config's banner_timeout");
+  sub.add_option("--admin", f->admin,
+                 "Serve the admin endpoint (/metrics, /domains/NAME, /hosts, POST /refresh) "
+                 "here while the load runs; port 0 picks one (printed on stderr)")
+      ->type_name("ADDR:PORT");
   sub.add_option("--json", f->json_path, "Also write the report as JSON to this file")
       ->type_name("OUT")
       ->default_str("none");

@@ -1,0 +1,382 @@
+#include "mxsched/admin/metrics.h"
+
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include "mxsched/io/connector.h"
+#include "prometheus/text_serializer.h"
+
+namespace mxsched::admin {
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+constexpr double kNanos = 1e9;
+
+MetricFamily Family(std::string name, std::string help, MetricType type, size_t reserve) {
+  MetricFamily f{std::move(name), std::move(help), type, {}};
+  f.metric.reserve(reserve);
+  return f;
+}
+
+ClientMetric Value(MetricType type, double v, std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  if (type == MetricType::Counter) {
+    m.counter.value = v;
+  } else {
+    m.gauge.value = v;
+  }
+  return m;
+}
+
+// Prometheus histogram from non-cumulative bucket counts and their upper bounds (nanos).
+template <size_t N, size_t B>
+ClientMetric Histogram(const std::array<uint64_t, N>& counts, const std::array<int64_t, B>& bounds,
+                       int64_t sum_nanos, std::vector<ClientMetric::Label> labels = {}) {
+  static_assert(N == B + 1);
+  ClientMetric m;
+  m.label = std::move(labels);
+  m.histogram.bucket.resize(N);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < N; ++i) {
+    cumulative += counts[i];
+    m.histogram.bucket[i].cumulative_count = cumulative;
+    m.histogram.bucket[i].upper_bound =
+        i < B ? static_cast<double>(bounds[i]) / kNanos : std::numeric_limits<double>::infinity();
+  }
+  m.histogram.sample_count = cumulative;
+  m.histogram.sample_sum = static_cast<double>(sum_nanos) / kNanos;
+  return m;
+}
+
+void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
+  const std::vector<const HostState*> hosts = selector.registry().Snapshot();
+  const int64_t now = selector.clock().NowNanos();
+  const size_t n = hosts.size();
+  MetricFamily active = Family("mxsched_host_active_connections",
+                               "Connection leases held on the destination now.",
+                               MetricType::Gauge, n);
+  MetricFamily limit = Family("mxsched_host_connection_limit",
+                              "Effective per-destination connection limit (+Inf: unlimited).",
+                              MetricType::Gauge, n);
+  MetricFamily reachable =
+      Family("mxsched_host_reachable",
+             "1 if a new connection may go to the destination, 0 while it is marked failed.",
+             MetricType::Gauge, n);
+  MetricFamily failures = Family("mxsched_host_consecutive_failures",
+                                 "Connection failures on the destination since its last success.",
+                                 MetricType::Gauge, n);
+  MetricFamily retry = Family("mxsched_host_retry_after_seconds",
+                              "Seconds until a failed destination gets its half-open probe.",
+                              MetricType::Gauge, n);
+  MetricFamily outcomes = Family("mxsched_host_connections_total",
+                                 "Connection outcomes reported on the destination.",
+                                 MetricType::Counter, n * kOutcomeKinds);
+  MetricFamily latency =
+      Family("mxsched_host_connect_duration_seconds",
+             "Time from Acquire to a 2xx greeting, successful connections only.",
+             MetricType::Histogram, n);
+  for (const HostState* h : hosts) {
+    std::vector<ClientMetric::Label> labels{{"host", h->endpoint().ToString()}, {"mx", h->name()}};
+    active.metric.push_back(Value(MetricType::Gauge, h->active(), labels));
+    const int32_t l = h->limit();
+    limit.metric.push_back(Value(
+        MetricType::Gauge, l == kUnlimited ? std::numeric_limits<double>::infinity() : l, labels));
+    reachable.metric.push_back(Value(MetricType::Gauge, h->Reachable(now) ? 1 : 0, labels));
+    failures.metric.push_back(Value(MetricType::Gauge, h->consecutive_failures(), labels));
+    const int64_t until = h->failed_until();
+    retry.metric.push_back(Value(
+        MetricType::Gauge, until > now ? static_cast<double>(until - now) / kNanos : 0, labels));
+    for (size_t o = 0; o < kOutcomeKinds; ++o) {
+      std::vector<ClientMetric::Label> ol = labels;
+      ol.push_back({"outcome", std::string(OutcomeName(static_cast<Outcome>(o)))});
+      outcomes.metric.push_back(
+          Value(MetricType::Counter, static_cast<double>(h->outcomes(o)), std::move(ol)));
+    }
+    const HostState::LatencyCounts lc = h->connect_latency();
+    latency.metric.push_back(
+        Histogram(lc.buckets, kConnectLatencyBoundsNanos, lc.sum_nanos, std::move(labels)));
+  }
+  for (MetricFamily* f : {&active, &limit, &reachable, &failures, &retry, &outcomes, &latency}) {
+    out.push_back(std::move(*f));
+  }
+  MetricFamily count = Family("mxsched_hosts", "Destinations known to the host registry.",
+                              MetricType::Gauge, 1);
+  count.metric.push_back(Value(MetricType::Gauge, static_cast<double>(n)));
+  out.push_back(std::move(count));
+}
+
+void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
+  const SelectorStats::Totals t = selector.stats().Collect();
+  MetricFamily server = Family("mxsched_server_active_connections",
+                               "Connection leases held against server_max_outbound_connections.",
+                               MetricType::Gauge, 1);
+  server.metric.push_back(
+      Value(MetricType::Gauge, static_cast<double>(selector.server_active())));
+  out.push_back(std::move(server));
+
+  MetricFamily deferrals = Family("mxsched_acquire_deferrals_total",
+                                  "Acquire answers that were deferrals, by reason.",
+                                  MetricType::Counter, kDeferReasons);
+  for (size_t r = 0; r < kDeferReasons; ++r) {
+    deferrals.metric.push_back(
+        Value(MetricType::Counter, static_cast<double>(t.deferrals[r]),
+              {{"reason", std::string(DeferReasonName(static_cast<DeferReason>(r)))}}));
+  }
+  out.push_back(std::move(deferrals));
+
+  MetricFamily sessions = Family("mxsched_sessions_total",
+                                 "Connector sessions ended, by result.", MetricType::Counter,
+                                 kSessionResults);
+  for (size_t r = 0; r < kSessionResults; ++r) {
+    sessions.metric.push_back(Value(
+        MetricType::Counter, static_cast<double>(t.sessions[r]),
+        {{"result", std::string(io::ConnectKindName(static_cast<io::ConnectResult::Kind>(r)))}}));
+  }
+  out.push_back(std::move(sessions));
+
+  MetricFamily waiting = Family("mxsched_sessions_waiting",
+                                "Sessions queued for a connection slot now.", MetricType::Gauge, 1);
+  waiting.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.waiting())));
+  out.push_back(std::move(waiting));
+
+  MetricFamily wait = Family("mxsched_session_wait_seconds",
+                             "Slot-wait time of sessions that waited, from the first wait to "
+                             "the session's end.",
+                             MetricType::Histogram, 1);
+  wait.metric.push_back(Histogram(t.wait_buckets, kWaitBoundsNanos, t.wait_sum_nanos));
+  out.push_back(std::move(wait));
+
+  MetricFamily domains = Family("mxsched_domains_resident",
+                                "Domains with a route entry in the selector.", MetricType::Gauge, 1);
+  domains.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.domain_count())));
+  out.push_back(std::move(domains));
+}
+
+void AddDnsFamilies(const io::DnsCache& dns, std::vector<MetricFamily>& out) {
+  const io::DnsCache::Stats s = dns.stats();
+  MetricFamily lookups = Family("mxsched_dns_lookups_total",
+                                "Resolver lookups, by whether a fresh cached answer served them.",
+                                MetricType::Counter, 2);
+  lookups.metric.push_back(
+      Value(MetricType::Counter, static_cast<double>(s.hits), {{"result", "hit"}}));
+  lookups.metric.push_back(
+      Value(MetricType::Counter, static_cast<double>(s.misses), {{"result", "miss"}}));
+  out.push_back(std::move(lookups));
+  MetricFamily queries = Family("mxsched_dns_queries_total",
+                                "DNS queries handed to a DNS client.", MetricType::Counter, 1);
+  queries.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.queries)));
+  out.push_back(std::move(queries));
+  MetricFamily answers = Family("mxsched_dns_answers_total", "DNS answers stored, by result.",
+                                MetricType::Counter, 4);
+  const std::pair<const char*, uint64_t> results[] = {{"ok", s.answers_ok},
+                                                      {"nodata", s.answers_nodata},
+                                                      {"nxdomain", s.answers_nxdomain},
+                                                      {"tempfail", s.answers_tempfail}};
+  for (const auto& [name, value] : results) {
+    answers.metric.push_back(
+        Value(MetricType::Counter, static_cast<double>(value), {{"result", name}}));
+  }
+  out.push_back(std::move(answers));
+  MetricFamily entries = Family("mxsched_dns_cache_entries",
+                                "Names and record types held in the DNS cache.",
+                                MetricType::Gauge, 1);
+  entries.metric.push_back(Value(MetricType::Gauge, static_cast<double>(s.entries)));
+  out.push_back(std::move(entries));
+}
+
+// --- the direct text writer ------------------------------------------------------------
+
+void AppendUint(std::string* out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, r.ptr);
+}
+
+void AppendDouble(std::string* out, double v) {
+  if (std::isinf(v)) {
+    out->append(v > 0 ? "+Inf" : "-Inf");
+    return;
+  }
+  if (std::isnan(v)) {
+    out->append("NaN");
+    return;
+  }
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);  // shortest round-trip form
+  out->append(buf, r.ptr);
+}
+
+// `"` `\\` and newline escaped, as the exposition format requires in label values.
+void AppendLabelValue(std::string* out, std::string_view v) {
+  for (char c : v) {
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(c);
+    } else if (c == '\n') {
+      out->append("\\n");
+    } else {
+      out->push_back(c);
+    }
+  }
+}
+
+void AppendHeader(std::string* out, std::string_view name, std::string_view help,
+                  std::string_view type) {
+  out->append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ");
+  out->append(name).append(" ").append(type).append("\n");
+}
+
+// name{labels} value — `labels` without braces, may be empty.
+template <typename V>
+void AppendSample(std::string* out, std::string_view name, std::string_view labels, V value) {
+  out->append(name);
+  if (!labels.empty()) out->append("{").append(labels).append("}");
+  out->push_back(' ');
+  if constexpr (std::is_floating_point_v<V>) {
+    AppendDouble(out, value);
+  } else {
+    AppendUint(out, static_cast<uint64_t>(value));
+  }
+  out->push_back('\n');
+}
+
+template <size_t N, size_t B>
+void AppendHistogram(std::string* out, std::string_view name, std::string_view labels,
+                     const std::array<uint64_t, N>& counts, const std::array<int64_t, B>& bounds,
+                     int64_t sum_nanos) {
+  static_assert(N == B + 1);
+  const std::string_view sep = labels.empty() ? "" : ",";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < N; ++i) {
+    cumulative += counts[i];
+    out->append(name).append("_bucket{").append(labels).append(sep).append("le=\"");
+    if (i < B) {
+      AppendDouble(out, static_cast<double>(bounds[i]) / kNanos);
+    } else {
+      out->append("+Inf");
+    }
+    out->append("\"} ");
+    AppendUint(out, cumulative);
+    out->push_back('\n');
+  }
+  const std::string sum_name = std::string(name) + "_sum";
+  const std::string count_name = std::string(name) + "_count";
+  AppendSample(out, sum_name, labels, static_cast<double>(sum_nanos) / kNanos);
+  AppendSample(out, count_name, labels, cumulative);
+}
+
+struct HostSample {
+  std::string labels;  // host="…",mx="…"
+  int32_t active, limit;
+  bool reachable;
+  uint32_t consecutive;
+  double retry_s;
+  std::array<uint64_t, kOutcomeKinds> outcomes;
+  HostState::LatencyCounts latency;
+};
+
+}  // namespace
+
+void MetricsCollector::AppendText(std::string* out) const {
+  Selector& selector = *selector_;
+  const std::vector<const HostState*> hosts = selector.registry().Snapshot();
+  const int64_t now = selector.clock().NowNanos();
+  std::vector<HostSample> samples(hosts.size());
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const HostState& h = *hosts[i];
+    HostSample& s = samples[i];
+    s.labels.reserve(64);
+    s.labels.append("host=\"");
+    AppendLabelValue(&s.labels, h.endpoint().ToString());
+    s.labels.append("\",mx=\"");
+    AppendLabelValue(&s.labels, h.name());
+    s.labels.push_back('"');
+    s.active = h.active();
+    s.limit = h.limit();
+    s.reachable = h.Reachable(now);
+    s.consecutive = h.consecutive_failures();
+    const int64_t until = h.failed_until();
+    s.retry_s = until > now ? static_cast<double>(until - now) / kNanos : 0.0;
+    for (size_t o = 0; o < kOutcomeKinds; ++o) s.outcomes[o] = h.outcomes(o);
+    s.latency = h.connect_latency();
+  }
+  out->reserve(out->size() + samples.size() * 2600 + 8192);
+
+  AppendHeader(out, "mxsched_host_active_connections",
+               "Connection leases held on the destination now.", "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_active_connections", s.labels, s.active);
+  }
+  AppendHeader(out, "mxsched_host_connection_limit",
+               "Effective per-destination connection limit (+Inf: unlimited).", "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_connection_limit", s.labels,
+                 s.limit == kUnlimited ? std::numeric_limits<double>::infinity()
+                                       : static_cast<double>(s.limit));
+  }
+  AppendHeader(out, "mxsched_host_reachable",
+               "1 if a new connection may go to the destination, 0 while it is marked failed.",
+               "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_reachable", s.labels, s.reachable ? 1 : 0);
+  }
+  AppendHeader(out, "mxsched_host_consecutive_failures",
+               "Connection failures on the destination since its last success.", "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_consecutive_failures", s.labels, s.consecutive);
+  }
+  AppendHeader(out, "mxsched_host_retry_after_seconds",
+               "Seconds until a failed destination gets its half-open probe.", "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_retry_after_seconds", s.labels, s.retry_s);
+  }
+  AppendHeader(out, "mxsched_host_connections_total",
+               "Connection outcomes reported on the destination.", "counter");
+  std::string labels;
+  for (const HostSample& s : samples) {
+    for (size_t o = 0; o < kOutcomeKinds; ++o) {
+      labels.assign(s.labels).append(",outcome=\"");
+      labels.append(OutcomeName(static_cast<Outcome>(o))).push_back('"');
+      AppendSample(out, "mxsched_host_connections_total", labels, s.outcomes[o]);
+    }
+  }
+  AppendHeader(out, "mxsched_host_connect_duration_seconds",
+               "Time from Acquire to a 2xx greeting, successful connections only.", "histogram");
+  for (const HostSample& s : samples) {
+    AppendHistogram(out, "mxsched_host_connect_duration_seconds", s.labels, s.latency.buckets,
+                    kConnectLatencyBoundsNanos, s.latency.sum_nanos);
+  }
+  AppendHeader(out, "mxsched_hosts", "Destinations known to the host registry.", "gauge");
+  AppendSample(out, "mxsched_hosts", "", samples.size());
+
+  // Process-wide families: few series, so the MetricFamily path costs nothing here.
+  std::vector<MetricFamily> process;
+  AddProcessFamilies(selector, process);
+  if (dns_ != nullptr) AddDnsFamilies(*dns_, process);
+  out->append(SerializeText(process));
+}
+
+std::vector<MetricFamily> MetricsCollector::Collect() const {
+  std::vector<MetricFamily> out;
+  out.reserve(24);
+  AddHostFamilies(*selector_, out);
+  AddProcessFamilies(*selector_, out);
+  if (dns_ != nullptr) AddDnsFamilies(*dns_, out);
+  return out;
+}
+
+std::string SerializeText(const std::vector<MetricFamily>& families) {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return std::move(out).str();
+}
+
+}  // namespace mxsched::admin

@@ -1,0 +1,388 @@
+// `mxsched top --admin ADDR:PORT`: a live terminal view of a running worker, like `kcli top`
+// or htop. Every interval it scrapes the worker's GET /metrics (AdminServer) and shows the
+// busiest hosts (active connections against their limit, connections/s, failures/s,
+// consecutive failures, state), sessions/s by result, deferrals/s by reason, and waiting
+// sessions. Rates are differences between two scrapes.
+//
+// Terminal: the alternate screen, no echo, single keys; `q` or Ctrl-C quits and restores the
+// terminal. Lines are cut to the terminal's width and columns dropped when it is narrow;
+// rows stop at its height. A worker that goes away (or is not there yet) is shown as
+// unreachable and asked again every interval. `--once` prints one plain frame (no screen
+// control) and exits: 0 if the worker answered, 1 if not.
+//
+// HTTP through libcurl (Debian libcurl4-openssl-dev, already pulled in by prometheus-cpp-dev)
+// rather than a hand-written client. Not thread-safe: runs on the main thread.
+#include <curl/curl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxsched/base/strings.h"
+#include "tools/commands.h"
+
+namespace mxsched::tools {
+namespace {
+
+struct TopFlags {
+  std::string admin;
+  int interval_ms = 1000;
+  bool once = false;
+};
+
+// --- scraping ------------------------------------------------------------------------------
+
+size_t Append(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+// The body of GET http://ADDR/PATH, or the error.
+std::optional<std::string> HttpGet(const std::string& addr, std::string_view path,
+                                   std::string* error) {
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) {
+    *error = "curl_easy_init failed";
+    return std::nullopt;
+  }
+  const std::string url = StrCat("http://", addr, path);
+  std::string body;
+  char errbuf[CURL_ERROR_SIZE] = "";
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 1000L);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 3000L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+  const CURLcode rc = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK) {
+    *error = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    return std::nullopt;
+  }
+  if (status != 200) {
+    *error = StrCat("HTTP ", status, " from ", url);
+    return std::nullopt;
+  }
+  return body;
+}
+
+struct HostRow {
+  std::string host, mx;
+  double active = 0, limit = 0, reachable = 1, consecutive = 0, retry_s = 0;
+  double connected = 0, failed = 0;  // counters (failed: every outcome but connected/local)
+  double connected_rate = 0, failed_rate = 0;
+};
+
+struct Scrape {
+  std::map<std::string, HostRow> hosts;  // by host
+  std::map<std::string, double> deferrals, sessions;
+  double waiting = 0, domains = 0, server_active = 0;
+  std::chrono::steady_clock::time_point at;
+};
+
+// Label value `key` from `{a="x",b="y"}` text (Prometheus escapes: \\, \", \n).
+std::string Label(std::string_view labels, std::string_view key) {
+  const std::string needle = StrCat(key, "=\"");
+  size_t p = 0;
+  while ((p = labels.find(needle, p)) != std::string_view::npos) {
+    if (p == 0 || labels[p - 1] == '{' || labels[p - 1] == ',') break;
+    ++p;
+  }
+  if (p == std::string_view::npos) return "";
+  std::string out;
+  for (size_t i = p + needle.size(); i < labels.size() && labels[i] != '"'; ++i) {
+    if (labels[i] == '\\' && i + 1 < labels.size()) {
+      ++i;
+      out += labels[i] == 'n' ? '\n' : labels[i];
+    } else {
+      out += labels[i];
+    }
+  }
+  return out;
+}
+
+Scrape Parse(std::string_view text) {
+  Scrape s;
+  s.at = std::chrono::steady_clock::now();
+  for (std::string_view line : Split(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t brace = line.find('{');
+    const size_t space = line.rfind(' ');
+    if (space == std::string_view::npos) continue;
+    const std::string_view name = line.substr(0, std::min(brace, line.find(' ')));
+    const std::string_view labels =
+        brace == std::string_view::npos ? std::string_view() : line.substr(brace, space - brace);
+    const double v = std::strtod(std::string(line.substr(space + 1)).c_str(), nullptr);
+    if (name.rfind("mxsched_host_", 0) == 0 && name != "mxsched_hosts") {
+      const std::string host = Label(labels, "host");
+      if (host.empty()) continue;
+      HostRow& h = s.hosts[host];
+      h.host = host;
+      h.mx = Label(labels, "mx");
+      if (name == "mxsched_host_active_connections") h.active = v;
+      if (name == "mxsched_host_connection_limit") h.limit = v;
+      if (name == "mxsched_host_reachable") h.reachable = v;
+      if (name == "mxsched_host_consecutive_failures") h.consecutive = v;
+      if (name == "mxsched_host_retry_after_seconds") h.retry_s = v;
+      if (name == "mxsched_host_connections_total") {
+        const std::string outcome = Label(labels, "outcome");
+        if (outcome == "connected") {
+          h.connected = v;
+        } else if (outcome != "local_error") {
+          h.failed += v;
+        }
+      }
+    } else if (name == "mxsched_acquire_deferrals_total") {
+      s.deferrals[Label(labels, "reason")] = v;
+    } else if (name == "mxsched_sessions_total") {
+      s.sessions[Label(labels, "result")] = v;
+    } else if (name == "mxsched_sessions_waiting") {
+      s.waiting = v;
+    } else if (name == "mxsched_domains_resident") {
+      s.domains = v;
+    } else if (name == "mxsched_server_active_connections") {
+      s.server_active = v;
+    }
+  }
+  return s;
+}
+
+// --- rendering -----------------------------------------------------------------------------
+
+std::string Num(double v, int decimals = 0) {
+  if (std::isinf(v)) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+  return buf;
+}
+
+std::string Fit(std::string s, size_t width) {
+  if (s.size() > width) s.resize(width);
+  return s;
+}
+
+std::string Pad(std::string_view s, size_t width, bool right = false) {
+  std::string out(s.substr(0, width));
+  std::string pad(width - out.size(), ' ');
+  return right ? pad + out : out + pad;
+}
+
+std::vector<std::string> Render(const std::string& addr, const std::optional<Scrape>& now,
+                                const std::optional<Scrape>& before, const std::string& error,
+                                size_t width, size_t height) {
+  std::vector<std::string> lines;
+  char clock[16];
+  const time_t t = time(nullptr);
+  std::strftime(clock, sizeof(clock), "%H:%M:%S", localtime(&t));
+  lines.push_back(StrCat("mxsched top  ", addr, "  ", clock, "  (q quits)"));
+  if (!error.empty()) {
+    lines.push_back(StrCat("worker unreachable: ", error, " - retrying"));
+  }
+  if (!now) {
+    for (std::string& l : lines) l = Fit(l, width);
+    return lines;
+  }
+  const double dt =
+      before ? std::chrono::duration<double>(now->at - before->at).count() : 0.0;
+  auto rate = [&](const std::map<std::string, double>& cur,
+                  const std::map<std::string, double>& prev, const std::string& key) {
+    if (dt <= 0) return 0.0;
+    auto c = cur.find(key), p = prev.find(key);
+    return c == cur.end() || p == prev.end() ? 0.0 : std::max(0.0, (c->second - p->second) / dt);
+  };
+  const std::map<std::string, double> none;
+  const auto& prev_sessions = before ? before->sessions : none;
+  const auto& prev_deferrals = before ? before->deferrals : none;
+  lines.push_back(StrCat("sessions/s: ", Num(rate(now->sessions, prev_sessions, "connected"), 1),
+                         " connected  ", Num(rate(now->sessions, prev_sessions, "deferred"), 1),
+                         " deferred  ", Num(rate(now->sessions, prev_sessions, "failed"), 1),
+                         " failed   waiting ", Num(now->waiting), "   active ",
+                         Num(now->server_active), "   domains ", Num(now->domains)));
+  std::string deferrals = "deferrals/s:";
+  bool any = false;
+  for (const auto& [reason, total] : now->deferrals) {
+    const double r = rate(now->deferrals, prev_deferrals, reason);
+    if (total == 0) continue;
+    any = true;
+    deferrals += StrCat(" ", reason, " ", Num(r, 1));
+  }
+  lines.push_back(any ? deferrals : deferrals + " none");
+  lines.push_back("");
+
+  std::vector<HostRow> rows;
+  for (const auto& [key, h] : now->hosts) {
+    HostRow r = h;
+    if (before && dt > 0) {
+      auto p = before->hosts.find(key);
+      if (p != before->hosts.end()) {
+        r.connected_rate = std::max(0.0, (h.connected - p->second.connected) / dt);
+        r.failed_rate = std::max(0.0, (h.failed - p->second.failed) / dt);
+      }
+    }
+    rows.push_back(std::move(r));
+  }
+  std::sort(rows.begin(), rows.end(), [](const HostRow& a, const HostRow& b) {
+    if (a.active != b.active) return a.active > b.active;
+    if (a.connected_rate != b.connected_rate) return a.connected_rate > b.connected_rate;
+    return a.host < b.host;
+  });
+  // Columns by priority: narrow terminals keep host, active/limit and conn/s.
+  const bool show_mx = width >= 96, show_state = width >= 64, show_fail = width >= 52;
+  std::string header = Pad("HOST", 24) + Pad("ACTIVE/LIMIT", 13, true) + Pad("CONN/S", 9, true);
+  if (show_fail) header += Pad("FAIL/S", 8, true) + Pad("CONSEC", 7, true);
+  if (show_state) header += "  " + Pad("STATE", 12);
+  if (show_mx) header += Pad("MX", 32);
+  lines.push_back(header);
+  const size_t room = height > lines.size() + 1 ? height - lines.size() - 1 : 0;
+  for (size_t i = 0; i < rows.size() && i < room; ++i) {
+    const HostRow& h = rows[i];
+    std::string line = Pad(h.host, 24) +
+                       Pad(StrCat(Num(h.active), "/", Num(h.limit)), 13, true) +
+                       Pad(Num(h.connected_rate, 1), 9, true);
+    if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
+    if (show_state) {
+      line += "  " + Pad(h.reachable ? "up" : StrCat("down ", Num(h.retry_s), "s"), 12);
+    }
+    if (show_mx) line += Pad(h.mx, 32);
+    lines.push_back(line);
+  }
+  if (rows.size() > room) {
+    lines.push_back(StrCat("... ", rows.size() - room, " more host(s)"));
+  }
+  for (std::string& l : lines) l = Fit(l, width);
+  return lines;
+}
+
+// --- terminal ------------------------------------------------------------------------------
+
+class Terminal {
+ public:
+  Terminal() : tty_(isatty(STDIN_FILENO) && isatty(STDOUT_FILENO)) {
+    if (!tty_ || tcgetattr(STDIN_FILENO, &saved_) != 0) {
+      tty_ = false;
+      return;
+    }
+    termios raw = saved_;
+    raw.c_lflag &= ~(ICANON | ECHO);  // keys one by one, not echoed; ISIG kept for Ctrl-C
+    raw.c_cc[VMIN] = 0;
+    raw.c_cc[VTIME] = 0;
+    tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+    std::fputs("\x1b[?1049h\x1b[?25l", stdout);  // alternate screen, hide cursor
+    std::fflush(stdout);
+  }
+  ~Terminal() {
+    if (!tty_) return;
+    std::fputs("\x1b[?25h\x1b[?1049l", stdout);
+    std::fflush(stdout);
+    tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+  }
+  bool tty() const { return tty_; }
+  void Size(size_t* width, size_t* height) const {
+    winsize ws{};
+    if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
+      *width = ws.ws_col;
+      *height = ws.ws_row;
+    } else {
+      *width = 100;
+      *height = 40;
+    }
+  }
+  void Draw(const std::vector<std::string>& lines) {
+    std::string out = "\x1b[H";
+    for (const std::string& l : lines) out += l + "\x1b[K\r\n";
+    out += "\x1b[J";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    std::fflush(stdout);
+  }
+  // Waits up to `ms` for a key; true if it was q/Q.
+  bool WaitForQuit(int ms, const volatile bool* stop) {
+    pollfd p{STDIN_FILENO, POLLIN, 0};
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (!*stop) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deadline - std::chrono::steady_clock::now())
+                            .count();
+      if (left <= 0) return false;
+      const int r = poll(tty_ ? &p : nullptr, tty_ ? 1 : 0, static_cast<int>(left));
+      if (r > 0) {
+        char c = 0;
+        if (read(STDIN_FILENO, &c, 1) == 1 && (c == 'q' || c == 'Q')) return true;
+      }
+    }
+    return true;
+  }
+
+ private:
+  bool tty_;
+  termios saved_{};
+};
+
+int RunTop(const TopFlags& f) {
+  if (f.interval_ms < 100) return UsageError("top: --interval-ms must be at least 100");
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  std::optional<Scrape> now, before;
+  std::string error;
+  auto scrape = [&] {
+    std::string why;
+    std::optional<std::string> body = HttpGet(f.admin, "/metrics", &why);
+    if (!body) {
+      error = why;
+      return false;
+    }
+    error.clear();
+    before = std::move(now);
+    now = Parse(*body);
+    return true;
+  };
+  if (f.once) {
+    const bool ok = scrape();
+    for (const std::string& l : Render(f.admin, now, before, error, 200, 1000)) {
+      std::printf("%s\n", l.c_str());
+    }
+    curl_global_cleanup();
+    return ok ? 0 : 1;
+  }
+  const volatile bool* stop = InstallStopSignals();
+  {
+    Terminal term;
+    while (!*stop) {
+      scrape();
+      size_t width, height;
+      term.Size(&width, &height);
+      term.Draw(Render(f.admin, now, before, error, width, height));
+      if (term.WaitForQuit(f.interval_ms, stop)) break;
+    }
+  }
+  curl_global_cleanup();
+  return 0;
+}
+
+}  // namespace
+
+CommandRun SetUpTopCommand(CLI::App& sub) {
+  auto f = std::make_shared<TopFlags>();
+  sub.add_option("--admin", f->admin, "The worker's admin endpoint (load --admin, AdminServer)")
+      ->required()
+      ->type_name("ADDR:PORT");
+  sub.add_option("--interval-ms", f->interval_ms, "Refresh interval");
+  sub.add_flag("--once", f->once, "Print one plain frame and exit (1 if the worker is away)");
+  return [f] { return RunTop(*f); };
+}
+
+}  // namespace mxsched::tools
