@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""DESIGN §8 end to end with real tools: `mxsched farm`, `mxsched load --admin`, Prometheus'
+`promtool check metrics`, `mxsched route --json`, and `mxsched top` driven in tmux.
+
+usage: tests/admin_cli_test.py BIN    (exit 77 = skipped: promtool or tmux missing)
+
+While a real load runs against the farm, it scrapes /metrics and checks it with promtool,
+checks the per-host gauges against the farm's server-side counts, compares /domains/NAME
+with `route --json`, checks POST /refresh re-plans the route, sends bad requests, and runs
+`top` in a private tmux server (wide, then narrow; then the worker goes away; q and Ctrl-C
+quit). Every wait is on a condition with a generous deadline; only processes this test
+started are stopped, by PID (the tmux server by its private socket).
+"""
+import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, urllib.error
+
+BIN = sys.argv[1]
+for tool in ("promtool", "tmux"):
+    if shutil.which(tool) is None:
+        print(f"SKIP: {tool} not installed (Debian: prometheus, tmux)")
+        sys.exit(77)
+
+work = tempfile.mkdtemp(prefix="mxsched-admin-")
+procs = []
+tmux_socket = f"mxsched-admin-{os.getpid()}"
+
+
+def fail(why):
+    print("FAIL:", why)
+    sys.exit(1)
+
+
+def wait_for(what, cond, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    fail(f"timed out waiting for {what}")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cleanup():
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-server"], capture_output=True)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def http(path, method="GET"):
+    req = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}", method=method,
+                                 data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def raw(request):
+    s = socket.create_connection(("127.0.0.1", admin_port), timeout=10)
+    s.sendall(request)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return int(data[9:12]) if len(data) >= 12 else 0
+
+
+def series(text):
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def host_value(metrics, name, host, extra=""):
+    for key, v in metrics.items():
+        if key.startswith(name + "{") and f'host="{host}"' in key and extra in key:
+            return v
+    return None
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", "-L", tmux_socket, *args], capture_output=True, text=True)
+
+
+def pane(target):
+    return tmux("capture-pane", "-p", "-t", target).stdout
+
+
+try:
+    port = free_port()
+    net = f"127.{40 + os.getpid() % 200}.{1 + (os.getpid() // 200) % 250}"
+    hosts = [f"{net}.{i}:{port}" for i in (1, 2, 3, 4)]
+    farm_err = open(os.path.join(work, "farm.err"), "w")
+    farm = subprocess.Popen([BIN, "farm", "--listen", f"{net}.1-{net}.4:{port}", "--fault",
+                             f"{net}.4=refuse", "--stats", os.path.join(work, "farm.json"),
+                             "--max-seconds", "120"], stderr=farm_err)
+    procs.append(farm)
+    wait_for("the farm", lambda: "listening" in open(os.path.join(work, "farm.err")).read())
+    conf = os.path.join(work, "mx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""routes = ( "smtp://{net}.1?pref=1&ttl=3600" "smtp://{net}.2?pref=1&ttl=3600"
+                    "smtp://{net}.3?pref=1&ttl=3600" "smtp://{net}.4?pref=1&ttl=3600" )
+remote_smtp_port = {port}
+""" + "".join(f'Host "{net}.{i}" {{ max_outbound_connections = 3 }}\n' for i in (1, 2, 3, 4)))
+
+    # 12 sessions in flight for 9 reachable slots (3 hosts x 3; the 4th refuses): 9 hold their
+    # connection 3 s, 3 wait for a slot.
+    load_err = open(os.path.join(work, "load.err"), "w")
+    load = subprocess.Popen([BIN, "load", "--config", conf, "--domains", "a.test,b.test",
+                             "--sessions", "30", "--concurrency", "12", "--hold-ms", "3000",
+                             "--wait-ms", "60000", "--admin", "127.0.0.1:0",
+                             "--json", os.path.join(work, "load.json"), "--max-seconds", "90"],
+                            stdout=subprocess.DEVNULL, stderr=load_err)
+    procs.append(load)
+
+    def admin_port_from_stderr():
+        text = open(os.path.join(work, "load.err")).read()
+        for word in text.split():
+            if word.isdigit() and "admin endpoint on port" in text:
+                return int(word)
+        return None
+    admin_port = wait_for("the admin endpoint", admin_port_from_stderr)
+
+    # --- /metrics while the load runs: promtool, and gauges against the farm's own counts.
+    def plateau():
+        status, text = http("/metrics")
+        if status != 200:
+            return None
+        m = series(text)
+        active = {h: host_value(m, "mxsched_host_active_connections", h) for h in hosts}
+        if sum(v or 0 for v in active.values()) != 9 or m.get("mxsched_sessions_waiting") != 3:
+            return None
+        try:
+            farm_stats = json.load(open(os.path.join(work, "farm.json")))
+        except (OSError, ValueError):
+            return None
+        current = {a["address"]: a["current"] for a in farm_stats["addresses"]}
+        if any(current.get(h) != active[h] for h in hosts):
+            return None  # a connection opened or closed between the two reads: look again
+        return text, m, current
+    text, m, current = wait_for("a scrape agreeing with the farm's server-side counts", plateau)
+    print("server-side current per host:", current)
+    with open(os.path.join(work, "metrics.txt"), "w") as f:
+        f.write(text)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+    if check.returncode != 0:
+        fail(f"promtool check metrics: {check.stdout}{check.stderr}")
+    for h in hosts[:3]:
+        if current[h] != 3 or host_value(m, "mxsched_host_connection_limit", h) != 3:
+            fail(f"{h}: want 3 active of limit 3, farm says {current[h]}")
+        if host_value(m, "mxsched_host_reachable", h) != 1:
+            fail(f"{h} should be reachable")
+    refused = hosts[3]
+    if host_value(m, "mxsched_host_reachable", refused) != 0:
+        fail("the refusing host should be marked unreachable")
+    if (host_value(m, "mxsched_host_connections_total", refused, 'outcome="connect_failed"')
+            or 0) < 1 or (host_value(m, "mxsched_host_consecutive_failures", refused) or 0) < 1:
+        fail("the refused connect should be counted on its host")
+    if m.get('mxsched_acquire_deferrals_total{reason="hosts_at_limit"}', 0) < 1:
+        fail("sessions waiting for a slot were first deferred at the host limits")
+    if m.get("mxsched_domains_resident") != 2:
+        fail("two resident domains")
+
+    # --- /hosts
+    status, body = http("/hosts")
+    hj = {h["host"]: h for h in json.loads(body)}
+    if status != 200 or set(hj) != set(hosts):
+        fail(f"/hosts: {status} {body[:300]}")
+    if hj[refused]["state"] != "failed" or hj[refused]["retry_in_s"] <= 0:
+        fail(f"/hosts: the refusing host: {hj[refused]}")
+
+    # --- /domains/NAME against `route --json` (a separate process: same routes, no traffic)
+    status, body = http("/domains/a.test")
+    live = json.loads(body)
+    route = json.loads(subprocess.run([BIN, "route", "--config", conf, "--json", "a.test"],
+                                      capture_output=True, text=True, check=True).stdout)[0]
+
+    def shape(v):
+        return (v["domain"], v["state"], v["limit"], [
+            (t["tier"], t["mx_pref"], sorted((h["name"], h["address"], h["port"], h["limit"])
+                                              for h in t["hosts"])) for t in v["tiers"]])
+    if status != 200 or shape(live) != shape(route):
+        fail(f"/domains/a.test {live} differs from route --json {route}")
+    if set(live) != set(route):
+        fail("the same fields as route --json")
+    if live["active"] < 1:
+        fail("live counts: a.test has connections open")
+
+    # --- POST /refresh re-plans now: the route's TTL starts again.
+    aged = wait_for("the route to age a second",
+                    lambda: (lambda v: v if v["ttl_left_s"] < 3600 else None)(
+                        json.loads(http("/domains/a.test")[1])))
+    status, body = http("/refresh?domain=a.test", "POST")
+    if status != 200 or json.loads(body)["route"]["ttl_left_s"] <= aged["ttl_left_s"]:
+        fail(f"refresh: {status} {body[:300]} (before: ttl_left_s {aged['ttl_left_s']})")
+    if http("/refresh?domain=all", "POST")[0] != 200:
+        fail("refresh all")
+
+    # --- bad requests: 4xx, and the route is untouched
+    before = json.loads(http("/domains/b.test")[1])["tiers"]
+    for req, want in [(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+                      (b"DELETE /hosts HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+                      (b"GET /refresh?domain=b.test HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+                      (b"POST /refresh?domain=%zz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400),
+                      (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 400)]:
+        got = raw(req)
+        if got != want:
+            fail(f"{req[:40]!r}: {got}, want {want}")
+    if json.loads(http("/domains/b.test")[1])["tiers"] != before:
+        fail("a bad request changed the route")
+
+    # --- top in tmux against the running load
+    top_cmd = f"{BIN} top --admin 127.0.0.1:{admin_port}; echo EXIT=$? > {work}/top.exit"
+    if tmux("new-session", "-d", "-s", "top", "-x", "120", "-y", "30", top_cmd).returncode:
+        fail("tmux new-session")
+    screen = wait_for("top to show the hosts",
+                      lambda: (lambda s: s if hosts[0] in s and "ACTIVE/LIMIT" in s and "/3" in s
+                               and "sessions/s" in s else None)(pane("top")))
+    print(screen)
+    if "MX" not in screen.splitlines()[4] if len(screen.splitlines()) > 4 else True:
+        fail("a wide terminal shows the MX column")
+    tmux("resize-window", "-t", "top", "-x", "40", "-y", "12")
+    narrow = wait_for("top to redraw for a narrow terminal",
+                      lambda: (lambda s: s if "ACTIVE/LIMIT" in s and "STATE" not in s else None)(
+                          pane("top")))
+    if any(len(line) > 40 for line in narrow.splitlines()):
+        fail(f"narrow terminal: a line is wider than 40 columns:\n{narrow}")
+
+    # The worker goes away: the load ends, top says so and keeps running.
+    if load.wait(timeout=90) != 0:
+        fail(f"load exited {load.returncode}: {open(os.path.join(work, 'load.err')).read()}")
+    tmux("resize-window", "-t", "top", "-x", "120", "-y", "30")
+    wait_for("top to report the worker unreachable", lambda: "unreachable" in pane("top"))
+    tmux("send-keys", "-t", "top", "q")
+    wait_for("top to quit on q", lambda: os.path.exists(f"{work}/top.exit"))
+    if open(f"{work}/top.exit").read().strip() != "EXIT=0":
+        fail("top exit status after q")
+
+    # Ctrl-C quits cleanly too.
+    os.unlink(f"{work}/top.exit")
+    tmux("new-session", "-d", "-s", "top2", "-x", "80", "-y", "20", top_cmd)
+    wait_for("the second top to draw", lambda: "mxsched top" in pane("top2"))
+    tmux("send-keys", "-t", "top2", "C-c")
+    wait_for("top to quit on Ctrl-C", lambda: os.path.exists(f"{work}/top.exit"))
+    if open(f"{work}/top.exit").read().strip() != "EXIT=0":
+        fail("top exit status after Ctrl-C")
+
+    report = json.load(open(os.path.join(work, "load.json")))
+    if report["connected"] + report["deferred"] + report["failed"] != 30:
+        fail(f"sessions unaccounted: {report}")
+    farm.terminate()
+    farm.wait(timeout=30)
+    for a in json.load(open(os.path.join(work, "farm.json")))["addresses"]:
+        if a["peak"] > 3:
+            fail(f"{a['address']}: server-side peak {a['peak']} over its limit 3")
+    print("PASS: connected", report["connected"], "deferred", report["deferred"],
+          "failed", report["failed"])
+finally:
+    cleanup()
