@@ -32,8 +32,8 @@ struct Populated {
   explicit Populated(int64_t hosts) : selector(EmptyConfig()) {
     for (int64_t i = 0; i < hosts; ++i) {
       HostState* h = selector.registry().GetOrCreate(
-          HostEndpoint(i), StrCat("mx", i % 1000, ".provider", i / 1000, ".example"), 32,
-          120 * kNanosPerSecond);
+          HostEndpoint(i), StrCat("mx", i % 1000, ".provider", i / 1000, ".example"),
+          HostConfig{.limit = 32, .retry_nanos = 120 * kNanosPerSecond});
       for (int k = 0; k < 5; ++k) {
         h->CountOutcome(static_cast<size_t>(Outcome::kConnected));
         h->RecordConnectLatency(300'000 * (k + 1) * (1 + i % 7));

@@ -56,6 +56,28 @@ ClientMetric Histogram(const std::array<uint64_t, N>& counts, const std::array<i
   return m;
 }
 
+constexpr char kConfiguredHelp[] =
+    "Per-destination connection limit as configured (+Inf: unlimited); the effective limit "
+    "is lower while busy replies hold it down.";
+constexpr char kBusyHelp[] = "Busy replies (421 too many connections and the like) from the "
+                             "destination.";
+
+// Provider limits (`Host "*.pattern"` stanzas): one series per configured pattern.
+void AddProviderFamilies(Selector& selector, std::vector<MetricFamily>& out) {
+  MetricFamily active = Family("mxsched_provider_active_connections",
+                               "Connections held on every host of a provider pattern.",
+                               MetricType::Gauge, 4);
+  MetricFamily limit = Family("mxsched_provider_connection_limit",
+                              "Connection limit shared by the hosts of a provider pattern.",
+                              MetricType::Gauge, 4);
+  selector.registry().ForEachGroup([&](const LimitGroup& g) {
+    active.metric.push_back(Value(MetricType::Gauge, g.active(), {{"provider", g.pattern()}}));
+    limit.metric.push_back(Value(MetricType::Gauge, g.limit(), {{"provider", g.pattern()}}));
+  });
+  out.push_back(std::move(active));
+  out.push_back(std::move(limit));
+}
+
 void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   const std::vector<const HostState*> hosts = selector.registry().Snapshot();
   const int64_t now = selector.clock().NowNanos();
@@ -79,6 +101,9 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   MetricFamily outcomes = Family("mxsched_host_connections_total",
                                  "Connection outcomes reported on the destination.",
                                  MetricType::Counter, n * kOutcomeKinds);
+  MetricFamily configured = Family("mxsched_host_configured_connection_limit",
+                                   kConfiguredHelp, MetricType::Gauge, n);
+  MetricFamily busy = Family("mxsched_host_busy_replies_total", kBusyHelp, MetricType::Counter, n);
   MetricFamily latency =
       Family("mxsched_host_connect_duration_seconds",
              "Time from Acquire to a 2xx greeting, successful connections only.",
@@ -89,6 +114,11 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
     const int32_t l = h->limit();
     limit.metric.push_back(Value(
         MetricType::Gauge, l == kUnlimited ? std::numeric_limits<double>::infinity() : l, labels));
+    const int32_t c = h->configured_limit();
+    configured.metric.push_back(Value(
+        MetricType::Gauge, c == kUnlimited ? std::numeric_limits<double>::infinity() : c, labels));
+    busy.metric.push_back(
+        Value(MetricType::Counter, static_cast<double>(h->busy_replies()), labels));
     reachable.metric.push_back(Value(MetricType::Gauge, h->Reachable(now) ? 1 : 0, labels));
     failures.metric.push_back(Value(MetricType::Gauge, h->consecutive_failures(), labels));
     const int64_t until = h->failed_until();
@@ -104,13 +134,15 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
     latency.metric.push_back(
         Histogram(lc.buckets, kConnectLatencyBoundsNanos, lc.sum_nanos, std::move(labels)));
   }
-  for (MetricFamily* f : {&active, &limit, &reachable, &failures, &retry, &outcomes, &latency}) {
+  for (MetricFamily* f : {&active, &limit, &configured, &busy, &reachable, &failures, &retry,
+                          &outcomes, &latency}) {
     out.push_back(std::move(*f));
   }
   MetricFamily count = Family("mxsched_hosts", "Destinations known to the host registry.",
                               MetricType::Gauge, 1);
   count.metric.push_back(Value(MetricType::Gauge, static_cast<double>(n)));
   out.push_back(std::move(count));
+  AddProviderFamilies(selector, out);
 }
 
 void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
@@ -275,7 +307,8 @@ void AppendHistogram(std::string* out, std::string_view name, std::string_view l
 
 struct HostSample {
   std::string labels;  // host="…",mx="…"
-  int32_t active, limit;
+  int32_t active, limit, configured;
+  uint64_t busy;
   bool reachable;
   uint32_t consecutive;
   double retry_s;
@@ -301,6 +334,8 @@ void MetricsCollector::AppendText(std::string* out) const {
     s.labels.push_back('"');
     s.active = h.active();
     s.limit = h.limit();
+    s.configured = h.configured_limit();
+    s.busy = h.busy_replies();
     s.reachable = h.Reachable(now);
     s.consecutive = h.consecutive_failures();
     const int64_t until = h.failed_until();
@@ -321,6 +356,16 @@ void MetricsCollector::AppendText(std::string* out) const {
     AppendSample(out, "mxsched_host_connection_limit", s.labels,
                  s.limit == kUnlimited ? std::numeric_limits<double>::infinity()
                                        : static_cast<double>(s.limit));
+  }
+  AppendHeader(out, "mxsched_host_configured_connection_limit", kConfiguredHelp, "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_configured_connection_limit", s.labels,
+                 s.configured == kUnlimited ? std::numeric_limits<double>::infinity()
+                                            : static_cast<double>(s.configured));
+  }
+  AppendHeader(out, "mxsched_host_busy_replies_total", kBusyHelp, "counter");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_busy_replies_total", s.labels, s.busy);
   }
   AppendHeader(out, "mxsched_host_reachable",
                "1 if a new connection may go to the destination, 0 while it is marked failed.",
@@ -359,6 +404,7 @@ void MetricsCollector::AppendText(std::string* out) const {
 
   // Process-wide families: few series, so the MetricFamily path costs nothing here.
   std::vector<MetricFamily> process;
+  AddProviderFamilies(selector, process);
   AddProcessFamilies(selector, process);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, process);
   out->append(SerializeText(process));
