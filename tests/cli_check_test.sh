@@ -101,6 +101,14 @@ done
 printf 'banner_timeout = 1h\nDomain "a.example" { banner_timeout = 1s }\n' >"$tmp/bt.conf"
 "$bin" check --config "$tmp/bt.conf" >/dev/null || fail "banner_timeout in range refused"
 
+# A routes list longer than the planner uses (32 addresses) loads, with a warning naming the
+# place (10,000 items used to be cut to 32 silently).
+python3 -c 'print("routes = ( " + " ".join("\"10.9.%d.%d\"" % (i // 250, i % 250 + 1) for i in range(40)) + " )")' >"$tmp/many.conf"
+"$bin" check --config "$tmp/many.conf" >/dev/null 2>"$tmp/many.err" || fail "40 routes refused"
+grep -q "^mxsched: warning: $tmp/many.conf:1:10: routes has 40 items; at most 32" "$tmp/many.err" ||
+  fail "40 routes: no warning: $(cat "$tmp/many.err")"
+"$bin" check --config "$tmp/page5.conf" 2>&1 >/dev/null | grep -q warning && fail "warning for 5 routes"
+
 err=$("$bin" check --config "$tmp/missing.conf" 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "missing file: exit $rc"
 grep -q "missing.conf: cannot open" <<<"$err" || fail "missing file message: $err"

@@ -31,6 +31,9 @@ int RunCheck(const CheckFlags& f) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  for (const std::string& w : config->warnings) {
+    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
+  }
   ConfigListing listing = f.non_default ? ConfigListing::kNonDefault : ConfigListing::kEffective;
   std::printf("%s", ListConfig(*config, listing).c_str());
   return 0;

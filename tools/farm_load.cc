@@ -195,6 +195,9 @@ int RunLoadCommand(LoadFlags& f) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  for (const std::string& w : config->warnings) {
+    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
+  }
   auto cluster = io::ClusterOptionsFromConfig(*config);
   if (!cluster.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(cluster.status().message()).c_str());

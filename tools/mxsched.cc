@@ -321,6 +321,9 @@ int RunRoute(const RouteFlags& f) {
     std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
+  for (const std::string& w : config->warnings) {
+    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
+  }
   auto cluster_options = io::ClusterOptionsFromConfig(*config);
   if (!cluster_options.ok()) return UsageError(ToStd(cluster_options.status().message()));
   auto shared = std::make_shared<const Config>(*std::move(config));

@@ -10,6 +10,7 @@
 
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config_options.h"
+#include "mxsched/scheduler/route_planner.h"
 
 namespace mxsched {
 namespace {
@@ -375,6 +376,7 @@ class Binder {
       }
     }
     SortBySpecificity(config.host_patterns);
+    config.warnings = std::move(warnings_);
     return config;
   }
 
@@ -434,6 +436,14 @@ class Binder {
         out.routes.push_back(*std::move(item));
       }
       if (out.routes.empty()) return parser_.ErrorAt(v.pos, "routes list is empty");
+      // The planner keeps kMaxAddressesPerRoute addresses per route; more items are legal
+      // (Momentum accepts them) but the rest can never be used — say so instead of silently.
+      if (out.routes.size() > kMaxAddressesPerRoute) {
+        warnings_.push_back(StrCat(
+            ToStd(parser_.ErrorAt(v.pos, "").message()), "routes has ", out.routes.size(),
+            " items; at most ", kMaxAddressesPerRoute, " addresses of a route are used, the "
+            "items after that are ignored"));
+      }
       AssignTiers(out.routes);
       return out;
     }
@@ -462,6 +472,7 @@ class Binder {
   }
 
   const Parser& parser_;
+  std::vector<std::string> warnings_;
 };
 
 }  // namespace

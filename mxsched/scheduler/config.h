@@ -99,6 +99,9 @@ struct HostPolicy {
 std::vector<Cidr> DefaultProhibitedHosts();
 
 struct Config {
+  // Legal but probably unintended settings, "FILE:LINE:COL: what" (e.g. a routes list longer
+  // than the planner uses); the CLI prints them as warnings at load.
+  std::vector<std::string> warnings;
   DomainSettings global;  // also the settings of every domain without a stanza
   absl::flat_hash_map<std::string, DomainSettings> domains;  // key: lower-case name
   absl::flat_hash_map<std::string, HostSettings> hosts;      // key: lower-case name or IP text
