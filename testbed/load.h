@@ -36,9 +36,9 @@ struct LoadOptions {
   // runs, for a like-for-like comparison. -1: QUIT only.
   int message_bytes = -1;
   // At max_seconds, or once *stop is true (a signal handler's flag), the run stops: no new
-  // session starts, sessions held or in their dialogue are cut short, and those and the
-  // sessions never started are counted deferred, kind "stopped". Sessions still inside
-  // Connect (connecting, waiting for a slot) end by their own bounded timeouts.
+  // session starts; a session holding (--hold-ms) quits at once and is counted deferred,
+  // kind "stopped"; one in its dialogue finishes it; sessions never started are reported
+  // as not_started. Sessions still inside Connect end by their own bounded timeouts.
   int max_seconds = 600;
   const volatile bool* stop = nullptr;
   ConnectorOptions connector;
@@ -58,6 +58,7 @@ struct LoadReport {
   // failed, kind "dialogue" (the connection itself was made).
   int64_t sessions = 0, connected = 0, deferred = 0, failed = 0;
   std::string stopped_by;  // "", "max_seconds" or "signal"
+  int64_t not_started = 0;  // sessions never started because the run stopped
   double seconds = 0;
   double sessions_per_second = 0;   // all ended sessions / wall time
   double connected_per_second = 0;  // connected sessions / wall time
