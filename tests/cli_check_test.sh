@@ -109,6 +109,44 @@ grep -q "^mxsched: warning: $tmp/many.conf:1:10: routes has 40 items; at most 32
   fail "40 routes: no warning: $(cat "$tmp/many.err")"
 "$bin" check --config "$tmp/page5.conf" 2>&1 >/dev/null | grep -q warning && fail "warning for 5 routes"
 
+# Values quoted in errors are escaped and bounded (issue 10 #9): an ESC sequence used to reach
+# the terminal raw, a NUL inside a quoted value cut the message, a 1 MB value made a 1 MB line.
+# The same message is printed by check, route and load: all three are run on each file.
+raw_controls() { LC_ALL=C grep -aqP '[\x00-\x08\x0b-\x1f\x7f-\xff]' "$1"; }
+echo_case() {  # FILE EXPECTED-SUBSTRING: exit 2, no raw control byte, short lines, FILE:L:C
+  local conf=$1 want=$2 cmd
+  for cmd in check route load; do
+    case $cmd in
+      check) timeout 20 "$bin" check --config "$conf" >"$tmp/echo.out" 2>&1 ;;
+      route) timeout 20 "$bin" route --no-dns --config "$conf" a.example >"$tmp/echo.out" 2>&1 ;;
+      load) timeout 20 "$bin" load --config "$conf" --domains a.example --sessions 1 \
+              >"$tmp/echo.out" 2>&1 ;;
+    esac
+    rc=$?
+    [ $rc -eq 2 ] || fail "$cmd $conf: exit $rc: $(head -c 300 "$tmp/echo.out")"
+    raw_controls "$tmp/echo.out" && fail "$cmd $conf: raw control bytes: $(od -c "$tmp/echo.out" | head -5)"
+    LC_ALL=C awk 'length > 400 { exit 1 }' "$tmp/echo.out" ||
+      fail "$cmd $conf: a line over 400 bytes ($(wc -c <"$tmp/echo.out") bytes in all)"
+    grep -qF -- "$want" "$tmp/echo.out" || fail "$cmd $conf: want '$want': $(cat "$tmp/echo.out")"
+  done
+}
+printf 'banner_timeout = "\e[31mRED\a"\n' >"$tmp/esc.conf"
+echo_case "$tmp/esc.conf" "mxsched: $tmp/esc.conf:1:18: option \"banner_timeout\" expects a duration (e.g. 30, 90s, 5m) in 1..3600 seconds, got \"\\e[31mRED\\x07\""
+printf 'use_ipv6 = "yes\0\e]0;owned\a"\n' >"$tmp/nul.conf"
+echo_case "$tmp/nul.conf" "$tmp/nul.conf:1:12: option \"use_ipv6\" expects true or false, got \"yes\\x00\\e]0;owned\\x07\""
+printf 'routes = ( "a.example"\n  "smtp://\e[2Jx" )\n' >"$tmp/route-esc.conf"
+echo_case "$tmp/route-esc.conf" "$tmp/route-esc.conf:2:3: route \"smtp://\\e[2Jx\": invalid character '\\e' in hostname"
+printf 'routes = ( "b\\nc" )\n' >"$tmp/route-nl.conf"  # the config's own \n escape
+echo_case "$tmp/route-nl.conf" "$tmp/route-nl.conf:1:12: route \"b\\nc\": invalid character '\\n'"
+python3 -c 'print("banner_timeout = \"" + "7" * 1048576 + "\"")' >"$tmp/mb.conf"
+echo_case "$tmp/mb.conf" "$tmp/mb.conf:1:18: option \"banner_timeout\" expects a duration"
+grep -qF '... (1048576 bytes)"' "$tmp/echo.out" || fail "1 MB value: no length marker: $(cat "$tmp/echo.out")"
+python3 -c 'print("a" * 1048576 + " = 1")' >"$tmp/mbname.conf"  # also: no "did you mean" cost
+echo_case "$tmp/mbname.conf" "$tmp/mbname.conf:1:1: unknown option \"aaaa"
+# A file name is echoed escaped too (it leads the FILE:LINE:COL of every message).
+cp "$tmp/esc.conf" "$tmp/"$'\e[31m'"x.conf"
+echo_case "$tmp/"$'\e[31m'"x.conf" "$tmp/\\e[31mx.conf:1:18:"
+
 err=$("$bin" check --config "$tmp/missing.conf" 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "missing file: exit $rc"
 grep -q "missing.conf: cannot open" <<<"$err" || fail "missing file message: $err"

@@ -23,4 +23,18 @@ rm -f "$bad"
 [ $rc -eq 2 ] || fail "bad config exit code $rc"
 grep -q ":2:1: unknown option \"max_outbound_conections\"; did you mean \"max_outbound_connections\"?" <<<"$err" || fail "bad config message: $err"
 "$bin" route --config "$examples/smarthost.conf" "bad domain" >/dev/null; [ $? -eq 1 ] || fail "invalid domain exit"
+# The domain is the user's, valid or not: the header line shows it escaped (issue 10 #9: it was
+# printed raw, so "\e[31m" coloured the terminal), bounded, and still exits 1.
+out=$("$bin" route --no-dns --config "$examples/smarthost.conf" $'\e[31mbad\a' 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "escape domain exit $rc"
+LC_ALL=C grep -aqP '[\x00-\x08\x0b-\x1f\x7f-\xff]' <<<"$out" && fail "raw control bytes: $(od -c <<<"$out" | head -5)"
+grep -qF '\e[31mbad\x07: ' <<<"$out" || fail "escaped domain header: $out"
+long=$(printf 'a%.0s' $(seq 5000))
+out=$("$bin" route --no-dns --config "$examples/smarthost.conf" "$long" 2>&1); rc=$?
+[ $rc -eq 1 ] || fail "long domain exit $rc"
+LC_ALL=C awk 'length > 400 { exit 1 }' <<<"$out" || fail "a line over 400 bytes for a 5000-byte domain"
+grep -qF '... (5000 bytes): ' <<<"$out" || fail "long domain header: ${out:0:400}"
+err=$("$bin" route --config "$examples/smarthost.conf" --dns $'127.0.0.1:5\e[2J3' a.example 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "bad --dns exit $rc"
+grep -qF -- '--dns: "127.0.0.1:5\e[2J3": port must be 1..65535' <<<"$err" || fail "bad --dns: $err"
 echo "cli_route_test: all checks passed"

@@ -38,26 +38,28 @@ int UsageError(std::string_view why) {
 absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
   std::string out;
   for (std::string_view one : Split(spec, ',')) {
+    // The argument is the user's, quoted in every error below: escaped and bounded.
+    auto bad = [shown = EchoForError(one)](std::string_view why) {
+      return absl::InvalidArgumentError(StrCat("\"", shown, "\": ", why));
+    };
     std::string_view host = one;
     std::string_view port = "53";
     if (!one.empty() && one[0] == '[') {  // [v6]:port
       const size_t close = one.find(']');
-      if (close == std::string_view::npos) return absl::InvalidArgumentError(StrCat("\"", one, "\": missing ']'"));
+      if (close == std::string_view::npos) return bad("missing ']'");
       host = one.substr(1, close - 1);
       if (close + 1 < one.size()) {
-        if (one[close + 1] != ':') return absl::InvalidArgumentError(StrCat("\"", one, "\": want [ADDR]:PORT"));
+        if (one[close + 1] != ':') return bad("want [ADDR]:PORT");
         port = one.substr(close + 2);
       }
     } else if (const size_t colon = one.rfind(':'); colon != std::string_view::npos) {
-      if (one.find(':') != colon) {
-        return absl::InvalidArgumentError(StrCat("\"", one, "\": put an IPv6 address in brackets"));
-      }
+      if (one.find(':') != colon) return bad("put an IPv6 address in brackets");
       host = one.substr(0, colon);
       port = one.substr(colon + 1);
     }
     uint64_t port_number = 0;
     if (!ParseUint(port, &port_number) || port_number < 1 || port_number > 65535) {
-      return absl::InvalidArgumentError(StrCat("\"", one, "\": port must be 1..65535"));
+      return bad("port must be 1..65535");
     }
     std::vector<IpAddress> ips;
     if (absl::StatusOr<IpAddress> ip = IpAddress::Parse(host); ip.ok()) {
@@ -70,7 +72,8 @@ absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
       addrinfo* res = nullptr;
       const std::string name(host);
       if (int rc = getaddrinfo(name.c_str(), nullptr, &hints, &res); rc != 0) {
-        return absl::InvalidArgumentError(StrCat("\"", name, "\": ", gai_strerror(rc)));
+        return absl::InvalidArgumentError(
+            StrCat("\"", EchoForError(name), "\": ", gai_strerror(rc)));
       }
       for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
         char text[INET6_ADDRSTRLEN] = "";
@@ -86,7 +89,9 @@ absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
       }
       freeaddrinfo(res);
       std::stable_partition(ips.begin(), ips.end(), [](const IpAddress& a) { return a.is_v4(); });
-      if (ips.empty()) return absl::InvalidArgumentError(StrCat("\"", name, "\": no address"));
+      if (ips.empty()) {
+        return absl::InvalidArgumentError(StrCat("\"", EchoForError(name), "\": no address"));
+      }
     }
     for (const IpAddress& ip : ips) {
       if (!out.empty()) out += ',';
@@ -195,7 +200,10 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
                 const ClusterCounts& cluster) {
   size_t hosts = 0;
   for (const auto& t : v.tiers) hosts += t.hosts.size();
-  std::printf("%s: %s, %zu tier(s), %zu host(s), TTL %llds, active %d/%s\n", v.domain.c_str(),
+  // The domain is the command line's, valid or not (an invalid one is reported, not refused):
+  // escaped so "\e[31m" is shown, not obeyed, and long enough for any real name (253).
+  std::printf("%s: %s, %zu tier(s), %zu host(s), TTL %llds, active %d/%s\n",
+              EchoForError(v.domain, 256).c_str(),
               std::string(RouteStateName(v.state)).c_str(), v.tiers.size(), hosts,
               static_cast<long long>(v.ttl_left_s), v.active,
               v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit).c_str());

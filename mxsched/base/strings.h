@@ -59,6 +59,13 @@ std::vector<std::string_view> Split(std::string_view s, char sep);
 bool ParseUint(std::string_view s, uint64_t* out);
 // Printable ASCII as is; anything else as \xNN. For quoting hostile input in messages.
 std::string Escape(std::string_view s);
+// A user-supplied value as it may be shown in an error or warning, between double quotes:
+// printable ASCII and well-formed UTF-8 as is; \n \r \t \e, \" and \\ escaped; every other
+// byte that could act on a terminal or be cut short by a C string (C0 controls, NUL, DEL,
+// C1 controls, bidi/line-separator/zero-width format characters, malformed UTF-8) as \xNN.
+// At most `max` bytes of escaped text, then "... (N bytes)" with the value's full length:
+// a 1 MB value must not become a 1 MB error line, and the reader still learns its size.
+std::string EchoForError(std::string_view s, size_t max = 80);
 std::string Join(const std::vector<std::string>& parts, std::string_view sep);
 
 }  // namespace mxsched

@@ -58,6 +58,50 @@ TEST(Strings, EscapeShowsHostileBytesAsHex) {
   EXPECT_EQ(Escape("back\\slash"), "back\\x5cslash") << "so an escaped text is unambiguous";
 }
 
+// Issue 10 #9: a value echoed in an error reached the terminal raw (ESC sequences obeyed),
+// was cut at a NUL by printf("%s"), and a 1 MB value made a 1 MB error line.
+TEST(Strings, EchoForErrorEscapesEveryByteThatCouldActOnATerminal) {
+  EXPECT_EQ(EchoForError("smtp://mx.example?pref=10 ~"), "smtp://mx.example?pref=10 ~");
+  EXPECT_EQ(EchoForError("\x1b[31mRED\a"), "\\e[31mRED\\x07");
+  EXPECT_EQ(EchoForError(std::string_view("a\0b", 3)), "a\\x00b") << "NUL shown, nothing cut";
+  EXPECT_EQ(EchoForError("l1\nl2\r\t\x7f\x01\x1f"), "l1\\nl2\\r\\t\\x7f\\x01\\x1f");
+  EXPECT_EQ(EchoForError("say \"hi\" \\e"), "say \\\"hi\\\" \\\\e")
+      << "quotes and backslashes escaped: a typed \\e is not an ESC, a quote ends nothing";
+  for (unsigned char c = 0; c < 0x20; ++c) {
+    const std::string one(1, static_cast<char>(c));
+    const std::string shown = EchoForError(one);
+    EXPECT_EQ(shown[0], '\\') << int{c};
+    for (char s : shown) EXPECT_TRUE(s >= 0x20 && s < 0x7f) << int{c};
+  }
+}
+
+TEST(Strings, EchoForErrorKeepsWellFormedUtf8AndEscapesTheRest) {
+  EXPECT_EQ(EchoForError("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x93\xa7"),
+            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x93\xa7")
+      << "printable UTF-8 is readable as it is";
+  EXPECT_EQ(EchoForError("\xc2\x9b" "31m"), "\\xc2\\x9b31m") << "U+009B is CSI on a terminal";
+  EXPECT_EQ(EchoForError("\x9b" "31m"), "\\x9b31m") << "a bare C1 byte is malformed UTF-8";
+  EXPECT_EQ(EchoForError("a\xe2\x80\xae" "b"), "a\\xe2\\x80\\xaeb") << "U+202E reorders text";
+  EXPECT_EQ(EchoForError("\xff\xfe"), "\\xff\\xfe");
+  EXPECT_EQ(EchoForError("\xc0\xaf"), "\\xc0\\xaf") << "overlong '/'";
+  EXPECT_EQ(EchoForError("\xed\xa0\x80"), "\\xed\\xa0\\x80") << "a surrogate";
+  EXPECT_EQ(EchoForError("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80") << "above U+10FFFF";
+  EXPECT_EQ(EchoForError("\xe2\x82"), "\\xe2\\x82") << "a sequence cut short";
+}
+
+TEST(Strings, EchoForErrorTruncatesWithTheFullLength) {
+  const std::string mb(1048576, 'x');
+  const std::string shown = EchoForError(mb);
+  EXPECT_EQ(shown, std::string(80, 'x') + "... (1048576 bytes)");
+  EXPECT_EQ(EchoForError(std::string(80, 'y')), std::string(80, 'y')) << "80 bytes fit";
+  EXPECT_EQ(EchoForError("abcdef", 3), "abc... (6 bytes)");
+  // The bound is on the escaped text, and an escape or a UTF-8 character is never split.
+  EXPECT_EQ(EchoForError(std::string(100, '\x1b'), 9), "\\e\\e\\e\\e... (100 bytes)");
+  EXPECT_EQ(EchoForError("ab\x01", 5), "ab... (3 bytes)");
+  EXPECT_EQ(EchoForError("a\xc3\xa9\xc3\xa9", 4), "a\xc3\xa9... (5 bytes)");
+  EXPECT_EQ(EchoForError(""), "");
+}
+
 TEST(Strings, JoinPutsTheSeparatorOnlyBetween) {
   EXPECT_EQ(Join({}, ", "), "");
   EXPECT_EQ(Join({"one"}, ", "), "one");

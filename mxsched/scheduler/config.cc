@@ -67,6 +67,9 @@ struct Entry {
   std::unique_ptr<Stanza> stanza;  // set for `Domain "x" { ... }`
 };
 
+// PATH_MAX: a real path is shown whole; a hostile one (a command-line argument) is cut.
+constexpr size_t kMaxShownPath = 4096;
+
 class Parser {
  public:
   Parser(std::string_view text, std::string_view source) : text_(text), source_(source) {}
@@ -78,8 +81,12 @@ class Parser {
     return entries;
   }
 
+  // Every user-supplied piece of `what` has been through EchoForError (issue 10 #9: a value
+  // with ESC, a NUL or a megabyte was echoed as it was); so is the file name, with room for
+  // any real path, as it leads the message.
   absl::Status ErrorAt(Pos p, std::string_view what) const {
-    return absl::InvalidArgumentError(StrCat(source_, ":", p.line, ":", p.col, ": ", what));
+    return absl::InvalidArgumentError(
+        StrCat(EchoForError(source_, kMaxShownPath), ":", p.line, ":", p.col, ": ", what));
   }
 
  private:
@@ -111,15 +118,16 @@ class Parser {
         st->pos = tok_.pos;
         if (absl::Status s = Advance(); !s.ok()) return s;
         if (tok_.kind != Tok::kLBrace) {
-          return ErrorAt(tok_.pos, StrCat("expected '{' after ", e.name, " \"", st->name,
-                                                "\", got ", TokName(tok_.kind)));
+          return ErrorAt(tok_.pos, StrCat("expected '{' after ", EchoForError(e.name), " \"",
+                                          EchoForError(st->name), "\", got ",
+                                          TokName(tok_.kind)));
         }
         if (absl::Status s = Advance(); !s.ok()) return s;
         if (absl::Status s = ParseScope(st->entries, true); !s.ok()) return s;
         e.stanza = std::move(st);
       } else {
-        return ErrorAt(tok_.pos, StrCat("expected '=' after option \"", e.name, "\", got ",
-                                              TokName(tok_.kind)));
+        return ErrorAt(tok_.pos, StrCat("expected '=' after option \"", EchoForError(e.name),
+                                        "\", got ", TokName(tok_.kind)));
       }
       out.push_back(std::move(e));
     }
@@ -208,8 +216,8 @@ class Parser {
       }
       return absl::OkStatus();
     }
-    return ErrorAt(pos_, StrCat("unexpected character '",
-                                      Escape(std::string_view(&c, 1)), "'"));
+    return ErrorAt(pos_,
+                   StrCat("unexpected character '", EchoForError(std::string_view(&c, 1)), "'"));
   }
 
   absl::Status LexString() {
@@ -234,7 +242,7 @@ class Parser {
           case '"': case '\\': case '\'': tok_.text.push_back(e); break;
           default:
             return ErrorAt(pos_, StrCat("unknown escape '\\",
-                                              Escape(std::string_view(&e, 1)), "'"));
+                                        EchoForError(std::string_view(&e, 1)), "'"));
         }
         Bump();
         continue;
@@ -257,6 +265,9 @@ class Parser {
 // Option names, scopes, types and ranges come from the descriptor table (config_options.h).
 using Scope = OptionScope;
 constexpr Scope kGlobal = kGlobalScope, kDomain = kDomainScope, kHost = kHostScope;
+
+// Longer than any option name by a margin: beyond it no "did you mean" is computed.
+constexpr size_t kMaxSuggestFrom = 64;
 
 size_t EditDistance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -297,8 +308,8 @@ class Binder {
         } else if (e.stanza->kind == "host") {
           hosts.push_back(e.stanza.get());
         } else {
-          return parser_.ErrorAt(e.pos, StrCat("unknown stanza \"", e.name,
-                                                     "\" (expected Domain or Host)"));
+          return parser_.ErrorAt(e.pos, StrCat("unknown stanza \"", EchoForError(e.name),
+                                               "\" (expected Domain or Host)"));
         }
         continue;
       }
@@ -320,8 +331,8 @@ class Binder {
     for (const Stanza* st : domains) {
       auto name = NormalizeHostname(st->name);
       if (!name.ok()) {
-        return parser_.ErrorAt(st->pos, StrCat("Domain name \"", st->name,
-                                                     "\": ", ToStd(name.status().message())));
+        return parser_.ErrorAt(st->pos, StrCat("Domain name \"", EchoForError(st->name),
+                                               "\": ", ToStd(name.status().message())));
       }
       if (config.domains.contains(*name)) {
         return parser_.ErrorAt(st->pos, StrCat("Domain \"", *name, "\" defined twice"));
@@ -343,7 +354,8 @@ class Binder {
       if (pattern) {
         key = ToLower(st->name);
         if (!ValidNamePattern(key)) {
-          return parser_.ErrorAt(st->pos, StrCat("Host \"", st->name, "\": a name pattern may "
+          return parser_.ErrorAt(st->pos, StrCat("Host \"", EchoForError(st->name),
+                                                 "\": a name pattern may "
                                                  "hold hostname characters, '*' and '?', and "
                                                  "at least one literal character"));
         }
@@ -352,8 +364,8 @@ class Binder {
       } else if (auto name = NormalizeHostname(st->name); name.ok()) {
         key = *name;
       } else {
-        return parser_.ErrorAt(st->pos, StrCat("Host \"", st->name,
-                                                     "\": expected a hostname or an IP address"));
+        return parser_.ErrorAt(st->pos, StrCat("Host \"", EchoForError(st->name),
+                                               "\": expected a hostname or an IP address"));
       }
       const bool twice =
           pattern ? std::any_of(config.host_patterns.begin(), config.host_patterns.end(),
@@ -396,17 +408,26 @@ class Binder {
     if (e.stanza) return parser_.ErrorAt(e.pos, "stanzas cannot be nested");
     const OptionDescriptor* spec = FindConfigOption(e.name);
     if (spec == nullptr) {
-      const OptionDescriptor* best = &ConfigOptions()[0];
-      for (const auto& o : ConfigOptions()) {
-        if (EditDistance(o.name, e.name) < EditDistance(best->name, e.name)) best = &o;
+      std::string what = StrCat("unknown option \"", EchoForError(e.name), "\"");
+      // The suggestion costs |name| x |option| per option: a word of a megabyte would take
+      // seconds, and nothing that long is a typo of an option name anyway.
+      if (e.name.size() <= kMaxSuggestFrom) {
+        const OptionDescriptor* best = &ConfigOptions()[0];
+        size_t best_distance = EditDistance(best->name, e.name);
+        for (const auto& o : ConfigOptions()) {
+          if (size_t d = EditDistance(o.name, e.name); d < best_distance) {
+            best = &o;
+            best_distance = d;
+          }
+        }
+        what += StrCat("; did you mean \"", best->name, "\"?");
       }
-      return parser_.ErrorAt(e.pos, StrCat("unknown option \"", e.name,
-                                                 "\"; did you mean \"", best->name, "\"?"));
+      return parser_.ErrorAt(e.pos, what);
     }
     if (!(spec->scopes & scope)) {
       return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" is not valid in ",
-                                                 ScopeNames(scope), " scope (valid in: ",
-                                                 ScopeNames(spec->scopes), ")"));
+                                           ScopeNames(scope), " scope (valid in: ",
+                                           ScopeNames(spec->scopes), ")"));
     }
     if (std::find(seen.begin(), seen.end(), e.name) != seen.end()) {
       return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" set twice in this scope"));
@@ -450,7 +471,16 @@ class Binder {
     if (spec.type == OptionType::kCidrList) {
       for (size_t i = 0; i < v.items.size(); ++i) {
         auto c = Cidr::Parse(v.items[i]);
-        if (!c.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
+        if (!c.ok()) {
+          // Cidr::Parse quotes the item as it is; an item that would need escaping or
+          // truncating is no address range anyway, so it gets a message built here.
+          if (EchoForError(v.items[i]) != v.items[i]) {
+            return parser_.ErrorAt(v.item_pos[i],
+                                   StrCat("not a CIDR \"", EchoForError(v.items[i]),
+                                          "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
+          }
+          return parser_.ErrorAt(v.item_pos[i], ToStd(c.status().message()));
+        }
         out.cidrs.push_back(*c);
       }
       return out;
@@ -459,8 +489,9 @@ class Binder {
       for (size_t i = 0; i < v.items.size(); ++i) {
         std::string p = ToLower(v.items[i]);
         if (!ValidNamePattern(p)) {
-          return parser_.ErrorAt(v.item_pos[i], StrCat("\"", v.items[i], "\" is not a host "
-                                                       "name or pattern (e.g. \"*.example\")"));
+          return parser_.ErrorAt(v.item_pos[i], StrCat("\"", EchoForError(v.items[i]),
+                                                       "\" is not a host name or pattern (e.g. "
+                                                       "\"*.example\")"));
         }
         out.names.push_back(std::move(p));
       }

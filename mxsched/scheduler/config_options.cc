@@ -362,7 +362,7 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
         return absl::InvalidArgumentError(
             StrCat("option \"", o.name, "\" expects ",
                    seconds ? "a duration (e.g. 30, 90s, 5m) in " : "an integer in ", o.min, "..",
-                   o.max, seconds ? " seconds" : "", ", got \"", text, "\""));
+                   o.max, seconds ? " seconds" : "", ", got \"", EchoForError(text), "\""));
       }
       out.number = *n;
       return out;
@@ -375,7 +375,8 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
         out.flag = false;
       } else {
         return absl::InvalidArgumentError(
-            StrCat("option \"", o.name, "\" expects true or false, got \"", text, "\""));
+            StrCat("option \"", o.name, "\" expects true or false, got \"", EchoForError(text),
+                   "\""));
       }
       return out;
     }
@@ -389,13 +390,20 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       }
       std::string expected(o.choices);
       std::replace(expected.begin(), expected.end(), '|', ' ');
-      return absl::InvalidArgumentError(StrCat(o.name, " \"", text,
+      return absl::InvalidArgumentError(StrCat(o.name, " \"", EchoForError(text),
                                                "\" unknown (expected one of: ", expected, ")"));
     }
     case OptionType::kRedisUrl: {
       if (!text.empty()) {
         auto url = ParseRedisUrl(text);
         if (!url.ok()) {
+          // ParseRedisUrl escapes the URL but shows all of it; a URL that would need
+          // truncating or escaping is no Redis address, so it is quoted here instead.
+          if (EchoForError(text) != text) {
+            return absl::InvalidArgumentError(
+                StrCat("option \"", o.name, "\": \"", EchoForError(text),
+                       "\" is not a Redis URL (want redis://HOST:PORT[/DB])"));
+          }
           return absl::InvalidArgumentError(
               StrCat("option \"", o.name, "\": ", ToStd(url.status().message())));
         }
@@ -409,7 +417,7 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       if (!ok) {
         return absl::InvalidArgumentError(
             StrCat("option \"", o.name, "\" expects 1..64 of A-Z a-z 0-9 _ . - (it names Redis "
-                   "keys and channels), got \"", Escape(text), "\""));
+                   "keys and channels), got \"", EchoForError(text), "\""));
       }
       out.text = std::string(text);
       return out;

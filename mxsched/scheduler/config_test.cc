@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 
 #include "mxsched/base/file.h"
@@ -258,6 +259,71 @@ TEST(Config, NulByteReachesTheLexerAndIsReportedWhereItIs) {
   EXPECT_EQ(ErrorOf(std::string("max_dns_ttl = 5\0", 16)),
             "m.conf:1:16: unexpected character '\\x00'")
       << "a NUL ends nothing early: the text is parsed to its real end";
+}
+
+// Issue 10 #9: values were echoed raw in errors: ESC sequences reached the terminal, a NUL
+// inside a quoted value cut the message where printf("%s") stopped, a 1 MB value made a
+// 1,000,112-byte error line. Every quoted piece is escaped and bounded; FILE:LINE:COL stays.
+TEST(Config, ErrorsEscapeAndBoundTheValuesTheyQuote) {
+  const auto clean = [](const std::string& m) {
+    for (unsigned char c : m) {
+      if (c < 0x20 || c >= 0x7F) return false;
+    }
+    return true;
+  };
+  EXPECT_EQ(ErrorOf("banner_timeout = \"\x1b[31mRED\a\""),
+            "m.conf:1:18: option \"banner_timeout\" expects a duration (e.g. 30, 90s, 5m) in "
+            "1..3600 seconds, got \"\\e[31mRED\\x07\"");
+  static constexpr char kNul[] = "use_ipv6 = \"yes\0\x1b]0;owned\x07\"";
+  EXPECT_EQ(ErrorOf(std::string(kNul, sizeof(kNul) - 1)),
+            "m.conf:1:12: option \"use_ipv6\" expects true or false, got "
+            "\"yes\\x00\\e]0;owned\\x07\"")
+      << "the NUL is shown, and what follows it too";
+  EXPECT_EQ(ErrorOf("routes = ( \"smtp://\x1b[31mx\" )"),
+            "m.conf:1:12: route \"smtp://\\e[31mx\": invalid character '\\e' in hostname");
+  EXPECT_EQ(ErrorOf("routes = ( \"a.example\" \"b\\nc\" )"),
+            "m.conf:1:24: route \"b\\nc\": invalid character '\\n' in hostname");
+
+  const std::string mb(1 << 20, '7');
+  const std::string big = ErrorOf("banner_timeout = \"" + mb + "x\"");
+  EXPECT_LT(big.size(), 300u) << big.substr(0, 300);
+  EXPECT_EQ(big.rfind("m.conf:1:18: option \"banner_timeout\" expects", 0), 0u) << big;
+  EXPECT_NE(big.find("... (1048577 bytes)\""), std::string::npos) << big;
+
+  for (std::string text :
+       {std::string("cluster_failure_mode = \"\x1b[2J\""),
+        std::string("cluster_name = \"a\x1b\""),
+        std::string("cluster_limits = \"redis://\x1b[31m:1\""),
+        "cluster_limits = \"redis://" + mb + ":0\"",
+        std::string("prohibited_hosts = ( \"10.0.0.0/\x1b[8m\" )"),
+        "prohibited_hosts = ( \"" + mb + "\" )",
+        std::string("prohibited_mx_names = ( \"a\x1b[0m\" )"),
+        std::string("Domain \"\x1b[5mx\" { }"),
+        std::string("Host \"\x9b" "1m\" { }"),
+        std::string("Host \"*\x1b\" { }"),
+        std::string("Domain \"\x1b[5mx\" routes"),
+        std::string(mb) + " = 1",
+        "Domain \"" + mb + "\" { }"}) {
+    const std::string m = ErrorOf(text);
+    EXPECT_TRUE(clean(m)) << m.substr(0, 300);
+    EXPECT_LT(m.size(), 400u) << m.substr(0, 300);
+    EXPECT_EQ(m.rfind("m.conf:1:", 0), 0u) << m.substr(0, 300);
+  }
+}
+
+TEST(Config, ErrorsEscapeTheFileName) {
+  auto c = ParseConfig("x = 1", "/tmp/\x1b[31mred.conf");
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(ToStd(c.status().message()).rfind("/tmp/\\e[31mred.conf:1:1: unknown option", 0), 0u)
+      << c.status();
+}
+
+TEST(Config, AHugeUnknownOptionNameIsReportedAtOnce) {
+  // The "did you mean" edit distance is |name| x |option| per option: seconds for 1 MB.
+  const auto start = std::chrono::steady_clock::now();
+  const std::string m = ErrorOf(std::string(1 << 20, 'a') + " = 1");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+  EXPECT_EQ(m, "m.conf:1:1: unknown option \"" + std::string(80, 'a') + "... (1048576 bytes)\"");
 }
 
 TEST(Config, NeverCrashesOnArbitraryBytes) {
