@@ -6,16 +6,75 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <thread>
 #include <unordered_set>
 
+#include "absl/container/flat_hash_map.h"
+#include "mxsched/base/mutex.h"
 #include "testbed/json.h"
 #include "mxsched/io/resolver.h"
 #include "mxsched/base/strings.h"
 
 namespace mxsched::io {
+
+int LatencyHistogram::BucketOf(uint64_t value) {
+  if (value < static_cast<uint64_t>(kLinear)) return static_cast<int>(value);
+  // Keep the top kSubBits + 1 bits: the leading 1 picks the power of two, the rest the
+  // sub-bucket within it.
+  const int shift = std::bit_width(value) - (kSubBits + 1);
+  return kLinear + (shift - 1) * kSub + static_cast<int>((value >> shift) - kSub);
+}
+
+uint64_t LatencyHistogram::BucketLow(int bucket) {
+  if (bucket < kLinear) return static_cast<uint64_t>(bucket);
+  const int shift = (bucket - kLinear) / kSub + 1;
+  return static_cast<uint64_t>((bucket - kLinear) % kSub + kSub) << shift;
+}
+
+uint64_t LatencyHistogram::BucketWidth(int bucket) {
+  return bucket < kLinear ? 1 : uint64_t{1} << ((bucket - kLinear) / kSub + 1);
+}
+
+void LatencyHistogram::Add(int64_t value) {
+  value = std::max<int64_t>(value, 0);
+  ++counts_[BucketOf(static_cast<uint64_t>(value))];
+  min_ = count_ == 0 ? value : std::min(min_, value);
+  max_ = std::max(max_, value);
+  ++count_;
+}
+
+void LatencyHistogram::Merge(const LatencyHistogram& other) {
+  if (other.count_ == 0) return;
+  for (int i = 0; i < kBuckets; ++i) counts_[i] += other.counts_[i];
+  min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
+  max_ = std::max(max_, other.max_);
+  count_ += other.count_;
+}
+
+int64_t LatencyHistogram::ValueAtRank(int64_t rank) const {
+  if (count_ == 0) return 0;
+  rank = std::clamp<int64_t>(rank, 0, count_ - 1);
+  if (rank == count_ - 1) return max_;
+  if (rank == 0) return min_;
+  uint64_t seen = 0;
+  for (int i = 0; i < kBuckets; ++i) {
+    seen += counts_[i];
+    if (seen > static_cast<uint64_t>(rank)) {
+      // The midpoint halves the worst error; min and max are exact, so clamp to them.
+      const int64_t mid = static_cast<int64_t>(BucketLow(i) + (BucketWidth(i) - 1) / 2);
+      return std::clamp(mid, min_, max_);
+    }
+  }
+  return max_;
+}
+
+int64_t LatencyHistogram::Percentile(int percent) const {
+  return ValueAtRank(std::min(count_ - 1, count_ * percent / 100));
+}
+
 namespace {
 
 int64_t NowNanos() {
@@ -24,8 +83,33 @@ int64_t NowNanos() {
       .count();
 }
 
+// Sessions connected to one host right now (from the 2xx greeting to close) and the peak:
+// what the receiving server counts, unlike the lease peak, which also counts connects
+// still in progress and those that fail. Shared by the workers, since they share hosts.
+struct HostCount {
+  std::atomic<int64_t> sessions{0}, current{0}, peak{0};
+  void Opened() {
+    sessions.fetch_add(1, std::memory_order_relaxed);
+    const int64_t now = current.fetch_add(1, std::memory_order_relaxed) + 1;
+    int64_t p = peak.load(std::memory_order_relaxed);
+    while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+    }
+  }
+  void Closed() { current.fetch_sub(1, std::memory_order_relaxed); }
+};
+
 struct Shared {
   const LoadOptions* options;
+  // One lookup per connected session, under a mutex the workers rarely contend for; the
+  // entries live until the report is built, so a Hold keeps a plain pointer.
+  Mutex hosts_mu;
+  absl::flat_hash_map<Endpoint, std::unique_ptr<HostCount>> hosts ABSL_GUARDED_BY(hosts_mu);
+  HostCount* Host(const Endpoint& e) {
+    MutexLock l(&hosts_mu);
+    std::unique_ptr<HostCount>& c = hosts[e];
+    if (c == nullptr) c = std::make_unique<HostCount>();
+    return c.get();
+  }
   std::atomic<int64_t> next{0}, done{0}, connected{0}, deferred{0}, failed{0};
   int64_t deadline_nanos = 0;
   // Set by RunLoad's thread at --max-seconds or on options->stop: workers start nothing
@@ -42,9 +126,10 @@ class Worker;
 // whole message transaction like smtp-source's), one command at a time, each reply read in
 // full (multi-line aware), the whole dialogue under one 30 s deadline; then close, release.
 struct Hold {
-  Hold(Worker* w, ConnectResult c) : worker(w), conn(std::move(c)) {}
+  Hold(Worker* w, ConnectResult c, HostCount* h) : worker(w), conn(std::move(c)), host(h) {}
   Worker* worker;
   ConnectResult conn;
+  HostCount* host;  // Closed() when the socket closes
   int pending = 0;
   size_t step = 0;
   size_t sent = 0;
@@ -157,11 +242,12 @@ class Worker {
 
   void OnConnected(ConnectResult r) {
     busy_replies_ += r.busy_replies;
-    if (r.slot_wait_nanos > 0) slot_waits_.push_back(r.slot_wait_nanos);
+    if (r.slot_wait_nanos > 0) slot_waits_.Add(r.slot_wait_nanos);
     if (r.kind == ConnectResult::Kind::kConnected) {
-      latencies_.push_back(r.elapsed_nanos - r.slot_wait_nanos);
-      ++hosts_[r.lease.endpoint().ToString()];
-      auto* h = new Hold(this, std::move(r));
+      latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos);
+      HostCount* host = shared_->Host(r.lease.endpoint());
+      host->Opened();
+      auto* h = new Hold(this, std::move(r), host);
       holds_.insert(h);
       h->Start();
       if (stopping_) h->Stop();  // (a no-op without --hold-ms: QUIT is already on its way)
@@ -207,10 +293,11 @@ class Worker {
   const std::vector<std::string>& dialogue() const { return dialogue_; }
   Shared* shared() { return shared_; }
 
-  std::vector<int64_t> latencies_;  // connected sessions: connect time less slot wait
+  // Histograms, not samples: a run's memory must not grow with its length.
+  LatencyHistogram latencies_;  // greeted sessions: connect time less slot wait
   int64_t busy_replies_ = 0;
-  std::vector<int64_t> slot_waits_;  // every session that waited for a slot
-  std::map<std::string, int64_t> hosts_, deferrals_, failures_;
+  LatencyHistogram slot_waits_;  // every session that waited for a slot
+  std::map<std::string, int64_t> deferrals_, failures_;
   std::map<std::string, std::string> examples_;
 
  private:
@@ -334,6 +421,7 @@ void Hold::End(std::string why) {
     }
     close(conn.fd);
     conn.fd = -1;
+    host->Closed();
     conn.lease.Release();  // after close: the slot covers the socket's whole life
     conn.cluster_lease.Release();
     // Connected means the whole dialogue ran. A session cut short by a stop is deferred; one
@@ -425,40 +513,44 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.sessions = report.connected + report.deferred + report.failed;
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
-  std::vector<int64_t> lat, waits;
+  LatencyHistogram lat, waits;
   for (auto& w : workers) {
-    lat.insert(lat.end(), w->latencies_.begin(), w->latencies_.end());
-    waits.insert(waits.end(), w->slot_waits_.begin(), w->slot_waits_.end());
-    for (auto& [k, v] : w->hosts_) report.hosts[k].sessions += v;
+    lat.Merge(w->latencies_);
+    waits.Merge(w->slot_waits_);
     report.busy_replies += w->busy_replies_;
     for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
     for (auto& [k, v] : w->failures_) report.failures[k] += v;
     for (auto& [k, v] : w->examples_) report.examples.try_emplace(k, v);
   }
+  {
+    MutexLock l(&shared.hosts_mu);
+    for (const auto& [e, c] : shared.hosts) {
+      LoadReport::Host& rh = report.hosts[e.ToString()];
+      rh.sessions = c->sessions.load();
+      rh.peak = c->peak.load();
+    }
+  }
   const int64_t now = selector.clock().NowNanos();
   selector.registry().ForEach([&](const HostState& h) {
+    // The peak was reset at the start: a lease peak above 0 means this run leased the host
+    // (a host whose connects all failed is listed too, with 0 sessions).
     auto it = report.hosts.find(h.endpoint().ToString());
-    if (it == report.hosts.end() && h.busy_replies() == 0) return;
+    if (it == report.hosts.end() && h.busy_replies() == 0 && h.peak() == 0) return;
     LoadReport::Host& rh = report.hosts[h.endpoint().ToString()];
-    rh.peak = h.peak();
+    rh.lease_peak = h.peak();
     rh.limit = h.limit();
     rh.configured_limit = h.configured_limit();
     rh.busy_replies = h.busy_replies();
     rh.limit_moved = h.last_move().ToString(now);
   });
-  if (!lat.empty()) {
-    std::sort(lat.begin(), lat.end());
-    report.connect_p50_us = lat[lat.size() / 2] / 1000;
-    report.connect_p99_us = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)] / 1000;
-    report.connect_max_us = lat.back() / 1000;
-  }
-  report.waited = static_cast<int64_t>(waits.size());
-  if (!waits.empty()) {
-    std::sort(waits.begin(), waits.end());
-    report.wait_p50_us = waits[waits.size() / 2] / 1000;
-    report.wait_p99_us = waits[std::min(waits.size() - 1, waits.size() * 99 / 100)] / 1000;
-    report.wait_max_us = waits.back() / 1000;
-  }
+  report.greeted = lat.count();
+  report.connect_p50_us = lat.Percentile(50) / 1000;
+  report.connect_p99_us = lat.Percentile(99) / 1000;
+  report.connect_max_us = lat.max() / 1000;
+  report.waited = waits.count();
+  report.wait_p50_us = waits.Percentile(50) / 1000;
+  report.wait_p99_us = waits.Percentile(99) / 1000;
+  report.wait_max_us = waits.max() / 1000;
   if (options.cluster != nullptr) {
     const ClusterLimits::Stats& st = options.cluster->stats();
     LoadReport::Cluster c;
@@ -488,11 +580,16 @@ std::string LoadReport::ToJson() const {
   for (const auto& [k, h] : hosts) {
     host_json[k] = {{"sessions", h.sessions},
                     {"peak", h.peak},
+                    {"lease_peak", h.lease_peak},
                     {"limit", limit(h.limit)},
                     {"configured_limit", limit(h.configured_limit)},
                     {"busy_replies", h.busy_replies},
                     {"limit_moved", h.limit_moved}};
   }
+  // A percentile of an empty set is no number: null, not a 0 that reads as "instant".
+  auto unless_empty = [](int64_t n, int64_t v) {
+    return n > 0 ? nlohmann::json(v) : nlohmann::json(nullptr);
+  };
   nlohmann::json cluster_json = nullptr;
   if (cluster) {
     const Cluster& c = *cluster;
@@ -515,14 +612,15 @@ std::string LoadReport::ToJson() const {
                    {"seconds", seconds},
                    {"sessions_per_second", sessions_per_second},
                    {"connected_per_second", connected_per_second},
-                   {"connect_p50_us", connect_p50_us},
-                   {"connect_p99_us", connect_p99_us},
-                   {"connect_max_us", connect_max_us},
+                   {"greeted", greeted},
+                   {"connect_p50_us", unless_empty(greeted, connect_p50_us)},
+                   {"connect_p99_us", unless_empty(greeted, connect_p99_us)},
+                   {"connect_max_us", unless_empty(greeted, connect_max_us)},
                    {"busy_replies", busy_replies},
                    {"waited", waited},
-                   {"wait_p50_us", wait_p50_us},
-                   {"wait_p99_us", wait_p99_us},
-                   {"wait_max_us", wait_max_us},
+                   {"wait_p50_us", unless_empty(waited, wait_p50_us)},
+                   {"wait_p99_us", unless_empty(waited, wait_p99_us)},
+                   {"wait_max_us", unless_empty(waited, wait_max_us)},
                    {"max_rss_kb", max_rss_kb},
                    {"connected_per_250ms", connected_timeline},
                    {"hosts", std::move(host_json)},
@@ -541,8 +639,13 @@ std::string LoadReport::ToText() const {
   }
   s += StrCat("rate: ", connected_per_second, " connected/s (", sessions_per_second,
               " sessions ended/s, counting deferred and failed)\n");
-  s += StrCat("connect latency (without slot wait): p50 ", connect_p50_us, " us, p99 ",
-              connect_p99_us, " us, max ", connect_max_us, " us\n");
+  if (greeted > 0) {
+    s += StrCat("connect latency (without slot wait), ", greeted, " sessions greeted: p50 ",
+                connect_p50_us, " us, p99 ", connect_p99_us, " us, max ", connect_max_us,
+                " us\n");
+  } else {
+    s += "connect latency (without slot wait): - (no session got a greeting)\n";
+  }
   if (waited > 0) {
     s += StrCat("waited for a slot: ", waited, " sessions, p50 ", wait_p50_us, " us, p99 ",
                 wait_p99_us, " us, max ", wait_max_us, " us\n");
@@ -552,10 +655,14 @@ std::string LoadReport::ToText() const {
   if (busy_replies > 0) {
     s += StrCat("busy replies (421 too many connections...): ", busy_replies, "\n");
   }
-  if (!hosts.empty()) s += "per host (sessions, peak concurrent, limit):\n";
+  if (!hosts.empty()) {
+    s += "per host (sessions, peak concurrent connections, peak leases incl. failed connects, "
+         "limit):\n";
+  }
   auto limit = [](int32_t l) { return l == kUnlimited ? std::string("unlimited") : StrCat(l); };
   for (const auto& [k, h] : hosts) {
-    s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", limit(h.limit));
+    s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", h.lease_peak, "  ",
+                limit(h.limit));
     if (h.limit != h.configured_limit) s += StrCat(" (configured ", limit(h.configured_limit), ")");
     if (!h.limit_moved.empty()) s += StrCat("  ", h.limit_moved);
     s += "\n";

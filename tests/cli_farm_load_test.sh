@@ -65,9 +65,15 @@ assert r["connected"] == 3000, r  # the refused MX is failed over, not fatal
 # Sessions that arrived before DNS answered were woken by the answer, not by their 30 s
 # DNS-wait timer (a lost wake-up across threads once made this 30 s).
 assert r["connect_max_us"] < 5_000_000, r["connect_max_us"]
-assert len(r["hosts"]) == 3, r["hosts"]
+# The refused MX is listed too: it took leases (lease_peak) but no connection (peak 0).
+assert len(r["hosts"]) == 4, r["hosts"]
+dead = [v for v in r["hosts"].values() if v["sessions"] == 0]
+assert len(dead) == 1 and dead[0]["peak"] == 0 and dead[0]["lease_peak"] >= 1, r["hosts"]
 for h, v in r["hosts"].items():
-    assert 700 <= v["sessions"] <= 1300, (h, v)  # even spread over the 3 reachable MXs
+    if v["sessions"]:
+        assert 700 <= v["sessions"] <= 1300, (h, v)  # even spread over the 3 reachable MXs
+        assert 1 <= v["peak"] <= v["lease_peak"], (h, v)  # a connection holds a lease
+assert r["greeted"] == 3000, r
 PY
 # While the farm still runs (its exit closes everything, so checking after would prove
 # nothing): every session said QUIT and the server counts no connection open. The farm
@@ -86,6 +92,16 @@ while True:
     if time.monotonic() > deadline:
         sys.exit(f"farm never showed 3000 QUITs and no open connection: {s}")
     time.sleep(0.1)
+PY
+# The report's peak for the refused MX is what its server counted: none (it used to be the
+# scheduler's lease peak, which counts the refused connects).
+python3 - "$work/load.json" "$work/farm.json" <<'PY' || fail "peak of the refused MX"
+import json, sys
+r, s = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+server = {a["address"]: a["peak"] for a in s["addresses"]}
+for h, v in r["hosts"].items():
+    if v["sessions"] == 0:
+        assert v["peak"] == server[h] == 0, (h, v, server)
 PY
 kill "$farm_pid"; wait "$farm_pid"
 echo "cli_farm_load_test: all checks passed"
