@@ -568,7 +568,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     c.live_workers = options.cluster->live_workers();
     c.mode = options.cluster->degraded()
                  ? std::string(ClusterFailureModeName(options.cluster->options().failure_mode))
-                 : "normal";
+                 : options.cluster->rejoining() ? "rejoining" : "normal";
     report.cluster = c;
   }
   return report;

@@ -322,6 +322,7 @@ TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
     ClusterOptions o = Options();
     o.redis = *ParseRedisUrl(silent.url());
     o.timeout_ms = 200;
+    o.lease_seconds = 1;
     o.failure_mode = mode;
     Worker w(o, /*wait_subscribed=*/false);
     std::vector<Loop*> loops = {w.loop.get()};
@@ -341,9 +342,20 @@ TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
     EXPECT_EQ(w.limits->stats().mode_switches.load(), 1);  // switched once
     EXPECT_GE(w.limits->stats().redis_errors.load(), 1);
     switch (mode) {
-      case io::ClusterFailureMode::kShare:
-        EXPECT_EQ(granted, 1);  // no worker count ever seen: the floor, 1
+      case io::ClusterFailureMode::kShare: {
+        // Held nothing when Redis went away: nothing new for lease_seconds (the others may
+        // hold everything), then the floor of the share, 1 (no worker count ever seen).
+        EXPECT_EQ(granted, 0);
+        std::optional<ClusterClient::Result> r;
+        ASSERT_TRUE(PumpUntil(loops, [&] {
+          r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
+          return r->verdict == ClusterClient::Verdict::kGranted;
+        }));
+        w.leases.push_back(std::move(r->lease));
+        r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
+        EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
         break;
+      }
       case io::ClusterFailureMode::kClosed:
         EXPECT_EQ(closed, 8);
         break;
@@ -362,23 +374,94 @@ TEST_F(ClusterLimitsTest, ShareModeUsesTheWorkerCountLastSeenAndComesBack) {
   std::vector<Loop*> loops = {a.loop.get(), b.loop.get(), c.loop.get()};
   ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->live_workers() == 3; }));
   const std::string key = a.limits->HostKey(Ep("127.0.0.6", 25));
-  redis_->Stop(SIGKILL);
-  int granted = 0;
-  for (int i = 0; i < 8; ++i) {
+  const std::string other = a.limits->HostKey(Ep("127.0.0.7", 25));
+  for (int i = 0; i < 3; ++i) {  // held through Redis: 3 here, more than the share of 2
     auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
-    ASSERT_TRUE(r);
-    if (r->verdict == ClusterClient::Verdict::kGranted) {
-      ++granted;
-      a.leases.push_back(std::move(r->lease));
-    }
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
   }
-  EXPECT_EQ(granted, 2);  // floor(8 / 3)
+  redis_->Stop(SIGKILL);
+  auto once = [&](const std::string& k) {
+    auto r = AcquireOnce(a, a.client->NewId(), {{k, 8}}, nullptr, loops);
+    EXPECT_TRUE(r);
+    if (r && r->verdict == ClusterClient::Verdict::kGranted) {
+      a.leases.push_back(std::move(r->lease));
+      return true;
+    }
+    return false;
+  };
+  EXPECT_FALSE(once(key));  // over the share, floor(8 / 3) = 2
   EXPECT_TRUE(a.limits->degraded());
+  EXPECT_FALSE(once(other));  // held none there at the switch: nothing new right after it
+  // Down to 1 on `key`: the share allows 2, and 2 is not more than held at the switch.
+  a.leases.erase(a.leases.begin(), a.leases.begin() + 2);
+  EXPECT_TRUE(once(key));
+  EXPECT_FALSE(once(key));
+  // Once lease_seconds have passed the others' old connections had time to end: the share.
+  ASSERT_TRUE(PumpUntil(loops, [&] { return once(other); }));
+  EXPECT_TRUE(once(other));
+  EXPECT_FALSE(once(other)) << "3 on " << other;
   redis_->Start();
-  ASSERT_TRUE(PumpUntil(loops, [&] { return !a.limits->degraded(); }));
+  ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->mode() == io::ClusterMode::kNormal; }));
   EXPECT_EQ(a.limits->stats().mode_switches.load(), 2);  // away and back, once each
-  // The two connections opened while Redis was away are registered now.
-  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+  // The connections open across the outage are registered now, those opened while Redis
+  // was away among them.
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+  EXPECT_EQ(redis_->Query({"ZCARD", other}), "2");
+}
+
+// Redis restarts empty. The worker that comes back first must not take the slots of one
+// that has not re-registered its open connections yet: until the whole fleet has, it keeps
+// to its share — and then Redis, knowing everything again, decides alone.
+TEST_F(ClusterLimitsTest, FirstWorkerBackAfterARestartKeepsItsShareUntilTheOthersRejoin) {
+  ClusterOptions o = Options();
+  o.lease_seconds = 30;  // the rejoin ends because the fleet is back, not by its deadline
+  o.timeout_ms = 300;
+  Worker a(o), b(o);
+  std::vector<Loop*> both = {a.loop.get(), b.loop.get()};
+  std::vector<Loop*> only_a = {a.loop.get()};
+  ASSERT_TRUE(PumpUntil(both, [&] {
+    return a.limits->live_workers() == 2 && b.limits->live_workers() == 2;
+  }));
+  const std::string key = a.limits->HostKey(Ep("127.0.0.8", 25));
+  for (Worker* w : {&a, &a, &b, &b}) {  // 2 + 2 of 4
+    auto r = AcquireOnce(*w, w->client->NewId(), {{key, 4}}, nullptr, both);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    w->leases.push_back(std::move(r->lease));
+  }
+  redis_->Stop(SIGKILL);
+  // Both notice while Redis is down: the next acquire fails (and, over the share, is full).
+  for (Worker* w : {&a, &b}) {
+    auto r = AcquireOnce(*w, w->client->NewId(), {{key, 4}}, nullptr, both);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+  }
+  ASSERT_TRUE(a.limits->degraded() && b.limits->degraded());
+  redis_->Start();  // empty: no leases, no heartbeats, no scripts
+  ASSERT_TRUE(redis_->ok());
+  // Only a runs: it re-registers its 2 and is rejoining; Redis sees 2 of 4 taken.
+  ASSERT_TRUE(PumpUntil(only_a, [&] { return a.limits->rejoining(); }));
+  ASSERT_TRUE(PumpUntil(only_a, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+  auto r = AcquireOnce(a, a.client->NewId(), {{key, 4}}, nullptr, only_a);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull) << "took one of b's slots";
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+  EXPECT_TRUE(b.limits->degraded());
+  // b comes back and re-registers: both see the whole fleet and are normal again.
+  ASSERT_TRUE(PumpUntil(both, [&] {
+    return a.limits->mode() == io::ClusterMode::kNormal &&
+           b.limits->mode() == io::ClusterMode::kNormal;
+  }));
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "4");
+  r = AcquireOnce(a, a.client->NewId(), {{key, 4}}, nullptr, both);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);  // Redis: 4 of 4
+  b.leases.pop_back();  // b lets one go: a may have it
+  ASSERT_TRUE(PumpUntil(both, [&] { return redis_->Query({"ZCARD", key}) == "3"; }));
+  r = AcquireOnce(a, a.client->NewId(), {{key, 4}}, nullptr, both);
+  ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+  a.leases.push_back(std::move(r->lease));
+  EXPECT_EQ(a.limits->stats().mode_switches.load(), 2);
+  EXPECT_EQ(b.limits->stats().mode_switches.load(), 2);
 }
 
 }  // namespace

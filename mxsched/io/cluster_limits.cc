@@ -21,9 +21,11 @@ constexpr int kProbeMs = 500;
 constexpr size_t kMaxOwed = 100'000;
 
 // KEYS: per limit key K, three keys: K (leases), K:w (waiters by wait start), K:wx (waiter
-// expiry). ARGV: id, lease_ms, wait (0/1), waiter_ttl_ms, then one limit per key.
-// Returns {1, 0, counts...} when every key had room (lease added to each), else
-// {0, full_mask, counts...} (bit i-1 set when key i was full; with wait=1 the id queued
+// expiry); then the workers set. ARGV: id, lease_ms, wait (0/1), waiter_ttl_ms, then one
+// limit per key. Returns {1, 0, counts..., clients} when every key had room (lease added to
+// each), else {0, full_mask, counts..., clients} (clients: members of the workers set, so
+// the share a failure would fall back to is as fresh as the last acquire; bit i-1 of
+// full_mask set when key i was full; with wait=1 the id queued
 // there, keeping its place if already queued). A key has room for `id` when its live leases
 // plus the waiters queued ahead of `id` (all of them, if `id` is not queued) are below the
 // limit: a freed slot goes to the longest waiter, not to whoever asks first.
@@ -32,7 +34,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
-local n = #KEYS / 3
+local n = (#KEYS - 1) / 3
+local clients = redis.call('ZCARD', KEYS[#KEYS])
 local counts, full, mask = {}, {}, 0
 for i = 1, n do
   local L, W, WX = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
@@ -59,6 +62,7 @@ if mask == 0 then
     redis.call('ZREM', KEYS[3*i], id)
     counts[i] = counts[i] + 1
   end
+  counts[n + 1] = clients
   return {1, 0, unpack(counts)}
 end
 if ARGV[3] == '1' then
@@ -72,6 +76,7 @@ if ARGV[3] == '1' then
     end
   end
 end
+counts[n + 1] = clients
 return {0, mask, unpack(counts)}
 )lua";
 
@@ -112,25 +117,42 @@ end
 return woke
 )lua";
 
-// KEYS: the workers set, then lease keys. ARGV: worker id, lease_ms, then per lease key the
-// ids this client holds there, comma-separated. Heartbeats the worker, renews every lease —
-// adding back any Redis lost (a restart) — and returns {live workers, leases added back}.
+// KEYS: the workers set, then lease keys. ARGV: client id, lease_ms, complete (1: sent
+// while not degraded, so every lease the client holds is in Redis after this call), then
+// per lease key the ids this client holds there, comma-separated. Heartbeats the client
+// (score: the Redis time, negated while not complete), renews every lease — adding back
+// any Redis lost (a restart) — drops clients not heard from for lease_ms, and returns
+// {distinct live workers, leases added back, live clients, oldest complete heartbeat (0
+// when some client is not complete), now}.
 constexpr char kRefreshLua[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_ms = tonumber(ARGV[2])
 local exp = now + lease_ms
-redis.call('ZADD', KEYS[1], exp, ARGV[1])
+local stale = now - lease_ms
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. -stale, '(' .. stale)
+redis.call('ZADD', KEYS[1], ARGV[3] == '1' and now or -now, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], lease_ms + 60000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local added = 0
 for i = 2, #KEYS do
-  for id in string.gmatch(ARGV[i + 1], '[^,]+') do
+  for id in string.gmatch(ARGV[i + 2], '[^,]+') do
     added = added + redis.call('ZADD', KEYS[i], exp, id)
   end
   redis.call('PEXPIRE', KEYS[i], lease_ms + 60000)
 end
-return {redis.call('ZCARD', KEYS[1]), added}
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local seen, workers, oldest = {}, 0, now
+for i = 1, #members, 2 do
+  local w = string.match(members[i], '^([^.]*)')
+  if not seen[w] then
+    seen[w] = true
+    workers = workers + 1
+  end
+  local hb = tonumber(members[i + 1])
+  if hb < 0 then hb = 0 end
+  if hb < oldest then oldest = hb end
+end
+return {workers, added, #members / 2, oldest, now}
 )lua";
 
 // KEYS: one lease key. Live leases on it, by the Redis clock.
@@ -224,40 +246,91 @@ std::string ClusterLimits::DomainKey(std::string_view domain) const {
 }
 
 void ClusterLimits::ReportFailure(const absl::Status& why) {
-  if (degraded_.exchange(true, std::memory_order_acq_rel)) return;
-  degraded_since_.store(NowNanos(), std::memory_order_release);
+  ClusterMode was = mode();
+  do {
+    if (was == ClusterMode::kDegraded) return;
+  } while (!mode_.compare_exchange_weak(was, ClusterMode::kDegraded, std::memory_order_acq_rel));
+  if (was == ClusterMode::kRejoining) {
+    // The same outage: the switch's snapshot and share stay as they were.
+    fprintf(stderr, "mxsched: cluster limits: Redis %s lost again while rejoining (%s)\n",
+            options_.redis.ToString().c_str(), std::string(why.message()).c_str());
+    return;
+  }
+  int64_t workers;
+  {
+    MutexLock lock(&mu_);
+    degraded_since_ = NowNanos();
+    workers = live_workers();
+    // 0: never seen (the worst is assumed); else at least this process's own clients.
+    const int64_t seen = live_clients_.load(std::memory_order_relaxed);
+    share_clients_ = seen == 0 ? 0 : std::max(seen, my_clients_.load(std::memory_order_relaxed));
+    for (auto& [key, h] : held_) h.at_switch = h.here;
+  }
   stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
   fprintf(stderr,
           "mxsched: cluster limits: Redis %s unreachable (%s); cluster_failure_mode = %s until "
           "it answers (%lld live workers last seen)\n",
           options_.redis.ToString().c_str(), std::string(why.message()).c_str(),
           std::string(ClusterFailureModeName(options_.failure_mode)).c_str(),
-          static_cast<long long>(live_workers()));
+          static_cast<long long>(workers));
 }
 
-void ClusterLimits::ReportRecovered() {
-  if (!degraded_.exchange(false, std::memory_order_acq_rel)) return;
-  stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
+void ClusterLimits::BeginRejoin(int64_t redis_now_ms) {
+  ClusterMode expected = ClusterMode::kDegraded;
+  if (!mode_.compare_exchange_strong(expected, ClusterMode::kRejoining,
+                                     std::memory_order_acq_rel)) {
+    return;
+  }
+  {
+    MutexLock lock(&mu_);
+    rejoin_since_ms_ = redis_now_ms;
+    rejoin_deadline_ = NowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
+  }
   recovery_epoch_.fetch_add(1, std::memory_order_acq_rel);
-  fprintf(stderr, "mxsched: cluster limits: Redis %s answers again; limits shared again\n",
+  fprintf(stderr,
+          "mxsched: cluster limits: Redis %s answers again; open connections re-registered, "
+          "shares kept until every worker has (at most %d s)\n",
+          options_.redis.ToString().c_str(), options_.lease_seconds);
+}
+
+void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms) {
+  if (!rejoining()) return;
+  {
+    MutexLock lock(&mu_);
+    const bool fleet_back = clients >= share_clients_ && oldest_heartbeat_ms >= rejoin_since_ms_;
+    if (!fleet_back && NowNanos() < rejoin_deadline_) return;
+  }
+  ClusterMode expected = ClusterMode::kRejoining;
+  if (!mode_.compare_exchange_strong(expected, ClusterMode::kNormal,
+                                     std::memory_order_acq_rel)) {
+    return;
+  }
+  stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
+  fprintf(stderr, "mxsched: cluster limits: Redis %s: every worker is back; limits shared again\n",
           options_.redis.ToString().c_str());
 }
 
 bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
-  const bool share = options_.failure_mode == ClusterFailureMode::kShare;
-  // No worker count ever seen (Redis away since we started): assume the worst, a share of 1.
-  const int64_t workers = live_workers() > 0 ? live_workers() : INT32_MAX;
-  const bool fresh = NowNanos() - degraded_since_.load(std::memory_order_acquire) <
-                     int64_t{options_.lease_seconds} * 1'000'000'000;
+  // Rejoining after `closed`, the same share holds: the others' open connections may not
+  // be in Redis yet.
+  const bool share = options_.failure_mode == ClusterFailureMode::kShare ||
+                     (options_.failure_mode == ClusterFailureMode::kClosed && rejoining());
   MutexLock lock(&mu_);
+  // This process's share: its clients' part of the clients last seen (one client per loop,
+  // a process with more loops has more of the fleet's work). None ever seen (Redis away
+  // since we started): assume the worst, the floor of 1.
+  const int64_t mine = std::max<int64_t>(1, my_clients_.load(std::memory_order_relaxed));
+  const int64_t all = share_clients_ > 0 ? share_clients_ : INT32_MAX;
+  const bool fresh =
+      NowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
   for (const ClusterKey& k : keys) {
     const KeyHolding& h = held_[k.key];
     int64_t allowed = k.limit;
     if (share) {
-      allowed = std::max<int64_t>(1, k.limit / workers);
-      // Right after the switch the others may still hold what they held: do not add to a
-      // key the fleet had full (their leases would have expired by lease_seconds).
-      if (fresh && h.here + h.others_seen >= k.limit) return false;
+      allowed = std::max<int64_t>(1, k.limit * std::min(mine, all) / all);
+      // Right after the switch the others may still hold what only Redis knew: grow on no
+      // key beyond what was held here then, so the fleet's total can only fall.
+      if (fresh) allowed = std::min(allowed, h.at_switch);
     }
     if (h.here >= allowed) return false;
   }
@@ -265,21 +338,18 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
   return true;
 }
 
-void ClusterLimits::AddHeld(const std::vector<ClusterKey>& keys,
-                            const std::vector<int64_t>& counts) {
+void ClusterLimits::AddHeld(const std::vector<ClusterKey>& keys) {
   MutexLock lock(&mu_);
-  for (size_t i = 0; i < keys.size(); ++i) {
-    KeyHolding& h = held_[keys[i].key];
-    ++h.here;
-    if (i < counts.size()) h.others_seen = std::max<int64_t>(0, counts[i] - h.here);
-  }
+  for (const ClusterKey& k : keys) ++held_[k.key].here;
 }
 
 void ClusterLimits::RemoveHeld(const std::vector<ClusterKey>& keys) {
   MutexLock lock(&mu_);
   for (const ClusterKey& k : keys) {
     auto it = held_.find(k.key);
-    if (it != held_.end() && it->second.here > 0) --it->second.here;
+    if (it == held_.end()) continue;
+    if (it->second.here > 0) --it->second.here;
+    if (it->second.here == 0 && mode() == ClusterMode::kNormal) held_.erase(it);  // bounded
   }
 }
 
@@ -333,6 +403,7 @@ ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, 
   }
   worker_ = worker;
   if (!worker_) return;
+  limits_->AddClient(+1);
   sub_.Subscribe(limits_->ChannelPrefix() + client_id_,
                  [this](std::string_view, std::string_view waiter) {
                    Wake(std::string(waiter), /*by_publish=*/true);
@@ -344,6 +415,12 @@ ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, 
 
 ClusterClient::~ClusterClient() {
   destroying_ = true;
+  if (worker_) limits_->AddClient(-1);
+  if (worker_ && !limits_->degraded()) {
+    // Leave the workers set now: a rejoin elsewhere need not wait for this client.
+    limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
+    cmd_.Command({"ZREM", limits_->WorkersKey(), client_id_}, [](absl::StatusOr<RedisReply>) {});
+  }
   // Releases already sent: let them reach Redis, so the fleet sees the slots free now
   // rather than at lease expiry.
   const int rounds = limits_->options().timeout_ms / 10 + 1;
@@ -394,25 +471,34 @@ void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
                             ClusterWaiter* waiter, Done done) {
   if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
   if (limits_->degraded()) return DecideLocally(id, std::move(keys), waiter, std::move(done));
-  Decide(id, std::move(keys), waiter, std::move(done));
+  bool reserved = false;
+  if (limits_->rejoining() && limits_->options().failure_mode != ClusterFailureMode::kOpen) {
+    // Redis may not know the others' connections yet: the share holds as well (header).
+    if (!limits_->TryTakeLocal(keys)) return LocalFull(id, std::move(keys), waiter, std::move(done));
+    reserved = true;
+  }
+  Decide(id, std::move(keys), waiter, reserved, std::move(done));
 }
 
 void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
-                           ClusterWaiter* waiter, Done done) {
+                           ClusterWaiter* waiter, bool reserved, Done done) {
   const ClusterOptions& o = limits_->options();
   std::vector<std::string> args = {id, StrCat(int64_t{o.lease_seconds} * 1000),
                                    waiter != nullptr ? "1" : "0", StrCat(o.waiter_ttl_ms)};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
-  Eval(Script{kScripts[kAcquire].body, kAcquire}, Triples(keys), std::move(args),
-       [this, id, keys, waiter, done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
+  std::vector<std::string> redis_keys = Triples(keys);
+  redis_keys.push_back(limits_->WorkersKey());
+  Eval(Script{kScripts[kAcquire].body, kAcquire}, std::move(redis_keys), std::move(args),
+       [this, id, keys, waiter, reserved,
+        done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
-                                              r->elements.size() < 2 + keys.size()) {
+                                              r->elements.size() < 3 + keys.size()) {
+           if (reserved) limits_->RemoveHeld(keys);
            OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
            return DecideLocally(id, std::move(keys), waiter, std::move(done));
          }
-         std::vector<int64_t> counts;
-         for (size_t i = 2; i < r->elements.size(); ++i) counts.push_back(r->elements[i].integer);
          const int64_t mask = r->elements[1].integer;
+         limits_->NoteClients(r->elements.back().integer);
          auto it = waiting_.find(id);
          if (r->elements[0].integer == 1) {
            if (it != waiting_.end()) {
@@ -426,12 +512,13 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
              if (!other.empty()) SendRelease(id, other);
            }
            const uint64_t h = next_handle_++;
-           limits_->AddHeld(keys, counts);
+           if (!reserved) limits_->AddHeld(keys);
            limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
            leases_[h] = LeaseRec{id, std::move(keys)};
            Result res{Verdict::kGranted, ClusterLease(this, h)};
            return done(std::move(res));
          }
+         if (reserved) limits_->RemoveHeld(keys);
          Result res{Verdict::kFull, ClusterLease()};
          res.full_mask = static_cast<uint32_t>(mask);
          if (waiter != nullptr && it != waiting_.end()) {
@@ -470,6 +557,11 @@ void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey>
     leases_[h] = LeaseRec{id, std::move(keys)};
     return done(Result{Verdict::kGranted, ClusterLease(this, h)});
   }
+  LocalFull(id, std::move(keys), waiter, std::move(done));
+}
+
+void ClusterClient::LocalFull(const std::string& id, std::vector<ClusterKey> keys,
+                              ClusterWaiter* waiter, Done done) {
   if (waiter != nullptr) {
     WaitRec& w = waiting_[id];
     const int64_t now = NowNanos();
@@ -528,8 +620,8 @@ void ClusterClient::Release(uint64_t handle) {
   leases_.erase(it);
   limits_->RemoveHeld(rec.keys);
   SendRelease(rec.id, rec.keys);
-  if (limits_->degraded()) {
-    // No publish while Redis is away: wake the longest local waiter on these keys.
+  if (limits_->mode() != ClusterMode::kNormal) {
+    // Waiters held back by the local share get no publish: wake the longest on these keys.
     std::string best;
     int64_t best_since = INT64_MAX;
     for (auto& [wid, w] : waiting_) {
@@ -566,8 +658,12 @@ void ClusterClient::SendRelease(const std::string& id, const std::vector<Cluster
 void ClusterClient::Refresh() {
   if (refresh_in_flight_) return;
   const ClusterOptions& o = limits_->options();
+  // Sent while degraded, a refresh may miss a lease granted locally before its reply: its
+  // heartbeat says "not complete", and the rejoin waits for the next one.
+  const bool complete = !limits_->degraded();
   std::vector<std::string> keys = {limits_->WorkersKey()};
-  std::vector<std::string> args = {limits_->worker_id(), StrCat(int64_t{o.lease_seconds} * 1000)};
+  std::vector<std::string> args = {client_id_, StrCat(int64_t{o.lease_seconds} * 1000),
+                                   complete ? "1" : "0"};
   absl::flat_hash_map<std::string, size_t> index;
   for (const auto& [h, rec] : leases_) {
     for (const ClusterKey& k : rec.keys) {
@@ -576,7 +672,7 @@ void ClusterClient::Refresh() {
         keys.push_back(k.key);
         args.emplace_back();
       }
-      std::string& ids = args[it->second + 1];
+      std::string& ids = args[it->second + 2];
       if (!ids.empty()) ids += ',';
       ids += rec.id;
     }
@@ -586,19 +682,23 @@ void ClusterClient::Refresh() {
   next_refresh_ = now + int64_t{o.lease_seconds} * 1000 * kMs / 3;
   next_probe_ = now + int64_t{kProbeMs} * kMs;
   Eval(Script{kScripts[kRefresh].body, kRefresh}, std::move(keys), std::move(args),
-       [this](absl::StatusOr<RedisReply> r) {
+       [this, complete](absl::StatusOr<RedisReply> r) {
          refresh_in_flight_ = false;
-         if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 2) {
+         if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 5) {
            if (s.ok()) s = absl::InternalError("refresh: unexpected reply");
            return OnFailure(s);
          }
-         limits_->SetLiveWorkers(r->elements[0].integer);
+         const int64_t clients = r->elements[2].integer;
+         limits_->SetLive(r->elements[0].integer, clients);
          limits_->stats().refreshes.fetch_add(1, std::memory_order_relaxed);
          limits_->stats().reregistered.fetch_add(r->elements[1].integer,
                                                  std::memory_order_relaxed);
          if (limits_->degraded()) {
-           limits_->ReportRecovered();
+           limits_->BeginRejoin(r->elements[4].integer);
            seen_epoch_ = limits_->recovery_epoch();
+           next_probe_ = 0;  // the complete refresh goes out at the next tick
+         } else if (complete && limits_->rejoining()) {
+           limits_->MaybeFinishRejoin(clients, r->elements[3].integer);
          }
          // Releases that could not be sent while Redis was away.
          std::vector<LeaseRec> owed;
@@ -637,6 +737,8 @@ void ClusterClient::OnTick(int, uint32_t) {
     // Another client of this process saw Redis back: re-register our leases now too.
     seen_epoch_ = limits_->recovery_epoch();
     Refresh();
+  } else if (limits_->rejoining() && now >= next_probe_) {
+    Refresh();  // re-registered; look again whether the rest of the fleet is
   } else if (now >= next_refresh_) {
     Refresh();
   }

@@ -12,7 +12,9 @@
 //   ClusterLease   the cluster part of a connection's slot; releases on destruction.
 //
 // Protocol (all keys hash-tagged `{cluster_name}`, so every script call stays in one Redis
-// Cluster slot): per limit key K a ZSET K of leases (member lease id, score expiry in ms of
+// Cluster slot): the workers set {name}:workers has one member per ClusterClient
+// ("WORKER.N", score the Redis time of its last heartbeat, negated while the client has not
+// re-registered its leases after an outage); per limit key K a ZSET K of leases (member lease id, score expiry in ms of
 // the Redis server's clock, TIME inside the scripts), a ZSET K:w of waiters (score = when
 // they started waiting: the order slots are handed out in) and K:wx (their expiry). Acquire,
 // release and refresh are Lua scripts run by EVALSHA (EVAL when Redis answers NOSCRIPT,
@@ -21,15 +23,26 @@
 // keys cost no pub/sub traffic. Waiters also re-check every recheck_ms (≤ 1 s), so a lost
 // wake-up or an expired lease of a dead worker only delays.
 //
-// Failure modes (cluster_failure_mode), entered on the first Redis error or timeout and
-// left by the first successful probe (both logged once to stderr and counted):
-//   share   floor(limit / live workers) per process (at least 1), the worker count last
-//           seen in the heartbeat set; a process that held more when Redis went away opens
-//           nothing new on that key until it is below its share — and, for lease_seconds
-//           after the switch, nothing that would pass the limit given the other workers'
-//           holdings last seen.
+// Failure modes (cluster_failure_mode), entered on the first Redis error or timeout (logged
+// once to stderr and counted):
+//   share   each process holds at most its share on every key: floor(limit × its clients /
+//           live clients) (at least 1) — with one client (loop) per process, floor(limit /
+//           live workers) — from the count last seen in the workers set (every acquire and
+//           heartbeat reads it; a process that never saw it assumes the worst). For the
+//           first lease_seconds after the switch a process also holds no more on a key than
+//           it held at the switch: the others may still hold theirs, which only Redis knew,
+//           and this way the fleet's total on a key can only fall until those connections
+//           had time to end.
 //   closed  nothing new is opened (sessions end deferred).
 //   open    the local (per-process) limits only.
+// Coming back (share and closed): the first successful probe re-registers this process's
+// open connections (Refresh) and starts the rejoin. Until every live worker has
+// re-registered too — each client's heartbeat in the workers set is newer than the rejoin's
+// start and the set counts at least the workers last seen — or lease_seconds have passed
+// (a worker that has not come back by then is dead), acquires go through Redis *and* the
+// share above: a Redis that restarted empty knows only the workers that came back, and a
+// worker that came back first must not take the slots of one that has not yet. Then the
+// mode is normal again (logged once and counted).
 #ifndef MXSCHED_IO_CLUSTER_LIMITS_H_
 #define MXSCHED_IO_CLUSTER_LIMITS_H_
 
@@ -54,6 +67,9 @@ namespace mxsched::io {
 
 enum class ClusterFailureMode : uint8_t { kShare, kClosed, kOpen };
 std::string_view ClusterFailureModeName(ClusterFailureMode m);
+// Where a process stands with Redis (header comment): normal, degraded (Redis away, the
+// failure mode decides locally), rejoining (Redis back, shares kept until the fleet is).
+enum class ClusterMode : uint8_t { kNormal, kDegraded, kRejoining };
 
 struct ClusterOptions {
   RedisAddress redis;
@@ -89,22 +105,41 @@ class ClusterLimits {
   std::string WorkersKey() const { return tag_ + ":workers"; }
   std::string ChannelPrefix() const { return options_.name + ":wake:"; }
 
-  bool degraded() const { return degraded_.load(std::memory_order_acquire); }
-  // First failure after normal operation switches to the failure mode (one log line).
+  ClusterMode mode() const { return mode_.load(std::memory_order_acquire); }
+  bool degraded() const { return mode() == ClusterMode::kDegraded; }
+  bool rejoining() const { return mode() == ClusterMode::kRejoining; }
+  // First failure after normal operation (or while rejoining) switches to the failure mode
+  // (one log line; counted once per outage).
   void ReportFailure(const absl::Status& why);
-  // First success while degraded switches back (one log line).
-  void ReportRecovered();
+  // A refresh succeeded while degraded: this process's leases are in Redis again. Starts the
+  // rejoin at `redis_now_ms` (the Redis clock).
+  void BeginRejoin(int64_t redis_now_ms);
+  // A complete refresh succeeded while rejoining: `clients` live clients in the workers set,
+  // the oldest complete heartbeat at `oldest_heartbeat_ms` (Redis clock; 0 when a client
+  // has not re-registered yet). Normal again (one log line, counted) when every client seen
+  // before the outage is back and has re-registered since the rejoin began, or the rejoin
+  // has lasted lease_seconds.
+  void MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms);
+  // Bumped when the rejoin starts: every client of the process re-registers its leases.
   uint64_t recovery_epoch() const { return recovery_epoch_.load(std::memory_order_acquire); }
 
-  // Degraded mode: may this process open one more connection on every key? Takes the
-  // slots if so. The failure mode decides (header comment).
+  // Degraded or rejoining: may this process open one more connection on every key? Takes
+  // the slots if so. The failure mode decides (header comment).
   bool TryTakeLocal(const std::vector<ClusterKey>& keys);
-  // Redis granted: count the slots here too; `counts` are the cluster-wide counts after.
-  void AddHeld(const std::vector<ClusterKey>& keys, const std::vector<int64_t>& counts);
+  // Redis granted: count the slots here too (unless TryTakeLocal already took them).
+  void AddHeld(const std::vector<ClusterKey>& keys);
   void RemoveHeld(const std::vector<ClusterKey>& keys);
   int64_t Held(const std::string& key) const;
-  void SetLiveWorkers(int64_t n) { live_workers_.store(n, std::memory_order_relaxed); }
+  // From each heartbeat: distinct worker processes and their clients (one per loop).
+  void SetLive(int64_t workers, int64_t clients) {
+    live_workers_.store(workers, std::memory_order_relaxed);
+    live_clients_.store(clients, std::memory_order_relaxed);
+  }
   int64_t live_workers() const { return live_workers_.load(std::memory_order_relaxed); }
+  // From each acquire: the clients in the workers set (the divisor of the share).
+  void NoteClients(int64_t clients) { live_clients_.store(clients, std::memory_order_relaxed); }
+  // A worker ClusterClient of this process starts (+1) or ends (-1).
+  void AddClient(int delta) { my_clients_.fetch_add(delta, std::memory_order_relaxed); }
 
   struct Stats {
     std::atomic<int64_t> leases{0};          // slots taken (through Redis or locally)
@@ -125,17 +160,22 @@ class ClusterLimits {
  private:
   struct KeyHolding {
     int64_t here = 0;
-    int64_t others_seen = 0;  // cluster-wide count minus ours, at our last grant
+    int64_t at_switch = 0;  // `here` when the process last switched away from normal
   };
   ClusterOptions options_;
   std::string tag_;  // "{name}"
   std::string worker_id_;
   std::atomic<int> next_client_{0};
-  std::atomic<bool> degraded_{false};
+  std::atomic<ClusterMode> mode_{ClusterMode::kNormal};
   std::atomic<uint64_t> recovery_epoch_{0};
-  std::atomic<int64_t> degraded_since_{0};
   std::atomic<int64_t> live_workers_{0};
+  std::atomic<int64_t> live_clients_{0};
+  std::atomic<int64_t> my_clients_{0};
   mutable Mutex mu_;
+  int64_t degraded_since_ ABSL_GUARDED_BY(mu_) = 0;   // steady nanos of the switch
+  int64_t share_clients_ ABSL_GUARDED_BY(mu_) = 0;   // live clients at the switch
+  int64_t rejoin_since_ms_ ABSL_GUARDED_BY(mu_) = 0;  // Redis clock
+  int64_t rejoin_deadline_ ABSL_GUARDED_BY(mu_) = 0;  // steady nanos
   absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
   Stats stats_;
 };
@@ -228,7 +268,10 @@ class ClusterClient {
   void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
             RedisConnection::ReplyFn fn);
   void Decide(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
-              Done done);
+              bool reserved, Done done);
+  // Full without asking Redis (degraded, or over the share while rejoining).
+  void LocalFull(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
+                 Done done);
   void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
                      Done done);
   void Wake(const std::string& id, bool by_publish);
