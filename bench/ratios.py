@@ -43,17 +43,17 @@ def row(what, value, target, ok):
     rows.append((what, value, target, "yes" if ok else "NO"))
 
 one = ns(r("OneDomain", "LockFree", 1))
-row("Acquire+Release, 1 domain x 4 hosts, 1 thread", f"{one:.1f} ns", "<= 40 ns", one <= 40)
+row("Acquire+Release, 1 domain x 4 hosts, 1 thread", f"{one:.1f} ns", "<= 35 ns", one <= 35)
 zipf = ns(r("MillionDomains", "LockFree", 1, 1))
-row("same, 1,000,000 resident domains, Zipf(1) traffic", f"{zipf:.1f} ns", "<= 150 ns",
-    zipf <= 150)
+row("same, 1,000,000 resident domains, Zipf(1) traffic", f"{zipf:.1f} ns", "<= 100 ns",
+    zipf <= 100)
 uni = ns(r("MillionDomains", "LockFree", 1, 0))
 row("same, 1,000,000 resident domains, uniform traffic (memory-bound)", f"{uni:.1f} ns",
     "<= 150 ns", uni <= 150)
 m1 = extra["BM_MillionDomains<LockFree>/0/real_time/threads:1"]
 bpd, rss = m1["bytes_per_domain"], m1["rss_bytes_per_domain"]
-row("memory per domain (accounted / RSS growth)", f"{bpd:.0f} B / {rss:.0f} B", "<= 256 B",
-    max(bpd, rss) <= 256)
+row("memory per domain (accounted / RSS growth)", f"{bpd:.0f} B / {rss:.0f} B", "<= 128 B",
+    max(bpd, rss) <= 128)
 for n in (200, 2000):
     s = r("MxSpread", "LockFree", 2, n) / r("MxSpread", "LockFree", 1, n)
     row(f"2 threads / 1 thread, distinct domains (MX spread, {n} domains)", f"{s:.2f}x",

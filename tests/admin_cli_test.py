@@ -39,6 +39,25 @@ def wait_for(what, cond, seconds=30.0):
     fail(f"timed out waiting for {what}")
 
 
+_net_lock = None
+
+
+def claim_test_net():
+    """A 127.N no other running test uses: the flock scheme of tests/test_net.sh."""
+    global _net_lock
+    import fcntl
+    for n in range(30, 128):
+        f = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"mxsched-test-net-{n}.lock"), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _net_lock = f  # held until this process exits
+        return f"127.{n}"
+    fail("no free 127.N test network (30..127 all claimed)")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -105,7 +124,7 @@ def pane(target):
 
 try:
     port = free_port()
-    net = f"127.{40 + os.getpid() % 200}.{1 + (os.getpid() // 200) % 250}"
+    net = f"{claim_test_net()}.79"
     hosts = [f"{net}.{i}:{port}" for i in (1, 2, 3, 4)]
     farm_err = open(os.path.join(work, "farm.err"), "w")
     farm = subprocess.Popen([BIN, "farm", "--listen", f"{net}.1-{net}.4:{port}", "--fault",

@@ -13,14 +13,10 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); dport=$(free_port)
-# A 127.N.77.0/24 network no other running test uses: N is claimed by an flock held on fd 9
-# for this script's life (and its children's). C++ tests use 127.128+ (net_testutil.h).
-net=
-for n in $(seq 30 127); do
-  exec 9>"${TMPDIR:-/tmp}/mxsched-test-net-$n.lock"
-  if flock -n 9; then net="127.$n.77"; break; fi
-done
-[ -n "$net" ] || fail "no free 127.N.77 test network"
+# A 127.N.77.0/24 network no other running test uses (tests/test_net.sh).
+. "$(dirname "$0")/test_net.sh"
+claim_test_net
+net="$test_net.77"
 
 "$bin" farm --listen "$net.1-$net.4:$port" --fault "$net.4=refuse" --stats "$work/farm.json" \
   --max-seconds 120 2>"$work/farm.err" &
@@ -63,8 +59,9 @@ print({k: r[k] for k in ("sessions", "connected", "deferred", "failed", "session
 assert r["connected"] + r["deferred"] + r["failed"] == 3000, r
 assert r["connected"] == 3000, r  # the refused MX is failed over, not fatal
 # Sessions that arrived before DNS answered were woken by the answer, not by their 30 s
-# DNS-wait timer (a lost wake-up across threads once made this 30 s).
-assert r["connect_max_us"] < 5_000_000, r["connect_max_us"]
+# DNS-wait timer (a lost wake-up across threads once made this 30 s). The bound is that
+# timer's, with room for a loaded machine, not a latency target.
+assert r["connect_max_us"] < 20_000_000, r["connect_max_us"]
 # The refused MX is listed too: it took leases (lease_peak) but no connection (peak 0).
 assert len(r["hosts"]) == 4, r["hosts"]
 dead = [v for v in r["hosts"].values() if v["sessions"] == 0]

@@ -19,7 +19,9 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); dport=$(free_port)
-net=127.0.93
+. "$(dirname "$0")/test_net.sh"  # a 127.N no other running test uses
+claim_test_net
+net="$test_net.93"
 
 # --- farm: mistakes are errors at start (bounded: a farm that starts anyway stops in 5 s)
 p2=$(free_port)

@@ -36,7 +36,9 @@ wait_for() {
   fail "timed out waiting for: $1"
 }
 port=$(free_port); rport=$(free_port)
-net="127.$((30 + $$ % 200)).78"
+. "$(dirname "$0")/test_net.sh"  # a 127.N no other running test uses
+claim_test_net
+net="$test_net.78"
 name="t$$"
 hostkey="{$name}:h:$net.1:$port"
 rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }

@@ -11,14 +11,10 @@ cleanup() { [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pi
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-# An address no other running test uses: 127.N.* is claimed by an flock held on fd 9 for this
-# script's life (the same scheme as cli_farm_load_test.sh; C++ tests use 127.128+).
-addr=
-for n in $(seq 30 127); do
-  exec 9>"${TMPDIR:-/tmp}/mxsched-test-net-$n.lock"
-  if flock -n 9; then addr="127.$n.88.1"; break; fi
-done
-[ -n "$addr" ] || fail "no free 127.N test network"
+# An address no other running test uses (tests/test_net.sh).
+. "$(dirname "$0")/test_net.sh"
+claim_test_net
+addr="$test_net.88.1"
 user=()
 [ "$(id -u)" -eq 0 ] && user=(-u nobody)
 "$SINK" "${user[@]}" -c "$addr:$port" 256 >"$work/sink.out" 2>&1 &
