@@ -24,15 +24,17 @@ std::string_view ConnectKindName(ConnectResult::Kind k) {
 
 namespace {
 
-int64_t NowNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+// Every time in a session is a steady_clock time point or a std::chrono duration: the
+// configured timeouts are range-checked at load (config_options.cc) and converted once, so no
+// millisecond/nanosecond multiplication can overflow on the way (issue: `25d` once became a
+// negative count here).
+using Clock = std::chrono::steady_clock;
+using Nanos = std::chrono::nanoseconds;
+using Millis = std::chrono::milliseconds;
 
-__kernel_timespec ToTimespec(int64_t nanos) {
-  if (nanos < 0) nanos = 0;
-  return {nanos / 1'000'000'000, nanos % 1'000'000'000};
+__kernel_timespec ToTimespec(Nanos d) {
+  const int64_t n = std::max<int64_t>(0, d.count());
+  return {n / 1'000'000'000, n % 1'000'000'000};
 }
 
 bool IsLocalError(int err) {
@@ -44,7 +46,7 @@ bool IsLocalError(int err) {
 
 struct Connector::Session {
   Session(Connector* c, std::string d, Callback cb)
-      : connector(c), domain(std::move(d)), done(std::move(cb)), start(NowNanos()) {
+      : connector(c), domain(std::move(d)), done(std::move(cb)), start(Clock::now()) {
     ++connector->live_;
   }
   ~Session() { --connector->live_; }
@@ -52,7 +54,7 @@ struct Connector::Session {
   Connector* connector;
   std::string domain;
   Callback done;
-  int64_t start;
+  Clock::time_point start;
   Lease lease;
   int fd = -1;
   int attempts = 0;
@@ -63,11 +65,11 @@ struct Connector::Session {
   std::optional<Outcome> last_outcome;
   std::string last_error;
   GreetingParser parser;
-  int64_t banner_deadline = 0;
-  int64_t attempt_start = 0;     // this attempt's Acquire: its connect + greeting latency
-  int64_t connect_timeout_ms = 0;  // this attempt's (config, or ConnectorOptions' override)
-  int64_t banner_timeout_ms = 0;
-  int64_t slot_wait_start = -1;  // the first slot wait (statistics), -1 if none
+  Clock::time_point banner_deadline;
+  Clock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
+  Millis connect_timeout{0};  // this attempt's (config, or ConnectorOptions' override)
+  Millis banner_timeout{0};
+  std::optional<Clock::time_point> slot_wait_start;  // the first slot wait (statistics)
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{};
@@ -114,14 +116,14 @@ struct Connector::Session {
   // The host and domain are free here (and fleet-wide, with cluster limits): connect.
   void Open() {
     ++attempts;
-    attempt_start = NowNanos();
+    attempt_start = Clock::now();
     // Per attempt, from the configuration in force now (a reload applies to the next one).
     const DomainSettings& ds = connector->CurrentConfig().ForDomain(domain);
     const ConnectorOptions& o = connector->options_;
-    connect_timeout_ms = o.connect_timeout_ms >= 0 ? o.connect_timeout_ms
-                                                   : int64_t{ds.connect_timeout_s} * 1000;
-    banner_timeout_ms = o.banner_timeout_ms >= 0 ? o.banner_timeout_ms
-                                                 : int64_t{ds.banner_timeout_s} * 1000;
+    connect_timeout = o.connect_timeout_ms >= 0 ? Millis(o.connect_timeout_ms)
+                                                : std::chrono::seconds(ds.connect_timeout_s);
+    banner_timeout = o.banner_timeout_ms >= 0 ? Millis(o.banner_timeout_ms)
+                                              : std::chrono::seconds(ds.banner_timeout_s);
     parser = GreetingParser();
     addr_len = lease.endpoint().ToSockaddr(&addr);
     const int family = lease.endpoint().address.is_v4() ? AF_INET : AF_INET6;
@@ -143,13 +145,13 @@ struct Connector::Session {
     loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
     io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
-    LinkTimeout(sqe, &connect_ts, int64_t{connect_timeout_ms} * 1'000'000);
+    LinkTimeout(sqe, &connect_ts, connect_timeout);
   }
 
   // Links a timeout to `op`, the SQE just prepared. REQUIRES: Reserve(2) before `op`.
-  void LinkTimeout(io_uring_sqe* op, __kernel_timespec* ts, int64_t nanos) {
+  void LinkTimeout(io_uring_sqe* op, __kernel_timespec* ts, Nanos after) {
     op->flags |= IOSQE_IO_LINK;
-    *ts = ToTimespec(nanos);
+    *ts = ToTimespec(after);
     io_uring_prep_link_timeout(Submit(&timeout_done), ts, 0);
   }
 
@@ -157,13 +159,13 @@ struct Connector::Session {
     --pending;
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
-                         StrCat("connect timeout after ", connect_timeout_ms, " ms"));
+                         StrCat("connect timeout after ", connect_timeout.count(), " ms"));
     }
     if (res < 0) {
       if (IsLocalError(-res)) return LocalFailure("connect", -res);
       return HostFailure(Outcome::kConnectFailed, StrCat("connect: ", std::strerror(-res)));
     }
-    banner_deadline = NowNanos() + int64_t{banner_timeout_ms} * 1'000'000;
+    banner_deadline = Clock::now() + banner_timeout;
     Recv();
   }
 
@@ -171,14 +173,14 @@ struct Connector::Session {
     loop()->Reserve(2);
     io_uring_sqe* sqe = Submit(&recv_done);
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
-    LinkTimeout(sqe, &recv_ts, banner_deadline - NowNanos());
+    LinkTimeout(sqe, &recv_ts, banner_deadline - Clock::now());
   }
 
   void OnRecv(int res, uint32_t) {
     --pending;
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
-                         StrCat("no greeting within ", banner_timeout_ms, " ms"));
+                         StrCat("no greeting within ", banner_timeout.count(), " ms"));
     }
     if (res < 0) return HostFailure(Outcome::kConnectFailed, StrCat("recv: ", std::strerror(-res)));
     if (res == 0) {
@@ -186,9 +188,9 @@ struct Connector::Session {
     }
     switch (parser.Feed(std::string_view(buf, res))) {
       case GreetingParser::State::kNeedMore:
-        if (NowNanos() >= banner_deadline) {
+        if (Clock::now() >= banner_deadline) {
           return HostFailure(Outcome::kTimedOut,
-                             StrCat("greeting incomplete after ", banner_timeout_ms, " ms"));
+                             StrCat("greeting incomplete after ", banner_timeout.count(), " ms"));
         }
         return Recv();
       case GreetingParser::State::kError:
@@ -203,7 +205,7 @@ struct Connector::Session {
     if (outcome != Outcome::kConnected) {
       return HostFailure(outcome, StrCat("greeting ", parser.Summary()));
     }
-    lease.RecordConnectLatency(NowNanos() - attempt_start);
+    lease.RecordConnectLatency(Nanos(Clock::now() - attempt_start).count());
     ConnectResult r;
     r.kind = ConnectResult::Kind::kConnected;
     r.fd = std::exchange(fd, -1);
@@ -342,7 +344,7 @@ struct Connector::Session {
       cluster_waiting = true;
       if (!slot_timer_armed && !slot_wait_expired) {
         slot_timer_armed = true;
-        slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
+        slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
         io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
       }
       return;  // ClusterClient wakes us: a release, or the re-check
@@ -377,7 +379,7 @@ struct Connector::Session {
       connector->waiting_dns_.push_back(this);
       if (!dns_timer_armed) {
         dns_timer_armed = true;
-        dns_ts = ToTimespec(int64_t{connector->options_.dns_wait_ms} * 1'000'000);
+        dns_ts = ToTimespec(Millis(connector->options_.dns_wait_ms));
         io_uring_prep_timeout(Submit(&dns_timer_done), &dns_ts, 0, 0);
       }
     }
@@ -411,19 +413,19 @@ struct Connector::Session {
   bool slot_wait_expired = false;
   bool slot_timer_armed = false;
   __kernel_timespec slot_ts{};
-  int64_t slot_wait_since = 0;   // when the current wait began
-  int64_t slot_waited_nanos = 0;  // all waits so far
+  Clock::time_point slot_wait_since;  // when the current wait began
+  Nanos slot_waited{0};               // all waits so far
 
   void EndSlotWait() {
     slot_waiting = false;
-    slot_waited_nanos += NowNanos() - slot_wait_since;
+    slot_waited += Clock::now() - slot_wait_since;
   }
 
   void WaitForSlot() {
-    if (slot_wait_start < 0) slot_wait_start = NowNanos();
+    if (!slot_wait_start) slot_wait_start = Clock::now();
     if (!slot_timer_armed && !slot_woken_before) {
       slot_timer_armed = true;
-      slot_ts = ToTimespec(int64_t{connector->options_.slot_wait_ms} * 1'000'000);
+      slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
       io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
     }
     slot_waiting = true;
@@ -431,7 +433,7 @@ struct Connector::Session {
     // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
     // to the back spreads the limit's next probe (docs/DESIGN.md §6) over the waiting sessions
     // instead of charging every refused probe to the same one.
-    slot_wait_since = NowNanos();
+    slot_wait_since = Clock::now();
     connector->selector_->WaitForSlot(domain, &waiter,
                                       /*front=*/slot_woken_before && !busy_since_wait);
     busy_since_wait = false;
@@ -482,11 +484,11 @@ struct Connector::Session {
     }
     r.attempts = attempts;
     r.busy_replies = busy_replies;
-    const int64_t now = NowNanos();
-    r.elapsed_nanos = now - start;
-    r.slot_wait_nanos = slot_waited_nanos;
-    connector->selector_->stats().CountSession(static_cast<size_t>(r.kind),
-                                               slot_wait_start < 0 ? -1 : now - slot_wait_start);
+    const Clock::time_point now = Clock::now();
+    r.elapsed_nanos = Nanos(now - start).count();
+    r.slot_wait_nanos = slot_waited.count();
+    connector->selector_->stats().CountSession(
+        static_cast<size_t>(r.kind), slot_wait_start ? Nanos(now - *slot_wait_start).count() : -1);
     --connector->in_flight_;
     Callback cb = std::move(done);
     cb(std::move(r));
