@@ -1,5 +1,6 @@
 #include "testbed/farm.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -125,10 +126,24 @@ uint16_t FreeLoopbackPort() {
 
 namespace {
 
+// Accept failures that say the process (or the system) is out of something that only
+// freeing can give back. The kernel takes the fd before it looks at the queue, so an accept
+// re-armed while they last fails at once: re-arming straight away is a busy loop.
+bool IsResourceShortage(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+// While starved, the farm waits this long before it looks again, doubling up to the cap:
+// ~no CPU while it lasts, and service back within the cap once fds are freed.
+constexpr int kFirstBackoffMs = 10;
+constexpr int kMaxBackoffMs = 250;
+
 int OpenListener(const Endpoint& ep, std::string* error) {
   int fd = socket(ep.address.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    *error = StrCat("socket: ", std::strerror(errno));
+    const int err = errno;
+    *error = StrCat("socket: ", std::strerror(err));
+    errno = err;  // callers tell a shortage (retry later) from a real failure
     return -1;
   }
   int one = 1;
@@ -136,8 +151,10 @@ int OpenListener(const Endpoint& ep, std::string* error) {
   sockaddr_storage ss;
   socklen_t len = ep.ToSockaddr(&ss);
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 4096) != 0) {
-    *error = StrCat("listen on ", ep.ToString(), ": ", std::strerror(errno));
+    const int err = errno;
+    *error = StrCat("listen on ", ep.ToString(), ": ", std::strerror(err));
     close(fd);
+    errno = err;
     return -1;
   }
   return fd;
@@ -159,10 +176,21 @@ struct Farm::Impl {
   Mutex mu;
   std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
   std::string banner;
+  // Listeners out of fds (or memory), waiting for the one backoff timer of the farm: one
+  // timer and one probe for all of them, not a failing accept per listener per tick.
+  std::vector<Listener*> starved;
+  bool backoff_armed = false;
+  int backoff_ms = 0;  // the next wait; 0 after an accept succeeded
+  __kernel_timespec backoff_ts{};
 
   void Run(std::promise<absl::Status>* ready);
   void ApplyFaultChanges();
   Listener* ListenerFor(const IpAddress& a);
+  // `l` could not accept (or reopen its socket) for lack of resources: retry it after the
+  // backoff instead of now.
+  void Starve(Listener* l);
+  void OnBackoff(int res, uint32_t flags);
+  MemberCompletion<Impl, &Impl::OnBackoff> backoff_done{this};
 };
 
 struct alignas(64) Listener {
@@ -170,12 +198,14 @@ struct alignas(64) Listener {
   Endpoint endpoint;
   int fd = -1;
   bool accept_armed = false;
+  bool starved = false;  // in farm->starved
   std::atomic<uint8_t> fault_kind{0};
   std::atomic<int> slow_ms{0};
   std::atomic<uint64_t> total{0}, quits{0}, messages{0};
   std::atomic<int64_t> current{0}, peak{0};
   std::atomic<uint64_t> rejected{0};
   std::atomic<int64_t> serving{0}, served_peak{0};  // sessions greeted 220 and still open
+  std::atomic<uint64_t> idle_closed{0}, accept_backoffs{0};
   Fault fault() const {
     return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()};
   }
@@ -193,6 +223,7 @@ struct alignas(64) Listener {
     if (want_open && fd < 0) {
       std::string error;
       fd = OpenListener(endpoint, &error);
+      if (fd < 0 && IsResourceShortage(errno)) return farm->Starve(this);
       ArmAccept();
     } else if (!want_open && fd >= 0 && accept_armed) {
       io_uring_sqe* sqe = farm->loop->Sqe();
@@ -220,6 +251,7 @@ struct Conn {
   bool serving = false;  // counted in listener->serving
   char buf[4096];
   __kernel_timespec ts{};
+  __kernel_timespec idle_ts{};  // read by the kernel when the recv is submitted
 
   void Start() {
     const Fault f = listener->fault();
@@ -273,9 +305,24 @@ struct Conn {
     Send();
   }
   void Recv() {
+    const int idle_ms = farm->options.idle_timeout_ms;
+    // A blackhole's clients never speak by design; they wait for a greeting until they give
+    // up, and the fault is that nobody hangs up on them first.
+    const bool timed = idle_ms > 0 && listener->fault().kind != Fault::Kind::kBlackhole;
+    if (timed) farm->loop->Reserve(2);  // a chain split by a submit loses its timeout
     io_uring_sqe* sqe = farm->loop->Sqe();
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
     Loop::SetCompletion(sqe, &recv_done);
+    if (!timed) return;
+    // A linked timeout, restarted with every recv: it measures the silence since the farm
+    // last answered, not the session's length. When it fires the recv ends -ECANCELED; the
+    // timeout's own completion says nothing the recv's does not.
+    sqe->flags |= IOSQE_IO_LINK;
+    idle_ts.tv_sec = idle_ms / 1000;
+    idle_ts.tv_nsec = (idle_ms % 1000) * 1'000'000LL;
+    io_uring_sqe* timeout = farm->loop->Sqe();
+    io_uring_prep_link_timeout(timeout, &idle_ts, 0);
+    Loop::SetCompletion(timeout, nullptr);
   }
   void Send() {
     io_uring_sqe* sqe = farm->loop->Sqe();
@@ -292,6 +339,11 @@ struct Conn {
     Recv();
   }
   void OnRecv(int res, uint32_t) {
+    if (res == -ECANCELED && !farm->stopping.load(std::memory_order_relaxed)) {
+      // Counted before the close, so a client that reads EOF finds it counted.
+      listener->idle_closed.fetch_add(1, std::memory_order_relaxed);
+      return Close();
+    }
     if (res <= 0) return Close();
     if (listener->fault().kind == Fault::Kind::kBlackhole) return Recv();
     in.append(buf, res);
@@ -361,7 +413,12 @@ void Listener::OnAccept(int res, uint32_t) {
     }
     return;
   }
+  if (IsResourceShortage(-res)) {
+    accept_backoffs.fetch_add(1, std::memory_order_relaxed);
+    return farm->Starve(this);
+  }
   if (res >= 0) {
+    farm->backoff_ms = 0;  // fds are there again: the next shortage starts short
     int one = 1;
     setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     total.fetch_add(1, std::memory_order_relaxed);
@@ -377,8 +434,48 @@ void Listener::OnAccept(int res, uint32_t) {
     farm->conns.insert(c);
     c->Start();
   }
-  // Errors such as EMFILE: keep accepting; the backlog holds the rest.
+  // Errors that concern one connection (ECONNABORTED...): accept the next one now.
   ArmAccept();
+}
+
+void Farm::Impl::Starve(Listener* l) {
+  if (!l->starved) {
+    l->starved = true;
+    starved.push_back(l);
+  }
+  if (backoff_armed) return;
+  backoff_ms = backoff_ms == 0 ? kFirstBackoffMs : std::min(backoff_ms * 2, kMaxBackoffMs);
+  backoff_ts.tv_sec = backoff_ms / 1000;
+  backoff_ts.tv_nsec = (backoff_ms % 1000) * 1'000'000LL;
+  io_uring_sqe* sqe = loop->Sqe();
+  io_uring_prep_timeout(sqe, &backoff_ts, 0, 0);
+  Loop::SetCompletion(sqe, &backoff_done);
+  backoff_armed = true;
+}
+
+void Farm::Impl::OnBackoff(int, uint32_t) {
+  backoff_armed = false;
+  if (stopping.load(std::memory_order_relaxed) || starved.empty()) return;
+  // One probe for every starved listener: if no fd is free, every accept would fail again,
+  // so wait longer without submitting any. (ENOBUFS/ENOMEM cannot be probed so: the accepts
+  // are retried, and fail back here with a longer wait if they still lack memory.)
+  const int probe = fcntl(loop->ring()->ring_fd, F_DUPFD_CLOEXEC, 0);
+  if (probe < 0) {
+    if (IsResourceShortage(errno)) return Starve(starved.front());
+  } else {
+    close(probe);
+  }
+  std::vector<Listener*> retry;
+  retry.swap(starved);
+  for (Listener* l : retry) {
+    l->starved = false;
+    // A listener that could not reopen its socket gets another try; one that could, its accept.
+    if (l->fd < 0) {
+      l->Reconcile();
+    } else {
+      l->ArmAccept();
+    }
+  }
 }
 
 Listener* Farm::Impl::ListenerFor(const IpAddress& a) {
@@ -458,6 +555,9 @@ Farm::Farm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   if (options.listen.empty()) return absl::InvalidArgumentError("farm: nothing to listen on");
+  if (options.idle_timeout_ms < 0) {
+    return absl::InvalidArgumentError("farm: the idle timeout must be >= 0 ms (0: never)");
+  }
   // Mistakes in the options are errors here, at start, not surprises in the results.
   absl::flat_hash_set<Endpoint> endpoints;
   absl::flat_hash_set<IpAddress> addresses;
@@ -527,7 +627,7 @@ std::vector<FarmAddressStats> Farm::Stats() const {
   for (const auto& l : impl_->listeners) {
     out.push_back({l->endpoint, l->fault(), l->total.load(), l->quits.load(), l->messages.load(),
                    l->current.load(), l->peak.load(), l->rejected.load(),
-                   l->served_peak.load()});
+                   l->served_peak.load(), l->idle_closed.load(), l->accept_backoffs.load()});
   }
   return out;
 }
@@ -543,15 +643,19 @@ void Farm::ResetCounters() {
     l->peak = l->current.load();
     l->rejected = 0;
     l->served_peak = l->serving.load();
+    l->idle_closed = 0;
+    l->accept_backoffs = 0;
   }
 }
 
 std::string Farm::StatsJson() const {
-  uint64_t total = 0;
+  uint64_t total = 0, idle_closed = 0, accept_backoffs = 0;
   int64_t peak = 0;
   nlohmann::json addresses = nlohmann::json::array();
   for (const FarmAddressStats& s : Stats()) {
     total += s.total;
+    idle_closed += s.idle_closed;
+    accept_backoffs += s.accept_backoffs;
     peak = std::max(peak, s.peak);
     addresses.push_back({{"address", s.endpoint.ToString()},
                          {"fault", s.fault.ToString()},
@@ -561,10 +665,13 @@ std::string Farm::StatsJson() const {
                          {"current", s.current},
                          {"peak", s.peak},
                          {"rejected", s.rejected},
-                         {"served_peak", s.served_peak}});
+                         {"served_peak", s.served_peak},
+                         {"idle_closed", s.idle_closed},
+                         {"accept_backoffs", s.accept_backoffs}});
   }
   return DumpJson({{"addresses", std::move(addresses)}, {"total", total}, {"max_peak", peak},
-                   {"peak_all_addresses", PeakAllAddresses()}});
+                   {"peak_all_addresses", PeakAllAddresses()}, {"idle_closed", idle_closed},
+                   {"accept_backoffs", accept_backoffs}});
 }
 
 }  // namespace mxsched::io

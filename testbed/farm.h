@@ -14,6 +14,14 @@
 //               limits concurrency per sending IP (Yahoo, Microsoft, GMX...)
 // Faults can change while the farm runs (SetFault), so tests can make a host flap.
 //
+// Resources: a client that sends nothing for FarmOptions::idle_timeout_ms (30 s by default)
+// while the farm waits for its next command is closed and counted in `idle_closed` (except
+// under blackhole, whose connections wait for the client to give up: that is the fault).
+// When accept fails for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the farm
+// does not retry at once — it would spin at 100% CPU, the failure is immediate — but backs
+// off (10 ms, doubling to 250 ms) and probes for a free fd before it accepts again; each
+// such failure counts in `accept_backoffs`. It recovers by itself once fds are freed.
+//
 // Thread-safety: Start() runs the farm on its own thread. Stats(), StatsJson(), SetFault()
 // and Stop() are safe from any thread.
 #ifndef MXSCHED_TESTBED_FARM_H_
@@ -54,6 +62,10 @@ struct FarmOptions {
   std::vector<Endpoint> listen;
   std::vector<std::pair<IpAddress, Fault>> faults;  // applies to every port of the address
   std::string hostname = "farm.mxsched.test";
+  // A connection that sends nothing for this long while the farm waits for its next command
+  // is closed (counted in idle_closed), so clients that never speak cannot hold the farm's
+  // fds forever. 0: never. Blackhole connections are exempt (see the top of this file).
+  int idle_timeout_ms = 30'000;
 };
 
 struct FarmAddressStats {
@@ -66,6 +78,8 @@ struct FarmAddressStats {
   int64_t peak = 0;       // highest concurrent, server-side (every accepted connection)
   uint64_t rejected = 0;  // cap:N — connections answered 421 "too many connections"
   int64_t served_peak = 0;  // highest number of sessions served (greeted 220) at once
+  uint64_t idle_closed = 0;  // closed by the farm after idle_timeout_ms without a byte
+  uint64_t accept_backoffs = 0;  // accepts failed for lack of fds/memory, each backed off
 };
 
 class Farm {

@@ -2,7 +2,11 @@
 // with every session accounted for (connected + deferred + failed = sessions) and no file
 // descriptor leaked (counted in /proc/self/fd).
 #include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
+
+#include <cstring>
 
 #include "mxsched/io/connector.h"
 #include "testbed/load.h"
@@ -25,6 +29,60 @@ int OpenFds() {
     closedir(d);
   }
   return n;
+}
+
+// CPU time of every thread of this process but the caller's: while the caller only waits,
+// that is the farm's loop thread (and its io_uring workers).
+std::chrono::microseconds OtherThreadsCpu() {
+  rusage all{}, mine{};
+  getrusage(RUSAGE_SELF, &all);
+  getrusage(RUSAGE_THREAD, &mine);
+  auto us = [](const rusage& r) {
+    return int64_t{r.ru_utime.tv_sec + r.ru_stime.tv_sec} * 1'000'000 + r.ru_utime.tv_usec +
+           r.ru_stime.tv_usec;
+  };
+  return std::chrono::microseconds(us(all) - us(mine));
+}
+
+// Connects `fd` (made earlier, so that connecting needs no new descriptor) to `ep`.
+bool ConnectFd(int fd, const Endpoint& ep) {
+  sockaddr_storage ss;
+  socklen_t len = ep.ToSockaddr(&ss);
+  return connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+}
+
+// One line from `fd` (without CRLF), waiting at most until `deadline`; "" on EOF, error or
+// timeout. Reads a byte at a time so nothing after the line is consumed.
+std::string ReadLine(int fd, std::chrono::steady_clock::time_point deadline) {
+  std::string line;
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "";
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    char c;
+    if (recv(fd, &c, 1, 0) != 1) return "";
+    if (c == '\n') break;
+    line += c;
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+// Waits (bounded) until the peer closes `fd`: a read returns EOF. False on data or timeout.
+bool ReadsEof(int fd, std::chrono::steady_clock::time_point deadline) {
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) continue;
+    char c;
+    return recv(fd, &c, 1, 0) == 0;
+  }
+  return false;
+}
+
+std::chrono::steady_clock::time_point In(std::chrono::seconds s) {
+  return std::chrono::steady_clock::now() + s;
 }
 
 class FaultMatrix : public ::testing::Test {
@@ -242,6 +300,163 @@ TEST_F(FaultMatrix, ConfigReloadUnderLoadLosesNoSession) {
     EXPECT_LE(s->peak, 6) << Ip(h) << ": a reload must never let a host pass its limit";
     EXPECT_GT(s->total, 0u) << Ip(h) << ": both configurations were in effect at some point";
   }
+}
+
+// The farm out of fds with idle clients connected (issue 10, item 7): accept fails at once
+// with EMFILE, and re-armed at once it failed again, a busy loop at 100% CPU that starved
+// the clients the farm was meant to serve. It must back off, and serve again by itself once
+// the idle clients go.
+TEST_F(FaultMatrix, FarmOutOfFdsBacksOffInsteadOfSpinningAndServesAgainWhenFdsFree) {
+  constexpr int kIdle = 3, kPending = 3;  // kPending <= kIdle: the fds freed serve them all
+  rlimit saved;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  struct Cleanup {
+    rlimit limit;
+    std::vector<int> fds;
+    ~Cleanup() {
+      for (int fd : fds) {
+        if (fd >= 0) close(fd);
+      }
+      setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  } cleanup{saved, {}};
+  // Lowered before the farm starts: io_uring reads the limit when an accept is prepared,
+  // so an accept armed under the old limit would get its fd past the new one.
+  rlimit tight = saved;
+  tight.rlim_cur = OpenFds() + 64;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  io::FarmOptions options;
+  options.listen = Hosts({1});
+  options.idle_timeout_ms = 0;  // the idle clients stay as long as the test wants
+  auto started = io::Farm::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  io::Farm& farm = **started;
+  auto backoffs = [&] { return farm.Stats()[0].accept_backoffs; };
+  // Client sockets made now, so that connecting them later takes no descriptor.
+  std::vector<int> clients;
+  for (int i = 0; i < kIdle + kPending; ++i) {
+    clients.push_back(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_GE(clients.back(), 0);
+    cleanup.fds.push_back(clients.back());
+  }
+  // Every free descriptor taken, then kIdle given back: the farm can accept kIdle clients.
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(null_fd, 0);
+  cleanup.fds.push_back(null_fd);
+  std::vector<int> fillers;
+  for (int fd; (fd = fcntl(null_fd, F_DUPFD_CLOEXEC, 0)) >= 0;) fillers.push_back(fd);
+  ASSERT_EQ(errno, EMFILE);
+  ASSERT_GE(fillers.size(), static_cast<size_t>(kIdle));
+  for (int i = 0; i < kIdle; ++i) {
+    close(fillers.back());
+    fillers.pop_back();
+  }
+  cleanup.fds.insert(cleanup.fds.end(), fillers.begin(), fillers.end());
+  const Endpoint ep = Hosts({1})[0];
+  for (int i = 0; i < kIdle; ++i) {  // greeted, then silent: idle clients
+    ASSERT_TRUE(ConnectFd(clients[i], ep)) << std::strerror(errno);
+    EXPECT_EQ(ReadLine(clients[i], In(std::chrono::seconds(30))).substr(0, 4), "220 ");
+  }
+  // The accept re-armed after the last fd went fails with EMFILE (the kernel takes the fd
+  // before it looks at the queue): the farm is starved now. Wait (bounded) until it says so.
+  for (auto deadline = In(std::chrono::seconds(10));
+       backoffs() == 0 && std::chrono::steady_clock::now() < deadline;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GE(backoffs(), 1u) << "accept never failed for lack of fds: the test set-up is wrong";
+  // Clients in the listen queue that the farm cannot accept: under the old code each
+  // accept retry found one waiting and failed at once.
+  for (int i = kIdle; i < kIdle + kPending; ++i) {
+    ASSERT_TRUE(ConnectFd(clients[i], ep)) << std::strerror(errno);
+  }
+  // A window measured, not a wait for a condition: the farm's CPU and accept failures in
+  // it. Spinning, the loop thread burns a core (a busy loop on a shared machine still gets
+  // far more than a quarter of it); backing off, it uses almost none.
+  const uint64_t backoffs_before = backoffs();
+  const auto cpu_before = OtherThreadsCpu();
+  const auto begin = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const auto cpu = OtherThreadsCpu() - cpu_before;
+  const auto window = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - begin);
+  const uint64_t failed_accepts = backoffs() - backoffs_before;
+  EXPECT_LT(cpu.count(), window.count() / 4)
+      << "the farm's thread used " << cpu.count() << " us of CPU in " << window.count()
+      << " us while out of fds";
+  // At least 10 ms between accept attempts while starved, whatever the window's length.
+  EXPECT_LE(failed_accepts, 2 + static_cast<uint64_t>(window.count() / 10'000))
+      << "accept retried without backing off";
+  for (int i = kIdle; i < kIdle + kPending; ++i) {
+    pollfd p{clients[i], POLLIN, 0};
+    EXPECT_EQ(poll(&p, 1, 0), 0) << "served with no fd to serve it";
+  }
+  // The idle clients go; their fds free up, and the waiting clients are served unasked.
+  for (int i = 0; i < kIdle; ++i) {
+    close(clients[i]);
+    clients[i] = -1;
+    cleanup.fds[i] = -1;
+  }
+  for (int i = kIdle; i < kIdle + kPending; ++i) {
+    EXPECT_EQ(ReadLine(clients[i], In(std::chrono::seconds(30))).substr(0, 4), "220 ")
+        << "client " << i << " never served after fds were freed";
+  }
+  const int last = clients.back();
+  ASSERT_EQ(send(last, "QUIT\r\n", 6, MSG_NOSIGNAL), 6);
+  EXPECT_EQ(ReadLine(last, In(std::chrono::seconds(30))).substr(0, 4), "221 ");
+  EXPECT_EQ(farm.Stats()[0].total, static_cast<uint64_t>(kIdle + kPending));
+  farm.Stop();
+}
+
+// A client that connects and never says a word held a farm fd forever; the farm closes it
+// after its idle timeout, and says so in its stats.
+TEST_F(FaultMatrix, FarmClosesAClientThatNeverSpeaksAfterTheIdleTimeout) {
+  io::FarmOptions options;
+  options.listen = Hosts({1});
+  options.idle_timeout_ms = 200;
+  auto farm = io::Farm::Start(options);
+  ASSERT_TRUE(farm.ok()) << farm.status();
+  const int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_TRUE(ConnectFd(silent, Hosts({1})[0])) << std::strerror(errno);
+  EXPECT_EQ(ReadLine(silent, In(std::chrono::seconds(30))).substr(0, 4), "220 ");
+  EXPECT_TRUE(ReadsEof(silent, In(std::chrono::seconds(10))))
+      << "the farm kept a silent client past its 200 ms idle timeout";
+  close(silent);
+  auto closed = [&] {
+    const io::FarmAddressStats s = (*farm)->Stats()[0];
+    return s.current == 0 && s.idle_closed == 1;
+  };
+  for (auto deadline = In(std::chrono::seconds(10));
+       !closed() && std::chrono::steady_clock::now() < deadline;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ((*farm)->Stats()[0].idle_closed, 1u);
+  EXPECT_NE((*farm)->StatsJson().find("\"idle_closed\":1"), std::string::npos)
+      << (*farm)->StatsJson();
+}
+
+// The idle timeout counts from the last command, not from the connect: a client that keeps
+// talking for many timeouts is served throughout, and closed once it falls silent.
+TEST_F(FaultMatrix, FarmIdleTimeoutRestartsOnEveryCommand) {
+  io::FarmOptions options;
+  options.listen = Hosts({1});
+  options.idle_timeout_ms = 1000;  // 20x the gap between commands: no flake when loaded
+  auto farm = io::Farm::Start(options);
+  ASSERT_TRUE(farm.ok()) << farm.status();
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_TRUE(ConnectFd(fd, Hosts({1})[0])) << std::strerror(errno);
+  EXPECT_EQ(ReadLine(fd, In(std::chrono::seconds(30))).substr(0, 4), "220 ");
+  const auto talk_until = In(std::chrono::seconds(3));
+  int answered = 0;
+  while (std::chrono::steady_clock::now() < talk_until) {
+    ASSERT_EQ(send(fd, "NOOP\r\n", 6, MSG_NOSIGNAL), 6) << std::strerror(errno);
+    ASSERT_EQ(ReadLine(fd, In(std::chrono::seconds(30))).substr(0, 4), "250 ")
+        << "closed after " << answered << " commands: the timeout did not restart";
+    ++answered;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(ReadsEof(fd, In(std::chrono::seconds(10)))) << "never closed once silent";
+  close(fd);
+  EXPECT_EQ((*farm)->Stats()[0].idle_closed, 1u);
 }
 
 }  // namespace

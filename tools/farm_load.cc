@@ -78,10 +78,12 @@ struct FarmFlags {
   std::vector<std::string> listen, faults, flaps;
   std::string stats_path;
   int64_t max_seconds = 600;
+  int idle_timeout_ms = io::FarmOptions{}.idle_timeout_ms;
 };
 
 int RunFarm(const FarmFlags& f) {
   io::FarmOptions options;
+  options.idle_timeout_ms = f.idle_timeout_ms;
   std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
   const std::string& stats_path = f.stats_path;
   const int64_t max_seconds = f.max_seconds;
@@ -273,6 +275,11 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
       ->default_str("none: print them on exit");
   sub.add_option("--max-seconds", f->max_seconds, "Stop by itself after this long")
       ->check(CLI::Range(1, 86400));
+  sub.add_option("--idle-timeout-ms", f->idle_timeout_ms,
+                 "Close a client that sends nothing for this long while the farm waits for its "
+                 "next command (counted as idle_closed; blackhole addresses exempt); 0: never")
+      ->check(CLI::Range(0, 86'400'000))
+      ->capture_default_str();
   return [f] { return RunFarm(*f); };
 }
 
