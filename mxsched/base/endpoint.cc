@@ -43,7 +43,7 @@ absl::StatusOr<IpAddress> IpAddress::Parse(std::string_view text) {
   // inet_pton needs a NUL-terminated string; addresses are short, so bound the copy.
   char buf[INET6_ADDRSTRLEN + 1];
   if (text.empty() || text.size() >= sizeof(buf)) {
-    return absl::InvalidArgumentError(StrCat("not an IP address: \"", text, "\""));
+    return absl::InvalidArgumentError(StrCat("not an IP address: \"", EchoForError(text), "\""));
   }
   std::memcpy(buf, text.data(), text.size());
   buf[text.size()] = '\0';
@@ -53,7 +53,7 @@ absl::StatusOr<IpAddress> IpAddress::Parse(std::string_view text) {
     return a;
   }
   if (inet_pton(AF_INET6, buf, a.bytes_.data()) == 1) return V6(a.bytes_);
-  return absl::InvalidArgumentError(StrCat("not an IP address: \"", text, "\""));
+  return absl::InvalidArgumentError(StrCat("not an IP address: \"", EchoForError(text), "\""));
 }
 
 bool IpAddress::IsLoopback() const {
@@ -107,20 +107,20 @@ absl::StatusOr<Cidr> Cidr::Parse(std::string_view text) {
     uint64_t bits;
     if (!ParseUint(text.substr(slash + 1), &bits) || bits > 128) {
       return absl::InvalidArgumentError(
-          StrCat("bad prefix length in CIDR \"", text, "\""));
+          StrCat("bad prefix length in CIDR \"", EchoForError(text), "\""));
     }
     prefix = static_cast<int>(bits);
   }
   auto ip = IpAddress::Parse(addr);
   if (!ip.ok()) {
     return absl::InvalidArgumentError(
-        StrCat("not a CIDR \"", text, "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
+        StrCat("not a CIDR \"", EchoForError(text), "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
   }
   if (ip->is_v4() && addr.find(':') != std::string_view::npos && prefix >= 0) {
     // Written as IPv4-mapped: judged as the IPv4 range it maps.
     if (prefix <= 96) {
       return absl::InvalidArgumentError(StrCat(
-          "CIDR \"", text, "\" covers all of IPv4: IPv4-mapped addresses are judged as IPv4, "
+          "CIDR \"", EchoForError(text), "\" covers all of IPv4: IPv4-mapped addresses are judged as IPv4, "
           "so write IPv4 ranges"));
     }
     prefix -= 96;
@@ -128,7 +128,7 @@ absl::StatusOr<Cidr> Cidr::Parse(std::string_view text) {
   if (prefix < 0) prefix = ip->bit_length();
   if (prefix > ip->bit_length()) {
     return absl::InvalidArgumentError(StrCat("prefix /", prefix, " too long for \"",
-                                                   text, "\""));
+                                             EchoForError(text), "\""));
   }
   Cidr c;
   c.base_ = *ip;

@@ -65,3 +65,22 @@ TEST(Cidr, Ipv4MappedRangesAreIpv4Ranges) {
 
 }  // namespace
 }  // namespace mxsched
+
+namespace mxsched {
+namespace {
+
+// Addresses and ranges come from configs and DNS: their errors quote them escaped and bounded.
+TEST(IpAddress, ErrorsEscapeAndBoundWhatTheyQuote) {
+  const std::string hostile = "\x1b[31m1.2.3.4\a" + std::string(100000, '9');
+  for (const absl::Status& s : {IpAddress::Parse(hostile).status(), Cidr::Parse(hostile).status(),
+                                Cidr::Parse("10.0.0.0/\x1b").status()}) {
+    ASSERT_FALSE(s.ok());
+    const std::string m(s.message());
+    EXPECT_EQ(m.find('\x1b'), std::string::npos) << m;
+    EXPECT_EQ(m.find('\a'), std::string::npos) << m;
+    EXPECT_LT(m.size(), 300u) << m.substr(0, 300);
+  }
+}
+
+}  // namespace
+}  // namespace mxsched

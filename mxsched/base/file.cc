@@ -12,7 +12,7 @@
 namespace mxsched {
 
 absl::StatusOr<std::string> ReadInputFile(const std::string& path, size_t max_bytes) {
-  const std::string shown = Escape(path);
+  const std::string shown = EchoForError(path, 256);
   // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; it is refused below.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) {

@@ -12,7 +12,7 @@ std::string RedisAddress::ToString() const {
 
 absl::StatusOr<RedisAddress> ParseRedisUrl(std::string_view url) {
   auto bad = [&](std::string_view why) {
-    return absl::InvalidArgumentError(StrCat("Redis URL \"", Escape(url), "\": ", why,
+    return absl::InvalidArgumentError(StrCat("Redis URL \"", EchoForError(url), "\": ", why,
                                              " (want redis://HOST:PORT[/DB])"));
   };
   constexpr std::string_view kScheme = "redis://";
