@@ -6,6 +6,7 @@
 #include "mxsched/base/strings.h"
 #include <map>
 #include <random>
+#include <deque>
 #include <thread>
 
 #include "gtest/gtest.h"
@@ -934,27 +935,36 @@ TEST(Eviction, SafeUnderConcurrentAcquireAndWait) {
   std::atomic<bool> stop{false};
   std::atomic<int64_t> evicted{0};
   std::thread evictor([&] {
-    for (int i = 0; i < 20'000 && !stop.load(); ++i) {
+    for (int i = 0; i < 10'000'000 && !stop.load(); ++i) {  // until the users are done
       f.clock.AdvanceSeconds(2);
       evicted.fetch_add(static_cast<int64_t>(f.selector.EvictIdle()));
     }
   });
   std::vector<std::thread> users;
-  std::atomic<int> granted{0};
+  std::atomic<int> granted{0}, waited{0};
   for (int t = 0; t < 2; ++t) {
     users.emplace_back([&, t] {
+      // Each thread holds up to 6 leases (more than the 5 slots), so the limits are reached
+      // and sessions wait while entries are evicted and re-created under them.
       std::mt19937_64 rng(t);
-      for (int i = 0; i < 60'000; ++i) {
+      std::deque<Lease> held;
+      // At least 30,000 rounds, and on until eviction has run under them (bounded).
+      for (int i = 0; i < 3'000'000 && (i < 30'000 || evicted.load() < 1000); ++i) {
+        if (held.size() == 6) held.pop_front();
         const std::string d = StrCat("c", rng() % 64, ".example");
         AcquireResult r = f.selector.Acquire(d);
         if (r.ok()) {
           granted.fetch_add(1);
-          continue;  // released at once
+          held.push_back(std::move(r.lease()));
+          continue;
         }
+        held.clear();  // wait holding nothing: the other thread's releases wake us
+        waited.fetch_add(1);
         CountingWaiter w;
         f.selector.WaitForSlot(d, &w);
-        if (!f.selector.CancelWait(&w)) {
+        if (!f.selector.CancelWait(&w)) {  // a wake-up is on its way: it may carry a lease
           while (w.woken.load() == 0) std::this_thread::yield();
+          if (w.lease.valid()) held.push_back(std::move(w.lease));
         }
       }
     });
@@ -964,10 +974,15 @@ TEST(Eviction, SafeUnderConcurrentAcquireAndWait) {
   evictor.join();
   EXPECT_GT(evicted.load(), 0) << "nothing was evicted: the test proves nothing";
   EXPECT_GT(granted.load(), 0);
-  f.selector.registry().ForEach([](const HostState& h) {
+  EXPECT_GT(waited.load(), 0) << "no session waited: the limits were never reached";
+  int64_t at_limit = 0;
+  f.selector.registry().ForEach([&](const HostState& h) {
+    at_limit += h.peak() == h.limit();
     EXPECT_LE(h.peak(), h.limit());
     EXPECT_EQ(h.active(), 0);
   });
+  EXPECT_EQ(at_limit, 2) << "both hosts filled up at some point";
+  EXPECT_EQ(at_limit, 2) << "both hosts filled up at some point";
   EXPECT_EQ(f.selector.waiting(), 0u);
 }
 
