@@ -13,7 +13,14 @@ n=${2:-20000}
 bin=$build/mxsched
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$work"; }
+# The servers run under `timeout`: killing the timeout alone would leave its child running
+# (and holding this script's stdout), so its child goes first, by parent PID.
+cleanup() {
+  for p in "${pids[@]}"; do
+    pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); rport=$(free_port)

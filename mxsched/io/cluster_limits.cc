@@ -36,18 +36,25 @@ local id = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
 local n = (#KEYS - 1) / 3
 local clients = redis.call('ZCARD', KEYS[#KEYS])
-local counts, full, mask = {}, {}, 0
+local counts, full, queued, mask = {}, {}, {}, 0
 for i = 1, n do
   local L, W, WX = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
   redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
-  local gone = redis.call('ZRANGEBYSCORE', WX, '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREM', W, unpack(gone))
-    redis.call('ZREM', WX, unpack(gone))
+  local ahead = 0
+  if redis.call('EXISTS', W) == 1 then  -- the common case, nobody waiting, skips all this
+    local gone = redis.call('ZRANGEBYSCORE', WX, '-inf', now)
+    if #gone > 0 then
+      redis.call('ZREM', W, unpack(gone))
+      redis.call('ZREM', WX, unpack(gone))
+    end
+    ahead = redis.call('ZRANK', W, id)
+    if ahead then
+      queued[i] = true
+    else
+      ahead = redis.call('ZCARD', W)
+    end
   end
   local c = redis.call('ZCARD', L)
-  local ahead = redis.call('ZRANK', W, id)
-  if not ahead then ahead = redis.call('ZCARD', W) end
   counts[i] = c
   if c + ahead >= tonumber(ARGV[4 + i]) then
     full[i] = true
@@ -58,8 +65,10 @@ if mask == 0 then
   for i = 1, n do
     redis.call('ZADD', KEYS[3*i-2], now + lease_ms, id)
     redis.call('PEXPIRE', KEYS[3*i-2], lease_ms + 60000)
-    redis.call('ZREM', KEYS[3*i-1], id)
-    redis.call('ZREM', KEYS[3*i], id)
+    if queued[i] then
+      redis.call('ZREM', KEYS[3*i-1], id)
+      redis.call('ZREM', KEYS[3*i], id)
+    end
     counts[i] = counts[i] + 1
   end
   counts[n + 1] = clients
