@@ -32,14 +32,15 @@ int main(int argc, char** argv) {
   const long total = argc > 1 ? std::atol(argv[1]) : 10'000'000;
   const long per_second = argc > 2 ? std::atol(argv[2]) : 100'000;
   const long idle_s = argc > 3 ? std::atol(argv[3]) : 10;
-  absl::StatusOr<Config> c = ParseConfig(
-      StrCat("routes = ( \"smtp://127.0.1.1?pref=10\" \"smtp://127.0.1.2?pref=10\" )\n",
-             "domain_idle_timeout = ", idle_s, "\n"),
-      "churn");
+  absl::StatusOr<Config> c =
+      ParseConfig(StrCat("routes = ( \"smtp://127.0.1.1?pref=10\" \"smtp://127.0.1.2?pref=10\" )\n",
+                         "domain_idle_timeout = ", idle_s, "\n"),
+                  "churn");
   if (!c.ok()) return 2;
   ManualClock clock;
   SplitMixRandom random(1);
-  Selector selector(std::make_shared<const Config>(*std::move(c)), {.clock = &clock, .random = &random});
+  Selector selector(std::make_shared<const Config>(*std::move(c)),
+                    {.clock = &clock, .random = &random});
   std::printf("domains_seen\tresident_domains\trss_mib\n");
   std::printf("0\t0\t%.1f\n", RssKb() / 1024.0);
   for (long i = 0; i < total; ++i) {

@@ -22,9 +22,9 @@ std::shared_ptr<const Config> EmptyConfig() {
 }
 
 Endpoint HostEndpoint(int64_t i) {
-  return Endpoint{*IpAddress::Parse(StrCat("127.", 100 + i / 62500, ".", (i / 250) % 250, ".",
-                                           1 + i % 250)),
-                  25};
+  return Endpoint{
+      *IpAddress::Parse(StrCat("127.", 100 + i / 62500, ".", (i / 250) % 250, ".", 1 + i % 250)),
+      25};
 }
 
 // A selector whose registry holds `hosts` destinations with some traffic on each.
@@ -55,9 +55,9 @@ void BM_Scrape(benchmark::State& state) {
     benchmark::DoNotOptimize(text);
   }
   state.counters["bytes"] = static_cast<double>(bytes);
-  state.counters["ms_per_scrape"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * 1e-3,
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ms_per_scrape"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 1e-3,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 // The prometheus-cpp Collectable path: Collect() then TextSerializer.
@@ -65,21 +65,38 @@ void BM_CollectAndSerialize(benchmark::State& state) {
   Populated p(state.range(0));
   admin::MetricsCollector collector(&p.selector);
   for (auto _ : state) benchmark::DoNotOptimize(admin::SerializeText(collector.Collect()));
-  state.counters["ms_per_scrape"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * 1e-3,
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ms_per_scrape"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 1e-3,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 // Baseline: the same series as prometheus-cpp metric objects in a Registry.
 void BM_RegistryBaseline(benchmark::State& state) {
   auto registry = std::make_shared<prometheus::Registry>();
-  auto& active = prometheus::BuildGauge().Name("mxsched_host_active_connections").Help("a").Register(*registry);
-  auto& limit = prometheus::BuildGauge().Name("mxsched_host_connection_limit").Help("l").Register(*registry);
-  auto& reachable = prometheus::BuildGauge().Name("mxsched_host_reachable").Help("r").Register(*registry);
-  auto& failures = prometheus::BuildGauge().Name("mxsched_host_consecutive_failures").Help("f").Register(*registry);
-  auto& retry = prometheus::BuildGauge().Name("mxsched_host_retry_after_seconds").Help("t").Register(*registry);
-  auto& outcomes = prometheus::BuildCounter().Name("mxsched_host_connections_total").Help("o").Register(*registry);
-  auto& latency = prometheus::BuildHistogram().Name("mxsched_host_connect_duration_seconds").Help("d").Register(*registry);
+  auto& active = prometheus::BuildGauge()
+                     .Name("mxsched_host_active_connections")
+                     .Help("a")
+                     .Register(*registry);
+  auto& limit =
+      prometheus::BuildGauge().Name("mxsched_host_connection_limit").Help("l").Register(*registry);
+  auto& reachable =
+      prometheus::BuildGauge().Name("mxsched_host_reachable").Help("r").Register(*registry);
+  auto& failures = prometheus::BuildGauge()
+                       .Name("mxsched_host_consecutive_failures")
+                       .Help("f")
+                       .Register(*registry);
+  auto& retry = prometheus::BuildGauge()
+                    .Name("mxsched_host_retry_after_seconds")
+                    .Help("t")
+                    .Register(*registry);
+  auto& outcomes = prometheus::BuildCounter()
+                       .Name("mxsched_host_connections_total")
+                       .Help("o")
+                       .Register(*registry);
+  auto& latency = prometheus::BuildHistogram()
+                      .Name("mxsched_host_connect_duration_seconds")
+                      .Help("d")
+                      .Register(*registry);
   const prometheus::Histogram::BucketBoundaries bounds{0.001, 0.0025, 0.005, 0.01, 0.025,
                                                        0.05,  0.1,    0.25,  1,    5};
   for (int64_t i = 0; i < state.range(0); ++i) {
@@ -103,9 +120,9 @@ void BM_RegistryBaseline(benchmark::State& state) {
     std::string text = admin::SerializeText(registry->Collect());
     benchmark::DoNotOptimize(text);
   }
-  state.counters["ms_per_scrape"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * 1e-3,
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ms_per_scrape"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 1e-3,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 BENCHMARK(BM_Scrape)->Arg(100)->Arg(10000)->Unit(benchmark::kMillisecond);

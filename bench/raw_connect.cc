@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "testbed/farm.h"
 #include "mxsched/base/strings.h"
+#include "testbed/farm.h"
 
 namespace {
 
@@ -47,7 +47,8 @@ int RunUring(const std::vector<Endpoint>& targets, long sessions, int concurrenc
   io_uring ring;
   io_uring_params p{};
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-  if (io_uring_queue_init_params(4096, &ring, &p) != 0 && io_uring_queue_init(4096, &ring, 0) != 0) {
+  if (io_uring_queue_init_params(4096, &ring, &p) != 0 &&
+      io_uring_queue_init(4096, &ring, 0) != 0) {
     return -1;
   }
   std::vector<Conn> conns(concurrency);
@@ -182,10 +183,14 @@ int main(int argc, char** argv) {
   int concurrency = 32;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--mode") mode = argv[i + 1];
-    else if (a == "--targets") targets_spec = argv[i + 1];
-    else if (a == "--sessions") sessions = std::atol(argv[i + 1]);
-    else if (a == "--concurrency") concurrency = std::atoi(argv[i + 1]);
+    if (a == "--mode")
+      mode = argv[i + 1];
+    else if (a == "--targets")
+      targets_spec = argv[i + 1];
+    else if (a == "--sessions")
+      sessions = std::atol(argv[i + 1]);
+    else if (a == "--concurrency")
+      concurrency = std::atoi(argv[i + 1]);
   }
   auto targets = mxsched::io::ParseListenSpec(targets_spec);
   if (!targets.ok() || sessions <= 0 || concurrency <= 0 || (mode != "uring" && mode != "epoll")) {

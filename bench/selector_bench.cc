@@ -11,20 +11,20 @@
 //   MillionDomains/0|1  1,000,000 resident domains, uniform (0) or Zipf (1) access
 //                       (150 ns, 256 B/domain targets)
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <fstream>
-#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "bench/mutex_selector.h"
 #include "absl/synchronization/mutex.h"
+#include "bench/mutex_selector.h"
 #include "benchmark/benchmark.h"
+#include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/selector.h"
-#include "mxsched/base/strings.h"
 
 namespace mxsched::bench {
 namespace {
@@ -190,21 +190,31 @@ void BM_MillionDomains(benchmark::State& state) {
       benchmark::Counter(m->rss_per_domain, benchmark::Counter::kAvgThreads);
   if constexpr (std::is_same_v<Impl, LockFree>) {
     if (state.thread_index() == 0) bytes_per_domain = m->impl->selector.DomainMemoryBytes();
-    state.counters["bytes_per_domain"] = benchmark::Counter(
-        static_cast<double>(bytes_per_domain) / Million<Impl>::kDomains,
-        benchmark::Counter::kAvgThreads);
+    state.counters["bytes_per_domain"] =
+        benchmark::Counter(static_cast<double>(bytes_per_domain) / Million<Impl>::kDomains,
+                           benchmark::Counter::kAvgThreads);
   }
 }
 
-#define MXSCHED_BENCH(fn)                                                         \
-  BENCHMARK_TEMPLATE(fn, LockFree)->Threads(1)->Threads(2)->UseRealTime();        \
+#define MXSCHED_BENCH(fn)                                                  \
+  BENCHMARK_TEMPLATE(fn, LockFree)->Threads(1)->Threads(2)->UseRealTime(); \
   BENCHMARK_TEMPLATE(fn, Mutex)->Threads(1)->Threads(2)->UseRealTime()
 
 MXSCHED_BENCH(BM_OneDomain);
-BENCHMARK_TEMPLATE(BM_MxSpread, LockFree)->Arg(200)->Arg(2000)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_MxSpread, LockFree)
+    ->Arg(200)
+    ->Arg(2000)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_MxSpread, Mutex)->Arg(200)->Arg(2000)->Threads(1)->Threads(2)->UseRealTime();
 MXSCHED_BENCH(BM_GlobalRoute);
-BENCHMARK_TEMPLATE(BM_MillionDomains, LockFree)->Arg(0)->Arg(1)->Threads(1)->Threads(2)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_MillionDomains, LockFree)
+    ->Arg(0)
+    ->Arg(1)
+    ->Threads(1)
+    ->Threads(2)
+    ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_MillionDomains, Mutex)->Arg(0)->Arg(1)->Threads(1)->Threads(2)->UseRealTime();
 
 }  // namespace

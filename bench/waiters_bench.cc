@@ -29,7 +29,9 @@ struct BenchWaiter : SlotWaiter {
   int domain = 0;
 };
 
-std::string HostIp(int i) { return StrCat("127.", 10 + i / 62500, ".", (i / 250) % 250, ".", 1 + i % 250); }
+std::string HostIp(int i) {
+  return StrCat("127.", 10 + i / 62500, ".", (i / 250) % 250, ".", 1 + i % 250);
+}
 
 struct World {
   explicit World(int waiters) {
@@ -98,7 +100,12 @@ void BM_ReleaseHandOff(benchmark::State& state) {
   state.counters["waiters"] = waiters;
   state.counters["waiters_per_host"] = static_cast<double>(waiters) / kHosts;
 }
-BENCHMARK(BM_ReleaseHandOff)->Arg(0)->Arg(1'000)->Arg(10'000)->Arg(100'000)->Unit(benchmark::kNanosecond);
+BENCHMARK(BM_ReleaseHandOff)
+    ->Arg(0)
+    ->Arg(1'000)
+    ->Arg(10'000)
+    ->Arg(100'000)
+    ->Unit(benchmark::kNanosecond);
 
 }  // namespace
 }  // namespace mxsched::bench

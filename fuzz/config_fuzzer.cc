@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "mxsched/scheduler/config.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view text(reinterpret_cast<const char*>(data), size);

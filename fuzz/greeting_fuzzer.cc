@@ -14,9 +14,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     p.Feed(rest.substr(0, chunk));
     rest.remove_prefix(std::min(chunk, rest.size()));
   }
-  if (p.state() == mxsched::io::GreetingParser::State::kDone && (p.code() < 200 || p.code() > 599)) {
+  if (p.state() == mxsched::io::GreetingParser::State::kDone &&
+      (p.code() < 200 || p.code() > 599)) {
     __builtin_trap();
   }
-  if (p.state() == mxsched::io::GreetingParser::State::kError && p.error().empty()) __builtin_trap();
+  if (p.state() == mxsched::io::GreetingParser::State::kError && p.error().empty())
+    __builtin_trap();
   return 0;
 }

@@ -11,29 +11,36 @@
 #include <future>
 
 #include "absl/container/flat_hash_set.h"
-#include "mxsched/io/loop.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/loop.h"
 #include "testbed/json.h"
 
 namespace mxsched::io {
 
 std::string Fault::ToString() const {
   switch (kind) {
-    case Kind::kNone: return "none";
-    case Kind::kRefuse: return "refuse";
-    case Kind::kBlackhole: return "blackhole";
-    case Kind::kTempfail: return "tempfail";
-    case Kind::kSlow: return StrCat("slow:", slow_ms);
-    case Kind::kReset: return "reset";
-    case Kind::kCap: return StrCat("cap:", slow_ms);
+    case Kind::kNone:
+      return "none";
+    case Kind::kRefuse:
+      return "refuse";
+    case Kind::kBlackhole:
+      return "blackhole";
+    case Kind::kTempfail:
+      return "tempfail";
+    case Kind::kSlow:
+      return StrCat("slow:", slow_ms);
+    case Kind::kReset:
+      return "reset";
+    case Kind::kCap:
+      return StrCat("cap:", slow_ms);
   }
   return "?";
 }
 
 absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec) {
   auto bad = [&](std::string_view why) {
-    return absl::InvalidArgumentError(StrCat("listen \"", spec, "\": ", why,
-                                             " (want ADDR[-ADDR]:PORT or [::1]:PORT)"));
+    return absl::InvalidArgumentError(
+        StrCat("listen \"", spec, "\": ", why, " (want ADDR[-ADDR]:PORT or [::1]:PORT)"));
   };
   size_t colon = spec.rfind(':');
   if (colon == std::string_view::npos) return bad("missing :PORT");
@@ -76,7 +83,8 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
   size_t eq = spec.find('=');
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
-        StrCat("fault \"", spec, "\": ", why, " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N)"));
+        StrCat("fault \"", spec, "\": ", why,
+               " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N)"));
   };
   if (eq == std::string_view::npos) return bad("missing '='");
   auto ip = IpAddress::Parse(spec.substr(0, eq));
@@ -206,9 +214,7 @@ struct alignas(64) Listener {
   std::atomic<uint64_t> rejected{0};
   std::atomic<int64_t> serving{0}, served_peak{0};  // sessions greeted 220 and still open
   std::atomic<uint64_t> idle_closed{0}, accept_backoffs{0};
-  Fault fault() const {
-    return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()};
-  }
+  Fault fault() const { return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()}; }
   void ArmAccept() {
     if (fd < 0 || accept_armed) return;
     io_uring_sqe* sqe = farm->loop->Sqe();
@@ -570,7 +576,8 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   for (const auto& [addr, fault] : options.faults) {
     if (!addresses.contains(addr)) {
       return absl::InvalidArgumentError(StrCat("farm: fault ", fault.ToString(), " for ",
-                                               addr.ToString(), ", which the farm does not "
+                                               addr.ToString(),
+                                               ", which the farm does not "
                                                "serve"));
     }
   }
@@ -626,8 +633,8 @@ std::vector<FarmAddressStats> Farm::Stats() const {
   std::vector<FarmAddressStats> out;
   for (const auto& l : impl_->listeners) {
     out.push_back({l->endpoint, l->fault(), l->total.load(), l->quits.load(), l->messages.load(),
-                   l->current.load(), l->peak.load(), l->rejected.load(),
-                   l->served_peak.load(), l->idle_closed.load(), l->accept_backoffs.load()});
+                   l->current.load(), l->peak.load(), l->rejected.load(), l->served_peak.load(),
+                   l->idle_closed.load(), l->accept_backoffs.load()});
   }
   return out;
 }
@@ -669,8 +676,11 @@ std::string Farm::StatsJson() const {
                          {"idle_closed", s.idle_closed},
                          {"accept_backoffs", s.accept_backoffs}});
   }
-  return DumpJson({{"addresses", std::move(addresses)}, {"total", total}, {"max_peak", peak},
-                   {"peak_all_addresses", PeakAllAddresses()}, {"idle_closed", idle_closed},
+  return DumpJson({{"addresses", std::move(addresses)},
+                   {"total", total},
+                   {"max_peak", peak},
+                   {"peak_all_addresses", PeakAllAddresses()},
+                   {"idle_closed", idle_closed},
                    {"accept_backoffs", accept_backoffs}});
 }
 

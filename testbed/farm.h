@@ -36,8 +36,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "mxsched/base/mutex.h"
 #include "mxsched/base/endpoint.h"
+#include "mxsched/base/mutex.h"
 
 namespace mxsched::io {
 
@@ -71,14 +71,14 @@ struct FarmOptions {
 struct FarmAddressStats {
   Endpoint endpoint;
   Fault fault;
-  uint64_t total = 0;     // connections accepted
-  uint64_t quits = 0;     // sessions that ended with QUIT
-  uint64_t messages = 0;  // DATA transactions completed
-  int64_t current = 0;    // open now
-  int64_t peak = 0;       // highest concurrent, server-side (every accepted connection)
-  uint64_t rejected = 0;  // cap:N — connections answered 421 "too many connections"
-  int64_t served_peak = 0;  // highest number of sessions served (greeted 220) at once
-  uint64_t idle_closed = 0;  // closed by the farm after idle_timeout_ms without a byte
+  uint64_t total = 0;            // connections accepted
+  uint64_t quits = 0;            // sessions that ended with QUIT
+  uint64_t messages = 0;         // DATA transactions completed
+  int64_t current = 0;           // open now
+  int64_t peak = 0;              // highest concurrent, server-side (every accepted connection)
+  uint64_t rejected = 0;         // cap:N — connections answered 421 "too many connections"
+  int64_t served_peak = 0;       // highest number of sessions served (greeted 220) at once
+  uint64_t idle_closed = 0;      // closed by the farm after idle_timeout_ms without a byte
   uint64_t accept_backoffs = 0;  // accepts failed for lack of fds/memory, each backed off
 };
 

@@ -14,9 +14,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "mxsched/base/mutex.h"
-#include "testbed/json.h"
-#include "mxsched/io/resolver.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/resolver.h"
+#include "testbed/json.h"
 
 namespace mxsched::io {
 
@@ -174,8 +174,9 @@ class Worker {
     if (opts.message_bytes >= 0) {  // the transaction smtp-source runs
       dialogue_ = {"EHLO load.mxsched.test\r\n", "MAIL FROM:<load@mxsched.test>\r\n",
                    "RCPT TO:<rcpt@example.test>\r\n", "DATA\r\n"};
-      std::string body = "From: <load@mxsched.test>\r\nTo: <rcpt@example.test>\r\n"
-                         "Subject: mxsched load\r\n\r\n";
+      std::string body =
+          "From: <load@mxsched.test>\r\nTo: <rcpt@example.test>\r\n"
+          "Subject: mxsched load\r\n\r\n";
       while (body.size() < static_cast<size_t>(opts.message_bytes)) {
         body += "La-la-la mxsched load test body line.\r\n";
       }
@@ -342,7 +343,8 @@ void Hold::OnHold(int, uint32_t) {
 
 std::string Hold::DialogueStep() const {
   const std::string& cmd = worker->dialogue()[std::min(step, worker->dialogue().size() - 1)];
-  if (worker->dialogue().size() > 1 && step == 4) return "the message body";  // EHLO, MAIL, RCPT, DATA, body, QUIT
+  if (worker->dialogue().size() > 1 && step == 4)
+    return "the message body";  // EHLO, MAIL, RCPT, DATA, body, QUIT
   return cmd.substr(0, cmd.find_first_of(" \r"));
 }
 
@@ -382,7 +384,8 @@ void Hold::Recv() {
 void Hold::OnReply(int res, uint32_t) {
   --pending;
   if (res < 0) return End(StrCat("dialogue: reply to ", DialogueStep(), ": ", std::strerror(-res)));
-  if (res == 0) return End(StrCat("dialogue: connection closed before the reply to ", DialogueStep()));
+  if (res == 0)
+    return End(StrCat("dialogue: connection closed before the reply to ", DialogueStep()));
   reply.append(buf, res);
   if (reply.size() > 65536) {  // a server that never ends its reply
     return End(StrCat("dialogue: reply to ", DialogueStep(), " over 65536 bytes"));
@@ -486,8 +489,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
       timeline.push_back(c - last_connected);
       last_connected = c;
     }
-    if (options.progress &&
-        NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
+    if (options.progress && NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
       last = NowNanos();
       options.progress(shared.done.load(), shared.connected.load(), shared.deferred.load(),
                        shared.failed.load());
@@ -568,7 +570,8 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     c.live_workers = options.cluster->live_workers();
     c.mode = options.cluster->degraded()
                  ? std::string(ClusterFailureModeName(options.cluster->options().failure_mode))
-                 : options.cluster->rejoining() ? "rejoining" : "normal";
+             : options.cluster->rejoining() ? "rejoining"
+                                            : "normal";
     report.cluster = c;
   }
   return report;
@@ -593,45 +596,51 @@ std::string LoadReport::ToJson() const {
   nlohmann::json cluster_json = nullptr;
   if (cluster) {
     const Cluster& c = *cluster;
-    cluster_json = {{"leases", c.leases},         {"local_leases", c.local_leases},
-                    {"waits", c.waits},           {"wait_ms", c.wait_ms},
-                    {"wakeups", c.wakeups},       {"refreshes", c.refreshes},
-                    {"reregistered", c.reregistered}, {"redis_errors", c.redis_errors},
-                    {"noscript", c.noscript},     {"mode_switches", c.mode_switches},
-                    {"redis_commands", c.commands}, {"live_workers", c.live_workers},
+    cluster_json = {{"leases", c.leases},
+                    {"local_leases", c.local_leases},
+                    {"waits", c.waits},
+                    {"wait_ms", c.wait_ms},
+                    {"wakeups", c.wakeups},
+                    {"refreshes", c.refreshes},
+                    {"reregistered", c.reregistered},
+                    {"redis_errors", c.redis_errors},
+                    {"noscript", c.noscript},
+                    {"mode_switches", c.mode_switches},
+                    {"redis_commands", c.commands},
+                    {"live_workers", c.live_workers},
                     {"mode", c.mode}};
   }
-  return DumpJson({{"cluster", std::move(cluster_json)},
-                   {"sessions", sessions},
-                   {"connected", connected},
-                   {"deferred", deferred},
-                   {"failed", failed},
-                   {"not_started", not_started},
-                   {"stopped_by", stopped_by.empty() ? nlohmann::json(nullptr)
-                                                     : nlohmann::json(stopped_by)},
-                   {"seconds", seconds},
-                   {"sessions_per_second", sessions_per_second},
-                   {"connected_per_second", connected_per_second},
-                   {"greeted", greeted},
-                   {"connect_p50_us", unless_empty(greeted, connect_p50_us)},
-                   {"connect_p99_us", unless_empty(greeted, connect_p99_us)},
-                   {"connect_max_us", unless_empty(greeted, connect_max_us)},
-                   {"busy_replies", busy_replies},
-                   {"waited", waited},
-                   {"wait_p50_us", unless_empty(waited, wait_p50_us)},
-                   {"wait_p99_us", unless_empty(waited, wait_p99_us)},
-                   {"wait_max_us", unless_empty(waited, wait_max_us)},
-                   {"max_rss_kb", max_rss_kb},
-                   {"connected_per_250ms", connected_timeline},
-                   {"hosts", std::move(host_json)},
-                   {"deferrals", deferrals},
-                   {"failures", failures},
-                   {"examples", examples}});
+  return DumpJson(
+      {{"cluster", std::move(cluster_json)},
+       {"sessions", sessions},
+       {"connected", connected},
+       {"deferred", deferred},
+       {"failed", failed},
+       {"not_started", not_started},
+       {"stopped_by", stopped_by.empty() ? nlohmann::json(nullptr) : nlohmann::json(stopped_by)},
+       {"seconds", seconds},
+       {"sessions_per_second", sessions_per_second},
+       {"connected_per_second", connected_per_second},
+       {"greeted", greeted},
+       {"connect_p50_us", unless_empty(greeted, connect_p50_us)},
+       {"connect_p99_us", unless_empty(greeted, connect_p99_us)},
+       {"connect_max_us", unless_empty(greeted, connect_max_us)},
+       {"busy_replies", busy_replies},
+       {"waited", waited},
+       {"wait_p50_us", unless_empty(waited, wait_p50_us)},
+       {"wait_p99_us", unless_empty(waited, wait_p99_us)},
+       {"wait_max_us", unless_empty(waited, wait_max_us)},
+       {"max_rss_kb", max_rss_kb},
+       {"connected_per_250ms", connected_timeline},
+       {"hosts", std::move(host_json)},
+       {"deferrals", deferrals},
+       {"failures", failures},
+       {"examples", examples}});
 }
 
 std::string LoadReport::ToText() const {
-  std::string s = StrCat("sessions ", sessions, ": connected ", connected, ", deferred ",
-                         deferred, ", failed ", failed, " in ", seconds, " s\n");
+  std::string s = StrCat("sessions ", sessions, ": connected ", connected, ", deferred ", deferred,
+                         ", failed ", failed, " in ", seconds, " s\n");
   if (!stopped_by.empty()) {
     s += StrCat("stopped early (", stopped_by == "signal" ? "by a signal" : "at --max-seconds",
                 "): sessions cut short counted deferred, kind \"stopped\"; ", not_started,
@@ -641,8 +650,7 @@ std::string LoadReport::ToText() const {
               " sessions ended/s, counting deferred and failed)\n");
   if (greeted > 0) {
     s += StrCat("connect latency (without slot wait), ", greeted, " sessions greeted: p50 ",
-                connect_p50_us, " us, p99 ", connect_p99_us, " us, max ", connect_max_us,
-                " us\n");
+                connect_p50_us, " us, p99 ", connect_p99_us, " us, max ", connect_max_us, " us\n");
   } else {
     s += "connect latency (without slot wait): - (no session got a greeting)\n";
   }
@@ -661,8 +669,7 @@ std::string LoadReport::ToText() const {
   }
   auto limit = [](int32_t l) { return l == kUnlimited ? std::string("unlimited") : StrCat(l); };
   for (const auto& [k, h] : hosts) {
-    s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", h.lease_peak, "  ",
-                limit(h.limit));
+    s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", h.lease_peak, "  ", limit(h.limit));
     if (h.limit != h.configured_limit) s += StrCat(" (configured ", limit(h.configured_limit), ")");
     if (!h.limit_moved.empty()) s += StrCat("  ", h.limit_moved);
     s += "\n";
@@ -679,8 +686,8 @@ std::string LoadReport::ToText() const {
                 c.waits, " (", c.wait_ms, " ms in all, ", c.wakeups, " woken by a release), ",
                 "refreshes ", c.refreshes, " (", c.reregistered, " leases re-registered), ",
                 "Redis errors ", c.redis_errors, " (NOSCRIPT ", c.noscript, "), mode switches ",
-                c.mode_switches, ", Redis commands ", c.commands, ", live workers ",
-                c.live_workers, ", mode ", c.mode, "\n");
+                c.mode_switches, ", Redis commands ", c.commands, ", live workers ", c.live_workers,
+                ", mode ", c.mode, "\n");
   }
   return s;
 }

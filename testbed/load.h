@@ -53,9 +53,9 @@ class LatencyHistogram {
   // is the element at count / 2).
   int64_t Percentile(int percent) const;
 
-  static constexpr int kSubBits = 6;                     // 64 buckets per power of two
+  static constexpr int kSubBits = 6;  // 64 buckets per power of two
   static constexpr int kSub = 1 << kSubBits;
-  static constexpr int kLinear = 2 * kSub;               // 0..127: one bucket per value
+  static constexpr int kLinear = 2 * kSub;  // 0..127: one bucket per value
   static constexpr int kBuckets = kLinear + (63 - kSubBits - 1) * kSub;  // up to 2^63 - 1
   static int BucketOf(uint64_t value);
   static uint64_t BucketLow(int bucket);
@@ -99,7 +99,7 @@ struct LoadReport {
   // connected: the whole dialogue ran. A session whose dialogue failed after the greeting is
   // failed, kind "dialogue" (the connection itself was made).
   int64_t sessions = 0, connected = 0, deferred = 0, failed = 0;
-  std::string stopped_by;  // "", "max_seconds" or "signal"
+  std::string stopped_by;   // "", "max_seconds" or "signal"
   int64_t not_started = 0;  // sessions never started because the run stopped
   double seconds = 0;
   double sessions_per_second = 0;   // all ended sessions / wall time
@@ -136,10 +136,10 @@ struct LoadReport {
     uint64_t busy_replies = 0;
     std::string limit_moved;
   };
-  std::map<std::string, Host> hosts;               // "127.0.1.1:2525"
-  std::map<std::string, int64_t> deferrals;        // by reason kind
-  std::map<std::string, int64_t> failures;         // by outcome
-  std::map<std::string, std::string> examples;     // one full reason per kind
+  std::map<std::string, Host> hosts;            // "127.0.1.1:2525"
+  std::map<std::string, int64_t> deferrals;     // by reason kind
+  std::map<std::string, int64_t> failures;      // by outcome
+  std::map<std::string, std::string> examples;  // one full reason per kind
   // With cluster limits: this process's counters (ClusterLimits::Stats) at the end.
   struct Cluster {
     int64_t leases = 0, local_leases = 0, waits = 0, wait_ms = 0, wakeups = 0, refreshes = 0,

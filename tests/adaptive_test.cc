@@ -83,7 +83,6 @@ TEST(FarmFaultSpec, ParsesCap) {
   EXPECT_FALSE(io::ParseFaultSpec("127.0.0.1=cap:x").ok());
 }
 
-
 // --- adaptive limits against the farm's capped receiver ------------------------------------
 
 class AdaptiveTest : public ::testing::Test {
@@ -95,16 +94,16 @@ class AdaptiveTest : public ::testing::Test {
   std::string Ip(int last) const { return StrCat(net_, last); }
   Endpoint Host(int last) const { return Ep(Ip(last), port_); }
   std::string Routes(std::initializer_list<int> hosts) const {
-    std::string r = StrCat("remote_smtp_port = ", port_, "\nmax_outbound_connections = 1000\n",
-                           "routes = (");
+    std::string r =
+        StrCat("remote_smtp_port = ", port_, "\nmax_outbound_connections = 1000\n", "routes = (");
     for (int h : hosts) r += StrCat(" \"smtp://", Ip(h), "?pref=1\"");
     return r + " )\n";
   }
   static Fault Cap(int n) { return {Fault::Kind::kCap, n}; }
   // Sessions with slot waits (docs/DESIGN.md §1 rule 8), as a delivery worker would run them.
-  io::LoadReport Load(Selector& s, int64_t sessions,
-                      int concurrency, int hold_ms, std::vector<std::string> domains = {},
-                      io::DnsCache* dns_cache = nullptr, std::string dns_server = "") {
+  io::LoadReport Load(Selector& s, int64_t sessions, int concurrency, int hold_ms,
+                      std::vector<std::string> domains = {}, io::DnsCache* dns_cache = nullptr,
+                      std::string dns_server = "") {
     io::LoadOptions o;
     o.domains = domains.empty() ? std::vector<std::string>{"capped.example"} : domains;
     o.sessions = sessions;
@@ -154,7 +153,8 @@ TEST_F(AdaptiveTest, CappedReceiverLimitIsLearnedAndNothingIsWrittenOff) {
 
 TEST_F(AdaptiveTest, LimitRecoversWhenTheReceiversCapRisesNeverAboveTheConfiguredOne) {
   auto farm = testing::StartFarm({Host(1)}, {{*IpAddress::Parse(Ip(1)), Cap(3)}});
-  auto config = ConfigFrom(Routes({1}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 8 }\n"));
+  auto config =
+      ConfigFrom(Routes({1}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 8 }\n"));
   Selector selector(config);
   io::LoadReport r = Load(selector, 300, 16, /*hold_ms=*/5);
   EXPECT_EQ(r.connected, 300) << r.ToText();
@@ -217,10 +217,10 @@ TEST_F(ProviderTest, PatternSharedBy50DomainsWithDifferentMxNamesNeverExceedsIts
     Host "*.provider.test" { max_outbound_connections = 5 })"));
   io::DnsCache cache;
   Selector selector(config, {.resolver = &cache});
-  io::LoadReport r = Load(selector, 1000, 32, /*hold_ms=*/5, domains, &cache,
-                          dns.server());
+  io::LoadReport r = Load(selector, 1000, 32, /*hold_ms=*/5, domains, &cache, dns.server());
   EXPECT_EQ(r.connected, 1000) << "waiters on one host are woken by releases on another "
-                                  "host of the same provider: " << r.ToText();
+                                  "host of the same provider: "
+                               << r.ToText();
   EXPECT_LE(farm->PeakAllAddresses(), 5) << "server-side, over all 50 addresses";
   EXPECT_GE(farm->PeakAllAddresses(), 2) << "the test must have had concurrency to limit";
   int used = 0;
@@ -233,11 +233,11 @@ TEST_F(ProviderTest, PatternSharedBy50DomainsWithDifferentMxNamesNeverExceedsIts
 }
 
 TEST_F(ProviderTest, BlockedMxNameDefersWithTheNameAndPatternInTheReason) {
-  testing::Dnsmasq dns({"--mx-host=b.test,mx.blocked.test,10",
-                        "--host-record=mx.blocked.test," + Ip(1),
-                        "--mx-host=c.test,mx.blocked.test,10", "--mx-host=c.test,mx.ok.test,20",
-                        "--host-record=mx.ok.test," + Ip(2)},
-                       300);
+  testing::Dnsmasq dns(
+      {"--mx-host=b.test,mx.blocked.test,10", "--host-record=mx.blocked.test," + Ip(1),
+       "--mx-host=c.test,mx.blocked.test,10", "--mx-host=c.test,mx.ok.test,20",
+       "--host-record=mx.ok.test," + Ip(2)},
+      300);
   ASSERT_TRUE(dns.ok());
   auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, R"(
     prohibited_hosts = ( )

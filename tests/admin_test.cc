@@ -72,8 +72,8 @@ std::map<std::string, double> Series(const std::string& text) {
   for (std::string_view line : Split(text, '\n')) {
     if (line.empty() || line[0] == '#') continue;
     const size_t sp = line.rfind(' ');
-    out[std::string(line.substr(0, sp))] = std::strtod(std::string(line.substr(sp + 1)).c_str(),
-                                                       nullptr);
+    out[std::string(line.substr(0, sp))] =
+        std::strtod(std::string(line.substr(sp + 1)).c_str(), nullptr);
   }
   return out;
 }
@@ -133,9 +133,11 @@ TEST_F(AdminServerTest, MetricsPassPromtoolAndMatchTheCollectablePath) {
   auto direct = Series(r.body);
   auto collected = Series(SerializeText(server_->metrics().Collect()));
   // The retry countdown moves between the two scrapes; everything else is still.
-  std::erase_if(collected, [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
+  std::erase_if(collected,
+                [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
   std::map<std::string, double> still = direct;
-  std::erase_if(still, [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
+  std::erase_if(still,
+                [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
   EXPECT_EQ(still, collected);
   const std::string host = R"({host="127.0.1.1:25",mx="127.0.1.1")";
   EXPECT_EQ(direct.at(StrCat("mxsched_host_connection_limit", host, "}")), 2);
@@ -146,8 +148,10 @@ TEST_F(AdminServerTest, MetricsPassPromtoolAndMatchTheCollectablePath) {
   for (const char* h : {"127.0.1.1:25", "127.0.1.2:25"}) {
     const std::string l = StrCat("{host=\"", h, "\",mx=\"", std::string_view(h).substr(0, 9));
     active += direct.at(StrCat("mxsched_host_active_connections", l, "\"}"));
-    connected += direct.at(StrCat("mxsched_host_connections_total", l, "\",outcome=\"connected\"}"));
-    timed_out += direct.at(StrCat("mxsched_host_connections_total", l, "\",outcome=\"timed_out\"}"));
+    connected +=
+        direct.at(StrCat("mxsched_host_connections_total", l, "\",outcome=\"connected\"}"));
+    timed_out +=
+        direct.at(StrCat("mxsched_host_connections_total", l, "\",outcome=\"timed_out\"}"));
   }
   EXPECT_EQ(active, 2);
   EXPECT_EQ(connected, 1);
@@ -225,7 +229,8 @@ TEST_F(AdminServerTest, BadRequestsGet4xxAndChangeNothing) {
       {"GET /hosts?verbose=1 HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"GET /domains/bad..name HTTP/1.1\r\nHost: x\r\n\r\n", 400},
       {"POST /refresh?domain=%zz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400},
-      {"POST /refresh?domain=example.com&x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400},
+      {"POST /refresh?domain=example.com&x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+       400},
       {"POST /refresh?domain=a&domain=all HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400},
       {"POST /refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400},
       {"POST /refresh?domain=bad..name HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400},

@@ -68,7 +68,9 @@ struct Worker {
     limits = std::make_shared<ClusterLimits>(std::move(o));
     client = std::make_unique<ClusterClient>(loop.get(), limits);
     // Until the wake-up channel is subscribed a release could not reach this worker.
-    if (wait_subscribed) PumpUntil({loop.get()}, [&] { return client->subscribed(); }, 5000);
+    if (wait_subscribed)
+      PumpUntil(
+          {loop.get()}, [&] { return client->subscribed(); }, 5000);
   }
   ~Worker() {
     leases.clear();
@@ -140,9 +142,8 @@ TEST_F(ClusterLimitsTest, RedisConnectionRepliesInOrder) {
   std::vector<std::string> got;
   c.Command({"SET", "k", "v"}, [&](auto r) { got.push_back(r.ok() ? r->str : "error"); });
   c.Command({"GET", "k"}, [&](auto r) { got.push_back(r.ok() ? r->str : "error"); });
-  c.Command({"NOSUCHCOMMAND"}, [&](auto r) {
-    got.push_back(r.ok() && r->is_error() ? "redis-error" : "?");
-  });
+  c.Command({"NOSUCHCOMMAND"},
+            [&](auto r) { got.push_back(r.ok() && r->is_error() ? "redis-error" : "?"); });
   ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 3; }));
   EXPECT_EQ(got, (std::vector<std::string>{"OK", "v", "redis-error"}));
 }
@@ -157,7 +158,8 @@ TEST_F(ClusterLimitsTest, RedisThatNeverAnswersTimesOutEveryCommand) {
   for (const auto& s : got) EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   // And again after the reconnect back-off: a new connection, the same bounded outcome.
   got.clear();
-  PumpUntil({loop.get()}, [] { return false; }, 100);
+  PumpUntil(
+      {loop.get()}, [] { return false; }, 100);
   c.Command({"PING"}, [&](auto r) { got.push_back(r.status()); });
   ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 1; }));
   EXPECT_EQ(got[0].code(), absl::StatusCode::kDeadlineExceeded) << got[0];
@@ -420,9 +422,8 @@ TEST_F(ClusterLimitsTest, FirstWorkerBackAfterARestartKeepsItsShareUntilTheOther
   Worker a(o), b(o);
   std::vector<Loop*> both = {a.loop.get(), b.loop.get()};
   std::vector<Loop*> only_a = {a.loop.get()};
-  ASSERT_TRUE(PumpUntil(both, [&] {
-    return a.limits->live_workers() == 2 && b.limits->live_workers() == 2;
-  }));
+  ASSERT_TRUE(PumpUntil(
+      both, [&] { return a.limits->live_workers() == 2 && b.limits->live_workers() == 2; }));
   const std::string key = a.limits->HostKey(Ep("127.0.0.8", 25));
   for (Worker* w : {&a, &a, &b, &b}) {  // 2 + 2 of 4
     auto r = AcquireOnce(*w, w->client->NewId(), {{key, 4}}, nullptr, both);
@@ -455,7 +456,7 @@ TEST_F(ClusterLimitsTest, FirstWorkerBackAfterARestartKeepsItsShareUntilTheOther
   EXPECT_EQ(redis_->Query({"ZCARD", key}), "4");
   r = AcquireOnce(a, a.client->NewId(), {{key, 4}}, nullptr, both);
   EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);  // Redis: 4 of 4
-  b.leases.pop_back();  // b lets one go: a may have it
+  b.leases.pop_back();                                   // b lets one go: a may have it
   ASSERT_TRUE(PumpUntil(both, [&] { return redis_->Query({"ZCARD", key}) == "3"; }));
   r = AcquireOnce(a, a.client->NewId(), {{key, 4}}, nullptr, both);
   ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);

@@ -34,8 +34,8 @@ class ConnectorTest : public ::testing::Test {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, std::vector<std::string> domains,
-                      int64_t sessions, int concurrency, int hold_ms, int threads = 2) {
+  io::LoadReport Load(Selector& s, std::vector<std::string> domains, int64_t sessions,
+                      int concurrency, int hold_ms, int threads = 2) {
     io::LoadOptions o;
     o.domains = std::move(domains);
     o.sessions = sessions;
@@ -74,10 +74,13 @@ TEST_F(ConnectorTest, ConnectsAndReadsTheGreeting) {
 TEST_F(ConnectorTest, StrictPreferenceWithHostLimitsServerSidePeak) {
   auto farm = testing::StartFarm(Hosts({1, 2, 3}));
   auto config = ConfigFrom(Common() + StrCat(R"(
-    routes = ( )", Url(1, 10), " ", Url(2, 10), " ", Url(3, 20), R"( )
+    routes = ( )",
+                                             Url(1, 10), " ", Url(2, 10), " ", Url(3, 20), R"( )
     max_outbound_connections = 1000
-    Host ")", Ip(1), R"(" { max_outbound_connections = 3 }
-    Host ")", Ip(2), R"(" { max_outbound_connections = 3 })"));
+    Host ")",
+                                             Ip(1), R"(" { max_outbound_connections = 3 }
+    Host ")",
+                                             Ip(2), R"(" { max_outbound_connections = 3 })"));
   Selector selector(config);
   io::LoadReport r = Load(selector, {"example.com"}, 400, 10, 20);
   auto stats = farm->Stats();
@@ -103,7 +106,8 @@ TEST_F(ConnectorTest, EvenSpreadAcrossFourHosts) {
 }
 
 TEST_F(ConnectorTest, FailoverOnRefusedConnection) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
   ConnectResult r = ConnectOnce(selector, "example.com");
@@ -137,7 +141,8 @@ TEST_F(ConnectorTest, FailoverOnConnectTimeout) {
 }
 
 TEST_F(ConnectorTest, FailoverOnBlackholeBannerTimeout) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
   io::ConnectorOptions o;
@@ -151,7 +156,8 @@ TEST_F(ConnectorTest, FailoverOnBlackholeBannerTimeout) {
 }
 
 TEST_F(ConnectorTest, TimeoutsComeFromTheSelectorsConfigAfterAReload) {
-  auto farm = testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
+  auto farm =
+      testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kBlackhole}}});
   const std::string routes = Common() + StrCat("routes = ( ", Url(1, 0), " )\n");
   Selector selector(ConfigFrom(routes + "banner_timeout = 1h\n"));
   selector.SetConfig(ConfigFrom(routes + "banner_timeout = 1s\n"));
@@ -164,7 +170,8 @@ TEST_F(ConnectorTest, TimeoutsComeFromTheSelectorsConfigAfterAReload) {
 }
 
 TEST_F(ConnectorTest, FailoverOn421Greeting) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}}});
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   Selector selector(config);
   ConnectResult r = ConnectOnce(selector, "example.com");
@@ -172,7 +179,8 @@ TEST_F(ConnectorTest, FailoverOn421Greeting) {
   EXPECT_EQ(r.attempts, 2);
   testing::CloseConnection(r);
   // With nowhere else to go, the 421 is the reason given.
-  auto only = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nmx_failures_to_delay = 1"));
+  auto only =
+      ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nmx_failures_to_delay = 1"));
   Selector s2(only);
   ConnectResult r2 = ConnectOnce(s2, "example.com");
   EXPECT_EQ(r2.kind, ConnectResult::Kind::kDeferred);
@@ -180,7 +188,8 @@ TEST_F(ConnectorTest, FailoverOn421Greeting) {
 }
 
 TEST_F(ConnectorTest, SlowBannerWithinTimeoutConnectsBeyondItFailsOver) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 200}}});
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 200}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )"));
   {
     Selector selector(config);
@@ -202,9 +211,10 @@ TEST_F(ConnectorTest, SlowBannerWithinTimeoutConnectsBeyondItFailsOver) {
 }
 
 TEST_F(ConnectorTest, HostComesBackAfterHostFailureRetry) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
-  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )\n",
-                                             "host_failure_retry = 1"));
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
+  auto config = ConfigFrom(
+      Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 1), " )\n", "host_failure_retry = 1"));
   // The failure window runs on the selector's clock: a manual one, so the test moves time
   // forward instead of sleeping through the window.
   ManualClock clock;
@@ -224,10 +234,11 @@ TEST_F(ConnectorTest, HostComesBackAfterHostFailureRetry) {
 }
 
 TEST_F(ConnectorTest, AllMxsDownDefersWith421) {
-  auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}},
-                                                 {*IpAddress::Parse(Ip(2)), {Fault::Kind::kRefuse}}});
-  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), " )\n",
-                                             "mx_failures_to_delay = 1"));
+  auto farm =
+      testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}},
+                                         {*IpAddress::Parse(Ip(2)), {Fault::Kind::kRefuse}}});
+  auto config = ConfigFrom(
+      Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), " )\n", "mx_failures_to_delay = 1"));
   Selector selector(config);
   ConnectResult first = ConnectOnce(selector, "example.com");
   EXPECT_EQ(first.kind, ConnectResult::Kind::kDeferred);
@@ -242,10 +253,10 @@ TEST_F(ConnectorTest, AllMxsDownDefersWith421) {
 }
 
 TEST_F(ConnectorTest, AttemptsAreBoundedLikeHostsMaxTry) {
-  auto farm = testing::StartFarm(Hosts({1, 2, 3}),
-                                 {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}},
-                                  {*IpAddress::Parse(Ip(2)), {Fault::Kind::kTempfail}},
-                                  {*IpAddress::Parse(Ip(3)), {Fault::Kind::kTempfail}}});
+  auto farm =
+      testing::StartFarm(Hosts({1, 2, 3}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kTempfail}},
+                                            {*IpAddress::Parse(Ip(2)), {Fault::Kind::kTempfail}},
+                                            {*IpAddress::Parse(Ip(3)), {Fault::Kind::kTempfail}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), Url(2, 0), Url(3, 0), " )"));
   Selector selector(config);
   io::ConnectorOptions o;
@@ -304,13 +315,15 @@ TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
   EXPECT_EQ(selector.waiting(), 0u);
 }
 
-TEST_F(ConnectorTest, SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhileLaterOnesAreServed) {
+TEST_F(ConnectorTest,
+       SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhileLaterOnesAreServed) {
   // docs/DESIGN.md §5 against the farm: 60 sessions for three domains of one route contend for 2
   // slots on a host that greets after 20 ms; each waits at most 300 ms. The farm serves
   // ~2 per 20 ms, so some are served and some may time out. Fair hand-off means service
   // follows arrival (within the 2 slots' overlap), and no session is deferred after a later
   // one was served. Order is checked by callback sequence, not by clock.
-  auto farm = testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 20}}});
+  auto farm =
+      testing::StartFarm(Hosts({1}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kSlow, 20}}});
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
                                              "\" { max_outbound_connections = 2 }"));
   Selector selector(config);
@@ -358,8 +371,9 @@ TEST_F(ConnectorTest, SlotsAreServedFirstComeFirstServedAndNoWaiterTimesOutWhile
     ASSERT_EQ(order[k].kind, ConnectResult::Kind::kDeferred);
     ++deferred;
     // Nobody who arrived later than this waiter had been served when it gave up.
-    for (int s : served) EXPECT_LT(s, order[k].index) << "session " << s << " arrived after "
-                                                      << order[k].index << " but was served first";
+    for (int s : served)
+      EXPECT_LT(s, order[k].index)
+          << "session " << s << " arrived after " << order[k].index << " but was served first";
   }
   ASSERT_GE(served.size(), 4u) << "too few served to say anything about order";
   int max_before = -1;  // FIFO: no one overtakes more than the other slot's overlap
@@ -419,11 +433,11 @@ INSTANTIATE_TEST_SUITE_P(
     Greetings, BadGreetingTest,
     ::testing::Values(
         BadGreeting{"garbage", {"HTTP/1.1 200 OK\r\n"}, Outcome::kProtocolError, "not an SMTP"},
-        BadGreeting{"overlong", {"220 " + std::string(5000, 'x')}, Outcome::kProtocolError,
-                    "longer than"},
+        BadGreeting{
+            "overlong", {"220 " + std::string(5000, 'x')}, Outcome::kProtocolError, "longer than"},
         BadGreeting{"closed", {"220-partial\r\n"}, Outcome::kTimedOut, "no greeting within"},
-        BadGreeting{"rejected", {"554 5.7.1 no thanks\r\n"}, Outcome::kGreetingRejected,
-                    "greeting 554"}),
+        BadGreeting{
+            "rejected", {"554 5.7.1 no thanks\r\n"}, Outcome::kGreetingRejected, "greeting 554"}),
     [](const auto& info) { return info.param.name; });
 
 TEST_F(ConnectorTest, GreetingSplitAcrossManyReads) {

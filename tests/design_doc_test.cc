@@ -61,8 +61,7 @@ TEST(DesignDoc, RulesNameOnlyTestsThatExist) {
     for (std::sregex_iterator m(text.begin(), text.end(), ref), end; m != end; ++m) {
       ++refs;
       EXPECT_TRUE(tests.contains((*m)[1].str()))
-          << "docs/DESIGN.md §" << section << " names " << (*m)[1].str()
-          << ", which is not a test";
+          << "docs/DESIGN.md §" << section << " names " << (*m)[1].str() << ", which is not a test";
     }
     EXPECT_GT(refs, 5) << "§" << section << " names the tests of its rules";
   }

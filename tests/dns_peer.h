@@ -211,7 +211,8 @@ class DnsPeer {
     const uint16_t qtype = (uint8_t(q[i + 1]) << 8) | uint8_t(q[i + 2]);
     name = ToLower(name);
     std::string r(q.substr(0, 2));  // id
-    const bool nx = !nx_exists_ && (name.starts_with("nx.") || name.find(".nx.") != std::string::npos);
+    const bool nx =
+        !nx_exists_ && (name.starts_with("nx.") || name.find(".nx.") != std::string::npos);
     uint16_t flags = 0x8400 | (uint8_t(q[2]) & 0x01) << 8;  // QR AA, RD copied
     if (nx) flags |= 3;
     const bool truncate = name == o_.truncated && !tcp;

@@ -92,9 +92,7 @@ class FaultMatrix : public ::testing::Test {
     port_ = testing::FreePort();
     fds_before_ = OpenFds();
   }
-  void TearDown() override {
-    EXPECT_EQ(OpenFds(), fds_before_) << "file descriptors leaked";
-  }
+  void TearDown() override { EXPECT_EQ(OpenFds(), fds_before_) << "file descriptors leaked"; }
   std::string Ip(int last) const { return StrCat(net_, last); }
   // Waits (bounded) until the farm counts no open connection and this process holds the fds
   // it held with the farm running and no session: the server's close is asynchronous.
@@ -122,9 +120,8 @@ class FaultMatrix : public ::testing::Test {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, int64_t sessions,
-                      int concurrency, io::ConnectorOptions co = {}, int hold_ms = 0,
-                      int threads = 2) {
+  io::LoadReport Load(Selector& s, int64_t sessions, int concurrency, io::ConnectorOptions co = {},
+                      int hold_ms = 0, int threads = 2) {
     io::LoadOptions o;
     for (int i = 0; i < 20; ++i) o.domains.push_back(StrCat("f", i, ".example"));
     o.sessions = sessions;
@@ -149,7 +146,8 @@ class FaultMatrix : public ::testing::Test {
 
 TEST_F(FaultMatrix, ResetAfterAcceptFailsOverWithReason) {
   {
-    auto farm = testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kReset}}});
+    auto farm =
+        testing::StartFarm(Hosts({1, 2}), {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kReset}}});
     auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"smtp://", Ip(1),
                                     "?pref=0\" \"smtp://", Ip(2), "?pref=1\" )\n"));
     Selector selector(config);
@@ -160,7 +158,8 @@ TEST_F(FaultMatrix, ResetAfterAcceptFailsOverWithReason) {
     testing::CloseConnection(r);
     io::ConnectorOptions only_one;
     only_one.max_attempts = 1;
-    Selector fresh(ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"", Ip(1), "\" )")));
+    Selector fresh(
+        ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"", Ip(1), "\" )")));
     ConnectResult rst = testing::ConnectOnce(fresh, "example.com", only_one);
     EXPECT_EQ(rst.kind, ConnectResult::Kind::kFailed);
     EXPECT_TRUE(rst.reason.find("reset") != std::string::npos ||
@@ -178,7 +177,8 @@ TEST_F(FaultMatrix, SlowDripGreetingPastTheDeadlineTimesOut) {
   }
   {
     testing::RawPeer peer(Ep(Ip(1), port_), drip, /*gap_ms=*/60);
-    auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"", Ip(1), "\" )"));
+    auto config =
+        ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( \"", Ip(1), "\" )"));
     Selector selector(config);
     io::ConnectorOptions o;
     o.banner_timeout_ms = 300;  // one deadline for the whole greeting, not per read
@@ -193,7 +193,8 @@ TEST_F(FaultMatrix, SlowDripGreetingPastTheDeadlineTimesOut) {
 TEST_F(FaultMatrix, FlappingHostsUnderLoadLoseNothing) {
   auto farm = testing::StartFarm(Hosts({1, 2, 3, 4}));
   const int fds_with_farm = OpenFds();
-  auto config = ConfigFrom(Routes({1, 2, 3, 4}) + "host_failure_retry = 0\n"
+  auto config = ConfigFrom(Routes({1, 2, 3, 4}) +
+                           "host_failure_retry = 0\n"
                            "max_outbound_connections = 1000\nmx_failures_to_delay = 1000000\n");
   Selector selector(config);
   std::atomic<bool> stop{false};
@@ -219,7 +220,8 @@ TEST_F(FaultMatrix, FlappingHostsUnderLoadLoseNothing) {
 
 TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
   auto farm = testing::StartFarm(Hosts({1}));
-  auto config = ConfigFrom(Routes({1}) + "host_failure_retry = 0\nmax_outbound_connections = 1000\n");
+  auto config =
+      ConfigFrom(Routes({1}) + "host_failure_retry = 0\nmax_outbound_connections = 1000\n");
   Selector selector(config);
   rlimit saved;
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
@@ -273,10 +275,12 @@ TEST_F(FaultMatrix, TinySubmissionQueueStillCarriesManySessions) {
 
 TEST_F(FaultMatrix, ConfigReloadUnderLoadLosesNoSession) {
   auto farm = testing::StartFarm(Hosts({1, 2, 3, 4}));
-  const std::string a = Routes({1, 2}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 6 }\n",
-                                                "Host \"", Ip(2), "\" { max_outbound_connections = 6 }\n");
-  const std::string b = Routes({3, 4}) + StrCat("Host \"", Ip(3), "\" { max_outbound_connections = 6 }\n",
-                                                "Host \"", Ip(4), "\" { max_outbound_connections = 6 }\n");
+  const std::string a =
+      Routes({1, 2}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 6 }\n", "Host \"",
+                              Ip(2), "\" { max_outbound_connections = 6 }\n");
+  const std::string b =
+      Routes({3, 4}) + StrCat("Host \"", Ip(3), "\" { max_outbound_connections = 6 }\n", "Host \"",
+                              Ip(4), "\" { max_outbound_connections = 6 }\n");
   auto config_a = ConfigFrom(a);
   auto config_b = ConfigFrom(b);
   Selector selector(config_a);

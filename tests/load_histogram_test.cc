@@ -197,9 +197,9 @@ TEST_F(LoadBookkeepingTest, PeakCountsConnectionsNotLeasesWhoseConnectFailed) {
   // (what the report used to call "peak") is 8.
   auto farm = testing::StartFarm({Ep(Ip(1), port_), Ep(Ip(2), port_)},
                                  {{*IpAddress::Parse(Ip(1)), {Fault::Kind::kRefuse}}});
-  auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0), " ",
-                                  Url(2, 10), " )\nmax_outbound_connections = 1000\n",
-                                  "host_failure_retry = 1s"));
+  auto config =
+      ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0), " ", Url(2, 10),
+                        " )\nmax_outbound_connections = 1000\n", "host_failure_retry = 1s"));
   Selector selector(config);
   // The hold outlasts the 1 s retry time, so the last 2 sessions find the address due for
   // its probe; it only has to outlast the fault switch below by far.

@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "mxsched/io/connector.h"
-#include "testbed/farm.h"
-#include "mxsched/io/loop.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/connector.h"
+#include "mxsched/io/loop.h"
+#include "testbed/farm.h"
 
 namespace mxsched::testing {
 
@@ -47,8 +47,8 @@ inline Endpoint Ep(const std::string& ip, uint16_t port) {
   return Endpoint{*IpAddress::Parse(ip), port};
 }
 
-inline std::unique_ptr<io::Farm> StartFarm(const std::vector<Endpoint>& listen,
-                                           std::vector<std::pair<IpAddress, io::Fault>> faults = {}) {
+inline std::unique_ptr<io::Farm> StartFarm(
+    const std::vector<Endpoint>& listen, std::vector<std::pair<IpAddress, io::Fault>> faults = {}) {
   io::FarmOptions o;
   o.listen = listen;
   o.faults = std::move(faults);

@@ -40,12 +40,23 @@ class RedisServer {
   void Start() {
     const char* bin = RedisServerBinary();
     if (bin == nullptr || pid_ > 0) return;
-    std::vector<std::string> args = {bin,           "--port",       StrCat(port_),
-                                     "--bind",      "127.0.0.1",    "--save",
-                                     "",            "--appendonly", "no",
-                                     "--maxmemory-policy",          "noeviction",
-                                     "--daemonize", "no",           "--logfile",
-                                     "",            "--loglevel",   "warning"};
+    std::vector<std::string> args = {bin,
+                                     "--port",
+                                     StrCat(port_),
+                                     "--bind",
+                                     "127.0.0.1",
+                                     "--save",
+                                     "",
+                                     "--appendonly",
+                                     "no",
+                                     "--maxmemory-policy",
+                                     "noeviction",
+                                     "--daemonize",
+                                     "no",
+                                     "--logfile",
+                                     "",
+                                     "--loglevel",
+                                     "warning"};
     pid_ = fork();
     if (pid_ == 0) {
       std::vector<char*> argv;

@@ -264,7 +264,8 @@ TEST_F(ResolverTest, ConnectorWaitsForDnsThenConnectsEndToEnd) {
   const uint16_t port = testing::FreePort();
   auto farm = testing::StartFarm({testing::Ep(Ip(1), port), testing::Ep(Ip(2), port)});
   StartDns({"--mx-host=h.test,mx1.h.test,10", "--mx-host=h.test,mx2.h.test,10",
-            StrCat("--host-record=mx1.h.test,", Ip(1)), StrCat("--host-record=mx2.h.test,", Ip(2))});
+            StrCat("--host-record=mx1.h.test,", Ip(1)),
+            StrCat("--host-record=mx2.h.test,", Ip(2))});
   MakeSelector(StrCat("routes = ( \"__mx__\" )\nremote_smtp_port = ", port));
   io::Connector connector(loop_.get(), selector_.get());
   client_->SetOnChange([&] { connector.OnRoutesChanged(); });

@@ -42,15 +42,13 @@ struct CommandEntry {
 };
 
 inline constexpr CommandEntry kCommands[] = {
-    {"check", "Validate a configuration file and print its effective settings",
-     SetUpCheckCommand},
+    {"check", "Validate a configuration file and print its effective settings", SetUpCheckCommand},
     {"route", "Show how domains route: tiers, hosts, limits, state", SetUpRouteCommand},
     {"load", "Run sessions against real SMTP servers and report rate, latency, outcomes",
      SetUpLoadCommand},
     {"farm", "Run an SMTP sink on loopback addresses with injectable faults (a test peer)",
      SetUpFarmCommand},
-    {"demo", "Measure a global route against MX spread on an in-process farm",
-     SetUpDemoCommand},
+    {"demo", "Measure a global route against MX spread on an in-process farm", SetUpDemoCommand},
     {"top", "Live view of a running worker through its admin endpoint", SetUpTopCommand},
 };
 

@@ -1,5 +1,5 @@
-// `mxsched demo`: Momentum's warning about global routes, measured. An in-process farm serves two route
-// layouts for the same 250 domains, the same per-host limit and the same hold time:
+// `mxsched demo`: Momentum's warning about global routes, measured. An in-process farm serves two
+// route layouts for the same 250 domains, the same per-host limit and the same hold time:
 //   global route  every domain routed through the same 4 smarthosts
 //   MX spread     every domain has its own MX
 // Sessions wait for a slot (docs/DESIGN.md §1 rule 8) rather than fail, so the rate shows capacity.
@@ -7,17 +7,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 
-#include "testbed/farm.h"
-#include "testbed/load.h"
 #include "mxsched/base/strings.h"
+#include "testbed/farm.h"
 #include "testbed/json.h"
+#include "testbed/load.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
@@ -88,9 +88,10 @@ int RunDemo(const DemoFlags& f) {
     std::fprintf(stderr, "mxsched demo: %s\n", std::string(farm.status().message()).c_str());
     return 1;
   }
-  std::printf("mxsched demo: %d domains, per-host limit %d, hold %d ms, %d sessions in flight,\n"
-              "%d s per scenario; farm on %zu loopback addresses, port %u\n\n",
-              kDomains, kHostLimit, kHoldMs, kConcurrency, seconds, fo.listen.size(), port);
+  std::printf(
+      "mxsched demo: %d domains, per-host limit %d, hold %d ms, %d sessions in flight,\n"
+      "%d s per scenario; farm on %zu loopback addresses, port %u\n\n",
+      kDomains, kHostLimit, kHoldMs, kConcurrency, seconds, fo.listen.size(), port);
   std::vector<Scenario> scenarios(2);
   scenarios[0].name = "global route";
   scenarios[0].config = GlobalConfig(port);
@@ -121,15 +122,16 @@ int RunDemo(const DemoFlags& f) {
     o.progress_interval_ms = 250;
     const bool tty = isatty(STDERR_FILENO);
     if (!tty) std::fprintf(stderr, "  %s: running for %d s\n", name.c_str(), seconds);
-    if (tty) o.progress = [&](int64_t, int64_t c, int64_t, int64_t) {
-      const auto now = std::chrono::steady_clock::now();
-      const double dt = std::chrono::duration<double>(now - last_t).count();
-      std::fprintf(stderr, "\r  %-13s %4.1f s  %8.0f connected/s   ", name.c_str(),
-                   std::chrono::duration<double>(now - start).count(),
-                   dt > 0 ? (c - last_connected) / dt : 0.0);
-      last_connected = c;
-      last_t = now;
-    };
+    if (tty)
+      o.progress = [&](int64_t, int64_t c, int64_t, int64_t) {
+        const auto now = std::chrono::steady_clock::now();
+        const double dt = std::chrono::duration<double>(now - last_t).count();
+        std::fprintf(stderr, "\r  %-13s %4.1f s  %8.0f connected/s   ", name.c_str(),
+                     std::chrono::duration<double>(now - start).count(),
+                     dt > 0 ? (c - last_connected) / dt : 0.0);
+        last_connected = c;
+        last_t = now;
+      };
     auto r = io::RunLoad(selector, o);
     if (tty) std::fprintf(stderr, "\n");
     if (!r.ok()) {
@@ -144,18 +146,19 @@ int RunDemo(const DemoFlags& f) {
   }
   (*farm)->Stop();
 
-  std::printf("\n| scenario | hosts used | connected/s | waited for a slot p50 / p99 | "
-              "connect p50 / p99 | deferred | failed | max server-side peak per host |\n"
-              "|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n| scenario | hosts used | connected/s | waited for a slot p50 / p99 | "
+      "connect p50 / p99 | deferred | failed | max server-side peak per host |\n"
+      "|---|---|---|---|---|---|---|---|\n");
   for (const Scenario& sc : scenarios) {
     const auto& r = sc.report;
-    std::printf("| %s | %d | %.0f | %.1f / %.1f ms | %.1f / %.1f ms | %lld | %lld | %lld (limit "
-                "%d) |\n",
-                sc.name.c_str(), sc.hosts_used, r.connected_per_second, r.wait_p50_us / 1e3,
-                r.wait_p99_us / 1e3, r.connect_p50_us / 1e3,
-                r.connect_p99_us / 1e3, static_cast<long long>(r.deferred),
-                static_cast<long long>(r.failed), static_cast<long long>(sc.max_server_peak),
-                kHostLimit);
+    std::printf(
+        "| %s | %d | %.0f | %.1f / %.1f ms | %.1f / %.1f ms | %lld | %lld | %lld (limit "
+        "%d) |\n",
+        sc.name.c_str(), sc.hosts_used, r.connected_per_second, r.wait_p50_us / 1e3,
+        r.wait_p99_us / 1e3, r.connect_p50_us / 1e3, r.connect_p99_us / 1e3,
+        static_cast<long long>(r.deferred), static_cast<long long>(r.failed),
+        static_cast<long long>(sc.max_server_peak), kHostLimit);
   }
   const double cap = kGlobalHosts * kHostLimit * 1000.0 / kHoldMs;
   std::printf(
@@ -186,8 +189,8 @@ int RunDemo(const DemoFlags& f) {
     json.close();
     csv.close();
     if (!json || !csv) {
-      std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n",
-                   out.c_str(), out.c_str());
+      std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n", out.c_str(),
+                   out.c_str());
       return 1;
     }
   }
@@ -197,8 +200,8 @@ int RunDemo(const DemoFlags& f) {
       "set title 'mxsched demo: global route vs MX spread'; set xlabel 'seconds'; "
       "set ylabel 'connected sessions/s'; set yrange [0:*]; plot '",
       out, "/demo.csv' using 1:2 with lines lw 2, '' using 1:3 with lines lw 2\" 2>/dev/null");
-  const bool png = std::system("command -v gnuplot >/dev/null 2>&1") == 0 &&
-                   std::system(plot.c_str()) == 0;
+  const bool png =
+      std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(plot.c_str()) == 0;
   std::printf("\nwrote %s/demo.json, %s/demo.csv%s\n", out.c_str(), out.c_str(),
               png ? StrCat(", ", out, "/demo.png").c_str() : " (install gnuplot-nox for demo.png)");
   return 0;

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
 
   auto loop = mxsched::io::Loop::Create();  // one per worker thread
   if (!loop.ok()) return 1;
-  mxsched::io::DnsCache cache;                // one per process, shared by all workers
+  mxsched::io::DnsCache cache;  // one per process, shared by all workers
   mxsched::Selector selector(config, {.resolver = dns.empty() ? nullptr : &cache});
   mxsched::io::Connector connector(loop->get(), &selector);
   std::unique_ptr<mxsched::io::DnsClient> resolver;

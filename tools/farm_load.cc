@@ -6,19 +6,19 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <thread>
 
 #include "mxsched/admin/admin_server.h"
-#include "testbed/farm.h"
-#include "testbed/load.h"
-#include "mxsched/io/resolver.h"
 #include "mxsched/base/file.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/resolver.h"
+#include "testbed/farm.h"
+#include "testbed/load.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
@@ -42,8 +42,10 @@ bool WriteFile(const std::string& path, const std::string& text) {
   for (size_t done = 0; ok && done < body.size();) {
     ssize_t n = ::write(fd, body.data() + done, body.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) ok = false;
-    else done += static_cast<size_t>(n);
+    if (n <= 0)
+      ok = false;
+    else
+      done += static_cast<size_t>(n);
   }
   ok = (::close(fd) == 0) && ok;
   if (ok && std::rename(tmp.c_str(), path.c_str()) == 0) return true;
@@ -109,8 +111,8 @@ int RunFarm(const FarmFlags& f) {
     const bool served = std::any_of(options.listen.begin(), options.listen.end(),
                                     [&](const Endpoint& ep) { return ep.address == *ip; });
     if (!served) {
-      return UsageError(StrCat("farm: --flap \"", spec, "\": the farm does not serve ",
-                               ip->ToString()));
+      return UsageError(
+          StrCat("farm: --flap \"", spec, "\": the farm does not serve ", ip->ToString()));
     }
     flaps.emplace_back(*ip, static_cast<int64_t>(ms));
   }
@@ -125,8 +127,8 @@ int RunFarm(const FarmFlags& f) {
   // An unwritable --stats is found now, not when the run is over.
   if (!stats_path.empty() && !WriteFile(stats_path, (*farm)->StatsJson())) {
     (*farm)->Stop();
-    return UsageError(StrCat("farm: --stats ", stats_path, ": cannot write: ",
-                             std::strerror(errno)));
+    return UsageError(
+        StrCat("farm: --stats ", stats_path, ": cannot write: ", std::strerror(errno)));
   }
   std::fprintf(stderr, "mxsched farm: listening on %zu address(es), pid %d, for at most %lld s\n",
                options.listen.size(), getpid(), static_cast<long long>(max_seconds));
@@ -225,8 +227,7 @@ int RunLoadCommand(LoadFlags& f) {
     o.progress = [total](int64_t done, int64_t c, int64_t d, int64_t f) {
       std::fprintf(stderr, "\r%lld/%lld sessions: %lld connected, %lld deferred, %lld failed   ",
                    static_cast<long long>(done), static_cast<long long>(total),
-                   static_cast<long long>(c), static_cast<long long>(d),
-                   static_cast<long long>(f));
+                   static_cast<long long>(c), static_cast<long long>(d), static_cast<long long>(f));
     };
   }
   // SIGINT/SIGTERM stop the run: what was measured is still reported and written, then

@@ -18,14 +18,14 @@
 #include <string_view>
 #include <vector>
 
-#include "mxsched/scheduler/config.h"
-#include "mxsched/scheduler/selector.h"
 #include "mxsched/base/strings.h"
-#include "testbed/json.h"
-#include "mxsched/version.h"
 #include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/io/resolver.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
+#include "mxsched/version.h"
+#include "testbed/json.h"
 #include "tools/commands.h"
 
 namespace mxsched::tools {
@@ -83,7 +83,8 @@ absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
                 : static_cast<const void*>(
                       &reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr);
         if (inet_ntop(ai->ai_family, addr, text, sizeof(text)) == nullptr) continue;
-        if (auto ip = IpAddress::Parse(text); ip.ok() && std::find(ips.begin(), ips.end(), *ip) == ips.end()) {
+        if (auto ip = IpAddress::Parse(text);
+            ip.ok() && std::find(ips.begin(), ips.end(), *ip) == ips.end()) {
           ips.push_back(*ip);
         }
       }
@@ -120,8 +121,8 @@ size_t ItemIndex(const std::vector<RouteItem>& items, const DomainView::Host& h)
 // The view for display: each tier's hosts in a stable order (config order, then address)
 // instead of the rotation order, which starts at a random host in every process and moves on
 // every Acquire — so no host is marked "next" the way Momentum's long-running console does.
-std::vector<std::vector<const DomainView::Host*>> StableOrder(
-    const DomainView& v, const std::vector<RouteItem>& items) {
+std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& v,
+                                                              const std::vector<RouteItem>& items) {
   std::vector<std::vector<const DomainView::Host*>> out;
   for (const auto& t : v.tiers) {
     std::vector<const DomainView::Host*> hosts;
@@ -148,9 +149,12 @@ bool IsMxTier(const std::vector<RouteItem>& items, uint32_t tier) {
 std::string_view LookupName(const RouteItem& it) {
   if (it.is_push()) return "push";
   switch (it.lookup) {
-    case RouteLookup::kLiteral: return "address";
-    case RouteLookup::kA: return "A/AAAA lookup";
-    case RouteLookup::kMx: return "MX lookup";
+    case RouteLookup::kLiteral:
+      return "address";
+    case RouteLookup::kA:
+      return "A/AAAA lookup";
+    case RouteLookup::kMx:
+      return "MX lookup";
   }
   return "";
 }
@@ -164,7 +168,7 @@ std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns) 
   size_t n = 0;
   for (const auto& t : v.tiers) {
     for (const auto& h : t.hosts) {
-      if (it.address ? *it.address == h.endpoint.address
+      if (it.address                     ? *it.address == h.endpoint.address
           : it.lookup == RouteLookup::kA ? h.name == it.host
                                          : t.tier == it.tier) {
         ++n;
@@ -203,9 +207,8 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
   // The domain is the command line's, valid or not (an invalid one is reported, not refused):
   // escaped so "\e[31m" is shown, not obeyed, and long enough for any real name (253).
   std::printf("%s: %s, %zu tier(s), %zu host(s), TTL %llds, active %d/%s\n",
-              EchoForError(v.domain, 256).c_str(),
-              std::string(RouteStateName(v.state)).c_str(), v.tiers.size(), hosts,
-              static_cast<long long>(v.ttl_left_s), v.active,
+              EchoForError(v.domain, 256).c_str(), std::string(RouteStateName(v.state)).c_str(),
+              v.tiers.size(), hosts, static_cast<long long>(v.ttl_left_s), v.active,
               v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit).c_str());
   if (cluster.enabled) {
     std::string line = StrCat("  cluster-wide (all workers): domain ", CountText(cluster.domain),
@@ -218,13 +221,13 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
   for (const RouteItem& it : items) {
     std::printf("    %-32s %-5s %-14s tier %-5u %s\n", it.text.c_str(),
                 std::string(RouteSchemeName(it.scheme)).c_str(),
-                std::string(LookupName(it)).c_str(), it.tier,
-                ItemStatus(it, v, have_dns).c_str());
+                std::string(LookupName(it)).c_str(), it.tier, ItemStatus(it, v, have_dns).c_str());
   }
   const auto shown = StableOrder(v, items);
   if (hosts > 0) {
-    std::printf("  hosts (a tier's hosts share its connections in turn; "
-                "* failed, waiting to retry):\n");
+    std::printf(
+        "  hosts (a tier's hosts share its connections in turn; "
+        "* failed, waiting to retry):\n");
   }
   for (size_t t = 0; t < v.tiers.size(); ++t) {
     const DomainView::Tier& tier = v.tiers[t];
@@ -261,8 +264,8 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
   }
 }
 
-nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items,
-                      bool have_dns, const ClusterCounts& cluster) {
+nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items, bool have_dns,
+                      const ClusterCounts& cluster) {
   nlohmann::json item_json = nlohmann::json::array();
   for (const RouteItem& it : items) {
     item_json.push_back({{"item", it.text},
@@ -277,25 +280,25 @@ nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items,
     nlohmann::json hosts = nlohmann::json::array();
     for (const DomainView::Host* hp : shown[t]) {
       const DomainView::Host& h = *hp;
-      hosts.push_back({{"name", h.name},
-                       {"address", h.endpoint.address.ToString()},
-                       {"port", h.endpoint.port},
-                       {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
-                       {"active", h.active},
-                       {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
-                                              ? nlohmann::json(HostClusterCount(cluster, h))
-                                              : nlohmann::json(nullptr)},
-                       {"reachable", h.reachable},
-                       {"seconds_since_failure", h.seconds_since_failure},
-                       {"consecutive_failures", h.consecutive_failures},
-                       {"configured_limit", h.configured_limit == kUnlimited
-                                                ? int64_t{-1}
-                                                : int64_t{h.configured_limit}},
-                       {"limit_moved", h.limit_moved},
-                       {"busy_replies", h.busy_replies},
-                       {"provider", h.group},
-                       {"provider_limit", h.group_limit},
-                       {"provider_active", h.group_active}});
+      hosts.push_back(
+          {{"name", h.name},
+           {"address", h.endpoint.address.ToString()},
+           {"port", h.endpoint.port},
+           {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
+           {"active", h.active},
+           {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
+                                  ? nlohmann::json(HostClusterCount(cluster, h))
+                                  : nlohmann::json(nullptr)},
+           {"reachable", h.reachable},
+           {"seconds_since_failure", h.seconds_since_failure},
+           {"consecutive_failures", h.consecutive_failures},
+           {"configured_limit",
+            h.configured_limit == kUnlimited ? int64_t{-1} : int64_t{h.configured_limit}},
+           {"limit_moved", h.limit_moved},
+           {"busy_replies", h.busy_replies},
+           {"provider", h.group},
+           {"provider_limit", h.group_limit},
+           {"provider_active", h.group_active}});
     }
     const DomainView::Tier& tier = v.tiers[t];
     tiers.push_back({{"tier", tier.tier},
@@ -440,10 +443,11 @@ CommandRun SetUpRouteCommand(CLI::App& sub) {
 
 int main(int argc, char** argv) {
   namespace t = mxsched::tools;
-  CLI::App app{"mxsched: outbound SMTP connection scheduler - inspect routes, run load and "
-               "stress tests.\nExit status: 0 success, 1 the command ran and found a problem, "
-               "2 usage or configuration error.",
-               "mxsched"};
+  CLI::App app{
+      "mxsched: outbound SMTP connection scheduler - inspect routes, run load and "
+      "stress tests.\nExit status: 0 success, 1 the command ran and found a problem, "
+      "2 usage or configuration error.",
+      "mxsched"};
   app.set_version_flag("--version", "mxsched " MXSCHED_VERSION_STRING);
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();

@@ -198,8 +198,7 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
     for (std::string& l : lines) l = Fit(l, width);
     return lines;
   }
-  const double dt =
-      before ? std::chrono::duration<double>(now->at - before->at).count() : 0.0;
+  const double dt = before ? std::chrono::duration<double>(now->at - before->at).count() : 0.0;
   auto rate = [&](const std::map<std::string, double>& cur,
                   const std::map<std::string, double>& prev, const std::string& key) {
     if (dt <= 0) return 0.0;
@@ -252,8 +251,7 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
   const size_t room = height > lines.size() + 1 ? height - lines.size() - 1 : 0;
   for (size_t i = 0; i < rows.size() && i < room; ++i) {
     const HostRow& h = rows[i];
-    std::string line = Pad(h.host, 24) +
-                       Pad(StrCat(Num(h.active), "/", Num(h.limit)), 13, true) +
+    std::string line = Pad(h.host, 24) + Pad(StrCat(Num(h.active), "/", Num(h.limit)), 13, true) +
                        Pad(Num(h.connected_rate, 1), 9, true);
     if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
     if (show_state) {

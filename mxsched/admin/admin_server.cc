@@ -25,8 +25,8 @@ int Reply(mg_connection* conn, int status, std::string_view content_type, std::s
   mg_printf(conn,
             "HTTP/1.1 %d %s\r\nContent-Type: %.*s\r\nContent-Length: %zu\r\n"
             "Cache-Control: no-store\r\n%.*sConnection: close\r\n\r\n",
-            status, reason, static_cast<int>(content_type.size()), content_type.data(),
-            body.size(), static_cast<int>(extra_headers.size()), extra_headers.data());
+            status, reason, static_cast<int>(content_type.size()), content_type.data(), body.size(),
+            static_cast<int>(extra_headers.size()), extra_headers.data());
   mg_write(conn, body.data(), body.size());
   return status;
 }
@@ -95,11 +95,16 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(Selector* select
   std::unique_ptr<AdminServer> server(new AdminServer(selector, dns));
   const std::string threads = std::to_string(options.threads);
   const std::string max_request = std::to_string(options.max_request_bytes);
-  const char* mg_options[] = {"listening_ports",   options.listen.c_str(),
-                              "num_threads",       threads.c_str(),
-                              "max_request_size",  max_request.c_str(),
-                              "request_timeout_ms", "10000",
-                              "enable_keep_alive", "no",
+  const char* mg_options[] = {"listening_ports",
+                              options.listen.c_str(),
+                              "num_threads",
+                              threads.c_str(),
+                              "max_request_size",
+                              max_request.c_str(),
+                              "request_timeout_ms",
+                              "10000",
+                              "enable_keep_alive",
+                              "no",
                               nullptr};
   mg_callbacks callbacks{};
   // CivetWeb would print start-up errors to stderr; they are returned in the status instead.
@@ -212,9 +217,9 @@ int AdminServer::Dispatch(mg_connection* conn) {
   if (!selector_->RefreshDomain(*normalized)) {
     return Error(conn, 404, StrCat(*normalized, " is not resident (no route yet)"));
   }
-  return ReplyJson(conn, 200,
-                   {{"refreshed", *normalized},
-                    {"route", DomainViewJson(selector_->Describe(*normalized))}});
+  return ReplyJson(
+      conn, 200,
+      {{"refreshed", *normalized}, {"route", DomainViewJson(selector_->Describe(*normalized))}});
 }
 
 }  // namespace mxsched::admin

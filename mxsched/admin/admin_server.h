@@ -56,8 +56,7 @@ struct AdminOptions {
 class AdminServer {
  public:
   // Starts listening. Errors name the address and what went wrong.
-  static absl::StatusOr<std::unique_ptr<AdminServer>> Start(Selector* selector,
-                                                            io::DnsCache* dns,
+  static absl::StatusOr<std::unique_ptr<AdminServer>> Start(Selector* selector, io::DnsCache* dns,
                                                             const AdminOptions& options = {});
   ~AdminServer();
   AdminServer(const AdminServer&) = delete;

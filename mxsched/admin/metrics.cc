@@ -59,17 +59,18 @@ ClientMetric Histogram(const std::array<uint64_t, N>& counts, const std::array<i
 constexpr char kConfiguredHelp[] =
     "Per-destination connection limit as configured (+Inf: unlimited); the effective limit "
     "is lower while busy replies hold it down.";
-constexpr char kBusyHelp[] = "Busy replies (421 too many connections and the like) from the "
-                             "destination.";
+constexpr char kBusyHelp[] =
+    "Busy replies (421 too many connections and the like) from the "
+    "destination.";
 
 // Provider limits (`Host "*.pattern"` stanzas): one series per configured pattern.
 void AddProviderFamilies(Selector& selector, std::vector<MetricFamily>& out) {
-  MetricFamily active = Family("mxsched_provider_active_connections",
-                               "Connections held on every host of a provider pattern.",
-                               MetricType::Gauge, 4);
-  MetricFamily limit = Family("mxsched_provider_connection_limit",
-                              "Connection limit shared by the hosts of a provider pattern.",
-                              MetricType::Gauge, 4);
+  MetricFamily active =
+      Family("mxsched_provider_active_connections",
+             "Connections held on every host of a provider pattern.", MetricType::Gauge, 4);
+  MetricFamily limit =
+      Family("mxsched_provider_connection_limit",
+             "Connection limit shared by the hosts of a provider pattern.", MetricType::Gauge, 4);
   selector.registry().ForEachGroup([&](const LimitGroup& g) {
     active.metric.push_back(Value(MetricType::Gauge, g.active(), {{"provider", g.pattern()}}));
     limit.metric.push_back(Value(MetricType::Gauge, g.limit(), {{"provider", g.pattern()}}));
@@ -82,12 +83,12 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   const std::vector<const HostState*> hosts = selector.registry().Snapshot();
   const int64_t now = selector.clock().NowNanos();
   const size_t n = hosts.size();
-  MetricFamily active = Family("mxsched_host_active_connections",
-                               "Connection leases held on the destination now.",
-                               MetricType::Gauge, n);
-  MetricFamily limit = Family("mxsched_host_connection_limit",
-                              "Effective per-destination connection limit (+Inf: unlimited).",
-                              MetricType::Gauge, n);
+  MetricFamily active =
+      Family("mxsched_host_active_connections", "Connection leases held on the destination now.",
+             MetricType::Gauge, n);
+  MetricFamily limit =
+      Family("mxsched_host_connection_limit",
+             "Effective per-destination connection limit (+Inf: unlimited).", MetricType::Gauge, n);
   MetricFamily reachable =
       Family("mxsched_host_reachable",
              "1 if a new connection may go to the destination, 0 while it is marked failed.",
@@ -95,19 +96,18 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   MetricFamily failures = Family("mxsched_host_consecutive_failures",
                                  "Connection failures on the destination since its last success.",
                                  MetricType::Gauge, n);
-  MetricFamily retry = Family("mxsched_host_retry_after_seconds",
-                              "Seconds until a failed destination gets its half-open probe.",
-                              MetricType::Gauge, n);
-  MetricFamily outcomes = Family("mxsched_host_connections_total",
-                                 "Connection outcomes reported on the destination.",
-                                 MetricType::Counter, n * kOutcomeKinds);
-  MetricFamily configured = Family("mxsched_host_configured_connection_limit",
-                                   kConfiguredHelp, MetricType::Gauge, n);
+  MetricFamily retry =
+      Family("mxsched_host_retry_after_seconds",
+             "Seconds until a failed destination gets its half-open probe.", MetricType::Gauge, n);
+  MetricFamily outcomes =
+      Family("mxsched_host_connections_total", "Connection outcomes reported on the destination.",
+             MetricType::Counter, n * kOutcomeKinds);
+  MetricFamily configured =
+      Family("mxsched_host_configured_connection_limit", kConfiguredHelp, MetricType::Gauge, n);
   MetricFamily busy = Family("mxsched_host_busy_replies_total", kBusyHelp, MetricType::Counter, n);
-  MetricFamily latency =
-      Family("mxsched_host_connect_duration_seconds",
-             "Time from Acquire to a 2xx greeting, successful connections only.",
-             MetricType::Histogram, n);
+  MetricFamily latency = Family("mxsched_host_connect_duration_seconds",
+                                "Time from Acquire to a 2xx greeting, successful connections only.",
+                                MetricType::Histogram, n);
   for (const HostState* h : hosts) {
     std::vector<ClientMetric::Label> labels{{"host", h->endpoint().ToString()}, {"mx", h->name()}};
     active.metric.push_back(Value(MetricType::Gauge, h->active(), labels));
@@ -134,12 +134,12 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
     latency.metric.push_back(
         Histogram(lc.buckets, kConnectLatencyBoundsNanos, lc.sum_nanos, std::move(labels)));
   }
-  for (MetricFamily* f : {&active, &limit, &configured, &busy, &reachable, &failures, &retry,
-                          &outcomes, &latency}) {
+  for (MetricFamily* f :
+       {&active, &limit, &configured, &busy, &reachable, &failures, &retry, &outcomes, &latency}) {
     out.push_back(std::move(*f));
   }
-  MetricFamily count = Family("mxsched_hosts", "Destinations known to the host registry.",
-                              MetricType::Gauge, 1);
+  MetricFamily count =
+      Family("mxsched_hosts", "Destinations known to the host registry.", MetricType::Gauge, 1);
   count.metric.push_back(Value(MetricType::Gauge, static_cast<double>(n)));
   out.push_back(std::move(count));
   AddProviderFamilies(selector, out);
@@ -150,13 +150,12 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   MetricFamily server = Family("mxsched_server_active_connections",
                                "Connection leases held against server_max_outbound_connections.",
                                MetricType::Gauge, 1);
-  server.metric.push_back(
-      Value(MetricType::Gauge, static_cast<double>(selector.server_active())));
+  server.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.server_active())));
   out.push_back(std::move(server));
 
-  MetricFamily deferrals = Family("mxsched_acquire_deferrals_total",
-                                  "Acquire answers that were deferrals, by reason.",
-                                  MetricType::Counter, kDeferReasons);
+  MetricFamily deferrals =
+      Family("mxsched_acquire_deferrals_total", "Acquire answers that were deferrals, by reason.",
+             MetricType::Counter, kDeferReasons);
   for (size_t r = 0; r < kDeferReasons; ++r) {
     deferrals.metric.push_back(
         Value(MetricType::Counter, static_cast<double>(t.deferrals[r]),
@@ -164,9 +163,8 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   }
   out.push_back(std::move(deferrals));
 
-  MetricFamily sessions = Family("mxsched_sessions_total",
-                                 "Connector sessions ended, by result.", MetricType::Counter,
-                                 kSessionResults);
+  MetricFamily sessions = Family("mxsched_sessions_total", "Connector sessions ended, by result.",
+                                 MetricType::Counter, kSessionResults);
   for (size_t r = 0; r < kSessionResults; ++r) {
     sessions.metric.push_back(Value(
         MetricType::Counter, static_cast<double>(t.sessions[r]),
@@ -186,8 +184,9 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   wait.metric.push_back(Histogram(t.wait_buckets, kWaitBoundsNanos, t.wait_sum_nanos));
   out.push_back(std::move(wait));
 
-  MetricFamily domains = Family("mxsched_domains_resident",
-                                "Domains with a route entry in the selector.", MetricType::Gauge, 1);
+  MetricFamily domains =
+      Family("mxsched_domains_resident", "Domains with a route entry in the selector.",
+             MetricType::Gauge, 1);
   domains.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.domain_count())));
   out.push_back(std::move(domains));
 }
@@ -202,12 +201,12 @@ void AddDnsFamilies(const io::DnsCache& dns, std::vector<MetricFamily>& out) {
   lookups.metric.push_back(
       Value(MetricType::Counter, static_cast<double>(s.misses), {{"result", "miss"}}));
   out.push_back(std::move(lookups));
-  MetricFamily queries = Family("mxsched_dns_queries_total",
-                                "DNS queries handed to a DNS client.", MetricType::Counter, 1);
+  MetricFamily queries = Family("mxsched_dns_queries_total", "DNS queries handed to a DNS client.",
+                                MetricType::Counter, 1);
   queries.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.queries)));
   out.push_back(std::move(queries));
-  MetricFamily answers = Family("mxsched_dns_answers_total", "DNS answers stored, by result.",
-                                MetricType::Counter, 4);
+  MetricFamily answers =
+      Family("mxsched_dns_answers_total", "DNS answers stored, by result.", MetricType::Counter, 4);
   const std::pair<const char*, uint64_t> results[] = {{"ok", s.answers_ok},
                                                       {"nodata", s.answers_nodata},
                                                       {"nxdomain", s.answers_nxdomain},
@@ -217,9 +216,9 @@ void AddDnsFamilies(const io::DnsCache& dns, std::vector<MetricFamily>& out) {
         Value(MetricType::Counter, static_cast<double>(value), {{"result", name}}));
   }
   out.push_back(std::move(answers));
-  MetricFamily entries = Family("mxsched_dns_cache_entries",
-                                "Names and record types held in the DNS cache.",
-                                MetricType::Gauge, 1);
+  MetricFamily entries =
+      Family("mxsched_dns_cache_entries", "Names and record types held in the DNS cache.",
+             MetricType::Gauge, 1);
   entries.metric.push_back(Value(MetricType::Gauge, static_cast<double>(s.entries)));
   out.push_back(std::move(entries));
 }

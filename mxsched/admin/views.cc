@@ -33,12 +33,9 @@ nlohmann::json DomainViewJson(const DomainView& v) {
     }
     tiers.push_back({{"tier", t.tier}, {"mx_pref", t.mx_pref}, {"hosts", std::move(hosts)}});
   }
-  return {{"domain", v.domain},
-          {"state", RouteStateName(v.state)},
-          {"detail", v.detail},
-          {"ttl_left_s", v.ttl_left_s},
-          {"active", v.active},
-          {"limit", LimitJson(v.limit)},
+  return {{"domain", v.domain},       {"state", RouteStateName(v.state)},
+          {"detail", v.detail},       {"ttl_left_s", v.ttl_left_s},
+          {"active", v.active},       {"limit", LimitJson(v.limit)},
           {"tiers", std::move(tiers)}};
 }
 
@@ -66,20 +63,20 @@ nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos) {
     }
     const int64_t until = h->failed_until();
     const int64_t last = h->last_failure();
-    out.push_back({{"host", h->endpoint().ToString()},
-                   {"address", h->endpoint().address.ToString()},
-                   {"port", h->endpoint().port},
-                   {"name", h->name()},
-                   {"active", active},
-                   {"limit", LimitJson(h->limit())},
-                   {"peak", h->peak()},
-                   {"state", HostStateName(*h, now_nanos)},
-                   {"consecutive_failures", h->consecutive_failures()},
-                   {"seconds_since_failure", last ? (now_nanos - last) / kNanosPerSecond : -1},
-                   {"retry_in_s", until > now_nanos
-                                      ? (until - now_nanos + kNanosPerSecond - 1) / kNanosPerSecond
-                                      : 0},
-                   {"connections", std::move(connections)}});
+    out.push_back(
+        {{"host", h->endpoint().ToString()},
+         {"address", h->endpoint().address.ToString()},
+         {"port", h->endpoint().port},
+         {"name", h->name()},
+         {"active", active},
+         {"limit", LimitJson(h->limit())},
+         {"peak", h->peak()},
+         {"state", HostStateName(*h, now_nanos)},
+         {"consecutive_failures", h->consecutive_failures()},
+         {"seconds_since_failure", last ? (now_nanos - last) / kNanosPerSecond : -1},
+         {"retry_in_s",
+          until > now_nanos ? (until - now_nanos + kNanosPerSecond - 1) / kNanosPerSecond : 0},
+         {"connections", std::move(connections)}});
   }
   return out;
 }

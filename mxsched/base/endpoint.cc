@@ -1,11 +1,10 @@
 #include "mxsched/base/endpoint.h"
 
-#include "mxsched/base/strings.h"
 #include <arpa/inet.h>
+#include "mxsched/base/strings.h"
 
 #include <algorithm>
 #include <cstring>
-
 
 namespace mxsched {
 
@@ -113,22 +112,23 @@ absl::StatusOr<Cidr> Cidr::Parse(std::string_view text) {
   }
   auto ip = IpAddress::Parse(addr);
   if (!ip.ok()) {
-    return absl::InvalidArgumentError(
-        StrCat("not a CIDR \"", EchoForError(text), "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
+    return absl::InvalidArgumentError(StrCat("not a CIDR \"", EchoForError(text),
+                                             "\" (want ADDRESS[/BITS], IPv6 without brackets)"));
   }
   if (ip->is_v4() && addr.find(':') != std::string_view::npos && prefix >= 0) {
     // Written as IPv4-mapped: judged as the IPv4 range it maps.
     if (prefix <= 96) {
-      return absl::InvalidArgumentError(StrCat(
-          "CIDR \"", EchoForError(text), "\" covers all of IPv4: IPv4-mapped addresses are judged as IPv4, "
-          "so write IPv4 ranges"));
+      return absl::InvalidArgumentError(
+          StrCat("CIDR \"", EchoForError(text),
+                 "\" covers all of IPv4: IPv4-mapped addresses are judged as IPv4, "
+                 "so write IPv4 ranges"));
     }
     prefix -= 96;
   }
   if (prefix < 0) prefix = ip->bit_length();
   if (prefix > ip->bit_length()) {
-    return absl::InvalidArgumentError(StrCat("prefix /", prefix, " too long for \"",
-                                             EchoForError(text), "\""));
+    return absl::InvalidArgumentError(
+        StrCat("prefix /", prefix, " too long for \"", EchoForError(text), "\""));
   }
   Cidr c;
   c.base_ = *ip;

@@ -12,8 +12,8 @@ std::string RedisAddress::ToString() const {
 
 absl::StatusOr<RedisAddress> ParseRedisUrl(std::string_view url) {
   auto bad = [&](std::string_view why) {
-    return absl::InvalidArgumentError(StrCat("Redis URL \"", EchoForError(url), "\": ", why,
-                                             " (want redis://HOST:PORT[/DB])"));
+    return absl::InvalidArgumentError(
+        StrCat("Redis URL \"", EchoForError(url), "\": ", why, " (want redis://HOST:PORT[/DB])"));
   };
   constexpr std::string_view kScheme = "redis://";
   if (url.substr(0, kScheme.size()) != kScheme) return bad("must start with redis://");

@@ -111,12 +111,24 @@ std::string EchoForError(std::string_view s, size_t max) {
     char32_t cp = 0;
     unit.clear();
     switch (c) {
-      case '\\': unit = "\\\\"; break;
-      case '"': unit = "\\\""; break;
-      case '\n': unit = "\\n"; break;
-      case '\r': unit = "\\r"; break;
-      case '\t': unit = "\\t"; break;
-      case 0x1B: unit = "\\e"; break;
+      case '\\':
+        unit = "\\\\";
+        break;
+      case '"':
+        unit = "\\\"";
+        break;
+      case '\n':
+        unit = "\\n";
+        break;
+      case '\r':
+        unit = "\\r";
+        break;
+      case '\t':
+        unit = "\\t";
+        break;
+      case 0x1B:
+        unit = "\\e";
+        break;
       default:
         if (c >= 0x20 && c < 0x7F) {
           unit.push_back(static_cast<char>(c));

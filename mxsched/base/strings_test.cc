@@ -12,8 +12,8 @@ namespace {
 TEST(Strings, StrCatFormatsEveryArgumentKind) {
   const std::string s = "str";
   EXPECT_EQ(StrCat("a", std::string_view("b"), s, absl::string_view("c"), 'd'), "abstrcd");
-  EXPECT_EQ(StrCat(int8_t{-5}, " ", uint16_t{65535}, " ", std::numeric_limits<int64_t>::min(),
-                   " ", std::numeric_limits<uint64_t>::max()),
+  EXPECT_EQ(StrCat(int8_t{-5}, " ", uint16_t{65535}, " ", std::numeric_limits<int64_t>::min(), " ",
+                   std::numeric_limits<uint64_t>::max()),
             "-5 65535 -9223372036854775808 18446744073709551615");
   EXPECT_EQ(StrCat(1.005, " ", 2.0, " ", -0.5), "1.00 2.00 -0.50") << "two decimals, fixed";
   EXPECT_EQ(StrCat(), "");
@@ -45,8 +45,8 @@ TEST(Strings, ParseUintTakesDecimalDigitsOnly) {
   EXPECT_EQ(n, 0u);
   EXPECT_TRUE(ParseUint("18446744073709551615", &n));
   EXPECT_EQ(n, std::numeric_limits<uint64_t>::max());
-  for (std::string_view bad : {"", "18446744073709551616", "-1", "+1", " 1", "1 ", "0x10", "1e3",
-                               "١"}) {
+  for (std::string_view bad :
+       {"", "18446744073709551616", "-1", "+1", " 1", "1 ", "0x10", "1e3", "١"}) {
     EXPECT_FALSE(ParseUint(bad, &n)) << "\"" << bad << "\"";
   }
 }
@@ -79,9 +79,18 @@ TEST(Strings, EchoForErrorKeepsWellFormedUtf8AndEscapesTheRest) {
   EXPECT_EQ(EchoForError("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x93\xa7"),
             "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x93\xa7")
       << "printable UTF-8 is readable as it is";
-  EXPECT_EQ(EchoForError("\xc2\x9b" "31m"), "\\xc2\\x9b31m") << "U+009B is CSI on a terminal";
-  EXPECT_EQ(EchoForError("\x9b" "31m"), "\\x9b31m") << "a bare C1 byte is malformed UTF-8";
-  EXPECT_EQ(EchoForError("a\xe2\x80\xae" "b"), "a\\xe2\\x80\\xaeb") << "U+202E reorders text";
+  EXPECT_EQ(EchoForError("\xc2\x9b"
+                         "31m"),
+            "\\xc2\\x9b31m")
+      << "U+009B is CSI on a terminal";
+  EXPECT_EQ(EchoForError("\x9b"
+                         "31m"),
+            "\\x9b31m")
+      << "a bare C1 byte is malformed UTF-8";
+  EXPECT_EQ(EchoForError("a\xe2\x80\xae"
+                         "b"),
+            "a\\xe2\\x80\\xaeb")
+      << "U+202E reorders text";
   EXPECT_EQ(EchoForError("\xff\xfe"), "\\xff\\xfe");
   EXPECT_EQ(EchoForError("\xc0\xaf"), "\\xc0\\xaf") << "overlong '/'";
   EXPECT_EQ(EchoForError("\xed\xa0\x80"), "\\xed\\xa0\\x80") << "a surrogate";

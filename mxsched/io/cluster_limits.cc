@@ -206,9 +206,12 @@ absl::Status ReplyStatus(const absl::StatusOr<RedisReply>& r) {
 
 std::string_view ClusterFailureModeName(ClusterFailureMode m) {
   switch (m) {
-    case ClusterFailureMode::kShare: return "share";
-    case ClusterFailureMode::kClosed: return "closed";
-    case ClusterFailureMode::kOpen: return "open";
+    case ClusterFailureMode::kShare:
+      return "share";
+    case ClusterFailureMode::kClosed:
+      return "closed";
+    case ClusterFailureMode::kOpen:
+      return "open";
   }
   return "?";
 }
@@ -228,8 +231,7 @@ absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Con
   } else if (config.cluster_failure_mode == "share") {
     o.failure_mode = ClusterFailureMode::kShare;
   } else {
-    return absl::InvalidArgumentError(StrCat("cluster_failure_mode \"",
-                                             config.cluster_failure_mode,
+    return absl::InvalidArgumentError(StrCat("cluster_failure_mode \"", config.cluster_failure_mode,
                                              "\" unknown (expected share, closed or open)"));
   }
   return std::optional<ClusterOptions>(std::move(o));
@@ -239,7 +241,8 @@ absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Con
 // ClusterLimits
 
 ClusterLimits::ClusterLimits(ClusterOptions options)
-    : options_(std::move(options)), tag_(StrCat("{", options_.name, "}")),
+    : options_(std::move(options)),
+      tag_(StrCat("{", options_.name, "}")),
       worker_id_(RandomHex()) {}
 
 std::string ClusterLimits::NewClientId() {
@@ -310,8 +313,7 @@ void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_
     if (!fleet_back && NowNanos() < rejoin_deadline_) return;
   }
   ClusterMode expected = ClusterMode::kRejoining;
-  if (!mode_.compare_exchange_strong(expected, ClusterMode::kNormal,
-                                     std::memory_order_acq_rel)) {
+  if (!mode_.compare_exchange_strong(expected, ClusterMode::kNormal, std::memory_order_acq_rel)) {
     return;
   }
   stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
@@ -330,8 +332,7 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
   // since we started): assume the worst, the floor of 1.
   const int64_t mine = std::max<int64_t>(1, my_clients_.load(std::memory_order_relaxed));
   const int64_t all = share_clients_ > 0 ? share_clients_ : INT32_MAX;
-  const bool fresh =
-      NowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
+  const bool fresh = NowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
   for (const ClusterKey& k : keys) {
     const KeyHolding& h = held_[k.key];
     int64_t allowed = k.limit;
@@ -400,7 +401,9 @@ enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3
 }  // namespace
 
 ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, bool worker)
-    : loop_(loop), limits_(std::move(limits)), client_id_(limits_->NewClientId()),
+    : loop_(loop),
+      limits_(std::move(limits)),
+      client_id_(limits_->NewClientId()),
       cmd_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}),
       sub_(loop, RedisOptions{limits_->options().redis, limits_->options().timeout_ms}) {
   shas_.resize(std::size(kScripts));
@@ -483,7 +486,8 @@ void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
   bool reserved = false;
   if (limits_->rejoining() && limits_->options().failure_mode != ClusterFailureMode::kOpen) {
     // Redis may not know the others' connections yet: the share holds as well (header).
-    if (!limits_->TryTakeLocal(keys)) return LocalFull(id, std::move(keys), waiter, std::move(done));
+    if (!limits_->TryTakeLocal(keys))
+      return LocalFull(id, std::move(keys), waiter, std::move(done));
     reserved = true;
   }
   Decide(id, std::move(keys), waiter, reserved, std::move(done));
@@ -700,8 +704,7 @@ void ClusterClient::Refresh() {
          const int64_t clients = r->elements[2].integer;
          limits_->SetLive(r->elements[0].integer, clients);
          limits_->stats().refreshes.fetch_add(1, std::memory_order_relaxed);
-         limits_->stats().reregistered.fetch_add(r->elements[1].integer,
-                                                 std::memory_order_relaxed);
+         limits_->stats().reregistered.fetch_add(r->elements[1].integer, std::memory_order_relaxed);
          if (limits_->degraded()) {
            limits_->BeginRejoin(r->elements[4].integer);
            seen_epoch_ = limits_->recovery_epoch();

@@ -14,10 +14,10 @@
 // Protocol (all keys hash-tagged `{cluster_name}`, so every script call stays in one Redis
 // Cluster slot): the workers set {name}:workers has one member per ClusterClient
 // ("WORKER.N", score the Redis time of its last heartbeat, negated while the client has not
-// re-registered its leases after an outage); per limit key K a ZSET K of leases (member lease id, score expiry in ms of
-// the Redis server's clock, TIME inside the scripts), a ZSET K:w of waiters (score = when
-// they started waiting: the order slots are handed out in) and K:wx (their expiry). Acquire,
-// release and refresh are Lua scripts run by EVALSHA (EVAL when Redis answers NOSCRIPT,
+// re-registered its leases after an outage); per limit key K a ZSET K of leases (member lease id,
+// score expiry in ms of the Redis server's clock, TIME inside the scripts), a ZSET K:w of waiters
+// (score = when they started waiting: the order slots are handed out in) and K:wx (their expiry).
+// Acquire, release and refresh are Lua scripts run by EVALSHA (EVAL when Redis answers NOSCRIPT,
 // e.g. after a restart). A release publishes only when K has waiters, to the channel of the
 // client owning the longest waiter (CLUSTER_NAME:wake:CLIENT), naming that waiter; idle
 // keys cost no pub/sub traffic. Waiters also re-check every recheck_ms (≤ 1 s), so a lost
@@ -76,8 +76,8 @@ struct ClusterOptions {
   std::string name = "mxsched";
   int lease_seconds = 30;  // a dead worker's slots come back within this
   ClusterFailureMode failure_mode = ClusterFailureMode::kShare;
-  int timeout_ms = 1000;   // per Redis command
-  int recheck_ms = 1000;   // waiters look again at least this often
+  int timeout_ms = 1000;     // per Redis command
+  int recheck_ms = 1000;     // waiters look again at least this often
   int waiter_ttl_ms = 3000;  // a waiter not seen for this long is dropped from the queue
 };
 
@@ -142,17 +142,17 @@ class ClusterLimits {
   void AddClient(int delta) { my_clients_.fetch_add(delta, std::memory_order_relaxed); }
 
   struct Stats {
-    std::atomic<int64_t> leases{0};          // slots taken (through Redis or locally)
-    std::atomic<int64_t> local_leases{0};    // ... of which decided locally (degraded)
-    std::atomic<int64_t> waits{0};           // times a session waited at a cluster limit
-    std::atomic<int64_t> wait_nanos{0};      // total time spent waiting
-    std::atomic<int64_t> wakeups{0};         // waits ended by a release's publish
-    std::atomic<int64_t> refreshes{0};       // refresh calls (each renews all of a client's)
-    std::atomic<int64_t> reregistered{0};    // leases Redis had lost, added back by refresh
-    std::atomic<int64_t> redis_errors{0};    // failed or timed-out Redis calls
-    std::atomic<int64_t> noscript{0};        // NOSCRIPT answers (script cache lost)
-    std::atomic<int64_t> mode_switches{0};   // normal -> degraded and back
-    std::atomic<int64_t> commands{0};        // commands sent to Redis
+    std::atomic<int64_t> leases{0};         // slots taken (through Redis or locally)
+    std::atomic<int64_t> local_leases{0};   // ... of which decided locally (degraded)
+    std::atomic<int64_t> waits{0};          // times a session waited at a cluster limit
+    std::atomic<int64_t> wait_nanos{0};     // total time spent waiting
+    std::atomic<int64_t> wakeups{0};        // waits ended by a release's publish
+    std::atomic<int64_t> refreshes{0};      // refresh calls (each renews all of a client's)
+    std::atomic<int64_t> reregistered{0};   // leases Redis had lost, added back by refresh
+    std::atomic<int64_t> redis_errors{0};   // failed or timed-out Redis calls
+    std::atomic<int64_t> noscript{0};       // NOSCRIPT answers (script cache lost)
+    std::atomic<int64_t> mode_switches{0};  // normal -> degraded and back
+    std::atomic<int64_t> commands{0};       // commands sent to Redis
   };
   Stats& stats() { return stats_; }
   const Stats& stats() const { return stats_; }
@@ -173,7 +173,7 @@ class ClusterLimits {
   std::atomic<int64_t> my_clients_{0};
   mutable Mutex mu_;
   int64_t degraded_since_ ABSL_GUARDED_BY(mu_) = 0;   // steady nanos of the switch
-  int64_t share_clients_ ABSL_GUARDED_BY(mu_) = 0;   // live clients at the switch
+  int64_t share_clients_ ABSL_GUARDED_BY(mu_) = 0;    // live clients at the switch
   int64_t rejoin_since_ms_ ABSL_GUARDED_BY(mu_) = 0;  // Redis clock
   int64_t rejoin_deadline_ ABSL_GUARDED_BY(mu_) = 0;  // steady nanos
   absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
@@ -213,7 +213,7 @@ class ClusterClient {
   enum class Verdict : uint8_t { kGranted, kFull, kClosed };
   struct Result {
     Verdict verdict;
-    ClusterLease lease;  // kGranted
+    ClusterLease lease;      // kGranted
     uint32_t full_mask = 0;  // kFull via Redis: bit i set when keys[i] was full
   };
   using Done = std::function<void(Result)>;
@@ -260,7 +260,7 @@ class ClusterClient {
     std::vector<ClusterKey> queued;   // keys whose Redis queue holds this id
     int64_t since = 0;  // first found full (0: not waiting); the order of local wake-ups
     int64_t recheck_at = 0;
-    bool local = false;               // degraded-mode wait (no Redis queue)
+    bool local = false;  // degraded-mode wait (no Redis queue)
   };
   struct Script;
 

@@ -8,16 +8,19 @@
 #include <chrono>
 #include <cstring>
 
-#include "mxsched/io/greeting.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/greeting.h"
 
 namespace mxsched::io {
 
 std::string_view ConnectKindName(ConnectResult::Kind k) {
   switch (k) {
-    case ConnectResult::Kind::kConnected: return "connected";
-    case ConnectResult::Kind::kDeferred: return "deferred";
-    case ConnectResult::Kind::kFailed: return "failed";
+    case ConnectResult::Kind::kConnected:
+      return "connected";
+    case ConnectResult::Kind::kDeferred:
+      return "deferred";
+    case ConnectResult::Kind::kFailed:
+      return "failed";
   }
   return "?";
 }
@@ -59,7 +62,7 @@ struct Connector::Session {
   int fd = -1;
   int attempts = 0;
   int busy_replies = 0;  // attempts answered with a busy greeting
-  int pending = 0;  // CQEs still to come for this session
+  int pending = 0;       // CQEs still to come for this session
   bool finished = false;
   bool waiting_dns = false;
   std::optional<Outcome> last_outcome;
@@ -67,7 +70,7 @@ struct Connector::Session {
   GreetingParser parser;
   Clock::time_point banner_deadline;
   Clock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
-  Millis connect_timeout{0};  // this attempt's (config, or ConnectorOptions' override)
+  Millis connect_timeout{0};        // this attempt's (config, or ConnectorOptions' override)
   Millis banner_timeout{0};
   std::optional<Clock::time_point> slot_wait_start;  // the first slot wait (statistics)
   sockaddr_storage addr{};
@@ -136,7 +139,6 @@ struct Connector::Session {
       OnSocket(s >= 0 ? s : -errno, 0);
     }
   }
-
 
   void OnSocket(int res, uint32_t) {
     --pending;
@@ -250,8 +252,8 @@ struct Connector::Session {
     if (attempts >= connector->options_.max_attempts) {
       ConnectResult r;
       r.kind = ConnectResult::Kind::kDeferred;
-      r.reason = StrCat("451 4.4.5 ", attempts, " attempt(s) met busy receivers; last: ",
-                        last_error);
+      r.reason =
+          StrCat("451 4.4.5 ", attempts, " attempt(s) met busy receivers; last: ", last_error);
       r.last_outcome = Outcome::kBusy;
       return Finish(std::move(r));
     }
@@ -288,8 +290,8 @@ struct Connector::Session {
   std::string cluster_id;
   ClusterLease cluster_lease;
   std::vector<Endpoint> cluster_full_hosts;  // hosts the fleet had full, this session
-  bool cluster_queue = false;    // next acquire joins the queue (waits) if full
-  bool cluster_waiting = false;  // queued, to be woken by the ClusterClient
+  bool cluster_queue = false;                // next acquire joins the queue (waits) if full
+  bool cluster_waiting = false;              // queued, to be woken by the ClusterClient
   static constexpr size_t kClusterHostTries = 3;
 
   bool MayWait() const { return connector->options_.slot_wait_ms > 0 && !slot_wait_expired; }
@@ -305,12 +307,13 @@ struct Connector::Session {
       keys.push_back({cc->limits().HostKey(lease.endpoint()), host_limit});
       has_host_key = true;
     }
-    const int32_t domain_limit = connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
+    const int32_t domain_limit =
+        connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
     if (domain_limit != kUnlimited) keys.push_back({cc->limits().DomainKey(domain), domain_limit});
     if (keys.empty()) return Open();
     const Endpoint endpoint = lease.endpoint();
-    const bool seen = std::find(cluster_full_hosts.begin(), cluster_full_hosts.end(),
-                                endpoint) != cluster_full_hosts.end();
+    const bool seen = std::find(cluster_full_hosts.begin(), cluster_full_hosts.end(), endpoint) !=
+                      cluster_full_hosts.end();
     ClusterWaiter* w = MayWait() && (cluster_queue || seen) ? &cluster_waiter : nullptr;
     ++pending;
     cc->Acquire(cluster_id, std::move(keys), w,
@@ -334,8 +337,9 @@ struct Connector::Session {
       ConnectResult r;
       r.kind = ConnectResult::Kind::kDeferred;
       r.defer_reason = DeferReason::kTempFailure;
-      r.reason = "451 4.4.3 cluster limits unavailable (Redis unreachable, "
-                 "cluster_failure_mode = closed)";
+      r.reason =
+          "451 4.4.3 cluster limits unavailable (Redis unreachable, "
+          "cluster_failure_mode = closed)";
       return Finish(std::move(r));
     }
     const bool host_full = has_host_key && (res.full_mask & 1);
@@ -401,9 +405,7 @@ struct Connector::Session {
   struct Waiter : SlotWaiter {
     explicit Waiter(Session* s) : session(s) {}
     // Any thread. `lease` is the slot handed over (or invalid: re-plan with Acquire).
-    void Wake(Lease lease) override {
-      session->connector->QueueWoken(session, std::move(lease));
-    }
+    void Wake(Lease lease) override { session->connector->QueueWoken(session, std::move(lease)); }
     Session* session;
   };
   Waiter waiter{this};

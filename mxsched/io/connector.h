@@ -81,9 +81,9 @@ struct ConnectorOptions {
   int connect_timeout_ms = -1;
   int banner_timeout_ms = -1;
   int dns_wait_ms = 30000;
-  // docs/DESIGN.md §1 rule 8: when every usable host (or the domain, or the server) is at its limit, wait up
-  // to this long for a slot — handed over by the Selector, first come first served, the
-  // moment one frees (docs/DESIGN.md §5), no polling — instead of ending as deferred at once.
+  // docs/DESIGN.md §1 rule 8: when every usable host (or the domain, or the server) is at its
+  // limit, wait up to this long for a slot — handed over by the Selector, first come first served,
+  // the moment one frees (docs/DESIGN.md §5), no polling — instead of ending as deferred at once.
   // 0: defer at once.
   int slot_wait_ms = 0;
   // Cluster-wide limits (DESIGN §7), borrowed; must outlive the connector and every

@@ -18,7 +18,8 @@ class Reader {
   }
   bool U16(size_t at, uint16_t* v) const {
     if (at + 2 > m_.size()) return false;
-    *v = static_cast<uint16_t>(static_cast<uint8_t>(m_[at]) << 8 | static_cast<uint8_t>(m_[at + 1]));
+    *v =
+        static_cast<uint16_t>(static_cast<uint8_t>(m_[at]) << 8 | static_cast<uint8_t>(m_[at + 1]));
     return true;
   }
   bool U32(size_t at, uint32_t* v) const {
@@ -126,8 +127,8 @@ absl::StatusOr<DnsResponse> ParseDnsResponse(std::string_view message, std::stri
     for (const Record& rec : answers) {
       if (rec.type != kTypeCname || rec.owner != target || qtype == kTypeCname) continue;
       if (++out.cname_hops > kMaxCnameHops) {
-        return Reader::Error(rec.rdata, StrCat("CNAME chain longer than ", kMaxCnameHops,
-                                               " hops (or a loop)"));
+        return Reader::Error(
+            rec.rdata, StrCat("CNAME chain longer than ", kMaxCnameHops, " hops (or a loop)"));
       }
       size_t next;
       if (absl::Status s = r.Name(rec.rdata, &target, &next); !s.ok()) return s;

@@ -21,8 +21,9 @@ GreetingParser::State GreetingParser::Feed(std::string_view data) {
       if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       if (Line(line) != State::kNeedMore) {
         if (state_ == State::kDone && i + 1 < data.size()) {
-          return Fail("server sent data after its greeting without waiting (pipelining "
-                      "before EHLO)");
+          return Fail(
+              "server sent data after its greeting without waiting (pipelining "
+              "before EHLO)");
         }
         return state_;
       }
@@ -45,14 +46,14 @@ GreetingParser::State GreetingParser::Line(std::string_view line) {
   }
   const int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
   if (code_ != 0 && code != code_) {
-    return Fail(StrCat("reply code changed from ", code_, " to ", code, " inside a multi-line "
+    return Fail(StrCat("reply code changed from ", code_, " to ", code,
+                       " inside a multi-line "
                        "greeting"));
   }
   code_ = code;
   char sep = line.size() > 3 ? line[3] : ' ';
   if (sep != ' ' && sep != '-') {
-    return Fail(StrCat("expected ' ' or '-' after the code: \"", Escape(line.substr(0, 80)),
-                       "\""));
+    return Fail(StrCat("expected ' ' or '-' after the code: \"", Escape(line.substr(0, 80)), "\""));
   }
   if (!text_.empty()) text_ += '\n';
   if (line.size() > 4) text_.append(line.substr(4));

@@ -17,7 +17,7 @@ namespace mxsched::io {
 
 class GreetingParser {
  public:
-  static constexpr size_t kMaxLine = 1000;   // RFC 5321 says 512; be lenient
+  static constexpr size_t kMaxLine = 1000;  // RFC 5321 says 512; be lenient
   static constexpr size_t kMaxLines = 64;
   static constexpr size_t kMaxBytes = 8192;
 

@@ -86,7 +86,9 @@ TEST(Greeting, NeverCrashesOnArbitraryBytes) {
     std::string s;
     for (int j = 0; j < 64; ++j) {
       x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-      const char alphabet[] = "2245- \r\n\x00\xff" "0";
+      const char alphabet[] =
+          "2245- \r\n\x00\xff"
+          "0";
       s.push_back(alphabet[x % (sizeof(alphabet) - 1)]);
     }
     State st = p.Feed(s);

@@ -112,7 +112,7 @@ int Loop::RunOnce(int timeout_ms) {
 }
 
 absl::StatusOr<std::unique_ptr<Notifier>> Notifier::Create(Loop* loop,
-                                                            std::function<void()> on_notify) {
+                                                           std::function<void()> on_notify) {
   std::unique_ptr<Notifier> n(new Notifier(loop, std::move(on_notify)));
   n->fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (n->fd_ < 0) return absl::InternalError(StrCat("eventfd: ", std::strerror(errno)));

@@ -22,12 +22,24 @@ int64_t NowNanos() {
 RedisReply Copy(const redisReply* r) {
   RedisReply out;
   switch (r->type) {
-    case REDIS_REPLY_STRING: out.type = RedisReply::Type::kString; break;
-    case REDIS_REPLY_ARRAY: out.type = RedisReply::Type::kArray; break;
-    case REDIS_REPLY_INTEGER: out.type = RedisReply::Type::kInteger; break;
-    case REDIS_REPLY_STATUS: out.type = RedisReply::Type::kStatus; break;
-    case REDIS_REPLY_ERROR: out.type = RedisReply::Type::kError; break;
-    default: out.type = RedisReply::Type::kNil; break;
+    case REDIS_REPLY_STRING:
+      out.type = RedisReply::Type::kString;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = RedisReply::Type::kArray;
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = RedisReply::Type::kInteger;
+      break;
+    case REDIS_REPLY_STATUS:
+      out.type = RedisReply::Type::kStatus;
+      break;
+    case REDIS_REPLY_ERROR:
+      out.type = RedisReply::Type::kError;
+      break;
+    default:
+      out.type = RedisReply::Type::kNil;
+      break;
   }
   out.integer = r->integer;
   if (r->str != nullptr) out.str.assign(r->str, r->len);
@@ -197,8 +209,7 @@ void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
     args.push_back(a.data());
     lens.push_back(a.size());
   }
-  auto* p = new Pending{this, std::move(fn),
-                        NowNanos() + int64_t{options_.timeout_ms} * 1'000'000};
+  auto* p = new Pending{this, std::move(fn), NowNanos() + int64_t{options_.timeout_ms} * 1'000'000};
   if (redisAsyncCommandArgv(ac_, &RedisConnection::OnReply, p, static_cast<int>(args.size()),
                             args.data(), lens.data()) != REDIS_OK) {
     ReplyFn f = std::move(p->fn);
@@ -301,8 +312,8 @@ void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
   c->subscribe_deadline_ = 0;
   ++c->failures_;
   c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
-  c->drop_reason_ = absl::UnavailableError(StrCat(c->options_.address.ToString(),
-                                                  ": connection lost"));
+  c->drop_reason_ =
+      absl::UnavailableError(StrCat(c->options_.address.ToString(), ": connection lost"));
 }
 
 void RedisConnection::ArmTimer() {
@@ -328,8 +339,8 @@ void RedisConnection::OnTimer(int, uint32_t) {
   const bool late = (!pending_.empty() && pending_.front()->deadline <= now) ||
                     (subscribe_deadline_ != 0 && subscribe_deadline_ <= now);
   if (late) {
-    Drop(absl::DeadlineExceededError(StrCat(options_.address.ToString(), ": no reply within ",
-                                            options_.timeout_ms, " ms")));
+    Drop(absl::DeadlineExceededError(
+        StrCat(options_.address.ToString(), ": no reply within ", options_.timeout_ms, " ms")));
   }
   ArmTimer();
 }

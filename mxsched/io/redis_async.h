@@ -49,8 +49,8 @@ struct RedisReply {
 
 struct RedisOptions {
   RedisAddress address;
-  int timeout_ms = 1000;    // per command, counted from when it was issued
-  int reconnect_ms = 250;   // after a failure, fail fast this long before dialling again
+  int timeout_ms = 1000;   // per command, counted from when it was issued
+  int reconnect_ms = 250;  // after a failure, fail fast this long before dialling again
 };
 
 class RedisConnection {

@@ -8,8 +8,8 @@
 #include <cstring>
 #include <mutex>
 
-#include "mxsched/io/dns_message.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/dns_message.h"
 
 namespace mxsched::io {
 
@@ -127,16 +127,19 @@ void DnsCache::Store(const Query& q, DnsAnswer answer) {
   e.in_flight = false;
   switch (answer.state) {
     case DnsAnswer::State::kReady:
-      ++(answer.mx.empty() && answer.addresses.empty() ? stats_.answers_nodata
-                                                       : stats_.answers_ok);
+      ++(answer.mx.empty() && answer.addresses.empty() ? stats_.answers_nodata : stats_.answers_ok);
       break;
-    case DnsAnswer::State::kNxDomain: ++stats_.answers_nxdomain; break;
-    default: ++stats_.answers_tempfail; break;
+    case DnsAnswer::State::kNxDomain:
+      ++stats_.answers_nxdomain;
+      break;
+    default:
+      ++stats_.answers_tempfail;
+      break;
   }
   uint32_t life = answer.ttl_s;
-  const bool negative = answer.state == DnsAnswer::State::kNxDomain ||
-                        (answer.state == DnsAnswer::State::kReady && answer.mx.empty() &&
-                         answer.addresses.empty());
+  const bool negative =
+      answer.state == DnsAnswer::State::kNxDomain ||
+      (answer.state == DnsAnswer::State::kReady && answer.mx.empty() && answer.addresses.empty());
   life = std::min(life, negative ? max_negative_ttl_s_ : max_ttl_s_);
   if (answer.state == DnsAnswer::State::kTempFail) life = kTempFailSeconds;
   life = std::max(life, kMinCacheSeconds);
@@ -233,8 +236,8 @@ struct DnsClient::Pending {
     if (abuf == nullptr || alen <= 0) {
       return temp(StrCat(ares_strerror(status), " (", q.name, ")"));
     }
-    auto r = ParseDnsResponse(std::string_view(reinterpret_cast<char*>(abuf), alen), q.name,
-                              q.type);
+    auto r =
+        ParseDnsResponse(std::string_view(reinterpret_cast<char*>(abuf), alen), q.name, q.type);
     if (!r.ok()) return temp(StrCat(ToStd(r.status().message()), " (", q.name, ")"));
     if (r->rcode == 3) {
       a.state = DnsAnswer::State::kNxDomain;
@@ -243,7 +246,9 @@ struct DnsClient::Pending {
     }
     if (r->rcode != 0) {
       return temp(StrCat("server answered rcode ", r->rcode,
-                         r->rcode == 2 ? " (SERVFAIL)" : r->rcode == 5 ? " (REFUSED)" : "",
+                         r->rcode == 2   ? " (SERVFAIL)"
+                         : r->rcode == 5 ? " (REFUSED)"
+                                         : "",
                          " for ", q.name));
     }
     a.state = DnsAnswer::State::kReady;
@@ -278,8 +283,8 @@ absl::StatusOr<std::unique_ptr<DnsClient>> DnsClient::Create(Loop* loop, DnsCach
   if (int rc = ares_init_options(&c->channel_, &opts, mask); rc != ARES_SUCCESS) {
     return absl::UnavailableError(StrCat("c-ares init: ", ares_strerror(rc)));
   }
-  if (int rc = servers.empty() ? ARES_SUCCESS
-                                : ares_set_servers_ports_csv(c->channel_, servers.c_str());
+  if (int rc =
+          servers.empty() ? ARES_SUCCESS : ares_set_servers_ports_csv(c->channel_, servers.c_str());
       rc != ARES_SUCCESS) {
     return absl::InvalidArgumentError(StrCat("DNS server \"", servers, "\": ", ares_strerror(rc),
                                              " (want HOST:PORT[,HOST:PORT])"));
@@ -334,8 +339,7 @@ void DnsClient::StartQueries() {
   for (DnsCache::Query& q : cache_->TakeWanted()) {
     auto* p = new Pending{this, std::move(q)};
     ++in_flight_;
-    ares_query(channel_, p->query.name.c_str(), 1 /* C_IN */, p->query.type, &Pending::Callback,
-               p);
+    ares_query(channel_, p->query.name.c_str(), 1 /* C_IN */, p->query.type, &Pending::Callback, p);
   }
   AfterAres();
 }

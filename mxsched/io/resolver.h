@@ -33,9 +33,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "mxsched/base/clock.h"
 #include "mxsched/base/mutex.h"
 #include "mxsched/io/loop.h"
-#include "mxsched/base/clock.h"
 #include "mxsched/scheduler/route_planner.h"
 
 namespace mxsched::io {
@@ -62,12 +62,12 @@ class DnsCache final : public Resolver {
   // Statistics (the admin library's DNS metrics), counted under the cache's own lock on
   // paths that already take it.
   struct Stats {
-    uint64_t hits = 0;    // lookups answered from the cache
-    uint64_t misses = 0;  // lookups that found no fresh answer (pending, or queued a query)
-    uint64_t queries = 0; // queries handed to a DnsClient
+    uint64_t hits = 0;     // lookups answered from the cache
+    uint64_t misses = 0;   // lookups that found no fresh answer (pending, or queued a query)
+    uint64_t queries = 0;  // queries handed to a DnsClient
     // Answers stored, by result: records, no records (NODATA), NXDOMAIN, temporary failure.
     uint64_t answers_ok = 0, answers_nodata = 0, answers_nxdomain = 0, answers_tempfail = 0;
-    size_t entries = 0;   // names and types cached (fresh, expired or in flight)
+    size_t entries = 0;  // names and types cached (fresh, expired or in flight)
   };
   Stats stats() const;
 
@@ -84,8 +84,8 @@ class DnsCache final : public Resolver {
 
  private:
   struct Entry {
-    DnsAnswer answer;       // state kPending while in flight and never answered
-    int64_t expires = 0;    // nanos; 0 = not yet answered
+    DnsAnswer answer;     // state kPending while in flight and never answered
+    int64_t expires = 0;  // nanos; 0 = not yet answered
     bool in_flight = false;
   };
   struct Key {

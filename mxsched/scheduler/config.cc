@@ -27,14 +27,22 @@ enum class Tok { kWord, kString, kEquals, kLParen, kRParen, kLBrace, kRBrace, kE
 
 std::string_view TokName(Tok t) {
   switch (t) {
-    case Tok::kWord: return "a word";
-    case Tok::kString: return "a quoted string";
-    case Tok::kEquals: return "'='";
-    case Tok::kLParen: return "'('";
-    case Tok::kRParen: return "')'";
-    case Tok::kLBrace: return "'{'";
-    case Tok::kRBrace: return "'}'";
-    case Tok::kEnd: return "end of file";
+    case Tok::kWord:
+      return "a word";
+    case Tok::kString:
+      return "a quoted string";
+    case Tok::kEquals:
+      return "'='";
+    case Tok::kLParen:
+      return "'('";
+    case Tok::kRParen:
+      return "')'";
+    case Tok::kLBrace:
+      return "'{'";
+    case Tok::kRBrace:
+      return "'}'";
+    case Tok::kEnd:
+      return "end of file";
   }
   return "?";
 }
@@ -93,7 +101,8 @@ class Parser {
   absl::Status ParseScope(std::vector<Entry>& out, bool in_stanza) {
     while (true) {
       if (tok_.kind == Tok::kEnd) {
-        if (in_stanza) return ErrorAt(tok_.pos, "expected '}' to close the stanza, got end of file");
+        if (in_stanza)
+          return ErrorAt(tok_.pos, "expected '}' to close the stanza, got end of file");
         return absl::OkStatus();
       }
       if (tok_.kind == Tok::kRBrace) {
@@ -119,8 +128,7 @@ class Parser {
         if (absl::Status s = Advance(); !s.ok()) return s;
         if (tok_.kind != Tok::kLBrace) {
           return ErrorAt(tok_.pos, StrCat("expected '{' after ", EchoForError(e.name), " \"",
-                                          EchoForError(st->name), "\", got ",
-                                          TokName(tok_.kind)));
+                                          EchoForError(st->name), "\", got ", TokName(tok_.kind)));
         }
         if (absl::Status s = Advance(); !s.ok()) return s;
         if (absl::Status s = ParseScope(st->entries, true); !s.ok()) return s;
@@ -142,7 +150,7 @@ class Parser {
     }
     if (tok_.kind != Tok::kLParen) {
       return ErrorAt(tok_.pos, StrCat("expected a value (string, number or '( list )'), got ",
-                                            TokName(tok_.kind)));
+                                      TokName(tok_.kind)));
     }
     v.is_list = true;
     if (absl::Status s = Advance(); !s.ok()) return s;
@@ -158,9 +166,7 @@ class Parser {
   }
 
   // Lexer -------------------------------------------------------------------------------
-  char Peek(size_t ahead = 0) const {
-    return i_ + ahead < text_.size() ? text_[i_ + ahead] : '\0';
-  }
+  char Peek(size_t ahead = 0) const { return i_ + ahead < text_.size() ? text_[i_ + ahead] : '\0'; }
   void Bump() {
     if (text_[i_] == '\n') {
       ++pos_.line;
@@ -237,12 +243,20 @@ class Parser {
         if (i_ >= text_.size()) return ErrorAt(start, "unterminated string");
         char e = Peek();
         switch (e) {
-          case 'n': tok_.text.push_back('\n'); break;
-          case 't': tok_.text.push_back('\t'); break;
-          case '"': case '\\': case '\'': tok_.text.push_back(e); break;
+          case 'n':
+            tok_.text.push_back('\n');
+            break;
+          case 't':
+            tok_.text.push_back('\t');
+            break;
+          case '"':
+          case '\\':
+          case '\'':
+            tok_.text.push_back(e);
+            break;
           default:
-            return ErrorAt(pos_, StrCat("unknown escape '\\",
-                                        EchoForError(std::string_view(&e, 1)), "'"));
+            return ErrorAt(
+                pos_, StrCat("unknown escape '\\", EchoForError(std::string_view(&e, 1)), "'"));
         }
         Bump();
         continue;
@@ -325,8 +339,7 @@ class Binder {
     }
     if (config.min_dns_ttl_s > config.max_dns_ttl_s) {
       return parser_.ErrorAt(ttl_pos, StrCat("min_dns_ttl (", config.min_dns_ttl_s,
-                                             ") exceeds max_dns_ttl (", config.max_dns_ttl_s,
-                                             ")"));
+                                             ") exceeds max_dns_ttl (", config.max_dns_ttl_s, ")"));
     }
     for (const Stanza* st : domains) {
       auto name = NormalizeHostname(st->name);
@@ -367,10 +380,10 @@ class Binder {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", EchoForError(st->name),
                                                "\": expected a hostname or an IP address"));
       }
-      const bool twice =
-          pattern ? std::any_of(config.host_patterns.begin(), config.host_patterns.end(),
-                                [&](const HostPattern& p) { return p.pattern == key; })
-                  : config.hosts.contains(key);
+      const bool twice = pattern
+                             ? std::any_of(config.host_patterns.begin(), config.host_patterns.end(),
+                                           [&](const HostPattern& p) { return p.pattern == key; })
+                             : config.hosts.contains(key);
       if (twice) {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", key, "\" defined twice"));
       }
@@ -425,9 +438,9 @@ class Binder {
       return parser_.ErrorAt(e.pos, what);
     }
     if (!(spec->scopes & scope)) {
-      return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" is not valid in ",
-                                           ScopeNames(scope), " scope (valid in: ",
-                                           ScopeNames(spec->scopes), ")"));
+      return parser_.ErrorAt(e.pos,
+                             StrCat("option \"", e.name, "\" is not valid in ", ScopeNames(scope),
+                                    " scope (valid in: ", ScopeNames(spec->scopes), ")"));
     }
     if (std::find(seen.begin(), seen.end(), e.name) != seen.end()) {
       return parser_.ErrorAt(e.pos, StrCat("option \"", e.name, "\" set twice in this scope"));
@@ -443,12 +456,12 @@ class Binder {
                             spec.type == OptionType::kCidrList ||
                             spec.type == OptionType::kNameList;
     if (wants_list && !v.is_list) {
-      return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
-                                           "\" expects a list: ( \"a\" \"b\" )"));
+      return parser_.ErrorAt(v.pos,
+                             StrCat("option \"", e.name, "\" expects a list: ( \"a\" \"b\" )"));
     }
     if (!wants_list && v.is_list) {
-      return parser_.ErrorAt(v.pos, StrCat("option \"", e.name,
-                                           "\" expects a single value, not a list"));
+      return parser_.ErrorAt(v.pos,
+                             StrCat("option \"", e.name, "\" expects a single value, not a list"));
     }
     if (spec.type == OptionType::kRoutes) {
       for (size_t i = 0; i < v.items.size(); ++i) {
@@ -460,10 +473,10 @@ class Binder {
       // The planner keeps kMaxAddressesPerRoute addresses per route; more items are legal
       // (Momentum accepts them) but the rest can never be used — say so instead of silently.
       if (out.routes.size() > kMaxAddressesPerRoute) {
-        warnings_.push_back(StrCat(
-            ToStd(parser_.ErrorAt(v.pos, "").message()), "routes has ", out.routes.size(),
-            " items; at most ", kMaxAddressesPerRoute, " addresses of a route are used, the "
-            "items after that are ignored"));
+        warnings_.push_back(StrCat(ToStd(parser_.ErrorAt(v.pos, "").message()), "routes has ",
+                                   out.routes.size(), " items; at most ", kMaxAddressesPerRoute,
+                                   " addresses of a route are used, the "
+                                   "items after that are ignored"));
       }
       AssignTiers(out.routes);
       return out;
@@ -512,9 +525,9 @@ std::vector<RouteItem> DefaultRoutes() { return *ParseRouteList({"__mx__"}); }
 
 std::vector<Cidr> DefaultProhibitedHosts() {
   static constexpr std::string_view kRanges[] = {
-      "0.0.0.0/8",      "10.0.0.0/8",  "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-      "172.16.0.0/12",  "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128",
-      "::1/128",        "::/96", "fc00::/7",     "fe80::/10",   "ff00::/8",
+      "0.0.0.0/8",     "10.0.0.0/8",     "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+      "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4",   "240.0.0.0/4", "::/128",
+      "::1/128",       "::/96",          "fc00::/7",      "fe80::/10",   "ff00::/8",
   };
   std::vector<Cidr> out;
   for (std::string_view r : kRanges) out.push_back(*Cidr::Parse(r));

@@ -114,7 +114,7 @@ struct Config {
   std::vector<Cidr> prohibited_hosts = DefaultProhibitedHosts();
   bool adaptive_concurrency = true;
   int32_t adaptive_concurrency_floor = 1;
-  std::vector<HostPattern> host_patterns;  // most specific first
+  std::vector<HostPattern> host_patterns;        // most specific first
   std::vector<std::string> prohibited_mx_names;  // lower-case name patterns
   // Cluster-wide limits (docs/DESIGN.md §7). cluster_limits "" = off (limits per process).
   std::string cluster_limits;

@@ -22,9 +22,7 @@ void Assign(std::vector<std::string>& f, const OptionValue& v) { f = v.names; }
 void Assign(std::optional<uint32_t>& f, const OptionValue& v) {
   f = static_cast<uint32_t>(v.number);
 }
-void Assign(std::optional<int32_t>& f, const OptionValue& v) {
-  f = static_cast<int32_t>(v.number);
-}
+void Assign(std::optional<int32_t>& f, const OptionValue& v) { f = static_cast<int32_t>(v.number); }
 void Assign(std::optional<bool>& f, const OptionValue& v) { f = v.flag; }
 
 OptionValue Read(int64_t n) {
@@ -80,17 +78,16 @@ S ClassOf(T S::*);
 template <auto kMember>
 constexpr auto Field() {
   using S = decltype(ClassOf(kMember));
-  return FieldAccess<S>{
-      [](S& s, const OptionValue& v) { Assign(s.*kMember, v); },
-      [](const S& s) {
-        const auto& f = s.*kMember;
-        if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(f)>> &&
-                      !std::is_same_v<std::remove_cvref_t<decltype(f)>, bool>) {
-          return Read(static_cast<int64_t>(f));
-        } else {
-          return Read(f);
-        }
-      }};
+  return FieldAccess<S>{[](S& s, const OptionValue& v) { Assign(s.*kMember, v); },
+                        [](const S& s) {
+                          const auto& f = s.*kMember;
+                          if constexpr (std::is_integral_v<std::remove_cvref_t<decltype(f)>> &&
+                                        !std::is_same_v<std::remove_cvref_t<decltype(f)>, bool>) {
+                            return Read(static_cast<int64_t>(f));
+                          } else {
+                            return Read(f);
+                          }
+                        }};
 }
 
 // A Host stanza's limit: kUnlimited stands for "not set" (no per-host limit).
@@ -284,11 +281,24 @@ std::optional<int64_t> ParseSeconds(std::string_view s) {
   int64_t unit = 1;
   if (!s.empty()) {
     switch (AsciiLower(s.back())) {
-      case 's': unit = 1; s.remove_suffix(1); break;
-      case 'm': unit = 60; s.remove_suffix(1); break;
-      case 'h': unit = 3600; s.remove_suffix(1); break;
-      case 'd': unit = kDay; s.remove_suffix(1); break;
-      default: break;
+      case 's':
+        unit = 1;
+        s.remove_suffix(1);
+        break;
+      case 'm':
+        unit = 60;
+        s.remove_suffix(1);
+        break;
+      case 'h':
+        unit = 3600;
+        s.remove_suffix(1);
+        break;
+      case 'd':
+        unit = kDay;
+        s.remove_suffix(1);
+        break;
+      default:
+        break;
     }
   }
   auto n = ParseInt(s);
@@ -300,11 +310,20 @@ std::string Quote(std::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default: out.push_back(c);
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   out.push_back('"');
@@ -313,20 +332,29 @@ std::string Quote(std::string_view s) {
 
 std::string TypeAndRange(const OptionDescriptor& o) {
   switch (o.type) {
-    case OptionType::kCount: return StrCat("integer ", o.min, "..", o.max);
-    case OptionType::kSeconds: return StrCat("seconds ", o.min, "..", o.max);
-    case OptionType::kPort: return StrCat("port ", o.min, "..", o.max);
-    case OptionType::kBool: return "boolean";
+    case OptionType::kCount:
+      return StrCat("integer ", o.min, "..", o.max);
+    case OptionType::kSeconds:
+      return StrCat("seconds ", o.min, "..", o.max);
+    case OptionType::kPort:
+      return StrCat("port ", o.min, "..", o.max);
+    case OptionType::kBool:
+      return "boolean";
     case OptionType::kChoice: {
       std::string s = StrCat("one of ", o.choices);
       std::replace(s.begin(), s.end(), '|', ' ');  // '|' would end a Markdown table cell
       return s;
     }
-    case OptionType::kRoutes: return "route list";
-    case OptionType::kCidrList: return "CIDR list";
-    case OptionType::kNameList: return "name pattern list";
-    case OptionType::kRedisUrl: return "redis://HOST:PORT[/DB] or \"\"";
-    case OptionType::kName: return "name [A-Za-z0-9_.-]{1,64}";
+    case OptionType::kRoutes:
+      return "route list";
+    case OptionType::kCidrList:
+      return "CIDR list";
+    case OptionType::kNameList:
+      return "name pattern list";
+    case OptionType::kRedisUrl:
+      return "redis://HOST:PORT[/DB] or \"\"";
+    case OptionType::kName:
+      return "name [A-Za-z0-9_.-]{1,64}";
   }
   return "?";
 }
@@ -374,9 +402,8 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       } else if (s == "false" || s == "no" || s == "off" || s == "0") {
         out.flag = false;
       } else {
-        return absl::InvalidArgumentError(
-            StrCat("option \"", o.name, "\" expects true or false, got \"", EchoForError(text),
-                   "\""));
+        return absl::InvalidArgumentError(StrCat(
+            "option \"", o.name, "\" expects true or false, got \"", EchoForError(text), "\""));
       }
       return out;
     }
@@ -416,8 +443,10 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       for (char c : text) ok = ok && (IsAlnum(c) || c == '_' || c == '.' || c == '-');
       if (!ok) {
         return absl::InvalidArgumentError(
-            StrCat("option \"", o.name, "\" expects 1..64 of A-Z a-z 0-9 _ . - (it names Redis "
-                   "keys and channels), got \"", EchoForError(text), "\""));
+            StrCat("option \"", o.name,
+                   "\" expects 1..64 of A-Z a-z 0-9 _ . - (it names Redis "
+                   "keys and channels), got \"",
+                   EchoForError(text), "\""));
       }
       out.text = std::string(text);
       return out;
@@ -433,12 +462,16 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
 std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
   switch (o.type) {
     case OptionType::kCount:
-    case OptionType::kPort: return StrCat(v.number);
-    case OptionType::kSeconds: return StrCat(v.number, "s");
-    case OptionType::kBool: return v.flag ? "true" : "false";
+    case OptionType::kPort:
+      return StrCat(v.number);
+    case OptionType::kSeconds:
+      return StrCat(v.number, "s");
+    case OptionType::kBool:
+      return v.flag ? "true" : "false";
     case OptionType::kChoice:
     case OptionType::kRedisUrl:
-    case OptionType::kName: return Quote(v.text);
+    case OptionType::kName:
+      return Quote(v.text);
     case OptionType::kRoutes: {
       std::string s = "(";
       for (const RouteItem& r : v.routes) s += " " + Quote(r.text);
@@ -519,8 +552,8 @@ std::string ConfigOptionsMarkdown() {
     std::optional<OptionValue> v = GlobalOptionValue(o, kDefaults);
     std::string def = v ? StrCat("`", FormatOptionValue(o, *v), "`") : "unset";
     if (o.host) def += " (Host stanza: unset)";
-    out += StrCat("| `", o.name, "` | ", ScopeLetters(o.scopes), " | ", TypeAndRange(o), " | ",
-                  def, " | ", o.doc, " |\n");
+    out += StrCat("| `", o.name, "` | ", ScopeLetters(o.scopes), " | ", TypeAndRange(o), " | ", def,
+                  " | ", o.doc, " |\n");
   }
   return out;
 }

@@ -74,8 +74,8 @@ struct OptionDescriptor {
   OptionType type;
   int64_t min = 0;  // inclusive range for kCount, kSeconds and kPort
   int64_t max = 0;
-  std::string_view choices = {};  // kChoice: the accepted words, separated by '|'
-  std::string_view doc = {};      // one line for `mxsched check` and docs/DESIGN.md §4
+  std::string_view choices = {};            // kChoice: the accepted words, separated by '|'
+  std::string_view doc = {};                // one line for `mxsched check` and docs/DESIGN.md §4
   FieldAccess<Config> config = {};          // global-only value, or unset
   FieldAccess<DomainSettings> domain = {};  // global default + Domain override, or unset
   FieldAccess<HostSettings> host = {};      // Host stanza value, or unset

@@ -15,14 +15,22 @@ std::string SomeValidValue(const OptionDescriptor& o) {
   switch (o.type) {
     case OptionType::kCount:
     case OptionType::kPort:
-    case OptionType::kSeconds: return StrCat(o.min);
-    case OptionType::kBool: return "true";
-    case OptionType::kChoice: return std::string(Split(o.choices, '|').back());
-    case OptionType::kRoutes: return "( \"192.0.2.1\" )";
-    case OptionType::kCidrList: return "( \"192.0.2.0/24\" )";
-    case OptionType::kNameList: return "( \"*.blocked.example\" )";
-    case OptionType::kRedisUrl: return "\"redis://127.0.0.1:6379/1\"";
-    case OptionType::kName: return "fleet-1";
+    case OptionType::kSeconds:
+      return StrCat(o.min);
+    case OptionType::kBool:
+      return "true";
+    case OptionType::kChoice:
+      return std::string(Split(o.choices, '|').back());
+    case OptionType::kRoutes:
+      return "( \"192.0.2.1\" )";
+    case OptionType::kCidrList:
+      return "( \"192.0.2.0/24\" )";
+    case OptionType::kNameList:
+      return "( \"*.blocked.example\" )";
+    case OptionType::kRedisUrl:
+      return "\"redis://127.0.0.1:6379/1\"";
+    case OptionType::kName:
+      return "fleet-1";
   }
   return "";
 }
@@ -58,7 +66,7 @@ TEST(ConfigOptions, EveryOptionIsAcceptedExactlyInItsScopes) {
 TEST(ConfigOptions, SetInAStanzaReachesTheSettingsOfThatStanza) {
   for (const OptionDescriptor& o : ConfigOptions()) {
     if (o.type == OptionType::kBool || o.type == OptionType::kRoutes) continue;
-    std::string value = o.type == OptionType::kChoice ? std::string(Split(o.choices, '|')[1])
+    std::string value = o.type == OptionType::kChoice     ? std::string(Split(o.choices, '|')[1])
                         : o.type == OptionType::kCidrList ? "( \"198.51.100.0/24\" )"
                                                           : StrCat(o.min + 1);
     if (o.scopes & kDomainScope) {
@@ -96,14 +104,14 @@ TEST(ConfigOptions, RangesAreCheckedAtLoadWithFileLineColumn) {
     for (int64_t bad : {o.min - 1, o.max + 1}) {
       if (bad < 0) continue;
       std::string line = StrCat(o.name, " = ", bad);
-      auto c = ParseConfig(InScope(o.scopes & kGlobalScope ? kGlobalScope : kHostScope, line),
-                           "r.conf");
+      auto c =
+          ParseConfig(InScope(o.scopes & kGlobalScope ? kGlobalScope : kHostScope, line), "r.conf");
       ASSERT_FALSE(c.ok()) << line;
       const int line_no = o.scopes & kGlobalScope ? 1 : 2;
-      EXPECT_EQ(ToStd(c.status().message()).rfind(
-                    StrCat("r.conf:", line_no, ":", o.name.size() + 4, ": option \"", o.name,
-                           "\" expects "),
-                    0),
+      EXPECT_EQ(ToStd(c.status().message())
+                    .rfind(StrCat("r.conf:", line_no, ":", o.name.size() + 4, ": option \"", o.name,
+                                  "\" expects "),
+                           0),
                 0u)
           << c.status();
       EXPECT_NE(ToStd(c.status().message()).find(StrCat(o.min, "..", o.max)), std::string::npos)

@@ -7,8 +7,8 @@
 
 #include "mxsched/base/file.h"
 
-#include "mxsched/base/strings.h"
 #include "gtest/gtest.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched {
 namespace {
@@ -170,7 +170,8 @@ TEST(Config, ErrorsNameFileLineColumnAndWhatWasExpected) {
   EXPECT_EQ(ErrorOf("Domain \"a.example\" { routes = (\"x.example\")"),
             "m.conf:1:44: expected '}' to close the stanza, got end of file");
   EXPECT_EQ(ErrorOf("}"), "m.conf:1:1: unexpected '}' outside a stanza");
-  EXPECT_EQ(ErrorOf("routes \"a\""), "m.conf:1:11: expected '{' after routes \"a\", got end of file");
+  EXPECT_EQ(ErrorOf("routes \"a\""),
+            "m.conf:1:11: expected '{' after routes \"a\", got end of file");
 }
 
 TEST(Config, UnknownOptionSuggestsNearestName) {
@@ -291,19 +292,17 @@ TEST(Config, ErrorsEscapeAndBoundTheValuesTheyQuote) {
   EXPECT_NE(big.find("... (1048577 bytes)\""), std::string::npos) << big;
 
   for (std::string text :
-       {std::string("cluster_failure_mode = \"\x1b[2J\""),
-        std::string("cluster_name = \"a\x1b\""),
+       {std::string("cluster_failure_mode = \"\x1b[2J\""), std::string("cluster_name = \"a\x1b\""),
         std::string("cluster_limits = \"redis://\x1b[31m:1\""),
         "cluster_limits = \"redis://" + mb + ":0\"",
         std::string("prohibited_hosts = ( \"10.0.0.0/\x1b[8m\" )"),
         "prohibited_hosts = ( \"" + mb + "\" )",
         std::string("prohibited_mx_names = ( \"a\x1b[0m\" )"),
         std::string("Domain \"\x1b[5mx\" { }"),
-        std::string("Host \"\x9b" "1m\" { }"),
-        std::string("Host \"*\x1b\" { }"),
-        std::string("Domain \"\x1b[5mx\" routes"),
-        std::string(mb) + " = 1",
-        "Domain \"" + mb + "\" { }"}) {
+        std::string("Host \"\x9b"
+                    "1m\" { }"),
+        std::string("Host \"*\x1b\" { }"), std::string("Domain \"\x1b[5mx\" routes"),
+        std::string(mb) + " = 1", "Domain \"" + mb + "\" { }"}) {
     const std::string m = ErrorOf(text);
     EXPECT_TRUE(clean(m)) << m.substr(0, 300);
     EXPECT_LT(m.size(), 400u) << m.substr(0, 300);
@@ -328,10 +327,26 @@ TEST(Config, AHugeUnknownOptionNameIsReportedAtOnce) {
 
 TEST(Config, NeverCrashesOnArbitraryBytes) {
   // std::string("\x00") would be empty: the NUL piece is built with its length.
-  const std::string pieces[] = {"routes", " = ", "(", ")", "{", "}", "\"", "\\", "/*", "*/",
-                                "#",      "\n",  "Domain", "Host", "\"a.example\"", "32",
+  const std::string pieces[] = {"routes",
+                                " = ",
+                                "(",
+                                ")",
+                                "{",
+                                "}",
+                                "\"",
+                                "\\",
+                                "/*",
+                                "*/",
+                                "#",
+                                "\n",
+                                "Domain",
+                                "Host",
+                                "\"a.example\"",
+                                "32",
                                 std::string(1, '\0'),
-                                "\xff",   "smtp://x?pref=1", "max_outbound_connections"};
+                                "\xff",
+                                "smtp://x?pref=1",
+                                "max_outbound_connections"};
   uint64_t x = 88172645463325252ull;
   int with_nul = 0;
   for (int i = 0; i < 20000; ++i) {

@@ -135,8 +135,7 @@ size_t DomainTable::Evict(const std::shared_ptr<Shard>& shard, size_t slots,
       if (e == nullptr || !idle(*e)) continue;
       if (e->tickets.load(std::memory_order_seq_cst) != 0) continue;
       int32_t zero = 0;
-      if (!e->active.compare_exchange_strong(zero, DomainEntry::kDead,
-                                             std::memory_order_seq_cst)) {
+      if (!e->active.compare_exchange_strong(zero, DomainEntry::kDead, std::memory_order_seq_cst)) {
         continue;  // has a connection (or is taking one now)
       }
       // seq_cst pairs with WaitForSlot (tickets++ then reads active): one of us backs off.
@@ -151,14 +150,16 @@ size_t DomainTable::Evict(const std::shared_ptr<Shard>& shard, size_t slots,
     shard->hand = i;
   }
   for (DomainEntry* e : evicted) {
-    auto* r = new RetiredEntry{shard, [](void* sp, DomainEntry* x) {
-      auto* sh = static_cast<Shard*>(sp);
-      sh->destroy_snapshot(x->snapshot.load(std::memory_order_acquire));
-      x->~DomainEntry();
-      new (x) DomainEntry();
-      MutexLock lock(&sh->mu);
-      sh->free_list.push_back(x);
-    }, shard.get(), e};
+    auto* r = new RetiredEntry{shard,
+                               [](void* sp, DomainEntry* x) {
+                                 auto* sh = static_cast<Shard*>(sp);
+                                 sh->destroy_snapshot(x->snapshot.load(std::memory_order_acquire));
+                                 x->~DomainEntry();
+                                 new (x) DomainEntry();
+                                 MutexLock lock(&sh->mu);
+                                 sh->free_list.push_back(x);
+                               },
+                               shard.get(), e};
     epoch::Retire(r, [](void* p) {
       auto* rr = static_cast<RetiredEntry*>(p);
       rr->recycle(rr->shard, rr->entry);

@@ -61,8 +61,7 @@ inline uint64_t Lower8(uint64_t w) {
   return w | (upper >> 2);
 }
 inline uint64_t Mix(uint64_t a, uint64_t b) {
-  __uint128_t r =
-      static_cast<__uint128_t>(a ^ 0xA0761D6478BD642Full) * (b ^ 0xE7037ED1A0B428DBull);
+  __uint128_t r = static_cast<__uint128_t>(a ^ 0xA0761D6478BD642Full) * (b ^ 0xE7037ED1A0B428DBull);
   return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
 }
 // The last `rem` (1..7) bytes of p[0..n) as the low bytes of a word, without a
@@ -103,9 +102,9 @@ struct alignas(128) DomainEntry {
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
-  std::atomic<uint32_t> cursor{0};  // rotation position (mod tier size)
-  std::atomic<int32_t> waiting{0};  // SlotWaiters queued for this domain's own limit
-  std::atomic<int32_t> tickets{0};  // SlotWaiters queued for this domain, any kind
+  std::atomic<uint32_t> cursor{0};     // rotation position (mod tier size)
+  std::atomic<int32_t> waiting{0};     // SlotWaiters queued for this domain's own limit
+  std::atomic<int32_t> tickets{0};     // SlotWaiters queued for this domain, any kind
   std::atomic<uint32_t> last_used{0};  // clock nanos >> kUseTickShift of the last Acquire
   std::atomic<bool> refreshing{false};
   uint16_t name_size = 0;

@@ -67,8 +67,7 @@ TEST(DomainTable, FindsWhatWasInsertedInAnyCaseAcrossGrowth) {
   }
   EXPECT_EQ(table.Find(HashDomain("absent.example"), "absent.example"), nullptr);
   const std::string again = "d5.example";
-  EXPECT_EQ(table.FindOrInsert(HashDomain(again), again, [](DomainEntry&) { FAIL(); }),
-            entries[5]);
+  EXPECT_EQ(table.FindOrInsert(HashDomain(again), again, [](DomainEntry&) { FAIL(); }), entries[5]);
   size_t visited = 0;
   table.ForEach([&](const DomainEntry&) { ++visited; });
   EXPECT_EQ(visited, static_cast<size_t>(kN));

@@ -84,10 +84,11 @@ TEST(Epoch, GuardsNest) {
   std::atomic<int> freed{0};
   {
     EpochGuard outer;
-    {
-      EpochGuard inner;
-    }
-    std::thread([&] { RetireObject(new Tracked(&freed)); Reclaim(); }).join();
+    { EpochGuard inner; }
+    std::thread([&] {
+      RetireObject(new Tracked(&freed));
+      Reclaim();
+    }).join();
     EXPECT_EQ(freed.load(), 0) << "inner guard's exit unpinned the outer one";
   }
   Reclaim();

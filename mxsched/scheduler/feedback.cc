@@ -8,11 +8,24 @@ namespace {
 // Texts receivers use when they cap concurrency or shed load (collected from Postfix,
 // KumoMTA's default shaping rules and PowerMTA backoff patterns; lower case).
 constexpr std::string_view kBusyPhrases[] = {
-    "too many connections", "too many concurrent", "too many sessions",
-    "too many smtp sessions", "connection limit", "connections limit",
-    "maximum number of concurrent", "concurrent connections", "try again later",
-    "try later", "please try again", "server busy", "too busy", "temporarily busy",
-    "rate limit", "throttl", "temporarily deferred", "service temporarily unavailable",
+    "too many connections",
+    "too many concurrent",
+    "too many sessions",
+    "too many smtp sessions",
+    "connection limit",
+    "connections limit",
+    "maximum number of concurrent",
+    "concurrent connections",
+    "try again later",
+    "try later",
+    "please try again",
+    "server busy",
+    "too busy",
+    "temporarily busy",
+    "rate limit",
+    "throttl",
+    "temporarily deferred",
+    "service temporarily unavailable",
 };
 
 bool ParseStatus(std::string_view s, size_t* len) {

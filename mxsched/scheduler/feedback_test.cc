@@ -1,5 +1,5 @@
-// docs/DESIGN.md §6: which replies are busy, the adaptive limit's control law, provider patterns and
-// their precedence. Time is injected (ManualClock): no sleeps.
+// docs/DESIGN.md §6: which replies are busy, the adaptive limit's control law, provider patterns
+// and their precedence. Time is injected (ManualClock): no sleeps.
 #include "mxsched/scheduler/feedback.h"
 
 #include <vector>
@@ -24,8 +24,7 @@ TEST(BusyReplies, TooManyConnectionsAndTryLaterAreBusy) {
             ReplyClass::kBusy);
   EXPECT_EQ(ClassifyReply(Reply(450, "4.7.1 rate limited")).cls, ReplyClass::kBusy);
   EXPECT_EQ(ClassifyReply(Reply(451, "Server busy, try again later")).rule, BusyRule::kText);
-  EXPECT_EQ(ClassifyReply(Reply(452, "4.4.5 insufficient system storage")).cls,
-            ReplyClass::kBusy);
+  EXPECT_EQ(ClassifyReply(Reply(452, "4.4.5 insufficient system storage")).cls, ReplyClass::kBusy);
 }
 
 TEST(BusyReplies, PermanentAndOtherTemporaryRepliesAreNotBusy) {
@@ -58,7 +57,9 @@ struct OneHost {
     }
     return v;
   }
-  const HostState& host() { return *f.selector.registry().Find(Endpoint{*IpAddress::Parse("127.0.9.1"), 25}); }
+  const HostState& host() {
+    return *f.selector.registry().Find(Endpoint{*IpAddress::Parse("127.0.9.1"), 25});
+  }
   SelectorFixture f;
 };
 
@@ -84,7 +85,8 @@ TEST(AdaptiveLimit, LoweringBelowActiveOnlyStopsNewAdmissions) {
   OneHost h;
   std::vector<Lease> open = h.Open(6);
   // Three busy replies in a row on the open connections (reported later by the embedder).
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(open[i].Report(Reply(421, "4.7.0 too many")), Outcome::kBusy);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(open[i].Report(Reply(421, "4.7.0 too many")), Outcome::kBusy);
   EXPECT_EQ(h.host().limit(), 3);
   EXPECT_EQ(h.host().active(), 6) << "nothing is torn down";
   EXPECT_FALSE(h.f.selector.Acquire("example.com").ok());
@@ -112,8 +114,7 @@ TEST(AdaptiveLimit, BusyWithASingleConnectionOpenMarksTheHostFailed) {
 TEST(AdaptiveLimit, TurnedOffBusyRepliesMarkTheHostFailedAsBefore) {
   OneHost h("adaptive_concurrency = false\n");
   std::vector<Lease> open = h.Open(5);
-  EXPECT_EQ(open[0].Report(Reply(421, "4.7.0 too many connections")),
-            Outcome::kGreetingRejected);
+  EXPECT_EQ(open[0].Report(Reply(421, "4.7.0 too many connections")), Outcome::kGreetingRejected);
   EXPECT_EQ(h.host().limit(), kUnlimited);
   EXPECT_FALSE(h.host().Reachable(h.f.clock.NowNanos()));
 }

@@ -17,8 +17,7 @@ HostState::HostState(Endpoint endpoint, std::string name, const HostConfig& conf
 
 void HostState::RaisePeak(int32_t value) {
   int32_t peak = peak_.load(std::memory_order_relaxed);
-  while (value > peak &&
-         !peak_.compare_exchange_weak(peak, value, std::memory_order_relaxed)) {
+  while (value > peak && !peak_.compare_exchange_weak(peak, value, std::memory_order_relaxed)) {
   }
 }
 
@@ -54,8 +53,8 @@ void HostState::Configure(const HostConfig& config) {
       nw = Pack(std::min(e, config.limit), SuccessesOf(w), BackoffOf(w), w & kProbingBit);
     }
     if (nw == w) return;
-  } while (!adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel,
-                                         std::memory_order_relaxed));
+  } while (
+      !adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel, std::memory_order_relaxed));
 }
 
 bool HostState::RecordSuccess(int32_t level, int64_t now_nanos) {
@@ -90,8 +89,8 @@ bool HostState::RecordSuccess(int32_t level, int64_t now_nanos) {
     const uint64_t needed = static_cast<uint64_t>(std::max(e, 1)) << backoff;
     raised = successes >= needed;
     nw = raised ? Pack(e + 1, 0, backoff, true) : Pack(e, successes, backoff, probing);
-  } while (!adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel,
-                                         std::memory_order_relaxed));
+  } while (
+      !adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel, std::memory_order_relaxed));
   if (raised) NoteMove(LimitMove::Kind::kRaised, LimitOf(nw), now_nanos, 0, "", 0);
   return raised;
 }
@@ -129,8 +128,8 @@ bool HostState::RecordBusy(int64_t now_nanos, int reply_code, std::string_view e
     if (w & kProbingBit) backoff = std::min(backoff + 1, kMaxBackoff);  // the raise failed
     nw = Pack(lowered, 0, backoff, false);
     if (nw == w) break;
-  } while (!adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel,
-                                         std::memory_order_relaxed));
+  } while (
+      !adapt_.compare_exchange_weak(w, nw, std::memory_order_acq_rel, std::memory_order_relaxed));
   NoteMove(LimitMove::Kind::kLowered, LimitOf(nw), now_nanos, reply_code, enhanced, rule);
   return false;
 }
@@ -185,8 +184,10 @@ std::string LimitMove::ToString(int64_t now_nanos) const {
   const int64_t ago = std::max<int64_t>(0, (now_nanos - at_nanos) / kNanosPerSecond);
   std::string reply = StrCat(reply_code, enhanced.empty() ? "" : " ", enhanced);
   switch (kind) {
-    case Kind::kNone: return "";
-    case Kind::kLowered: return StrCat("lowered to ", to, " by ", reply, ", ", ago, " s ago");
+    case Kind::kNone:
+      return "";
+    case Kind::kLowered:
+      return StrCat("lowered to ", to, " by ", reply, ", ", ago, " s ago");
     case Kind::kRaised:
       return StrCat("raised to ", to, " after successes at the limit, ", ago, " s ago");
     case Kind::kFailedAtOne:
@@ -200,10 +201,8 @@ HostState* HostRegistry::GetOrCreate(const Endpoint& endpoint, std::string_view 
   MutexLock lock(&mu_);
   auto& slot = hosts_[endpoint];
   if (slot == nullptr) {
-    slot = std::make_unique<HostState>(endpoint,
-                                       name.empty() ? endpoint.address.ToString()
-                                                    : std::string(name),
-                                       config);
+    slot = std::make_unique<HostState>(
+        endpoint, name.empty() ? endpoint.address.ToString() : std::string(name), config);
   } else {
     slot->Configure(config);
   }

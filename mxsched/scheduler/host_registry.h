@@ -16,8 +16,8 @@
 #ifndef MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 #define MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 
-#include <array>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -28,8 +28,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "mxsched/base/mutex.h"
 #include "mxsched/base/endpoint.h"
+#include "mxsched/base/mutex.h"
 
 namespace mxsched {
 
@@ -44,7 +44,7 @@ enum class Admission : uint8_t {
 // library exposes them as a Prometheus histogram). Upper bounds in nanoseconds, ascending;
 // one more bucket above the last for everything slower.
 inline constexpr std::array<int64_t, 10> kConnectLatencyBoundsNanos = {
-    1'000'000,   2'500'000,   5'000'000,   10'000'000,    25'000'000,
+    1'000'000,  2'500'000,   5'000'000,   10'000'000,    25'000'000,
     50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 5'000'000'000};
 // Per-outcome connection counts kept on each host, indexed by `Outcome` (selector.h).
 inline constexpr size_t kOutcomeKinds = 7;
@@ -83,22 +83,22 @@ class alignas(64) LimitGroup {
 
 // What the configuration says about one host; applied on every route plan (newest wins).
 struct HostConfig {
-  int32_t limit = INT32_MAX;       // configured per-address limit
-  int64_t retry_nanos = 0;         // host_failure_retry
-  LimitGroup* group = nullptr;     // provider limit shared by name pattern, or none
-  bool adaptive = true;            // adaptive_concurrency
-  int32_t adaptive_floor = 1;      // adaptive_concurrency_floor
+  int32_t limit = INT32_MAX;    // configured per-address limit
+  int64_t retry_nanos = 0;      // host_failure_retry
+  LimitGroup* group = nullptr;  // provider limit shared by name pattern, or none
+  bool adaptive = true;         // adaptive_concurrency
+  int32_t adaptive_floor = 1;   // adaptive_concurrency_floor
 };
 
 // Why a host's effective limit last moved (docs/DESIGN.md §6), for `route`, `load` and DomainView.
 struct LimitMove {
   enum class Kind : uint8_t { kNone, kLowered, kRaised, kFailedAtOne };
   Kind kind = Kind::kNone;
-  int32_t to = 0;         // the effective limit after the move
-  int64_t at_nanos = 0;   // when (the selector's clock)
-  int reply_code = 0;     // kLowered/kFailedAtOne: the busy reply
-  std::string enhanced;   // its enhanced status, if any
-  uint8_t rule = 0;       // BusyRule (feedback.h)
+  int32_t to = 0;                                 // the effective limit after the move
+  int64_t at_nanos = 0;                           // when (the selector's clock)
+  int reply_code = 0;                             // kLowered/kFailedAtOne: the busy reply
+  std::string enhanced;                           // its enhanced status, if any
+  uint8_t rule = 0;                               // BusyRule (feedback.h)
   std::string ToString(int64_t now_nanos) const;  // "lowered to 4 by 421 4.7.0, 3 s ago"
 };
 
@@ -141,7 +141,8 @@ class alignas(128) HostState {
       if (probe) probe_in_flight_.store(false, std::memory_order_release);
       return Admission::kFull;
     }
-    if (ABSL_PREDICT_FALSE(active + 1 > peak_.load(std::memory_order_relaxed))) RaisePeak(active + 1);
+    if (ABSL_PREDICT_FALSE(active + 1 > peak_.load(std::memory_order_relaxed)))
+      RaisePeak(active + 1);
     ticket->group = group;
     ticket->level = active + 1;
     return probe ? Admission::kProbe : Admission::kAdmitted;
@@ -209,9 +210,7 @@ class alignas(128) HostState {
 
   // --- statistics, written once per connection outcome (Lease::Report), read by scrapes --
   // Counts one reported outcome (an `Outcome` value, < kOutcomeKinds).
-  void CountOutcome(size_t outcome) {
-    outcomes_[outcome].fetch_add(1, std::memory_order_relaxed);
-  }
+  void CountOutcome(size_t outcome) { outcomes_[outcome].fetch_add(1, std::memory_order_relaxed); }
   uint64_t outcomes(size_t outcome) const {
     return outcomes_[outcome].load(std::memory_order_relaxed);
   }
@@ -238,14 +237,16 @@ class alignas(128) HostState {
   static uint32_t SuccessesOf(uint64_t w) {
     return static_cast<uint32_t>((w >> kSuccessShift) & kSuccessMax);
   }
-  static uint32_t BackoffOf(uint64_t w) { return static_cast<uint32_t>((w >> kBackoffShift) & 0xF); }
+  static uint32_t BackoffOf(uint64_t w) {
+    return static_cast<uint32_t>((w >> kBackoffShift) & 0xF);
+  }
   static uint64_t Pack(int32_t limit, uint64_t successes, uint32_t backoff, bool probing) {
     return static_cast<uint32_t>(limit) | std::min(successes, kSuccessMax) << kSuccessShift |
            uint64_t{backoff} << kBackoffShift | (probing ? kProbingBit : 0);
   }
   void RaisePeak(int32_t value);
-  void NoteMove(LimitMove::Kind kind, int32_t to, int64_t now, int code,
-                std::string_view enhanced, uint8_t rule);
+  void NoteMove(LimitMove::Kind kind, int32_t to, int64_t now, int code, std::string_view enhanced,
+                uint8_t rule);
 
   // Hot: touched by every Acquire/Release of this host.
   std::atomic<int32_t> active_{0};
@@ -281,8 +282,8 @@ class HostRegistry {
  public:
   // Returns the state for `endpoint`, creating it on first use; updates its limit and retry
   // window to the given values (the newest configuration wins).
-  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name,
-                         const HostConfig& config) ABSL_LOCKS_EXCLUDED(mu_);
+  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name, const HostConfig& config)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The provider group for a `Host "pattern"` stanza, created on first use; its limit is
   // set to `limit` (the newest configuration wins).
   LimitGroup* GetOrCreateGroup(std::string_view pattern, int32_t limit) ABSL_LOCKS_EXCLUDED(mu_);

@@ -1,9 +1,9 @@
 #include "mxsched/scheduler/route_planner.h"
 
-#include "mxsched/base/strings.h"
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include "mxsched/base/strings.h"
 
 #include "absl/container/flat_hash_set.h"
 
@@ -11,10 +11,14 @@ namespace mxsched {
 
 std::string_view RouteStateName(RouteState s) {
   switch (s) {
-    case RouteState::kReady: return "ready";
-    case RouteState::kPending: return "resolving";
-    case RouteState::kTempFail: return "temporary failure";
-    case RouteState::kPermFail: return "permanent failure";
+    case RouteState::kReady:
+      return "ready";
+    case RouteState::kPending:
+      return "resolving";
+    case RouteState::kTempFail:
+      return "temporary failure";
+    case RouteState::kPermFail:
+      return "permanent failure";
   }
   return "?";
 }
@@ -159,8 +163,9 @@ class Collector {
   void AddMx(uint32_t tier, std::string_view name, uint16_t port) {
     if (resolver_ == nullptr) {
       if (temp_detail_.empty()) {
-        temp_detail_ = StrCat("4.4.3 ", name, ": MX lookup needs DNS, and no resolver is "
-                                    "configured");
+        temp_detail_ = StrCat("4.4.3 ", name,
+                              ": MX lookup needs DNS, and no resolver is "
+                              "configured");
       }
       return;
     }
@@ -194,8 +199,8 @@ class Collector {
     const std::string* p = config_.ProhibitedMxName(ToLower(mx_name));
     if (p == nullptr) return false;
     if (temp_detail_.empty()) {
-      temp_detail_ = StrCat("4.4.0 MX ", mx_name, " is blocked by prohibited_mx_names \"", *p,
-                            "\"");
+      temp_detail_ =
+          StrCat("4.4.0 MX ", mx_name, " is blocked by prohibited_mx_names \"", *p, "\"");
     }
     return true;
   }
@@ -210,8 +215,7 @@ class Collector {
           ++prohibited_;
           if (temp_detail_.empty()) {
             temp_detail_ = StrCat("4.4.0 ", name, " resolves to prohibited address ",
-                                        ep.address.ToString(), " (prohibited_hosts ",
-                                        c.ToString(), ")");
+                                  ep.address.ToString(), " (prohibited_hosts ", c.ToString(), ")");
           }
           return;
         }
@@ -260,8 +264,8 @@ RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain)
                                    ds.max_outbound_connections, ds.mx_failures_to_delay,
                                    c.temp_detail(), {}, {});
     }
-    std::string detail = c.perm_detail().empty() ? "5.4.4 route has no SMTP destinations"
-                                                 : c.perm_detail();
+    std::string detail =
+        c.perm_detail().empty() ? "5.4.4 route has no SMTP destinations" : c.perm_detail();
     return RouteSnapshot::Create(RouteState::kPermFail, expiry(ttl), ds.max_outbound_connections,
                                  ds.mx_failures_to_delay, std::move(detail), {}, {});
   }

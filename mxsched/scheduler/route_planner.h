@@ -40,10 +40,10 @@ struct DnsAnswer {
     std::string host;  // "" for a null MX (RFC 7505)
   };
   State state = State::kPending;
-  std::vector<Mx> mx;                 // LookupMx
-  std::vector<IpAddress> addresses;   // LookupAddresses
+  std::vector<Mx> mx;                // LookupMx
+  std::vector<IpAddress> addresses;  // LookupAddresses
   uint32_t ttl_s = 0;
-  std::string detail;                 // for failures: what the server said
+  std::string detail;  // for failures: what the server said
 };
 
 class Resolver {
@@ -58,18 +58,18 @@ class Resolver {
 };
 
 enum class RouteState : uint8_t {
-  kReady,      // hosts below
-  kPending,    // DNS in flight
-  kTempFail,   // DNS failed temporarily, or every address was filtered out
-  kPermFail,   // NXDOMAIN, null MX, nothing deliverable
+  kReady,     // hosts below
+  kPending,   // DNS in flight
+  kTempFail,  // DNS failed temporarily, or every address was filtered out
+  kPermFail,  // NXDOMAIN, null MX, nothing deliverable
 };
 std::string_view RouteStateName(RouteState s);
 
 class RouteSnapshot {
  public:
   struct Tier {
-    uint32_t key_tier;    // route item tier
-    uint32_t key_mx_pref; // MX preference inside the item (0 for A and literals)
+    uint32_t key_tier;     // route item tier
+    uint32_t key_mx_pref;  // MX preference inside the item (0 for A and literals)
     std::span<HostState* const> hosts;
   };
 

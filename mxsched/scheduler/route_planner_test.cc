@@ -17,10 +17,9 @@ using testing::ConfigFrom;
 class RoutePlannerTest : public ::testing::Test {
  protected:
   std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter> Plan(const std::string& config_text,
-                                                               std::string_view domain) {
+                                                              std::string_view domain) {
     config_ = ConfigFrom(config_text);
-    return std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter>(
-        planner_.Plan(*config_, domain));
+    return std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter>(planner_.Plan(*config_, domain));
   }
   static std::vector<std::string> Addresses(std::span<HostState* const> hosts) {
     std::vector<std::string> out;

@@ -1,8 +1,7 @@
 #include "mxsched/scheduler/routes.h"
 
-#include "mxsched/base/strings.h"
 #include <algorithm>
-
+#include "mxsched/base/strings.h"
 
 namespace mxsched {
 namespace {
@@ -19,8 +18,8 @@ struct SchemeInfo {
   uint16_t default_port;  // 0: remote_smtp_port
 };
 constexpr SchemeInfo kSchemes[] = {
-    {"smtp", RouteScheme::kSmtp, 0},   {"apn", RouteScheme::kApn, 2195},
-    {"gcm", RouteScheme::kGcm, 443},   {"mm7", RouteScheme::kMm7, 80},
+    {"smtp", RouteScheme::kSmtp, 0},  {"apn", RouteScheme::kApn, 2195},
+    {"gcm", RouteScheme::kGcm, 443},  {"mm7", RouteScheme::kMm7, 80},
     {"http", RouteScheme::kHttp, 80},
 };
 

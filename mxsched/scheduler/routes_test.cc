@@ -1,7 +1,7 @@
 #include "mxsched/scheduler/routes.h"
 
-#include "mxsched/base/strings.h"
 #include "gtest/gtest.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched {
 namespace {

@@ -19,14 +19,22 @@ constexpr int64_t kStaleRetryNanos = 200'000'000;
 
 std::string_view DeferReasonName(DeferReason r) {
   switch (r) {
-    case DeferReason::kHostsAtLimit: return "hosts_at_limit";
-    case DeferReason::kDomainLimit: return "domain_limit";
-    case DeferReason::kServerLimit: return "server_limit";
-    case DeferReason::kHostsUnreachable: return "hosts_unreachable";
-    case DeferReason::kNoMxReachable: return "no_mx_reachable";
-    case DeferReason::kResolving: return "resolving";
-    case DeferReason::kTempFailure: return "temporary_failure";
-    case DeferReason::kPermanent: return "permanent_failure";
+    case DeferReason::kHostsAtLimit:
+      return "hosts_at_limit";
+    case DeferReason::kDomainLimit:
+      return "domain_limit";
+    case DeferReason::kServerLimit:
+      return "server_limit";
+    case DeferReason::kHostsUnreachable:
+      return "hosts_unreachable";
+    case DeferReason::kNoMxReachable:
+      return "no_mx_reachable";
+    case DeferReason::kResolving:
+      return "resolving";
+    case DeferReason::kTempFailure:
+      return "temporary_failure";
+    case DeferReason::kPermanent:
+      return "permanent_failure";
   }
   return "?";
 }
@@ -54,13 +62,20 @@ std::string Deferral::ToString() const {
 
 std::string_view OutcomeName(Outcome o) {
   switch (o) {
-    case Outcome::kConnected: return "connected";
-    case Outcome::kConnectFailed: return "connect_failed";
-    case Outcome::kTimedOut: return "timed_out";
-    case Outcome::kGreetingRejected: return "greeting_rejected";
-    case Outcome::kProtocolError: return "protocol_error";
-    case Outcome::kLocalError: return "local_error";
-    case Outcome::kBusy: return "busy";
+    case Outcome::kConnected:
+      return "connected";
+    case Outcome::kConnectFailed:
+      return "connect_failed";
+    case Outcome::kTimedOut:
+      return "timed_out";
+    case Outcome::kGreetingRejected:
+      return "greeting_rejected";
+    case Outcome::kProtocolError:
+      return "protocol_error";
+    case Outcome::kLocalError:
+      return "local_error";
+    case Outcome::kBusy:
+      return "busy";
   }
   return "?";
 }
@@ -129,8 +144,8 @@ Outcome Lease::Report(const SmtpReply& reply) {
     return Outcome::kConnected;
   }
   busy_reported_ = true;
-  const bool failed = host_->RecordBusy(selector_->clock_->NowNanos(), reply.code,
-                                        reply.enhanced, static_cast<uint8_t>(v.rule));
+  const bool failed = host_->RecordBusy(selector_->clock_->NowNanos(), reply.code, reply.enhanced,
+                                        static_cast<uint8_t>(v.rule));
   // Busy with no other connection open (or adaptation off): the host was marked failed.
   return failed ? Outcome::kGreetingRejected : Outcome::kBusy;
 }
@@ -182,9 +197,9 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
     config_version_.fetch_add(1, std::memory_order_acq_rel);
   }
   server_credit_.SetLimit(limit, limit != kUnlimited);
-  idle_ticks_.store(std::max<int64_t>(1, (int64_t{idle_s} * kNanosPerSecond) >>
-                                             DomainEntry::kUseTickShift),
-                    std::memory_order_relaxed);
+  idle_ticks_.store(
+      std::max<int64_t>(1, (int64_t{idle_s} * kNanosPerSecond) >> DomainEntry::kUseTickShift),
+      std::memory_order_relaxed);
 }
 
 DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
@@ -192,7 +207,7 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   if (!name.ok()) {
     *invalid = {DeferReason::kPermanent,
                 StrCat("5.1.2 invalid domain \"", Escape(domain.substr(0, 300)),
-                             "\": ", ToStd(name.status().message()))};
+                       "\": ", ToStd(name.status().message()))};
     return nullptr;
   }
   // Entries are stored under the normalized name (lower-case, no trailing dot), which may
@@ -218,8 +233,8 @@ std::function<bool(const DomainEntry&)> Selector::IdlePredicate(int64_t now) con
   const uint32_t tick = static_cast<uint32_t>(now >> DomainEntry::kUseTickShift);
   const int64_t idle = idle_ticks_.load(std::memory_order_relaxed);
   return [tick, idle](const DomainEntry& e) {
-    return static_cast<int64_t>(static_cast<uint32_t>(tick - e.last_used.load(
-               std::memory_order_relaxed))) >= idle &&
+    return static_cast<int64_t>(
+               static_cast<uint32_t>(tick - e.last_used.load(std::memory_order_relaxed))) >= idle &&
            e.active.load(std::memory_order_relaxed) == 0 &&
            e.tickets.load(std::memory_order_relaxed) == 0;
   };
@@ -235,8 +250,7 @@ void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
                 [](void* p) { RouteSnapshot::Destroy(static_cast<RouteSnapshot*>(p)); });
 }
 
-const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old,
-                                       int64_t now) {
+const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now) {
   for (int round = 0; entry->refreshing.exchange(true, std::memory_order_acquire); ++round) {
     // Another thread is re-planning. A usable route keeps serving meanwhile; an unusable
     // one (still resolving) would make this caller wait for the *next* DNS answer — which
@@ -263,9 +277,8 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
       keys.emplace_back(tier.key_tier, tier.key_mx_pref);
     }
     RouteSnapshot::Destroy(fresh);
-    fresh = RouteSnapshot::Create(RouteState::kReady, now + kStaleRetryNanos,
-                                  old->domain_limit(), old->mx_failures_to_delay(), "", tiers,
-                                  keys);
+    fresh = RouteSnapshot::Create(RouteState::kReady, now + kStaleRetryNanos, old->domain_limit(),
+                                  old->mx_failures_to_delay(), "", tiers, keys);
   }
   Publish(entry, fresh);
   entry->generation.store(gen, std::memory_order_release);
@@ -381,8 +394,8 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
     // Tickets that lost their reason to wait on one queue but must wait on another (a
     // domain waiter whose domain now has room but whose hosts are full) move there.
     std::vector<std::pair<SlotWaiters::Ticket*, Grant>> moves;
-    auto serve = [&](SlotWaiters::Node* n, const HostState* freed, bool skip_domain_full)
-                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
+    auto serve = [&](SlotWaiters::Node* n, const HostState* freed,
+                     bool skip_domain_full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
       while (n != nullptr) {
         if (freed != nullptr && (!freed->HasRoom() || !freed->Reachable(now))) {
           return;  // nothing left to hand out here
@@ -397,9 +410,8 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
         } else if (g == Grant::kDomain && skip_domain_full) {
           // This waiter's own domain is full: the slot may serve the next one.
         } else {
-          const bool misplaced =
-              (t->kind == SlotWaiters::Kind::kDomain && g == Grant::kHosts) ||
-              (t->kind == SlotWaiters::Kind::kServer && g != Grant::kServer);
+          const bool misplaced = (t->kind == SlotWaiters::Kind::kDomain && g == Grant::kHosts) ||
+                                 (t->kind == SlotWaiters::Kind::kServer && g != Grant::kServer);
           if (freed != nullptr || !misplaced) return;
           moves.emplace_back(t, g);  // and look further for one who can use the slot
         }
@@ -546,7 +558,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   }
   const RouteSnapshot* snap = CurrentRoute(entry, now);
   if (ABSL_PREDICT_FALSE(snap->state() != RouteState::kReady)) {
-    DeferReason r = snap->state() == RouteState::kPending  ? DeferReason::kResolving
+    DeferReason r = snap->state() == RouteState::kPending    ? DeferReason::kResolving
                     : snap->state() == RouteState::kPermFail ? DeferReason::kPermanent
                                                              : DeferReason::kTempFailure;
     return Deferred(Deferral{r, std::string(snap->detail())});
@@ -568,8 +580,7 @@ AcquireResult Selector::Acquire(std::string_view domain) {
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
   const bool server_limited = server_credit_.limited();
-  if (server_limited &&
-      (ABSL_PREDICT_FALSE(waiters_.server_waiting()) || !server_credit_.Take())) {
+  if (server_limited && (ABSL_PREDICT_FALSE(waiters_.server_waiting()) || !server_credit_.Take())) {
     entry->active.fetch_sub(1, std::memory_order_acq_rel);
     return Deferred(Deferral{DeferReason::kServerLimit, {}});
   }

@@ -52,8 +52,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "mxsched/base/mutex.h"
 #include "mxsched/base/clock.h"
+#include "mxsched/base/mutex.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/feedback.h"
@@ -89,13 +89,13 @@ struct Deferral {
 
 // What the caller observed on the connection a Lease was for.
 enum class Outcome : uint8_t {
-  kConnected,        // TCP connected and a 2xx greeting read
-  kConnectFailed,    // refused, unreachable, reset
-  kTimedOut,         // connect or greeting timeout
-  kGreetingRejected, // 4xx/5xx greeting
-  kProtocolError,    // garbage or over-long greeting
-  kLocalError,       // our side (EMFILE, EADDRNOTAVAIL...): the host is not blamed
-  kBusy,             // a busy reply (feedback.h): lowers the host's limit, not a failure
+  kConnected,         // TCP connected and a 2xx greeting read
+  kConnectFailed,     // refused, unreachable, reset
+  kTimedOut,          // connect or greeting timeout
+  kGreetingRejected,  // 4xx/5xx greeting
+  kProtocolError,     // garbage or over-long greeting
+  kLocalError,        // our side (EMFILE, EADDRNOTAVAIL...): the host is not blamed
+  kBusy,              // a busy reply (feedback.h): lowers the host's limit, not a failure
 };
 std::string_view OutcomeName(Outcome o);
 
@@ -165,15 +165,15 @@ struct DomainView {
   struct Host {
     std::string name;
     Endpoint endpoint;
-    int32_t limit = 0;         // effective: the configured one, or lower after busy replies
+    int32_t limit = 0;  // effective: the configured one, or lower after busy replies
     int32_t active = 0;
     bool reachable = true;
     int64_t seconds_since_failure = -1;  // -1 if never failed
     uint32_t consecutive_failures = 0;
     int32_t configured_limit = kUnlimited;
-    std::string limit_moved;   // why the effective limit last moved ("" if it never did)
+    std::string limit_moved;  // why the effective limit last moved ("" if it never did)
     uint64_t busy_replies = 0;
-    std::string group;         // provider pattern sharing a limit with other hosts, or ""
+    std::string group;  // provider pattern sharing a limit with other hosts, or ""
     int32_t group_limit = 0;
     int32_t group_active = 0;
   };

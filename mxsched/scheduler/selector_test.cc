@@ -2,12 +2,12 @@
 // injected: no sleeps.
 #include "mxsched/scheduler/selector.h"
 
-#include "mxsched/base/mutex.h"
-#include "mxsched/base/strings.h"
+#include <deque>
 #include <map>
 #include <random>
-#include <deque>
 #include <thread>
+#include "mxsched/base/mutex.h"
+#include "mxsched/base/strings.h"
 
 #include "gtest/gtest.h"
 #include "tests/testutil.h"
@@ -343,7 +343,10 @@ TEST(Reachability, ProbeReleasedWithoutOutcomeLetsAnotherProbeGo) {
   SelectorFixture f(R"(routes = ( "127.0.1.1" "127.0.1.2" ))");
   f.MustAcquire("example.com").Report(Outcome::kConnectFailed);
   f.clock.AdvanceSeconds(120);
-  { Lease probe = f.MustAcquire("example.com"); ASSERT_TRUE(probe.is_probe()); }
+  {
+    Lease probe = f.MustAcquire("example.com");
+    ASSERT_TRUE(probe.is_probe());
+  }
   Lease again = f.MustAcquire("example.com");
   EXPECT_TRUE(again.is_probe());
   EXPECT_EQ(again.endpoint().address.ToString(), "127.0.1.1");
@@ -495,8 +498,9 @@ TEST(Reload, NewHostLimitAppliesOnRefreshWithoutTearingDownConnections) {
 
 TEST(BadInput, InvalidDomainIsAPermanentDeferralNotACrash) {
   SelectorFixture f(kFourEqual);
-  for (std::string_view bad : {std::string_view(""), std::string_view("a..b"),
-                               std::string_view("sp ace.example"), std::string_view("\xff\x00", 2)}) {
+  for (std::string_view bad :
+       {std::string_view(""), std::string_view("a..b"), std::string_view("sp ace.example"),
+        std::string_view("\xff\x00", 2)}) {
     AcquireResult r = f.selector.Acquire(bad);
     ASSERT_FALSE(r.ok());
     EXPECT_TRUE(r.deferral().permanent());
@@ -872,7 +876,8 @@ TEST(FairHandOff, RefreshWakesWaitersToReplanAgainstNewRoutes) {
 namespace mxsched {
 namespace {
 
-// --- docs/DESIGN.md §5: eviction of idle domains --------------------------------------------------
+// --- docs/DESIGN.md §5: eviction of idle domains
+// --------------------------------------------------
 
 constexpr char kIdle[] = R"(
   routes = ( "127.0.5.1" )

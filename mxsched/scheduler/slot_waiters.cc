@@ -15,20 +15,32 @@ void SlotWaiters::Link(Queue* q, Node* n, bool front) {
   if (front) {
     n->prev = nullptr;
     n->next = q->head;
-    if (q->head) q->head->prev = n; else q->tail = n;
+    if (q->head)
+      q->head->prev = n;
+    else
+      q->tail = n;
     q->head = n;
   } else {
     n->next = nullptr;
     n->prev = q->tail;
-    if (q->tail) q->tail->next = n; else q->head = n;
+    if (q->tail)
+      q->tail->next = n;
+    else
+      q->head = n;
     q->tail = n;
   }
 }
 
 void SlotWaiters::Unlink(Node* n) {
   Queue* q = n->queue;
-  if (n->prev) n->prev->next = n->next; else q->head = n->next;
-  if (n->next) n->next->prev = n->prev; else q->tail = n->prev;
+  if (n->prev)
+    n->prev->next = n->next;
+  else
+    q->head = n->next;
+  if (n->next)
+    n->next->prev = n->prev;
+  else
+    q->tail = n->prev;
   n->prev = n->next = nullptr;
   n->queue = nullptr;
 }

@@ -79,9 +79,9 @@ class SlotWaiters {
     SlotWaiter* waiter;
     DomainEntry* domain;
     Kind kind;
-    uint64_t seq;        // arrival order (smaller = older)
-    int64_t since_nanos; // when it was queued
-    std::vector<Node> nodes;  // one per queue it is linked into; never resized once linked
+    uint64_t seq;                   // arrival order (smaller = older)
+    int64_t since_nanos;            // when it was queued
+    std::vector<Node> nodes;        // one per queue it is linked into; never resized once linked
     std::vector<HostState*> hosts;  // kHosts: the hosts it is queued on, parallel to nodes
   };
 

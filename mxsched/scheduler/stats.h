@@ -25,9 +25,10 @@ namespace mxsched {
 inline constexpr size_t kDeferReasons = 8;
 // How a connector session ended (ConnectResult::Kind): connected, deferred, failed.
 inline constexpr size_t kSessionResults = 3;
-// Slot-wait time buckets (docs/DESIGN.md §1 rule 8 waits), upper bounds in nanoseconds; one more above them.
+// Slot-wait time buckets (docs/DESIGN.md §1 rule 8 waits), upper bounds in nanoseconds; one more
+// above them.
 inline constexpr std::array<int64_t, 8> kWaitBoundsNanos = {
-    1'000'000,   10'000'000,    100'000'000,    500'000'000,
+    1'000'000,     10'000'000,    100'000'000,    500'000'000,
     1'000'000'000, 5'000'000'000, 30'000'000'000, 120'000'000'000};
 
 class SelectorStats {

@@ -1,4 +1,5 @@
-// docs/DESIGN.md §8: the statistics the Selector and HostState keep for the admin library's metrics.
+// docs/DESIGN.md §8: the statistics the Selector and HostState keep for the admin library's
+// metrics.
 #include "mxsched/scheduler/stats.h"
 
 #include <thread>
@@ -54,7 +55,7 @@ TEST(Observability, HostCountsEachReportedOutcomeOnce) {
     Lease l = f.MustAcquire("example.com");  // the other host (the first is down)
     EXPECT_NE(&l.host(), host);
     l.Report(Outcome::kConnected);
-    l.RecordConnectLatency(3'000'000);  // 3 ms: the 5 ms bucket
+    l.RecordConnectLatency(3'000'000);      // 3 ms: the 5 ms bucket
     l.RecordConnectLatency(9'000'000'000);  // above every bound
     const HostState::LatencyCounts c = l.host().connect_latency();
     EXPECT_EQ(c.buckets[2], 1u);

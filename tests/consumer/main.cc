@@ -22,30 +22,30 @@ int main(int argc, char** argv) {
   std::printf("mxsched %s\n", MXSCHED_VERSION_STRING);
   // --- README: Embedding ---
   absl::StatusOr<mxsched::Config> parsed = mxsched::LoadConfigFile(argv[1]);
-  if (!parsed.ok()) {                             // e.g. "mx.conf:3:1: unknown option ..."
+  if (!parsed.ok()) {  // e.g. "mx.conf:3:1: unknown option ..."
     std::fprintf(stderr, "%s\n", std::string(parsed.status().message()).c_str());
     return 2;
   }
   auto config = std::make_shared<const mxsched::Config>(*std::move(parsed));
-  mxsched::Selector selector(config);            // one per process, shared by all workers
+  mxsched::Selector selector(config);  // one per process, shared by all workers
 
   mxsched::AcquireResult r = selector.Acquire("example.com");
   if (!r.ok()) {
     defer(r.deferral().ToString());
   } else {
-    mxsched::Lease lease = r.TakeLease();         // holds one slot on host, domain and server
+    mxsched::Lease lease = r.TakeLease();  // holds one slot on host, domain and server
     std::printf("lease %s\n", lease.endpoint().ToString().c_str());
-  }                                               // lease released here
+  }  // lease released here
 
   // --- README: With I/O ---
-  auto loop = mxsched::io::Loop::Create();                 // one per worker thread
+  auto loop = mxsched::io::Loop::Create();  // one per worker thread
   if (!loop.ok()) return 1;
   mxsched::io::Connector connector(loop->get(), &selector);
   connector.Connect("example.com", [](mxsched::io::ConnectResult r) {
     if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) return defer(r.reason);
     std::printf("connected: %s\n", r.greeting.c_str());
-    close(r.fd);                                           // first the socket,
-    r.lease.Release();                                     // then the slot
+    close(r.fd);        // first the socket,
+    r.lease.Release();  // then the slot
   });
   while (connector.in_flight() > 0) (*loop)->RunOnce(-1);
   std::printf("done\n");
