@@ -10,6 +10,11 @@ bounded in count and time and is ended by PID. Prints markdown tables (bench/REA
 """
 import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, time
 
+
+def ms(us):
+    """A report's microseconds as milliseconds; "-" when the set was empty (JSON null)."""
+    return "-" if us is None else f"{us / 1000:.1f}"
+
 ap = argparse.ArgumentParser()
 ap.add_argument("build")
 ap.add_argument("--quick", action="store_true", help="smaller counts (CI smoke run)")
@@ -158,8 +163,8 @@ if "routes" in only:
             peak = max(a["peak"] for a in stats["addresses"])
             used = sum(1 for a in stats["addresses"] if a["total"] > 0)
             rows.append([n, k, hold, name, used, f"{r['connected_per_second']:,.0f}",
-                         f"{r['wait_p50_us'] / 1000:.1f} / {r['wait_p99_us'] / 1000:.1f}",
-                         f"{r['connect_p50_us'] / 1000:.1f} / {r['connect_p99_us'] / 1000:.1f}",
+                         f"{ms(r['wait_p50_us'])} / {ms(r['wait_p99_us'])}",
+                         f"{ms(r['connect_p50_us'])} / {ms(r['connect_p99_us'])}",
                          r["deferred"], f"{peak} (limit {limit})",
                          f"{k * limit * 1000 / hold:,.0f}" if name == "global route" else "-"])
             results.setdefault("routes", []).append(

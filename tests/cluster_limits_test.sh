@@ -160,7 +160,10 @@ for i in 1 2 3; do
   [ $rc -eq 143 ] || fail "r$i exited $rc, not 143 (stopped by SIGTERM)"
 done
 check 'all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] + r[w]["not_started"] == 1000000 for w in ("r1", "r2", "r3"))'
-check 'all(r[w]["connected"] > 0 and r[w]["failed"] == 0 for w in ("r1", "r2", "r3"))'
+# (A worker that had no lease yet when Redis went away may connect nothing before the stop:
+# it holds nothing at the switch, so it opens nothing for a lease's time — by design.)
+check 'sum(r[w]["connected"] for w in ("r1", "r2", "r3")) > 0'
+check 'all(r[w]["failed"] == 0 for w in ("r1", "r2", "r3"))'
 stopped=$(date +%s.%N)  # the farm's stats written after this include every connection
 wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $stopped" | bc)" = 1 ]'
 # A worker that comes back first keeps to its share until the others have re-registered
