@@ -28,6 +28,11 @@ namespace mxsched::tools {
 
 using CommandRun = std::function<int()>;
 
+// Replaces `path` with `text` + "\n" atomically and safely: a temporary file made by mkstemp
+// (O_EXCL, random name, same directory) renamed over it, removed on any failure; a symlink
+// planted at a predictable name is never followed. False on failure (errno says why).
+bool ReplaceFile(const std::string& path, const std::string& text);
+
 CommandRun SetUpCheckCommand(CLI::App& sub);
 CommandRun SetUpRouteCommand(CLI::App& sub);
 CommandRun SetUpLoadCommand(CLI::App& sub);

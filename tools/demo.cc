@@ -4,7 +4,9 @@
 //   MX spread     every domain has its own MX
 // Sessions wait for a slot (docs/DESIGN.md §1 rule 8) rather than fail, so the rate shows capacity.
 // Prints a table, writes demo.json and demo.csv, and demo.png when gnuplot is installed.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,7 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
+#include <sstream>
 
 #include "mxsched/base/strings.h"
 #include "testbed/farm.h"
@@ -174,9 +176,7 @@ int RunDemo(const DemoFlags& f) {
   {
     nlohmann::json doc = nlohmann::json::object();
     for (const Scenario& sc : scenarios) doc[sc.name] = nlohmann::json::parse(sc.report.ToJson());
-    std::ofstream json(out + "/demo.json");
-    json << DumpJson(doc) << "\n";
-    std::ofstream csv(out + "/demo.csv");
+    std::ostringstream csv;
     csv << "seconds,global route,MX spread\n";
     const auto& a = scenarios[0].report.connected_timeline;
     const auto& b = scenarios[1].report.connected_timeline;
@@ -186,22 +186,38 @@ int RunDemo(const DemoFlags& f) {
       csv << (i + 1) * 0.25 << "," << (i < a.size() ? a[i] * 4 : 0) << ","
           << (i < b.size() ? b[i] * 4 : 0) << "\n";
     }
-    json.close();
-    csv.close();
-    if (!json || !csv) {
+    // Written like load's --json: a symlink planted in DIR is replaced, not followed.
+    std::string text = csv.str();
+    text.pop_back();  // ReplaceFile ends the file with its own newline
+    if (!ReplaceFile(out + "/demo.json", DumpJson(doc)) || !ReplaceFile(out + "/demo.csv", text)) {
       std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n", out.c_str(),
                    out.c_str());
       return 1;
     }
   }
-  std::string plot = StrCat(
-      "gnuplot -e \"set terminal png size 900,500 noenhanced; set output '", out,
-      "/demo.png'; set datafile separator ','; set key autotitle columnhead; "
+  // gnuplot runs in DIR with relative file names and an argv (no shell): whatever DIR is
+  // called, nothing in it reaches a command line.
+  const char* script =
+      "set terminal png size 900,500 noenhanced; set output 'demo.png'; "
+      "set datafile separator ','; set key autotitle columnhead; "
       "set title 'mxsched demo: global route vs MX spread'; set xlabel 'seconds'; "
-      "set ylabel 'connected sessions/s'; set yrange [0:*]; plot '",
-      out, "/demo.csv' using 1:2 with lines lw 2, '' using 1:3 with lines lw 2\" 2>/dev/null");
-  const bool png =
-      std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(plot.c_str()) == 0;
+      "set ylabel 'connected sessions/s'; set yrange [0:*]; "
+      "plot 'demo.csv' using 1:2 with lines lw 2, '' using 1:3 with lines lw 2";
+  bool png = false;
+  if (const pid_t pid = fork(); pid == 0) {
+    const int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) {
+      dup2(devnull, STDOUT_FILENO);
+      dup2(devnull, STDERR_FILENO);
+    }
+    if (chdir(out.c_str()) == 0) execlp("gnuplot", "gnuplot", "-e", script, nullptr);
+    _exit(127);  // no gnuplot: demo.png is optional
+  } else if (pid > 0) {
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    png = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
   std::printf("\nwrote %s/demo.json, %s/demo.csv%s\n", out.c_str(), out.c_str(),
               png ? StrCat(", ", out, "/demo.png").c_str() : " (install gnuplot-nox for demo.png)");
   return 0;

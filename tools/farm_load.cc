@@ -27,11 +27,13 @@ namespace {
 volatile bool g_stop = false;
 volatile sig_atomic_t g_signal = 0;  // the signal that set g_stop
 
+}  // namespace
+
 // Replaces `path` with `text` atomically. The temporary file is created by mkstemp (O_EXCL,
 // a fresh random name in the same directory, so the rename stays on one file system): a
 // symlink planted at a predictable "<path>.tmp" used to be followed and its target
 // overwritten. On any failure the temporary file is removed (ctest cli_output).
-bool WriteFile(const std::string& path, const std::string& text) {
+bool ReplaceFile(const std::string& path, const std::string& text) {
   std::string tmp = path + ".XXXXXX";
   int fd = ::mkstemp(tmp.data());
   if (fd < 0) return false;
@@ -52,8 +54,6 @@ bool WriteFile(const std::string& path, const std::string& text) {
   ::unlink(tmp.c_str());
   return false;
 }
-
-}  // namespace
 
 void RaiseFdLimit() {
   rlimit rl;
@@ -125,7 +125,7 @@ int RunFarm(const FarmFlags& f) {
     return absl::IsInvalidArgument(farm.status()) ? 2 : 1;
   }
   // An unwritable --stats is found now, not when the run is over.
-  if (!stats_path.empty() && !WriteFile(stats_path, (*farm)->StatsJson())) {
+  if (!stats_path.empty() && !ReplaceFile(stats_path, (*farm)->StatsJson())) {
     (*farm)->Stop();
     return UsageError(
         StrCat("farm: --stats ", stats_path, ": cannot write: ", std::strerror(errno)));
@@ -152,12 +152,12 @@ int RunFarm(const FarmFlags& f) {
     static auto last = std::chrono::steady_clock::now();
     if (!stats_path.empty() && std::chrono::steady_clock::now() - last > std::chrono::seconds(1)) {
       last = std::chrono::steady_clock::now();
-      WriteFile(stats_path, (*farm)->StatsJson());
+      ReplaceFile(stats_path, (*farm)->StatsJson());
     }
   }
   (*farm)->Stop();
   const std::string json = (*farm)->StatsJson();
-  if (!stats_path.empty() && !WriteFile(stats_path, json)) {
+  if (!stats_path.empty() && !ReplaceFile(stats_path, json)) {
     std::fprintf(stderr, "mxsched farm: cannot write %s\n", stats_path.c_str());
     return 1;
   }
@@ -240,7 +240,7 @@ int RunLoadCommand(LoadFlags& f) {
     return 2;
   }
   std::printf("%s", report->ToText().c_str());
-  if (!json_path.empty() && !WriteFile(json_path, report->ToJson())) {
+  if (!json_path.empty() && !ReplaceFile(json_path, report->ToJson())) {
     std::fprintf(stderr, "mxsched load: cannot write %s\n", json_path.c_str());
     return 1;
   }
