@@ -39,16 +39,7 @@ std::string RawGreeting(const Endpoint& ep, int* fd_out) {
   return line;
 }
 
-class FarmCapTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    net_ = testing::LoopbackPrefix();
-    port_ = testing::FreePort();
-  }
-  std::string Ip(int last) const { return StrCat(net_, last); }
-  std::string net_;
-  uint16_t port_ = 0;
-};
+class FarmCapTest : public testing::LoopbackTest {};
 
 TEST_F(FarmCapTest, ServesNAtOnceAndAnswersTheRest421TooManyConnections) {
   Fault cap{Fault::Kind::kCap, 2};
@@ -85,13 +76,8 @@ TEST(FarmFaultSpec, ParsesCap) {
 
 // --- adaptive limits against the farm's capped receiver ------------------------------------
 
-class AdaptiveTest : public ::testing::Test {
+class AdaptiveTest : public testing::LoopbackTest {
  protected:
-  void SetUp() override {
-    net_ = testing::LoopbackPrefix();
-    port_ = testing::FreePort();
-  }
-  std::string Ip(int last) const { return StrCat(net_, last); }
   Endpoint Host(int last) const { return Ep(Ip(last), port_); }
   std::string Routes(std::initializer_list<int> hosts) const {
     std::string r =
@@ -123,9 +109,6 @@ class AdaptiveTest : public ::testing::Test {
     return *r;
   }
   const HostState& State(Selector& s, int last) { return *s.registry().Find(Host(last)); }
-
-  std::string net_;
-  uint16_t port_ = 0;
 };
 
 TEST_F(AdaptiveTest, CappedReceiverLimitIsLearnedAndNothingIsWrittenOff) {

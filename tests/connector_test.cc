@@ -18,16 +18,8 @@ using testing::ConnectOnce;
 using testing::Ep;
 using testing::StatsFor;
 
-class ConnectorTest : public ::testing::Test {
+class ConnectorTest : public testing::LoopbackTest {
  protected:
-  void SetUp() override {
-    net_ = testing::LoopbackPrefix();
-    port_ = testing::FreePort();
-  }
-  std::string Ip(int last) const { return StrCat(net_, last); }
-  std::string Url(int last, int pref) const {
-    return StrCat("\"smtp://", Ip(last), "?pref=", pref, "\"");
-  }
   std::string Common() const { return StrCat("remote_smtp_port = ", port_, "\n"); }
   std::vector<Endpoint> Hosts(std::initializer_list<int> lasts) const {
     std::vector<Endpoint> v;
@@ -52,9 +44,6 @@ class ConnectorTest : public ::testing::Test {
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
     return *r;
   }
-
-  std::string net_;
-  uint16_t port_ = 0;
 };
 
 TEST_F(ConnectorTest, ConnectsAndReadsTheGreeting) {

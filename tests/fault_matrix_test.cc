@@ -85,15 +85,13 @@ std::chrono::steady_clock::time_point In(std::chrono::seconds s) {
   return std::chrono::steady_clock::now() + s;
 }
 
-class FaultMatrix : public ::testing::Test {
+class FaultMatrix : public testing::LoopbackTest {
  protected:
   void SetUp() override {
-    net_ = testing::LoopbackPrefix();
-    port_ = testing::FreePort();
+    LoopbackTest::SetUp();
     fds_before_ = OpenFds();
   }
   void TearDown() override { EXPECT_EQ(OpenFds(), fds_before_) << "file descriptors leaked"; }
-  std::string Ip(int last) const { return StrCat(net_, last); }
   // Waits (bounded) until the farm counts no open connection and this process holds the fds
   // it held with the farm running and no session: the server's close is asynchronous.
   void ExpectAllClosedWhileFarmRuns(io::Farm& farm, int fds_with_farm) {
@@ -139,8 +137,6 @@ class FaultMatrix : public ::testing::Test {
     return *r;
   }
 
-  std::string net_;
-  uint16_t port_ = 0;
   int fds_before_ = 0;
 };
 

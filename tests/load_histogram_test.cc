@@ -110,16 +110,8 @@ TEST(LatencyHistogram, SmallValuesAreExactAndHugeOnesFit) {
   EXPECT_EQ(h.Percentile(100), INT64_MAX);
 }
 
-class LoadBookkeepingTest : public ::testing::Test {
+class LoadBookkeepingTest : public testing::LoopbackTest {
  protected:
-  void SetUp() override {
-    net_ = testing::LoopbackPrefix();
-    port_ = testing::FreePort();
-  }
-  std::string Ip(int last) const { return StrCat(net_, last); }
-  std::string Url(int last, int pref) const {
-    return StrCat("\"smtp://", Ip(last), "?pref=", pref, "\"");
-  }
   std::string Key(int last) const { return Ep(Ip(last), port_).ToString(); }
   io::LoadOptions Options(int64_t sessions, int concurrency, int hold_ms, int threads) const {
     io::LoadOptions o;
@@ -133,9 +125,6 @@ class LoadBookkeepingTest : public ::testing::Test {
     o.connector.connect_timeout_ms = 30'000;
     return o;
   }
-
-  std::string net_;
-  uint16_t port_ = 0;
 };
 
 TEST_F(LoadBookkeepingTest, ResidentMemoryDoesNotGrowWithSessions) {

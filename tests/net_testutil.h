@@ -43,6 +43,22 @@ inline std::string LoopbackPrefix() {
 
 inline uint16_t FreePort() { return io::FreeLoopbackPort(); }
 
+// A fixture on a loopback network and a port of its own: Ip(5) is "127.a.b.5", Url(5, 10) a
+// route item "smtp://127.a.b.5?pref=10" for the routes list.
+class LoopbackTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    net_ = LoopbackPrefix();
+    port_ = FreePort();
+  }
+  std::string Ip(int last) const { return StrCat(net_, last); }
+  std::string Url(int last, int pref) const {
+    return StrCat("\"smtp://", Ip(last), "?pref=", pref, "\"");
+  }
+  std::string net_;
+  uint16_t port_ = 0;
+};
+
 inline Endpoint Ep(const std::string& ip, uint16_t port) {
   return Endpoint{*IpAddress::Parse(ip), port};
 }
