@@ -6,10 +6,13 @@
 #   3. four `load` processes against one Redis   (aggregate sessions/s, never above the limit)
 # Redis commands per session from INFO commandstats: top-level calls (EVALSHA, EVAL, SCRIPT,
 # SUBSCRIBE...) and all calls including those the scripts make.
-# Usage: bench/cluster_limits.sh BUILD_DIR [SESSIONS]   (run it inside `unshare -n`)
+# Usage: bench/cluster_limits.sh BUILD_DIR [SESSIONS [HOLD_MS]]   (inside `unshare -n`)
+# HOLD_MS (default 0) holds each session open that long before QUIT: 0 is the worst case for
+# the Redis round trip; real SMTP sessions last far longer.
 set -eu
 build=$1
 n=${2:-20000}
+hold=${3:-0}
 bin=$build/mxsched
 work=$(mktemp -d)
 pids=()
@@ -47,7 +50,7 @@ printf '%s\ncluster_limits = "redis://127.0.0.1:%s"\ncluster_name = "bench"\n' "
   >"$work/cluster.conf"
 run() {  # run NAME CONF SESSIONS: one load process
   "$bin" load --config "$work/$2" --domains a.test,b.test,c.test,d.test --sessions "$3" \
-    --concurrency 32 --wait-ms 60000 --json "$work/$1.json" >/dev/null 2>"$work/$1.err"
+    --concurrency 32 --hold-ms "$hold" --wait-ms 60000 --json "$work/$1.json" >/dev/null 2>"$work/$1.err"
 }
 stats() { redis-cli -p "$rport" info commandstats | tr -d '\r'; }
 run local local.conf "$n"
