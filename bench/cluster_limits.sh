@@ -20,7 +20,10 @@ pids=()
 # (and holding this script's stdout), so its child goes first, by parent PID.
 cleanup() {
   for p in "${pids[@]}"; do
-    pkill -9 -P "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+    # `|| true`: under set -e a failing kill or wait would end the cleanup at the first one.
+    pkill -9 -P "$p" 2>/dev/null || true
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
   rm -rf "$work"
 }
