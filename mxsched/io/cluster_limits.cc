@@ -334,7 +334,9 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
   const int64_t all = share_clients_ > 0 ? share_clients_ : INT32_MAX;
   const bool fresh = NowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
   for (const ClusterKey& k : keys) {
-    const KeyHolding& h = held_[k.key];
+    // find, not []: a refused key must not leave an entry behind (nothing would erase it).
+    auto it = held_.find(k.key);
+    const KeyHolding h = it == held_.end() ? KeyHolding{} : it->second;
     int64_t allowed = k.limit;
     if (share) {
       allowed = std::max<int64_t>(1, k.limit * std::min(mine, all) / all);
