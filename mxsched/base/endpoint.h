@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <compare>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -44,6 +45,8 @@ class IpAddress {
   std::string ToString() const;  // canonical text, no brackets
 
   friend bool operator==(const IpAddress&, const IpAddress&) = default;
+  // IPv4 before IPv6, then by bytes (a canonical order, e.g. of a route's hosts).
+  friend std::strong_ordering operator<=>(const IpAddress&, const IpAddress&) = default;
   template <typename H>
   friend H AbslHashValue(H h, const IpAddress& a) {
     return H::combine(std::move(h), a.family_, a.bytes_);
@@ -64,6 +67,7 @@ struct Endpoint {
   socklen_t ToSockaddr(sockaddr_storage* out) const;
 
   friend bool operator==(const Endpoint&, const Endpoint&) = default;
+  friend std::strong_ordering operator<=>(const Endpoint&, const Endpoint&) = default;
   template <typename H>
   friend H AbslHashValue(H h, const Endpoint& e) {
     return H::combine(std::move(h), e.address, e.port);

@@ -68,11 +68,11 @@ DomainEntry* DomainTable::Shard::NewEntry() {
   return &arenas.back()[arena_used++];
 }
 
-DomainTable::DomainTable(void (*destroy_snapshot)(const RouteSnapshot*)) {
+DomainTable::DomainTable(std::function<void(const RouteSnapshot*)> release_snapshot) {
   shards_.reserve(kShards);
   for (size_t i = 0; i < kShards; ++i) {
     shards_.push_back(std::make_shared<Shard>());
-    shards_.back()->destroy_snapshot = destroy_snapshot;
+    shards_.back()->release_snapshot = release_snapshot;
   }
 }
 
@@ -153,7 +153,7 @@ size_t DomainTable::Evict(const std::shared_ptr<Shard>& shard, size_t slots,
     auto* r = new RetiredEntry{shard,
                                [](void* sp, DomainEntry* x) {
                                  auto* sh = static_cast<Shard*>(sp);
-                                 sh->destroy_snapshot(x->snapshot.load(std::memory_order_acquire));
+                                 sh->release_snapshot(x->snapshot.load(std::memory_order_acquire));
                                  x->~DomainEntry();
                                  new (x) DomainEntry();
                                  MutexLock lock(&sh->mu);

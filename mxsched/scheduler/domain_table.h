@@ -2,7 +2,7 @@
 // hash tables read without locks — and HashDomain, the case-insensitive hash it uses.
 //
 // Ownership: the table owns its entries (allocated in per-shard arenas, reused through a
-// free list) and their route snapshots. An entry pointer stays valid while the reader's
+// free list) and one reference each to their (shared, interned) route snapshots. An entry pointer stays valid while the reader's
 // epoch::EpochGuard lasts; beyond that only while the entry cannot be evicted (it has a
 // connection or a waiter: `active` > 0 or `tickets` > 0).
 //
@@ -94,12 +94,21 @@ bool EqualsLower(std::string_view query, std::string_view lower);
 // One domain's state in the selector. 128 bytes, not 64: x86's adjacent-line prefetcher
 // moves lines in 128-byte pairs, and with 64-byte entries two threads working on
 // neighbouring domains slowed each other by ~30% (bench/README.md). The otherwise idle half
-// holds the name inline.
+// holds the name inline. The route snapshot is shared (route_interner.h); what is this
+// domain's own — when its route expires, where its rotation stands — lives here.
 struct alignas(128) DomainEntry {
-  static constexpr size_t kInlineName = 72;
+  static constexpr size_t kInlineName = 56;
   // `active` of an evicted entry: any CAS that would take a slot sees it negative.
   static constexpr int32_t kDead = INT32_MIN / 2;
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
+  // When the route is to be planned again (clock nanos). Stored before the snapshot it
+  // belongs to is published; a reader may pair an older snapshot with a newer expiry for
+  // one Acquire, which is harmless (that snapshot was current a moment ago).
+  std::atomic<int64_t> expires_at{0};
+  // This domain's own order of its first tier's hosts (RFC 5321 §5.1: equal preferences in
+  // random order), for tiers of 2..15 hosts: bits 0-3 hold the tier size it was drawn for,
+  // then 4 bits per position. Other tiers are walked with RotationStep (route_planner.h).
+  std::atomic<uint64_t> order{0};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
   std::atomic<uint32_t> cursor{0};     // rotation position (mod tier size)
@@ -122,8 +131,10 @@ class DomainTable {
  public:
   static constexpr size_t kShards = 64;
 
-  // `destroy_snapshot` frees an entry's route snapshot when the entry is freed.
-  explicit DomainTable(void (*destroy_snapshot)(const RouteSnapshot*));
+  // `release_snapshot` drops an entry's reference to its route snapshot when the entry is
+  // freed (after eviction, once no reader can hold it). It may outlive the table (held by
+  // entries still waiting for reclamation).
+  explicit DomainTable(std::function<void(const RouteSnapshot*)> release_snapshot);
   ~DomainTable();
   DomainTable(const DomainTable&) = delete;
   DomainTable& operator=(const DomainTable&) = delete;
@@ -195,7 +206,7 @@ class DomainTable {
     size_t arena_used ABSL_GUARDED_BY(mu) = 0;
     std::vector<DomainEntry*> free_list ABSL_GUARDED_BY(mu);
     size_t hand ABSL_GUARDED_BY(mu) = 0;  // where the next eviction sweep starts
-    void (*destroy_snapshot)(const RouteSnapshot*) = nullptr;
+    std::function<void(const RouteSnapshot*)> release_snapshot;
 
     Shard();
     ~Shard();

@@ -6,6 +6,8 @@
 #include "mxsched/base/strings.h"
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
+#include "absl/types/span.h"
 
 namespace mxsched {
 
@@ -31,8 +33,8 @@ size_t AllocationSize(size_t hosts, size_t tiers) {
 }
 }  // namespace
 
-RouteSnapshot* RouteSnapshot::Create(RouteState state, int64_t expires_at_nanos,
-                                     int32_t domain_limit, uint32_t mx_failures_to_delay,
+RouteSnapshot* RouteSnapshot::Create(RouteState state, int32_t domain_limit,
+                                     uint32_t mx_failures_to_delay,
                                      std::string detail,
                                      const std::vector<std::vector<HostState*>>& tiers,
                                      const std::vector<std::pair<uint32_t, uint32_t>>& keys) {
@@ -41,7 +43,6 @@ RouteSnapshot* RouteSnapshot::Create(RouteState state, int64_t expires_at_nanos,
   void* mem = ::operator new(AllocationSize(num_hosts, tiers.size()));
   auto* s = new (mem) RouteSnapshot();
   s->state_ = state;
-  s->expires_at_ = expires_at_nanos;
   s->domain_limit_ = domain_limit;
   s->mx_failures_to_delay_ = mx_failures_to_delay;
   if (!detail.empty()) s->detail_ = std::make_unique<const std::string>(std::move(detail));
@@ -69,6 +70,55 @@ void RouteSnapshot::Destroy(RouteSnapshot* s) {
 size_t RouteSnapshot::bytes() const {
   return AllocationSize(num_hosts_, num_tiers_) +
          (detail_ ? sizeof(std::string) + detail_->capacity() : 0);
+}
+
+uint64_t RouteSnapshot::ContentHash() const {
+  const uint16_t* ends = tier_ends();
+  const uint32_t* k = keys();
+  return absl::HashOf(static_cast<uint8_t>(state_), domain_limit_, mx_failures_to_delay_,
+                      detail(), absl::MakeConstSpan(hosts(), num_hosts_),
+                      absl::MakeConstSpan(ends, num_tiers_),
+                      absl::MakeConstSpan(k, 2 * size_t{num_tiers_}));
+}
+
+bool RouteSnapshot::SameContent(const RouteSnapshot& o) const {
+  if (state_ != o.state_ || domain_limit_ != o.domain_limit_ ||
+      mx_failures_to_delay_ != o.mx_failures_to_delay_ || num_hosts_ != o.num_hosts_ ||
+      num_tiers_ != o.num_tiers_ || detail() != o.detail()) {
+    return false;
+  }
+  return std::equal(hosts(), hosts() + num_hosts_, o.hosts()) &&
+         std::equal(tier_ends(), tier_ends() + num_tiers_, o.tier_ends()) &&
+         std::equal(keys(), keys() + 2 * size_t{num_tiers_}, o.keys());
+}
+
+namespace {
+// For each tier size n (1..kMaxAddressesPerRoute), the steps coprime with n.
+struct StepTable {
+  uint8_t count[kMaxAddressesPerRoute + 1] = {};
+  uint8_t steps[kMaxAddressesPerRoute + 1][kMaxAddressesPerRoute] = {};
+  constexpr StepTable() {
+    for (uint32_t n = 1; n <= kMaxAddressesPerRoute; ++n) {
+      for (uint32_t s = 1; s <= n; ++s) {
+        uint32_t a = s, b = n;  // gcd
+        while (b != 0) {
+          const uint32_t r = a % b;
+          a = b;
+          b = r;
+        }
+        if (a == 1) steps[n][count[n]++] = static_cast<uint8_t>(s % n);
+      }
+    }
+  }
+};
+constexpr StepTable kSteps;
+}  // namespace
+
+uint32_t RotationStep(uint32_t n, uint64_t domain_hash) {
+  if (n <= 1 || n > kMaxAddressesPerRoute) return 1;
+  // Multiply-shift instead of a modulo: bits of the hash the table index does not use.
+  const uint64_t pick = ((domain_hash >> 20) & 0xFFFFFFFF) * kSteps.count[n] >> 32;
+  return kSteps.steps[n][pick];
 }
 
 namespace {
@@ -238,9 +288,13 @@ class Collector {
   std::optional<uint32_t> ttl_;
 };
 
+PlannedRoute Made(RouteSnapshot* s, int64_t expires_at) {
+  return PlannedRoute{std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter>(s), expires_at};
+}
+
 }  // namespace
 
-RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain) {
+PlannedRoute RoutePlanner::Plan(const Config& config, std::string_view domain) {
   const DomainSettings& ds = config.ForDomain(domain);
   const int64_t now = clock_->NowNanos();
   Collector c(config, ds, resolver_);
@@ -254,20 +308,23 @@ RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain)
     // Strict preference forbids using a later tier while an earlier one is unknown, so a
     // route with any lookup in flight waits for all of them. Expires at once: re-planned on
     // the next Acquire (the resolver coalesces and caches).
-    return RouteSnapshot::Create(RouteState::kPending, now, ds.max_outbound_connections,
-                                 ds.mx_failures_to_delay, "4.4.3 DNS lookup in progress", {}, {});
+    return Made(RouteSnapshot::Create(RouteState::kPending, ds.max_outbound_connections,
+                                      ds.mx_failures_to_delay, "4.4.3 DNS lookup in progress",
+                                      {}, {}),
+                now);
   }
   auto& cands = c.candidates();
   if (cands.empty()) {
     if (!c.temp_detail().empty()) {
-      return RouteSnapshot::Create(RouteState::kTempFail, expiry(std::min<uint32_t>(ttl, 30)),
-                                   ds.max_outbound_connections, ds.mx_failures_to_delay,
-                                   c.temp_detail(), {}, {});
+      return Made(RouteSnapshot::Create(RouteState::kTempFail, ds.max_outbound_connections,
+                                        ds.mx_failures_to_delay, c.temp_detail(), {}, {}),
+                  expiry(std::min<uint32_t>(ttl, 30)));
     }
     std::string detail =
         c.perm_detail().empty() ? "5.4.4 route has no SMTP destinations" : c.perm_detail();
-    return RouteSnapshot::Create(RouteState::kPermFail, expiry(ttl), ds.max_outbound_connections,
-                                 ds.mx_failures_to_delay, std::move(detail), {}, {});
+    return Made(RouteSnapshot::Create(RouteState::kPermFail, ds.max_outbound_connections,
+                                      ds.mx_failures_to_delay, std::move(detail), {}, {}),
+                expiry(ttl));
   }
   std::stable_sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& b) {
     return std::tie(a.tier, a.mx_pref, a.family_rank) < std::tie(b.tier, b.mx_pref, b.family_rank);
@@ -293,13 +350,18 @@ RouteSnapshot* RoutePlanner::Plan(const Config& config, std::string_view domain)
     }
     tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name, hc));
   }
-  for (auto& t : tiers) {  // Fisher-Yates with the injected source
-    for (size_t i = t.size(); i > 1; --i) std::swap(t[i - 1], t[random_->Uniform(i)]);
+  // Canonical order inside a tier (DNS servers rotate their answers): equal routes plan
+  // equal snapshots, and the interner shares them. Per-domain order: RotationStep.
+  for (auto& t : tiers) {
+    std::sort(t.begin(), t.end(), [](const HostState* a, const HostState* b) {
+      return a->endpoint() < b->endpoint();
+    });
   }
   // A temporarily failed item elsewhere in the list: use what resolved, but look again soon.
   const uint32_t life = c.temp_detail().empty() ? ttl : std::min<uint32_t>(ttl, 30);
-  return RouteSnapshot::Create(RouteState::kReady, expiry(life), ds.max_outbound_connections,
-                               ds.mx_failures_to_delay, "", tiers, keys);
+  return Made(RouteSnapshot::Create(RouteState::kReady, ds.max_outbound_connections,
+                                    ds.mx_failures_to_delay, "", tiers, keys),
+              expiry(life));
 }
 
 }  // namespace mxsched

@@ -3,9 +3,14 @@
 // DNS (through the Resolver interface) and the shared HostRegistry.
 //
 // Tier order: by the route item's tier (routes.h), then by MX preference inside an MX item,
-// then (with prefer_ipv6_mxs) IPv6 before IPv4. Hosts of one tier are shuffled per domain
-// with the injected Random (RFC 5321 §5.1: equal preferences in random order), so domains
-// that share hosts do not all start on the same one.
+// then (with prefer_ipv6_mxs) IPv6 before IPv4. Hosts of one tier are in a canonical order
+// (by address and port), so every domain with the same hosts and settings plans an equal
+// snapshot and RouteInterner (route_interner.h) keeps one copy for all of them. The random
+// order RFC 5321 §5.1 asks for among equal preferences is per domain, not per snapshot: the
+// selector walks a tier from a random start with a per-domain stride (RotationStep).
+//
+// A snapshot holds no time: when a route expires is per domain (PlannedRoute::expires_at,
+// kept in the DomainEntry), so domains planned at different times still share one.
 //
 // Thread-safety: a RouteSnapshot is immutable after Create and read without locks; it is
 // published through an atomic pointer and reclaimed with epoch-based reclamation.
@@ -73,7 +78,7 @@ class RouteSnapshot {
     std::span<HostState* const> hosts;
   };
 
-  static RouteSnapshot* Create(RouteState state, int64_t expires_at_nanos, int32_t domain_limit,
+  static RouteSnapshot* Create(RouteState state, int32_t domain_limit,
                                uint32_t mx_failures_to_delay, std::string detail,
                                const std::vector<std::vector<HostState*>>& tiers,
                                const std::vector<std::pair<uint32_t, uint32_t>>& tier_keys);
@@ -83,7 +88,6 @@ class RouteSnapshot {
   };
 
   RouteState state() const { return state_; }
-  int64_t expires_at() const { return expires_at_; }
   int32_t domain_limit() const { return domain_limit_; }
   uint32_t mx_failures_to_delay() const { return mx_failures_to_delay_; }
   std::string_view detail() const { return detail_ ? std::string_view(*detail_) : ""; }
@@ -101,8 +105,13 @@ class RouteSnapshot {
   }
   // Heap bytes this snapshot uses (for the memory benchmark).
   size_t bytes() const;
+  // Content hash and equality: what RouteInterner shares snapshots by (everything above:
+  // state, limits, detail, tiers and their hosts in order).
+  uint64_t ContentHash() const;
+  bool SameContent(const RouteSnapshot& o) const;
 
  private:
+  friend class RouteInterner;
   RouteSnapshot() = default;
   HostState* const* hosts() const { return reinterpret_cast<HostState* const*>(this + 1); }
   const uint16_t* tier_ends() const {
@@ -114,12 +123,13 @@ class RouteSnapshot {
     return reinterpret_cast<const uint32_t*>((p + 3) & ~uintptr_t{3});
   }
 
-  int64_t expires_at_ = 0;
   int32_t domain_limit_ = 0;
   uint32_t mx_failures_to_delay_ = 0;
   uint16_t num_hosts_ = 0;
   uint16_t num_tiers_ = 0;
   RouteState state_ = RouteState::kPending;
+  int32_t refs_ = 0;    // RouteInterner: domains using it (under the interner's shard mutex)
+  uint64_t hash_ = 0;   // ContentHash(), set when interned
   std::unique_ptr<const std::string> detail_;  // set only for failures: keeps snapshots small
   // Followed in the same allocation by: HostState* hosts[num_hosts_];
   // uint16_t tier_ends[num_tiers_]; uint32_t keys[2 * num_tiers_].
@@ -130,23 +140,37 @@ class RouteSnapshot {
 inline constexpr size_t kMaxMxPerDomain = 16;
 inline constexpr size_t kMaxAddressesPerRoute = 32;
 
+// What Plan built: a snapshot (not yet interned) and when it is to be planned again.
+struct PlannedRoute {
+  std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter> snapshot;
+  int64_t expires_at = 0;  // clock nanos; a pending route expires at once
+  RouteSnapshot* operator->() const { return snapshot.get(); }
+};
+
 class RoutePlanner {
  public:
   // `resolver` may be null: then only literal-address routes resolve, and items that need
   // DNS make the route kTempFail with a message saying so.
-  RoutePlanner(HostRegistry* registry, Resolver* resolver, Clock* clock, Random* random)
-      : registry_(registry), resolver_(resolver), clock_(clock), random_(random) {}
+  RoutePlanner(HostRegistry* registry, Resolver* resolver, Clock* clock)
+      : registry_(registry), resolver_(resolver), clock_(clock) {}
   Resolver* resolver() const { return resolver_; }
 
-  // Builds the snapshot for `domain` (lower-case) under `config`. Never returns null.
-  RouteSnapshot* Plan(const Config& config, std::string_view domain);
+  // Builds the route for `domain` (lower-case) under `config`. The snapshot is never null.
+  PlannedRoute Plan(const Config& config, std::string_view domain);
 
  private:
   HostRegistry* registry_;
   Resolver* resolver_;
   Clock* clock_;
-  Random* random_;
 };
+
+// Equal-preference rotation (RFC 5321 §5.1, docs/DESIGN.md §1 rule 2). A domain walks a
+// tier of n hosts as position p -> host (p * step) mod n, where step is coprime with n and
+// picked per domain from its hash: with the random start (the entry's cursor) every domain
+// has its own order over a shared snapshot, and a host that is full or down hands its turns
+// to different hosts in different domains, not always to the same neighbour.
+// REQUIRES: 1 <= n <= kMaxAddressesPerRoute.
+uint32_t RotationStep(uint32_t n, uint64_t domain_hash);
 
 }  // namespace mxsched
 

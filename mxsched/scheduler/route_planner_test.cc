@@ -1,12 +1,14 @@
 // RoutePlanner on its own: literal-address routes (no DNS needed; DNS routes are tested
-// against a real dnsmasq in tests/resolver_test.cc), a manual clock and a seeded random.
+// against a real dnsmasq in tests/resolver_test.cc) and a manual clock.
 #include "mxsched/scheduler/route_planner.h"
 
+#include <algorithm>
 #include <memory>
 #include <set>
 
 #include "gtest/gtest.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/domain_table.h"
 #include "tests/testutil.h"
 
 namespace mxsched {
@@ -16,10 +18,9 @@ using testing::ConfigFrom;
 
 class RoutePlannerTest : public ::testing::Test {
  protected:
-  std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter> Plan(const std::string& config_text,
-                                                              std::string_view domain) {
+  PlannedRoute Plan(const std::string& config_text, std::string_view domain) {
     config_ = ConfigFrom(config_text);
-    return std::unique_ptr<RouteSnapshot, RouteSnapshot::Deleter>(planner_.Plan(*config_, domain));
+    return planner_.Plan(*config_, domain);
   }
   static std::vector<std::string> Addresses(std::span<HostState* const> hosts) {
     std::vector<std::string> out;
@@ -28,9 +29,8 @@ class RoutePlannerTest : public ::testing::Test {
   }
 
   ManualClock clock_;
-  SplitMixRandom random_{42};
   HostRegistry registry_;
-  RoutePlanner planner_{&registry_, /*resolver=*/nullptr, &clock_, &random_};
+  RoutePlanner planner_{&registry_, /*resolver=*/nullptr, &clock_};
   std::shared_ptr<const Config> config_;
 };
 
@@ -64,35 +64,53 @@ TEST_F(RoutePlannerTest, PortsLimitsAndTtlComeFromTheConfiguration) {
   EXPECT_EQ(s->TierHosts(0)[0]->limit(), 7);
   EXPECT_EQ(s->TierHosts(1)[0]->limit(), kUnlimited);
   EXPECT_EQ(s->domain_limit(), 32);
-  EXPECT_EQ(s->expires_at(), clock_.NowNanos() + 600 * kNanosPerSecond)
+  EXPECT_EQ(s.expires_at, clock_.NowNanos() + 600 * kNanosPerSecond)
       << "a literal route lives max_dns_ttl";
   auto t = Plan(text, "ttl.example");
-  EXPECT_EQ(t->expires_at(), clock_.NowNanos() + 30 * kNanosPerSecond) << "ttl= wins";
+  EXPECT_EQ(t.expires_at, clock_.NowNanos() + 30 * kNanosPerSecond) << "ttl= wins";
 }
 
-TEST_F(RoutePlannerTest, DomainsSharingHostsShareHostStateButShuffleTheirOwnOrder) {
+TEST_F(RoutePlannerTest, DomainsSharingHostsPlanEqualSnapshotsInACanonicalOrder) {
+  // Equal routes must plan equal snapshots, whatever order the configuration (or a rotating
+  // DNS server) lists them in, so RouteInterner can share one; the per-domain random order
+  // of RFC 5321 §5.1 is the selector's walk (RotationStep), tested in selector_test.cc.
+  const std::string one_tier =
+      R"(routes = ( "smtp://192.0.2.3?pref=1" "smtp://192.0.2.1?pref=1" "smtp://192.0.2.2?pref=1" ))";
+  const std::string reordered =
+      R"(routes = ( "smtp://192.0.2.2?pref=1" "smtp://192.0.2.3?pref=1" "smtp://192.0.2.1?pref=1" ))";
+  auto a = Plan(one_tier, "a.example");
+  auto b = Plan(reordered, "b.example");
+  ASSERT_EQ(a->num_tiers(), 1u);
+  EXPECT_EQ(Addresses(a->TierHosts(0)),
+            (std::vector<std::string>{"192.0.2.1:25", "192.0.2.2:25", "192.0.2.3:25"}));
+  EXPECT_TRUE(a->SameContent(*b.snapshot));
+  EXPECT_EQ(a->ContentHash(), b->ContentHash());
+  EXPECT_EQ(a->TierHosts(0)[0], b->TierHosts(0)[0]) << "one HostState per destination";
+  EXPECT_EQ(registry_.size(), 3u);
+  auto limited = Plan(one_tier + "\nmax_outbound_connections = 3", "c.example");
+  EXPECT_FALSE(a->SameContent(*limited.snapshot)) << "the domain limit is part of the route";
   const std::string text =
       R"(routes = ( "192.0.2.1" "192.0.2.2" "192.0.2.3" "192.0.2.4" "192.0.2.5" "192.0.2.6" ))";
-  const std::string one_tier =
-      R"(routes = ( "smtp://192.0.2.1?pref=1" "smtp://192.0.2.2?pref=1" "smtp://192.0.2.3?pref=1"
-                    "smtp://192.0.2.4?pref=1" "smtp://192.0.2.5?pref=1" "smtp://192.0.2.6?pref=1" ))";
-  std::set<std::vector<std::string>> orders;
-  const HostState* first = nullptr;
-  for (int d = 0; d < 20; ++d) {
-    auto s = Plan(one_tier, StrCat("d", d, ".example"));
-    ASSERT_EQ(s->num_tiers(), 1u);
-    orders.insert(Addresses(s->TierHosts(0)));
-    for (const HostState* h : s->TierHosts(0)) {
-      if (h->endpoint().ToString() == "192.0.2.1:25") {
-        if (first == nullptr) first = h;
-        EXPECT_EQ(h, first) << "one HostState per destination across domains";
-      }
-    }
-  }
-  EXPECT_GT(orders.size(), 1u) << "equal preferences are shuffled per domain (RFC 5321 §5.1)";
-  EXPECT_EQ(registry_.size(), 6u);
   auto strict = Plan(text, "strict.example");
   EXPECT_EQ(strict->num_tiers(), 6u) << "a plain list is strictly ordered";
+  EXPECT_FALSE(a->SameContent(*strict.snapshot));
+}
+
+TEST(RotationStep, IsCoprimeWithTheTierSizeAndVariesByDomain) {
+  for (uint32_t n = 1; n <= kMaxAddressesPerRoute; ++n) {
+    std::set<uint32_t> seen;
+    for (uint64_t d = 0; d < 2000; ++d) {
+      const uint32_t step = RotationStep(n, HashDomain(StrCat("d", d, ".example")));
+      ASSERT_LT(step, std::max<uint32_t>(n, 2u));
+      std::set<uint32_t> visited;  // the walk visits every host once per cycle
+      for (uint32_t p = 0, i = 0; i < n; ++i, p = (p + step) % n) visited.insert(p);
+      ASSERT_EQ(visited.size(), n) << "n=" << n << " step=" << step;
+      seen.insert(step);
+    }
+    if (n >= 3) {
+      EXPECT_GT(seen.size(), 1u) << "n=" << n << ": domains walk in different orders";
+    }
+  }
 }
 
 TEST_F(RoutePlannerTest, PreferIpv6PutsV6FirstWithinATier) {
@@ -111,11 +129,11 @@ TEST_F(RoutePlannerTest, DnsItemsWithoutAResolverAreATemporaryFailureThatSaysWhy
   EXPECT_EQ(s->state(), RouteState::kTempFail);
   EXPECT_NE(s->detail().find("needs DNS, and no resolver is configured"), std::string::npos)
       << s->detail();
-  EXPECT_EQ(s->expires_at(), clock_.NowNanos() + 30 * kNanosPerSecond) << "looked at again soon";
+  EXPECT_EQ(s.expires_at, clock_.NowNanos() + 30 * kNanosPerSecond) << "looked at again soon";
   auto mixed = Plan(R"(routes = ( "relay.example" "192.0.2.9" ))", "example.com");
   ASSERT_EQ(mixed->state(), RouteState::kReady) << "what resolved is used";
   EXPECT_EQ(Addresses(mixed->TierHosts(0)), (std::vector<std::string>{"192.0.2.9:25"}));
-  EXPECT_EQ(mixed->expires_at(), clock_.NowNanos() + 30 * kNanosPerSecond);
+  EXPECT_EQ(mixed.expires_at, clock_.NowNanos() + 30 * kNanosPerSecond);
 }
 
 TEST_F(RoutePlannerTest, PushRoutesAreNotConnectedAndADuplicateKeepsItsBestPlace) {

@@ -12,6 +12,49 @@ namespace {
 // While a refresh waits for DNS, the previous hosts serve and the route is re-planned this
 // often (one thread at a time) until the answer is in.
 constexpr int64_t kStaleRetryNanos = 200'000'000;
+
+// Walks one tier of n hosts in a domain's own order: the entry's drawn permutation
+// (DomainEntry::order) if it was drawn for this tier size, else position p -> host
+// (p * step) mod n (RotationStep). One division to start either way; then a shift or an add.
+struct TierWalk {
+  uint32_t n, pos, step = 1, affine = 0;
+  uint64_t perm = 0;  // 4 bits per position; 0: affine walk
+  TierWalk(uint32_t tier_size, uint32_t start, const DomainEntry& e)
+      : n(tier_size), pos(start % tier_size) {
+    const uint64_t order = e.order.load(std::memory_order_relaxed);
+    if ((order & 15) == n && n > 1) {
+      perm = order >> 4;
+    } else if (n > 1) {
+      step = RotationStep(n, e.hash);
+      affine = step == 1 ? pos : static_cast<uint32_t>(uint64_t{pos} * step % n);
+    }
+  }
+  uint32_t idx() const {
+    return perm != 0 ? static_cast<uint32_t>(perm >> (4 * pos)) & 15 : affine;
+  }
+  void Next() {
+    if (++pos == n) pos = 0;
+    if (perm == 0) {
+      affine += step;
+      if (affine >= n) affine -= n;
+    }
+  }
+};
+
+// A random order of `n` hosts packed as DomainEntry::order (0 if n is outside 2..15).
+uint64_t DrawOrder(uint32_t n, Random& random) {
+  if (n < 2 || n > 15) return 0;
+  uint8_t p[15];
+  for (uint32_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(i);
+  for (uint32_t i = n; i > 1; --i) std::swap(p[i - 1], p[random.Uniform(i)]);
+  uint64_t w = n;
+  for (uint32_t i = 0; i < n; ++i) w |= uint64_t{p[i]} << (4 + 4 * i);
+  return w;
+}
+
+uint32_t FirstTierSize(const RouteSnapshot& s) {
+  return s.num_tiers() == 0 ? 0 : static_cast<uint32_t>(s.TierHosts(0).size());
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -164,19 +207,16 @@ Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options
       random_(options.random ? options.random : SplitMixRandom::Default()),
       owned_registry_(options.registry ? nullptr : std::make_unique<HostRegistry>()),
       registry_(options.registry ? options.registry : owned_registry_.get()),
-      planner_(registry_, options.resolver, clock_, random_),
-      domains_(+[](const RouteSnapshot* snap) {
-        RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(snap));
-      }) {
+      planner_(registry_, options.resolver, clock_),
+      routes_(std::make_shared<RouteInterner>()),
+      domains_([routes = routes_](const RouteSnapshot* snap) { routes->Unref(snap); }) {
   SetConfig(std::move(config));
 }
 
 Selector::~Selector() {
-  // REQUIRES: no Lease outstanding and no concurrent call. Snapshots may be read by no one
-  // now, so free them directly; the table frees itself.
-  domains_.ForEach([](const DomainEntry& e) {
-    RouteSnapshot::Destroy(const_cast<RouteSnapshot*>(e.snapshot.load()));
-  });
+  // REQUIRES: no Lease outstanding and no concurrent call. The table frees itself; the
+  // snapshots its entries shared go with the interner (routes_), once evicted entries still
+  // waiting for reclamation have dropped theirs.
   epoch::Reclaim();
 }
 
@@ -218,7 +258,10 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   DomainEntry* entry = domains_.FindOrInsert(hash, *name, [&](DomainEntry& e) {
     created = true;
     e.cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
-    e.snapshot.store(planner_.Plan(*config(), e.name()), std::memory_order_release);
+    PlannedRoute planned = planner_.Plan(*config(), e.name());
+    e.expires_at.store(planned.expires_at, std::memory_order_relaxed);
+    e.order.store(DrawOrder(FirstTierSize(*planned.snapshot), *random_), std::memory_order_relaxed);
+    e.snapshot.store(routes_->Intern(std::move(planned.snapshot)), std::memory_order_release);
     e.generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
     e.last_used.store(static_cast<uint32_t>(now >> DomainEntry::kUseTickShift),
                       std::memory_order_relaxed);
@@ -244,10 +287,15 @@ size_t Selector::EvictIdle() {
   return domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
 }
 
-void Selector::Publish(DomainEntry* entry, RouteSnapshot* fresh) {
+void Selector::Publish(DomainEntry* entry, PlannedRoute planned) {
+  const RouteSnapshot* fresh = routes_->Intern(std::move(planned.snapshot));
+  entry->expires_at.store(planned.expires_at, std::memory_order_relaxed);
+  const uint32_t n = FirstTierSize(*fresh);
+  if ((entry->order.load(std::memory_order_relaxed) & 15) != n) {  // keep an order that fits
+    entry->order.store(DrawOrder(n, *random_), std::memory_order_relaxed);
+  }
   const RouteSnapshot* old = entry->snapshot.exchange(fresh, std::memory_order_acq_rel);
-  epoch::Retire(const_cast<RouteSnapshot*>(old),
-                [](void* p) { RouteSnapshot::Destroy(static_cast<RouteSnapshot*>(p)); });
+  routes_->Unref(old);  // retired through epoch.h if it was the last domain using it
 }
 
 const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now) {
@@ -264,26 +312,20 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
     if (round == 1 || old->state() == RouteState::kReady) return old;
   }
   const uint32_t gen = generation_.load(std::memory_order_acquire);
-  RouteSnapshot* fresh = planner_.Plan(*config(), entry->name());
+  PlannedRoute fresh = planner_.Plan(*config(), entry->name());
+  const RouteSnapshot* now_serving = old;
   if (old->state() == RouteState::kReady && fresh->state() != RouteState::kReady &&
       fresh->state() != RouteState::kPermFail) {
     // Stale-while-revalidate: DNS is slow or failing; keep the hosts we had rather than
     // deferring mail that could go, and look again shortly (the answer may be in by then).
-    std::vector<std::vector<HostState*>> tiers;
-    std::vector<std::pair<uint32_t, uint32_t>> keys;
-    for (size_t t = 0; t < old->num_tiers(); ++t) {
-      RouteSnapshot::Tier tier = old->GetTier(t);
-      tiers.emplace_back(tier.hosts.begin(), tier.hosts.end());
-      keys.emplace_back(tier.key_tier, tier.key_mx_pref);
-    }
-    RouteSnapshot::Destroy(fresh);
-    fresh = RouteSnapshot::Create(RouteState::kReady, now + kStaleRetryNanos, old->domain_limit(),
-                                  old->mx_failures_to_delay(), "", tiers, keys);
+    entry->expires_at.store(now + kStaleRetryNanos, std::memory_order_relaxed);
+  } else {
+    Publish(entry, std::move(fresh));
+    now_serving = entry->snapshot.load(std::memory_order_acquire);
   }
-  Publish(entry, fresh);
   entry->generation.store(gen, std::memory_order_release);
   entry->refreshing.store(false, std::memory_order_release);
-  return fresh;
+  return now_serving;
 }
 
 void Selector::ReleaseLease(Lease& lease) {
@@ -334,24 +376,25 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
     for (uint32_t i = 0; i < n && freed != nullptr; ++i) {
       if (hosts[i] == freed) freed_at = static_cast<int32_t>(i);
     }
+    TierWalk walk(n, start, *entry);
     for (uint32_t k = 0; k < n + (freed_at >= 0 ? 1 : 0); ++k) {
+      const bool handed = freed_at >= 0 && k == 0;  // the freed host, out of turn
+      const uint32_t pos = freed_at >= 0 ? k - 1 : k;  // position in this domain's order
       uint32_t idx;
-      if (freed_at >= 0) {
-        if (k == 0) {
-          idx = static_cast<uint32_t>(freed_at);
-        } else {
-          idx = (start + k - 1) % n;
-          if (idx == static_cast<uint32_t>(freed_at)) continue;
-        }
+      if (handed) {
+        idx = static_cast<uint32_t>(freed_at);
       } else {
-        idx = (start + k) % n;
+        idx = walk.idx();
+        walk.Next();
+        if (freed_at >= 0 && idx == static_cast<uint32_t>(freed_at)) continue;
       }
       HostState* h = hosts[idx];
       if (!usable(h)) continue;
       AdmitTicket ticket;
       Admission a = h->TryAdmit(now, &ticket);
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
-        entry->cursor.store(idx + 1, std::memory_order_relaxed);
+        // A hand-off does not move the rotation: the host was not this domain's turn.
+        if (!handed) entry->cursor.store(start + pos + 1, std::memory_order_relaxed);
         Lease lease;
         lease.selector_ = this;
         lease.host_ = h;
@@ -533,7 +576,7 @@ inline DomainEntry* Selector::FindOrCreate(std::string_view domain, Deferral* in
 
 inline const RouteSnapshot* Selector::CurrentRoute(DomainEntry* entry, int64_t now) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
-  if (ABSL_PREDICT_FALSE(now >= snap->expires_at() ||
+  if (ABSL_PREDICT_FALSE(now >= entry->expires_at.load(std::memory_order_relaxed) ||
                          entry->generation.load(std::memory_order_relaxed) !=
                              generation_.load(std::memory_order_relaxed))) {
     snap = Refresh(entry, snap, now);
@@ -590,8 +633,9 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     std::span<HostState* const> hosts = snap->TierHosts(t);
     const uint32_t n = static_cast<uint32_t>(hosts.size());
     const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
-    for (uint32_t i = 0; i < n; ++i) {
-      HostState* h = hosts[(start + i) % n];
+    TierWalk walk(n, start, *entry);
+    for (uint32_t i = 0; i < n; ++i, walk.Next()) {
+      HostState* h = hosts[walk.idx()];
       // Waiters queued here get its next slot. (A failed host is still probed: waiters do
       // not poll, so the probe that brings it back comes from a new session.)
       if (ABSL_PREDICT_FALSE(h->waiting() != 0) && h->failed_until() == 0) {
@@ -685,16 +729,17 @@ DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* sn
   v.domain = std::string(e->name());
   v.state = snap->state();
   v.detail = std::string(snap->detail());
-  v.ttl_left_s = std::max<int64_t>(0, (snap->expires_at() - now) / kNanosPerSecond);
+  v.ttl_left_s = std::max<int64_t>(0, (e->expires_at.load() - now) / kNanosPerSecond);
   v.active = e->active.load();
   v.limit = snap->domain_limit();
   const uint32_t cursor = e->cursor.load();
   for (size_t t = 0; t < snap->num_tiers(); ++t) {
     RouteSnapshot::Tier tier = snap->GetTier(t);
     DomainView::Tier vt{tier.key_tier, tier.key_mx_pref, {}};
-    const size_t n = tier.hosts.size();
-    for (size_t i = 0; i < n; ++i) {
-      const HostState* h = tier.hosts[(cursor + i) % n];
+    const uint32_t n = static_cast<uint32_t>(tier.hosts.size());
+    TierWalk walk(n, cursor, *e);
+    for (uint32_t i = 0; i < n; ++i, walk.Next()) {
+      const HostState* h = tier.hosts[walk.idx()];
       DomainView::Host vh;
       vh.name = h->name();
       vh.endpoint = h->endpoint();
@@ -722,10 +767,7 @@ DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* sn
 size_t Selector::domain_count() const { return domains_.size(); }
 
 size_t Selector::DomainMemoryBytes() const {
-  size_t bytes = sizeof(*this) + domains_.MemoryBytes();
-  epoch::EpochGuard guard;
-  domains_.ForEach([&](const DomainEntry& e) { bytes += e.snapshot.load()->bytes(); });
-  return bytes;
+  return sizeof(*this) + domains_.MemoryBytes() + routes_->bytes();
 }
 
 int64_t Selector::server_active() const { return server_credit_.active(); }

@@ -58,6 +58,7 @@
 #include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/feedback.h"
 #include "mxsched/scheduler/host_registry.h"
+#include "mxsched/scheduler/route_interner.h"
 #include "mxsched/scheduler/route_planner.h"
 #include "mxsched/scheduler/server_credit.h"
 #include "mxsched/scheduler/slot_waiters.h"
@@ -251,6 +252,8 @@ class Selector {
   std::optional<DomainView> DescribeResident(std::string_view domain);
 
   size_t domain_count() const;
+  // Distinct route snapshots held: domains with equal routes share one (route_interner.h).
+  size_t route_count() const { return routes_->size(); }
   // Drops every domain idle for domain_idle_timeout (no connection, no waiter, no Acquire):
   // its route is planned again on next use. Also done a few slots at a time as new domains
   // arrive, so calling this is optional. Returns how many were dropped; their memory is
@@ -279,7 +282,8 @@ class Selector {
   // name that is not a valid domain. REQUIRES: an EpochGuard.
   DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
   const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
-  void Publish(DomainEntry* entry, RouteSnapshot* fresh);
+  // Installs `planned` (interned) as the entry's route and drops the old one.
+  void Publish(DomainEntry* entry, PlannedRoute planned);
 
   void ReleaseLease(Lease& lease);
   // Counts a deferral (statistics) and answers it.
@@ -311,6 +315,9 @@ class Selector {
   std::unique_ptr<HostRegistry> owned_registry_;
   HostRegistry* registry_;
   RoutePlanner planner_;
+  // Shared with the domain table's shards (an evicted entry may be reclaimed after the
+  // selector is gone, and drops its reference then).
+  std::shared_ptr<RouteInterner> routes_;
   mutable Mutex config_mu_;
   std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<uint64_t> config_version_{0};

@@ -8,6 +8,7 @@
 #include <thread>
 #include "mxsched/base/mutex.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/epoch.h"
 
 #include "gtest/gtest.h"
 #include "tests/testutil.h"
@@ -137,6 +138,59 @@ TEST(EvenSpreading, DifferentSeedsGiveDifferentOrders) {
     seq_b += b.Pick(StrCat("d", d, ".example"));
   }
   EXPECT_NE(seq_a, seq_b);
+}
+
+TEST(EvenSpreading, AFullHostsTurnsGoToEveryOtherHostAcrossDomainsSharingARoute) {
+  // Domains share one snapshot (one host order); each walks it from its own start with its
+  // own stride. With one host full, the domains whose walk starts on it must spread over
+  // the other three, not all go to the host after it in the shared order.
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10"
+               "smtp://127.0.1.3?pref=10" "smtp://127.0.1.4?pref=10" )
+    Host "127.0.1.1" { max_outbound_connections = 1 }
+    Domain "holder.example" { routes = ( "127.0.1.1" ) }
+  )");
+  Lease full = f.MustAcquire("holder.example");
+  ASSERT_EQ(full.endpoint().address.ToString(), "127.0.1.1");
+  const int kDomains = 6000;
+  std::map<std::string, int> first_pick;
+  for (int d = 0; d < kDomains; ++d) ++first_pick[f.Pick(StrCat("d", d, ".example"))];
+  EXPECT_EQ(first_pick.count("127.0.1.1"), 0u);
+  ASSERT_EQ(first_pick.size(), 3u);
+  // Even: 2,000 each. Without per-domain strides the host after the full one would get the
+  // full one's turns too: 3,000 / 1,500 / 1,500.
+  for (const auto& [host, n] : first_pick) EXPECT_NEAR(n, kDomains / 3, kDomains / 20) << host;
+  EXPECT_EQ(f.selector.route_count(), 2u) << "6,000 domains, two distinct routes";
+}
+
+TEST(Interning, DomainsWithEqualRoutesShareOneSnapshotUntilTheLastIsGone) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10" )
+    domain_idle_timeout = 10
+    Domain "own.example" { routes = ( "127.0.1.3" ) }
+  )");
+  for (int d = 0; d < 1000; ++d) f.MustAcquire(StrCat("d", d, ".example"));
+  EXPECT_EQ(f.selector.route_count(), 1u);
+  f.MustAcquire("own.example");
+  EXPECT_EQ(f.selector.route_count(), 2u);
+  // Re-planning (a refresh, or a TTL) lands on the same shared snapshot.
+  f.selector.RefreshAll();
+  for (int d = 0; d < 1000; ++d) f.MustAcquire(StrCat("d", d, ".example"));
+  EXPECT_EQ(f.selector.route_count(), 2u);
+  // Hold one domain of the shared route; evict the rest: the snapshot stays while it is used.
+  Lease kept = f.MustAcquire("d7.example");
+  f.clock.AdvanceSeconds(30);
+  EXPECT_EQ(f.selector.EvictIdle(), 1000u) << "999 of the route and own.example";
+  epoch::Reclaim();
+  EXPECT_EQ(f.selector.route_count(), 1u) << "own.example's route went with it";
+  ASSERT_EQ(kept.endpoint().address.ToString().substr(0, 8), "127.0.1.");
+  kept.Release();
+  f.clock.AdvanceSeconds(30);
+  EXPECT_EQ(f.selector.EvictIdle(), 1u);
+  epoch::Reclaim();
+  EXPECT_EQ(f.selector.route_count(), 0u);
+  f.MustAcquire("d1.example");  // and it comes back
+  EXPECT_EQ(f.selector.route_count(), 1u);
 }
 
 // --- Rule 3: limits are never exceeded --------------------------------------------------
