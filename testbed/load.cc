@@ -16,6 +16,7 @@
 #include "mxsched/base/mutex.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/resolver.h"
+#include "mxsched/scheduler/routes.h"
 #include "testbed/json.h"
 
 namespace mxsched::io {
@@ -116,6 +117,15 @@ struct Shared {
   // more and cut the sessions they hold short (counted deferred, kind "stopped").
   std::atomic<bool> stop{false};
 };
+
+// The domain of session `i`: round-robin over the list, or over the generated names
+// (LoadOptions::distinct_domains), built into *buf.
+std::string_view SessionDomain(const LoadOptions& o, int64_t i, std::string* buf) {
+  if (o.distinct_domains <= 0) return o.domains[i % o.domains.size()];
+  const int64_t j = i % o.distinct_domains;
+  *buf = StrCat("d", j, ".", o.domains[j % o.domains.size()]);
+  return *buf;
+}
 
 constexpr char kStoppedReason[] =
     "the run was stopped (--max-seconds or a signal) before this session ended";
@@ -236,7 +246,7 @@ class Worker {
       const int64_t i = shared_->next.fetch_add(1, std::memory_order_relaxed);
       if (i >= o.sessions) return;
       ++in_flight_;
-      connector_->Connect(o.domains[i % o.domains.size()],
+      connector_->Connect(SessionDomain(o, i, &domain_buf_),
                           [this](ConnectResult r) { OnConnected(std::move(r)); });
     }
   }
@@ -314,6 +324,7 @@ class Worker {
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;
   std::vector<std::string> dialogue_;
+  std::string domain_buf_;  // a generated session domain (Connect copies it)
 };
 
 void Hold::Start() {
@@ -444,8 +455,32 @@ void Hold::End(std::string why) {
 
 }  // namespace
 
+absl::Status ValidateDistinctDomains(const LoadOptions& o) {
+  if (o.distinct_domains == 0) return absl::OkStatus();
+  if (o.distinct_domains < 0 || o.distinct_domains > LoadOptions::kMaxDistinctDomains) {
+    return absl::InvalidArgumentError(StrCat("--distinct-domains ", o.distinct_domains,
+                                             ": want 1..", LoadOptions::kMaxDistinctDomains));
+  }
+  // The longest prefix ("d<N-1>.") on each base: if that name is valid, all of them are.
+  const std::string prefix = StrCat("d", o.distinct_domains - 1, ".");
+  for (const std::string& base : o.domains) {
+    const std::string name = prefix + base;
+    absl::StatusOr<std::string> normal = NormalizeHostname(name);
+    if (!normal.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat("--distinct-domains ", o.distinct_domains, ": generated name \"",
+                 Escape(std::string_view(name).substr(0, 300)),
+                 "\" is not a valid domain: ", ToStd(normal.status().message())));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& options) {
   if (options.domains.empty()) return absl::InvalidArgumentError("load: no domains");
+  if (absl::Status s = ValidateDistinctDomains(options); !s.ok()) {
+    return absl::InvalidArgumentError(StrCat("load: ", s.message()));
+  }
   if (options.sessions < 0 || options.concurrency < 1 || options.threads < 1) {
     return absl::InvalidArgumentError("load: sessions >= 0, concurrency >= 1, threads >= 1");
   }
@@ -455,6 +490,10 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   selector.registry().ForEach([](const HostState& h) { const_cast<HostState&>(h).ResetPeak(); });
   Shared shared;
   shared.options = &options;
+  // Domain figures (LoadReport::Domains): counters as deltas over the run; the resident
+  // count sampled on the 250 ms timeline below (a few shard-mutex reads, off the workers).
+  const SelectorStats::Totals stats_before = selector.stats().Collect();
+  int64_t peak_resident = static_cast<int64_t>(selector.domain_count());
   const int64_t start = NowNanos();
   shared.deadline_nanos = start + int64_t{options.max_seconds} * 1'000'000'000;
   const int threads = std::min<int>(options.threads, options.concurrency);
@@ -488,6 +527,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
       const int64_t c = shared.connected.load();
       timeline.push_back(c - last_connected);
       last_connected = c;
+      peak_resident = std::max(peak_resident, static_cast<int64_t>(selector.domain_count()));
     }
     if (options.progress && NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
       last = NowNanos();
@@ -513,6 +553,26 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.not_started =
       std::max<int64_t>(0, options.sessions - std::min(shared.next.load(), options.sessions));
   report.sessions = report.connected + report.deferred + report.failed;
+  {
+    const int64_t started = std::min(shared.next.load(), options.sessions);
+    LoadReport::Domains& d = report.domains;
+    if (options.distinct_domains > 0) {
+      d.distinct = std::min(started, options.distinct_domains);
+    } else {
+      std::unordered_set<std::string> names;  // as the Selector stores them
+      const int64_t n = std::min<int64_t>(started, static_cast<int64_t>(options.domains.size()));
+      for (int64_t k = 0; k < n; ++k) {
+        if (auto name = NormalizeHostname(options.domains[k]); name.ok()) names.insert(*name);
+      }
+      d.distinct = static_cast<int64_t>(names.size());
+    }
+    const SelectorStats::Totals after = selector.stats().Collect();
+    d.created = static_cast<int64_t>(after.domains_created - stats_before.domains_created);
+    d.evicted = static_cast<int64_t>(after.domains_evicted - stats_before.domains_evicted);
+    d.resident = static_cast<int64_t>(selector.domain_count());
+    d.peak_resident = std::max(peak_resident, d.resident);
+    d.memory_bytes = static_cast<int64_t>(selector.DomainMemoryBytes());
+  }
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
   LatencyHistogram lat, waits;
@@ -633,6 +693,13 @@ std::string LoadReport::ToJson() const {
        {"max_rss_kb", max_rss_kb},
        {"connected_per_250ms", connected_timeline},
        {"hosts", std::move(host_json)},
+       {"domains",
+        {{"distinct", domains.distinct},
+         {"resident", domains.resident},
+         {"peak_resident", domains.peak_resident},
+         {"created", domains.created},
+         {"evicted", domains.evicted},
+         {"memory_bytes", domains.memory_bytes}}},
        {"deferrals", deferrals},
        {"failures", failures},
        {"examples", examples}});
@@ -674,6 +741,10 @@ std::string LoadReport::ToText() const {
     if (!h.limit_moved.empty()) s += StrCat("  ", h.limit_moved);
     s += "\n";
   }
+  s += StrCat("domains: ", domains.distinct, " distinct; resident at the end ", domains.resident,
+              ", peak ", domains.peak_resident, " (sampled every 250 ms); created ",
+              domains.created, ", evicted ", domains.evicted, " (idle for domain_idle_timeout); ",
+              domains.memory_bytes, " bytes held for domains\n");
   for (const auto& [k, v] : deferrals) {
     s += StrCat("deferred ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
   }

@@ -69,6 +69,13 @@ class LatencyHistogram {
 
 struct LoadOptions {
   std::vector<std::string> domains;  // sessions go round-robin over these
+  // > 0: sessions go round-robin over this many generated domains instead, name j being
+  // "d<j>." + domains[j % domains.size()] (d0.a.test, d1.b.test, ... for a.test,b.test), so
+  // each of the first N sessions meets a domain the Selector has not seen — the churn that
+  // makes it evict idle domains (docs/DESIGN.md §5). 1 .. kMaxDistinctDomains; every
+  // generated name must stay within 253 characters.
+  int64_t distinct_domains = 0;
+  static constexpr int64_t kMaxDistinctDomains = 100'000'000;
   int64_t sessions = 1000;
   int concurrency = 10;
   int threads = 1;
@@ -137,6 +144,17 @@ struct LoadReport {
     std::string limit_moved;
   };
   std::map<std::string, Host> hosts;            // "127.0.1.1:2525"
+  // The Selector's domain entries (docs/DESIGN.md §5 eviction). `distinct`: distinct domain
+  // names sessions were started for; `resident`: entries at the end; `peak_resident`: the
+  // most seen, sampled every 250 ms and at the start and end (so a shorter peak between
+  // samples can be missed); `created` and `evicted`: during this run (SelectorStats), so
+  // resident = resident at the start + created - evicted; `memory_bytes`: DomainMemoryBytes
+  // at the end.
+  struct Domains {
+    int64_t distinct = 0, resident = 0, peak_resident = 0, created = 0, evicted = 0,
+            memory_bytes = 0;
+  };
+  Domains domains;
   std::map<std::string, int64_t> deferrals;     // by reason kind
   std::map<std::string, int64_t> failures;      // by outcome
   std::map<std::string, std::string> examples;  // one full reason per kind
@@ -151,6 +169,10 @@ struct LoadReport {
   std::string ToJson() const;
   std::string ToText() const;
 };
+
+// Checks options.distinct_domains (range, and that each generated name is a valid domain);
+// the message names the flag, --distinct-domains. RunLoad checks it too.
+absl::Status ValidateDistinctDomains(const LoadOptions& options);
 
 absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& options);
 

@@ -189,6 +189,9 @@ int RunLoadCommand(LoadFlags& f) {
     if (!d.empty()) o.domains.emplace_back(d);
   }
   if (o.domains.empty()) return UsageError("load: --domains names no domain");
+  if (absl::Status s = io::ValidateDistinctDomains(o); !s.ok()) {
+    return UsageError(StrCat("load: ", s.message()));
+  }
   if (!o.dns_server.empty()) {
     auto servers = ResolveDnsServers(o.dns_server);
     if (!servers.ok()) return UsageError(StrCat("load: --dns: ", servers.status().message()));
@@ -297,9 +300,17 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->default_str("none: only literal-address routes resolve");
   sub.add_option("--domains", f->domains,
                  "Domains, comma-separated, or @FILE with one per line; sessions go "
-                 "round-robin over them")
+                 "round-robin over them (or they are the bases of --distinct-domains)")
       ->required()
       ->type_name("D1,D2,...|@FILE");
+  sub.add_option("--distinct-domains", o.distinct_domains,
+                 "Send sessions round-robin over N generated domains instead: d0.D1, d1.D2, "
+                 "... (name j is \"d<j>.\" and --domains' entry j mod their count), so the "
+                 "first N sessions each meet a new domain and idle ones are evicted; the "
+                 "report's domains line shows resident, peak and evicted")
+      ->check(CLI::Range(int64_t{1}, io::LoadOptions::kMaxDistinctDomains))
+      ->type_name("N")
+      ->default_str("0: off");
   sub.add_option("--sessions", o.sessions, "Sessions to run in all")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   sub.add_option("--concurrency", o.concurrency, "Sessions in flight at once")

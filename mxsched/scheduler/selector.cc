@@ -268,7 +268,11 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   });
   // Each new domain pays for sweeping a few slots of its shard, so idle domains leave at
   // the rate new ones come and memory levels off (docs/DESIGN.md §5), without a background thread.
-  if (created) domains_.EvictIdleNear(hash, kEvictSlotsPerInsert, IdlePredicate(now));
+  if (created) {
+    stats_.CountDomainCreated();
+    const size_t evicted = domains_.EvictIdleNear(hash, kEvictSlotsPerInsert, IdlePredicate(now));
+    if (evicted > 0) stats_.CountDomainsEvicted(evicted);
+  }
   return entry;
 }
 
@@ -284,7 +288,9 @@ std::function<bool(const DomainEntry&)> Selector::IdlePredicate(int64_t now) con
 }
 
 size_t Selector::EvictIdle() {
-  return domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
+  const size_t evicted = domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
+  if (evicted > 0) stats_.CountDomainsEvicted(evicted);
+  return evicted;
 }
 
 void Selector::Publish(DomainEntry* entry, PlannedRoute planned) {

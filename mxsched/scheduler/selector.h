@@ -264,7 +264,8 @@ class Selector {
   // Connections currently held against server_max_outbound_connections.
   int64_t server_active() const;
   HostRegistry& registry() { return *registry_; }
-  // Process-wide counters: deferrals by reason, sessions by result and slot-wait times.
+  // Process-wide counters: deferrals by reason, sessions by result, slot-wait times, and
+  // domain entries created and evicted.
   SelectorStats& stats() { return stats_; }
   const SelectorStats& stats() const { return stats_; }
   Clock& clock() { return *clock_; }

@@ -950,6 +950,10 @@ TEST(Eviction, IdleDomainIsDroppedAndComesBackOnNextUse) {
   EXPECT_EQ(f.selector.domain_count(), 1u);
   EXPECT_EQ(f.Pick("d3.example"), "127.0.5.1") << "planned again on next use";
   EXPECT_EQ(f.selector.domain_count(), 2u);
+  const SelectorStats::Totals t = f.selector.stats().Collect();
+  EXPECT_EQ(t.domains_evicted, 99u) << "EvictIdle counts what it drops";
+  EXPECT_EQ(t.domains_created, 101u) << "d3.example was created again";
+  EXPECT_EQ(t.domains_created - t.domains_evicted, f.selector.domain_count());
 }
 
 TEST(Eviction, DomainWithAConnectionOrAWaiterIsKept) {
@@ -978,6 +982,11 @@ TEST(Eviction, NewDomainsSweepIdleOnesSoTheCountLevelsOff) {
     max_count = std::max(max_count, f.selector.domain_count());
   }
   EXPECT_LT(max_count, 40'000u) << "idle domains were not swept as new ones arrived";
+  // The sweep new domains pay for counts what it drops too (no EvictIdle call here).
+  const SelectorStats::Totals t = f.selector.stats().Collect();
+  EXPECT_EQ(t.domains_created, 200'000u);
+  EXPECT_GT(t.domains_evicted, 200'000u - 40'000u);
+  EXPECT_EQ(t.domains_created - t.domains_evicted, f.selector.domain_count());
 }
 
 TEST(Eviction, SafeUnderConcurrentAcquireAndWait) {

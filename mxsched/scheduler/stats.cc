@@ -40,6 +40,8 @@ SelectorStats::Totals SelectorStats::Collect() const {
       t.wait_buckets[i] += st.wait_buckets[i].load(kRelaxed);
     }
     t.wait_sum_nanos += st.wait_sum_nanos.load(kRelaxed);
+    t.domains_created += st.domains_created.load(kRelaxed);
+    t.domains_evicted += st.domains_evicted.load(kRelaxed);
   }
   return t;
 }

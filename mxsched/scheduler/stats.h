@@ -3,7 +3,8 @@
 // time). Owned by the Selector (Selector::stats()); per-host counters live in HostState.
 //
 // Nothing here runs on the admitted Acquire or on Release: deferrals are counted on
-// Acquire's deferral branch, sessions by the connector when one ends. Counters are striped
+// Acquire's deferral branch, sessions by the connector when one ends, domain entries where
+// they are created and evicted (both under a shard mutex already). Counters are striped
 // per thread (a small thread ordinal picks one of kStripes cache-line-aligned stripes), so
 // threads deferring or finishing sessions at high rates do not bounce one shared line;
 // Collect() sums the stripes.
@@ -45,6 +46,11 @@ class SelectorStats {
   // A connector session ended with `result` (a ConnectResult::Kind value); `waited_nanos`
   // is the time it spent waiting for a slot (docs/DESIGN.md §1 rule 8), or -1 if it never waited.
   void CountSession(size_t result, int64_t waited_nanos);
+  // A domain entry was created (a domain's first use, or its first use since it was evicted).
+  void CountDomainCreated() { Mine().domains_created.fetch_add(1, kRelaxed); }
+  // `n` idle domain entries were evicted (docs/DESIGN.md §5 rule 8: Selector::EvictIdle or the
+  // sweep a new domain pays for).
+  void CountDomainsEvicted(uint64_t n) { Mine().domains_evicted.fetch_add(n, kRelaxed); }
 
   struct Totals {
     std::array<uint64_t, kDeferReasons> deferrals{};
@@ -52,6 +58,10 @@ class SelectorStats {
     // Sessions that waited for a slot: non-cumulative buckets (last: above every bound).
     std::array<uint64_t, kWaitBoundsNanos.size() + 1> wait_buckets{};
     int64_t wait_sum_nanos = 0;
+    // Domain entries created and evicted since the Selector started: resident entries
+    // (Selector::domain_count()) are domains_created - domains_evicted whenever no domain is
+    // being created or evicted at the same time.
+    uint64_t domains_created = 0, domains_evicted = 0;
   };
   Totals Collect() const;
 
@@ -62,6 +72,7 @@ class SelectorStats {
     std::array<std::atomic<uint64_t>, kSessionResults> sessions{};
     std::array<std::atomic<uint64_t>, kWaitBoundsNanos.size() + 1> wait_buckets{};
     std::atomic<int64_t> wait_sum_nanos{0};
+    std::atomic<uint64_t> domains_created{0}, domains_evicted{0};
   };
   Stripe& Mine();
 
