@@ -4,11 +4,14 @@ stress with flapping hosts, and how cost grows with domains and hosts.
 
     python3 bench/scenarios.py BUILD_DIR [--quick] [--json OUT] [--only NAME,...]
 
+Sections (--only): baselines, postfix (smtp-source and load --message 100 against both
+mxsched farm and Postfix smtp-sink), routes, stress, growth.
+
 Every number is measured in this run on this machine; ratios divide by baselines measured
 in the same run on the same farm. Traffic goes only to 127.0.0.0/8; every farm and load is
 bounded in count and time and is ended by PID. Prints markdown tables (bench/README.md).
 """
-import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, pwd, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time
 
 
 def ms(us):
@@ -118,26 +121,152 @@ if "baselines" in only:
            ["raw epoll loop (bench/raw_connect)", f"{b['epoll']:,.0f}", f"{b['epoll'] / b['uring']:.2f}"],
            ["mxsched load (Selector + connector)", f"{b['load']:,.0f}", f"**{b['load'] / b['uring']:.2f}** (target >= 0.80)"]])
 
-# --- Postfix smtp-source vs mxsched load, the same dialogue, the same sink --------------
-if "postfix" in only and shutil.which("smtp-source"):
-    port = free_port()
-    farm = Farm([f"127.0.51.1:{port}"])
-    n, conc = (5000 if Q else 20000), 16  # one destination: stay well under ~28k ports
-    t0 = time.monotonic()
-    subprocess.run(["smtp-source", "-s", str(conc), "-m", str(n), "-l", "100", f"127.0.51.1:{port}"],
-                   check=True, stdout=subprocess.DEVNULL)
-    src = n / (time.monotonic() - t0)
-    time.sleep(1)
-    r = load(f'routes = ( "smtp://127.0.51.1?port={port}" )\nmax_outbound_connections = 1000\n',
-             ["a.example"], n, conc, threads=1, extra=["--message", "100"])
-    stats = farm.stop()
-    results["postfix"] = {"smtp_source": src, "load": r["sessions_per_second"]}
-    table(f"Postfix smtp-source vs mxsched load --message 100: {n:,} one-message sessions, concurrency {conc}, same farm",
-          ["client", "sessions/s", "ratio"],
-          [["smtp-source -s 16 -m N -l 100", f"{src:,.0f}", "1.00"],
-           ["mxsched load --threads 1 --message 100", f"{r['sessions_per_second']:,.0f}",
-            f"**{r['sessions_per_second'] / src:.2f}x** (target >= 1.5x)"]])
-    results["postfix"]["farm_messages"] = sum(a["messages"] for a in stats["addresses"])
+# --- Postfix smtp-source vs mxsched load, the same dialogue, on two peers ----------------
+# Both clients against mxsched farm and against Postfix's own smtp-sink, same concurrency,
+# same N. Every client run gets a fresh peer process on a fresh 127.0.51.x address (one
+# destination per run: N stays under the ~28k ephemeral ports, and no run meets the
+# TIME_WAIT sockets of the one before); the peer's own counts must show N messages and N
+# QUITs. Within a repetition the two clients run back to back, the order alternating
+# between repetitions (and the peers' order too); ratio = load / smtp-source per
+# repetition, the median of the repetitions reported.
+SINK = shutil.which("smtp-sink") or next(
+    (p for p in ("/usr/sbin/smtp-sink",) if os.access(p, os.X_OK)), None)
+SOURCE = shutil.which("smtp-source") or next(
+    (p for p in ("/usr/sbin/smtp-source",) if os.access(p, os.X_OK)), None)
+
+
+def wait_accepting(addr, port, proc, what, seconds=10):
+    """Polls connect() until addr:port accepts (bounded); fails if proc exits first.
+    Returns the number of probe connections that succeeded (always 1)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited ({proc.returncode}) before accepting on {addr}:{port}")
+        try:
+            socket.create_connection((addr, port), timeout=0.5).close()
+            return 1
+        except OSError:
+            time.sleep(0.02)
+    stop_pid(proc)
+    raise SystemExit(f"{what} did not accept on {addr}:{port} within {seconds} s")
+
+
+def stop_pid(proc, seconds=10):
+    """SIGTERM to this child's PID, then SIGKILL to the same PID if it does not exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=seconds)
+
+
+class Sink:
+    """Postfix smtp-sink as a child process: `-c` prints its running counters
+    (sess=S quit=Q mesg=M) on every session end, QUIT and "."; the last line is read
+    after it is ended by PID."""
+
+    def __init__(self, addr, port, backlog=256):
+        self.out_path = os.path.join(WORK, f"sink-{time.monotonic_ns()}.out")
+        self.out = open(self.out_path, "w")
+        cmd = [SINK, "-c"]
+        if os.geteuid() == 0:  # required as root; refused (initgroups) otherwise
+            cmd += ["-u", pwd.getpwuid(os.getuid()).pw_name]
+        cmd += [f"{addr}:{port}", str(backlog)]
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT)
+        self.probes = wait_accepting(addr, port, self.proc, "smtp-sink")
+
+    def stop(self):
+        stop_pid(self.proc)
+        self.out.close()
+        with open(self.out_path) as f:
+            counts = re.findall(r"sess=(\d+) quit=(\d+) mesg=(\d+)", f.read())
+        sess, quit, mesg = (int(x) for x in counts[-1]) if counts else (0, 0, 0)
+        # The readiness probe is a session that sent nothing.
+        return {"sessions": sess - self.probes, "quits": quit, "messages": mesg}
+
+
+class FarmPeer:
+    def __init__(self, addr, port):
+        self.farm = Farm([f"{addr}:{port}"])
+
+    def stop(self):
+        a = self.farm.stop()["addresses"][0]
+        return {"sessions": a["total"], "quits": a["quits"], "messages": a["messages"]}
+
+
+if "postfix" in only and SOURCE and SINK:
+    n, conc, reps = (5000 if Q else 20000), 16, 3  # one destination: well under ~28k ports
+    peers = {"mxsched farm": FarmPeer, "Postfix smtp-sink": Sink}
+    runs = {p: {"smtp-source": [], "load": [], "ratio": []} for p in peers}
+    cpu = {p: {"smtp-source": [], "load": []} for p in peers}  # (client, peer) µs per session
+    next_addr = [0]
+
+    def cpu_seconds(pid):
+        """utime + stime of a running child, from /proc (the peer is still running)."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def children_cpu():
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    def one_run(peer_name, client):
+        next_addr[0] += 1
+        assert next_addr[0] < 255
+        addr, port = f"127.0.51.{next_addr[0]}", free_port()
+        peer = peers[peer_name](addr, port)
+        peer_pid = peer.proc.pid if isinstance(peer, Sink) else peer.farm.proc.pid
+        try:
+            peer_cpu0, client_cpu0 = cpu_seconds(peer_pid), children_cpu()
+            t0 = time.monotonic()
+            if client == "smtp-source":
+                subprocess.run([SOURCE, "-s", str(conc), "-m", str(n), "-l", "100", f"{addr}:{port}"],
+                               check=True, stdout=subprocess.DEVNULL, timeout=300)
+            else:
+                r = load(f'routes = ( "smtp://{addr}?port={port}" )\nmax_outbound_connections = 1000\n',
+                         ["a.example"], n, conc, threads=1, extra=["--message", "100"])
+                assert r["connected"] == n, r
+            wall = time.monotonic() - t0
+            client_cpu = children_cpu() - client_cpu0
+            peer_cpu = cpu_seconds(peer_pid) - peer_cpu0
+        finally:
+            counts = peer.stop()
+        # The peer saw every message and every QUIT: the same dialogue ran n times.
+        assert counts["messages"] == n and counts["quits"] == n, (peer_name, client, counts)
+        cpu[peer_name][client].append((client_cpu / n * 1e6, peer_cpu / n * 1e6))
+        return n / wall
+
+    for rep in range(reps):
+        order = ("smtp-source", "load") if rep % 2 == 0 else ("load", "smtp-source")
+        for peer_name in (list(peers) if rep % 2 == 0 else list(peers)[::-1]):
+            rate = {c: one_run(peer_name, c) for c in order}
+            for c in order:
+                runs[peer_name][c].append(rate[c])
+            runs[peer_name]["ratio"].append(rate["load"] / rate["smtp-source"])
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+
+    rows = []
+    for peer_name, r in runs.items():
+        ratio = median(r["ratio"])
+        rows.append([peer_name, f"{median(r['smtp-source']):,.0f}", f"{median(r['load']):,.0f}",
+                     " / ".join(f"{x:.2f}" for x in r["ratio"]),
+                     f"**{ratio:.2f}x**" + (" (target >= 1.5x)" if ratio >= 1.5 else " (target >= 1.5x: NO)")])
+    results["postfix"] = {"sessions": n, "concurrency": conc, "runs": runs,
+                          "cpu_us_per_session": cpu, "loadavg": os.getloadavg()}
+    table(f"Postfix smtp-source vs mxsched load --message 100: {n:,} one-message sessions, "
+          f"concurrency {conc}, median of {reps} (order alternating), each run on a fresh peer",
+          ["peer", "smtp-source -s 16 -m N -l 100, sessions/s", "load --threads 1 --message 100, sessions/s",
+           "ratio per repetition", "median ratio load / smtp-source"], rows)
+    table("CPU per session (median of the runs; user + system, client process and peer process)",
+          ["peer", "client", "client µs / session", "peer µs / session"],
+          [[p, c, f"{median([x[0] for x in cpu[p][c]]):.0f}", f"{median([x[1] for x in cpu[p][c]]):.0f}"]
+           for p in peers for c in ("smtp-source", "load")])
+    print(f"\nload average after the runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 # --- Global route vs MX spread -----------------------------------------------------------
 if "routes" in only:
