@@ -50,6 +50,9 @@ row("same, 1,000,000 resident domains, Zipf(1) traffic", f"{zipf:.1f} ns", "<= 1
 uni = ns(r("MillionDomains", "LockFree", 1, 0))
 row("same, 1,000,000 resident domains, uniform traffic (memory-bound)", f"{uni:.1f} ns",
     "<= 150 ns", uni <= 150)
+dram = ns(rate["BM_DependentDramLoad/real_time/threads:1"])
+row("  the floor: one dependent DRAM load (pointer chase, 256 MiB, huge pages); uniform / it",
+    f"{dram:.1f} ns; {uni / dram:.2f} loads", "a cold Acquire needs >= 2", True)
 m1 = extra["BM_MillionDomains<LockFree>/0/real_time/threads:1"]
 bpd, rss = m1["bytes_per_domain"], m1["rss_bytes_per_domain"]
 row("memory per domain (accounted / RSS growth)", f"{bpd:.0f} B / {rss:.0f} B", "<= 128 B",

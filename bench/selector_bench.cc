@@ -10,6 +10,8 @@
 //   GlobalRoute    1,000 domains all routed through the same 4 hosts (shared host lines)
 //   MillionDomains/0|1  1,000,000 resident domains, uniform (0) or Zipf (1) access
 //                       (150 ns, 256 B/domain targets)
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -195,6 +197,36 @@ void BM_MillionDomains(benchmark::State& state) {
                            benchmark::Counter::kAvgThreads);
   }
 }
+
+// The floor for MillionDomains/0: one dependent load from DRAM (a pointer chase over 256 MiB
+// in a random cycle, on huge pages like the selector's entries). A cold Acquire needs at
+// least two such loads in a row — the table slot, then the entry it points to — so uniform
+// traffic over a million domains cannot beat 2x this on the machine it runs on.
+void BM_DependentDramLoad(benchmark::State& state) {
+  constexpr size_t kBytes = size_t{256} << 20, kLines = kBytes / 64;
+  static uint64_t* chain = [] {
+    void* m = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) std::abort();
+    (void)madvise(m, kBytes, MADV_HUGEPAGE);
+    auto* p = static_cast<uint64_t*>(m);
+    std::vector<uint32_t> order(kLines);
+    for (size_t i = 0; i < kLines; ++i) order[i] = static_cast<uint32_t>(i);
+    uint64_t x = 88172645463325252ull;
+    for (size_t k = kLines - 1; k > 0; --k) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::swap(order[k], order[x % (k + 1)]);
+    }
+    for (size_t i = 0; i < kLines; ++i) p[order[i] * 8] = order[(i + 1) % kLines] * 8;
+    return p;
+  }();
+  uint64_t at = 0;
+  for (auto _ : state) {
+    at = chain[at];
+    benchmark::DoNotOptimize(at);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_DependentDramLoad)->Threads(1)->UseRealTime();
 
 #define MXSCHED_BENCH(fn)                                                  \
   BENCHMARK_TEMPLATE(fn, LockFree)->Threads(1)->Threads(2)->UseRealTime(); \

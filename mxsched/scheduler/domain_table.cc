@@ -1,5 +1,7 @@
 #include "mxsched/scheduler/domain_table.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <new>
 
@@ -52,8 +54,46 @@ void DomainTable::Table::Insert(DomainEntry* e) {
   }
 }
 
+DomainTable::EntryPool::~EntryPool() {
+  MutexLock lock(&mu_);
+  for (void* p : small_) ::operator delete(p, std::align_val_t{alignof(DomainEntry)});
+  for (void* c : chunks_) munmap(c, kChunk);
+}
+
+void* DomainTable::EntryPool::Arena(size_t bytes) {
+  MutexLock lock(&mu_);
+  if (small_.size() < kSmallArenas) {
+    small_.push_back(::operator new(bytes, std::align_val_t{alignof(DomainEntry)}));
+    return small_.back();
+  }
+  if (chunk_used_ + bytes > kChunk) {
+    // 2 MiB-aligned, so the whole chunk can be one huge page: map twice that and trim.
+    void* m = mmap(nullptr, 2 * kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    const uintptr_t base = reinterpret_cast<uintptr_t>(m);
+    const uintptr_t aligned = (base + kChunk - 1) & ~(kChunk - 1);
+    if (aligned > base) munmap(m, aligned - base);
+    if (aligned + kChunk < base + 2 * kChunk) {
+      munmap(reinterpret_cast<void*>(aligned + kChunk), base + 2 * kChunk - aligned - kChunk);
+    }
+    void* chunk = reinterpret_cast<void*>(aligned);
+    (void)madvise(chunk, kChunk, MADV_HUGEPAGE);  // a hint: without THP, plain pages
+    chunks_.push_back(chunk);
+    chunk_used_ = 0;
+  }
+  void* p = static_cast<char*>(chunks_.back()) + chunk_used_;
+  chunk_used_ += bytes;
+  return p;
+}
+
 DomainTable::Shard::Shard() : table(new Table(64)) {}
-DomainTable::Shard::~Shard() { delete table.load(); }
+DomainTable::Shard::~Shard() {
+  delete table.load();
+  MutexLock lock(&mu);
+  for (DomainEntry* a : arenas) {
+    for (size_t i = 0; i < kArena; ++i) a[i].~DomainEntry();
+  }
+}
 
 DomainEntry* DomainTable::Shard::NewEntry() {
   if (!free_list.empty()) {
@@ -62,7 +102,9 @@ DomainEntry* DomainTable::Shard::NewEntry() {
     return e;
   }
   if (arenas.empty() || arena_used == kArena) {
-    arenas.emplace_back(new DomainEntry[kArena]);
+    auto* a = static_cast<DomainEntry*>(pool->Arena(kArena * sizeof(DomainEntry)));
+    for (size_t i = 0; i < kArena; ++i) new (&a[i]) DomainEntry();
+    arenas.push_back(a);
     arena_used = 0;
   }
   return &arenas.back()[arena_used++];
@@ -70,8 +112,10 @@ DomainEntry* DomainTable::Shard::NewEntry() {
 
 DomainTable::DomainTable(std::function<void(const RouteSnapshot*)> release_snapshot) {
   shards_.reserve(kShards);
+  auto pool = std::make_shared<EntryPool>();
   for (size_t i = 0; i < kShards; ++i) {
     shards_.push_back(std::make_shared<Shard>());
+    shards_.back()->pool = pool;
     shards_.back()->release_snapshot = release_snapshot;
   }
 }

@@ -198,11 +198,34 @@ class DomainTable {
   };
   // Shared-owned: an evicted entry's deferred reclamation (epoch.h) keeps its shard alive
   // even if the table is destroyed first.
+  // Where entries' memory comes from: after the first few arenas, 2 MiB chunks asked to be
+  // transparent huge pages (madvise MADV_HUGEPAGE), shared by every shard. A million
+  // entries are 128 MiB; on 4 KiB pages a cold Acquire also missed the TLB (a page walk)
+  // on every entry. bench/README.md: 1M domains, with and without.
+  // Thread-safety: Arena() takes the pool's mutex (slow path: a shard's arena is full).
+  class EntryPool {
+   public:
+    static constexpr size_t kChunk = size_t{2} << 20;
+    static constexpr size_t kSmallArenas = 16;  // from operator new: small tables stay small
+    EntryPool() = default;
+    ~EntryPool();
+    EntryPool(const EntryPool&) = delete;
+    EntryPool& operator=(const EntryPool&) = delete;
+    // Uninitialised memory for `bytes` (a multiple of 128, at most kChunk), 128-aligned.
+    void* Arena(size_t bytes);
+
+   private:
+    Mutex mu_;
+    std::vector<void*> small_ ABSL_GUARDED_BY(mu_);
+    std::vector<void*> chunks_ ABSL_GUARDED_BY(mu_);
+    size_t chunk_used_ ABSL_GUARDED_BY(mu_) = kChunk;
+  };
   struct Shard {
     static constexpr size_t kArena = 256;  // bump-allocated; evicted entries are reused
     Mutex mu;                              // writers: inserting, growing, evicting
     std::atomic<Table*> table;
-    std::vector<std::unique_ptr<DomainEntry[]>> arenas ABSL_GUARDED_BY(mu);
+    std::shared_ptr<EntryPool> pool;       // outlives the shard's arenas
+    std::vector<DomainEntry*> arenas ABSL_GUARDED_BY(mu);  // kArena constructed entries each
     size_t arena_used ABSL_GUARDED_BY(mu) = 0;
     std::vector<DomainEntry*> free_list ABSL_GUARDED_BY(mu);
     size_t hand ABSL_GUARDED_BY(mu) = 0;  // where the next eviction sweep starts
