@@ -287,6 +287,7 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
 }
 
 void Selector::ReleaseLease(Lease& lease) {
+  __builtin_prefetch(lease.domain_, 1);  // the host's RMW below stalls; fetch both lines at once
   lease.host_->Release(lease.probe_, lease.ticket_.group);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
@@ -408,6 +409,8 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
         }
         SlotWaiters::Node* next = n->next;
         SlotWaiters::Ticket* t = n->ticket;
+        // The waiter is written (Remove, Wake) after TryGrant's reads: fetch it meanwhile.
+        __builtin_prefetch(t->waiter, 1);
         Lease lease;
         const Grant g = TryGrant(t->domain, t, freed, now, &lease);
         if (g == Grant::kGranted) {
