@@ -5,8 +5,10 @@
 
 namespace mxsched {
 
-HostState::HostState(Endpoint endpoint, std::string name, const HostConfig& config)
+HostState::HostState(Endpoint endpoint, std::string name, const HostConfig& config,
+                     uint32_t index)
     : adapt_(Pack(config.limit, 0, 0, false)),
+      index_(index),
       group_(config.group),
       configured_(config.limit),
       adaptive_floor_(std::max(1, config.adaptive_floor)),
@@ -202,7 +204,8 @@ HostState* HostRegistry::GetOrCreate(const Endpoint& endpoint, std::string_view 
   auto& slot = hosts_[endpoint];
   if (slot == nullptr) {
     slot = std::make_unique<HostState>(
-        endpoint, name.empty() ? endpoint.address.ToString() : std::string(name), config);
+        endpoint, name.empty() ? endpoint.address.ToString() : std::string(name), config,
+        static_cast<uint32_t>(hosts_.size() - 1));
   } else {
     slot->Configure(config);
   }

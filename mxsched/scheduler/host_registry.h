@@ -110,9 +110,13 @@ struct AdmitTicket {
 
 class alignas(128) HostState {
  public:
-  HostState(Endpoint endpoint, std::string name, const HostConfig& config);
+  // `index`: unique within the registry, dense (0, 1, 2... in creation order).
+  HostState(Endpoint endpoint, std::string name, const HostConfig& config, uint32_t index = 0);
 
   const Endpoint& endpoint() const { return endpoint_; }
+  // Dense, unique within its registry: lets per-host side tables (SlotWaiters' queues) be
+  // arrays instead of hash maps.
+  uint32_t index() const { return index_; }
   const std::string& name() const { return name_; }  // first MX/host name seen, or the IP
 
   // Takes a slot if the host is reachable, below its effective limit and its provider group
@@ -253,6 +257,7 @@ class alignas(128) HostState {
   std::atomic<uint64_t> adapt_;
   std::atomic<int64_t> failed_until_{0};  // 0 = reachable
   std::atomic<bool> probe_in_flight_{false};
+  const uint32_t index_;  // read with waiting_ by a hand-off
   std::atomic<int32_t> peak_{0};
   std::atomic<int32_t> waiting_{0};
   std::atomic<LimitGroup*> group_{nullptr};

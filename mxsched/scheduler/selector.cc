@@ -335,6 +335,7 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
 }
 
 void Selector::ReleaseLease(Lease& lease) {
+  __builtin_prefetch(lease.domain_, 1);  // the host's RMW below stalls; fetch both lines at once
   lease.host_->Release(lease.probe_, lease.ticket_.group);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
@@ -349,9 +350,8 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   if (snap->state() != RouteState::kReady) return Grant::kHosts;
   // Older waiters for this domain's own limit, or for the server, go first.
-  if (entry->waiting.load(std::memory_order_seq_cst) != 0) {
-    const SlotWaiters::Node* head = waiters_.DomainHead(entry);
-    if (t == nullptr || head == nullptr || head->ticket != t) return Grant::kDomain;
+  if (entry->waiting.load(std::memory_order_seq_cst) != 0 && !waiters_.HeadsDomain(entry, t)) {
+    return Grant::kDomain;
   }
   int32_t active = entry->active.load(std::memory_order_seq_cst);
   do {
@@ -361,17 +361,14 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
                                                 std::memory_order_relaxed));
   const bool server_limited = server_credit_.limited();
   if (server_limited) {
-    const SlotWaiters::Node* head = waiters_.ServerHead();
-    const bool older_waits = head != nullptr && (t == nullptr || head->ticket != t);
+    const bool older_waits = waiters_.ServerHead() != nullptr && !waiters_.HeadsServer(t);
     if (older_waits || !server_credit_.Take()) {
       entry->active.fetch_sub(1, std::memory_order_acq_rel);
       return Grant::kServer;
     }
   }
   auto usable = [&](const HostState* h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
-    if (h == freed || h->waiting() == 0) return true;
-    const SlotWaiters::Node* head = waiters_.HostHead(h);
-    return t != nullptr && head != nullptr && head->ticket == t;
+    return h == freed || h->waiting() == 0 || waiters_.HeadsHost(h, t);
   };
   for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
     std::span<HostState* const> hosts = snap->TierHosts(ti);
@@ -418,11 +415,11 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
 }
 
 SlotWaiters::Ticket* Selector::Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why,
-                                       bool front, int64_t now) {
+                                       bool front, int64_t /*now*/) {
   SlotWaiters::Kind kind = why == Grant::kDomain   ? SlotWaiters::Kind::kDomain
                            : why == Grant::kServer ? SlotWaiters::Kind::kServer
                                                    : SlotWaiters::Kind::kHosts;
-  std::vector<HostState*> hosts;
+  SlotWaiters::HostList hosts;
   if (kind == SlotWaiters::Kind::kHosts) {
     const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
     for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
@@ -431,18 +428,28 @@ SlotWaiters::Ticket* Selector::Enqueue(DomainEntry* entry, SlotWaiter* waiter, G
       }
     }
   }
-  return waiters_.Add(waiter, entry, kind, hosts, front, now);
+  return waiters_.Add(waiter, entry, kind, hosts, front);
 }
 
 void Selector::HandOff(HostState* host, DomainEntry* domain) {
-  std::vector<std::pair<SlotWaiter*, Lease>> grants;
+  // Nobody waits for what was freed (waiters on other hosts or domains do not count): done
+  // without the mutex. Sound for the same reason as ReleaseLease's maybe_nonempty(): these
+  // seq_cst reads follow the seq_cst RMWs that freed the slot, and a waiter raises the same
+  // counters (seq_cst) before its re-check. A group host always looks (its group's slot
+  // may serve waiters queued on the group's other hosts).
+  if ((host == nullptr || (host->waiting() == 0 && host->group() == nullptr)) &&
+      (domain == nullptr || domain->waiting.load(std::memory_order_seq_cst) == 0) &&
+      !waiters_.server_waiting()) {
+    return;
+  }
+  absl::InlinedVector<std::pair<SlotWaiter*, Lease>, 2> grants;
   {
     epoch::EpochGuard guard;
     MutexLock lock(&waiters_.mu());
     const int64_t now = clock_->NowNanos();
     // Tickets that lost their reason to wait on one queue but must wait on another (a
     // domain waiter whose domain now has room but whose hosts are full) move there.
-    std::vector<std::pair<SlotWaiters::Ticket*, Grant>> moves;
+    absl::InlinedVector<std::pair<SlotWaiters::Ticket*, Grant>, 2> moves;
     auto serve = [&](SlotWaiters::Node* n, const HostState* freed,
                      bool skip_domain_full) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
       while (n != nullptr) {
@@ -451,6 +458,8 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
         }
         SlotWaiters::Node* next = n->next;
         SlotWaiters::Ticket* t = n->ticket;
+        // The waiter is written (Remove, Wake) after TryGrant's reads: fetch it meanwhile.
+        __builtin_prefetch(t->waiter, 1);
         Lease lease;
         const Grant g = TryGrant(t->domain, t, freed, now, &lease);
         if (g == Grant::kGranted) {
@@ -468,22 +477,51 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
       }
     };
     if (host != nullptr && host->waiting() != 0) serve(waiters_.HostHead(host), host, true);
-    // A provider limit (docs/DESIGN.md §6) shared with other hosts: the slot may serve a waiter
-    // queued on another host of the group, oldest first. Costs a pass over the waiters,
-    // only when a group host is released while anyone waits.
-    if (host != nullptr && host->group() != nullptr && host->group()->HasRoom()) {
-      std::vector<SlotWaiters::Ticket*> all = waiters_.All();
-      std::sort(all.begin(), all.end(),
-                [](const auto* a, const auto* b) { return a->seq < b->seq; });
-      for (SlotWaiters::Ticket* t : all) {
-        if (!host->group()->HasRoom()) break;
-        if (t->kind != SlotWaiters::Kind::kHosts) continue;
-        const bool in_group = std::any_of(t->hosts.begin(), t->hosts.end(), [&](auto* h) {
-          return h != host && h->group() == host->group();
-        });
+    // A provider limit (docs/DESIGN.md §6) shared with other hosts: the freed group slot may
+    // serve a waiter queued on another host of the group. The candidates are the heads of
+    // the queues of the group's hosts that have waiters and room of their own; the one
+    // first in line (smallest seq) gets the slot, as a hand-off of its host. O(hosts of the
+    // group with waiters) per grant, however many waiters there are (plus, as on a host's
+    // own queue, the waiters passed over because their own domain is full).
+    if (host != nullptr && host->group() != nullptr) {
+      const LimitGroup* group = host->group();
+      // Queues already looked at in this hand-off: the next node to try there (null: none).
+      absl::InlinedVector<std::pair<const SlotWaiters::HostQueue*, SlotWaiters::Node*>, 4> at;
+      while (group->HasRoom()) {
+        SlotWaiters::Node* best = nullptr;
+        size_t best_at = SIZE_MAX;
+        for (const SlotWaiters::HostQueue* q = waiters_.GroupHosts(group); q != nullptr;
+             q = q->group_next) {
+          const HostState* h = q->host;
+          if (h == host || h->group() != group) continue;  // `host`'s queue was served above
+          if (h->active() >= h->limit() || !h->Reachable(now)) continue;
+          SlotWaiters::Node* n = q->head;
+          size_t i = 0;
+          while (i < at.size() && at[i].first != q) ++i;
+          if (i < at.size()) n = at[i].second;
+          if (n != nullptr && (best == nullptr || n->ticket->seq < best->ticket->seq)) {
+            best = n;
+            best_at = i;
+          }
+        }
+        if (best == nullptr) break;
+        if (best_at == at.size()) {
+          at.emplace_back(static_cast<const SlotWaiters::HostQueue*>(best->queue), best);
+        }
+        SlotWaiters::Ticket* t = best->ticket;
         Lease lease;
-        if (in_group && TryGrant(t->domain, t, nullptr, now, &lease) == Grant::kGranted) {
+        const HostState* freed = static_cast<const SlotWaiters::HostQueue*>(best->queue)->host;
+        const Grant g = TryGrant(t->domain, t, freed, now, &lease);
+        if (g == Grant::kGranted) {
+          for (auto& [q, n] : at) {
+            if (n != nullptr && n->ticket == t) n = n->next;  // before Remove unlinks it
+          }
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
+        } else if (g == Grant::kServer) {
+          break;  // no server credit: nobody else can use the slot either
+        } else {
+          // Its own domain is full: the next waiter on that host may use the slot.
+          at[best_at].second = g == Grant::kDomain ? best->next : nullptr;
         }
       }
     }

@@ -938,6 +938,208 @@ constexpr char kIdle[] = R"(
   domain_idle_timeout = 60
 )";
 
+// --- provider groups, big routes, recycled tickets (issue 13: O(1) release) ----------------
+
+// Answers MX and address lookups from tables (a route by MX name, so a provider pattern
+// can match it without a DNS server).
+class TableResolver : public Resolver {
+ public:
+  void Mx(const std::string& domain, const std::string& host) { mx_[domain].push_back(host); }
+  void A(const std::string& host, const std::string& ip) { a_[host] = ip; }
+  DnsAnswer LookupMx(std::string_view name) override {
+    DnsAnswer ans;
+    ans.state = DnsAnswer::State::kReady;
+    ans.ttl_s = 300;
+    auto it = mx_.find(std::string(name));
+    if (it == mx_.end()) {
+      ans.state = DnsAnswer::State::kNxDomain;
+      return ans;
+    }
+    for (const std::string& h : it->second) ans.mx.push_back({10, h});
+    return ans;
+  }
+  DnsAnswer LookupAddresses(std::string_view name, bool want_v4, bool /*want_v6*/) override {
+    DnsAnswer ans;
+    ans.state = DnsAnswer::State::kReady;
+    ans.ttl_s = 300;
+    auto it = a_.find(std::string(name));
+    if (it == a_.end()) {
+      ans.state = DnsAnswer::State::kNxDomain;
+      return ans;
+    }
+    if (want_v4) ans.addresses.push_back(*IpAddress::Parse(it->second));
+    return ans;
+  }
+
+ private:
+  std::map<std::string, std::vector<std::string>> mx_;
+  std::map<std::string, std::string> a_;
+};
+
+// Three provider hosts (limit 5 each) sharing a group limit of 2; domain X.test routes to
+// mxX.prov.test only.
+struct GroupFixture {
+  GroupFixture() {
+    for (int i = 1; i <= 3; ++i) {
+      resolver.Mx(StrCat("d", i, ".test"), StrCat("mx", i, ".prov.test"));
+      resolver.A(StrCat("mx", i, ".prov.test"), StrCat("127.0.9.", i));
+    }
+  }
+  int32_t GroupActive() {
+    DomainView v = selector.Describe("d1.test");
+    return v.tiers.empty() ? -1 : v.tiers[0].hosts[0].group_active;
+  }
+  TableResolver resolver;
+  ManualClock clock;
+  SplitMixRandom random{42};
+  Selector selector{ConfigFrom(R"(
+    prohibited_hosts = ( )
+    Host "*.prov.test" { max_outbound_connections = 2 }
+    Host "127.0.9.1" { max_outbound_connections = 5 }
+    Host "127.0.9.2" { max_outbound_connections = 5 }
+    Host "127.0.9.3" { max_outbound_connections = 5 })"),
+                    {.clock = &clock, .random = &random, .resolver = &resolver}};
+};
+
+TEST(FairHandOff, FreedGroupSlotGoesToTheOldestWaiterOnAnotherHostOfTheGroup) {
+  GroupFixture f;
+  AcquireResult a1 = f.selector.Acquire("d1.test");
+  ASSERT_TRUE(a1.ok()) << a1.deferral().ToString();
+  AcquireResult a2 = f.selector.Acquire("d1.test");
+  ASSERT_TRUE(a2.ok());
+  ASSERT_EQ(f.GroupActive(), 2);
+  EXPECT_FALSE(f.selector.Acquire("d2.test").ok()) << "mx2 has room, its group does not";
+  CountingWaiter w2, w3, w2b;
+  f.selector.WaitForSlot("d2.test", &w2);
+  f.selector.WaitForSlot("d3.test", &w3);
+  f.selector.WaitForSlot("d2.test", &w2b);
+  EXPECT_EQ(f.selector.waiting(), 3u);
+  a1.lease().Release();  // a slot of the group frees on mx1, where nobody waits
+  EXPECT_EQ(w2.woken.load(), 1) << "the oldest waiter of the group, on mx2";
+  ASSERT_TRUE(w2.lease.valid());
+  EXPECT_EQ(w2.lease.endpoint().address.ToString(), "127.0.9.2");
+  EXPECT_EQ(w3.woken.load() + w2b.woken.load(), 0) << "one freed slot, one grant";
+  EXPECT_EQ(f.GroupActive(), 2);
+  w2.lease.Release();  // on mx2, whose own queue has w2b; w3 (on mx3) is older
+  EXPECT_EQ(w3.woken.load(), 0) << "mx2's own waiter first: the slot is handed over on mx2";
+  EXPECT_EQ(w2b.woken.load(), 1);
+  a2.lease().Release();
+  EXPECT_EQ(w3.woken.load(), 1);
+  ASSERT_TRUE(w3.lease.valid());
+  EXPECT_EQ(w3.lease.endpoint().address.ToString(), "127.0.9.3");
+  EXPECT_EQ(f.GroupActive(), 2);
+  EXPECT_EQ(f.selector.waiting(), 0u);
+  w2b.lease.Release();
+  w3.lease.Release();
+  EXPECT_EQ(f.GroupActive(), 0);
+  EXPECT_TRUE(f.selector.Acquire("d2.test").ok()) << "no waiter left behind in the books";
+}
+
+TEST(FairHandOff, FrontQueuedWaiterIsFirstAcrossTheGroupsHosts) {
+  GroupFixture f;
+  AcquireResult a1 = f.selector.Acquire("d1.test");
+  AcquireResult a2 = f.selector.Acquire("d1.test");
+  ASSERT_TRUE(a1.ok() && a2.ok());
+  CountingWaiter older, front;
+  f.selector.WaitForSlot("d2.test", &older);
+  f.selector.WaitForSlot("d3.test", &front, /*front=*/true);  // woken to re-plan earlier
+  a1.lease().Release();
+  EXPECT_EQ(front.woken.load(), 1) << "ahead of everyone, also of waiters on other hosts";
+  EXPECT_EQ(older.woken.load(), 0);
+  a2.lease().Release();
+  EXPECT_EQ(older.woken.load(), 1);
+}
+
+TEST(FairHandOff, GroupReleaseSkipsAHostWithoutRoomOfItsOwn) {
+  // mx2 is at its own limit (1) as well: its waiter cannot use a freed group slot; the
+  // younger waiter on mx3 can.
+  TableResolver resolver;
+  for (int i = 1; i <= 3; ++i) {
+    resolver.Mx(StrCat("d", i, ".test"), StrCat("mx", i, ".prov.test"));
+    resolver.A(StrCat("mx", i, ".prov.test"), StrCat("127.0.9.", i));
+  }
+  ManualClock clock;
+  SplitMixRandom random{42};
+  Selector selector(ConfigFrom(R"(
+    prohibited_hosts = ( )
+    Host "*.prov.test" { max_outbound_connections = 2 }
+    Host "127.0.9.2" { max_outbound_connections = 1 })"),
+                    {.clock = &clock, .random = &random, .resolver = &resolver});
+  AcquireResult on2 = selector.Acquire("d2.test");
+  AcquireResult on1 = selector.Acquire("d1.test");
+  ASSERT_TRUE(on2.ok() && on1.ok());
+  CountingWaiter w2, w3;
+  selector.WaitForSlot("d2.test", &w2);
+  selector.WaitForSlot("d3.test", &w3);
+  on1.lease().Release();
+  EXPECT_EQ(w2.woken.load(), 0) << "mx2 is full on its own";
+  EXPECT_EQ(w3.woken.load(), 1);
+  on2.lease().Release();  // mx2's own slot (and a group slot)
+  EXPECT_EQ(w2.woken.load(), 1);
+}
+
+TEST(FairHandOff, BigRoutesAndRecycledTicketsKeepFifoAndTheBooks) {
+  // Six hosts (more than a ticket holds inline) next to one-host routes, the tickets
+  // recycled between them many times: FIFO per host, every waiter served once, and no
+  // waiting count left behind.
+  SelectorFixture f(R"(
+    routes = ( "127.0.6.1" "127.0.6.2" "127.0.6.3" "127.0.6.4" "127.0.6.5" "127.0.6.6" )
+    Domain "one.example" { routes = ( "127.0.6.1" ) }
+    Host "127.0.6.1" { max_outbound_connections = 1 }
+    Host "127.0.6.2" { max_outbound_connections = 1 }
+    Host "127.0.6.3" { max_outbound_connections = 1 }
+    Host "127.0.6.4" { max_outbound_connections = 1 }
+    Host "127.0.6.5" { max_outbound_connections = 1 }
+    Host "127.0.6.6" { max_outbound_connections = 1 }
+  )");
+  std::vector<Lease> held;
+  for (int i = 0; i < 6; ++i) held.push_back(f.MustAcquire("big.example"));
+  std::deque<std::unique_ptr<CountingWaiter>> queue;
+  int served = 0;
+  for (int round = 0; round < 300; ++round) {
+    auto w = std::make_unique<CountingWaiter>();
+    f.selector.WaitForSlot(round % 3 == 0 ? "one.example" : "big.example", w.get());
+    queue.push_back(std::move(w));
+    if (round % 7 == 6) {  // cancel the newest now and then
+      EXPECT_TRUE(f.selector.CancelWait(queue.back().get()));
+      queue.pop_back();
+    }
+    if (queue.size() > 5) {
+      // Release the host the oldest waiter can use (one.example's only host, or any).
+      CountingWaiter* oldest = queue.front().get();
+      size_t k = 0;
+      while (k < held.size() && held[k].endpoint().address.ToString() != "127.0.6.1") ++k;
+      ASSERT_LT(k, held.size());
+      held[k].Release();
+      ASSERT_EQ(oldest->woken.load(), 1) << "round " << round;
+      ASSERT_TRUE(oldest->lease.valid());
+      for (size_t j = 1; j < queue.size(); ++j) ASSERT_EQ(queue[j]->woken.load(), 0);
+      held[k] = std::move(oldest->lease);
+      queue.pop_front();
+      ++served;
+    }
+  }
+  EXPECT_GT(served, 100);
+  EXPECT_EQ(f.selector.waiting(), queue.size());
+  for (auto& w : queue) EXPECT_TRUE(f.selector.CancelWait(w.get()));
+  EXPECT_EQ(f.selector.waiting(), 0u);
+  held.clear();
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_TRUE(f.selector.Acquire("big.example").ok()) << "host " << i << " has no ghost waiter";
+  }
+}
+
+TEST(FairHandOff, CancelWaitOnAnotherSelectorFindsNothing) {
+  SelectorFixture f(kOneSlot), g(kOneSlot);
+  Lease held = f.MustAcquire("example.com");
+  CountingWaiter w;
+  f.selector.WaitForSlot("example.com", &w);
+  EXPECT_FALSE(g.selector.CancelWait(&w)) << "queued on f, not g";
+  EXPECT_EQ(f.selector.waiting(), 1u);
+  held.Release();
+  EXPECT_EQ(w.woken.load(), 1);
+}
+
 TEST(Eviction, IdleDomainIsDroppedAndComesBackOnNextUse) {
   testing::SelectorFixture f(kIdle);
   for (int i = 0; i < 100; ++i) f.MustAcquire(StrCat("d", i, ".example"));

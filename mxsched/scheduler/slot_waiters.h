@@ -9,7 +9,14 @@
 //     the queue of every host of its route; the first grant unlinks it from all);
 //   - per domain, for waiters stopped by their domain's max_outbound_connections;
 //   - one server queue, for waiters stopped by server_max_outbound_connections.
-// Arrival order is a global sequence number (`Ticket::seq`), so queues can be compared.
+// Serving order is a global sequence number (`Ticket::seq`; front-queued tickets get
+// smaller ones than everyone), so queues can be compared.
+//
+// Cost: a release looks at the freed host's queue through an array indexed by
+// HostState::index(), a ticket is found through its waiter, tickets come from a free list
+// with their nodes inline — no hash lookup and no allocation per hand-off. A freed slot of
+// a provider group (host_registry.h) looks at the heads of the group's hosts that have
+// waiters (O(those hosts)), not at the waiters.
 //
 // The API is general on purpose: a queue is "waiters for one resource, oldest first", and
 // the caller decides what "can use it" means. A cluster-wide limit (a Redis lease per host)
@@ -27,10 +34,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "mxsched/base/mutex.h"
 
 namespace mxsched {
@@ -38,21 +47,8 @@ namespace mxsched {
 struct DomainEntry;
 class HostState;
 class Lease;
-
-// A caller that would rather wait for a slot than take "deferred" registers a SlotWaiter
-// (Selector::WaitForSlot). Wake() is called exactly once, from whichever thread freed the
-// slot, so it must be cheap and thread-safe — typically: queue and poke an eventfd.
-//  - `lease` valid: the slot is the waiter's (hand-off). It holds the host, domain and
-//    server slots exactly as a lease from Acquire does; connect with it, or let it go.
-//  - `lease` invalid: no slot was handed over — the routes changed (RefreshDomain,
-//    RefreshAll) or the domain is invalid; call Acquire again (and wait again if it defers).
-// REQUIRES: Wake must not call back into the Selector's WaitForSlot/CancelWait for this
-// waiter before returning (it may Acquire, or release the lease).
-class SlotWaiter {
- public:
-  virtual ~SlotWaiter() = default;
-  virtual void Wake(Lease lease) = 0;
-};
+class LimitGroup;
+class SlotWaiter;
 
 class SlotWaiters {
  public:
@@ -65,6 +61,8 @@ class SlotWaiters {
   struct Ticket;
   struct Queue;
   // One link of a ticket into one queue (intrusive, doubly linked, so unlinking is O(1)).
+  // `prev` is meaningful only while the node is not its queue's head: taking the head off
+  // (the hand-off) does not write to the next waiter's node.
   struct Node {
     Node* prev = nullptr;
     Node* next = nullptr;
@@ -75,14 +73,44 @@ class SlotWaiters {
     Node* head = nullptr;
     Node* tail = nullptr;
   };
-  struct Ticket {
-    SlotWaiter* waiter;
-    DomainEntry* domain;
-    Kind kind;
-    uint64_t seq;                   // arrival order (smaller = older)
-    int64_t since_nanos;            // when it was queued
-    std::vector<Node> nodes;        // one per queue it is linked into; never resized once linked
-    std::vector<HostState*> hosts;  // kHosts: the hosts it is queued on, parallel to nodes
+  // A host's queue, found by HostState::index() (an array, no hash lookup). While non-empty
+  // and its host is in a provider group, it is listed in the group's hosts with waiters.
+  struct HostQueue : Queue {
+    HostQueue* group_prev = nullptr;
+    HostQueue* group_next = nullptr;
+    const LimitGroup* group = nullptr;  // the list it is in (the host's group when listed)
+    HostState* host = nullptr;
+  };
+  // The distinct hosts of a route, as Add takes them (no allocation for small routes).
+  using HostList = absl::InlinedVector<HostState*, 8>;
+  static constexpr uint32_t kInlineNodes = 2;  // more hosts: nodes on the heap (kept on reuse)
+  // 128 bytes; what a hand-off reads and writes (the first node, waiter, domain, order) is
+  // the first cache line.
+  struct alignas(64) Ticket {
+    Node first;                    // node(0) unless on the heap; while the ticket is
+                                   // free, first.ticket links the free list
+    SlotWaiter* waiter = nullptr;  // null while free (in the pool)
+    DomainEntry* domain = nullptr;
+    int64_t seq = 0;  // queue order across queues (smaller = served first)
+    uint32_t num_nodes = 0;
+    Kind kind = Kind::kHosts;
+    bool on_heap = false;
+    // Second line: not touched by a hand-off or a re-queue of a route of <= 2 hosts.
+    const SlotWaiters* owner = nullptr;  // set once: a ticket stays in its SlotWaiters' pool
+    std::unique_ptr<Node[]> heap_nodes;
+    uint32_t heap_capacity = 0;
+    Node more[kInlineNodes - 1];
+
+    // One per queue it is linked into (kHosts: one per host, in route order).
+    Node& node(uint32_t i) { return on_heap ? heap_nodes[i] : i == 0 ? first : more[i - 1]; }
+    // kHosts: the host of node(i)'s queue.
+    HostState* host(uint32_t i) { return static_cast<HostQueue*>(node(i).queue)->host; }
+    // Whether `n` is one of this ticket's nodes (compares addresses: `n` is not read).
+    bool Owns(const Node* n) const {
+      const std::less<const void*> lt;
+      if (on_heap) return !lt(n, heap_nodes.get()) && lt(n, heap_nodes.get() + num_nodes);
+      return !lt(n, this) && lt(n, this + 1);
+    }
   };
 
   SlotWaiters() = default;
@@ -92,44 +120,101 @@ class SlotWaiters {
 
   Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }
 
-  // Queues `waiter` for `domain` by `kind` (kHosts: on each of `hosts`), at the back — or,
-  // `front`, ahead of everyone (a waiter that was woken to re-plan keeps its place).
-  // Raises the waiting counters of the hosts or the domain before returning.
+  // Queues `waiter` for `domain` by `kind` (kHosts: on each of `hosts`, distinct), at the
+  // back — or, `front`, ahead of everyone (a waiter that was woken to re-plan keeps its
+  // place). Raises the waiting counters of the hosts or the domain before returning.
+  // O(hosts): tickets come from a free list, nodes are inline for up to kInlineNodes hosts.
   Ticket* Add(SlotWaiter* waiter, DomainEntry* domain, Kind kind,
-              const std::vector<HostState*>& hosts, bool front, int64_t now_nanos)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Unlinks `t` from every queue, lowers the counters and frees it; returns its waiter.
+              std::span<HostState* const> hosts, bool front) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unlinks `t` from every queue, lowers the counters and recycles it; returns its waiter.
   SlotWaiter* Remove(Ticket* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // O(1): the ticket is found through the waiter.
   Ticket* Find(SlotWaiter* waiter) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // The queue of waiters on `host` / for `domain` / for the server, oldest first (null if
-  // none). Walk with Node::next.
+  // The queue of waiters on `host` / for `domain` / for the server, in serving order (null
+  // if none). Walk with Node::next. HostHead is an array index.
   Node* HostHead(const HostState* host) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Node* DomainHead(const DomainEntry* domain) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Node* ServerHead() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return server_.head; }
+  // Whether `t` is first in `host`'s queue / `domain`'s / the server's (without reading the
+  // first ticket when it is another one: a re-check after queueing touches no other waiter).
+  bool HeadsHost(const HostState* host, const Ticket* t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const Node* head = HostHead(host);
+    return head != nullptr && t != nullptr && t->Owns(head);
+  }
+  bool HeadsDomain(const DomainEntry* domain, const Ticket* t) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const Node* head = DomainHead(domain);
+    return head != nullptr && t != nullptr && t->Owns(head);
+  }
+  bool HeadsServer(const Ticket* t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return server_.head != nullptr && t != nullptr && t->Owns(server_.head);
+  }
+  // The queues, non-empty, of hosts in provider group `group` (walk with group_next), or
+  // null: a freed group slot looks at these hosts' heads, not at every waiter.
+  HostQueue* GroupHosts(const LimitGroup* group) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Every ticket, in no particular order.
+  // Every ticket, in no particular order. O(most tickets ever queued at once): for
+  // refreshes, not for releases.
   std::vector<Ticket*> All() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   size_t size() const;
   // False only if no waiter is queued (a release then skips the queue's mutex).
   bool maybe_nonempty() const { return count_.load(std::memory_order_seq_cst) != 0; }
   // True while a waiter is queued for server credit: new Acquires then defer.
-  bool server_waiting() const { return server_count_.load(std::memory_order_relaxed) != 0; }
+  // seq_cst: a release reads it, without the mutex, after giving its credit back.
+  bool server_waiting() const { return server_count_.load(std::memory_order_seq_cst) != 0; }
 
  private:
+  static constexpr size_t kChunkBits = 10;  // host queues and tickets, 1,024 per chunk
+  static constexpr size_t kChunk = size_t{1} << kChunkBits;
+
   static void Link(Queue* q, Node* n, bool front);
   static void Unlink(Node* n);
+  HostQueue* HostQueueOf(HostState* host) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ListInGroup(HostQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnlistFromGroup(HostQueue* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Ticket* NewTicket() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable Mutex mu_;
-  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
-  absl::flat_hash_map<const HostState*, std::unique_ptr<Queue>> host_queues_ ABSL_GUARDED_BY(mu_);
+  int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;    // back of the queues: 1, 2, 3...
+  int64_t front_seq_ ABSL_GUARDED_BY(mu_) = 0;   // front of the queues: 0, -1, -2...
+  // Host queues by HostState::index(), in chunks (stable addresses; allocated on first use).
+  std::vector<std::unique_ptr<HostQueue[]>> host_queues_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<const DomainEntry*, std::unique_ptr<Queue>> domain_queues_
       ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<const LimitGroup*, HostQueue*> group_hosts_ ABSL_GUARDED_BY(mu_);
   Queue server_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<SlotWaiter*, std::unique_ptr<Ticket>> tickets_ ABSL_GUARDED_BY(mu_);
+  // Ticket pool: chunks never freed before the SlotWaiters; freed tickets are reused LIFO.
+  std::vector<std::unique_ptr<Ticket[]>> ticket_chunks_ ABSL_GUARDED_BY(mu_);
+  size_t ticket_chunk_used_ ABSL_GUARDED_BY(mu_) = kChunk;
+  Ticket* free_tickets_ ABSL_GUARDED_BY(mu_) = nullptr;  // linked by first.ticket
+  size_t live_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<int64_t> count_{0};
   std::atomic<int64_t> server_count_{0};
+};
+
+// A caller that would rather wait for a slot than take "deferred" registers a SlotWaiter
+// (Selector::WaitForSlot). Wake() is called exactly once, from whichever thread freed the
+// slot, so it must be cheap and thread-safe — typically: queue and poke an eventfd.
+//  - `lease` valid: the slot is the waiter's (hand-off). It holds the host, domain and
+//    server slots exactly as a lease from Acquire does; connect with it, or let it go.
+//  - `lease` invalid: no slot was handed over — the routes changed (RefreshDomain,
+//    RefreshAll) or the domain is invalid; call Acquire again (and wait again if it defers).
+// REQUIRES: Wake must not call back into the Selector's WaitForSlot/CancelWait for this
+// waiter before returning (it may Acquire, or release the lease). A waiter is queued in at
+// most one selector at a time (it carries its ticket, so CancelWait finds it in O(1)).
+class SlotWaiter {
+ public:
+  SlotWaiter() = default;
+  SlotWaiter(const SlotWaiter&) {}  // a copy is not queued
+  SlotWaiter& operator=(const SlotWaiter&) { return *this; }
+  virtual ~SlotWaiter() = default;
+  virtual void Wake(Lease lease) = 0;
+
+ private:
+  friend class SlotWaiters;
+  SlotWaiters::Ticket* slot_ticket_ = nullptr;  // guarded by the queuing SlotWaiters' mu()
 };
 
 }  // namespace mxsched
