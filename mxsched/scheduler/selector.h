@@ -15,7 +15,8 @@
 //  1. strict preference — tier k+1 only when every host of tiers 0..k is unreachable or at
 //     its limit;
 //  2. even spreading — a per-domain rotation over the tier (starting at a random offset per
-//     domain; tiers shuffled per domain), skipping full or failed hosts; the cursor moves past
+//     domain, in the domain's own order over a shared snapshot: docs/DESIGN.md §5 rule 11),
+//     skipping full or failed hosts; the cursor moves past
 //     the host chosen, so a full host's turns are spread over the rest, not given to its
 //     neighbour;
 //  3. limits never exceeded — host, domain and server counters are taken by bounded CAS (domain,
@@ -36,7 +37,8 @@
 // mutex. All public methods are safe for concurrent use by multiple threads.
 //
 // Lifetime: the Selector must outlive every Lease it hands out. A domain entry (128 bytes +
-// table slot + snapshot) stays resident while it has a connection or a waiter, and until it
+// table slot; its route snapshot is shared with every domain of the same route through
+// RouteInterner) stays resident while it has a connection or a waiter, and until it
 // has been idle for domain_idle_timeout (then it is evicted: docs/DESIGN.md §5).
 #ifndef MXSCHED_SCHEDULER_SELECTOR_H_
 #define MXSCHED_SCHEDULER_SELECTOR_H_
