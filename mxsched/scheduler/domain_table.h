@@ -107,7 +107,8 @@ struct alignas(128) DomainEntry {
   std::atomic<int64_t> expires_at{0};
   // This domain's own order of its first tier's hosts (RFC 5321 §5.1: equal preferences in
   // random order), for tiers of 2..15 hosts: bits 0-3 hold the tier size it was drawn for,
-  // then 4 bits per position. Other tiers are walked with RotationStep (route_planner.h).
+  // then 4 bits per position. It serves any tier of that size; tiers of other sizes are
+  // walked with RotationStep (route_planner.h).
   std::atomic<uint64_t> order{0};
   std::atomic<uint32_t> generation{0};  // Selector::generation_ when built; 0 = refresh now
   std::atomic<int32_t> active{0};
@@ -206,7 +207,9 @@ class DomainTable {
   class EntryPool {
    public:
     static constexpr size_t kChunk = size_t{2} << 20;
-    static constexpr size_t kSmallArenas = 16;  // from operator new: small tables stay small
+    // From operator new (2 per shard, 32k domains): a small selector maps no 2 MiB chunk,
+    // whose first touch would fault a whole huge page into RSS.
+    static constexpr size_t kSmallArenas = 128;
     EntryPool() = default;
     ~EntryPool();
     EntryPool(const EntryPool&) = delete;

@@ -317,6 +317,17 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
     old = entry->snapshot.load(std::memory_order_acquire);
     if (round == 1 || old->state() == RouteState::kReady) return old;
   }
+  // Won the flag, but another thread may have re-planned between this caller's load and
+  // now: if the route in place is current, use it (planning again could land on an answer
+  // that just left the DNS cache, and the stale path below would then cut a fresh TTL to
+  // 200 ms and hand out a superseded route).
+  old = entry->snapshot.load(std::memory_order_acquire);
+  if (now < entry->expires_at.load(std::memory_order_relaxed) &&
+      entry->generation.load(std::memory_order_acquire) ==
+          generation_.load(std::memory_order_acquire)) {
+    entry->refreshing.store(false, std::memory_order_release);
+    return old;
+  }
   const uint32_t gen = generation_.load(std::memory_order_acquire);
   PlannedRoute fresh = planner_.Plan(*config(), entry->name());
   const RouteSnapshot* now_serving = old;
