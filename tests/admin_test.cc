@@ -143,6 +143,9 @@ TEST_F(AdminServerTest, MetricsPassPromtoolAndMatchTheCollectablePath) {
   EXPECT_EQ(direct.at(StrCat("mxsched_host_connection_limit", host, "}")), 2);
   EXPECT_EQ(direct.at(R"(mxsched_acquire_deferrals_total{reason="permanent_failure"})"), 1);
   EXPECT_EQ(direct.at("mxsched_domains_resident"), 1);
+  EXPECT_EQ(direct.at(R"(mxsched_domains_total{event="created"})"), 1);
+  EXPECT_EQ(direct.at(R"(mxsched_domains_total{event="evicted"})"), 0);
+  EXPECT_EQ(direct.at("mxsched_routes_distinct"), 1);
   EXPECT_EQ(direct.at("mxsched_server_active_connections"), 2);
   double active = 0, connected = 0, timed_out = 0;
   for (const char* h : {"127.0.1.1:25", "127.0.1.2:25"}) {

@@ -189,6 +189,22 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
              MetricType::Gauge, 1);
   domains.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.domain_count())));
   out.push_back(std::move(domains));
+
+  MetricFamily churn = Family("mxsched_domains_total",
+                              "Domain entries created (a domain's first use since it was resident) "
+                              "and evicted after domain_idle_timeout.",
+                              MetricType::Counter, 2);
+  churn.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.domains_created),
+                               {{"event", "created"}}));
+  churn.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.domains_evicted),
+                               {{"event", "evicted"}}));
+  out.push_back(std::move(churn));
+
+  MetricFamily routes = Family("mxsched_routes_distinct",
+                               "Distinct route snapshots held; domains with equal routes share one.",
+                               MetricType::Gauge, 1);
+  routes.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.route_count())));
+  out.push_back(std::move(routes));
 }
 
 void AddDnsFamilies(const io::DnsCache& dns, std::vector<MetricFamily>& out) {

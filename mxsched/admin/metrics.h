@@ -44,7 +44,9 @@
 // | sessions queued for a slot now (rule 8) | | mxsched_session_wait_seconds           | histogram
 // |               | slot-wait time of sessions that waited, first wait to end (buckets 1 ms .. 120
 // s) | | mxsched_domains_resident               | gauge     |               | domains with a route
-// entry in the selector | | mxsched_dns_lookups_total              | counter   | result        |
+// entry in the selector | | mxsched_domains_total | counter | event | domain entries created
+// and evicted (docs/DESIGN.md §5) | | mxsched_routes_distinct | gauge | | distinct route
+// snapshots; domains with equal routes share one | | mxsched_dns_lookups_total              | counter   | result        |
 // resolver lookups: hit (fresh cached answer), miss | | mxsched_dns_queries_total              |
 // counter   |               | queries handed to a DNS client | | mxsched_dns_answers_total |
 // counter   | result        | answers stored: ok, nodata, nxdomain, tempfail | |
