@@ -258,10 +258,7 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   DomainEntry* entry = domains_.FindOrInsert(hash, *name, [&](DomainEntry& e) {
     created = true;
     e.cursor.store(static_cast<uint32_t>(random_->Next()), std::memory_order_relaxed);
-    PlannedRoute planned = planner_.Plan(*config(), e.name());
-    e.expires_at.store(planned.expires_at, std::memory_order_relaxed);
-    e.order.store(DrawOrder(FirstTierSize(*planned.snapshot), *random_), std::memory_order_relaxed);
-    e.snapshot.store(routes_->Intern(std::move(planned.snapshot)), std::memory_order_release);
+    Publish(&e, planner_.Plan(*config(), e.name()));  // a new entry: no old route to drop
     e.generation.store(generation_.load(std::memory_order_acquire), std::memory_order_release);
     e.last_used.store(static_cast<uint32_t>(now >> DomainEntry::kUseTickShift),
                       std::memory_order_relaxed);
