@@ -8,15 +8,9 @@
 # Ends only the processes it started, by PID; bounded in sessions and time (~10-20 s).
 set -u
 bin=$1
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$work"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, free_port, claim_test_net
 port=$(free_port)
 # A 127.N.78.0/24 network no other running test uses (tests/test_net.sh).
-. "$(dirname "$0")/test_net.sh"
 claim_test_net
 net="$test_net.78"
 
