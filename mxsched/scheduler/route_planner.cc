@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include "mxsched/base/strings.h"
 
 #include "absl/container/flat_hash_set.h"
@@ -100,13 +101,7 @@ struct StepTable {
   constexpr StepTable() {
     for (uint32_t n = 1; n <= kMaxAddressesPerRoute; ++n) {
       for (uint32_t s = 1; s <= n; ++s) {
-        uint32_t a = s, b = n;  // gcd
-        while (b != 0) {
-          const uint32_t r = a % b;
-          a = b;
-          b = r;
-        }
-        if (a == 1) steps[n][count[n]++] = static_cast<uint8_t>(s % n);
+        if (std::gcd(s, n) == 1) steps[n][count[n]++] = static_cast<uint8_t>(s % n);
       }
     }
   }
