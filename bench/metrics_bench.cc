@@ -7,6 +7,7 @@
 #include <string>
 
 #include "benchmark/benchmark.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/admin/metrics.h"
 #include "mxsched/base/strings.h"
 #include "prometheus/counter.h"

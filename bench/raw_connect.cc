@@ -192,7 +192,7 @@ int main(int argc, char** argv) {
     else if (a == "--concurrency")
       concurrency = std::atoi(argv[i + 1]);
   }
-  auto targets = mxsched::io::ParseListenSpec(targets_spec);
+  auto targets = mxsched::testbed::ParseListenSpec(targets_spec);
   if (!targets.ok() || sessions <= 0 || concurrency <= 0 || (mode != "uring" && mode != "epoll")) {
     std::fprintf(stderr,
                  "usage: raw_connect --mode uring|epoll --targets ADDR[-ADDR]:PORT "

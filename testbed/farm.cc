@@ -15,7 +15,10 @@
 #include "mxsched/io/loop.h"
 #include "testbed/json.h"
 
-namespace mxsched::io {
+namespace mxsched::testbed {
+
+// The testbed drives the product's io layer (loop, connector, cluster client) from outside.
+using namespace mxsched::io;  // NOLINT(google-build-using-namespace)
 
 std::string Fault::ToString() const {
   switch (kind) {
@@ -684,4 +687,4 @@ std::string Farm::StatsJson() const {
                    {"accept_backoffs", accept_backoffs}});
 }
 
-}  // namespace mxsched::io
+}  // namespace mxsched::testbed

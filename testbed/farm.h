@@ -39,7 +39,7 @@
 #include "mxsched/base/endpoint.h"
 #include "mxsched/base/mutex.h"
 
-namespace mxsched::io {
+namespace mxsched::testbed {
 
 struct Fault {
   enum class Kind : uint8_t { kNone, kRefuse, kBlackhole, kTempfail, kSlow, kReset, kCap };
@@ -107,6 +107,6 @@ class Farm {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace mxsched::io
+}  // namespace mxsched::testbed
 
 #endif  // MXSCHED_TESTBED_FARM_H_

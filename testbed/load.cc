@@ -13,13 +13,17 @@
 #include <unordered_set>
 
 #include "absl/container/flat_hash_map.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/base/mutex.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/resolver.h"
 #include "mxsched/scheduler/routes.h"
 #include "testbed/json.h"
 
-namespace mxsched::io {
+namespace mxsched::testbed {
+
+// The testbed drives the product's io layer (loop, connector, cluster client) from outside.
+using namespace mxsched::io;  // NOLINT(google-build-using-namespace)
 
 int LatencyHistogram::BucketOf(uint64_t value) {
   if (value < static_cast<uint64_t>(kLinear)) return static_cast<int>(value);
@@ -763,4 +767,4 @@ std::string LoadReport::ToText() const {
   return s;
 }
 
-}  // namespace mxsched::io
+}  // namespace mxsched::testbed

@@ -23,8 +23,14 @@
 #include "mxsched/scheduler/selector.h"
 
 namespace mxsched::io {
-
 class DnsCache;
+}  // namespace mxsched::io
+
+namespace mxsched::testbed {
+
+using io::ClusterLimits;
+using io::ConnectorOptions;
+using io::DnsCache;
 
 // Log-linear histogram of non-negative values (nanoseconds here) in fixed memory, so a run's
 // memory does not grow with its length: `load` used to keep one 8-byte sample per session
@@ -176,6 +182,6 @@ absl::Status ValidateDistinctDomains(const LoadOptions& options);
 
 absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& options);
 
-}  // namespace mxsched::io
+}  // namespace mxsched::testbed
 
 #endif  // MXSCHED_TESTBED_LOAD_H_

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/io/resolver.h"
 #include "testbed/load.h"
 #include "tests/dnsmasq.h"
@@ -15,7 +16,7 @@
 namespace mxsched {
 namespace {
 
-using io::Fault;
+using testbed::Fault;
 using testing::ConfigFrom;
 using testing::Ep;
 using testing::StatsFor;
@@ -67,11 +68,11 @@ TEST_F(FarmCapTest, ServesNAtOnceAndAnswersTheRest421TooManyConnections) {
 }
 
 TEST(FarmFaultSpec, ParsesCap) {
-  auto f = io::ParseFaultSpec("127.0.0.1=cap:4");
+  auto f = testbed::ParseFaultSpec("127.0.0.1=cap:4");
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->second.kind, Fault::Kind::kCap);
   EXPECT_EQ(f->second.slow_ms, 4);
-  EXPECT_FALSE(io::ParseFaultSpec("127.0.0.1=cap:x").ok());
+  EXPECT_FALSE(testbed::ParseFaultSpec("127.0.0.1=cap:x").ok());
 }
 
 // --- adaptive limits against the farm's capped receiver ------------------------------------
@@ -87,10 +88,10 @@ class AdaptiveTest : public testing::LoopbackTest {
   }
   static Fault Cap(int n) { return {Fault::Kind::kCap, n}; }
   // Sessions with slot waits (docs/DESIGN.md §1 rule 8), as a delivery worker would run them.
-  io::LoadReport Load(Selector& s, int64_t sessions, int concurrency, int hold_ms,
+  testbed::LoadReport Load(Selector& s, int64_t sessions, int concurrency, int hold_ms,
                       std::vector<std::string> domains = {}, io::DnsCache* dns_cache = nullptr,
                       std::string dns_server = "") {
-    io::LoadOptions o;
+    testbed::LoadOptions o;
     o.domains = domains.empty() ? std::vector<std::string>{"capped.example"} : domains;
     o.sessions = sessions;
     o.concurrency = concurrency;
@@ -102,7 +103,7 @@ class AdaptiveTest : public testing::LoopbackTest {
     o.connector.slot_wait_ms = 60000;
     o.dns_cache = dns_cache;
     o.dns_server = std::move(dns_server);
-    auto r = io::RunLoad(s, o);
+    auto r = testbed::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "a session was lost";
@@ -115,7 +116,7 @@ TEST_F(AdaptiveTest, CappedReceiverLimitIsLearnedAndNothingIsWrittenOff) {
   auto farm = testing::StartFarm({Host(1)}, {{*IpAddress::Parse(Ip(1)), Cap(4)}});
   auto config = ConfigFrom(Routes({1}));
   Selector selector(config);
-  io::LoadReport r = Load(selector, 400, 16, /*hold_ms=*/10);
+  testbed::LoadReport r = Load(selector, 400, 16, /*hold_ms=*/10);
   EXPECT_EQ(r.connected, 400) << r.ToText();
   EXPECT_EQ(r.failed, 0) << r.ToText();
   const HostState& h = State(selector, 1);
@@ -139,7 +140,7 @@ TEST_F(AdaptiveTest, LimitRecoversWhenTheReceiversCapRisesNeverAboveTheConfigure
   auto config =
       ConfigFrom(Routes({1}) + StrCat("Host \"", Ip(1), "\" { max_outbound_connections = 8 }\n"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, 300, 16, /*hold_ms=*/5);
+  testbed::LoadReport r = Load(selector, 300, 16, /*hold_ms=*/5);
   EXPECT_EQ(r.connected, 300) << r.ToText();
   EXPECT_LE(State(selector, 1).limit(), 4);
   farm->SetFault(*IpAddress::Parse(Ip(1)), Cap(20));
@@ -160,7 +161,7 @@ TEST_F(AdaptiveTest, TwoEqualHostsOneCappedItServesWhatItAcceptsTheRestGoesToThe
   auto farm = testing::StartFarm({Host(1), Host(2)}, {{*IpAddress::Parse(Ip(1)), Cap(4)}});
   auto config = ConfigFrom(Routes({1, 2}));
   Selector selector(config);
-  io::LoadReport r = Load(selector, 600, 16, /*hold_ms=*/10);
+  testbed::LoadReport r = Load(selector, 600, 16, /*hold_ms=*/10);
   EXPECT_EQ(r.connected, 600) << r.ToText();
   const int64_t capped = r.hosts[Host(1).ToString()].sessions;
   const int64_t other = r.hosts[Host(2).ToString()].sessions;
@@ -200,7 +201,7 @@ TEST_F(ProviderTest, PatternSharedBy50DomainsWithDifferentMxNamesNeverExceedsIts
     Host "*.provider.test" { max_outbound_connections = 5 })"));
   io::DnsCache cache;
   Selector selector(config, {.resolver = &cache});
-  io::LoadReport r = Load(selector, 1000, 32, /*hold_ms=*/5, domains, &cache, dns.server());
+  testbed::LoadReport r = Load(selector, 1000, 32, /*hold_ms=*/5, domains, &cache, dns.server());
   EXPECT_EQ(r.connected, 1000) << "waiters on one host are woken by releases on another "
                                   "host of the same provider: "
                                << r.ToText();

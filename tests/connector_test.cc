@@ -1,5 +1,6 @@
 // The io_uring connector and load driver against real peers on loopback: the in-process
 // farm (server-side counts prove the limits) and raw TCP peers for malformed greetings.
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/io/connector.h"
 
 #include <sys/resource.h>
@@ -12,7 +13,7 @@ namespace mxsched {
 namespace {
 
 using io::ConnectResult;
-using io::Fault;
+using testbed::Fault;
 using testing::ConfigFrom;
 using testing::ConnectOnce;
 using testing::Ep;
@@ -26,9 +27,9 @@ class ConnectorTest : public testing::LoopbackTest {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, std::vector<std::string> domains, int64_t sessions,
+  testbed::LoadReport Load(Selector& s, std::vector<std::string> domains, int64_t sessions,
                       int concurrency, int hold_ms, int threads = 2) {
-    io::LoadOptions o;
+    testbed::LoadOptions o;
     o.domains = std::move(domains);
     o.sessions = sessions;
     o.concurrency = concurrency;
@@ -39,7 +40,7 @@ class ConnectorTest : public testing::LoopbackTest {
     // spreading these tests count.
     o.connector.banner_timeout_ms = 30'000;
     o.connector.connect_timeout_ms = 30'000;
-    auto r = io::RunLoad(s, o);
+    auto r = testbed::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
     return *r;
@@ -71,7 +72,7 @@ TEST_F(ConnectorTest, StrictPreferenceWithHostLimitsServerSidePeak) {
     Host ")",
                                              Ip(2), R"(" { max_outbound_connections = 3 })"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, {"example.com"}, 400, 10, 20);
+  testbed::LoadReport r = Load(selector, {"example.com"}, 400, 10, 20);
   auto stats = farm->Stats();
   EXPECT_EQ(StatsFor(stats, Ip(1))->peak, 3) << "tier 0 host filled to, never past, its limit";
   EXPECT_EQ(StatsFor(stats, Ip(2))->peak, 3);
@@ -85,7 +86,7 @@ TEST_F(ConnectorTest, EvenSpreadAcrossFourHosts) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 5), Url(2, 5), Url(3, 5),
                                              Url(4, 5), " )\nmax_outbound_connections = 100"));
   Selector selector(config);
-  io::LoadReport r = Load(selector, {"a.example", "b.example", "c.example"}, 4000, 8, 0);
+  testbed::LoadReport r = Load(selector, {"a.example", "b.example", "c.example"}, 4000, 8, 0);
   EXPECT_EQ(r.connected, 4000);
   // No host ever reaches a limit here, so each domain's rotation is a strict round robin:
   // every host gets 1000 sessions, give or take one per domain — a count, not a timing.
@@ -276,7 +277,7 @@ TEST_F(ConnectorTest, GlobalRouteSharedByManyDomainsKeepsTheHostLimit) {
   Selector selector(config);
   std::vector<std::string> domains;
   for (int i = 0; i < 100; ++i) domains.push_back(StrCat("d", i, ".example"));
-  io::LoadReport r = Load(selector, domains, 3000, 40, 5);
+  testbed::LoadReport r = Load(selector, domains, 3000, 40, 5);
   EXPECT_EQ(StatsFor(farm->Stats(), Ip(1))->peak, 5) << "server-side peak";
   EXPECT_GT(r.connected, 0);
   EXPECT_GT(r.deferred, 0) << "concurrency 40 against a limit of 5 must defer";
@@ -289,14 +290,14 @@ TEST_F(ConnectorTest, WaitingForASlotInsteadOfDeferring) {
   auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
                                              "\" { max_outbound_connections = 5 }"));
   Selector selector(config);
-  io::LoadOptions o;
+  testbed::LoadOptions o;
   for (int i = 0; i < 50; ++i) o.domains.push_back(StrCat("d", i, ".example"));
   o.sessions = 2000;
   o.concurrency = 40;
   o.threads = 2;
   o.hold_ms = 2;
   o.connector.slot_wait_ms = 20000;
-  auto r = io::RunLoad(selector, o);
+  auto r = testbed::RunLoad(selector, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->connected, 2000) << "every session waited for a slot instead of deferring";
   EXPECT_EQ(r->deferred, 0);

@@ -17,7 +17,7 @@ namespace mxsched {
 namespace {
 
 using io::ConnectResult;
-using io::Fault;
+using testbed::Fault;
 using testing::ConfigFrom;
 using testing::Ep;
 using testing::StatsFor;
@@ -94,7 +94,7 @@ class FaultMatrix : public testing::LoopbackTest {
   void TearDown() override { EXPECT_EQ(OpenFds(), fds_before_) << "file descriptors leaked"; }
   // Waits (bounded) until the farm counts no open connection and this process holds the fds
   // it held with the farm running and no session: the server's close is asynchronous.
-  void ExpectAllClosedWhileFarmRuns(io::Farm& farm, int fds_with_farm) {
+  void ExpectAllClosedWhileFarmRuns(testbed::Farm& farm, int fds_with_farm) {
     auto open_connections = [&] {
       int64_t n = 0;
       for (const auto& s : farm.Stats()) n += s.current;
@@ -118,9 +118,9 @@ class FaultMatrix : public testing::LoopbackTest {
     for (int l : lasts) v.push_back(Ep(Ip(l), port_));
     return v;
   }
-  io::LoadReport Load(Selector& s, int64_t sessions, int concurrency, io::ConnectorOptions co = {},
+  testbed::LoadReport Load(Selector& s, int64_t sessions, int concurrency, io::ConnectorOptions co = {},
                       int hold_ms = 0, int threads = 2) {
-    io::LoadOptions o;
+    testbed::LoadOptions o;
     for (int i = 0; i < 20; ++i) o.domains.push_back(StrCat("f", i, ".example"));
     o.sessions = sessions;
     o.concurrency = concurrency;
@@ -130,7 +130,7 @@ class FaultMatrix : public testing::LoopbackTest {
     if (co.banner_timeout_ms < 0) co.banner_timeout_ms = 1000;
     if (co.connect_timeout_ms < 0) co.connect_timeout_ms = 1000;
     o.connector = co;
-    auto r = io::RunLoad(s, o);
+    auto r = testbed::RunLoad(s, o);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return {};
     EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "a session was lost";
@@ -202,7 +202,7 @@ TEST_F(FaultMatrix, FlappingHostsUnderLoadLoseNothing) {
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
   });
-  io::LoadReport r = Load(selector, 20000, 64);
+  testbed::LoadReport r = Load(selector, 20000, 64);
   stop = true;
   flapper.join();
   EXPECT_GT(r.connected, 19000);
@@ -227,7 +227,7 @@ TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
   // One client thread: its ring is set up before the sessions eat the fd budget (a second
   // thread's ring would race them and the run would fail as a whole — also reported, but
   // not what this test is about).
-  io::LoadReport starved = Load(selector, 2000, 200, {}, /*hold_ms=*/20, /*threads=*/1);
+  testbed::LoadReport starved = Load(selector, 2000, 200, {}, /*hold_ms=*/20, /*threads=*/1);
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   EXPECT_GT(starved.deferred + starved.failed, 0) << "the limit was never hit";
   bool clear_reason = false;
@@ -243,7 +243,7 @@ TEST_F(FaultMatrix, TooFewFileDescriptorsDefersWithAClearReasonThenRecovers) {
     probe_connected = Load(selector, 1, 1).connected == 1;
   }
   ASSERT_TRUE(probe_connected) << "the host never recovered";
-  io::LoadReport recovered = Load(selector, 2000, 50);
+  testbed::LoadReport recovered = Load(selector, 2000, 50);
   EXPECT_EQ(recovered.connected, 2000) << "fds are back: everything connects again";
   for (const auto& [kind, example] : recovered.examples) ADD_FAILURE() << example;
 }
@@ -290,11 +290,11 @@ TEST_F(FaultMatrix, ConfigReloadUnderLoadLosesNoSession) {
   });
   io::ConnectorOptions co;
   co.slot_wait_ms = 10000;
-  io::LoadReport r = Load(selector, 5000, 40, co, /*hold_ms=*/1);
+  testbed::LoadReport r = Load(selector, 5000, 40, co, /*hold_ms=*/1);
   stop = true;
   reloader.join();
   EXPECT_EQ(r.connected, 5000) << "sessions waited through reloads; none lost or failed";
-  const std::vector<io::FarmAddressStats> stats = farm->Stats();
+  const std::vector<testbed::FarmAddressStats> stats = farm->Stats();
   for (int h = 1; h <= 4; ++h) {
     const auto* s = StatsFor(stats, Ip(h));
     EXPECT_LE(s->peak, 6) << Ip(h) << ": a reload must never let a host pass its limit";
@@ -325,12 +325,12 @@ TEST_F(FaultMatrix, FarmOutOfFdsBacksOffInsteadOfSpinningAndServesAgainWhenFdsFr
   rlimit tight = saved;
   tight.rlim_cur = OpenFds() + 64;
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
-  io::FarmOptions options;
+  testbed::FarmOptions options;
   options.listen = Hosts({1});
   options.idle_timeout_ms = 0;  // the idle clients stay as long as the test wants
-  auto started = io::Farm::Start(options);
+  auto started = testbed::Farm::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
-  io::Farm& farm = **started;
+  testbed::Farm& farm = **started;
   auto backoffs = [&] { return farm.Stats()[0].accept_backoffs; };
   // Client sockets made now, so that connecting them later takes no descriptor.
   std::vector<int> clients;
@@ -410,10 +410,10 @@ TEST_F(FaultMatrix, FarmOutOfFdsBacksOffInsteadOfSpinningAndServesAgainWhenFdsFr
 // A client that connects and never says a word held a farm fd forever; the farm closes it
 // after its idle timeout, and says so in its stats.
 TEST_F(FaultMatrix, FarmClosesAClientThatNeverSpeaksAfterTheIdleTimeout) {
-  io::FarmOptions options;
+  testbed::FarmOptions options;
   options.listen = Hosts({1});
   options.idle_timeout_ms = 200;
-  auto farm = io::Farm::Start(options);
+  auto farm = testbed::Farm::Start(options);
   ASSERT_TRUE(farm.ok()) << farm.status();
   const int silent = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_TRUE(ConnectFd(silent, Hosts({1})[0])) << std::strerror(errno);
@@ -422,7 +422,7 @@ TEST_F(FaultMatrix, FarmClosesAClientThatNeverSpeaksAfterTheIdleTimeout) {
       << "the farm kept a silent client past its 200 ms idle timeout";
   close(silent);
   auto closed = [&] {
-    const io::FarmAddressStats s = (*farm)->Stats()[0];
+    const testbed::FarmAddressStats s = (*farm)->Stats()[0];
     return s.current == 0 && s.idle_closed == 1;
   };
   for (auto deadline = In(std::chrono::seconds(10));
@@ -437,10 +437,10 @@ TEST_F(FaultMatrix, FarmClosesAClientThatNeverSpeaksAfterTheIdleTimeout) {
 // The idle timeout counts from the last command, not from the connect: a client that keeps
 // talking for many timeouts is served throughout, and closed once it falls silent.
 TEST_F(FaultMatrix, FarmIdleTimeoutRestartsOnEveryCommand) {
-  io::FarmOptions options;
+  testbed::FarmOptions options;
   options.listen = Hosts({1});
   options.idle_timeout_ms = 1000;  // 20x the gap between commands: no flake when loaded
-  auto farm = io::Farm::Start(options);
+  auto farm = testbed::Farm::Start(options);
   ASSERT_TRUE(farm.ok()) << farm.status();
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_TRUE(ConnectFd(fd, Hosts({1})[0])) << std::strerror(errno);

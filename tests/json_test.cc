@@ -35,7 +35,7 @@ TEST(DumpJson, Utf8IsKeptAndInvalidBytesAreReplaced) {
 }
 
 TEST(LoadReportJson, ZeroLengthRunIsStillValidJson) {
-  io::LoadReport r;
+  testbed::LoadReport r;
   r.seconds = 0;
   r.sessions_per_second = std::nan("");  // what 0/0 would give
   r.examples["refused"] = "421 \xff";

@@ -9,25 +9,22 @@
 #include <vector>
 
 #include "testbed/json.h"
+#include "mxsched/base/sanitizers.h"
 #include "testbed/load.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"
 
 // Resident memory says nothing under a sanitizer: AddressSanitizer quarantines freed memory
 // (hundreds of MB) and ThreadSanitizer shadows every byte.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(MXSCHED_ASAN) || defined(MXSCHED_TSAN)
 #define MXSCHED_UNDER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define MXSCHED_UNDER_SANITIZER 1
-#endif
 #endif
 
 namespace mxsched {
 namespace {
 
-using io::Fault;
-using io::LatencyHistogram;
+using testbed::Fault;
+using testbed::LatencyHistogram;
 using testing::ConfigFrom;
 using testing::Ep;
 using testing::StatsFor;
@@ -113,8 +110,8 @@ TEST(LatencyHistogram, SmallValuesAreExactAndHugeOnesFit) {
 class LoadBookkeepingTest : public testing::LoopbackTest {
  protected:
   std::string Key(int last) const { return Ep(Ip(last), port_).ToString(); }
-  io::LoadOptions Options(int64_t sessions, int concurrency, int hold_ms, int threads) const {
-    io::LoadOptions o;
+  testbed::LoadOptions Options(int64_t sessions, int concurrency, int hold_ms, int threads) const {
+    testbed::LoadOptions o;
     o.domains = {"example.com"};
     o.sessions = sessions;
     o.concurrency = concurrency;
@@ -140,10 +137,10 @@ TEST_F(LoadBookkeepingTest, ResidentMemoryDoesNotGrowWithSessions) {
   // then grow only by noise over a run ten times longer. One sample per session (the old
   // vectors) grew it by 8 bytes a session plus the vectors' doubling: 200,000 more
   // sessions made it ~1.6-3 MB.
-  auto warm = io::RunLoad(selector, Options(20'000, 32, 0, 2));
+  auto warm = testbed::RunLoad(selector, Options(20'000, 32, 0, 2));
   ASSERT_TRUE(warm.ok()) << warm.status();
   ASSERT_EQ(warm->connected, 20'000);
-  auto longer = io::RunLoad(selector, Options(220'000, 32, 0, 2));
+  auto longer = testbed::RunLoad(selector, Options(220'000, 32, 0, 2));
   ASSERT_TRUE(longer.ok()) << longer.status();
   ASSERT_EQ(longer->connected, 220'000);
   EXPECT_EQ(longer->greeted, 220'000);
@@ -162,12 +159,12 @@ TEST_F(LoadBookkeepingTest, DeadAddressIsListedWithItsFailedLeasesApart) {
   auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0), " ",
                                   Url(2, 10), " )\nmax_outbound_connections = 1000"));
   Selector selector(config);
-  auto r = io::RunLoad(selector, Options(200, 8, 10, 1));
+  auto r = testbed::RunLoad(selector, Options(200, 8, 10, 1));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->connected, 200);
   const auto stats = farm->Stats();
   ASSERT_EQ(r->hosts.count(Key(1)), 1u) << "the dead host is listed";
-  const io::LoadReport::Host& dead = r->hosts.at(Key(1));
+  const testbed::LoadReport::Host& dead = r->hosts.at(Key(1));
   EXPECT_EQ(dead.sessions, 0);
   EXPECT_EQ(dead.peak, StatsFor(stats, Ip(1))->peak);
   EXPECT_EQ(dead.peak, 0);
@@ -192,9 +189,9 @@ TEST_F(LoadBookkeepingTest, PeakCountsConnectionsNotLeasesWhoseConnectFailed) {
   Selector selector(config);
   // The hold outlasts the 1 s retry time, so the last 2 sessions find the address due for
   // its probe; it only has to outlast the fault switch below by far.
-  io::LoadOptions o = Options(10, 8, 2500, 1);
-  absl::StatusOr<io::LoadReport> r;
-  std::thread run([&] { r = io::RunLoad(selector, o); });
+  testbed::LoadOptions o = Options(10, 8, 2500, 1);
+  absl::StatusOr<testbed::LoadReport> r;
+  std::thread run([&] { r = testbed::RunLoad(selector, o); });
   bool switched = false;
   for (int i = 0; i < 30'000; ++i) {  // bounded: 30 s
     if (StatsFor(farm->Stats(), Ip(2))->current == 8) {
@@ -211,7 +208,7 @@ TEST_F(LoadBookkeepingTest, PeakCountsConnectionsNotLeasesWhoseConnectFailed) {
   const auto stats = farm->Stats();
   ASSERT_GE(StatsFor(stats, Ip(1))->total, 1u) << "the first address served after the switch";
   ASSERT_EQ(r->hosts.count(Key(1)), 1u);
-  const io::LoadReport::Host& h = r->hosts.at(Key(1));
+  const testbed::LoadReport::Host& h = r->hosts.at(Key(1));
   EXPECT_EQ(h.peak, StatsFor(stats, Ip(1))->peak) << "the peak is what the server counted";
   EXPECT_LE(h.peak, 2);
   EXPECT_EQ(h.lease_peak, 8) << "the refused connects are counted as leases, apart";
@@ -227,10 +224,10 @@ TEST_F(LoadBookkeepingTest, RunWithoutGreetingsPrintsNoPercentiles) {
   auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0),
                                   " )\nmax_outbound_connections = 1000"));
   Selector selector(config);
-  io::LoadOptions o = Options(4, 4, 0, 1);
+  testbed::LoadOptions o = Options(4, 4, 0, 1);
   o.connector.banner_timeout_ms = 200;  // each session ends by its banner timeout
   o.connector.max_attempts = 1;
-  auto r = io::RunLoad(selector, o);
+  auto r = testbed::RunLoad(selector, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->connected, 0);
   EXPECT_EQ(r->greeted, 0);

@@ -41,7 +41,7 @@ inline std::string LoopbackPrefix() {
   return StrCat("127.", port >> 8, ".", port & 255, ".");
 }
 
-inline uint16_t FreePort() { return io::FreeLoopbackPort(); }
+inline uint16_t FreePort() { return testbed::FreeLoopbackPort(); }
 
 // A fixture on a loopback network and a port of its own: Ip(5) is "127.a.b.5", Url(5, 10) a
 // route item "smtp://127.a.b.5?pref=10" for the routes list.
@@ -63,17 +63,17 @@ inline Endpoint Ep(const std::string& ip, uint16_t port) {
   return Endpoint{*IpAddress::Parse(ip), port};
 }
 
-inline std::unique_ptr<io::Farm> StartFarm(
-    const std::vector<Endpoint>& listen, std::vector<std::pair<IpAddress, io::Fault>> faults = {}) {
-  io::FarmOptions o;
+inline std::unique_ptr<testbed::Farm> StartFarm(
+    const std::vector<Endpoint>& listen, std::vector<std::pair<IpAddress, testbed::Fault>> faults = {}) {
+  testbed::FarmOptions o;
   o.listen = listen;
   o.faults = std::move(faults);
-  auto farm = io::Farm::Start(std::move(o));
+  auto farm = testbed::Farm::Start(std::move(o));
   EXPECT_TRUE(farm.ok()) << farm.status();
   return farm.ok() ? *std::move(farm) : nullptr;
 }
 
-inline const io::FarmAddressStats* StatsFor(const std::vector<io::FarmAddressStats>& all,
+inline const testbed::FarmAddressStats* StatsFor(const std::vector<testbed::FarmAddressStats>& all,
                                             const std::string& ip) {
   for (const auto& s : all) {
     if (s.endpoint.address.ToString() == ip) return &s;

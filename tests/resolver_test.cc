@@ -1,6 +1,7 @@
 // DNS against a real dnsmasq on loopback: MX with TTLs, implicit MX, null MX, NXDOMAIN,
 // timeouts, TTL expiry, refresh, CNAMEs, prohibited addresses — and the connector waiting
 // for resolution end to end with the farm.
+#include "mxsched/scheduler/route_planner.h"  // kMaxMxPerDomain
 #include "mxsched/io/resolver.h"
 
 #include "mxsched/io/connector.h"

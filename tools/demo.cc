@@ -34,7 +34,7 @@ constexpr int kConcurrency = 256;
 struct Scenario {
   std::string name;
   std::string config;
-  io::LoadReport report;
+  testbed::LoadReport report;
   int64_t max_server_peak = 0;
   int hosts_used = 0;
 };
@@ -78,14 +78,14 @@ int RunDemo(const DemoFlags& f) {
     return 1;
   }
   RaiseFdLimit();
-  const uint16_t port = io::FreeLoopbackPort();
-  io::FarmOptions fo;
+  const uint16_t port = testbed::FreeLoopbackPort();
+  testbed::FarmOptions fo;
   for (auto spec : {StrCat("127.0.70.1-127.0.70.", kGlobalHosts, ":", port),
                     StrCat("127.0.71.1-127.0.71.", kDomains, ":", port)}) {
-    auto eps = io::ParseListenSpec(spec);
+    auto eps = testbed::ParseListenSpec(spec);
     fo.listen.insert(fo.listen.end(), eps->begin(), eps->end());
   }
-  auto farm = io::Farm::Start(fo);
+  auto farm = testbed::Farm::Start(fo);
   if (!farm.ok()) {
     std::fprintf(stderr, "mxsched demo: %s\n", std::string(farm.status().message()).c_str());
     return 1;
@@ -108,7 +108,7 @@ int RunDemo(const DemoFlags& f) {
     auto config = std::make_shared<const Config>(*std::move(parsed));
     Selector selector(config);
     (*farm)->ResetCounters();
-    io::LoadOptions o;
+    testbed::LoadOptions o;
     for (int d = 0; d < kDomains; ++d) o.domains.push_back(StrCat("d", d, ".example"));
     o.sessions = 10'000'000;
     o.concurrency = kConcurrency;
@@ -134,7 +134,7 @@ int RunDemo(const DemoFlags& f) {
         last_connected = c;
         last_t = now;
       };
-    auto r = io::RunLoad(selector, o);
+    auto r = testbed::RunLoad(selector, o);
     if (tty) std::fprintf(stderr, "\n");
     if (!r.ok()) {
       std::fprintf(stderr, "mxsched demo: %s\n", std::string(r.status().message()).c_str());

@@ -80,22 +80,22 @@ struct FarmFlags {
   std::vector<std::string> listen, faults, flaps;
   std::string stats_path;
   int64_t max_seconds = 600;
-  int idle_timeout_ms = io::FarmOptions{}.idle_timeout_ms;
+  int idle_timeout_ms = testbed::FarmOptions{}.idle_timeout_ms;
 };
 
 int RunFarm(const FarmFlags& f) {
-  io::FarmOptions options;
+  testbed::FarmOptions options;
   options.idle_timeout_ms = f.idle_timeout_ms;
   std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
   const std::string& stats_path = f.stats_path;
   const int64_t max_seconds = f.max_seconds;
   for (const std::string& spec : f.listen) {
-    auto eps = io::ParseListenSpec(spec);
+    auto eps = testbed::ParseListenSpec(spec);
     if (!eps.ok()) return UsageError(StrCat("farm: --listen: ", eps.status().message()));
     options.listen.insert(options.listen.end(), eps->begin(), eps->end());
   }
   for (const std::string& spec : f.faults) {
-    auto fault = io::ParseFaultSpec(spec);
+    auto fault = testbed::ParseFaultSpec(spec);
     if (!fault.ok()) return UsageError(StrCat("farm: --fault: ", fault.status().message()));
     options.faults.push_back(*fault);
   }
@@ -118,7 +118,7 @@ int RunFarm(const FarmFlags& f) {
   }
   RaiseFdLimit();
   const volatile bool* stop = InstallStopSignals();
-  auto farm = io::Farm::Start(options);
+  auto farm = testbed::Farm::Start(options);
   if (!farm.ok()) {
     std::fprintf(stderr, "mxsched %s\n", std::string(farm.status().message()).c_str());
     // Mistakes in the options are usage errors; a failure to listen is not.
@@ -144,8 +144,8 @@ int RunFarm(const FarmFlags& f) {
       const int64_t phase = elapsed_ms / flaps[f].second;
       if (phase != flap_phase[f]) {
         flap_phase[f] = phase;
-        io::Fault fault;
-        if (phase % 2 == 1) fault.kind = io::Fault::Kind::kRefuse;
+        testbed::Fault fault;
+        if (phase % 2 == 1) fault.kind = testbed::Fault::Kind::kRefuse;
         (*farm)->SetFault(flaps[f].first, fault);
       }
     }
@@ -167,13 +167,13 @@ int RunFarm(const FarmFlags& f) {
 
 struct LoadFlags {
   std::string config_path, json_path, domains, admin;
-  io::LoadOptions o;
+  testbed::LoadOptions o;
 };
 
 int RunLoadCommand(LoadFlags& f) {
   const std::string& config_path = f.config_path;
   const std::string& json_path = f.json_path;
-  io::LoadOptions& o = f.o;
+  testbed::LoadOptions& o = f.o;
   std::string_view list = f.domains;
   std::string file_text;
   if (!list.empty() && list[0] == '@') {  // @FILE: one domain per line (or commas)
@@ -189,7 +189,7 @@ int RunLoadCommand(LoadFlags& f) {
     if (!d.empty()) o.domains.emplace_back(d);
   }
   if (o.domains.empty()) return UsageError("load: --domains names no domain");
-  if (absl::Status s = io::ValidateDistinctDomains(o); !s.ok()) {
+  if (absl::Status s = testbed::ValidateDistinctDomains(o); !s.ok()) {
     return UsageError(StrCat("load: ", s.message()));
   }
   if (!o.dns_server.empty()) {
@@ -236,7 +236,7 @@ int RunLoadCommand(LoadFlags& f) {
   // SIGINT/SIGTERM stop the run: what was measured is still reported and written, then
   // the exit status is 128 + the signal (ctest cli_output).
   o.stop = InstallStopSignals();
-  auto report = io::RunLoad(selector, o);
+  auto report = testbed::RunLoad(selector, o);
   if (o.progress) std::fprintf(stderr, "\n");
   if (!report.ok()) {
     std::fprintf(stderr, "mxsched load: %s\n", std::string(report.status().message()).c_str());
@@ -289,7 +289,7 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
 
 CommandRun SetUpLoadCommand(CLI::App& sub) {
   auto f = std::make_shared<LoadFlags>();
-  io::LoadOptions& o = f->o;
+  testbed::LoadOptions& o = f->o;
   sub.add_option("--config", f->config_path, "Configuration file (Momentum syntax)")
       ->required()
       ->type_name("FILE");
@@ -308,7 +308,7 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
                  "... (name j is \"d<j>.\" and --domains' entry j mod their count), so the "
                  "first N sessions each meet a new domain and idle ones are evicted; the "
                  "report's domains line shows resident, peak and evicted")
-      ->check(CLI::Range(int64_t{1}, io::LoadOptions::kMaxDistinctDomains))
+      ->check(CLI::Range(int64_t{1}, testbed::LoadOptions::kMaxDistinctDomains))
       ->type_name("N")
       ->default_str("0: off");
   sub.add_option("--sessions", o.sessions, "Sessions to run in all")

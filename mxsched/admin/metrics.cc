@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "mxsched/io/connector.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "prometheus/text_serializer.h"
 
 namespace mxsched::admin {

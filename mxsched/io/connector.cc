@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/io/greeting.h"
 
 namespace mxsched::io {
@@ -31,7 +32,7 @@ namespace {
 // configured timeouts are range-checked at load (config_options.cc) and converted once, so no
 // millisecond/nanosecond multiplication can overflow on the way (issue: `25d` once became a
 // negative count here).
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;  // not mxsched::Clock (the selector's, injectable)
 using Nanos = std::chrono::nanoseconds;
 using Millis = std::chrono::milliseconds;
 
@@ -49,7 +50,7 @@ bool IsLocalError(int err) {
 
 struct Connector::Session {
   Session(Connector* c, std::string d, Callback cb)
-      : connector(c), domain(std::move(d)), done(std::move(cb)), start(Clock::now()) {
+      : connector(c), domain(std::move(d)), done(std::move(cb)), start(SteadyClock::now()) {
     ++connector->live_;
   }
   ~Session() { --connector->live_; }
@@ -57,7 +58,7 @@ struct Connector::Session {
   Connector* connector;
   std::string domain;
   Callback done;
-  Clock::time_point start;
+  SteadyClock::time_point start;
   Lease lease;
   int fd = -1;
   int attempts = 0;
@@ -68,11 +69,11 @@ struct Connector::Session {
   std::optional<Outcome> last_outcome;
   std::string last_error;
   GreetingParser parser;
-  Clock::time_point banner_deadline;
-  Clock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
+  SteadyClock::time_point banner_deadline;
+  SteadyClock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
   Millis connect_timeout{0};        // this attempt's (config, or ConnectorOptions' override)
   Millis banner_timeout{0};
-  std::optional<Clock::time_point> slot_wait_start;  // the first slot wait (statistics)
+  std::optional<SteadyClock::time_point> slot_wait_start;  // the first slot wait (statistics)
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{};
@@ -119,7 +120,7 @@ struct Connector::Session {
   // The host and domain are free here (and fleet-wide, with cluster limits): connect.
   void Open() {
     ++attempts;
-    attempt_start = Clock::now();
+    attempt_start = SteadyClock::now();
     // Per attempt, from the configuration in force now (a reload applies to the next one).
     const DomainSettings& ds = connector->CurrentConfig().ForDomain(domain);
     const ConnectorOptions& o = connector->options_;
@@ -167,7 +168,7 @@ struct Connector::Session {
       if (IsLocalError(-res)) return LocalFailure("connect", -res);
       return HostFailure(Outcome::kConnectFailed, StrCat("connect: ", std::strerror(-res)));
     }
-    banner_deadline = Clock::now() + banner_timeout;
+    banner_deadline = SteadyClock::now() + banner_timeout;
     Recv();
   }
 
@@ -175,7 +176,7 @@ struct Connector::Session {
     loop()->Reserve(2);
     io_uring_sqe* sqe = Submit(&recv_done);
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
-    LinkTimeout(sqe, &recv_ts, banner_deadline - Clock::now());
+    LinkTimeout(sqe, &recv_ts, banner_deadline - SteadyClock::now());
   }
 
   void OnRecv(int res, uint32_t) {
@@ -190,7 +191,7 @@ struct Connector::Session {
     }
     switch (parser.Feed(std::string_view(buf, res))) {
       case GreetingParser::State::kNeedMore:
-        if (Clock::now() >= banner_deadline) {
+        if (SteadyClock::now() >= banner_deadline) {
           return HostFailure(Outcome::kTimedOut,
                              StrCat("greeting incomplete after ", banner_timeout.count(), " ms"));
         }
@@ -207,7 +208,7 @@ struct Connector::Session {
     if (outcome != Outcome::kConnected) {
       return HostFailure(outcome, StrCat("greeting ", parser.Summary()));
     }
-    lease.RecordConnectLatency(Nanos(Clock::now() - attempt_start).count());
+    lease.RecordConnectLatency(Nanos(SteadyClock::now() - attempt_start).count());
     ConnectResult r;
     r.kind = ConnectResult::Kind::kConnected;
     r.fd = std::exchange(fd, -1);
@@ -415,16 +416,16 @@ struct Connector::Session {
   bool slot_wait_expired = false;
   bool slot_timer_armed = false;
   __kernel_timespec slot_ts{};
-  Clock::time_point slot_wait_since;  // when the current wait began
+  SteadyClock::time_point slot_wait_since;  // when the current wait began
   Nanos slot_waited{0};               // all waits so far
 
   void EndSlotWait() {
     slot_waiting = false;
-    slot_waited += Clock::now() - slot_wait_since;
+    slot_waited += SteadyClock::now() - slot_wait_since;
   }
 
   void WaitForSlot() {
-    if (!slot_wait_start) slot_wait_start = Clock::now();
+    if (!slot_wait_start) slot_wait_start = SteadyClock::now();
     if (!slot_timer_armed && !slot_woken_before) {
       slot_timer_armed = true;
       slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
@@ -435,7 +436,7 @@ struct Connector::Session {
     // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
     // to the back spreads the limit's next probe (docs/DESIGN.md §6) over the waiting sessions
     // instead of charging every refused probe to the same one.
-    slot_wait_since = Clock::now();
+    slot_wait_since = SteadyClock::now();
     connector->selector_->WaitForSlot(domain, &waiter,
                                       /*front=*/slot_woken_before && !busy_since_wait);
     busy_since_wait = false;
@@ -486,7 +487,7 @@ struct Connector::Session {
     }
     r.attempts = attempts;
     r.busy_replies = busy_replies;
-    const Clock::time_point now = Clock::now();
+    const SteadyClock::time_point now = SteadyClock::now();
     r.elapsed_nanos = Nanos(now - start).count();
     r.slot_wait_nanos = slot_waited.count();
     connector->selector_->stats().CountSession(

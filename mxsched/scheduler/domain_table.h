@@ -197,8 +197,6 @@ class DomainTable {
     }
     void Insert(DomainEntry* e);
   };
-  // Shared-owned: an evicted entry's deferred reclamation (epoch.h) keeps its shard alive
-  // even if the table is destroyed first.
   // Where entries' memory comes from: after the first few arenas, 2 MiB chunks asked to be
   // transparent huge pages (madvise MADV_HUGEPAGE), shared by every shard. A million
   // entries are 128 MiB; on 4 KiB pages a cold Acquire also missed the TLB (a page walk)
@@ -243,6 +241,8 @@ class DomainTable {
 
   static uint32_t ShardIndex(uint64_t hash) { return static_cast<uint32_t>(hash >> 58); }
 
+  // Shared-owned: an evicted entry's deferred reclamation (epoch.h) keeps its shard alive
+  // even if the table is destroyed first.
   std::vector<std::shared_ptr<Shard>> shards_;
 };
 

@@ -8,6 +8,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "mxsched/base/mutex.h"
+#include "mxsched/base/sanitizers.h"
 
 namespace mxsched::epoch {
 namespace internal {
@@ -15,14 +16,6 @@ namespace internal {
 std::atomic<uint64_t> global_epoch{1};
 
 namespace {
-
-#if defined(__SANITIZE_THREAD__)
-#define MXSCHED_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MXSCHED_TSAN 1
-#endif
-#endif
 
 bool SetUpMembarrier() {
 #ifdef MXSCHED_TSAN

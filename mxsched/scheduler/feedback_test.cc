@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "tests/testutil.h"
 
 namespace mxsched {

@@ -257,7 +257,6 @@ class Collector {
       const std::optional<IpAddress> via = ep.address.Nat64Embedded();
       for (const Cidr& c : config_.prohibited_hosts) {
         if (c.Contains(ep.address) || (via && c.Contains(*via))) {
-          ++prohibited_;
           if (temp_detail_.empty()) {
             temp_detail_ = StrCat("4.4.0 ", name, " resolves to prohibited address ",
                                   ep.address.ToString(), " (prohibited_hosts ", c.ToString(), ")");
@@ -278,7 +277,6 @@ class Collector {
   std::vector<Candidate> candidates_;
   absl::flat_hash_set<Endpoint> seen_;
   bool pending_ = false;
-  size_t prohibited_ = 0;
   std::string temp_detail_, perm_detail_;
   std::optional<uint32_t> ttl_;
 };

@@ -7,7 +7,8 @@
 // (by address and port), so every domain with the same hosts and settings plans an equal
 // snapshot and RouteInterner (route_interner.h) keeps one copy for all of them. The random
 // order RFC 5321 §5.1 asks for among equal preferences is per domain, not per snapshot: the
-// selector walks a tier from a random start with a per-domain stride (RotationStep).
+// selector walks the first tier in a permutation drawn per domain, other tiers with a
+// per-domain stride coprime with the tier size (RotationStep): docs/DESIGN.md §5 rule 11.
 //
 // A snapshot holds no time: when a route expires is per domain (PlannedRoute::expires_at,
 // kept in the DomainEntry), so domains planned at different times still share one.
@@ -27,48 +28,11 @@
 
 #include "mxsched/base/clock.h"
 #include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/dns.h"
 #include "mxsched/scheduler/host_registry.h"
 
 namespace mxsched {
 
-// What the resolver knows about a name now. Lookups never block: an unknown name answers
-// kPending and the resolver starts (or joins) a query; the caller asks again later.
-struct DnsAnswer {
-  enum class State : uint8_t {
-    kReady,     // records below (may be empty for "no such record type": NODATA)
-    kPending,   // query in flight
-    kNxDomain,  // permanent: the name does not exist
-    kTempFail,  // SERVFAIL, timeout, refused: try again later
-  };
-  struct Mx {
-    uint16_t pref;
-    std::string host;  // "" for a null MX (RFC 7505)
-  };
-  State state = State::kPending;
-  std::vector<Mx> mx;                // LookupMx
-  std::vector<IpAddress> addresses;  // LookupAddresses
-  uint32_t ttl_s = 0;
-  std::string detail;  // for failures: what the server said
-};
-
-class Resolver {
- public:
-  virtual ~Resolver() = default;
-  virtual DnsAnswer LookupMx(std::string_view name) = 0;
-  virtual DnsAnswer LookupAddresses(std::string_view name, bool want_v4, bool want_v6) = 0;
-  // The longest a positive and a negative (NXDOMAIN, NODATA) answer may be reused; the
-  // Selector passes max_dns_ttl and max_negative_dns_ttl on every SetConfig, so a cache
-  // never serves an answer older than the route built from it may live.
-  virtual void SetTtlBounds(uint32_t /*max_ttl_s*/, uint32_t /*max_negative_ttl_s*/) {}
-};
-
-enum class RouteState : uint8_t {
-  kReady,     // hosts below
-  kPending,   // DNS in flight
-  kTempFail,  // DNS failed temporarily, or every address was filtered out
-  kPermFail,  // NXDOMAIN, null MX, nothing deliverable
-};
-std::string_view RouteStateName(RouteState s);
 
 class RouteSnapshot {
  public:

@@ -1,8 +1,11 @@
 #include "mxsched/scheduler/selector.h"
 
+#include "mxsched/scheduler/selector_impl.h"
+
 #include <algorithm>
 #include <thread>
 
+#include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/epoch.h"
 
@@ -132,7 +135,8 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     selector_ = std::exchange(o.selector_, nullptr);
     host_ = std::exchange(o.host_, nullptr);
     domain_ = std::exchange(o.domain_, nullptr);
-    ticket_ = o.ticket_;
+    group_ = o.group_;
+    level_ = o.level_;
     probe_ = o.probe_;
     reported_ = o.reported_;
     busy_reported_ = o.busy_reported_;
@@ -150,7 +154,7 @@ void Lease::Report(Outcome outcome) {
   switch (outcome) {
     case Outcome::kConnected: {
       const bool recovered = host_->failed_until() != 0;
-      const bool raised = host_->RecordSuccess(ticket_.level, selector_->clock_->NowNanos());
+      const bool raised = host_->RecordSuccess(level_, selector_->clock_->NowNanos());
       // A recovered host, or one whose adaptive limit rose, has room for waiters.
       if (recovered || raised) selector_->HandOff(host_, nullptr);
       break;
@@ -193,6 +197,12 @@ Outcome Lease::Report(const SmtpReply& reply) {
   return failed ? Outcome::kGreetingRejected : Outcome::kBusy;
 }
 
+const Endpoint& Lease::endpoint() const { return host_->endpoint(); }
+std::string_view Lease::host_name() const { return host_->name(); }
+void Lease::RecordConnectLatency(int64_t nanos) {
+  if (host_ != nullptr) host_->RecordConnectLatency(nanos);
+}
+
 void Lease::Release() {
   if (host_ == nullptr) return;
   selector_->ReleaseLease(*this);
@@ -202,7 +212,7 @@ void Lease::Release() {
 // ---------------------------------------------------------------------------------------
 // Selector.
 
-Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options)
+SelectorImpl::SelectorImpl(std::shared_ptr<const Config> config, SelectorOptions options)
     : clock_(options.clock ? options.clock : MonotonicCoarseClock::Default()),
       random_(options.random ? options.random : SplitMixRandom::Default()),
       owned_registry_(options.registry ? nullptr : std::make_unique<HostRegistry>()),
@@ -213,19 +223,19 @@ Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options
   SetConfig(std::move(config));
 }
 
-Selector::~Selector() {
+SelectorImpl::~SelectorImpl() {
   // REQUIRES: no Lease outstanding and no concurrent call. The table frees itself; the
   // snapshots its entries shared go with the interner (routes_), once evicted entries still
   // waiting for reclamation have dropped theirs.
   epoch::Reclaim();
 }
 
-std::shared_ptr<const Config> Selector::config() const {
+std::shared_ptr<const Config> SelectorImpl::config() const {
   MutexLock lock(&config_mu_);
   return config_;
 }
 
-void Selector::SetConfig(std::shared_ptr<const Config> config) {
+void SelectorImpl::SetConfig(std::shared_ptr<const Config> config) {
   const int32_t limit = config->server_max_outbound_connections;
   if (Resolver* r = planner_.resolver()) {
     r->SetTtlBounds(config->max_dns_ttl_s, config->max_negative_dns_ttl_s);
@@ -242,7 +252,7 @@ void Selector::SetConfig(std::shared_ptr<const Config> config) {
       std::memory_order_relaxed);
 }
 
-DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
+DomainEntry* SelectorImpl::Materialize(std::string_view domain, Deferral* invalid) {
   absl::StatusOr<std::string> name = NormalizeHostname(domain);
   if (!name.ok()) {
     *invalid = {DeferReason::kPermanent,
@@ -273,7 +283,7 @@ DomainEntry* Selector::Materialize(std::string_view domain, Deferral* invalid) {
   return entry;
 }
 
-std::function<bool(const DomainEntry&)> Selector::IdlePredicate(int64_t now) const {
+std::function<bool(const DomainEntry&)> SelectorImpl::IdlePredicate(int64_t now) const {
   const uint32_t tick = static_cast<uint32_t>(now >> DomainEntry::kUseTickShift);
   const int64_t idle = idle_ticks_.load(std::memory_order_relaxed);
   return [tick, idle](const DomainEntry& e) {
@@ -284,13 +294,13 @@ std::function<bool(const DomainEntry&)> Selector::IdlePredicate(int64_t now) con
   };
 }
 
-size_t Selector::EvictIdle() {
+size_t SelectorImpl::EvictIdle() {
   const size_t evicted = domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
   if (evicted > 0) stats_.CountDomainsEvicted(evicted);
   return evicted;
 }
 
-void Selector::Publish(DomainEntry* entry, PlannedRoute planned) {
+void SelectorImpl::Publish(DomainEntry* entry, PlannedRoute planned) {
   const RouteSnapshot* fresh = routes_->Intern(std::move(planned.snapshot));
   entry->expires_at.store(planned.expires_at, std::memory_order_relaxed);
   const uint32_t n = FirstTierSize(*fresh);
@@ -301,7 +311,7 @@ void Selector::Publish(DomainEntry* entry, PlannedRoute planned) {
   routes_->Unref(old);  // retired through epoch.h if it was the last domain using it
 }
 
-const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now) {
+const RouteSnapshot* SelectorImpl::Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now) {
   for (int round = 0; entry->refreshing.exchange(true, std::memory_order_acquire); ++round) {
     // Another thread is re-planning. A usable route keeps serving meanwhile; an unusable
     // one (still resolving) would make this caller wait for the *next* DNS answer — which
@@ -342,9 +352,9 @@ const RouteSnapshot* Selector::Refresh(DomainEntry* entry, const RouteSnapshot* 
   return now_serving;
 }
 
-void Selector::ReleaseLease(Lease& lease) {
+void SelectorImpl::ReleaseLease(Lease& lease) {
   __builtin_prefetch(lease.domain_, 1);  // the host's RMW below stalls; fetch both lines at once
-  lease.host_->Release(lease.probe_, lease.ticket_.group);
+  lease.host_->Release(lease.probe_, lease.group_);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
   // The slot is free; if anyone waits, hand it over before a newcomer can race for it
@@ -353,43 +363,49 @@ void Selector::ReleaseLease(Lease& lease) {
   if (ABSL_PREDICT_FALSE(waiters_.maybe_nonempty())) HandOff(lease.host_, lease.domain_);
 }
 
-Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
-                                   const HostState* freed, int64_t now, Lease* out) {
-  const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
-  if (snap->state() != RouteState::kReady) return Grant::kHosts;
-  // Older waiters for this domain's own limit, or for the server, go first.
-  if (entry->waiting.load(std::memory_order_seq_cst) != 0 && !waiters_.HeadsDomain(entry, t)) {
-    return Grant::kDomain;
+// The one admission routine: DESIGN §1 rules 1-3 and §5's "older waiters first". Inlined
+// into both callers, so Acquire's copy (no ticket, nothing freed) folds the queue checks
+// away to the lock-free counters.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
+    DomainEntry* entry, const RouteSnapshot& snap, const Claim& claim, int64_t now, Lease* out,
+    bool* saw_full) {
+  const SlotWaiters::Ticket* t = claim.ticket;
+  const HostState* freed = claim.freed;
+  // Domain: a bounded CAS. Older waiters for this domain's own limit go first.
+  if (ABSL_PREDICT_FALSE(entry->waiting.load(std::memory_order_seq_cst) != 0) &&
+      (t == nullptr || !waiters_.HeadsDomain(entry, t))) {
+    return entry->active.load(std::memory_order_relaxed) < 0 ? Grant::kEvicted : Grant::kDomain;
   }
+  const int32_t domain_limit = snap.domain_limit();
   int32_t active = entry->active.load(std::memory_order_seq_cst);
   do {
-    if (active < 0) return Grant::kHosts;  // evicted (WaitForSlot looks it up again)
-    if (active >= snap->domain_limit()) return Grant::kDomain;
+    if (ABSL_PREDICT_FALSE(active < 0)) return Grant::kEvicted;
+    if (active >= domain_limit) return Grant::kDomain;
   } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
+  // Server: per-thread credit, exact. Older server waiters first.
   const bool server_limited = server_credit_.limited();
   if (server_limited) {
-    const bool older_waits = waiters_.ServerHead() != nullptr && !waiters_.HeadsServer(t);
-    if (older_waits || !server_credit_.Take()) {
+    const bool older_waits = t == nullptr ? waiters_.server_waiting()
+                                          : waiters_.ServerHead() != nullptr && !waiters_.HeadsServer(t);
+    if (ABSL_PREDICT_FALSE(older_waits) || !server_credit_.Take()) {
       entry->active.fetch_sub(1, std::memory_order_acq_rel);
       return Grant::kServer;
     }
   }
-  auto usable = [&](const HostState* h) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu()) {
-    return h == freed || h->waiting() == 0 || waiters_.HeadsHost(h, t);
-  };
-  for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
-    std::span<HostState* const> hosts = snap->TierHosts(ti);
+  // Hosts: strict preference (tier by tier), even spreading (the domain's own order).
+  for (size_t ti = 0; ti < snap.num_tiers(); ++ti) {
+    std::span<HostState* const> hosts = snap.TierHosts(ti);
     const uint32_t n = static_cast<uint32_t>(hosts.size());
     const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
-    // The freed host first in its tier: the slot is handed over, not re-raced.
+    // A hand-off tries the freed host first in its tier: the slot is handed over, not re-raced.
     int32_t freed_at = -1;
     for (uint32_t i = 0; i < n && freed != nullptr; ++i) {
       if (hosts[i] == freed) freed_at = static_cast<int32_t>(i);
     }
     TierWalk walk(n, start, *entry);
     for (uint32_t k = 0; k < n + (freed_at >= 0 ? 1 : 0); ++k) {
-      const bool handed = freed_at >= 0 && k == 0;  // the freed host, out of turn
+      const bool handed = freed_at >= 0 && k == 0;     // the freed host, out of turn
       const uint32_t pos = freed_at >= 0 ? k - 1 : k;  // position in this domain's order
       uint32_t idx;
       if (handed) {
@@ -400,21 +416,33 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
         if (freed_at >= 0 && idx == static_cast<uint32_t>(freed_at)) continue;
       }
       HostState* h = hosts[idx];
-      if (!usable(h)) continue;
+      // Waiters queued on a host get its next slot. A newcomer may still probe a failed
+      // host (waiters do not poll: the probe that brings it back comes from a new session).
+      if (ABSL_PREDICT_FALSE(h->waiting() != 0) && h != freed) {
+        const bool may = t == nullptr ? h->failed_until() != 0 : waiters_.HeadsHost(h, t);
+        if (!may) {
+          *saw_full = true;
+          continue;
+        }
+      }
       AdmitTicket ticket;
-      Admission a = h->TryAdmit(now, &ticket);
+      const Admission a = h->TryAdmit(now, &ticket);
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
-        // A hand-off does not move the rotation: the host was not this domain's turn.
+        // Racy by design: concurrent pickers may start at the same place; the limits stay
+        // exact, only the rotation is approximate under contention. A hand-off does not
+        // move the rotation: the host was not this domain's turn.
         if (!handed) entry->cursor.store(start + pos + 1, std::memory_order_relaxed);
         Lease lease;
         lease.selector_ = this;
         lease.host_ = h;
         lease.domain_ = entry;
-        lease.ticket_ = ticket;
+        lease.group_ = ticket.group;
+        lease.level_ = ticket.level;
         lease.probe_ = a == Admission::kProbe;
         *out = std::move(lease);
         return Grant::kGranted;
       }
+      *saw_full |= a == Admission::kFull;
     }
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
@@ -422,8 +450,17 @@ Selector::Grant Selector::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket
   return Grant::kHosts;
 }
 
-SlotWaiters::Ticket* Selector::Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why,
-                                       bool front, int64_t /*now*/) {
+SelectorImpl::Grant SelectorImpl::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
+                                           const HostState* freed, int64_t now, Lease* out) {
+  const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
+  if (snap->state() != RouteState::kReady) return Grant::kHosts;
+  bool saw_full = false;
+  const Grant g = Admit(entry, *snap, Claim{t, freed}, now, out, &saw_full);
+  return g == Grant::kEvicted ? Grant::kHosts : g;  // WaitForSlot looks it up again
+}
+
+SlotWaiters::Ticket* SelectorImpl::Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why,
+                                           bool front) {
   SlotWaiters::Kind kind = why == Grant::kDomain   ? SlotWaiters::Kind::kDomain
                            : why == Grant::kServer ? SlotWaiters::Kind::kServer
                                                    : SlotWaiters::Kind::kHosts;
@@ -439,7 +476,7 @@ SlotWaiters::Ticket* Selector::Enqueue(DomainEntry* entry, SlotWaiter* waiter, G
   return waiters_.Add(waiter, entry, kind, hosts, front);
 }
 
-void Selector::HandOff(HostState* host, DomainEntry* domain) {
+void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
   // Nobody waits for what was freed (waiters on other hosts or domains do not count): done
   // without the mutex. Sound for the same reason as ReleaseLease's maybe_nonempty(): these
   // seq_cst reads follow the seq_cst RMWs that freed the slot, and a waiter raises the same
@@ -486,50 +523,29 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
     };
     if (host != nullptr && host->waiting() != 0) serve(waiters_.HostHead(host), host, true);
     // A provider limit (docs/DESIGN.md §6) shared with other hosts: the freed group slot may
-    // serve a waiter queued on another host of the group. The candidates are the heads of
-    // the queues of the group's hosts that have waiters and room of their own; the one
-    // first in line (smallest seq) gets the slot, as a hand-off of its host. O(hosts of the
-    // group with waiters) per grant, however many waiters there are (plus, as on a host's
-    // own queue, the waiters passed over because their own domain is full).
+    // serve a waiter queued on another host of the group, first in line first.
     if (host != nullptr && host->group() != nullptr) {
       const LimitGroup* group = host->group();
-      // Queues already looked at in this hand-off: the next node to try there (null: none).
-      absl::InlinedVector<std::pair<const SlotWaiters::HostQueue*, SlotWaiters::Node*>, 4> at;
+      SlotWaiters::GroupHandOff walk(waiters_, group, host);
+      auto eligible = [&](const HostState* h) {
+        return h->group() == group && h->active() < h->limit() && h->Reachable(now);
+      };
       while (group->HasRoom()) {
-        SlotWaiters::Node* best = nullptr;
-        size_t best_at = SIZE_MAX;
-        for (const SlotWaiters::HostQueue* q = waiters_.GroupHosts(group); q != nullptr;
-             q = q->group_next) {
-          const HostState* h = q->host;
-          if (h == host || h->group() != group) continue;  // `host`'s queue was served above
-          if (h->active() >= h->limit() || !h->Reachable(now)) continue;
-          SlotWaiters::Node* n = q->head;
-          size_t i = 0;
-          while (i < at.size() && at[i].first != q) ++i;
-          if (i < at.size()) n = at[i].second;
-          if (n != nullptr && (best == nullptr || n->ticket->seq < best->ticket->seq)) {
-            best = n;
-            best_at = i;
-          }
-        }
+        SlotWaiters::Node* best = walk.Next(eligible);
         if (best == nullptr) break;
-        if (best_at == at.size()) {
-          at.emplace_back(static_cast<const SlotWaiters::HostQueue*>(best->queue), best);
-        }
         SlotWaiters::Ticket* t = best->ticket;
         Lease lease;
         const HostState* freed = static_cast<const SlotWaiters::HostQueue*>(best->queue)->host;
         const Grant g = TryGrant(t->domain, t, freed, now, &lease);
         if (g == Grant::kGranted) {
-          for (auto& [q, n] : at) {
-            if (n != nullptr && n->ticket == t) n = n->next;  // before Remove unlinks it
-          }
+          walk.Granted(t);
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
         } else if (g == Grant::kServer) {
           break;  // no server credit: nobody else can use the slot either
+        } else if (g == Grant::kDomain) {
+          walk.DomainFull();
         } else {
-          // Its own domain is full: the next waiter on that host may use the slot.
-          at[best_at].second = g == Grant::kDomain ? best->next : nullptr;
+          walk.HostDone();
         }
       }
     }
@@ -539,7 +555,7 @@ void Selector::HandOff(HostState* host, DomainEntry* domain) {
     if (waiters_.server_waiting()) serve(waiters_.ServerHead(), nullptr, false);
     for (auto& [t, why] : moves) {
       DomainEntry* e = t->domain;
-      Enqueue(e, waiters_.Remove(t), why, /*front=*/false, now);
+      Enqueue(e, waiters_.Remove(t), why, /*front=*/false);
     }
   }
   for (auto& [w, lease] : grants) w->Wake(std::move(lease));
@@ -550,18 +566,13 @@ namespace {
 // -fsanitize=thread with -Werror=tsan); every access the fence orders here is itself a
 // seq_cst atomic, which TSan does model, so its race detection loses nothing without it.
 inline void SeqCstFence() {
-#if defined(__SANITIZE_THREAD__)
-#elif defined(__has_feature)
-#if !__has_feature(thread_sanitizer)
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-#endif
-#else
+#ifndef MXSCHED_TSAN
   std::atomic_thread_fence(std::memory_order_seq_cst);
 #endif
 }
 }  // namespace
 
-void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
+void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
   epoch::EpochGuard guard;
   Lease lease;
   for (;;) {
@@ -577,7 +588,7 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
       MutexLock lock(&waiters_.mu());
       Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease);
       if (g != Grant::kGranted) {
-        SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, now);
+        SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front);
         // A slot may have freed between the caller's failed Acquire and the registration
         // (that release saw no waiter): look once more, as this ticket. The fence also
         // pairs with eviction (DomainTable::Evict): the entry is live or we see it dead.
@@ -596,7 +607,7 @@ void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool fro
   if (lease.valid()) waiter->Wake(std::move(lease));
 }
 
-bool Selector::CancelWait(SlotWaiter* waiter) {
+bool SelectorImpl::CancelWait(SlotWaiter* waiter) {
   MutexLock lock(&waiters_.mu());
   SlotWaiters::Ticket* t = waiters_.Find(waiter);
   if (t == nullptr) return false;
@@ -604,9 +615,9 @@ bool Selector::CancelWait(SlotWaiter* waiter) {
   return true;
 }
 
-size_t Selector::waiting() const { return waiters_.size(); }
+size_t SelectorImpl::waiting() const { return waiters_.size(); }
 
-Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {
+Deferral SelectorImpl::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const {
   if (saw_full) return {DeferReason::kHostsAtLimit, {}};
   bool all_over_threshold = true;
   for (size_t t = 0; t < snap.num_tiers() && all_over_threshold; ++t) {
@@ -620,13 +631,13 @@ Deferral Selector::ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int6
   return {all_over_threshold ? DeferReason::kNoMxReachable : DeferReason::kHostsUnreachable, {}};
 }
 
-inline DomainEntry* Selector::FindOrCreate(std::string_view domain, Deferral* invalid) {
+inline DomainEntry* SelectorImpl::FindOrCreate(std::string_view domain, Deferral* invalid) {
   DomainEntry* entry = domains_.Find(HashDomain(domain), domain);
   if (ABSL_PREDICT_FALSE(entry == nullptr)) entry = Materialize(domain, invalid);
   return entry;
 }
 
-inline const RouteSnapshot* Selector::CurrentRoute(DomainEntry* entry, int64_t now) {
+inline const RouteSnapshot* SelectorImpl::CurrentRoute(DomainEntry* entry, int64_t now) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   if (ABSL_PREDICT_FALSE(now >= entry->expires_at.load(std::memory_order_relaxed) ||
                          entry->generation.load(std::memory_order_relaxed) !=
@@ -636,12 +647,12 @@ inline const RouteSnapshot* Selector::CurrentRoute(DomainEntry* entry, int64_t n
   return snap;
 }
 
-AcquireResult Selector::Deferred(Deferral d) {
+AcquireResult SelectorImpl::Deferred(Deferral d) {
   stats_.CountDeferral(static_cast<size_t>(d.reason));
   return AcquireResult(std::move(d));
 }
 
-AcquireResult Selector::Acquire(std::string_view domain) {
+AcquireResult SelectorImpl::Acquire(std::string_view domain) {
   epoch::EpochGuard guard;
   Deferral invalid{DeferReason::kPermanent, {}};
   DomainEntry* entry = FindOrCreate(domain, &invalid);
@@ -659,64 +670,25 @@ AcquireResult Selector::Acquire(std::string_view domain) {
     return Deferred(Deferral{r, std::string(snap->detail())});
   }
 
-  // Domain, then server: both bounded CAS, undone if no host admits.
-  // Older waiters first (docs/DESIGN.md §5): a slot they are queued for is not taken from them.
-  const int32_t domain_limit = snap->domain_limit();
-  int32_t active = entry->active.load(std::memory_order_relaxed);
-  do {
-    if (active >= domain_limit ||
-        ABSL_PREDICT_FALSE(entry->waiting.load(std::memory_order_relaxed) != 0 || active < 0)) {
-      if (active < 0) {  // evicted under us: look it up again (a fresh entry)
-        Materialize(domain, &invalid);
-        return Acquire(domain);
-      }
-      return Deferred(Deferral{DeferReason::kDomainLimit, {}});
-    }
-  } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed));
-  const bool server_limited = server_credit_.limited();
-  if (server_limited && (ABSL_PREDICT_FALSE(waiters_.server_waiting()) || !server_credit_.Take())) {
-    entry->active.fetch_sub(1, std::memory_order_acq_rel);
-    return Deferred(Deferral{DeferReason::kServerLimit, {}});
-  }
-
+  Lease lease;
   bool saw_full = false;
-  for (size_t t = 0; t < snap->num_tiers(); ++t) {
-    std::span<HostState* const> hosts = snap->TierHosts(t);
-    const uint32_t n = static_cast<uint32_t>(hosts.size());
-    const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
-    TierWalk walk(n, start, *entry);
-    for (uint32_t i = 0; i < n; ++i, walk.Next()) {
-      HostState* h = hosts[walk.idx()];
-      // Waiters queued here get its next slot. (A failed host is still probed: waiters do
-      // not poll, so the probe that brings it back comes from a new session.)
-      if (ABSL_PREDICT_FALSE(h->waiting() != 0) && h->failed_until() == 0) {
-        saw_full = true;
-        continue;
-      }
-      AdmitTicket ticket;
-      Admission a = h->TryAdmit(now, &ticket);
-      if (a == Admission::kAdmitted || a == Admission::kProbe) {
-        // Racy by design: concurrent pickers may both start at the same place; the limit
-        // is still exact, only the rotation is approximate under contention.
-        entry->cursor.store(start + i + 1, std::memory_order_relaxed);
-        Lease lease;
-        lease.selector_ = this;
-        lease.host_ = h;
-        lease.domain_ = entry;
-        lease.ticket_ = ticket;
-        lease.probe_ = a == Admission::kProbe;
-        return AcquireResult(std::move(lease));
-      }
-      saw_full |= a == Admission::kFull;
-    }
+  switch (Admit(entry, *snap, Claim{}, now, &lease, &saw_full)) {
+    case Grant::kGranted:
+      return AcquireResult(std::move(lease));
+    case Grant::kDomain:
+      return Deferred(Deferral{DeferReason::kDomainLimit, {}});
+    case Grant::kServer:
+      return Deferred(Deferral{DeferReason::kServerLimit, {}});
+    case Grant::kEvicted:  // evicted under us: look it up again (a fresh entry)
+      Materialize(domain, &invalid);
+      return Acquire(domain);
+    case Grant::kHosts:
+      break;
   }
-  entry->active.fetch_sub(1, std::memory_order_acq_rel);
-  if (server_limited) server_credit_.Return();
   return Deferred(ClassifyNoHost(*snap, saw_full, now));
 }
 
-bool Selector::RefreshDomain(std::string_view domain) {
+bool SelectorImpl::RefreshDomain(std::string_view domain) {
   const uint64_t hash = HashDomain(domain);
   epoch::EpochGuard guard;
   DomainEntry* e = domains_.Find(hash, domain);
@@ -734,7 +706,7 @@ bool Selector::RefreshDomain(std::string_view domain) {
   return true;
 }
 
-void Selector::RefreshAll() {
+void SelectorImpl::RefreshAll() {
   uint32_t g = generation_.load();
   uint32_t next;
   do {
@@ -750,7 +722,7 @@ void Selector::RefreshAll() {
   for (SlotWaiter* w : wake) w->Wake(Lease());
 }
 
-DomainView Selector::Describe(std::string_view domain) {
+DomainView SelectorImpl::Describe(std::string_view domain) {
   epoch::EpochGuard guard;
   Deferral invalid{DeferReason::kPermanent, {}};
   DomainEntry* e = FindOrCreate(domain, &invalid);
@@ -765,7 +737,7 @@ DomainView Selector::Describe(std::string_view domain) {
   return DescribeEntry(e, CurrentRoute(e, now), now);
 }
 
-std::optional<DomainView> Selector::DescribeResident(std::string_view domain) {
+std::optional<DomainView> SelectorImpl::DescribeResident(std::string_view domain) {
   absl::StatusOr<std::string> name = NormalizeHostname(domain);
   if (!name.ok()) return std::nullopt;
   const uint64_t hash = HashDomain(*name);
@@ -775,7 +747,7 @@ std::optional<DomainView> Selector::DescribeResident(std::string_view domain) {
   return DescribeEntry(e, e->snapshot.load(std::memory_order_acquire), clock_->NowNanos());
 }
 
-DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap,
+DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap,
                                    int64_t now) const {
   DomainView v;
   v.domain = std::string(e->name());
@@ -816,12 +788,43 @@ DomainView Selector::DescribeEntry(const DomainEntry* e, const RouteSnapshot* sn
   return v;
 }
 
-size_t Selector::domain_count() const { return domains_.size(); }
+size_t SelectorImpl::domain_count() const { return domains_.size(); }
 
-size_t Selector::DomainMemoryBytes() const {
-  return sizeof(*this) + domains_.MemoryBytes() + routes_->bytes();
+size_t SelectorImpl::DomainMemoryBytes() const {
+  return sizeof(Selector) + sizeof(*this) + domains_.MemoryBytes() + routes_->bytes();
 }
 
-int64_t Selector::server_active() const { return server_credit_.active(); }
+int64_t SelectorImpl::server_active() const { return server_credit_.active(); }
+
+// ---------------------------------------------------------------------------------------
+// Selector: the public face (selector.h) of SelectorImpl.
+
+Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options)
+    : impl_(std::make_unique<SelectorImpl>(std::move(config), options)) {}
+Selector::~Selector() = default;
+AcquireResult Selector::Acquire(std::string_view domain) { return impl_->Acquire(domain); }
+void Selector::SetConfig(std::shared_ptr<const Config> config) { impl_->SetConfig(std::move(config)); }
+std::shared_ptr<const Config> Selector::config() const { return impl_->config(); }
+uint64_t Selector::config_version() const { return impl_->config_version(); }
+bool Selector::RefreshDomain(std::string_view domain) { return impl_->RefreshDomain(domain); }
+void Selector::RefreshAll() { impl_->RefreshAll(); }
+void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
+  impl_->WaitForSlot(domain, waiter, front);
+}
+bool Selector::CancelWait(SlotWaiter* waiter) { return impl_->CancelWait(waiter); }
+size_t Selector::waiting() const { return impl_->waiting(); }
+DomainView Selector::Describe(std::string_view domain) { return impl_->Describe(domain); }
+std::optional<DomainView> Selector::DescribeResident(std::string_view domain) {
+  return impl_->DescribeResident(domain);
+}
+size_t Selector::domain_count() const { return impl_->domain_count(); }
+size_t Selector::route_count() const { return impl_->route_count(); }
+size_t Selector::EvictIdle() { return impl_->EvictIdle(); }
+size_t Selector::DomainMemoryBytes() const { return impl_->DomainMemoryBytes(); }
+int64_t Selector::server_active() const { return impl_->server_active(); }
+HostRegistry& Selector::registry() { return impl_->registry(); }
+SelectorStats& Selector::stats() { return impl_->stats(); }
+const SelectorStats& Selector::stats() const { return impl_->stats(); }
+Clock& Selector::clock() { return impl_->clock(); }
 
 }  // namespace mxsched

@@ -1,5 +1,6 @@
 // One test (or more) per rule of docs/DESIGN.md §1, named after the rule. Time and randomness are
 // injected: no sleeps.
+#include "mxsched/scheduler/host_registry.h"
 #include "mxsched/scheduler/selector.h"
 
 #include <deque>

@@ -156,7 +156,7 @@ SlotWaiters::Ticket* SlotWaiters::Add(SlotWaiter* waiter, DomainEntry* domain, K
     Link(q, node, front);
   }
   domain->tickets.fetch_add(1, std::memory_order_seq_cst);  // blocks eviction
-  waiter->slot_ticket_ = t;
+  waiter->slot_ticket_ = t;  // an opaque pointer in the public SlotWaiter
   ++live_;
   count_.fetch_add(1, std::memory_order_seq_cst);
   return t;
@@ -192,7 +192,7 @@ SlotWaiter* SlotWaiters::Remove(Ticket* t) {
 }
 
 SlotWaiters::Ticket* SlotWaiters::Find(SlotWaiter* waiter) const {
-  Ticket* t = waiter->slot_ticket_;
+  Ticket* t = static_cast<Ticket*>(waiter->slot_ticket_);
   return t != nullptr && t->waiter == waiter && t->owner == this ? t : nullptr;
 }
 

@@ -18,10 +18,9 @@
 // a provider group (host_registry.h) looks at the heads of the group's hosts that have
 // waiters (O(those hosts)), not at the waiters.
 //
-// The API is general on purpose: a queue is "waiters for one resource, oldest first", and
-// the caller decides what "can use it" means. A cluster-wide limit (a Redis lease per host)
-// can hand a freed cluster slot to the longest waiter by the same pattern: queue the
-// ticket under the resource, and on release grant Head()/the first eligible one.
+// A queue is "waiters for one resource, oldest first"; the caller decides what "can use
+// it" means (SelectorImpl::Admit). Fleet-wide waits (cluster limits through Redis) do not
+// use these queues: they queue in Redis (docs/DESIGN.md §7).
 //
 // Owned by the Selector. Thread-safety: all queue methods REQUIRE mu() held (the selector
 // takes it only on the slow path: a release that sees waiters, WaitForSlot, cancel);
@@ -41,6 +40,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "mxsched/base/mutex.h"
+#include "mxsched/scheduler/selector.h"  // SlotWaiter
 
 namespace mxsched {
 
@@ -154,6 +154,35 @@ class SlotWaiters {
   // null: a freed group slot looks at these hosts' heads, not at every waiter.
   HostQueue* GroupHosts(const LimitGroup* group) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // A freed provider-group slot (docs/DESIGN.md §6) may serve a waiter queued on another
+  // host of the group. GroupHandOff walks the heads of the queues of the group's hosts
+  // that have waiters, first in line (smallest seq) first: O(hosts of the group with
+  // waiters) per candidate, however many waiters there are. Used under mu().
+  class GroupHandOff {
+   public:
+    // `skip`: the freed host, whose own queue the caller served already.
+    GroupHandOff(const SlotWaiters& w, const LimitGroup* group, const HostState* skip)
+        : w_(w), group_(group), skip_(skip) {}
+    // The next candidate among hosts for which `eligible(host)` holds (room of its own,
+    // reachable), or null. The caller then reports what became of it, once.
+    template <typename Eligible>
+    Node* Next(Eligible eligible) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+    // Its ticket was granted (the caller removes it next): its other nodes are passed over.
+    void Granted(const Ticket* t);
+    // Its own domain is full: the next waiter on that host may use the slot.
+    void DomainFull() { at_[last_].second = at_[last_].second->next; }
+    // Nobody on that host can use the slot now.
+    void HostDone() { at_[last_].second = nullptr; }
+
+   private:
+    const SlotWaiters& w_;
+    const LimitGroup* group_;
+    const HostState* skip_;
+    // Queues already looked at: the next node to try there (null: none).
+    absl::InlinedVector<std::pair<const HostQueue*, Node*>, 4> at_;
+    size_t last_ = 0;
+  };
+
   // Every ticket, in no particular order. O(most tickets ever queued at once): for
   // refreshes, not for releases.
   std::vector<Ticket*> All() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -194,28 +223,32 @@ class SlotWaiters {
   std::atomic<int64_t> server_count_{0};
 };
 
-// A caller that would rather wait for a slot than take "deferred" registers a SlotWaiter
-// (Selector::WaitForSlot). Wake() is called exactly once, from whichever thread freed the
-// slot, so it must be cheap and thread-safe — typically: queue and poke an eventfd.
-//  - `lease` valid: the slot is the waiter's (hand-off). It holds the host, domain and
-//    server slots exactly as a lease from Acquire does; connect with it, or let it go.
-//  - `lease` invalid: no slot was handed over — the routes changed (RefreshDomain,
-//    RefreshAll) or the domain is invalid; call Acquire again (and wait again if it defers).
-// REQUIRES: Wake must not call back into the Selector's WaitForSlot/CancelWait for this
-// waiter before returning (it may Acquire, or release the lease). A waiter is queued in at
-// most one selector at a time (it carries its ticket, so CancelWait finds it in O(1)).
-class SlotWaiter {
- public:
-  SlotWaiter() = default;
-  SlotWaiter(const SlotWaiter&) {}  // a copy is not queued
-  SlotWaiter& operator=(const SlotWaiter&) { return *this; }
-  virtual ~SlotWaiter() = default;
-  virtual void Wake(Lease lease) = 0;
+template <typename Eligible>
+SlotWaiters::Node* SlotWaiters::GroupHandOff::Next(Eligible eligible) {
+  Node* best = nullptr;
+  size_t best_at = SIZE_MAX;
+  for (const HostQueue* q = w_.GroupHosts(group_); q != nullptr; q = q->group_next) {
+    if (q->host == skip_ || !eligible(q->host)) continue;
+    Node* n = q->head;
+    size_t i = 0;
+    while (i < at_.size() && at_[i].first != q) ++i;
+    if (i < at_.size()) n = at_[i].second;
+    if (n != nullptr && (best == nullptr || n->ticket->seq < best->ticket->seq)) {
+      best = n;
+      best_at = i;
+    }
+  }
+  if (best == nullptr) return nullptr;
+  if (best_at == at_.size()) at_.emplace_back(static_cast<const HostQueue*>(best->queue), best);
+  last_ = best_at;
+  return best;
+}
 
- private:
-  friend class SlotWaiters;
-  SlotWaiters::Ticket* slot_ticket_ = nullptr;  // guarded by the queuing SlotWaiters' mu()
-};
+inline void SlotWaiters::GroupHandOff::Granted(const Ticket* t) {
+  for (auto& [q, n] : at_) {
+    if (n != nullptr && n->ticket == t) n = n->next;  // before Remove unlinks it
+  }
+}
 
 }  // namespace mxsched
 

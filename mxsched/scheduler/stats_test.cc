@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "mxsched/scheduler/selector.h"
+#include "mxsched/scheduler/host_registry.h"
 #include "tests/testutil.h"
 
 namespace mxsched {

@@ -7,11 +7,12 @@
 #include <memory>
 #include <string>
 
+#include "mxsched/admin/admin_server.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/scheduler/selector.h"
 #include "mxsched/version.h"
 
-static_assert(MXSCHED_VERSION >= 200, "mxsched/version.h gives the installed version");
+static_assert(MXSCHED_VERSION >= 300, "mxsched/version.h gives the installed version");
 
 namespace {
 void defer(const std::string& why) { std::printf("deferred: %s\n", why.c_str()); }
@@ -48,6 +49,16 @@ int main(int argc, char** argv) {
     r.lease.Release();  // then the slot
   });
   while (connector.in_flight() > 0) (*loop)->RunOnce(-1);
+
+  // --- README: the admin endpoint (component admin) ---
+  mxsched::admin::AdminOptions admin_options;
+  admin_options.listen = "127.0.0.1:0";
+  auto admin = mxsched::admin::AdminServer::Start(&selector, /*dns=*/nullptr, admin_options);
+  if (!admin.ok()) {
+    std::fprintf(stderr, "admin: %s\n", std::string(admin.status().message()).c_str());
+    return 1;
+  }
+  std::printf("admin on port %d\n", (*admin)->port() > 0 ? 1 : 0);
   std::printf("done\n");
   return 0;
 }

@@ -36,7 +36,7 @@
 #include "mxsched/base/clock.h"
 #include "mxsched/base/mutex.h"
 #include "mxsched/io/loop.h"
-#include "mxsched/scheduler/route_planner.h"
+#include "mxsched/scheduler/dns.h"
 
 namespace mxsched::io {
 

@@ -1,0 +1,148 @@
+// SelectorImpl: the state and algorithms behind mxsched::Selector (the public class in
+// include/mxsched/scheduler/selector.h forwards to it). Internal: not installed.
+//
+// Concurrency (docs/DESIGN.md §3): Acquire, Lease::Report and Lease::Release take no
+// mutex. Domains live in a DomainTable (sharded open-addressing tables read lock-free);
+// route snapshots are immutable, published by atomic pointer and reclaimed with EBR
+// (epoch.h). The server-wide limit is a ServerCredit (per-thread credit slots, exact).
+// Waiters queue in SlotWaiters. Slow paths (first sight of a domain, TTL expiry, refresh,
+// table growth) take the shard's mutex.
+//
+// Admission (docs/DESIGN.md §1 rules 1-3, §5): every slot — a newcomer's Acquire, a waiter's
+// re-check, a hand-off — is taken by one routine, Admit: domain limit, then server limit,
+// then the hosts of the route in preference order. A new kind of limit is added there.
+#ifndef MXSCHED_SCHEDULER_SELECTOR_IMPL_H_
+#define MXSCHED_SCHEDULER_SELECTOR_IMPL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "mxsched/base/clock.h"
+#include "mxsched/base/mutex.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/domain_table.h"
+#include "mxsched/scheduler/host_registry.h"
+#include "mxsched/scheduler/route_interner.h"
+#include "mxsched/scheduler/route_planner.h"
+#include "mxsched/scheduler/selector.h"
+#include "mxsched/scheduler/server_credit.h"
+#include "mxsched/scheduler/slot_waiters.h"
+#include "mxsched/scheduler/stats.h"
+
+namespace mxsched {
+
+class SelectorImpl {
+ public:
+  // The public methods are Selector's (selector.h), which forwards here.
+  explicit SelectorImpl(std::shared_ptr<const Config> config, SelectorOptions options = {});
+  ~SelectorImpl();
+  SelectorImpl(const SelectorImpl&) = delete;
+  SelectorImpl& operator=(const SelectorImpl&) = delete;
+
+  AcquireResult Acquire(std::string_view domain);
+
+  void SetConfig(std::shared_ptr<const Config> config);
+  std::shared_ptr<const Config> config() const;
+  uint64_t config_version() const { return config_version_.load(std::memory_order_acquire); }
+  bool RefreshDomain(std::string_view domain);
+  void RefreshAll();
+
+  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
+  bool CancelWait(SlotWaiter* waiter);
+  size_t waiting() const;
+
+  DomainView Describe(std::string_view domain);
+  std::optional<DomainView> DescribeResident(std::string_view domain);
+
+  size_t domain_count() const;
+  size_t route_count() const { return routes_->size(); }
+  size_t EvictIdle();
+  size_t DomainMemoryBytes() const;
+  int64_t server_active() const;
+  HostRegistry& registry() { return *registry_; }
+  SelectorStats& stats() { return stats_; }
+  const SelectorStats& stats() const { return stats_; }
+  Clock& clock() { return *clock_; }
+
+ private:
+  friend class Lease;
+
+  // The domain's entry, created on first sight (null, *invalid set, for a name that is not
+  // a valid domain). REQUIRES: an EpochGuard.
+  DomainEntry* FindOrCreate(std::string_view domain, Deferral* invalid);
+  // The domain's route, re-planned first if it expired or a refresh asked for it.
+  // REQUIRES: an EpochGuard.
+  const RouteSnapshot* CurrentRoute(DomainEntry* entry, int64_t now);
+  // Slow path: creates the domain's entry and first route. Null (and *invalid set) for a
+  // name that is not a valid domain. REQUIRES: an EpochGuard.
+  DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
+  const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
+  // Installs `planned` (interned) as the entry's route and drops the old one.
+  void Publish(DomainEntry* entry, PlannedRoute planned);
+
+  void ReleaseLease(Lease& lease);
+  // Counts a deferral (statistics) and answers it.
+  AcquireResult Deferred(Deferral d);
+  DomainView DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap, int64_t now) const;
+  Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
+
+  // Admission: what stops a grant; kGranted: *out holds the slot. kEvicted: the entry was
+  // evicted under the caller (look the domain up again).
+  enum class Grant : uint8_t { kGranted, kDomain, kServer, kHosts, kEvicted };
+  // Who asks for a slot. A newcomer (ticket null) yields to every queue with waiters,
+  // except that it may probe a failed host (waiters do not poll: the probe that brings a
+  // host back comes from a new session). A queued ticket may take a slot whose queue it
+  // heads; `freed` (a hand-off) is tried first in its tier and does not move the rotation.
+  struct Claim {
+    const SlotWaiters::Ticket* ticket = nullptr;
+    const HostState* freed = nullptr;
+  };
+  // The one admission routine (docs/DESIGN.md §1 rules 1-3, §5): the domain's limit, then
+  // the server's, then the route's hosts tier by tier in the domain's order — each a
+  // bounded CAS, all given back unless a host admits. *saw_full: a usable host was at its
+  // limit (for the deferral's reason). A claim with a ticket REQUIRES waiters_.mu(); a
+  // newcomer's reads of the queues are the lock-free counters only.
+  Grant Admit(DomainEntry* entry, const RouteSnapshot& snap, const Claim& claim, int64_t now,
+              Lease* out, bool* saw_full) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Admit for a waiter (ticket `t`, or null before it is queued) under the queue mutex; a
+  // route that is not ready is kHosts. REQUIRES: waiters_.mu(), an EpochGuard.
+  Grant TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t, const HostState* freed,
+                 int64_t now, Lease* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
+  // Queues `waiter` by what stopped it. REQUIRES: waiters_.mu(), EpochGuard.
+  SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
+  // A slot freed on `host` (and for `domain`, either may be null): hands it to the oldest
+  // waiter that can use it — the host's queue, then the domain's, then the server's — and
+  // goes on while `host` has room (a recovered host serves as many as its limit allows).
+  void HandOff(HostState* host, DomainEntry* domain);
+  // Eviction: which entries are idle at `now`.
+  std::function<bool(const DomainEntry&)> IdlePredicate(int64_t now) const;
+  static constexpr size_t kEvictSlotsPerInsert = 8;
+  std::atomic<int64_t> idle_ticks_{1};
+
+  Clock* clock_;
+  Random* random_;
+  std::unique_ptr<HostRegistry> owned_registry_;
+  HostRegistry* registry_;
+  RoutePlanner planner_;
+  // Shared with the domain table's shards (an evicted entry may be reclaimed after the
+  // selector is gone, and drops its reference then).
+  std::shared_ptr<RouteInterner> routes_;
+  mutable Mutex config_mu_;
+  std::shared_ptr<const Config> config_ ABSL_GUARDED_BY(config_mu_);
+  std::atomic<uint64_t> config_version_{0};
+  std::atomic<uint32_t> generation_{1};
+  ServerCredit server_credit_;
+  DomainTable domains_;
+  SlotWaiters waiters_;
+  SelectorStats stats_;
+};
+
+}  // namespace mxsched
+
+#endif  // MXSCHED_SCHEDULER_SELECTOR_IMPL_H_
