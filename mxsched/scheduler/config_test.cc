@@ -318,10 +318,11 @@ TEST(Config, ErrorsEscapeTheFileName) {
 }
 
 TEST(Config, AHugeUnknownOptionNameIsReportedAtOnce) {
-  // The "did you mean" edit distance is |name| x |option| per option: seconds for 1 MB.
-  const auto start = std::chrono::steady_clock::now();
+  // The "did you mean" edit distance is |name| x |option| per option: seconds for 1 MB, so
+  // a name far longer than any option gets no suggestion (the message has none) — checked
+  // by what is said, not by a clock.
   const std::string m = ErrorOf(std::string(1 << 20, 'a') + " = 1");
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+  EXPECT_EQ(m.find("did you mean"), std::string::npos) << m;
   EXPECT_EQ(m, "m.conf:1:1: unknown option \"" + std::string(80, 'a') + "... (1048576 bytes)\"");
 }
 
