@@ -1,26 +1,50 @@
 #!/usr/bin/env bash
 # One set-up script behind both README commands.
-#   tools/dev.sh demo    install what is missing, build, run the demo
-#   tools/dev.sh test    install what is missing, build, run every test: sanitizer builds
-#                        (ASan+UBSan, TSan), the fuzzers for a bounded time, then ctest
-#   tools/dev.sh build   install what is missing, build
+#   tools/dev.sh demo    install what building and running needs, build, run the demo
+#   tools/dev.sh test    install that plus the test peers, build, run every test: sanitizer
+#                        builds (ASan+UBSan, TSan), the fuzzers for a bounded time, then ctest
+#   tools/dev.sh build   install what building needs, build
 #   tools/dev.sh bench   build and run the selector benchmarks (see bench/README.md)
+#   tools/dev.sh print-packages demo|build|test   the Debian packages that command installs
 # Debian 12 packages only. Installing needs root (or sudo); nothing is installed when all
 # packages are already present. MXSCHED_QUICK=1 skips the sanitizer and fuzz stages.
+#
+# `demo` and `build` install no mail system and no test peer (ctest cli_dev_packages): Postfix
+# (smtp-sink/smtp-source) conflicts with a host's own MTA, and redis-server, dnsmasq,
+# prometheus, tmux and clang are only what the tests talk to or build with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(build-essential cmake ninja-build pkg-config python3
-          liburing-dev libabsl-dev libc-ares-dev libgtest-dev libgmock-dev libbenchmark-dev
-          dnsmasq-base postfix gnuplot-nox clang libclang-rt-14-dev ccache
-          nlohmann-json3-dev libcli11-dev
-          libhiredis-dev redis-server
-          prometheus-cpp-dev libcivetweb-dev libcurl4-openssl-dev prometheus tmux)
+# Compiler, build tools and the -dev libraries of a build without tests and benchmarks.
+BUILD_PACKAGES=(build-essential cmake ninja-build pkg-config
+                liburing-dev libabsl-dev libc-ares-dev nlohmann-json3-dev libcli11-dev
+                libhiredis-dev prometheus-cpp-dev libcivetweb-dev libcurl4-openssl-dev)
+# What the demo uses at run time besides the build: gnuplot draws demo.png.
+DEMO_PACKAGES=(gnuplot-nox)
+# The test build's libraries and the peers the tests run against on loopback: Postfix for
+# smtp-sink/smtp-source, dnsmasq, redis-server/redis-sentinel (redis-cli comes with them),
+# promtool (prometheus), tmux (`top`), clang + its runtime for the fuzzers, python3 for the
+# test scripts, ccache to keep the four builds affordable.
+TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev python3 ccache
+               dnsmasq-base postfix redis-server redis-sentinel prometheus tmux
+               clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
+# packages_for COMMAND: the packages COMMAND needs, one per line.
+packages_for() {
+  case "$1" in
+    build) printf '%s\n' "${BUILD_PACKAGES[@]}" ;;
+    demo) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEMO_PACKAGES[@]}" ;;
+    test | bench) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEMO_PACKAGES[@]}" "${TEST_PACKAGES[@]}" ;;
+    *) echo "dev.sh: print-packages demo|build|test" >&2; return 2 ;;
+  esac
+}
+
+# install_deps COMMAND
 install_deps() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
+  local wanted missing=()
+  mapfile -t wanted < <(packages_for "$1")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -29,7 +53,10 @@ install_deps() {
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   "${sudo[@]}" apt-get update -q
   # Postfix is only here for smtp-sink/smtp-source (test peers): no mail system configured.
-  echo "postfix postfix/main_mailer_type select No configuration" | "${sudo[@]}" debconf-set-selections
+  if [[ " ${missing[*]} " == *" postfix "* ]]; then
+    echo "postfix postfix/main_mailer_type select No configuration" |
+      "${sudo[@]}" debconf-set-selections
+  fi
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
@@ -45,7 +72,15 @@ configure_and_build() {
   cmake --build "$dir" -j"$(nproc)"
 }
 
-build() { configure_and_build build; }
+# build [demo]: the normal build; for the demo without the tests and benchmarks, so their
+# libraries (gtest, benchmark) are not needed.
+build() {
+  if [ "${1:-}" = demo ]; then
+    configure_and_build build -DMXSCHED_BUILD_TESTS=OFF -DMXSCHED_BUILD_BENCHMARKS=OFF
+  else
+    configure_and_build build -DMXSCHED_BUILD_TESTS=ON -DMXSCHED_BUILD_BENCHMARKS=ON
+  fi
+}
 
 sanitizers() {
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer: unit and integration tests"
@@ -87,9 +122,10 @@ fuzz() {
 }
 
 case "${1:-}" in
-  build) install_deps; build ;;
+  print-packages) packages_for "${2:-}" ;;
+  build) install_deps build; build demo ;;
   test)
-    install_deps; build
+    install_deps test; build
     if [ "${MXSCHED_QUICK:-0}" != 1 ]; then
       sanitizers
       fuzz
@@ -98,12 +134,12 @@ case "${1:-}" in
     ctest --test-dir build --output-on-failure -j2 --timeout 600
     ;;
   demo)
-    install_deps; build
+    install_deps demo; build demo
     ./build/mxsched demo "${@:2}"
     ;;
   bench)
-    install_deps; build
+    install_deps bench; build
     python3 bench/ratios.py build
     ;;
-  *) echo "usage: tools/dev.sh demo|test|build|bench" >&2; exit 2 ;;
+  *) echo "usage: tools/dev.sh demo|test|build|bench|print-packages COMMAND" >&2; exit 2 ;;
 esac
