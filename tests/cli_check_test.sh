@@ -68,8 +68,29 @@ EOF
 for n in 1 2 3 4 5 6; do
   out=$("$bin" check --config "$tmp/page$n.conf" 2>&1) || fail "routes page example $n: $out"
 done
-out=$("$bin" check --config "$tmp/page1.conf" -n) || fail "synopsis -n"
+out=$("$bin" check --config "$tmp/page1.conf" -n 2>"$tmp/page1.err") || fail "synopsis -n"
 grep -q 'smtp://1.2.3.4?pref=10&ttl=300&type=mx' <<<"$out" || fail "synopsis route listed: $out"
+# ... but type=mx on an address does nothing (there is no name to look up): said, not silent
+# (issue 24 item 5); a name with type=mx, and an address without it, get no warning.
+grep -qF "mxsched: warning: $tmp/page1.conf:1:12: \"smtp://1.2.3.4?pref=10&ttl=300&type=mx\": type=mx on an address is ignored" \
+  "$tmp/page1.err" || fail "type=mx on an address: no warning: $(cat "$tmp/page1.err")"
+printf 'routes = ( "smtp://mx.example?type=mx" "smtp://1.2.3.4?type=a" "1.2.3.5" )\n' >"$tmp/typemx.conf"
+"$bin" check --config "$tmp/typemx.conf" 2>&1 >/dev/null | grep -q warning && fail "warning for type=mx on a name"
+
+# A value followed by more words on its line ("2 minutes") is reported at that value, with
+# what the option expects — not as "expected '=' after option minutes" on the next line.
+printf 'host_failure_retry = 2 minutes\nroutes = ( "a.example" )\n' >"$tmp/dur.conf"
+err=$("$bin" check --config "$tmp/dur.conf" 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "2 minutes: exit $rc"
+[ "$err" = "mxsched: $tmp/dur.conf:1:22: option \"host_failure_retry\" expects a duration (e.g. 30, 90s, 5m) in 0..86400 seconds, got \"2 minutes\"" ] ||
+  fail "2 minutes: $err"
+printf 'cluster_name = my fleet\n' >"$tmp/words.conf"
+err=$("$bin" check --config "$tmp/words.conf" 2>&1)
+grep -qF "words.conf:1:16: option \"cluster_name\" expects" <<<"$err" || fail "two words: $err"
+# Two options on one line still parse.
+printf 'connect_timeout = 30 host_failure_retry = 3m\n' >"$tmp/oneline.conf"
+out=$("$bin" check --config "$tmp/oneline.conf" -n) || fail "two options on a line"
+grep -qx "host_failure_retry = 180s" <<<"$out" || fail "two options on a line: $out"
 
 # Input files: regular files only, size-capped, errors naming the file (exit 2). A directory
 # used to read as an empty config (--config) or abort with ios_failure (--domains @DIR), and

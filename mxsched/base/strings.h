@@ -67,6 +67,10 @@ std::string Escape(std::string_view s);
 std::string EchoForError(std::string_view s, size_t max = 80);
 std::string Join(const std::vector<std::string>& parts, std::string_view sep);
 
+// Levenshtein distance (insert, delete, substitute: 1 each), O(|a| x |b|) time: for "did you
+// mean" suggestions over short names; callers bound the lengths.
+size_t EditDistance(std::string_view a, std::string_view b);
+
 }  // namespace mxsched
 
 #endif  // MXSCHED_BASE_STRINGS_H_

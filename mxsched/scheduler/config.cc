@@ -58,6 +58,9 @@ struct Value {
   std::vector<std::string> items;  // one item unless is_list
   std::vector<Pos> item_pos;
   Pos pos;
+  // Words after a single value on its own line ("2 minutes"): kept so the option's
+  // converter can say what it expects, on this line, instead of the next line failing.
+  std::vector<std::string> trailing;
 };
 
 struct Entry;
@@ -146,7 +149,14 @@ class Parser {
     if (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) {
       v.items.push_back(tok_.text);
       v.item_pos.push_back(tok_.pos);
-      return Advance();
+      if (absl::Status s = Advance(); !s.ok()) return s;
+      // More words on the value's line that do not start the next option (`b = ...`).
+      while ((tok_.kind == Tok::kString || tok_.kind == Tok::kWord) &&
+             tok_.pos.line == v.pos.line && !NextIsEquals()) {
+        v.trailing.push_back(tok_.text);
+        if (absl::Status s = Advance(); !s.ok()) return s;
+      }
+      return absl::OkStatus();
     }
     if (tok_.kind != Tok::kLParen) {
       return ErrorAt(tok_.pos, StrCat("expected a value (string, number or '( list )'), got ",
@@ -163,6 +173,18 @@ class Parser {
       return ErrorAt(tok_.pos, StrCat("expected a list item or ')', got ", TokName(tok_.kind)));
     }
     return Advance();
+  }
+
+  // True if the token after the current one is '=' (the lexer's state is restored).
+  bool NextIsEquals() {
+    const size_t i = i_;
+    const Pos pos = pos_;
+    Token tok = tok_;
+    const bool equals = Advance().ok() && tok_.kind == Tok::kEquals;
+    i_ = i;
+    pos_ = pos;
+    tok_ = std::move(tok);
+    return equals;
   }
 
   // Lexer -------------------------------------------------------------------------------
@@ -282,21 +304,6 @@ constexpr Scope kGlobal = kGlobalScope, kDomain = kDomainScope, kHost = kHostSco
 
 // Longer than any option name by a margin: beyond it no "did you mean" is computed.
 constexpr size_t kMaxSuggestFrom = 64;
-
-size_t EditDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
 
 std::string ScopeNames(unsigned scopes) {
   std::vector<std::string> names;
@@ -467,6 +474,13 @@ class Binder {
       for (size_t i = 0; i < v.items.size(); ++i) {
         auto item = ParseRouteItem(v.items[i]);
         if (!item.ok()) return parser_.ErrorAt(v.item_pos[i], ToStd(item.status().message()));
+        if (item->type_mx_ignored) {
+          warnings_.push_back(StrCat(
+              ToStd(parser_.ErrorAt(v.item_pos[i], "").message()), "\"",
+              EchoForError(v.items[i]),
+              "\": type=mx on an address is ignored: there is no name whose MX records to "
+              "look up, so the address is used as-is (give a host name to use its MXs)"));
+        }
         out.routes.push_back(*std::move(item));
       }
       if (out.routes.empty()) return parser_.ErrorAt(v.pos, "routes list is empty");
@@ -509,6 +523,17 @@ class Binder {
         out.names.push_back(std::move(p));
       }
       return out;
+    }
+    if (!v.trailing.empty()) {
+      // "host_failure_retry = 2 minutes": the option's own message ("expects a duration
+      // (e.g. 30, 90s, 5m) ...") for the whole text, at the value.
+      std::string text = v.items[0];
+      for (const std::string& w : v.trailing) text += StrCat(" ", w);
+      absl::StatusOr<OptionValue> whole = ParseScalarOption(spec, text);
+      return parser_.ErrorAt(
+          v.pos, whole.ok() ? StrCat("option \"", e.name, "\" expects one value, got \"",
+                                     EchoForError(text), "\" (quote a value that has spaces)")
+                            : ToStd(whole.status().message()));
     }
     absl::StatusOr<OptionValue> scalar = ParseScalarOption(spec, v.items[0]);
     if (!scalar.ok()) return parser_.ErrorAt(v.pos, ToStd(scalar.status().message()));

@@ -114,7 +114,13 @@ absl::Status ParseQuery(std::string_view item, std::string_view query, RouteItem
       // type=mx on an address literal (the first example of Momentum's routes page,
       // "smtp://1.2.3.4?pref=10&ttl=300&type=mx"): there is no name to look up, so the
       // address is used as-is, exactly like type=a on it — a literal route.
-      if (t == "mx" && out.lookup != RouteLookup::kLiteral) out.lookup = RouteLookup::kMx;
+      if (t == "mx") {
+        if (out.lookup == RouteLookup::kLiteral) {
+          out.type_mx_ignored = true;
+        } else {
+          out.lookup = RouteLookup::kMx;
+        }
+      }
     } else {
       return Bad(item, StrCat("unknown parameter \"", EchoForError(key),
                               "\" (expected pref, ttl, port or type)"));

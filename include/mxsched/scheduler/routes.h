@@ -8,7 +8,7 @@
 //
 // `type=` on an address literal ("smtp://1.2.3.4?type=mx", the first example of Momentum's
 // routes page) changes nothing: there is no name to look up, so the address is used as-is,
-// a literal route (as with type=a). Every example of that page is accepted (ctest cli_check,
+// a literal route (as with type=a); the config loader warns that it is ignored. Every example of that page is accepted (ctest cli_check,
 // Config.EveryExampleOfTheMomentumRoutesPageLoads).
 //
 // Preference rule (one rule for explicit and implicit preferences): an item with `pref=P`
@@ -50,6 +50,9 @@ struct RouteItem {
   std::optional<uint32_t> ttl;       // seconds, when given
   std::optional<uint16_t> port;      // when given; otherwise remote_smtp_port / scheme default
   uint32_t tier = 0;                 // effective preference (see the rule above)
+  // `type=mx` was given on an address literal: accepted (Momentum's own example) but it
+  // changes nothing, so the config loader warns (`mxsched check` prints it).
+  bool type_mx_ignored = false;
 
   bool is_push() const { return scheme != RouteScheme::kSmtp; }
   // The port to use when none is given: remote_smtp_port for smtp, the scheme's own for push.
