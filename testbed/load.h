@@ -97,7 +97,8 @@ struct LoadOptions {
   int max_seconds = 600;
   const volatile bool* stop = nullptr;
   ConnectorOptions connector;
-  // Optional DNS: one c-ares client per thread, pointed at `dns_server` ("127.0.0.1:5353"),
+  // Optional DNS: with `dns_cache` set, one c-ares client per thread, pointed at
+  // `dns_server` ("127.0.0.1:5353"; empty: the system's resolvers from /etc/resolv.conf),
   // all storing into `dns_cache` — which must be the Resolver the Selector was built with.
   std::string dns_server;
   DnsCache* dns_cache = nullptr;

@@ -182,7 +182,17 @@ TEST_F(AdminServerTest, DomainViewIsTheRouteJsonAndGetCreatesNothing) {
   HttpReply r = Get(port_, "/domains/Example.COM");
   ASSERT_EQ(r.status, 200) << r.body;
   nlohmann::json got = nlohmann::json::parse(r.body);
-  ExpectSameViewReadLater(got, DomainViewJson(selector_.Describe("example.com")));
+  ExpectSameViewReadLater(got, DomainViewJson(selector_, selector_.Describe("example.com"),
+                                              /*have_dns=*/true));
+  // The whole `route --json` view (issue 24): the route items, which tiers an MX lookup
+  // filled, and the cluster fields (null: this worker has no cluster limits).
+  ASSERT_EQ(got["items"].size(), 2u) << got;
+  EXPECT_EQ(got["items"][0]["item"], "smtp://127.0.1.1?pref=1&ttl=3600");
+  EXPECT_EQ(got["items"][0]["lookup"], "address");
+  EXPECT_EQ(got["items"][0]["status"], "1 host(s)");
+  EXPECT_EQ(got["tiers"][0]["mx"], false);
+  EXPECT_TRUE(got.contains("cluster_active") && got["cluster_active"].is_null()) << got;
+  EXPECT_TRUE(got["tiers"][0]["hosts"][0]["cluster_active"].is_null()) << got;
   EXPECT_EQ(got["active"], 1);
   HttpReply hosts = Get(port_, "/hosts");
   ASSERT_EQ(hosts.status, 200);
@@ -206,7 +216,8 @@ TEST_F(AdminServerTest, RefreshAppliesANewConfigurationNow) {
   ASSERT_EQ(after->tiers.size(), 1u);
   ASSERT_EQ(after->tiers[0].hosts.size(), 1u);
   EXPECT_EQ(after->tiers[0].hosts[0].endpoint.ToString(), "127.0.1.9:25");
-  ExpectSameViewReadLater(nlohmann::json::parse(r.body)["route"], DomainViewJson(*after));
+  ExpectSameViewReadLater(nlohmann::json::parse(r.body)["route"],
+                          DomainViewJson(selector_, *after, /*have_dns=*/true));
   EXPECT_EQ(after->active, 1) << "open leases survive a refresh";
   EXPECT_EQ(Post(port_, "/refresh?domain=all").status, 200);
   EXPECT_EQ(Post(port_, "/refresh?domain=unknown.example").status, 404);
@@ -215,7 +226,9 @@ TEST_F(AdminServerTest, RefreshAppliesANewConfigurationNow) {
 TEST_F(AdminServerTest, BadRequestsGet4xxAndChangeNothing) {
   Lease l = selector_.Acquire("example.com").TakeLease();
   selector_.SetConfig(ConfigFrom(R"(routes = ( "127.0.1.9" ))"));  // pending: a refresh would show
-  auto tiers = [&] { return DomainViewJson(*selector_.DescribeResident("example.com"))["tiers"]; };
+  auto tiers = [&] {
+    return DomainViewJson(selector_, *selector_.DescribeResident("example.com"), true)["tiers"];
+  };
   const nlohmann::json view = tiers();
   struct Case {
     std::string request;

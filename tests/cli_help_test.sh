@@ -29,4 +29,22 @@ grep -q -- "--config" <<<"$err" || fail "missing --config named: $err"
 err=$("$bin" frobnicate 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "unknown subcommand exit $rc"
 "$bin" >/dev/null 2>&1; [ $? -eq 2 ] || fail "no subcommand must be a usage error"
+# A typo gets the nearest subcommand (issue 24 item 5: it was "A subcommand is required").
+err=$("$bin" chek --config x 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "chek exit $rc"
+grep -qF 'unknown subcommand "chek"; did you mean "check"?' <<<"$err" || fail "chek: $err"
+err=$("$bin" lod 2>&1); grep -qF 'did you mean "load"?' <<<"$err" || fail "lod: $err"
+err=$("$bin" frobnicate 2>&1); grep -q "did you mean" <<<"$err" && fail "frobnicate suggests: $err"
+grep -qF "subcommands: check, route, load, farm, demo, top" <<<"$err" || fail "frobnicate: $err"
+# `mxsched help` is --help; `mxsched help SUB` is SUB --help.
+out=$("$bin" help) || fail "help exited $?"
+[ "$out" = "$top" ] || fail "help differs from --help"
+out=$("$bin" help load) || fail "help load exited $?"
+[ "$out" = "$load" ] || fail "help load differs from load --help"
+err=$("$bin" help chek 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -qF 'did you mean "check"?' <<<"$err" || fail "help chek: $rc $err"
+"$bin" help load route >/dev/null 2>&1; [ $? -eq 2 ] || fail "help with two subcommands"
+# load takes --no-dns like route (issue 24 item 4) and says the system resolver is its default.
+grep -q -- "--no-dns" <<<"$load" || fail "load --help: --no-dns"
+grep -q -- "--dns .*system's" <<<"$(tr -s ' \n' ' ' <<<"$load")" || fail "load --help: --dns default"
 echo "cli_help_test: all checks passed"

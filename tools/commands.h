@@ -59,6 +59,9 @@ inline constexpr CommandEntry kCommands[] = {
 
 // Prints "mxsched: WHY" to stderr and returns 2 (a usage error found after parsing).
 int UsageError(std::string_view why);
+// "mxsched: unknown subcommand "WORD"; did you mean "check"? (subcommands: ...)" on
+// stderr, the suggestion only when WORD is close to one; returns 2.
+int UnknownSubcommand(std::string_view word);
 // "HOST[:PORT][,HOST[:PORT]...]" with HOST a name, an IPv4 address or [IPv6] (port 53 when
 // not given) -> the "ADDR:PORT,..." form DnsClient::Create takes. Names are looked up with
 // the system resolver (getaddrinfo), once, here.

@@ -167,6 +167,7 @@ int RunFarm(const FarmFlags& f) {
 
 struct LoadFlags {
   std::string config_path, json_path, domains, admin;
+  bool no_dns = false;
   testbed::LoadOptions o;
 };
 
@@ -214,7 +215,8 @@ int RunLoadCommand(LoadFlags& f) {
   RaiseFdLimit();
   auto shared = std::make_shared<const Config>(*std::move(config));
   io::DnsCache cache;
-  if (!o.dns_server.empty()) o.dns_cache = &cache;
+  // As `route`: without --dns the system's resolvers (/etc/resolv.conf); --no-dns: none.
+  if (!f.no_dns) o.dns_cache = &cache;
   Selector selector(shared, {.resolver = o.dns_cache});
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!f.admin.empty()) {
@@ -293,11 +295,14 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
   sub.add_option("--config", f->config_path, "Configuration file (Momentum syntax)")
       ->required()
       ->type_name("FILE");
-  sub.add_option("--dns", o.dns_server,
-                 "DNS server(s) for MX and address lookups, by name or address (port 53 if "
-                 "not given)")
-      ->type_name("HOST[:PORT][,...]")
-      ->default_str("none: only literal-address routes resolve");
+  auto* dns = sub.add_option("--dns", o.dns_server,
+                             "DNS server(s) for MX and address lookups, by name or address "
+                             "(port 53 if not given)")
+                  ->type_name("HOST[:PORT][,...]")
+                  ->default_str("the system's, from /etc/resolv.conf");
+  sub.add_flag("--no-dns", f->no_dns,
+               "Look nothing up: only literal-address routes resolve (names are deferred)")
+      ->excludes(dns);
   sub.add_option("--domains", f->domains,
                  "Domains, comma-separated, or @FILE with one per line; sessions go "
                  "round-robin over them (or they are the bases of --distinct-domains)")

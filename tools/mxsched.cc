@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mxsched/admin/views.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/loop.h"
@@ -103,100 +104,38 @@ absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
   return out;
 }
 
-namespace {
-
-// Position of the route item a host came from (its literal address or its A-lookup name),
-// or items.size() for MX hosts: the key that lists hosts in the order the config gives them.
-size_t ItemIndex(const std::vector<RouteItem>& items, const DomainView::Host& h) {
-  for (size_t i = 0; i < items.size(); ++i) {
-    const RouteItem& it = items[i];
-    if (it.address ? *it.address == h.endpoint.address
-                   : (it.lookup == RouteLookup::kA && it.host == h.name)) {
-      return i;
-    }
-  }
-  return items.size();
-}
-
-// The view for display: each tier's hosts in a stable order (config order, then address)
-// instead of the rotation order, which starts at a random host in every process and moves on
-// every Acquire — so no host is marked "next" the way Momentum's long-running console does.
-std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& v,
-                                                              const std::vector<RouteItem>& items) {
-  std::vector<std::vector<const DomainView::Host*>> out;
-  for (const auto& t : v.tiers) {
-    std::vector<const DomainView::Host*> hosts;
-    for (const auto& h : t.hosts) hosts.push_back(&h);
-    auto key = [&](const DomainView::Host* h) {
-      return std::make_tuple(ItemIndex(items, *h), !h->endpoint.address.is_v4(),
-                             h->endpoint.address.bytes(), h->endpoint.port);
-    };
-    std::stable_sort(hosts.begin(), hosts.end(),
-                     [&](const auto* a, const auto* b) { return key(a) < key(b); });
-    out.push_back(std::move(hosts));
-  }
-  return out;
-}
-
-// True when tier `tier` holds an MX lookup: its hosts are grouped by MX preference.
-bool IsMxTier(const std::vector<RouteItem>& items, uint32_t tier) {
-  for (const RouteItem& it : items) {
-    if (it.tier == tier && it.lookup == RouteLookup::kMx && !it.is_push()) return true;
-  }
-  return false;
-}
-
-std::string_view LookupName(const RouteItem& it) {
-  if (it.is_push()) return "push";
-  switch (it.lookup) {
-    case RouteLookup::kLiteral:
-      return "address";
-    case RouteLookup::kA:
-      return "A/AAAA lookup";
-    case RouteLookup::kMx:
-      return "MX lookup";
-  }
-  return "";
-}
-
-// What became of one route item in this view: the hosts it gave, or why it gave none.
-std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns) {
-  if (it.is_push()) {
-    return StrCat("not used here: ", RouteSchemeName(it.scheme),
-                  " is a push protocol (mxsched schedules SMTP connections only)");
-  }
-  size_t n = 0;
-  for (const auto& t : v.tiers) {
-    for (const auto& h : t.hosts) {
-      if (it.address                     ? *it.address == h.endpoint.address
-          : it.lookup == RouteLookup::kA ? h.name == it.host
-                                         : t.tier == it.tier) {
-        ++n;
+int UnknownSubcommand(std::string_view word) {
+  const CommandEntry* best = nullptr;
+  size_t best_distance = 0;
+  // Nothing longer is a typo of a subcommand; the distance is not computed for it.
+  if (word.size() <= 32) {
+    for (const CommandEntry& c : kCommands) {
+      const size_t d = EditDistance(word, c.name);
+      if (best == nullptr || d < best_distance) {
+        best = &c;
+        best_distance = d;
       }
     }
   }
-  if (n > 0) return StrCat(n, " host(s)");
-  if (it.lookup != RouteLookup::kLiteral && !have_dns) {
-    return "not looked up: no DNS resolver (--no-dns)";
+  std::string why = StrCat("unknown subcommand \"", EchoForError(word), "\"");
+  // Within two edits, and not half the word ("chek", "rout", "lod"; not "nope" for "top"),
+  // it is most likely a typo of that one.
+  if (best != nullptr && best_distance <= 2 && 2 * best_distance < word.size()) {
+    why += StrCat("; did you mean \"", best->name, "\"?");
   }
-  if (v.state == RouteState::kPending) return "lookup still in progress";
-  if (it.lookup != RouteLookup::kLiteral) return "no usable address (see the route's detail)";
-  return "not used (listed earlier in the route, or prohibited)";
+  std::string names;
+  for (const CommandEntry& c : kCommands) names += StrCat(names.empty() ? "" : ", ", c.name);
+  return UsageError(StrCat(why, " (subcommands: ", names, "; mxsched help SUBCOMMAND)"));
 }
 
-// With cluster_limits (DESIGN §7): live leases in Redis per host key and per domain key, as
-// an observer sees them (-1: could not be read).
-struct ClusterCounts {
-  bool enabled = false;
-  std::string error;  // Redis could not be asked
-  int64_t domain = -1;
-  std::map<std::string, int64_t> hosts;  // by endpoint text
-};
+namespace {
 
-int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h) {
-  auto it = c.hosts.find(h.endpoint.ToString());
-  return it == c.hosts.end() ? -1 : it->second;
-}
+using admin::ClusterCounts;
+using admin::HostClusterCount;
+using admin::IsMxTier;
+using admin::ItemStatus;
+using admin::LookupName;
+using admin::StableOrder;
 
 std::string CountText(int64_t n) { return n < 0 ? "?" : std::to_string(n); }
 
@@ -262,60 +201,6 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
       std::printf("\n");
     }
   }
-}
-
-nlohmann::json ToJson(const DomainView& v, const std::vector<RouteItem>& items, bool have_dns,
-                      const ClusterCounts& cluster) {
-  nlohmann::json item_json = nlohmann::json::array();
-  for (const RouteItem& it : items) {
-    item_json.push_back({{"item", it.text},
-                         {"protocol", RouteSchemeName(it.scheme)},
-                         {"lookup", LookupName(it)},
-                         {"tier", it.tier},
-                         {"status", ItemStatus(it, v, have_dns)}});
-  }
-  const auto shown = StableOrder(v, items);
-  nlohmann::json tiers = nlohmann::json::array();
-  for (size_t t = 0; t < v.tiers.size(); ++t) {
-    nlohmann::json hosts = nlohmann::json::array();
-    for (const DomainView::Host* hp : shown[t]) {
-      const DomainView::Host& h = *hp;
-      hosts.push_back(
-          {{"name", h.name},
-           {"address", h.endpoint.address.ToString()},
-           {"port", h.endpoint.port},
-           {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
-           {"active", h.active},
-           {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
-                                  ? nlohmann::json(HostClusterCount(cluster, h))
-                                  : nlohmann::json(nullptr)},
-           {"reachable", h.reachable},
-           {"seconds_since_failure", h.seconds_since_failure},
-           {"consecutive_failures", h.consecutive_failures},
-           {"configured_limit",
-            h.configured_limit == kUnlimited ? int64_t{-1} : int64_t{h.configured_limit}},
-           {"limit_moved", h.limit_moved},
-           {"busy_replies", h.busy_replies},
-           {"provider", h.group},
-           {"provider_limit", h.group_limit},
-           {"provider_active", h.group_active}});
-    }
-    const DomainView::Tier& tier = v.tiers[t];
-    tiers.push_back({{"tier", tier.tier},
-                     {"mx", IsMxTier(items, tier.tier)},
-                     {"mx_pref", tier.mx_pref},
-                     {"hosts", std::move(hosts)}});
-  }
-  return {{"domain", v.domain},
-          {"state", RouteStateName(v.state)},
-          {"detail", v.detail},
-          {"ttl_left_s", v.ttl_left_s},
-          {"active", v.active},
-          {"cluster_active",
-           cluster.enabled ? nlohmann::json(cluster.domain) : nlohmann::json(nullptr)},
-          {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
-          {"items", std::move(item_json)},
-          {"tiers", std::move(tiers)}};
 }
 
 struct RouteFlags {
@@ -409,7 +294,7 @@ int RunRoute(const RouteFlags& f) {
       while (waiting > 0) loop->RunOnce(50);
     }
     if (f.json) {
-      out.push_back(ToJson(v, items, client != nullptr, counts));
+      out.push_back(admin::DomainViewJson(v, items, client != nullptr, counts));
     } else {
       PrintHuman(v, items, client != nullptr, counts);
     }
@@ -450,14 +335,38 @@ int main(int argc, char** argv) {
       "mxsched"};
   app.set_version_flag("--version", "mxsched " MXSCHED_VERSION_STRING);
   app.require_subcommand(1);
+  app.footer("mxsched help SUBCOMMAND (or mxsched SUBCOMMAND --help) lists its flags.");
   app.option_defaults()->always_capture_default();
   std::vector<t::CommandRun> runs(std::size(t::kCommands));
   for (size_t i = 0; i < std::size(t::kCommands); ++i) {
     CLI::App* sub = app.add_subcommand(t::kCommands[i].name, t::kCommands[i].description);
     runs[i] = t::kCommands[i].set_up(*sub);
   }
+  // `mxsched help [SUBCOMMAND]` is `mxsched [SUBCOMMAND] --help`; a first word that is no
+  // subcommand is named with the nearest one, before CLI11 would call it a missing one.
+  if (argc >= 2 && argv[1][0] != '-') {
+    std::string_view word = argv[1];
+    if (word == "help") {
+      if (argc == 2) {
+        std::printf("%s", app.help().c_str());
+        return 0;
+      }
+      word = argv[2];
+    }
+    CLI::App* sub = nullptr;
+    for (const auto& c : t::kCommands) {
+      if (word == c.name) sub = app.get_subcommand(c.name);
+    }
+    if (sub == nullptr) return t::UnknownSubcommand(word);
+  }
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "help") {
+    if (args.size() > 2) return t::UsageError("help takes one subcommand: mxsched help route");
+    args = {args[1], "--help"};
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every real parse error is a usage error (2).
     const int rc = app.exit(e);

@@ -177,7 +177,7 @@ int AdminServer::Dispatch(mg_connection* conn) {
     }
     std::optional<DomainView> view = selector_->DescribeResident(*normalized);
     if (!view) return Error(conn, 404, StrCat(*normalized, " is not resident (no route yet)"));
-    return ReplyJson(conn, 200, DomainViewJson(*view));
+    return ReplyJson(conn, 200, DomainViewJson(*selector_, *view, dns_ != nullptr));
   }
 
   // POST /refresh: the domain from the query, or else from a small form body.
@@ -219,7 +219,8 @@ int AdminServer::Dispatch(mg_connection* conn) {
   }
   return ReplyJson(
       conn, 200,
-      {{"refreshed", *normalized}, {"route", DomainViewJson(selector_->Describe(*normalized))}});
+      {{"refreshed", *normalized},
+       {"route", DomainViewJson(*selector_, selector_->Describe(*normalized), dns_ != nullptr)}});
 }
 
 }  // namespace mxsched::admin

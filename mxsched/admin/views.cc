@@ -1,7 +1,10 @@
 #include "mxsched/admin/views.h"
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
+
+#include "mxsched/base/strings.h"
 
 #include "mxsched/base/clock.h"
 
@@ -9,34 +12,151 @@ namespace mxsched::admin {
 
 namespace {
 int64_t LimitJson(int32_t limit) { return limit == kUnlimited ? -1 : int64_t{limit}; }
+
+// Position of the route item a host came from (its literal address or its A-lookup name),
+// or items.size() for MX hosts: the key that lists hosts in the order the config gives them.
+size_t ItemIndex(const std::vector<RouteItem>& items, const DomainView::Host& h) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const RouteItem& it = items[i];
+    if (it.address ? *it.address == h.endpoint.address
+                   : (it.lookup == RouteLookup::kA && it.host == h.name)) {
+      return i;
+    }
+  }
+  return items.size();
+}
+
 }  // namespace
 
-nlohmann::json DomainViewJson(const DomainView& v) {
-  nlohmann::json tiers = nlohmann::json::array();
+// The view for display: each tier's hosts in a stable order (config order, then address)
+// instead of the rotation order, which starts at a random host in every process and moves on
+// every Acquire — so no host is marked "next" the way Momentum's long-running console does.
+std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& v,
+                                                              const std::vector<RouteItem>& items) {
+  std::vector<std::vector<const DomainView::Host*>> out;
   for (const auto& t : v.tiers) {
-    nlohmann::json hosts = nlohmann::json::array();
-    for (const auto& h : t.hosts) {
-      hosts.push_back({{"name", h.name},
-                       {"address", h.endpoint.address.ToString()},
-                       {"port", h.endpoint.port},
-                       {"limit", LimitJson(h.limit)},
-                       {"active", h.active},
-                       {"reachable", h.reachable},
-                       {"seconds_since_failure", h.seconds_since_failure},
-                       {"consecutive_failures", h.consecutive_failures},
-                       {"configured_limit", LimitJson(h.configured_limit)},
-                       {"limit_moved", h.limit_moved},
-                       {"busy_replies", h.busy_replies},
-                       {"provider", h.group},
-                       {"provider_limit", h.group_limit},
-                       {"provider_active", h.group_active}});
-    }
-    tiers.push_back({{"tier", t.tier}, {"mx_pref", t.mx_pref}, {"hosts", std::move(hosts)}});
+    std::vector<const DomainView::Host*> hosts;
+    for (const auto& h : t.hosts) hosts.push_back(&h);
+    auto key = [&](const DomainView::Host* h) {
+      return std::make_tuple(ItemIndex(items, *h), !h->endpoint.address.is_v4(),
+                             h->endpoint.address.bytes(), h->endpoint.port);
+    };
+    std::stable_sort(hosts.begin(), hosts.end(),
+                     [&](const auto* a, const auto* b) { return key(a) < key(b); });
+    out.push_back(std::move(hosts));
   }
-  return {{"domain", v.domain},       {"state", RouteStateName(v.state)},
-          {"detail", v.detail},       {"ttl_left_s", v.ttl_left_s},
-          {"active", v.active},       {"limit", LimitJson(v.limit)},
+  return out;
+}
+
+// True when tier `tier` holds an MX lookup: its hosts are grouped by MX preference.
+bool IsMxTier(const std::vector<RouteItem>& items, uint32_t tier) {
+  for (const RouteItem& it : items) {
+    if (it.tier == tier && it.lookup == RouteLookup::kMx && !it.is_push()) return true;
+  }
+  return false;
+}
+
+std::string_view LookupName(const RouteItem& it) {
+  if (it.is_push()) return "push";
+  switch (it.lookup) {
+    case RouteLookup::kLiteral:
+      return "address";
+    case RouteLookup::kA:
+      return "A/AAAA lookup";
+    case RouteLookup::kMx:
+      return "MX lookup";
+  }
+  return "";
+}
+
+// What became of one route item in this view: the hosts it gave, or why it gave none.
+std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns) {
+  if (it.is_push()) {
+    return StrCat("not used here: ", RouteSchemeName(it.scheme),
+                  " is a push protocol (mxsched schedules SMTP connections only)");
+  }
+  size_t n = 0;
+  for (const auto& t : v.tiers) {
+    for (const auto& h : t.hosts) {
+      if (it.address                     ? *it.address == h.endpoint.address
+          : it.lookup == RouteLookup::kA ? h.name == it.host
+                                         : t.tier == it.tier) {
+        ++n;
+      }
+    }
+  }
+  if (n > 0) return StrCat(n, " host(s)");
+  if (it.lookup != RouteLookup::kLiteral && !have_dns) {
+    return "not looked up: no DNS resolver (--no-dns)";
+  }
+  if (v.state == RouteState::kPending) return "lookup still in progress";
+  if (it.lookup != RouteLookup::kLiteral) return "no usable address (see the route's detail)";
+  return "not used (listed earlier in the route, or prohibited)";
+}
+
+int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h) {
+  auto it = c.hosts.find(h.endpoint.ToString());
+  return it == c.hosts.end() ? -1 : it->second;
+}
+
+
+nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>& items,
+                              bool have_dns, const ClusterCounts& cluster) {
+  nlohmann::json item_json = nlohmann::json::array();
+  for (const RouteItem& it : items) {
+    item_json.push_back({{"item", it.text},
+                         {"protocol", RouteSchemeName(it.scheme)},
+                         {"lookup", LookupName(it)},
+                         {"tier", it.tier},
+                         {"status", ItemStatus(it, v, have_dns)}});
+  }
+  const auto shown = StableOrder(v, items);
+  nlohmann::json tiers = nlohmann::json::array();
+  for (size_t t = 0; t < v.tiers.size(); ++t) {
+    nlohmann::json hosts = nlohmann::json::array();
+    for (const DomainView::Host* hp : shown[t]) {
+      const DomainView::Host& h = *hp;
+      hosts.push_back(
+          {{"name", h.name},
+           {"address", h.endpoint.address.ToString()},
+           {"port", h.endpoint.port},
+           {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
+           {"active", h.active},
+           {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
+                                  ? nlohmann::json(HostClusterCount(cluster, h))
+                                  : nlohmann::json(nullptr)},
+           {"reachable", h.reachable},
+           {"seconds_since_failure", h.seconds_since_failure},
+           {"consecutive_failures", h.consecutive_failures},
+           {"configured_limit",
+            h.configured_limit == kUnlimited ? int64_t{-1} : int64_t{h.configured_limit}},
+           {"limit_moved", h.limit_moved},
+           {"busy_replies", h.busy_replies},
+           {"provider", h.group},
+           {"provider_limit", h.group_limit},
+           {"provider_active", h.group_active}});
+    }
+    const DomainView::Tier& tier = v.tiers[t];
+    tiers.push_back({{"tier", tier.tier},
+                     {"mx", IsMxTier(items, tier.tier)},
+                     {"mx_pref", tier.mx_pref},
+                     {"hosts", std::move(hosts)}});
+  }
+  return {{"domain", v.domain},
+          {"state", RouteStateName(v.state)},
+          {"detail", v.detail},
+          {"ttl_left_s", v.ttl_left_s},
+          {"active", v.active},
+          {"cluster_active",
+           cluster.enabled ? nlohmann::json(cluster.domain) : nlohmann::json(nullptr)},
+          {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
+          {"items", std::move(item_json)},
           {"tiers", std::move(tiers)}};
+}
+
+nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns) {
+  // The domain of a view is normalized already (DescribeResident/Describe).
+  return DomainViewJson(v, selector.config()->ForDomain(v.domain).routes, have_dns, {});
 }
 
 std::string HostStateName(const HostState& h, int64_t now_nanos) {

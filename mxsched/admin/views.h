@@ -5,19 +5,57 @@
 #define MXSCHED_ADMIN_VIEWS_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "mxsched/scheduler/host_registry.h"
+#include "mxsched/scheduler/routes.h"
 #include "mxsched/scheduler/selector.h"
 #include "nlohmann/json.hpp"
 
 namespace mxsched::admin {
 
-// {"domain", "state", "detail", "ttl_left_s", "active", "limit" (-1: unlimited), "tiers":
-// [{"tier", "mx_pref", "hosts": [{"name", "address", "port", "limit", "active", "reachable",
-// "seconds_since_failure", "consecutive_failures", "configured_limit", "limit_moved",
-// "busy_replies", "provider", "provider_limit", "provider_active"}]}]}
-nlohmann::json DomainViewJson(const DomainView& v);
+// With cluster_limits (docs/DESIGN.md §7): live leases in Redis per host key and per domain
+// key, as an observer sees them (-1: could not be read). `mxsched route` reads them; the
+// admin endpoint does not ask Redis from its request threads (enabled = false: the fields
+// are null).
+struct ClusterCounts {
+  bool enabled = false;
+  std::string error;  // Redis could not be asked
+  int64_t domain = -1;
+  std::map<std::string, int64_t> hosts;  // by endpoint text
+};
+
+// The route view (`mxsched route --json`, GET /domains/NAME): {"domain", "state", "detail",
+// "ttl_left_s", "active", "cluster_active" (null without cluster counts), "limit" (-1:
+// unlimited), "items": [{"item", "protocol", "lookup", "tier", "status"}], "tiers": [{"tier",
+// "mx" (filled by an MX lookup), "mx_pref", "hosts": [{"name", "address", "port", "limit",
+// "active", "cluster_active", "reachable", "seconds_since_failure", "consecutive_failures",
+// "configured_limit", "limit_moved", "busy_replies", "provider", "provider_limit",
+// "provider_active"}]}]}. Hosts in StableOrder. `items`: the domain's route items
+// (Config::ForDomain(domain).routes); `have_dns`: whether names were looked up at all.
+nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>& items,
+                              bool have_dns, const ClusterCounts& cluster = {});
+// The same for a domain of `selector`, its items from the selector's configuration; no
+// cluster counts.
+nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns);
+
+// Pieces of the view the CLI's human-readable `route` prints too:
+// each tier's hosts in a stable order (config order, then address) instead of the rotation
+// order, which starts at a random host in every process and moves on every Acquire — so no
+// host is marked "next" the way Momentum's long-running console does;
+std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& v,
+                                                              const std::vector<RouteItem>& items);
+// true when tier `tier` holds an MX lookup (its hosts are grouped by MX preference);
+bool IsMxTier(const std::vector<RouteItem>& items, uint32_t tier);
+// "address", "A/AAAA lookup", "MX lookup" or "push";
+std::string_view LookupName(const RouteItem& it);
+// what became of one route item in the view: the hosts it gave, or why it gave none;
+std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns);
+// the cluster-wide count of a host (-1: not read).
+int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h);
 
 // "up" (never failed or recovered), "failed" (inside host_failure_retry), "probe_due" (the
 // window passed: the next connection is the half-open probe), "probing" (the probe is out).

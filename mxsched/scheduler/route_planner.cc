@@ -352,9 +352,16 @@ PlannedRoute RoutePlanner::Plan(const Config& config, std::string_view domain) {
   }
   // A temporarily failed item elsewhere in the list: use what resolved, but look again soon.
   const uint32_t life = c.temp_detail().empty() ? ttl : std::min<uint32_t>(ttl, 30);
-  return Made(RouteSnapshot::Create(RouteState::kReady, ds.max_outbound_connections,
-                                    ds.mx_failures_to_delay, "", tiers, keys),
-              expiry(life));
+  // Items that gave nothing (an __mx__ that was NXDOMAIN beside a fallback host): the route
+  // is usable, and its detail says why those items are not in it (`mxsched route` points
+  // there). Such snapshots are shared only by domains whose items failed alike.
+  const std::string& failed = c.temp_detail().empty() ? c.perm_detail() : c.temp_detail();
+  return Made(
+      RouteSnapshot::Create(RouteState::kReady, ds.max_outbound_connections,
+                            ds.mx_failures_to_delay,
+                            failed.empty() ? "" : StrCat("items without addresses: ", failed),
+                            tiers, keys),
+      expiry(life));
 }
 
 }  // namespace mxsched

@@ -94,7 +94,9 @@ class RouteSnapshot {
   RouteState state_ = RouteState::kPending;
   int32_t refs_ = 0;    // RouteInterner: domains using it (under the interner's shard mutex)
   uint64_t hash_ = 0;   // ContentHash(), set when interned
-  std::unique_ptr<const std::string> detail_;  // set only for failures: keeps snapshots small
+  // Set only for failures and for ready routes some of whose items gave no address: keeps
+  // snapshots small.
+  std::unique_ptr<const std::string> detail_;
   // Followed in the same allocation by: HostState* hosts[num_hosts_];
   // uint16_t tier_ends[num_tiers_]; uint32_t keys[2 * num_tiers_].
 };
