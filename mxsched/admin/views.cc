@@ -4,9 +4,8 @@
 #include <tuple>
 #include <vector>
 
-#include "mxsched/base/strings.h"
-
 #include "mxsched/base/clock.h"
+#include "mxsched/base/strings.h"
 
 namespace mxsched::admin {
 
@@ -28,9 +27,6 @@ size_t ItemIndex(const std::vector<RouteItem>& items, const DomainView::Host& h)
 
 }  // namespace
 
-// The view for display: each tier's hosts in a stable order (config order, then address)
-// instead of the rotation order, which starts at a random host in every process and moves on
-// every Acquire — so no host is marked "next" the way Momentum's long-running console does.
 std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& v,
                                                               const std::vector<RouteItem>& items) {
   std::vector<std::vector<const DomainView::Host*>> out;
@@ -48,7 +44,6 @@ std::vector<std::vector<const DomainView::Host*>> StableOrder(const DomainView& 
   return out;
 }
 
-// True when tier `tier` holds an MX lookup: its hosts are grouped by MX preference.
 bool IsMxTier(const std::vector<RouteItem>& items, uint32_t tier) {
   for (const RouteItem& it : items) {
     if (it.tier == tier && it.lookup == RouteLookup::kMx && !it.is_push()) return true;

@@ -88,6 +88,26 @@ Host 10.0.11.7 { max_outbound_connections = 2 }
 // Every example of Momentum's `routes` reference page (conf.ref.routes), copied verbatim;
 // each is loaded as a configuration file of its own. The only edit: the page elides the rest
 // of the push stanzas with a line "  ...", which is dropped (it is not configuration).
+// Issue 24: "2 minutes" failed on the NEXT line ("expected '=' after option minutes").
+TEST(Config, WordsAfterAValueAreReportedAtTheValueWithWhatTheOptionExpects) {
+  EXPECT_EQ(ErrorOf("host_failure_retry = 2 minutes\nroutes = ( \"a.example\" )\n"),
+            "m.conf:1:22: option \"host_failure_retry\" expects a duration (e.g. 30, 90s, 5m) "
+            "in 0..86400 seconds, got \"2 minutes\"");
+  auto two = ParseConfig("connect_timeout = 30 host_failure_retry = 3m\n", "m.conf");
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(two->global.connect_timeout_s, 30u);
+  EXPECT_EQ(two->host_failure_retry_s, 180u);
+}
+
+TEST(Config, TypeMxOnAnAddressLoadsWithAWarning) {
+  auto c = ParseConfig(R"(routes = ( "smtp://1.2.3.4?type=mx" "smtp://mx.example?type=mx" ))",
+                       "m.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->warnings.size(), 1u);
+  EXPECT_EQ(c->warnings[0].rfind("m.conf:1:12: \"smtp://1.2.3.4?type=mx\": type=mx on an "
+                                 "address is ignored", 0), 0u) << c->warnings[0];
+}
+
 TEST(Config, EveryExampleOfTheMomentumRoutesPageLoads) {
   const char* examples[] = {
       R"(Routes = ( "smtp://1.2.3.4?pref=10&ttl=300&type=mx" ))",

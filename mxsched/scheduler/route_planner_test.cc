@@ -134,6 +134,12 @@ TEST_F(RoutePlannerTest, DnsItemsWithoutAResolverAreATemporaryFailureThatSaysWhy
   ASSERT_EQ(mixed->state(), RouteState::kReady) << "what resolved is used";
   EXPECT_EQ(Addresses(mixed->TierHosts(0)), (std::vector<std::string>{"192.0.2.9:25"}));
   EXPECT_EQ(mixed.expires_at, clock_.NowNanos() + 30 * kNanosPerSecond);
+  // ... and says why the other item is not in it (issue 24: `route` pointed at a detail
+  // that was ""); a route whose items all resolved has none.
+  EXPECT_EQ(mixed->detail(),
+            "items without addresses: 4.4.3 relay.example: needs DNS, and no resolver is "
+            "configured");
+  EXPECT_EQ(Plan(R"(routes = ( "192.0.2.9" ))", "example.com")->detail(), "");
 }
 
 TEST_F(RoutePlannerTest, PushRoutesAreNotConnectedAndADuplicateKeepsItsBestPlace) {
