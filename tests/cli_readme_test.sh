@@ -15,6 +15,10 @@ readme="$src/README.md"
 first=$(awk '/^```/{n++; next} n==1' "$readme")
 [ "$(cut -c1-17 <<<"$first")" = $'tools/dev.sh demo\ntools/dev.sh test' ] || fail "first block: $first"
 grep -qF 'cmake -S . -B build && cmake --build build' "$readme" || fail "plain CMake recipe"
+# Every package tools/dev.sh installs is in the dependency list.
+for p in $("$src/tools/dev.sh" print-packages test); do
+  grep -qF "\`$p\`" "$readme" || fail "README's dependencies lack $p"
+done
 grep -q 'mxsched::AdminServer' "$readme" && fail "README names mxsched::AdminServer"
 grep -qF 'mxsched::admin::AdminServer::Start(' "$readme" || fail "AdminServer example"
 grep -q '^namespace mxsched::admin {' "$src/mxsched/admin/admin_server.h" &&

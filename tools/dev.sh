@@ -3,7 +3,8 @@
 #   tools/dev.sh demo    install what building and running needs, build, run the demo
 #   tools/dev.sh test    install that plus the test peers, build, run every test: sanitizer
 #                        builds (ASan+UBSan, TSan), the fuzzers for a bounded time, then ctest
-#   tools/dev.sh build   install what building needs, build
+#   tools/dev.sh build   install what building needs (no test peer), build with the tests
+#                        and benchmarks
 #   tools/dev.sh bench   build and run the selector benchmarks (see bench/README.md)
 #   tools/dev.sh print-packages demo|build|test   the Debian packages that command installs
 # Debian 12 packages only. Installing needs root (or sudo); nothing is installed when all
@@ -15,27 +16,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Compiler, build tools and the -dev libraries of a build without tests and benchmarks.
+# Compiler, build tools and the -dev libraries of the library and the CLI.
 BUILD_PACKAGES=(build-essential cmake ninja-build pkg-config
                 liburing-dev libabsl-dev libc-ares-dev nlohmann-json3-dev libcli11-dev
                 libhiredis-dev prometheus-cpp-dev libcivetweb-dev libcurl4-openssl-dev)
 # What the demo uses at run time besides the build: gnuplot draws demo.png.
 DEMO_PACKAGES=(gnuplot-nox)
-# The test build's libraries and the peers the tests run against on loopback: Postfix for
-# smtp-sink/smtp-source, dnsmasq, redis-server/redis-sentinel (redis-cli comes with them),
-# promtool (prometheus), tmux (`top`), clang + its runtime for the fuzzers, python3 for the
-# test scripts, ccache to keep the four builds affordable.
-TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev python3 ccache
-               dnsmasq-base postfix redis-server redis-sentinel prometheus tmux
+# The tests' and benchmarks' own libraries and tools: `build` builds them too.
+DEV_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev python3 ccache)
+# The peers the tests run against on loopback: Postfix for smtp-sink/smtp-source, dnsmasq,
+# redis-server/redis-sentinel (redis-cli comes with them), promtool (prometheus), tmux
+# (`top`), and clang + its runtime for the fuzzers.
+PEER_PACKAGES=(dnsmasq-base postfix redis-server redis-sentinel prometheus tmux
                clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 
 # packages_for COMMAND: the packages COMMAND needs, one per line.
 packages_for() {
   case "$1" in
-    build) printf '%s\n' "${BUILD_PACKAGES[@]}" ;;
+    build) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEV_PACKAGES[@]}" ;;
     demo) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEMO_PACKAGES[@]}" ;;
-    test | bench) printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEMO_PACKAGES[@]}" "${TEST_PACKAGES[@]}" ;;
+    test | bench)
+      printf '%s\n' "${BUILD_PACKAGES[@]}" "${DEMO_PACKAGES[@]}" "${DEV_PACKAGES[@]}" \
+        "${PEER_PACKAGES[@]}" ;;
     *) echo "dev.sh: print-packages demo|build|test" >&2; return 2 ;;
   esac
 }
@@ -123,7 +126,7 @@ fuzz() {
 
 case "${1:-}" in
   print-packages) packages_for "${2:-}" ;;
-  build) install_deps build; build demo ;;
+  build) install_deps build; build ;;
   test)
     install_deps test; build
     if [ "${MXSCHED_QUICK:-0}" != 1 ]; then
