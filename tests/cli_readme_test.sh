@@ -21,8 +21,8 @@ for p in $("$src/tools/dev.sh" print-packages test); do
 done
 grep -q 'mxsched::AdminServer' "$readme" && fail "README names mxsched::AdminServer"
 grep -qF 'mxsched::admin::AdminServer::Start(' "$readme" || fail "AdminServer example"
-grep -q '^namespace mxsched::admin {' "$src/mxsched/admin/admin_server.h" &&
-  grep -q '^class AdminServer {' "$src/mxsched/admin/admin_server.h" || fail "AdminServer moved?"
+grep -q '^namespace mxsched::admin {' "$src/include/mxsched/admin/admin_server.h" &&
+  grep -q '^class AdminServer {' "$src/include/mxsched/admin/admin_server.h" || fail "AdminServer moved?"
 
 # The CLI list: a line "mxsched SUB ..." and its indented continuation lines per subcommand.
 python3 - "$readme" "$bin" <<'PY' || fail "README's CLI list"

@@ -60,11 +60,11 @@ std::string SpreadConfig(uint16_t port) {
 
 // The load report counts sessions cut short by the end of the run as deferred, kind
 // "stopped" (testbed/load.h); the demo runs "as many sessions as fit", so every run ends so.
-int64_t StoppedAtEnd(const io::LoadReport& r) {
+int64_t StoppedAtEnd(const testbed::LoadReport& r) {
   auto it = r.deferrals.find("stopped");
   return it == r.deferrals.end() ? 0 : it->second;
 }
-int64_t Deferred(const io::LoadReport& r) { return r.deferred - StoppedAtEnd(r); }
+int64_t Deferred(const testbed::LoadReport& r) { return r.deferred - StoppedAtEnd(r); }
 
 // "p50 / p99 ms", or "—" when no session got there (count 0).
 std::string PairMs(int64_t count, int64_t p50_us, int64_t p99_us) {
@@ -83,7 +83,7 @@ nlohmann::json MsOrNull(int64_t count, int64_t us) {
 // as many as fit, so "not_started" says nothing ("sessions" is "sessions_started" above),
 // and the report's "deferred" counts the sessions stopped at the end of the run.
 nlohmann::json ScenarioJson(const Scenario& sc, int seconds) {
-  const io::LoadReport& r = sc.report;
+  const testbed::LoadReport& r = sc.report;
   nlohmann::json details = nlohmann::json::parse(r.ToJson());
   for (const char* key : {"sessions", "not_started", "deferred", "stopped_by"}) details.erase(key);
   return {{"seconds", seconds},
