@@ -30,7 +30,6 @@ for name, sc in d.items():
     assert sc["connected"] + sc["deferred"] + sc["stopped_at_end_of_run"] + sc["failed"] \
         == sc["sessions_started"], name
     assert sc["stopped_at_end_of_run"] == sc["details"]["deferrals"].get("stopped", 0), name
-    assert sc["stopped_at_end_of_run"] > 0, f"{name}: 256 in flight, none stopped at the end?"
     row = [c.strip() for c in next(l for l in text.splitlines()
                                     if l.startswith(f"| {name} |")).split("|")[1:-1]]
     assert int(row[5]) == sc["deferred"] and int(row[6]) == sc["stopped_at_end_of_run"], row
