@@ -105,6 +105,12 @@ class ClusterLimitsTest : public ::testing::Test {
     if (RedisServerBinary() == nullptr) GTEST_SKIP() << "redis-server not installed";
     redis_ = std::make_unique<RedisServer>();
     ASSERT_TRUE(redis_->ok());
+    Establish();
+  }
+  // A fleet that has run for a while: its epoch key is past the warm-up (DESIGN §7 rule
+  // 4b), so the tests of other rules need not wait it out. Redis restarts lose it.
+  void Establish() {
+    ASSERT_EQ(redis_->Query({"SET", StrCat("{t", getpid(), "}:epoch"), "1:established"}), "OK");
   }
   ClusterOptions Options() {
     ClusterOptions o;
@@ -281,6 +287,8 @@ TEST_F(ClusterLimitsTest, RestartedRedisGetsTheOpenLeasesBack) {
   ASSERT_EQ(redis_->Query({"EXISTS", key}), "0");
   ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->stats().reregistered.load() >= 3; }));
   EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  // Alone in the fleet: back to normal by its next heartbeat, and it vouches for the store.
+  ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->mode() == io::ClusterMode::kNormal; }));
   // Scripts were lost with the restart: the next acquire still works (NOSCRIPT -> EVAL).
   auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
   ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
@@ -463,6 +471,90 @@ TEST_F(ClusterLimitsTest, FirstWorkerBackAfterARestartKeepsItsShareUntilTheOther
   a.leases.push_back(std::move(r->lease));
   EXPECT_EQ(a.limits->stats().mode_switches.load(), 2);
   EXPECT_EQ(b.limits->stats().mode_switches.load(), 2);
+}
+
+// Redis loses its keys (FLUSHALL, or a restart) while a worker holds every slot and sends
+// nothing: its heartbeat (at least once a second) notices the new epoch and re-registers
+// the leases by itself, and a newcomer that reaches the empty store first is granted
+// nothing during the warm-up (DESIGN §7 rule 4b) — the limit holds throughout.
+TEST_F(ClusterLimitsTest, IdleHolderReRegistersAfterFlushOrRestartAndNewcomerWaitsOutWarmUp) {
+  for (const bool restart : {false, true}) {
+    SCOPED_TRACE(restart ? "restart" : "FLUSHALL");
+    ClusterOptions o = Options();
+    o.name = StrCat(o.name, restart ? "r" : "f");
+    redis_->Query({"SET", StrCat("{", o.name, "}:epoch"), "1:established"});
+    Worker a(o);
+    std::vector<Loop*> only_a = {a.loop.get()};
+    const std::string key = a.limits->HostKey(Ep("127.0.0.9", 25));
+    for (int i = 0; i < 3; ++i) {
+      auto r = AcquireOnce(a, a.client->NewId(), {{key, 3}}, nullptr, only_a);
+      ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+      a.leases.push_back(std::move(r->lease));
+    }
+    if (restart) {
+      redis_->Stop(SIGKILL);
+      redis_->Start();
+      ASSERT_TRUE(redis_->ok());
+    } else {
+      ASSERT_EQ(redis_->Query({"FLUSHALL"}), "OK");
+    }
+    // The newcomer starts before the holder has sent anything: its heartbeat creates the
+    // new epoch; its acquire is refused for the warm-up, not for the count.
+    Worker b(o);
+    std::vector<Loop*> both = {a.loop.get(), b.loop.get()};
+    auto r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, {b.loop.get()});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+    EXPECT_NE(r->unavailable.find("warm-up"), std::string::npos) << r->unavailable;
+    // The holder's heartbeat alone puts its 3 back (no acquire, no release from it).
+    ASSERT_TRUE(PumpUntil(both, [&] { return a.limits->stats().store_resets.load() == 1; }, 5000));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+    // After the warm-up the count decides: still full. Never above the limit.
+    ASSERT_TRUE(PumpUntil(both, [&] {
+      r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, both);
+      EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+      return r->unavailable.empty();
+    }));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+    EXPECT_GE(b.limits->stats().warmup_refusals.load(), 1);
+    // The holder rejoins (alone before the reset, so at once) and frees one: b gets it.
+    ASSERT_TRUE(PumpUntil(both, [&] { return a.limits->mode() == io::ClusterMode::kNormal; }));
+    a.leases.pop_back();
+    ASSERT_TRUE(PumpUntil(both, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+    r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, both);
+    ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+    b.leases.push_back(std::move(r->lease));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  }
+}
+
+// A fleet's first start (no epoch key at all) pays the warm-up once: grants wait it out.
+TEST_F(ClusterLimitsTest, FirstStartOfAFleetWaitsOutTheWarmUpOnce) {
+  ClusterOptions o = Options();
+  o.name = StrCat(o.name, "new");
+  Worker a(o);
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->DomainKey("first.test");
+  TestWaiter w;
+  const std::string id = a.client->NewId();
+  auto r = AcquireOnce(a, id, {{key, 2}}, &w, loops);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+  EXPECT_NE(r->unavailable.find("warm-up"), std::string::npos);
+  // Re-checks (the last one due when the warm-up ends) until the grant.
+  ASSERT_TRUE(PumpUntil(
+      loops,
+      [&] {
+        if (w.woken == 0) return false;
+        w.woken = 0;
+        r = AcquireOnce(a, id, {{key, 2}}, &w, loops);
+        return r->verdict == ClusterClient::Verdict::kGranted;
+      },
+      5000));
+  a.leases.push_back(std::move(r->lease));
+  r = AcquireOnce(a, a.client->NewId(), {{key, 2}}, nullptr, loops);
+  ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);  // past the warm-up: no wait
+  a.leases.push_back(std::move(r->lease));
 }
 
 }  // namespace

@@ -7,6 +7,12 @@
 #                                      woken by the release's publish, not by a poll
 #   sigkilled_worker_slots_expire      a worker SIGKILLed holding every slot: the others
 #                                      proceed once its leases expire, never above 8
+#   idle_holder_survives_restart_and_flush
+#                                      a worker holds all 8 with long sessions and sends
+#                                      nothing; Redis is SIGKILLed and restarted (or
+#                                      FLUSHALLed), a newcomer starts at once: the holder's
+#                                      heartbeat re-registers, the newcomer waits out the
+#                                      warm-up, the farm never counts more than 8 (repeated)
 #   redis_killed_and_restarted         every session accounted, never above 8 (share mode,
 #                                      and the rejoin after the restart), mode switches away
 #                                      and back, NOSCRIPT handled
@@ -20,8 +26,11 @@ CLI=$(command -v redis-cli)
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -rf "$work"
+  for p in "${pids[@]}"; do
+    for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null; done  # under `timeout`
+    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  done
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 fail() {
@@ -76,7 +85,7 @@ CONF
 load() {
   local n=$1; shift
   timeout -s KILL 120 "$bin" load --config "$work/c.conf" --domains a.test \
-    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 60000 \
+    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms "${wait_ms:-60000}" \
     "$@" >"$work/$n.out" 2>"$work/$n.err" &
   last=$!
   pids+=($last)
@@ -104,6 +113,7 @@ farm_peak_now() {  # the farm writes its stats every second
   python3 -c "import json;print(max(a['peak'] for a in json.load(open('$work/farm.json'))['addresses']))" 2>/dev/null
 }
 
+if [ -z "${ONLY_RESETS:-}" ]; then
 echo "== three_workers_share_a_host_limit"
 load w1 --sessions 300 --concurrency 12 --hold-ms 20; a=$last
 load w2 --sessions 300 --concurrency 12 --hold-ms 20; b=$last
@@ -141,6 +151,34 @@ rm -f "$work/killed.json"
 check 'r["after"]["connected"] == 16'
 [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8"
 rm -f "$work/after.json"
+
+fi
+echo "== idle_holder_survives_restart_and_flush"
+# Rounds: RESET_ROUNDS restarts and as many FLUSHALLs (the issue's acceptance ran 10 each).
+rounds=${RESET_ROUNDS:-3}
+load idle --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 100; ih=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+for i in $(seq $((2 * rounds))); do
+  if [ "$i" -le "$rounds" ]; then
+    kill -9 "$redis_pid"; start_redis; how=restart
+  else
+    rcli flushall >/dev/null; how=flush
+  fi
+  wait_ms=2500 load newb --sessions 4 --concurrency 4 --hold-ms 10; nb=$last
+  wait "$nb"; rc=$?  # 1: none connected, as expected
+  [ $rc -le 1 ] || fail "newcomer exited $rc (round $i, $how)"
+  check 'r["newb"]["connected"] == 0 and r["newb"]["deferred"] == 4'
+  n=$(rcli zcard "$hostkey"); echo "round $i $how at $SECONDS s: $n"
+  [ "$n" = 8 ] || fail "holder's leases not re-registered (round $i, $how): $n; $(rcli zrange "$hostkey" 0 -1 withscores | tr '\n' ' ') $(rcli keys '*' | tr '\n' ' ')"
+  rm -f "$work/newb.json"
+done
+ended=$(date +%s.%N)  # the farm's stats written after this include every connection
+wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $ended" | bc)" = 1 ]'
+[ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8 across resets"
+[ "$(grep -c "lost its keys\|answers again" "$work/idle.err")" -ge $((2 * rounds)) ] ||
+  fail "the holder noticed $(grep -c "lost its keys\|answers again" "$work/idle.err") of $((2 * rounds)) resets"
+kill -TERM "$(child_of "$ih")"; wait "$ih"
+rm -f "$work/idle.json"
 
 echo "== redis_killed_and_restarted"
 # The workers run until each has come back to normal after the restart (a condition, not a
