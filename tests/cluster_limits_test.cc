@@ -7,8 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -60,6 +64,73 @@ class SilentListener {
   int fd_;
   uint16_t port_ = 0;
 };
+
+// A "Redis" on loopback that misbehaves on purpose: for each connection it waits for the
+// first command, then writes `reply` (and `stream_bytes` more bytes of 'x' after it, for a
+// huge bulk string that keeps coming), and holds the connection until the client closes it.
+// Bounded: a 10 s cap per connection.
+class MisbehavingRedis {
+ public:
+  explicit MisbehavingRedis(std::string reply, size_t stream_bytes = 0)
+      : reply_(std::move(reply)), stream_(stream_bytes) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+    listen(fd_, 8);
+    socklen_t len = sizeof(sin);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&sin), &len);
+    port_ = ntohs(sin.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~MisbehavingRedis() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+  }
+  std::string url() const { return StrCat("redis://127.0.0.1:", port_); }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      timeval tv{0, 100'000};
+      setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      char buf[4096];
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!stop_ && recv(c, buf, sizeof(buf), 0) <= 0 && std::chrono::steady_clock::now() < end) {
+      }
+      send(c, reply_.data(), reply_.size(), MSG_NOSIGNAL);
+      const std::string chunk(64 * 1024, 'x');
+      for (size_t sent = 0; sent < stream_ && !stop_ && std::chrono::steady_clock::now() < end;) {
+        const ssize_t n = send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN) break;  // the client dropped the connection
+        if (n > 0) sent += static_cast<size_t>(n);
+      }
+      while (!stop_ && std::chrono::steady_clock::now() < end) {
+        const ssize_t n = recv(c, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) break;  // closed by the client
+      }
+      close(c);
+    }
+  }
+  std::string reply_;
+  size_t stream_;
+  int fd_;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+long MaxRssKb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
 
 // One simulated worker process: its own ClusterLimits, loop and client.
 struct Worker {
@@ -152,6 +223,74 @@ TEST_F(ClusterLimitsTest, RedisConnectionRepliesInOrder) {
             [&](auto r) { got.push_back(r.ok() && r->is_error() ? "redis-error" : "?"); });
   ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 3; }));
   EXPECT_EQ(got, (std::vector<std::string>{"OK", "v", "redis-error"}));
+}
+
+// A hostile or broken Redis: every misbehaviour ends the command with an error naming it and
+// drops the connection — no abort (hiredis 0.14 asserts on an unrequested reply), no stall
+// on a huge declared array, no unbounded buffer for a huge string (DESIGN §7 rule 5a).
+TEST(RedisConnectionTest, MisbehavingRedisEndsInErrorsNeverAnAbortOrAStall) {
+  struct Case {
+    const char* name;
+    std::string reply;
+    size_t stream;
+    const char* expect;  // in the error, or "" when the first command's reply is fine
+  };
+  const Case cases[] = {
+      {"unrequested reply", "+PONG\r\n+SURPRISE\r\n", 0, ""},
+      {"huge array", "*2147483647\r\n", 0, "2147483647 elements"},
+      {"deep nesting", "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 0, "nested deeper"},
+      {"huge string", "$10000000000\r\n", 64u << 20, "buffered"},
+      {"long string", StrCat("$", 600 * 1024, "\r\n", std::string(600 * 1024, 'y'), "\r\n"), 0,
+       "614400 bytes"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    MisbehavingRedis fake(k.reply, k.stream);
+    auto loop = *Loop::Create(64);
+    io::RedisConnection c(loop.get(), {*ParseRedisUrl(fake.url()), 5000, 50});
+    const long rss_before = MaxRssKb();
+    std::vector<absl::StatusOr<io::RedisReply>> got;
+    c.Command({"PING"}, [&](auto r) { got.push_back(std::move(r)); });
+    // Bounded well below the 5 s command deadline: the reader's refusal, not the deadline.
+    ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return !got.empty() && c.failures() > 0; }, 4000));
+    if (*k.expect == '\0') {
+      ASSERT_TRUE(got[0].ok()) << got[0].status();
+      EXPECT_EQ(got[0]->str, "PONG");
+    } else {
+      ASSERT_FALSE(got[0].ok());
+      EXPECT_NE(got[0].status().message().find(k.expect), std::string_view::npos)
+          << got[0].status();
+    }
+    EXPECT_FALSE(c.connected());
+    EXPECT_LT(MaxRssKb() - rss_before, 32 * 1024) << "KB more resident";
+  }
+}
+
+// redis://HOST:PORT/99999: the SELECT fails and nothing queued behind it runs (in DB 0).
+TEST_F(ClusterLimitsTest, FailedSelectStopsTheCommandsQueuedBehindIt) {
+  auto loop = *Loop::Create(64);
+  io::RedisConnection c(loop.get(), {*ParseRedisUrl(StrCat(redis_->url(), "/99999")), 2000});
+  std::vector<absl::Status> got;
+  for (const char* k : {"k1", "k2"}) {
+    c.Command({"SET", k, "v"}, [&](auto r) {
+      got.push_back(!r.ok() ? r.status() : absl::OkStatus());
+    });
+  }
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 2; }));
+  for (const auto& s : got) {
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("SELECT 99999"), std::string_view::npos) << s;
+  }
+  EXPECT_EQ(redis_->Query({"EXISTS", "k1"}), "0");
+  EXPECT_EQ(redis_->Query({"EXISTS", "k2"}), "0");
+  // A good DB number: the held commands go out once the SELECT succeeded.
+  io::RedisConnection d(loop.get(), {*ParseRedisUrl(StrCat(redis_->url(), "/3")), 2000});
+  std::vector<std::string> ok;
+  d.Command({"SET", "k3", "v"}, [&](auto r) { ok.push_back(r.ok() ? r->str : "error"); });
+  d.Command({"GET", "k3"}, [&](auto r) { ok.push_back(r.ok() ? r->str : "error"); });
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return ok.size() == 2; }));
+  EXPECT_EQ(ok, (std::vector<std::string>{"OK", "v"}));
+  EXPECT_EQ(redis_->Query({"EXISTS", "k3"}), "0");  // in DB 3, not DB 0
 }
 
 TEST_F(ClusterLimitsTest, RedisThatNeverAnswersTimesOutEveryCommand) {

@@ -17,6 +17,8 @@
 #                                      and the rejoin after the restart), mode switches away
 #                                      and back, NOSCRIPT handled
 # Every process here is started by this script, bounded, and stopped by its PID.
+# ONLY_RESETS=1 runs only the last two scenarios; RESET_ROUNDS=N sets the rounds of
+# idle_holder_survives_restart_and_flush (default 3 of each); KEEP_WORK=1 keeps the files.
 # Exit 77 (skip) when redis-server is missing.
 set -u
 bin=$1
