@@ -492,17 +492,14 @@ TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
     EXPECT_GE(w.limits->stats().redis_errors.load(), 1);
     switch (mode) {
       case io::ClusterFailureMode::kShare: {
-        // Held nothing when Redis went away: nothing new for lease_seconds (the others may
-        // hold everything), then the floor of the share, 1 (no worker count ever seen).
-        EXPECT_EQ(granted, 0);
-        std::optional<ClusterClient::Result> r;
-        ASSERT_TRUE(PumpUntil(loops, [&] {
-          r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
-          return r->verdict == ClusterClient::Verdict::kGranted;
-        }));
-        w.leases.push_back(std::move(r->lease));
-        r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
+        // Never reached Redis: the startup share (cluster_startup_share, 1) at once, no more
+        // — and the refusal names Redis, not a limit.
+        EXPECT_EQ(granted, 1);
+        auto r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
         EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+        EXPECT_NE(r->unavailable.find("Redis unreachable, cluster_failure_mode = share"),
+                  std::string::npos)
+            << r->unavailable;
         break;
       }
       case io::ClusterFailureMode::kClosed:

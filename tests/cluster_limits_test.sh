@@ -13,6 +13,15 @@
 #                                      FLUSHALLed), a newcomer starts at once: the holder's
 #                                      heartbeat re-registers, the newcomer waits out the
 #                                      warm-up, the farm never counts more than 8 (repeated)
+#   embedded_connector_beside_a_full_fleet
+#                                      the README's embedding (example_worker) beside a
+#                                      load holding all 8: it connects nothing, the farm
+#                                      never counts more than 8; without the cluster client
+#                                      the Connector refuses, naming cluster_limits
+#   redis_down_at_start                a worker started while Redis is down: sessions it
+#                                      cannot open say "cluster limits unavailable ...
+#                                      share", it delivers within its startup share, and
+#                                      joins the fleet when Redis answers
 #   redis_killed_and_restarted         every session accounted, never above 8 (share mode,
 #                                      and the rejoin after the restart), mode switches away
 #                                      and back, NOSCRIPT handled
@@ -22,6 +31,7 @@
 # Exit 77 (skip) when redis-server is missing.
 set -u
 bin=$1
+example=${2:-}  # tools/example_worker: the README's embedding
 REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
 CLI=$(command -v redis-cli)
 [ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
@@ -154,6 +164,54 @@ check 'r["after"]["connected"] == 16'
 [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8"
 rm -f "$work/after.json"
 
+
+echo "== embedded_connector_beside_a_full_fleet"
+if [ -n "$example" ]; then
+  load full --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 60; fh=$last
+  wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+  out=$(timeout 20 "$example" "$work/c.conf" a.test a.test a.test) || fail "example_worker: $out"
+  [ "$(grep -c "deferred: 451 4.4.5 cluster-wide limit reached" <<<"$out")" = 3 ] ||
+    fail "embedded connector past the fleet limit: $out"
+  out=$(EXAMPLE_WORKER_NO_CLUSTER=1 timeout 20 "$example" "$work/c.conf" a.test) || fail "$out"
+  grep -q "deferred: 451 4.4.3 cluster limits unavailable: cluster_limits is set" <<<"$out" ||
+    fail "a Connector without the cluster client connected: $out"
+  kill -TERM "$(child_of "$fh")"; wait "$fh"
+  rm -f "$work/full.json"
+  ended=$(date +%s.%N)
+  wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $ended" | bc)" = 1 ]'
+  [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8 beside the embedding"
+fi
+
+echo "== redis_down_at_start"
+dport=$(free_port)
+sed "s/:$rport\"/:$dport\"/; s/cluster_name = \"$name\"/cluster_name = \"${name}d\"/" \
+  "$work/c.conf" >"$work/down.conf"
+timeout -s KILL 60 "$bin" load --config "$work/down.conf" --domains a.test --json "$work/down0.json" \
+  --sessions 12 --concurrency 4 --hold-ms 20 --wait-ms 0 >"$work/down0.out" 2>"$work/down0.err"
+python3 - "$work/down0.json" <<'PY' || fail "redis_down_at_start, --wait-ms 0: $(cat "$work/down0.out")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+ex = " | ".join(r["examples"].values())
+assert r["connected"] >= 1, r["connected"]                  # within the startup share
+assert "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = share" in ex, ex
+assert "cluster-wide limit" not in ex and "domain limit" not in ex, ex
+PY
+rm -f "$work/down0.json"
+timeout -s KILL 60 "$bin" load --config "$work/down.conf" --domains a.test --json "$work/down1.json" \
+  --sessions 24 --concurrency 4 --hold-ms 300 --wait-ms 20000 >"$work/down1.out" 2>"$work/down1.err" &
+dl=$!; pids+=($dl)
+wait_for 'grep -q unreachable "$work/down1.err"'
+timeout -s KILL 60 "$REDIS" --port "$dport" --bind 127.0.0.1 --save "" --appendonly no \
+  --logfile "" >/dev/null 2>&1 &
+pids+=($!)
+wait "$dl" || fail "worker started while Redis was down: $(cat "$work/down1.out")"
+python3 - "$work/down1.json" <<'PY' || fail "redis_down_at_start: $(cat "$work/down1.out")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["connected"] == 24, r["connected"]
+assert r["cluster"]["mode"] == "normal", r["cluster"]
+PY
+rm -f "$work/down1.json"
 fi
 echo "== idle_holder_survives_restart_and_flush"
 # Rounds: RESET_ROUNDS restarts and as many FLUSHALLs (the issue's acceptance ran 10 each).

@@ -254,6 +254,7 @@ absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Con
   o.redis = *url;
   o.name = config.cluster_name;
   o.lease_seconds = static_cast<int>(config.cluster_lease_seconds);
+  o.startup_share = config.cluster_startup_share;
   if (config.cluster_failure_mode == "closed") {
     o.failure_mode = ClusterFailureMode::kClosed;
   } else if (config.cluster_failure_mode == "open") {
@@ -337,6 +338,7 @@ void ClusterLimits::BeginRejoin(int64_t redis_now_ms) {
 
 bool ClusterLimits::NoteEpoch(const std::string& epoch, int64_t warm_left_ms) {
   MutexLock lock(&mu_);
+  reached_ = true;
   if (epoch == epoch_) {
     if (warm_left_ms == 0) knows_fleet_ = true;
     return false;
@@ -413,7 +415,11 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
     auto it = held_.find(k.key);
     const KeyHolding h = it == held_.end() ? KeyHolding{} : it->second;
     int64_t allowed = k.limit;
-    if (share) {
+    if (share && !reached_) {
+      // Never reached Redis: nothing known to share by, nothing held to keep to. The fixed
+      // startup share, at once (configurable: 0 waits for Redis).
+      allowed = std::min<int64_t>(k.limit, options_.startup_share);
+    } else if (share) {
       allowed = std::max<int64_t>(1, k.limit * std::min(mine, all) / all);
       // Right after the switch the others may still hold what only Redis knew: grow on no
       // key beyond what was held here then, so the fleet's total can only fall.

@@ -76,6 +76,9 @@ struct ClusterOptions {
   std::string name = "mxsched";
   int lease_seconds = 30;  // a dead worker's slots come back within this
   ClusterFailureMode failure_mode = ClusterFailureMode::kShare;
+  // Share mode, before this process has ever reached Redis: per key it may hold this many
+  // at once (it knows neither the fleet's size nor what the others hold; DESIGN §7 rule 6).
+  int startup_share = 1;
   int timeout_ms = 1000;     // per Redis command
   int recheck_ms = 1000;     // waiters look again at least this often
   int waiter_ttl_ms = 3000;  // a waiter not seen for this long is dropped from the queue
@@ -198,6 +201,7 @@ class ClusterLimits {
   absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
   std::string epoch_ ABSL_GUARDED_BY(mu_);  // the fleet epoch last seen
   bool knows_fleet_ ABSL_GUARDED_BY(mu_) = false;  // may vouch for epoch_ (Vouch)
+  bool reached_ ABSL_GUARDED_BY(mu_) = false;      // Redis answered a script at least once
   Stats stats_;
 };
 

@@ -114,6 +114,18 @@ struct Connector::Session {
   void Start(Lease l) {
     lease = std::move(l);
     if (connector->options_.cluster != nullptr) return ClusterStep();
+    if (!connector->CurrentConfig().cluster_limits.empty()) {
+      // The configuration asks for fleet limits and nobody gave this connector the client
+      // that enforces them: per-process limits would silently exceed the fleet's.
+      lease.Release();
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = DeferReason::kTempFailure;
+      r.reason =
+          "451 4.4.3 cluster limits unavailable: cluster_limits is set but this Connector has "
+          "no cluster client (ConnectorOptions::cluster; DESIGN §7)";
+      return Finish(std::move(r));
+    }
     Open();
   }
 
