@@ -630,6 +630,8 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     c.redis_errors = st.redis_errors.load();
     c.noscript = st.noscript.load();
     c.mode_switches = st.mode_switches.load();
+    c.store_resets = st.store_resets.load();
+    c.warmup_refusals = st.warmup_refusals.load();
     c.commands = st.commands.load();
     c.live_workers = options.cluster->live_workers();
     c.mode = options.cluster->degraded()
@@ -670,6 +672,8 @@ std::string LoadReport::ToJson() const {
                     {"redis_errors", c.redis_errors},
                     {"noscript", c.noscript},
                     {"mode_switches", c.mode_switches},
+                    {"store_resets", c.store_resets},
+                    {"warmup_refusals", c.warmup_refusals},
                     {"redis_commands", c.commands},
                     {"live_workers", c.live_workers},
                     {"mode", c.mode}};

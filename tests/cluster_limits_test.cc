@@ -7,8 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
+#include <atomic>
 #include <chrono>
 #include <functional>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -61,6 +65,73 @@ class SilentListener {
   uint16_t port_ = 0;
 };
 
+// A "Redis" on loopback that misbehaves on purpose: for each connection it waits for the
+// first command, then writes `reply` (and `stream_bytes` more bytes of 'x' after it, for a
+// huge bulk string that keeps coming), and holds the connection until the client closes it.
+// Bounded: a 10 s cap per connection.
+class MisbehavingRedis {
+ public:
+  explicit MisbehavingRedis(std::string reply, size_t stream_bytes = 0)
+      : reply_(std::move(reply)), stream_(stream_bytes) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+    listen(fd_, 8);
+    socklen_t len = sizeof(sin);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&sin), &len);
+    port_ = ntohs(sin.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~MisbehavingRedis() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    close(fd_);
+  }
+  std::string url() const { return StrCat("redis://127.0.0.1:", port_); }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) return;
+      timeval tv{0, 100'000};
+      setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+      char buf[4096];
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!stop_ && recv(c, buf, sizeof(buf), 0) <= 0 && std::chrono::steady_clock::now() < end) {
+      }
+      send(c, reply_.data(), reply_.size(), MSG_NOSIGNAL);
+      const std::string chunk(64 * 1024, 'x');
+      for (size_t sent = 0; sent < stream_ && !stop_ && std::chrono::steady_clock::now() < end;) {
+        const ssize_t n = send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN) break;  // the client dropped the connection
+        if (n > 0) sent += static_cast<size_t>(n);
+      }
+      while (!stop_ && std::chrono::steady_clock::now() < end) {
+        const ssize_t n = recv(c, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) break;  // closed by the client
+      }
+      close(c);
+    }
+  }
+  std::string reply_;
+  size_t stream_;
+  int fd_;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+long MaxRssKb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
 // One simulated worker process: its own ClusterLimits, loop and client.
 struct Worker {
   explicit Worker(ClusterOptions o, bool wait_subscribed = true) {
@@ -105,6 +176,12 @@ class ClusterLimitsTest : public ::testing::Test {
     if (RedisServerBinary() == nullptr) GTEST_SKIP() << "redis-server not installed";
     redis_ = std::make_unique<RedisServer>();
     ASSERT_TRUE(redis_->ok());
+    Establish();
+  }
+  // A fleet that has run for a while: its epoch key is past the warm-up (DESIGN §7 rule
+  // 4b), so the tests of other rules need not wait it out. Redis restarts lose it.
+  void Establish() {
+    ASSERT_EQ(redis_->Query({"SET", StrCat("{t", getpid(), "}:epoch"), "1:established"}), "OK");
   }
   ClusterOptions Options() {
     ClusterOptions o;
@@ -146,6 +223,74 @@ TEST_F(ClusterLimitsTest, RedisConnectionRepliesInOrder) {
             [&](auto r) { got.push_back(r.ok() && r->is_error() ? "redis-error" : "?"); });
   ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 3; }));
   EXPECT_EQ(got, (std::vector<std::string>{"OK", "v", "redis-error"}));
+}
+
+// A hostile or broken Redis: every misbehaviour ends the command with an error naming it and
+// drops the connection — no abort (hiredis 0.14 asserts on an unrequested reply), no stall
+// on a huge declared array, no unbounded buffer for a huge string (DESIGN §7 rule 5a).
+TEST(RedisConnectionTest, MisbehavingRedisEndsInErrorsNeverAnAbortOrAStall) {
+  struct Case {
+    const char* name;
+    std::string reply;
+    size_t stream;
+    const char* expect;  // in the error, or "" when the first command's reply is fine
+  };
+  const Case cases[] = {
+      {"unrequested reply", "+PONG\r\n+SURPRISE\r\n", 0, ""},
+      {"huge array", "*2147483647\r\n", 0, "2147483647 elements"},
+      {"deep nesting", "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", 0, "nested deeper"},
+      {"huge string", "$10000000000\r\n", 64u << 20, "buffered"},
+      {"long string", StrCat("$", 600 * 1024, "\r\n", std::string(600 * 1024, 'y'), "\r\n"), 0,
+       "614400 bytes"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    MisbehavingRedis fake(k.reply, k.stream);
+    auto loop = *Loop::Create(64);
+    io::RedisConnection c(loop.get(), {*ParseRedisUrl(fake.url()), 5000, 50});
+    const long rss_before = MaxRssKb();
+    std::vector<absl::StatusOr<io::RedisReply>> got;
+    c.Command({"PING"}, [&](auto r) { got.push_back(std::move(r)); });
+    // Bounded well below the 5 s command deadline: the reader's refusal, not the deadline.
+    ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return !got.empty() && c.failures() > 0; }, 4000));
+    if (*k.expect == '\0') {
+      ASSERT_TRUE(got[0].ok()) << got[0].status();
+      EXPECT_EQ(got[0]->str, "PONG");
+    } else {
+      ASSERT_FALSE(got[0].ok());
+      EXPECT_NE(got[0].status().message().find(k.expect), std::string_view::npos)
+          << got[0].status();
+    }
+    EXPECT_FALSE(c.connected());
+    EXPECT_LT(MaxRssKb() - rss_before, 32 * 1024) << "KB more resident";
+  }
+}
+
+// redis://HOST:PORT/99999: the SELECT fails and nothing queued behind it runs (in DB 0).
+TEST_F(ClusterLimitsTest, FailedSelectStopsTheCommandsQueuedBehindIt) {
+  auto loop = *Loop::Create(64);
+  io::RedisConnection c(loop.get(), {*ParseRedisUrl(StrCat(redis_->url(), "/99999")), 2000});
+  std::vector<absl::Status> got;
+  for (const char* k : {"k1", "k2"}) {
+    c.Command({"SET", k, "v"}, [&](auto r) {
+      got.push_back(!r.ok() ? r.status() : absl::OkStatus());
+    });
+  }
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return got.size() == 2; }));
+  for (const auto& s : got) {
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("SELECT 99999"), std::string_view::npos) << s;
+  }
+  EXPECT_EQ(redis_->Query({"EXISTS", "k1"}), "0");
+  EXPECT_EQ(redis_->Query({"EXISTS", "k2"}), "0");
+  // A good DB number: the held commands go out once the SELECT succeeded.
+  io::RedisConnection d(loop.get(), {*ParseRedisUrl(StrCat(redis_->url(), "/3")), 2000});
+  std::vector<std::string> ok;
+  d.Command({"SET", "k3", "v"}, [&](auto r) { ok.push_back(r.ok() ? r->str : "error"); });
+  d.Command({"GET", "k3"}, [&](auto r) { ok.push_back(r.ok() ? r->str : "error"); });
+  ASSERT_TRUE(PumpUntil({loop.get()}, [&] { return ok.size() == 2; }));
+  EXPECT_EQ(ok, (std::vector<std::string>{"OK", "v"}));
+  EXPECT_EQ(redis_->Query({"EXISTS", "k3"}), "0");  // in DB 3, not DB 0
 }
 
 TEST_F(ClusterLimitsTest, RedisThatNeverAnswersTimesOutEveryCommand) {
@@ -281,6 +426,8 @@ TEST_F(ClusterLimitsTest, RestartedRedisGetsTheOpenLeasesBack) {
   ASSERT_EQ(redis_->Query({"EXISTS", key}), "0");
   ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->stats().reregistered.load() >= 3; }));
   EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  // Alone in the fleet: back to normal by its next heartbeat, and it vouches for the store.
+  ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->mode() == io::ClusterMode::kNormal; }));
   // Scripts were lost with the restart: the next acquire still works (NOSCRIPT -> EVAL).
   auto r = AcquireOnce(a, a.client->NewId(), {{key, 8}}, nullptr, loops);
   ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
@@ -345,17 +492,14 @@ TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
     EXPECT_GE(w.limits->stats().redis_errors.load(), 1);
     switch (mode) {
       case io::ClusterFailureMode::kShare: {
-        // Held nothing when Redis went away: nothing new for lease_seconds (the others may
-        // hold everything), then the floor of the share, 1 (no worker count ever seen).
-        EXPECT_EQ(granted, 0);
-        std::optional<ClusterClient::Result> r;
-        ASSERT_TRUE(PumpUntil(loops, [&] {
-          r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
-          return r->verdict == ClusterClient::Verdict::kGranted;
-        }));
-        w.leases.push_back(std::move(r->lease));
-        r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
+        // Never reached Redis: the startup share (cluster_startup_share, 1) at once, no more
+        // — and the refusal names Redis, not a limit.
+        EXPECT_EQ(granted, 1);
+        auto r = AcquireOnce(w, w.client->NewId(), {{key, 8}}, nullptr, loops);
         EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+        EXPECT_NE(r->unavailable.find("Redis unreachable, cluster_failure_mode = share"),
+                  std::string::npos)
+            << r->unavailable;
         break;
       }
       case io::ClusterFailureMode::kClosed:
@@ -463,6 +607,90 @@ TEST_F(ClusterLimitsTest, FirstWorkerBackAfterARestartKeepsItsShareUntilTheOther
   a.leases.push_back(std::move(r->lease));
   EXPECT_EQ(a.limits->stats().mode_switches.load(), 2);
   EXPECT_EQ(b.limits->stats().mode_switches.load(), 2);
+}
+
+// Redis loses its keys (FLUSHALL, or a restart) while a worker holds every slot and sends
+// nothing: its heartbeat (at least once a second) notices the new epoch and re-registers
+// the leases by itself, and a newcomer that reaches the empty store first is granted
+// nothing during the warm-up (DESIGN §7 rule 4b) — the limit holds throughout.
+TEST_F(ClusterLimitsTest, IdleHolderReRegistersAfterFlushOrRestartAndNewcomerWaitsOutWarmUp) {
+  for (const bool restart : {false, true}) {
+    SCOPED_TRACE(restart ? "restart" : "FLUSHALL");
+    ClusterOptions o = Options();
+    o.name = StrCat(o.name, restart ? "r" : "f");
+    redis_->Query({"SET", StrCat("{", o.name, "}:epoch"), "1:established"});
+    Worker a(o);
+    std::vector<Loop*> only_a = {a.loop.get()};
+    const std::string key = a.limits->HostKey(Ep("127.0.0.9", 25));
+    for (int i = 0; i < 3; ++i) {
+      auto r = AcquireOnce(a, a.client->NewId(), {{key, 3}}, nullptr, only_a);
+      ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+      a.leases.push_back(std::move(r->lease));
+    }
+    if (restart) {
+      redis_->Stop(SIGKILL);
+      redis_->Start();
+      ASSERT_TRUE(redis_->ok());
+    } else {
+      ASSERT_EQ(redis_->Query({"FLUSHALL"}), "OK");
+    }
+    // The newcomer starts before the holder has sent anything: its heartbeat creates the
+    // new epoch; its acquire is refused for the warm-up, not for the count.
+    Worker b(o);
+    std::vector<Loop*> both = {a.loop.get(), b.loop.get()};
+    auto r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, {b.loop.get()});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+    EXPECT_NE(r->unavailable.find("warm-up"), std::string::npos) << r->unavailable;
+    // The holder's heartbeat alone puts its 3 back (no acquire, no release from it).
+    ASSERT_TRUE(PumpUntil(both, [&] { return a.limits->stats().store_resets.load() == 1; }, 5000));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+    // After the warm-up the count decides: still full. Never above the limit.
+    ASSERT_TRUE(PumpUntil(both, [&] {
+      r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, both);
+      EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+      return r->unavailable.empty();
+    }));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+    EXPECT_GE(b.limits->stats().warmup_refusals.load(), 1);
+    // The holder rejoins (alone before the reset, so at once) and frees one: b gets it.
+    ASSERT_TRUE(PumpUntil(both, [&] { return a.limits->mode() == io::ClusterMode::kNormal; }));
+    a.leases.pop_back();
+    ASSERT_TRUE(PumpUntil(both, [&] { return redis_->Query({"ZCARD", key}) == "2"; }));
+    r = AcquireOnce(b, b.client->NewId(), {{key, 3}}, nullptr, both);
+    ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+    b.leases.push_back(std::move(r->lease));
+    EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  }
+}
+
+// A fleet's first start (no epoch key at all) pays the warm-up once: grants wait it out.
+TEST_F(ClusterLimitsTest, FirstStartOfAFleetWaitsOutTheWarmUpOnce) {
+  ClusterOptions o = Options();
+  o.name = StrCat(o.name, "new");
+  Worker a(o);
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->DomainKey("first.test");
+  TestWaiter w;
+  const std::string id = a.client->NewId();
+  auto r = AcquireOnce(a, id, {{key, 2}}, &w, loops);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kFull);
+  EXPECT_NE(r->unavailable.find("warm-up"), std::string::npos);
+  // Re-checks (the last one due when the warm-up ends) until the grant.
+  ASSERT_TRUE(PumpUntil(
+      loops,
+      [&] {
+        if (w.woken == 0) return false;
+        w.woken = 0;
+        r = AcquireOnce(a, id, {{key, 2}}, &w, loops);
+        return r->verdict == ClusterClient::Verdict::kGranted;
+      },
+      5000));
+  a.leases.push_back(std::move(r->lease));
+  r = AcquireOnce(a, a.client->NewId(), {{key, 2}}, nullptr, loops);
+  ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);  // past the warm-up: no wait
+  a.leases.push_back(std::move(r->lease));
 }
 
 }  // namespace

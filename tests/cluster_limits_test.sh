@@ -7,21 +7,42 @@
 #                                      woken by the release's publish, not by a poll
 #   sigkilled_worker_slots_expire      a worker SIGKILLed holding every slot: the others
 #                                      proceed once its leases expire, never above 8
+#   idle_holder_survives_restart_and_flush
+#                                      a worker holds all 8 with long sessions and sends
+#                                      nothing; Redis is SIGKILLed and restarted (or
+#                                      FLUSHALLed), a newcomer starts at once: the holder's
+#                                      heartbeat re-registers, the newcomer waits out the
+#                                      warm-up, the farm never counts more than 8 (repeated)
+#   embedded_connector_beside_a_full_fleet
+#                                      the README's embedding (example_worker) beside a
+#                                      load holding all 8: it connects nothing, the farm
+#                                      never counts more than 8; without the cluster client
+#                                      the Connector refuses, naming cluster_limits
+#   redis_down_at_start                a worker started while Redis is down: sessions it
+#                                      cannot open say "cluster limits unavailable ...
+#                                      share", it delivers within its startup share, and
+#                                      joins the fleet when Redis answers
 #   redis_killed_and_restarted         every session accounted, never above 8 (share mode,
 #                                      and the rejoin after the restart), mode switches away
 #                                      and back, NOSCRIPT handled
 # Every process here is started by this script, bounded, and stopped by its PID.
+# ONLY_RESETS=1 runs only the last two scenarios; RESET_ROUNDS=N sets the rounds of
+# idle_holder_survives_restart_and_flush (default 3 of each); KEEP_WORK=1 keeps the files.
 # Exit 77 (skip) when redis-server is missing.
 set -u
 bin=$1
+example=${2:-}  # tools/example_worker: the README's embedding
 REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
 CLI=$(command -v redis-cli)
 [ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -rf "$work"
+  for p in "${pids[@]}"; do
+    for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null; done  # under `timeout`
+    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  done
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT
 fail() {
@@ -76,7 +97,7 @@ CONF
 load() {
   local n=$1; shift
   timeout -s KILL 120 "$bin" load --config "$work/c.conf" --domains a.test \
-    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 60000 \
+    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms "${wait_ms:-60000}" \
     "$@" >"$work/$n.out" 2>"$work/$n.err" &
   last=$!
   pids+=($last)
@@ -104,6 +125,7 @@ farm_peak_now() {  # the farm writes its stats every second
   python3 -c "import json;print(max(a['peak'] for a in json.load(open('$work/farm.json'))['addresses']))" 2>/dev/null
 }
 
+if [ -z "${ONLY_RESETS:-}" ]; then
 echo "== three_workers_share_a_host_limit"
 load w1 --sessions 300 --concurrency 12 --hold-ms 20; a=$last
 load w2 --sessions 300 --concurrency 12 --hold-ms 20; b=$last
@@ -141,6 +163,82 @@ rm -f "$work/killed.json"
 check 'r["after"]["connected"] == 16'
 [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8"
 rm -f "$work/after.json"
+
+
+echo "== embedded_connector_beside_a_full_fleet"
+if [ -n "$example" ]; then
+  load full --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 60; fh=$last
+  wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+  out=$(timeout 20 "$example" "$work/c.conf" a.test a.test a.test) || fail "example_worker: $out"
+  [ "$(grep -c "deferred: 451 4.4.5 cluster-wide limit reached" <<<"$out")" = 3 ] ||
+    fail "embedded connector past the fleet limit: $out"
+  out=$(EXAMPLE_WORKER_NO_CLUSTER=1 timeout 20 "$example" "$work/c.conf" a.test) || fail "$out"
+  grep -q "deferred: 451 4.4.3 cluster limits unavailable: cluster_limits is set" <<<"$out" ||
+    fail "a Connector without the cluster client connected: $out"
+  kill -TERM "$(child_of "$fh")"; wait "$fh"
+  rm -f "$work/full.json"
+  ended=$(date +%s.%N)
+  wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $ended" | bc)" = 1 ]'
+  [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8 beside the embedding"
+fi
+
+echo "== redis_down_at_start"
+dport=$(free_port)
+sed "s/:$rport\"/:$dport\"/; s/cluster_name = \"$name\"/cluster_name = \"${name}d\"/" \
+  "$work/c.conf" >"$work/down.conf"
+timeout -s KILL 60 "$bin" load --config "$work/down.conf" --domains a.test --json "$work/down0.json" \
+  --sessions 12 --concurrency 4 --hold-ms 20 --wait-ms 0 >"$work/down0.out" 2>"$work/down0.err"
+python3 - "$work/down0.json" <<'PY' || fail "redis_down_at_start, --wait-ms 0: $(cat "$work/down0.out")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+ex = " | ".join(r["examples"].values())
+assert r["connected"] >= 1, r["connected"]                  # within the startup share
+assert "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = share" in ex, ex
+assert "cluster-wide limit" not in ex and "domain limit" not in ex, ex
+PY
+rm -f "$work/down0.json"
+timeout -s KILL 60 "$bin" load --config "$work/down.conf" --domains a.test --json "$work/down1.json" \
+  --sessions 24 --concurrency 4 --hold-ms 300 --wait-ms 20000 >"$work/down1.out" 2>"$work/down1.err" &
+dl=$!; pids+=($dl)
+wait_for 'grep -q unreachable "$work/down1.err"'
+timeout -s KILL 60 "$REDIS" --port "$dport" --bind 127.0.0.1 --save "" --appendonly no \
+  --logfile "" >/dev/null 2>&1 &
+pids+=($!)
+wait "$dl" || fail "worker started while Redis was down: $(cat "$work/down1.out")"
+python3 - "$work/down1.json" <<'PY' || fail "redis_down_at_start: $(cat "$work/down1.out")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["connected"] == 24, r["connected"]
+assert r["cluster"]["mode"] == "normal", r["cluster"]
+PY
+rm -f "$work/down1.json"
+fi
+echo "== idle_holder_survives_restart_and_flush"
+# Rounds: RESET_ROUNDS restarts and as many FLUSHALLs (the issue's acceptance ran 10 each).
+rounds=${RESET_ROUNDS:-3}
+load idle --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 100; ih=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+for i in $(seq $((2 * rounds))); do
+  if [ "$i" -le "$rounds" ]; then
+    kill -9 "$redis_pid"; start_redis; how=restart
+  else
+    rcli flushall >/dev/null; how=flush
+  fi
+  wait_ms=2500 load newb --sessions 4 --concurrency 4 --hold-ms 10; nb=$last
+  wait "$nb"; rc=$?  # 1: none connected, as expected
+  [ $rc -le 1 ] || fail "newcomer exited $rc (round $i, $how)"
+  check 'r["newb"]["connected"] == 0 and r["newb"]["deferred"] == 4'
+  n=$(rcli zcard "$hostkey"); echo "round $i $how at $SECONDS s: $n"
+  [ "$n" = 8 ] || fail "holder's leases not re-registered (round $i, $how): $n; $(rcli zrange "$hostkey" 0 -1 withscores | tr '\n' ' ') $(rcli keys '*' | tr '\n' ' ')"
+  rm -f "$work/newb.json"
+done
+ended=$(date +%s.%N)  # the farm's stats written after this include every connection
+wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $ended" | bc)" = 1 ]'
+[ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8 across resets"
+[ "$(grep -c "lost its keys\|answers again" "$work/idle.err")" -ge $((2 * rounds)) ] ||
+  fail "the holder noticed $(grep -c "lost its keys\|answers again" "$work/idle.err") of $((2 * rounds)) resets"
+kill -TERM "$(child_of "$ih")"; wait "$ih"
+rm -f "$work/idle.json"
 
 echo "== redis_killed_and_restarted"
 # The workers run until each has come back to normal after the restart (a condition, not a

@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
+#include "mxsched/io/cluster_limits.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/io/resolver.h"
 
@@ -34,7 +36,23 @@ int main(int argc, char** argv) {
   if (!loop.ok()) return 1;
   mxsched::io::DnsCache cache;  // one per process, shared by all workers
   mxsched::Selector selector(config, {.resolver = dns.empty() ? nullptr : &cache});
-  mxsched::io::Connector connector(loop->get(), &selector);
+  // cluster_limits set: the fleet's client, on this loop (the Connector refuses to connect
+  // without it). It outlives the connector and every lease.
+  auto cluster = mxsched::io::ClusterOptionsFromConfig(*config);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(cluster.status().message()).c_str());
+    return 2;
+  }
+  std::shared_ptr<mxsched::io::ClusterLimits> limits;  // one per process
+  std::unique_ptr<mxsched::io::ClusterClient> client;  // one per loop
+  mxsched::io::ConnectorOptions options;
+  if (cluster->has_value()) {
+    limits = std::make_shared<mxsched::io::ClusterLimits>(**cluster);
+    client = std::make_unique<mxsched::io::ClusterClient>(loop->get(), limits);
+    options.cluster = client.get();
+  }
+  if (getenv("EXAMPLE_WORKER_NO_CLUSTER") != nullptr) options.cluster = nullptr;  // tests
+  mxsched::io::Connector connector(loop->get(), &selector, options);
   std::unique_ptr<mxsched::io::DnsClient> resolver;
   if (!dns.empty()) {
     auto c = mxsched::io::DnsClient::Create(loop->get(), &cache, dns);
@@ -55,8 +73,9 @@ int main(int argc, char** argv) {
                   r.lease.endpoint().ToString().c_str(), r.attempts, r.greeting.c_str());
       // ... EHLO, MAIL, RCPT, DATA would go here ...
       [[maybe_unused]] ssize_t n = write(r.fd, "QUIT\r\n", 6);
-      close(r.fd);        // first the socket,
-      r.lease.Release();  // then the slot: the MX never sees limit + 1
+      close(r.fd);                // first the socket,
+      r.lease.Release();          // then the slot: the MX never sees limit + 1
+      r.cluster_lease.Release();  // and the fleet's
     });
   }
   while (connector.in_flight() > 0) (*loop)->RunOnce(-1);

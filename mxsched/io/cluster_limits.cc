@@ -19,23 +19,47 @@ constexpr int64_t kMs = 1'000'000;
 constexpr int kTickMs = 100;
 constexpr int kProbeMs = 500;
 constexpr size_t kMaxOwed = 100'000;
+constexpr char kAnyEpoch[] = "*";  // acquire within this process's rejoin share
+
+// BORN_MS of a fleet epoch "BORN_MS:CREATOR" (Redis clock).
+int64_t EpochBorn(const std::string& epoch) {
+  int64_t v = 0;
+  for (char c : epoch) {
+    if (c < '0' || c > '9') break;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
 
 // KEYS: per limit key K, three keys: K (leases), K:w (waiters by wait start), K:wx (waiter
-// expiry); then the workers set. ARGV: id, lease_ms, wait (0/1), waiter_ttl_ms, then one
-// limit per key. Returns {1, 0, counts..., clients} when every key had room (lease added to
-// each), else {0, full_mask, counts..., clients} (clients: members of the workers set, so
-// the share a failure would fall back to is as fresh as the last acquire; bit i-1 of
-// full_mask set when key i was full; with wait=1 the id queued
-// there, keeping its place if already queued). A key has room for `id` when its live leases
-// plus the waiters queued ahead of `id` (all of them, if `id` is not queued) are below the
-// limit: a freed slot goes to the longest waiter, not to whoever asks first.
+// expiry); then the fleet epoch key and the workers set. ARGV: id, lease_ms, wait (0/1),
+// waiter_ttl_ms, warmup_ms, creator (client id, for a new epoch), vouch (the epoch the
+// caller vouches Redis knows the fleet in, "*" within its rejoin share, or ""), then one limit per key. Returns {granted
+// (1/0), full_mask, clients, epoch, warm_left_ms, counts...} (clients: members of the
+// workers set, so the share a failure would fall back to is as fresh as the last acquire;
+// bit i-1 of full_mask set when key i was full; with wait=1 the id queued there, keeping
+// its place if already queued). A key has room for `id` when its live leases plus the
+// waiters queued ahead of `id` (all of them, if `id` is not queued) are below the limit: a
+// freed slot goes to the longest waiter, not to whoever asks first.
+// The epoch key ("BORN_MS:CREATOR") is created when missing — Redis restarted, flushed, or
+// the fleet's first start — and for warmup_ms after BORN_MS (the warm-up) nothing is granted
+// to a caller that does not vouch for this epoch: the survivors of the old store re-register
+// their leases by their next heartbeat (DESIGN §7 rule 4b).
 constexpr char kAcquireLua[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
-local n = (#KEYS - 1) / 3
+local n = (#KEYS - 2) / 3
 local clients = redis.call('ZCARD', KEYS[#KEYS])
+local ep = redis.call('GET', KEYS[#KEYS - 1])
+if not ep then
+  ep = now .. ':' .. ARGV[6]
+  redis.call('SET', KEYS[#KEYS - 1], ep)
+end
+local warm_left = tonumber(string.match(ep, '^(%d+)') or 0) + tonumber(ARGV[5]) - now
+if warm_left < 0 then warm_left = 0 end
+local warming = warm_left > 0 and ARGV[7] ~= ep and ARGV[7] ~= '*'
 local counts, full, queued, mask = {}, {}, {}, 0
 for i = 1, n do
   local L, W, WX = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
@@ -56,7 +80,7 @@ for i = 1, n do
   end
   local c = redis.call('ZCARD', L)
   counts[i] = c
-  if c + ahead >= tonumber(ARGV[4 + i]) then
+  if warming or c + ahead >= tonumber(ARGV[7 + i]) then
     full[i] = true
     mask = mask + 2 ^ (i - 1)
   end
@@ -71,8 +95,7 @@ if mask == 0 then
     end
     counts[i] = counts[i] + 1
   end
-  counts[n + 1] = clients
-  return {1, 0, unpack(counts)}
+  return {1, 0, clients, ep, warm_left, unpack(counts)}
 end
 if ARGV[3] == '1' then
   local ttl = tonumber(ARGV[4])
@@ -85,8 +108,7 @@ if ARGV[3] == '1' then
     end
   end
 end
-counts[n + 1] = clients
-return {0, mask, unpack(counts)}
+return {0, mask, clients, ep, warm_left, unpack(counts)}
 )lua";
 
 // KEYS: triples as above. ARGV: id, channel prefix, then one limit per key. Drops `id`'s
@@ -126,24 +148,32 @@ end
 return woke
 )lua";
 
-// KEYS: the workers set, then lease keys. ARGV: client id, lease_ms, complete (1: sent
-// while not degraded, so every lease the client holds is in Redis after this call), then
-// per lease key the ids this client holds there, comma-separated. Heartbeats the client
-// (score: the Redis time, negated while not complete), renews every lease — adding back
-// any Redis lost (a restart) — drops clients not heard from for lease_ms, and returns
-// {distinct live workers, leases added back, live clients, oldest complete heartbeat (0
-// when some client is not complete), now}.
+// KEYS: the workers set, the fleet epoch key, then lease keys. ARGV: client id, lease_ms,
+// complete (1: sent while not degraded, so every lease the client holds is in Redis after
+// this call), warmup_ms, then per lease key the ids this client holds there,
+// comma-separated. Heartbeats the client (score: the Redis time, negated while not
+// complete), renews every lease — adding back any Redis lost (a restart, a flush) — drops
+// clients not heard from for lease_ms, creates the epoch key if it is missing (as acquire
+// does), and returns {distinct live workers, leases added back, live clients, oldest
+// complete heartbeat (0 when some client is not complete), now, epoch, warm_left_ms}.
 constexpr char kRefreshLua[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_ms = tonumber(ARGV[2])
 local exp = now + lease_ms
 local stale = now - lease_ms
+local ep = redis.call('GET', KEYS[2])
+if not ep then
+  ep = now .. ':' .. ARGV[1]
+  redis.call('SET', KEYS[2], ep)
+end
+local warm_left = tonumber(string.match(ep, '^(%d+)') or 0) + tonumber(ARGV[4]) - now
+if warm_left < 0 then warm_left = 0 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. -stale, '(' .. stale)
 redis.call('ZADD', KEYS[1], ARGV[3] == '1' and now or -now, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], lease_ms + 60000)
 local added = 0
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   for id in string.gmatch(ARGV[i + 2], '[^,]+') do
     added = added + redis.call('ZADD', KEYS[i], exp, id)
   end
@@ -161,7 +191,7 @@ for i = 1, #members, 2 do
   if hb < 0 then hb = 0 end
   if hb < oldest then oldest = hb end
 end
-return {workers, added, #members / 2, oldest, now}
+return {workers, added, #members / 2, oldest, now, ep, warm_left}
 )lua";
 
 // KEYS: one lease key. Live leases on it, by the Redis clock.
@@ -224,6 +254,7 @@ absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Con
   o.redis = *url;
   o.name = config.cluster_name;
   o.lease_seconds = static_cast<int>(config.cluster_lease_seconds);
+  o.startup_share = config.cluster_startup_share;
   if (config.cluster_failure_mode == "closed") {
     o.failure_mode = ClusterFailureMode::kClosed;
   } else if (config.cluster_failure_mode == "open") {
@@ -305,12 +336,58 @@ void ClusterLimits::BeginRejoin(int64_t redis_now_ms) {
           options_.redis.ToString().c_str(), options_.lease_seconds);
 }
 
+bool ClusterLimits::NoteEpoch(const std::string& epoch, int64_t warm_left_ms) {
+  MutexLock lock(&mu_);
+  reached_ = true;
+  if (epoch == epoch_) {
+    if (warm_left_ms == 0) knows_fleet_ = true;
+    return false;
+  }
+  const bool lost = !epoch_.empty();
+  if (lost) stats_.store_resets.fetch_add(1, std::memory_order_relaxed);
+  epoch_ = epoch;
+  // A newcomer (nothing known before) vouches once the warm-up is over; a survivor once its
+  // rejoin has finished (MaybeFinishRejoin).
+  knows_fleet_ = !lost && warm_left_ms == 0;
+  return lost;
+}
+
+std::string ClusterLimits::Vouch() const {
+  MutexLock lock(&mu_);
+  return knows_fleet_ && mode() == ClusterMode::kNormal ? epoch_ : std::string();
+}
+
+void ClusterLimits::StoreLost(int64_t redis_now_ms) {
+  ClusterMode was = mode();
+  if (was == ClusterMode::kDegraded) return;  // the probe's reply starts the rejoin
+  {
+    MutexLock lock(&mu_);
+    if (was == ClusterMode::kNormal) {
+      // As at a switch to the failure mode: the share and this process's holdings now.
+      degraded_since_ = NowNanos();
+      const int64_t seen = live_clients_.load(std::memory_order_relaxed);
+      share_clients_ = std::max(seen, my_clients_.load(std::memory_order_relaxed));
+      for (auto& [key, h] : held_) h.at_switch = h.here;
+    }
+    rejoin_since_ms_ = redis_now_ms;
+    rejoin_deadline_ = NowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
+  }
+  mode_.store(ClusterMode::kRejoining, std::memory_order_release);
+  if (was == ClusterMode::kNormal) stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
+  recovery_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  fprintf(stderr,
+          "mxsched: cluster limits: Redis %s lost its keys (restart or flush); open connections "
+          "re-registered, shares kept until every worker has (at most %d s)\n",
+          options_.redis.ToString().c_str(), options_.lease_seconds);
+}
+
 void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms) {
   if (!rejoining()) return;
   {
     MutexLock lock(&mu_);
     const bool fleet_back = clients >= share_clients_ && oldest_heartbeat_ms >= rejoin_since_ms_;
     if (!fleet_back && NowNanos() < rejoin_deadline_) return;
+    knows_fleet_ = true;  // Redis has every survivor's leases again
   }
   ClusterMode expected = ClusterMode::kRejoining;
   if (!mode_.compare_exchange_strong(expected, ClusterMode::kNormal, std::memory_order_acq_rel)) {
@@ -338,7 +415,11 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
     auto it = held_.find(k.key);
     const KeyHolding h = it == held_.end() ? KeyHolding{} : it->second;
     int64_t allowed = k.limit;
-    if (share) {
+    if (share && !reached_) {
+      // Never reached Redis: nothing known to share by, nothing held to keep to. The fixed
+      // startup share, at once (configurable: 0 waits for Redis).
+      allowed = std::min<int64_t>(k.limit, options_.startup_share);
+    } else if (share) {
       allowed = std::max<int64_t>(1, k.limit * std::min(mine, all) / all);
       // Right after the switch the others may still hold what only Redis knew: grow on no
       // key beyond what was held here then, so the fleet's total can only fall.
@@ -498,22 +579,32 @@ void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
 void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
                            ClusterWaiter* waiter, bool reserved, Done done) {
   const ClusterOptions& o = limits_->options();
-  std::vector<std::string> args = {id, StrCat(int64_t{o.lease_seconds} * 1000),
-                                   waiter != nullptr ? "1" : "0", StrCat(o.waiter_ttl_ms)};
+  // Within this process's rejoin share (`reserved`) or vouching for the store, a grant need
+  // not wait out a warm-up (DESIGN §7 rule 4b).
+  std::vector<std::string> args = {id,
+                                   StrCat(int64_t{o.lease_seconds} * 1000),
+                                   waiter != nullptr ? "1" : "0",
+                                   StrCat(o.waiter_ttl_ms),
+                                   StrCat(o.warmup_ms),
+                                   client_id_,
+                                   reserved ? kAnyEpoch : limits_->Vouch()};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
   std::vector<std::string> redis_keys = Triples(keys);
+  redis_keys.push_back(limits_->EpochKey());
   redis_keys.push_back(limits_->WorkersKey());
   Eval(Script{kScripts[kAcquire].body, kAcquire}, std::move(redis_keys), std::move(args),
        [this, id, keys, waiter, reserved,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
-                                              r->elements.size() < 3 + keys.size()) {
+                                              r->elements.size() < 5 + keys.size()) {
            if (reserved) limits_->RemoveHeld(keys);
            OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
            return DecideLocally(id, std::move(keys), waiter, std::move(done));
          }
          const int64_t mask = r->elements[1].integer;
-         limits_->NoteClients(r->elements.back().integer);
+         limits_->NoteClients(r->elements[2].integer);
+         const int64_t warm_left = r->elements[4].integer;
+         if (limits_->NoteEpoch(r->elements[3].str, warm_left)) limits_->StoreLost(EpochBorn(r->elements[3].str));
          auto it = waiting_.find(id);
          if (r->elements[0].integer == 1) {
            if (it != waiting_.end()) {
@@ -536,6 +627,12 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
          if (reserved) limits_->RemoveHeld(keys);
          Result res{Verdict::kFull, ClusterLease()};
          res.full_mask = static_cast<uint32_t>(mask);
+         const bool warming = warm_left > 0 && !reserved;
+         if (warming) {
+           limits_->stats().warmup_refusals.fetch_add(1, std::memory_order_relaxed);
+           res.unavailable = StrCat("Redis store new (first start, restart or flush), ",
+                                    warm_left, " ms of warm-up left");
+         }
          if (waiter != nullptr && it != waiting_.end()) {
            WaitRec& w = it->second;
            for (size_t i = 0; i < keys.size(); ++i) {
@@ -549,6 +646,8 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            w.local = false;
            w.waiter = waiter;
            w.recheck_at = now + int64_t{limits_->options().recheck_ms} * kMs;
+           // Look again as soon as the warm-up is over.
+           if (warming) w.recheck_at = std::min(w.recheck_at, now + (warm_left + 5) * kMs);
          }
          done(std::move(res));
        });
@@ -591,6 +690,10 @@ void ClusterClient::LocalFull(const std::string& id, std::vector<ClusterKey> key
   }
   Result res{Verdict::kFull, ClusterLease()};
   res.full_mask = (1u << keys.size()) - 1;  // not known which: treat all as full
+  res.unavailable = StrCat(limits_->degraded() ? "Redis unreachable" : "Redis back, fleet rejoining",
+                           ", cluster_failure_mode = ",
+                           ClusterFailureModeName(limits_->options().failure_mode),
+                           ": this worker's share is taken");
   done(std::move(res));
 }
 
@@ -676,9 +779,9 @@ void ClusterClient::Refresh() {
   // Sent while degraded, a refresh may miss a lease granted locally before its reply: its
   // heartbeat says "not complete", and the rejoin waits for the next one.
   const bool complete = !limits_->degraded();
-  std::vector<std::string> keys = {limits_->WorkersKey()};
+  std::vector<std::string> keys = {limits_->WorkersKey(), limits_->EpochKey()};
   std::vector<std::string> args = {client_id_, StrCat(int64_t{o.lease_seconds} * 1000),
-                                   complete ? "1" : "0"};
+                                   complete ? "1" : "0", StrCat(o.warmup_ms)};
   absl::flat_hash_map<std::string, size_t> index;
   for (const auto& [h, rec] : leases_) {
     for (const ClusterKey& k : rec.keys) {
@@ -687,19 +790,21 @@ void ClusterClient::Refresh() {
         keys.push_back(k.key);
         args.emplace_back();
       }
-      std::string& ids = args[it->second + 2];
+      std::string& ids = args[it->second + 2];  // keys[i] <-> args[i + 2]
       if (!ids.empty()) ids += ',';
       ids += rec.id;
     }
   }
   refresh_in_flight_ = true;
   const int64_t now = NowNanos();
-  next_refresh_ = now + int64_t{o.lease_seconds} * 1000 * kMs / 3;
+  // The heartbeat: at least once a second (heartbeat_ms), so a Redis that lost its keys is
+  // found within that even by a client that sends nothing else (DESIGN §7 rule 4b).
+  next_refresh_ = now + std::min<int64_t>(int64_t{o.lease_seconds} * 1000 / 3, o.heartbeat_ms) * kMs;
   next_probe_ = now + int64_t{kProbeMs} * kMs;
   Eval(Script{kScripts[kRefresh].body, kRefresh}, std::move(keys), std::move(args),
        [this, complete](absl::StatusOr<RedisReply> r) {
          refresh_in_flight_ = false;
-         if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 5) {
+         if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 7) {
            if (s.ok()) s = absl::InternalError("refresh: unexpected reply");
            return OnFailure(s);
          }
@@ -707,10 +812,18 @@ void ClusterClient::Refresh() {
          limits_->SetLive(r->elements[0].integer, clients);
          limits_->stats().refreshes.fetch_add(1, std::memory_order_relaxed);
          limits_->stats().reregistered.fetch_add(r->elements[1].integer, std::memory_order_relaxed);
+         const std::string& epoch = r->elements[5].str;
+         const bool lost = limits_->NoteEpoch(epoch, r->elements[6].integer);
          if (limits_->degraded()) {
            limits_->BeginRejoin(r->elements[4].integer);
            seen_epoch_ = limits_->recovery_epoch();
            next_probe_ = 0;  // the complete refresh goes out at the next tick
+         } else if (lost) {
+           // Redis lost its keys and this client saw no error: this reply re-registered
+           // its leases; the other clients of the process follow (recovery_epoch).
+           limits_->StoreLost(EpochBorn(epoch));
+           seen_epoch_ = limits_->recovery_epoch();
+           next_probe_ = 0;
          } else if (complete && limits_->rejoining()) {
            limits_->MaybeFinishRejoin(clients, r->elements[3].integer);
          }

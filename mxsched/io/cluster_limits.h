@@ -76,9 +76,18 @@ struct ClusterOptions {
   std::string name = "mxsched";
   int lease_seconds = 30;  // a dead worker's slots come back within this
   ClusterFailureMode failure_mode = ClusterFailureMode::kShare;
+  // Share mode, before this process has ever reached Redis: per key it may hold this many
+  // at once (it knows neither the fleet's size nor what the others hold; DESIGN §7 rule 6).
+  int startup_share = 1;
   int timeout_ms = 1000;     // per Redis command
   int recheck_ms = 1000;     // waiters look again at least this often
   int waiter_ttl_ms = 3000;  // a waiter not seen for this long is dropped from the queue
+  // Every worker client heartbeats (and re-registers its leases) at least this often.
+  int heartbeat_ms = 1000;
+  // After the fleet epoch key is found missing (Redis restarted, flushed, or the fleet's
+  // first start), grants to a client that cannot vouch for the store wait this long: the
+  // survivors re-register by their next heartbeat (DESIGN §7 rule 4b). 0: no warm-up.
+  int warmup_ms = 1500;
 };
 
 // The options from a parsed Config (cluster_limits, cluster_name, cluster_lease_seconds,
@@ -103,6 +112,7 @@ class ClusterLimits {
   std::string HostKey(const Endpoint& e) const;
   std::string DomainKey(std::string_view domain) const;
   std::string WorkersKey() const { return tag_ + ":workers"; }
+  std::string EpochKey() const { return tag_ + ":epoch"; }
   std::string ChannelPrefix() const { return options_.name + ":wake:"; }
 
   ClusterMode mode() const { return mode_.load(std::memory_order_acquire); }
@@ -120,6 +130,16 @@ class ClusterLimits {
   // before the outage is back and has re-registered since the rejoin began, or the rejoin
   // has lasted lease_seconds.
   void MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms);
+  // Redis answered with fleet epoch `epoch` (`warm_left_ms` of its warm-up to go). Returns
+  // true when this process knew another epoch: Redis lost its keys (restart or FLUSHALL)
+  // without this process seeing an error — the caller reports it with StoreLost.
+  bool NoteEpoch(const std::string& epoch, int64_t warm_left_ms);
+  // Redis lost its keys (NoteEpoch): as after an outage, open connections are re-registered
+  // (recovery_epoch) and the rejoin's shares hold until the fleet has re-registered too.
+  void StoreLost(int64_t redis_now_ms);
+  // The epoch this process vouches Redis knows the fleet in ("" if none): known, and either
+  // seen past its warm-up or this process's rejoin finished in it.
+  std::string Vouch() const;
   // Bumped when the rejoin starts: every client of the process re-registers its leases.
   uint64_t recovery_epoch() const { return recovery_epoch_.load(std::memory_order_acquire); }
 
@@ -153,6 +173,8 @@ class ClusterLimits {
     std::atomic<int64_t> noscript{0};       // NOSCRIPT answers (script cache lost)
     std::atomic<int64_t> mode_switches{0};  // normal -> degraded and back
     std::atomic<int64_t> commands{0};       // commands sent to Redis
+    std::atomic<int64_t> store_resets{0};   // Redis found without its keys (new epoch)
+    std::atomic<int64_t> warmup_refusals{0};  // grants refused during a warm-up
   };
   Stats& stats() { return stats_; }
   const Stats& stats() const { return stats_; }
@@ -177,6 +199,9 @@ class ClusterLimits {
   int64_t rejoin_since_ms_ ABSL_GUARDED_BY(mu_) = 0;  // Redis clock
   int64_t rejoin_deadline_ ABSL_GUARDED_BY(mu_) = 0;  // steady nanos
   absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
+  std::string epoch_ ABSL_GUARDED_BY(mu_);  // the fleet epoch last seen
+  bool knows_fleet_ ABSL_GUARDED_BY(mu_) = false;  // may vouch for epoch_ (Vouch)
+  bool reached_ ABSL_GUARDED_BY(mu_) = false;      // Redis answered a script at least once
   Stats stats_;
 };
 
@@ -212,9 +237,14 @@ class ClusterClient {
  public:
   enum class Verdict : uint8_t { kGranted, kFull, kClosed };
   struct Result {
+    Result(Verdict v, ClusterLease l) : verdict(v), lease(std::move(l)) {}
     Verdict verdict;
     ClusterLease lease;      // kGranted
     uint32_t full_mask = 0;  // kFull via Redis: bit i set when keys[i] was full
+    // kFull for a reason other than the fleet's count: "" when the keys were full; else why
+    // (Redis unreachable and this worker's share taken, the store warming up). Sessions
+    // deferred for it say "451 4.4.3 cluster limits unavailable: " + unavailable.
+    std::string unavailable;
   };
   using Done = std::function<void(Result)>;
 

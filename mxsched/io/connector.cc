@@ -114,6 +114,18 @@ struct Connector::Session {
   void Start(Lease l) {
     lease = std::move(l);
     if (connector->options_.cluster != nullptr) return ClusterStep();
+    if (!connector->CurrentConfig().cluster_limits.empty()) {
+      // The configuration asks for fleet limits and nobody gave this connector the client
+      // that enforces them: per-process limits would silently exceed the fleet's.
+      lease.Release();
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = DeferReason::kTempFailure;
+      r.reason =
+          "451 4.4.3 cluster limits unavailable: cluster_limits is set but this Connector has "
+          "no cluster client (ConnectorOptions::cluster; DESIGN §7)";
+      return Finish(std::move(r));
+    }
     Open();
   }
 
@@ -338,9 +350,7 @@ struct Connector::Session {
       ConnectResult r;
       r.kind = ConnectResult::Kind::kDeferred;
       r.defer_reason = DeferReason::kTempFailure;
-      r.reason =
-          "451 4.4.3 cluster limits unavailable (Redis unreachable, "
-          "cluster_failure_mode = closed)";
+      r.reason = "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
       return Finish(std::move(r));
     }
     const bool host_full = has_host_key && (res.full_mask & 1);
@@ -353,6 +363,14 @@ struct Connector::Session {
         io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
       }
       return;  // ClusterClient wakes us: a release, or the re-check
+    }
+    if (!MayWait() && !res.unavailable.empty()) {
+      // Not the fleet's count: Redis away (this worker's share taken) or warming up.
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = DeferReason::kTempFailure;
+      r.reason = StrCat("451 4.4.3 cluster limits unavailable: ", res.unavailable);
+      return Finish(std::move(r));
     }
     if (!MayWait()) {
       ConnectResult r;

@@ -50,6 +50,68 @@ RedisReply Copy(const redisReply* r) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
+// Bounded replies (hiredis 0.14's reader has no limits of its own): object functions that
+// refuse what no reply of ours needs, and a reply nobody asked for. Refusing (NULL) fails
+// the parse; hiredis then drops the connection and fails every pending command — the
+// reason is recorded first so the callers read it instead of hiredis's "Out of memory".
+
+struct RedisConnection::Reader {
+  static const redisReplyObjectFunctions* base;  // hiredis's own (the same for every reader)
+  static RedisConnection* Conn(const redisReadTask* t) {
+    return static_cast<RedisConnection*>(t->privdata);
+  }
+  // Null when `t` may be created; else the connection, with the reason recorded.
+  static bool Refuse(const redisReadTask* t, const char* what) {
+    RedisConnection* c = Conn(t);
+    if (c->protocol_error_) return true;
+    c->protocol_error_ = true;
+    c->drop_reason_ = absl::UnavailableError(StrCat(c->options_.address.ToString(), ": ", what));
+    return true;
+  }
+  static bool Check(const redisReadTask* t) {
+    RedisConnection* c = Conn(t);
+    if (c == nullptr) return true;
+    if (c->protocol_error_) return false;
+    int depth = 0;
+    for (const redisReadTask* p = t->parent; p != nullptr; p = p->parent) ++depth;
+    if (depth > kRedisMaxDepth) {
+      return !Refuse(t, StrCat("reply nested deeper than ", kRedisMaxDepth).c_str());
+    }
+    // A reply that starts while no command awaits one, outside pub/sub: hiredis 0.14 would
+    // abort (async.c's assert); drop the connection instead.
+    if (t->parent == nullptr && c->channel_.empty() && c->pending_.empty()) {
+      return !Refuse(t, "unrequested reply (is this Redis?)");
+    }
+    return true;
+  }
+  static void* String(const redisReadTask* t, char* s, size_t len) {
+    if (!Check(t)) return nullptr;
+    if (len > kRedisMaxBulk) {
+      Refuse(t, StrCat("reply string of ", len, " bytes (limit ", kRedisMaxBulk, ")").c_str());
+      return nullptr;
+    }
+    return base->createString(t, s, len);
+  }
+  static void* Array(const redisReadTask* t, int n) {
+    if (!Check(t)) return nullptr;
+    if (n < 0 || n > kRedisMaxElements) {
+      Refuse(t, StrCat("reply array of ", n, " elements (limit ", kRedisMaxElements, ")").c_str());
+      return nullptr;
+    }
+    return base->createArray(t, n);
+  }
+  static void* Integer(const redisReadTask* t, long long v) {
+    return Check(t) ? base->createInteger(t, v) : nullptr;
+  }
+  static void* Nil(const redisReadTask* t) { return Check(t) ? base->createNil(t) : nullptr; }
+  static void Free(void* o) { base->freeObject(o); }
+  static redisReplyObjectFunctions functions;
+};
+const redisReplyObjectFunctions* RedisConnection::Reader::base = nullptr;
+redisReplyObjectFunctions RedisConnection::Reader::functions = {
+    &Reader::String, &Reader::Array, &Reader::Integer, &Reader::Nil, &Reader::Free};
+
+// ---------------------------------------------------------------------------------------
 // The io_uring event-loop adapter hiredis calls through ac->ev. It outlives the context
 // when a poll is still in the ring at cleanup: it deletes itself when that poll comes back.
 
@@ -126,6 +188,15 @@ struct RedisConnection::Adapter {
         delete this;
         return;
       }
+      // Bytes read but not yet a whole reply (a huge bulk string arriving): bounded.
+      const redisReader* r = ac->c.reader;
+      if (r != nullptr && r->len - r->pos > kRedisMaxBuffered) {
+        auto* conn = static_cast<RedisConnection*>(ac->data);
+        conn->Drop(absl::UnavailableError(
+            StrCat(conn->options_.address.ToString(), ": reply over ", kRedisMaxBuffered,
+                   " bytes buffered")));
+        return;  // the free's cleanup hook has deleted this adapter
+      }
     }
     Update();
   }
@@ -146,6 +217,7 @@ RedisConnection::RedisConnection(Loop* loop, RedisOptions options)
 RedisConnection::~RedisConnection() {
   destroying_ = true;
   for (Pending* p : pending_) p->fn = nullptr;  // the owner is going away: no callbacks
+  held_.clear();
   on_message_ = nullptr;
   if (ac_ != nullptr) {
     redisAsyncContext* ac = std::exchange(ac_, nullptr);
@@ -181,17 +253,33 @@ bool RedisConnection::EnsureContext() {
   ac->ev.delWrite = &Adapter::DelWrite;
   ac->ev.cleanup = &Adapter::Cleanup;
   ac->data = this;
+  if (ac->c.reader != nullptr) {
+    if (Reader::base == nullptr) Reader::base = ac->c.reader->fn;
+    ac->c.reader->fn = &Reader::functions;
+    ac->c.reader->privdata = this;
+  }
+  protocol_error_ = false;
   ac_ = ac;
   redisAsyncSetConnectCallback(ac, &RedisConnection::OnConnect);
   redisAsyncSetDisconnectCallback(ac, &RedisConnection::OnDisconnect);
-  if (options_.address.db != 0) {
-    // Pipelined ahead of everything else on this connection; a failure fails the commands
-    // behind it the same way (the connection is dropped).
+  ready_ = options_.address.db == 0;
+  if (!ready_) {
+    // First on the connection, and nothing else is sent until it succeeds: a failed
+    // SELECT fails the commands held behind it (they never run in DB 0).
+    ready_ = true;  // lets this one through
     Command({"SELECT", StrCat(options_.address.db)}, [this](absl::StatusOr<RedisReply> r) {
-      if (r.ok() && r->is_error()) {
-        Drop(absl::UnavailableError(StrCat(options_.address.ToString(), ": SELECT: ", r->str)));
+      if (!r.ok()) return;  // dropped: the held commands were failed with it
+      if (r->is_error() || r->type != RedisReply::Type::kStatus) {
+        return Drop(absl::UnavailableError(
+            StrCat(options_.address.ToString(), ": SELECT ", options_.address.db, ": ",
+                   r->is_error() ? r->str : "unexpected reply")));
       }
+      ready_ = true;
+      std::deque<Held> held;
+      held.swap(held_);
+      for (Held& h : held) Command(std::move(h.argv), std::move(h.fn));
     });
+    ready_ = false;
   }
   return true;
 }
@@ -199,6 +287,10 @@ bool RedisConnection::EnsureContext() {
 void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
   if (!EnsureContext()) {
     fn(drop_reason_.ok() ? absl::UnavailableError("Redis connection down") : drop_reason_);
+    return;
+  }
+  if (!ready_) {  // behind the SELECT (its deadline bounds the wait)
+    held_.push_back(Held{std::move(argv), std::move(fn)});
     return;
   }
   std::vector<const char*> args;
@@ -254,6 +346,15 @@ void RedisConnection::Drop(absl::Status why) {
     // every pending command's callback runs with a NULL reply and reads drop_reason_.
     redisAsyncFree(std::exchange(ac_, nullptr));
   }
+  FailHeld();
+}
+
+void RedisConnection::FailHeld() {
+  std::deque<Held> held;
+  held.swap(held_);
+  for (Held& h : held) {
+    if (h.fn) h.fn(drop_reason_.ok() ? absl::UnavailableError("Redis connection down") : drop_reason_);
+  }
 }
 
 void RedisConnection::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
@@ -265,6 +366,7 @@ void RedisConnection::OnReply(redisAsyncContext* ac, void* reply, void* privdata
   delete p;
   if (!fn) return;
   if (reply != nullptr) return fn(Copy(static_cast<redisReply*>(reply)));
+  if (c->protocol_error_ || (ac != c->ac_ && !c->drop_reason_.ok())) return fn(c->drop_reason_);
   if (ac == c->ac_ || c->drop_reason_.ok()) {
     return fn(absl::UnavailableError(
         StrCat(c->options_.address.ToString(), ": connection lost",
@@ -302,6 +404,7 @@ void RedisConnection::OnConnect(const redisAsyncContext* ac, int status) {
   c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
   c->drop_reason_ = absl::UnavailableError(
       StrCat(c->options_.address.ToString(), ": connect: ", ac->errstr ? ac->errstr : "failed"));
+  c->FailHeld();
 }
 
 void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
@@ -312,8 +415,11 @@ void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
   c->subscribe_deadline_ = 0;
   ++c->failures_;
   c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
-  c->drop_reason_ =
-      absl::UnavailableError(StrCat(c->options_.address.ToString(), ": connection lost"));
+  if (!c->protocol_error_) {
+    c->drop_reason_ =
+        absl::UnavailableError(StrCat(c->options_.address.ToString(), ": connection lost"));
+  }
+  c->FailHeld();
 }
 
 void RedisConnection::ArmTimer() {

@@ -47,6 +47,13 @@ struct RedisReply {
   bool is_error() const { return type == Type::kError; }
 };
 
+// What a reply may be (RedisConnection refuses more and drops the connection with an
+// error naming it): hiredis 0.14's reader has no limits of its own.
+inline constexpr int kRedisMaxElements = 4096;            // per array
+inline constexpr int kRedisMaxDepth = 3;                  // arrays within arrays
+inline constexpr size_t kRedisMaxBulk = 512 * 1024;       // per string
+inline constexpr size_t kRedisMaxBuffered = 1024 * 1024;  // read, not yet a whole reply
+
 struct RedisOptions {
   RedisAddress address;
   int timeout_ms = 1000;   // per command, counted from when it was issued
@@ -86,8 +93,14 @@ class RedisConnection {
 
   struct Pending;
   struct Adapter;
+  struct Reader;
 
  private:
+  struct Held {  // a command waiting for the connection's SELECT
+    std::vector<std::string> argv;
+    ReplyFn fn;
+  };
+  void FailHeld();
   bool EnsureContext();
   void Drop(absl::Status why);
   void ArmTimer();
@@ -107,6 +120,9 @@ class RedisConnection {
   int64_t failures_ = 0;
   int64_t subscribe_deadline_ = 0;  // while a SUBSCRIBE is unconfirmed
   std::deque<Pending*> pending_;    // in send order: replies come back in this order
+  std::deque<Held> held_;           // until the SELECT succeeds (ready_)
+  bool ready_ = true;               // false while a SELECT is unanswered
+  bool protocol_error_ = false;     // the reader refused a reply (drop_reason_ says why)
   absl::Status drop_reason_;
   std::string channel_;
   MessageFn on_message_;

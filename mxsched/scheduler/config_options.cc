@@ -269,6 +269,14 @@ constexpr OptionDescriptor kOptions[] = {
      .doc = "while Redis is unreachable: share = floor(limit / live workers) each (at least 1), "
             "closed = open nothing new, open = per-process limits",
      .config = Field<&Config::cluster_failure_mode>()},
+    {.name = "cluster_startup_share",
+     .scopes = G,
+     .type = OptionType::kCount,
+     .min = 0,
+     .max = kMaxConnections,
+     .doc = "share mode, for a worker that has not reached Redis since it started: connections "
+            "it may open per limited key at once (0: none until Redis answers)",
+     .config = Field<&Config::cluster_startup_share>()},
 };
 
 std::optional<int64_t> ParseInt(std::string_view s) {

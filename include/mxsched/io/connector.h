@@ -87,6 +87,11 @@ struct ConnectorOptions {
   // 0: defer at once.
   int slot_wait_ms = 0;
   // Cluster-wide limits (DESIGN §7), borrowed; must outlive the connector and every
+  // ClusterLease it hands out. REQUIRED when the configuration sets cluster_limits: without
+  // it every session ends deferred "451 4.4.3 cluster limits unavailable: cluster_limits is
+  // set but this Connector has no cluster client" (it never connects past the fleet's limits).
+  // Build it from the same Config: ClusterOptionsFromConfig + ClusterLimits + ClusterClient
+  // on this loop (README "Embedding"). Also borrowed; must outlive the connector and every
   // ClusterLease it hands out, on the same loop. After the selector picks a host, the
   // session takes the host's (if it has a Host limit) and the domain's cluster slot —
   // one Redis round trip — before connecting. At a cluster limit it waits like at a local

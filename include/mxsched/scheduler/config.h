@@ -121,6 +121,7 @@ struct Config {
   std::string cluster_name = "mxsched";
   uint32_t cluster_lease_seconds = 30;
   std::string cluster_failure_mode = "share";
+  int32_t cluster_startup_share = 1;
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;
