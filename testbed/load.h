@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "mxsched/io/cluster_limits.h"
+#include "mxsched/cluster/cluster_limits.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/scheduler/selector.h"
 

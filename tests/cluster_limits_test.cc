@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "mxsched/io/cluster_limits.h"
-#include "mxsched/io/redis_async.h"
+#include "mxsched/cluster/cluster_limits.h"
+#include "mxsched/cluster/redis_async.h"
 #include "tests/net_testutil.h"
 #include "tests/redis_server.h"
 

@@ -6,8 +6,9 @@
 #  - a selector-only consumer (tests/consumer_selector) configures, builds and runs with
 #    every optional package disabled: hiredis, liburing, c-ares (pkg-config), prometheus-cpp,
 #    civetweb, nlohmann-json; `pkg-config --libs mxsched` names none of them;
-#  - a consumer of the io and admin components (tests/consumer: README's snippets) builds
-#    with find_package(... COMPONENTS io admin) and with pkg-config, and runs;
+#  - a consumer of every component (tests/consumer: README's snippets) builds with
+#    find_package(... COMPONENTS io cluster admin) and with pkg-config, and runs;
+#  - connector.h (io) pulls in no hiredis: `pkg-config --libs mxsched-io` names none;
 #  - a version the package does not satisfy is refused; the CLI says its version.
 #   install_consumer_test.sh BUILD_DIR SOURCE_DIR CXX [EXTRA_FLAGS]
 # EXTRA_FLAGS: the build's sanitizer flags, which the installed static libraries need.
@@ -38,6 +39,10 @@ while read -r h; do
   "$cxx" -std=c++20 -fsyntax-only $flags "${inc[@]}" "$work/one.cc" 2>"$work/one.log" \
     || { cat "$work/one.log"; fail "public header $h does not compile on its own"; }
 done <<<"$installed"
+# The connector's header (component io) pulls in nothing of Redis.
+printf '#include "mxsched/io/connector.h"\n' >"$work/one.cc"
+deps=$("$cxx" -std=c++20 -M "${inc[@]}" "$work/one.cc") || fail "connector.h dependencies"
+! grep -qiE "hiredis|redis_async|cluster_limits" <<<"$deps" || fail "connector.h includes Redis headers"
 
 if [ -x "$build/mxsched" ]; then
   v=$("$prefix/bin/mxsched" --version) || fail "installed CLI --version"
@@ -63,11 +68,11 @@ grep -q "^lease 127.0.0.1:1$" <<<"$out" && grep -q "^done$" <<<"$out" || fail "s
 # Asking for a component its dependencies cannot serve fails at configure time, naming it.
 PKG_CONFIG_LIBDIR=/nonexistent cmake -S "$src/tests/consumer" -B "$work/nodeps" -G Ninja \
   -DCMAKE_PREFIX_PATH="$prefix" "${no_optional[@]}" >"$work/nodeps.log" 2>&1 \
-  && fail "COMPONENTS io admin configured without liburing, c-ares or prometheus-cpp"
+  && fail "COMPONENTS io cluster admin configured without liburing, c-ares, hiredis or prometheus-cpp"
 
 pcdir=$(dirname "$(find "$prefix" -name mxsched.pc | head -1)")
 [ -n "$pcdir" ] || fail "mxsched.pc installed"
-for pc in mxsched mxsched-io mxsched-admin; do
+for pc in mxsched mxsched-io mxsched-cluster mxsched-admin; do
   [ -f "$pcdir/$pc.pc" ] || fail "$pc.pc installed"
 done
 core_libs=$(PKG_CONFIG_PATH="$pcdir" pkg-config --libs mxsched) || fail "pkg-config mxsched"
@@ -82,13 +87,14 @@ check_run() {  # BINARY LABEL
   grep -q "^mxsched 0\.3\." <<<"$out" || fail "$2: version macro"
   grep -q "^lease 127.0.0.1:1$" <<<"$out" || fail "$2: selector lease"
   grep -q "^admin on port 1$" <<<"$out" || fail "$2: admin endpoint"
+  grep -q "^fleet off$" <<<"$out" || fail "$2: cluster component"
   grep -q "^done$" <<<"$out" || fail "$2: connector finished"
   err=$("$1" "$work/missing.conf" 2>&1); rc=$?
   [ $rc -eq 2 ] && grep -q "missing.conf" <<<"$err" || fail "$2: unchecked LoadConfigFile ($rc): $err"
 }
 cmake -S "$src/tests/consumer" -B "$work/cmake" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
-  "${launcher[@]}" >"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; fail "find_package(mxsched 0.3 COMPONENTS io admin)"; }
+  "${launcher[@]}" >"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; fail "find_package(mxsched 0.3 COMPONENTS io cluster admin)"; }
 cmake --build "$work/cmake" >>"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; fail "CMake consumer build"; }
 check_run "$work/cmake/consumer" find_package
 # A version the package does not satisfy is refused (0.x: the minor version must match).
@@ -96,7 +102,10 @@ mkdir -p "$work/v9"
 printf 'cmake_minimum_required(VERSION 3.22)\nproject(v LANGUAGES CXX)\nfind_package(mxsched 0.2 REQUIRED)\n' >"$work/v9/CMakeLists.txt"
 cmake -S "$work/v9" -B "$work/v9/b" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null 2>&1 && fail "find_package(mxsched 0.2) accepted 0.3"
 
-pc=$(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs mxsched-admin) || fail "pkg-config mxsched-admin"
+io_libs=$(PKG_CONFIG_PATH="$pcdir" pkg-config --libs mxsched-io) || fail "pkg-config mxsched-io"
+! grep -q "hiredis" <<<"$io_libs" || fail "pkg-config --libs mxsched-io names hiredis: $io_libs"
+pc=$(PKG_CONFIG_PATH="$pcdir" pkg-config --static --cflags --libs mxsched-cluster mxsched-admin) \
+  || fail "pkg-config mxsched-cluster mxsched-admin"
 # shellcheck disable=SC2086
 ${CCACHE:-} "$cxx" -std=c++20 $flags "$src/tests/consumer/main.cc" -o "$work/pc_consumer" $pc \
   || fail "pkg-config consumer build ($pc)"

@@ -10,7 +10,7 @@
 #include <memory>
 #include <string>
 
-#include "mxsched/io/cluster_limits.h"
+#include "mxsched/cluster/cluster.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/io/resolver.h"
 
@@ -38,17 +38,15 @@ int main(int argc, char** argv) {
   mxsched::Selector selector(config, {.resolver = dns.empty() ? nullptr : &cache});
   // cluster_limits set: the fleet's client, on this loop (the Connector refuses to connect
   // without it). It outlives the connector and every lease.
-  auto cluster = mxsched::io::ClusterOptionsFromConfig(*config);
-  if (!cluster.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(cluster.status().message()).c_str());
+  auto fleet = mxsched::cluster::FleetFromConfig(*config);  // one per process
+  if (!fleet.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(fleet.status().message()).c_str());
     return 2;
   }
-  std::shared_ptr<mxsched::io::ClusterLimits> limits;  // one per process
-  std::unique_ptr<mxsched::io::ClusterClient> client;  // one per loop
+  std::unique_ptr<mxsched::io::FleetClient> client;  // one per loop
   mxsched::io::ConnectorOptions options;
-  if (cluster->has_value()) {
-    limits = std::make_shared<mxsched::io::ClusterLimits>(**cluster);
-    client = std::make_unique<mxsched::io::ClusterClient>(loop->get(), limits);
+  if (*fleet) {
+    client = mxsched::cluster::NewFleetClient(loop->get(), *fleet);
     options.cluster = client.get();
   }
   if (getenv("EXAMPLE_WORKER_NO_CLUSTER") != nullptr) options.cluster = nullptr;  // tests

@@ -20,7 +20,7 @@
 
 #include "mxsched/admin/views.h"
 #include "mxsched/base/strings.h"
-#include "mxsched/io/cluster_limits.h"
+#include "mxsched/cluster/cluster_limits.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/io/resolver.h"
 #include "mxsched/scheduler/config.h"

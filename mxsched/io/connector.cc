@@ -310,19 +310,19 @@ struct Connector::Session {
   bool MayWait() const { return connector->options_.slot_wait_ms > 0 && !slot_wait_expired; }
 
   void ClusterStep() {
-    ClusterClient* cc = connector->options_.cluster;
+    FleetClient* cc = connector->options_.cluster;
     if (cluster_id.empty()) cluster_id = cc->NewId();
     std::vector<ClusterKey> keys;
     bool has_host_key = false;
     // The configured limit is the fleet's; a lower adaptive one (DESIGN §6) is this
     // process's own view and already applied by the selector.
     if (const int32_t host_limit = lease.host().configured_limit(); host_limit != kUnlimited) {
-      keys.push_back({cc->limits().HostKey(lease.endpoint()), host_limit});
+      keys.push_back({cc->HostKey(lease.endpoint()), host_limit});
       has_host_key = true;
     }
     const int32_t domain_limit =
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
-    if (domain_limit != kUnlimited) keys.push_back({cc->limits().DomainKey(domain), domain_limit});
+    if (domain_limit != kUnlimited) keys.push_back({cc->DomainKey(domain), domain_limit});
     if (keys.empty()) return Open();
     const Endpoint endpoint = lease.endpoint();
     const bool seen = std::find(cluster_full_hosts.begin(), cluster_full_hosts.end(), endpoint) !=
@@ -330,15 +330,15 @@ struct Connector::Session {
     ClusterWaiter* w = MayWait() && (cluster_queue || seen) ? &cluster_waiter : nullptr;
     ++pending;
     cc->Acquire(cluster_id, std::move(keys), w,
-                [this, w, endpoint, has_host_key](ClusterClient::Result res) {
+                [this, w, endpoint, has_host_key](FleetClient::Result res) {
                   --pending;
                   OnClusterVerdict(std::move(res), w != nullptr, endpoint, has_host_key);
                 });
   }
 
-  void OnClusterVerdict(ClusterClient::Result res, bool queued, const Endpoint& endpoint,
+  void OnClusterVerdict(FleetClient::Result res, bool queued, const Endpoint& endpoint,
                         bool has_host_key) {
-    using V = ClusterClient::Verdict;
+    using V = FleetClient::Verdict;
     if (res.verdict == V::kGranted) {
       cluster_lease = std::move(res.lease);
       if (finished) return CloseAttempt(), MaybeDelete();

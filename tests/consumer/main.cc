@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mxsched/admin/admin_server.h"
+#include "mxsched/cluster/cluster.h"
 #include "mxsched/io/connector.h"
 #include "mxsched/scheduler/selector.h"
 #include "mxsched/version.h"
@@ -41,7 +42,17 @@ int main(int argc, char** argv) {
   // --- README: With I/O ---
   auto loop = mxsched::io::Loop::Create();  // one per worker thread
   if (!loop.ok()) return 1;
-  mxsched::io::Connector connector(loop->get(), &selector);
+  // --- README: fleet-wide limits (component cluster), from the same Config ---
+  auto fleet = mxsched::cluster::FleetFromConfig(*config);
+  if (!fleet.ok()) return 1;
+  std::unique_ptr<mxsched::io::FleetClient> client;
+  mxsched::io::ConnectorOptions options;
+  if (*fleet) {
+    client = mxsched::cluster::NewFleetClient(loop->get(), *fleet);
+    options.cluster = client.get();
+  }
+  std::printf("fleet %s\n", *fleet ? "on" : "off");
+  mxsched::io::Connector connector(loop->get(), &selector, options);
   connector.Connect("example.com", [](mxsched::io::ConnectResult r) {
     if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) return defer(r.reason);
     std::printf("connected: %s\n", r.greeting.c_str());

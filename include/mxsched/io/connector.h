@@ -42,7 +42,7 @@
 #include <vector>
 
 #include "mxsched/base/mutex.h"
-#include "mxsched/io/cluster_limits.h"
+#include "mxsched/io/fleet_client.h"
 #include "mxsched/io/loop.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/selector.h"
@@ -90,13 +90,13 @@ struct ConnectorOptions {
   // ClusterLease it hands out. REQUIRED when the configuration sets cluster_limits: without
   // it every session ends deferred "451 4.4.3 cluster limits unavailable: cluster_limits is
   // set but this Connector has no cluster client" (it never connects past the fleet's limits).
-  // Build it from the same Config: ClusterOptionsFromConfig + ClusterLimits + ClusterClient
-  // on this loop (README "Embedding"). Also borrowed; must outlive the connector and every
-  // ClusterLease it hands out, on the same loop. After the selector picks a host, the
+  // Build it from the same Config with the cluster component: cluster::FleetFromConfig once
+  // per process, cluster::NewFleetClient on this loop (mxsched/cluster/cluster.h, README
+  // "Embedding"). It is used on this loop only. After the selector picks a host, the
   // session takes the host's (if it has a Host limit) and the domain's cluster slot —
   // one Redis round trip — before connecting. At a cluster limit it waits like at a local
   // one (slot_wait_ms), queued in Redis and woken by the release that frees a slot.
-  ClusterClient* cluster = nullptr;
+  FleetClient* cluster = nullptr;
 };
 
 class Connector {

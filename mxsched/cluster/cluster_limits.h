@@ -59,8 +59,9 @@
 #include "absl/status/status.h"
 #include "mxsched/base/endpoint.h"
 #include "mxsched/base/mutex.h"
+#include "mxsched/io/fleet_client.h"
 #include "mxsched/io/loop.h"
-#include "mxsched/io/redis_async.h"
+#include "mxsched/cluster/redis_async.h"
 #include "mxsched/scheduler/config.h"
 
 namespace mxsched::io {
@@ -95,11 +96,6 @@ struct ClusterOptions {
 absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Config& config);
 
 // One limit a connection counts against: its Redis key and the configured limit.
-struct ClusterKey {
-  std::string key;
-  int32_t limit;
-};
-
 class ClusterLimits {
  public:
   explicit ClusterLimits(ClusterOptions options);
@@ -205,48 +201,9 @@ class ClusterLimits {
   Stats stats_;
 };
 
-class ClusterClient;
-
-// The cluster part of a held slot. Move-only; releases on destruction.
-// REQUIRES: used on its ClusterClient's loop thread; the client outlives it.
-class ClusterLease {
+// The FleetClient (fleet_client.h) over Redis: one per Loop, on a process's ClusterLimits.
+class ClusterClient final : public FleetClient {
  public:
-  ClusterLease() = default;
-  ClusterLease(ClusterLease&& o) noexcept { *this = std::move(o); }
-  ClusterLease& operator=(ClusterLease&& o) noexcept;
-  ~ClusterLease() { Release(); }
-  bool valid() const { return client_ != nullptr; }
-  // Gives the slots back (after the socket is closed). Idempotent.
-  void Release();
-
- private:
-  friend class ClusterClient;
-  ClusterLease(ClusterClient* c, uint64_t h) : client_(c), handle_(h) {}
-  ClusterClient* client_ = nullptr;
-  uint64_t handle_ = 0;
-};
-
-// A session waiting at a cluster limit. ClusterWake() runs once on the loop thread.
-class ClusterWaiter {
- public:
-  virtual ~ClusterWaiter() = default;
-  virtual void ClusterWake() = 0;
-};
-
-class ClusterClient {
- public:
-  enum class Verdict : uint8_t { kGranted, kFull, kClosed };
-  struct Result {
-    Result(Verdict v, ClusterLease l) : verdict(v), lease(std::move(l)) {}
-    Verdict verdict;
-    ClusterLease lease;      // kGranted
-    uint32_t full_mask = 0;  // kFull via Redis: bit i set when keys[i] was full
-    // kFull for a reason other than the fleet's count: "" when the keys were full; else why
-    // (Redis unreachable and this worker's share taken, the store warming up). Sessions
-    // deferred for it say "451 4.4.3 cluster limits unavailable: " + unavailable.
-    std::string unavailable;
-  };
-  using Done = std::function<void(Result)>;
 
   // `worker` false: an observer (`mxsched route`) that only reads counts — no heartbeat
   // (it is not counted as a live worker), no wake-up channel, no leases.
@@ -258,18 +215,22 @@ class ClusterClient {
   ClusterClient& operator=(const ClusterClient&) = delete;
 
   // A fresh id for one session (lease and waiter id).
-  std::string NewId();
+  std::string NewId() override;
   // Takes a slot on every key, or none. `done` runs on the loop thread, possibly before
   // Acquire returns (degraded mode, Redis in reconnect backoff). With a `waiter`, kFull
   // also queues it (in Redis, keeping its place across calls with the same id) and it is
   // woken once — by a release, or at the re-check. REQUIRES: `waiter` stays valid until
   // woken or Unwait/Forget.
   void Acquire(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
-               Done done);
+               Done done) override;
   // Stops waking `id` (it keeps its place in Redis for a last try).
-  void Unwait(const std::string& id);
+  void Unwait(const std::string& id) override;
   // `id` is done: drops its places in every queue it joined (here and in Redis).
-  void Forget(const std::string& id);
+  void Forget(const std::string& id) override;
+  std::string HostKey(const Endpoint& e) const override { return limits_->HostKey(e); }
+  std::string DomainKey(std::string_view domain) const override {
+    return limits_->DomainKey(domain);
+  }
 
   ClusterLimits& limits() { return *limits_; }
   size_t leases() const { return leases_.size(); }
@@ -280,7 +241,6 @@ class ClusterClient {
   void CountKey(const std::string& key, std::function<void(absl::StatusOr<int64_t>)> done);
 
  private:
-  friend class ClusterLease;
   struct LeaseRec {
     std::string id;
     std::vector<ClusterKey> keys;
@@ -294,7 +254,7 @@ class ClusterClient {
   };
   struct Script;
 
-  void Release(uint64_t handle);
+  void ReleaseLease(uint64_t handle) override;
   void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
             RedisConnection::ReplyFn fn);
   void Decide(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,

@@ -1,4 +1,4 @@
-#include "mxsched/io/cluster_limits.h"
+#include "mxsched/cluster/cluster_limits.h"
 
 #include <algorithm>
 #include <chrono>
@@ -453,23 +453,6 @@ int64_t ClusterLimits::Held(const std::string& key) const {
 }
 
 // ---------------------------------------------------------------------------------------
-// ClusterLease
-
-ClusterLease& ClusterLease::operator=(ClusterLease&& o) noexcept {
-  if (this != &o) {
-    Release();
-    client_ = std::exchange(o.client_, nullptr);
-    handle_ = std::exchange(o.handle_, 0);
-  }
-  return *this;
-}
-
-void ClusterLease::Release() {
-  if (client_ == nullptr) return;
-  std::exchange(client_, nullptr)->Release(handle_);
-}
-
-// ---------------------------------------------------------------------------------------
 // ClusterClient
 
 struct ClusterClient::Script {
@@ -621,7 +604,7 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            if (!reserved) limits_->AddHeld(keys);
            limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
            leases_[h] = LeaseRec{id, std::move(keys)};
-           Result res{Verdict::kGranted, ClusterLease(this, h)};
+           Result res{Verdict::kGranted, MakeLease(h)};
            return done(std::move(res));
          }
          if (reserved) limits_->RemoveHeld(keys);
@@ -669,7 +652,7 @@ void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey>
     limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
     limits_->stats().local_leases.fetch_add(1, std::memory_order_relaxed);
     leases_[h] = LeaseRec{id, std::move(keys)};
-    return done(Result{Verdict::kGranted, ClusterLease(this, h)});
+    return done(Result{Verdict::kGranted, MakeLease(h)});
   }
   LocalFull(id, std::move(keys), waiter, std::move(done));
 }
@@ -731,7 +714,7 @@ void ClusterClient::Forget(const std::string& id) {
   if (!queued.empty() && !local) SendRelease(id, queued);
 }
 
-void ClusterClient::Release(uint64_t handle) {
+void ClusterClient::ReleaseLease(uint64_t handle) {
   auto it = leases_.find(handle);
   if (it == leases_.end()) return;
   LeaseRec rec = std::move(it->second);

@@ -1,4 +1,4 @@
-#include "mxsched/io/redis_async.h"
+#include "mxsched/cluster/redis_async.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>

@@ -1,0 +1,100 @@
+// FleetClient: what a Connector asks of fleet-wide limits (docs/DESIGN.md §7) — a slot on
+// a set of keys shared by every worker, a wait for one, its release — and the handles it
+// hands out. The io component declares it so that the connector does not depend on Redis;
+// the cluster component (mxsched::cluster, mxsched/cluster/cluster.h) implements it over
+// Redis. An embedder builds one per Loop with cluster::NewFleetClient.
+//
+// Thread-safety: a FleetClient and its ClusterLeases are used on their Loop's thread only.
+#ifndef MXSCHED_IO_FLEET_CLIENT_H_
+#define MXSCHED_IO_FLEET_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxsched/base/endpoint.h"
+
+namespace mxsched::io {
+
+class FleetClient;
+
+// One fleet-wide limit: its key and how many slots the fleet may hold on it.
+struct ClusterKey {
+  std::string key;
+  int32_t limit;
+};
+
+// The fleet part of a held slot. Move-only; releases on destruction.
+// REQUIRES: used on its client's loop thread; the client outlives it.
+class ClusterLease {
+ public:
+  ClusterLease() = default;
+  ClusterLease(ClusterLease&& o) noexcept { *this = std::move(o); }
+  ClusterLease& operator=(ClusterLease&& o) noexcept;
+  ~ClusterLease() { Release(); }
+  bool valid() const { return client_ != nullptr; }
+  // Gives the slots back (after the socket is closed). Idempotent.
+  void Release();
+
+ private:
+  friend class FleetClient;
+  ClusterLease(FleetClient* c, uint64_t h) : client_(c), handle_(h) {}
+  FleetClient* client_ = nullptr;
+  uint64_t handle_ = 0;
+};
+
+// A session waiting at a fleet limit. ClusterWake() runs once on the loop thread.
+class ClusterWaiter {
+ public:
+  virtual ~ClusterWaiter() = default;
+  virtual void ClusterWake() = 0;
+};
+
+class FleetClient {
+ public:
+  enum class Verdict : uint8_t { kGranted, kFull, kClosed };
+  struct Result {
+    Result(Verdict v, ClusterLease l) : verdict(v), lease(std::move(l)) {}
+    Verdict verdict;
+    ClusterLease lease;      // kGranted
+    uint32_t full_mask = 0;  // kFull: bit i set when keys[i] was full
+    // kFull for a reason other than the fleet's count: "" when the keys were full; else why
+    // (the store unreachable and this worker's share taken, the store warming up).
+    // Sessions deferred for it say "451 4.4.3 cluster limits unavailable: " + unavailable.
+    std::string unavailable;
+  };
+  using Done = std::function<void(Result)>;
+
+  virtual ~FleetClient() = default;
+
+  // A fresh id for one session (lease and waiter id).
+  virtual std::string NewId() = 0;
+  // Takes a slot on every key, or none. `done` runs on the loop thread, possibly before
+  // Acquire returns. With a `waiter`, kFull also queues it (keeping its place across calls
+  // with the same id) and it is woken once — by a release, or at the re-check.
+  // REQUIRES: `waiter` stays valid until woken or Unwait/Forget.
+  virtual void Acquire(const std::string& id, std::vector<ClusterKey> keys,
+                       ClusterWaiter* waiter, Done done) = 0;
+  // Stops waking `id` (it keeps its place for a last try).
+  virtual void Unwait(const std::string& id) = 0;
+  // `id` is done: drops its places in every queue it joined.
+  virtual void Forget(const std::string& id) = 0;
+  // The keys of a host's and a domain's limits.
+  virtual std::string HostKey(const Endpoint& e) const = 0;
+  virtual std::string DomainKey(std::string_view domain) const = 0;
+
+ protected:
+  // A lease on `handle` (implementations number their leases), released through
+  // ReleaseLease.
+  ClusterLease MakeLease(uint64_t handle) { return ClusterLease(this, handle); }
+  virtual void ReleaseLease(uint64_t handle) = 0;
+
+ private:
+  friend class ClusterLease;
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_FLEET_CLIENT_H_
