@@ -254,6 +254,7 @@ struct Conn {
   std::string out;
   size_t sent = 0;
   bool answering = false;  // the request is complete; `out` is being written
+  bool draining = false;   // answered and shut down for writing: input read and dropped
 };
 
 // The request in `c.in`, if complete: nullopt while more is needed, else the answer.
@@ -326,7 +327,6 @@ void AdminServer::Run() {
     c.sent = 0;
     c.answering = true;
     c.deadline = Clock::now() + std::chrono::milliseconds(options_.response_timeout_ms);
-    ::shutdown(c.fd, SHUT_RD);
   };
   for (;;) {
     fds.clear();
@@ -335,7 +335,8 @@ void AdminServer::Run() {
     fds.push_back({listen_fd_, POLLIN, 0});
     Clock::time_point next = Clock::time_point::max();
     for (auto it = conns.begin(); it != conns.end(); ++it) {
-      fds.push_back({it->fd, static_cast<short>(it->answering ? POLLOUT : POLLIN), 0});
+      fds.push_back(
+          {it->fd, static_cast<short>(it->answering && !it->draining ? POLLOUT : POLLIN), 0});
       which.push_back(it);
       next = std::min(next, it->deadline);
     }
@@ -353,14 +354,32 @@ void AdminServer::Run() {
       auto it = which[i];
       Conn& c = *it;
       const short ev = fds[i + 2].revents;
-      if (c.answering) {
+      if (c.draining) {
+        // A lingering close: the client may still be sending (an oversized request); closing
+        // with unread input would reset the connection and lose the answer it has not read.
+        if (ev & (POLLIN | POLLERR | POLLHUP)) {
+          char buf[4096];
+          const ssize_t r = ::recv(c.fd, buf, sizeof(buf), 0);
+          if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            close_conn(it);
+            continue;
+          }
+        }
+      } else if (c.answering) {
         if (ev & (POLLOUT | POLLERR | POLLHUP)) {
           const ssize_t w =
               ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
           if (w > 0) c.sent += static_cast<size_t>(w);
-          if (c.sent == c.out.size() || (w < 0 && errno != EAGAIN && errno != EINTR)) {
+          if (w < 0 && errno != EAGAIN && errno != EINTR) {
             close_conn(it);
             continue;
+          }
+          if (c.sent == c.out.size()) {
+            ::shutdown(c.fd, SHUT_WR);
+            c.draining = true;
+            c.out.clear();
+            c.out.shrink_to_fit();
+            c.deadline = std::min(c.deadline, Clock::now() + std::chrono::seconds(2));
           }
         }
       } else if (ev & (POLLIN | POLLERR | POLLHUP)) {
@@ -393,10 +412,10 @@ void AdminServer::Run() {
         const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) break;
         if (conns.size() >= static_cast<size_t>(options_.max_connections)) {
-          // Full: the oldest connection still sending its request makes room (a trickling
-          // client loses its place, a complete request being answered never does).
+          // Full: the oldest connection still sending its request (or already answered)
+          // makes room: a trickling client loses its place, an answer being written never.
           auto victim = std::find_if(conns.begin(), conns.end(),
-                                     [](const Conn& c) { return !c.answering; });
+                                     [](const Conn& c) { return !c.answering || c.draining; });
           if (victim == conns.end()) {
             const std::string out = Serialize(Error(503, "too many admin connections"), false);
             (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
