@@ -53,6 +53,10 @@
 // mxsched_dns_cache_entries              | gauge     |               | names and types in the DNS
 // cache |
 //
+// | mxsched_server_connection_limit        | gauge     |               | server_max_outbound_connections
+// in force (+Inf: unlimited) |
+// | mxsched_hosts_total                    | counter   | event         | host states created and evicted
+// (docs/DESIGN.md §5) |
 // | mxsched_host_series_hosts              | gauge     |               | hosts with their own series
 // (at most max_hosts; the rest are summed under host="other") |
 //
