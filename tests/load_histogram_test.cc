@@ -234,11 +234,11 @@ TEST_F(LoadBookkeepingTest, MaxSecondsCancelsConnectAttemptsInFlight) {
   auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", routes,
                                   ")\nmax_outbound_connections = 1000"));
   Selector selector(config);
-  io::LoadOptions o = Options(8, 8, 0, 1);
+  testbed::LoadOptions o = Options(8, 8, 0, 1);
   o.max_seconds = 1;
   o.connector.banner_timeout_ms = 10'000;
   o.connector.max_attempts = 4;
-  auto r = io::RunLoad(selector, o);
+  auto r = testbed::RunLoad(selector, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->stopped_by, "max_seconds");
   EXPECT_LT(r->seconds, 10.0) << "the run outlived a banner timeout after its deadline";
@@ -262,9 +262,9 @@ TEST_F(LoadBookkeepingTest, InstantDeferralsDoNotStarveConnectsInFlight) {
   auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0),
                                   " )\nHost \"", Ip(1), "\" { max_outbound_connections = 1 }"));
   Selector selector(config);
-  io::LoadOptions o = Options(300'000, 16, 0, 1);
+  testbed::LoadOptions o = Options(300'000, 16, 0, 1);
   o.connector.slot_wait_ms = 0;
-  auto r = io::RunLoad(selector, o);
+  auto r = testbed::RunLoad(selector, o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->connected + r->deferred + r->failed, 300'000);
   EXPECT_GE(r->connected, 3) << r->ToText();
