@@ -43,7 +43,7 @@ std::string Fault::ToString() const {
 absl::StatusOr<std::vector<Endpoint>> ParseListenSpec(std::string_view spec) {
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
-        StrCat("listen \"", spec, "\": ", why, " (want ADDR[-ADDR]:PORT or [::1]:PORT)"));
+        StrCat("listen \"", EchoForError(spec), "\": ", why, " (want ADDR[-ADDR]:PORT or [::1]:PORT)"));
   };
   size_t colon = spec.rfind(':');
   if (colon == std::string_view::npos) return bad("missing :PORT");
@@ -86,7 +86,7 @@ absl::StatusOr<std::pair<IpAddress, Fault>> ParseFaultSpec(std::string_view spec
   size_t eq = spec.find('=');
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(
-        StrCat("fault \"", spec, "\": ", why,
+        StrCat("fault \"", EchoForError(spec), "\": ", why,
                " (want ADDR=refuse|blackhole|tempfail|reset|slow:MS|cap:N)"));
   };
   if (eq == std::string_view::npos) return bad("missing '='");

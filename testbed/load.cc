@@ -215,13 +215,19 @@ class Worker {
     }
     StartMore();
     // A bounded wait, so a stop (--max-seconds, a signal) is seen within 50 ms even when
-    // nothing completes — sessions held for --hold-ms are then cut short.
-    while (in_flight_ > 0 || connector_->in_flight() > 0) {
-      loop_->RunOnce(50);
+    // nothing completes — sessions held for --hold-ms are then cut short, and those still
+    // connecting are cancelled (Connector::Stop: no failover attempt starts after it).
+    // While sessions are left to start (a batch ended, see StartLoop), the ring is only
+    // polled, then more start.
+    while (in_flight_ > 0 || connector_->in_flight() > 0 || more_to_start_) {
+      loop_->RunOnce(more_to_start_ ? 0 : 50);
       if (!stopping_ && shared_->stop.load(std::memory_order_relaxed)) {
         stopping_ = true;
+        more_to_start_ = false;
+        connector_->Stop("the run was stopped: --max-seconds or a signal");
         for (Hold* h : std::vector<Hold*>(holds_.begin(), holds_.end())) h->Stop();
       }
+      if (more_to_start_) StartMore();
     }
     // Let cancelled timers' completions drain so no session object outlives the loop.
     for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
@@ -242,11 +248,20 @@ class Worker {
     starting_ = false;
   }
 
+  // At most `concurrency_` sessions start per call, then the loop gets the thread back
+  // (more_to_start_): sessions deferred at once (a failed or full host) used to end inside
+  // Connect and let the next one start, ~3 M a second without the ring serviced, so the
+  // connects in flight — a recovering host's probe among them — waited seconds (issue 20).
   void StartLoop() {
     const LoadOptions& o = *shared_->options;
-    while (in_flight_ < concurrency_) {
+    more_to_start_ = false;
+    for (int started = 0; in_flight_ < concurrency_; ++started) {
       if (NowNanos() >= shared_->deadline_nanos) return;
       if (shared_->stop.load(std::memory_order_relaxed)) return;
+      if (started >= concurrency_) {
+        more_to_start_ = true;
+        return;
+      }
       const int64_t i = shared_->next.fetch_add(1, std::memory_order_relaxed);
       if (i >= o.sessions) return;
       ++in_flight_;
@@ -257,6 +272,10 @@ class Worker {
 
   void OnConnected(ConnectResult r) {
     busy_replies_ += r.busy_replies;
+    if (r.stopped) {  // cut short by the stop while connecting: deferred, "stopped"
+      CountStopped();
+      return SessionEnded();
+    }
     if (r.slot_wait_nanos > 0) slot_waits_.Add(r.slot_wait_nanos);
     if (r.kind == ConnectResult::Kind::kConnected) {
       latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos);
@@ -318,6 +337,7 @@ class Worker {
  private:
   std::unordered_set<Hold*> holds_;  // sessions past Connect, not yet ended
   bool stopping_ = false;
+  bool more_to_start_ = false;  // StartLoop ended its batch with room left
   Shared* shared_;
   Selector* selector_;
   int concurrency_;
@@ -746,7 +766,7 @@ std::string LoadReport::ToText() const {
   for (const auto& [k, h] : hosts) {
     s += StrCat("  ", k, "  ", h.sessions, "  ", h.peak, "  ", h.lease_peak, "  ", limit(h.limit));
     if (h.limit != h.configured_limit) s += StrCat(" (configured ", limit(h.configured_limit), ")");
-    if (!h.limit_moved.empty()) s += StrCat("  ", h.limit_moved);
+    if (!h.limit_moved.empty()) s += StrCat("  ", ForTerminal(h.limit_moved));
     s += "\n";
   }
   s += StrCat("domains: ", domains.distinct, " distinct; resident at the end ", domains.resident,
@@ -754,10 +774,10 @@ std::string LoadReport::ToText() const {
               domains.created, ", evicted ", domains.evicted, " (idle for domain_idle_timeout); ",
               domains.memory_bytes, " bytes held for domains\n");
   for (const auto& [k, v] : deferrals) {
-    s += StrCat("deferred ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
+    s += StrCat("deferred ", k, ": ", v, "  e.g. ", ForTerminal(examples.at(k)), "\n");
   }
   for (const auto& [k, v] : failures) {
-    s += StrCat("failed ", k, ": ", v, "  e.g. ", examples.at(k), "\n");
+    s += StrCat("failed ", k, ": ", v, "  e.g. ", ForTerminal(examples.at(k)), "\n");
   }
   if (cluster) {
     const Cluster& c = *cluster;

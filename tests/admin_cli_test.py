@@ -249,7 +249,7 @@ remote_smtp_port = {port}
                       (b"DELETE /hosts HTTP/1.1\r\nHost: x\r\n\r\n", 405),
                       (b"GET /refresh?domain=b.test HTTP/1.1\r\nHost: x\r\n\r\n", 405),
                       (b"POST /refresh?domain=%zz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 400),
-                      (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 400)]:
+                      (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431)]:
         got = raw(req)
         if got != want:
             fail(f"{req[:40]!r}: {got}, want {want}")

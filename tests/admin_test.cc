@@ -4,11 +4,17 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <set>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "mxsched/admin/admin_server.h"
@@ -276,6 +282,225 @@ TEST(AdminServer, StartFailureNamesTheAddress) {
   auto second = AdminServer::Start(&selector, nullptr, o);
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find(o.listen), std::string::npos) << second.status();
+  EXPECT_NE(second.status().message().find("address in use"), std::string::npos)
+      << second.status();
+}
+
+// Issue 20 item 2: the address is parsed here, not handed to CivetWeb. A bare port is
+// loopback (it was 0.0.0.0), lists and CivetWeb's suffixes are refused.
+TEST(AdminAddress, BarePortIsLoopbackAndListsAndSuffixesAreRefused) {
+  auto bare = ParseAdminAddress("9464");
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->ToString(), "127.0.0.1:9464");
+  EXPECT_EQ(ParseAdminAddress("[::1]:0")->ToString(), "[::1]:0");
+  EXPECT_EQ(ParseAdminAddress("0.0.0.0:9464")->ToString(), "0.0.0.0:9464");  // caller warns
+  for (const char* bad : {"127.0.0.1:0,0.0.0.0:0", "9464s", "127.0.0.1:9464r", "localhost:9464",
+                          "", ":", "127.0.0.1:65536", "::1:9464", "127.0.0.1:\x1b[31m"}) {
+    auto r = ParseAdminAddress(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().message().find('\x1b'), std::string::npos) << "escaped";
+  }
+  EXPECT_NE(ParseAdminAddress("127.0.0.1:0,0.0.0.0:0").status().message().find("one address"),
+            std::string::npos);
+
+  // Started with a bare port, the listener is on 127.0.0.1 and nowhere else.
+  Selector selector(ConfigFrom(kConfig));
+  AdminOptions o;
+  o.listen = "0";
+  auto s = AdminServer::Start(&selector, nullptr, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->endpoint().address.ToString(), "127.0.0.1");
+  EXPECT_EQ(Get((*s)->port(), "/metrics").status, 200);
+  o.listen = "127.0.0.1:0,0.0.0.0:0";
+  EXPECT_FALSE(AdminServer::Start(&selector, nullptr, o).ok());
+}
+
+int ConnectLoopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server closed `fd` (EOF, perhaps after a 408), waiting at most `ms`.
+bool ClosedByServer(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, ms) <= 0) return false;
+  char buf[512];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+  }
+  return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+// Issue 20 item 3: ten (here 40) connections trickling a request kept /metrics unreachable
+// for 40 s under CivetWeb, each holding one of its 2 worker threads for up to 10 s.
+TEST_F(AdminServerTest, TricklingClientsDoNotStarveAScrape) {
+  std::vector<int> slow;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = ConnectLoopback(port_);
+    ASSERT_GE(fd, 0);
+    ASSERT_GT(send(fd, "GET /metrics HTTP/1.1\r\nHo", 25, MSG_NOSIGNAL), 0);
+    slow.push_back(fd);
+  }
+  // Send() gives up after 10 s: the scrape is answered while the 40 are still open.
+  HttpReply r = Get(port_, "/metrics");
+  EXPECT_EQ(r.status, 200);
+  for (int fd : slow) close(fd);
+}
+
+// The deadline is for the whole request, not per read: a client sending one byte every 20 ms
+// is closed when its request has not completed within request_timeout_ms.
+TEST(AdminServer, ARequestMustBeCompleteWithinItsDeadlineNotPerRead) {
+  Selector selector(ConfigFrom(kConfig));
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  o.request_timeout_ms = 300;
+  auto s = AdminServer::Start(&selector, nullptr, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const int fd = ConnectLoopback((*s)->port());
+  ASSERT_GE(fd, 0);
+  ASSERT_GT(send(fd, "GET /metrics HTTP/1.1\r\nX-Slow: ", 31, MSG_NOSIGNAL), 0);
+  int dripped = 0;
+  bool closed = false;
+  // Bounded at 500 bytes (10 s): a per-read timeout of 300 ms never fires on this client.
+  for (; dripped < 500 && !closed; ++dripped) {
+    if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
+      closed = true;
+      break;
+    }
+    closed = ClosedByServer(fd, 20);
+  }
+  close(fd);
+  EXPECT_TRUE(closed) << "still open after " << dripped << " bytes";
+  EXPECT_EQ(Get((*s)->port(), "/metrics").status, 200);
+}
+
+// At most max_connections are open; a new one closes the oldest still reading its request.
+TEST(AdminServer, OpenConnectionsAreBoundedAndIdleOnesMakeRoom) {
+  Selector selector(ConfigFrom(kConfig));
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  o.max_connections = 8;
+  o.request_timeout_ms = 60'000;  // only the cap can close them here
+  auto s = AdminServer::Start(&selector, nullptr, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = ConnectLoopback((*s)->port());
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  EXPECT_EQ(Get((*s)->port(), "/metrics").status, 200);
+  int closed = 0;
+  for (int fd : idle) closed += ClosedByServer(fd, closed < 32 ? 5000 : 50) ? 1 : 0;
+  EXPECT_GE(closed, 40 - 8 + 1) << "the scrape took one of the 8 places";
+  for (int fd : idle) close(fd);
+}
+
+// Issue 20 item 4: "a.test%00x" was cut at the NUL by CivetWeb and answered for a.test.
+TEST_F(AdminServerTest, BytesNotValidInADomainNameAreA400) {
+  Lease l = selector_.Acquire("a.test").TakeLease();
+  EXPECT_EQ(Get(port_, "/domains/a.test").status, 200);
+  for (const char* path : {"/domains/a.test%00x", "/domains/a.test%00", "/domains/a.test%1b[31m",
+                           "/domains/a.test%ff", "/domains/a%20test", "/domains/a.test%0a"}) {
+    HttpReply r = Get(port_, path);
+    EXPECT_EQ(r.status, 400) << path << " " << r.body;
+    EXPECT_EQ(r.body.find('\x1b'), std::string::npos);
+  }
+  EXPECT_EQ(Post(port_, "/refresh?domain=a.test%00x").status, 400);
+}
+
+// Issue 24 item 6: every metric the Grafana dashboard queries exists — the panel
+// "connections open vs server limit" had no limit series because no limit metric existed.
+TEST_F(AdminServerTest, EveryMetricTheGrafanaDashboardQueriesIsServed) {
+  std::ifstream in(StrCat(MXSCHED_SOURCE_DIR, "/docs/grafana-dashboard.json"));
+  ASSERT_TRUE(in) << "docs/grafana-dashboard.json";
+  const std::string dashboard((std::istreambuf_iterator<char>(in)), {});
+  const std::string text = Get(port_, "/metrics").body;
+  std::set<std::string> names;
+  for (size_t p = 0; (p = dashboard.find("mxsched_", p)) != std::string::npos;) {
+    size_t e = p;
+    while (e < dashboard.size() && (std::islower(static_cast<unsigned char>(dashboard[e])) ||
+                                    dashboard[e] == '_' || std::isdigit(static_cast<unsigned char>(dashboard[e])))) {
+      ++e;
+    }
+    names.insert(dashboard.substr(p, e - p));
+    p = e;
+  }
+  ASSERT_TRUE(names.count("mxsched_server_connection_limit"));
+  for (const std::string& n : names) {
+    std::string base = n;
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      if (base.size() > std::strlen(suffix) &&
+          base.compare(base.size() - std::strlen(suffix), std::string::npos, suffix) == 0) {
+        base.resize(base.size() - std::strlen(suffix));
+      }
+    }
+    EXPECT_NE(text.find(StrCat("# TYPE ", base, " ")), std::string::npos) << n;
+  }
+  EXPECT_NE(text.find("mxsched_server_connection_limit 20000\n"), std::string::npos);
+}
+
+// Issue 20 item 1: per-host series are bounded: the busiest max_host_series hosts, the rest
+// summed under host="other"; promtool still passes.
+TEST(AdminServer, HostSeriesAreBoundedToTheBusiestAndTheRestSummed) {
+  std::string routes;
+  for (int i = 1; i <= 20; ++i) routes += StrCat("\"smtp://127.0.2.", i, "\" ");
+  Selector selector(ConfigFrom(StrCat("routes = ( ", routes, ")\nprohibited_hosts = ( )")));
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  o.max_host_series = 5;
+  auto s = AdminServer::Start(&selector, nullptr, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<Lease> held;
+  for (int i = 0; i < 3; ++i) held.push_back(selector.Acquire("a.example").TakeLease());
+  ASSERT_EQ(selector.registry().size(), 20u);
+  const std::string text = Get((*s)->port(), "/metrics").body;
+  std::string output;
+  EXPECT_EQ(Promtool(text, &output), 0) << output;
+  const auto m = Series(text);
+  int shown = 0;
+  double active = 0;
+  for (const auto& [k, v] : m) {
+    if (k.rfind("mxsched_host_active_connections{", 0) == 0) {
+      ++shown;
+      active += v;
+    }
+  }
+  EXPECT_EQ(shown, 6) << "5 hosts and other";
+  EXPECT_EQ(active, 3) << "the sum over shown and other is every open lease";
+  for (const Lease& l : held) {
+    EXPECT_TRUE(m.count(StrCat("mxsched_host_active_connections{host=\"", l.endpoint().ToString(),
+                               "\",mx=\"", l.endpoint().address.ToString(), "\"}")))
+        << "a host with open connections is among the shown";
+  }
+  EXPECT_EQ(m.at("mxsched_host_active_connections{host=\"other\",mx=\"other\"}"), 0);
+  EXPECT_EQ(m.at("mxsched_hosts"), 20);
+  EXPECT_EQ(m.at("mxsched_host_series_hosts"), 5);
+  EXPECT_EQ(m.count("mxsched_host_connection_limit{host=\"other\",mx=\"other\"}"), 0u);
+  const nlohmann::json hosts = nlohmann::json::parse(Get((*s)->port(), "/hosts").body);
+  EXPECT_EQ(hosts.size(), 5u);
+  EXPECT_GT(hosts[0]["active"].get<int>(), 0) << "busiest first";
+  // The Collectable path makes the same choice.
+  const std::string collected = SerializeText((*s)->metrics().Collect());
+  EXPECT_EQ(Series(collected).count("mxsched_host_active_connections{host=\"other\",mx=\"other\"}"),
+            1u);
+}
+
+// Issue 24 item 6: GET / lists the endpoints (it was a 404).
+TEST_F(AdminServerTest, RootIsAnIndexOfTheEndpoints) {
+  HttpReply r = Get(port_, "/");
+  ASSERT_EQ(r.status, 200) << r.body;
+  for (const char* p : {"/metrics", "/hosts", "/domains/NAME", "/refresh"}) {
+    EXPECT_NE(r.body.find(p), std::string::npos) << p;
+  }
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ err=$(timeout 60 "$bin" farm --listen "$net.1:$p2" --flap "$net.9=100" --max-sec
 # --- demo: an unwritable --out fails before the run
 out=$(timeout 60 "$bin" demo --seconds 1 --out "$work/no/such/dir" 2>"$work/demo.err"); rc=$?
 [ $rc -eq 1 ] || fail "demo --out missing dir exit $rc"
-grep -q -- "--out $work/no/such/dir" "$work/demo.err" || fail "demo names --out: $(cat "$work/demo.err")"
+grep -q -- "--out \"$work/no/such/dir\"" "$work/demo.err" || fail "demo names --out: $(cat "$work/demo.err")"
 grep -q "global route" <<<"$out" && fail "demo ran before checking --out"
 
 # --- peers
@@ -134,7 +134,7 @@ python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["connected"] ==
 mkdir "$work/jsondir"
 "$bin" load --config "$work/limit.conf" --domains l.example --sessions 5 --concurrency 2 \
   --json "$work/jsondir" >/dev/null 2>"$work/jsondir.err"; rc=$?
-[ $rc -eq 1 ] && grep -q "cannot write $work/jsondir" "$work/jsondir.err" || fail "--json DIR: exit $rc"
+[ $rc -eq 1 ] && grep -q "cannot write \"$work/jsondir\"" "$work/jsondir.err" || fail "--json DIR: exit $rc"
 left=$(ls -d "$work"/jsondir?* 2>/dev/null | grep -v 'jsondir.err$')
 [ -z "$left" ] || fail "failed rename left a temporary file: $left"
 

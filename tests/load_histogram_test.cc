@@ -215,6 +215,62 @@ TEST_F(LoadBookkeepingTest, PeakCountsConnectionsNotLeasesWhoseConnectFailed) {
   EXPECT_EQ(r->hosts.at(Key(2)).peak, StatsFor(stats, Ip(2))->peak);
 }
 
+// Issue 20 item 7: four blackhole hosts, a 10 s banner timeout, 4 attempts and
+// --max-seconds 1 took attempts x timeouts (40 s here) — failover attempts started after the
+// deadline — and the sessions cut short were counted failed. Now the attempts in flight are
+// cancelled at the deadline and no new one starts: the run ends well inside one banner
+// timeout (the bound below is that timeout: a generous margin, not a speed target), and
+// every session is deferred, kind "stopped", without a host blamed.
+TEST_F(LoadBookkeepingTest, MaxSecondsCancelsConnectAttemptsInFlight) {
+  std::vector<Endpoint> eps;
+  std::vector<std::pair<IpAddress, Fault>> faults;
+  std::string routes;
+  for (int i = 1; i <= 4; ++i) {
+    eps.push_back(Ep(Ip(i), port_));
+    faults.push_back({*IpAddress::Parse(Ip(i)), {Fault::Kind::kBlackhole}});
+    routes += StrCat(Url(i, 0), " ");
+  }
+  auto farm = testing::StartFarm(eps, faults);
+  auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", routes,
+                                  ")\nmax_outbound_connections = 1000"));
+  Selector selector(config);
+  testbed::LoadOptions o = Options(8, 8, 0, 1);
+  o.max_seconds = 1;
+  o.connector.banner_timeout_ms = 10'000;
+  o.connector.max_attempts = 4;
+  auto r = testbed::RunLoad(selector, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->stopped_by, "max_seconds");
+  EXPECT_LT(r->seconds, 10.0) << "the run outlived a banner timeout after its deadline";
+  EXPECT_EQ(r->failed, 0) << r->ToText();
+  EXPECT_EQ(r->deferred, 8) << r->ToText();
+  EXPECT_EQ(r->deferrals["stopped"], 8) << r->ToText();
+  EXPECT_EQ(r->connected + r->deferred + r->failed + r->not_started, 8);
+  auto v = selector.DescribeResident("example.com");
+  ASSERT_TRUE(v);
+  for (const auto& t : v->tiers) {
+    for (const auto& h : t.hosts) EXPECT_TRUE(h.reachable) << "a stop blames no host";
+  }
+}
+
+// Issue 20 item 6: sessions deferred at once (here: a host limit of 1, no slot wait) used to
+// end inside Connect and let the next start, the whole run long, without the ring serviced:
+// the one session connecting could not finish until every other session had been started
+// and deferred (connected 1 of 300,000). Starting now yields to the loop after each batch.
+TEST_F(LoadBookkeepingTest, InstantDeferralsDoNotStarveConnectsInFlight) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_)});
+  auto config = ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0),
+                                  " )\nHost \"", Ip(1), "\" { max_outbound_connections = 1 }"));
+  Selector selector(config);
+  testbed::LoadOptions o = Options(300'000, 16, 0, 1);
+  o.connector.slot_wait_ms = 0;
+  auto r = testbed::RunLoad(selector, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->connected + r->deferred + r->failed, 300'000);
+  EXPECT_GE(r->connected, 3) << r->ToText();
+  EXPECT_LE(r->hosts[Key(1)].peak, 1);
+}
+
 TEST_F(LoadBookkeepingTest, RunWithoutGreetingsPrintsNoPercentiles) {
   // Every connection is accepted and never greeted (blackhole): no session got a greeting
   // (what a run stopped early can also leave), so there is no latency to give percentiles

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/config_options.h"
 #include "tools/commands.h"
@@ -28,7 +29,7 @@ int RunCheck(const CheckFlags& f) {
   if (f.config_path.empty()) return UsageError("check: --config FILE is required (or -d)");
   absl::StatusOr<Config> config = LoadConfigFile(f.config_path);
   if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
+    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
     return 2;
   }
   for (const std::string& w : config->warnings) {

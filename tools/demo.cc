@@ -114,13 +114,14 @@ int RunDemo(const DemoFlags& f) {
   const std::string& out = f.out;
   // The output directory is checked before the run, not found missing after it.
   if (mkdir(out.c_str(), 0755) != 0 && errno != EEXIST) {
-    std::fprintf(stderr, "mxsched demo: --out %s: cannot create: %s\n", out.c_str(),
-                 std::strerror(errno));
+    std::fprintf(stderr, "mxsched demo: --out \"%s\": cannot create: %s\n",
+                 EchoForError(out).c_str(), std::strerror(errno));
     return 1;
   }
   struct stat st {};
   if (stat(out.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || access(out.c_str(), W_OK) != 0) {
-    std::fprintf(stderr, "mxsched demo: --out %s: not a writable directory\n", out.c_str());
+    std::fprintf(stderr, "mxsched demo: --out \"%s\": not a writable directory\n",
+                 EchoForError(out).c_str());
     return 1;
   }
   RaiseFdLimit();
@@ -133,7 +134,7 @@ int RunDemo(const DemoFlags& f) {
   }
   auto farm = testbed::Farm::Start(fo);
   if (!farm.ok()) {
-    std::fprintf(stderr, "mxsched demo: %s\n", std::string(farm.status().message()).c_str());
+    std::fprintf(stderr, "mxsched demo: %s\n", ForTerminal(ToStd(farm.status().message())).c_str());
     return 1;
   }
   std::printf(
@@ -148,7 +149,7 @@ int RunDemo(const DemoFlags& f) {
   for (Scenario& sc : scenarios) {
     auto parsed = ParseConfig(sc.config, sc.name);
     if (!parsed.ok()) {
-      std::fprintf(stderr, "demo config: %s\n", std::string(parsed.status().message()).c_str());
+      std::fprintf(stderr, "demo config: %s\n", ForTerminal(ToStd(parsed.status().message())).c_str());
       return 1;
     }
     auto config = std::make_shared<const Config>(*std::move(parsed));
@@ -183,7 +184,7 @@ int RunDemo(const DemoFlags& f) {
     auto r = testbed::RunLoad(selector, o);
     if (tty) std::fprintf(stderr, "\n");
     if (!r.ok()) {
-      std::fprintf(stderr, "mxsched demo: %s\n", std::string(r.status().message()).c_str());
+      std::fprintf(stderr, "mxsched demo: %s\n", ForTerminal(ToStd(r.status().message())).c_str());
       return 1;
     }
     sc.report = *std::move(r);
@@ -242,8 +243,9 @@ int RunDemo(const DemoFlags& f) {
     std::string text = csv.str();
     text.pop_back();  // ReplaceFile ends the file with its own newline
     if (!ReplaceFile(out + "/demo.json", DumpJson(doc)) || !ReplaceFile(out + "/demo.csv", text)) {
-      std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n", out.c_str(),
-                   out.c_str());
+      const std::string shown = ForTerminal(out);
+      std::fprintf(stderr, "mxsched demo: cannot write %s/demo.json or %s/demo.csv\n",
+                   shown.c_str(), shown.c_str());
       return 1;
     }
   }
@@ -270,8 +272,10 @@ int RunDemo(const DemoFlags& f) {
     }
     png = WIFEXITED(status) && WEXITSTATUS(status) == 0;
   }
-  std::printf("\nwrote %s/demo.json, %s/demo.csv%s\n", out.c_str(), out.c_str(),
-              png ? StrCat(", ", out, "/demo.png").c_str() : " (install gnuplot-nox for demo.png)");
+  const std::string shown = ForTerminal(out);  // --out is argv: shown, never obeyed
+  std::printf("\nwrote %s/demo.json, %s/demo.csv%s\n", shown.c_str(), shown.c_str(),
+              png ? StrCat(", ", shown, "/demo.png").c_str()
+                  : " (install gnuplot-nox for demo.png)");
   return 0;
 }
 

@@ -91,7 +91,7 @@ int RunFarm(const FarmFlags& f) {
   const int64_t max_seconds = f.max_seconds;
   for (const std::string& spec : f.listen) {
     auto eps = testbed::ParseListenSpec(spec);
-    if (!eps.ok()) return UsageError(StrCat("farm: --listen: ", eps.status().message()));
+    if (!eps.ok()) return UsageError(StrCat("farm: --listen: ", ToStd(eps.status().message())));
     options.listen.insert(options.listen.end(), eps->begin(), eps->end());
   }
   for (const std::string& spec : f.faults) {
@@ -106,13 +106,14 @@ int RunFarm(const FarmFlags& f) {
     auto ip = IpAddress::Parse(spec.substr(0, eq == std::string_view::npos ? 0 : eq));
     if (eq == std::string_view::npos || !ip.ok() || !ParseUint(spec.substr(eq + 1), &ms) ||
         ms < 10 || ms > 3'600'000) {
-      return UsageError(StrCat("farm: --flap \"", spec, "\": want ADDR=MS (10..3600000)"));
+      return UsageError(
+            StrCat("farm: --flap \"", EchoForError(spec), "\": want ADDR=MS (10..3600000)"));
     }
     const bool served = std::any_of(options.listen.begin(), options.listen.end(),
                                     [&](const Endpoint& ep) { return ep.address == *ip; });
     if (!served) {
       return UsageError(
-          StrCat("farm: --flap \"", spec, "\": the farm does not serve ", ip->ToString()));
+          StrCat("farm: --flap \"", EchoForError(spec), "\": the farm does not serve ", ip->ToString()));
     }
     flaps.emplace_back(*ip, static_cast<int64_t>(ms));
   }
@@ -120,7 +121,7 @@ int RunFarm(const FarmFlags& f) {
   const volatile bool* stop = InstallStopSignals();
   auto farm = testbed::Farm::Start(options);
   if (!farm.ok()) {
-    std::fprintf(stderr, "mxsched %s\n", std::string(farm.status().message()).c_str());
+    std::fprintf(stderr, "mxsched %s\n", ForTerminal(ToStd(farm.status().message())).c_str());
     // Mistakes in the options are usage errors; a failure to listen is not.
     return absl::IsInvalidArgument(farm.status()) ? 2 : 1;
   }
@@ -128,7 +129,7 @@ int RunFarm(const FarmFlags& f) {
   if (!stats_path.empty() && !ReplaceFile(stats_path, (*farm)->StatsJson())) {
     (*farm)->Stop();
     return UsageError(
-        StrCat("farm: --stats ", stats_path, ": cannot write: ", std::strerror(errno)));
+        StrCat("farm: --stats \"", EchoForError(stats_path), "\": cannot write: ", std::strerror(errno)));
   }
   std::fprintf(stderr, "mxsched farm: listening on %zu address(es), pid %d, for at most %lld s\n",
                options.listen.size(), getpid(), static_cast<long long>(max_seconds));
@@ -158,7 +159,7 @@ int RunFarm(const FarmFlags& f) {
   (*farm)->Stop();
   const std::string json = (*farm)->StatsJson();
   if (!stats_path.empty() && !ReplaceFile(stats_path, json)) {
-    std::fprintf(stderr, "mxsched farm: cannot write %s\n", stats_path.c_str());
+    std::fprintf(stderr, "mxsched farm: cannot write \"%s\"\n", EchoForError(stats_path).c_str());
     return 1;
   }
   if (stats_path.empty()) std::printf("%s\n", json.c_str());
@@ -200,7 +201,7 @@ int RunLoadCommand(LoadFlags& f) {
   }
   auto config = LoadConfigFile(config_path);
   if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
+    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
     return 2;
   }
   for (const std::string& w : config->warnings) {
@@ -208,7 +209,7 @@ int RunLoadCommand(LoadFlags& f) {
   }
   auto cluster = io::ClusterOptionsFromConfig(*config);
   if (!cluster.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", std::string(cluster.status().message()).c_str());
+    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(cluster.status().message())).c_str());
     return 2;
   }
   if (cluster->has_value()) o.cluster = std::make_shared<io::ClusterLimits>(**cluster);
@@ -220,12 +221,28 @@ int RunLoadCommand(LoadFlags& f) {
   Selector selector(shared, {.resolver = o.dns_cache});
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!f.admin.empty()) {
+    // One ADDRESS:PORT or a bare port (127.0.0.1); anything else is refused before listening.
+    auto where = admin::ParseAdminAddress(f.admin);
+    if (!where.ok()) return UsageError(StrCat("load: --admin ", where.status().message()));
     admin::AdminOptions ao;
-    ao.listen = f.admin;
+    ao.listen = where->ToString();
     auto started = admin::AdminServer::Start(&selector, &cache, ao);
-    if (!started.ok()) return UsageError(StrCat("load: --admin: ", started.status().message()));
+    if (!started.ok()) {
+      // "address in use" is not a usage mistake but the run cannot go on without it.
+      std::fprintf(stderr, "mxsched: load: --admin: %s\n",
+                   ForTerminal(ToStd(started.status().message())).c_str());
+      return 1;
+    }
     admin_server = *std::move(started);
-    std::fprintf(stderr, "mxsched load: admin endpoint on port %d\n", admin_server->port());
+    std::fprintf(stderr, "mxsched load: admin endpoint on port %d (http://%s/)\n",
+                 admin_server->port(), admin_server->endpoint().ToString().c_str());
+    if (!where->address.IsLoopback()) {
+      std::fprintf(stderr,
+                   "mxsched load: warning: the admin endpoint listens on %s, not loopback: it "
+                   "has no authentication, so anyone who reaches it can read every metric and "
+                   "route and POST /refresh (SECURITY.md)\n",
+                   where->address.ToString().c_str());
+    }
   }
   if (isatty(STDERR_FILENO)) {
     const int64_t total = o.sessions;
@@ -241,12 +258,12 @@ int RunLoadCommand(LoadFlags& f) {
   auto report = testbed::RunLoad(selector, o);
   if (o.progress) std::fprintf(stderr, "\n");
   if (!report.ok()) {
-    std::fprintf(stderr, "mxsched load: %s\n", std::string(report.status().message()).c_str());
+    std::fprintf(stderr, "mxsched load: %s\n", ForTerminal(ToStd(report.status().message())).c_str());
     return 2;
   }
   std::printf("%s", report->ToText().c_str());
   if (!json_path.empty() && !ReplaceFile(json_path, report->ToJson())) {
-    std::fprintf(stderr, "mxsched load: cannot write %s\n", json_path.c_str());
+    std::fprintf(stderr, "mxsched load: cannot write \"%s\"\n", EchoForError(json_path).c_str());
     return 1;
   }
   if (report->stopped_by == "signal") return 128 + static_cast<int>(g_signal);

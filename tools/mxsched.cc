@@ -32,7 +32,8 @@
 namespace mxsched::tools {
 
 int UsageError(std::string_view why) {
-  std::fprintf(stderr, "mxsched: %.*s\n", static_cast<int>(why.size()), why.data());
+  // Messages quote argv and files; ForTerminal keeps any raw byte from acting on the terminal.
+  std::fprintf(stderr, "mxsched: %s\n", ForTerminal(why).c_str());
   return 2;
 }
 
@@ -152,15 +153,16 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
   if (cluster.enabled) {
     std::string line = StrCat("  cluster-wide (all workers): domain ", CountText(cluster.domain),
                               "/", v.limit == kUnlimited ? "unlimited" : std::to_string(v.limit));
-    if (!cluster.error.empty()) line += StrCat("  (Redis: ", cluster.error, ")");
+    if (!cluster.error.empty()) line += StrCat("  (Redis: ", ForTerminal(cluster.error), ")");
     std::printf("%s\n", line.c_str());
   }
-  if (!v.detail.empty()) std::printf("  %s\n", v.detail.c_str());
+  if (!v.detail.empty()) std::printf("  %s\n", ForTerminal(v.detail).c_str());
   if (!items.empty()) std::printf("  route items (tier: lower is preferred):\n");
   for (const RouteItem& it : items) {
-    std::printf("    %-32s %-5s %-14s tier %-5u %s\n", it.text.c_str(),
+    std::printf("    %-32s %-5s %-14s tier %-5u %s\n", ForTerminal(it.text).c_str(),
                 std::string(RouteSchemeName(it.scheme)).c_str(),
-                std::string(LookupName(it)).c_str(), it.tier, ItemStatus(it, v, have_dns).c_str());
+                ForTerminal(LookupName(it)).c_str(), it.tier,
+                ForTerminal(ItemStatus(it, v, have_dns)).c_str());
   }
   const auto shown = StableOrder(v, items);
   if (hosts > 0) {
@@ -180,7 +182,7 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
       const char* mark = h.reachable ? " " : "*";
       std::string limit = h.limit == kUnlimited ? "unlimited" : std::to_string(h.limit);
       std::printf("    %s %-24s %-28s limit %-9s active %d", mark, h.endpoint.ToString().c_str(),
-                  h.name.c_str(), limit.c_str(), h.active);
+                  ForTerminal(h.name).c_str(), limit.c_str(), h.active);
       if (cluster.enabled && h.configured_limit != kUnlimited) {
         std::printf("  cluster-wide %s/%d", CountText(HostClusterCount(cluster, h)).c_str(),
                     h.configured_limit);
@@ -194,9 +196,10 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
                                              ? "unlimited"
                                              : std::to_string(h.configured_limit).c_str());
       }
-      if (!h.limit_moved.empty()) std::printf("  %s", h.limit_moved.c_str());
+      if (!h.limit_moved.empty()) std::printf("  %s", ForTerminal(h.limit_moved).c_str());
       if (!h.group.empty()) {
-        std::printf("  provider \"%s\" %d/%d", h.group.c_str(), h.group_active, h.group_limit);
+        std::printf("  provider \"%s\" %d/%d", ForTerminal(h.group).c_str(), h.group_active,
+                    h.group_limit);
       }
       std::printf("\n");
     }
@@ -214,7 +217,7 @@ struct RouteFlags {
 int RunRoute(const RouteFlags& f) {
   absl::StatusOr<Config> config = LoadConfigFile(f.config_path);
   if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", std::string(config.status().message()).c_str());
+    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
     return 2;
   }
   for (const std::string& w : config->warnings) {

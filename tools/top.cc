@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "mxsched/base/strings.h"
@@ -89,6 +90,8 @@ struct HostRow {
   double connected_rate = 0, failed_rate = 0;
 };
 
+std::string RawLabel(std::string_view labels, std::string_view key);
+
 struct Scrape {
   std::map<std::string, HostRow> hosts;  // by host
   std::map<std::string, double> deferrals, sessions;
@@ -96,8 +99,14 @@ struct Scrape {
   std::chrono::steady_clock::time_point at;
 };
 
-// Label value `key` from `{a="x",b="y"}` text (Prometheus escapes: \\, \", \n).
+// Label value `key` from `{a="x",b="y"}` text (Prometheus escapes: \\, \", \n), as it may
+// be shown: label values come from DNS (mx) and the worker, so through ForTerminal — a name
+// with ESC or a newline broke the layout.
 std::string Label(std::string_view labels, std::string_view key) {
+  return ForTerminal(RawLabel(labels, key));
+}
+
+std::string RawLabel(std::string_view labels, std::string_view key) {
   const std::string needle = StrCat(key, "=\"");
   size_t p = 0;
   while ((p = labels.find(needle, p)) != std::string_view::npos) {
@@ -190,9 +199,9 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
   char clock[16];
   const time_t t = time(nullptr);
   std::strftime(clock, sizeof(clock), "%H:%M:%S", localtime(&t));
-  lines.push_back(StrCat("mxsched top  ", addr, "  ", clock, "  (q quits)"));
+  lines.push_back(StrCat("mxsched top  ", ForTerminal(addr), "  ", clock, "  (q quits)"));
   if (!error.empty()) {
-    lines.push_back(StrCat("worker unreachable: ", error, " - retrying"));
+    lines.push_back(StrCat("worker unreachable: ", ForTerminal(error), " - retrying"));
   }
   if (!now) {
     for (std::string& l : lines) l = Fit(l, width);
@@ -245,7 +254,7 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
   const bool show_mx = width >= 96, show_state = width >= 64, show_fail = width >= 52;
   std::string header = Pad("HOST", 24) + Pad("ACTIVE/LIMIT", 13, true) + Pad("CONN/S", 9, true);
   if (show_fail) header += Pad("FAIL/S", 8, true) + Pad("CONSEC", 7, true);
-  if (show_state) header += "  " + Pad("STATE", 12);
+  if (show_state) header += "  " + Pad("STATE", 14);
   if (show_mx) header += Pad("MX", 32);
   lines.push_back(header);
   const size_t room = height > lines.size() + 1 ? height - lines.size() - 1 : 0;
@@ -255,7 +264,11 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
                        Pad(Num(h.connected_rate, 1), 9, true);
     if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
     if (show_state) {
-      line += "  " + Pad(h.reachable ? "up" : StrCat("down ", Num(h.retry_s), "s"), 12);
+      // The retry time is a countdown: "down 11s" read as "down for 11 s".
+      line += "  " + Pad(h.reachable       ? std::string("up")
+                         : h.retry_s > 0 ? StrCat("retry in ", Num(h.retry_s), "s")
+                                         : std::string("probing"),
+                         14);
     }
     if (show_mx) line += Pad(h.mx, 32);
     lines.push_back(line);
@@ -349,7 +362,12 @@ int RunTop(const TopFlags& f) {
     return true;
   };
   if (f.once) {
-    const bool ok = scrape();
+    // Rates need two samples: a single scrape showed every rate as 0.0.
+    bool ok = scrape();
+    if (ok) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(f.interval_ms));
+      ok = scrape();
+    }
     for (const std::string& l : Render(f.admin, now, before, error, 200, 1000)) {
       std::printf("%s\n", l.c_str());
     }
@@ -379,7 +397,9 @@ CommandRun SetUpTopCommand(CLI::App& sub) {
       ->required()
       ->type_name("ADDR:PORT");
   sub.add_option("--interval-ms", f->interval_ms, "Refresh interval");
-  sub.add_flag("--once", f->once, "Print one plain frame and exit (1 if the worker is away)");
+  sub.add_flag("--once", f->once,
+               "Print one plain frame and exit (1 if the worker is away); rates are over two "
+               "scrapes --interval-ms apart");
   return [f] { return RunTop(*f); };
 }
 

@@ -1,7 +1,16 @@
 #include "mxsched/admin/admin_server.h"
 
-#include <civetweb.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,28 +26,33 @@ namespace mxsched::admin {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+using Response = AdminServer::Response;
+
 constexpr size_t kMaxFormBody = 1024;
 
-int Reply(mg_connection* conn, int status, std::string_view content_type, std::string_view body,
-          std::string_view extra_headers = "") {
-  const char* reason = mg_get_response_code_text(conn, status);
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: %.*s\r\nContent-Length: %zu\r\n"
-            "Cache-Control: no-store\r\n%.*sConnection: close\r\n\r\n",
-            status, reason, static_cast<int>(content_type.size()), content_type.data(), body.size(),
-            static_cast<int>(extra_headers.size()), extra_headers.data());
-  mg_write(conn, body.data(), body.size());
-  return status;
+Response Json(int status, const nlohmann::json& j, std::string extra_headers = "") {
+  return {status, "application/json", Dump(j) + "\n", std::move(extra_headers)};
 }
 
-int ReplyJson(mg_connection* conn, int status, const nlohmann::json& j) {
-  return Reply(conn, status, "application/json", Dump(j) + "\n");
+Response Error(int status, std::string_view why, std::string extra_headers = "") {
+  return Json(status, nlohmann::json{{"error", std::string(why)}}, std::move(extra_headers));
 }
 
-int Error(mg_connection* conn, int status, std::string_view why,
-          std::string_view extra_headers = "") {
-  return Reply(conn, status, "application/json",
-               Dump(nlohmann::json{{"error", std::string(why)}}) + "\n", extra_headers);
+const char* StatusText(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+  }
 }
 
 int HexValue(char c) {
@@ -86,141 +100,413 @@ std::optional<std::vector<std::pair<std::string, std::string>>> ParseForm(std::s
   return out;
 }
 
+
+// Strict percent-decoding of a path (no '+' rule): a bad escape is an error.
+std::optional<std::string> DecodePath(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = HexValue(s[i + 1]), lo = HexValue(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+// A domain from a request: every byte must be one a hostname may hold (letters, digits,
+// '-', '.', '_'), checked before NormalizeHostname, so "a.test%00x" or an ESC is a 400 and
+// never shortened to a name that exists.
+absl::StatusOr<std::string> RequestDomain(std::string_view raw) {
+  for (char c : raw) {
+    if (!(IsAlnum(c) || c == '-' || c == '.' || c == '_')) {
+      return absl::InvalidArgumentError(
+          StrCat("\"", EchoForError(raw), "\": a domain name holds letters, digits, '-', '.' "
+                 "and '_' only"));
+    }
+  }
+  return NormalizeHostname(raw);
+}
+
+std::string Index() {
+  return Dump(nlohmann::json{
+             {"endpoints",
+              nlohmann::json::array(
+                  {{{"method", "GET"}, {"path", "/metrics"},
+                    {"what", "Prometheus text exposition"}},
+                   {{"method", "GET"}, {"path", "/hosts"},
+                    {"what", "every destination: active, limit, state, failures"}},
+                   {{"method", "GET"}, {"path", "/domains/NAME"},
+                    {"what", "a resident domain's route with live counts"}},
+                   {{"method", "POST"}, {"path", "/refresh?domain=NAME|all"},
+                    {"what", "re-plan a domain now, or every domain lazily"}}})}}) +
+         "\n";
+}
+
 }  // namespace
+
+absl::StatusOr<Endpoint> ParseAdminAddress(std::string_view text) {
+  const auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(StrCat("\"", EchoForError(text), "\": ", why));
+  };
+  constexpr std::string_view kWant = "want ADDRESS:PORT or a bare PORT (127.0.0.1)";
+  if (text.empty()) return bad(kWant);
+  if (text.find(',') != std::string_view::npos) {
+    return bad("one address only: a list would open several listeners");
+  }
+  std::string_view host, port;
+  if (text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad("want [IPV6]:PORT");
+    }
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else if (const size_t colon = text.rfind(':'); colon == std::string_view::npos) {
+    port = text;
+  } else {
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return bad("write an IPv6 address as [ADDR]:PORT");
+  }
+  uint64_t p = 0;
+  if (!port.empty() && (port.back() == 's' || port.back() == 'r') &&
+      ParseUint(port.substr(0, port.size() - 1), &p)) {
+    return bad("no port suffixes ('s' for TLS, 'r' for redirect are CivetWeb's): the endpoint "
+               "speaks plain HTTP");
+  }
+  if (!ParseUint(port, &p) || p > 65535) return bad(StrCat("the port must be 0..65535; ", kWant));
+  Endpoint ep;
+  ep.port = static_cast<uint16_t>(p);
+  if (host.empty()) {
+    ep.address = IpAddress::V4(0x7F000001);
+  } else {
+    auto ip = IpAddress::Parse(host);
+    if (!ip.ok()) return bad("the address must be an IP literal (127.0.0.1, [::1])");
+    ep.address = *ip;
+  }
+  return ep;
+}
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(Selector* selector,
                                                                 io::DnsCache* dns,
                                                                 const AdminOptions& options) {
-  mg_init_library(0);  // reference-counted; balanced in the destructor
-  std::unique_ptr<AdminServer> server(new AdminServer(selector, dns));
-  const std::string threads = std::to_string(options.threads);
-  const std::string max_request = std::to_string(options.max_request_bytes);
-  const char* mg_options[] = {"listening_ports",
-                              options.listen.c_str(),
-                              "num_threads",
-                              threads.c_str(),
-                              "max_request_size",
-                              max_request.c_str(),
-                              "request_timeout_ms",
-                              "10000",
-                              "enable_keep_alive",
-                              "no",
-                              nullptr};
-  mg_callbacks callbacks{};
-  // CivetWeb would print start-up errors to stderr; they are returned in the status instead.
-  callbacks.log_message = [](const mg_connection*, const char*) { return 1; };
-  mg_init_data init{&callbacks, server.get(), mg_options};
-  char error_text[256] = "";
-  unsigned error_code = 0;
-  mg_error_data error{};
-  error.code = &error_code;
-  error.text = error_text;
-  error.text_buffer_size = sizeof(error_text);
-  server->ctx_ = mg_start2(&init, &error);
-  if (server->ctx_ == nullptr) {
-    mg_exit_library();
-    return absl::UnavailableError(StrCat("admin listener ", options.listen, ": ",
-                                         error_text[0] ? error_text : "could not start"));
+  absl::StatusOr<Endpoint> ep = ParseAdminAddress(options.listen);
+  if (!ep.ok()) return absl::InvalidArgumentError(StrCat("admin listener ", ep.status().message()));
+  std::unique_ptr<AdminServer> server(new AdminServer(selector, dns, options));
+  server->options_.max_connections = std::max(1, options.max_connections);
+  const std::string where = ep->ToString();
+  sockaddr_storage sa{};
+  const socklen_t len = ep->ToSockaddr(&sa);
+  const int fd = ::socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::UnavailableError(StrCat("admin listener ", where, ": ", std::strerror(errno)));
   }
-  mg_set_request_handler(server->ctx_, "/", &AdminServer::Handle, server.get());
-  mg_server_port ports[4] = {};
-  const int n = mg_get_server_ports(server->ctx_, 4, ports);
-  if (n > 0) server->port_ = ports[0].port;
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (sa.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), len) != 0 || ::listen(fd, 64) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return absl::UnavailableError(StrCat(
+        "admin listener ", where, ": ",
+        err == EADDRINUSE ? "address in use (another process listens there; pick another port, "
+                            "or 0 for a free one)"
+                          : std::strerror(err)));
+  }
+  sockaddr_storage bound{};
+  socklen_t blen = sizeof(bound);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+  server->endpoint_ = *ep;
+  server->endpoint_.port =
+      ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                        : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  server->listen_fd_ = fd;
+  server->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (server->wake_fd_ < 0) {
+    return absl::UnavailableError(StrCat("admin listener ", where, ": eventfd: ",
+                                         std::strerror(errno)));
+  }
+  server->thread_ = std::thread([s = server.get()] { s->Run(); });
   return server;
 }
 
 AdminServer::~AdminServer() {
-  if (ctx_ != nullptr) {
-    mg_stop(ctx_);
-    mg_exit_library();
+  if (thread_.joinable()) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof(one));
+    thread_.join();
   }
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-int AdminServer::Handle(mg_connection* conn, void* self) {
-  return static_cast<AdminServer*>(self)->Dispatch(conn);
+namespace {
+
+struct Conn {
+  int fd = -1;
+  Clock::time_point deadline;
+  std::string in;
+  std::string out;
+  size_t sent = 0;
+  bool answering = false;  // the request is complete; `out` is being written
+  bool draining = false;   // answered and shut down for writing: input read and dropped
+};
+
+// The request in `c.in`, if complete: nullopt while more is needed, else the answer.
+std::optional<Response> TryParse(AdminServer& server, const Conn& c, size_t max_header) {
+  const size_t end = c.in.find("\r\n\r\n");
+  if (end == std::string::npos) {
+    if (c.in.size() > max_header) return Error(431, "request line and headers too large");
+    return std::nullopt;
+  }
+  if (end + 4 > max_header) return Error(431, "request line and headers too large");
+  const std::string_view head(c.in.data(), end);
+  const size_t eol = head.find("\r\n");
+  const std::string_view line = head.substr(0, eol);
+  const std::vector<std::string_view> parts = Split(line, ' ');
+  if (parts.size() != 3 || parts[0].empty() || parts[1].empty() || parts[1][0] != '/' ||
+      (parts[2] != "HTTP/1.1" && parts[2] != "HTTP/1.0")) {
+    return Error(400, "malformed request line");
+  }
+  size_t content_length = 0;
+  if (eol != std::string_view::npos) {
+    for (std::string_view h : Split(head.substr(eol + 2), '\n')) {
+      if (!h.empty() && h.back() == '\r') h.remove_suffix(1);
+      const size_t colon = h.find(':');
+      if (colon == std::string_view::npos) return Error(400, "malformed header");
+      std::string_view name = h.substr(0, colon), value = h.substr(colon + 1);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+        value.remove_prefix(1);
+      }
+      while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
+        value.remove_suffix(1);
+      }
+      if (EqualsIgnoreCase(name, "transfer-encoding")) {
+        return Error(501, "chunked bodies are not taken: send Content-Length");
+      }
+      if (EqualsIgnoreCase(name, "content-length")) {
+        uint64_t n = 0;
+        if (!ParseUint(value, &n)) return Error(400, "malformed Content-Length");
+        if (n > kMaxFormBody) return Error(413, "request body too large");
+        content_length = static_cast<size_t>(n);
+      }
+    }
+  }
+  if (c.in.size() < end + 4 + content_length) return std::nullopt;
+  return server.Dispatch(parts[0], parts[1],
+                         std::string_view(c.in).substr(end + 4, content_length));
 }
 
-int AdminServer::Dispatch(mg_connection* conn) {
-  const mg_request_info* req = mg_get_request_info(conn);
-  const std::string_view method = req->request_method ? req->request_method : "";
-  const std::string_view path = req->local_uri ? req->local_uri : "";
-  const std::string_view query = req->query_string ? req->query_string : "";
+std::string Serialize(const Response& r, bool head_only) {
+  std::string out = StrCat("HTTP/1.1 ", r.status, " ", StatusText(r.status),
+                           "\r\nContent-Type: ", r.content_type,
+                           "\r\nContent-Length: ", r.body.size(),
+                           "\r\nCache-Control: no-store\r\n", r.extra_headers,
+                           "Connection: close\r\n\r\n");
+  if (!head_only) out += r.body;
+  return out;
+}
+
+}  // namespace
+
+void AdminServer::Run() {
+  std::list<Conn> conns;  // oldest first
+  std::vector<pollfd> fds;
+  std::vector<std::list<Conn>::iterator> which;
+  const auto close_conn = [&](std::list<Conn>::iterator it) {
+    ::close(it->fd);
+    return conns.erase(it);
+  };
+  const auto answer = [&](Conn& c, const Response& r, bool head_only) {
+    c.out = Serialize(r, head_only);
+    c.sent = 0;
+    c.answering = true;
+    c.deadline = Clock::now() + std::chrono::milliseconds(options_.response_timeout_ms);
+  };
+  for (;;) {
+    fds.clear();
+    which.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    fds.push_back({listen_fd_, POLLIN, 0});
+    Clock::time_point next = Clock::time_point::max();
+    for (auto it = conns.begin(); it != conns.end(); ++it) {
+      fds.push_back(
+          {it->fd, static_cast<short>(it->answering && !it->draining ? POLLOUT : POLLIN), 0});
+      which.push_back(it);
+      next = std::min(next, it->deadline);
+    }
+    int timeout = -1;
+    if (next != Clock::time_point::max()) {
+      timeout = static_cast<int>(std::clamp<int64_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count() + 1,
+          0, 60'000));
+    }
+    const int n = ::poll(fds.data(), fds.size(), timeout);
+    if (n < 0 && errno != EINTR) break;
+    if (fds[0].revents != 0) break;  // stop
+    const Clock::time_point now = Clock::now();
+    for (size_t i = 0; i < which.size(); ++i) {
+      auto it = which[i];
+      Conn& c = *it;
+      const short ev = fds[i + 2].revents;
+      if (c.draining) {
+        // A lingering close: the client may still be sending (an oversized request); closing
+        // with unread input would reset the connection and lose the answer it has not read.
+        if (ev & (POLLIN | POLLERR | POLLHUP)) {
+          char buf[4096];
+          const ssize_t r = ::recv(c.fd, buf, sizeof(buf), 0);
+          if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            close_conn(it);
+            continue;
+          }
+        }
+      } else if (c.answering) {
+        if (ev & (POLLOUT | POLLERR | POLLHUP)) {
+          const ssize_t w =
+              ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+          if (w > 0) c.sent += static_cast<size_t>(w);
+          if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            close_conn(it);
+            continue;
+          }
+          if (c.sent == c.out.size()) {
+            ::shutdown(c.fd, SHUT_WR);
+            c.draining = true;
+            c.out.clear();
+            c.out.shrink_to_fit();
+            c.deadline = std::min(c.deadline, Clock::now() + std::chrono::seconds(2));
+          }
+        }
+      } else if (ev & (POLLIN | POLLERR | POLLHUP)) {
+        char buf[4096];
+        const ssize_t r = ::recv(c.fd, buf, sizeof(buf), 0);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+          close_conn(it);
+          continue;
+        }
+        if (r > 0) {
+          c.in.append(buf, static_cast<size_t>(r));
+          if (std::optional<Response> resp =
+                  TryParse(*this, c, static_cast<size_t>(options_.max_request_bytes))) {
+            answer(c, *resp, c.in.rfind("HEAD ", 0) == 0);
+            continue;
+          }
+        }
+      }
+      if (now >= c.deadline) {
+        if (!c.answering) {
+          // The whole request did not arrive in time: say so, best effort, and close.
+          const std::string out = Serialize(Error(408, "request not complete in time"), false);
+          (void)!::send(c.fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+        close_conn(it);
+      }
+    }
+    if (fds[1].revents & POLLIN) {
+      for (;;) {
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        if (conns.size() >= static_cast<size_t>(options_.max_connections)) {
+          // Full: the oldest connection still sending its request (or already answered)
+          // makes room: a trickling client loses its place, an answer being written never.
+          auto victim = std::find_if(conns.begin(), conns.end(),
+                                     [](const Conn& c) { return !c.answering || c.draining; });
+          if (victim == conns.end()) {
+            const std::string out = Serialize(Error(503, "too many admin connections"), false);
+            (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            ::close(fd);
+            continue;
+          }
+          close_conn(victim);
+        }
+        Conn c;
+        c.fd = fd;
+        c.deadline = Clock::now() + std::chrono::milliseconds(options_.request_timeout_ms);
+        conns.push_back(std::move(c));
+      }
+    }
+  }
+  for (Conn& c : conns) ::close(c.fd);
+}
+
+Response AdminServer::Dispatch(std::string_view method, std::string_view target,
+                               std::string_view body) {
+  const size_t qmark = target.find('?');
+  std::optional<std::string> decoded = DecodePath(target.substr(0, qmark));
+  if (!decoded) return Error(400, "malformed %-escape in the path");
+  const std::string_view path = *decoded;
+  const std::string_view query =
+      qmark == std::string_view::npos ? std::string_view() : target.substr(qmark + 1);
   const bool get = method == "GET" || method == "HEAD";
 
   constexpr std::string_view kDomains = "/domains/";
-  const bool known = path == "/metrics" || path == "/hosts" || path == "/refresh" ||
+  const bool known = path == "/" || path == "/metrics" || path == "/hosts" ||
+                     path == "/refresh" ||
                      (path.size() > kDomains.size() && path.substr(0, kDomains.size()) == kDomains);
-  if (!known) return Error(conn, 404, StrCat("no such endpoint: ", path));
+  if (!known) return Error(404, StrCat("no such endpoint: ", EchoForError(path), " (GET / lists them)"));
   if (path == "/refresh") {
     if (method != "POST") {
-      return Error(conn, 405, "use POST /refresh?domain=NAME|all", "Allow: POST\r\n");
+      return Error(405, "use POST /refresh?domain=NAME|all", "Allow: POST\r\n");
     }
   } else if (!get) {
-    return Error(conn, 405, StrCat(path, " is read-only: use GET"), "Allow: GET, HEAD\r\n");
+    return Error(405, StrCat(path.substr(0, 16), " is read-only: use GET"), "Allow: GET, HEAD\r\n");
   } else if (!query.empty()) {
-    return Error(conn, 400, StrCat(path, " takes no query parameters"));
+    return Error(400, StrCat(path.substr(0, 16), " takes no query parameters"));
   }
 
+  if (path == "/") return {200, "application/json", Index(), ""};
   if (path == "/metrics") {
     std::string text;
     metrics_.AppendText(&text);
-    return Reply(conn, 200, "text/plain; version=0.0.4; charset=utf-8", text);
+    return {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text), ""};
   }
   if (path == "/hosts") {
-    return ReplyJson(conn, 200, HostsJson(selector_->registry(), selector_->clock().NowNanos()));
+    return Json(200, HostsJson(selector_->registry(), selector_->clock().NowNanos(),
+                               options_.max_host_series));
   }
   if (path != "/refresh") {
-    const std::string_view name = path.substr(kDomains.size());
-    absl::StatusOr<std::string> normalized = NormalizeHostname(name);
+    absl::StatusOr<std::string> normalized = RequestDomain(path.substr(kDomains.size()));
     if (!normalized.ok()) {
-      return Error(conn, 400, StrCat("invalid domain: ", normalized.status().message()));
+      return Error(400, StrCat("invalid domain: ", normalized.status().message()));
     }
     std::optional<DomainView> view = selector_->DescribeResident(*normalized);
-    if (!view) return Error(conn, 404, StrCat(*normalized, " is not resident (no route yet)"));
-    return ReplyJson(conn, 200, DomainViewJson(*selector_, *view, dns_ != nullptr));
+    if (!view) return Error(404, StrCat(*normalized, " is not resident (no route yet)"));
+    return Json(200, DomainViewJson(*selector_, *view, dns_ != nullptr));
   }
 
   // POST /refresh: the domain from the query, or else from a small form body.
-  std::string form(query);
-  if (form.empty() && req->content_length > 0) {
-    if (req->content_length > static_cast<long long>(kMaxFormBody)) {
-      return Error(conn, 413, "request body too large");
-    }
-    form.resize(static_cast<size_t>(req->content_length));
-    size_t got = 0;
-    while (got < form.size()) {
-      const int r = mg_read(conn, form.data() + got, form.size() - got);
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    form.resize(got);
-  }
+  const std::string_view form = query.empty() ? body : query;
   std::optional<std::vector<std::pair<std::string, std::string>>> params = ParseForm(form);
-  if (!params) return Error(conn, 400, "malformed query");
+  if (!params) return Error(400, "malformed query");
   std::optional<std::string> domain;
   for (const auto& [key, value] : *params) {
     if (key != "domain" || domain) {
-      return Error(conn, 400, StrCat("unexpected parameter \"", key, "\": want domain=NAME|all"));
+      return Error(400, StrCat("unexpected parameter \"", EchoForError(key),
+                               "\": want domain=NAME|all"));
     }
     domain = value;
   }
-  if (!domain) return Error(conn, 400, "missing domain=NAME|all");
+  if (!domain) return Error(400, "missing domain=NAME|all");
   if (*domain == "all") {
     selector_->RefreshAll();
     if (dns_ != nullptr) dns_->Clear();
-    return ReplyJson(conn, 200, {{"refreshed", "all"}});
+    return Json(200, {{"refreshed", "all"}});
   }
-  absl::StatusOr<std::string> normalized = NormalizeHostname(*domain);
+  absl::StatusOr<std::string> normalized = RequestDomain(*domain);
   if (!normalized.ok()) {
-    return Error(conn, 400, StrCat("invalid domain: ", normalized.status().message()));
+    return Error(400, StrCat("invalid domain: ", normalized.status().message()));
   }
   if (!selector_->RefreshDomain(*normalized)) {
-    return Error(conn, 404, StrCat(*normalized, " is not resident (no route yet)"));
+    return Error(404, StrCat(*normalized, " is not resident (no route yet)"));
   }
-  return ReplyJson(
-      conn, 200,
-      {{"refreshed", *normalized},
-       {"route", DomainViewJson(*selector_, selector_->Describe(*normalized), dns_ != nullptr)}});
+  return Json(200, {{"refreshed", *normalized},
+                    {"route", DomainViewJson(*selector_, selector_->Describe(*normalized),
+                                             dns_ != nullptr)}});
 }
 
 }  // namespace mxsched::admin

@@ -1,5 +1,6 @@
 #include "mxsched/admin/metrics.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -7,6 +8,7 @@
 #include <utility>
 
 #include "mxsched/io/connector.h"
+#include "mxsched/scheduler/epoch.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "prometheus/text_serializer.h"
 
@@ -19,6 +21,105 @@ using prometheus::MetricFamily;
 using prometheus::MetricType;
 
 constexpr double kNanos = 1e9;
+constexpr char kSeriesHostsHelp[] =
+    "Destinations with their own mxsched_host_* series: the busiest, at most the collector's "
+    "max_hosts; the others are summed under the host label other";
+
+// One host's values, read once per scrape; or the sum of the hosts past the cap
+// (`aggregate`: host="other", only the summable families).
+struct HostSample {
+  std::string host, mx;
+  std::string labels;  // host="…",mx="…"
+  bool aggregate = false;
+  int32_t active = 0, limit = 0, configured = 0;
+  uint64_t busy = 0;
+  bool reachable = true;
+  uint32_t consecutive = 0;
+  double retry_s = 0;
+  std::array<uint64_t, kOutcomeKinds> outcomes{};
+  HostState::LatencyCounts latency;
+};
+
+void AppendLabelValue(std::string* out, std::string_view v);
+
+// The hosts a scrape shows (issue 20: 191k hosts made a 524 MB scrape): the `max_hosts`
+// most active — open connections first, then failing ones, then most connections
+// reported — each with its own series, and one aggregate of all others.
+std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t* total) {
+  epoch::EpochGuard pin;  // evicted hosts are freed through epoch.h: pinned while they are read
+  std::vector<const HostState*> hosts = selector.registry().Snapshot();
+  *total = hosts.size();
+  const int64_t now = selector.clock().NowNanos();
+  auto reported = [](const HostState* h) {
+    uint64_t n = 0;
+    for (size_t o = 0; o < kOutcomeKinds; ++o) n += h->outcomes(o);
+    return n;
+  };
+  if (hosts.size() > max_hosts) {
+    struct Rank {
+      int32_t active;
+      bool failing;
+      uint64_t reported;
+      const HostState* h;
+    };
+    std::vector<Rank> ranks;
+    ranks.reserve(hosts.size());
+    for (const HostState* h : hosts) {
+      ranks.push_back({std::max(0, h->active()), h->failed_until() != 0, reported(h), h});
+    }
+    auto busier = [](const Rank& a, const Rank& b) {
+      if (a.active != b.active) return a.active > b.active;
+      if (a.failing != b.failing) return a.failing;
+      if (a.reported != b.reported) return a.reported > b.reported;
+      return a.h->endpoint() < b.h->endpoint();
+    };
+    std::nth_element(ranks.begin(), ranks.begin() + static_cast<ptrdiff_t>(max_hosts),
+                     ranks.end(), busier);
+    for (size_t i = 0; i < ranks.size(); ++i) hosts[i] = ranks[i].h;
+  }
+  const size_t shown = std::min(hosts.size(), max_hosts);
+  std::vector<HostSample> samples(shown + (hosts.size() > shown ? 1 : 0));
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const HostState& h = *hosts[i];
+    if (i >= shown) {
+      HostSample& o = samples.back();
+      o.aggregate = true;
+      o.active += std::max(0, h.active());
+      o.busy += h.busy_replies();
+      for (size_t k = 0; k < kOutcomeKinds; ++k) o.outcomes[k] += h.outcomes(k);
+      const HostState::LatencyCounts lc = h.connect_latency();
+      for (size_t k = 0; k < lc.buckets.size(); ++k) o.latency.buckets[k] += lc.buckets[k];
+      o.latency.sum_nanos += lc.sum_nanos;
+      continue;
+    }
+    HostSample& s = samples[i];
+    s.host = h.endpoint().ToString();
+    s.mx = h.name();
+    s.active = std::max(0, h.active());  // a host being evicted reads as its dead mark
+    s.limit = h.limit();
+    s.configured = h.configured_limit();
+    s.busy = h.busy_replies();
+    s.reachable = h.Reachable(now);
+    s.consecutive = h.consecutive_failures();
+    const int64_t until = h.failed_until();
+    s.retry_s = until > now ? static_cast<double>(until - now) / kNanos : 0.0;
+    for (size_t o = 0; o < kOutcomeKinds; ++o) s.outcomes[o] = h.outcomes(o);
+    s.latency = h.connect_latency();
+  }
+  if (samples.size() > shown) {
+    samples.back().host = "other";
+    samples.back().mx = "other";
+  }
+  for (HostSample& s : samples) {
+    s.labels.reserve(64);
+    s.labels.append("host=\"");
+    AppendLabelValue(&s.labels, s.host);
+    s.labels.append("\",mx=\"");
+    AppendLabelValue(&s.labels, s.mx);
+    s.labels.push_back('"');
+  }
+  return samples;
+}
 
 MetricFamily Family(std::string name, std::string help, MetricType type, size_t reserve) {
   MetricFamily f{std::move(name), std::move(help), type, {}};
@@ -80,10 +181,10 @@ void AddProviderFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   out.push_back(std::move(limit));
 }
 
-void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
-  const std::vector<const HostState*> hosts = selector.registry().Snapshot();
-  const int64_t now = selector.clock().NowNanos();
-  const size_t n = hosts.size();
+void AddHostFamilies(Selector& selector, size_t max_hosts, std::vector<MetricFamily>& out) {
+  size_t total = 0;
+  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts, &total);
+  const size_t n = samples.size();
   MetricFamily active =
       Family("mxsched_host_active_connections", "Connection leases held on the destination now.",
              MetricType::Gauge, n);
@@ -109,31 +210,28 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   MetricFamily latency = Family("mxsched_host_connect_duration_seconds",
                                 "Time from Acquire to a 2xx greeting, successful connections only.",
                                 MetricType::Histogram, n);
-  for (const HostState* h : hosts) {
-    std::vector<ClientMetric::Label> labels{{"host", h->endpoint().ToString()}, {"mx", h->name()}};
-    active.metric.push_back(Value(MetricType::Gauge, h->active(), labels));
-    const int32_t l = h->limit();
-    limit.metric.push_back(Value(
-        MetricType::Gauge, l == kUnlimited ? std::numeric_limits<double>::infinity() : l, labels));
-    const int32_t c = h->configured_limit();
-    configured.metric.push_back(Value(
-        MetricType::Gauge, c == kUnlimited ? std::numeric_limits<double>::infinity() : c, labels));
-    busy.metric.push_back(
-        Value(MetricType::Counter, static_cast<double>(h->busy_replies()), labels));
-    reachable.metric.push_back(Value(MetricType::Gauge, h->Reachable(now) ? 1 : 0, labels));
-    failures.metric.push_back(Value(MetricType::Gauge, h->consecutive_failures(), labels));
-    const int64_t until = h->failed_until();
-    retry.metric.push_back(Value(
-        MetricType::Gauge, until > now ? static_cast<double>(until - now) / kNanos : 0, labels));
+  const auto inf = [](int32_t v) {
+    return v == kUnlimited ? std::numeric_limits<double>::infinity() : static_cast<double>(v);
+  };
+  for (const HostSample& h : samples) {
+    std::vector<ClientMetric::Label> labels{{"host", h.host}, {"mx", h.mx}};
+    active.metric.push_back(Value(MetricType::Gauge, h.active, labels));
+    busy.metric.push_back(Value(MetricType::Counter, static_cast<double>(h.busy), labels));
+    if (!h.aggregate) {
+      limit.metric.push_back(Value(MetricType::Gauge, inf(h.limit), labels));
+      configured.metric.push_back(Value(MetricType::Gauge, inf(h.configured), labels));
+      reachable.metric.push_back(Value(MetricType::Gauge, h.reachable ? 1 : 0, labels));
+      failures.metric.push_back(Value(MetricType::Gauge, h.consecutive, labels));
+      retry.metric.push_back(Value(MetricType::Gauge, h.retry_s, labels));
+    }
     for (size_t o = 0; o < kOutcomeKinds; ++o) {
       std::vector<ClientMetric::Label> ol = labels;
       ol.push_back({"outcome", std::string(OutcomeName(static_cast<Outcome>(o)))});
       outcomes.metric.push_back(
-          Value(MetricType::Counter, static_cast<double>(h->outcomes(o)), std::move(ol)));
+          Value(MetricType::Counter, static_cast<double>(h.outcomes[o]), std::move(ol)));
     }
-    const HostState::LatencyCounts lc = h->connect_latency();
-    latency.metric.push_back(
-        Histogram(lc.buckets, kConnectLatencyBoundsNanos, lc.sum_nanos, std::move(labels)));
+    latency.metric.push_back(Histogram(h.latency.buckets, kConnectLatencyBoundsNanos,
+                                       h.latency.sum_nanos, std::move(labels)));
   }
   for (MetricFamily* f :
        {&active, &limit, &configured, &busy, &reachable, &failures, &retry, &outcomes, &latency}) {
@@ -141,8 +239,12 @@ void AddHostFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   }
   MetricFamily count =
       Family("mxsched_hosts", "Destinations known to the host registry.", MetricType::Gauge, 1);
-  count.metric.push_back(Value(MetricType::Gauge, static_cast<double>(n)));
+  count.metric.push_back(Value(MetricType::Gauge, static_cast<double>(total)));
   out.push_back(std::move(count));
+  MetricFamily series = Family("mxsched_host_series_hosts", kSeriesHostsHelp, MetricType::Gauge, 1);
+  series.metric.push_back(
+      Value(MetricType::Gauge, static_cast<double>(std::min(total, max_hosts))));
+  out.push_back(std::move(series));
   AddProviderFamilies(selector, out);
 }
 
@@ -153,9 +255,20 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
                                MetricType::Gauge, 1);
   server.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.server_active())));
   out.push_back(std::move(server));
+  // The limit series of the Grafana panel "connections open vs server limit".
+  MetricFamily server_limit = Family("mxsched_server_connection_limit",
+                                     "server_max_outbound_connections in force (+Inf: unlimited).",
+                                     MetricType::Gauge, 1);
+  const int32_t sl = selector.config()->server_max_outbound_connections;
+  server_limit.metric.push_back(Value(
+      MetricType::Gauge, sl == kUnlimited ? std::numeric_limits<double>::infinity() : sl));
+  out.push_back(std::move(server_limit));
 
   MetricFamily deferrals =
-      Family("mxsched_acquire_deferrals_total", "Acquire answers that were deferrals, by reason.",
+      Family("mxsched_acquire_deferrals_total",
+             "Acquire answers that were deferrals, by reason; counts answers, not sessions: a "
+             "session that waits (for a slot, or reason resolving: for its DNS answer) and asks "
+             "again counts each answer, and most resolving answers end in a connection.",
              MetricType::Counter, kDeferReasons);
   for (size_t r = 0; r < kDeferReasons; ++r) {
     deferrals.metric.push_back(
@@ -200,6 +313,19 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   churn.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.domains_evicted),
                                {{"event", "evicted"}}));
   out.push_back(std::move(churn));
+
+  MetricFamily host_churn =
+      Family("mxsched_hosts_total",
+             "Host states created (a destination's first use since it was resident) and evicted "
+             "(no route, connection, waiter or failure memory left).",
+             MetricType::Counter, 2);
+  host_churn.metric.push_back(Value(MetricType::Counter,
+                                    static_cast<double>(selector.registry().created()),
+                                    {{"event", "created"}}));
+  host_churn.metric.push_back(Value(MetricType::Counter,
+                                    static_cast<double>(selector.registry().evicted()),
+                                    {{"event", "evicted"}}));
+  out.push_back(std::move(host_churn));
 
   MetricFamily routes = Family("mxsched_routes_distinct",
                                "Distinct route snapshots held; domains with equal routes share one.",
@@ -321,44 +447,13 @@ void AppendHistogram(std::string* out, std::string_view name, std::string_view l
   AppendSample(out, count_name, labels, cumulative);
 }
 
-struct HostSample {
-  std::string labels;  // host="…",mx="…"
-  int32_t active, limit, configured;
-  uint64_t busy;
-  bool reachable;
-  uint32_t consecutive;
-  double retry_s;
-  std::array<uint64_t, kOutcomeKinds> outcomes;
-  HostState::LatencyCounts latency;
-};
 
 }  // namespace
 
 void MetricsCollector::AppendText(std::string* out) const {
   Selector& selector = *selector_;
-  const std::vector<const HostState*> hosts = selector.registry().Snapshot();
-  const int64_t now = selector.clock().NowNanos();
-  std::vector<HostSample> samples(hosts.size());
-  for (size_t i = 0; i < hosts.size(); ++i) {
-    const HostState& h = *hosts[i];
-    HostSample& s = samples[i];
-    s.labels.reserve(64);
-    s.labels.append("host=\"");
-    AppendLabelValue(&s.labels, h.endpoint().ToString());
-    s.labels.append("\",mx=\"");
-    AppendLabelValue(&s.labels, h.name());
-    s.labels.push_back('"');
-    s.active = h.active();
-    s.limit = h.limit();
-    s.configured = h.configured_limit();
-    s.busy = h.busy_replies();
-    s.reachable = h.Reachable(now);
-    s.consecutive = h.consecutive_failures();
-    const int64_t until = h.failed_until();
-    s.retry_s = until > now ? static_cast<double>(until - now) / kNanos : 0.0;
-    for (size_t o = 0; o < kOutcomeKinds; ++o) s.outcomes[o] = h.outcomes(o);
-    s.latency = h.connect_latency();
-  }
+  size_t total = 0;
+  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts_, &total);
   out->reserve(out->size() + samples.size() * 2600 + 8192);
 
   AppendHeader(out, "mxsched_host_active_connections",
@@ -369,12 +464,14 @@ void MetricsCollector::AppendText(std::string* out) const {
   AppendHeader(out, "mxsched_host_connection_limit",
                "Effective per-destination connection limit (+Inf: unlimited).", "gauge");
   for (const HostSample& s : samples) {
+    if (s.aggregate) continue;
     AppendSample(out, "mxsched_host_connection_limit", s.labels,
                  s.limit == kUnlimited ? std::numeric_limits<double>::infinity()
                                        : static_cast<double>(s.limit));
   }
   AppendHeader(out, "mxsched_host_configured_connection_limit", kConfiguredHelp, "gauge");
   for (const HostSample& s : samples) {
+    if (s.aggregate) continue;
     AppendSample(out, "mxsched_host_configured_connection_limit", s.labels,
                  s.configured == kUnlimited ? std::numeric_limits<double>::infinity()
                                             : static_cast<double>(s.configured));
@@ -387,16 +484,19 @@ void MetricsCollector::AppendText(std::string* out) const {
                "1 if a new connection may go to the destination, 0 while it is marked failed.",
                "gauge");
   for (const HostSample& s : samples) {
+    if (s.aggregate) continue;
     AppendSample(out, "mxsched_host_reachable", s.labels, s.reachable ? 1 : 0);
   }
   AppendHeader(out, "mxsched_host_consecutive_failures",
                "Connection failures on the destination since its last success.", "gauge");
   for (const HostSample& s : samples) {
+    if (s.aggregate) continue;
     AppendSample(out, "mxsched_host_consecutive_failures", s.labels, s.consecutive);
   }
   AppendHeader(out, "mxsched_host_retry_after_seconds",
                "Seconds until a failed destination gets its half-open probe.", "gauge");
   for (const HostSample& s : samples) {
+    if (s.aggregate) continue;
     AppendSample(out, "mxsched_host_retry_after_seconds", s.labels, s.retry_s);
   }
   AppendHeader(out, "mxsched_host_connections_total",
@@ -416,7 +516,9 @@ void MetricsCollector::AppendText(std::string* out) const {
                     kConnectLatencyBoundsNanos, s.latency.sum_nanos);
   }
   AppendHeader(out, "mxsched_hosts", "Destinations known to the host registry.", "gauge");
-  AppendSample(out, "mxsched_hosts", "", samples.size());
+  AppendSample(out, "mxsched_hosts", "", total);
+  AppendHeader(out, "mxsched_host_series_hosts", kSeriesHostsHelp, "gauge");
+  AppendSample(out, "mxsched_host_series_hosts", "", std::min(total, max_hosts_));
 
   // Process-wide families: few series, so the MetricFamily path costs nothing here.
   std::vector<MetricFamily> process;
@@ -429,7 +531,7 @@ void MetricsCollector::AppendText(std::string* out) const {
 std::vector<MetricFamily> MetricsCollector::Collect() const {
   std::vector<MetricFamily> out;
   out.reserve(24);
-  AddHostFamilies(*selector_, out);
+  AddHostFamilies(*selector_, max_hosts_, out);
   AddProcessFamilies(*selector_, out);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, out);
   return out;

@@ -6,6 +6,7 @@
 
 #include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/epoch.h"
 
 namespace mxsched::admin {
 
@@ -161,15 +162,21 @@ std::string HostStateName(const HostState& h, int64_t now_nanos) {
   return h.Reachable(now_nanos) ? "probe_due" : "probing";
 }
 
-nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos) {
+nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos, size_t max_hosts) {
+  epoch::EpochGuard pin;  // evicted hosts are freed through epoch.h
   std::vector<const HostState*> hosts = registry.Snapshot();
   std::vector<std::pair<int32_t, const HostState*>> order;
   order.reserve(hosts.size());
-  for (const HostState* h : hosts) order.emplace_back(h->active(), h);
-  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    if (a.first != b.first) return a.first > b.first;
-    return a.second->endpoint().ToString() < b.second->endpoint().ToString();
-  });
+  for (const HostState* h : hosts) order.emplace_back(std::max(0, h->active()), h);
+  // Busiest first, then by address: only the first max_hosts are sorted (and shown), and
+  // endpoints compare as values (formatting 191k of them per comparison took seconds).
+  const size_t shown = std::min(order.size(), max_hosts);
+  std::partial_sort(order.begin(), order.begin() + static_cast<ptrdiff_t>(shown), order.end(),
+                    [](const auto& a, const auto& b) {
+                      if (a.first != b.first) return a.first > b.first;
+                      return a.second->endpoint() < b.second->endpoint();
+                    });
+  order.resize(shown);
   nlohmann::json out = nlohmann::json::array();
   for (const auto& [active, h] : order) {
     nlohmann::json connections = nlohmann::json::object();

@@ -64,7 +64,10 @@ std::string HostStateName(const HostState& h, int64_t now_nanos);
 // Every host of `registry`, busiest first: {"host", "address", "port", "name", "active",
 // "limit" (-1: unlimited), "peak", "state", "consecutive_failures", "seconds_since_failure"
 // (-1: never), "retry_in_s" (0 unless failed), "connections": {outcome: count}}.
-nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos);
+// At most `max_hosts` entries, the busiest first (the admin endpoint passes its
+// max_host_series; mxsched_hosts in /metrics gives the total).
+nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos,
+                         size_t max_hosts = SIZE_MAX);
 
 // One line of JSON; bytes that are not UTF-8 become U+FFFD instead of throwing.
 std::string Dump(const nlohmann::json& j);

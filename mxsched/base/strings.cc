@@ -104,7 +104,11 @@ void AppendHex(std::string& out, unsigned char c) {
 
 }  // namespace
 
-std::string EchoForError(std::string_view s, size_t max) {
+namespace {
+
+// EchoForError and ForTerminal: `quoting` also escapes '\\' and '"' (a value shown between
+// quotes); without it, text already escaped passes through unchanged.
+std::string EscapeForDisplay(std::string_view s, size_t max, bool quoting) {
   std::string out;
   std::string unit;  // the escaped form of the character at s[i]
   size_t i = 0;
@@ -115,10 +119,10 @@ std::string EchoForError(std::string_view s, size_t max) {
     unit.clear();
     switch (c) {
       case '\\':
-        unit = "\\\\";
+        unit = quoting ? "\\\\" : "\\";
         break;
       case '"':
-        unit = "\\\"";
+        unit = quoting ? "\\\"" : "\"";
         break;
       case '\n':
         unit = "\\n";
@@ -153,6 +157,16 @@ std::string EchoForError(std::string_view s, size_t max) {
   }
   if (i < s.size()) out += StrCat("... (", s.size(), " bytes)");
   return out;
+}
+
+}  // namespace
+
+std::string EchoForError(std::string_view s, size_t max) {
+  return EscapeForDisplay(s, max, /*quoting=*/true);
+}
+
+std::string ForTerminal(std::string_view s) {
+  return EscapeForDisplay(s, SIZE_MAX, /*quoting=*/false);
 }
 
 std::string Join(const std::vector<std::string>& parts, std::string_view sep) {

@@ -65,6 +65,12 @@ std::string Escape(std::string_view s);
 // At most `max` bytes of escaped text, then "... (N bytes)" with the value's full length:
 // a 1 MB value must not become a 1 MB error line, and the reader still learns its size.
 std::string EchoForError(std::string_view s, size_t max = 80);
+// Bytes from outside (DNS names, reason strings, Redis errors, HTTP bodies, argv) as they may
+// be written to a terminal: EchoForError's escapes of controls, format characters and
+// malformed UTF-8 (\e, \n, \xNN), but '\\' and '"' kept, so text that is already escaped
+// passes unchanged and it can wrap a whole message; no length bound (the caller's line has its
+// own). The one helper every terminal path uses (docs/DESIGN.md §11).
+std::string ForTerminal(std::string_view s);
 std::string Join(const std::vector<std::string>& parts, std::string_view sep);
 
 // Levenshtein distance (insert, delete, substitute: 1 each), O(|a| x |b|) time: for "did you

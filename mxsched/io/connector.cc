@@ -89,6 +89,7 @@ struct Connector::Session {
   }
 
   void Attempt() {
+    if (connector->stopped_) return FinishStopped();  // no new attempt, failover included
     AcquireResult r = connector->selector_->Acquire(domain);
     if (r.ok()) return Start(r.TakeLease());
     const Deferral& d = r.deferral();
@@ -113,6 +114,7 @@ struct Connector::Session {
   // A slot is held (from Acquire, or handed over by the selector to this waiter).
   void Start(Lease l) {
     lease = std::move(l);
+    if (connector->stopped_) return FinishStopped();  // a slot handed over after Stop
     if (connector->options_.cluster != nullptr) return ClusterStep();
     if (!connector->CurrentConfig().cluster_limits.empty()) {
       // The configuration asks for fleet limits and nobody gave this connector the client
@@ -155,10 +157,16 @@ struct Connector::Session {
 
   void OnSocket(int res, uint32_t) {
     --pending;
+    if (cancelled) {
+      if (res >= 0) fd = res;
+      CloseAttempt();
+      return FinishStopped();
+    }
     if (res < 0) return LocalFailure("socket", -res);
     fd = res;
     loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
+    io_op = &connect_done;
     io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&addr), addr_len);
     LinkTimeout(sqe, &connect_ts, connect_timeout);
   }
@@ -172,6 +180,11 @@ struct Connector::Session {
 
   void OnConnect(int res, uint32_t) {
     --pending;
+    io_op = nullptr;
+    if (cancelled) {  // Stop: not the host's fault, whatever the result
+      CloseAttempt();
+      return FinishStopped();
+    }
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
                          StrCat("connect timeout after ", connect_timeout.count(), " ms"));
@@ -187,12 +200,18 @@ struct Connector::Session {
   void Recv() {
     loop()->Reserve(2);
     io_uring_sqe* sqe = Submit(&recv_done);
+    io_op = &recv_done;
     io_uring_prep_recv(sqe, fd, buf, sizeof(buf), 0);
     LinkTimeout(sqe, &recv_ts, banner_deadline - SteadyClock::now());
   }
 
   void OnRecv(int res, uint32_t) {
     --pending;
+    io_op = nullptr;
+    if (cancelled) {
+      CloseAttempt();
+      return FinishStopped();
+    }
     if (res == -ECANCELED) {
       return HostFailure(Outcome::kTimedOut,
                          StrCat("no greeting within ", banner_timeout.count(), " ms"));
@@ -342,6 +361,7 @@ struct Connector::Session {
     if (res.verdict == V::kGranted) {
       cluster_lease = std::move(res.lease);
       if (finished) return CloseAttempt(), MaybeDelete();
+      if (cancelled) return CloseAttempt(), FinishStopped();
       return Open();
     }
     lease.Release();  // the local slot is no use without the fleet's
@@ -486,8 +506,53 @@ struct Connector::Session {
     MaybeDelete();  // (if already woken, the queued wake-up continues the session)
   }
 
+  // --- Connector::Stop ---------------------------------------------------------------------
+  bool cancelled = false;
+  size_t index = 0;             // in connector->sessions_ while not finished
+  Completion* io_op = nullptr;  // the connect or greeting recv in the ring, if any
+
+  void Cancel() {
+    if (finished || cancelled) return;
+    cancelled = true;
+    if (waiting_dns) {
+      std::erase(connector->waiting_dns_, this);
+      waiting_dns = false;
+      return FinishStopped();
+    }
+    if (slot_waiting) {
+      if (connector->selector_->CancelWait(&waiter)) {
+        EndSlotWait();
+        return FinishStopped();
+      }
+      return;  // a wake-up is queued: OnWoken -> Attempt sees the stop
+    }
+    if (cluster_waiting) {
+      connector->options_.cluster->Unwait(cluster_id);
+      cluster_waiting = false;
+      return FinishStopped();
+    }
+    if (io_op != nullptr) {
+      io_uring_sqe* sqe = loop()->Sqe();
+      io_uring_prep_cancel(sqe, io_op, 0);
+      Loop::SetCompletion(sqe, nullptr);
+    }
+    // Otherwise a socket op or a cluster verdict is on its way; its handler sees `cancelled`.
+  }
+
+  void FinishStopped() {
+    if (lease.valid() || fd >= 0) CloseAttempt();
+    ConnectResult r;
+    r.kind = ConnectResult::Kind::kDeferred;
+    r.stopped = true;
+    r.reason = StrCat("451 4.4.0 stopped before a connection was ready (", connector->stop_reason_,
+                      ")");
+    r.last_outcome = last_outcome;
+    Finish(std::move(r));
+  }
+
   void Finish(ConnectResult r) {
     finished = true;
+    connector->Forget(this);
     if (slot_timer_armed) {
       io_uring_sqe* sqe = loop()->Sqe();
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&slot_timer_done), 0);
@@ -582,7 +647,32 @@ const Config& Connector::CurrentConfig() {
 void Connector::Connect(std::string_view domain, Callback done) {
   ++in_flight_;
   auto* s = new Session(this, std::string(domain), std::move(done));
+  s->index = sessions_.size();
+  sessions_.push_back(s);
   s->Attempt();
+}
+
+void Connector::Forget(Session* s) {
+  Session* last = sessions_.back();
+  sessions_[s->index] = last;
+  last->index = s->index;
+  sessions_.pop_back();
+}
+
+void Connector::Stop(std::string why) {
+  if (!stopped_) stop_reason_ = std::move(why);
+  stopped_ = true;
+  // Only pointers read from sessions_ (live ones) are touched: a session's end can change
+  // the list (swap-removal, a callback), so passes repeat until none cancels anything.
+  for (bool again = true; again;) {
+    again = false;
+    for (size_t i = 0; i < sessions_.size(); ++i) {
+      Session* s = sessions_[i];
+      if (s->cancelled) continue;
+      s->Cancel();
+      again = true;
+    }
+  }
 }
 
 void Connector::OnRoutesChanged() {

@@ -2,12 +2,15 @@
 
 #include "mxsched/base/file.h"
 
+#include <arpa/inet.h>
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <optional>
 #include <fstream>
 #include <sstream>
 
+#include "absl/container/flat_hash_set.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config_options.h"
 #include "mxsched/scheduler/route_planner.h"
@@ -305,6 +308,23 @@ constexpr Scope kGlobal = kGlobalScope, kDomain = kDomainScope, kHost = kHostSco
 // Longer than any option name by a margin: beyond it no "did you mean" is computed.
 constexpr size_t kMaxSuggestFrom = 64;
 
+// The IPv4 address inet_aton (what resolvers and getaddrinfo use) reads in `text`, when it is
+// not the canonical dotted quad IpAddress::Parse takes: "127.1", "0x7f000001", "2130706433",
+// "127.000.000.001". Only digits, dots and hex digits/x are considered.
+std::optional<IpAddress> LooseIpv4(std::string_view text) {
+  if (text.empty() || text.size() > 40) return std::nullopt;
+  for (char c : text) {
+    if (!(IsDigit(c) || c == '.' || c == 'x' || c == 'X' || (c >= 'a' && c <= 'f') ||
+          (c >= 'A' && c <= 'F'))) {
+      return std::nullopt;
+    }
+  }
+  const std::string s(text);
+  in_addr a{};
+  if (inet_aton(s.c_str(), &a) == 0) return std::nullopt;
+  return IpAddress::V4(ntohl(a.s_addr));
+}
+
 std::string ScopeNames(unsigned scopes) {
   std::vector<std::string> names;
   if (scopes & kGlobal) names.push_back("global");
@@ -321,6 +341,7 @@ class Binder {
     Config config;
     std::vector<const Stanza*> domains, hosts;
     std::vector<std::string> seen;
+    absl::flat_hash_set<std::string> pattern_keys;
     Pos ttl_pos;  // the later of min_dns_ttl/max_dns_ttl, for the cross-check below
     for (const Entry& e : entries) {
       if (e.stanza) {
@@ -381,16 +402,22 @@ class Binder {
         }
       } else if (auto ip = IpAddress::Parse(st->name); ip.ok()) {
         key = ip->ToString();
+      } else if (std::optional<IpAddress> loose = LooseIpv4(st->name)) {
+        // "127.1", "0x7f000001", "127.000.000.001": a resolver reads these as an address, so
+        // taken as a name they left that address unlimited. Refused, not canonicalized:
+        // "010.0.0.1" is 8.0.0.1 to inet_aton and 10.0.0.1 to a reader.
+        return parser_.ErrorAt(
+            st->pos, StrCat("Host \"", EchoForError(st->name),
+                            "\": not a canonical IPv4 address (a resolver reads it as ",
+                            loose->ToString(), "): write \"", loose->ToString(), "\""));
       } else if (auto name = NormalizeHostname(st->name); name.ok()) {
         key = *name;
       } else {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", EchoForError(st->name),
                                                "\": expected a hostname or an IP address"));
       }
-      const bool twice = pattern
-                             ? std::any_of(config.host_patterns.begin(), config.host_patterns.end(),
-                                           [&](const HostPattern& p) { return p.pattern == key; })
-                             : config.hosts.contains(key);
+      // A set, not a scan of the patterns so far: 100k pattern stanzas took 13.6 s.
+      const bool twice = pattern ? !pattern_keys.insert(key).second : config.hosts.contains(key);
       if (twice) {
         return parser_.ErrorAt(st->pos, StrCat("Host \"", key, "\" defined twice"));
       }

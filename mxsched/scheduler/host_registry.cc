@@ -2,6 +2,7 @@
 
 #include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/epoch.h"
 
 namespace mxsched {
 
@@ -199,17 +200,48 @@ std::string LimitMove::ToString(int64_t now_nanos) const {
 }
 
 HostState* HostRegistry::GetOrCreate(const Endpoint& endpoint, std::string_view name,
-                                     const HostConfig& config) {
+                                     const HostConfig& config, int64_t now_nanos) {
   MutexLock lock(&mu_);
   auto& slot = hosts_[endpoint];
   if (slot == nullptr) {
+    uint32_t index = next_index_;
+    if (!free_indices_.empty()) {
+      index = free_indices_.back();
+      free_indices_.pop_back();
+    } else {
+      ++next_index_;
+    }
     slot = std::make_unique<HostState>(
-        endpoint, name.empty() ? endpoint.address.ToString() : std::string(name), config,
-        static_cast<uint32_t>(hosts_.size() - 1));
+        endpoint, name.empty() ? endpoint.address.ToString() : std::string(name), config, index);
+    created_.fetch_add(1, std::memory_order_relaxed);
   } else {
     slot->Configure(config);
   }
+  slot->NotePlanned(now_nanos);
   return slot.get();
+}
+
+size_t HostRegistry::EvictIdle(const std::function<bool(const HostState*)>& referenced,
+                               int64_t now_nanos, int64_t recent_nanos) {
+  std::vector<HostState*> gone;
+  {
+    MutexLock lock(&mu_);
+    for (auto it = hosts_.begin(); it != hosts_.end();) {
+      HostState* h = it->second.get();
+      if (referenced(h) || now_nanos - h->last_planned() < recent_nanos || !h->Idle(now_nanos) ||
+          !h->ClaimDead()) {
+        ++it;
+        continue;
+      }
+      free_indices_.push_back(h->index());
+      gone.push_back(it->second.release());
+      hosts_.erase(it++);
+    }
+  }
+  evicted_.fetch_add(gone.size(), std::memory_order_relaxed);
+  // Outside the mutex: Retire may run deleters.
+  for (HostState* h : gone) epoch::RetireObject(h);
+  return gone.size();
 }
 
 LimitGroup* HostRegistry::GetOrCreateGroup(std::string_view pattern, int32_t limit) {

@@ -10,9 +10,13 @@
 //
 // Thread-safety: HostState's methods are lock-free and safe from any thread. HostRegistry
 // is safe for concurrent use; GetOrCreate takes a mutex and belongs on the slow path
-// (route building), never on Acquire/Release. HostState pointers stay valid as long as the
-// registry lives (states are never removed: the number of distinct destinations a process
-// talks to is bounded by its routes and DNS answers, and keeping them keeps failure memory).
+// (route building), never on Acquire/Release. Host states are evicted (EvictIdle) when no
+// route refers to them and they hold nothing worth keeping — no connection, no waiter, no
+// failure inside its retry window, no limit lowered by busy replies (issue 20: 200,000
+// self-hosted domains left 191k states behind). An evicted state is claimed (its active
+// count set to a dead mark, so a reader still holding a retired route sees it full) and
+// freed through epoch.h: a pointer read from a route, Snapshot() or a Lease stays valid
+// while its reader is pinned (EpochGuard) or holds a lease on it (docs/DESIGN.md §5).
 #ifndef MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 #define MXSCHED_SCHEDULER_HOST_REGISTRY_H_
 
@@ -133,7 +137,8 @@ class alignas(128) HostState {
     const int32_t limit = LimitOf(adapt_.load(std::memory_order_relaxed));
     int32_t active = active_.load(std::memory_order_relaxed);
     do {
-      if (active >= limit) {
+      // Unsigned: an evicted host's dead mark (negative) reads as full, at no extra cost.
+      if (static_cast<uint32_t>(active) >= static_cast<uint32_t>(limit)) {
         if (probe) probe_in_flight_.store(false, std::memory_order_release);
         return Admission::kFull;
       }
@@ -210,7 +215,22 @@ class alignas(128) HostState {
   // retry window, group and adaptive settings. A learned (lowered) limit is kept, clamped
   // to the new configured limit; a host that was at its configured limit follows it.
   void Configure(const HostConfig& config);
-  void ResetPeak() { peak_.store(active(), std::memory_order_relaxed); }
+  void ResetPeak() { peak_.store(std::max(0, active()), std::memory_order_relaxed); }
+  // --- eviction (HostRegistry::EvictIdle) ---------------------------------------------
+  // Nothing a new route plan could not rebuild: no connection, no waiter, no failure inside
+  // its retry window, no probe out, no learned (lowered) limit.
+  bool Idle(int64_t now_nanos) const {
+    return active() == 0 && waiting() == 0 && failed_until() <= now_nanos &&
+           !probe_in_flight_.load(std::memory_order_acquire) && limit() >= configured_limit();
+  }
+  // Claims an idle host for eviction: active 0 -> dead mark, so TryAdmit answers kFull.
+  bool ClaimDead() {
+    int32_t zero = 0;
+    return active_.compare_exchange_strong(zero, kDeadMark, std::memory_order_acq_rel);
+  }
+  static constexpr int32_t kDeadMark = INT32_MIN / 2;
+  int64_t last_planned() const { return last_planned_.load(std::memory_order_relaxed); }
+  void NotePlanned(int64_t now_nanos) { last_planned_.store(now_nanos, std::memory_order_relaxed); }
 
   // --- statistics, written once per connection outcome (Lease::Report), read by scrapes --
   // Counts one reported outcome (an `Outcome` value, < kOutcomeKinds).
@@ -279,6 +299,7 @@ class alignas(128) HostState {
   // detail 10, limit after 26 bits saturating) so it is written and read without a lock.
   std::atomic<uint64_t> last_move_{0};
   std::atomic<int64_t> last_move_nanos_{0};
+  std::atomic<int64_t> last_planned_{0};  // the last GetOrCreate (a route plan's), selector clock
   const Endpoint endpoint_;
   const std::string name_;
 };
@@ -287,8 +308,18 @@ class HostRegistry {
  public:
   // Returns the state for `endpoint`, creating it on first use; updates its limit and retry
   // window to the given values (the newest configuration wins).
-  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name, const HostConfig& config)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  HostState* GetOrCreate(const Endpoint& endpoint, std::string_view name, const HostConfig& config,
+                         int64_t now_nanos = 0) ABSL_LOCKS_EXCLUDED(mu_);
+  // Evicts every host not in `referenced` (the hosts of live routes), Idle at `now`, and not
+  // planned within `recent_nanos` (a plan between GetOrCreate and interning its route is
+  // not in `referenced` yet): claimed dead, removed, its index reused, freed through
+  // epoch.h. Returns how many. REQUIRES: `referenced` covers every route of every Selector
+  // that uses this registry.
+  size_t EvictIdle(const std::function<bool(const HostState*)>& referenced, int64_t now_nanos,
+                   int64_t recent_nanos) ABSL_LOCKS_EXCLUDED(mu_);
+  // Host states created and evicted since the registry was made.
+  uint64_t created() const { return created_.load(std::memory_order_relaxed); }
+  uint64_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
   // The provider group for a `Host "pattern"` stanza, created on first use; its limit is
   // set to `limit` (the newest configuration wins).
   LimitGroup* GetOrCreateGroup(std::string_view pattern, int32_t limit) ABSL_LOCKS_EXCLUDED(mu_);
@@ -299,13 +330,16 @@ class HostRegistry {
   // Visits every host (order unspecified) under the registry lock.
   void ForEach(const std::function<void(const HostState&)>& fn) const ABSL_LOCKS_EXCLUDED(mu_);
   // Every host, for readers that should not hold the lock while they look (scrapes): the
-  // pointers stay valid for the registry's life.
+  // pointers stay valid while the caller is pinned (epoch::EpochGuard, taken before this).
   std::vector<const HostState*> Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   mutable Mutex mu_;
   absl::flat_hash_map<Endpoint, std::unique_ptr<HostState>> hosts_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<LimitGroup>> groups_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_indices_ ABSL_GUARDED_BY(mu_);  // of evicted hosts, for reuse
+  uint32_t next_index_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> created_{0}, evicted_{0};
 };
 
 }  // namespace mxsched

@@ -46,6 +46,17 @@ size_t RouteInterner::size() const {
   return n;
 }
 
+void RouteInterner::ForEachHost(const std::function<void(const HostState*)>& fn) const {
+  for (const Shard& sh : shards_) {
+    MutexLock lock(&sh.mu);
+    for (const RouteSnapshot* s : sh.set) {
+      for (size_t t = 0; t < s->num_tiers(); ++t) {
+        for (const HostState* h : s->TierHosts(t)) fn(h);
+      }
+    }
+  }
+}
+
 size_t RouteInterner::bytes() const {
   size_t n = sizeof(*this);
   for (const Shard& sh : shards_) {

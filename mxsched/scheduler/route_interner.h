@@ -27,6 +27,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "mxsched/base/mutex.h"
+#include <functional>
+
 #include "mxsched/scheduler/route_planner.h"
 
 namespace mxsched {
@@ -46,6 +48,9 @@ class RouteInterner {
   // Distinct snapshots held, and their bytes (for DomainMemoryBytes and the benchmarks).
   size_t size() const;
   size_t bytes() const;
+  // Calls fn for every host of every interned snapshot (repeats included), under each
+  // shard's mutex: the hosts routes refer to, for the host sweep (Selector::EvictIdleHosts).
+  void ForEachHost(const std::function<void(const HostState*)>& fn) const;
 
  private:
   static constexpr size_t kShards = 16;

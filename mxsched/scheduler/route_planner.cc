@@ -341,7 +341,7 @@ PlannedRoute RoutePlanner::Plan(const Config& config, std::string_view domain) {
       hc.group = registry_->GetOrCreateGroup(policy.provider->pattern,
                                              policy.provider->settings.max_outbound_connections);
     }
-    tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name, hc));
+    tiers.back().push_back(registry_->GetOrCreate(k.endpoint, k.name, hc, now));
   }
   // Canonical order inside a tier (DNS servers rotate their answers): equal routes plan
   // equal snapshots, and the interner shares them. Per-domain order: RotationStep.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/epoch.h"
@@ -279,8 +280,34 @@ DomainEntry* SelectorImpl::Materialize(std::string_view domain, Deferral* invali
     stats_.CountDomainCreated();
     const size_t evicted = domains_.EvictIdleNear(hash, kEvictSlotsPerInsert, IdlePredicate(now));
     if (evicted > 0) stats_.CountDomainsEvicted(evicted);
+    MaybeEvictIdleHosts();
   }
   return entry;
+}
+
+// Host states follow the live set like domains (docs/DESIGN.md §5): when the registry has
+// doubled since the last sweep's survivors, one sweep marks the hosts of every interned
+// route and evicts the idle rest — amortized O(1) per host created, no thread.
+void SelectorImpl::MaybeEvictIdleHosts() {
+  const HostRegistry& r = *registry_;
+  const uint64_t resident = r.created() - r.evicted();
+  if (owned_registry_ == nullptr || resident < host_sweep_at_.load(std::memory_order_relaxed)) {
+    return;
+  }
+  if (host_sweeping_.exchange(true, std::memory_order_acquire)) return;  // another one sweeps
+  EvictIdleHosts();
+  const uint64_t left = r.created() - r.evicted();
+  host_sweep_at_.store(std::max<uint64_t>(2 * left, left + kHostSweepSlack),
+                       std::memory_order_relaxed);
+  host_sweeping_.store(false, std::memory_order_release);
+}
+
+size_t SelectorImpl::EvictIdleHosts() {
+  if (owned_registry_ == nullptr) return 0;  // shared: other selectors' routes are not known here
+  absl::flat_hash_set<const HostState*> live;
+  routes_->ForEachHost([&](const HostState* h) { live.insert(h); });
+  return registry_->EvictIdle([&](const HostState* h) { return live.contains(h); },
+                              clock_->NowNanos(), kHostRecentNanos);
 }
 
 std::function<bool(const DomainEntry&)> SelectorImpl::IdlePredicate(int64_t now) const {
@@ -353,6 +380,9 @@ const RouteSnapshot* SelectorImpl::Refresh(DomainEntry* entry, const RouteSnapsh
 }
 
 void SelectorImpl::ReleaseLease(Lease& lease) {
+  // Pinned: once the host's count reaches 0 a host sweep may claim and retire it
+  // (EvictIdleHosts), and the hand-off below still reads it.
+  epoch::EpochGuard pin;
   __builtin_prefetch(lease.domain_, 1);  // the host's RMW below stalls; fetch both lines at once
   lease.host_->Release(lease.probe_, lease.group_);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
@@ -820,6 +850,7 @@ std::optional<DomainView> Selector::DescribeResident(std::string_view domain) {
 size_t Selector::domain_count() const { return impl_->domain_count(); }
 size_t Selector::route_count() const { return impl_->route_count(); }
 size_t Selector::EvictIdle() { return impl_->EvictIdle(); }
+size_t Selector::EvictIdleHosts() { return impl_->EvictIdleHosts(); }
 size_t Selector::DomainMemoryBytes() const { return impl_->DomainMemoryBytes(); }
 int64_t Selector::server_active() const { return impl_->server_active(); }
 HostRegistry& Selector::registry() { return impl_->registry(); }

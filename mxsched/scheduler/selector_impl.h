@@ -62,6 +62,7 @@ class SelectorImpl {
   size_t domain_count() const;
   size_t route_count() const { return routes_->size(); }
   size_t EvictIdle();
+  size_t EvictIdleHosts();
   size_t DomainMemoryBytes() const;
   int64_t server_active() const;
   HostRegistry& registry() { return *registry_; }
@@ -124,6 +125,13 @@ class SelectorImpl {
   std::function<bool(const DomainEntry&)> IdlePredicate(int64_t now) const;
   static constexpr size_t kEvictSlotsPerInsert = 8;
   std::atomic<int64_t> idle_ticks_{1};
+  // Host sweeps (EvictIdleHosts, docs/DESIGN.md §5): when the registry reaches
+  // host_sweep_at_ hosts.
+  void MaybeEvictIdleHosts();
+  static constexpr uint64_t kHostSweepSlack = 1024;
+  static constexpr int64_t kHostRecentNanos = 2'000'000'000;
+  std::atomic<uint64_t> host_sweep_at_{kHostSweepSlack};
+  std::atomic<bool> host_sweeping_{false};
 
   Clock* clock_;
   Random* random_;

@@ -1192,6 +1192,57 @@ TEST(Eviction, NewDomainsSweepIdleOnesSoTheCountLevelsOff) {
   EXPECT_EQ(t.domains_created - t.domains_evicted, f.selector.domain_count());
 }
 
+// Issue 20 item 1: 200,000 domains whose MXs pointed at their own addresses left ~191k host
+// states after the domains were evicted. Now a host no interned route refers to, with no
+// connection, waiter or failure memory left, is evicted too: resident hosts level off.
+TEST(Eviction, HostsOfEvictedRoutesGoSoResidentHostsLevelOff) {
+  constexpr int kDomains = 40'000;
+  std::string conf = "domain_idle_timeout = 60\n";
+  for (int i = 0; i < kDomains; ++i) {
+    conf += StrCat("Domain \"h", i, ".example\" { routes = ( \"127.1.", i / 250, ".",
+                   i % 250 + 1, "\" ) }\n");
+  }
+  testing::SelectorFixture f(conf);
+  const HostRegistry& registry = f.selector.registry();
+  size_t max_hosts = 0;
+  for (int i = 0; i < kDomains; ++i) {
+    f.MustAcquire(StrCat("h", i, ".example"));
+    if (i % 500 == 499) f.clock.AdvanceSeconds(10);  // ~3,000 domains live per 60 s
+    max_hosts = std::max(max_hosts, registry.size());
+  }
+  EXPECT_LT(max_hosts, 16'000u) << "host states of evicted domains were kept";
+  EXPECT_EQ(registry.created(), static_cast<uint64_t>(kDomains));
+  EXPECT_GT(registry.evicted(), static_cast<uint64_t>(kDomains) - 16'000u);
+  EXPECT_EQ(registry.created() - registry.evicted(), registry.size());
+
+  // Everything idle: domains, then their routes (after the epoch), then the hosts go.
+  f.clock.AdvanceSeconds(120);
+  f.selector.EvictIdle();
+  epoch::Reclaim();
+  f.selector.EvictIdleHosts();
+  EXPECT_EQ(registry.size(), 0u);
+  // A host with a failure inside its retry window (120 s) keeps its memory without a route;
+  // one with an open connection is kept too.
+  Lease failed = f.MustAcquire("h1.example");
+  const Endpoint failed_ep = failed.endpoint();
+  failed.Report(Outcome::kConnectFailed);
+  failed.Release();
+  Lease open = f.MustAcquire("h2.example");
+  f.clock.AdvanceSeconds(70);
+  EXPECT_EQ(f.selector.EvictIdle(), 1u) << "h1 is idle, h2 holds a connection";
+  epoch::Reclaim();
+  EXPECT_EQ(f.selector.EvictIdleHosts(), 0u);
+  ASSERT_NE(registry.Find(failed_ep), nullptr) << "failure memory kept";
+  EXPECT_FALSE(registry.Find(failed_ep)->Reachable(f.clock.NowNanos()));
+  f.clock.AdvanceSeconds(60);  // past the retry window
+  EXPECT_EQ(f.selector.EvictIdleHosts(), 1u);
+  EXPECT_EQ(registry.Find(failed_ep), nullptr);
+  EXPECT_NE(registry.Find(open.endpoint()), nullptr);
+  // A domain comes back with a fresh host.
+  EXPECT_TRUE(f.MustAcquire("h1.example").valid());
+  EXPECT_EQ(registry.size(), 2u);
+}
+
 TEST(Eviction, SafeUnderConcurrentAcquireAndWait) {
   // One thread evicts everything idle as fast as it can (idle = 1 s, the clock jumps);
   // others Acquire, Release and wait on a small set of domains. Entries are evicted and

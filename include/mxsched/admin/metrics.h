@@ -53,8 +53,15 @@
 // mxsched_dns_cache_entries              | gauge     |               | names and types in the DNS
 // cache |
 //
-// Series count: 28 per host (6 gauges, 1 + 7 counters, 11 buckets + sum + count), 2 per
-// provider pattern, plus 35 per process. Benchmark: bench/metrics_bench.cc (a scrape of 10,000
+// | mxsched_server_connection_limit        | gauge     |               | server_max_outbound_connections
+// in force (+Inf: unlimited) |
+// | mxsched_hosts_total                    | counter   | event         | host states created and evicted
+// (docs/DESIGN.md §5) |
+// | mxsched_host_series_hosts              | gauge     |               | hosts with their own series
+// (at most max_hosts; the rest are summed under host="other") |
+//
+// Series count: 28 per host shown (6 gauges, 1 + 7 counters, 11 buckets + sum + count), at most
+// max_hosts (500) of them plus 22 for "other"; 2 per provider pattern, plus 36 per process. Benchmark: bench/metrics_bench.cc (a scrape of 10,000
 // hosts).
 //
 // Thread-safety: Collect() is safe from any thread, concurrently with the data path.
@@ -75,8 +82,16 @@ namespace mxsched::admin {
 class MetricsCollector : public prometheus::Collectable {
  public:
   // `dns` may be null (no DNS metrics).
-  explicit MetricsCollector(Selector* selector, io::DnsCache* dns = nullptr)
-      : selector_(selector), dns_(dns) {}
+  // Per-host series go to the `max_hosts` busiest destinations (open connections, then
+  // failing, then most connections reported); the rest are summed under host="other",
+  // mx="other" (active, busy replies, outcomes, latency; not the limits and states, which do
+  // not add up), so a scrape stays bounded whatever the traffic (issue 20: 191k hosts made
+  // 5.17 M series). A host's series come and go as it enters and leaves the top; "other"'s
+  // counters can then fall, which rate() reads as a reset.
+  static constexpr size_t kDefaultMaxHosts = 500;
+  explicit MetricsCollector(Selector* selector, io::DnsCache* dns = nullptr,
+                            size_t max_hosts = kDefaultMaxHosts)
+      : selector_(selector), dns_(dns), max_hosts_(max_hosts) {}
 
   // The prometheus-cpp interface (for an Exposer or a Registry-based pipeline).
   std::vector<prometheus::MetricFamily> Collect() const override;
@@ -91,6 +106,7 @@ class MetricsCollector : public prometheus::Collectable {
  private:
   Selector* selector_;
   io::DnsCache* dns_;
+  size_t max_hosts_;
 };
 
 // The Prometheus text exposition (format 0.0.4) of `families`.

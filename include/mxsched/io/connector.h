@@ -70,6 +70,8 @@ struct ConnectResult {
   // With cluster limits: the fleet-wide part of the slot, refreshed while held. Release it
   // with `lease`, on this connector's loop thread.
   ClusterLease cluster_lease;
+  // kDeferred because Connector::Stop cut the session short (no host was blamed).
+  bool stopped = false;
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
 static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
@@ -116,6 +118,14 @@ class Connector {
   void Connect(std::string_view domain, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();
+  // Ends every session in flight as deferred (ConnectResult::stopped, `why` in its reason)
+  // and every later Connect at once: a connect or greeting read in progress is cancelled
+  // (io_uring async cancel; its host is not blamed), a slot, DNS or cluster wait is left,
+  // and no further attempt (failover) starts. Sessions whose cancelled operation has not
+  // completed yet end when it does, within a loop iteration. `load --max-seconds` uses it
+  // so a run ends at its deadline, not attempts x timeouts later.
+  void Stop(std::string why);
+  bool stopped() const { return stopped_; }
 
   size_t in_flight() const { return in_flight_; }
   Loop* loop() { return loop_; }
@@ -128,6 +138,7 @@ class Connector {
   // eventfd read on this loop picks them up.
   void QueueWoken(Session* s, Lease lease);
   void RunWoken();
+  void Forget(Session* s);  // out of sessions_ (swap with the last: O(1))
   // The selector's configuration, fetched again only when it changed.
   const Config& CurrentConfig();
 
@@ -137,6 +148,9 @@ class Connector {
   uint64_t config_version_ = 0;
   ConnectorOptions options_;
   size_t in_flight_ = 0;
+  bool stopped_ = false;
+  std::string stop_reason_;
+  std::vector<Session*> sessions_;  // in flight (not finished), for Stop
   size_t live_ = 0;  // Session objects not yet deleted (in flight, or awaiting completions)
   std::vector<Session*> waiting_dns_;
   Mutex wake_mu_;

@@ -263,6 +263,11 @@ class Selector {
   // Drops every domain idle for domain_idle_timeout (docs/DESIGN.md §5). Also done a few
   // slots at a time as new domains arrive, so calling this is optional. Returns how many.
   size_t EvictIdle();
+  // Evicts host states no interned route refers to and that hold nothing worth keeping
+  // (HostRegistry::EvictIdle; not planned in the last 2 s); returns how many. Runs by itself
+  // as new domains arrive (when the registry doubled since the last sweep); a no-op when the
+  // registry is shared (SelectorOptions::registry): other selectors' routes are unknown.
+  size_t EvictIdleHosts();
   // Bytes held for domains: tables, entries, names, snapshots (not hosts).
   size_t DomainMemoryBytes() const;
   // Connections currently held against server_max_outbound_connections.
