@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/base/mutex.h"
+#include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/resolver.h"
 #include "mxsched/scheduler/routes.h"
@@ -81,12 +82,6 @@ int64_t LatencyHistogram::Percentile(int percent) const {
 }
 
 namespace {
-
-int64_t NowNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 // Sessions connected to one host right now (from the 2xx greeting to close) and the peak:
 // what the receiving server counts, unlike the lease peak, which also counts connects
@@ -256,7 +251,7 @@ class Worker {
     const LoadOptions& o = *shared_->options;
     more_to_start_ = false;
     for (int started = 0; in_flight_ < concurrency_; ++started) {
-      if (NowNanos() >= shared_->deadline_nanos) return;
+      if (SteadyNowNanos() >= shared_->deadline_nanos) return;
       if (shared_->stop.load(std::memory_order_relaxed)) return;
       if (started >= concurrency_) {
         more_to_start_ = true;
@@ -518,7 +513,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   // count sampled on the 250 ms timeline below (a few shard-mutex reads, off the workers).
   const SelectorStats::Totals stats_before = selector.stats().Collect();
   int64_t peak_resident = static_cast<int64_t>(selector.domain_count());
-  const int64_t start = NowNanos();
+  const int64_t start = SteadyNowNanos();
   shared.deadline_nanos = start + int64_t{options.max_seconds} * 1'000'000'000;
   const int threads = std::min<int>(options.threads, options.concurrency);
   std::vector<std::unique_ptr<Worker>> workers;
@@ -543,18 +538,18 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     if (stopped_by.empty()) {
       if (options.stop != nullptr && *options.stop) stopped_by = "signal";
-      if (NowNanos() >= shared.deadline_nanos) stopped_by = "max_seconds";
+      if (SteadyNowNanos() >= shared.deadline_nanos) stopped_by = "max_seconds";
       if (!stopped_by.empty()) shared.stop.store(true);
     }
-    if (NowNanos() >= next_sample) {
+    if (SteadyNowNanos() >= next_sample) {
       next_sample += 250'000'000;
       const int64_t c = shared.connected.load();
       timeline.push_back(c - last_connected);
       last_connected = c;
       peak_resident = std::max(peak_resident, static_cast<int64_t>(selector.domain_count()));
     }
-    if (options.progress && NowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
-      last = NowNanos();
+    if (options.progress && SteadyNowNanos() - last > int64_t{options.progress_interval_ms} * 1'000'000) {
+      last = SteadyNowNanos();
       options.progress(shared.done.load(), shared.connected.load(), shared.deferred.load(),
                        shared.failed.load());
     }
@@ -564,7 +559,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     if (!s.ok()) return s;
   }
   LoadReport report;
-  report.seconds = (NowNanos() - start) / 1e9;
+  report.seconds = (SteadyNowNanos() - start) / 1e9;
   timeline.push_back(shared.connected.load() - last_connected);
   report.connected_timeline = std::move(timeline);
   rusage ru;

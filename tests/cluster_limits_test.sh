@@ -89,7 +89,7 @@ max_outbound_connections = 64
 Host "$net.1" { max_outbound_connections = 8 }
 cluster_limits = "redis://127.0.0.1:$rport"
 cluster_name = "$name"
-cluster_lease_seconds = 3
+cluster_lease_seconds = 6
 CONF
 
 # load NAME ARGS...: a worker process in the background, its JSON in NAME.json; its PID
@@ -139,11 +139,17 @@ check 'all(r[w]["cluster"]["redis_errors"] == 0 for w in ("w1", "w2", "w3"))'
 rm -f "$work"/w?.json
 
 echo "== waiter_woken_by_release"
-load holder --sessions 8 --concurrency 8 --hold-ms 1500; h=$last
+# The holder holds until told: the late worker is seen queued in Redis first (its waiter
+# key), then SIGTERM ends the holder's sessions (QUIT, release, publish) — no race against
+# a hold time.
+load holder --sessions 8 --concurrency 8 --hold-ms 600000; h=$last
 wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
 load late --sessions 1 --concurrency 1; w=$last
+wait_for '[ "$(rcli zcard "$hostkey:w")" = 1 ]'
+kill -TERM "$(child_of "$h")"
+wait "$h"; rc=$?
+[ $rc -eq 143 ] || fail "holder exited $rc, not 143 (stopped by SIGTERM)"
 wait "$w" || fail "late worker exited non-zero"
-wait "$h" || fail "holder exited non-zero"
 check 'r["late"]["connected"] == 1 and r["late"]["cluster"]["waits"] == 1'
 check 'r["late"]["cluster"]["wakeups"] == 1'  # the release's publish, not the 1 s re-check
 rm -f "$work"/late.json "$work"/holder.json

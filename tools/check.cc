@@ -27,14 +27,8 @@ int RunCheck(const CheckFlags& f) {
     return 0;
   }
   if (f.config_path.empty()) return UsageError("check: --config FILE is required (or -d)");
-  absl::StatusOr<Config> config = LoadConfigFile(f.config_path);
-  if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
-    return 2;
-  }
-  for (const std::string& w : config->warnings) {
-    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
-  }
+  std::optional<Config> config = LoadConfigOrSay(f.config_path);
+  if (!config) return 2;
   ConfigListing listing = f.non_default ? ConfigListing::kNonDefault : ConfigListing::kEffective;
   std::printf("%s", ListConfig(*config, listing).c_str());
   return 0;

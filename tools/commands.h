@@ -18,11 +18,13 @@
 #define MXSCHED_TOOLS_COMMANDS_H_
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "mxsched/scheduler/config.h"
 
 namespace mxsched::tools {
 
@@ -59,6 +61,9 @@ inline constexpr CommandEntry kCommands[] = {
 
 // Prints "mxsched: WHY" to stderr and returns 2 (a usage error found after parsing).
 int UsageError(std::string_view why);
+// LoadConfigFile, with the error ("mxsched: FILE:LINE:COL: ...") or each warning
+// ("mxsched: warning: ...") printed to stderr, escaped. Null after an error (exit 2).
+std::optional<Config> LoadConfigOrSay(const std::string& path);
 // "mxsched: unknown subcommand "WORD"; did you mean "check"? (subcommands: ...)" on
 // stderr, the suggestion only when WORD is close to one; returns 2.
 int UnknownSubcommand(std::string_view word);

@@ -199,14 +199,8 @@ int RunLoadCommand(LoadFlags& f) {
     if (!servers.ok()) return UsageError(StrCat("load: --dns: ", servers.status().message()));
     o.dns_server = *std::move(servers);
   }
-  auto config = LoadConfigFile(config_path);
-  if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
-    return 2;
-  }
-  for (const std::string& w : config->warnings) {
-    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
-  }
+  std::optional<Config> config = LoadConfigOrSay(config_path);
+  if (!config) return 2;
   auto cluster = io::ClusterOptionsFromConfig(*config);
   if (!cluster.ok()) {
     std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(cluster.status().message())).c_str());

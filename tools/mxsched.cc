@@ -37,6 +37,18 @@ int UsageError(std::string_view why) {
   return 2;
 }
 
+std::optional<Config> LoadConfigOrSay(const std::string& path) {
+  absl::StatusOr<Config> config = LoadConfigFile(path);
+  if (!config.ok()) {
+    UsageError(ToStd(config.status().message()));
+    return std::nullopt;
+  }
+  for (const std::string& w : config->warnings) {
+    std::fprintf(stderr, "mxsched: warning: %s\n", ForTerminal(w).c_str());
+  }
+  return *std::move(config);
+}
+
 absl::StatusOr<std::string> ResolveDnsServers(std::string_view spec) {
   std::string out;
   for (std::string_view one : Split(spec, ',')) {
@@ -215,14 +227,8 @@ struct RouteFlags {
 };
 
 int RunRoute(const RouteFlags& f) {
-  absl::StatusOr<Config> config = LoadConfigFile(f.config_path);
-  if (!config.ok()) {
-    std::fprintf(stderr, "mxsched: %s\n", ForTerminal(ToStd(config.status().message())).c_str());
-    return 2;
-  }
-  for (const std::string& w : config->warnings) {
-    std::fprintf(stderr, "mxsched: warning: %s\n", w.c_str());
-  }
+  std::optional<Config> config = LoadConfigOrSay(f.config_path);
+  if (!config) return 2;
   auto cluster_options = io::ClusterOptionsFromConfig(*config);
   if (!cluster_options.ok()) return UsageError(ToStd(cluster_options.status().message()));
   auto shared = std::make_shared<const Config>(*std::move(config));

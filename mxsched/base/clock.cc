@@ -1,9 +1,17 @@
 #include "mxsched/base/clock.h"
 
+#include <chrono>
+
 #include <sys/random.h>
 #include <time.h>
 
 namespace mxsched {
+
+int64_t SteadyNowNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 int64_t MonotonicCoarseClock::NowNanos() {
   timespec ts;

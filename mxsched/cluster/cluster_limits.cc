@@ -5,16 +5,12 @@
 #include <cstdio>
 #include <random>
 
+#include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
 
 namespace mxsched::io {
 namespace {
 
-int64_t NowNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 constexpr int64_t kMs = 1'000'000;
 constexpr int kTickMs = 100;
 constexpr int kProbeMs = 500;
@@ -302,7 +298,7 @@ void ClusterLimits::ReportFailure(const absl::Status& why) {
   int64_t workers;
   {
     MutexLock lock(&mu_);
-    degraded_since_ = NowNanos();
+    degraded_since_ = SteadyNowNanos();
     workers = live_workers();
     // 0: never seen (the worst is assumed); else at least this process's own clients.
     const int64_t seen = live_clients_.load(std::memory_order_relaxed);
@@ -327,7 +323,7 @@ void ClusterLimits::BeginRejoin(int64_t redis_now_ms) {
   {
     MutexLock lock(&mu_);
     rejoin_since_ms_ = redis_now_ms;
-    rejoin_deadline_ = NowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
+    rejoin_deadline_ = SteadyNowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
   }
   recovery_epoch_.fetch_add(1, std::memory_order_acq_rel);
   fprintf(stderr,
@@ -364,13 +360,13 @@ void ClusterLimits::StoreLost(int64_t redis_now_ms) {
     MutexLock lock(&mu_);
     if (was == ClusterMode::kNormal) {
       // As at a switch to the failure mode: the share and this process's holdings now.
-      degraded_since_ = NowNanos();
+      degraded_since_ = SteadyNowNanos();
       const int64_t seen = live_clients_.load(std::memory_order_relaxed);
       share_clients_ = std::max(seen, my_clients_.load(std::memory_order_relaxed));
       for (auto& [key, h] : held_) h.at_switch = h.here;
     }
     rejoin_since_ms_ = redis_now_ms;
-    rejoin_deadline_ = NowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
+    rejoin_deadline_ = SteadyNowNanos() + int64_t{options_.lease_seconds} * 1'000'000'000;
   }
   mode_.store(ClusterMode::kRejoining, std::memory_order_release);
   if (was == ClusterMode::kNormal) stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
@@ -386,7 +382,7 @@ void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_
   {
     MutexLock lock(&mu_);
     const bool fleet_back = clients >= share_clients_ && oldest_heartbeat_ms >= rejoin_since_ms_;
-    if (!fleet_back && NowNanos() < rejoin_deadline_) return;
+    if (!fleet_back && SteadyNowNanos() < rejoin_deadline_) return;
     knows_fleet_ = true;  // Redis has every survivor's leases again
   }
   ClusterMode expected = ClusterMode::kRejoining;
@@ -409,7 +405,7 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
   // since we started): assume the worst, the floor of 1.
   const int64_t mine = std::max<int64_t>(1, my_clients_.load(std::memory_order_relaxed));
   const int64_t all = share_clients_ > 0 ? share_clients_ : INT32_MAX;
-  const bool fresh = NowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
+  const bool fresh = SteadyNowNanos() - degraded_since_ < int64_t{options_.lease_seconds} * 1'000'000'000;
   for (const ClusterKey& k : keys) {
     // find, not []: a refused key must not leave an entry behind (nothing would erase it).
     auto it = held_.find(k.key);
@@ -621,7 +617,7 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            for (size_t i = 0; i < keys.size(); ++i) {
              if (((mask >> i) & 1) && !HasKey(w.queued, keys[i].key)) w.queued.push_back(keys[i]);
            }
-           const int64_t now = NowNanos();
+           const int64_t now = SteadyNowNanos();
            if (w.since == 0) {
              w.since = now;
              limits_->stats().waits.fetch_add(1, std::memory_order_relaxed);
@@ -661,7 +657,7 @@ void ClusterClient::LocalFull(const std::string& id, std::vector<ClusterKey> key
                               ClusterWaiter* waiter, Done done) {
   if (waiter != nullptr) {
     WaitRec& w = waiting_[id];
-    const int64_t now = NowNanos();
+    const int64_t now = SteadyNowNanos();
     if (w.since == 0) {
       w.since = now;
       limits_->stats().waits.fetch_add(1, std::memory_order_relaxed);
@@ -683,7 +679,7 @@ void ClusterClient::LocalFull(const std::string& id, std::vector<ClusterKey> key
 void ClusterClient::EndWait(WaitRec& w) {
   // A session's wait counts once, from its first "full" to its slot (or giving up).
   if (w.since != 0) {
-    limits_->stats().wait_nanos.fetch_add(NowNanos() - w.since, std::memory_order_relaxed);
+    limits_->stats().wait_nanos.fetch_add(SteadyNowNanos() - w.since, std::memory_order_relaxed);
     w.since = 0;
   }
 }
@@ -779,7 +775,7 @@ void ClusterClient::Refresh() {
     }
   }
   refresh_in_flight_ = true;
-  const int64_t now = NowNanos();
+  const int64_t now = SteadyNowNanos();
   // The heartbeat: at least once a second (heartbeat_ms), so a Redis that lost its keys is
   // found within that even by a client that sends nothing else (DESIGN §7 rule 4b).
   next_refresh_ = now + std::min<int64_t>(int64_t{o.lease_seconds} * 1000 / 3, o.heartbeat_ms) * kMs;
@@ -838,7 +834,7 @@ void ClusterClient::ArmTick() {
 void ClusterClient::OnTick(int, uint32_t) {
   tick_armed_ = false;
   if (destroying_) return;
-  const int64_t now = NowNanos();
+  const int64_t now = SteadyNowNanos();
   if (!worker_) return;  // no tick for an observer
   sub_.Tick();
   if (limits_->degraded()) {

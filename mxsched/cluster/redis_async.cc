@@ -8,16 +8,11 @@
 #include <chrono>
 #include <utility>
 
+#include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
 
 namespace mxsched::io {
 namespace {
-
-int64_t NowNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 RedisReply Copy(const redisReply* r) {
   RedisReply out;
@@ -233,14 +228,14 @@ RedisConnection::~RedisConnection() {
 
 bool RedisConnection::EnsureContext() {
   if (ac_ != nullptr) return true;
-  if (destroying_ || NowNanos() < retry_after_) return false;
+  if (destroying_ || SteadyNowNanos() < retry_after_) return false;
   redisAsyncContext* ac = redisAsyncConnect(options_.address.host.c_str(), options_.address.port);
   if (ac == nullptr || ac->err) {
     drop_reason_ = absl::UnavailableError(
         StrCat(options_.address.ToString(), ": ", ac ? ac->errstr : "out of memory"));
     if (ac != nullptr) redisAsyncFree(ac);
     ++failures_;
-    retry_after_ = NowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
+    retry_after_ = SteadyNowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
     return false;
   }
   // Attach the event hooks before the callbacks: setting the connect callback asks for
@@ -301,7 +296,7 @@ void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
     args.push_back(a.data());
     lens.push_back(a.size());
   }
-  auto* p = new Pending{this, std::move(fn), NowNanos() + int64_t{options_.timeout_ms} * 1'000'000};
+  auto* p = new Pending{this, std::move(fn), SteadyNowNanos() + int64_t{options_.timeout_ms} * 1'000'000};
   if (redisAsyncCommandArgv(ac_, &RedisConnection::OnReply, p, static_cast<int>(args.size()),
                             args.data(), lens.data()) != REDIS_OK) {
     ReplyFn f = std::move(p->fn);
@@ -330,7 +325,7 @@ void RedisConnection::SendSubscribe() {
   const char* args[2] = {"SUBSCRIBE", channel_.data()};
   size_t lens[2] = {9, channel_.size()};
   if (redisAsyncCommandArgv(ac_, &RedisConnection::OnMessage, this, 2, args, lens) == REDIS_OK) {
-    subscribe_deadline_ = NowNanos() + int64_t{options_.timeout_ms} * 1'000'000;
+    subscribe_deadline_ = SteadyNowNanos() + int64_t{options_.timeout_ms} * 1'000'000;
     ArmTimer();
   }
 }
@@ -338,7 +333,7 @@ void RedisConnection::SendSubscribe() {
 void RedisConnection::Drop(absl::Status why) {
   drop_reason_ = std::move(why);
   ++failures_;
-  retry_after_ = NowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
+  retry_after_ = SteadyNowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
   connected_ = subscribed_ = false;
   subscribe_deadline_ = 0;
   if (ac_ != nullptr) {
@@ -401,7 +396,7 @@ void RedisConnection::OnConnect(const redisAsyncContext* ac, int status) {
   c->connected_ = c->subscribed_ = false;
   c->subscribe_deadline_ = 0;
   ++c->failures_;
-  c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
+  c->retry_after_ = SteadyNowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
   c->drop_reason_ = absl::UnavailableError(
       StrCat(c->options_.address.ToString(), ": connect: ", ac->errstr ? ac->errstr : "failed"));
   c->FailHeld();
@@ -414,7 +409,7 @@ void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
   c->connected_ = c->subscribed_ = false;
   c->subscribe_deadline_ = 0;
   ++c->failures_;
-  c->retry_after_ = NowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
+  c->retry_after_ = SteadyNowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
   if (!c->protocol_error_) {
     c->drop_reason_ =
         absl::UnavailableError(StrCat(c->options_.address.ToString(), ": connection lost"));
@@ -428,7 +423,7 @@ void RedisConnection::ArmTimer() {
   if (!pending_.empty()) next = pending_.front()->deadline;
   if (subscribe_deadline_ != 0) next = std::min(next, subscribe_deadline_);
   if (next == INT64_MAX) return;
-  const int64_t wait = std::max<int64_t>(next - NowNanos(), 1'000'000);
+  const int64_t wait = std::max<int64_t>(next - SteadyNowNanos(), 1'000'000);
   timer_ts_ = {wait / 1'000'000'000, wait % 1'000'000'000};
   io_uring_sqe* sqe = loop_->Sqe();
   io_uring_prep_timeout(sqe, &timer_ts_, 0, 0);
@@ -441,7 +436,7 @@ void RedisConnection::OnTimer(int, uint32_t) {
   timer_armed_ = false;
   --*ops_in_ring_;
   if (destroying_) return;
-  const int64_t now = NowNanos();
+  const int64_t now = SteadyNowNanos();
   const bool late = (!pending_.empty() && pending_.front()->deadline <= now) ||
                     (subscribe_deadline_ != 0 && subscribe_deadline_ <= now);
   if (late) {

@@ -15,54 +15,51 @@
 // listed here; `provider` is one of the configuration's `Host "pattern"` stanzas. There are
 // no per-domain labels (domains are unbounded: use GET /domains/NAME).
 //
-// | name                                   | type      | labels        | meaning |
-// |----------------------------------------|-----------|---------------|---------|
-// | mxsched_host_active_connections        | gauge     | host, mx      | leases held now
-// (connecting, greeting or delivering) | | mxsched_host_connection_limit          | gauge     |
-// host, mx      | effective per-host limit (+Inf: unlimited) | |
-// mxsched_host_configured_connection_limit | gauge   | host, mx      | the configured limit; the
-// effective one is lower while busy replies hold it down (DESIGN §6) | |
-// mxsched_host_busy_replies_total        | counter   | host, mx      | busy replies ("421 too many
-// connections"...) from the destination | | mxsched_host_reachable                 | gauge     |
-// host, mx      | 1 if a new connection may go (0: inside host_failure_retry or its probe is out) |
-// | mxsched_host_consecutive_failures      | gauge     | host, mx      | failures since the last
-// success | | mxsched_host_retry_after_seconds       | gauge     | host, mx      | seconds until a
-// failed host gets its probe (0: reachable) | | mxsched_host_connections_total         | counter |
-// host, mx, outcome | reported outcomes: connected, connect_failed, timed_out, greeting_rejected,
-// protocol_error, local_error, busy | | mxsched_host_connect_duration_seconds  | histogram | host,
-// mx      | Acquire to 2xx greeting, successful connections only (buckets 1 ms .. 5 s) | |
-// mxsched_hosts                          | gauge     |               | destinations known to the
-// registry | | mxsched_provider_active_connections    | gauge     | provider      | connections on
-// the hosts of a provider pattern (`Host "*.example"`) | | mxsched_provider_connection_limit      |
-// gauge     | provider      | the limit they share | | mxsched_server_active_connections      |
-// gauge     |               | leases held against server_max_outbound_connections | |
-// mxsched_acquire_deferrals_total        | counter   | reason        | Acquire answers that were
-// deferrals: hosts_at_limit, domain_limit, server_limit, hosts_unreachable, no_mx_reachable,
-// resolving, temporary_failure, permanent_failure (a session that waits and retries counts each
-// answer) | | mxsched_sessions_total                 | counter   | result        | connector
-// sessions ended: connected, deferred, failed | | mxsched_sessions_waiting               | gauge |
-// | sessions queued for a slot now (rule 8) | | mxsched_session_wait_seconds           | histogram
-// |               | slot-wait time of sessions that waited, first wait to end (buckets 1 ms .. 120
-// s) | | mxsched_domains_resident               | gauge     |               | domains with a route
-// entry in the selector | | mxsched_domains_total | counter | event | domain entries created
-// and evicted (docs/DESIGN.md §5) | | mxsched_routes_distinct | gauge | | distinct route
-// snapshots; domains with equal routes share one | | mxsched_dns_lookups_total              | counter   | result        |
-// resolver lookups: hit (fresh cached answer), miss | | mxsched_dns_queries_total              |
-// counter   |               | queries handed to a DNS client | | mxsched_dns_answers_total |
-// counter   | result        | answers stored: ok, nodata, nxdomain, tempfail | |
-// mxsched_dns_cache_entries              | gauge     |               | names and types in the DNS
-// cache |
+// One line per metric: name (type; labels): meaning.
+//   mxsched_host_active_connections (gauge; host, mx): leases held now (connecting, greeting or
+//       delivering)
+//   mxsched_host_connection_limit (gauge; host, mx): effective per-host limit (+Inf: unlimited)
+//   mxsched_host_configured_connection_limit (gauge; host, mx): the configured limit; the effective
+//       one is lower while busy replies hold it down (DESIGN §6)
+//   mxsched_host_busy_replies_total (counter; host, mx): busy replies ("421 too many
+//       connections"...) from the destination
+//   mxsched_host_reachable (gauge; host, mx): 1 if a new connection may go (0: inside
+//       host_failure_retry or its probe is out)
+//   mxsched_host_consecutive_failures (gauge; host, mx): failures since the last success
+//   mxsched_host_retry_after_seconds (gauge; host, mx): seconds until a failed host gets its probe
+//       (0: reachable)
+//   mxsched_host_connections_total (counter; host, mx, outcome): reported outcomes: connected,
+//       connect_failed, timed_out, greeting_rejected, protocol_error, local_error, busy
+//   mxsched_host_connect_duration_seconds (histogram; host, mx): Acquire to 2xx greeting, successful
+//       connections only (buckets 1 ms .. 5 s)
+//   mxsched_hosts (gauge): destinations known to the registry
+//   mxsched_hosts_total (counter; event): host states created and evicted (DESIGN §5)
+//   mxsched_host_series_hosts (gauge): hosts with their own series (at most max_hosts; the rest are
+//       summed under host="other")
+//   mxsched_provider_active_connections (gauge; provider): connections on the hosts of a provider
+//       pattern (`Host "*.example"`)
+//   mxsched_provider_connection_limit (gauge; provider): the limit they share
+//   mxsched_server_active_connections (gauge): leases held against server_max_outbound_connections
+//   mxsched_server_connection_limit (gauge): server_max_outbound_connections in force (+Inf:
+//       unlimited)
+//   mxsched_acquire_deferrals_total (counter; reason): Acquire answers that were deferrals
+//       (hosts_at_limit, domain_limit, server_limit, hosts_unreachable, no_mx_reachable, resolving,
+//       temporary_failure, permanent_failure); a session that waits and retries counts each answer
+//   mxsched_sessions_total (counter; result): connector sessions ended: connected, deferred, failed
+//   mxsched_sessions_waiting (gauge): sessions queued for a slot now (rule 8)
+//   mxsched_session_wait_seconds (histogram): slot-wait time of sessions that waited, first wait to
+//       end (buckets 1 ms .. 120 s)
+//   mxsched_domains_resident (gauge): domains with a route entry in the selector
+//   mxsched_domains_total (counter; event): domain entries created and evicted (DESIGN §5)
+//   mxsched_routes_distinct (gauge): distinct route snapshots; domains with equal routes share one
+//   mxsched_dns_lookups_total (counter; result): resolver lookups: hit (fresh cached answer), miss
+//   mxsched_dns_queries_total (counter): queries handed to a DNS client
+//   mxsched_dns_answers_total (counter; result): answers stored: ok, nodata, nxdomain, tempfail
+//   mxsched_dns_cache_entries (gauge): names and types in the DNS cache
 //
-// | mxsched_server_connection_limit        | gauge     |               | server_max_outbound_connections
-// in force (+Inf: unlimited) |
-// | mxsched_hosts_total                    | counter   | event         | host states created and evicted
-// (docs/DESIGN.md §5) |
-// | mxsched_host_series_hosts              | gauge     |               | hosts with their own series
-// (at most max_hosts; the rest are summed under host="other") |
-//
-// Series count: 28 per host shown (6 gauges, 1 + 7 counters, 11 buckets + sum + count), at most
-// max_hosts (500) of them plus 22 for "other"; 2 per provider pattern, plus 36 per process. Benchmark: bench/metrics_bench.cc (a scrape of 10,000
-// hosts).
+// Series count: 27 per host shown (6 gauges; 1 + 7 counters; a histogram of 11 buckets + sum +
+// count), at most max_hosts (500) of them plus 22 for "other"; 2 per provider pattern, plus 36
+// per process. Benchmark: bench/metrics_bench.cc (a scrape of 10,000 hosts).
 //
 // Thread-safety: Collect() is safe from any thread, concurrently with the data path.
 // Lifetime: `selector` and `dns` are borrowed and must outlive the collector.

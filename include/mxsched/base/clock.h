@@ -13,6 +13,10 @@ namespace mxsched {
 
 inline constexpr int64_t kNanosPerSecond = 1'000'000'000;
 
+// std::chrono::steady_clock in nanoseconds (the precise monotonic clock, for deadlines and
+// latencies; the selector's Clock is coarse and injectable).
+int64_t SteadyNowNanos();
+
 class Clock {
  public:
   virtual ~Clock() = default;
