@@ -44,18 +44,27 @@ class DnsPeer {
     bool hold_udp_until_tcp = false;
   };
 
-  explicit DnsPeer(Options o) : o_(std::move(o)), port_(FreePort()) {
+  explicit DnsPeer(Options o) : o_(std::move(o)) {
     wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    udp_ = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    tcp_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
-    setsockopt(tcp_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in sin{};
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port_);
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok_ = bind(udp_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
-          bind(tcp_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 && listen(tcp_, 8) == 0;
+    // FreePort() is free for TCP when asked; the UDP port of the same number may be a
+    // resolver's ephemeral socket (c-ares of an earlier test): try other ports until both
+    // bind (bounded).
+    for (int attempt = 0; attempt < 20 && !ok_; ++attempt) {
+      if (udp_ >= 0) close(udp_);
+      if (tcp_ >= 0) close(tcp_);
+      port_ = FreePort();
+      udp_ = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      tcp_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      int one = 1;
+      setsockopt(tcp_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      sockaddr_in sin{};
+      sin.sin_family = AF_INET;
+      sin.sin_port = htons(port_);
+      sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ok_ = bind(udp_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
+            bind(tcp_, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
+            listen(tcp_, 8) == 0;
+    }
     if (ok_) thread_ = std::thread([this] { Run(); });
   }
   ~DnsPeer() {
@@ -269,7 +278,7 @@ class DnsPeer {
   }
 
   Options o_;
-  uint16_t port_;
+  uint16_t port_ = 0;
   int wake_ = -1, udp_ = -1, tcp_ = -1;
   bool ok_ = false;
   std::atomic<bool> stop_{false};
