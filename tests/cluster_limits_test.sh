@@ -254,6 +254,10 @@ for i in 1 2 3; do
   load r$i --sessions 1000000 --concurrency 10 --hold-ms 40 --max-seconds 100; rp[$i]=$last
 done
 wait_for '[ "$(rcli zcard "$hostkey")" -ge 1 ]'
+# Every worker seen by the fleet (in the workers set) before Redis goes: DESIGN §7 rule 4a
+# holds the limit for the workers seen before the outage (a worker unseen then is the gap
+# that rule names).
+wait_for '[ "$(rcli zcard "{$name}:workers")" -ge 3 ]'
 kill -9 "$redis_pid"
 wait_for 'grep -q unreachable "$work/r1.err" && grep -q unreachable "$work/r2.err" && grep -q unreachable "$work/r3.err"'
 start_redis
