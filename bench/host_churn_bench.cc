@@ -21,17 +21,9 @@
 #include "mxsched/scheduler/epoch.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/scheduler/selector.h"
+#include "bench/rss.h"
 
-namespace {
-long RssKb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return -1;
-}
-}  // namespace
+using mxsched::bench::RssKb;
 
 int main(int argc, char** argv) {
   using namespace mxsched;
