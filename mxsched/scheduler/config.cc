@@ -91,20 +91,24 @@ class Parser {
   absl::StatusOr<std::vector<Entry>> ParseFile() {
     if (absl::Status s = Advance(); !s.ok()) return s;
     std::vector<Entry> entries;
-    if (absl::Status s = ParseScope(entries, /*in_stanza=*/false); !s.ok()) return s;
+    if (absl::Status s = ParseScope(entries, /*parent=*/""); !s.ok()) return s;
     return entries;
   }
 
   // Every user-supplied piece of `what` has been through EchoForError (issue 10 #9: a value
   // with ESC, a NUL or a megabyte was echoed as it was); so is the file name, with room for
   // any real path, as it leads the message.
+  std::string_view source() const { return source_; }
   absl::Status ErrorAt(Pos p, std::string_view what) const {
     return absl::InvalidArgumentError(
         StrCat(EchoForError(source_, kMaxShownPath), ":", p.line, ":", p.col, ": ", what));
   }
 
  private:
-  absl::Status ParseScope(std::vector<Entry>& out, bool in_stanza) {
+  // `parent`: the kind of the enclosing stanza ("" at the top). Stanzas nest only as
+  // Binding_Group { Binding { Domain/Host { } } }.
+  absl::Status ParseScope(std::vector<Entry>& out, std::string_view parent) {
+    const bool in_stanza = !parent.empty();
     while (true) {
       if (tok_.kind == Tok::kEnd) {
         if (in_stanza)
@@ -126,7 +130,17 @@ class Parser {
         if (absl::Status s = Advance(); !s.ok()) return s;
         if (absl::Status s = ParseValue(e.value); !s.ok()) return s;
       } else if (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) {
-        if (in_stanza) return ErrorAt(e.pos, "stanzas cannot be nested");
+        const bool nests = parent.empty() ||
+                           (parent == "binding_group" && e.name == "binding") ||
+                           (parent == "binding" && (e.name == "domain" || e.name == "host"));
+        if (!nests) {
+          return ErrorAt(e.pos, parent == "binding_group" || parent == "binding"
+                                    ? StrCat("stanzas cannot be nested here: ", parent,
+                                             parent == "binding" ? " holds Domain and Host"
+                                                                 : " holds Binding",
+                                             " stanzas, not ", EchoForError(e.name))
+                                    : std::string("stanzas cannot be nested"));
+        }
         auto st = std::make_unique<Stanza>();
         st->kind = e.name;
         st->name = tok_.text;
@@ -137,7 +151,7 @@ class Parser {
                                           EchoForError(st->name), "\", got ", TokName(tok_.kind)));
         }
         if (absl::Status s = Advance(); !s.ok()) return s;
-        if (absl::Status s = ParseScope(st->entries, true); !s.ok()) return s;
+        if (absl::Status s = ParseScope(st->entries, st->kind); !s.ok()) return s;
         e.stanza = std::move(st);
       } else {
         return ErrorAt(tok_.pos, StrCat("expected '=' after option \"", EchoForError(e.name),
@@ -330,6 +344,9 @@ std::string ScopeNames(unsigned scopes) {
   if (scopes & kGlobal) names.push_back("global");
   if (scopes & kDomain) names.push_back("Domain");
   if (scopes & kHost) names.push_back("Host");
+  if (scopes & kBindingScope) names.push_back("Binding, Binding_Group");
+  if (scopes & kBindingDomainScope) names.push_back("Binding::Domain");
+  if (scopes & kBindingHostScope) names.push_back("Binding::Host");
   return Join(names, ", ");
 }
 
@@ -339,7 +356,7 @@ class Binder {
 
   absl::StatusOr<Config> Bind(const std::vector<Entry>& entries) {
     Config config;
-    std::vector<const Stanza*> domains, hosts;
+    std::vector<const Stanza*> domains, hosts, bindings;
     std::vector<std::string> seen;
     absl::flat_hash_set<std::string> pattern_keys;
     Pos ttl_pos;  // the later of min_dns_ttl/max_dns_ttl, for the cross-check below
@@ -349,9 +366,12 @@ class Binder {
           domains.push_back(e.stanza.get());
         } else if (e.stanza->kind == "host") {
           hosts.push_back(e.stanza.get());
+        } else if (e.stanza->kind == "binding" || e.stanza->kind == "binding_group") {
+          bindings.push_back(e.stanza.get());
         } else {
           return parser_.ErrorAt(e.pos, StrCat("unknown stanza \"", EchoForError(e.name),
-                                               "\" (expected Domain or Host)"));
+                                               "\" (expected Domain, Host, Binding or "
+                                               "Binding_Group)"));
         }
         continue;
       }
@@ -386,6 +406,7 @@ class Binder {
         if (!v.ok()) return v.status();
         FindConfigOption(e.name)->domain.set(d, *v);
         if (e.name == "routes") d.routes_from_domain = true;
+        if (e.name == "max_outbound_connections") d.limit_from_domain = true;
       }
       config.domains.emplace(*name, std::move(d));
     }
@@ -435,8 +456,143 @@ class Binder {
       }
     }
     SortBySpecificity(config.host_patterns);
+    for (const Stanza* st : bindings) {
+      if (absl::Status s = BindBinding(*st, nullptr, config); !s.ok()) return s;
+    }
+    // Fall-backs: a binding without an address takes its group's, then the global one; a
+    // binding without max_outbound_connections takes its group's.
+    for (BindingSpec& b : config.bindings) {
+      const BindingGroupSpec* g = b.group.empty() ? nullptr : config.FindBindingGroup(b.group);
+      if (b.bind_address.empty() && g != nullptr) b.bind_address = g->bind_address;
+      if (b.bind_address.empty()) b.bind_address = config.bind_address;
+      if (b.max_outbound_connections == 0 && g != nullptr) {
+        b.max_outbound_connections = g->max_outbound_connections;
+      }
+    }
     config.warnings = std::move(warnings_);
     return config;
+  }
+
+  // A Binding or Binding_Group stanza (`group`: the enclosing group of a Binding, or null).
+  absl::Status BindBinding(const Stanza& st, BindingGroupSpec* group, Config& config) {
+    const bool is_group = st.kind == "binding_group";
+    const std::string_view what = is_group ? "Binding_Group" : "Binding";
+    bool name_ok = !st.name.empty() && st.name.size() <= 64;
+    for (char c : st.name) name_ok = name_ok && (IsAlnum(c) || c == '_' || c == '.' || c == '-');
+    if (!name_ok) {
+      return parser_.ErrorAt(st.pos, StrCat(what, " name \"", EchoForError(st.name),
+                                            "\": expected 1..64 of A-Z a-z 0-9 _ . - "
+                                            "(names are case-sensitive)"));
+    }
+    const std::string where = StrCat(EchoForError(parser_.source(), 4096), ":", st.pos.line);
+    // One namespace: Acquire takes a binding or a group by name.
+    if (is_group ? config.FindBinding(st.name) != nullptr
+                 : config.FindBindingGroup(st.name) != nullptr) {
+      return parser_.ErrorAt(st.pos, StrCat(what, " \"", st.name, "\": a Binding and a "
+                                            "Binding_Group cannot share a name"));
+    }
+    std::vector<std::string> seen;
+    if (is_group) {
+      // Momentum: a group may be declared several times (include files); its bindings add up.
+      BindingGroupSpec* g = nullptr;
+      for (BindingGroupSpec& x : config.binding_groups) {
+        if (x.name == st.name) g = &x;
+      }
+      if (g == nullptr) {
+        config.binding_groups.push_back({});
+        g = &config.binding_groups.back();
+        g->name = st.name;
+      }
+      for (const Entry& e : st.entries) {
+        if (e.stanza) continue;
+        absl::StatusOr<OptionValue> v = Check(e, kBindingScope, seen);
+        if (!v.ok()) return v.status();
+        if (e.name == "bind_address") {
+          if (!g->bind_address.empty()) {
+            return parser_.ErrorAt(e.pos, StrCat("bind_address of Binding_Group \"", g->name,
+                                                 "\" set twice"));
+          }
+          g->bind_address = v->addresses;
+        } else if (g->max_outbound_connections != 0) {
+          return parser_.ErrorAt(e.pos, StrCat("max_outbound_connections of Binding_Group \"",
+                                               g->name, "\" set twice"));
+        } else {
+          g->max_outbound_connections = static_cast<int32_t>(v->number);
+        }
+      }
+      for (const Entry& e : st.entries) {
+        if (!e.stanza) continue;
+        // (A Binding adds to config.bindings only, so `g` stays valid.)
+        if (absl::Status s = BindBinding(*e.stanza, g, config); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    if (const BindingSpec* old = config.FindBinding(st.name)) {
+      return parser_.ErrorAt(
+          st.pos, old->group.empty() || group == nullptr || old->group == group->name
+                      ? StrCat("Binding \"", st.name, "\" defined twice (first at ", old->where, ")")
+                      : StrCat("Binding \"", st.name, "\" is in two Binding_Groups: \"",
+                               old->group, "\" (", old->where, ") and \"", group->name, "\""));
+    }
+    BindingSpec b;
+    b.name = st.name;
+    b.where = where;
+    if (group != nullptr) b.group = group->name;
+    for (const Entry& e : st.entries) {
+      if (e.stanza) {
+        const bool domain = e.stanza->kind == "domain";
+        std::string key;
+        if (domain) {
+          auto name = NormalizeHostname(e.stanza->name);
+          if (!name.ok()) {
+            return parser_.ErrorAt(e.stanza->pos,
+                                   StrCat("Domain name \"", EchoForError(e.stanza->name),
+                                          "\": ", ToStd(name.status().message())));
+          }
+          key = *name;
+        } else if (auto ip = IpAddress::Parse(e.stanza->name); ip.ok()) {
+          key = ip->ToString();
+        } else if (auto name = NormalizeHostname(e.stanza->name); name.ok()) {
+          key = *name;
+        } else {
+          return parser_.ErrorAt(e.stanza->pos, StrCat("Host \"", EchoForError(e.stanza->name),
+                                                       "\": expected a hostname or an IP "
+                                                       "address (no patterns inside a Binding)"));
+        }
+        auto& limits = domain ? b.domain_limits : b.host_limits;
+        if (limits.contains(key)) {
+          return parser_.ErrorAt(e.stanza->pos, StrCat(domain ? "Domain" : "Host", " \"", key,
+                                                       "\" defined twice in Binding \"", b.name,
+                                                       "\""));
+        }
+        int32_t limit = 0;
+        std::vector<std::string> sseen;
+        for (const Entry& x : e.stanza->entries) {
+          absl::StatusOr<OptionValue> v =
+              Check(x, domain ? kBindingDomainScope : kBindingHostScope, sseen);
+          if (!v.ok()) return v.status();
+          limit = static_cast<int32_t>(v->number);  // max_outbound_connections: the only one
+        }
+        if (limit == 0) {
+          return parser_.ErrorAt(e.stanza->pos,
+                                 StrCat(domain ? "Domain" : "Host", " \"", key, "\" in Binding \"",
+                                        b.name, "\" sets nothing (expected "
+                                        "max_outbound_connections)"));
+        }
+        limits.emplace(std::move(key), limit);
+        continue;
+      }
+      absl::StatusOr<OptionValue> v = Check(e, kBindingScope, seen);
+      if (!v.ok()) return v.status();
+      if (e.name == "bind_address") {
+        b.bind_address = v->addresses;
+      } else {
+        b.max_outbound_connections = static_cast<int32_t>(v->number);
+      }
+    }
+    if (group != nullptr) group->bindings.push_back(b.name);
+    config.bindings.push_back(std::move(b));
+    return absl::OkStatus();
   }
 
   // Most literal characters first; ties by name, so the order never depends on the file's.
@@ -489,13 +645,21 @@ class Binder {
     const bool wants_list = spec.type == OptionType::kRoutes ||
                             spec.type == OptionType::kCidrList ||
                             spec.type == OptionType::kNameList;
-    if (wants_list && !v.is_list) {
+    if (spec.type == OptionType::kBindAddress) {
+      // either form: "ADDRESS" or ( "V4" "V6" )
+    } else if (wants_list && !v.is_list) {
       return parser_.ErrorAt(v.pos,
                              StrCat("option \"", e.name, "\" expects a list: ( \"a\" \"b\" )"));
     }
-    if (!wants_list && v.is_list) {
+    if (!wants_list && v.is_list && spec.type != OptionType::kBindAddress) {
       return parser_.ErrorAt(v.pos,
                              StrCat("option \"", e.name, "\" expects a single value, not a list"));
+    }
+    if (spec.type == OptionType::kBindAddress) {
+      absl::StatusOr<std::vector<IpAddress>> a = ParseBindAddress(v.items);
+      if (!a.ok()) return parser_.ErrorAt(v.pos, ToStd(a.status().message()));
+      out.addresses = *std::move(a);
+      return out;
     }
     if (spec.type == OptionType::kRoutes) {
       for (size_t i = 0; i < v.items.size(); ++i) {
@@ -633,6 +797,46 @@ const HostPattern* Config::MatchHostPattern(std::string_view name) const {
     if (p.Matches(name)) return &p;
   }
   return nullptr;
+}
+
+const IpAddress* BindingSpec::AddressFor(bool v4) const {
+  for (const IpAddress& a : bind_address) {
+    if (a.is_v4() == v4) return &a;
+  }
+  return nullptr;
+}
+
+const BindingSpec* Config::FindBinding(std::string_view name) const {
+  for (const BindingSpec& b : bindings) {
+    if (b.name == name) return &b;
+  }
+  return nullptr;
+}
+
+const BindingGroupSpec* Config::FindBindingGroup(std::string_view name) const {
+  for (const BindingGroupSpec& g : binding_groups) {
+    if (g.name == name) return &g;
+  }
+  return nullptr;
+}
+
+int32_t Config::BindingDomainLimit(const BindingSpec& binding, std::string_view domain) const {
+  if (!binding.domain_limits.empty()) {
+    auto it = binding.domain_limits.find(std::string(domain));
+    if (it != binding.domain_limits.end()) return it->second;
+  }
+  const DomainSettings& d = ForDomain(domain);
+  if (d.limit_from_domain) return d.max_outbound_connections;
+  if (binding.max_outbound_connections != 0) return binding.max_outbound_connections;
+  return global.max_outbound_connections;
+}
+
+int32_t Config::BindingHostLimit(const BindingSpec& binding, std::string_view name,
+                                 const IpAddress& address) {
+  if (binding.host_limits.empty()) return kUnlimited;
+  auto it = binding.host_limits.find(address.ToString());
+  if (it == binding.host_limits.end() && !name.empty()) it = binding.host_limits.find(ToLower(name));
+  return it == binding.host_limits.end() ? kUnlimited : it->second;
 }
 
 const std::string* Config::ProhibitedMxName(std::string_view name) const {

@@ -19,6 +19,7 @@ void Assign(std::string& f, const OptionValue& v) { f = v.text; }
 void Assign(std::vector<RouteItem>& f, const OptionValue& v) { f = v.routes; }
 void Assign(std::vector<Cidr>& f, const OptionValue& v) { f = v.cidrs; }
 void Assign(std::vector<std::string>& f, const OptionValue& v) { f = v.names; }
+void Assign(std::vector<IpAddress>& f, const OptionValue& v) { f = v.addresses; }
 void Assign(std::optional<uint32_t>& f, const OptionValue& v) {
   f = static_cast<uint32_t>(v.number);
 }
@@ -53,6 +54,11 @@ OptionValue Read(const std::vector<Cidr>& c) {
 OptionValue Read(const std::vector<std::string>& n) {
   OptionValue v;
   v.names = n;
+  return v;
+}
+OptionValue Read(const std::vector<IpAddress>& a) {
+  OptionValue v;
+  v.addresses = a;
   return v;
 }
 OptionValue Read(const std::optional<uint32_t>& o) {
@@ -101,7 +107,8 @@ constexpr FieldAccess<HostSettings> kHostLimit{
       return v;
     }};
 
-constexpr unsigned G = kGlobalScope, D = kDomainScope, H = kHostScope;
+constexpr unsigned G = kGlobalScope, D = kDomainScope, H = kHostScope, B = kBindingScope,
+                   BD = kBindingDomainScope, BH = kBindingHostScope;
 constexpr int64_t kMaxConnections = 1000000;  // beyond any fd limit: a typo, not a setting
 constexpr int64_t kDay = 86400;
 
@@ -116,12 +123,14 @@ constexpr OptionDescriptor kOptions[] = {
             "domain's own MX set",
      .domain = Field<&DomainSettings::routes>()},
     {.name = "max_outbound_connections",
-     .scopes = G | D | H,
+     .scopes = G | D | H | B | BD | BH,
      .type = OptionType::kCount,
      .min = 1,
      .max = kMaxConnections,
-     .doc = "connections at once per domain; in a Host stanza, per destination address "
-            "(unset there: no per-host limit, as in Momentum)",
+     .doc = "connections at once per domain, per binding (Binding::Domain, then Domain, then "
+            "Binding, then Binding_Group, then global); in a Host stanza, per destination "
+            "address over all bindings; in a Binding::Host stanza, per address through that "
+            "binding (unset in Host stanzas: no limit, as in Momentum; docs/DESIGN.md §4)",
      .domain = Field<&DomainSettings::max_outbound_connections>(),
      .host = kHostLimit},
     {.name = "server_max_outbound_connections",
@@ -277,6 +286,14 @@ constexpr OptionDescriptor kOptions[] = {
      .doc = "share mode, for a worker that has not reached Redis since it started: connections "
             "it may open per limited key at once (0: none until Redis answers)",
      .config = Field<&Config::cluster_startup_share>()},
+    {.name = "bind_address",
+     .scopes = G | B,
+     .type = OptionType::kBindAddress,
+     .doc = "source address(es) of a binding's connections, one IPv4 and one IPv6 at most "
+            "(a host of a family the binding has no address for is not used through it); "
+            "global: the default binding; a Binding without one takes its group's, then the "
+            "global one; \"*\" or ( ): the kernel chooses (docs/DESIGN.md §4)",
+     .config = Field<&Config::bind_address>()},
 };
 
 std::optional<int64_t> ParseInt(std::string_view s) {
@@ -363,6 +380,8 @@ std::string TypeAndRange(const OptionDescriptor& o) {
       return "redis://HOST:PORT[/DB] or \"\"";
     case OptionType::kName:
       return "name [A-Za-z0-9_.-]{1,64}";
+    case OptionType::kBindAddress:
+      return "address or ( v4 v6 )";
   }
   return "?";
 }
@@ -372,6 +391,9 @@ std::string ScopeLetters(unsigned scopes) {
   if (scopes & kGlobalScope) s += "G";
   if (scopes & kDomainScope) s += "D";
   if (scopes & kHostScope) s += "H";
+  if (scopes & kBindingScope) s += "B";
+  if (scopes & kBindingDomainScope) s += " B::D";
+  if (scopes & kBindingHostScope) s += " B::H";
   return s;
 }
 
@@ -462,9 +484,33 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
     case OptionType::kRoutes:
     case OptionType::kCidrList:
     case OptionType::kNameList:
+    case OptionType::kBindAddress:
       break;
   }
   return absl::InvalidArgumentError(StrCat("option \"", o.name, "\" expects a list"));
+}
+
+absl::StatusOr<std::vector<IpAddress>> ParseBindAddress(const std::vector<std::string>& items) {
+  std::vector<IpAddress> out;
+  if (items.size() == 1 && items[0] == "*") return out;
+  for (const std::string& item : items) {
+    absl::StatusOr<IpAddress> ip = IpAddress::Parse(item);
+    if (!ip.ok()) {
+      return absl::InvalidArgumentError(StrCat("bind_address \"", EchoForError(item),
+                                               "\" is not an IP address (IPv6 without "
+                                               "brackets; \"*\" alone: the kernel chooses)"));
+    }
+    for (const IpAddress& a : out) {
+      if (a.is_v4() == ip->is_v4()) {
+        return absl::InvalidArgumentError(
+            StrCat("bind_address has two IPv", ip->is_v4() ? "4" : "6",
+                   " addresses; a binding has at most one of each family (\"", a.ToString(),
+                   "\" and \"", ip->ToString(), "\")"));
+      }
+    }
+    out.push_back(*ip);
+  }
+  return out;
 }
 
 std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
@@ -493,6 +539,11 @@ std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
     case OptionType::kNameList: {
       std::string s = "(";
       for (const std::string& n : v.names) s += " " + Quote(n);
+      return s + " )";
+    }
+    case OptionType::kBindAddress: {
+      std::string s = "(";
+      for (const IpAddress& a : v.addresses) s += " " + Quote(a.ToString());
       return s + " )";
     }
   }
@@ -529,7 +580,8 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
     for (const OptionDescriptor& o : kOptions) {
       if (!(o.scopes & kDomainScope) || !o.domain) continue;
       std::string text = FormatOptionValue(o, o.domain.get(d));
-      if (text == FormatOptionValue(o, o.domain.get(config.global))) continue;
+      const bool pinned = o.name == "max_outbound_connections" && d.limit_from_domain;
+      if (!pinned && text == FormatOptionValue(o, o.domain.get(config.global))) continue;
       out += StrCat("  ", o.name, " = ", text, "\n");
     }
     out += "}\n";
@@ -548,6 +600,37 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
   std::sort(names.begin(), names.end());
   for (const std::string& name : names) host_stanza(name, config.hosts.at(name));
   for (const HostPattern& p : config.host_patterns) host_stanza(p.pattern, p.settings);
+  // Bindings: each group with its bindings, then the bindings of no group. A binding lists
+  // its own values, after the group's and global fall-backs (it parses back the same).
+  const OptionDescriptor& bind = *FindConfigOption("bind_address");
+  auto binding_stanza = [&](const BindingSpec& b, std::string_view indent) {
+    out += StrCat(indent, "Binding ", Quote(b.name), " {\n");
+    if (!b.bind_address.empty()) {
+      OptionValue v;
+      v.addresses = b.bind_address;
+      out += StrCat(indent, "  bind_address = ", FormatOptionValue(bind, v), "\n");
+    }
+    if (b.max_outbound_connections != 0) {
+      out += StrCat(indent, "  max_outbound_connections = ", b.max_outbound_connections, "\n");
+    }
+    for (auto* limits : {&b.domain_limits, &b.host_limits}) {
+      std::vector<std::pair<std::string, int32_t>> sorted(limits->begin(), limits->end());
+      std::sort(sorted.begin(), sorted.end());
+      for (const auto& [name, limit] : sorted) {
+        out += StrCat(indent, "  ", limits == &b.domain_limits ? "Domain " : "Host ", Quote(name),
+                      " { max_outbound_connections = ", limit, " }\n");
+      }
+    }
+    out += StrCat(indent, "}\n");
+  };
+  for (const BindingGroupSpec& g : config.binding_groups) {
+    out += StrCat("Binding_Group ", Quote(g.name), " {\n");
+    for (const std::string& name : g.bindings) binding_stanza(*config.FindBinding(name), "  ");
+    out += "}\n";
+  }
+  for (const BindingSpec& b : config.bindings) {
+    if (b.group.empty()) binding_stanza(b, "");
+  }
   return out;
 }
 

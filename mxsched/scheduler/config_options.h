@@ -33,7 +33,16 @@
 
 namespace mxsched {
 
-enum OptionScope : unsigned { kGlobalScope = 1, kDomainScope = 2, kHostScope = 4 };
+// kBindingScope: Binding and Binding_Group stanzas; kBindingDomainScope and
+// kBindingHostScope: Domain and Host stanzas inside a Binding (docs/DESIGN.md §4, Bindings).
+enum OptionScope : unsigned {
+  kGlobalScope = 1,
+  kDomainScope = 2,
+  kHostScope = 4,
+  kBindingScope = 8,
+  kBindingDomainScope = 16,
+  kBindingHostScope = 32,
+};
 
 enum class OptionType {
   kCount,     // integer
@@ -46,6 +55,7 @@ enum class OptionType {
   kNameList,  // list of host names or name patterns ("*.example")
   kRedisUrl,  // "redis://HOST:PORT[/DB]" (redis_url.h), or "" for none
   kName,      // 1..64 of [A-Za-z0-9_.-]: a name that goes into keys and channels
+  kBindAddress,  // "ADDRESS" or ( "V4" "V6" ): at most one per family; "*" = kernel's choice
 };
 
 // A typed option value, as parsed or as read back from a Config. Only the member matching
@@ -58,6 +68,7 @@ struct OptionValue {
   std::vector<RouteItem> routes;
   std::vector<Cidr> cidrs;
   std::vector<std::string> names;
+  std::vector<IpAddress> addresses;
 };
 
 // Reads and writes one field of one settings struct.
@@ -91,6 +102,9 @@ const OptionDescriptor* FindConfigOption(std::string_view lower_name);
 // the caller prefixes FILE:LINE:COL.
 absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& option,
                                               std::string_view text);
+
+// A bind_address value: its items ("*" alone = none). At most one address per family.
+absl::StatusOr<std::vector<IpAddress>> ParseBindAddress(const std::vector<std::string>& items);
 
 // The value in config syntax, so that it parses back to the same value: 300s, true,
 // "esmtp", ( "a" "b" ).

@@ -31,6 +31,8 @@ std::string SomeValidValue(const OptionDescriptor& o) {
       return "\"redis://127.0.0.1:6379/1\"";
     case OptionType::kName:
       return "fleet-1";
+    case OptionType::kBindAddress:
+      return "( \"127.0.0.2\" \"::1\" )";
   }
   return "";
 }
@@ -38,6 +40,13 @@ std::string SomeValidValue(const OptionDescriptor& o) {
 std::string InScope(unsigned scope, const std::string& assignment) {
   if (scope == kDomainScope) return "Domain \"a.example\" {\n" + assignment + "\n}\n";
   if (scope == kHostScope) return "Host \"h.example\" {\n" + assignment + "\n}\n";
+  if (scope == kBindingScope) return "Binding \"b\" {\n" + assignment + "\n}\n";
+  if (scope == kBindingDomainScope) {
+    return "Binding \"b\" { Domain \"a.example\" {\n" + assignment + "\n} }\n";
+  }
+  if (scope == kBindingHostScope) {
+    return "Binding \"b\" { Host \"h.example\" {\n" + assignment + "\n} }\n";
+  }
   return assignment + "\n";
 }
 
@@ -49,7 +58,8 @@ TEST(ConfigOptions, EveryOptionIsAcceptedExactlyInItsScopes) {
     EXPECT_EQ(FindConfigOption(o.name), &o);
     EXPECT_EQ(bool(o.host), (o.scopes & kHostScope) != 0) << o.name << ": Host setter vs scope";
     EXPECT_EQ(bool(o.domain) || bool(o.config), (o.scopes & kGlobalScope) != 0) << o.name;
-    for (unsigned scope : {kGlobalScope, kDomainScope, kHostScope}) {
+    for (unsigned scope : {kGlobalScope, kDomainScope, kHostScope, kBindingScope,
+                           kBindingDomainScope, kBindingHostScope}) {
       std::string text = InScope(scope, StrCat(o.name, " = ", SomeValidValue(o)));
       auto c = ParseConfig(text, "s.conf");
       if (o.scopes & scope) {

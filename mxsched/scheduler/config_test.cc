@@ -210,7 +210,9 @@ TEST(Config, OptionInWrongScopeIsAnError) {
             std::string::npos);
   EXPECT_NE(ErrorOf("Domain \"a.example\" { Domain \"b.example\" { } }").find("nested"),
             std::string::npos);
-  EXPECT_NE(ErrorOf("Binding \"b\" { }").find("unknown stanza \"binding\""), std::string::npos);
+  EXPECT_NE(ErrorOf("Listen \"b\" { }").find("unknown stanza \"listen\" (expected Domain, Host, "
+                                               "Binding or Binding_Group)"),
+            std::string::npos);
 }
 
 TEST(Config, RejectsBadValues) {

@@ -96,8 +96,19 @@ bool EqualsLower(std::string_view query, std::string_view lower);
 // neighbouring domains slowed each other by ~30% (bench/README.md). The otherwise idle half
 // holds the name inline. The route snapshot is shared (route_interner.h); what is this
 // domain's own — when its route expires, where its rotation stands — lives here.
+struct DomainBindingCounts;
+// A domain's connection counts per named binding (bindings.h): null until its first
+// admission through a binding; freed with the entry.
+struct DomainBindingsHandle {
+  std::atomic<DomainBindingCounts*> head{nullptr};
+  DomainBindingsHandle() = default;
+  DomainBindingsHandle(const DomainBindingsHandle&) = delete;
+  DomainBindingsHandle& operator=(const DomainBindingsHandle&) = delete;
+  ~DomainBindingsHandle();
+};
+
 struct alignas(128) DomainEntry {
-  static constexpr size_t kInlineName = 56;
+  static constexpr size_t kInlineName = 48;
   // `active` of an evicted entry: any CAS that would take a slot sees it negative.
   static constexpr int32_t kDead = INT32_MIN / 2;
   std::atomic<const RouteSnapshot*> snapshot{nullptr};
@@ -120,6 +131,7 @@ struct alignas(128) DomainEntry {
   uint16_t name_size = 0;
   uint64_t hash = 0;
   std::unique_ptr<char[]> name_heap;  // names longer than kInlineName
+  DomainBindingsHandle bindings;
   char name_inline[kInlineName];
 
   static constexpr int kUseTickShift = 30;  // ~1.07 s: a shift, not a division, per Acquire

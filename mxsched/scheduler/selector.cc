@@ -137,6 +137,13 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     host_ = std::exchange(o.host_, nullptr);
     domain_ = std::exchange(o.domain_, nullptr);
     group_ = o.group_;
+    egress_ = o.egress_;
+    binding_ = o.binding_;
+    binding_host_ = o.binding_host_;
+    binding_domain_ = o.binding_domain_;
+    source_ = o.source_;
+    has_source_ = o.has_source_;
+    binding_probe_ = o.binding_probe_;
     level_ = o.level_;
     probe_ = o.probe_;
     reported_ = o.reported_;
@@ -152,6 +159,43 @@ void Lease::Report(Outcome outcome) {
   if (host_ == nullptr || reported_) return;
   reported_ = true;
   host_->CountOutcome(static_cast<size_t>(outcome));
+  if (binding_host_ != nullptr) {
+    switch (outcome) {
+      case Outcome::kConnected:
+        binding_host_->RecordSuccess();
+        break;
+      case Outcome::kLocalError:
+      case Outcome::kBusy:
+        break;
+      default: {
+        // Failure memory per (binding, host) (docs/DESIGN.md §1 rule 13): this source
+        // address is kept off the host for host_failure_retry. The host itself is marked
+        // failed only when another binding of the same egress is failed there too.
+        const int64_t now = selector_->clock_->NowNanos();
+        const int64_t retry =
+            int64_t{selector_->config()
+                        ->PolicyFor(host_->name() == host_->endpoint().address.ToString()
+                                        ? std::string_view()
+                                        : std::string_view(host_->name()),
+                                    host_->endpoint().address)
+                        .host_failure_retry_s} *
+            kNanosPerSecond;
+        binding_host_->RecordFailure(now, retry);
+        binding_probe_ = false;
+        bool others_failed = false;
+        for (Binding* b : egress_->members) {
+          if (b == binding_) continue;
+          const BindingHost* bh = b->Find(*host_);
+          if (bh != nullptr && bh->Failed(now)) others_failed = true;
+        }
+        if (!others_failed) return;  // the host stays up for the other bindings
+        host_->RecordFailure(now);
+        probe_ = false;
+        return;
+      }
+    }
+    binding_probe_ = false;
+  }
   switch (outcome) {
     case Outcome::kConnected: {
       const bool recovered = host_->failed_until() != 0;
@@ -199,6 +243,9 @@ Outcome Lease::Report(const SmtpReply& reply) {
 }
 
 const Endpoint& Lease::endpoint() const { return host_->endpoint(); }
+std::string_view Lease::binding() const {
+  return binding_ == nullptr ? std::string_view() : std::string_view(binding_->name());
+}
 std::string_view Lease::host_name() const { return host_->name(); }
 void Lease::RecordConnectLatency(int64_t nanos) {
   if (host_ != nullptr) host_->RecordConnectLatency(nanos);
@@ -246,6 +293,10 @@ void SelectorImpl::SetConfig(std::shared_ptr<const Config> config) {
     MutexLock lock(&config_mu_);
     config_ = std::move(config);
     config_version_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  {
+    MutexLock lock(&config_mu_);
+    bindings_.Configure(*config_);
   }
   server_credit_.SetLimit(limit, limit != kUnlimited);
   idle_ticks_.store(
@@ -384,6 +435,14 @@ void SelectorImpl::ReleaseLease(Lease& lease) {
   // (EvictIdleHosts), and the hand-off below still reads it.
   epoch::EpochGuard pin;
   __builtin_prefetch(lease.domain_, 1);  // the host's RMW below stalls; fetch both lines at once
+  if (lease.binding_host_ != nullptr) {
+    // The binding's counts first, then the domain's total: the default binding's count
+    // (active - bound) is never seen too low (Admit).
+    lease.binding_host_->Release(lease.binding_probe_);
+    lease.binding_domain_->fetch_sub(1, std::memory_order_acq_rel);
+    lease.domain_->bindings.head.load(std::memory_order_acquire)
+        ->bound.fetch_sub(1, std::memory_order_seq_cst);
+  }
   lease.host_->Release(lease.probe_, lease.group_);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
   if (server_credit_.limited()) server_credit_.Return();
@@ -406,13 +465,28 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
       (t == nullptr || !waiters_.HeadsDomain(entry, t))) {
     return entry->active.load(std::memory_order_relaxed) < 0 ? Grant::kEvicted : Grant::kDomain;
   }
+  const Egress* egress = claim.egress;
   const int32_t domain_limit = snap.domain_limit();
   int32_t active = entry->active.load(std::memory_order_seq_cst);
-  do {
-    if (ABSL_PREDICT_FALSE(active < 0)) return Grant::kEvicted;
-    if (active >= domain_limit) return Grant::kDomain;
-  } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed));
+  if (ABSL_PREDICT_TRUE(egress == nullptr)) {
+    // The default binding: the domain's connections minus those through named bindings
+    // (read after `active`: a bound take raises active first, a bound release lowers
+    // `bound` first, and any of them fails this CAS, so the count is never seen too low).
+    do {
+      if (ABSL_PREDICT_FALSE(active < 0)) return Grant::kEvicted;
+      if (active - DomainBindingCounts::Bound(entry->bindings.head) >= domain_limit) {
+        return Grant::kDomain;
+      }
+    } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
+                                                  std::memory_order_relaxed));
+  } else {
+    // Through a binding: the limit is per binding (AdmitBinding); `active` is the total.
+    do {
+      if (ABSL_PREDICT_FALSE(active < 0)) return Grant::kEvicted;
+    } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
+                                                  std::memory_order_relaxed));
+  }
+  bool binding_domain_room = false;
   // Server: per-thread credit, exact. Older server waiters first.
   const bool server_limited = server_credit_.limited();
   if (server_limited) {
@@ -456,7 +530,13 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
         }
       }
       AdmitTicket ticket;
-      const Admission a = h->TryAdmit(now, &ticket);
+      Admission a = h->TryAdmit(now, &ticket);
+      Lease bound;
+      if (egress != nullptr && (a == Admission::kAdmitted || a == Admission::kProbe) &&
+          !AdmitBinding(entry, *egress, h, now, &bound, saw_full, &binding_domain_room)) {
+        h->Release(a == Admission::kProbe, ticket.group);
+        continue;  // no binding can use this host now
+      }
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
         // Racy by design: concurrent pickers may start at the same place; the limits stay
         // exact, only the rotation is approximate under contention. A hand-off does not
@@ -469,6 +549,15 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
         lease.group_ = ticket.group;
         lease.level_ = ticket.level;
         lease.probe_ = a == Admission::kProbe;
+        if (egress != nullptr) {
+          lease.egress_ = egress;
+          lease.binding_ = std::exchange(bound.binding_, nullptr);
+          lease.binding_host_ = std::exchange(bound.binding_host_, nullptr);
+          lease.binding_domain_ = std::exchange(bound.binding_domain_, nullptr);
+          lease.source_ = bound.source_;
+          lease.has_source_ = bound.has_source_;
+          lease.binding_probe_ = bound.binding_probe_;
+        }
         *out = std::move(lease);
         return Grant::kGranted;
       }
@@ -477,20 +566,105 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
   if (server_limited) server_credit_.Return();
+  // Through bindings: every binding tried was at its limit for this domain.
+  if (egress != nullptr && !binding_domain_room && !*saw_full) return Grant::kDomain;
   return Grant::kHosts;
 }
 
+bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostState* h,
+                                int64_t now, Lease* out, bool* saw_full, bool* domain_room) {
+  const uint32_t n = static_cast<uint32_t>(egress.members.size());
+  const uint32_t start = egress.cursor.load(std::memory_order_relaxed);
+  const bool v4 = h->endpoint().address.is_v4();
+  const uint32_t version = static_cast<uint32_t>(config_version_.load(std::memory_order_acquire));
+  for (uint32_t k = 0; k < n; ++k) {
+    const uint32_t i = n == 1 ? 0 : (start + k) % n;
+    Binding* b = egress.members[i];
+    bool usable;
+    const IpAddress* source = b->addresses().For(v4, &usable);
+    if (!usable) continue;  // no address of the host's family
+    // The domain's count through this binding (Momentum: max_outbound_connections per
+    // binding), its limit computed once per configuration.
+    DomainBindingCounts::Slot* ds =
+        DomainBindingCounts::Get(entry->bindings.head, b->id(), bindings_.size());
+    if (ABSL_PREDICT_FALSE(ds->version.load(std::memory_order_acquire) != version)) {
+      std::shared_ptr<const Config> c = config();
+      const BindingSpec* spec = c->FindBinding(b->name());
+      ds->limit.store(spec ? c->BindingDomainLimit(*spec, entry->name())
+                           : c->ForDomain(entry->name()).max_outbound_connections,
+                      std::memory_order_relaxed);
+      ds->version.store(version, std::memory_order_release);
+    }
+    const int32_t dlimit = ds->limit.load(std::memory_order_relaxed);
+    int32_t a = ds->active.load(std::memory_order_relaxed);
+    bool took = false;
+    while (a < dlimit) {
+      if (ds->active.compare_exchange_weak(a, a + 1, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed)) {
+        took = true;
+        break;
+      }
+    }
+    if (!took) continue;
+    *domain_room = true;
+    BindingHost* bh = b->GetOrCreate(*h);
+    if (bh == nullptr) {
+      ds->active.fetch_sub(1, std::memory_order_acq_rel);
+      continue;
+    }
+    if (ABSL_PREDICT_FALSE(bh->version.load(std::memory_order_acquire) != version)) {
+      std::shared_ptr<const Config> c = config();
+      const BindingSpec* spec = c->FindBinding(b->name());
+      const std::string_view name = h->name() == h->endpoint().address.ToString()
+                                        ? std::string_view()
+                                        : std::string_view(h->name());
+      bh->limit.store(spec ? Config::BindingHostLimit(*spec, name, h->endpoint().address)
+                           : kUnlimited,
+                      std::memory_order_relaxed);
+      bh->version.store(version, std::memory_order_release);
+    }
+    const Admission adm = bh->TryAdmit(now);
+    if (adm != Admission::kAdmitted && adm != Admission::kProbe) {
+      *saw_full |= adm == Admission::kFull;
+      ds->active.fetch_sub(1, std::memory_order_acq_rel);
+      continue;
+    }
+    // The domain's total was raised before (Admit): now `bound` (see ReleaseLease).
+    entry->bindings.head.load(std::memory_order_acquire)
+        ->bound.fetch_add(1, std::memory_order_seq_cst);
+    if (n > 1) egress.cursor.store(start + k + 1, std::memory_order_relaxed);
+    out->binding_ = b;
+    out->binding_host_ = bh;
+    out->binding_domain_ = &ds->active;
+    out->binding_probe_ = adm == Admission::kProbe;
+    out->has_source_ = source != nullptr;
+    if (source != nullptr) out->source_ = *source;
+    return true;
+  }
+  return false;
+}
+
+const Egress* SelectorImpl::ResolveEgress(const AcquireOptions& options, bool* unknown) const {
+  *unknown = false;
+  if (options.binding.empty()) return bindings_.default_egress();
+  const Egress* e = bindings_.Lookup(options.binding);
+  *unknown = e == nullptr;
+  return e;
+}
+
 SelectorImpl::Grant SelectorImpl::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
-                                           const HostState* freed, int64_t now, Lease* out) {
+                                           const HostState* freed, int64_t now, Lease* out,
+                                           const Egress* egress) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   if (snap->state() != RouteState::kReady) return Grant::kHosts;
   bool saw_full = false;
-  const Grant g = Admit(entry, *snap, Claim{t, freed}, now, out, &saw_full);
+  const Grant g = Admit(entry, *snap, Claim{t, freed, t != nullptr ? t->egress : egress}, now,
+                        out, &saw_full);
   return g == Grant::kEvicted ? Grant::kHosts : g;  // WaitForSlot looks it up again
 }
 
 SlotWaiters::Ticket* SelectorImpl::Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why,
-                                           bool front) {
+                                           bool front, const Egress* egress) {
   SlotWaiters::Kind kind = why == Grant::kDomain   ? SlotWaiters::Kind::kDomain
                            : why == Grant::kServer ? SlotWaiters::Kind::kServer
                                                    : SlotWaiters::Kind::kHosts;
@@ -503,7 +677,9 @@ SlotWaiters::Ticket* SelectorImpl::Enqueue(DomainEntry* entry, SlotWaiter* waite
       }
     }
   }
-  return waiters_.Add(waiter, entry, kind, hosts, front);
+  SlotWaiters::Ticket* t = waiters_.Add(waiter, entry, kind, hosts, front);
+  t->egress = egress;
+  return t;
 }
 
 void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
@@ -585,7 +761,8 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
     if (waiters_.server_waiting()) serve(waiters_.ServerHead(), nullptr, false);
     for (auto& [t, why] : moves) {
       DomainEntry* e = t->domain;
-      Enqueue(e, waiters_.Remove(t), why, /*front=*/false);
+      const Egress* egress = t->egress;
+      Enqueue(e, waiters_.Remove(t), why, /*front=*/false, egress);
     }
   }
   for (auto& [w, lease] : grants) w->Wake(std::move(lease));
@@ -602,8 +779,15 @@ inline void SeqCstFence() {
 }
 }  // namespace
 
-void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
+void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front,
+                               const AcquireOptions& options) {
   epoch::EpochGuard guard;
+  bool unknown = false;
+  const Egress* egress = ResolveEgress(options, &unknown);
+  if (unknown) {  // nothing will ever free up through a binding that does not exist
+    waiter->Wake(Lease());
+    return;
+  }
   Lease lease;
   for (;;) {
     Deferral unused{DeferReason::kPermanent, {}};
@@ -616,9 +800,9 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
     bool evicted = false;
     {
       MutexLock lock(&waiters_.mu());
-      Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease);
+      Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease, egress);
       if (g != Grant::kGranted) {
-        SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front);
+        SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, egress);
         // A slot may have freed between the caller's failed Acquire and the registration
         // (that release saw no waiter): look once more, as this ticket. The fence also
         // pairs with eviction (DomainTable::Evict): the entry is live or we see it dead.
@@ -682,8 +866,15 @@ AcquireResult SelectorImpl::Deferred(Deferral d) {
   return AcquireResult(std::move(d));
 }
 
-AcquireResult SelectorImpl::Acquire(std::string_view domain) {
+AcquireResult SelectorImpl::Acquire(std::string_view domain, const AcquireOptions& options) {
   epoch::EpochGuard guard;
+  bool unknown_binding;
+  const Egress* egress = ResolveEgress(options, &unknown_binding);
+  if (ABSL_PREDICT_FALSE(unknown_binding)) {
+    return Deferred(Deferral{DeferReason::kTempFailure,
+                             StrCat("4.3.5 unknown binding or binding group \"",
+                                    Escape(options.binding.substr(0, 64)), "\"")});
+  }
   Deferral invalid{DeferReason::kPermanent, {}};
   DomainEntry* entry = FindOrCreate(domain, &invalid);
   if (ABSL_PREDICT_FALSE(entry == nullptr)) return Deferred(std::move(invalid));
@@ -702,7 +893,7 @@ AcquireResult SelectorImpl::Acquire(std::string_view domain) {
 
   Lease lease;
   bool saw_full = false;
-  switch (Admit(entry, *snap, Claim{}, now, &lease, &saw_full)) {
+  switch (Admit(entry, *snap, Claim{nullptr, nullptr, egress}, now, &lease, &saw_full)) {
     case Grant::kGranted:
       return AcquireResult(std::move(lease));
     case Grant::kDomain:
@@ -711,7 +902,7 @@ AcquireResult SelectorImpl::Acquire(std::string_view domain) {
       return Deferred(Deferral{DeferReason::kServerLimit, {}});
     case Grant::kEvicted:  // evicted under us: look it up again (a fresh entry)
       Materialize(domain, &invalid);
-      return Acquire(domain);
+      return Acquire(domain, options);
     case Grant::kHosts:
       break;
   }
@@ -833,6 +1024,9 @@ Selector::Selector(std::shared_ptr<const Config> config, SelectorOptions options
     : impl_(std::make_unique<SelectorImpl>(std::move(config), options)) {}
 Selector::~Selector() = default;
 AcquireResult Selector::Acquire(std::string_view domain) { return impl_->Acquire(domain); }
+AcquireResult Selector::Acquire(std::string_view domain, const AcquireOptions& options) {
+  return impl_->Acquire(domain, options);
+}
 void Selector::SetConfig(std::shared_ptr<const Config> config) { impl_->SetConfig(std::move(config)); }
 std::shared_ptr<const Config> Selector::config() const { return impl_->config(); }
 uint64_t Selector::config_version() const { return impl_->config_version(); }
@@ -840,6 +1034,10 @@ bool Selector::RefreshDomain(std::string_view domain) { return impl_->RefreshDom
 void Selector::RefreshAll() { impl_->RefreshAll(); }
 void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front) {
   impl_->WaitForSlot(domain, waiter, front);
+}
+void Selector::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front,
+                           const AcquireOptions& options) {
+  impl_->WaitForSlot(domain, waiter, front, options);
 }
 bool Selector::CancelWait(SlotWaiter* waiter) { return impl_->CancelWait(waiter); }
 size_t Selector::waiting() const { return impl_->waiting(); }

@@ -24,6 +24,7 @@
 #include "absl/base/thread_annotations.h"
 #include "mxsched/base/clock.h"
 #include "mxsched/base/mutex.h"
+#include "mxsched/scheduler/bindings.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/host_registry.h"
@@ -44,7 +45,7 @@ class SelectorImpl {
   SelectorImpl(const SelectorImpl&) = delete;
   SelectorImpl& operator=(const SelectorImpl&) = delete;
 
-  AcquireResult Acquire(std::string_view domain);
+  AcquireResult Acquire(std::string_view domain, const AcquireOptions& options = {});
 
   void SetConfig(std::shared_ptr<const Config> config);
   std::shared_ptr<const Config> config() const;
@@ -52,7 +53,9 @@ class SelectorImpl {
   bool RefreshDomain(std::string_view domain);
   void RefreshAll();
 
-  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
+  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false,
+                   const AcquireOptions& options = {});
+  BindingRegistry& bindings() { return bindings_; }
   bool CancelWait(SlotWaiter* waiter);
   size_t waiting() const;
 
@@ -102,7 +105,17 @@ class SelectorImpl {
   struct Claim {
     const SlotWaiters::Ticket* ticket = nullptr;
     const HostState* freed = nullptr;
+    const Egress* egress = nullptr;  // a binding or group; null: the default binding
   };
+  // Takes a slot through one of `egress`'s bindings to `host` (whose own slot is held):
+  // the group's rotation, skipping a binding without an address of the host's family, at
+  // its limit for the domain or the host, or failed at the host. *domain_room: some binding
+  // had room for the domain.
+  bool AdmitBinding(DomainEntry* entry, const Egress& egress, HostState* host, int64_t now,
+                    Lease* lease, bool* saw_full, bool* domain_room);
+  // The egress an Acquire asked for (null: the default binding, no binding state); an
+  // unknown name sets *unknown.
+  const Egress* ResolveEgress(const AcquireOptions& options, bool* unknown) const;
   // The one admission routine (docs/DESIGN.md §1 rules 1-3, §5): the domain's limit, then
   // the server's, then the route's hosts tier by tier in the domain's order — each a
   // bounded CAS, all given back unless a host admits. *saw_full: a usable host was at its
@@ -113,9 +126,11 @@ class SelectorImpl {
   // Admit for a waiter (ticket `t`, or null before it is queued) under the queue mutex; a
   // route that is not ready is kHosts. REQUIRES: waiters_.mu(), an EpochGuard.
   Grant TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t, const HostState* freed,
-                 int64_t now, Lease* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
+                 int64_t now, Lease* out, const Egress* egress = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
   // Queues `waiter` by what stopped it. REQUIRES: waiters_.mu(), EpochGuard.
-  SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front)
+  SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front,
+                               const Egress* egress = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
   // A slot freed on `host` (and for `domain`, either may be null): hands it to the oldest
   // waiter that can use it — the host's queue, then the domain's, then the server's — and
@@ -148,6 +163,7 @@ class SelectorImpl {
   ServerCredit server_credit_;
   DomainTable domains_;
   SlotWaiters waiters_;
+  BindingRegistry bindings_;
   SelectorStats stats_;
 };
 

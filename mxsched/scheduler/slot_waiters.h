@@ -44,6 +44,8 @@
 
 namespace mxsched {
 
+struct Egress;
+
 struct DomainEntry;
 class HostState;
 class Lease;
@@ -91,6 +93,7 @@ class SlotWaiters {
                                    // free, first.ticket links the free list
     SlotWaiter* waiter = nullptr;  // null while free (in the pool)
     DomainEntry* domain = nullptr;
+    const Egress* egress = nullptr;  // the binding or group it waits through (bindings.h)
     int64_t seq = 0;  // queue order across queues (smaller = served first)
     uint32_t num_nodes = 0;
     Kind kind = Kind::kHosts;

@@ -30,6 +30,20 @@
 // Host options come from the IP stanza, else the exact name, else the most specific
 // matching pattern (most literal characters; ties by name), else the global value.
 //
+// Bindings (Momentum's egress source addresses, docs/DESIGN.md §4 "Bindings"):
+//   bind_address = "192.0.2.1"                        # the default binding's address
+//   Binding_Group "pool" {
+//     max_outbound_connections = 10                   # per binding, for its bindings
+//     Binding "b1" { bind_address = ( "192.0.2.10" "2001:db8::10" )
+//                    Host "203.0.113.5" { max_outbound_connections = 3 }
+//                    Domain "example.com" { max_outbound_connections = 5 } }
+//   }
+//   Binding "transactional" { bind_address = "192.0.2.20" }
+// Binding and Binding_Group names are case-sensitive, 1..64 of [A-Za-z0-9_.-], one namespace
+// (Acquire takes either). A binding is in at most one group; a group may be declared more
+// than once (its bindings add up, as in Momentum). Inside a Binding only Domain and Host
+// stanzas nest, and they take only max_outbound_connections.
+//
 // Thread-safety: Config is an immutable value once parsed; share it with shared_ptr<const>.
 #ifndef MXSCHED_SCHEDULER_CONFIG_H_
 #define MXSCHED_SCHEDULER_CONFIG_H_
@@ -65,6 +79,7 @@ struct DomainSettings {
   bool prefer_ipv6_mxs = false;
   std::string delivery_method = "esmtp";
   bool routes_from_domain = false;  // true when a Domain stanza set routes (for display)
+  bool limit_from_domain = false;   // true when a Domain stanza set max_outbound_connections
 };
 
 struct HostSettings {
@@ -95,6 +110,31 @@ struct HostPolicy {
   const HostPattern* provider = nullptr;  // the matching pattern with a shared limit, if any
 };
 
+// A `Binding "name" { }` stanza, with the fall-backs of its group and the global scope applied
+// to its addresses (docs/DESIGN.md §4, Bindings).
+struct BindingSpec {
+  std::string name;   // case-sensitive
+  std::string group;  // its Binding_Group, or ""
+  // At most one IPv4 and one IPv6 address (Momentum's bind_address_secondary); empty: the
+  // kernel chooses. From the Binding stanza, else its group's, else the global bind_address.
+  std::vector<IpAddress> bind_address;
+  // Connections to one domain through this binding (binding scope, else its group's);
+  // 0: unset (the domain's max_outbound_connections applies per binding).
+  int32_t max_outbound_connections = 0;
+  absl::flat_hash_map<std::string, int32_t> domain_limits;  // Binding::Domain; lower-case
+  absl::flat_hash_map<std::string, int32_t> host_limits;    // Binding::Host; IP text or name
+  std::string where;  // "FILE:LINE" of the stanza, for messages
+  // The address of `family` this binding connects from, or null (kernel's choice).
+  const IpAddress* AddressFor(bool v4) const;
+};
+
+struct BindingGroupSpec {
+  std::string name;
+  std::vector<std::string> bindings;  // in declaration order
+  std::vector<IpAddress> bind_address;
+  int32_t max_outbound_connections = 0;  // 0: unset
+};
+
 // The ranges DNS answers may not point at unless the configuration says otherwise.
 std::vector<Cidr> DefaultProhibitedHosts();
 
@@ -122,6 +162,10 @@ struct Config {
   uint32_t cluster_lease_seconds = 30;
   std::string cluster_failure_mode = "share";
   int32_t cluster_startup_share = 1;
+  // Egress bindings (docs/DESIGN.md §4, Bindings). bind_address: the default binding's.
+  std::vector<IpAddress> bind_address;
+  std::vector<BindingSpec> bindings;             // in declaration order
+  std::vector<BindingGroupSpec> binding_groups;  // in declaration order
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;
@@ -133,6 +177,16 @@ struct Config {
   const HostPattern* MatchHostPattern(std::string_view name) const;
   // All Host settings for `address` reached through MX/host `name` ("" for literals).
   HostPolicy PolicyFor(std::string_view name, const IpAddress& address) const;
+  const BindingSpec* FindBinding(std::string_view name) const;
+  const BindingGroupSpec* FindBindingGroup(std::string_view name) const;
+  // Connections to `domain` (lower-case) at once through `binding`: Binding::Domain, else
+  // a Domain stanza's max_outbound_connections, else the binding's (or its group's), else
+  // the global value — Momentum's fall-back from the narrower scope to the wider.
+  int32_t BindingDomainLimit(const BindingSpec& binding, std::string_view domain) const;
+  // Connections to one address through `binding` (Binding::Host by IP, else by name);
+  // kUnlimited when unset (no fall-back, as for Host stanzas).
+  static int32_t BindingHostLimit(const BindingSpec& binding, std::string_view name,
+                                  const IpAddress& address);
   // The prohibited_mx_names pattern `name` (lower-case) matches, or nullptr.
   const std::string* ProhibitedMxName(std::string_view name) const;
 };

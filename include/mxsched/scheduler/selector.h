@@ -49,6 +49,19 @@ class HostState;
 class LimitGroup;
 class SelectorImpl;
 struct DomainEntry;
+class Binding;
+struct BindingHost;
+struct Egress;
+struct DomainBindingCounts;
+
+// What Acquire is asked for besides the domain (docs/DESIGN.md §1 rule 13).
+struct AcquireOptions {
+  // A Binding or Binding_Group name (case-sensitive) the message is assigned to; "" = the
+  // default binding (a Binding or Binding_Group named "default" if configured, else no
+  // binding: the kernel's source address, as before bindings existed). A group spreads new
+  // connections evenly over its bindings. An unknown name defers (kTempFailure, 4.3.5).
+  std::string_view binding;
+};
 
 enum class DeferReason : uint8_t {
   kHostsAtLimit,      // reachable hosts exist, all at their limit
@@ -101,6 +114,11 @@ class Lease {
   // The host's shared state: an opaque handle outside the library (its type is internal).
   const HostState& host() const { return *host_; }
   bool is_probe() const { return probe_; }
+  // The binding this connection goes out through ("" for the default binding without a
+  // stanza), and the source address to bind before connecting (null: the kernel chooses).
+  // REQUIRES: valid().
+  std::string_view binding() const;
+  const IpAddress* source_address() const { return has_source_ ? &source_ : nullptr; }
 
   // Records what happened on the connection (marks or clears host failure). At most once;
   // later calls are ignored. Does not release the slot.
@@ -129,6 +147,15 @@ class Lease {
   HostState* host_ = nullptr;
   DomainEntry* domain_ = nullptr;
   LimitGroup* group_ = nullptr;  // the provider limit this lease holds a slot of, if any
+  // Bound leases: the egress asked for, the binding taken, its (binding, host) state and
+  // the domain's count through it. All null for the default binding.
+  const Egress* egress_ = nullptr;
+  Binding* binding_ = nullptr;
+  BindingHost* binding_host_ = nullptr;
+  std::atomic<int32_t>* binding_domain_ = nullptr;
+  IpAddress source_;
+  bool has_source_ = false;
+  bool binding_probe_ = false;
   int32_t level_ = 0;            // host connections open right after this admission
   bool probe_ = false;
   bool reported_ = false;
@@ -224,6 +251,8 @@ class Selector {
 
   // The hot path. `domain` is case-insensitive. docs/DESIGN.md §1 (the rules), §5 (waiters).
   AcquireResult Acquire(std::string_view domain);
+  // Through a binding or binding group (docs/DESIGN.md §1 rule 13).
+  AcquireResult Acquire(std::string_view domain, const AcquireOptions& options);
 
   // Reload: new routes and domain settings apply when each domain's route reaches its TTL
   // (or at once with RefreshDomain/RefreshAll); server_max_outbound_connections at once.
@@ -247,6 +276,9 @@ class Selector {
   // REQUIRES: `waiter` is not queued already, and stays valid until woken or CancelWait
   // returns true.
   void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false);
+  // The same for a binding or group: the hand-off takes a slot through it.
+  void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front,
+                   const AcquireOptions& options);
   // True if `waiter` was still queued (and now is not); false if it was already woken.
   bool CancelWait(SlotWaiter* waiter);
   size_t waiting() const;

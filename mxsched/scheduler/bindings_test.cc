@@ -1,0 +1,268 @@
+// Egress bindings: configuration (docs/DESIGN.md §4, Bindings) and selection, limits and
+// reachability per binding (§1 rule 13), deterministic (manual clock, no I/O).
+#include "mxsched/scheduler/bindings.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "mxsched/base/strings.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/config_options.h"
+#include "mxsched/scheduler/selector.h"
+
+namespace mxsched {
+namespace {
+
+std::string ErrorOf(std::string_view text) {
+  auto c = ParseConfig(text, "b.conf");
+  EXPECT_FALSE(c.ok()) << "parsed: " << text;
+  return c.ok() ? "" : std::string(ToStd(c.status().message()));
+}
+
+constexpr std::string_view kPool = R"(
+bind_address = "127.0.0.9"
+max_outbound_connections = 7
+Binding_Group "pool" {
+  max_outbound_connections = 4
+  Binding "b1" { bind_address = ( "127.0.0.2" "::1" )
+                 Host "127.0.0.1" { max_outbound_connections = 3 } }
+  Binding "b2" { bind_address = "127.0.0.3"  max_outbound_connections = 5 }
+}
+Binding "transactional" { Domain "example.com" { max_outbound_connections = 2 } }
+Domain "pinned.example" { max_outbound_connections = 9 }
+)";
+
+TEST(BindingConfig, MomentumSyntaxScopesAndFallBacks) {
+  auto c = ParseConfig(kPool, "b.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->bindings.size(), 3u);
+  ASSERT_EQ(c->binding_groups.size(), 1u);
+  EXPECT_EQ(c->binding_groups[0].bindings, (std::vector<std::string>{"b1", "b2"}));
+  const BindingSpec& b1 = *c->FindBinding("b1");
+  const BindingSpec& b2 = *c->FindBinding("b2");
+  const BindingSpec& tx = *c->FindBinding("transactional");
+  EXPECT_EQ(b1.group, "pool");
+  ASSERT_NE(b1.AddressFor(true), nullptr);
+  EXPECT_EQ(b1.AddressFor(true)->ToString(), "127.0.0.2");
+  ASSERT_NE(b1.AddressFor(false), nullptr);
+  EXPECT_EQ(b1.AddressFor(false)->ToString(), "::1");
+  EXPECT_EQ(b2.AddressFor(false), nullptr);  // no IPv6 address: IPv6 hosts not through it
+  EXPECT_EQ(tx.AddressFor(true)->ToString(), "127.0.0.9");  // the global bind_address
+  // Per domain, per binding: Binding::Domain, then Domain, then Binding, then group, then global.
+  EXPECT_EQ(c->BindingDomainLimit(tx, "example.com"), 2);
+  EXPECT_EQ(c->BindingDomainLimit(tx, "other.example"), 7);     // global
+  EXPECT_EQ(c->BindingDomainLimit(b1, "other.example"), 4);     // the group's
+  EXPECT_EQ(c->BindingDomainLimit(b2, "other.example"), 5);     // the binding's own
+  EXPECT_EQ(c->BindingDomainLimit(b2, "pinned.example"), 9);    // a Domain stanza
+  EXPECT_EQ(Config::BindingHostLimit(b1, "", *IpAddress::Parse("127.0.0.1")), 3);
+  EXPECT_EQ(Config::BindingHostLimit(b2, "", *IpAddress::Parse("127.0.0.1")), kUnlimited);
+  // The listing parses back to the same settings.
+  std::string listed = ListConfig(*c, ConfigListing::kNonDefault);
+  auto again = ParseConfig(listed, "listed.conf");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << listed;
+  EXPECT_EQ(ListConfig(*again, ConfigListing::kNonDefault), listed);
+}
+
+TEST(BindingConfig, ErrorsNameFileLineAndWhatWasExpected) {
+  EXPECT_EQ(ErrorOf("Binding_Group \"g1\" { Binding \"a\" { } }\n"
+                    "Binding_Group \"g2\" { Binding \"a\" { } }\n"),
+            "b.conf:2:30: Binding \"a\" is in two Binding_Groups: \"g1\" (b.conf:1) and \"g2\"");
+  EXPECT_EQ(ErrorOf("Binding \"a\" { }\nBinding \"a\" { }\n"),
+            "b.conf:2:9: Binding \"a\" defined twice (first at b.conf:1)");
+  EXPECT_EQ(ErrorOf("Binding \"a\" { bind_address = ( \"127.0.0.2\" \"127.0.0.3\" ) }"),
+            "b.conf:1:30: bind_address has two IPv4 addresses; a binding has at most one of each "
+            "family (\"127.0.0.2\" and \"127.0.0.3\")");
+  EXPECT_NE(ErrorOf("Binding \"a\" { bind_address = \"[::1]\" }").find("not an IP address"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"a b\" { }").find("expected 1..64 of"), std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"a\" { routes = ( \"x.example\" ) }")
+                .find("\"routes\" is not valid in Binding, Binding_Group scope"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"a\" { Host \"h.example\" { host_failure_retry = 5 } }")
+                .find("not valid in Binding::Host scope"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"a\" { Binding \"b\" { } }").find("cannot be nested here"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Domain \"x.example\" { bind_address = \"127.0.0.2\" }")
+                .find("valid in: global, Binding, Binding_Group"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"p\" { }\nBinding_Group \"p\" { }").find("cannot share a name"),
+            std::string::npos);
+}
+
+TEST(BindingConfig, AGroupDeclaredTwiceAddsUp) {
+  auto c = ParseConfig("Binding_Group \"g\" { Binding \"a\" { } }\n"
+                       "Binding_Group \"g\" { Binding \"b\" { } }\n",
+                       "b.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->binding_groups.size(), 1u);
+  EXPECT_EQ(c->binding_groups[0].bindings, (std::vector<std::string>{"a", "b"}));
+}
+
+// --- selection ---------------------------------------------------------------------------
+
+struct Fixture {
+  explicit Fixture(std::string_view text) {
+    auto c = ParseConfig(text, "t.conf");
+    EXPECT_TRUE(c.ok()) << c.status();
+    selector = std::make_unique<Selector>(std::make_shared<const Config>(*std::move(c)),
+                                          SelectorOptions{.clock = &clock, .random = &random});
+  }
+  ManualClock clock;
+  SplitMixRandom random{7};
+  std::unique_ptr<Selector> selector;
+};
+
+constexpr std::string_view kTwo = R"(
+routes = ( "127.0.0.1" )
+prohibited_hosts = ( )
+Host "127.0.0.1" { max_outbound_connections = 10 }
+Binding_Group "pool" {
+  Binding "b2" { bind_address = "127.0.0.2"  Host "127.0.0.1" { max_outbound_connections = 3 } }
+  Binding "b3" { bind_address = "127.0.0.3"  Host "127.0.0.1" { max_outbound_connections = 3 } }
+}
+)";
+
+TEST(BindingSelection, AGroupSpreadsEvenlyAndEachBindingKeepsItsHostLimit) {
+  Fixture f(kTwo);
+  std::vector<Lease> leases;
+  std::map<std::string, int> per;
+  for (int i = 0; i < 8; ++i) {
+    AcquireResult r = f.selector->Acquire("a.example", {.binding = "pool"});
+    if (!r.ok()) {
+      EXPECT_EQ(r.deferral().reason, DeferReason::kHostsAtLimit) << i;
+      continue;
+    }
+    Lease l = r.TakeLease();
+    ++per[std::string(l.binding())];
+    ASSERT_NE(l.source_address(), nullptr);
+    EXPECT_EQ(l.source_address()->ToString(), l.binding() == "b2" ? "127.0.0.2" : "127.0.0.3");
+    leases.push_back(std::move(l));
+  }
+  // 3 per binding (Binding::Host), 6 in all, alternating.
+  EXPECT_EQ(per["b2"], 3);
+  EXPECT_EQ(per["b3"], 3);
+  EXPECT_EQ(leases.size(), 6u);
+  EXPECT_NE(leases[0].binding(), leases[1].binding());
+  // Releasing one of b3's lets the next go through b3 only.
+  for (Lease& l : leases) {
+    if (l.binding() == "b3") {
+      l.Release();
+      break;
+    }
+  }
+  AcquireResult r = f.selector->Acquire("a.example", {.binding = "pool"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.lease().binding(), "b3");
+}
+
+TEST(BindingSelection, HostTotalIsOverAllBindings) {
+  // Host stanza 4 (a total) with per-binding 3: at most 4 in all.
+  std::string text(kTwo);
+  text.replace(text.find("max_outbound_connections = 10"), 29, "max_outbound_connections = 4");
+  Fixture f(text);
+  std::vector<Lease> leases;
+  for (int i = 0; i < 8; ++i) {
+    AcquireResult r = f.selector->Acquire("a.example", {.binding = "pool"});
+    if (r.ok()) leases.push_back(r.TakeLease());
+  }
+  EXPECT_EQ(leases.size(), 4u);
+  // The default binding shares the host total.
+  EXPECT_FALSE(f.selector->Acquire("a.example").ok());
+}
+
+TEST(BindingSelection, DomainLimitIsPerBinding) {
+  Fixture f(R"(
+routes = ( "127.0.0.1" )
+max_outbound_connections = 2
+Binding "x" { bind_address = "127.0.0.2" }
+Binding "y" { bind_address = "127.0.0.3"  Domain "a.example" { max_outbound_connections = 3 } }
+)");
+  std::vector<Lease> leases;
+  auto take = [&](std::string_view binding) {
+    AcquireResult r = f.selector->Acquire("a.example", {.binding = binding});
+    if (!r.ok()) return std::string(DeferReasonName(r.deferral().reason));
+    leases.push_back(r.TakeLease());
+    return std::string("ok");
+  };
+  EXPECT_EQ(take("x"), "ok");
+  EXPECT_EQ(take("x"), "ok");
+  EXPECT_EQ(take("x"), "domain_limit");  // 2 per binding (global)
+  EXPECT_EQ(take("y"), "ok");
+  EXPECT_EQ(take("y"), "ok");
+  EXPECT_EQ(take("y"), "ok");
+  EXPECT_EQ(take("y"), "domain_limit");  // Binding::Domain 3
+  EXPECT_EQ(take(""), "ok");             // the default binding counts its own 2
+  EXPECT_EQ(take(""), "ok");
+  EXPECT_EQ(take(""), "domain_limit");
+  EXPECT_EQ(take("nope"), "temporary_failure");
+}
+
+TEST(BindingReachability, AFailureThroughOneBindingKeepsTheHostForTheOthers) {
+  Fixture f(kTwo);
+  AcquireResult r = f.selector->Acquire("a.example", {.binding = "pool"});
+  ASSERT_TRUE(r.ok());
+  const std::string blocked(r.lease().binding());
+  r.lease().Report(Outcome::kGreetingRejected);  // the receiver blocks this source
+  r.lease().Release();
+  for (int i = 0; i < 5; ++i) {
+    AcquireResult n = f.selector->Acquire("a.example", {.binding = "pool"});
+    ASSERT_TRUE(n.ok()) << i;
+    EXPECT_NE(n.lease().binding(), blocked) << i;
+    n.lease().Report(Outcome::kConnected);
+  }
+  // The default binding still reaches the host.
+  EXPECT_TRUE(f.selector->Acquire("a.example").ok());
+  // After host_failure_retry one probe goes through the blocked binding.
+  f.clock.AdvanceSeconds(121);
+  std::vector<Lease> held;
+  bool probed = false;
+  for (int i = 0; i < 4; ++i) {
+    AcquireResult n = f.selector->Acquire("a.example", {.binding = "pool"});
+    ASSERT_TRUE(n.ok());
+    probed |= n.lease().binding() == blocked;
+    held.push_back(n.TakeLease());
+  }
+  EXPECT_TRUE(probed);
+}
+
+TEST(BindingReachability, FailuresThroughTwoBindingsMarkTheHostDown) {
+  Fixture f(kTwo);
+  for (int i = 0; i < 2; ++i) {
+    AcquireResult r = f.selector->Acquire("a.example", {.binding = "pool"});
+    ASSERT_TRUE(r.ok()) << i;
+    r.lease().Report(Outcome::kConnectFailed);
+  }
+  AcquireResult r = f.selector->Acquire("a.example");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().reason, DeferReason::kHostsUnreachable);
+}
+
+TEST(BindingReachability, ALocalErrorBlamesNeitherTheBindingNorTheHost) {
+  Fixture f(kTwo);
+  for (int i = 0; i < 4; ++i) {
+    AcquireResult r = f.selector->Acquire("a.example", {.binding = "b2"});
+    ASSERT_TRUE(r.ok()) << i;
+    r.lease().Report(Outcome::kLocalError);
+  }
+}
+
+TEST(BindingSelection, AHostOfAFamilyTheBindingLacksIsNotUsedThroughIt) {
+  Fixture f(R"(
+routes = ( "[::1]" "127.0.0.1" )
+Binding "v4only" { bind_address = "127.0.0.2" }
+)");
+  AcquireResult r = f.selector->Acquire("a.example", {.binding = "v4only"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.lease().endpoint().address.ToString(), "127.0.0.1");
+  // Without a binding the IPv6 host (first tier) is used.
+  AcquireResult d = f.selector->Acquire("b.example");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d.lease().endpoint().address.ToString(), "::1");
+}
+
+}  // namespace
+}  // namespace mxsched
