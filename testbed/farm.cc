@@ -1,5 +1,6 @@
 #include "testbed/farm.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <future>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/loop.h"
@@ -186,6 +188,26 @@ struct Farm::Impl {
   std::atomic<int64_t> current_all{0}, peak_all{0};  // over every listener
   Mutex mu;
   std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
+  // Per client address: counters and faults (farm thread writes, Stats reads).
+  struct Source {
+    uint64_t total = 0;
+    int64_t current = 0, peak = 0;
+    Fault fault;
+  };
+  mutable Mutex sources_mu;
+  absl::flat_hash_map<IpAddress, Source> sources ABSL_GUARDED_BY(sources_mu);
+  // A new connection from `a`: counted; returns its source fault (kNone if none).
+  Fault OpenFrom(const IpAddress& a) {
+    MutexLock lock(&sources_mu);
+    Source& s = sources[a];
+    ++s.total;
+    s.peak = std::max(s.peak, ++s.current);
+    return s.fault;
+  }
+  void CloseFrom(const IpAddress& a) {
+    MutexLock lock(&sources_mu);
+    --sources[a].current;
+  }
   std::string banner;
   // Listeners out of fds (or memory), waiting for the one backoff timer of the farm: one
   // timer and one probe for all of them, not a failing accept per listener per tick.
@@ -252,6 +274,8 @@ struct Conn {
   Farm::Impl* farm;
   Listener* listener;
   int fd;
+  std::optional<IpAddress> source;  // the client's address (getpeername), if known
+  Fault source_fault;
   std::string in;
   std::string out;
   size_t out_off = 0;
@@ -263,7 +287,7 @@ struct Conn {
   __kernel_timespec idle_ts{};  // read by the kernel when the recv is submitted
 
   void Start() {
-    const Fault f = listener->fault();
+    const Fault f = source_fault.kind != Fault::Kind::kNone ? source_fault : listener->fault();
     switch (f.kind) {
       case Fault::Kind::kTempfail:
         out = "421 4.3.2 farm fault: try later\r\n";
@@ -271,6 +295,7 @@ struct Conn {
         return Send();
       case Fault::Kind::kBlackhole:
         return Recv();  // never answer; wait for the client to give up
+      case Fault::Kind::kRefuse:  // a source fault: accepted already, so reset
       case Fault::Kind::kReset: {
         linger l{1, 0};  // close with RST instead of FIN
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
@@ -401,6 +426,7 @@ struct Conn {
   }
   void Close() {
     close(fd);
+    if (source) farm->CloseFrom(*source);
     listener->current.fetch_sub(1, std::memory_order_relaxed);
     farm->current_all.fetch_sub(1, std::memory_order_relaxed);
     if (serving) listener->serving.fetch_sub(1, std::memory_order_relaxed);
@@ -440,6 +466,20 @@ void Listener::OnAccept(int res, uint32_t) {
     while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
     }
     auto* c = new Conn(farm, this, res);
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof(peer);
+    if (getpeername(res, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0) {
+      IpAddress a;
+      if (peer.ss_family == AF_INET) {
+        a = IpAddress::V4(ntohl(reinterpret_cast<const sockaddr_in&>(peer).sin_addr.s_addr));
+      } else {
+        std::array<uint8_t, 16> b;
+        std::memcpy(b.data(), &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr, 16);
+        a = IpAddress::V6(b);
+      }
+      c->source = a;
+      c->source_fault = farm->OpenFrom(a);
+    }
     farm->conns.insert(c);
     c->Start();
   }
@@ -548,6 +588,7 @@ void Farm::Impl::Run(std::promise<absl::Status>* ready) {
   for (Conn* c : conns) {
     shutdown(c->fd, SHUT_RDWR);
     close(c->fd);
+    if (c->source) CloseFrom(*c->source);
     c->listener->current.fetch_sub(1);
     current_all.fetch_sub(1);
     if (c->serving) c->listener->serving.fetch_sub(1);
@@ -601,6 +642,10 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
     }
     impl->listeners.push_back(std::move(l));
   }
+  {
+    MutexLock lock(&impl->sources_mu);
+    for (const auto& [addr, fault] : options.source_faults) impl->sources[addr].fault = fault;
+  }
   impl->options = std::move(options);
   std::promise<absl::Status> ready;
   Impl* raw = impl.get();
@@ -632,6 +677,24 @@ void Farm::SetFault(const IpAddress& address, Fault fault) {
   if (impl_->loop) impl_->loop->Wake();
 }
 
+void Farm::SetSourceFault(const IpAddress& source, Fault fault) {
+  MutexLock lock(&impl_->sources_mu);
+  impl_->sources[source].fault = fault;
+}
+
+std::vector<FarmSourceStats> Farm::SourceStats() const {
+  std::vector<FarmSourceStats> out;
+  {
+    MutexLock lock(&impl_->sources_mu);
+    for (const auto& [a, s] : impl_->sources) {
+      if (s.total > 0) out.push_back({a, s.total, s.current, s.peak});
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const FarmSourceStats& a, const FarmSourceStats& b) { return a.address < b.address; });
+  return out;
+}
+
 std::vector<FarmAddressStats> Farm::Stats() const {
   std::vector<FarmAddressStats> out;
   for (const auto& l : impl_->listeners) {
@@ -656,6 +719,11 @@ void Farm::ResetCounters() {
     l->idle_closed = 0;
     l->accept_backoffs = 0;
   }
+  MutexLock lock(&impl_->sources_mu);
+  for (auto& [a, src] : impl_->sources) {
+    src.total = 0;
+    src.peak = src.current;
+  }
 }
 
 std::string Farm::StatsJson() const {
@@ -679,7 +747,15 @@ std::string Farm::StatsJson() const {
                          {"idle_closed", s.idle_closed},
                          {"accept_backoffs", s.accept_backoffs}});
   }
+  nlohmann::json sources = nlohmann::json::array();
+  for (const FarmSourceStats& s : SourceStats()) {
+    sources.push_back({{"source", s.address.ToString()},
+                       {"accepted", s.total},
+                       {"current", s.current},
+                       {"peak", s.peak}});
+  }
   return DumpJson({{"addresses", std::move(addresses)},
+                   {"sources", std::move(sources)},
                    {"total", total},
                    {"max_peak", peak},
                    {"peak_all_addresses", PeakAllAddresses()},

@@ -13,6 +13,10 @@
 //               "421 4.7.0 too many connections from your IP" and closed — a receiver that
 //               limits concurrency per sending IP (Yahoo, Microsoft, GMX...)
 // Faults can change while the farm runs (SetFault), so tests can make a host flap.
+// Source faults (FarmOptions::source_faults, SetSourceFault) apply the same faults to every
+// connection FROM one client address, on every listener: a receiver that blocks one
+// sending IP (issue 21: egress bindings). The farm also counts connections per source
+// address (SourceStats): what a receiver that limits per sending IP sees.
 //
 // Resources: a client that sends nothing for FarmOptions::idle_timeout_ms (30 s by default)
 // while the farm waits for its next command is closed and counted in `idle_closed` (except
@@ -66,6 +70,16 @@ struct FarmOptions {
   // is closed (counted in idle_closed), so clients that never speak cannot hold the farm's
   // fds forever. 0: never. Blackhole connections are exempt (see the top of this file).
   int idle_timeout_ms = 30'000;
+  // Faults by client (source) address; they win over the listener's fault.
+  std::vector<std::pair<IpAddress, Fault>> source_faults;
+};
+
+// Connections from one client (source) address, over every listener.
+struct FarmSourceStats {
+  IpAddress address;
+  uint64_t total = 0;  // connections accepted from it
+  int64_t current = 0;
+  int64_t peak = 0;  // highest open at once from it, server-side
 };
 
 struct FarmAddressStats {
@@ -92,7 +106,12 @@ class Farm {
   // Stops accepting, closes every connection and joins the thread. Idempotent.
   void Stop();
   void SetFault(const IpAddress& address, Fault fault);
+  // The fault for connections from `source` (Kind::kNone clears it). Takes effect for
+  // connections accepted after the call returns.
+  void SetSourceFault(const IpAddress& source, Fault fault);
   std::vector<FarmAddressStats> Stats() const;
+  // Per client address, ordered by address.
+  std::vector<FarmSourceStats> SourceStats() const;
   std::string StatsJson() const;
   // Highest number of connections open at once over ALL addresses (server-side): what a
   // limit shared by many hosts — a provider limit, docs/DESIGN.md §6 — must keep below.

@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "absl/container/flat_hash_map.h"
+#include "mxsched/scheduler/bindings.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/base/mutex.h"
 #include "mxsched/base/clock.h"
@@ -110,6 +111,14 @@ struct Shared {
     if (c == nullptr) c = std::make_unique<HostCount>();
     return c.get();
   }
+  // The same per binding (by name; "" the default binding).
+  absl::flat_hash_map<std::string, std::unique_ptr<HostCount>> bindings ABSL_GUARDED_BY(hosts_mu);
+  HostCount* BindingCount(std::string_view name) {
+    MutexLock l(&hosts_mu);
+    std::unique_ptr<HostCount>& c = bindings[std::string(name)];
+    if (c == nullptr) c = std::make_unique<HostCount>();
+    return c.get();
+  }
   std::atomic<int64_t> next{0}, done{0}, connected{0}, deferred{0}, failed{0};
   int64_t deadline_nanos = 0;
   // Set by RunLoad's thread at --max-seconds or on options->stop: workers start nothing
@@ -135,10 +144,12 @@ class Worker;
 // whole message transaction like smtp-source's), one command at a time, each reply read in
 // full (multi-line aware), the whole dialogue under one 30 s deadline; then close, release.
 struct Hold {
-  Hold(Worker* w, ConnectResult c, HostCount* h) : worker(w), conn(std::move(c)), host(h) {}
+  Hold(Worker* w, ConnectResult c, HostCount* h, HostCount* b)
+      : worker(w), conn(std::move(c)), host(h), binding(b) {}
   Worker* worker;
   ConnectResult conn;
-  HostCount* host;  // Closed() when the socket closes
+  HostCount* host;     // Closed() when the socket closes
+  HostCount* binding;  // the same for the binding
   int pending = 0;
   size_t step = 0;
   size_t sent = 0;
@@ -260,7 +271,7 @@ class Worker {
       const int64_t i = shared_->next.fetch_add(1, std::memory_order_relaxed);
       if (i >= o.sessions) return;
       ++in_flight_;
-      connector_->Connect(SessionDomain(o, i, &domain_buf_),
+      connector_->Connect(SessionDomain(o, i, &domain_buf_), {.binding = o.binding},
                           [this](ConnectResult r) { OnConnected(std::move(r)); });
     }
   }
@@ -276,7 +287,9 @@ class Worker {
       latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos);
       HostCount* host = shared_->Host(r.lease.endpoint());
       host->Opened();
-      auto* h = new Hold(this, std::move(r), host);
+      HostCount* binding = shared_->BindingCount(r.lease.binding());
+      binding->Opened();
+      auto* h = new Hold(this, std::move(r), host, binding);
       holds_.insert(h);
       h->Start();
       if (stopping_) h->Stop();  // (a no-op without --hold-ms: QUIT is already on its way)
@@ -455,6 +468,7 @@ void Hold::End(std::string why) {
     close(conn.fd);
     conn.fd = -1;
     host->Closed();
+    binding->Closed();
     conn.lease.Release();  // after close: the slot covers the socket's whole life
     conn.cluster_lease.Release();
     // Connected means the whole dialogue ran. A session cut short by a stop is deferred; one
@@ -610,6 +624,29 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
       rh.sessions = c->sessions.load();
       rh.peak = c->peak.load();
     }
+    for (const auto& [name, c] : shared.bindings) {
+      LoadReport::Binding& rb = report.bindings[name];
+      rb.sessions = c->sessions.load();
+      rb.peak = c->peak.load();
+    }
+  }
+  {
+    // The selector's side: every binding the configuration names (even unused ones: a
+    // binding kept off every host shows up here with no sessions).
+    const std::shared_ptr<const Config> config = selector.config();
+    const int64_t at = selector.clock().NowNanos();
+    for (const Binding* b : selector.bindings().All()) {
+      const BindingSpec* spec = config->FindBinding(b->name());
+      if (spec == nullptr) continue;
+      LoadReport::Binding& rb = report.bindings[b->name()];
+      std::vector<std::string> sources;
+      for (const IpAddress& a : spec->bind_address) sources.push_back(a.ToString());
+      rb.source = Join(sources, " ");
+      b->ForEachHost([&](uint32_t, const BindingHost& bh) {
+        rb.failures += bh.failures.load();
+        rb.hosts_failed += bh.Failed(at) ? 1 : 0;
+      });
+    }
   }
   const int64_t now = selector.clock().NowNanos();
   selector.registry().ForEach([&](const HostState& h) {
@@ -693,6 +730,14 @@ std::string LoadReport::ToJson() const {
                     {"live_workers", c.live_workers},
                     {"mode", c.mode}};
   }
+  nlohmann::json binding_json = nlohmann::json::object();
+  for (const auto& [name, b] : bindings) {
+    binding_json[name.empty() ? "default" : name] = {{"sessions", b.sessions},
+                                                     {"peak", b.peak},
+                                                     {"source", b.source},
+                                                     {"failures", b.failures},
+                                                     {"hosts_failed", b.hosts_failed}};
+  }
   return DumpJson(
       {{"cluster", std::move(cluster_json)},
        {"sessions", sessions},
@@ -716,6 +761,7 @@ std::string LoadReport::ToJson() const {
        {"max_rss_kb", max_rss_kb},
        {"connected_per_250ms", connected_timeline},
        {"hosts", std::move(host_json)},
+       {"bindings", std::move(binding_json)},
        {"domains",
         {{"distinct", domains.distinct},
          {"resident", domains.resident},
@@ -763,6 +809,14 @@ std::string LoadReport::ToText() const {
     if (h.limit != h.configured_limit) s += StrCat(" (configured ", limit(h.configured_limit), ")");
     if (!h.limit_moved.empty()) s += StrCat("  ", ForTerminal(h.limit_moved));
     s += "\n";
+  }
+  if (bindings.size() > 1 || (bindings.size() == 1 && !bindings.begin()->first.empty())) {
+    s += "per binding (sessions, peak concurrent connections, source, failures through it, "
+         "hosts it is kept off now):\n";
+    for (const auto& [name, b] : bindings) {
+      s += StrCat("  ", name.empty() ? "default" : name, "  ", b.sessions, "  ", b.peak, "  ",
+                  b.source.empty() ? "-" : b.source, "  ", b.failures, "  ", b.hosts_failed, "\n");
+    }
   }
   s += StrCat("domains: ", domains.distinct, " distinct; resident at the end ", domains.resident,
               ", peak ", domains.peak_resident, " (sampled every 250 ms); created ",

@@ -107,6 +107,9 @@ struct LoadOptions {
   std::shared_ptr<ClusterLimits> cluster;
   std::function<void(int64_t done, int64_t connected, int64_t deferred, int64_t failed)> progress;
   int progress_interval_ms = 500;
+  // A Binding or Binding_Group name every session goes out through (Selector's
+  // AcquireOptions); "": the default binding.
+  std::string binding;
 };
 
 struct LoadReport {
@@ -151,6 +154,16 @@ struct LoadReport {
     std::string limit_moved;
   };
   std::map<std::string, Host> hosts;            // "127.0.1.1:2525"
+  // Per binding the sessions went out through ("" is the default binding), as the client
+  // saw them: sessions greeted 2xx, peak concurrent connected sessions; and from the
+  // selector, per (binding, host): failures through it and whether it is failed now.
+  struct Binding {
+    int64_t sessions = 0, peak = 0;
+    std::string source;  // the source address(es) bound, "" for the kernel's choice
+    uint64_t failures = 0;       // failed connections through this binding (all hosts)
+    int64_t hosts_failed = 0;    // hosts this binding is kept off at the end
+  };
+  std::map<std::string, Binding> bindings;
   // The Selector's domain entries (docs/DESIGN.md §5 eviction). `distinct`: distinct domain
   // names sessions were started for; `resident`: entries at the end; `peak_resident`: the
   // most seen, sampled every 250 ms and at the start and end (so a shorter peak between

@@ -77,7 +77,7 @@ const volatile bool* InstallStopSignals() {
 namespace {
 
 struct FarmFlags {
-  std::vector<std::string> listen, faults, flaps;
+  std::vector<std::string> listen, faults, flaps, source_faults;
   std::string stats_path;
   int64_t max_seconds = 600;
   int idle_timeout_ms = testbed::FarmOptions{}.idle_timeout_ms;
@@ -98,6 +98,13 @@ int RunFarm(const FarmFlags& f) {
     auto fault = testbed::ParseFaultSpec(spec);
     if (!fault.ok()) return UsageError(StrCat("farm: --fault: ", fault.status().message()));
     options.faults.push_back(*fault);
+  }
+  for (const std::string& spec : f.source_faults) {
+    auto fault = testbed::ParseFaultSpec(spec);
+    if (!fault.ok()) {
+      return UsageError(StrCat("farm: --source-fault: ", fault.status().message()));
+    }
+    options.source_faults.push_back(*fault);
   }
   for (std::string_view spec : f.flaps) {
     // ADDR=MS: the address alternates between refusing and serving every MS ms.
@@ -282,6 +289,10 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
                  "tempfail (421), reset (RST), slow:MS (greeting after MS ms) or cap:N "
                  "(serve N at once, answer the rest 421)")
       ->type_name("ADDR=KIND");
+  sub.add_option("--source-fault", f->source_faults,
+                 "Fault for every connection FROM a client address (a receiver blocking one "
+                 "sending IP), repeatable; same kinds as --fault (refuse acts as reset)")
+      ->type_name("ADDR=KIND");
   sub.add_option("--flap", f->flaps,
                  "Alternate an address between refusing and serving every MS ms (10..3600000), "
                  "repeatable")
@@ -362,6 +373,14 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
                  "Greeting timeout per attempt")
       ->check(CLI::Range(1, 3'600'000))
       ->default_str("the config's banner_timeout");
+  CLI::Option* binding = sub.add_option("--binding", o.binding,
+                 "Send every session through this Binding (its source address; "
+                 "docs/DESIGN.md §4); the report shows counts per binding")
+      ->type_name("NAME");
+  sub.add_option("--binding-group", o.binding,
+                 "Send every session through this Binding_Group, spread over its bindings")
+      ->type_name("NAME")
+      ->excludes(binding);
   sub.add_option("--admin", f->admin,
                  "Serve the admin endpoint (/metrics, /domains/NAME, /hosts, POST /refresh) "
                  "here while the load runs; port 0 picks one (printed on stderr)")

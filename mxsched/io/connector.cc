@@ -1,5 +1,6 @@
 #include "mxsched/io/connector.h"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,6 +58,7 @@ struct Connector::Session {
 
   Connector* connector;
   std::string domain;
+  std::string binding;  // AcquireOptions::binding ("" = the default binding)
   Callback done;
   SteadyClock::time_point start;
   Lease lease;
@@ -90,7 +92,8 @@ struct Connector::Session {
 
   void Attempt() {
     if (connector->stopped_) return FinishStopped();  // no new attempt, failover included
-    AcquireResult r = connector->selector_->Acquire(domain);
+    AcquireResult r = binding.empty() ? connector->selector_->Acquire(domain)
+                                      : connector->selector_->Acquire(domain, {.binding = binding});
     if (r.ok()) return Start(r.TakeLease());
     const Deferral& d = r.deferral();
     if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
@@ -164,6 +167,20 @@ struct Connector::Session {
     }
     if (res < 0) return LocalFailure("socket", -res);
     fd = res;
+    if (const IpAddress* source = lease.source_address()) {
+      // The binding's source address; the kernel picks the port at connect(), so ports are
+      // per 4-tuple, not per source address (Linux 4.2+).
+      const int one = 1;
+      (void)setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+      sockaddr_storage local{};
+      const socklen_t len = Endpoint{*source, 0}.ToSockaddr(&local);
+      if (bind(fd, reinterpret_cast<sockaddr*>(&local), len) != 0) {
+        const int err = errno;
+        return LocalFailure(StrCat("bind to ", source->ToString(), " (binding ", lease.binding(),
+                                   ")"),
+                            err);
+      }
+    }
     loop()->Reserve(2);  // connect and its timeout go in one submission, or not linked at all
     io_uring_sqe* sqe = Submit(&connect_done);
     io_op = &connect_done;
@@ -299,8 +316,12 @@ struct Connector::Session {
     CloseAttempt();
     ConnectResult r;
     r.kind = ConnectResult::Kind::kDeferred;
-    r.reason = StrCat("451 4.3.0 local resource shortage: ", op, ": ", std::strerror(err),
-                      err == EADDRNOTAVAIL ? " (ephemeral ports exhausted)" : "");
+    const bool bind = op.starts_with("bind");
+    r.reason = StrCat("451 4.3.0 local ", bind ? "error" : "resource shortage", ": ", op, ": ",
+                      std::strerror(err),
+                      err == EADDRNOTAVAIL ? (bind ? " (the address is not on this machine)"
+                                                   : " (ephemeral ports exhausted)")
+                                           : "");
     r.last_outcome = Outcome::kLocalError;
     Finish(std::move(r));
   }
@@ -476,7 +497,8 @@ struct Connector::Session {
     // instead of charging every refused probe to the same one.
     slot_wait_since = SteadyClock::now();
     connector->selector_->WaitForSlot(domain, &waiter,
-                                      /*front=*/slot_woken_before && !busy_since_wait);
+                                      /*front=*/slot_woken_before && !busy_since_wait,
+                                      {.binding = binding});
     busy_since_wait = false;
   }
 
@@ -645,10 +667,15 @@ const Config& Connector::CurrentConfig() {
 }
 
 void Connector::Connect(std::string_view domain, Callback done) {
+  Connect(domain, AcquireOptions{}, std::move(done));
+}
+
+void Connector::Connect(std::string_view domain, const AcquireOptions& options, Callback done) {
   ++in_flight_;
   auto* s = new Session(this, std::string(domain), std::move(done));
   s->index = sessions_.size();
   sessions_.push_back(s);
+  s->binding = std::string(options.binding);
   s->Attempt();
 }
 

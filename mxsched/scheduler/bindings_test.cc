@@ -258,6 +258,15 @@ Binding "v4only" { bind_address = "127.0.0.2" }
   AcquireResult r = f.selector->Acquire("a.example", {.binding = "v4only"});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r.lease().endpoint().address.ToString(), "127.0.0.1");
+  // A route of IPv6 hosts only: the binding says why it cannot be used.
+  Fixture v6(R"(
+routes = ( "[::1]" )
+Binding "v4only" { bind_address = "127.0.0.2" }
+)");
+  AcquireResult none = v6.selector->Acquire("a.example", {.binding = "v4only"});
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.deferral().reason, DeferReason::kTempFailure);
+  EXPECT_NE(none.deferral().detail.find("no source address of the family"), std::string::npos);
   // Without a binding the IPv6 host (first tier) is used.
   AcquireResult d = f.selector->Acquire("b.example");
   ASSERT_TRUE(d.ok());

@@ -486,7 +486,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
     } while (!entry->active.compare_exchange_weak(active, active + 1, std::memory_order_acq_rel,
                                                   std::memory_order_relaxed));
   }
-  bool binding_domain_room = false;
+  bool binding_domain_room = false, binding_usable = false;
   // Server: per-thread credit, exact. Older server waiters first.
   const bool server_limited = server_credit_.limited();
   if (server_limited) {
@@ -533,7 +533,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
       Admission a = h->TryAdmit(now, &ticket);
       Lease bound;
       if (egress != nullptr && (a == Admission::kAdmitted || a == Admission::kProbe) &&
-          !AdmitBinding(entry, *egress, h, now, &bound, saw_full, &binding_domain_room)) {
+          !AdmitBinding(entry, *egress, h, now, &bound, saw_full, &binding_domain_room,
+                        &binding_usable)) {
         h->Release(a == Admission::kProbe, ticket.group);
         continue;  // no binding can use this host now
       }
@@ -567,12 +568,15 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
   if (server_limited) server_credit_.Return();
   // Through bindings: every binding tried was at its limit for this domain.
-  if (egress != nullptr && !binding_domain_room && !*saw_full) return Grant::kDomain;
+  if (egress != nullptr && binding_usable && !binding_domain_room && !*saw_full) {
+    return Grant::kDomain;
+  }
   return Grant::kHosts;
 }
 
 bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostState* h,
-                                int64_t now, Lease* out, bool* saw_full, bool* domain_room) {
+                                int64_t now, Lease* out, bool* saw_full, bool* domain_room,
+                                bool* saw_usable) {
   const uint32_t n = static_cast<uint32_t>(egress.members.size());
   const uint32_t start = egress.cursor.load(std::memory_order_relaxed);
   const bool v4 = h->endpoint().address.is_v4();
@@ -583,6 +587,7 @@ bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostSt
     bool usable;
     const IpAddress* source = b->addresses().For(v4, &usable);
     if (!usable) continue;  // no address of the host's family
+    *saw_usable = true;
     // The domain's count through this binding (Momentum: max_outbound_connections per
     // binding), its limit computed once per configuration.
     DomainBindingCounts::Slot* ds =
@@ -906,6 +911,26 @@ AcquireResult SelectorImpl::Acquire(std::string_view domain, const AcquireOption
     case Grant::kHosts:
       break;
   }
+  if (egress != nullptr) {
+    // Slow path (a deferral): a route none of whose hosts the bindings can reach for lack
+    // of an address of the family says so, rather than blaming the hosts.
+    bool usable = false;
+    for (size_t t = 0; t < snap->num_tiers() && !usable; ++t) {
+      for (HostState* h : snap->TierHosts(t)) {
+        for (Binding* b : egress->members) {
+          bool u;
+          b->addresses().For(h->endpoint().address.is_v4(), &u);
+          usable |= u;
+        }
+      }
+    }
+    if (!usable) {
+      return Deferred(Deferral{DeferReason::kTempFailure,
+                               StrCat("4.4.4 binding \"", egress->name,
+                                      "\" has no source address of the family of any host "
+                                      "of the route")});
+    }
+  }
   return Deferred(ClassifyNoHost(*snap, saw_full, now));
 }
 
@@ -1052,6 +1077,7 @@ size_t Selector::EvictIdleHosts() { return impl_->EvictIdleHosts(); }
 size_t Selector::DomainMemoryBytes() const { return impl_->DomainMemoryBytes(); }
 int64_t Selector::server_active() const { return impl_->server_active(); }
 HostRegistry& Selector::registry() { return impl_->registry(); }
+BindingRegistry& Selector::bindings() { return impl_->bindings(); }
 SelectorStats& Selector::stats() { return impl_->stats(); }
 const SelectorStats& Selector::stats() const { return impl_->stats(); }
 Clock& Selector::clock() { return impl_->clock(); }

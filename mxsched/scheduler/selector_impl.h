@@ -110,9 +110,9 @@ class SelectorImpl {
   // Takes a slot through one of `egress`'s bindings to `host` (whose own slot is held):
   // the group's rotation, skipping a binding without an address of the host's family, at
   // its limit for the domain or the host, or failed at the host. *domain_room: some binding
-  // had room for the domain.
+  // had room for the domain; *saw_usable: some binding has an address of the host's family.
   bool AdmitBinding(DomainEntry* entry, const Egress& egress, HostState* host, int64_t now,
-                    Lease* lease, bool* saw_full, bool* domain_room);
+                    Lease* lease, bool* saw_full, bool* domain_room, bool* saw_usable);
   // The egress an Acquire asked for (null: the default binding, no binding state); an
   // unknown name sets *unknown.
   const Egress* ResolveEgress(const AcquireOptions& options, bool* unknown) const;

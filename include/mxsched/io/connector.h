@@ -116,6 +116,11 @@ class Connector {
   // `done` is called exactly once, on this loop's thread — possibly before Connect returns
   // (an immediate deferral or permanent failure), so it must not assume otherwise.
   void Connect(std::string_view domain, Callback done);
+  // Through a binding or binding group (Selector::Acquire's AcquireOptions): the socket is
+  // bound to the binding's source address before connecting (IP_BIND_ADDRESS_NO_PORT: the
+  // port is picked at connect time, per 4-tuple). A bind that fails (the address is not on
+  // this machine) is a local error: deferred with the reason, the host not blamed.
+  void Connect(std::string_view domain, const AcquireOptions& options, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();
   // Ends every session in flight as deferred (ConnectResult::stopped, `why` in its reason)

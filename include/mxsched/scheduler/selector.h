@@ -50,6 +50,7 @@ class LimitGroup;
 class SelectorImpl;
 struct DomainEntry;
 class Binding;
+class BindingRegistry;
 struct BindingHost;
 struct Egress;
 struct DomainBindingCounts;
@@ -306,6 +307,8 @@ class Selector {
   int64_t server_active() const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).
   HostRegistry& registry();
+  // The bindings (opaque outside the library; the load report and admin read them).
+  BindingRegistry& bindings();
   // Process-wide counters: deferrals by reason, sessions by result, slot-wait times, and
   // domain entries created and evicted.
   SelectorStats& stats();
