@@ -1,0 +1,87 @@
+// Egress bindings: Acquire + Release through a Binding_Group of 8 bindings against the same
+// without bindings (the default binding), in one run (issue 21; target ≤ 1.5×). The route
+// is 4 equal-preference hosts; each binding has its own Binding::Host limit on every host,
+// so the group path takes the per (binding, host) and per (binding, domain) counts on
+// every iteration. The program prints the ratio of the medians after Google Benchmark's
+// table (bench/README.md).
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "mxsched/base/strings.h"
+#include "mxsched/scheduler/config.h"
+#include "mxsched/scheduler/selector.h"
+
+namespace mxsched::bench {
+namespace {
+
+std::shared_ptr<const Config> BenchConfig() {
+  std::string text = R"(
+  routes = ( "smtp://127.0.1.1?pref=10" "smtp://127.0.1.2?pref=10"
+             "smtp://127.0.1.3?pref=10" "smtp://127.0.1.4?pref=10" )
+  max_outbound_connections = 1000
+  Binding_Group "pool" {
+)";
+  for (int b = 0; b < 8; ++b) {
+    text += StrCat("    Binding \"b", b, "\" { bind_address = \"127.0.2.", b + 1, "\"");
+    for (int h = 1; h <= 4; ++h) {
+      text += StrCat(" Host \"127.0.1.", h, "\" { max_outbound_connections = 100 }");
+    }
+    text += " }\n";
+  }
+  text += "  }\n";
+  absl::StatusOr<Config> c = ParseConfig(text, "bench");
+  if (!c.ok()) {
+    std::fprintf(stderr, "bench config: %s\n", std::string(c.status().message()).c_str());
+    std::abort();
+  }
+  return std::make_shared<const Config>(*std::move(c));
+}
+
+Selector& Shared() {
+  static Selector* s = new Selector(BenchConfig());
+  return *s;
+}
+
+// Arg 0: no binding (today's path); 1: the group of 8.
+void BM_AcquireRelease(benchmark::State& state) {
+  Selector& s = Shared();
+  const AcquireOptions options{.binding = state.range(0) == 0 ? "" : "pool"};
+  const std::string domain = StrCat("t", state.thread_index(), ".example");
+  for (auto _ : state) {
+    AcquireResult r = s.Acquire(domain, options);
+    benchmark::DoNotOptimize(r.ok());
+  }
+}
+BENCHMARK(BM_AcquireRelease)->Arg(0)->Arg(1)->Repetitions(5)->ReportAggregatesOnly(true);
+
+}  // namespace
+}  // namespace mxsched::bench
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  // Collect the medians to print the ratio in the same run.
+  struct Medians : benchmark::ConsoleReporter {
+    double none = 0, group = 0;
+    void ReportRuns(const std::vector<Run>& runs) override {
+      for (const Run& r : runs) {
+        if (r.aggregate_name != "median") continue;
+        const double ns = r.GetAdjustedCPUTime();
+        if (r.benchmark_name().find("/0") != std::string::npos) none = ns;
+        if (r.benchmark_name().find("/1") != std::string::npos) group = ns;
+      }
+      ConsoleReporter::ReportRuns(runs);
+    }
+  } reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  if (reporter.none > 0 && reporter.group > 0) {
+    std::printf("ratio group-of-8 / no binding (median CPU ns per Acquire+Release): %.2f "
+                "(%.1f / %.1f ns)\n",
+                reporter.group / reporter.none, reporter.group, reporter.none);
+  }
+  benchmark::Shutdown();
+  return 0;
+}
