@@ -174,4 +174,17 @@ grep -q "missing.conf: cannot open" <<<"$err" || fail "missing file message: $er
 "$bin" check >/dev/null 2>&1; [ $? -eq 2 ] || fail "no --config is a usage error"
 "$bin" check --config "$examples/smarthost.conf" --bogus >/dev/null 2>&1; [ $? -eq 2 ] ||
   fail "unknown flag is a usage error"
+# Bindings: listed back as parsed; an address this machine does not have is a warning
+# naming the file, line and binding (a local error at connect), one it has is not.
+cat >"$tmp/bind.conf" <<'CONF'
+Binding_Group "pool" {
+  Binding "here" { bind_address = "127.0.0.2" }
+  Binding "away" { bind_address = "192.0.2.1" }
+}
+CONF
+"$bin" check --config "$tmp/bind.conf" -n >"$tmp/bind.out" 2>"$tmp/bind.err" || fail "bind.conf: exit $?"
+grep -qF "mxsched: warning: $tmp/bind.conf:3: Binding \"away\": bind_address 192.0.2.1 cannot be bound here" \
+  "$tmp/bind.err" || fail "no warning for an address not on this machine: $(cat "$tmp/bind.err")"
+grep -q '"here"' "$tmp/bind.err" && fail "warning for an address this machine has"
+"$bin" check --config "$tmp/bind.out" -n | cmp -s - "$tmp/bind.out" || fail "bindings do not list back"
 echo "cli_check_test: all checks passed"

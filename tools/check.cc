@@ -3,7 +3,13 @@
 //
 //   mxsched check --config FILE [-n]     exit 0 valid, 2 invalid (FILE:LINE:COL: what)
 //   mxsched check -d                     the default of every option
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -21,6 +27,20 @@ struct CheckFlags {
   bool defaults = false;
 };
 
+// An error if this machine cannot bind `a` (port 0, as the connector does), else "".
+std::string BindProblem(const IpAddress& a) {
+  const int fd = socket(a.is_v4() ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::strerror(errno);
+  const int one = 1;
+  (void)setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  sockaddr_storage ss{};
+  const socklen_t len = Endpoint{a, 0}.ToSockaddr(&ss);
+  std::string problem;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) problem = std::strerror(errno);
+  close(fd);
+  return problem;
+}
+
 int RunCheck(const CheckFlags& f) {
   if (f.defaults) {
     std::printf("%s", ListConfig(Config{}, ConfigListing::kDefaults).c_str());
@@ -29,6 +49,18 @@ int RunCheck(const CheckFlags& f) {
   if (f.config_path.empty()) return UsageError("check: --config FILE is required (or -d)");
   std::optional<Config> config = LoadConfigOrSay(f.config_path);
   if (!config) return 2;
+  // Bindings whose source address this machine does not have: a warning here, a local
+  // error at connect (docs/DESIGN.md §4 Bindings).
+  for (const BindingSpec& b : config->bindings) {
+    for (const IpAddress& a : b.bind_address) {
+      if (std::string problem = BindProblem(a); !problem.empty()) {
+        std::fprintf(stderr,
+                     "mxsched: warning: %s: Binding \"%s\": bind_address %s cannot be bound "
+                     "here (%s); its connections will fail as local errors\n",
+                     b.where.c_str(), b.name.c_str(), a.ToString().c_str(), problem.c_str());
+      }
+    }
+  }
   ConfigListing listing = f.non_default ? ConfigListing::kNonDefault : ConfigListing::kEffective;
   std::printf("%s", ListConfig(*config, listing).c_str());
   return 0;

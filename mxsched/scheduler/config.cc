@@ -169,7 +169,7 @@ class Parser {
       if (absl::Status s = Advance(); !s.ok()) return s;
       // More words on the value's line that do not start the next option (`b = ...`).
       while ((tok_.kind == Tok::kString || tok_.kind == Tok::kWord) &&
-             tok_.pos.line == v.pos.line && !NextIsEquals()) {
+             tok_.pos.line == v.pos.line && !NextIsEquals() && !StartsStanza()) {
         v.trailing.push_back(tok_.text);
         if (absl::Status s = Advance(); !s.ok()) return s;
       }
@@ -202,6 +202,21 @@ class Parser {
     pos_ = pos;
     tok_ = std::move(tok);
     return equals;
+  }
+
+  // True if the current token starts a stanza: a word, a name, then '{' (`Host "x" {` on
+  // the line of a value, as in a one-line Binding). The lexer's state is restored.
+  bool StartsStanza() {
+    if (tok_.kind != Tok::kWord) return false;
+    const size_t i = i_;
+    const Pos pos = pos_;
+    Token tok = tok_;
+    bool stanza = Advance().ok() && (tok_.kind == Tok::kString || tok_.kind == Tok::kWord) &&
+                  Advance().ok() && tok_.kind == Tok::kLBrace;
+    i_ = i;
+    pos_ = pos;
+    tok_ = std::move(tok);
+    return stanza;
   }
 
   // Lexer -------------------------------------------------------------------------------
