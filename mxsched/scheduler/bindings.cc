@@ -73,10 +73,22 @@ BindingHost* Binding::GetOrCreate(const HostState& host) {
   }
   std::atomic<BindingHost*>& hs = c->hosts[i % kChunk];
   BindingHost* h = hs.load(std::memory_order_acquire);
-  if (h != nullptr) return h;
-  auto* fresh = new BindingHost;
-  if (hs.compare_exchange_strong(h, fresh, std::memory_order_acq_rel)) return fresh;
-  delete fresh;
+  if (h == nullptr) {
+    auto* fresh = new BindingHost;
+    fresh->host.store(&host, std::memory_order_relaxed);
+    if (hs.compare_exchange_strong(h, fresh, std::memory_order_acq_rel)) return fresh;
+    delete fresh;
+  }
+  const HostState* owner = h->host.load(std::memory_order_acquire);
+  if (ABSL_PREDICT_FALSE(owner != &host) &&
+      h->host.compare_exchange_strong(owner, &host, std::memory_order_acq_rel)) {
+    // The index was another (evicted) host's: forget its limit and failure memory.
+    h->version.store(0, std::memory_order_relaxed);
+    h->failed_until.store(0, std::memory_order_relaxed);
+    h->probe_in_flight.store(false, std::memory_order_relaxed);
+    h->consecutive_failures.store(0, std::memory_order_relaxed);
+    h->peak.store(0, std::memory_order_relaxed);
+  }
   return h;
 }
 

@@ -40,8 +40,11 @@ struct alignas(64) BindingHost {
   std::atomic<int64_t> failed_until{0};
   std::atomic<bool> probe_in_flight{false};
   std::atomic<uint32_t> consecutive_failures{0};
-  std::atomic<uint64_t> connections{0};  // slots taken
-  std::atomic<uint64_t> failures{0};
+  std::atomic<uint32_t> connections{0};  // slots taken (statistics, wraps)
+  std::atomic<uint32_t> failures{0};     // failed connections through it (statistics)
+  // The host this state belongs to: host indexes are reused after a host is evicted, so a
+  // state found for another host is reset first (Binding::GetOrCreate).
+  std::atomic<const HostState*> host{nullptr};
 
   // Like HostState::TryAdmit: reachable (or the one half-open probe after the retry window)
   // and below the limit; never passes it.
@@ -97,8 +100,9 @@ class Binding {
     Chunk* c = chunks_[i / kChunk].load(std::memory_order_acquire);
     return c == nullptr ? nullptr : c->hosts[i % kChunk].load(std::memory_order_acquire);
   }
-  // Creates it on first use (CAS-installed; a racing loser frees its copy). Null for a host
-  // index beyond the table (over a million hosts): not usable through a binding.
+  // Creates it on first use (CAS-installed; a racing loser frees its copy); a state left by
+  // an evicted host whose index `host` reuses is reset (its counts are 0: eviction takes
+  // idle hosts only). Null for a host index beyond the table (over a million hosts).
   BindingHost* GetOrCreate(const HostState& host);
   // Every (binding, host) state in use, with its host index.
   template <typename F>

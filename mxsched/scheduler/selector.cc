@@ -186,7 +186,10 @@ void Lease::Report(Outcome outcome) {
         for (Binding* b : egress_->members) {
           if (b == binding_) continue;
           const BindingHost* bh = b->Find(*host_);
-          if (bh != nullptr && bh->Failed(now)) others_failed = true;
+          if (bh != nullptr && bh->host.load(std::memory_order_acquire) == host_ &&
+              bh->Failed(now)) {
+            others_failed = true;
+          }
         }
         if (!others_failed) return;  // the host stays up for the other bindings
         host_->RecordFailure(now);
