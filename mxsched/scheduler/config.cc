@@ -18,6 +18,14 @@
 namespace mxsched {
 namespace {
 
+// The throttle an outbound_throttle_* option sets in `t`, or null for another option.
+ThrottleSpec* ThrottleOf(std::string_view option, Throttles& t) {
+  if (option == "outbound_throttle_connections") return &t.connections;
+  if (option == "outbound_throttle_messages") return &t.messages;
+  return nullptr;
+}
+
+
 // ---------------------------------------------------------------------------------------
 // Syntax: text -> tree of entries with positions.
 
@@ -464,6 +472,13 @@ class Binder {
         if (!v.ok()) return v.status();
         FindConfigOption(e.name)->host.set(h, *v);
       }
+      if (pattern && h.throttles.any()) {
+        // One throttle per pattern would be a provider-wide rate, one per matching address
+        // a rate per host: neither is built yet, and silently ignoring it would be worse.
+        return parser_.ErrorAt(st->pos, StrCat("Host \"", key, "\": outbound_throttle_* is not "
+                                               "supported in a Host pattern stanza (name an "
+                                               "address or an MX name)"));
+      }
       if (pattern) {
         config.host_patterns.push_back({std::move(key), h});
       } else {
@@ -483,6 +498,9 @@ class Binder {
       if (b.max_outbound_connections == 0 && g != nullptr) {
         b.max_outbound_connections = g->max_outbound_connections;
       }
+      // Momentum's binding_group scope: each binding of the group gets the group's rate.
+      if (g != nullptr && !b.throttles.connections.set()) b.throttles.connections = g->throttles.connections;
+      if (g != nullptr && !b.throttles.messages.set()) b.throttles.messages = g->throttles.messages;
     }
     config.warnings = std::move(warnings_);
     return config;
@@ -522,7 +540,13 @@ class Binder {
         if (e.stanza) continue;
         absl::StatusOr<OptionValue> v = Check(e, kBindingScope, seen);
         if (!v.ok()) return v.status();
-        if (e.name == "bind_address") {
+        if (ThrottleSpec* t = ThrottleOf(e.name, g->throttles)) {
+          if (t->set()) {
+            return parser_.ErrorAt(e.pos, StrCat(e.name, " of Binding_Group \"", g->name,
+                                                 "\" set twice"));
+          }
+          *t = v->throttle;
+        } else if (e.name == "bind_address") {
           if (!g->bind_address.empty()) {
             return parser_.ErrorAt(e.pos, StrCat("bind_address of Binding_Group \"", g->name,
                                                  "\" set twice"));
@@ -575,31 +599,40 @@ class Binder {
                                                        "address (no patterns inside a Binding)"));
         }
         auto& limits = domain ? b.domain_limits : b.host_limits;
-        if (limits.contains(key)) {
+        if (limits.contains(key) ||
+            (domain ? b.domain_throttles : b.host_throttles).contains(key)) {
           return parser_.ErrorAt(e.stanza->pos, StrCat(domain ? "Domain" : "Host", " \"", key,
                                                        "\" defined twice in Binding \"", b.name,
                                                        "\""));
         }
         int32_t limit = 0;
+        Throttles rates;
         std::vector<std::string> sseen;
         for (const Entry& x : e.stanza->entries) {
           absl::StatusOr<OptionValue> v =
               Check(x, domain ? kBindingDomainScope : kBindingHostScope, sseen);
           if (!v.ok()) return v.status();
-          limit = static_cast<int32_t>(v->number);  // max_outbound_connections: the only one
+          if (ThrottleSpec* t = ThrottleOf(x.name, rates)) {
+            *t = v->throttle;
+          } else {
+            limit = static_cast<int32_t>(v->number);  // max_outbound_connections
+          }
         }
-        if (limit == 0) {
+        if (limit == 0 && !rates.any()) {
           return parser_.ErrorAt(e.stanza->pos,
                                  StrCat(domain ? "Domain" : "Host", " \"", key, "\" in Binding \"",
                                         b.name, "\" sets nothing (expected "
-                                        "max_outbound_connections)"));
+                                        "max_outbound_connections or outbound_throttle_*)"));
         }
-        limits.emplace(std::move(key), limit);
+        if (rates.any()) (domain ? b.domain_throttles : b.host_throttles).emplace(key, rates);
+        if (limit != 0) limits.emplace(std::move(key), limit);
         continue;
       }
       absl::StatusOr<OptionValue> v = Check(e, kBindingScope, seen);
       if (!v.ok()) return v.status();
-      if (e.name == "bind_address") {
+      if (ThrottleSpec* t = ThrottleOf(e.name, b.throttles)) {
+        *t = v->throttle;
+      } else if (e.name == "bind_address") {
         b.bind_address = v->addresses;
       } else {
         b.max_outbound_connections = static_cast<int32_t>(v->number);

@@ -20,6 +20,7 @@ void Assign(std::vector<RouteItem>& f, const OptionValue& v) { f = v.routes; }
 void Assign(std::vector<Cidr>& f, const OptionValue& v) { f = v.cidrs; }
 void Assign(std::vector<std::string>& f, const OptionValue& v) { f = v.names; }
 void Assign(std::vector<IpAddress>& f, const OptionValue& v) { f = v.addresses; }
+void Assign(ThrottleSpec& f, const OptionValue& v) { f = v.throttle; }
 void Assign(std::optional<uint32_t>& f, const OptionValue& v) {
   f = static_cast<uint32_t>(v.number);
 }
@@ -59,6 +60,12 @@ OptionValue Read(const std::vector<std::string>& n) {
 OptionValue Read(const std::vector<IpAddress>& a) {
   OptionValue v;
   v.addresses = a;
+  return v;
+}
+OptionValue Read(const ThrottleSpec& t) {
+  OptionValue v;
+  v.throttle = t;
+  v.present = t.set();
   return v;
 }
 OptionValue Read(const std::optional<uint32_t>& o) {
@@ -106,6 +113,12 @@ constexpr FieldAccess<HostSettings> kHostLimit{
       v.present = h.max_outbound_connections != kUnlimited;
       return v;
     }};
+
+// The throttles of a Domain or Host stanza (Throttles::connections or ::messages).
+template <typename S, ThrottleSpec Throttles::*kMember>
+constexpr FieldAccess<S> kThrottleField{
+    [](S& s, const OptionValue& v) { s.throttles.*kMember = v.throttle; },
+    [](const S& s) { return Read(s.throttles.*kMember); }};
 
 constexpr unsigned G = kGlobalScope, D = kDomainScope, H = kHostScope, B = kBindingScope,
                    BD = kBindingDomainScope, BH = kBindingHostScope;
@@ -294,6 +307,25 @@ constexpr OptionDescriptor kOptions[] = {
             "global: the default binding; a Binding without one takes its group's, then the "
             "global one; \"*\" or ( ): the kernel chooses (docs/DESIGN.md §4)",
      .config = Field<&Config::bind_address>()},
+    {.name = "outbound_throttle_connections",
+     .scopes = G | D | H | B | BD | BH,
+     .type = OptionType::kThrottle,
+     .doc = "new connections: \"N\" at most N in any second, \"N/S\" at most N in any S "
+            "seconds; global: the whole process (the fleet with cluster_limits), Domain: that "
+            "domain, Host: that address, Binding (or its Binding_Group): through it, "
+            "Binding::Domain and Binding::Host: through it to that domain or address; every "
+            "one that applies must allow a start (docs/DESIGN.md §12)",
+     .config = Field<&Config::outbound_throttle_connections>(),
+     .domain = kThrottleField<DomainSettings, &Throttles::connections>,
+     .host = kThrottleField<HostSettings, &Throttles::connections>},
+    {.name = "outbound_throttle_messages",
+     .scopes = G | D | H | B | BD | BH,
+     .type = OptionType::kThrottle,
+     .doc = "messages, in the form and scopes of outbound_throttle_connections; a new "
+            "connection carries one message (docs/DESIGN.md §12)",
+     .config = Field<&Config::outbound_throttle_messages>(),
+     .domain = kThrottleField<DomainSettings, &Throttles::messages>,
+     .host = kThrottleField<HostSettings, &Throttles::messages>},
 };
 
 std::optional<int64_t> ParseInt(std::string_view s) {
@@ -382,6 +414,8 @@ std::string TypeAndRange(const OptionDescriptor& o) {
       return "name [A-Za-z0-9_.-]{1,64}";
     case OptionType::kBindAddress:
       return "address or ( v4 v6 )";
+    case OptionType::kThrottle:
+      return "\"N\" or \"N/S\", N 1..1000000, S 1..86400";
   }
   return "?";
 }
@@ -481,6 +515,16 @@ absl::StatusOr<OptionValue> ParseScalarOption(const OptionDescriptor& o, std::st
       out.text = std::string(text);
       return out;
     }
+    case OptionType::kThrottle: {
+      if (text.empty()) return out;  // none
+      absl::StatusOr<ThrottleSpec> t = ParseThrottleSpec(text);
+      if (!t.ok()) {
+        return absl::InvalidArgumentError(
+            StrCat("option \"", o.name, "\" ", ToStd(t.status().message())));
+      }
+      out.throttle = *t;
+      return out;
+    }
     case OptionType::kRoutes:
     case OptionType::kCidrList:
     case OptionType::kNameList:
@@ -526,6 +570,10 @@ std::string FormatOptionValue(const OptionDescriptor& o, const OptionValue& v) {
     case OptionType::kRedisUrl:
     case OptionType::kName:
       return Quote(v.text);
+    case OptionType::kThrottle:
+      if (!v.throttle.set()) return "\"\"";
+      return Quote(v.throttle.seconds == 1 ? StrCat(v.throttle.count)
+                                           : StrCat(v.throttle.count, "/", v.throttle.seconds));
     case OptionType::kRoutes: {
       std::string s = "(";
       for (const RouteItem& r : v.routes) s += " " + Quote(r.text);
@@ -613,12 +661,31 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
     if (b.max_outbound_connections != 0) {
       out += StrCat(indent, "  max_outbound_connections = ", b.max_outbound_connections, "\n");
     }
-    for (auto* limits : {&b.domain_limits, &b.host_limits}) {
-      std::vector<std::pair<std::string, int32_t>> sorted(limits->begin(), limits->end());
-      std::sort(sorted.begin(), sorted.end());
-      for (const auto& [name, limit] : sorted) {
-        out += StrCat(indent, "  ", limits == &b.domain_limits ? "Domain " : "Host ", Quote(name),
-                      " { max_outbound_connections = ", limit, " }\n");
+    const OptionDescriptor& conn = *FindConfigOption("outbound_throttle_connections");
+    const OptionDescriptor& msg = *FindConfigOption("outbound_throttle_messages");
+    auto throttles = [&](const Throttles& t) {
+      std::string s;
+      if (t.connections.set()) s += StrCat(" ", conn.name, " = ", FormatOptionValue(conn, Read(t.connections)));
+      if (t.messages.set()) s += StrCat(" ", msg.name, " = ", FormatOptionValue(msg, Read(t.messages)));
+      return s;
+    };
+    if (b.throttles.any()) out += StrCat(indent, " ", throttles(b.throttles), "\n");
+    for (bool domain : {true, false}) {
+      const auto& limits = domain ? b.domain_limits : b.host_limits;
+      const auto& rates = domain ? b.domain_throttles : b.host_throttles;
+      std::vector<std::string> keys;
+      for (const auto& [k, v] : limits) keys.push_back(k);
+      for (const auto& [k, v] : rates) {
+        if (!limits.contains(k)) keys.push_back(k);
+      }
+      std::sort(keys.begin(), keys.end());
+      for (const std::string& k : keys) {
+        std::string body;
+        if (auto it = limits.find(k); it != limits.end()) {
+          body += StrCat(" max_outbound_connections = ", it->second);
+        }
+        if (auto it = rates.find(k); it != rates.end()) body += throttles(it->second);
+        out += StrCat(indent, "  ", domain ? "Domain " : "Host ", Quote(k), " {", body, " }\n");
       }
     }
     out += StrCat(indent, "}\n");

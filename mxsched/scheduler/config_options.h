@@ -56,6 +56,7 @@ enum class OptionType {
   kRedisUrl,  // "redis://HOST:PORT[/DB]" (redis_url.h), or "" for none
   kName,      // 1..64 of [A-Za-z0-9_.-]: a name that goes into keys and channels
   kBindAddress,  // "ADDRESS" or ( "V4" "V6" ): at most one per family; "*" = kernel's choice
+  kThrottle,     // "N" or "N/S" (config.h ThrottleSpec), or "" for none
 };
 
 // A typed option value, as parsed or as read back from a Config. Only the member matching
@@ -69,6 +70,7 @@ struct OptionValue {
   std::vector<Cidr> cidrs;
   std::vector<std::string> names;
   std::vector<IpAddress> addresses;
+  ThrottleSpec throttle;
 };
 
 // Reads and writes one field of one settings struct.

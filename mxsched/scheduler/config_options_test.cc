@@ -33,6 +33,8 @@ std::string SomeValidValue(const OptionDescriptor& o) {
       return "fleet-1";
     case OptionType::kBindAddress:
       return "( \"127.0.0.2\" \"::1\" )";
+    case OptionType::kThrottle:
+      return "\"20/2\"";
   }
   return "";
 }

@@ -82,6 +82,8 @@ std::string_view DeferReasonName(DeferReason r) {
       return "temporary_failure";
     case DeferReason::kPermanent:
       return "permanent_failure";
+    case DeferReason::kRateLimited:
+      return "rate_limited";
   }
   return "?";
 }
@@ -103,6 +105,8 @@ std::string Deferral::ToString() const {
       return StrCat("451 ", detail);
     case DeferReason::kPermanent:
       return StrCat("550 ", detail);
+    case DeferReason::kRateLimited:
+      return StrCat("451 4.4.5 ", detail);
   }
   return "?";
 }
@@ -144,6 +148,7 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     source_ = o.source_;
     has_source_ = o.has_source_;
     binding_probe_ = o.binding_probe_;
+    start_at_ = o.start_at_;
     level_ = o.level_;
     probe_ = o.probe_;
     reported_ = o.reported_;
@@ -153,7 +158,7 @@ Lease& Lease::operator=(Lease&& o) noexcept {
 }
 
 static_assert(static_cast<size_t>(Outcome::kBusy) + 1 == kOutcomeKinds);
-static_assert(static_cast<size_t>(DeferReason::kPermanent) + 1 == kDeferReasons);
+static_assert(static_cast<size_t>(DeferReason::kRateLimited) + 1 == kDeferReasons);
 
 void Lease::Report(Outcome outcome) {
   if (host_ == nullptr || reported_) return;
@@ -300,6 +305,11 @@ void SelectorImpl::SetConfig(std::shared_ptr<const Config> config) {
   {
     MutexLock lock(&config_mu_);
     bindings_.Configure(*config_);
+    // Rate throttles: a new set takes over the old one's state (no burst on reload).
+    ThrottleSet* old = throttles_.load(std::memory_order_acquire);
+    auto set = std::make_unique<ThrottleSet>(*config_, old);
+    throttles_.store(set->empty() ? nullptr : set.release(), std::memory_order_release);
+    if (old != nullptr) epoch::RetireObject(old);
   }
   server_credit_.SetLimit(limit, limit != kUnlimited);
   idle_ticks_.store(
@@ -490,6 +500,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
                                                   std::memory_order_relaxed));
   }
   bool binding_domain_room = false, binding_usable = false;
+  RateThrottle* rate_blocked = nullptr;
   // Server: per-thread credit, exact. Older server waiters first.
   const bool server_limited = server_credit_.limited();
   if (server_limited) {
@@ -542,6 +553,22 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
         continue;  // no binding can use this host now
       }
       if (a == Admission::kAdmitted || a == Admission::kProbe) {
+        int64_t start_at = 0;
+        if (ThrottleSet* ts = throttles_.load(std::memory_order_acquire);
+            ABSL_PREDICT_FALSE(ts != nullptr)) {
+          // Rate throttles (DESIGN §12): all or none, after every count has room.
+          RateThrottle* blocked = nullptr;
+          const ThrottleReservation r = ReserveStart(*ts, *entry, *h, bound.binding_, now,
+                                                     claim.throttle_wait, &blocked);
+          if (!r.ok) {
+            if (egress != nullptr) UndoBinding(entry, bound);
+            h->Release(a == Admission::kProbe, ticket.group);
+            rate_blocked = blocked;
+            if (blocked->per_host()) continue;  // another host of the tier may go
+            break;  // the same for every host: the tier waits (no spill)
+          }
+          if (r.at > now) start_at = r.at;
+        }
         // Racy by design: concurrent pickers may start at the same place; the limits stay
         // exact, only the rotation is approximate under contention. A hand-off does not
         // move the rotation: the host was not this domain's turn.
@@ -553,6 +580,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
         lease.group_ = ticket.group;
         lease.level_ = ticket.level;
         lease.probe_ = a == Admission::kProbe;
+        lease.start_at_ = start_at;
         if (egress != nullptr) {
           lease.egress_ = egress;
           lease.binding_ = std::exchange(bound.binding_, nullptr);
@@ -567,9 +595,16 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
       }
       *saw_full |= a == Admission::kFull;
     }
+    // A throttled tier does not spill to a worse one (a rate is not "at its limit").
+    if (ABSL_PREDICT_FALSE(rate_blocked != nullptr)) break;
   }
   entry->active.fetch_sub(1, std::memory_order_acq_rel);
   if (server_limited) server_credit_.Return();
+  if (ABSL_PREDICT_FALSE(rate_blocked != nullptr)) {
+    rate_blocked->CountThrottled();
+    if (claim.blocked != nullptr) *claim.blocked = rate_blocked;
+    return Grant::kRate;
+  }
   // Through bindings: every binding tried was at its limit for this domain.
   if (egress != nullptr && binding_usable && !binding_domain_room && !*saw_full) {
     return Grant::kDomain;
@@ -652,6 +687,28 @@ bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostSt
   return false;
 }
 
+void SelectorImpl::UndoBinding(DomainEntry* entry, Lease& bound) {
+  bound.binding_host_->Release(bound.binding_probe_);
+  bound.binding_domain_->fetch_sub(1, std::memory_order_acq_rel);
+  entry->bindings.head.load(std::memory_order_acquire)->bound.fetch_sub(1, std::memory_order_seq_cst);
+  bound.binding_ = nullptr;
+  bound.binding_host_ = nullptr;
+  bound.binding_domain_ = nullptr;
+}
+
+ThrottleReservation SelectorImpl::ReserveStart(const ThrottleSet& set, const DomainEntry& entry,
+                                               const HostState& h, const Binding* binding,
+                                               int64_t now, int64_t max_wait,
+                                               RateThrottle** blocked) {
+  RateThrottle* ts[kMaxThrottlesPerStart];
+  const size_t n = set.Collect(entry.name(), h.name(), h.endpoint().address,
+                               binding != nullptr ? std::string_view(binding->name()) : "",
+                               /*new_connection=*/true, ts);
+  const ThrottleReservation r = ReserveAll(std::span<RateThrottle* const>(ts, n), now, max_wait);
+  if (!r.ok) *blocked = ts[r.blocking];
+  return r;
+}
+
 const Egress* SelectorImpl::ResolveEgress(const AcquireOptions& options, bool* unknown) const {
   *unknown = false;
   if (options.binding.empty()) return bindings_.default_egress();
@@ -662,11 +719,13 @@ const Egress* SelectorImpl::ResolveEgress(const AcquireOptions& options, bool* u
 
 SelectorImpl::Grant SelectorImpl::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
                                            const HostState* freed, int64_t now, Lease* out,
-                                           const Egress* egress) {
+                                           const Egress* egress, int64_t throttle_wait) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   if (snap->state() != RouteState::kReady) return Grant::kHosts;
   bool saw_full = false;
-  const Grant g = Admit(entry, *snap, Claim{t, freed, t != nullptr ? t->egress : egress}, now,
+  const int64_t wait =
+      t != nullptr ? SlotWaiters::ThrottleWaitLeft(t->throttle_deadline, now) : throttle_wait;
+  const Grant g = Admit(entry, *snap, Claim{t, freed, t != nullptr ? t->egress : egress, wait}, now,
                         out, &saw_full);
   return g == Grant::kEvicted ? Grant::kHosts : g;  // WaitForSlot looks it up again
 }
@@ -724,6 +783,10 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
         if (g == Grant::kGranted) {
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
           if (freed == nullptr) return;  // one domain or server slot freed: one grant
+        } else if (g == Grant::kRate) {
+          // A throttle would make it start after its wait ends: it asks again and defers
+          // with the throttle's reason; the slot may serve the next waiter.
+          grants.emplace_back(waiters_.Remove(t), Lease());
         } else if (g == Grant::kDomain && skip_domain_full) {
           // This waiter's own domain is full: the slot may serve the next one.
         } else {
@@ -754,6 +817,9 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
         if (g == Grant::kGranted) {
           walk.Granted(t);
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
+        } else if (g == Grant::kRate) {
+          walk.Granted(t);  // leaves the queue: it asks again (see serve)
+          grants.emplace_back(waiters_.Remove(t), Lease());
         } else if (g == Grant::kServer) {
           break;  // no server credit: nobody else can use the slot either
         } else if (g == Grant::kDomain) {
@@ -770,7 +836,8 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
     for (auto& [t, why] : moves) {
       DomainEntry* e = t->domain;
       const Egress* egress = t->egress;
-      Enqueue(e, waiters_.Remove(t), why, /*front=*/false, egress);
+      const uint32_t deadline = t->throttle_deadline;
+      Enqueue(e, waiters_.Remove(t), why, /*front=*/false, egress)->throttle_deadline = deadline;
     }
   }
   for (auto& [w, lease] : grants) w->Wake(std::move(lease));
@@ -797,6 +864,7 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
     return;
   }
   Lease lease;
+  bool rate_limited = false;
   for (;;) {
     Deferral unused{DeferReason::kPermanent, {}};
     DomainEntry* entry = FindOrCreate(domain, &unused);
@@ -808,9 +876,14 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
     bool evicted = false;
     {
       MutexLock lock(&waiters_.mu());
-      Grant g = front ? Grant::kHosts : TryGrant(entry, nullptr, nullptr, now, &lease, egress);
-      if (g != Grant::kGranted) {
+      Grant g = front ? Grant::kHosts
+                      : TryGrant(entry, nullptr, nullptr, now, &lease, egress,
+                                 options.throttle_wait_nanos);
+      if (g == Grant::kRate) {
+        rate_limited = true;  // not a slot to wait for: it asks again and defers
+      } else if (g != Grant::kGranted) {
         SlotWaiters::Ticket* t = Enqueue(entry, waiter, g, front, egress);
+        t->throttle_deadline = SlotWaiters::ThrottleDeadline(now, options.throttle_wait_nanos);
         // A slot may have freed between the caller's failed Acquire and the registration
         // (that release saw no waiter): look once more, as this ticket. The fence also
         // pairs with eviction (DomainTable::Evict): the entry is live or we see it dead.
@@ -826,7 +899,7 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
     if (!evicted) break;
     Materialize(domain, &unused);  // evicted meanwhile: queue on its fresh entry
   }
-  if (lease.valid()) waiter->Wake(std::move(lease));
+  if (lease.valid() || rate_limited) waiter->Wake(std::move(lease));
 }
 
 bool SelectorImpl::CancelWait(SlotWaiter* waiter) {
@@ -901,9 +974,13 @@ AcquireResult SelectorImpl::Acquire(std::string_view domain, const AcquireOption
 
   Lease lease;
   bool saw_full = false;
-  switch (Admit(entry, *snap, Claim{nullptr, nullptr, egress}, now, &lease, &saw_full)) {
+  RateThrottle* blocked = nullptr;
+  switch (Admit(entry, *snap, Claim{nullptr, nullptr, egress, options.throttle_wait_nanos, &blocked},
+                now, &lease, &saw_full)) {
     case Grant::kGranted:
       return AcquireResult(std::move(lease));
+    case Grant::kRate:
+      return Deferred(Deferral{DeferReason::kRateLimited, blocked->Reason()});
     case Grant::kDomain:
       return Deferred(Deferral{DeferReason::kDomainLimit, {}});
     case Grant::kServer:

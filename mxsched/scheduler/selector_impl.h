@@ -34,6 +34,7 @@
 #include "mxsched/scheduler/server_credit.h"
 #include "mxsched/scheduler/slot_waiters.h"
 #include "mxsched/scheduler/stats.h"
+#include "mxsched/scheduler/throttle.h"
 
 namespace mxsched {
 
@@ -97,7 +98,8 @@ class SelectorImpl {
 
   // Admission: what stops a grant; kGranted: *out holds the slot. kEvicted: the entry was
   // evicted under the caller (look the domain up again).
-  enum class Grant : uint8_t { kGranted, kDomain, kServer, kHosts, kEvicted };
+  // kRate: a rate throttle would not allow a start within the claim's wait (*blocked).
+  enum class Grant : uint8_t { kGranted, kDomain, kServer, kHosts, kEvicted, kRate };
   // Who asks for a slot. A newcomer (ticket null) yields to every queue with waiters,
   // except that it may probe a failed host (waiters do not poll: the probe that brings a
   // host back comes from a new session). A queued ticket may take a slot whose queue it
@@ -106,7 +108,16 @@ class SelectorImpl {
     const SlotWaiters::Ticket* ticket = nullptr;
     const HostState* freed = nullptr;
     const Egress* egress = nullptr;  // a binding or group; null: the default binding
+    int64_t throttle_wait = 0;       // the longest wait for a rate throttle it takes
+    RateThrottle** blocked = nullptr;  // out: the throttle behind a kRate (may be null)
   };
+  // Reserves the start of a connection to `h` for `entry` through `binding` (null: none) on
+  // every throttle that applies (DESIGN §12). REQUIRES: an EpochGuard.
+  ThrottleReservation ReserveStart(const ThrottleSet& set, const DomainEntry& entry,
+                                   const HostState& h, const Binding* binding, int64_t now,
+                                   int64_t max_wait, RateThrottle** blocked);
+  // Undoes AdmitBinding's counts (a grant taken back before it was handed out).
+  static void UndoBinding(DomainEntry* entry, Lease& bound);
   // Takes a slot through one of `egress`'s bindings to `host` (whose own slot is held):
   // the group's rotation, skipping a binding without an address of the host's family, at
   // its limit for the domain or the host, or failed at the host. *domain_room: some binding
@@ -126,7 +137,8 @@ class SelectorImpl {
   // Admit for a waiter (ticket `t`, or null before it is queued) under the queue mutex; a
   // route that is not ready is kHosts. REQUIRES: waiters_.mu(), an EpochGuard.
   Grant TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t, const HostState* freed,
-                 int64_t now, Lease* out, const Egress* egress = nullptr)
+                 int64_t now, Lease* out, const Egress* egress = nullptr,
+                 int64_t throttle_wait = 0)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
   // Queues `waiter` by what stopped it. REQUIRES: waiters_.mu(), EpochGuard.
   SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front,
@@ -164,6 +176,9 @@ class SelectorImpl {
   DomainTable domains_;
   SlotWaiters waiters_;
   BindingRegistry bindings_;
+  // The configuration's rate throttles, null when it sets none (the fast path reads one
+  // pointer). Replaced on SetConfig, the old set retired through the epoch.
+  std::atomic<ThrottleSet*> throttles_{nullptr};
   SelectorStats stats_;
 };
 

@@ -62,6 +62,14 @@ class SlotWaiters {
 
   struct Ticket;
   struct Queue;
+  static uint32_t ThrottleDeadline(int64_t now, int64_t wait) {
+    return static_cast<uint32_t>(static_cast<uint64_t>(now + wait) >> 20);
+  }
+  // Nanos from `now` to a ticket's throttle deadline (0 when past); waits under ~25 days.
+  static int64_t ThrottleWaitLeft(uint32_t deadline, int64_t now) {
+    const int32_t units = static_cast<int32_t>(deadline - static_cast<uint32_t>(static_cast<uint64_t>(now) >> 20));
+    return units <= 0 ? 0 : int64_t{units} << 20;
+  }
   // One link of a ticket into one queue (intrusive, doubly linked, so unlinking is O(1)).
   // `prev` is meaningful only while the node is not its queue's head: taking the head off
   // (the hand-off) does not write to the next waiter's node.
@@ -100,8 +108,13 @@ class SlotWaiters {
     bool on_heap = false;
     // Second line: not touched by a hand-off or a re-queue of a route of <= 2 hosts.
     const SlotWaiters* owner = nullptr;  // set once: a ticket stays in its SlotWaiters' pool
+
     std::unique_ptr<Node[]> heap_nodes;
     uint32_t heap_capacity = 0;
+    // The latest instant a rate throttle may make it start (its wait's end; DESIGN §12),
+    // in clock units of 2^20 ns, modulo 2^32 (the ticket stays one 128-byte block): compare
+    // with ThrottleWaitLeft.
+    uint32_t throttle_deadline = 0;
     Node more[kInlineNodes - 1];
 
     // One per queue it is linked into (kHosts: one per host, in route order).

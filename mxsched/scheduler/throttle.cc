@@ -74,6 +74,13 @@ ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t
     }
     if (!raced) {
       r.ok = true;
+      for (RateThrottle* t : throttles) {
+        t->allowed_.fetch_add(1, std::memory_order_relaxed);
+        if (r.at > now) {
+          t->waited_.fetch_add(1, std::memory_order_relaxed);
+          t->wait_nanos_.fetch_add(static_cast<uint64_t>(r.at - now), std::memory_order_relaxed);
+        }
+      }
       return r;
     }
     // Give back what was taken: exact if nobody reserved after us, else (a later instant
@@ -84,6 +91,130 @@ ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t
       t->next_.compare_exchange_strong(mine, seen[i], std::memory_order_acq_rel);
     }
   }
+}
+
+std::string RateThrottle::Reason() const {
+  return StrCat(kind_ == Kind::kConnections ? "connection" : "message", " rate limit for ",
+                scope_, ": ", spec_.ToString());
+}
+
+void RateThrottle::TakeOver(const RateThrottle& old) {
+  next_.store(old.next_.load(std::memory_order_acquire), std::memory_order_release);
+  allowed_.store(old.allowed(), std::memory_order_relaxed);
+  waited_.store(old.waited(), std::memory_order_relaxed);
+  wait_nanos_.store(old.wait_nanos(), std::memory_order_relaxed);
+  throttled_.store(old.throttled(), std::memory_order_relaxed);
+}
+
+ThrottleSet::Pair ThrottleSet::Make(const Throttles& t, std::string scope, bool per_host,
+                                    const ThrottleSet* previous) {
+  Pair p;
+  auto make = [&](const ThrottleSpec& spec, RateThrottle::Kind kind) -> RateThrottle* {
+    if (!spec.set()) return nullptr;
+    auto r = std::make_unique<RateThrottle>(spec, kind, scope, per_host);
+    if (previous != nullptr) {
+      // Reloads are rare and sets small: a scan finds the predecessor.
+      for (const auto& old : previous->all_) {
+        if (old->kind() == kind && old->scope() == scope) r->TakeOver(*old);
+      }
+    }
+    all_.push_back(std::move(r));
+    return all_.back().get();
+  };
+  p.connections = make(t.connections, RateThrottle::Kind::kConnections);
+  p.messages = make(t.messages, RateThrottle::Kind::kMessages);
+  return p;
+}
+
+namespace {
+absl::string_view Key(std::string_view s) { return {s.data(), s.size()}; }
+
+const Throttles& Of(const Throttles& t) { return t; }
+const Throttles& Of(const DomainSettings& d) { return d.throttles; }
+const Throttles& Of(const HostSettings& h) { return h.throttles; }
+
+// The keys whose value sets a throttle, sorted (all() is in a stable order).
+template <typename Map>
+std::vector<std::string> SortedKeys(const Map& m) {
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : m) {
+    if (Of(v).any()) keys.push_back(k);
+  }
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+}  // namespace
+
+ThrottleSet::ThrottleSet(const Config& c, const ThrottleSet* previous) {
+  global_ = Make(Throttles{c.outbound_throttle_connections, c.outbound_throttle_messages},
+                 "global", false, previous);
+  for (const std::string& d : SortedKeys(c.domains)) {
+    domains_[d] = Make(Of(c.domains.at(d)), d, false, previous);
+  }
+  for (const std::string& h : SortedKeys(c.hosts)) {
+    hosts_[h] = Make(Of(c.hosts.at(h)), StrCat("host ", h), true, previous);
+    any_host_ = true;
+  }
+  for (const BindingSpec& b : c.bindings) {
+    PerBinding pb;
+    if (b.throttles.any()) pb.own = Make(b.throttles, StrCat("binding ", b.name), false, previous);
+    for (const std::string& d : SortedKeys(b.domain_throttles)) {
+      pb.domains[d] = Make(b.domain_throttles.at(d), StrCat("binding ", b.name, " to ", d), false,
+                           previous);
+    }
+    for (const std::string& h : SortedKeys(b.host_throttles)) {
+      pb.hosts[h] = Make(b.host_throttles.at(h), StrCat("binding ", b.name, " to host ", h), true,
+                         previous);
+      any_host_ = true;
+    }
+    if (pb.own.connections || pb.own.messages || !pb.domains.empty() || !pb.hosts.empty()) {
+      bindings_.emplace(b.name, std::move(pb));
+    }
+  }
+}
+
+void ThrottleSet::Add(const Pair& p, bool new_connection, RateThrottle** out, size_t* n) {
+  if (new_connection && p.connections != nullptr) out[(*n)++] = p.connections;
+  if (p.messages != nullptr) out[(*n)++] = p.messages;
+}
+
+size_t ThrottleSet::Collect(std::string_view domain, std::string_view host_name,
+                            const IpAddress& address, std::string_view binding,
+                            bool new_connection, RateThrottle** out) const {
+  size_t n = 0;
+  Add(global_, new_connection, out, &n);
+  if (!domains_.empty()) {
+    if (auto it = domains_.find(Key(domain)); it != domains_.end()) Add(it->second, new_connection, out, &n);
+  }
+  std::string ip;
+  if (any_host_) ip = address.ToString();
+  // A host's throttle: its address's stanza, else its name's (as for Host limits).
+  auto host_pair = [&](const absl::flat_hash_map<std::string, Pair>& m) -> const Pair* {
+    if (m.empty()) return nullptr;
+    auto it = m.find(ip);
+    if (it == m.end() && !host_name.empty()) it = m.find(Key(host_name));
+    return it == m.end() ? nullptr : &it->second;
+  };
+  if (const Pair* p = host_pair(hosts_)) Add(*p, new_connection, out, &n);
+  if (!binding.empty() && !bindings_.empty()) {
+    if (auto b = bindings_.find(Key(binding)); b != bindings_.end()) {
+      Add(b->second.own, new_connection, out, &n);
+      if (auto it = b->second.domains.find(Key(domain)); it != b->second.domains.end()) {
+        Add(it->second, new_connection, out, &n);
+      }
+      if (const Pair* p = host_pair(b->second.hosts)) Add(*p, new_connection, out, &n);
+    }
+  }
+  return n;
+}
+
+void ThrottleSet::ForDomain(std::string_view domain, std::vector<const RateThrottle*>* out) const {
+  auto add = [&](const Pair& p) {
+    if (p.connections) out->push_back(p.connections);
+    if (p.messages) out->push_back(p.messages);
+  };
+  add(global_);
+  if (auto it = domains_.find(Key(domain)); it != domains_.end()) add(it->second);
 }
 
 }  // namespace mxsched

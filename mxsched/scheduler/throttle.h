@@ -22,24 +22,21 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "mxsched/base/endpoint.h"
+#include "mxsched/scheduler/config.h"
 
 namespace mxsched {
 
-struct ThrottleSpec {
-  uint32_t count = 0;    // N starts ...
-  uint32_t seconds = 1;  // ... in any S seconds
-  // The spacing between starts: S/N + 2% (see above), at least 1 ns.
-  int64_t interval_nanos() const;
-  std::string ToString() const;  // "20/1 s", "100/60 s"
-  friend bool operator==(const ThrottleSpec&, const ThrottleSpec&) = default;
-};
-// "N" or "N/S": N 1..1000000, S 1..86400. Errors say what was expected.
-absl::StatusOr<ThrottleSpec> ParseThrottleSpec(std::string_view text);
+// ThrottleSpec and ParseThrottleSpec are public (scheduler/config.h).
+
 
 struct ThrottleReservation;
 class RateThrottle;
@@ -48,16 +45,82 @@ ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t
 
 class RateThrottle {
  public:
-  explicit RateThrottle(ThrottleSpec spec) : spec_(spec), interval_(spec.interval_nanos()) {}
+  enum class Kind : uint8_t { kConnections, kMessages };
+  // `scope` names what it limits, for reasons and views: "global", "example.com",
+  // "host 192.0.2.1", "binding b1", "binding b1 to example.com", "binding b1 to host mx.x".
+  explicit RateThrottle(ThrottleSpec spec, Kind kind = Kind::kConnections,
+                        std::string scope = "global", bool per_host = false)
+      : spec_(spec), interval_(spec.interval_nanos()), kind_(kind), per_host_(per_host),
+        scope_(std::move(scope)) {}
   const ThrottleSpec& spec() const { return spec_; }
+  Kind kind() const { return kind_; }
+  const std::string& scope() const { return scope_; }
+  // Whether it limits one destination address (Host, Binding::Host): another host of the
+  // same tier may still go when this one is throttled.
+  bool per_host() const { return per_host_; }
   // The earliest instant (clock nanos) the next start may go: <= now means at once.
   int64_t next_free() const { return next_.load(std::memory_order_acquire); }
+  // "connection rate limit for example.com: 20/1 s"
+  std::string Reason() const;
+
+  // Counters (relaxed; for views and metrics): starts reserved, of which some waited, their
+  // total wait, and starts refused (the wait would have been longer than the caller's).
+  uint64_t allowed() const { return allowed_.load(std::memory_order_relaxed); }
+  uint64_t waited() const { return waited_.load(std::memory_order_relaxed); }
+  uint64_t wait_nanos() const { return wait_nanos_.load(std::memory_order_relaxed); }
+  uint64_t throttled() const { return throttled_.load(std::memory_order_relaxed); }
+  void CountThrottled() { throttled_.fetch_add(1, std::memory_order_relaxed); }
+  // A reload: this throttle replaces `old` (same scope and kind): it keeps the next free
+  // instant (a new configuration does not open a burst) and the counts.
+  void TakeOver(const RateThrottle& old);
 
  private:
   friend ThrottleReservation ReserveAll(std::span<RateThrottle* const>, int64_t, int64_t);
   ThrottleSpec spec_;
   int64_t interval_;
-  std::atomic<int64_t> next_{INT64_MIN};
+  Kind kind_;
+  bool per_host_;
+  std::string scope_;
+  alignas(64) std::atomic<int64_t> next_{INT64_MIN};
+  std::atomic<uint64_t> allowed_{0}, waited_{0}, wait_nanos_{0}, throttled_{0};
+};
+
+// Every throttle a configuration sets, found by scope. Immutable after construction but
+// for the throttles' own atomics; shared by every thread (the selector swaps the whole set
+// on reload and retires the old one through the epoch, DESIGN §12).
+class ThrottleSet {
+ public:
+  // `previous` (may be null): the set this one replaces; throttles of the same scope and
+  // kind take over its state (RateThrottle::TakeOver).
+  ThrottleSet(const Config& config, const ThrottleSet* previous);
+  bool empty() const { return all_.empty(); }
+  // The throttles a start takes: connection and message ones (new_connection false: a
+  // reused connection, message throttles only) of every scope that applies to `domain`
+  // (lower-case), the host (`host_name` lower-case or "", and `address`) and `binding`
+  // ("" = no binding). Returns how many were written to `out` (at most kMaxThrottlesPerStart).
+  size_t Collect(std::string_view domain, std::string_view host_name, const IpAddress& address,
+                 std::string_view binding, bool new_connection, RateThrottle** out) const;
+  // Every throttle, in a stable order (global, domains, hosts, bindings; by name).
+  const std::vector<std::unique_ptr<RateThrottle>>& all() const { return all_; }
+  // The throttles whose scope is `domain` (its Domain stanza), for /domains/NAME.
+  void ForDomain(std::string_view domain, std::vector<const RateThrottle*>* out) const;
+
+ private:
+  struct Pair {
+    RateThrottle* connections = nullptr;
+    RateThrottle* messages = nullptr;
+  };
+  struct PerBinding {
+    Pair own;
+    absl::flat_hash_map<std::string, Pair> domains, hosts;
+  };
+  Pair Make(const Throttles& t, std::string scope, bool per_host, const ThrottleSet* previous);
+  static void Add(const Pair& p, bool new_connection, RateThrottle** out, size_t* n);
+  Pair global_;
+  absl::flat_hash_map<std::string, Pair> domains_, hosts_;  // hosts_: IP text or name
+  absl::flat_hash_map<std::string, PerBinding> bindings_;
+  bool any_host_ = false;  // some Host or Binding::Host throttle (the address text is needed)
+  std::vector<std::unique_ptr<RateThrottle>> all_;
 };
 
 struct ThrottleReservation {
@@ -69,7 +132,7 @@ struct ThrottleReservation {
 // earliest instant >= now that every one allows. If t - now > max_wait_nanos nothing is
 // reserved (ok false, `at` says when it would have been). An empty span reserves `now`.
 // REQUIRES: at most kMaxThrottlesPerStart throttles (one per scope that can apply).
-inline constexpr size_t kMaxThrottlesPerStart = 8;
+inline constexpr size_t kMaxThrottlesPerStart = 12;  // 6 scopes x 2 kinds
 ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t now,
                                int64_t max_wait_nanos);
 

@@ -1,6 +1,7 @@
 #include "mxsched/scheduler/throttle.h"
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <random>
 #include <thread>
@@ -8,6 +9,9 @@
 
 #include "gtest/gtest.h"
 #include "mxsched/base/clock.h"
+#include "mxsched/scheduler/config_options.h"
+#include "mxsched/scheduler/selector.h"
+#include "tests/testutil.h"
 
 namespace mxsched {
 namespace {
@@ -128,6 +132,202 @@ TEST(RateThrottle, ConcurrentReservationsNeverOverlap) {
   EXPECT_LE(MaxInAnyWindow(all, kSec), 50);
   EXPECT_LE(MaxInAnyWindow(a, kSec), 20);
   EXPECT_LE(MaxInAnyWindow(b, kSec), 20);
+}
+
+
+// --- The throttles in the configuration and the selector (DESIGN §12 rules 3-6) ------------
+
+using testing::SelectorFixture;
+
+AcquireResult AcquireWaiting(SelectorFixture& f, std::string_view domain, int64_t wait,
+                             std::string_view binding = "") {
+  return f.selector.Acquire(domain, AcquireOptions{.binding = binding, .throttle_wait_nanos = wait});
+}
+
+TEST(ThrottleConfig, EveryScopeParsesAndListsBackTheSame) {
+  constexpr char kText[] = R"(
+    outbound_throttle_connections = "20"
+    outbound_throttle_messages = "100/60"
+    Domain "a.test" { outbound_throttle_connections = "5/2" }
+    Host "192.0.2.1" { outbound_throttle_connections = "3" }
+    Binding_Group "pool" {
+      outbound_throttle_connections = "7"
+      Binding "b1" { bind_address = "127.0.0.1"
+        Domain "a.test" { outbound_throttle_messages = "9/10" }
+        Host "192.0.2.2" { max_outbound_connections = 2 outbound_throttle_connections = "1/5" } }
+    }
+    Binding "b2" { outbound_throttle_connections = "4" }
+  )";
+  absl::StatusOr<Config> c = ParseConfig(kText, "t.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->outbound_throttle_connections, (ThrottleSpec{20, 1}));
+  EXPECT_EQ(c->outbound_throttle_messages, (ThrottleSpec{100, 60}));
+  EXPECT_EQ(c->ForDomain("a.test").throttles.connections, (ThrottleSpec{5, 2}));
+  EXPECT_FALSE(c->ForDomain("b.test").throttles.any()) << "the global rate is not per domain";
+  EXPECT_EQ(c->ForHost("192.0.2.1")->throttles.connections, (ThrottleSpec{3, 1}));
+  const BindingSpec* b1 = c->FindBinding("b1");
+  ASSERT_NE(b1, nullptr);
+  EXPECT_EQ(b1->throttles.connections, (ThrottleSpec{7, 1})) << "the group's, per binding";
+  EXPECT_EQ(b1->domain_throttles.at("a.test").messages, (ThrottleSpec{9, 10}));
+  EXPECT_EQ(b1->host_throttles.at("192.0.2.2").connections, (ThrottleSpec{1, 5}));
+  EXPECT_EQ(b1->host_limits.at("192.0.2.2"), 2);
+  EXPECT_EQ(c->FindBinding("b2")->throttles.connections, (ThrottleSpec{4, 1}));
+  // What `mxsched check` lists parses back to the same throttles.
+  const std::string listed = ListConfig(*c, ConfigListing::kNonDefault);
+  absl::StatusOr<Config> again = ParseConfig(listed, "listed");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << listed;
+  EXPECT_EQ(ListConfig(*again, ConfigListing::kNonDefault), listed);
+  ThrottleSet set(*c, nullptr);
+  EXPECT_EQ(set.all().size(), 8u);
+}
+
+TEST(ThrottleConfig, BadValuesNameTheFileLineAndTheExpectedForm) {
+  for (const char* text : {R"(outbound_throttle_connections = "0")",
+                           R"(Domain "a.test" { outbound_throttle_messages = "5/x" })",
+                           R"(outbound_throttle_connections = "-3")",
+                           R"(outbound_throttle_connections = "20/0")"}) {
+    absl::StatusOr<Config> c = ParseConfig(text, "t.conf");
+    ASSERT_FALSE(c.ok()) << text;
+    const std::string m(c.status().message());
+    EXPECT_NE(m.find("t.conf:1:"), std::string::npos) << m;
+    EXPECT_NE(m.find("\"N/S\""), std::string::npos) << m;
+  }
+  absl::StatusOr<Config> c =
+      ParseConfig("Host \"*.example\" { outbound_throttle_connections = \"5\" }", "p.conf");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(std::string(c.status().message()).find("not supported in a Host pattern"),
+            std::string::npos)
+      << c.status();
+}
+
+TEST(Throttles, WithoutWaitingAThrottledStartDefersNamingTheThrottle) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.2.1" )
+    Domain "a.test" { outbound_throttle_connections = "2" }
+  )");
+  Lease a = f.MustAcquire("a.test");
+  EXPECT_EQ(a.start_at(), 0) << "the first start goes at once";
+  a.Release();
+  AcquireResult r = f.selector.Acquire("a.test");
+  ASSERT_FALSE(r.ok()) << "2 per second: the next start is 0.51 s away";
+  EXPECT_EQ(r.deferral().reason, DeferReason::kRateLimited);
+  EXPECT_EQ(r.deferral().ToString(), "451 4.4.5 connection rate limit for a.test: 2/1 s");
+  EXPECT_TRUE(f.selector.Acquire("b.test").ok()) << "another domain has no throttle";
+  f.clock.Advance(ThrottleSpec{2, 1}.interval_nanos());
+  EXPECT_TRUE(f.selector.Acquire("a.test").ok()) << "at the instant the throttle allows";
+}
+
+TEST(Throttles, AWaitingStartIsGrantedItsInstantAndHoldsTheSlot) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.2.1" )
+    Host "127.0.2.1" { max_outbound_connections = 2 }
+    outbound_throttle_connections = "4/2"
+  )");
+  const int64_t t0 = f.clock.NowNanos();
+  const int64_t step = ThrottleSpec{4, 2}.interval_nanos();
+  Lease a = AcquireWaiting(f, "a.test", kSec).TakeLease();
+  AcquireResult b = AcquireWaiting(f, "b.test", kSec);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(a.start_at(), 0);
+  EXPECT_EQ(b.lease().start_at(), t0 + step) << "the global throttle spans domains";
+  AcquireResult c = AcquireWaiting(f, "a.test", kSec);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.deferral().reason, DeferReason::kHostsAtLimit)
+      << "the slot is held while the start waits: the host limit counts it";
+  a.Release();
+  AcquireResult d = AcquireWaiting(f, "a.test", step);  // would start at t0 + 2*step
+  ASSERT_FALSE(d.ok()) << "beyond the caller's wait";
+  EXPECT_EQ(d.deferral().ToString(), "451 4.4.5 connection rate limit for global: 4/2 s");
+  AcquireResult e = AcquireWaiting(f, "a.test", 2 * step);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e.lease().start_at(), t0 + 2 * step) << "FIFO: after b's instant";
+}
+
+TEST(Throttles, TheTighterOfDomainAndHostWinsAndANoneTakesNothing) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.2.1" )
+    Domain "a.test" { outbound_throttle_connections = "10" }
+    Host "127.0.2.1" { outbound_throttle_connections = "1/4" }
+  )");
+  Lease a = f.MustAcquire("a.test");
+  a.Release();
+  AcquireResult r = AcquireWaiting(f, "a.test", kSec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().ToString(), "451 4.4.5 connection rate limit for host 127.0.2.1: 1/4 s");
+  // The domain's throttle was not taken by the refused start (all or none): after the
+  // host's interval, a start goes at once.
+  f.clock.Advance(ThrottleSpec{1, 4}.interval_nanos());
+  Lease b = f.MustAcquire("a.test");
+  EXPECT_EQ(b.start_at(), 0);
+}
+
+TEST(Throttles, AThrottledTierDoesNotSpillButAThrottledHostLeavesTheTiersOthers) {
+  SelectorFixture f(R"(
+    routes = ( "smtp://127.0.2.1?pref=1" "smtp://127.0.2.2?pref=1" "smtp://127.0.2.3?pref=2" )
+    Host "127.0.2.1" { outbound_throttle_connections = "1/60" }
+    Host "127.0.2.2" { outbound_throttle_connections = "1/60" }
+  )");
+  std::map<std::string, int> used;
+  for (int i = 0; i < 2; ++i) {
+    AcquireResult r = f.selector.Acquire("a.test");
+    ASSERT_TRUE(r.ok()) << i << ": " << r.deferral().ToString();
+    ++used[r.lease().endpoint().address.ToString()];
+  }
+  EXPECT_EQ(used["127.0.2.1"], 1);
+  EXPECT_EQ(used["127.0.2.2"], 1) << "a throttled host's turn goes to its tier's other host";
+  AcquireResult r = f.selector.Acquire("a.test");
+  ASSERT_FALSE(r.ok()) << "both tier-1 hosts throttled: tier 2 is not used instead";
+  EXPECT_EQ(r.deferral().reason, DeferReason::kRateLimited);
+  // Strict spacing (rule 1): "N/S" never lets N go at once, it spaces them S/N apart.
+  SelectorFixture g(R"(
+    routes = ( "127.0.2.1" )
+    Domain "a.test" { outbound_throttle_connections = "3/60" }
+  )");
+  EXPECT_TRUE(g.selector.Acquire("a.test").ok());
+  EXPECT_FALSE(g.selector.Acquire("a.test").ok());
+  g.clock.Advance(ThrottleSpec{3, 60}.interval_nanos());
+  EXPECT_TRUE(g.selector.Acquire("a.test").ok());
+}
+
+TEST(Throttles, AReloadKeepsTheThrottlesStateAndADroppedThrottleIsGone) {
+  constexpr char kThrottled[] = R"(
+    routes = ( "127.0.2.1" )
+    Domain "a.test" { outbound_throttle_connections = "1/60" }
+  )";
+  SelectorFixture f(kThrottled);
+  f.MustAcquire("a.test").Release();
+  f.selector.SetConfig(testing::ConfigFrom(kThrottled));
+  EXPECT_FALSE(f.selector.Acquire("a.test").ok()) << "a reload opens no burst";
+  f.selector.SetConfig(testing::ConfigFrom(R"(routes = ( "127.0.2.1" ))"));
+  EXPECT_TRUE(f.selector.Acquire("a.test").ok());
+}
+
+TEST(Throttles, BindingScopesArePerBindingAndSpreadOverAGroup) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.2.1" )
+    Binding_Group "pool" {
+      outbound_throttle_connections = "1/60"
+      Binding "b1" { bind_address = "127.0.0.1" }
+      Binding "b2" { bind_address = "127.0.0.1" }
+    }
+    Binding "solo" { bind_address = "127.0.0.1"  Domain "a.test" { outbound_throttle_connections = "1/60" } }
+  )");
+  std::map<std::string, int> by;
+  for (int i = 0; i < 2; ++i) {
+    AcquireResult r = f.selector.Acquire("a.test", {.binding = "pool"});
+    ASSERT_TRUE(r.ok()) << i << ": " << r.deferral().ToString();
+    ++by[std::string(r.lease().binding())];
+  }
+  EXPECT_EQ(by["b1"], 1);
+  EXPECT_EQ(by["b2"], 1) << "each binding has the group's rate";
+  EXPECT_FALSE(f.selector.Acquire("a.test", {.binding = "pool"}).ok());
+  EXPECT_TRUE(f.selector.Acquire("a.test", {.binding = "solo"}).ok());
+  AcquireResult r = f.selector.Acquire("a.test", {.binding = "solo"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.deferral().ToString(),
+            "451 4.4.5 connection rate limit for binding solo to a.test: 1/60 s");
+  EXPECT_TRUE(f.selector.Acquire("b.test", {.binding = "solo"}).ok()) << "per domain";
+  EXPECT_TRUE(f.selector.Acquire("a.test").ok()) << "the default binding has no throttle";
 }
 
 }  // namespace

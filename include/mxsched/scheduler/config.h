@@ -68,6 +68,28 @@ inline constexpr int32_t kUnlimited = INT32_MAX;
 std::vector<RouteItem> DefaultRoutes();
 
 // Settings that a Domain stanza can override; the global scope gives the defaults.
+// A rate throttle: at most `count` new starts in any `seconds` (Momentum's
+// outbound_throttle_connections / outbound_throttle_messages, "N" or "N/S"; docs/DESIGN.md
+// §12). count 0: not set.
+struct ThrottleSpec {
+  uint32_t count = 0;
+  uint32_t seconds = 1;
+  bool set() const { return count != 0; }
+  // The spacing between starts: S/N + 2% (DESIGN §12 rule 1), at least 1 ns.
+  int64_t interval_nanos() const;
+  std::string ToString() const;  // "20/1 s", "100/60 s"
+  friend bool operator==(const ThrottleSpec&, const ThrottleSpec&) = default;
+};
+// "N" or "N/S": N 1..1000000, S 1..86400. Errors say what was expected.
+absl::StatusOr<ThrottleSpec> ParseThrottleSpec(std::string_view text);
+
+// The two throttles a scope may set.
+struct Throttles {
+  ThrottleSpec connections;  // outbound_throttle_connections
+  ThrottleSpec messages;     // outbound_throttle_messages
+  bool any() const { return connections.set() || messages.set(); }
+};
+
 struct DomainSettings {
   std::vector<RouteItem> routes = DefaultRoutes();  // never empty
   int32_t max_outbound_connections = 32;
@@ -80,6 +102,9 @@ struct DomainSettings {
   std::string delivery_method = "esmtp";
   bool routes_from_domain = false;  // true when a Domain stanza set routes (for display)
   bool limit_from_domain = false;   // true when a Domain stanza set max_outbound_connections
+  // A Domain stanza's throttles: that domain's rate over all bindings (the global scope's
+  // are Config::throttles, never copied into domains: one throttle for the process).
+  Throttles throttles;
 };
 
 struct HostSettings {
@@ -87,6 +112,7 @@ struct HostSettings {
   std::optional<uint32_t> host_failure_retry_s;
   std::optional<bool> adaptive_concurrency;
   std::optional<int32_t> adaptive_concurrency_floor;
+  Throttles throttles;  // the address's rate over all bindings (exact-name or IP stanzas)
 };
 
 // Host name patterns: `*` matches any run of characters (dots included), `?` one; at least
@@ -123,6 +149,11 @@ struct BindingSpec {
   int32_t max_outbound_connections = 0;
   absl::flat_hash_map<std::string, int32_t> domain_limits;  // Binding::Domain; lower-case
   absl::flat_hash_map<std::string, int32_t> host_limits;    // Binding::Host; IP text or name
+  // Rates through this binding: its own (binding scope, else its group's), per domain
+  // (Binding::Domain) and per address (Binding::Host), keys as for the limits.
+  Throttles throttles;
+  absl::flat_hash_map<std::string, Throttles> domain_throttles;
+  absl::flat_hash_map<std::string, Throttles> host_throttles;
   std::string where;  // "FILE:LINE" of the stanza, for messages
   // The address of `family` this binding connects from, or null (kernel's choice).
   const IpAddress* AddressFor(bool v4) const;
@@ -133,6 +164,7 @@ struct BindingGroupSpec {
   std::vector<std::string> bindings;  // in declaration order
   std::vector<IpAddress> bind_address;
   int32_t max_outbound_connections = 0;  // 0: unset
+  Throttles throttles;                    // each binding's, unless it sets its own
 };
 
 // The ranges DNS answers may not point at unless the configuration says otherwise.
@@ -166,6 +198,9 @@ struct Config {
   std::vector<IpAddress> bind_address;
   std::vector<BindingSpec> bindings;             // in declaration order
   std::vector<BindingGroupSpec> binding_groups;  // in declaration order
+  // Global-scope throttles: one rate for the whole process (or fleet; docs/DESIGN.md §12).
+  ThrottleSpec outbound_throttle_connections;
+  ThrottleSpec outbound_throttle_messages;
 
   // The effective settings for `domain` (case-insensitive): its stanza or the global ones.
   const DomainSettings& ForDomain(std::string_view domain) const;

@@ -62,6 +62,10 @@ struct AcquireOptions {
   // binding: the kernel's source address, as before bindings existed). A group spreads new
   // connections evenly over its bindings. An unknown name defers (kTempFailure, 4.3.5).
   std::string_view binding;
+  // How long the caller would wait for a rate throttle (outbound_throttle_*, docs/DESIGN.md
+  // §12): a start the throttles allow within this is granted with Lease::start_at() set to
+  // that instant; a later one defers (kRateLimited, naming the throttle). 0: only at once.
+  int64_t throttle_wait_nanos = 0;
 };
 
 enum class DeferReason : uint8_t {
@@ -73,6 +77,7 @@ enum class DeferReason : uint8_t {
   kResolving,         // DNS in flight
   kTempFailure,       // DNS temporary failure, prohibited addresses, no resolver
   kPermanent,         // NXDOMAIN, null MX, invalid domain: do not retry
+  kRateLimited,       // a rate throttle (outbound_throttle_*): the detail names it
 };
 std::string_view DeferReasonName(DeferReason r);
 
@@ -120,6 +125,10 @@ class Lease {
   // REQUIRES: valid().
   std::string_view binding() const;
   const IpAddress* source_address() const { return has_source_ ? &source_ : nullptr; }
+  // The instant (the selector's clock, nanos) the connection may start: the rate throttles
+  // reserved it (docs/DESIGN.md §12). 0, or an instant already past: at once. Connecting
+  // earlier breaks the rate the receiver sees; the slot is held meanwhile.
+  int64_t start_at() const { return start_at_; }
 
   // Records what happened on the connection (marks or clears host failure). At most once;
   // later calls are ignored. Does not release the slot.
@@ -157,6 +166,7 @@ class Lease {
   IpAddress source_;
   bool has_source_ = false;
   bool binding_probe_ = false;
+  int64_t start_at_ = 0;
   int32_t level_ = 0;            // host connections open right after this admission
   bool probe_ = false;
   bool reported_ = false;

@@ -23,7 +23,7 @@
 namespace mxsched {
 
 // Number of DeferReason values (selector.h); checked there.
-inline constexpr size_t kDeferReasons = 8;
+inline constexpr size_t kDeferReasons = 9;
 // How a connector session ended (ConnectResult::Kind): connected, deferred, failed.
 inline constexpr size_t kSessionResults = 3;
 // Slot-wait time buckets (docs/DESIGN.md §1 rule 8 waits), upper bounds in nanoseconds; one more
