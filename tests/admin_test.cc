@@ -495,6 +495,43 @@ TEST(AdminServer, HostSeriesAreBoundedToTheBusiestAndTheRestSummed) {
 }
 
 // Issue 24 item 6: GET / lists the endpoints (it was a 404).
+TEST(AdminServer, ThrottlesAreServedInTheirViewsAndAsMetricsThatPassPromtool) {
+  Selector selector(ConfigFrom(R"(
+    routes = ( "127.0.1.1" )
+    outbound_throttle_connections = "50"
+    Domain "a.test" { outbound_throttle_connections = "1/60" }
+  )"));
+  io::DnsCache dns;
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  auto s = AdminServer::Start(&selector, &dns, o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const int port = (*s)->port();
+  ASSERT_TRUE(selector.Acquire("a.test").ok());
+  ASSERT_FALSE(selector.Acquire("a.test").ok()) << "1 in 60 s";
+  HttpReply r = Get(port, "/throttles");
+  ASSERT_EQ(r.status, 200) << r.body;
+  nlohmann::json t = nlohmann::json::parse(r.body);
+  ASSERT_EQ(t.size(), 2u) << t;
+  EXPECT_EQ(t[0]["scope"], "global");
+  EXPECT_EQ(t[0]["allowed"], 1);
+  EXPECT_EQ(t[1]["scope"], "a.test");
+  EXPECT_EQ(t[1]["rate"], "1/60 s");
+  EXPECT_EQ(t[1]["allowed"], 1);
+  EXPECT_EQ(t[1]["throttled"], 1);
+  EXPECT_GT(t[1]["next_in_ms"].get<int64_t>(), 50'000);
+  nlohmann::json d = nlohmann::json::parse(Get(port, "/domains/a.test").body);
+  ASSERT_EQ(d["throttles"].size(), 2u) << d;
+  const std::string text = Get(port, "/metrics").body;
+  const auto series = Series(text);
+  EXPECT_EQ(series.at("mxsched_throttle_starts_total{scope=\"a.test\",kind=\"connections\"}"), 1)
+      << text;
+  EXPECT_EQ(series.at("mxsched_throttle_deferrals_total{scope=\"a.test\",kind=\"connections\"}"), 1);
+  EXPECT_EQ(series.at("mxsched_acquire_deferrals_total{reason=\"rate_limited\"}"), 1);
+  std::string out;
+  EXPECT_EQ(Promtool(text, &out), 0) << out;
+}
+
 TEST_F(AdminServerTest, RootIsAnIndexOfTheEndpoints) {
   HttpReply r = Get(port_, "/");
   ASSERT_EQ(r.status, 200) << r.body;

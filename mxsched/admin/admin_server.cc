@@ -140,6 +140,8 @@ std::string Index() {
                     {"what", "Prometheus text exposition"}},
                    {{"method", "GET"}, {"path", "/hosts"},
                     {"what", "every destination: active, limit, state, failures"}},
+                   {{"method", "GET"}, {"path", "/throttles"},
+                    {"what", "every rate throttle: rate, next start, allowed, waited, throttled"}},
                    {{"method", "GET"}, {"path", "/domains/NAME"},
                     {"what", "a resident domain's route with live counts"}},
                    {{"method", "POST"}, {"path", "/refresh?domain=NAME|all"},
@@ -445,7 +447,7 @@ Response AdminServer::Dispatch(std::string_view method, std::string_view target,
   const bool get = method == "GET" || method == "HEAD";
 
   constexpr std::string_view kDomains = "/domains/";
-  const bool known = path == "/" || path == "/metrics" || path == "/hosts" ||
+  const bool known = path == "/" || path == "/metrics" || path == "/hosts" || path == "/throttles" ||
                      path == "/refresh" ||
                      (path.size() > kDomains.size() && path.substr(0, kDomains.size()) == kDomains);
   if (!known) return Error(404, StrCat("no such endpoint: ", EchoForError(path), " (GET / lists them)"));
@@ -469,6 +471,7 @@ Response AdminServer::Dispatch(std::string_view method, std::string_view target,
     return Json(200, HostsJson(selector_->registry(), selector_->clock().NowNanos(),
                                options_.max_host_series));
   }
+  if (path == "/throttles") return Json(200, ThrottlesJson(selector_->Throttles()));
   if (path != "/refresh") {
     absl::StatusOr<std::string> normalized = RequestDomain(path.substr(kDomains.size()));
     if (!normalized.ok()) {

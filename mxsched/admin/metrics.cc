@@ -248,6 +248,8 @@ void AddHostFamilies(Selector& selector, size_t max_hosts, std::vector<MetricFam
   AddProviderFamilies(selector, out);
 }
 
+void AddThrottleFamilies(const Selector& selector, std::vector<MetricFamily>& out);
+
 void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   const SelectorStats::Totals t = selector.stats().Collect();
   MetricFamily server = Family("mxsched_server_active_connections",
@@ -332,6 +334,39 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
                                MetricType::Gauge, 1);
   routes.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.route_count())));
   out.push_back(std::move(routes));
+  AddThrottleFamilies(selector, out);
+}
+
+void AddThrottleFamilies(const Selector& selector, std::vector<MetricFamily>& out) {
+  // One series per configured throttle: bounded by the configuration, not by traffic.
+  const std::vector<ThrottleView> throttles = selector.Throttles();
+  if (throttles.empty()) return;
+  const size_t n = throttles.size();
+  MetricFamily allowed = Family("mxsched_throttle_starts_total",
+                                "Starts a rate throttle allowed (outbound_throttle_*), by scope "
+                                "and kind.",
+                                MetricType::Counter, n);
+  MetricFamily waited = Family("mxsched_throttle_waited_total",
+                               "Allowed starts that waited for the instant the throttle gave them.",
+                               MetricType::Counter, n);
+  MetricFamily wait = Family("mxsched_throttle_wait_seconds_total",
+                             "Total time allowed starts waited for their throttle.",
+                             MetricType::Counter, n);
+  MetricFamily refused = Family("mxsched_throttle_deferrals_total",
+                                "Starts deferred because the throttle's next instant was later "
+                                "than the session would wait.",
+                                MetricType::Counter, n);
+  for (const ThrottleView& t : throttles) {
+    const std::vector<ClientMetric::Label> labels = {{"scope", t.scope}, {"kind", t.kind}};
+    allowed.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.allowed), labels));
+    waited.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.waited), labels));
+    wait.metric.push_back(Value(MetricType::Counter, t.wait_seconds, labels));
+    refused.metric.push_back(Value(MetricType::Counter, static_cast<double>(t.throttled), labels));
+  }
+  out.push_back(std::move(allowed));
+  out.push_back(std::move(waited));
+  out.push_back(std::move(wait));
+  out.push_back(std::move(refused));
 }
 
 void AddDnsFamilies(const io::DnsCache& dns, std::vector<MetricFamily>& out) {

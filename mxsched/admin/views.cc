@@ -147,7 +147,23 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
            cluster.enabled ? nlohmann::json(cluster.domain) : nlohmann::json(nullptr)},
           {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
           {"items", std::move(item_json)},
-          {"tiers", std::move(tiers)}};
+          {"tiers", std::move(tiers)},
+          {"throttles", ThrottlesJson(v.throttles)}};
+}
+
+nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const ThrottleView& t : throttles) {
+    out.push_back({{"scope", t.scope},
+                   {"kind", t.kind},
+                   {"rate", t.rate},
+                   {"next_in_ms", t.next_in_ms},
+                   {"allowed", t.allowed},
+                   {"waited", t.waited},
+                   {"wait_seconds", t.wait_seconds},
+                   {"throttled", t.throttled}});
+  }
+  return out;
 }
 
 nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns) {

@@ -34,10 +34,13 @@ struct ClusterCounts {
 // "mx" (filled by an MX lookup), "mx_pref", "hosts": [{"name", "address", "port", "limit",
 // "active", "cluster_active", "reachable", "seconds_since_failure", "consecutive_failures",
 // "configured_limit", "limit_moved", "busy_replies", "provider", "provider_limit",
-// "provider_active"}]}]}. Hosts in StableOrder. `items`: the domain's route items
+// "provider_active"}]}], "throttles": ThrottlesJson of the global and the domain's own}. Hosts in StableOrder. `items`: the domain's route items
 // (Config::ForDomain(domain).routes); `have_dns`: whether names were looked up at all.
 nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>& items,
                               bool have_dns, const ClusterCounts& cluster = {});
+// Rate throttles (docs/DESIGN.md §12; GET /throttles, "throttles" of the route view):
+// [{"scope", "kind", "rate", "next_in_ms", "allowed", "waited", "wait_seconds", "throttled"}].
+nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles);
 // The same for a domain of `selector`, its items from the selector's configuration; no
 // cluster counts.
 nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns);

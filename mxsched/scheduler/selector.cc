@@ -1073,6 +1073,21 @@ std::optional<DomainView> SelectorImpl::DescribeResident(std::string_view domain
   return DescribeEntry(e, e->snapshot.load(std::memory_order_acquire), clock_->NowNanos());
 }
 
+namespace {
+ThrottleView ViewOf(const RateThrottle& t, int64_t now) {
+  ThrottleView v;
+  v.scope = t.scope();
+  v.kind = t.kind() == RateThrottle::Kind::kConnections ? "connections" : "messages";
+  v.rate = t.spec().ToString();
+  v.next_in_ms = std::max<int64_t>(0, (t.next_free() - now) / 1'000'000);
+  v.allowed = t.allowed();
+  v.waited = t.waited();
+  v.wait_seconds = static_cast<double>(t.wait_nanos()) / kNanosPerSecond;
+  v.throttled = t.throttled();
+  return v;
+}
+}  // namespace
+
 DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap,
                                    int64_t now) const {
   DomainView v;
@@ -1082,6 +1097,11 @@ DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot
   v.ttl_left_s = std::max<int64_t>(0, (e->expires_at.load() - now) / kNanosPerSecond);
   v.active = e->active.load();
   v.limit = snap->domain_limit();
+  if (const ThrottleSet* set = throttles_.load(std::memory_order_acquire)) {
+    std::vector<const RateThrottle*> ts;
+    set->ForDomain(e->name(), &ts);
+    for (const RateThrottle* t : ts) v.throttles.push_back(ViewOf(*t, now));
+  }
   const uint32_t cursor = e->cursor.load();
   for (size_t t = 0; t < snap->num_tiers(); ++t) {
     RouteSnapshot::Tier tier = snap->GetTier(t);
@@ -1122,6 +1142,17 @@ size_t SelectorImpl::DomainMemoryBytes() const {
 
 int64_t SelectorImpl::server_active() const { return server_credit_.active(); }
 
+
+std::vector<ThrottleView> SelectorImpl::Throttles() const {
+  epoch::EpochGuard guard;
+  std::vector<ThrottleView> out;
+  const ThrottleSet* set = throttles_.load(std::memory_order_acquire);
+  if (set == nullptr) return out;
+  const int64_t now = clock_->NowNanos();
+  for (const auto& t : set->all()) out.push_back(ViewOf(*t, now));
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------
 // Selector: the public face (selector.h) of SelectorImpl.
 
@@ -1156,6 +1187,7 @@ size_t Selector::EvictIdle() { return impl_->EvictIdle(); }
 size_t Selector::EvictIdleHosts() { return impl_->EvictIdleHosts(); }
 size_t Selector::DomainMemoryBytes() const { return impl_->DomainMemoryBytes(); }
 int64_t Selector::server_active() const { return impl_->server_active(); }
+std::vector<ThrottleView> Selector::Throttles() const { return impl_->Throttles(); }
 HostRegistry& Selector::registry() { return impl_->registry(); }
 BindingRegistry& Selector::bindings() { return impl_->bindings(); }
 SelectorStats& Selector::stats() { return impl_->stats(); }

@@ -69,6 +69,7 @@ class SelectorImpl {
   size_t EvictIdleHosts();
   size_t DomainMemoryBytes() const;
   int64_t server_active() const;
+  std::vector<ThrottleView> Throttles() const;
   HostRegistry& registry() { return *registry_; }
   SelectorStats& stats() { return stats_; }
   const SelectorStats& stats() const { return stats_; }

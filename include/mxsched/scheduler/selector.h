@@ -186,6 +186,18 @@ class AcquireResult {
   std::variant<Lease, Deferral> v_;
 };
 
+// A rate throttle as it stands (docs/DESIGN.md §12), for views and metrics.
+struct ThrottleView {
+  std::string scope;  // "global", "example.com", "host 192.0.2.1", "binding b1 to x.test"...
+  std::string kind;   // "connections" or "messages"
+  std::string rate;   // "20/1 s"
+  int64_t next_in_ms = 0;   // until the next start may go (0: at once)
+  uint64_t allowed = 0;     // starts reserved
+  uint64_t waited = 0;      // ... of which waited for their instant
+  double wait_seconds = 0;  // ... their total wait
+  uint64_t throttled = 0;   // starts refused (the wait was longer than the caller's)
+};
+
 // A read-only picture of a domain's route, for `mxsched route` and the console.
 struct DomainView {
   struct Host {
@@ -215,6 +227,7 @@ struct DomainView {
   int32_t active = 0;
   int32_t limit = 0;
   std::vector<Tier> tiers;
+  std::vector<ThrottleView> throttles;  // the global ones and the domain's own
 };
 
 // What a Selector uses besides its Config. Every pointer is borrowed and must outlive the
@@ -315,6 +328,8 @@ class Selector {
   size_t DomainMemoryBytes() const;
   // Connections currently held against server_max_outbound_connections.
   int64_t server_active() const;
+  // Every rate throttle of the configuration, in a stable order (DESIGN §12).
+  std::vector<ThrottleView> Throttles() const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).
   HostRegistry& registry();
   // The bindings (opaque outside the library; the load report and admin read them).
