@@ -298,6 +298,34 @@ TEST_F(ResolverTest, ConnectorWaitsForDnsThenConnectsEndToEnd) {
   for (int i = 0; i < 5; ++i) loop_->RunOnce(1);
 }
 
+// Sessions resumed by one OnRoutesChanged run one after another; a callback of the first
+// may call Stop, which ends the others while they are still in the resumed list. Each must
+// still end exactly once (the connector once resumed a stopped session a second time).
+TEST_F(ResolverTest, StopFromACallbackWhileSessionsWaitForDnsEndsEachSessionOnce) {
+  StartDns({});
+  MakeSelector("routes = ( \"__mx__\" )");
+  io::Connector connector(loop_.get(), selector_.get());
+  client_->SetOnChange([&] { connector.OnRoutesChanged(); });
+  std::vector<std::string> ends;
+  for (int i = 0; i < 3; ++i) {
+    connector.Connect("missing.test", [&](io::ConnectResult r) {
+      ends.push_back(r.stopped ? "stopped" : r.reason);
+      connector.Stop("a callback stops the connector");
+    });
+  }
+  ASSERT_EQ(connector.in_flight(), 3u) << "all three wait for the MX answer";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (connector.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    loop_->RunOnce(50);
+  }
+  ASSERT_EQ(ends.size(), 3u) << "one end per session";
+  EXPECT_NE(ends[0].find("NXDOMAIN"), std::string::npos) << ends[0];
+  EXPECT_EQ(ends[1], "stopped");
+  EXPECT_EQ(ends[2], "stopped");
+  EXPECT_EQ(connector.in_flight(), 0u);
+  for (int i = 0; i < 5; ++i) loop_->RunOnce(1);
+}
+
 // Issue 10 #1: a truncated answer makes c-ares retry over TCP. While that TCP answer is held,
 // lookups of other names go over UDP and must still be answered: every socket c-ares opens
 // stays watched until c-ares closes it.

@@ -7,10 +7,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
+#include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/host_registry.h"
+#include "mxsched/io/cluster_step.h"
 #include "mxsched/io/greeting.h"
 
 namespace mxsched::io {
@@ -47,41 +51,124 @@ bool IsLocalError(int err) {
          err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
 }
 
+// A session's phase: where it is in its one life, Acquire to callback. Every change goes
+// through Session::Enter, which checks it against LegalTransition (in debug and sanitizer
+// builds). Facts that hold across phases are not phases and stay separate fields: that Stop
+// reached the session (`cancelled`), the DNS and slot-wait timers (a budget each, running
+// over several waits), what earlier attempts left (`slot_woken_before`, `busy_since_wait`).
+//
+//   kNew            -> kAcquiring
+//   kAcquiring      -> kWaitingDns | kWaitingSlot | kClusterAcquire | kConnecting | kDone
+//   kWaitingDns, kWaitingSlot, kWaitingCluster
+//                   -> kAcquiring  (woken, its timer, new routes, or Stop)
+//   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
+//   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
+//   kGreeting       -> kAcquiring (failover) | kDone
+//
+// A waiting phase is registered with someone who will call back (the connector's DNS list,
+// the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
+// stop leaves the wait for kAcquiring, whose first step sees the stop. Future steps are
+// phases added here — e.g. a wait for a rate throttle's timer (kWaitingThrottle, left for
+// kAcquiring like the other waits) or a connection taken from a reuse pool (kParked, from
+// kAcquiring, to kDone or back to kAcquiring when the parked connection is dead): a row in
+// LegalTransition, a case in Cancel, and the handlers that enter and leave it.
+enum class Phase : uint8_t {
+  kNew,             // constructed, Connect has not yet made the first attempt
+  kAcquiring,       // asking the selector for a slot (synchronous: Attempt)
+  kWaitingDns,      // in connector->waiting_dns_: OnRoutesChanged or the DNS timer resumes it
+  kWaitingSlot,     // in the selector's waiter queue, or its wake-up queued (QueueWoken)
+  kClusterAcquire,  // a fleet-wide slot asked for (ClusterStep::Ask); the verdict to come
+  kWaitingCluster,  // queued at the fleet: ClusterWake or the slot-wait timer resumes it
+  kConnecting,      // socket and connect (linked to its timeout) in the ring
+  kGreeting,        // reading the greeting (recv linked to the banner deadline)
+  kDone,            // the callback has run; deleted once `pending` reaches zero
+};
+
+std::string_view PhaseName(Phase p) {
+  switch (p) {
+    case Phase::kNew: return "new";
+    case Phase::kAcquiring: return "acquiring";
+    case Phase::kWaitingDns: return "waiting-dns";
+    case Phase::kWaitingSlot: return "waiting-slot";
+    case Phase::kClusterAcquire: return "cluster-acquire";
+    case Phase::kWaitingCluster: return "waiting-cluster";
+    case Phase::kConnecting: return "connecting";
+    case Phase::kGreeting: return "greeting";
+    case Phase::kDone: return "done";
+  }
+  return "?";
+}
+
+// The transitions of the diagram above, all of them.
+constexpr bool LegalTransition(Phase from, Phase to) {
+  switch (from) {
+    case Phase::kNew:
+      return to == Phase::kAcquiring;
+    case Phase::kAcquiring:
+      return to == Phase::kWaitingDns || to == Phase::kWaitingSlot ||
+             to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
+    case Phase::kWaitingDns:
+    case Phase::kWaitingSlot:
+    case Phase::kWaitingCluster:
+      return to == Phase::kAcquiring;
+    case Phase::kClusterAcquire:
+      return to == Phase::kWaitingCluster || to == Phase::kConnecting ||
+             to == Phase::kAcquiring || to == Phase::kDone;
+    case Phase::kConnecting:
+      return to == Phase::kGreeting || to == Phase::kAcquiring || to == Phase::kDone;
+    case Phase::kGreeting:
+      return to == Phase::kAcquiring || to == Phase::kDone;
+    case Phase::kDone:
+      return false;
+  }
+  return false;
+}
+
+// A wait budget (dns_wait_ms, slot_wait_ms): one timer per session, armed on the first wait
+// and running over every later one; once it fired, the session no longer waits for it.
+enum class Timer : uint8_t { kIdle, kArmed, kFired };
+
+#if !defined(NDEBUG) || defined(MXSCHED_ASAN) || defined(MXSCHED_TSAN)
+constexpr bool kCheckPhases = true;
+#else
+constexpr bool kCheckPhases = false;
+#endif
+
 }  // namespace
 
 struct Connector::Session {
-  Session(Connector* c, std::string d, Callback cb)
-      : connector(c), domain(std::move(d)), done(std::move(cb)), start(SteadyClock::now()) {
+  Session(Connector* c, std::string d, std::string b, Callback cb)
+      : connector(c),
+        domain(std::move(d)),
+        binding(std::move(b)),
+        done(std::move(cb)),
+        start(SteadyClock::now()),
+        cluster(c->options_.cluster, [this] { OnClusterWoken(); }) {
     ++connector->live_;
   }
   ~Session() { --connector->live_; }
 
-  Connector* connector;
-  std::string domain;
-  std::string binding;  // AcquireOptions::binding ("" = the default binding)
-  Callback done;
-  SteadyClock::time_point start;
-  Lease lease;
-  int fd = -1;
-  int attempts = 0;
-  int busy_replies = 0;  // attempts answered with a busy greeting
-  int pending = 0;       // CQEs still to come for this session
-  bool finished = false;
-  bool waiting_dns = false;
-  std::optional<Outcome> last_outcome;
-  std::string last_error;
-  GreetingParser parser;
-  SteadyClock::time_point banner_deadline;
-  SteadyClock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
-  Millis connect_timeout{0};        // this attempt's (config, or ConnectorOptions' override)
-  Millis banner_timeout{0};
-  std::optional<SteadyClock::time_point> slot_wait_start;  // the first slot wait (statistics)
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{};
-  char buf[1024];
+  struct Waiter : SlotWaiter {  // docs/DESIGN.md §1 rule 8: wait for a slot
+    explicit Waiter(Session* s) : session(s) {}
+    // Any thread. `lease` is the slot handed over (or invalid: re-plan with Acquire).
+    void Wake(Lease lease) override { session->connector->QueueWoken(session, std::move(lease)); }
+    Session* session;
+  };
 
   Loop* loop() { return connector->loop_; }
+
+  void Enter(Phase to) {
+    if (kCheckPhases && !LegalTransition(phase, to)) {
+      std::fprintf(stderr, "mxsched: connector session for %s: illegal phase change %s -> %s\n",
+                   domain.c_str(), PhaseName(phase).data(), PhaseName(to).data());
+      std::abort();
+    }
+    phase = to;
+  }
+
+  bool MayWait() const {
+    return connector->options_.slot_wait_ms > 0 && slot_timer != Timer::kFired;
+  }
 
   io_uring_sqe* Submit(Completion* c) {
     io_uring_sqe* sqe = loop()->Sqe();
@@ -90,22 +177,22 @@ struct Connector::Session {
     return sqe;
   }
 
+  // Every attempt, and every wait's end, starts here.
   void Attempt() {
+    Enter(Phase::kAcquiring);
     if (connector->stopped_) return FinishStopped();  // no new attempt, failover included
     AcquireResult r = binding.empty() ? connector->selector_->Acquire(domain)
                                       : connector->selector_->Acquire(domain, {.binding = binding});
     if (r.ok()) return Start(r.TakeLease());
     const Deferral& d = r.deferral();
     if (d.reason == DeferReason::kResolving && connector->options_.dns_wait_ms > 0 &&
-        !dns_wait_expired) {
+        dns_timer != Timer::kFired) {
       return WaitForDns();
     }
     const bool at_limit = d.reason == DeferReason::kHostsAtLimit ||
                           d.reason == DeferReason::kDomainLimit ||
                           d.reason == DeferReason::kServerLimit;
-    if (at_limit && connector->options_.slot_wait_ms > 0 && !slot_wait_expired) {
-      return WaitForSlot();
-    }
+    if (at_limit && MayWait()) return WaitForSlot();
     ConnectResult res;
     res.kind = d.permanent() ? ConnectResult::Kind::kFailed : ConnectResult::Kind::kDeferred;
     res.reason = d.ToString();
@@ -118,7 +205,7 @@ struct Connector::Session {
   void Start(Lease l) {
     lease = std::move(l);
     if (connector->stopped_) return FinishStopped();  // a slot handed over after Stop
-    if (connector->options_.cluster != nullptr) return ClusterStep();
+    if (cluster.enabled()) return TakeFleetSlot();
     if (!connector->CurrentConfig().cluster_limits.empty()) {
       // The configuration asks for fleet limits and nobody gave this connector the client
       // that enforces them: per-process limits would silently exceed the fleet's.
@@ -136,6 +223,7 @@ struct Connector::Session {
 
   // The host and domain are free here (and fleet-wide, with cluster limits): connect.
   void Open() {
+    Enter(Phase::kConnecting);
     ++attempts;
     attempt_start = SteadyClock::now();
     // Per attempt, from the configuration in force now (a reload applies to the next one).
@@ -210,6 +298,7 @@ struct Connector::Session {
       if (IsLocalError(-res)) return LocalFailure("connect", -res);
       return HostFailure(Outcome::kConnectFailed, StrCat("connect: ", std::strerror(-res)));
     }
+    Enter(Phase::kGreeting);
     banner_deadline = SteadyClock::now() + banner_timeout;
     Recv();
   }
@@ -333,164 +422,86 @@ struct Connector::Session {
     cluster_lease.Release();
   }
 
-  // --- cluster-wide limits (DESIGN §7) --------------------------------------------------
-  struct ClusterWait : ClusterWaiter {
-    explicit ClusterWait(Session* s) : session(s) {}
-    void ClusterWake() override { session->OnClusterWoken(); }
-    Session* session;
-  };
-  ClusterWait cluster_waiter{this};
-  std::string cluster_id;
-  ClusterLease cluster_lease;
-  std::vector<Endpoint> cluster_full_hosts;  // hosts the fleet had full, this session
-  bool cluster_queue = false;                // next acquire joins the queue (waits) if full
-  bool cluster_waiting = false;              // queued, to be woken by the ClusterClient
-  static constexpr size_t kClusterHostTries = 3;
-
-  bool MayWait() const { return connector->options_.slot_wait_ms > 0 && !slot_wait_expired; }
-
-  void ClusterStep() {
-    FleetClient* cc = connector->options_.cluster;
-    if (cluster_id.empty()) cluster_id = cc->NewId();
-    std::vector<ClusterKey> keys;
-    bool has_host_key = false;
-    // The configured limit is the fleet's; a lower adaptive one (DESIGN §6) is this
-    // process's own view and already applied by the selector.
-    if (const int32_t host_limit = lease.host().configured_limit(); host_limit != kUnlimited) {
-      keys.push_back({cc->HostKey(lease.endpoint()), host_limit});
-      has_host_key = true;
-    }
+  // --- cluster-wide limits (DESIGN §7; the step itself is ClusterStep) --------------------
+  void TakeFleetSlot() {
     const int32_t domain_limit =
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
-    if (domain_limit != kUnlimited) keys.push_back({cc->DomainKey(domain), domain_limit});
-    if (keys.empty()) return Open();
-    const Endpoint endpoint = lease.endpoint();
-    const bool seen = std::find(cluster_full_hosts.begin(), cluster_full_hosts.end(), endpoint) !=
-                      cluster_full_hosts.end();
-    ClusterWaiter* w = MayWait() && (cluster_queue || seen) ? &cluster_waiter : nullptr;
-    ++pending;
-    cc->Acquire(cluster_id, std::move(keys), w,
-                [this, w, endpoint, has_host_key](FleetClient::Result res) {
-                  --pending;
-                  OnClusterVerdict(std::move(res), w != nullptr, endpoint, has_host_key);
-                });
+    if (!cluster.Plan(lease, domain, domain_limit)) return Open();
+    Enter(Phase::kClusterAcquire);
+    ++pending;  // the verdict may come before Ask returns
+    cluster.Ask(MayWait(), [this](FleetClient::Result res) {
+      --pending;
+      OnClusterVerdict(std::move(res));
+    });
   }
 
-  void OnClusterVerdict(FleetClient::Result res, bool queued, const Endpoint& endpoint,
-                        bool has_host_key) {
-    using V = FleetClient::Verdict;
-    if (res.verdict == V::kGranted) {
-      cluster_lease = std::move(res.lease);
-      if (finished) return CloseAttempt(), MaybeDelete();
+  void OnClusterVerdict(FleetClient::Result res) {
+    ClusterStep::Decision d = cluster.Judge(std::move(res), MayWait(), domain);
+    if (d.next == ClusterStep::Next::kOpen) {
+      cluster_lease = std::move(d.lease);
+      if (phase == Phase::kDone) return CloseAttempt(), MaybeDelete();
       if (cancelled) return CloseAttempt(), FinishStopped();
       return Open();
     }
     lease.Release();  // the local slot is no use without the fleet's
-    if (finished) return MaybeDelete();
-    if (res.verdict == V::kClosed) {
-      ConnectResult r;
-      r.kind = ConnectResult::Kind::kDeferred;
-      r.defer_reason = DeferReason::kTempFailure;
-      r.reason = "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
-      return Finish(std::move(r));
-    }
-    const bool host_full = has_host_key && (res.full_mask & 1);
-    const bool domain_full = res.full_mask & (has_host_key ? 2u : 1u);
-    if (queued) {
-      cluster_waiting = true;
-      if (!slot_timer_armed && !slot_wait_expired) {
-        slot_timer_armed = true;
-        slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
-        io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
+    if (phase == Phase::kDone) return MaybeDelete();
+    switch (d.next) {
+      case ClusterStep::Next::kWait:
+        Enter(Phase::kWaitingCluster);
+        if (slot_timer == Timer::kIdle) ArmSlotTimer();
+        return;  // the FleetClient wakes us (OnClusterWoken)
+      case ClusterStep::Next::kRetry:
+        return Attempt();
+      case ClusterStep::Next::kDefer:
+      case ClusterStep::Next::kOpen: {
+        ConnectResult r;
+        r.kind = ConnectResult::Kind::kDeferred;
+        r.defer_reason = d.defer_reason;
+        r.reason = std::move(d.reason);
+        return Finish(std::move(r));
       }
-      return;  // ClusterClient wakes us: a release, or the re-check
     }
-    if (!MayWait() && !res.unavailable.empty()) {
-      // Not the fleet's count: Redis away (this worker's share taken) or warming up.
-      ConnectResult r;
-      r.kind = ConnectResult::Kind::kDeferred;
-      r.defer_reason = DeferReason::kTempFailure;
-      r.reason = StrCat("451 4.4.3 cluster limits unavailable: ", res.unavailable);
-      return Finish(std::move(r));
-    }
-    if (!MayWait()) {
-      ConnectResult r;
-      r.kind = ConnectResult::Kind::kDeferred;
-      r.defer_reason = domain_full ? DeferReason::kDomainLimit : DeferReason::kHostsAtLimit;
-      r.reason = StrCat("451 4.4.5 cluster-wide limit reached on ",
-                        domain_full ? StrCat("domain ", domain) : endpoint.ToString());
-      return Finish(std::move(r));
-    }
-    // Another host of the domain may have room fleet-wide (the selector's rotation moves
-    // on); after a few, or when the domain itself is full, join the queue.
-    if (host_full && !domain_full) cluster_full_hosts.push_back(endpoint);
-    if (domain_full || cluster_full_hosts.size() >= kClusterHostTries) cluster_queue = true;
+  }
+
+  void OnClusterWoken() {  // on the loop thread, from the FleetClient
+    if (phase == Phase::kDone) return MaybeDelete();
     Attempt();
   }
 
-  void OnClusterWoken() {  // on the loop thread, from the ClusterClient
-    cluster_waiting = false;
-    if (!finished) return Attempt();
-    MaybeDelete();
-  }
-
-  bool dns_wait_expired = false;
-  bool dns_timer_armed = false;
-
+  // --- waiting for DNS --------------------------------------------------------------------
   void WaitForDns() {
-    if (!waiting_dns) {
-      waiting_dns = true;
-      connector->waiting_dns_.push_back(this);
-      if (!dns_timer_armed) {
-        dns_timer_armed = true;
-        dns_ts = ToTimespec(Millis(connector->options_.dns_wait_ms));
-        io_uring_prep_timeout(Submit(&dns_timer_done), &dns_ts, 0, 0);
-      }
+    Enter(Phase::kWaitingDns);
+    connector->waiting_dns_.push_back(this);
+    if (dns_timer == Timer::kIdle) {
+      dns_timer = Timer::kArmed;
+      dns_ts = ToTimespec(Millis(connector->options_.dns_wait_ms));
+      io_uring_prep_timeout(Submit(&dns_timer_done), &dns_ts, 0, 0);
     }
   }
 
   void OnDnsTimer(int, uint32_t) {
     --pending;
-    dns_timer_armed = false;
-    dns_wait_expired = true;
-    if (waiting_dns) {
+    dns_timer = Timer::kFired;
+    if (phase == Phase::kWaitingDns) {
       std::erase(connector->waiting_dns_, this);
-      waiting_dns = false;
-      if (!finished) return Attempt();  // one last look, then deferred
+      return Attempt();  // one last look, then deferred
     }
     MaybeDelete();
   }
 
-  // --- docs/DESIGN.md §1 rule 8: wait for a slot----------------------------------------------
-  struct Waiter : SlotWaiter {
-    explicit Waiter(Session* s) : session(s) {}
-    // Any thread. `lease` is the slot handed over (or invalid: re-plan with Acquire).
-    void Wake(Lease lease) override { session->connector->QueueWoken(session, std::move(lease)); }
-    Session* session;
-  };
-  Waiter waiter{this};
-  bool slot_waiting = false;
-  bool slot_woken_before = false;
-  bool busy_since_wait = false;
-  bool slot_wait_expired = false;
-  bool slot_timer_armed = false;
-  __kernel_timespec slot_ts{};
-  SteadyClock::time_point slot_wait_since;  // when the current wait began
-  Nanos slot_waited{0};               // all waits so far
-
-  void EndSlotWait() {
-    slot_waiting = false;
-    slot_waited += SteadyClock::now() - slot_wait_since;
+  // --- docs/DESIGN.md §1 rule 8: wait for a slot ------------------------------------------
+  void ArmSlotTimer() {
+    slot_timer = Timer::kArmed;
+    slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
+    io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
   }
 
+  void EndSlotWait() { slot_waited += SteadyClock::now() - slot_wait_since; }
+
   void WaitForSlot() {
+    Enter(Phase::kWaitingSlot);
     if (!slot_wait_start) slot_wait_start = SteadyClock::now();
-    if (!slot_timer_armed && !slot_woken_before) {
-      slot_timer_armed = true;
-      slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
-      io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
-    }
-    slot_waiting = true;
+    if (slot_timer == Timer::kIdle && !slot_woken_before) ArmSlotTimer();
     // A session woken earlier goes back to the head of the queue (it lost a race, not its
     // turn) — unless its last attempt met a busy receiver: then it used its turn, and going
     // to the back spreads the limit's next probe (docs/DESIGN.md §6) over the waiting sessions
@@ -503,62 +514,60 @@ struct Connector::Session {
   }
 
   void OnWoken(Lease granted) {  // on the loop thread
+    if (phase == Phase::kDone) return MaybeDelete();  // (`granted`, if any, goes back)
     EndSlotWait();
     slot_woken_before = true;
-    if (!finished) {
-      if (granted.valid()) return Start(std::move(granted));  // handed over: no re-race
-      return Attempt();
-    }
-    MaybeDelete();  // (`granted`, if any, goes back: the session ended meanwhile)
+    if (!granted.valid()) return Attempt();
+    Enter(Phase::kAcquiring);  // handed over: an Acquire that succeeded, no re-race
+    Start(std::move(granted));
   }
 
   void OnSlotTimer(int, uint32_t) {
     --pending;
-    slot_timer_armed = false;
-    slot_wait_expired = true;
-    if (slot_waiting && connector->selector_->CancelWait(&waiter)) {
+    slot_timer = Timer::kFired;
+    if (phase == Phase::kWaitingSlot && connector->selector_->CancelWait(&waiter)) {
       EndSlotWait();
-      if (!finished) return Attempt();  // one last try, then deferred
+      return Attempt();  // one last try, then deferred
     }
-    if (cluster_waiting) {
-      connector->options_.cluster->Unwait(cluster_id);
-      cluster_waiting = false;
-      if (!finished) return Attempt();  // one last try (keeping its place), then deferred
+    if (phase == Phase::kWaitingCluster) {
+      cluster.Unwait();
+      return Attempt();  // one last try (keeping its place), then deferred
     }
     MaybeDelete();  // (if already woken, the queued wake-up continues the session)
   }
 
   // --- Connector::Stop ---------------------------------------------------------------------
-  bool cancelled = false;
-  size_t index = 0;             // in connector->sessions_ while not finished
-  Completion* io_op = nullptr;  // the connect or greeting recv in the ring, if any
-
   void Cancel() {
-    if (finished || cancelled) return;
+    if (phase == Phase::kDone || cancelled) return;
     cancelled = true;
-    if (waiting_dns) {
-      std::erase(connector->waiting_dns_, this);
-      waiting_dns = false;
-      return FinishStopped();
+    switch (phase) {
+      case Phase::kWaitingDns:
+        std::erase(connector->waiting_dns_, this);
+        return Attempt();  // which sees the stop
+      case Phase::kWaitingSlot:
+        if (connector->selector_->CancelWait(&waiter)) {
+          EndSlotWait();
+          return Attempt();
+        }
+        return;  // a wake-up is queued: OnWoken -> Attempt sees the stop
+      case Phase::kWaitingCluster:
+        cluster.Unwait();
+        return Attempt();
+      case Phase::kConnecting:
+      case Phase::kGreeting:
+        if (io_op != nullptr) {
+          io_uring_sqe* sqe = loop()->Sqe();
+          io_uring_prep_cancel(sqe, io_op, 0);
+          Loop::SetCompletion(sqe, nullptr);
+        }
+        return;  // otherwise the socket op is on its way; OnSocket sees `cancelled`
+      case Phase::kClusterAcquire:
+        return;  // the verdict is on its way; OnClusterVerdict sees `cancelled`
+      case Phase::kNew:
+      case Phase::kAcquiring:
+      case Phase::kDone:
+        return;  // (synchronous, or over)
     }
-    if (slot_waiting) {
-      if (connector->selector_->CancelWait(&waiter)) {
-        EndSlotWait();
-        return FinishStopped();
-      }
-      return;  // a wake-up is queued: OnWoken -> Attempt sees the stop
-    }
-    if (cluster_waiting) {
-      connector->options_.cluster->Unwait(cluster_id);
-      cluster_waiting = false;
-      return FinishStopped();
-    }
-    if (io_op != nullptr) {
-      io_uring_sqe* sqe = loop()->Sqe();
-      io_uring_prep_cancel(sqe, io_op, 0);
-      Loop::SetCompletion(sqe, nullptr);
-    }
-    // Otherwise a socket op or a cluster verdict is on its way; its handler sees `cancelled`.
   }
 
   void FinishStopped() {
@@ -573,23 +582,19 @@ struct Connector::Session {
   }
 
   void Finish(ConnectResult r) {
-    finished = true;
+    Enter(Phase::kDone);  // never from a wait: each is left (for kAcquiring) first
     connector->Forget(this);
-    if (slot_timer_armed) {
+    if (slot_timer == Timer::kArmed) {
       io_uring_sqe* sqe = loop()->Sqe();
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&slot_timer_done), 0);
       Loop::SetCompletion(sqe, nullptr);
     }
-    if (dns_timer_armed) {  // do not keep the session alive until the DNS wait would expire
+    if (dns_timer == Timer::kArmed) {  // do not keep the session alive until it would expire
       io_uring_sqe* sqe = loop()->Sqe();
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&dns_timer_done), 0);
       Loop::SetCompletion(sqe, nullptr);
     }
-    if (!cluster_id.empty()) {
-      if (cluster_waiting) connector->options_.cluster->Unwait(cluster_id);
-      cluster_waiting = false;
-      connector->options_.cluster->Forget(cluster_id);  // leave every queue joined
-    }
+    if (cluster.enabled()) cluster.Forget();  // leave every queue joined
     r.attempts = attempts;
     r.busy_replies = busy_replies;
     const SteadyClock::time_point now = SteadyClock::now();
@@ -604,11 +609,53 @@ struct Connector::Session {
   }
 
   void MaybeDelete() {
-    if (finished && pending == 0 && !waiting_dns && !slot_waiting && !cluster_waiting) {
-      delete this;
-    }
+    if (phase == Phase::kDone && pending == 0) delete this;
   }
 
+  // --- the session's state, all of it -----------------------------------------------------
+  Connector* const connector;
+  const std::string domain;
+  const std::string binding;  // AcquireOptions::binding ("" = the default binding)
+  Callback done;
+  const SteadyClock::time_point start;
+  size_t index = 0;  // in connector->sessions_ while not kDone
+
+  // Where it is, and the facts orthogonal to that.
+  Phase phase = Phase::kNew;
+  bool cancelled = false;            // Connector::Stop reached it (in any phase)
+  Timer dns_timer = Timer::kIdle;    // the dns_wait_ms budget
+  Timer slot_timer = Timer::kIdle;   // the slot_wait_ms budget (slot waits and fleet waits)
+  bool slot_woken_before = false;    // a slot wait ended by a wake-up (goes back to the front)
+  bool busy_since_wait = false;      // an attempt met a busy receiver since the last slot wait
+  int pending = 0;                   // CQEs and fleet verdicts still to come for it
+  Completion* io_op = nullptr;       // the connect or greeting recv in the ring, if any
+
+  // The current attempt and what the attempts so far left.
+  Lease lease;
+  ClusterLease cluster_lease;
+  int fd = -1;
+  int attempts = 0;
+  int busy_replies = 0;  // attempts answered with a busy greeting
+  std::optional<Outcome> last_outcome;
+  std::string last_error;
+  GreetingParser parser;
+  SteadyClock::time_point attempt_start;  // this attempt's Acquire: its connect + greeting latency
+  SteadyClock::time_point banner_deadline;
+  Millis connect_timeout{0};  // this attempt's (config, or ConnectorOptions' override)
+  Millis banner_timeout{0};
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  char buf[1024];
+  ClusterStep cluster;  // the fleet-wide step (DESIGN §7)
+
+  // Slot waits (statistics).
+  std::optional<SteadyClock::time_point> slot_wait_start;  // the first slot wait
+  SteadyClock::time_point slot_wait_since;                 // when the current wait began
+  Nanos slot_waited{0};                                    // all waits so far
+
+  // What the ring and the selector point into: stable while the session lives.
+  Waiter waiter{this};
+  __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{}, slot_ts{};
   MemberCompletion<Session, &Session::OnSocket> socket_done{this};
   MemberCompletion<Session, &Session::OnConnect> connect_done{this};
   MemberCompletion<Session, &Session::OnRecv> recv_done{this};
@@ -672,10 +719,9 @@ void Connector::Connect(std::string_view domain, Callback done) {
 
 void Connector::Connect(std::string_view domain, const AcquireOptions& options, Callback done) {
   ++in_flight_;
-  auto* s = new Session(this, std::string(domain), std::move(done));
+  auto* s = new Session(this, std::string(domain), std::string(options.binding), std::move(done));
   s->index = sessions_.size();
   sessions_.push_back(s);
-  s->binding = std::string(options.binding);
   s->Attempt();
 }
 
@@ -706,8 +752,9 @@ void Connector::OnRoutesChanged() {
   std::vector<Session*> waiting;
   waiting.swap(waiting_dns_);
   for (Session* s : waiting) {
-    s->waiting_dns = false;
-    s->Attempt();  // may wait again; its timer is still armed
+    // (A session stopped meanwhile — by a callback of one resumed before it — is no longer
+    // waiting; its armed DNS timer keeps it alive until the next RunOnce.)
+    if (s->phase == Phase::kWaitingDns) s->Attempt();  // may wait again; its timer still runs
   }
 }
 

@@ -1,0 +1,96 @@
+// ClusterStep: one connector session's fleet-wide step (docs/DESIGN.md §7). After the
+// selector's slot and before the socket, the session takes its host's and its domain's slots
+// across every worker through the FleetClient; this class builds the ask, sends it, and turns
+// the verdict into what the session does next. It keeps what the step remembers over one
+// session's attempts: the session's fleet id, the hosts the fleet had full, and whether the
+// next ask joins the fleet's queue.
+//
+// The session keeps the rest (connector.cc): its phase (kClusterAcquire while an ask is out,
+// kWaitingCluster while queued), the count of verdicts still to come, the slot-wait timer
+// that bounds a fleet wait, and the slot and fleet leases.
+//
+// Thread-safety: the session's — its loop's thread. Internal: not installed.
+#ifndef MXSCHED_IO_CLUSTER_STEP_H_
+#define MXSCHED_IO_CLUSTER_STEP_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxsched/base/endpoint.h"
+#include "mxsched/io/fleet_client.h"
+#include "mxsched/scheduler/selector.h"
+
+namespace mxsched::io {
+
+class ClusterStep {
+ public:
+  // What the session does with a verdict.
+  enum class Next : uint8_t {
+    kOpen,   // granted: `lease` holds the fleet's slots; connect
+    kWait,   // queued at the fleet: wait for the wake-up (`woken`) or the slot-wait timer
+    kRetry,  // full here while another host may have room: Acquire again
+    kDefer,  // end the session deferred, for `defer_reason` and `reason`
+  };
+  struct Decision {
+    Next next = Next::kDefer;
+    ClusterLease lease;  // kOpen
+    DeferReason defer_reason = DeferReason::kTempFailure;
+    std::string reason;  // kDefer: "451 4.4.x ..."
+  };
+
+  // `fleet` may be null: no cluster client (enabled() is false, nothing else may be called).
+  // `woken` runs on the loop thread when a queued ask is woken (ClusterWaiter::ClusterWake).
+  ClusterStep(FleetClient* fleet, std::function<void()> woken)
+      : fleet_(fleet), waiter_(std::move(woken)) {}
+  ClusterStep(const ClusterStep&) = delete;
+  ClusterStep& operator=(const ClusterStep&) = delete;
+
+  bool enabled() const { return fleet_ != nullptr; }
+
+  // Plans the ask for the slot `lease` holds: the host's configured limit (the fleet's; a
+  // lower adaptive one is this process's own view, already applied by the selector) and
+  // `domain_limit`. Returns false when neither is limited: there is nothing to ask.
+  bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit);
+
+  // Sends the planned ask. With `may_wait`, it joins the fleet's queue when this session
+  // has met full hosts enough (or a full domain) or asks for a host it already found full.
+  // `done` runs once, on the loop thread, possibly before Ask returns.
+  void Ask(bool may_wait, FleetClient::Done done);
+
+  // What to do with the verdict on the last Ask. `may_wait` is as of now: the session's
+  // slot wait may have run out while the ask was out. `domain` names it in a reason.
+  Decision Judge(FleetClient::Result res, bool may_wait, std::string_view domain);
+
+  // Leaves the queue the last Ask joined (the fleet keeps the place for a last try).
+  void Unwait() { fleet_->Unwait(id_); }
+  // At the session's end: leaves every queue joined. Nothing if it never asked.
+  void Forget() {
+    if (!id_.empty()) fleet_->Forget(id_);
+  }
+
+ private:
+  struct Waiter : ClusterWaiter {
+    explicit Waiter(std::function<void()> f) : woken(std::move(f)) {}
+    void ClusterWake() override { woken(); }
+    std::function<void()> woken;
+  };
+  static constexpr size_t kHostTries = 3;  // full hosts met before joining the queue
+
+  FleetClient* const fleet_;
+  Waiter waiter_;
+  std::string id_;                      // the session's fleet id (leases and waits)
+  std::vector<Endpoint> full_hosts_;    // hosts the fleet had full, this session
+  bool queue_ = false;                  // the next ask joins the queue (waits) if full
+  // The planned (then last sent) ask.
+  std::vector<ClusterKey> keys_;
+  Endpoint endpoint_;
+  bool has_host_key_ = false;  // keys_[0] is the host's (else keys_[0] is the domain's)
+  bool queued_ = false;        // the last ask joined the queue
+};
+
+}  // namespace mxsched::io
+
+#endif  // MXSCHED_IO_CLUSTER_STEP_H_
