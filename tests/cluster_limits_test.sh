@@ -18,6 +18,9 @@
 #                                      load holding all 8: it connects nothing, the farm
 #                                      never counts more than 8; without the cluster client
 #                                      the Connector refuses, naming cluster_limits
+#   fleet_visible_on_the_admin_endpoint
+#                                      mxsched_cluster_* on /metrics (promtool), the
+#                                      fleet's count in GET /domains/NAME
 #   redis_down_at_start                a worker started while Redis is down: sessions it
 #                                      cannot open say "cluster limits unavailable ...
 #                                      share", it delivers within its startup share, and
@@ -191,6 +194,23 @@ if [ -n "$example" ]; then
   wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > $ended" | bc)" = 1 ]'
   [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8 beside the embedding"
 fi
+
+echo "== fleet_visible_on_the_admin_endpoint"
+# DESIGN §7 rule 9: the mode gauge and Redis counters on /metrics (promtool-checked when
+# installed), the fleet-wide counts in GET /domains/NAME from the heartbeat's cache.
+aport=$(free_port)
+load vis --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 60 --admin "127.0.0.1:$aport"; vh=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
+wait_for 'curl -sf "127.0.0.1:$aport/domains/a.test" | grep -q "\"cluster_active\":8"'
+curl -sf "127.0.0.1:$aport/metrics" >"$work/metrics.txt" || fail "scrape"
+grep -q '^mxsched_cluster_mode{mode="normal"} 1$' "$work/metrics.txt" || fail "mode gauge: $(grep cluster_mode "$work/metrics.txt")"
+grep -q '^mxsched_cluster_redis_duration_seconds_count [1-9]' "$work/metrics.txt" || fail "Redis latency histogram"
+grep -q '^mxsched_cluster_leases_total{decided="redis"} 8$' "$work/metrics.txt" || fail "leases: $(grep cluster_leases "$work/metrics.txt")"
+if command -v promtool >/dev/null; then
+  promtool check metrics <"$work/metrics.txt" || fail "promtool check metrics"
+fi
+kill -TERM "$(child_of "$vh")"; wait "$vh"
+rm -f "$work/vis.json"
 
 echo "== redis_down_at_start"
 dport=$(free_port)
