@@ -58,6 +58,9 @@ for i in 1 2; do
 done
 wait_for '[ "$("$CLI" -p $m zcard "$hostkey" 2>/dev/null)" = 8 ]'
 wait_for '[ "$("$CLI" -p $m zcard "{st}:workers" 2>/dev/null)" = 2 ]'
+# The sentinel learns of the replica from the master's INFO (every 10 s): without it there is
+# no one to promote.
+wait_for '"$CLI" -p $s sentinel replicas mm 2>/dev/null | grep -qx "$r"'
 kill -9 "$(pgrep -P $master)" 2>/dev/null; kill -9 "$master"
 wait_for '"$CLI" -p $s sentinel get-master-addr-by-name mm 2>/dev/null | grep -q "^$r$"'
 wait_for 'grep -q "limits shared again" "$work/w1.err" && grep -q "limits shared again" "$work/w2.err"'
