@@ -213,6 +213,26 @@ TEST(RedisUrl, ParsesAndNamesWhatIsWrong) {
   }
 }
 
+TEST(RedisUrl, SentinelUrlsParseAndNameWhatIsWrong) {
+  auto a = ParseRedisUrl("redis-sentinel://127.0.0.1:26379,[::1]:26380,s3/mymaster/2");
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->sentinels.size(), 3u);
+  EXPECT_EQ(a->sentinels[1].host, "::1");
+  EXPECT_EQ(a->sentinels[1].port, 26380);
+  EXPECT_EQ(a->sentinels[2].port, 26379);
+  EXPECT_EQ(a->master_name, "mymaster");
+  EXPECT_EQ(a->db, 2);
+  EXPECT_EQ(a->ToString(), "redis-sentinel://127.0.0.1:26379,[::1]:26380,s3:26379/mymaster/2");
+  for (const char* bad : {"redis-sentinel://h:1", "redis-sentinel://h:1/", "redis-sentinel://h:0/m",
+                          "redis-sentinel://h:1,/m", "redis-sentinel://h:1/m/x",
+                          "redis-sentinel://h:1/m!"}) {
+    auto r = ParseRedisUrl(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_NE(std::string(r.status().message()).find("MASTER_NAME"), std::string::npos)
+        << r.status();
+  }
+}
+
 TEST_F(ClusterLimitsTest, RedisConnectionRepliesInOrder) {
   auto loop = *Loop::Create(64);
   io::RedisConnection c(loop.get(), {*ParseRedisUrl(redis_->url()), 2000});

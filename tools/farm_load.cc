@@ -227,6 +227,7 @@ int RunLoadCommand(LoadFlags& f) {
     if (!where.ok()) return UsageError(StrCat("load: --admin ", where.status().message()));
     admin::AdminOptions ao;
     ao.listen = where->ToString();
+    ao.fleet = o.cluster.get();  // the mxsched_cluster_* metrics, fleet counts in /domains
     auto started = admin::AdminServer::Start(&selector, &cache, ao);
     if (!started.ok()) {
       // "address in use" is not a usage mistake but the run cannot go on without it.

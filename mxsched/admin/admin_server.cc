@@ -479,7 +479,7 @@ Response AdminServer::Dispatch(std::string_view method, std::string_view target,
     }
     std::optional<DomainView> view = selector_->DescribeResident(*normalized);
     if (!view) return Error(404, StrCat(*normalized, " is not resident (no route yet)"));
-    return Json(200, DomainViewJson(*selector_, *view, dns_ != nullptr));
+    return Json(200, DomainViewJson(*selector_, *view, dns_ != nullptr, options_.fleet));
   }
 
   // POST /refresh: the domain from the query, or else from a small form body.
@@ -509,7 +509,7 @@ Response AdminServer::Dispatch(std::string_view method, std::string_view target,
   }
   return Json(200, {{"refreshed", *normalized},
                     {"route", DomainViewJson(*selector_, selector_->Describe(*normalized),
-                                             dns_ != nullptr)}});
+                                             dns_ != nullptr, options_.fleet)}});
 }
 
 }  // namespace mxsched::admin

@@ -483,6 +483,57 @@ void AppendHistogram(std::string* out, std::string_view name, std::string_view l
 }
 
 
+void AddFleetFamilies(const io::FleetView& fleet, std::vector<MetricFamily>& out) {
+  const io::FleetStatus f = fleet.Status();
+  MetricFamily mode = Family("mxsched_cluster_mode",
+                             "Cluster-limits mode in force (1) — normal, rejoining, or while "
+                             "Redis is away the failure mode: share, closed, open.",
+                             MetricType::Gauge, 5);
+  for (const char* m : {"normal", "rejoining", "share", "closed", "open"}) {
+    mode.metric.push_back(Value(MetricType::Gauge, f.mode == m ? 1 : 0, {{"mode", m}}));
+  }
+  out.push_back(std::move(mode));
+  auto one = [&](const char* name, const char* help, MetricType type, int64_t v) {
+    MetricFamily fam = Family(name, help, type, 1);
+    fam.metric.push_back(Value(type, static_cast<double>(v)));
+    out.push_back(std::move(fam));
+  };
+  one("mxsched_cluster_live_workers", "Worker processes in the fleet at the last heartbeat.",
+      MetricType::Gauge, f.live_workers);
+  one("mxsched_cluster_redis_commands_total", "Commands sent to Redis.", MetricType::Counter,
+      f.commands);
+  one("mxsched_cluster_redis_errors_total", "Redis commands that failed or timed out.",
+      MetricType::Counter, f.errors);
+  MetricFamily rtt = Family("mxsched_cluster_redis_duration_seconds",
+                            "Round trips of answered Redis commands.", MetricType::Histogram, 1);
+  rtt.metric.push_back(Histogram(f.latency_buckets, io::kFleetLatencyBoundsNanos,
+                                 f.latency_sum_nanos));
+  out.push_back(std::move(rtt));
+  one("mxsched_cluster_mode_switches_total",
+      "Switches of the cluster-limits mode away from normal and back.", MetricType::Counter,
+      f.mode_switches);
+  one("mxsched_cluster_store_resets_total",
+      "Times Redis was found without the fleet's keys (restart or flush).", MetricType::Counter,
+      f.store_resets);
+  MetricFamily leases = Family("mxsched_cluster_leases_total",
+                               "Fleet slots taken, by who decided: redis, or local (Redis away "
+                               "or rejoining, within this process's share).",
+                               MetricType::Counter, 2);
+  leases.metric.push_back(Value(MetricType::Counter,
+                                static_cast<double>(f.leases - f.local_leases),
+                                {{"decided", "redis"}}));
+  leases.metric.push_back(Value(MetricType::Counter, static_cast<double>(f.local_leases),
+                                {{"decided", "local"}}));
+  out.push_back(std::move(leases));
+  one("mxsched_cluster_waits_total", "Sessions that waited at a fleet-wide limit.",
+      MetricType::Counter, f.waits);
+  one("mxsched_cluster_wakeups_total", "Fleet-limit waits ended by a release's publish.",
+      MetricType::Counter, f.wakeups);
+  one("mxsched_cluster_sentinel_discoveries_total",
+      "Redis masters found through Sentinel (redis-sentinel://): the first, and each failover.",
+      MetricType::Counter, f.discoveries);
+}
+
 }  // namespace
 
 void MetricsCollector::AppendText(std::string* out) const {
@@ -560,6 +611,7 @@ void MetricsCollector::AppendText(std::string* out) const {
   AddProviderFamilies(selector, process);
   AddProcessFamilies(selector, process);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, process);
+  if (fleet_ != nullptr) AddFleetFamilies(*fleet_, process);
   out->append(SerializeText(process));
 }
 
@@ -569,6 +621,7 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   AddHostFamilies(*selector_, max_hosts_, out);
   AddProcessFamilies(*selector_, out);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, out);
+  if (fleet_ != nullptr) AddFleetFamilies(*fleet_, out);
   return out;
 }
 

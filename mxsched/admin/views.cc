@@ -166,9 +166,20 @@ nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles) {
   return out;
 }
 
-nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns) {
+nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns,
+                              const io::FleetView* fleet) {
   // The domain of a view is normalized already (DescribeResident/Describe).
-  return DomainViewJson(v, selector.config()->ForDomain(v.domain).routes, have_dns, {});
+  ClusterCounts counts;
+  if (fleet != nullptr) {
+    counts.enabled = true;
+    counts.domain = fleet->DomainCount(v.domain);
+    for (const DomainView::Tier& t : v.tiers) {
+      for (const DomainView::Host& h : t.hosts) {
+        counts.hosts[h.endpoint.ToString()] = fleet->HostCount(h.endpoint);
+      }
+    }
+  }
+  return DomainViewJson(v, selector.config()->ForDomain(v.domain).routes, have_dns, counts);
 }
 
 std::string HostStateName(const HostState& h, int64_t now_nanos) {

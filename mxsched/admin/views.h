@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mxsched/io/fleet_client.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "mxsched/scheduler/routes.h"
 #include "mxsched/scheduler/selector.h"
@@ -18,9 +19,9 @@
 namespace mxsched::admin {
 
 // With cluster_limits (docs/DESIGN.md §7): live leases in Redis per host key and per domain
-// key, as an observer sees them (-1: could not be read). `mxsched route` reads them; the
-// admin endpoint does not ask Redis from its request threads (enabled = false: the fields
-// are null).
+// key, as an observer sees them (-1: could not be read). `mxsched route` reads them from
+// Redis; the admin endpoint never asks Redis from its request thread: it shows the counts the
+// worker's heartbeats last read (io::FleetView), -1 (null) where none is known.
 struct ClusterCounts {
   bool enabled = false;
   std::string error;  // Redis could not be asked
@@ -41,9 +42,10 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
 // Rate throttles (docs/DESIGN.md §12; GET /throttles, "throttles" of the route view):
 // [{"scope", "kind", "rate", "next_in_ms", "allowed", "waited", "wait_seconds", "throttled"}].
 nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles);
-// The same for a domain of `selector`, its items from the selector's configuration; no
-// cluster counts.
-nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns);
+// The same for a domain of `selector`, its items from the selector's configuration; the
+// fleet-wide counts from `fleet` (its cache, at most a few seconds old; null: none).
+nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns,
+                              const io::FleetView* fleet = nullptr);
 
 // Pieces of the view the CLI's human-readable `route` prints too:
 // each tier's hosts in a stable order (config order, then address) instead of the rotation

@@ -11,6 +11,10 @@ absl::StatusOr<std::shared_ptr<io::ClusterLimits>> FleetFromConfig(const Config&
   return std::make_shared<io::ClusterLimits>(**options);
 }
 
+const io::FleetView* View(const std::shared_ptr<io::ClusterLimits>& fleet) {
+  return fleet.get();
+}
+
 std::unique_ptr<io::FleetClient> NewFleetClient(io::Loop* loop,
                                                 std::shared_ptr<io::ClusterLimits> fleet) {
   return std::make_unique<io::ClusterClient>(loop, std::move(fleet));

@@ -151,7 +151,9 @@ return woke
 // complete), renews every lease — adding back any Redis lost (a restart, a flush) — drops
 // clients not heard from for lease_ms, creates the epoch key if it is missing (as acquire
 // does), and returns {distinct live workers, leases added back, live clients, oldest
-// complete heartbeat (0 when some client is not complete), now, epoch, warm_left_ms}.
+// complete heartbeat (0 when some client is not complete), now, epoch, warm_left_ms, then
+// the live leases on each lease key (the first 1000): the fleet's counts operators see}.
+// A lease key may come with no ids (a key this client only waits on): counted, not renewed.
 constexpr char kRefreshLua[] = R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -187,7 +189,11 @@ for i = 1, #members, 2 do
   if hb < 0 then hb = 0 end
   if hb < oldest then oldest = hb end
 end
-return {workers, added, #members / 2, oldest, now, ep, warm_left}
+local out = {workers, added, #members / 2, oldest, now, ep, warm_left}
+for i = 3, math.min(#KEYS, 1002) do
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
+end
+return out
 )lua";
 
 // KEYS: one lease key. Live leases on it, by the Redis clock.
@@ -377,11 +383,16 @@ void ClusterLimits::StoreLost(int64_t redis_now_ms) {
           options_.redis.ToString().c_str(), options_.lease_seconds);
 }
 
-void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms) {
+void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms,
+                                      int64_t redis_now_ms) {
   if (!rejoining()) return;
   {
     MutexLock lock(&mu_);
-    const bool fleet_back = clients >= share_clients_ && oldest_heartbeat_ms >= rejoin_since_ms_;
+    // A worker this process never saw (it joined after our last look, or never reached
+    // Redis before the outage) holds connections Redis learns of only from its probe: wait
+    // one warm-up, in which every live worker probes (every 500 ms) and re-registers.
+    const bool fleet_back = redis_now_ms - rejoin_since_ms_ >= options_.warmup_ms &&
+                            clients >= share_clients_ && oldest_heartbeat_ms >= rejoin_since_ms_;
     if (!fleet_back && SteadyNowNanos() < rejoin_deadline_) return;
     knows_fleet_ = true;  // Redis has every survivor's leases again
   }
@@ -392,6 +403,70 @@ void ClusterLimits::MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_
   stats_.mode_switches.fetch_add(1, std::memory_order_relaxed);
   fprintf(stderr, "mxsched: cluster limits: Redis %s: every worker is back; limits shared again\n",
           options_.redis.ToString().c_str());
+}
+
+FleetStatus ClusterLimits::Status() const {
+  FleetStatus f;
+  switch (mode()) {
+    case ClusterMode::kNormal:
+      f.mode = "normal";
+      break;
+    case ClusterMode::kRejoining:
+      f.mode = "rejoining";
+      break;
+    case ClusterMode::kDegraded:
+      f.mode = std::string(ClusterFailureModeName(options_.failure_mode));
+      break;
+  }
+  auto get = [](const std::atomic<int64_t>& a) { return a.load(std::memory_order_relaxed); };
+  f.live_workers = live_workers();
+  f.commands = get(stats_.commands);
+  f.errors = get(stats_.redis_errors);
+  f.mode_switches = get(stats_.mode_switches);
+  f.store_resets = get(stats_.store_resets);
+  f.leases = get(stats_.leases);
+  f.local_leases = get(stats_.local_leases);
+  f.waits = get(stats_.waits);
+  f.wakeups = get(stats_.wakeups);
+  f.discoveries = get(stats_.discoveries);
+  for (size_t i = 0; i < f.latency_buckets.size(); ++i) {
+    f.latency_buckets[i] = stats_.latency[i].load(std::memory_order_relaxed);
+  }
+  f.latency_sum_nanos = get(stats_.latency_sum_nanos);
+  return f;
+}
+
+namespace {
+constexpr int64_t kFleetCountMaxAgeNanos = 5'000'000'000;
+}  // namespace
+
+int64_t ClusterLimits::FleetCount(const std::string& key) const {
+  MutexLock lock(&counts_mu_);
+  auto it = fleet_counts_.find(key);
+  if (it == fleet_counts_.end() ||
+      SteadyNowNanos() - it->second.second > kFleetCountMaxAgeNanos) {
+    return -1;
+  }
+  return it->second.first;
+}
+
+void ClusterLimits::NoteFleetCounts(const std::vector<std::string>& keys,
+                                    const std::vector<int64_t>& counts) {
+  const int64_t now = SteadyNowNanos();
+  MutexLock lock(&counts_mu_);
+  for (size_t i = 0; i < keys.size() && i < counts.size(); ++i) {
+    fleet_counts_[keys[i]] = {counts[i], now};
+  }
+  absl::erase_if(fleet_counts_, [now](const auto& kv) {
+    return now - kv.second.second > kFleetCountMaxAgeNanos;
+  });
+}
+
+void ClusterLimits::NoteLatency(int64_t nanos) {
+  size_t b = 0;
+  while (b < kFleetLatencyBoundsNanos.size() && nanos > kFleetLatencyBoundsNanos[b]) ++b;
+  stats_.latency[b].fetch_add(1, std::memory_order_relaxed);
+  stats_.latency_sum_nanos.fetch_add(nanos, std::memory_order_relaxed);
 }
 
 bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
@@ -520,6 +595,11 @@ void ClusterClient::Eval(const Script& s, std::vector<std::string> keys,
   for (auto& k : keys) argv.push_back(std::move(k));
   for (auto& a : args) argv.push_back(std::move(a));
   limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
+  const int64_t sent = SteadyNowNanos();
+  fn = [this, sent, fn = std::move(fn)](absl::StatusOr<RedisReply> r) {
+    if (r.ok()) limits_->NoteLatency(SteadyNowNanos() - sent);
+    fn(std::move(r));
+  };
   if (sha.empty()) return cmd_.Command(std::move(argv), std::move(fn));
   std::vector<std::string> again = argv;  // for a NOSCRIPT retry
   cmd_.Command(std::move(argv), [this, s, again = std::move(again),
@@ -774,6 +854,18 @@ void ClusterClient::Refresh() {
       ids += rec.id;
     }
   }
+  // Keys this client only waits on: counted for the operator's view, nothing renewed.
+  for (const auto& [id, w] : waiting_) {
+    if (w.local) continue;
+    for (const ClusterKey& k : w.queued) {
+      if (index.try_emplace(k.key, keys.size()).second) {
+        keys.push_back(k.key);
+        args.emplace_back();
+      }
+    }
+  }
+  std::vector<std::string> counted(keys.begin() + 2,
+                                   keys.begin() + std::min<size_t>(keys.size(), 1002));
   refresh_in_flight_ = true;
   const int64_t now = SteadyNowNanos();
   // The heartbeat: at least once a second (heartbeat_ms), so a Redis that lost its keys is
@@ -781,12 +873,15 @@ void ClusterClient::Refresh() {
   next_refresh_ = now + std::min<int64_t>(int64_t{o.lease_seconds} * 1000 / 3, o.heartbeat_ms) * kMs;
   next_probe_ = now + int64_t{kProbeMs} * kMs;
   Eval(Script{kScripts[kRefresh].body, kRefresh}, std::move(keys), std::move(args),
-       [this, complete](absl::StatusOr<RedisReply> r) {
+       [this, complete, counted = std::move(counted)](absl::StatusOr<RedisReply> r) {
          refresh_in_flight_ = false;
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->elements.size() < 7) {
            if (s.ok()) s = absl::InternalError("refresh: unexpected reply");
            return OnFailure(s);
          }
+         std::vector<int64_t> counts;
+         for (size_t i = 7; i < r->elements.size(); ++i) counts.push_back(r->elements[i].integer);
+         limits_->NoteFleetCounts(counted, counts);
          const int64_t clients = r->elements[2].integer;
          limits_->SetLive(r->elements[0].integer, clients);
          limits_->stats().refreshes.fetch_add(1, std::memory_order_relaxed);
@@ -804,7 +899,7 @@ void ClusterClient::Refresh() {
            seen_epoch_ = limits_->recovery_epoch();
            next_probe_ = 0;
          } else if (complete && limits_->rejoining()) {
-           limits_->MaybeFinishRejoin(clients, r->elements[3].integer);
+           limits_->MaybeFinishRejoin(clients, r->elements[3].integer, r->elements[4].integer);
          }
          // Releases that could not be sent while Redis was away.
          std::vector<LeaseRec> owed;
@@ -837,6 +932,11 @@ void ClusterClient::OnTick(int, uint32_t) {
   const int64_t now = SteadyNowNanos();
   if (!worker_) return;  // no tick for an observer
   sub_.Tick();
+  if (cmd_.discoveries() != discoveries_seen_) {
+    limits_->stats().discoveries.fetch_add(cmd_.discoveries() - discoveries_seen_,
+                                           std::memory_order_relaxed);
+    discoveries_seen_ = cmd_.discoveries();
+  }
   if (limits_->degraded()) {
     if (now >= next_probe_) Refresh();  // the probe that brings us back
   } else if (limits_->recovery_epoch() != seen_epoch_) {

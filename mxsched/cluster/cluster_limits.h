@@ -46,6 +46,7 @@
 #ifndef MXSCHED_IO_CLUSTER_LIMITS_H_
 #define MXSCHED_IO_CLUSTER_LIMITS_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -96,7 +97,7 @@ struct ClusterOptions {
 absl::StatusOr<std::optional<ClusterOptions>> ClusterOptionsFromConfig(const Config& config);
 
 // One limit a connection counts against: its Redis key and the configured limit.
-class ClusterLimits {
+class ClusterLimits final : public FleetView {
  public:
   explicit ClusterLimits(ClusterOptions options);
   ClusterLimits(const ClusterLimits&) = delete;
@@ -104,6 +105,20 @@ class ClusterLimits {
 
   const ClusterOptions& options() const { return options_; }
   const std::string& worker_id() const { return worker_id_; }
+
+  // FleetView (fleet_client.h): for the admin endpoint.
+  FleetStatus Status() const override;
+  int64_t HostCount(const Endpoint& e) const override { return FleetCount(HostKey(e)); }
+  int64_t DomainCount(std::string_view domain) const override {
+    return FleetCount(DomainKey(domain));
+  }
+  // The fleet's count on `key` as the last heartbeat read it (-1: none in the last 5 s).
+  int64_t FleetCount(const std::string& key) const;
+  // From a heartbeat: the fleet's counts on the keys a loop holds or awaits (the cache
+  // FleetCount reads; entries not renewed for 5 s are dropped).
+  void NoteFleetCounts(const std::vector<std::string>& keys, const std::vector<int64_t>& counts);
+  // One answered command's round trip.
+  void NoteLatency(int64_t nanos);
   std::string NewClientId();  // "WORKER.N", one per ClusterClient
   std::string HostKey(const Endpoint& e) const;
   std::string DomainKey(std::string_view domain) const;
@@ -122,10 +137,12 @@ class ClusterLimits {
   void BeginRejoin(int64_t redis_now_ms);
   // A complete refresh succeeded while rejoining: `clients` live clients in the workers set,
   // the oldest complete heartbeat at `oldest_heartbeat_ms` (Redis clock; 0 when a client
-  // has not re-registered yet). Normal again (one log line, counted) when every client seen
-  // before the outage is back and has re-registered since the rejoin began, or the rejoin
-  // has lasted lease_seconds.
-  void MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms);
+  // has not re-registered yet), Redis's clock at `redis_now_ms`. Normal again (one log
+  // line, counted) when the rejoin has lasted warmup_ms by Redis's clock (every live worker,
+  // seen or not, has probed and re-registered by then), every client seen before the outage
+  // is back and has re-registered since the rejoin began — or the rejoin has lasted
+  // lease_seconds (DESIGN §7 rule 4a).
+  void MaybeFinishRejoin(int64_t clients, int64_t oldest_heartbeat_ms, int64_t redis_now_ms);
   // Redis answered with fleet epoch `epoch` (`warm_left_ms` of its warm-up to go). Returns
   // true when this process knew another epoch: Redis lost its keys (restart or FLUSHALL)
   // without this process seeing an error — the caller reports it with StoreLost.
@@ -171,6 +188,9 @@ class ClusterLimits {
     std::atomic<int64_t> commands{0};       // commands sent to Redis
     std::atomic<int64_t> store_resets{0};   // Redis found without its keys (new epoch)
     std::atomic<int64_t> warmup_refusals{0};  // grants refused during a warm-up
+    std::atomic<int64_t> discoveries{0};      // masters found through Sentinel
+    std::array<std::atomic<uint64_t>, kFleetLatencyBoundsNanos.size() + 1> latency{};
+    std::atomic<int64_t> latency_sum_nanos{0};
   };
   Stats& stats() { return stats_; }
   const Stats& stats() const { return stats_; }
@@ -198,6 +218,10 @@ class ClusterLimits {
   std::string epoch_ ABSL_GUARDED_BY(mu_);  // the fleet epoch last seen
   bool knows_fleet_ ABSL_GUARDED_BY(mu_) = false;  // may vouch for epoch_ (Vouch)
   bool reached_ ABSL_GUARDED_BY(mu_) = false;      // Redis answered a script at least once
+  mutable Mutex counts_mu_;
+  // key -> {fleet-wide count, steady nanos read}
+  absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> fleet_counts_
+      ABSL_GUARDED_BY(counts_mu_);
   Stats stats_;
 };
 
@@ -286,6 +310,7 @@ class ClusterClient final : public FleetClient {
   int64_t next_refresh_ = 0;
   int64_t next_probe_ = 0;
   uint64_t seen_epoch_ = 0;
+  int64_t discoveries_seen_ = 0;  // cmd_.discoveries() counted into the stats
   bool worker_ = true;
   bool refresh_in_flight_ = false;
   bool tick_armed_ = false;

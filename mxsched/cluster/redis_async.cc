@@ -211,6 +211,7 @@ RedisConnection::RedisConnection(Loop* loop, RedisOptions options)
 
 RedisConnection::~RedisConnection() {
   destroying_ = true;
+  sentinels_.clear();  // their pending callbacks are dropped with them
   for (Pending* p : pending_) p->fn = nullptr;  // the owner is going away: no callbacks
   held_.clear();
   on_message_ = nullptr;
@@ -226,13 +227,91 @@ RedisConnection::~RedisConnection() {
   for (int i = 0; i < 200 && *ops_in_ring_ > 0; ++i) loop_->RunOnce(10);
 }
 
+std::string RedisConnection::server() const {
+  if (!options_.address.sentinel()) {
+    return StrCat(options_.address.host, ":", options_.address.port);
+  }
+  return master_known_ ? StrCat(master_host_, ":", master_port_) : std::string();
+}
+
+std::string RedisConnection::Where() const {
+  if (!options_.address.sentinel() || !master_known_) return options_.address.ToString();
+  return StrCat(options_.address.ToString(), " (master ", master_host_, ":", master_port_, ")");
+}
+
+// Asks sentinel `next_sentinel_` where the master is; on no answer the next one, `tried`
+// counting those asked. Commands wait in held_ meanwhile (each sentinel's own deadline
+// bounds the wait: timeout_ms split among them).
+void RedisConnection::Discover(size_t tried) {
+  const RedisAddress& a = options_.address;
+  if (destroying_) return;
+  if (tried == a.sentinels.size()) {
+    discovering_ = false;
+    ++failures_;
+    retry_after_ = SteadyNowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
+    if (drop_reason_.ok()) drop_reason_ = absl::UnavailableError("no sentinel answered");
+    drop_reason_ = absl::UnavailableError(
+        StrCat(a.ToString(), ": no sentinel knows master ", a.master_name, " (",
+               drop_reason_.message(), ")"));
+    FailHeld();
+    return;
+  }
+  discovering_ = true;
+  const size_t i = next_sentinel_ % a.sentinels.size();
+  if (sentinels_.size() != a.sentinels.size()) sentinels_.resize(a.sentinels.size());
+  if (sentinels_[i] == nullptr) {
+    RedisOptions so;
+    so.address.host = a.sentinels[i].host;
+    so.address.port = a.sentinels[i].port;
+    so.timeout_ms = std::max<int>(100, options_.timeout_ms / static_cast<int>(a.sentinels.size()));
+    so.reconnect_ms = 0;  // the parent's backoff paces the asking
+    sentinels_[i] = std::make_unique<RedisConnection>(loop_, so);
+  }
+  sentinels_[i]->Command(
+      {"SENTINEL", "get-master-addr-by-name", a.master_name},
+      [this, tried, i](absl::StatusOr<RedisReply> r) {
+        uint64_t port = 0;
+        if (r.ok() && r->type == RedisReply::Type::kArray && r->elements.size() == 2 &&
+            r->elements[0].type == RedisReply::Type::kString &&
+            ParseUint(r->elements[1].str, &port) && port > 0 && port <= 65535 &&
+            !r->elements[0].str.empty() && r->elements[0].str.size() < 256) {
+          master_host_ = r->elements[0].str;
+          master_port_ = static_cast<uint16_t>(port);
+          master_known_ = true;
+          discovering_ = false;
+          ++discoveries_;
+          if (!EnsureContext()) return FailHeld();
+          if (!channel_.empty()) SendSubscribe();
+          if (ready_) Released();
+          return;
+        }
+        const RedisAddress::HostPort& s = options_.address.sentinels[i];
+        drop_reason_ = absl::UnavailableError(StrCat(
+            "sentinel ", s.host, ":", s.port, ": ",
+            !r.ok()                                   ? std::string(r.status().message())
+            : r->is_error()                           ? r->str
+            : r->type == RedisReply::Type::kNil ? StrCat("master ", options_.address.master_name, " unknown")
+                                                      : std::string("unexpected reply")));
+        ++next_sentinel_;
+        Discover(tried + 1);
+      });
+}
+
 bool RedisConnection::EnsureContext() {
   if (ac_ != nullptr) return true;
-  if (destroying_ || SteadyNowNanos() < retry_after_) return false;
-  redisAsyncContext* ac = redisAsyncConnect(options_.address.host.c_str(), options_.address.port);
+  if (destroying_ || discovering_ || SteadyNowNanos() < retry_after_) return false;
+  const bool sentinel = options_.address.sentinel();
+  if (sentinel && !master_known_) {
+    Discover(0);  // may finish at once (a sentinel in backoff fails fast)
+    return ac_ != nullptr;
+  }
+  const std::string& host = sentinel ? master_host_ : options_.address.host;
+  const uint16_t port = sentinel ? master_port_ : options_.address.port;
+  redisAsyncContext* ac = redisAsyncConnect(host.c_str(), port);
   if (ac == nullptr || ac->err) {
+    master_known_ = false;
     drop_reason_ = absl::UnavailableError(
-        StrCat(options_.address.ToString(), ": ", ac ? ac->errstr : "out of memory"));
+        StrCat(Where(), ": ", ac ? ac->errstr : "out of memory"));
     if (ac != nullptr) redisAsyncFree(ac);
     ++failures_;
     retry_after_ = SteadyNowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
@@ -257,34 +336,61 @@ bool RedisConnection::EnsureContext() {
   ac_ = ac;
   redisAsyncSetConnectCallback(ac, &RedisConnection::OnConnect);
   redisAsyncSetDisconnectCallback(ac, &RedisConnection::OnDisconnect);
-  ready_ = options_.address.db == 0;
-  if (!ready_) {
+  ready_ = true;
+  if (sentinel && channel_.empty()) {
+    // The address a sentinel gave must be the master now (a failover may be under way):
+    // nothing else goes before ROLE says so. (Not on a subscriber: hiredis 0.14 takes any
+    // array in subscribe mode for a message; a replica relays PUBLISH anyway.)
+    Command({"ROLE"}, [this](absl::StatusOr<RedisReply> r) {
+      if (!r.ok()) return;  // dropped: the held commands were failed with it
+      if (r->type != RedisReply::Type::kArray || r->elements.empty() ||
+          r->elements[0].str != "master") {
+        const std::string role = r->type == RedisReply::Type::kArray && !r->elements.empty()
+                                     ? EchoForError(r->elements[0].str)
+                                     : (r->is_error() ? EchoForError(r->str) : "?");
+        master_known_ = false;
+        return Drop(absl::UnavailableError(StrCat(Where(), ": ROLE is ", role, ", not master")));
+      }
+      if (options_.address.db == 0) return Released();
+      ready_ = true;
+      SendSelect();
+      ready_ = false;
+    });
+    ready_ = false;
+  } else if (options_.address.db != 0) {
     // First on the connection, and nothing else is sent until it succeeds: a failed
     // SELECT fails the commands held behind it (they never run in DB 0).
-    ready_ = true;  // lets this one through
-    Command({"SELECT", StrCat(options_.address.db)}, [this](absl::StatusOr<RedisReply> r) {
-      if (!r.ok()) return;  // dropped: the held commands were failed with it
-      if (r->is_error() || r->type != RedisReply::Type::kStatus) {
-        return Drop(absl::UnavailableError(
-            StrCat(options_.address.ToString(), ": SELECT ", options_.address.db, ": ",
-                   r->is_error() ? r->str : "unexpected reply")));
-      }
-      ready_ = true;
-      std::deque<Held> held;
-      held.swap(held_);
-      for (Held& h : held) Command(std::move(h.argv), std::move(h.fn));
-    });
+    SendSelect();
     ready_ = false;
   }
   return true;
 }
 
+void RedisConnection::SendSelect() {
+  Command({"SELECT", StrCat(options_.address.db)}, [this](absl::StatusOr<RedisReply> r) {
+    if (!r.ok()) return;  // dropped: the held commands were failed with it
+    if (r->is_error() || r->type != RedisReply::Type::kStatus) {
+      return Drop(absl::UnavailableError(
+          StrCat(Where(), ": SELECT ", options_.address.db, ": ",
+                 r->is_error() ? r->str : "unexpected reply")));
+    }
+    Released();
+  });
+}
+
+void RedisConnection::Released() {
+  ready_ = true;
+  std::deque<Held> held;
+  held.swap(held_);
+  for (Held& h : held) Command(std::move(h.argv), std::move(h.fn));
+}
+
 void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
-  if (!EnsureContext()) {
+  if (!EnsureContext() && !discovering_) {
     fn(drop_reason_.ok() ? absl::UnavailableError("Redis connection down") : drop_reason_);
     return;
   }
-  if (!ready_) {  // behind the SELECT (its deadline bounds the wait)
+  if (discovering_ || !ready_) {  // behind discovery, ROLE or SELECT (their deadlines bound it)
     held_.push_back(Held{std::move(argv), std::move(fn)});
     return;
   }
@@ -301,7 +407,7 @@ void RedisConnection::Command(std::vector<std::string> argv, ReplyFn fn) {
                             args.data(), lens.data()) != REDIS_OK) {
     ReplyFn f = std::move(p->fn);
     delete p;
-    f(absl::UnavailableError(StrCat(options_.address.ToString(), ": connection closing")));
+    f(absl::UnavailableError(StrCat(Where(), ": connection closing")));
     return;
   }
   pending_.push_back(p);
@@ -332,6 +438,7 @@ void RedisConnection::SendSubscribe() {
 
 void RedisConnection::Drop(absl::Status why) {
   drop_reason_ = std::move(why);
+  master_known_ = false;  // redis-sentinel://: ask again before reconnecting
   ++failures_;
   retry_after_ = SteadyNowNanos() + int64_t{options_.reconnect_ms} * 1'000'000;
   connected_ = subscribed_ = false;
@@ -360,11 +467,19 @@ void RedisConnection::OnReply(redisAsyncContext* ac, void* reply, void* privdata
   ReplyFn fn = std::move(p->fn);
   delete p;
   if (!fn) return;
-  if (reply != nullptr) return fn(Copy(static_cast<redisReply*>(reply)));
+  if (reply != nullptr) {
+    auto* rr = static_cast<redisReply*>(reply);
+    if (rr->type == REDIS_REPLY_ERROR && c->options_.address.sentinel() && rr->str != nullptr &&
+        std::string_view(rr->str, rr->len).substr(0, 8) == "READONLY" && ac == c->ac_) {
+      // The master was demoted under us (a failover): ask the sentinels again.
+      c->Drop(absl::UnavailableError(StrCat(c->Where(), ": no longer the master (READONLY)")));
+    }
+    return fn(Copy(rr));
+  }
   if (c->protocol_error_ || (ac != c->ac_ && !c->drop_reason_.ok())) return fn(c->drop_reason_);
   if (ac == c->ac_ || c->drop_reason_.ok()) {
     return fn(absl::UnavailableError(
-        StrCat(c->options_.address.ToString(), ": connection lost",
+        StrCat(c->Where(), ": connection lost",
                ac->errstr != nullptr && ac->err ? StrCat(" (", ac->errstr, ")") : "")));
   }
   fn(c->drop_reason_);
@@ -398,7 +513,8 @@ void RedisConnection::OnConnect(const redisAsyncContext* ac, int status) {
   ++c->failures_;
   c->retry_after_ = SteadyNowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
   c->drop_reason_ = absl::UnavailableError(
-      StrCat(c->options_.address.ToString(), ": connect: ", ac->errstr ? ac->errstr : "failed"));
+      StrCat(c->Where(), ": connect: ", ac->errstr ? ac->errstr : "failed"));
+  c->master_known_ = false;
   c->FailHeld();
 }
 
@@ -411,9 +527,9 @@ void RedisConnection::OnDisconnect(const redisAsyncContext* ac, int) {
   ++c->failures_;
   c->retry_after_ = SteadyNowNanos() + int64_t{c->options_.reconnect_ms} * 1'000'000;
   if (!c->protocol_error_) {
-    c->drop_reason_ =
-        absl::UnavailableError(StrCat(c->options_.address.ToString(), ": connection lost"));
+    c->drop_reason_ = absl::UnavailableError(StrCat(c->Where(), ": connection lost"));
   }
+  c->master_known_ = false;
   c->FailHeld();
 }
 
@@ -441,7 +557,7 @@ void RedisConnection::OnTimer(int, uint32_t) {
                     (subscribe_deadline_ != 0 && subscribe_deadline_ <= now);
   if (late) {
     Drop(absl::DeadlineExceededError(
-        StrCat(options_.address.ToString(), ": no reply within ", options_.timeout_ms, " ms")));
+        StrCat(Where(), ": no reply within ", options_.timeout_ms, " ms")));
   }
   ArmTimer();
 }

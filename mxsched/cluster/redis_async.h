@@ -12,6 +12,13 @@
 // DEADLINE_EXCEEDED, and the next command reconnects (no sooner than reconnect_ms after a
 // failure, failing fast with UNAVAILABLE meanwhile, so a dead Redis costs no connect storm).
 //
+// With a redis-sentinel:// address (DESIGN §7, Sentinel) the master is found before each
+// (re)connection: `SENTINEL get-master-addr-by-name` to each sentinel in turn (one plain
+// RedisConnection per sentinel, kept), then `ROLE` on the address it names, which must
+// answer "master" before anything else is sent (commands are held meanwhile, as behind a
+// SELECT). A lost connection, a refused ROLE or a READONLY error reply (a master demoted
+// under us) forgets the master: the next command asks the sentinels again.
+//
 // Replies are copied into RedisReply (hiredis frees its own after the callback returns).
 //
 // Thread-safety: REQUIRES external synchronization — a RedisConnection belongs to its
@@ -90,6 +97,11 @@ class RedisConnection {
   // Incremented on each connection failure or command timeout.
   int64_t failures() const { return failures_; }
   const RedisOptions& options() const { return options_; }
+  // Where commands go: the server, or (redis-sentinel://) the master last discovered, as
+  // "HOST:PORT" ("" while none is known).
+  std::string server() const;
+  // redis-sentinel://: masters discovered (counts a failover seen by this connection).
+  int64_t discoveries() const { return discoveries_; }
 
   struct Pending;
   struct Adapter;
@@ -102,6 +114,10 @@ class RedisConnection {
   };
   void FailHeld();
   bool EnsureContext();
+  void Discover(size_t tried);
+  void SendSelect();
+  void Released();  // the gate passed: send what was held
+  std::string Where() const;  // for errors: the URL, and the master if discovered
   void Drop(absl::Status why);
   void ArmTimer();
   void OnTimer(int res, uint32_t flags);
@@ -126,6 +142,14 @@ class RedisConnection {
   absl::Status drop_reason_;
   std::string channel_;
   MessageFn on_message_;
+  // redis-sentinel://
+  bool master_known_ = false;
+  bool discovering_ = false;
+  size_t next_sentinel_ = 0;
+  int64_t discoveries_ = 0;
+  std::string master_host_;
+  uint16_t master_port_ = 0;
+  std::vector<std::unique_ptr<RedisConnection>> sentinels_;
   std::shared_ptr<int> ops_in_ring_ = std::make_shared<int>(0);
   bool timer_armed_ = false;
   bool destroying_ = false;

@@ -251,7 +251,8 @@ TEST(Config, ClusterOptionsParseAndBadValuesAreClearErrors) {
 
   EXPECT_EQ(ErrorOf("cluster_limits = \"http://127.0.0.1:6379\""),
             "m.conf:1:18: option \"cluster_limits\": Redis URL \"http://127.0.0.1:6379\": must "
-            "start with redis:// (want redis://HOST:PORT[/DB])");
+            "start with redis:// or redis-sentinel:// (want redis://HOST:PORT[/DB] or "
+            "redis-sentinel://HOST:PORT[,...]/MASTER_NAME[/DB])");
   EXPECT_NE(ErrorOf("cluster_limits = \"redis://127.0.0.1:0\"").find("port must be 1..65535"),
             std::string::npos);
   EXPECT_NE(ErrorOf("cluster_limits = \"redis://127.0.0.1:6379/x\"").find("DB must be a number"),

@@ -4,7 +4,8 @@
 //
 //   GET  /metrics          Prometheus text exposition (MetricsCollector, metrics.h)
 //   GET  /domains/NAME     the domain's route as JSON, the same view as `mxsched route
-//                          --json` with live counts; 404 if the domain is not resident
+//                          --json` with live counts (fleet-wide ones as the last heartbeat
+//                          read them, with AdminOptions::fleet); 404 if not resident
 //   GET  /hosts            every destination: active, limit, state, failures, retry time
 //   POST /refresh?domain=NAME|all
 //                          Momentum's `refresh domain`: NAME re-plans now and answers its
@@ -67,6 +68,10 @@ struct AdminOptions {
   // Hosts with their own /metrics series and /hosts entries (the busiest); the rest are
   // summed under host="other" (MetricsCollector).
   size_t max_host_series = MetricsCollector::kDefaultMaxHosts;
+  // With cluster_limits: the process's fleet (cluster::View): the mxsched_cluster_* metrics
+  // and the fleet-wide counts ("cluster_active") in GET /domains/NAME. Borrowed; outlives
+  // the server.
+  const io::FleetView* fleet = nullptr;
 };
 
 // The admin listen address: exactly one ADDRESS:PORT with an IP literal ("[v6]:port" for
@@ -100,7 +105,8 @@ class AdminServer {
 
  private:
   AdminServer(Selector* selector, io::DnsCache* dns, const AdminOptions& options)
-      : selector_(selector), dns_(dns), metrics_(selector, dns, options.max_host_series),
+      : selector_(selector), dns_(dns),
+        metrics_(selector, dns, options.max_host_series, options.fleet),
         options_(options) {}
   void Run();
 

@@ -56,10 +56,24 @@
 //   mxsched_dns_queries_total (counter): queries handed to a DNS client
 //   mxsched_dns_answers_total (counter; result): answers stored: ok, nodata, nxdomain, tempfail
 //   mxsched_dns_cache_entries (gauge): names and types in the DNS cache
+// With cluster_limits (a FleetView given; DESIGN §7):
+//   mxsched_cluster_mode (gauge; mode): 1 for the mode in force, else 0: normal, rejoining,
+//       share, closed, open (the last three: Redis away, cluster_failure_mode deciding)
+//   mxsched_cluster_live_workers (gauge): worker processes in the fleet, last heartbeat
+//   mxsched_cluster_redis_commands_total (counter): commands sent to Redis
+//   mxsched_cluster_redis_errors_total (counter): failed or timed-out Redis commands
+//   mxsched_cluster_redis_duration_seconds (histogram): round trips of answered commands
+//       (buckets 100 us .. 1 s)
+//   mxsched_cluster_mode_switches_total (counter): switches away from normal and back
+//   mxsched_cluster_store_resets_total (counter): Redis found without its keys
+//   mxsched_cluster_leases_total (counter; decided): fleet slots taken: redis, local
+//   mxsched_cluster_waits_total (counter): sessions that waited at a fleet limit
+//   mxsched_cluster_wakeups_total (counter): fleet waits ended by a release's publish
+//   mxsched_cluster_sentinel_discoveries_total (counter): masters found through Sentinel
 //
 // Series count: 27 per host shown (6 gauges; 1 + 7 counters; a histogram of 11 buckets + sum +
 // count), at most max_hosts (500) of them plus 22 for "other"; 2 per provider pattern, plus 36
-// per process. Benchmark: bench/metrics_bench.cc (a scrape of 10,000 hosts).
+// per process, and 30 more with cluster_limits. Benchmark: bench/metrics_bench.cc (a scrape of 10,000 hosts).
 //
 // Thread-safety: Collect() is safe from any thread, concurrently with the data path.
 // Lifetime: `selector` and `dns` are borrowed and must outlive the collector.
@@ -69,6 +83,7 @@
 #include <string>
 #include <vector>
 
+#include "mxsched/io/fleet_client.h"
 #include "mxsched/io/resolver.h"
 #include "mxsched/scheduler/selector.h"
 #include "prometheus/collectable.h"
@@ -86,9 +101,11 @@ class MetricsCollector : public prometheus::Collectable {
   // 5.17 M series). A host's series come and go as it enters and leaves the top; "other"'s
   // counters can then fall, which rate() reads as a reset.
   static constexpr size_t kDefaultMaxHosts = 500;
+  // `fleet` (with cluster_limits; may be null): the mxsched_cluster_* families.
   explicit MetricsCollector(Selector* selector, io::DnsCache* dns = nullptr,
-                            size_t max_hosts = kDefaultMaxHosts)
-      : selector_(selector), dns_(dns), max_hosts_(max_hosts) {}
+                            size_t max_hosts = kDefaultMaxHosts,
+                            const io::FleetView* fleet = nullptr)
+      : selector_(selector), dns_(dns), max_hosts_(max_hosts), fleet_(fleet) {}
 
   // The prometheus-cpp interface (for an Exposer or a Registry-based pipeline).
   std::vector<prometheus::MetricFamily> Collect() const override;
@@ -104,6 +121,7 @@ class MetricsCollector : public prometheus::Collectable {
   Selector* selector_;
   io::DnsCache* dns_;
   size_t max_hosts_;
+  const io::FleetView* fleet_;
 };
 
 // The Prometheus text exposition (format 0.0.4) of `families`.

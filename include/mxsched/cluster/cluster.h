@@ -31,6 +31,9 @@ namespace mxsched::cluster {
 // error naming the option for a bad value.
 absl::StatusOr<std::shared_ptr<io::ClusterLimits>> FleetFromConfig(const Config& config);
 
+// What the admin endpoint shows of `fleet` (admin::AdminOptions::fleet); null for null.
+const io::FleetView* View(const std::shared_ptr<io::ClusterLimits>& fleet);
+
 // A client on `loop` for one Connector (ConnectorOptions::cluster).
 std::unique_ptr<io::FleetClient> NewFleetClient(io::Loop* loop,
                                                 std::shared_ptr<io::ClusterLimits> fleet);

@@ -8,6 +8,7 @@
 #ifndef MXSCHED_IO_FLEET_CLIENT_H_
 #define MXSCHED_IO_FLEET_CLIENT_H_
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -93,6 +94,42 @@ class FleetClient {
 
  private:
   friend class ClusterLease;
+};
+
+// Round-trip buckets of FleetStatus::latency (upper bounds, nanoseconds; one more: +Inf).
+inline constexpr std::array<int64_t, 12> kFleetLatencyBoundsNanos = {
+    100'000,    250'000,    500'000,     1'000'000,   2'500'000,   5'000'000,
+    10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000};
+
+// What an operator sees of the fleet (docs/DESIGN.md §7, §8): read by the admin endpoint at
+// scrape time, from any thread — atomics and a short lock, never a Redis call.
+struct FleetStatus {
+  // "normal"; "rejoining" (Redis back, shares kept until the fleet is); or, while Redis is
+  // away, the failure mode in force: "share", "closed", "open".
+  std::string mode;
+  int64_t live_workers = 0;   // worker processes in the workers set, last heartbeat
+  int64_t commands = 0;       // commands sent to Redis
+  int64_t errors = 0;         // failed or timed-out commands
+  int64_t mode_switches = 0;  // away from normal and back
+  int64_t store_resets = 0;   // Redis found without its keys (restart, flush)
+  int64_t leases = 0;         // slots taken
+  int64_t local_leases = 0;   // ... of which decided locally (Redis away or rejoining)
+  int64_t waits = 0;          // sessions that waited at a fleet limit
+  int64_t wakeups = 0;        // waits ended by a release's publish
+  int64_t discoveries = 0;    // masters found through Sentinel (redis-sentinel://)
+  // Round trips of answered commands (non-cumulative, kFleetLatencyBoundsNanos).
+  std::array<uint64_t, kFleetLatencyBoundsNanos.size() + 1> latency_buckets{};
+  int64_t latency_sum_nanos = 0;
+};
+
+class FleetView {
+ public:
+  virtual ~FleetView() = default;
+  virtual FleetStatus Status() const = 0;
+  // Fleet-wide leases on a host's (domain's) key as the last heartbeat read them — at most a
+  // few seconds old; -1 when not known (no loop of this process holds or awaits a slot there).
+  virtual int64_t HostCount(const Endpoint& e) const = 0;
+  virtual int64_t DomainCount(std::string_view domain) const = 0;
 };
 
 }  // namespace mxsched::io
