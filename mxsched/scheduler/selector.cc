@@ -282,7 +282,9 @@ SelectorImpl::SelectorImpl(std::shared_ptr<const Config> config, SelectorOptions
 SelectorImpl::~SelectorImpl() {
   // REQUIRES: no Lease outstanding and no concurrent call. The table frees itself; the
   // snapshots its entries shared go with the interner (routes_), once evicted entries still
-  // waiting for reclamation have dropped theirs.
+  // waiting for reclamation have dropped theirs. The live throttle set is owned here
+  // (SetConfig only retires the sets it replaces).
+  delete throttles_.exchange(nullptr, std::memory_order_acq_rel);
   epoch::Reclaim();
 }
 
