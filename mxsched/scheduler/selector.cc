@@ -703,7 +703,7 @@ ThrottleReservation SelectorImpl::ReserveStart(const ThrottleSet& set, const Dom
                                                int64_t now, int64_t max_wait,
                                                RateThrottle** blocked) {
   RateThrottle* ts[kMaxThrottlesPerStart];
-  const size_t n = set.Collect(entry.name(), h.name(), h.endpoint().address,
+  const size_t n = set.Collect(entry.name(), entry.hash, h.name(), h.endpoint().address,
                                binding != nullptr ? std::string_view(binding->name()) : "",
                                /*new_connection=*/true, ts);
   const ThrottleReservation r = ReserveAll(std::span<RateThrottle* const>(ts, n), now, max_wait);
