@@ -58,19 +58,21 @@ bool IsLocalError(int err) {
 // over several waits), what earlier attempts left (`slot_woken_before`, `busy_since_wait`).
 //
 //   kNew            -> kAcquiring
-//   kAcquiring      -> kWaitingDns | kWaitingSlot | kClusterAcquire | kConnecting | kDone
+//   kAcquiring      -> kWaitingDns | kWaitingSlot | kWaitingThrottle | kClusterAcquire
+//                      | kConnecting | kDone
 //   kWaitingDns, kWaitingSlot, kWaitingCluster
 //                   -> kAcquiring  (woken, its timer, new routes, or Stop)
+//   kWaitingThrottle -> kClusterAcquire | kConnecting | kDone (its timer; Stop removes it)
 //   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
-// stop leaves the wait for kAcquiring, whose first step sees the stop. Future steps are
-// phases added here — e.g. a wait for a rate throttle's timer (kWaitingThrottle, left for
-// kAcquiring like the other waits) or a connection taken from a reuse pool (kParked, from
-// kAcquiring, to kDone or back to kAcquiring when the parked connection is dead): a row in
+// stop leaves the wait for kAcquiring, whose first step sees the stop. kWaitingThrottle is
+// the exception: it already holds its slot (Lease::start_at is ahead), registered with no
+// one but its own timer, so its timer's completion — fired, or removed by Stop — ends it.
+// Future steps are phases added here (e.g. a connection taken from a reuse pool): a row in
 // LegalTransition, a case in Cancel, and the handlers that enter and leave it.
 enum class Phase : uint8_t {
   kNew,             // constructed, Connect has not yet made the first attempt
