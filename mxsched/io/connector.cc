@@ -453,11 +453,15 @@ struct Connector::Session {
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
     if (!cluster.Plan(lease, domain, domain_limit)) return Open();
     Enter(Phase::kClusterAcquire);
-    ++pending;  // the verdict may come before Ask returns
+    // The verdict may come before Ask returns, and end the session: one count for the
+    // verdict, one holding the session until Ask has returned.
+    pending += 2;
     cluster.Ask(MayWait(), [this](FleetClient::Result res) {
       --pending;
       OnClusterVerdict(std::move(res));
     });
+    --pending;
+    MaybeDelete();
   }
 
   void OnClusterVerdict(FleetClient::Result res) {
