@@ -66,13 +66,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   mxsched::bench::MedianReporter reporter;  // the ratio comes from this run's medians
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  const double none = reporter.Median("BM_AcquireRelease/0");
-  const double group = reporter.Median("BM_AcquireRelease/1");
-  if (none > 0 && group > 0) {
-    std::printf("ratio group-of-8 / no binding (median CPU ns per Acquire+Release): %.2f "
-                "(%.1f / %.1f ns)\n",
-                group / none, group, none);
-  }
+  reporter.PrintRatio("group-of-8 / no binding", "BM_AcquireRelease/1", "BM_AcquireRelease/0");
   benchmark::Shutdown();
   return 0;
 }

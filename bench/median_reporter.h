@@ -3,6 +3,7 @@
 #ifndef MXSCHED_BENCH_MEDIAN_REPORTER_H_
 #define MXSCHED_BENCH_MEDIAN_REPORTER_H_
 
+#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -27,6 +28,15 @@ struct MedianReporter : benchmark::ConsoleReporter {
   double Median(const std::string& name) const {
     auto it = median_cpu_ns.find(name);
     return it == median_cpu_ns.end() ? 0 : it->second;
+  }
+  // Prints "ratio LABEL (median CPU ns per Acquire+Release): R (A / B ns)" for the medians
+  // of `name` over `base`, if both ran.
+  void PrintRatio(const std::string& label, const std::string& name,
+                  const std::string& base) const {
+    const double a = Median(name), b = Median(base);
+    if (a <= 0 || b <= 0) return;
+    std::printf("ratio %s (median CPU ns per Acquire+Release): %.2f (%.1f / %.1f ns)\n",
+                label.c_str(), a / b, a, b);
   }
 };
 

@@ -61,14 +61,9 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   mxsched::bench::MedianReporter reporter;  // the ratios come from this run's medians
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  const double none = reporter.Median("BM_AcquireRelease/0");
   for (int n : {1, 3}) {
-    const double with = reporter.Median("BM_AcquireRelease/" + std::to_string(n));
-    if (none > 0 && with > 0) {
-      std::printf("ratio %d throttle(s) / none (median CPU ns per Acquire+Release): %.2f "
-                  "(%.1f / %.1f ns)\n",
-                  n, with / none, with, none);
-    }
+    reporter.PrintRatio(std::to_string(n) + " throttle(s) / none",
+                        "BM_AcquireRelease/" + std::to_string(n), "BM_AcquireRelease/0");
   }
   benchmark::Shutdown();
   return 0;

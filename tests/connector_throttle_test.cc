@@ -41,12 +41,7 @@ class ConnectorThrottleTest : public testing::LoopbackTest {
     o.threads = 2;
     o.max_seconds = max_seconds;
     o.connector.slot_wait_ms = wait_ms;
-    o.connector.banner_timeout_ms = 30'000;
-    o.connector.connect_timeout_ms = 30'000;
-    auto r = testbed::RunLoad(s, o);
-    EXPECT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
-    return *r;
+    return testing::RunAccountedLoad(s, std::move(o));
   }
   static int64_t Peak(const std::vector<testbed::FarmRatePeak>& peaks, int window_ms) {
     for (const auto& p : peaks) {
