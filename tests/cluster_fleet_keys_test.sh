@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The fleet-wide keys beyond a host's and a domain's (docs/DESIGN.md §7, key layout): three
 # `mxsched load` processes share limits through a real redis-server while the farm counts
-# what the receiver saw — per source address for bindings.
+# what the receiver saw — per source address for bindings, over every address for a
+# provider pattern.
 #   per_binding_host_limit_across_workers
 #       a Binding_Group of two bindings (sources .2 and .3), each with Binding::Host limit 3,
 #       and a Host total of 5: the farm's peak per source <= 3, on the address <= 5, both
 #       sources used, every session connected
 #   per_binding_domain_limit_across_workers
 #       a binding (source .4) with Binding::Domain limit 2: the farm's peak from .4 <= 2
+#   provider_limit_across_workers
+#       Host "*.prov.test" limit 4 over three MX names (dnsmasq) of three domains: the farm's
+#       peak over all of its addresses <= 4 (skipped without dnsmasq)
 # Every process here is started by this script, bounded (`timeout -s KILL`), and stopped by
 # its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
 set -u
@@ -15,6 +19,7 @@ bin=$1
 REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
 CLI=$(command -v redis-cli)
 [ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
+DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -36,7 +41,7 @@ wait_for() {
   for _ in $(seq 600); do eval "$1" && return 0; sleep 0.05; done
   fail "timed out waiting for: $1"
 }
-port=$(free_port); rport=$(free_port)
+port=$(free_port); rport=$(free_port); dport=$(free_port)
 . "$(dirname "$0")/test_net.sh"  # a 127.N no other running test uses
 claim_test_net
 net="$test_net.79"
@@ -129,4 +134,37 @@ wait_for '[ "$(farm_quits f1)" -ge 570 ]'
 check f1 'all(r[w]["connected"] == 40 for w in r)'
 check f1 'src["'$net.4'"]["peak"] <= 2 and src["'$net.4'"]["accepted"] == 120'
 
+echo "== provider_limit_across_workers"
+if [ -z "$DNSMASQ" ]; then
+  echo "SKIP provider_limit_across_workers: dnsmasq not installed (Debian dnsmasq-base)"
+else
+  farm f2 "$net.11-$net.13:$port"
+  timeout -s KILL 100 "$DNSMASQ" --keep-in-foreground --conf-file=/dev/null --no-resolv \
+    --no-hosts --no-negcache --listen-address=127.0.0.1 --bind-interfaces --user=root \
+    --pid-file= --port="$dport" --local-ttl=300 --local=/test/ \
+    --mx-host=p1.test,mx1.prov.test,10 --mx-host=p2.test,mx2.prov.test,10 \
+    --mx-host=p3.test,mx3.prov.test,10 --host-record=mx1.prov.test,$net.11 \
+    --host-record=mx2.prov.test,$net.12 --host-record=mx3.prov.test,$net.13 2>/dev/null &
+  pids+=($!)
+  cat >"$work/p.conf" <<CONF
+routes = ( "__mx__" )
+prohibited_hosts = ( )   # the MXs are on loopback: opt in
+remote_smtp_port = $port
+max_outbound_connections = 64
+Host "*.prov.test" { max_outbound_connections = 4 }
+cluster_limits = "redis://127.0.0.1:$rport"
+cluster_name = "$name"
+cluster_lease_seconds = 6
+CONF
+  conf="$work/p.conf"
+  # dnsmasq is ready when `route` gets the MX (bounded).
+  wait_for '"$bin" route --config "$conf" --dns "127.0.0.1:$dport" p3.test 2>/dev/null | grep -q mx3.prov.test'
+  three "{$name}:p:*.prov.test" --dns "127.0.0.1:$dport" --domains p1.test,p2.test,p3.test --sessions 150 \
+    --concurrency 8 --hold-ms 20
+  wait_for '[ "$(farm_quits f2)" -ge 450 ]'
+  check f2 'all(r[w]["connected"] == 150 for w in r)'
+  check f2 's["peak_all_addresses"] <= 4'
+  check f2 'sum(1 for a in s["addresses"] if a["quits"] > 0) == 3'  # every MX of the pattern
+  check f2 'sum(r[w]["cluster"]["waits"] for w in r) > 0'
+fi
 echo "cluster_fleet_keys_test: all checks passed"

@@ -316,6 +316,10 @@ std::string ClusterLimits::DomainKey(std::string_view domain) const {
 }
 
 // Binding names are [A-Za-z0-9_.-] (no ':'), so BINDING:REST cannot be read two ways.
+std::string ClusterLimits::ProviderKey(std::string_view pattern) const {
+  return StrCat(tag_, ":p:", ToLower(pattern));
+}
+
 std::string ClusterLimits::BindingHostKey(std::string_view binding, const Endpoint& e) const {
   return StrCat(tag_, ":bh:", binding, ":", e.ToString());
 }

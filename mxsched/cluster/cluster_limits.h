@@ -1,6 +1,6 @@
-// Cluster-wide limits: per-host, per-domain and per-binding max_outbound_connections shared
-// by every worker process that uses the same Redis and cluster_name (DESIGN §7; which keys
-// a connection takes: io/cluster_step.h).
+// Cluster-wide limits: per-host, per-domain, per-binding and provider (MX-name pattern)
+// max_outbound_connections shared by every worker process that uses the same Redis and
+// cluster_name (DESIGN §7; which keys a connection takes: io/cluster_step.h).
 //
 //   ClusterLimits  one per process: options, worker id, the process's own count of slots
 //                  held per key, the failure mode (normal or degraded) and the counters.
@@ -123,6 +123,7 @@ class ClusterLimits final : public FleetView {
   std::string NewClientId();  // "WORKER.N", one per ClusterClient
   std::string HostKey(const Endpoint& e) const;
   std::string DomainKey(std::string_view domain) const;
+  std::string ProviderKey(std::string_view pattern) const;
   std::string BindingHostKey(std::string_view binding, const Endpoint& e) const;
   std::string BindingDomainKey(std::string_view binding, std::string_view domain) const;
   std::string WorkersKey() const { return tag_ + ":workers"; }
@@ -257,6 +258,9 @@ class ClusterClient final : public FleetClient {
   std::string HostKey(const Endpoint& e) const override { return limits_->HostKey(e); }
   std::string DomainKey(std::string_view domain) const override {
     return limits_->DomainKey(domain);
+  }
+  std::string ProviderKey(std::string_view pattern) const override {
+    return limits_->ProviderKey(pattern);
   }
   std::string BindingHostKey(std::string_view binding, const Endpoint& e) const override {
     return limits_->BindingHostKey(binding, e);

@@ -26,6 +26,8 @@ bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t doma
       add(fleet_->BindingHostKey(binding, e), l, Role::kBindingHost);
     }
   }
+  provider_.assign(lease.provider());
+  if (!provider_.empty()) add(fleet_->ProviderKey(provider_), lease.provider_limit(), Role::kProvider);
   if (!binding.empty()) {
     if (const int32_t l = lease.binding_domain_limit(); l != kUnlimited && l > 0) {
       add(fleet_->BindingDomainKey(binding, domain), l, Role::kDomain);
@@ -58,7 +60,7 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
         "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
     return d;
   }
-  // The first full key names the verdict.
+  // The first full key names the verdict (the host's before the provider's).
   bool host_full = false, domain_full = false;
   std::string where;
   for (size_t i = 0; i < roles_.size() && i < 32; ++i) {
@@ -69,7 +71,8 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
       continue;
     }
     if (!host_full) {
-      where = at_.endpoint.ToString();
+      where = role == Role::kProvider ? StrCat("provider ", provider_, " (at ", at_.endpoint.ToString(), ")")
+                                      : at_.endpoint.ToString();
       if (role == Role::kBindingHost) where += StrCat(" through binding ", at_.binding);
     }
     host_full = true;

@@ -54,8 +54,8 @@ class ClusterStep {
   // key layout): the host's configured limit over every binding (the fleet's; a lower
   // adaptive one is this process's own view, already applied by the selector); through a
   // named binding, its Binding::Host limit and the domain's limit through it (else
-  // `domain_limit`, the default binding's). Returns false when none is limited: there is
-  // nothing to ask.
+  // `domain_limit`, the default binding's); the provider pattern's limit (§6). Returns
+  // false when none is limited: there is nothing to ask.
   bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit);
 
   // Sends the planned ask. With `may_wait`, it joins the fleet's queue when this session
@@ -89,7 +89,7 @@ class ClusterStep {
   static constexpr size_t kHostTries = 3;  // full hosts met before joining the queue
   // What each key of an ask limits (keys_ and roles_ run in parallel; bit i of a verdict's
   // full_mask is keys_[i]).
-  enum class Role : uint8_t { kHost, kBindingHost, kDomain };
+  enum class Role : uint8_t { kHost, kBindingHost, kProvider, kDomain };
   // Where a "full" was met: a host, through a binding ("" for the default binding).
   struct FullAt {
     Endpoint endpoint;
@@ -106,6 +106,7 @@ class ClusterStep {
   std::vector<ClusterKey> keys_;
   std::vector<Role> roles_;
   FullAt at_;                   // the host and binding of the planned ask
+  std::string provider_;        // its provider pattern, if any
   bool queued_ = false;         // the last ask joined the queue
 };
 

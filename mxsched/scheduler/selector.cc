@@ -259,6 +259,10 @@ std::string_view Lease::host_name() const { return host_->name(); }
 int32_t Lease::binding_host_limit() const {
   return binding_host_ == nullptr ? 0 : binding_host_->limit.load(std::memory_order_relaxed);
 }
+std::string_view Lease::provider() const {
+  return group_ == nullptr ? std::string_view() : std::string_view(group_->pattern());
+}
+int32_t Lease::provider_limit() const { return group_ == nullptr ? 0 : group_->limit(); }
 void Lease::RecordConnectLatency(int64_t nanos) {
   if (host_ != nullptr) host_->RecordConnectLatency(nanos);
 }

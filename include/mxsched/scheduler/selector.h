@@ -128,9 +128,12 @@ class Lease {
   // What the fleet's keys need (docs/DESIGN.md §7): through a named binding, the per-binding
   // limits this slot was admitted under — the domain's through the binding and the
   // address's through it (kUnlimited: no Binding::Host limit); 0 for the default binding.
-  // REQUIRES: valid().
+  // The provider limit (§6) this slot holds a share of: its pattern and limit ("" and 0 when
+  // none). REQUIRES: valid().
   int32_t binding_domain_limit() const { return binding_domain_limit_; }
   int32_t binding_host_limit() const;
+  std::string_view provider() const;
+  int32_t provider_limit() const;
   // The instant (the selector's clock, nanos) the connection may start: the rate throttles
   // reserved it (docs/DESIGN.md §12). 0, or an instant already past: at once. Connecting
   // earlier breaks the rate the receiver sees; the slot is held meanwhile.
