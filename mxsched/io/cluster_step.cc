@@ -1,6 +1,7 @@
 #include "mxsched/io/cluster_step.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/host_registry.h"
@@ -42,8 +43,10 @@ bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t doma
 void ClusterStep::Ask(bool may_wait, FleetClient::Done done) {
   const bool seen = std::find(full_hosts_.begin(), full_hosts_.end(), at_) != full_hosts_.end();
   queued_ = may_wait && (queue_ || seen);
-  fleet_->Acquire(id_, std::move(keys_), queued_ ? &waiter_ : nullptr, std::move(done));
-  keys_.clear();
+  std::vector<ClusterKey> keys = std::exchange(keys_, {});
+  // Nothing of this object after the call: `done` may run inside it (a local decision) and
+  // end the session that owns this step (ASan: heap-use-after-free in redis_down_at_start).
+  fleet_->Acquire(id_, std::move(keys), queued_ ? &waiter_ : nullptr, std::move(done));
 }
 
 ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
