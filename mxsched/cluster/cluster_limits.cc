@@ -756,6 +756,14 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            w.recheck_at = now + int64_t{limits_->options().recheck_ms} * kMs;
            // Look again as soon as the warm-up is over.
            if (warming) w.recheck_at = std::min(w.recheck_at, now + (warm_left + 5) * kMs);
+           if (std::exchange(w.missed, false)) {
+             // Freed while this ask was out (Redis ran the ask, then the release; the
+             // publish was read first): wake now rather than at the re-check.
+             done(std::move(res));
+             auto again = waiting_.find(id);
+             if (again != waiting_.end() && again->second.waiter == waiter) Wake(id, true);
+             return;
+           }
          }
          done(std::move(res));
        });
@@ -817,7 +825,10 @@ void ClusterClient::Wake(const std::string& id, bool by_publish) {
   auto it = waiting_.find(id);
   if (it == waiting_.end()) return;
   WaitRec& w = it->second;
-  if (w.waiter == nullptr) return;  // not waiting right now (or the reply is still coming)
+  if (w.waiter == nullptr) {  // not waiting right now, or its re-ask is still out
+    if (by_publish) w.missed = true;
+    return;
+  }
   ClusterWaiter* waiter = std::exchange(w.waiter, nullptr);
   if (by_publish) limits_->stats().wakeups.fetch_add(1, std::memory_order_relaxed);
   waiter->ClusterWake();

@@ -288,6 +288,9 @@ class ClusterClient final : public FleetClient {
     int64_t since = 0;  // first found full (0: not waiting); the order of local wake-ups
     int64_t recheck_at = 0;
     bool local = false;  // degraded-mode wait (no Redis queue)
+    // A release's publish came while the waiter's own re-ask was out (waiter null): if that
+    // ask comes back full, the wake-up is delivered then, not lost until the re-check.
+    bool missed = false;
   };
   struct Script;
 
