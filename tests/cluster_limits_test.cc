@@ -391,6 +391,53 @@ TEST_F(ClusterLimitsTest, FreedSlotGoesToTheLongestWaiterByPublish) {
   EXPECT_EQ(redis_->Query({"ZCARD", key + ":w"}), "0");  // queue empty again
 }
 
+// Several keys per ask (a host's total and a binding's own, DESIGN §7): a waiter joins the
+// queue of the first key that is full for it, and holds no place where the key has room
+// for it while another holds it back — it leaves that queue and the next waiter is woken
+// there, so a freed total slot does not idle behind a waiter whose binding is full.
+TEST_F(ClusterLimitsTest, AWaiterHeldBackByAnotherKeyLeavesThatQueueAndTheNextIsWoken) {
+  ClusterOptions o = Options();
+  o.recheck_ms = 600'000;  // only publishes wake here
+  Worker holder(o), wx(o), wy(o);
+  std::vector<Loop*> loops = {holder.loop.get(), wx.loop.get(), wy.loop.get()};
+  const Endpoint e = Ep("127.0.0.10", 25);
+  const ClusterKey total{holder.limits->HostKey(e), 2};
+  const ClusterKey b1{holder.limits->BindingHostKey("b1", e), 1};
+  const ClusterKey b2{holder.limits->BindingHostKey("b2", e), 1};
+  auto l1 = AcquireOnce(holder, holder.client->NewId(), {total, b1}, nullptr, loops);
+  auto l2 = AcquireOnce(holder, holder.client->NewId(), {total, b2}, nullptr, loops);
+  ASSERT_TRUE(l1 && l1->verdict == ClusterClient::Verdict::kGranted);
+  ASSERT_TRUE(l2 && l2->verdict == ClusterClient::Verdict::kGranted);
+  TestWaiter x, y;
+  const std::string idx = wx.client->NewId(), idy = wy.client->NewId();
+  auto rx = AcquireOnce(wx, idx, {total, b1}, &x, loops);
+  ASSERT_TRUE(rx && rx->verdict == ClusterClient::Verdict::kFull);
+  EXPECT_EQ(rx->full_mask, 3u);
+  EXPECT_EQ(redis_->Query({"ZCARD", total.key + ":w"}), "1");  // the first full key only
+  EXPECT_EQ(redis_->Query({"ZCARD", b1.key + ":w"}), "0");
+  ASSERT_EQ(AcquireOnce(wy, idy, {total, b2}, &y, loops)->verdict, ClusterClient::Verdict::kFull);
+
+  l2->lease.Release();  // a total slot frees (and b2's): x is at the head of the total's queue
+  ASSERT_TRUE(PumpUntil(loops, [&] { return x.woken == 1; }));
+  EXPECT_EQ(y.woken, 0);
+  rx = AcquireOnce(wx, idx, {total, b1}, &x, loops);  // b1 still full
+  ASSERT_TRUE(rx && rx->verdict == ClusterClient::Verdict::kFull);
+  EXPECT_EQ(rx->full_mask, 2u);
+  EXPECT_EQ(redis_->Query({"ZRANK", total.key + ":w", idx}), "");  // left the total's queue
+  EXPECT_EQ(redis_->Query({"ZRANK", b1.key + ":w", idx}), "0");   // waits on b1 now
+  ASSERT_TRUE(PumpUntil(loops, [&] { return y.woken == 1; }));    // told by x's ask
+  auto gy = AcquireOnce(wy, idy, {total, b2}, &y, loops);
+  ASSERT_TRUE(gy && gy->verdict == ClusterClient::Verdict::kGranted);
+
+  l1->lease.Release();  // b1 frees (and a total slot): x's turn
+  ASSERT_TRUE(PumpUntil(loops, [&] { return x.woken == 2; }));
+  auto gx = AcquireOnce(wx, idx, {total, b1}, &x, loops);
+  ASSERT_TRUE(gx && gx->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_EQ(redis_->Query({"ZCARD", total.key}), "2");
+  EXPECT_EQ(redis_->Query({"EXISTS", total.key + ":w"}), "0");
+  EXPECT_EQ(redis_->Query({"EXISTS", b1.key + ":w"}), "0");
+}
+
 TEST_F(ClusterLimitsTest, WaiterThatGivesUpLeavesTheQueue) {
   ClusterOptions o = Options();
   o.recheck_ms = 600'000;

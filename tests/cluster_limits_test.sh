@@ -131,6 +131,11 @@ farm_quits() {
 farm_peak_now() {  # the farm writes its stats every second
   python3 -c "import json;print(max(a['peak'] for a in json.load(open('$work/farm.json'))['addresses']))" 2>/dev/null
 }
+farm_fresh() {  # waits for a stats file written after now: it has every connection so far
+  local since
+  since=$(date +%s.%N)
+  wait_for '[ "$(echo "$(stat -c %.9Y "$work/farm.json") > '"$since"'" | bc)" = 1 ]'
+}
 
 if [ -z "${ONLY_RESETS:-}" ]; then
 echo "== three_workers_share_a_host_limit"
@@ -153,6 +158,9 @@ load holder --sessions 8 --concurrency 8 --hold-ms 600000; h=$last
 wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
 load late --sessions 1 --concurrency 1; w=$last
 wait_for '[ "$(rcli zcard "$hostkey:w")" = 1 ]'
+# ... and its wake-up channel subscribed (a publish before that reaches nobody and costs the
+# waiter its place: then only the re-check would wake it).
+wait_for '[ "$(rcli pubsub channels "$name:wake:*" | wc -l)" -ge 2 ]'
 kill -TERM "$(child_of "$h")"
 wait "$h"; rc=$?
 [ $rc -eq 143 ] || fail "holder exited $rc, not 143 (stopped by SIGTERM)"
@@ -174,6 +182,7 @@ kill -9 "$(child_of "$k")"; wait "$k" 2>/dev/null
 wait "$l" || fail "worker after the SIGKILL exited non-zero"
 rm -f "$work/killed.json"
 check 'r["after"]["connected"] == 16'
+farm_fresh
 [ "$(farm_peak_now)" -le 8 ] || fail "farm peak $(farm_peak_now) > 8"
 rm -f "$work/after.json"
 
@@ -315,8 +324,19 @@ echo "== redis_killed_and_restarted"
 # time: a worker that finished its sessions while Redis was away would never show it), then
 # are stopped by SIGTERM, which writes their reports (exit 143).
 for i in 1 2 3; do
-  load r$i --sessions 1000000 --concurrency 10 --hold-ms 40 --max-seconds 100; rp[$i]=$last
+  radmin[$i]=$(free_port)
+  load r$i --sessions 1000000 --concurrency 10 --hold-ms 40 --max-seconds 100 \
+    --admin "127.0.0.1:${radmin[$i]}"; rp[$i]=$last
 done
+local_leases_now() {  # slots the three decided locally (share mode), from their /metrics
+  local n=0 i v
+  for i in 1 2 3; do
+    v=$(curl -sf "127.0.0.1:${radmin[$i]}/metrics" |
+      sed -n 's/^mxsched_cluster_leases_total{decided="local"} \([0-9]*\)$/\1/p')
+    n=$((n + ${v:-0}))
+  done
+  echo "$n"
+}
 wait_for '[ "$(rcli zcard "$hostkey")" -ge 1 ]'
 # Every worker seen by the fleet (in the workers set) before Redis goes: DESIGN §7 rule 4a
 # holds the limit for the workers seen before the outage (a worker unseen then is the gap
@@ -324,6 +344,10 @@ wait_for '[ "$(rcli zcard "$hostkey")" -ge 1 ]'
 wait_for '[ "$(rcli zcard "{$name}:workers")" -ge 3 ]'
 kill -9 "$redis_pid"
 wait_for 'grep -q unreachable "$work/r1.err" && grep -q unreachable "$work/r2.err" && grep -q unreachable "$work/r3.err"'
+# Share mode has decided locally at least once before Redis comes back: the outage this
+# scenario is about, however slow the build (a fast restart could end it before any slot
+# was taken locally: the local_leases check below then failed under load).
+wait_for '[ "$(local_leases_now)" -ge 1 ]'
 start_redis
 wait_for 'grep -q "limits shared again" "$work/r1.err" && grep -q "limits shared again" "$work/r2.err" && grep -q "limits shared again" "$work/r3.err"'
 for i in 1 2 3; do

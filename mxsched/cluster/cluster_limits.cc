@@ -30,13 +30,17 @@ int64_t EpochBorn(const std::string& epoch) {
 // KEYS: per limit key K, three keys: K (leases), K:w (waiters by wait start), K:wx (waiter
 // expiry); then the fleet epoch key and the workers set. ARGV: id, lease_ms, wait (0/1),
 // waiter_ttl_ms, warmup_ms, creator (client id, for a new epoch), vouch (the epoch the
-// caller vouches Redis knows the fleet in, "*" within its rejoin share, or ""), then one limit per key. Returns {granted
+// caller vouches Redis knows the fleet in, "*" within its rejoin share, or ""), channel
+// prefix, then one limit per key. Returns {granted
 // (1/0), full_mask, clients, epoch, warm_left_ms, counts...} (clients: members of the
 // workers set, so the share a failure would fall back to is as fresh as the last acquire;
 // bit i-1 of full_mask set when key i was full; with wait=1 the id queued there, keeping
 // its place if already queued). A key has room for `id` when its live leases plus the
 // waiters queued ahead of `id` (all of them, if `id` is not queued) are below the limit: a
-// freed slot goes to the longest waiter, not to whoever asks first.
+// freed slot goes to the longest waiter, not to whoever asks first. Not granted, `id` keeps
+// a place only where the key was full: a queue whose key has room for it now (another key
+// holds it back) it leaves, waking the waiters behind it as a release would — else they
+// would count it ahead of them and a free slot would idle until their re-check (DESIGN §7).
 // The epoch key ("BORN_MS:CREATOR") is created when missing — Redis restarted, flushed, or
 // the fleet's first start — and for warmup_ms after BORN_MS (the warm-up) nothing is granted
 // to a caller that does not vouch for this epoch: the survivors of the old store re-register
@@ -76,7 +80,7 @@ for i = 1, n do
   end
   local c = redis.call('ZCARD', L)
   counts[i] = c
-  if warming or c + ahead >= tonumber(ARGV[7 + i]) then
+  if warming or c + ahead >= tonumber(ARGV[8 + i]) then
     full[i] = true
     mask = mask + 2 ^ (i - 1)
   end
@@ -93,10 +97,31 @@ if mask == 0 then
   end
   return {1, 0, clients, ep, warm_left, unpack(counts)}
 end
+for i = 1, n do
+  if queued[i] and not full[i] then
+    -- Room here, held back by another key: leave this queue, and tell the waiters behind
+    -- (as a release does), so no slot idles behind a waiter that cannot use it.
+    local W, WX = KEYS[3*i-1], KEYS[3*i]
+    redis.call('ZREM', W, id)
+    redis.call('ZREM', WX, id)
+    local free = tonumber(ARGV[8 + i]) - counts[i]
+    if free > 0 then
+      for _, w in ipairs(redis.call('ZRANGE', W, 0, free - 1)) do
+        local client = string.match(w, '^(.*):')
+        if not client or redis.call('PUBLISH', ARGV[8] .. client, w) == 0 then
+          redis.call('ZREM', W, w)
+          redis.call('ZREM', WX, w)
+        end
+      end
+    end
+  end
+end
 if ARGV[3] == '1' then
   local ttl = tonumber(ARGV[4])
+  local joined = false
   for i = 1, n do
-    if full[i] then
+    if full[i] and (queued[i] or not joined) then
+      joined = true
       redis.call('ZADD', KEYS[3*i-1], 'NX', now, id)
       redis.call('ZADD', KEYS[3*i], now + ttl, id)
       redis.call('PEXPIRE', KEYS[3*i-1], ttl + 60000)
@@ -288,6 +313,20 @@ std::string ClusterLimits::HostKey(const Endpoint& e) const {
 
 std::string ClusterLimits::DomainKey(std::string_view domain) const {
   return StrCat(tag_, ":d:", ToLower(domain));
+}
+
+// Binding names are [A-Za-z0-9_.-] (no ':'), so BINDING:REST cannot be read two ways.
+std::string ClusterLimits::ProviderKey(std::string_view pattern) const {
+  return StrCat(tag_, ":p:", ToLower(pattern));
+}
+
+std::string ClusterLimits::BindingHostKey(std::string_view binding, const Endpoint& e) const {
+  return StrCat(tag_, ":bh:", binding, ":", e.ToString());
+}
+
+std::string ClusterLimits::BindingDomainKey(std::string_view binding,
+                                            std::string_view domain) const {
+  return StrCat(tag_, ":bd:", binding, ":", ToLower(domain));
 }
 
 void ClusterLimits::ReportFailure(const absl::Status& why) {
@@ -646,7 +685,8 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
                                    StrCat(o.waiter_ttl_ms),
                                    StrCat(o.warmup_ms),
                                    client_id_,
-                                   reserved ? kAnyEpoch : limits_->Vouch()};
+                                   reserved ? kAnyEpoch : limits_->Vouch(),
+                                   limits_->ChannelPrefix()};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
   std::vector<std::string> redis_keys = Triples(keys);
   redis_keys.push_back(limits_->EpochKey());
@@ -692,6 +732,15 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            res.unavailable = StrCat("Redis store new (first start, restart or flush), ",
                                     warm_left, " ms of warm-up left");
          }
+         if (it != waiting_.end()) {
+           // Places left by the script: where this ask's key had room (see kAcquireLua).
+           std::erase_if(it->second.queued, [&](const ClusterKey& q) {
+             for (size_t i = 0; i < keys.size(); ++i) {
+               if (keys[i].key == q.key) return ((mask >> i) & 1) == 0;
+             }
+             return false;
+           });
+         }
          if (waiter != nullptr && it != waiting_.end()) {
            WaitRec& w = it->second;
            for (size_t i = 0; i < keys.size(); ++i) {
@@ -707,6 +756,14 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            w.recheck_at = now + int64_t{limits_->options().recheck_ms} * kMs;
            // Look again as soon as the warm-up is over.
            if (warming) w.recheck_at = std::min(w.recheck_at, now + (warm_left + 5) * kMs);
+           if (std::exchange(w.missed, false)) {
+             // Freed while this ask was out (Redis ran the ask, then the release; the
+             // publish was read first): wake now rather than at the re-check.
+             done(std::move(res));
+             auto again = waiting_.find(id);
+             if (again != waiting_.end() && again->second.waiter == waiter) Wake(id, true);
+             return;
+           }
          }
          done(std::move(res));
        });
@@ -768,7 +825,10 @@ void ClusterClient::Wake(const std::string& id, bool by_publish) {
   auto it = waiting_.find(id);
   if (it == waiting_.end()) return;
   WaitRec& w = it->second;
-  if (w.waiter == nullptr) return;  // not waiting right now (or the reply is still coming)
+  if (w.waiter == nullptr) {  // not waiting right now, or its re-ask is still out
+    if (by_publish) w.missed = true;
+    return;
+  }
   ClusterWaiter* waiter = std::exchange(w.waiter, nullptr);
   if (by_publish) limits_->stats().wakeups.fetch_add(1, std::memory_order_relaxed);
   waiter->ClusterWake();

@@ -1,5 +1,6 @@
-// Cluster-wide limits: per-host and per-domain max_outbound_connections shared by every
-// worker process that uses the same Redis and cluster_name (DESIGN §7).
+// Cluster-wide limits: per-host, per-domain, per-binding and provider (MX-name pattern)
+// max_outbound_connections shared by every worker process that uses the same Redis and
+// cluster_name (DESIGN §7; which keys a connection takes: io/cluster_step.h).
 //
 //   ClusterLimits  one per process: options, worker id, the process's own count of slots
 //                  held per key, the failure mode (normal or degraded) and the counters.
@@ -122,6 +123,9 @@ class ClusterLimits final : public FleetView {
   std::string NewClientId();  // "WORKER.N", one per ClusterClient
   std::string HostKey(const Endpoint& e) const;
   std::string DomainKey(std::string_view domain) const;
+  std::string ProviderKey(std::string_view pattern) const;
+  std::string BindingHostKey(std::string_view binding, const Endpoint& e) const;
+  std::string BindingDomainKey(std::string_view binding, std::string_view domain) const;
   std::string WorkersKey() const { return tag_ + ":workers"; }
   std::string EpochKey() const { return tag_ + ":epoch"; }
   std::string ChannelPrefix() const { return options_.name + ":wake:"; }
@@ -255,6 +259,15 @@ class ClusterClient final : public FleetClient {
   std::string DomainKey(std::string_view domain) const override {
     return limits_->DomainKey(domain);
   }
+  std::string ProviderKey(std::string_view pattern) const override {
+    return limits_->ProviderKey(pattern);
+  }
+  std::string BindingHostKey(std::string_view binding, const Endpoint& e) const override {
+    return limits_->BindingHostKey(binding, e);
+  }
+  std::string BindingDomainKey(std::string_view binding, std::string_view domain) const override {
+    return limits_->BindingDomainKey(binding, domain);
+  }
 
   ClusterLimits& limits() { return *limits_; }
   size_t leases() const { return leases_.size(); }
@@ -275,6 +288,9 @@ class ClusterClient final : public FleetClient {
     int64_t since = 0;  // first found full (0: not waiting); the order of local wake-ups
     int64_t recheck_at = 0;
     bool local = false;  // degraded-mode wait (no Redis queue)
+    // A release's publish came while the waiter's own re-ask was out (waiter null): if that
+    // ask comes back full, the wake-up is delivered then, not lost until the re-check.
+    bool missed = false;
   };
   struct Script;
 

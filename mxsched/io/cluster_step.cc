@@ -1,6 +1,7 @@
 #include "mxsched/io/cluster_step.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/host_registry.h"
@@ -10,23 +11,41 @@ namespace mxsched::io {
 bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t domain_limit) {
   if (id_.empty()) id_ = fleet_->NewId();
   keys_.clear();
-  has_host_key_ = false;
+  roles_.clear();
+  const std::string_view binding = lease.binding();
+  const Endpoint& e = lease.endpoint();
+  auto add = [this](std::string key, int32_t limit, Role role) {
+    keys_.push_back({std::move(key), limit});
+    roles_.push_back(role);
+  };
+  // Totals keep their keys; what is per binding (DESIGN §1 rule 13) has the binding in it.
   if (const int32_t host_limit = lease.host().configured_limit(); host_limit != kUnlimited) {
-    keys_.push_back({fleet_->HostKey(lease.endpoint()), host_limit});
-    has_host_key_ = true;
+    add(fleet_->HostKey(e), host_limit, Role::kHost);
   }
-  if (domain_limit != kUnlimited) keys_.push_back({fleet_->DomainKey(domain), domain_limit});
-  endpoint_ = lease.endpoint();
+  if (!binding.empty()) {
+    if (const int32_t l = lease.binding_host_limit(); l != kUnlimited && l > 0) {
+      add(fleet_->BindingHostKey(binding, e), l, Role::kBindingHost);
+    }
+  }
+  provider_.assign(lease.provider());
+  if (!provider_.empty()) add(fleet_->ProviderKey(provider_), lease.provider_limit(), Role::kProvider);
+  if (!binding.empty()) {
+    if (const int32_t l = lease.binding_domain_limit(); l != kUnlimited && l > 0) {
+      add(fleet_->BindingDomainKey(binding, domain), l, Role::kDomain);
+    }
+  } else if (domain_limit != kUnlimited) {
+    add(fleet_->DomainKey(domain), domain_limit, Role::kDomain);
+  }
+  at_ = FullAt{e, std::string(binding)};
   return !keys_.empty();
 }
 
 void ClusterStep::Ask(bool may_wait, FleetClient::Done done) {
-  const bool seen =
-      std::find(full_hosts_.begin(), full_hosts_.end(), endpoint_) != full_hosts_.end();
+  const bool seen = std::find(full_hosts_.begin(), full_hosts_.end(), at_) != full_hosts_.end();
   queued_ = may_wait && (queue_ || seen);
-  // The verdict may come before Acquire returns, and the session (this step's owner) may
-  // end in it: nothing of `this` is touched after the call.
   std::vector<ClusterKey> keys = std::exchange(keys_, {});
+  // Nothing of this object after the call: `done` may run inside it (a local decision) and
+  // end the session that owns this step (ASan: heap-use-after-free in redis_down_at_start).
   fleet_->Acquire(id_, std::move(keys), queued_ ? &waiter_ : nullptr, std::move(done));
 }
 
@@ -44,8 +63,23 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
         "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
     return d;
   }
-  const bool host_full = has_host_key_ && (res.full_mask & 1);
-  const bool domain_full = res.full_mask & (has_host_key_ ? 2u : 1u);
+  // The first full key names the verdict (the host's before the provider's).
+  bool host_full = false, domain_full = false;
+  std::string where;
+  for (size_t i = 0; i < roles_.size() && i < 32; ++i) {
+    if (!((res.full_mask >> i) & 1)) continue;
+    const Role role = roles_[i];
+    if (role == Role::kDomain) {
+      domain_full = true;
+      continue;
+    }
+    if (!host_full) {
+      where = role == Role::kProvider ? StrCat("provider ", provider_, " (at ", at_.endpoint.ToString(), ")")
+                                      : at_.endpoint.ToString();
+      if (role == Role::kBindingHost) where += StrCat(" through binding ", at_.binding);
+    }
+    host_full = true;
+  }
   if (queued_) {
     d.next = Next::kWait;  // the FleetClient wakes the session: a release, or the re-check
     return d;
@@ -58,13 +92,18 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
   if (!may_wait) {
     d.defer_reason = domain_full ? DeferReason::kDomainLimit : DeferReason::kHostsAtLimit;
     d.reason = StrCat("451 4.4.5 cluster-wide limit reached on ",
-                      domain_full ? StrCat("domain ", domain) : endpoint_.ToString());
+                      domain_full ? StrCat("domain ", domain,
+                                           at_.binding.empty() ? std::string()
+                                                               : StrCat(" through binding ", at_.binding))
+                                  : where);
     return d;
   }
-  // Another host of the domain may have room fleet-wide (the selector's rotation moves on);
-  // after a few, or when the domain itself is full, join the queue.
-  if (host_full && !domain_full) full_hosts_.push_back(endpoint_);
-  if (domain_full || full_hosts_.size() >= kHostTries) queue_ = true;
+  // Another host of the domain may have room fleet-wide (the selector's rotation moves on),
+  // and so may another binding of a group, for the domain too (its limit is per binding);
+  // after a few, or when the default binding's domain is full, join the queue.
+  const bool bound = !at_.binding.empty();
+  if ((host_full && !domain_full) || (domain_full && bound)) full_hosts_.push_back(at_);
+  if ((domain_full && !bound) || full_hosts_.size() >= kHostTries) queue_ = true;
   d.next = Next::kRetry;
   return d;
 }

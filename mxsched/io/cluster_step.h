@@ -50,9 +50,12 @@ class ClusterStep {
 
   bool enabled() const { return fleet_ != nullptr; }
 
-  // Plans the ask for the slot `lease` holds: the host's configured limit (the fleet's; a
-  // lower adaptive one is this process's own view, already applied by the selector) and
-  // `domain_limit`. Returns false when neither is limited: there is nothing to ask.
+  // Plans the ask for the slot `lease` holds, one key per limit that applies (DESIGN §7,
+  // key layout): the host's configured limit over every binding (the fleet's; a lower
+  // adaptive one is this process's own view, already applied by the selector); through a
+  // named binding, its Binding::Host limit and the domain's limit through it (else
+  // `domain_limit`, the default binding's); the provider pattern's limit (§6). Returns
+  // false when none is limited: there is nothing to ask.
   bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit);
 
   // Sends the planned ask. With `may_wait`, it joins the fleet's queue when this session
@@ -63,6 +66,12 @@ class ClusterStep {
   // What to do with the verdict on the last Ask. `may_wait` is as of now: the session's
   // slot wait may have run out while the ask was out. `domain` names it in a reason.
   Decision Judge(FleetClient::Result res, bool may_wait, std::string_view domain);
+
+  // The binding the last Ask queued through ("" when it did not queue, or went through the
+  // default binding): a woken session asks through it first.
+  std::string_view queued_binding() const {
+    return queued_ ? std::string_view(at_.binding) : std::string_view();
+  }
 
   // Leaves the queue the last Ask joined (the fleet keeps the place for a last try).
   void Unwait() { fleet_->Unwait(id_); }
@@ -78,17 +87,27 @@ class ClusterStep {
     std::function<void()> woken;
   };
   static constexpr size_t kHostTries = 3;  // full hosts met before joining the queue
+  // What each key of an ask limits (keys_ and roles_ run in parallel; bit i of a verdict's
+  // full_mask is keys_[i]).
+  enum class Role : uint8_t { kHost, kBindingHost, kProvider, kDomain };
+  // Where a "full" was met: a host, through a binding ("" for the default binding).
+  struct FullAt {
+    Endpoint endpoint;
+    std::string binding;
+    bool operator==(const FullAt&) const = default;
+  };
 
   FleetClient* const fleet_;
   Waiter waiter_;
-  std::string id_;                      // the session's fleet id (leases and waits)
-  std::vector<Endpoint> full_hosts_;    // hosts the fleet had full, this session
-  bool queue_ = false;                  // the next ask joins the queue (waits) if full
+  std::string id_;                  // the session's fleet id (leases and waits)
+  std::vector<FullAt> full_hosts_;  // (host, binding)s the fleet had full, this session
+  bool queue_ = false;              // the next ask joins the queue (waits) if full
   // The planned (then last sent) ask.
   std::vector<ClusterKey> keys_;
-  Endpoint endpoint_;
-  bool has_host_key_ = false;  // keys_[0] is the host's (else keys_[0] is the domain's)
-  bool queued_ = false;        // the last ask joined the queue
+  std::vector<Role> roles_;
+  FullAt at_;                   // the host and binding of the planned ask
+  std::string provider_;        // its provider pattern, if any
+  bool queued_ = false;         // the last ask joined the queue
 };
 
 }  // namespace mxsched::io

@@ -184,10 +184,18 @@ struct Connector::Session {
     return sqe;
   }
 
-  // Every attempt, and every wait's end, starts here.
-  void Attempt() {
+  // Every attempt, and every wait's end, starts here. `pin`: a binding of the session's group
+  // to try first — the one whose fleet queue woke it (DESIGN §7): through another binding it
+  // holds no place, and the slot freed for it would stay idle until the next re-check.
+  void Attempt(std::string_view pin = {}) {
     Enter(Phase::kAcquiring);
     if (connector->stopped_) return FinishStopped();  // no new attempt, failover included
+    if (!pin.empty() && pin != binding) {
+      AcquireOptions o = AcquireOpts();
+      o.binding = pin;
+      AcquireResult p = connector->selector_->Acquire(domain, o);
+      if (p.ok()) return Start(p.TakeLease());
+    }
     AcquireResult r = connector->selector_->Acquire(domain, AcquireOpts());
     if (r.ok()) return Start(r.TakeLease());
     const Deferral& d = r.deferral();
@@ -494,7 +502,7 @@ struct Connector::Session {
 
   void OnClusterWoken() {  // on the loop thread, from the FleetClient
     if (phase == Phase::kDone) return MaybeDelete();
-    Attempt();
+    Attempt(cluster.queued_binding());
   }
 
   // --- waiting for DNS --------------------------------------------------------------------
@@ -584,7 +592,7 @@ struct Connector::Session {
     }
     if (phase == Phase::kWaitingCluster) {
       cluster.Unwait();
-      return Attempt();  // one last try (keeping its place), then deferred
+      return Attempt(cluster.queued_binding());  // one last try (keeping its place), then deferred
     }
     MaybeDelete();  // (if already woken, the queued wake-up continues the session)
   }

@@ -145,6 +145,7 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     binding_ = o.binding_;
     binding_host_ = o.binding_host_;
     binding_domain_ = o.binding_domain_;
+    binding_domain_limit_ = o.binding_domain_limit_;
     source_ = o.source_;
     has_source_ = o.has_source_;
     binding_probe_ = o.binding_probe_;
@@ -255,6 +256,13 @@ std::string_view Lease::binding() const {
   return binding_ == nullptr ? std::string_view() : std::string_view(binding_->name());
 }
 std::string_view Lease::host_name() const { return host_->name(); }
+int32_t Lease::binding_host_limit() const {
+  return binding_host_ == nullptr ? 0 : binding_host_->limit.load(std::memory_order_relaxed);
+}
+std::string_view Lease::provider() const {
+  return group_ == nullptr ? std::string_view() : std::string_view(group_->pattern());
+}
+int32_t Lease::provider_limit() const { return group_ == nullptr ? 0 : group_->limit(); }
 void Lease::RecordConnectLatency(int64_t nanos) {
   if (host_ != nullptr) host_->RecordConnectLatency(nanos);
 }
@@ -588,6 +596,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
           lease.binding_ = std::exchange(bound.binding_, nullptr);
           lease.binding_host_ = std::exchange(bound.binding_host_, nullptr);
           lease.binding_domain_ = std::exchange(bound.binding_domain_, nullptr);
+          lease.binding_domain_limit_ = bound.binding_domain_limit_;
           lease.source_ = bound.source_;
           lease.has_source_ = bound.has_source_;
           lease.binding_probe_ = bound.binding_probe_;
@@ -681,6 +690,7 @@ bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostSt
     out->binding_ = b;
     out->binding_host_ = bh;
     out->binding_domain_ = &ds->active;
+    out->binding_domain_limit_ = dlimit;
     out->binding_probe_ = adm == Admission::kProbe;
     out->has_source_ = source != nullptr;
     if (source != nullptr) out->source_ = *source;

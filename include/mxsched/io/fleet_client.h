@@ -82,9 +82,15 @@ class FleetClient {
   virtual void Unwait(const std::string& id) = 0;
   // `id` is done: drops its places in every queue it joined.
   virtual void Forget(const std::string& id) = 0;
-  // The keys of a host's and a domain's limits.
+  // The keys of the limits (docs/DESIGN.md §7, key layout): the totals — a host's over
+  // every binding, a domain's through the default binding, a provider pattern's (§6) — and
+  // the per-binding ones (§1 rule 13): a domain's and a host's through a named binding.
   virtual std::string HostKey(const Endpoint& e) const = 0;
   virtual std::string DomainKey(std::string_view domain) const = 0;
+  virtual std::string ProviderKey(std::string_view pattern) const = 0;
+  virtual std::string BindingHostKey(std::string_view binding, const Endpoint& e) const = 0;
+  virtual std::string BindingDomainKey(std::string_view binding,
+                                       std::string_view domain) const = 0;
 
  protected:
   // A lease on `handle` (implementations number their leases), released through

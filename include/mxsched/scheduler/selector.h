@@ -125,6 +125,15 @@ class Lease {
   // REQUIRES: valid().
   std::string_view binding() const;
   const IpAddress* source_address() const { return has_source_ ? &source_ : nullptr; }
+  // What the fleet's keys need (docs/DESIGN.md §7): through a named binding, the per-binding
+  // limits this slot was admitted under — the domain's through the binding and the
+  // address's through it (kUnlimited: no Binding::Host limit); 0 for the default binding.
+  // The provider limit (§6) this slot holds a share of: its pattern and limit ("" and 0 when
+  // none). REQUIRES: valid().
+  int32_t binding_domain_limit() const { return binding_domain_limit_; }
+  int32_t binding_host_limit() const;
+  std::string_view provider() const;
+  int32_t provider_limit() const;
   // The instant (the selector's clock, nanos) the connection may start: the rate throttles
   // reserved it (docs/DESIGN.md §12). 0, or an instant already past: at once. Connecting
   // earlier breaks the rate the receiver sees; the slot is held meanwhile.
@@ -163,6 +172,7 @@ class Lease {
   Binding* binding_ = nullptr;
   BindingHost* binding_host_ = nullptr;
   std::atomic<int32_t>* binding_domain_ = nullptr;
+  int32_t binding_domain_limit_ = 0;  // the limit binding_domain_ was admitted under
   IpAddress source_;
   bool has_source_ = false;
   bool binding_probe_ = false;
