@@ -8,7 +8,9 @@ While a real load runs against the farm, it scrapes /metrics and checks it with 
 checks the per-host gauges against the farm's server-side counts, compares /domains/NAME
 with `route --json`, checks POST /refresh re-plans the route, sends bad requests, and runs
 `top` in a private tmux server (wide, then narrow; then the worker goes away; q and Ctrl-C
-quit). Every wait is on a condition with a generous deadline; only processes this test
+quit). Then a load through a binding group of two source addresses: the per-binding
+numbers on /metrics (promtool), /hosts, /domains/NAME, `route` and `top` against what the
+farm counted per source address. Every wait is on a condition with a generous deadline; only processes this test
 started are stopped, by PID (the tmux server by its private socket).
 """
 import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request, urllib.error
@@ -116,6 +118,17 @@ def host_value(metrics, name, host, extra=""):
 
 def tmux(*args):
     return subprocess.run(["tmux", "-L", tmux_socket, *args], capture_output=True, text=True)
+
+
+def new_session(name, x, y, cmd):
+    """tmux new-session, again if it met the previous server exiting (its last session had
+    just ended: the new-session reached a dying server and the session never started)."""
+    for _ in range(50):
+        tmux("new-session", "-d", "-s", name, "-x", str(x), "-y", str(y), cmd)
+        if tmux("has-session", "-t", name).returncode == 0:
+            return
+        time.sleep(0.1)
+    fail(f"tmux new-session {name}")
 
 
 def pane(target):
@@ -258,8 +271,7 @@ remote_smtp_port = {port}
 
     # --- top in tmux against the running load
     top_cmd = f"{BIN} top --admin 127.0.0.1:{admin_port}; echo EXIT=$? > {work}/top.exit"
-    if tmux("new-session", "-d", "-s", "top", "-x", "120", "-y", "30", top_cmd).returncode:
-        fail("tmux new-session")
+    new_session("top", 120, 30, top_cmd)
     screen = wait_for("top to show the hosts",
                       lambda: (lambda s: s if hosts[0] in s and "ACTIVE/LIMIT" in s and "/3" in s
                                and "sessions/s" in s else None)(pane("top")))
@@ -285,7 +297,7 @@ remote_smtp_port = {port}
 
     # Ctrl-C quits cleanly too.
     os.unlink(f"{work}/top.exit")
-    tmux("new-session", "-d", "-s", "top2", "-x", "80", "-y", "20", top_cmd)
+    new_session("top2", 80, 20, top_cmd)
     wait_for("the second top to draw", lambda: "mxsched top" in pane("top2"))
     tmux("send-keys", "-t", "top2", "C-c")
     wait_for("top to quit on Ctrl-C", lambda: os.path.exists(f"{work}/top.exit"))
@@ -302,5 +314,138 @@ remote_smtp_port = {port}
             fail(f"{a['address']}: server-side peak {a['peak']} over its limit 3")
     print("PASS: connected", report["connected"], "deferred", report["deferred"],
           "failed", report["failed"])
+
+    # --- egress bindings (issue 21 item 6): a group of two source addresses, each with a
+    # Binding::Host limit of 3 on the one host; 8 sessions hold, 6 connect, 2 wait. The
+    # per-binding numbers in /metrics, /hosts, /domains, route and top must be what the farm
+    # counted per source address.
+    port2 = free_port()
+    dest, src = f"{net}.1:{port2}", {"b12": f"{net}.12", "b13": f"{net}.13"}
+    farm2 = subprocess.Popen([BIN, "farm", "--listen", f"{net}.1:{port2}", "--stats",
+                              os.path.join(work, "farm2.json"), "--max-seconds", "120"],
+                             stderr=open(os.path.join(work, "farm2.err"), "w"))
+    procs.append(farm2)
+    wait_for("the second farm", lambda: "listening" in open(os.path.join(work, "farm2.err")).read())
+    conf2 = os.path.join(work, "bind.conf")
+    with open(conf2, "w") as f:
+        f.write(f"""routes = ( "smtp://{net}.1?ttl=3600" )
+remote_smtp_port = {port2}
+Host "{net}.1" {{ max_outbound_connections = 10 }}
+Binding_Group "pool" {{
+  Binding "b12" {{ bind_address = "{src['b12']}"  Host "{net}.1" {{ max_outbound_connections = 3 }} }}
+  Binding "b13" {{ bind_address = "{src['b13']}"  Host "{net}.1" {{ max_outbound_connections = 3 }} }}
+}}
+""")
+    open(os.path.join(work, "load2.err"), "w").close()
+    load2 = subprocess.Popen([BIN, "load", "--config", conf2, "--domains", "a.test",
+                              "--binding-group", "pool", "--sessions", "8", "--concurrency", "8",
+                              "--hold-ms", "600000", "--wait-ms", "60000", "--admin", "127.0.0.1:0",
+                              "--max-seconds", "90"],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "load2.err"), "w"))
+    procs.append(load2)
+
+    def admin_port2():
+        text = open(os.path.join(work, "load2.err")).read()
+        if "admin endpoint on port" not in text:
+            return None
+        return int(text.split("admin endpoint on port")[1].split()[0])
+    admin_port = wait_for("the second admin endpoint", admin_port2)
+
+    def bound(name, b):
+        return f'{name}{{binding="{b}",host="{dest}",mx="{net}.1"}}'
+
+    def bound_plateau():
+        status, text = http("/metrics")
+        if status != 200:
+            return None
+        m = series(text)
+        got = {b: m.get(bound("mxsched_binding_host_active_connections", b)) for b in src}
+        if got != {"b12": 3, "b13": 3} or m.get("mxsched_sessions_waiting") != 2:
+            return None
+        try:
+            sources = {x["source"]: x for x in
+                       json.load(open(os.path.join(work, "farm2.json")))["sources"]}
+        except (OSError, ValueError, KeyError):
+            return None
+        if any(sources.get(src[b], {}).get("current") != got[b] for b in src):
+            return None  # the farm writes its stats every second: look again
+        return text, m, sources
+    text, m, sources = wait_for("per-binding gauges agreeing with the farm's per-source counts",
+                                bound_plateau)
+    print("farm per source:", {a: (x["current"], x["peak"]) for a, x in sources.items()})
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+    if check.returncode != 0:
+        fail(f"promtool check metrics (bindings): {check.stdout}{check.stderr}")
+    for b in src:
+        if m.get(bound("mxsched_binding_host_connection_limit", b)) != 3:
+            fail(f"{b}: Binding::Host limit 3 on /metrics")
+        if m.get(f'mxsched_binding_active_connections{{binding="{b}"}}') != 3:
+            fail(f"{b}: mxsched_binding_active_connections")
+        if m.get(f'mxsched_binding_info{{binding="{b}",source="{src[b]}"}}') != 1:
+            fail(f"{b}: mxsched_binding_info with its source")
+    if host_value(m, "mxsched_host_active_connections", dest) != 6:
+        fail("the host's total is both bindings' connections")
+
+    status, body = http("/hosts")
+    hb = {b["binding"]: b for b in json.loads(body)[0]["bindings"]}
+    for b in src:
+        if (hb[b]["active"], hb[b]["limit"], hb[b]["source"], hb[b]["state"]) != (
+                sources[src[b]]["current"], 3, src[b], "up"):
+            fail(f"/hosts {b}: {hb[b]} (farm: {sources[src[b]]})")
+
+    # /domains/NAME and route --json: the same per-binding rows (names, sources, limits); the
+    # live view has the counts, the route (another process, no traffic) zeros.
+    live = json.loads(http("/domains/a.test")[1])
+    route = json.loads(subprocess.run([BIN, "route", "--config", conf2, "--json", "a.test"],
+                                      capture_output=True, text=True, check=True).stdout)[0]
+
+    def rows(v):
+        return ([(b["binding"], b["source"], b["limit"]) for b in v["bindings"]],
+                [(b["binding"], b["source"], b["limit"]) for b in v["tiers"][0]["hosts"][0]["bindings"]])
+    if rows(live) != rows(route):
+        fail(f"bindings: /domains {rows(live)} vs route --json {rows(route)}")
+    want = [("b12", src["b12"], 32), ("b13", src["b13"], 32), ("default", "", 32)]
+    if rows(live)[0] != want:
+        fail(f"per-binding domain rows {rows(live)[0]}, want {want}")
+    if {b["binding"]: b["active"] for b in live["bindings"]} != {"b12": 3, "b13": 3, "default": 0}:
+        fail(f"per-binding domain counts: {live['bindings']}")
+    human = subprocess.run([BIN, "route", "--config", conf2, "a.test"], capture_output=True,
+                           text=True, check=True).stdout
+    for b in src:
+        if f"via {b} from {src[b]}: active 0/3, up" not in human:
+            fail(f"route shows {b} at the host:\n{human}")
+    if "bindings (connections to this domain" not in human:
+        fail(f"route shows the per-binding domain counts:\n{human}")
+
+    # top: a row per binding under the host, with its source.
+    top_cmd = f"{BIN} top --admin 127.0.0.1:{admin_port}; echo EXIT=$? > {work}/top.exit"
+    os.unlink(f"{work}/top.exit")
+    new_session("top3", 120, 30, top_cmd)
+    screen = wait_for("top to show a row per binding",
+                      lambda: (lambda s: s if all(f"via {b}" in s for b in src)
+                               and f"from {src['b13']}" in s else None)(pane("top3")))
+    print(screen)
+    lines = screen.splitlines()
+    for b in src:
+        row = next(l for l in lines if f"via {b}" in l)
+        if "3/3" not in row or "up" not in row or f"from {src[b]}" not in row:
+            fail(f"top's row for {b}: {row!r}")
+    host_row = next(l for l in lines if l.startswith(dest))
+    if "6/10" not in host_row:
+        fail(f"top's host row: {host_row!r}")
+    tmux("send-keys", "-t", "top3", "q")
+    wait_for("top to quit", lambda: os.path.exists(f"{work}/top.exit"))
+
+    load2.terminate()  # SIGTERM: the run stops and reports (exit 143)
+    if load2.wait(timeout=60) != 143:
+        fail(f"load through bindings exited {load2.returncode}")
+    farm2.terminate()
+    farm2.wait(timeout=30)
+    final = {x["source"]: x for x in json.load(open(os.path.join(work, "farm2.json")))["sources"]}
+    for b in src:
+        if final[src[b]]["peak"] != 3:
+            fail(f"{src[b]}: server-side peak {final[src[b]]['peak']}, want its limit 3")
+    print("PASS: bindings: per source", {a: x["peak"] for a, x in final.items()})
 finally:
     cleanup()

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +22,10 @@
 #include "mxsched/admin/metrics.h"
 #include "mxsched/admin/views.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/io/connector.h"
+#include "mxsched/io/loop.h"
+#include "mxsched/scheduler/epoch.h"
+#include "tests/net_testutil.h"
 #include "tests/testutil.h"
 
 namespace mxsched::admin {
@@ -538,6 +543,165 @@ TEST_F(AdminServerTest, RootIsAnIndexOfTheEndpoints) {
   for (const char* p : {"/metrics", "/hosts", "/domains/NAME", "/refresh"}) {
     EXPECT_NE(r.body.find(p), std::string::npos) << p;
   }
+}
+
+// Issue 21 item 6: egress bindings visible where an operator looks, against real peers — a
+// farm counting connections per source address, a group of two bindings (127.a.b.2 and .3,
+// Binding::Host limit 3 each, the host 10 in all) and a binding whose source the farm resets
+// (a receiver blocking one sending IP). /hosts, /domains/NAME and /metrics (promtool) show
+// per-binding counts equal to what the farm counted per source; the per-(binding, host)
+// series exist only for pairs in use and go with their host.
+class AdminBindingsTest : public testing::LoopbackTest {};
+
+TEST_F(AdminBindingsTest, PerBindingCountsAreWhatTheReceiverCountsPerSourceAddress) {
+  testbed::FarmOptions fo;
+  fo.listen = {testing::Ep(Ip(1), port_)};
+  fo.source_faults = {{*IpAddress::Parse(Ip(4)), testbed::Fault{testbed::Fault::Kind::kReset}}};
+  auto farm = testbed::Farm::Start(std::move(fo));
+  ASSERT_TRUE(farm.ok()) << farm.status();
+  Selector selector(ConfigFrom(StrCat(
+      "remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 0), " )\n",
+      "domain_idle_timeout = 1\n",
+      "Host \"", Ip(1), "\" { max_outbound_connections = 10 }\n",
+      "Binding_Group \"pool\" {\n",
+      "  Binding \"b2\" { bind_address = \"", Ip(2), "\"  Host \"", Ip(1),
+      "\" { max_outbound_connections = 3 } }\n",
+      "  Binding \"b3\" { bind_address = \"", Ip(3), "\"  Host \"", Ip(1),
+      "\" { max_outbound_connections = 3 } }\n}\n",
+      "Binding \"blocked\" { bind_address = \"", Ip(4), "\" }\n")));
+  io::DnsCache dns;
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  auto server = AdminServer::Start(&selector, &dns, o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  const std::string host = StrCat(Ip(1), ":", port_);
+
+  // 7 sessions through the group (6 slots: the 7th is deferred), 1 through the blocked one.
+  auto loop = io::Loop::Create(256);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  std::vector<io::ConnectResult> results;
+  {
+    io::ConnectorOptions co;
+    co.max_attempts = 1;
+    io::Connector connector(loop->get(), &selector, co);
+    for (int i = 0; i < 8; ++i) {
+      connector.Connect("example.com", {.binding = i < 7 ? "pool" : "blocked"},
+                        [&](io::ConnectResult r) { results.push_back(std::move(r)); });
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (connector.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+      (*loop)->RunOnce(100);
+    }
+    ASSERT_EQ(results.size(), 8u);
+  }
+  int connected = 0;
+  for (const io::ConnectResult& r : results) {
+    connected += r.kind == io::ConnectResult::Kind::kConnected ? 1 : 0;
+  }
+  ASSERT_EQ(connected, 6);
+  // The farm's server-side count per source address (it accepts asynchronously: bounded wait).
+  auto source_current = [&](const std::string& ip) -> int64_t {
+    for (const auto& s : (*farm)->SourceStats()) {
+      if (s.address.ToString() == ip) return s.current;
+    }
+    return -1;
+  };
+  for (int i = 0; i < 600 && (source_current(Ip(2)) != 3 || source_current(Ip(3)) != 3); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(source_current(Ip(2)), 3) << (*farm)->StatsJson();
+  ASSERT_EQ(source_current(Ip(3)), 3) << (*farm)->StatsJson();
+
+  // /hosts: the host's total, and per binding its active, Binding::Host limit and failures.
+  nlohmann::json hosts = nlohmann::json::parse(Get(port, "/hosts").body);
+  ASSERT_EQ(hosts.size(), 1u) << hosts;
+  EXPECT_EQ(hosts[0]["active"], 6);
+  EXPECT_EQ(hosts[0]["state"], "up") << "one blocked source does not take the host away";
+  EXPECT_TRUE(hosts[0]["cluster_active"].is_null());
+  std::map<std::string, nlohmann::json> per;
+  for (const auto& b : hosts[0]["bindings"]) per[b["binding"].get<std::string>()] = b;
+  ASSERT_EQ(per.size(), 3u) << hosts;
+  for (const char* b : {"b2", "b3"}) {
+    EXPECT_EQ(per[b]["active"], source_current(Ip(b[1] - '0'))) << b << " as the farm counted";
+    EXPECT_EQ(per[b]["limit"], 3) << b;
+    EXPECT_EQ(per[b]["peak"], 3) << b;
+    EXPECT_EQ(per[b]["state"], "up") << b;
+    EXPECT_EQ(per[b]["used"], true) << b;
+  }
+  EXPECT_EQ(per["b2"]["source"], Ip(2));
+  EXPECT_EQ(per["blocked"]["active"], 0);
+  EXPECT_EQ(per["blocked"]["limit"], -1);
+  EXPECT_EQ(per["blocked"]["state"], "failed");
+  EXPECT_EQ(per["blocked"]["failures"], 1);
+  EXPECT_EQ(per["blocked"]["consecutive_failures"], 1);
+  EXPECT_GT(per["blocked"]["retry_in_s"].get<int64_t>(), 0);
+
+  // /domains/NAME: the domain's count per binding (its limit is per binding: 32 each), the
+  // same per-(binding, host) rows under its host, and the route view of the same selector.
+  nlohmann::json d = nlohmann::json::parse(Get(port, "/domains/example.com").body);
+  std::map<std::string, std::pair<int, int>> dom;
+  for (const auto& b : d["bindings"]) {
+    dom[b["binding"].get<std::string>()] = {b["active"].get<int>(), b["limit"].get<int>()};
+  }
+  const std::map<std::string, std::pair<int, int>> want_dom = {
+      {"b2", {3, 32}}, {"b3", {3, 32}}, {"blocked", {0, 32}}, {"default", {0, 32}}};
+  EXPECT_EQ(dom, want_dom) << d;
+  EXPECT_EQ(d["tiers"][0]["hosts"][0]["bindings"], hosts[0]["bindings"]);
+  ExpectSameViewReadLater(d, DomainViewJson(selector, selector.Describe("example.com"), true));
+
+  // /metrics: promtool passes; a binding label where the count is per binding; series only
+  // for the pairs in use; the Collectable path says the same.
+  const std::string text = Get(port, "/metrics").body;
+  std::string promtool;
+  EXPECT_EQ(Promtool(text, &promtool), 0) << promtool;
+  auto m = Series(text);
+  auto pair = [&](const char* name, const char* binding) {
+    return StrCat(name, "{binding=\"", binding, "\",host=\"", host, "\",mx=\"", Ip(1), "\"}");
+  };
+  for (const char* b : {"b2", "b3"}) {
+    EXPECT_EQ(m.at(pair("mxsched_binding_host_active_connections", b)), 3) << text;
+    EXPECT_EQ(m.at(pair("mxsched_binding_host_connection_limit", b)), 3);
+    EXPECT_EQ(m.at(pair("mxsched_binding_host_reachable", b)), 1);
+    EXPECT_EQ(m.at(pair("mxsched_binding_host_connections_total", b)), 3);
+    EXPECT_EQ(m.at(StrCat("mxsched_binding_active_connections{binding=\"", b, "\"}")), 3);
+  }
+  EXPECT_EQ(m.at(pair("mxsched_binding_host_reachable", "blocked")), 0);
+  EXPECT_EQ(m.at(pair("mxsched_binding_host_failures_total", "blocked")), 1);
+  EXPECT_EQ(m.at(pair("mxsched_binding_host_consecutive_failures", "blocked")), 1);
+  EXPECT_EQ(m.at(StrCat("mxsched_binding_info{binding=\"b3\",source=\"", Ip(3), "\"}")), 1);
+  auto count = [](const std::map<std::string, double>& series, std::string_view prefix) {
+    return std::count_if(series.begin(), series.end(),
+                         [&](const auto& kv) { return kv.first.rfind(prefix, 0) == 0; });
+  };
+  EXPECT_EQ(count(m, "mxsched_binding_host_active_connections{"), 3) << "3 pairs in use";
+  auto still = m;
+  auto collected = Series(SerializeText((*server)->metrics().Collect()));
+  for (auto* series : {&still, &collected}) {
+    std::erase_if(*series, [](const auto& kv) {
+      return kv.first.find("retry_after") != std::string::npos;
+    });
+  }
+  EXPECT_EQ(still, collected);
+
+  // Released: the counts fall to 0 (the series stay while the pair's state does).
+  for (io::ConnectResult& r : results) testing::CloseConnection(r);
+  results.clear();
+  m = Series(Get(port, "/metrics").body);
+  EXPECT_EQ(m.at(pair("mxsched_binding_host_active_connections", "b2")), 0);
+  // The host goes (domain idle for domain_idle_timeout, then no route refers to it): so do
+  // its per-(binding, host) series and /hosts rows; the per-binding totals stay.
+  for (int i = 0; i < 400 && selector.registry().size() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    selector.EvictIdle();
+    epoch::Reclaim();
+    selector.EvictIdleHosts();
+  }
+  ASSERT_EQ(selector.registry().size(), 0u) << "the idle host was never evicted";
+  m = Series(Get(port, "/metrics").body);
+  EXPECT_EQ(count(m, "mxsched_binding_host_"), 0) << "no series for a pair whose host is gone";
+  EXPECT_EQ(m.at("mxsched_binding_active_connections{binding=\"b2\"}"), 0);
+  EXPECT_EQ(nlohmann::json::parse(Get(port, "/hosts").body).size(), 0u);
 }
 
 }  // namespace

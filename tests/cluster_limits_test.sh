@@ -20,7 +20,8 @@
 #                                      the Connector refuses, naming cluster_limits
 #   fleet_visible_on_the_admin_endpoint
 #                                      mxsched_cluster_* on /metrics (promtool), the
-#                                      fleet's count in GET /domains/NAME
+#                                      fleet's count in GET /domains/NAME, /hosts,
+#                                      /metrics and `top` beside the worker's own
 #   redis_down_at_start                a worker started while Redis is down: sessions it
 #                                      cannot open say "cluster limits unavailable ...
 #                                      share", it delivers within its startup share, and
@@ -207,19 +208,33 @@ fi
 echo "== fleet_visible_on_the_admin_endpoint"
 # DESIGN §7 rule 9: the mode gauge and Redis counters on /metrics (promtool-checked when
 # installed), the fleet-wide counts in GET /domains/NAME from the heartbeat's cache.
+# Two workers hold 5 and 3 of the host's 8: the first's /hosts, /metrics and `top` show its
+# own 5 beside the fleet's 8 (issue 19 item 3: top showed 3/8 where route showed 8/8).
 aport=$(free_port)
-load vis --sessions 8 --concurrency 8 --hold-ms 600000 --max-seconds 60 --admin "127.0.0.1:$aport"; vh=$last
+load vis --sessions 5 --concurrency 5 --hold-ms 600000 --max-seconds 60 --admin "127.0.0.1:$aport"; vh=$last
+wait_for '[ "$(rcli zcard "$hostkey")" = 5 ]'
+load vis2 --sessions 3 --concurrency 3 --hold-ms 600000 --max-seconds 60; vh2=$last
 wait_for '[ "$(rcli zcard "$hostkey")" = 8 ]'
 wait_for 'curl -sf "127.0.0.1:$aport/domains/a.test" | grep -q "\"cluster_active\":8"'
+wait_for 'curl -sf "127.0.0.1:$aport/hosts" | grep -q "\"active\":5,.*\"cluster_active\":8"'
 curl -sf "127.0.0.1:$aport/metrics" >"$work/metrics.txt" || fail "scrape"
 grep -q '^mxsched_cluster_mode{mode="normal"} 1$' "$work/metrics.txt" || fail "mode gauge: $(grep cluster_mode "$work/metrics.txt")"
 grep -q '^mxsched_cluster_redis_duration_seconds_count [1-9]' "$work/metrics.txt" || fail "Redis latency histogram"
-grep -q '^mxsched_cluster_leases_total{decided="redis"} 8$' "$work/metrics.txt" || fail "leases: $(grep cluster_leases "$work/metrics.txt")"
+grep -q '^mxsched_cluster_leases_total{decided="redis"} 5$' "$work/metrics.txt" || fail "leases: $(grep cluster_leases "$work/metrics.txt")"
+grep -q "^mxsched_host_cluster_active_connections{host=\"$net.1:$port\",mx=\"$net.1\"} 8$" \
+  "$work/metrics.txt" || fail "fleet count per host: $(grep cluster_active "$work/metrics.txt")"
 if command -v promtool >/dev/null; then
   promtool check metrics <"$work/metrics.txt" || fail "promtool check metrics"
 fi
+# top's plain frame: the host's local 5/8 and the fleet's 8/8, and the mode.
+"$bin" top --admin "127.0.0.1:$aport" --once --interval-ms 200 >"$work/top.txt" || fail "top --once"
+cat "$work/top.txt"
+grep -Eq "^fleet: mode normal +workers [0-9]" "$work/top.txt" || fail "top: fleet line"
+grep -q "^FLEET\| FLEET " "$work/top.txt" || fail "top: FLEET column"
+grep -Eq "^$net.1:$port +5/8 +8/8 " "$work/top.txt" || fail "top: local 5/8 beside fleet 8/8"
 kill -TERM "$(child_of "$vh")"; wait "$vh"
-rm -f "$work/vis.json"
+kill -TERM "$(child_of "$vh2")"; wait "$vh2"
+rm -f "$work/vis.json" "$work/vis2.json"
 
 echo "== redis_down_at_start"
 dport=$(free_port)

@@ -151,6 +151,9 @@ using admin::LookupName;
 using admin::StableOrder;
 
 std::string CountText(int64_t n) { return n < 0 ? "?" : std::to_string(n); }
+std::string LimitText(int32_t limit) {
+  return limit == kUnlimited ? "unlimited" : std::to_string(limit);
+}
 
 void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool have_dns,
                 const ClusterCounts& cluster) {
@@ -169,6 +172,15 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
     std::printf("%s\n", line.c_str());
   }
   if (!v.detail.empty()) std::printf("  %s\n", ForTerminal(v.detail).c_str());
+  if (!v.bindings.empty()) {
+    // docs/DESIGN.md §1 rule 13: the domain's limit counts per binding.
+    std::printf("  bindings (connections to this domain through each / its per-binding limit):\n");
+    for (const BindingView& b : v.bindings) {
+      std::printf("    %-20s %-32s active %d/%s\n", ForTerminal(b.binding).c_str(),
+                  b.source.empty() ? "(kernel's choice)" : ForTerminal(b.source).c_str(),
+                  b.active, LimitText(b.limit).c_str());
+    }
+  }
   if (!items.empty()) std::printf("  route items (tier: lower is preferred):\n");
   for (const RouteItem& it : items) {
     std::printf("    %-32s %-5s %-14s tier %-5u %s\n", ForTerminal(it.text).c_str(),
@@ -214,6 +226,17 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
                     h.group_limit);
       }
       std::printf("\n");
+      // Per (binding, host): the Binding::Host limit and the failure memory of that source.
+      for (const BindingView& b : h.bindings) {
+        std::printf("        via %s from %s: active %d/%s, %s", ForTerminal(b.binding).c_str(),
+                    b.source.empty() ? "(kernel's choice)" : ForTerminal(b.source).c_str(),
+                    b.active, LimitText(b.limit).c_str(), ForTerminal(b.state).c_str());
+        if (b.retry_in_s > 0) std::printf(" (retry in %llds)", static_cast<long long>(b.retry_in_s));
+        if (b.consecutive_failures > 0) {
+          std::printf(", %u consecutive failure(s)", b.consecutive_failures);
+        }
+        std::printf("\n");
+      }
     }
   }
 }

@@ -1,8 +1,10 @@
 // `mxsched top --admin ADDR:PORT`: a live terminal view of a running worker, like `kcli top`
 // or htop. Every interval it scrapes the worker's GET /metrics (AdminServer) and shows the
 // busiest hosts (active connections against their limit, connections/s, failures/s,
-// consecutive failures, state), sessions/s by result, deferrals/s by reason, and waiting
-// sessions. Rates are differences between two scrapes.
+// consecutive failures, state), under each host a row per egress binding that has used it
+// (its active against its Binding::Host limit, rates, failure memory), with cluster_limits
+// the fleet's count per host (FLEET) and the cluster mode, sessions/s by result,
+// deferrals/s by reason, and waiting sessions. Rates are differences between two scrapes.
 //
 // Terminal: the alternate screen, no echo, single keys; `q` or Ctrl-C quits and restores the
 // terminal. Lines are cut to the terminal's width and columns dropped when it is narrow;
@@ -83,11 +85,20 @@ std::optional<std::string> HttpGet(const std::string& addr, std::string_view pat
   return body;
 }
 
+// One egress binding at a host (docs/DESIGN.md §1 rule 13): the mxsched_binding_host_* series.
+struct BindingRow {
+  double active = 0, limit = 0, reachable = 1, consecutive = 0, retry_s = 0;
+  double connections = 0, failures = 0;  // counters
+  double connections_rate = 0, failures_rate = 0;
+};
+
 struct HostRow {
   std::string host, mx;
-  double active = 0, limit = 0, reachable = 1, consecutive = 0, retry_s = 0;
+  double active = 0, limit = 0, configured = 0, reachable = 1, consecutive = 0, retry_s = 0;
   double connected = 0, failed = 0;  // counters (failed: every outcome but connected/local)
   double connected_rate = 0, failed_rate = 0;
+  double cluster = -1;  // the fleet's count (mxsched_host_cluster_active_connections); -1: none
+  std::map<std::string, BindingRow> bindings;  // by binding name (shown escaped)
 };
 
 std::string RawLabel(std::string_view labels, std::string_view key);
@@ -95,7 +106,10 @@ std::string RawLabel(std::string_view labels, std::string_view key);
 struct Scrape {
   std::map<std::string, HostRow> hosts;  // by host
   std::map<std::string, double> deferrals, sessions;
+  std::map<std::string, std::string> sources;  // binding -> its source address(es)
   double waiting = 0, domains = 0, server_active = 0;
+  std::string cluster_mode;  // with cluster_limits: the mode in force ("" without)
+  double cluster_workers = 0;
   std::chrono::steady_clock::time_point at;
 };
 
@@ -138,7 +152,22 @@ Scrape Parse(std::string_view text) {
     const std::string_view labels =
         brace == std::string_view::npos ? std::string_view() : line.substr(brace, space - brace);
     const double v = std::strtod(std::string(line.substr(space + 1)).c_str(), nullptr);
-    if (name.rfind("mxsched_host_", 0) == 0 && name != "mxsched_hosts") {
+    if (name.rfind("mxsched_binding_host_", 0) == 0) {
+      const std::string host = Label(labels, "host");
+      const std::string binding = Label(labels, "binding");
+      if (host.empty() || binding.empty()) continue;
+      HostRow& h = s.hosts[host];
+      h.host = host;
+      h.mx = Label(labels, "mx");
+      BindingRow& b = h.bindings[binding];
+      if (name == "mxsched_binding_host_active_connections") b.active = v;
+      if (name == "mxsched_binding_host_connection_limit") b.limit = v;
+      if (name == "mxsched_binding_host_reachable") b.reachable = v;
+      if (name == "mxsched_binding_host_consecutive_failures") b.consecutive = v;
+      if (name == "mxsched_binding_host_retry_after_seconds") b.retry_s = v;
+      if (name == "mxsched_binding_host_connections_total") b.connections = v;
+      if (name == "mxsched_binding_host_failures_total") b.failures = v;
+    } else if (name.rfind("mxsched_host_", 0) == 0 && name != "mxsched_hosts") {
       const std::string host = Label(labels, "host");
       if (host.empty()) continue;
       HostRow& h = s.hosts[host];
@@ -146,6 +175,8 @@ Scrape Parse(std::string_view text) {
       h.mx = Label(labels, "mx");
       if (name == "mxsched_host_active_connections") h.active = v;
       if (name == "mxsched_host_connection_limit") h.limit = v;
+      if (name == "mxsched_host_configured_connection_limit") h.configured = v;
+      if (name == "mxsched_host_cluster_active_connections") h.cluster = v;
       if (name == "mxsched_host_reachable") h.reachable = v;
       if (name == "mxsched_host_consecutive_failures") h.consecutive = v;
       if (name == "mxsched_host_retry_after_seconds") h.retry_s = v;
@@ -167,6 +198,12 @@ Scrape Parse(std::string_view text) {
       s.domains = v;
     } else if (name == "mxsched_server_active_connections") {
       s.server_active = v;
+    } else if (name == "mxsched_binding_info") {
+      s.sources[Label(labels, "binding")] = Label(labels, "source");
+    } else if (name == "mxsched_cluster_mode") {
+      if (v == 1) s.cluster_mode = Label(labels, "mode");
+    } else if (name == "mxsched_cluster_live_workers") {
+      s.cluster_workers = v;
     }
   }
   return s;
@@ -231,6 +268,13 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
     deferrals += StrCat(" ", reason, " ", Num(r, 1));
   }
   lines.push_back(any ? deferrals : deferrals + " none");
+  if (!now->cluster_mode.empty()) {
+    // With cluster_limits (docs/DESIGN.md §7): FLEET is every worker's count on the host's
+    // key, as this worker's last heartbeat read it, against the Host limit they share.
+    lines.push_back(StrCat("fleet: mode ", now->cluster_mode, "   workers ",
+                           Num(now->cluster_workers),
+                           "   (FLEET: every worker's connections / the shared limit)"));
+  }
   lines.push_back("");
 
   std::vector<HostRow> rows;
@@ -241,6 +285,12 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
       if (p != before->hosts.end()) {
         r.connected_rate = std::max(0.0, (h.connected - p->second.connected) / dt);
         r.failed_rate = std::max(0.0, (h.failed - p->second.failed) / dt);
+        for (auto& [name, b] : r.bindings) {
+          auto pb = p->second.bindings.find(name);
+          if (pb == p->second.bindings.end()) continue;
+          b.connections_rate = std::max(0.0, (b.connections - pb->second.connections) / dt);
+          b.failures_rate = std::max(0.0, (b.failures - pb->second.failures) / dt);
+        }
       }
     }
     rows.push_back(std::move(r));
@@ -251,30 +301,61 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
     return a.host < b.host;
   });
   // Columns by priority: narrow terminals keep host, active/limit and conn/s.
-  const bool show_mx = width >= 96, show_state = width >= 64, show_fail = width >= 52;
-  std::string header = Pad("HOST", 24) + Pad("ACTIVE/LIMIT", 13, true) + Pad("CONN/S", 9, true);
+  const bool fleet = !now->cluster_mode.empty();
+  const bool show_mx = width >= (fleet ? 106u : 96u), show_state = width >= 64,
+             show_fail = width >= 52, show_fleet = fleet && width >= 64;
+  std::string header = Pad("HOST", 24) + Pad("ACTIVE/LIMIT", 13, true);
+  if (show_fleet) header += Pad("FLEET", 10, true);
+  header += Pad("CONN/S", 9, true);
   if (show_fail) header += Pad("FAIL/S", 8, true) + Pad("CONSEC", 7, true);
   if (show_state) header += "  " + Pad("STATE", 14);
   if (show_mx) header += Pad("MX", 32);
   lines.push_back(header);
+  // The retry time is a countdown: "down 11s" read as "down for 11 s".
+  auto state = [](double reachable, double retry_s) {
+    return reachable       ? std::string("up")
+           : retry_s > 0 ? StrCat("retry in ", Num(retry_s), "s")
+                         : std::string("probing");
+  };
   const size_t room = height > lines.size() + 1 ? height - lines.size() - 1 : 0;
-  for (size_t i = 0; i < rows.size() && i < room; ++i) {
+  size_t used = 0, hosts_shown = 0;
+  for (size_t i = 0; i < rows.size() && used < room; ++i, ++hosts_shown) {
     const HostRow& h = rows[i];
-    std::string line = Pad(h.host, 24) + Pad(StrCat(Num(h.active), "/", Num(h.limit)), 13, true) +
-                       Pad(Num(h.connected_rate, 1), 9, true);
-    if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
-    if (show_state) {
-      // The retry time is a countdown: "down 11s" read as "down for 11 s".
-      line += "  " + Pad(h.reachable       ? std::string("up")
-                         : h.retry_s > 0 ? StrCat("retry in ", Num(h.retry_s), "s")
-                                         : std::string("probing"),
-                         14);
+    std::string line = Pad(h.host, 24) + Pad(StrCat(Num(h.active), "/", Num(h.limit)), 13, true);
+    if (show_fleet) {
+      line += Pad(h.cluster < 0 ? std::string("-")
+                                : StrCat(Num(h.cluster), "/", Num(h.configured)),
+                  10, true);
     }
+    line += Pad(Num(h.connected_rate, 1), 9, true);
+    if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
+    if (show_state) line += "  " + Pad(state(h.reachable, h.retry_s), 14);
     if (show_mx) line += Pad(h.mx, 32);
     lines.push_back(line);
+    ++used;
+    // Per egress binding at this host (what the receiver counts per sending IP): active
+    // against the Binding::Host limit, its own rates and failure memory; the MX column
+    // shows the binding's source address.
+    for (const auto& [name, b] : h.bindings) {
+      if (used >= room) break;
+      std::string sub = Pad(StrCat("  via ", name), 24) +
+                        Pad(StrCat(Num(b.active), "/", Num(b.limit)), 13, true);
+      if (show_fleet) sub += Pad("", 10);
+      sub += Pad(Num(b.connections_rate, 1), 9, true);
+      if (show_fail) {
+        sub += Pad(Num(b.failures_rate, 1), 8, true) + Pad(Num(b.consecutive), 7, true);
+      }
+      if (show_state) sub += "  " + Pad(state(b.reachable, b.retry_s), 14);
+      if (show_mx) {
+        auto src = now->sources.find(name);
+        if (src != now->sources.end() && !src->second.empty()) sub += Pad("from " + src->second, 32);
+      }
+      lines.push_back(sub);
+      ++used;
+    }
   }
-  if (rows.size() > room) {
-    lines.push_back(StrCat("... ", rows.size() - room, " more host(s)"));
+  if (rows.size() > hosts_shown) {
+    lines.push_back(StrCat("... ", rows.size() - hosts_shown, " more host(s)"));
   }
   for (std::string& l : lines) l = Fit(l, width);
   return lines;

@@ -139,7 +139,8 @@ std::string Index() {
                   {{{"method", "GET"}, {"path", "/metrics"},
                     {"what", "Prometheus text exposition"}},
                    {{"method", "GET"}, {"path", "/hosts"},
-                    {"what", "every destination: active, limit, state, failures"}},
+                    {"what", "every destination: active, limit, state, failures, fleet count, "
+                             "and the same per binding"}},
                    {{"method", "GET"}, {"path", "/throttles"},
                     {"what", "every rate throttle: rate, next start, allowed, waited, throttled"}},
                    {{"method", "GET"}, {"path", "/domains/NAME"},
@@ -468,8 +469,8 @@ Response AdminServer::Dispatch(std::string_view method, std::string_view target,
     return {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text), ""};
   }
   if (path == "/hosts") {
-    return Json(200, HostsJson(selector_->registry(), selector_->clock().NowNanos(),
-                               options_.max_host_series));
+    return Json(200, HostsJson(*selector_, selector_->clock().NowNanos(),
+                               options_.max_host_series, options_.fleet));
   }
   if (path == "/throttles") return Json(200, ThrottlesJson(selector_->Throttles()));
   if (path != "/refresh") {

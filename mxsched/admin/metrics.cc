@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "mxsched/io/connector.h"
+#include "mxsched/scheduler/bindings.h"
 #include "mxsched/scheduler/epoch.h"
 #include "mxsched/scheduler/host_registry.h"
 #include "prometheus/text_serializer.h"
@@ -38,6 +39,11 @@ struct HostSample {
   double retry_s = 0;
   std::array<uint64_t, kOutcomeKinds> outcomes{};
   HostState::LatencyCounts latency;
+  // The fleet's leases on the host's key, from the FleetView's cache (-1: none known, no
+  // fleet, or no Host limit).
+  int64_t cluster_active = -1;
+  // Per (binding, host) state that exists (BindingView::used); hosts shown only.
+  std::vector<BindingView> bindings;
 };
 
 void AppendLabelValue(std::string* out, std::string_view v);
@@ -45,7 +51,8 @@ void AppendLabelValue(std::string* out, std::string_view v);
 // The hosts a scrape shows (issue 20: 191k hosts made a 524 MB scrape): the `max_hosts`
 // most active — open connections first, then failing ones, then most connections
 // reported — each with its own series, and one aggregate of all others.
-std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t* total) {
+std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t* total,
+                                    const io::FleetView* fleet) {
   epoch::EpochGuard pin;  // evicted hosts are freed through epoch.h: pinned while they are read
   std::vector<const HostState*> hosts = selector.registry().Snapshot();
   *total = hosts.size();
@@ -105,6 +112,16 @@ std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t
     s.retry_s = until > now ? static_cast<double>(until - now) / kNanos : 0.0;
     for (size_t o = 0; o < kOutcomeKinds; ++o) s.outcomes[o] = h.outcomes(o);
     s.latency = h.connect_latency();
+    if (fleet != nullptr && s.configured != kUnlimited) s.cluster_active = fleet->HostCount(h.endpoint());
+  }
+  // Per (binding, host): only pairs whose state exists, of hosts shown — so the series
+  // follow the live set: a pair appears with its first admission and goes with its host.
+  hosts.resize(shown);
+  std::vector<std::vector<BindingView>> bindings = selector.DescribeBindings(hosts);
+  for (size_t i = 0; i < shown; ++i) {
+    for (BindingView& b : bindings[i]) {
+      if (b.used) samples[i].bindings.push_back(std::move(b));
+    }
   }
   if (samples.size() > shown) {
     samples.back().host = "other";
@@ -181,9 +198,13 @@ void AddProviderFamilies(Selector& selector, std::vector<MetricFamily>& out) {
   out.push_back(std::move(limit));
 }
 
-void AddHostFamilies(Selector& selector, size_t max_hosts, std::vector<MetricFamily>& out) {
+void AddBindingFamilies(Selector& selector, const std::vector<HostSample>& samples,
+                        bool fleet, std::vector<MetricFamily>& out);
+
+void AddHostFamilies(Selector& selector, size_t max_hosts, const io::FleetView* fleet,
+                     std::vector<MetricFamily>& out) {
   size_t total = 0;
-  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts, &total);
+  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts, &total, fleet);
   const size_t n = samples.size();
   MetricFamily active =
       Family("mxsched_host_active_connections", "Connection leases held on the destination now.",
@@ -245,7 +266,110 @@ void AddHostFamilies(Selector& selector, size_t max_hosts, std::vector<MetricFam
   series.metric.push_back(
       Value(MetricType::Gauge, static_cast<double>(std::min(total, max_hosts))));
   out.push_back(std::move(series));
+  AddBindingFamilies(selector, samples, fleet != nullptr, out);
   AddProviderFamilies(selector, out);
+}
+
+constexpr char kClusterHostHelp[] =
+    "Fleet-wide leases on the destination's key (its Host limit, cluster_limits), as this "
+    "worker's last heartbeat read them; absent when not known.";
+
+// Egress bindings (docs/DESIGN.md §1 rule 13): per (binding, host) for every pair whose state
+// exists at a host shown (the series follow the live set: they appear with the pair's first
+// admission and go when the host does), and per configured binding its connections over all
+// hosts. With a fleet, the fleet's count per host shown. Few series, or none without
+// bindings: the MetricFamily path (both the text writer and Collect() use this).
+void AddBindingFamilies(Selector& selector, const std::vector<HostSample>& samples, bool fleet,
+                        std::vector<MetricFamily>& out) {
+  if (fleet) {
+    MetricFamily cluster = Family("mxsched_host_cluster_active_connections", kClusterHostHelp,
+                                  MetricType::Gauge, samples.size());
+    for (const HostSample& h : samples) {
+      if (h.aggregate || h.cluster_active < 0) continue;
+      cluster.metric.push_back(Value(MetricType::Gauge, static_cast<double>(h.cluster_active),
+                                     {{"host", h.host}, {"mx", h.mx}}));
+    }
+    out.push_back(std::move(cluster));
+  }
+  const std::vector<const Binding*> all = selector.bindings().All();
+  if (all.empty()) return;
+  size_t n = 0;
+  for (const HostSample& h : samples) n += h.bindings.size();
+  MetricFamily active = Family("mxsched_binding_host_active_connections",
+                               "Connections open to the destination through the binding (source "
+                               "address): what a receiver counting per sending IP sees.",
+                               MetricType::Gauge, n);
+  MetricFamily limit = Family("mxsched_binding_host_connection_limit",
+                              "Per-binding limit at the destination (Binding::Host "
+                              "max_outbound_connections; +Inf: none).",
+                              MetricType::Gauge, n);
+  MetricFamily reachable =
+      Family("mxsched_binding_host_reachable",
+             "1 if a new connection may go to the destination through the binding, 0 while the "
+             "(binding, host) pair is marked failed or its probe is out.",
+             MetricType::Gauge, n);
+  MetricFamily consecutive = Family("mxsched_binding_host_consecutive_failures",
+                                    "Connection failures through the binding at the destination "
+                                    "since its last success.",
+                                    MetricType::Gauge, n);
+  MetricFamily retry = Family("mxsched_binding_host_retry_after_seconds",
+                              "Seconds until the failed (binding, host) pair gets its probe.",
+                              MetricType::Gauge, n);
+  MetricFamily connections = Family("mxsched_binding_host_connections_total",
+                                    "Connection slots taken to the destination through the "
+                                    "binding (wraps at 2^32).",
+                                    MetricType::Counter, n);
+  MetricFamily failures = Family("mxsched_binding_host_failures_total",
+                                 "Failed connections to the destination through the binding "
+                                 "(wraps at 2^32).",
+                                 MetricType::Counter, n);
+  const auto inf = [](int32_t v) {
+    return v == kUnlimited ? std::numeric_limits<double>::infinity() : static_cast<double>(v);
+  };
+  for (const HostSample& h : samples) {
+    for (const BindingView& b : h.bindings) {
+      const std::vector<ClientMetric::Label> labels{
+          {"binding", b.binding}, {"host", h.host}, {"mx", h.mx}};
+      active.metric.push_back(Value(MetricType::Gauge, b.active, labels));
+      limit.metric.push_back(Value(MetricType::Gauge, inf(b.limit), labels));
+      reachable.metric.push_back(Value(
+          MetricType::Gauge, b.state == "up" || b.state == "probe_due" ? 1 : 0, labels));
+      consecutive.metric.push_back(Value(MetricType::Gauge, b.consecutive_failures, labels));
+      retry.metric.push_back(
+          Value(MetricType::Gauge, static_cast<double>(b.retry_in_s), labels));
+      connections.metric.push_back(
+          Value(MetricType::Counter, static_cast<double>(b.connections), labels));
+      failures.metric.push_back(
+          Value(MetricType::Counter, static_cast<double>(b.failures), labels));
+    }
+  }
+  for (MetricFamily* f :
+       {&active, &limit, &reachable, &consecutive, &retry, &connections, &failures}) {
+    out.push_back(std::move(*f));
+  }
+  // Per binding over every host (shown or not): one series per configured binding.
+  MetricFamily total = Family("mxsched_binding_active_connections",
+                              "Connections open through the binding (source address), to every "
+                              "destination.",
+                              MetricType::Gauge, all.size());
+  for (const Binding* b : all) {
+    int64_t sum = 0;
+    b->ForEachHost([&](uint32_t, const BindingHost& bh) {
+      sum += std::max(0, bh.active.load(std::memory_order_relaxed));
+    });
+    total.metric.push_back(
+        Value(MetricType::Gauge, static_cast<double>(sum), {{"binding", b->name()}}));
+  }
+  out.push_back(std::move(total));
+  MetricFamily info = Family("mxsched_binding_info",
+                             "Always 1: a configured binding and its source address(es) (\"\": "
+                             "the kernel chooses).",
+                             MetricType::Gauge, all.size());
+  for (const Binding* b : all) {
+    info.metric.push_back(Value(MetricType::Gauge, 1,
+                                {{"binding", b->name()}, {"source", b->addresses().ToString()}}));
+  }
+  out.push_back(std::move(info));
 }
 
 void AddThrottleFamilies(const Selector& selector, std::vector<MetricFamily>& out);
@@ -539,7 +663,7 @@ void AddFleetFamilies(const io::FleetView& fleet, std::vector<MetricFamily>& out
 void MetricsCollector::AppendText(std::string* out) const {
   Selector& selector = *selector_;
   size_t total = 0;
-  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts_, &total);
+  const std::vector<HostSample> samples = SampleHosts(selector, max_hosts_, &total, fleet_);
   out->reserve(out->size() + samples.size() * 2600 + 8192);
 
   AppendHeader(out, "mxsched_host_active_connections",
@@ -608,6 +732,7 @@ void MetricsCollector::AppendText(std::string* out) const {
 
   // Process-wide families: few series, so the MetricFamily path costs nothing here.
   std::vector<MetricFamily> process;
+  AddBindingFamilies(selector, samples, fleet_ != nullptr, process);
   AddProviderFamilies(selector, process);
   AddProcessFamilies(selector, process);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, process);
@@ -618,7 +743,7 @@ void MetricsCollector::AppendText(std::string* out) const {
 std::vector<MetricFamily> MetricsCollector::Collect() const {
   std::vector<MetricFamily> out;
   out.reserve(24);
-  AddHostFamilies(*selector_, max_hosts_, out);
+  AddHostFamilies(*selector_, max_hosts_, fleet_, out);
   AddProcessFamilies(*selector_, out);
   if (dns_ != nullptr) AddDnsFamilies(*dns_, out);
   if (fleet_ != nullptr) AddFleetFamilies(*fleet_, out);

@@ -90,6 +90,27 @@ std::string ItemStatus(const RouteItem& it, const DomainView& v, bool have_dns) 
   return "not used (listed earlier in the route, or prohibited)";
 }
 
+nlohmann::json BindingsJson(const std::vector<BindingView>& bindings, bool per_host) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const BindingView& b : bindings) {
+    nlohmann::json j = {{"binding", b.binding},
+                        {"source", b.source},
+                        {"active", b.active},
+                        {"limit", LimitJson(b.limit)}};
+    if (per_host) {
+      j["used"] = b.used;
+      j["state"] = b.state;
+      j["consecutive_failures"] = b.consecutive_failures;
+      j["retry_in_s"] = b.retry_in_s;
+      j["peak"] = b.peak;
+      j["connections"] = b.connections;
+      j["failures"] = b.failures;
+    }
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
 int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h) {
   auto it = c.hosts.find(h.endpoint.ToString());
   return it == c.hosts.end() ? -1 : it->second;
@@ -130,7 +151,8 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
            {"busy_replies", h.busy_replies},
            {"provider", h.group},
            {"provider_limit", h.group_limit},
-           {"provider_active", h.group_active}});
+           {"provider_active", h.group_active},
+           {"bindings", BindingsJson(h.bindings, /*per_host=*/true)}});
     }
     const DomainView::Tier& tier = v.tiers[t];
     tiers.push_back({{"tier", tier.tier},
@@ -148,7 +170,8 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
           {"limit", v.limit == kUnlimited ? int64_t{-1} : int64_t{v.limit}},
           {"items", std::move(item_json)},
           {"tiers", std::move(tiers)},
-          {"throttles", ThrottlesJson(v.throttles)}};
+          {"throttles", ThrottlesJson(v.throttles)},
+          {"bindings", BindingsJson(v.bindings, /*per_host=*/false)}};
 }
 
 nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles) {
@@ -189,9 +212,10 @@ std::string HostStateName(const HostState& h, int64_t now_nanos) {
   return h.Reachable(now_nanos) ? "probe_due" : "probing";
 }
 
-nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos, size_t max_hosts) {
+nlohmann::json HostsJson(Selector& selector, int64_t now_nanos, size_t max_hosts,
+                         const io::FleetView* fleet) {
   epoch::EpochGuard pin;  // evicted hosts are freed through epoch.h
-  std::vector<const HostState*> hosts = registry.Snapshot();
+  std::vector<const HostState*> hosts = selector.registry().Snapshot();
   std::vector<std::pair<int32_t, const HostState*>> order;
   order.reserve(hosts.size());
   for (const HostState* h : hosts) order.emplace_back(std::max(0, h->active()), h);
@@ -204,8 +228,12 @@ nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos, size_t
                       return a.second->endpoint() < b.second->endpoint();
                     });
   order.resize(shown);
+  hosts.clear();
+  for (const auto& [active, h] : order) hosts.push_back(h);
+  const std::vector<std::vector<BindingView>> bindings = selector.DescribeBindings(hosts);
   nlohmann::json out = nlohmann::json::array();
-  for (const auto& [active, h] : order) {
+  for (size_t i = 0; i < order.size(); ++i) {
+    const auto& [active, h] = order[i];
     nlohmann::json connections = nlohmann::json::object();
     for (size_t o = 0; o < kOutcomeKinds; ++o) {
       connections[std::string(OutcomeName(static_cast<Outcome>(o)))] = h->outcomes(o);
@@ -225,7 +253,13 @@ nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos, size_t
          {"seconds_since_failure", last ? (now_nanos - last) / kNanosPerSecond : -1},
          {"retry_in_s",
           until > now_nanos ? (until - now_nanos + kNanosPerSecond - 1) / kNanosPerSecond : 0},
-         {"connections", std::move(connections)}});
+         {"connections", std::move(connections)},
+         // The fleet's leases on the host's key (a Host limit with cluster_limits), as the
+         // last heartbeat read them: -1 unknown; null without cluster limits or Host limit.
+         {"cluster_active", fleet != nullptr && h->configured_limit() != kUnlimited
+                                ? nlohmann::json(fleet->HostCount(h->endpoint()))
+                                : nlohmann::json(nullptr)},
+         {"bindings", BindingsJson(bindings[i], /*per_host=*/true)}});
   }
   return out;
 }

@@ -35,13 +35,20 @@ struct ClusterCounts {
 // "mx" (filled by an MX lookup), "mx_pref", "hosts": [{"name", "address", "port", "limit",
 // "active", "cluster_active", "reachable", "seconds_since_failure", "consecutive_failures",
 // "configured_limit", "limit_moved", "busy_replies", "provider", "provider_limit",
-// "provider_active"}]}], "throttles": ThrottlesJson of the global and the domain's own}. Hosts in StableOrder. `items`: the domain's route items
-// (Config::ForDomain(domain).routes); `have_dns`: whether names were looked up at all.
+// "provider_active", "bindings": BindingsJson per host}]}], "throttles": ThrottlesJson of
+// the global and the domain's own, "bindings": BindingsJson per domain}. Hosts in
+// StableOrder. `items`: the domain's route items (Config::ForDomain(domain).routes);
+// `have_dns`: whether names were looked up at all.
 nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>& items,
                               bool have_dns, const ClusterCounts& cluster = {});
 // Rate throttles (docs/DESIGN.md §12; GET /throttles, "throttles" of the route view):
 // [{"scope", "kind", "rate", "next_in_ms", "allowed", "waited", "wait_seconds", "throttled"}].
 nlohmann::json ThrottlesJson(const std::vector<ThrottleView>& throttles);
+// Egress bindings (docs/DESIGN.md §1 rule 13, §8): [{"binding", "source" ("": the kernel
+// chooses), "active", "limit" (-1: unlimited)}], per domain (DomainView::bindings); per host
+// (`per_host`, DomainView::Host::bindings, /hosts) also "used", "state", "consecutive_failures",
+// "retry_in_s", "peak", "connections", "failures" — the (binding, host) failure memory.
+nlohmann::json BindingsJson(const std::vector<BindingView>& bindings, bool per_host);
 // The same for a domain of `selector`, its items from the selector's configuration; the
 // fleet-wide counts from `fleet` (its cache, at most a few seconds old; null: none).
 nlohmann::json DomainViewJson(const Selector& selector, const DomainView& v, bool have_dns,
@@ -66,13 +73,15 @@ int64_t HostClusterCount(const ClusterCounts& c, const DomainView::Host& h);
 // window passed: the next connection is the half-open probe), "probing" (the probe is out).
 std::string HostStateName(const HostState& h, int64_t now_nanos);
 
-// Every host of `registry`, busiest first: {"host", "address", "port", "name", "active",
-// "limit" (-1: unlimited), "peak", "state", "consecutive_failures", "seconds_since_failure"
-// (-1: never), "retry_in_s" (0 unless failed), "connections": {outcome: count}}.
-// At most `max_hosts` entries, the busiest first (the admin endpoint passes its
+// Every host of the selector's registry, busiest first: {"host", "address", "port", "name",
+// "active", "limit" (-1: unlimited), "peak", "state", "consecutive_failures",
+// "seconds_since_failure" (-1: never), "retry_in_s" (0 unless failed), "connections":
+// {outcome: count}, "cluster_active" (the fleet's count from `fleet`'s cache for a host with
+// a Host limit, -1 unknown; null without `fleet` or limit), "bindings": BindingsJson per
+// host}. At most `max_hosts` entries, the busiest first (the admin endpoint passes its
 // max_host_series; mxsched_hosts in /metrics gives the total).
-nlohmann::json HostsJson(const HostRegistry& registry, int64_t now_nanos,
-                         size_t max_hosts = SIZE_MAX);
+nlohmann::json HostsJson(Selector& selector, int64_t now_nanos, size_t max_hosts = SIZE_MAX,
+                         const io::FleetView* fleet = nullptr);
 
 // One line of JSON; bytes that are not UTF-8 become U+FFFD instead of throwing.
 std::string Dump(const nlohmann::json& j);

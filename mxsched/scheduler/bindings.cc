@@ -47,6 +47,16 @@ Binding::~Binding() {
   }
 }
 
+std::string BindingAddresses::ToString() const {
+  std::string out;
+  for (const std::optional<IpAddress>* a : {&v4, &v6}) {
+    if (!a->has_value()) continue;
+    if (!out.empty()) out += ' ';
+    out += (*a)->ToString();
+  }
+  return out;
+}
+
 void Binding::SetAddresses(const std::vector<IpAddress>& addresses) {
   auto a = std::make_unique<BindingAddresses>();
   a->any = addresses.empty();

@@ -61,6 +61,13 @@ struct alignas(64) BindingHost {
     failed_until.store(0, std::memory_order_release);
     consecutive_failures.store(0, std::memory_order_relaxed);
   }
+  // "up", "failed", "probe_due" or "probing", as the host's state (admin/views.h).
+  std::string_view StateName(int64_t now_nanos) const {
+    const int64_t fu = failed_until.load(std::memory_order_acquire);
+    if (fu == 0) return "up";
+    if (now_nanos < fu) return "failed";
+    return probe_in_flight.load(std::memory_order_acquire) ? "probing" : "probe_due";
+  }
   void RecordFailure(int64_t now_nanos, int64_t retry_nanos) {
     failures.fetch_add(1, std::memory_order_relaxed);
     consecutive_failures.fetch_add(1, std::memory_order_relaxed);
@@ -80,6 +87,8 @@ struct BindingAddresses {
     if (any) return nullptr;
     return v4_host ? (v4 ? &*v4 : nullptr) : (v6 ? &*v6 : nullptr);
   }
+  // "v4 v6", either alone, or "" (the kernel chooses): for views.
+  std::string ToString() const;
 };
 
 class Binding {
@@ -157,6 +166,14 @@ struct DomainBindingCounts {
   std::unique_ptr<Slot[]> slots;
   // The slot of binding `id`, created (with a further block) if needed.
   static Slot* Get(std::atomic<DomainBindingCounts*>& head, uint32_t id, uint32_t hint_n);
+  // The slot of binding `id` if one was made, else null; creates nothing (views).
+  static const Slot* Find(const std::atomic<DomainBindingCounts*>& head, uint32_t id) {
+    for (const DomainBindingCounts* c = head.load(std::memory_order_acquire); c != nullptr;
+         c = c->next.load(std::memory_order_acquire)) {
+      if (id >= c->base && id < c->base + c->n) return &c->slots[id - c->base];
+    }
+    return nullptr;
+  }
   static int32_t Bound(const std::atomic<DomainBindingCounts*>& head) {
     const DomainBindingCounts* c = head.load(std::memory_order_acquire);
     return c == nullptr ? 0 : c->bound.load(std::memory_order_seq_cst);

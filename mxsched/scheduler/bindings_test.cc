@@ -317,5 +317,73 @@ Binding "v4only" { bind_address = "127.0.0.2" }
   EXPECT_EQ(d.lease().endpoint().address.ToString(), "::1");
 }
 
+// --- views (docs/DESIGN.md §8, "Egress bindings in the views") ---------------------------
+
+// What Describe shows per binding is what the next admission applies; reading creates
+// nothing (no per-domain block, no (binding, host) state).
+TEST(BindingViews, CountsPerBindingAndPerPairAreTheAdmissionsAndReadingCreatesNothing) {
+  Fixture f(kTwo);
+  auto rows = [](const std::vector<BindingView>& v) {
+    std::map<std::string, std::pair<int32_t, int32_t>> out;
+    for (const BindingView& b : v) out[b.binding] = {b.active, b.limit};
+    return out;
+  };
+  using Rows = std::map<std::string, std::pair<int32_t, int32_t>>;
+  DomainView v = f.selector->Describe("a.example");
+  // The domain's limit is per binding (32 each), and "default": connections through none.
+  EXPECT_EQ(rows(v.bindings), (Rows{{"b2", {0, 32}}, {"b3", {0, 32}}, {"default", {0, 32}}}));
+  ASSERT_EQ(v.tiers.size(), 1u);
+  const auto& hb = v.tiers[0].hosts[0].bindings;
+  // Not used yet: rows for the Binding::Host limits only, no state made by reading.
+  EXPECT_EQ(rows(hb), (Rows{{"b2", {0, 3}}, {"b3", {0, 3}}}));
+  for (const BindingView& b : hb) EXPECT_FALSE(b.used) << b.binding;
+  EXPECT_EQ(hb[0].source, "127.0.0.2");
+  EXPECT_FALSE(f.selector->Describe("a.example").tiers[0].hosts[0].bindings[0].used);
+
+  Lease a = f.selector->Acquire("a.example", {.binding = "pool"}).TakeLease();
+  Lease b = f.selector->Acquire("a.example", {.binding = "pool"}).TakeLease();
+  Lease c = f.selector->Acquire("a.example").TakeLease();
+  ASSERT_TRUE(a.valid() && b.valid() && c.valid());
+  v = f.selector->Describe("a.example");
+  EXPECT_EQ(rows(v.bindings), (Rows{{"b2", {1, 32}}, {"b3", {1, 32}}, {"default", {1, 32}}}));
+  EXPECT_EQ(v.tiers[0].hosts[0].active, 3) << "the host's total over every binding";
+  EXPECT_EQ(rows(v.tiers[0].hosts[0].bindings), (Rows{{"b2", {1, 3}}, {"b3", {1, 3}}}));
+
+  // A failure through one binding: that pair's failure memory, the host still up.
+  const std::string blocked(a.binding());
+  a.Report(Outcome::kConnectFailed);
+  a.Release();
+  std::vector<const HostState*> hosts = {&b.host()};
+  auto pair = [&](const std::string& name) {
+    const std::vector<std::vector<BindingView>> all = f.selector->DescribeBindings(hosts);
+    for (const BindingView& x : all[0]) {
+      if (x.binding == name) return x;
+    }
+    return BindingView{};
+  };
+  EXPECT_TRUE(pair(blocked).used);
+  EXPECT_EQ(pair(blocked).state, "failed");
+  EXPECT_EQ(pair(blocked).retry_in_s, 120);
+  EXPECT_EQ(pair(blocked).consecutive_failures, 1u);
+  EXPECT_EQ(pair(blocked).failures, 1u);
+  EXPECT_EQ(pair(blocked).connections, 1u);
+  EXPECT_EQ(pair(blocked).active, 0);
+  EXPECT_TRUE(f.selector->Describe("a.example").tiers[0].hosts[0].reachable);
+  f.clock.AdvanceSeconds(121);
+  EXPECT_EQ(pair(blocked).state, "probe_due");
+  EXPECT_EQ(pair(blocked).retry_in_s, 0);
+
+  // A reload: the limits shown are the new ones at once (what the next admission uses).
+  auto reloaded = ParseConfig(StrCat(kTwo, "\nBinding \"default\" { }\n"), "t.conf");
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  f.selector->SetConfig(std::make_shared<const Config>(*std::move(reloaded)));
+  v = f.selector->Describe("a.example");
+  // A Binding named "default" takes the unbound connections: it is a binding like the others
+  // (no second "default" row), its count 0 (c went through no binding before the reload).
+  Rows want{{"b2", {1, 32}}, {"b3", {1, 32}}, {"default", {0, 32}}};
+  want[blocked].first = 0;  // its lease was released
+  EXPECT_EQ(rows(v.bindings), want);
+}
+
 }  // namespace
 }  // namespace mxsched

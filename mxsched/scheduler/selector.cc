@@ -1103,6 +1103,10 @@ ThrottleView ViewOf(const RateThrottle& t, int64_t now) {
 DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap,
                                    int64_t now) const {
   DomainView v;
+  // Bindings in configuration order (ids follow first appearance), and the configuration
+  // whose limits the next admission applies.
+  const std::vector<const Binding*> all = bindings_.All();
+  const std::shared_ptr<const Config> c = all.empty() ? nullptr : config();
   v.domain = std::string(e->name());
   v.state = snap->state();
   v.detail = std::string(snap->detail());
@@ -1139,11 +1143,88 @@ DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot
         vh.group_limit = g->limit();
         vh.group_active = g->active();
       }
+      if (!all.empty()) BindingsAt(all, *c, *h, now, &vh.bindings);
       vt.hosts.push_back(std::move(vh));
     }
     v.tiers.push_back(std::move(vt));
   }
+  if (!all.empty()) {
+    // Per binding: the domain's count through each (Momentum: the domain's limit is per
+    // binding), read from the entry's counts without creating any.
+    int32_t bound = 0;
+    for (const Binding* b : all) {
+      const BindingSpec* spec = c->FindBinding(b->name());
+      const DomainBindingCounts::Slot* slot =
+          DomainBindingCounts::Find(e->bindings.head, b->id());
+      const int32_t active = slot ? slot->active.load(std::memory_order_acquire) : 0;
+      bound += active;
+      if (spec == nullptr && active == 0) continue;  // gone with a reload, nothing open
+      BindingView bv;
+      bv.binding = b->name();
+      bv.source = b->addresses().ToString();
+      bv.active = active;
+      bv.limit = spec ? c->BindingDomainLimit(*spec, e->name())
+                      : c->ForDomain(e->name()).max_outbound_connections;
+      v.bindings.push_back(std::move(bv));
+    }
+    if (bindings_.default_egress() == nullptr) {
+      // No binding: the domain's connections through none (the total less the bound ones).
+      BindingView bv;
+      bv.binding = "default";
+      BindingAddresses global;  // the global bind_address: the default binding's
+      for (const IpAddress& ip : c->bind_address) (ip.is_v4() ? global.v4 : global.v6) = ip;
+      bv.source = global.ToString();
+      bv.active = std::max(0, v.active - bound);
+      bv.limit = v.limit;
+      v.bindings.push_back(std::move(bv));
+    }
+  }
   return v;
+}
+
+void SelectorImpl::BindingsAt(const std::vector<const Binding*>& all, const Config& c,
+                              const HostState& h, int64_t now,
+                              std::vector<BindingView>* out) const {
+  const std::string_view name = h.name() == h.endpoint().address.ToString()
+                                    ? std::string_view()
+                                    : std::string_view(h.name());
+  for (const Binding* b : all) {
+    const BindingHost* bh = b->Find(h);
+    // A state left by an evicted host whose index `h` reuses is not h's (GetOrCreate).
+    if (bh != nullptr && bh->host.load(std::memory_order_acquire) != &h) bh = nullptr;
+    const BindingSpec* spec = c.FindBinding(b->name());
+    // The limit the next admission through b computes (AdmitBinding).
+    const int32_t limit =
+        spec ? Config::BindingHostLimit(*spec, name, h.endpoint().address) : kUnlimited;
+    if (bh == nullptr && limit == kUnlimited) continue;
+    BindingView bv;
+    bv.binding = b->name();
+    bv.source = b->addresses().ToString();
+    bv.limit = limit;
+    if (bh != nullptr) {
+      bv.used = true;
+      bv.active = std::max(0, bh->active.load(std::memory_order_acquire));
+      bv.peak = bh->peak.load(std::memory_order_relaxed);
+      bv.state = std::string(bh->StateName(now));
+      bv.consecutive_failures = bh->consecutive_failures.load(std::memory_order_relaxed);
+      const int64_t until = bh->failed_until.load(std::memory_order_acquire);
+      bv.retry_in_s = until > now ? (until - now + kNanosPerSecond - 1) / kNanosPerSecond : 0;
+      bv.connections = bh->connections.load(std::memory_order_relaxed);
+      bv.failures = bh->failures.load(std::memory_order_relaxed);
+    }
+    out->push_back(std::move(bv));
+  }
+}
+
+std::vector<std::vector<BindingView>> SelectorImpl::DescribeBindings(
+    const std::vector<const HostState*>& hosts) const {
+  std::vector<std::vector<BindingView>> out(hosts.size());
+  const std::vector<const Binding*> all = bindings_.All();
+  if (all.empty()) return out;
+  const std::shared_ptr<const Config> c = config();
+  const int64_t now = clock_->NowNanos();
+  for (size_t i = 0; i < hosts.size(); ++i) BindingsAt(all, *c, *hosts[i], now, &out[i]);
+  return out;
 }
 
 size_t SelectorImpl::domain_count() const { return domains_.size(); }
@@ -1202,6 +1283,10 @@ int64_t Selector::server_active() const { return impl_->server_active(); }
 std::vector<ThrottleView> Selector::Throttles() const { return impl_->Throttles(); }
 HostRegistry& Selector::registry() { return impl_->registry(); }
 BindingRegistry& Selector::bindings() { return impl_->bindings(); }
+std::vector<std::vector<BindingView>> Selector::DescribeBindings(
+    const std::vector<const HostState*>& hosts) const {
+  return impl_->DescribeBindings(hosts);
+}
 SelectorStats& Selector::stats() { return impl_->stats(); }
 const SelectorStats& Selector::stats() const { return impl_->stats(); }
 Clock& Selector::clock() { return impl_->clock(); }

@@ -62,6 +62,8 @@ class SelectorImpl {
 
   DomainView Describe(std::string_view domain);
   std::optional<DomainView> DescribeResident(std::string_view domain);
+  std::vector<std::vector<BindingView>> DescribeBindings(
+      const std::vector<const HostState*>& hosts) const;
 
   size_t domain_count() const;
   size_t route_count() const { return routes_->size(); }
@@ -95,6 +97,10 @@ class SelectorImpl {
   // Counts a deferral (statistics) and answers it.
   AcquireResult Deferred(Deferral d);
   DomainView DescribeEntry(const DomainEntry* e, const RouteSnapshot* snap, int64_t now) const;
+  // Per binding at `h` (Selector::DescribeBindings): `all` is bindings_.All(), `c` the
+  // configuration in force.
+  void BindingsAt(const std::vector<const Binding*>& all, const Config& c, const HostState& h,
+                  int64_t now, std::vector<BindingView>* out) const;
   Deferral ClassifyNoHost(const RouteSnapshot& snap, bool saw_full, int64_t now) const;
 
   // Admission: what stops a grant; kGranted: *out holds the slot. kEvicted: the entry was

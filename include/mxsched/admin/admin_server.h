@@ -6,7 +6,9 @@
 //   GET  /domains/NAME     the domain's route as JSON, the same view as `mxsched route
 //                          --json` with live counts (fleet-wide ones as the last heartbeat
 //                          read them, with AdminOptions::fleet); 404 if not resident
-//   GET  /hosts            every destination: active, limit, state, failures, retry time
+//   GET  /hosts            every destination: active, limit, state, failures, retry time,
+//                          the fleet's count (AdminOptions::fleet), and per egress binding
+//                          its active, limit and failure memory
 //   POST /refresh?domain=NAME|all
 //                          Momentum's `refresh domain`: NAME re-plans now and answers its
 //                          new view; `all` re-plans every domain lazily and drops the DNS

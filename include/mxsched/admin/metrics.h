@@ -56,6 +56,22 @@
 //   mxsched_dns_queries_total (counter): queries handed to a DNS client
 //   mxsched_dns_answers_total (counter; result): answers stored: ok, nodata, nxdomain, tempfail
 //   mxsched_dns_cache_entries (gauge): names and types in the DNS cache
+// With egress bindings configured (DESIGN §1 rule 13, §8); `binding` is a configured name.
+// Per (binding, host) series exist only for pairs whose state exists (the binding has taken a
+// slot to the host) at a host shown: they appear with the pair's first admission and go with
+// the host (its eviction, or its leaving the shown set):
+//   mxsched_binding_host_active_connections (gauge; binding, host, mx): connections open to the
+//       host through the binding — what a receiver counting per sending IP sees
+//   mxsched_binding_host_connection_limit (gauge; binding, host, mx): its Binding::Host limit
+//       (+Inf: none)
+//   mxsched_binding_host_reachable (gauge; binding, host, mx): 0 while the pair is marked failed
+//       (its own failure memory: the host stays up for the other bindings)
+//   mxsched_binding_host_consecutive_failures (gauge; binding, host, mx)
+//   mxsched_binding_host_retry_after_seconds (gauge; binding, host, mx): until its probe
+//   mxsched_binding_host_connections_total (counter; binding, host, mx): slots taken through it
+//   mxsched_binding_host_failures_total (counter; binding, host, mx): failed connections
+//   mxsched_binding_active_connections (gauge; binding): through the binding to every host
+//   mxsched_binding_info (gauge; binding, source): 1 per configured binding, its address(es)
 // With cluster_limits (a FleetView given; DESIGN §7):
 //   mxsched_cluster_mode (gauge; mode): 1 for the mode in force, else 0: normal, rejoining,
 //       share, closed, open (the last three: Redis away, cluster_failure_mode deciding)
@@ -70,10 +86,15 @@
 //   mxsched_cluster_waits_total (counter): sessions that waited at a fleet limit
 //   mxsched_cluster_wakeups_total (counter): fleet waits ended by a release's publish
 //   mxsched_cluster_sentinel_discoveries_total (counter): masters found through Sentinel
+//   mxsched_host_cluster_active_connections (gauge; host, mx): the fleet's leases on a host
+//       shown that has a Host limit, as the last heartbeat read them (FleetView::HostCount,
+//       never a Redis call at scrape time); absent while not known
 //
 // Series count: 27 per host shown (6 gauges; 1 + 7 counters; a histogram of 11 buckets + sum +
 // count), at most max_hosts (500) of them plus 22 for "other"; 2 per provider pattern, plus 36
-// per process, and 30 more with cluster_limits. Benchmark: bench/metrics_bench.cc (a scrape of 10,000 hosts).
+// per process, and 30 more with cluster_limits (+1 per host shown with a known fleet count);
+// with bindings 7 per (binding, host) pair in use at a host shown and 2 per configured
+// binding. Benchmark: bench/metrics_bench.cc (a scrape of 10,000 hosts).
 //
 // Thread-safety: Collect() is safe from any thread, concurrently with the data path.
 // Lifetime: `selector` and `dns` are borrowed and must outlive the collector.

@@ -208,6 +208,26 @@ struct ThrottleView {
   uint64_t throttled = 0;   // starts refused (the wait was longer than the caller's)
 };
 
+// Connections through one egress binding (docs/DESIGN.md §1 rule 13, §8), for views and
+// metrics: per (binding, domain) in DomainView::bindings, per (binding, host) in
+// DomainView::Host::bindings and Selector::DescribeBindings.
+struct BindingView {
+  std::string binding;  // the Binding's name; "default": connections through no binding
+  std::string source;   // its source address(es) ("192.0.2.10 2001:db8::10"); "": the kernel's
+  int32_t active = 0;   // connections open through it, to the domain or to the host
+  // Its limit there, per binding: the domain's (Binding::Domain, Domain, Binding,
+  // Binding_Group, global) or the host's (Binding::Host; kUnlimited: none).
+  int32_t limit = kUnlimited;
+  // Per (binding, host) only: its own failure memory and statistics.
+  bool used = false;  // it has taken a slot to the host (state exists; else: a limit only)
+  std::string state = "up";  // "up", "failed", "probe_due", "probing" (like the host's)
+  uint32_t consecutive_failures = 0;
+  int64_t retry_in_s = 0;  // until the probe through it may go (0: not failed)
+  int32_t peak = 0;        // most connections open through it at once
+  uint64_t connections = 0;  // slots taken through it (wraps at 2^32)
+  uint64_t failures = 0;     // failed connections through it (wraps at 2^32)
+};
+
 // A read-only picture of a domain's route, for `mxsched route` and the console.
 struct DomainView {
   struct Host {
@@ -224,6 +244,9 @@ struct DomainView {
     std::string group;  // provider pattern sharing a limit with other hosts, or ""
     int32_t group_limit = 0;
     int32_t group_active = 0;
+    // Per binding at this host: each binding that has taken a slot here or whose
+    // Binding::Host limit names it, in configuration order (DescribeBindings).
+    std::vector<BindingView> bindings;
   };
   struct Tier {
     uint32_t tier;
@@ -238,6 +261,11 @@ struct DomainView {
   int32_t limit = 0;
   std::vector<Tier> tiers;
   std::vector<ThrottleView> throttles;  // the global ones and the domain's own
+  // Per binding (only when bindings are configured): every configured binding's
+  // connections to this domain and its per-binding limit, in configuration order, then
+  // "default" (no binding: the domain's connections through none, under `limit`) unless a
+  // Binding or Binding_Group named "default" takes unbound connections.
+  std::vector<BindingView> bindings;
 };
 
 // What a Selector uses besides its Config. Every pointer is borrowed and must outlive the
@@ -344,6 +372,13 @@ class Selector {
   HostRegistry& registry();
   // The bindings (opaque outside the library; the load report and admin read them).
   BindingRegistry& bindings();
+  // Per binding at each of `hosts` (docs/DESIGN.md §8): every binding that has taken a slot
+  // to the host (BindingView::used) or whose Binding::Host limit names it, in configuration
+  // order; limits as the next admission computes them. Changes nothing.
+  // REQUIRES: the hosts stay alive meanwhile (from registry().Snapshot() under one
+  // epoch::EpochGuard held across both calls).
+  std::vector<std::vector<BindingView>> DescribeBindings(
+      const std::vector<const HostState*>& hosts) const;
   // Process-wide counters: deferrals by reason, sessions by result, slot-wait times, and
   // domain entries created and evicted.
   SelectorStats& stats();
