@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "bench/median_reporter.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/selector.h"
@@ -63,25 +64,9 @@ BENCHMARK(BM_AcquireRelease)->Arg(0)->Arg(1)->Repetitions(5)->ReportAggregatesOn
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  // Collect the medians to print the ratio in the same run.
-  struct Medians : benchmark::ConsoleReporter {
-    double none = 0, group = 0;
-    void ReportRuns(const std::vector<Run>& runs) override {
-      for (const Run& r : runs) {
-        if (r.aggregate_name != "median") continue;
-        const double ns = r.GetAdjustedCPUTime();
-        if (r.benchmark_name().find("/0") != std::string::npos) none = ns;
-        if (r.benchmark_name().find("/1") != std::string::npos) group = ns;
-      }
-      ConsoleReporter::ReportRuns(runs);
-    }
-  } reporter;
+  mxsched::bench::MedianReporter reporter;  // the ratio comes from this run's medians
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  if (reporter.none > 0 && reporter.group > 0) {
-    std::printf("ratio group-of-8 / no binding (median CPU ns per Acquire+Release): %.2f "
-                "(%.1f / %.1f ns)\n",
-                reporter.group / reporter.none, reporter.group, reporter.none);
-  }
+  reporter.PrintRatio("group-of-8 / no binding", "BM_AcquireRelease/1", "BM_AcquireRelease/0");
   benchmark::Shutdown();
   return 0;
 }

@@ -9,10 +9,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <future>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/io/loop.h"
 #include "testbed/json.h"
@@ -178,6 +180,28 @@ int OpenListener(const Endpoint& ep, std::string* error) {
 struct Listener;
 struct Conn;
 
+// The most accepts within any window of `window` nanoseconds: a queue of the accept times
+// still inside the window ending now.
+struct RateWindow {
+  explicit RateWindow(int ms) : window_ms(ms), window(int64_t{ms} * 1'000'000) {}
+  void Add(int64_t t) {
+    while (!times.empty() && t - times.front() >= window) times.pop_front();
+    times.push_back(t);
+    peak = std::max<int64_t>(peak, static_cast<int64_t>(times.size()));
+  }
+  void Reset() { peak = static_cast<int64_t>(times.size()); }
+  int window_ms;
+  int64_t window;
+  std::deque<int64_t> times;
+  int64_t peak = 0;
+};
+
+std::vector<FarmRatePeak> Peaks(const std::vector<RateWindow>& ws) {
+  std::vector<FarmRatePeak> out;
+  for (const RateWindow& w : ws) out.push_back({w.window_ms, w.peak});
+  return out;
+}
+
 struct Farm::Impl {
   FarmOptions options;
   std::unique_ptr<Loop> loop;  // created and reset on the farm thread; Wake() under `mu`
@@ -186,6 +210,21 @@ struct Farm::Impl {
   std::thread thread;
   std::atomic<bool> stopping{false};
   std::atomic<int64_t> current_all{0}, peak_all{0};  // over every listener
+  // Accept rates (FarmOptions::rate_windows_ms): over all listeners, per listener (index),
+  // and the recent accept times. Written on the farm thread, read by Stats.
+  static constexpr size_t kRecentAccepts = 65536;
+  mutable Mutex rate_mu;
+  std::vector<RateWindow> rate_all ABSL_GUARDED_BY(rate_mu);
+  std::vector<std::vector<RateWindow>> rate_by_listener ABSL_GUARDED_BY(rate_mu);
+  std::deque<int64_t> recent_accepts ABSL_GUARDED_BY(rate_mu);
+  void CountAccept(size_t listener) {
+    const int64_t t = SteadyNowNanos();
+    MutexLock lock(&rate_mu);
+    for (RateWindow& w : rate_all) w.Add(t);
+    for (RateWindow& w : rate_by_listener[listener]) w.Add(t);
+    if (recent_accepts.size() == kRecentAccepts) recent_accepts.pop_front();
+    recent_accepts.push_back(t);
+  }
   Mutex mu;
   std::vector<std::pair<IpAddress, Fault>> fault_changes ABSL_GUARDED_BY(mu);
   // Per client address: counters and faults (farm thread writes, Stats reads).
@@ -228,6 +267,7 @@ struct Farm::Impl {
 
 struct alignas(64) Listener {
   Farm::Impl* farm = nullptr;
+  size_t index = 0;  // in farm->listeners
   Endpoint endpoint;
   int fd = -1;
   bool accept_armed = false;
@@ -457,6 +497,7 @@ void Listener::OnAccept(int res, uint32_t) {
     int one = 1;
     setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     total.fetch_add(1, std::memory_order_relaxed);
+    farm->CountAccept(index);
     const int64_t all = farm->current_all.fetch_add(1, std::memory_order_relaxed) + 1;
     int64_t pa = farm->peak_all.load(std::memory_order_relaxed);
     while (all > pa && !farm->peak_all.compare_exchange_weak(pa, all)) {
@@ -625,14 +666,28 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
                                                "serve"));
     }
   }
+  for (int ms : options.rate_windows_ms) {
+    if (ms < 1 || ms > 3'600'000) {
+      return absl::InvalidArgumentError(
+          StrCat("farm: rate window ", ms, " ms: expected 1..3600000 ms"));
+    }
+  }
   auto impl = std::make_unique<Impl>();
   impl->banner = StrCat("220 ", options.hostname, " ESMTP mxsched farm\r\n");
+  std::vector<RateWindow> windows;
+  for (int ms : options.rate_windows_ms) windows.emplace_back(ms);
+  {
+    MutexLock lock(&impl->rate_mu);
+    impl->rate_all = windows;
+    impl->rate_by_listener.assign(options.listen.size(), windows);
+  }
   for (const Endpoint& ep : options.listen) {
     if (!ep.address.IsLoopback()) {
       return absl::InvalidArgumentError(StrCat("farm: ", ep.ToString(), " is not loopback"));
     }
     auto l = std::make_unique<Listener>();
     l->farm = impl.get();
+    l->index = impl->listeners.size();
     l->endpoint = ep;
     for (const auto& [addr, fault] : options.faults) {
       if (addr == ep.address) {
@@ -697,15 +752,27 @@ std::vector<FarmSourceStats> Farm::SourceStats() const {
 
 std::vector<FarmAddressStats> Farm::Stats() const {
   std::vector<FarmAddressStats> out;
+  MutexLock lock(&impl_->rate_mu);
   for (const auto& l : impl_->listeners) {
     out.push_back({l->endpoint, l->fault(), l->total.load(), l->quits.load(), l->messages.load(),
                    l->current.load(), l->peak.load(), l->rejected.load(), l->served_peak.load(),
-                   l->idle_closed.load(), l->accept_backoffs.load()});
+                   l->idle_closed.load(), l->accept_backoffs.load(),
+                   Peaks(impl_->rate_by_listener[l->index])});
   }
   return out;
 }
 
 int64_t Farm::PeakAllAddresses() const { return impl_->peak_all.load(); }
+
+std::vector<FarmRatePeak> Farm::RatePeaksAllAddresses() const {
+  MutexLock lock(&impl_->rate_mu);
+  return Peaks(impl_->rate_all);
+}
+
+std::vector<int64_t> Farm::RecentAcceptTimes() const {
+  MutexLock lock(&impl_->rate_mu);
+  return {impl_->recent_accepts.begin(), impl_->recent_accepts.end()};
+}
 
 void Farm::ResetCounters() {
   impl_->peak_all = impl_->current_all.load();
@@ -719,12 +786,29 @@ void Farm::ResetCounters() {
     l->idle_closed = 0;
     l->accept_backoffs = 0;
   }
+  {
+    MutexLock lock(&impl_->rate_mu);
+    for (RateWindow& w : impl_->rate_all) w.Reset();
+    for (auto& ws : impl_->rate_by_listener) {
+      for (RateWindow& w : ws) w.Reset();
+    }
+    impl_->recent_accepts.clear();
+  }
   MutexLock lock(&impl_->sources_mu);
   for (auto& [a, src] : impl_->sources) {
     src.total = 0;
     src.peak = src.current;
   }
 }
+
+namespace {
+// {"1000": 20, ...}: the most accepts within any window of that many milliseconds.
+nlohmann::json RateJson(const std::vector<FarmRatePeak>& peaks) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const FarmRatePeak& p : peaks) j[std::to_string(p.window_ms)] = p.peak;
+  return j;
+}
+}  // namespace
 
 std::string Farm::StatsJson() const {
   uint64_t total = 0, idle_closed = 0, accept_backoffs = 0;
@@ -745,7 +829,8 @@ std::string Farm::StatsJson() const {
                          {"rejected", s.rejected},
                          {"served_peak", s.served_peak},
                          {"idle_closed", s.idle_closed},
-                         {"accept_backoffs", s.accept_backoffs}});
+                         {"accept_backoffs", s.accept_backoffs},
+                         {"accept_rate_peaks", RateJson(s.rate_peaks)}});
   }
   nlohmann::json sources = nlohmann::json::array();
   for (const FarmSourceStats& s : SourceStats()) {
@@ -759,6 +844,7 @@ std::string Farm::StatsJson() const {
                    {"total", total},
                    {"max_peak", peak},
                    {"peak_all_addresses", PeakAllAddresses()},
+                   {"accept_rate_peaks", RateJson(RatePeaksAllAddresses())},
                    {"idle_closed", idle_closed},
                    {"accept_backoffs", accept_backoffs}});
 }

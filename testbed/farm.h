@@ -72,6 +72,18 @@ struct FarmOptions {
   int idle_timeout_ms = 30'000;
   // Faults by client (source) address; they win over the listener's fault.
   std::vector<std::pair<IpAddress, Fault>> source_faults;
+  // Accept-rate windows: for each, the most connections accepted within any window of that
+  // many milliseconds, per address and over all of them — what a receiver that limits the
+  // connection rate counts (outbound_throttle_connections, docs/DESIGN.md §12). Each
+  // window keeps only the accept times inside it: memory follows the rate, not the run.
+  std::vector<int> rate_windows_ms = {1000};
+};
+
+// The most accepts seen within any window of `window_ms` (half-open: N+1 accepts less than
+// window_ms apart first to last count N+1).
+struct FarmRatePeak {
+  int window_ms = 0;
+  int64_t peak = 0;
 };
 
 // Connections from one client (source) address, over every listener.
@@ -94,6 +106,7 @@ struct FarmAddressStats {
   int64_t served_peak = 0;       // highest number of sessions served (greeted 220) at once
   uint64_t idle_closed = 0;      // closed by the farm after idle_timeout_ms without a byte
   uint64_t accept_backoffs = 0;  // accepts failed for lack of fds/memory, each backed off
+  std::vector<FarmRatePeak> rate_peaks;  // one per FarmOptions::rate_windows_ms
 };
 
 class Farm {
@@ -116,6 +129,12 @@ class Farm {
   // Highest number of connections open at once over ALL addresses (server-side): what a
   // limit shared by many hosts — a provider limit, docs/DESIGN.md §6 — must keep below.
   int64_t PeakAllAddresses() const;
+  // The accept-rate peaks over all addresses, one per FarmOptions::rate_windows_ms.
+  std::vector<FarmRatePeak> RatePeaksAllAddresses() const;
+  // The accept times (CLOCK_MONOTONIC nanoseconds, SteadyNowNanos) of the last 65,536
+  // connections over all addresses, oldest first: tests check the spacing of throttled
+  // starts as the receiver saw them.
+  std::vector<int64_t> RecentAcceptTimes() const;
   // Zeroes peaks (to the current count) and totals, e.g. between scenarios.
   void ResetCounters();
 

@@ -283,8 +283,9 @@ class Worker {
       return SessionEnded();
     }
     if (r.slot_wait_nanos > 0) slot_waits_.Add(r.slot_wait_nanos);
+    if (r.throttle_wait_nanos > 0) throttle_waits_.Add(r.throttle_wait_nanos);
     if (r.kind == ConnectResult::Kind::kConnected) {
-      latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos);
+      latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos - r.throttle_wait_nanos);
       HostCount* host = shared_->Host(r.lease.endpoint());
       host->Opened();
       HostCount* binding = shared_->BindingCount(r.lease.binding());
@@ -339,6 +340,7 @@ class Worker {
   LatencyHistogram latencies_;  // greeted sessions: connect time less slot wait
   int64_t busy_replies_ = 0;
   LatencyHistogram slot_waits_;  // every session that waited for a slot
+  LatencyHistogram throttle_waits_;  // every session that waited for a rate throttle
   std::map<std::string, int64_t> deferrals_, failures_;
   std::map<std::string, std::string> examples_;
 
@@ -608,10 +610,11 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   }
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
-  LatencyHistogram lat, waits;
+  LatencyHistogram lat, waits, throttle_waits;
   for (auto& w : workers) {
     lat.Merge(w->latencies_);
     waits.Merge(w->slot_waits_);
+    throttle_waits.Merge(w->throttle_waits_);
     report.busy_replies += w->busy_replies_;
     for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
     for (auto& [k, v] : w->failures_) report.failures[k] += v;
@@ -669,6 +672,10 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.wait_p50_us = waits.Percentile(50) / 1000;
   report.wait_p99_us = waits.Percentile(99) / 1000;
   report.wait_max_us = waits.max() / 1000;
+  report.throttle_waited = throttle_waits.count();
+  report.throttle_wait_p50_us = throttle_waits.Percentile(50) / 1000;
+  report.throttle_wait_p99_us = throttle_waits.Percentile(99) / 1000;
+  report.throttle_wait_max_us = throttle_waits.max() / 1000;
   if (options.cluster != nullptr) {
     const ClusterLimits::Stats& st = options.cluster->stats();
     LoadReport::Cluster c;
@@ -758,6 +765,10 @@ std::string LoadReport::ToJson() const {
        {"wait_p50_us", unless_empty(waited, wait_p50_us)},
        {"wait_p99_us", unless_empty(waited, wait_p99_us)},
        {"wait_max_us", unless_empty(waited, wait_max_us)},
+       {"throttle_waited", throttle_waited},
+       {"throttle_wait_p50_us", unless_empty(throttle_waited, throttle_wait_p50_us)},
+       {"throttle_wait_p99_us", unless_empty(throttle_waited, throttle_wait_p99_us)},
+       {"throttle_wait_max_us", unless_empty(throttle_waited, throttle_wait_max_us)},
        {"max_rss_kb", max_rss_kb},
        {"connected_per_250ms", connected_timeline},
        {"hosts", std::move(host_json)},
@@ -785,16 +796,21 @@ std::string LoadReport::ToText() const {
   s += StrCat("rate: ", connected_per_second, " connected/s (", sessions_per_second,
               " sessions ended/s, counting deferred and failed)\n");
   if (greeted > 0) {
-    s += StrCat("connect latency (without slot wait), ", greeted, " sessions greeted: p50 ",
+    s += StrCat("connect latency (without slot or throttle wait), ", greeted, " sessions greeted: p50 ",
                 connect_p50_us, " us, p99 ", connect_p99_us, " us, max ", connect_max_us, " us\n");
   } else {
-    s += "connect latency (without slot wait): - (no session got a greeting)\n";
+    s += "connect latency (without slot or throttle wait): - (no session got a greeting)\n";
   }
   if (waited > 0) {
     s += StrCat("waited for a slot: ", waited, " sessions, p50 ", wait_p50_us, " us, p99 ",
                 wait_p99_us, " us, max ", wait_max_us, " us\n");
   } else {
     s += "waited for a slot: no session\n";
+  }
+  if (throttle_waited > 0) {
+    s += StrCat("waited for a rate throttle: ", throttle_waited, " sessions, p50 ",
+                throttle_wait_p50_us, " us, p99 ", throttle_wait_p99_us, " us, max ",
+                throttle_wait_max_us, " us\n");
   }
   if (busy_replies > 0) {
     s += StrCat("busy replies (421 too many connections...): ", busy_replies, "\n");

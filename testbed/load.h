@@ -131,6 +131,10 @@ struct LoadReport {
   // those sessions only; 0, "-" and null when none waited).
   int64_t waited = 0;
   int64_t wait_p50_us = 0, wait_p99_us = 0, wait_max_us = 0;
+  // Sessions that waited for a rate throttle's instant (outbound_throttle_*, DESIGN §12),
+  // and how long, the same way; apart from slot waits and from connect latency.
+  int64_t throttle_waited = 0;
+  int64_t throttle_wait_p50_us = 0, throttle_wait_p99_us = 0, throttle_wait_max_us = 0;
   int64_t max_rss_kb = 0;  // the process's peak resident memory at the end of the run
   // Connected sessions per 250 ms interval since the start, for plots.
   std::vector<int64_t> connected_timeline;

@@ -51,12 +51,7 @@ class BindingsTest : public testing::LoopbackTest {
     o.binding = std::string(binding);
     o.connector.slot_wait_ms = 30'000;
     o.connector.max_attempts = max_attempts;
-    o.connector.banner_timeout_ms = 30'000;
-    o.connector.connect_timeout_ms = 30'000;
-    auto r = testbed::RunLoad(s, o);
-    EXPECT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
-    return *r;
+    return testing::RunAccountedLoad(s, std::move(o));
   }
 };
 

@@ -13,7 +13,13 @@ REDIS=$(command -v redis-server); SENT=$(command -v redis-sentinel); CLI=$(comma
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  # Each pid is a `timeout` wrapper: its child (redis-server, the sentinel, the farm, a
+  # worker) goes first — killing only the wrapper orphaned them, and the farm, still holding
+  # the test's stdout, kept ctest waiting until its --max-seconds (the 100 s this test took).
+  for p in "${pids[@]}"; do
+    for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null; done
+    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
+  done
   [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT

@@ -36,14 +36,7 @@ class ConnectorTest : public testing::LoopbackTest {
     o.hold_ms = hold_ms;
     o.threads = threads;
     o.max_seconds = 60;
-    // Generous: a timeout on a loaded machine would turn into a failover and skew the
-    // spreading these tests count.
-    o.connector.banner_timeout_ms = 30'000;
-    o.connector.connect_timeout_ms = 30'000;
-    auto r = testbed::RunLoad(s, o);
-    EXPECT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ(r->connected + r->deferred + r->failed, sessions) << "sessions lost";
-    return *r;
+    return testing::RunAccountedLoad(s, std::move(o));
   }
 };
 

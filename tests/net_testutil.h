@@ -20,6 +20,7 @@
 #include "mxsched/io/connector.h"
 #include "mxsched/io/loop.h"
 #include "testbed/farm.h"
+#include "testbed/load.h"
 
 namespace mxsched::testing {
 
@@ -71,6 +72,19 @@ inline std::unique_ptr<testbed::Farm> StartFarm(
   auto farm = testbed::Farm::Start(std::move(o));
   EXPECT_TRUE(farm.ok()) << farm.status();
   return farm.ok() ? *std::move(farm) : nullptr;
+}
+
+// Runs `o` against `s` and checks that every session is accounted for. Timeouts not set
+// are generous: on a loaded machine a timeout would turn into a failover and skew what the
+// tests count.
+inline testbed::LoadReport RunAccountedLoad(Selector& s, testbed::LoadOptions o) {
+  if (o.connector.banner_timeout_ms < 0) o.connector.banner_timeout_ms = 30'000;
+  if (o.connector.connect_timeout_ms < 0) o.connector.connect_timeout_ms = 30'000;
+  auto r = testbed::RunLoad(s, o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  if (!r.ok()) return {};
+  EXPECT_EQ(r->connected + r->deferred + r->failed, o.sessions) << "sessions lost";
+  return *std::move(r);
 }
 
 inline const testbed::FarmAddressStats* StatsFor(const std::vector<testbed::FarmAddressStats>& all,

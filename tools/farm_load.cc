@@ -81,11 +81,13 @@ struct FarmFlags {
   std::string stats_path;
   int64_t max_seconds = 600;
   int idle_timeout_ms = testbed::FarmOptions{}.idle_timeout_ms;
+  std::vector<int> rate_windows_ms = testbed::FarmOptions{}.rate_windows_ms;
 };
 
 int RunFarm(const FarmFlags& f) {
   testbed::FarmOptions options;
   options.idle_timeout_ms = f.idle_timeout_ms;
+  options.rate_windows_ms = f.rate_windows_ms;
   std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
   const std::string& stats_path = f.stats_path;
   const int64_t max_seconds = f.max_seconds;
@@ -308,6 +310,13 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
                  "Close a client that sends nothing for this long while the farm waits for its "
                  "next command (counted as idle_closed; blackhole addresses exempt); 0: never")
       ->check(CLI::Range(0, 86'400'000))
+      ->capture_default_str();
+  sub.add_option("--rate-window-ms", f->rate_windows_ms,
+                 "Report the most connections accepted within any window of this many ms "
+                 "(accept_rate_peaks, per address and in all), as a receiver that limits the "
+                 "connection rate counts; repeat or comma-separate for several")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 3'600'000))
       ->capture_default_str();
   return [f] { return RunFarm(*f); };
 }

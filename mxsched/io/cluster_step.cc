@@ -24,8 +24,10 @@ void ClusterStep::Ask(bool may_wait, FleetClient::Done done) {
   const bool seen =
       std::find(full_hosts_.begin(), full_hosts_.end(), endpoint_) != full_hosts_.end();
   queued_ = may_wait && (queue_ || seen);
-  fleet_->Acquire(id_, std::move(keys_), queued_ ? &waiter_ : nullptr, std::move(done));
-  keys_.clear();
+  // The verdict may come before Acquire returns, and the session (this step's owner) may
+  // end in it: nothing of `this` is touched after the call.
+  std::vector<ClusterKey> keys = std::exchange(keys_, {});
+  fleet_->Acquire(id_, std::move(keys), queued_ ? &waiter_ : nullptr, std::move(done));
 }
 
 ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,

@@ -58,9 +58,11 @@ bool IsLocalError(int err) {
 // over several waits), what earlier attempts left (`slot_woken_before`, `busy_since_wait`).
 //
 //   kNew            -> kAcquiring
-//   kAcquiring      -> kWaitingDns | kWaitingSlot | kClusterAcquire | kConnecting | kDone
+//   kAcquiring      -> kWaitingDns | kWaitingSlot | kWaitingThrottle | kClusterAcquire
+//                      | kConnecting | kDone
 //   kWaitingDns, kWaitingSlot, kWaitingCluster
 //                   -> kAcquiring  (woken, its timer, new routes, or Stop)
+//   kWaitingThrottle -> kClusterAcquire | kConnecting | kDone (its timer; Stop removes it)
 //   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
@@ -68,16 +70,17 @@ bool IsLocalError(int err) {
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
-// stop leaves the wait for kAcquiring, whose first step sees the stop. Future steps are
-// phases added here — e.g. a wait for a rate throttle's timer (kWaitingThrottle, left for
-// kAcquiring like the other waits) or a connection taken from a reuse pool (kParked, from
-// kAcquiring, to kDone or back to kAcquiring when the parked connection is dead): a row in
+// stop leaves the wait for kAcquiring, whose first step sees the stop. kWaitingThrottle is
+// the exception: it already holds its slot (Lease::start_at is ahead), registered with no
+// one but its own timer, so its timer's completion — fired, or removed by Stop — ends it.
+// Future steps are phases added here (e.g. a connection taken from a reuse pool): a row in
 // LegalTransition, a case in Cancel, and the handlers that enter and leave it.
 enum class Phase : uint8_t {
   kNew,             // constructed, Connect has not yet made the first attempt
   kAcquiring,       // asking the selector for a slot (synchronous: Attempt)
   kWaitingDns,      // in connector->waiting_dns_: OnRoutesChanged or the DNS timer resumes it
   kWaitingSlot,     // in the selector's waiter queue, or its wake-up queued (QueueWoken)
+  kWaitingThrottle, // holding a slot until the rate throttles' instant (Lease::start_at)
   kClusterAcquire,  // a fleet-wide slot asked for (ClusterStep::Ask); the verdict to come
   kWaitingCluster,  // queued at the fleet: ClusterWake or the slot-wait timer resumes it
   kConnecting,      // socket and connect (linked to its timeout) in the ring
@@ -92,6 +95,7 @@ std::string_view PhaseName(Phase p) {
     case Phase::kAcquiring: return "acquiring";
     case Phase::kWaitingDns: return "waiting-dns";
     case Phase::kWaitingSlot: return "waiting-slot";
+    case Phase::kWaitingThrottle: return "waiting-throttle";
     case Phase::kClusterAcquire: return "cluster-acquire";
     case Phase::kWaitingCluster: return "waiting-cluster";
     case Phase::kConnecting: return "connecting";
@@ -109,8 +113,10 @@ constexpr bool LegalTransition(Phase from, Phase to) {
       return to == Phase::kAcquiring;
     case Phase::kAcquiring:
       return to == Phase::kWaitingDns || to == Phase::kWaitingSlot ||
-             to == Phase::kClusterAcquire || to == Phase::kConnecting ||
-             to == Phase::kReusing || to == Phase::kDone;
+             to == Phase::kWaitingThrottle || to == Phase::kClusterAcquire ||
+             to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
+    case Phase::kWaitingThrottle:
+      return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
     case Phase::kReusing:  // answered RSET: done; stale: a fresh connection (kAcquiring)
       return to == Phase::kDone || to == Phase::kAcquiring;
     case Phase::kWaitingDns:
@@ -172,10 +178,6 @@ struct Connector::Session {
     phase = to;
   }
 
-  AcquireOptions AcquireOpts() const {
-    return {.binding = binding, .reuse_owner = connector->options_.reuse ? connector : nullptr};
-  }
-
   bool MayWait() const {
     return connector->options_.slot_wait_ms > 0 && slot_timer != Timer::kFired;
   }
@@ -210,11 +212,32 @@ struct Connector::Session {
     return Finish(std::move(res));
   }
 
+  AcquireOptions AcquireOpts() const {
+    return {.binding = binding,
+            .throttle_wait_nanos = ThrottleBudget(),
+            .reuse_owner = connector->options_.reuse ? connector : nullptr};
+  }
+
+  // How long a rate throttle may hold this session back (DESIGN §12 rule 3): what is left of
+  // the slot_wait_ms budget — the same budget as slot and fleet waits; 0 without waiting.
+  int64_t ThrottleBudget() const {
+    if (!MayWait()) return 0;
+    if (slot_timer == Timer::kIdle) return Nanos(Millis(connector->options_.slot_wait_ms)).count();
+    return std::max<int64_t>(0, Nanos(slot_deadline - SteadyClock::now()).count());
+  }
+
   // A slot is held (from Acquire, or handed over by the selector to this waiter).
   void Start(Lease l) {
     lease = std::move(l);
     if (ParkedConnection* pc = lease.reused()) return TakeUp(pc);
     if (connector->stopped_) return FinishStopped();  // a slot handed over after Stop
+    const int64_t delay = lease.start_at() - connector->selector_->clock().NowNanos();
+    if (lease.start_at() != 0 && delay > 0) return WaitForThrottle(delay);
+    Proceed();
+  }
+
+  // The slot is held and the throttles allow the start now.
+  void Proceed() {
     if (cluster.enabled()) return TakeFleetSlot();
     if (!connector->CurrentConfig().cluster_limits.empty()) {
       // The configuration asks for fleet limits and nobody gave this connector the client
@@ -442,11 +465,15 @@ struct Connector::Session {
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
     if (!cluster.Plan(lease, domain, domain_limit)) return Open();
     Enter(Phase::kClusterAcquire);
-    ++pending;  // the verdict may come before Ask returns
+    // The verdict may come before Ask returns, and end the session: one count for the
+    // verdict, one holding the session until Ask has returned.
+    pending += 2;
     cluster.Ask(MayWait(), [this](FleetClient::Result res) {
       --pending;
       OnClusterVerdict(std::move(res));
     });
+    --pending;
+    MaybeDelete();
   }
 
   void OnClusterVerdict(FleetClient::Result res) {
@@ -503,9 +530,33 @@ struct Connector::Session {
     MaybeDelete();
   }
 
+  // --- docs/DESIGN.md §12 rule 3: wait for the throttles' instant -----------------------
+  // The slot is held meanwhile (the receiver does not see it; the limit counts it, so no
+  // other session takes the slot and then waits for the same throttle). One timer, armed
+  // for the instant the reservation was made for: no re-check, no polling. The selector's
+  // clock may be coarse (it lags the real monotonic clock by up to a tick), so the delay
+  // measured against it never fires early.
+  void WaitForThrottle(int64_t delay) {
+    Enter(Phase::kWaitingThrottle);
+    // The wait counts against the slot_wait_ms budget (ThrottleBudget admitted it).
+    if (slot_timer == Timer::kIdle && MayWait()) ArmSlotTimer();
+    throttle_wait_since = SteadyClock::now();
+    throttle_ts = ToTimespec(Nanos(delay));
+    io_uring_prep_timeout(Submit(&throttle_timer_done), &throttle_ts, 0, 0);
+  }
+
+  void OnThrottleTimer(int, uint32_t) {
+    --pending;
+    throttle_waited += SteadyClock::now() - throttle_wait_since;
+    if (phase == Phase::kDone) return MaybeDelete();
+    if (cancelled || connector->stopped_) return FinishStopped();
+    Proceed();
+  }
+
   // --- docs/DESIGN.md §1 rule 8: wait for a slot ------------------------------------------
   void ArmSlotTimer() {
     slot_timer = Timer::kArmed;
+    slot_deadline = SteadyClock::now() + Millis(connector->options_.slot_wait_ms);
     slot_ts = ToTimespec(Millis(connector->options_.slot_wait_ms));
     io_uring_prep_timeout(Submit(&slot_timer_done), &slot_ts, 0, 0);
   }
@@ -567,6 +618,12 @@ struct Connector::Session {
       case Phase::kWaitingCluster:
         cluster.Unwait();
         return Attempt();
+      case Phase::kWaitingThrottle: {  // OnThrottleTimer (fired or removed) sees `cancelled`
+        io_uring_sqe* sqe = loop()->Sqe();
+        io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&throttle_timer_done), 0);
+        Loop::SetCompletion(sqe, nullptr);
+        return;
+      }
       case Phase::kConnecting:
       case Phase::kGreeting:
         if (io_op != nullptr) {
@@ -617,6 +674,7 @@ struct Connector::Session {
     const SteadyClock::time_point now = SteadyClock::now();
     r.elapsed_nanos = Nanos(now - start).count();
     r.slot_wait_nanos = slot_waited.count();
+    r.throttle_wait_nanos = throttle_waited.count();
     connector->selector_->stats().CountSession(
         static_cast<size_t>(r.kind), slot_wait_start ? Nanos(now - *slot_wait_start).count() : -1);
     --connector->in_flight_;
@@ -669,16 +727,21 @@ struct Connector::Session {
   std::optional<SteadyClock::time_point> slot_wait_start;  // the first slot wait
   SteadyClock::time_point slot_wait_since;                 // when the current wait began
   Nanos slot_waited{0};                                    // all waits so far
+  SteadyClock::time_point slot_deadline;  // when the slot_wait_ms budget ends (timer armed)
+  // Rate throttle waits (statistics).
+  SteadyClock::time_point throttle_wait_since;
+  Nanos throttle_waited{0};
 
   // What the ring and the selector point into: stable while the session lives.
   Waiter waiter{this};
-  __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{}, slot_ts{};
+  __kernel_timespec connect_ts{}, recv_ts{}, dns_ts{}, slot_ts{}, throttle_ts{};
   MemberCompletion<Session, &Session::OnSocket> socket_done{this};
   MemberCompletion<Session, &Session::OnConnect> connect_done{this};
   MemberCompletion<Session, &Session::OnRecv> recv_done{this};
   MemberCompletion<Session, &Session::OnTimeout> timeout_done{this};
   MemberCompletion<Session, &Session::OnDnsTimer> dns_timer_done{this};
   MemberCompletion<Session, &Session::OnSlotTimer> slot_timer_done{this};
+  MemberCompletion<Session, &Session::OnThrottleTimer> throttle_timer_done{this};
 };
 
 

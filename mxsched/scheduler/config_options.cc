@@ -329,8 +329,8 @@ constexpr OptionDescriptor kOptions[] = {
      .scopes = G | D | H | B | BD | BH,
      .type = OptionType::kThrottle,
      .doc = "new connections: \"N\" at most N in any second, \"N/S\" at most N in any S "
-            "seconds; global: the whole process (the fleet with cluster_limits), Domain: that "
-            "domain, Host: that address, Binding (or its Binding_Group): through it, "
+            "seconds; global: the whole process (per worker even with cluster_limits: §12 "
+            "status), Domain: that domain, Host: that address, Binding (or its Binding_Group): through it, "
             "Binding::Domain and Binding::Host: through it to that domain or address; every "
             "one that applies must allow a start (docs/DESIGN.md §12)",
      .config = Field<&Config::outbound_throttle_connections>(),

@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "mxsched/base/clock.h"
 #include "mxsched/base/strings.h"
+#include "mxsched/scheduler/domain_table.h"
 
 namespace mxsched {
 
@@ -149,23 +150,21 @@ ThrottleSet::ThrottleSet(const Config& c, const ThrottleSet* previous) {
   global_ = Make(Throttles{c.outbound_throttle_connections, c.outbound_throttle_messages},
                  "global", false, previous);
   for (const std::string& d : SortedKeys(c.domains)) {
-    domains_[d] = Make(Of(c.domains.at(d)), d, false, previous);
+    domains_.Insert(d, Make(Of(c.domains.at(d)), d, false, previous));
   }
   for (const std::string& h : SortedKeys(c.hosts)) {
-    hosts_[h] = Make(Of(c.hosts.at(h)), StrCat("host ", h), true, previous);
-    any_host_ = true;
+    hosts_.Insert(h, Make(Of(c.hosts.at(h)), StrCat("host ", h), true, previous));
   }
   for (const BindingSpec& b : c.bindings) {
     PerBinding pb;
     if (b.throttles.any()) pb.own = Make(b.throttles, StrCat("binding ", b.name), false, previous);
     for (const std::string& d : SortedKeys(b.domain_throttles)) {
-      pb.domains[d] = Make(b.domain_throttles.at(d), StrCat("binding ", b.name, " to ", d), false,
-                           previous);
+      pb.domains.Insert(d, Make(b.domain_throttles.at(d), StrCat("binding ", b.name, " to ", d),
+                                false, previous));
     }
     for (const std::string& h : SortedKeys(b.host_throttles)) {
-      pb.hosts[h] = Make(b.host_throttles.at(h), StrCat("binding ", b.name, " to host ", h), true,
-                         previous);
-      any_host_ = true;
+      pb.hosts.Insert(h, Make(b.host_throttles.at(h), StrCat("binding ", b.name, " to host ", h),
+                              true, previous));
     }
     if (pb.own.connections || pb.own.messages || !pb.domains.empty() || !pb.hosts.empty()) {
       bindings_.emplace(b.name, std::move(pb));
@@ -178,34 +177,47 @@ void ThrottleSet::Add(const Pair& p, bool new_connection, RateThrottle** out, si
   if (p.messages != nullptr) out[(*n)++] = p.messages;
 }
 
-size_t ThrottleSet::Collect(std::string_view domain, std::string_view host_name,
-                            const IpAddress& address, std::string_view binding,
-                            bool new_connection, RateThrottle** out) const {
+size_t ThrottleSet::Collect(std::string_view domain, uint64_t domain_hash,
+                            std::string_view host_name, const IpAddress& address,
+                            std::string_view binding, bool new_connection,
+                            RateThrottle** out) const {
   size_t n = 0;
   Add(global_, new_connection, out, &n);
   if (!domains_.empty()) {
-    if (auto it = domains_.find(Key(domain)); it != domains_.end()) Add(it->second, new_connection, out, &n);
+    if (const Pair* p = domains_.Find(domain, domain_hash)) Add(*p, new_connection, out, &n);
   }
-  std::string ip;
-  if (any_host_) ip = address.ToString();
-  // A host's throttle: its address's stanza, else its name's (as for Host limits).
-  auto host_pair = [&](const absl::flat_hash_map<std::string, Pair>& m) -> const Pair* {
-    if (m.empty()) return nullptr;
-    auto it = m.find(ip);
-    if (it == m.end() && !host_name.empty()) it = m.find(Key(host_name));
-    return it == m.end() ? nullptr : &it->second;
-  };
-  if (const Pair* p = host_pair(hosts_)) Add(*p, new_connection, out, &n);
+  if (const Pair* p = hosts_.Find(address, host_name)) Add(*p, new_connection, out, &n);
   if (!binding.empty() && !bindings_.empty()) {
     if (auto b = bindings_.find(Key(binding)); b != bindings_.end()) {
       Add(b->second.own, new_connection, out, &n);
-      if (auto it = b->second.domains.find(Key(domain)); it != b->second.domains.end()) {
-        Add(it->second, new_connection, out, &n);
+      if (const Pair* p = b->second.domains.Find(domain, domain_hash)) {
+        Add(*p, new_connection, out, &n);
       }
-      if (const Pair* p = host_pair(b->second.hosts)) Add(*p, new_connection, out, &n);
+      if (const Pair* p = b->second.hosts.Find(address, host_name)) {
+        Add(*p, new_connection, out, &n);
+      }
     }
   }
   return n;
+}
+
+void ThrottleSet::HostPairs::Insert(const std::string& key, Pair p) {
+  if (absl::StatusOr<IpAddress> a = IpAddress::Parse(key); a.ok()) {
+    by_address[*a] = p;
+  } else {
+    by_name[key] = p;
+  }
+}
+
+const ThrottleSet::Pair* ThrottleSet::HostPairs::Find(const IpAddress& address,
+                                                     std::string_view host_name) const {
+  if (!by_address.empty()) {
+    if (auto it = by_address.find(address); it != by_address.end()) return &it->second;
+  }
+  if (!by_name.empty() && !host_name.empty()) {
+    if (auto it = by_name.find(Key(host_name)); it != by_name.end()) return &it->second;
+  }
+  return nullptr;
 }
 
 void ThrottleSet::ForDomain(std::string_view domain, std::vector<const RateThrottle*>* out) const {
@@ -214,7 +226,22 @@ void ThrottleSet::ForDomain(std::string_view domain, std::vector<const RateThrot
     if (p.messages) out->push_back(p.messages);
   };
   add(global_);
-  if (auto it = domains_.find(Key(domain)); it != domains_.end()) add(it->second);
+  if (const Pair* p = domains_.Find(domain, HashDomain(domain))) add(*p);
+}
+
+void ThrottleSet::DomainPairs::Insert(const std::string& name, Pair p) {
+  by_hash[HashDomain(name)].emplace_back(name, p);
+}
+
+const ThrottleSet::Pair* ThrottleSet::DomainPairs::Find(std::string_view name,
+                                                       uint64_t hash) const {
+  if (by_hash.empty()) return nullptr;
+  auto it = by_hash.find(hash);
+  if (it == by_hash.end()) return nullptr;
+  for (const auto& [n, p] : it->second) {
+    if (n == name) return &p;
+  }
+  return nullptr;
 }
 
 }  // namespace mxsched

@@ -98,8 +98,10 @@ class ThrottleSet {
   // reused connection, message throttles only) of every scope that applies to `domain`
   // (lower-case), the host (`host_name` lower-case or "", and `address`) and `binding`
   // ("" = no binding). Returns how many were written to `out` (at most kMaxThrottlesPerStart).
-  size_t Collect(std::string_view domain, std::string_view host_name, const IpAddress& address,
-                 std::string_view binding, bool new_connection, RateThrottle** out) const;
+  // `domain_hash` is HashDomain(domain) (DomainEntry::hash: no hashing of the name per start).
+  size_t Collect(std::string_view domain, uint64_t domain_hash, std::string_view host_name,
+                 const IpAddress& address, std::string_view binding, bool new_connection,
+                 RateThrottle** out) const;
   // Every throttle, in a stable order (global, domains, hosts, bindings; by name).
   const std::vector<std::unique_ptr<RateThrottle>>& all() const { return all_; }
   // The throttles whose scope is `domain` (its Domain stanza), for /domains/NAME.
@@ -110,16 +112,34 @@ class ThrottleSet {
     RateThrottle* connections = nullptr;
     RateThrottle* messages = nullptr;
   };
+  // Host stanzas by address (no text per start: the hot path compares IpAddress) and by
+  // MX name; an address stanza wins over a name stanza, as for Host limits.
+  struct HostPairs {
+    absl::flat_hash_map<IpAddress, Pair> by_address;
+    absl::flat_hash_map<std::string, Pair> by_name;
+    bool empty() const { return by_address.empty() && by_name.empty(); }
+    void Insert(const std::string& key, Pair p);
+    const Pair* Find(const IpAddress& address, std::string_view host_name) const;
+  };
+  // Domain stanzas by HashDomain of their name (the entry's precomputed hash), the name
+  // compared on a hit.
+  struct DomainPairs {
+    absl::flat_hash_map<uint64_t, std::vector<std::pair<std::string, Pair>>> by_hash;
+    bool empty() const { return by_hash.empty(); }
+    void Insert(const std::string& name, Pair p);
+    const Pair* Find(std::string_view name, uint64_t hash) const;
+  };
   struct PerBinding {
     Pair own;
-    absl::flat_hash_map<std::string, Pair> domains, hosts;
+    DomainPairs domains;
+    HostPairs hosts;
   };
   Pair Make(const Throttles& t, std::string scope, bool per_host, const ThrottleSet* previous);
   static void Add(const Pair& p, bool new_connection, RateThrottle** out, size_t* n);
   Pair global_;
-  absl::flat_hash_map<std::string, Pair> domains_, hosts_;  // hosts_: IP text or name
+  DomainPairs domains_;
+  HostPairs hosts_;
   absl::flat_hash_map<std::string, PerBinding> bindings_;
-  bool any_host_ = false;  // some Host or Binding::Host throttle (the address text is needed)
   std::vector<std::unique_ptr<RateThrottle>> all_;
 };
 

@@ -63,6 +63,10 @@ struct ConnectResult {
   // The part of elapsed_nanos spent waiting for a free slot (0 if it never waited): time the
   // limits kept the session queued behind others, not time the network took.
   int64_t slot_wait_nanos = 0;
+  // The part of elapsed_nanos spent waiting for a rate throttle's instant (DESIGN §12),
+  // holding the slot: time the receiver's rate kept the session back. Apart from (and not
+  // in) slot_wait_nanos.
+  int64_t throttle_wait_nanos = 0;
   // kConnected only:
   int fd = -1;
   Lease lease;
@@ -92,6 +96,9 @@ struct ConnectorOptions {
   // docs/DESIGN.md §1 rule 8: when every usable host (or the domain, or the server) is at its
   // limit, wait up to this long for a slot — handed over by the Selector, first come first served,
   // the moment one frees (docs/DESIGN.md §5), no polling — instead of ending as deferred at once.
+  // The same budget bounds a rate throttle's wait (outbound_throttle_*, DESIGN §12): a start
+  // the throttles allow within what is left of it waits, holding its slot, for that instant
+  // (one timer); a later one is deferred at once naming the throttle.
   // 0: defer at once.
   int slot_wait_ms = 0;
   // Cluster-wide limits (DESIGN §7), borrowed; must outlive the connector and every
