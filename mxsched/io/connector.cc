@@ -66,6 +66,7 @@ bool IsLocalError(int err) {
 //   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
+//   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
@@ -84,6 +85,7 @@ enum class Phase : uint8_t {
   kWaitingCluster,  // queued at the fleet: ClusterWake or the slot-wait timer resumes it
   kConnecting,      // socket and connect (linked to its timeout) in the ring
   kGreeting,        // reading the greeting (recv linked to the banner deadline)
+  kReusing,         // a parked connection taken up (DESIGN §13): its RSET answer to come
   kDone,            // the callback has run; deleted once `pending` reaches zero
 };
 
@@ -98,6 +100,7 @@ std::string_view PhaseName(Phase p) {
     case Phase::kWaitingCluster: return "waiting-cluster";
     case Phase::kConnecting: return "connecting";
     case Phase::kGreeting: return "greeting";
+    case Phase::kReusing: return "reusing";
     case Phase::kDone: return "done";
   }
   return "?";
@@ -111,9 +114,11 @@ constexpr bool LegalTransition(Phase from, Phase to) {
     case Phase::kAcquiring:
       return to == Phase::kWaitingDns || to == Phase::kWaitingSlot ||
              to == Phase::kWaitingThrottle || to == Phase::kClusterAcquire ||
-             to == Phase::kConnecting || to == Phase::kDone;
+             to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
     case Phase::kWaitingThrottle:
       return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
+    case Phase::kReusing:  // answered RSET: done; stale: a fresh connection (kAcquiring)
+      return to == Phase::kDone || to == Phase::kAcquiring;
     case Phase::kWaitingDns:
     case Phase::kWaitingSlot:
     case Phase::kWaitingCluster:
@@ -216,7 +221,9 @@ struct Connector::Session {
   }
 
   AcquireOptions AcquireOpts() const {
-    return {.binding = binding, .throttle_wait_nanos = ThrottleBudget()};
+    return {.binding = binding,
+            .throttle_wait_nanos = ThrottleBudget(),
+            .reuse_owner = connector->options_.reuse ? connector : nullptr};
   }
 
   // How long a rate throttle may hold this session back (DESIGN §12 rule 3): what is left of
@@ -230,6 +237,7 @@ struct Connector::Session {
   // A slot is held (from Acquire, or handed over by the selector to this waiter).
   void Start(Lease l) {
     lease = std::move(l);
+    if (ParkedConnection* pc = lease.reused()) return TakeUp(pc);
     if (connector->stopped_) return FinishStopped();  // a slot handed over after Stop
     const int64_t delay = lease.start_at() - connector->selector_->clock().NowNanos();
     if (lease.start_at() != 0 && delay > 0) return WaitForThrottle(delay);
@@ -388,6 +396,10 @@ struct Connector::Session {
     r.last_outcome = Outcome::kConnected;
     Finish(std::move(r));
   }
+
+  // --- connection reuse (DESIGN §13) ------------------------------------------------------
+  void TakeUp(ParkedConnection* pc);  // after Parked
+  void OnReused(Parked* p, bool alive);
 
   void OnTimeout(int, uint32_t) {
     --pending;
@@ -630,6 +642,8 @@ struct Connector::Session {
         return;  // otherwise the socket op is on its way; OnSocket sees `cancelled`
       case Phase::kClusterAcquire:
         return;  // the verdict is on its way; OnClusterVerdict sees `cancelled`
+      case Phase::kReusing:
+        return;  // the RSET answer (bounded by banner_timeout) is on its way; OnReused sees it
       case Phase::kNew:
       case Phase::kAcquiring:
       case Phase::kDone:
@@ -664,6 +678,7 @@ struct Connector::Session {
     if (cluster.enabled()) cluster.Forget();  // leave every queue joined
     r.attempts = attempts;
     r.busy_replies = busy_replies;
+    r.domain = domain;
     const SteadyClock::time_point now = SteadyClock::now();
     r.elapsed_nanos = Nanos(now - start).count();
     r.slot_wait_nanos = slot_waited.count();
@@ -737,20 +752,274 @@ struct Connector::Session {
   MemberCompletion<Session, &Session::OnThrottleTimer> throttle_timer_done{this};
 };
 
+
+// A parked connection (DESIGN §13): owned by its connector (one loop thread); self-deleting
+// like a Session, once closed or handed over and its operations have completed. A read is
+// armed while it is parked (the server closing or sending 421 frees the slot, the host not
+// blamed) and a timer for idle_timeout.
+struct Connector::Parked : ParkedConnection {
+  enum class State : uint8_t { kParked, kTaken, kQuitting, kClosed };
+  Parked(Connector* c, int f, ClusterLease cl, int d, std::string g)
+      : connector(c), fd(f), cluster_lease(std::move(cl)), deliveries(d), greeting(std::move(g)) {
+    ++connector->live_;
+    connector->parked_.push_back(this);
+  }
+  ~Parked() { --connector->live_; }
+
+  // Any thread (the selector): queued to the loop.
+  void Evict(Lease l) override { connector->QueueEvicted(this, std::move(l)); }
+
+  Loop* loop() { return connector->loop_; }
+  io_uring_sqe* Submit(Completion* c) {
+    io_uring_sqe* sqe = loop()->Sqe();
+    Loop::SetCompletion(sqe, c);
+    ++pending;
+    return sqe;
+  }
+  void Cancel(Completion* op) {
+    io_uring_sqe* sqe = loop()->Sqe();
+    io_uring_prep_cancel(sqe, op, 0);
+    Loop::SetCompletion(sqe, nullptr);
+  }
+  void RemoveTimer(Completion* t) {
+    io_uring_sqe* sqe = loop()->Sqe();
+    io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(t), 0);
+    Loop::SetCompletion(sqe, nullptr);
+  }
+  void Count(ReuseEvent e) { connector->selector_->stats().CountReuse(e); }
+
+  void ArmRead() {
+    read_armed = true;
+    io_uring_prep_recv(Submit(&read_done), fd, buf, sizeof(buf), 0);
+  }
+  void Arm(uint32_t idle_s) {
+    ArmRead();
+    timer_armed = true;
+    idle_ts = ToTimespec(std::chrono::seconds(idle_s));
+    io_uring_prep_timeout(Submit(&idle_done), &idle_ts, 0, 0);
+  }
+
+  void OnRead(int res, uint32_t) {
+    --pending;
+    read_armed = false;
+    switch (state) {
+      case State::kParked:
+        // Data (a 421), EOF or an error while idle: the server is done with it.
+        if (res != -ECANCELED) {
+          dead = true;
+          if (Lease l = connector->selector_->Unpark(this); l.valid()) {
+            lease = std::move(l);
+            Count(ReuseEvent::kServerClosed);
+            CloseNow();
+          }
+          // (else an eviction is queued: its Quit finds the socket dead and closes it)
+        }
+        break;
+      case State::kTaken:
+        if (res != -ECANCELED) dead = true;
+        if (!timer_armed) Verify();
+        break;
+      case State::kQuitting:
+        CloseNow();  // the 221, EOF, or the quit timer cancelled the read
+        break;
+      case State::kClosed:
+        break;
+    }
+    MaybeDelete();
+  }
+
+  void OnIdle(int res, uint32_t) {
+    --pending;
+    timer_armed = false;
+    if (state == State::kParked && res == -ETIME) {
+      if (Lease l = connector->selector_->Unpark(this); l.valid()) {
+        lease = std::move(l);
+        Quit(ReuseEvent::kIdleTimeout);
+      }
+    } else if (state == State::kTaken && !read_armed) {
+      Verify();
+    }
+    MaybeDelete();
+  }
+
+  // A session took it (Session::TakeUp): stop watching, then check it with RSET.
+  void TakeUp(Session* s) {
+    state = State::kTaken;
+    taker = s;
+    if (timer_armed) RemoveTimer(&idle_done);
+    if (read_armed) Cancel(&read_done);
+    if (!timer_armed && !read_armed) Verify(), MaybeDelete();
+  }
+
+  // Both watch operations are done: RSET (as Postfix checks a cached session).
+  void Verify() {
+    if (verifying) return;
+    verifying = true;
+    static constexpr char kRset[] = "RSET\r\n";
+    if (dead || send(fd, kRset, sizeof(kRset) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) !=
+                    static_cast<ssize_t>(sizeof(kRset) - 1)) {
+      return Answer(false);
+    }
+    have = 0;
+    rset_deadline = SteadyClock::now() + rset_timeout;
+    ReadRset();
+  }
+  void ReadRset() {
+    loop()->Reserve(2);
+    io_uring_sqe* sqe = Submit(&rset_done);
+    io_uring_prep_recv(sqe, fd, buf + have, sizeof(buf) - have, 0);
+    sqe->flags |= IOSQE_IO_LINK;
+    rset_ts = ToTimespec(rset_deadline - SteadyClock::now());
+    io_uring_prep_link_timeout(Submit(&rset_timeout_done), &rset_ts, 0);
+  }
+  void OnRset(int res, uint32_t) {
+    --pending;
+    if (res <= 0) return Answer(false), MaybeDelete();
+    have += static_cast<size_t>(res);
+    std::string_view got(buf, have);
+    if (got.find('\n') == std::string_view::npos) {
+      if (have < sizeof(buf) && SteadyClock::now() < rset_deadline) return ReadRset();
+      return Answer(false), MaybeDelete();
+    }
+    Answer(got.starts_with("250"));
+    MaybeDelete();
+  }
+  void OnTimeout(int, uint32_t) {
+    --pending;
+    MaybeDelete();
+  }
+  void Answer(bool alive) {
+    Session* s = std::exchange(taker, nullptr);
+    s->OnReused(this, alive);
+  }
+
+  // Closes with QUIT: the server counts a clean end. `why` is counted (unset: not a reuse
+  // event, e.g. reuse off or the selector counted it). REQUIRES: `lease` holds the slot.
+  void Quit(std::optional<ReuseEvent> why) {
+    if (why) Count(*why);
+    state = State::kQuitting;
+    if (timer_armed) RemoveTimer(&idle_done);
+    static constexpr char kQuit[] = "QUIT\r\n";
+    if (dead ||
+        send(fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) !=
+            static_cast<ssize_t>(sizeof(kQuit) - 1)) {
+      if (read_armed) return Cancel(&read_done);  // its completion closes
+      return CloseNow();
+    }
+    if (!read_armed) ArmRead();  // the 221 (or EOF) ends it
+    quit_ts = ToTimespec(kQuitWait);
+    io_uring_prep_timeout(Submit(&quit_done), &quit_ts, 0, 0);
+    quit_timer_armed = true;
+  }
+  void OnQuitTimer(int, uint32_t) {
+    --pending;
+    quit_timer_armed = false;
+    if (state == State::kQuitting && read_armed) Cancel(&read_done);
+    MaybeDelete();
+  }
+
+  // Closes the socket, then gives the slot back (rule 3), and leaves the connector's list.
+  void CloseNow() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+    lease.Release();
+    cluster_lease.Release();
+    Leave();
+  }
+  void Leave() {
+    state = State::kClosed;
+    if (timer_armed) RemoveTimer(&idle_done);
+    if (quit_timer_armed) RemoveTimer(&quit_done);
+    if (read_armed) Cancel(&read_done);
+    std::erase(connector->parked_, this);
+  }
+  void MaybeDelete() {
+    if (state == State::kClosed && pending == 0) delete this;
+  }
+
+  static constexpr Nanos kQuitWait = Millis(1000);
+  Connector* const connector;
+  int fd;
+  ClusterLease cluster_lease;
+  Lease lease;  // while closing (out of the lot); the lot holds it while parked
+  const int deliveries;
+  const std::string greeting;
+  State state = State::kParked;
+  int pending = 0;
+  bool read_armed = false, timer_armed = false, quit_timer_armed = false;
+  bool dead = false;       // the idle read saw data, EOF or an error
+  bool verifying = false;  // RSET sent
+  Session* taker = nullptr;
+  Millis rset_timeout{10000};
+  SteadyClock::time_point rset_deadline;
+  char buf[512];
+  size_t have = 0;
+  __kernel_timespec idle_ts{}, quit_ts{}, rset_ts{};
+  MemberCompletion<Parked, &Parked::OnRead> read_done{this};
+  MemberCompletion<Parked, &Parked::OnIdle> idle_done{this};
+  MemberCompletion<Parked, &Parked::OnQuitTimer> quit_done{this};
+  MemberCompletion<Parked, &Parked::OnRset> rset_done{this};
+  MemberCompletion<Parked, &Parked::OnTimeout> rset_timeout_done{this};
+};
+
+void Connector::Session::TakeUp(ParkedConnection* pc) {
+  Enter(Phase::kReusing);
+  auto* p = static_cast<Parked*>(pc);
+  const DomainSettings& ds = connector->CurrentConfig().ForDomain(domain);
+  p->rset_timeout = connector->options_.banner_timeout_ms >= 0
+                        ? Millis(connector->options_.banner_timeout_ms)
+                        : Millis(int64_t{ds.banner_timeout_s} * 1000);
+  p->TakeUp(this);
+}
+
+void Connector::Session::OnReused(Parked* p, bool alive) {
+  if (!alive) {
+    // Stale: closed (the server is gone: no QUIT to send), counted, and a fresh connection
+    // instead — the caller never sees it.
+    p->Count(ReuseEvent::kStale);
+    if (p->fd >= 0) close(p->fd);
+    p->fd = -1;
+    lease.Release();
+    p->cluster_lease.Release();
+    p->Leave();
+    if (cancelled) return FinishStopped();
+    return Attempt();
+  }
+  if (cancelled) {
+    p->lease = std::move(lease);
+    p->Quit(ReuseEvent::kStopped);
+    p->MaybeDelete();
+    return FinishStopped();
+  }
+  ConnectResult r;
+  r.kind = ConnectResult::Kind::kConnected;
+  r.fd = std::exchange(p->fd, -1);
+  r.lease = std::move(lease);
+  r.cluster_lease = std::move(p->cluster_lease);
+  r.greeting = p->greeting;
+  r.reused = true;
+  r.deliveries = p->deliveries;
+  r.last_outcome = Outcome::kConnected;
+  p->Leave();
+  Finish(std::move(r));
+}
+
 Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)
     : loop_(loop), selector_(selector), options_(options) {
   if (options_.max_attempts < 1) options_.max_attempts = 1;
-  if (options_.slot_wait_ms > 0) {
+  if (options_.slot_wait_ms > 0 || options_.reuse) {
     auto wake = Notifier::Create(loop_, [this] { RunWoken(); });
     if (wake.ok()) {
       wake_ = *std::move(wake);
     } else {
       options_.slot_wait_ms = 0;  // cannot be woken: fall back to deferring at once
+      options_.reuse = false;     // (an eviction could not reach the loop)
     }
   }
 }
 
 Connector::~Connector() {
+  CloseParked();
   // Finished sessions may still await the completions of cancelled timeouts; let them come
   // in (bounded) so no session is freed while the ring can still report to it.
   for (int i = 0; i < 500 && live_ > 0; ++i) loop_->RunOnce(10);
@@ -770,11 +1039,67 @@ void Connector::QueueWoken(Session* s, Lease lease) {
 
 void Connector::RunWoken() {
   std::vector<std::pair<Session*, Lease>> woken;
+  std::vector<std::pair<Parked*, Lease>> evicted;
   {
     MutexLock lock(&wake_mu_);
     woken.swap(woken_);
+    evicted.swap(evicted_);
+  }
+  for (auto& [p, lease] : evicted) {
+    p->lease = std::move(lease);
+    p->Quit(std::nullopt);  // (the selector counted the eviction)
+    p->MaybeDelete();
   }
   for (auto& [s, lease] : woken) s->OnWoken(std::move(lease));
+}
+
+void Connector::QueueEvicted(Parked* p, Lease lease) {
+  MutexLock lock(&wake_mu_);
+  evicted_.emplace_back(p, std::move(lease));
+  wake_->Notify();
+}
+
+void Connector::Park(ConnectResult r, int delivered) {
+  if (r.kind != ConnectResult::Kind::kConnected || r.fd < 0 || !r.lease.valid()) {
+    if (r.fd >= 0) close(r.fd);
+    return;
+  }
+  auto* p = new Parked(this, r.fd, std::move(r.cluster_lease), r.deliveries + delivered,
+                       std::move(r.greeting));
+  const Config& c = CurrentConfig();
+  const DomainSettings& ds = c.ForDomain(r.domain);
+  const Endpoint& ep = r.lease.endpoint();
+  const std::string_view name = r.lease.host_name() == ep.address.ToString()
+                                    ? std::string_view()
+                                    : r.lease.host_name();
+  const HostPolicy hp = c.PolicyFor(name, ep.address);
+  const uint32_t idle = hp.idle_timeout_s.value_or(ds.idle_timeout_s);
+  const int32_t max_deliveries =
+      hp.max_deliveries_per_connection.value_or(ds.max_deliveries_per_connection);
+  p->lease = std::move(r.lease);
+  if (stopped_) {
+    p->Quit(ReuseEvent::kStopped);
+  } else if (!options_.reuse || idle == 0) {
+    p->Quit(std::nullopt);
+  } else if (max_deliveries > 0 && p->deliveries >= max_deliveries) {
+    p->Quit(ReuseEvent::kMaxDeliveries);
+  } else {
+    p->Arm(idle);  // watched before the lot exposes it
+    if (!p->lease.Park(p, this)) p->Quit(std::nullopt);  // waiters it cannot serve first
+  }
+  p->MaybeDelete();
+}
+
+void Connector::CloseParked() {
+  std::vector<Parked*> parked = parked_;
+  for (Parked* p : parked) {
+    if (p->state != Parked::State::kParked) continue;
+    if (Lease l = selector_->Unpark(p); l.valid()) {
+      p->lease = std::move(l);
+      p->Quit(ReuseEvent::kStopped);
+      p->MaybeDelete();
+    }
+  }
 }
 
 const Config& Connector::CurrentConfig() {
@@ -808,6 +1133,7 @@ void Connector::Forget(Session* s) {
 void Connector::Stop(std::string why) {
   if (!stopped_) stop_reason_ = std::move(why);
   stopped_ = true;
+  CloseParked();
   // Only pointers read from sessions_ (live ones) are touched: a session's end can change
   // the list (swap-removal, a callback), so passes repeat until none cancels anything.
   for (bool again = true; again;) {

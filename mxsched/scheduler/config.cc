@@ -924,6 +924,10 @@ HostPolicy Config::PolicyFor(std::string_view name, const IpAddress& address) co
       out.adaptive_floor = *h->adaptive_concurrency_floor;
       floor_set = true;
     }
+    if (!out.idle_timeout_s) out.idle_timeout_s = h->idle_timeout_s;
+    if (!out.max_deliveries_per_connection) {
+      out.max_deliveries_per_connection = h->max_deliveries_per_connection;
+    }
   }
   return out;
 }

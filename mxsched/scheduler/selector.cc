@@ -154,6 +154,7 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     probe_ = o.probe_;
     reported_ = o.reported_;
     busy_reported_ = o.busy_reported_;
+    reused_ = std::exchange(o.reused_, nullptr);
   }
   return *this;
 }
@@ -271,6 +272,12 @@ void Lease::Release() {
   if (host_ == nullptr) return;
   selector_->ReleaseLease(*this);
   host_ = nullptr;
+  reused_ = nullptr;
+}
+
+bool Lease::Park(ParkedConnection* conn, const void* owner) {
+  if (host_ == nullptr || conn == nullptr) return false;
+  return selector_->Park(*this, conn, owner);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -292,6 +299,14 @@ SelectorImpl::~SelectorImpl() {
   // snapshots its entries shared go with the interner (routes_), once evicted entries still
   // waiting for reclamation have dropped theirs. The live throttle set is owned here
   // (SetConfig only retires the sets it replaces).
+  // Parked connections' owners must have unparked them (their sockets are theirs); any
+  // left give their slots back here rather than leak.
+  absl::flat_hash_map<const HostState*, std::vector<ParkedSlot>> lot;
+  {
+    MutexLock lock(&lot_mu_);
+    lot.swap(lot_);
+  }
+  lot.clear();
   delete throttles_.exchange(nullptr, std::memory_order_acq_rel);
   epoch::Reclaim();
 }
@@ -488,6 +503,12 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
       (t == nullptr || !waiters_.HeadsDomain(entry, t))) {
     return entry->active.load(std::memory_order_relaxed) < 0 ? Grant::kEvicted : Grant::kDomain;
   }
+  // Connection reuse (DESIGN §13): a parked connection in the best usable tier first.
+  if (ABSL_PREDICT_FALSE(claim.reuse_owner != nullptr &&
+                         parked_.load(std::memory_order_acquire) != 0) &&
+      AdmitParked(entry, snap, claim, now, out) == Grant::kGranted) {
+    return Grant::kGranted;
+  }
   const Egress* egress = claim.egress;
   const int32_t domain_limit = snap.domain_limit();
   int32_t active = entry->active.load(std::memory_order_seq_cst);
@@ -623,6 +644,242 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
   return Grant::kHosts;
 }
 
+SelectorImpl::Grant SelectorImpl::AdmitParked(DomainEntry* entry, const RouteSnapshot& snap,
+                                              const Claim& claim, int64_t now, Lease* out) {
+  const Egress* egress = claim.egress;
+  MutexLock lock(&lot_mu_);
+  for (size_t ti = 0; ti < snap.num_tiers(); ++ti) {
+    std::span<HostState* const> hosts = snap.TierHosts(ti);
+    const uint32_t n = static_cast<uint32_t>(hosts.size());
+    const uint32_t start = entry->cursor.load(std::memory_order_relaxed);
+    TierWalk walk(n, start, *entry);
+    bool room = false;  // a host of this tier could take a fresh connection now
+    for (uint32_t k = 0; k < n; ++k) {
+      HostState* h = hosts[walk.idx()];
+      walk.Next();
+      if (!h->Reachable(now)) continue;
+      room |= h->HasRoom() && h->waiting() == 0;
+      auto it = lot_.find(h);
+      if (it == lot_.end()) continue;
+      std::vector<ParkedSlot>& slots = it->second;
+      // The most recently parked first: the oldest idle ones age out (idle_timeout).
+      for (size_t j = slots.size(); j-- > 0;) {
+        ParkedSlot& p = slots[j];
+        if (p.owner != claim.reuse_owner) continue;
+        Lease& l = p.lease;
+        // A parked connection serves only its own binding (rule 13): the default binding's
+        // only without a binding, a named one only through an egress that has it.
+        if ((l.binding_ == nullptr) != (egress == nullptr)) continue;
+        if (egress != nullptr &&
+            std::find(egress->members.begin(), egress->members.end(), l.binding_) ==
+                egress->members.end()) {
+          continue;
+        }
+        DomainEntry* from = l.domain_;
+        if (from != entry) {
+          // Through a named binding the per-binding domain counts would have to move too:
+          // not built; such a connection serves only the domain that parked it.
+          if (egress != nullptr) continue;
+          // The domain's own slot, as a fresh connection would take it (the default
+          // binding's count, rule 13).
+          int32_t a = entry->active.load(std::memory_order_seq_cst);
+          bool took = false;
+          while (a >= 0 &&
+                 a - DomainBindingCounts::Bound(entry->bindings.head) < snap.domain_limit()) {
+            if (entry->active.compare_exchange_weak(a, a + 1, std::memory_order_acq_rel,
+                                                    std::memory_order_relaxed)) {
+              took = true;
+              break;
+            }
+          }
+          if (!took) return Grant::kHosts;  // the domain is full: Admit says why
+        }
+        int64_t start_at = 0;
+        if (ThrottleSet* ts = throttles_.load(std::memory_order_acquire);
+            ABSL_PREDICT_FALSE(ts != nullptr)) {
+          // A reused connection takes a message token only (DESIGN §12 rule 5).
+          RateThrottle* t[kMaxThrottlesPerStart];
+          const size_t nt = ts->Collect(entry->name(), entry->hash, h->name(), h->endpoint().address,
+                                        l.binding_ != nullptr ? std::string_view(l.binding_->name())
+                                                              : std::string_view(),
+                                        /*new_connection=*/false, t);
+          const ThrottleReservation r =
+              ReserveAll(std::span<RateThrottle* const>(t, nt), now, claim.throttle_wait);
+          if (!r.ok) {
+            if (from != entry) entry->active.fetch_sub(1, std::memory_order_acq_rel);
+            return Grant::kHosts;  // Admit meets the same throttle and says so
+          }
+          if (r.at > now) start_at = r.at;
+        }
+        Lease lease = std::move(l);
+        lease.domain_ = entry;
+        lease.reused_ = p.conn;
+        lease.reported_ = true;
+        lease.probe_ = false;
+        lease.start_at_ = start_at;
+        slots.erase(slots.begin() + static_cast<ptrdiff_t>(j));
+        if (slots.empty()) lot_.erase(it);
+        parked_.fetch_sub(1, std::memory_order_acq_rel);
+        if (from != entry) {
+          // The old domain's slot is free: its waiters are served once outside the locks.
+          from->active.fetch_sub(1, std::memory_order_seq_cst);
+          if (claim.released_domain != nullptr) *claim.released_domain = from;
+        }
+        entry->cursor.store(start + k + 1, std::memory_order_relaxed);
+        stats_.CountReuse(ReuseEvent::kReused);
+        *out = std::move(lease);
+        return Grant::kGranted;
+      }
+    }
+    if (room) return Grant::kHosts;  // strict preference: a fresh connection in this tier
+  }
+  return Grant::kHosts;
+}
+
+bool SelectorImpl::Park(Lease& lease, ParkedConnection* conn, const void* owner) {
+  HostState* h = lease.host_;
+  DomainEntry* d = lease.domain_;
+  const int64_t now = clock_->NowNanos();
+  auto put = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    std::vector<ParkedSlot>& slots = lot_[h];
+    slots.push_back(ParkedSlot{std::move(lease), conn, owner, now});
+    slots.back().lease.reused_ = nullptr;
+    parked_.fetch_add(1, std::memory_order_acq_rel);
+  };
+  const bool contested = waiters_.maybe_nonempty() &&
+                         (h->waiting() != 0 || d->waiting.load(std::memory_order_seq_cst) != 0 ||
+                          waiters_.server_waiting());
+  if (!contested) {
+    MutexLock lock(&lot_mu_);
+    put();
+    stats_.CountReuse(ReuseEvent::kParked);
+    return true;
+  }
+  // Sessions wait for what it holds: the oldest of them gets it if it can use it (its owner
+  // and route), else the connection is not parked and its slot goes to them on Release.
+  absl::InlinedVector<std::pair<SlotWaiter*, Lease>, 2> grants;
+  absl::InlinedVector<DomainEntry*, 2> released;
+  bool parked = true;
+  {
+    epoch::EpochGuard guard;
+    MutexLock lock(&waiters_.mu());
+    {
+      MutexLock lot_lock(&lot_mu_);
+      put();
+    }
+    auto still_parked = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      MutexLock lot_lock(&lot_mu_);
+      auto it = lot_.find(h);
+      if (it == lot_.end()) return false;
+      for (const ParkedSlot& p : it->second) {
+        if (p.conn == conn) return true;
+      }
+      return false;
+    };
+    for (int guard_n = 0; guard_n < 1024 && still_parked(); ++guard_n) {
+      SlotWaiters::Node* head = h->waiting() != 0 ? waiters_.HostHead(h)
+                                : d->waiting.load(std::memory_order_seq_cst) != 0
+                                    ? waiters_.DomainHead(d)
+                                    : waiters_.ServerHead();
+      if (head == nullptr) break;
+      SlotWaiters::Ticket* t = head->ticket;
+      Lease granted;
+      DomainEntry* rel = nullptr;
+      if (TryGrant(t->domain, t, h, now, &granted, nullptr, 0, &rel) != Grant::kGranted) {
+        // The oldest cannot use it: it is not parked; Release hands its slot over.
+        MutexLock lot_lock(&lot_mu_);
+        auto it = lot_.find(h);
+        for (size_t j = 0; it != lot_.end() && j < it->second.size(); ++j) {
+          if (it->second[j].conn != conn) continue;
+          lease = std::move(it->second[j].lease);
+          it->second.erase(it->second.begin() + static_cast<ptrdiff_t>(j));
+          if (it->second.empty()) lot_.erase(it);
+          parked_.fetch_sub(1, std::memory_order_acq_rel);
+          parked = false;
+          break;
+        }
+        break;
+      }
+      if (rel != nullptr) released.push_back(rel);
+      grants.emplace_back(waiters_.Remove(t), std::move(granted));
+    }
+  }
+  if (parked) stats_.CountReuse(ReuseEvent::kParked);
+  for (auto& [w, l] : grants) w->Wake(std::move(l));
+  for (DomainEntry* e : released) HandOff(nullptr, e);
+  return parked;
+}
+
+bool SelectorImpl::TakeVictim(const SlotWaiters::Ticket* t, ParkedSlot* victim) {
+  MutexLock lock(&lot_mu_);
+  if (lot_.empty()) return false;
+  auto take = [&](std::vector<ParkedSlot>& slots, size_t j, const HostState* key)
+                  ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    *victim = std::move(slots[j]);
+    slots.erase(slots.begin() + static_cast<ptrdiff_t>(j));
+    if (slots.empty()) lot_.erase(key);
+    parked_.fetch_sub(1, std::memory_order_acq_rel);
+    return true;
+  };
+  if (t->kind == SlotWaiters::Kind::kHosts) {
+    // The best tier of its route with a parked connection on a full host: its oldest.
+    const RouteSnapshot* snap = t->domain->snapshot.load(std::memory_order_acquire);
+    for (size_t ti = 0; ti < snap->num_tiers(); ++ti) {
+      const HostState* best = nullptr;
+      int64_t since = 0;
+      for (HostState* h : snap->TierHosts(ti)) {
+        auto it = lot_.find(h);
+        if (it == lot_.end() || h->HasRoom()) continue;
+        if (best == nullptr || it->second.front().since < since) {
+          best = h;
+          since = it->second.front().since;
+        }
+      }
+      if (best != nullptr) return take(lot_[best], 0, best);
+    }
+    return false;
+  }
+  // The domain's limit (its own parked connections) or the server's (any): the oldest.
+  const HostState* best = nullptr;
+  size_t best_j = 0;
+  int64_t since = 0;
+  for (auto& [h, slots] : lot_) {
+    for (size_t j = 0; j < slots.size(); ++j) {
+      if (t->kind == SlotWaiters::Kind::kDomain && slots[j].lease.domain_ != t->domain) continue;
+      if (best == nullptr || slots[j].since < since) {
+        best = h;
+        best_j = j;
+        since = slots[j].since;
+      }
+      break;  // oldest first within a host
+    }
+  }
+  return best != nullptr && take(lot_[best], best_j, best);
+}
+
+Lease SelectorImpl::Unpark(ParkedConnection* conn) {
+  MutexLock lock(&lot_mu_);
+  for (auto it = lot_.begin(); it != lot_.end(); ++it) {
+    std::vector<ParkedSlot>& slots = it->second;
+    for (size_t j = 0; j < slots.size(); ++j) {
+      if (slots[j].conn != conn) continue;
+      Lease l = std::move(slots[j].lease);
+      slots.erase(slots.begin() + static_cast<ptrdiff_t>(j));
+      if (slots.empty()) lot_.erase(it);
+      parked_.fetch_sub(1, std::memory_order_acq_rel);
+      return l;
+    }
+  }
+  return Lease();
+}
+
+int32_t SelectorImpl::parked_on(const HostState& host) const {
+  if (parked_.load(std::memory_order_acquire) == 0) return 0;
+  MutexLock lock(&lot_mu_);
+  auto it = lot_.find(&host);
+  return it == lot_.end() ? 0 : static_cast<int32_t>(it->second.size());
+}
+
 bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostState* h,
                                 int64_t now, Lease* out, bool* saw_full, bool* domain_room,
                                 bool* saw_usable) {
@@ -731,14 +988,17 @@ const Egress* SelectorImpl::ResolveEgress(const AcquireOptions& options, bool* u
 
 SelectorImpl::Grant SelectorImpl::TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t,
                                            const HostState* freed, int64_t now, Lease* out,
-                                           const Egress* egress, int64_t throttle_wait) {
+                                           const Egress* egress, int64_t throttle_wait,
+                                           DomainEntry** released, const void* reuse_owner) {
   const RouteSnapshot* snap = entry->snapshot.load(std::memory_order_acquire);
   if (snap->state() != RouteState::kReady) return Grant::kHosts;
   bool saw_full = false;
   const int64_t wait =
       t != nullptr ? SlotWaiters::ThrottleWaitLeft(t->throttle_deadline, now) : throttle_wait;
-  const Grant g = Admit(entry, *snap, Claim{t, freed, t != nullptr ? t->egress : egress, wait}, now,
-                        out, &saw_full);
+  Claim claim{t, freed, t != nullptr ? t->egress : egress, wait};
+  claim.reuse_owner = t != nullptr ? t->waiter->reuse_owner_ : reuse_owner;
+  claim.released_domain = released;
+  const Grant g = Admit(entry, *snap, claim, now, out, &saw_full);
   return g == Grant::kEvicted ? Grant::kHosts : g;  // WaitForSlot looks it up again
 }
 
@@ -773,6 +1033,7 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
     return;
   }
   absl::InlinedVector<std::pair<SlotWaiter*, Lease>, 2> grants;
+  absl::InlinedVector<DomainEntry*, 2> released;  // slots given up by reused connections
   {
     epoch::EpochGuard guard;
     MutexLock lock(&waiters_.mu());
@@ -791,7 +1052,9 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
         // The waiter is written (Remove, Wake) after TryGrant's reads: fetch it meanwhile.
         __builtin_prefetch(t->waiter, 1);
         Lease lease;
-        const Grant g = TryGrant(t->domain, t, freed, now, &lease);
+        DomainEntry* rel = nullptr;
+        const Grant g = TryGrant(t->domain, t, freed, now, &lease, nullptr, 0, &rel);
+        if (rel != nullptr) released.push_back(rel);
         if (g == Grant::kGranted) {
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
           if (freed == nullptr) return;  // one domain or server slot freed: one grant
@@ -825,7 +1088,9 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
         SlotWaiters::Ticket* t = best->ticket;
         Lease lease;
         const HostState* freed = static_cast<const SlotWaiters::HostQueue*>(best->queue)->host;
-        const Grant g = TryGrant(t->domain, t, freed, now, &lease);
+        DomainEntry* rel = nullptr;
+        const Grant g = TryGrant(t->domain, t, freed, now, &lease, nullptr, 0, &rel);
+        if (rel != nullptr) released.push_back(rel);
         if (g == Grant::kGranted) {
           walk.Granted(t);
           grants.emplace_back(waiters_.Remove(t), std::move(lease));
@@ -853,6 +1118,7 @@ void SelectorImpl::HandOff(HostState* host, DomainEntry* domain) {
     }
   }
   for (auto& [w, lease] : grants) w->Wake(std::move(lease));
+  for (DomainEntry* e : released) HandOff(nullptr, e);
 }
 
 namespace {
@@ -877,6 +1143,9 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
   }
   Lease lease;
   bool rate_limited = false;
+  waiter->reuse_owner_ = options.reuse_owner;
+  DomainEntry* released = nullptr;  // a slot a reused connection gave up
+  ParkedSlot victim;                // a parked connection closed for this waiter
   for (;;) {
     Deferral unused{DeferReason::kPermanent, {}};
     DomainEntry* entry = FindOrCreate(domain, &unused);
@@ -890,7 +1159,7 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
       MutexLock lock(&waiters_.mu());
       Grant g = front ? Grant::kHosts
                       : TryGrant(entry, nullptr, nullptr, now, &lease, egress,
-                                 options.throttle_wait_nanos);
+                                 options.throttle_wait_nanos, &released, options.reuse_owner);
       if (g == Grant::kRate) {
         rate_limited = true;  // not a slot to wait for: it asks again and defers
       } else if (g != Grant::kGranted) {
@@ -903,8 +1172,13 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
         if (entry->active.load(std::memory_order_seq_cst) < 0) {
           waiters_.Remove(t);
           evicted = true;
-        } else if (TryGrant(entry, t, nullptr, now, &lease) == Grant::kGranted) {
+        } else if (TryGrant(entry, t, nullptr, now, &lease, nullptr, 0, &released) ==
+                   Grant::kGranted) {
           waiters_.Remove(t);
+        } else if (parked_.load(std::memory_order_acquire) != 0 && TakeVictim(t, &victim)) {
+          // Queued behind parked connections it cannot use (DESIGN §13): the oldest idle
+          // one is closed; its Release hands the slot over, oldest waiter first.
+          stats_.CountReuse(ReuseEvent::kEvicted);
         }
       }
     }
@@ -912,6 +1186,8 @@ void SelectorImpl::WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool
     Materialize(domain, &unused);  // evicted meanwhile: queue on its fresh entry
   }
   if (lease.valid() || rate_limited) waiter->Wake(std::move(lease));
+  if (victim.conn != nullptr) victim.conn->Evict(std::move(victim.lease));
+  if (released != nullptr) HandOff(nullptr, released);
 }
 
 bool SelectorImpl::CancelWait(SlotWaiter* waiter) {
@@ -987,9 +1263,13 @@ AcquireResult SelectorImpl::Acquire(std::string_view domain, const AcquireOption
   Lease lease;
   bool saw_full = false;
   RateThrottle* blocked = nullptr;
-  switch (Admit(entry, *snap, Claim{nullptr, nullptr, egress, options.throttle_wait_nanos, &blocked},
+  DomainEntry* released = nullptr;
+  switch (Admit(entry, *snap,
+                Claim{nullptr, nullptr, egress, options.throttle_wait_nanos, &blocked,
+                      options.reuse_owner, &released},
                 now, &lease, &saw_full)) {
     case Grant::kGranted:
+      if (ABSL_PREDICT_FALSE(released != nullptr)) HandOff(nullptr, released);
       return AcquireResult(std::move(lease));
     case Grant::kRate:
       return Deferred(Deferral{DeferReason::kRateLimited, blocked->Reason()});
@@ -1138,6 +1418,7 @@ DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot
       vh.configured_limit = h->configured_limit();
       vh.limit_moved = h->last_move().ToString(now);
       vh.busy_replies = h->busy_replies();
+      vh.parked = parked_on(*h);
       if (const LimitGroup* g = h->group()) {
         vh.group = g->pattern();
         vh.group_limit = g->limit();
@@ -1234,6 +1515,9 @@ size_t SelectorImpl::DomainMemoryBytes() const {
 }
 
 int64_t SelectorImpl::server_active() const { return server_credit_.active(); }
+int64_t Selector::parked() const { return impl_->parked(); }
+int32_t Selector::parked_on(const HostState& host) const { return impl_->parked_on(host); }
+Lease Selector::Unpark(ParkedConnection* conn) { return impl_->Unpark(conn); }
 
 
 std::vector<ThrottleView> SelectorImpl::Throttles() const {

@@ -20,6 +20,9 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
 
 #include "absl/base/thread_annotations.h"
 #include "mxsched/base/clock.h"
@@ -72,6 +75,9 @@ class SelectorImpl {
   size_t DomainMemoryBytes() const;
   int64_t server_active() const;
   std::vector<ThrottleView> Throttles() const;
+  Lease Unpark(ParkedConnection* conn);
+  int64_t parked() const { return parked_.load(std::memory_order_acquire); }
+  int32_t parked_on(const HostState& host) const;
   HostRegistry& registry() { return *registry_; }
   SelectorStats& stats() { return stats_; }
   const SelectorStats& stats() const { return stats_; }
@@ -117,7 +123,30 @@ class SelectorImpl {
     const Egress* egress = nullptr;  // a binding or group; null: the default binding
     int64_t throttle_wait = 0;       // the longest wait for a rate throttle it takes
     RateThrottle** blocked = nullptr;  // out: the throttle behind a kRate (may be null)
+    // Connection reuse (DESIGN §13): parked connections of this owner may serve the claim.
+    const void* reuse_owner = nullptr;
+    // out: a domain whose slot a reused connection gave up (the caller hands it to that
+    // domain's waiters once outside waiters_.mu(); may be null when reuse_owner is).
+    DomainEntry** released_domain = nullptr;
   };
+  // Connection reuse (DESIGN §13): the parking lot. A parked connection keeps its lease.
+  struct ParkedSlot {
+    Lease lease;
+    ParkedConnection* conn = nullptr;
+    const void* owner = nullptr;
+    int64_t since = 0;
+  };
+  // Admit's first step when connections are parked: the best usable tier's parked
+  // connection of the claim's owner, if that tier holds one; kHosts otherwise (the rest of
+  // Admit decides). REQUIRES: an EpochGuard.
+  Grant AdmitParked(DomainEntry* entry, const RouteSnapshot& snap, const Claim& claim,
+                    int64_t now, Lease* out);
+  bool Park(Lease& lease, ParkedConnection* conn, const void* owner);
+  // A waiter queued (ticket `t`) behind parked connections that cannot serve it: takes the
+  // oldest idle one that holds what it waits for out of the lot (the caller calls Evict
+  // outside the locks). REQUIRES: waiters_.mu().
+  bool TakeVictim(const SlotWaiters::Ticket* t, ParkedSlot* victim)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
   // Reserves the start of a connection to `h` for `entry` through `binding` (null: none) on
   // every throttle that applies (DESIGN §12). REQUIRES: an EpochGuard.
   ThrottleReservation ReserveStart(const ThrottleSet& set, const DomainEntry& entry,
@@ -145,7 +174,8 @@ class SelectorImpl {
   // route that is not ready is kHosts. REQUIRES: waiters_.mu(), an EpochGuard.
   Grant TryGrant(DomainEntry* entry, const SlotWaiters::Ticket* t, const HostState* freed,
                  int64_t now, Lease* out, const Egress* egress = nullptr,
-                 int64_t throttle_wait = 0)
+                 int64_t throttle_wait = 0, DomainEntry** released = nullptr,
+                 const void* reuse_owner = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_.mu());
   // Queues `waiter` by what stopped it. REQUIRES: waiters_.mu(), EpochGuard.
   SlotWaiters::Ticket* Enqueue(DomainEntry* entry, SlotWaiter* waiter, Grant why, bool front,
@@ -187,6 +217,11 @@ class SelectorImpl {
   // pointer). Replaced on SetConfig, the old set retired through the epoch.
   std::atomic<ThrottleSet*> throttles_{nullptr};
   SelectorStats stats_;
+  // The parking lot (DESIGN §13): per host, oldest first. Lock order: waiters_.mu() before
+  // lot_mu_; nothing calls out (Evict, ReleaseLease) under lot_mu_.
+  mutable Mutex lot_mu_;
+  absl::flat_hash_map<const HostState*, std::vector<ParkedSlot>> lot_ ABSL_GUARDED_BY(lot_mu_);
+  std::atomic<int64_t> parked_{0};
 };
 
 }  // namespace mxsched

@@ -30,6 +30,22 @@ void SelectorStats::CountSession(size_t result, int64_t waited_nanos) {
   st.wait_sum_nanos.fetch_add(waited_nanos, kRelaxed);
 }
 
+static_assert(static_cast<size_t>(ReuseEvent::kStopped) + 1 == kReuseEvents);
+
+std::string_view ReuseEventName(ReuseEvent e) {
+  switch (e) {
+    case ReuseEvent::kParked: return "parked";
+    case ReuseEvent::kReused: return "reused";
+    case ReuseEvent::kStale: return "stale";
+    case ReuseEvent::kIdleTimeout: return "idle_timeout";
+    case ReuseEvent::kServerClosed: return "server_closed";
+    case ReuseEvent::kEvicted: return "evicted";
+    case ReuseEvent::kMaxDeliveries: return "max_deliveries";
+    case ReuseEvent::kStopped: return "stopped";
+  }
+  return "?";
+}
+
 SelectorStats::Totals SelectorStats::Collect() const {
   Totals t;
   for (size_t s = 0; s < kStripes; ++s) {
@@ -42,6 +58,7 @@ SelectorStats::Totals SelectorStats::Collect() const {
     t.wait_sum_nanos += st.wait_sum_nanos.load(kRelaxed);
     t.domains_created += st.domains_created.load(kRelaxed);
     t.domains_evicted += st.domains_evicted.load(kRelaxed);
+    for (size_t i = 0; i < kReuseEvents; ++i) t.reuse[i] += st.reuse[i].load(kRelaxed);
   }
   return t;
 }

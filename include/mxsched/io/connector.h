@@ -76,6 +76,12 @@ struct ConnectResult {
   ClusterLease cluster_lease;
   // kDeferred because Connector::Stop cut the session short (no host was blamed).
   bool stopped = false;
+  // kConnected from the parking lot (DESIGN §13): no connect, no greeting (`greeting` is the
+  // one of the connection's first session); it answered RSET. `deliveries`: messages
+  // delivered over this connection before (Connector::Park counts them).
+  bool reused = false;
+  int deliveries = 0;
+  std::string domain;  // the domain the session was for (Park reads its settings)
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
 static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
@@ -106,6 +112,9 @@ struct ConnectorOptions {
   // one Redis round trip — before connecting. At a cluster limit it waits like at a local
   // one (slot_wait_ms), queued in Redis and woken by the release that frees a slot.
   FleetClient* cluster = nullptr;
+  // Connection reuse (DESIGN §13): sessions take up this connector's parked connections
+  // (Connector::Park) before opening new ones.
+  bool reuse = false;
 };
 
 class Connector {
@@ -130,6 +139,16 @@ class Connector {
   void Connect(std::string_view domain, const AcquireOptions& options, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();
+  // Connection reuse (DESIGN §13). After a successful transaction over `r` (a kConnected
+  // result, fd and lease untouched, `delivered` more messages sent over it): parks the
+  // connection for this connector's next session — its slot stays held, a read stays armed
+  // (the server closing or sending 421 frees it, the host not blamed), closed with QUIT after
+  // idle_timeout — or closes it with QUIT at once when max_deliveries_per_connection is
+  // reached, idle_timeout is 0, reuse is off, the connector stopped, or sessions wait for its
+  // slot that cannot use it. Either way the connector owns the socket from here.
+  void Park(ConnectResult r, int delivered = 1);
+  // Connections parked by this connector now, and closing (QUIT sent, lease still held).
+  size_t parked() const { return parked_.size(); }
   // Ends every session in flight as deferred (ConnectResult::stopped, `why` in its reason)
   // and every later Connect at once: a connect or greeting read in progress is cancelled
   // (io_uring async cancel; its host is not blamed), a slot, DNS or cluster wait is left,
@@ -143,9 +162,15 @@ class Connector {
   Loop* loop() { return loop_; }
 
   struct Session;
+  struct Parked;
 
  private:
   friend struct Session;
+  friend struct Parked;
+  // The selector evicts a parked connection from any thread (ParkedConnection::Evict): it
+  // is queued here and closed on the loop (RunWoken).
+  void QueueEvicted(Parked* p, Lease lease);
+  void CloseParked();  // Stop and the destructor: QUIT on every parked connection
   // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
   // eventfd read on this loop picks them up.
   void QueueWoken(Session* s, Lease lease);
@@ -167,7 +192,9 @@ class Connector {
   std::vector<Session*> waiting_dns_;
   Mutex wake_mu_;
   std::vector<std::pair<Session*, Lease>> woken_ ABSL_GUARDED_BY(wake_mu_);
-  // Set when slot_wait_ms > 0; notified by wakers on any thread under wake_mu_.
+  std::vector<std::pair<Parked*, Lease>> evicted_ ABSL_GUARDED_BY(wake_mu_);
+  std::vector<Parked*> parked_;  // parked or closing (live Parked objects), for Stop
+  // Set when slot_wait_ms > 0 or reuse; notified by wakers on any thread under wake_mu_.
   std::unique_ptr<Notifier> wake_;
 };
 

@@ -100,6 +100,10 @@ struct DomainSettings {
   bool use_ipv6 = false;
   bool prefer_ipv6_mxs = false;
   std::string delivery_method = "esmtp";
+  // Connection reuse (docs/DESIGN.md §13): how long a parked connection is kept (0: never
+  // parked), and successful messages per connection before it is closed (0: no limit).
+  uint32_t idle_timeout_s = 5;
+  int32_t max_deliveries_per_connection = 0;
   bool routes_from_domain = false;  // true when a Domain stanza set routes (for display)
   bool limit_from_domain = false;   // true when a Domain stanza set max_outbound_connections
   // A Domain stanza's throttles: that domain's rate over all bindings (the global scope's
@@ -113,6 +117,8 @@ struct HostSettings {
   std::optional<bool> adaptive_concurrency;
   std::optional<int32_t> adaptive_concurrency_floor;
   Throttles throttles;  // the address's rate over all bindings (exact-name or IP stanzas)
+  std::optional<uint32_t> idle_timeout_s;                 // connection reuse (§13)
+  std::optional<int32_t> max_deliveries_per_connection;
 };
 
 // Host name patterns: `*` matches any run of characters (dots included), `?` one; at least
@@ -133,6 +139,9 @@ struct HostPolicy {
   uint32_t host_failure_retry_s = 120;
   bool adaptive = true;
   int32_t adaptive_floor = 1;
+  // Connection reuse (§13): set when a Host stanza sets them (they override the domain's).
+  std::optional<uint32_t> idle_timeout_s;
+  std::optional<int32_t> max_deliveries_per_connection;
   const HostPattern* provider = nullptr;  // the matching pattern with a shared limit, if any
 };
 

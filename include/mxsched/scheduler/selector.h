@@ -61,11 +61,16 @@ struct AcquireOptions {
   // default binding (a Binding or Binding_Group named "default" if configured, else no
   // binding: the kernel's source address, as before bindings existed). A group spreads new
   // connections evenly over its bindings. An unknown name defers (kTempFailure, 4.3.5).
-  std::string_view binding;
+  std::string_view binding = {};
   // How long the caller would wait for a rate throttle (outbound_throttle_*, docs/DESIGN.md
   // §12): a start the throttles allow within this is granted with Lease::start_at() set to
   // that instant; a later one defers (kRateLimited, naming the throttle). 0: only at once.
   int64_t throttle_wait_nanos = 0;
+  // Connection reuse (docs/DESIGN.md §13): parked connections whose owner is this may be
+  // handed out (Lease::reused() is then set: no connect, no greeting). An owner is the
+  // holder of the sockets (a Connector: its loop thread), so only it can take them up.
+  // Null: never.
+  const void* reuse_owner = nullptr;
 };
 
 enum class DeferReason : uint8_t {
@@ -100,6 +105,23 @@ enum class Outcome : uint8_t {
   kBusy,              // a busy reply (feedback.h): lowers the host's limit, not a failure
 };
 std::string_view OutcomeName(Outcome o);
+
+class Lease;
+
+// A connection kept open between message transactions, parked in the selector with its
+// lease (docs/DESIGN.md §13). Implemented by whoever owns the socket (the connector); the
+// selector never touches the socket. Lifetime: valid while parked, and until Evict's lease
+// is let go.
+class ParkedConnection {
+ public:
+  virtual ~ParkedConnection() = default;
+  // The selector takes the slot back (a session waits for what it holds and cannot use the
+  // connection): close it with QUIT, then let `lease` go (after the socket is closed, rule 3).
+  // Called at most once, from any thread, with the connection already out of the lot: it
+  // must be cheap and thread-safe (queue and notify) and must not call into the Selector
+  // before returning.
+  virtual void Evict(Lease lease) = 0;
+};
 
 // A held connection slot on one host. Move-only; releases on destruction.
 // Thread-compatible: one owner at a time (it may move between threads).
@@ -159,6 +181,17 @@ class Lease {
   Outcome Report(const SmtpReply& reply);
   // Gives the slot back; call after the socket is closed. Idempotent.
   void Release();
+  // Connection reuse (docs/DESIGN.md §13). Parks the open connection `conn` with this lease:
+  // its slot stays held (host, domain, binding, server: the receiver still counts it) and
+  // an Acquire with AcquireOptions::reuse_owner == owner may get it back, marked reused().
+  // True: parked, this lease is now invalid (the selector holds it; Selector::Unpark takes it
+  // back). False: not parked — sessions are queued for what it holds and the oldest cannot
+  // use it — so close the connection and release this lease (the slot goes to them).
+  // REQUIRES: valid(), the greeting was 2xx.
+  bool Park(ParkedConnection* conn, const void* owner);
+  // Non-null: this slot came out of the parking lot with that open connection (no connect,
+  // no greeting to read; the caller checks it is alive, e.g. with RSET).
+  ParkedConnection* reused() const { return reused_; }
 
  private:
   friend class SelectorImpl;
@@ -181,6 +214,7 @@ class Lease {
   bool probe_ = false;
   bool reported_ = false;
   bool busy_reported_ = false;
+  ParkedConnection* reused_ = nullptr;
 };
 
 class AcquireResult {
@@ -247,6 +281,7 @@ struct DomainView {
     // Per binding at this host: each binding that has taken a slot here or whose
     // Binding::Host limit names it, in configuration order (DescribeBindings).
     std::vector<BindingView> bindings;
+    int32_t parked = 0;  // of `active`: connections parked for reuse (docs/DESIGN.md §13)
   };
   struct Tier {
     uint32_t tier;
@@ -297,7 +332,9 @@ class SlotWaiter {
 
  private:
   friend class SlotWaiters;
+  friend class SelectorImpl;
   void* slot_ticket_ = nullptr;  // its SlotWaiters ticket; guarded by that queue's mutex
+  const void* reuse_owner_ = nullptr;  // AcquireOptions::reuse_owner of its wait
 };
 
 // The selector. All methods are safe for concurrent use by multiple threads; the state
@@ -366,6 +403,13 @@ class Selector {
   size_t DomainMemoryBytes() const;
   // Connections currently held against server_max_outbound_connections.
   int64_t server_active() const;
+  // Connection reuse (docs/DESIGN.md §13). Takes `conn` out of the parking lot and returns
+  // its lease (close the connection, then let it go); an invalid lease if it is no longer
+  // parked (handed to a session, or being evicted: its Evict call comes).
+  Lease Unpark(ParkedConnection* conn);
+  // Connections parked now, over all hosts; and on one host.
+  int64_t parked() const;
+  int32_t parked_on(const HostState& host) const;
   // Every rate throttle of the configuration, in a stable order (DESIGN §12).
   std::vector<ThrottleView> Throttles() const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).

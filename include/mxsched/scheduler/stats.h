@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 namespace mxsched {
 
@@ -31,6 +32,21 @@ inline constexpr size_t kSessionResults = 3;
 inline constexpr std::array<int64_t, 8> kWaitBoundsNanos = {
     1'000'000,     10'000'000,    100'000'000,    500'000'000,
     1'000'000'000, 5'000'000'000, 30'000'000'000, 120'000'000'000};
+
+// Connection reuse events (docs/DESIGN.md §13), counted by the selector (parked, reused,
+// evicted) and the connector (the rest).
+enum class ReuseEvent : uint8_t {
+  kParked,         // a connection parked after a transaction
+  kReused,         // a parked connection handed to a session (no connect)
+  kStale,          // a reused connection that failed its RSET: closed, a fresh one opened
+  kIdleTimeout,    // closed with QUIT after idle_timeout
+  kServerClosed,   // the server closed it, or sent 421, while it was parked
+  kEvicted,        // closed with QUIT for a waiter that could not use it
+  kMaxDeliveries,  // closed with QUIT after max_deliveries_per_connection messages
+  kStopped,        // closed with QUIT when its connector stopped
+};
+inline constexpr size_t kReuseEvents = 8;
+std::string_view ReuseEventName(ReuseEvent e);
 
 class SelectorStats {
  public:
@@ -52,6 +68,8 @@ class SelectorStats {
   // sweep a new domain pays for).
   void CountDomainsEvicted(uint64_t n) { Mine().domains_evicted.fetch_add(n, kRelaxed); }
 
+  void CountReuse(ReuseEvent e) { Mine().reuse[static_cast<size_t>(e)].fetch_add(1, kRelaxed); }
+
   struct Totals {
     std::array<uint64_t, kDeferReasons> deferrals{};
     std::array<uint64_t, kSessionResults> sessions{};
@@ -62,6 +80,7 @@ class SelectorStats {
     // (Selector::domain_count()) are domains_created - domains_evicted whenever no domain is
     // being created or evicted at the same time.
     uint64_t domains_created = 0, domains_evicted = 0;
+    std::array<uint64_t, kReuseEvents> reuse{};  // by ReuseEvent
   };
   Totals Collect() const;
 
@@ -73,6 +92,7 @@ class SelectorStats {
     std::array<std::atomic<uint64_t>, kWaitBoundsNanos.size() + 1> wait_buckets{};
     std::atomic<int64_t> wait_sum_nanos{0};
     std::atomic<uint64_t> domains_created{0}, domains_evicted{0};
+    std::array<std::atomic<uint64_t>, kReuseEvents> reuse{};
   };
   Stripe& Mine();
 
