@@ -43,29 +43,9 @@ example=${2:-}  # tools/example_worker: the README's embedding
 REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
 CLI=$(command -v redis-cli)
 [ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do
-    for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null; done  # under `timeout`
-    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
-  done
-  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.err; do echo "--- $f"; tail -5 "$f"; done
-  exit 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Waits (bounded: 30 s) until the shell condition $1 holds.
-wait_for() {
-  for _ in $(seq 600); do eval "$1" && return 0; sleep 0.05; done
-  fail "timed out waiting for: $1"
-}
+HARNESS_SIGNAL=KILL
+. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
 port=$(free_port); rport=$(free_port)
-. "$(dirname "$0")/test_net.sh"  # a 127.N no other running test uses
 claim_test_net
 net="$test_net.78"
 name="t$$"

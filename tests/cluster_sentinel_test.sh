@@ -10,25 +10,8 @@ set -u
 bin=$1
 REDIS=$(command -v redis-server); SENT=$(command -v redis-sentinel); CLI=$(command -v redis-cli)
 [ -n "$REDIS" ] && [ -n "$SENT" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server/redis-sentinel not installed"; exit 77; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  # Each pid is a `timeout` wrapper: its child (redis-server, the sentinel, the farm, a
-  # worker) goes first — killing only the wrapper orphaned them, and the farm, still holding
-  # the test's stdout, kept ctest waiting until its --max-seconds (the 100 s this test took).
-  for p in "${pids[@]}"; do
-    for c in $(pgrep -P "$p"); do kill -9 "$c" 2>/dev/null; done
-    kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null
-  done
-  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; for f in "$work"/*.err; do echo "--- $f"; tail -5 "$f"; done; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() {  # bounded: 30 s
-  for _ in $(seq 600); do eval "$1" && return 0; sleep 0.05; done
-  fail "timed out waiting for: $1"
-}
+HARNESS_SIGNAL=KILL
+. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
 m=$(free_port); r=$(free_port); s=$(free_port); fp=$(free_port)
 redis() { timeout -s KILL 120 "$REDIS" --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --logfile "" "${@:2}" >/dev/null 2>&1 & }
 redis "$m"; master=$!; pids+=($master)
