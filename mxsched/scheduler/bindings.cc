@@ -1,5 +1,10 @@
 #include "mxsched/scheduler/bindings.h"
 
+#include <algorithm>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+
 #include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/epoch.h"
 
@@ -153,53 +158,189 @@ BindingRegistry::~BindingRegistry() {
   delete map_.load(std::memory_order_acquire);
 }
 
+namespace {
+// The name map a reload replaced, retired through the epoch: when it is freed no Acquire
+// that could have read it (or the old default egress) is running, so the egresses that
+// generation replaced may go once nothing holds them.
+std::atomic<uint64_t> next_map_generation{1};
+
+struct ReplacedMap {
+  const void* map;
+  std::shared_ptr<std::atomic<uint64_t>> quiesced;
+  uint64_t generation;
+  static void Free(void* p) {
+    auto* r = static_cast<ReplacedMap*>(p);
+    uint64_t q = r->quiesced->load(std::memory_order_relaxed);
+    while (q < r->generation &&
+           !r->quiesced->compare_exchange_weak(q, r->generation, std::memory_order_acq_rel)) {
+    }
+    r->free_map(r->map);
+    delete r;
+  }
+  void (*free_map)(const void*);
+};
+
+// Lookup's one-entry cache per thread.
+struct LastLookup {
+  uint64_t generation = 0;  // of the map it was found in; 0: empty
+  const Egress* egress = nullptr;
+  uint8_t size = 0;
+  char name[64];
+};
+thread_local LastLookup last_lookup;
+}  // namespace
+
 void BindingRegistry::Configure(const Config& config) {
   auto map = std::make_unique<Map>();
+  map->generation = next_map_generation.fetch_add(1, std::memory_order_relaxed);
   const Egress* dflt = nullptr;
+  uint64_t generation;
   {
     MutexLock lock(&mu_);
+    generation = ++generation_;
+    absl::flat_hash_map<std::string, std::unique_ptr<Binding>> configured;
     absl::flat_hash_map<std::string, Binding*> current;
     for (const BindingSpec& spec : config.bindings) {
-      std::unique_ptr<Binding>& b = bindings_[spec.name];
-      if (b == nullptr) {
-        b = std::make_unique<Binding>(next_id_.load(std::memory_order_relaxed), spec.name);
-        next_id_.fetch_add(1, std::memory_order_acq_rel);
+      std::unique_ptr<Binding> b;
+      if (auto it = bindings_.find(spec.name); it != bindings_.end()) {
+        b = std::move(it->second);
+        bindings_.erase(it);
+      } else if (auto d = std::find_if(dropped_.begin(), dropped_.end(),
+                                       [&](const auto& x) { return x->name() == spec.name; });
+                 d != dropped_.end()) {
+        b = std::move(*d);  // dropped and configured again before it was freed: the same one
+        dropped_.erase(d);
+      } else {
+        uint32_t id;
+        if (!free_ids_.empty()) {
+          auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
+          id = *lowest;
+          free_ids_.erase(lowest);
+        } else {
+          id = next_id_.load(std::memory_order_relaxed);
+          next_id_.fetch_add(1, std::memory_order_acq_rel);
+        }
+        b = std::make_unique<Binding>(id, spec.name);
       }
       b->SetAddresses(spec.bind_address);
       current[spec.name] = b.get();
-      auto e = std::make_unique<Egress>();
-      e->name = spec.name;
-      e->members.push_back(b.get());
-      (*map)[spec.name] = e.get();
-      egresses_.push_back(std::move(e));
+      configured[spec.name] = std::move(b);
     }
+    for (auto& [name, b] : bindings_) dropped_.push_back(std::move(b));
+    bindings_.swap(configured);
+
+    absl::flat_hash_map<std::string, std::unique_ptr<Egress>> published;
+    auto add = [&](const std::string& name, bool group, std::vector<Binding*> members)
+                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      std::unique_ptr<Egress>& e = published[name];
+      if (auto it = egresses_.find(name);
+          it != egresses_.end() && it->second->is_group == group && it->second->members == members) {
+        e = std::move(it->second);  // unchanged: kept, with its cursor
+        egresses_.erase(it);
+      } else {
+        e = std::make_unique<Egress>();
+        e->name = name;
+        e->is_group = group;
+        e->members = std::move(members);
+      }
+      map->egress[name] = e.get();
+    };
+    for (const BindingSpec& spec : config.bindings) add(spec.name, false, {current.at(spec.name)});
     for (const BindingGroupSpec& g : config.binding_groups) {
       if (g.bindings.empty()) continue;  // an empty group routes nothing: unknown
-      auto e = std::make_unique<Egress>();
-      e->name = g.name;
-      e->is_group = true;
-      for (const std::string& name : g.bindings) e->members.push_back(current.at(name));
-      (*map)[g.name] = e.get();
-      egresses_.push_back(std::move(e));
+      std::vector<Binding*> members;
+      for (const std::string& name : g.bindings) members.push_back(current.at(name));
+      add(g.name, true, std::move(members));
     }
-    if (auto it = map->find("default"); it != map->end()) dflt = it->second;
+    for (auto& [name, e] : egresses_) {
+      e->replaced_in = generation;
+      replaced_.push_back(std::move(e));
+    }
+    egresses_.swap(published);
+    if (auto it = map->egress.find("default"); it != map->egress.end()) dflt = it->second;
+    has_replaced_.store(!replaced_.empty() || !dropped_.empty(), std::memory_order_release);
   }
   const Map* old = map_.exchange(map.release(), std::memory_order_acq_rel);
   default_.store(dflt, std::memory_order_release);
-  if (old != nullptr) epoch::RetireObject(const_cast<Map*>(old));
+  if (old != nullptr) {
+    epoch::Retire(new ReplacedMap{old, quiesced_, generation,
+                                  [](const void* m) { delete static_cast<const Map*>(m); }},
+                  &ReplacedMap::Free);
+  } else {
+    quiesced_->store(generation, std::memory_order_release);  // nothing was published before
+  }
+}
+
+void BindingRegistry::Freed::Retire() {
+  for (auto& e : egresses) epoch::RetireObject(e.release());
+  for (auto& b : bindings) epoch::RetireObject(b.release());
+  egresses.clear();
+  bindings.clear();
+}
+
+BindingRegistry::Freed BindingRegistry::Collect() {
+  Freed freed;
+  if (!has_replaced()) return freed;
+  MutexLock lock(&mu_);
+  const uint64_t quiesced = quiesced_->load(std::memory_order_acquire);
+  for (size_t i = 0; i < replaced_.size();) {
+    if (replaced_[i]->replaced_in <= quiesced &&
+        replaced_[i]->refs.load(std::memory_order_acquire) == 0) {
+      freed.egresses.push_back(std::move(replaced_[i]));
+      replaced_[i] = std::move(replaced_.back());
+      replaced_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  // A dropped binding goes once no egress alive has it (every lease through it holds one).
+  absl::flat_hash_set<const Binding*> held;
+  for (const auto& [name, e] : egresses_) held.insert(e->members.begin(), e->members.end());
+  for (const auto& e : replaced_) held.insert(e->members.begin(), e->members.end());
+  for (size_t i = 0; i < dropped_.size();) {
+    if (!held.contains(dropped_[i].get())) {
+      free_ids_.push_back(dropped_[i]->id());
+      freed.bindings.push_back(std::move(dropped_[i]));
+      dropped_[i] = std::move(dropped_.back());
+      dropped_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  has_replaced_.store(!replaced_.empty() || !dropped_.empty(), std::memory_order_release);
+  return freed;
+}
+
+BindingRegistry::Live BindingRegistry::live() const {
+  MutexLock lock(&mu_);
+  return {bindings_.size() + dropped_.size(), egresses_.size() + replaced_.size()};
 }
 
 const Egress* BindingRegistry::Lookup(std::string_view name) const {
   const Map* m = map_.load(std::memory_order_acquire);
-  if (m == nullptr || m->empty()) return nullptr;
-  auto it = m->find(absl::string_view(name.data(), name.size()));
-  return it == m->end() ? nullptr : it->second;
+  if (m == nullptr || m->egress.empty()) return nullptr;
+  LastLookup& last = last_lookup;
+  // The cached egress is in this map (same generation), so published and alive.
+  if (last.generation == m->generation && last.size == name.size() &&
+      std::memcmp(last.name, name.data(), name.size()) == 0) {
+    return last.egress;
+  }
+  auto it = m->egress.find(absl::string_view(name.data(), name.size()));
+  const Egress* e = it == m->egress.end() ? nullptr : it->second;
+  if (e != nullptr && name.size() <= sizeof(last.name)) {
+    last.generation = m->generation;
+    last.egress = e;
+    last.size = static_cast<uint8_t>(name.size());
+    std::memcpy(last.name, name.data(), name.size());
+  }
+  return e;
 }
 
 std::vector<const Binding*> BindingRegistry::All() const {
   MutexLock lock(&mu_);
   std::vector<const Binding*> out;
   for (const auto& [name, b] : bindings_) out.push_back(b.get());
+  for (const auto& b : dropped_) out.push_back(b.get());
   std::sort(out.begin(), out.end(), [](const Binding* a, const Binding* b) { return a->id() < b->id(); });
   return out;
 }
@@ -208,6 +349,8 @@ size_t BindingRegistry::MemoryBytes() const {
   MutexLock lock(&mu_);
   size_t bytes = 0;
   for (const auto& [name, b] : bindings_) bytes += b->MemoryBytes();
+  for (const auto& b : dropped_) bytes += b->MemoryBytes();
+  bytes += (egresses_.size() + replaced_.size()) * sizeof(Egress);
   return bytes;
 }
 

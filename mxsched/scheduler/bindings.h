@@ -6,8 +6,10 @@
 //
 // Thread-safety: Binding::Find / GetOrCreate, BindingHost and DomainBindingCounts are
 // lock-free and safe from any thread. BindingRegistry::Lookup is lock-free inside an
-// epoch::EpochGuard; Configure takes a mutex (reload). Egress, Binding and BindingHost
-// objects live as long as the registry (a Lease may point at them).
+// epoch::EpochGuard; Configure takes a mutex (reload). Memory follows the live set
+// (docs/DESIGN.md §1 rule 13): an Egress lives while it is published or a lease or queued
+// ticket holds it (Egress::refs), a Binding while it is configured or an Egress lives that
+// has it (its BindingHost states go with it); BindingRegistry::Collect frees the rest.
 // Internal: not installed.
 #ifndef MXSCHED_SCHEDULER_BINDINGS_H_
 #define MXSCHED_SCHEDULER_BINDINGS_H_
@@ -147,6 +149,13 @@ struct Egress {
   bool is_group = false;
   std::vector<Binding*> members;  // at least one
   mutable std::atomic<uint32_t> cursor{0};
+  // Leases and queued tickets that hold it: a reload that replaces it frees it once none
+  // does (and no Acquire that read the old name map is still running). Taken while it is
+  // reachable: by an admission inside an EpochGuard, or under the waiter queues' mutex.
+  mutable std::atomic<int64_t> refs{0};
+  uint64_t replaced_in = 0;  // 0: published; else the registry generation that replaced it
+  void Ref() const { refs.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() const { refs.fetch_sub(1, std::memory_order_release); }
 };
 
 // Connections to one domain through each binding (Momentum: max_outbound_connections is per
@@ -186,23 +195,67 @@ class BindingRegistry {
  public:
   BindingRegistry();
   ~BindingRegistry();
-  // Applies a configuration: new bindings get ids, addresses are replaced, the name map is
-  // rebuilt. Safe while Acquires run.
+  // Applies a configuration: new bindings get ids (a freed binding's id is reused),
+  // addresses are replaced, the name map is rebuilt; an egress whose members are unchanged
+  // is kept (its cursor too). What it replaced waits for Collect. Safe while Acquires run.
   void Configure(const Config& config) ABSL_LOCKS_EXCLUDED(mu_);
-  // The binding or group called `name`, or null. REQUIRES: an epoch::EpochGuard.
+  // Frees the egresses a reload replaced that no lease or ticket holds any more and no
+  // Acquire can still reach, then the bindings no configuration and no live egress has
+  // (through the epoch, Freed::Retire: views may still be reading them). REQUIRES: no
+  // ticket takes or drops a ref meanwhile — the caller holds the waiter queues' mutex
+  // (SelectorImpl::CollectBindings).
+  struct Freed {
+    std::vector<std::unique_ptr<Egress>> egresses;
+    std::vector<std::unique_ptr<Binding>> bindings;
+    size_t size() const { return egresses.size() + bindings.size(); }
+    // Hands them to the epoch (call outside the caller's locks: a reclamation pass may run
+    // other objects' deleters).
+    void Retire();
+  };
+  Freed Collect() ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a reload left anything for Collect (one atomic load).
+  bool has_replaced() const { return has_replaced_.load(std::memory_order_acquire); }
+  // Objects alive (published or held): for tests and memory accounting.
+  struct Live {
+    size_t bindings = 0, egresses = 0;
+  };
+  Live live() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The binding or group called `name`, or null. REQUIRES: an epoch::EpochGuard. A thread
+  // asking for the same name again under the same map gets it without hashing the name
+  // (a one-entry cache per thread: an embedder sends a run of messages through one binding).
   const Egress* Lookup(std::string_view name) const;
   // The egress of an unnamed Acquire: a Binding or Binding_Group named "default", or null
   // (the default binding: no binding state at all).
   const Egress* default_egress() const { return default_.load(std::memory_order_acquire); }
+  // Binding ids are below this (ids of freed bindings are reused, so it follows the most
+  // bindings alive at once).
   uint32_t size() const { return next_id_.load(std::memory_order_acquire); }
+  // Every binding alive (configured, or replaced but still held), by id. The pointers stay
+  // valid while the caller is inside an epoch::EpochGuard.
   std::vector<const Binding*> All() const ABSL_LOCKS_EXCLUDED(mu_);
   size_t MemoryBytes() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  using Map = absl::flat_hash_map<std::string, const Egress*>;
+  // The published names; `generation` is unique per map (over every registry), so a
+  // thread's cache of its last lookup (Lookup) cannot mistake another map for it.
+  struct Map {
+    absl::flat_hash_map<std::string, const Egress*> egress;
+    uint64_t generation = 0;
+  };
   mutable Mutex mu_;
+  // Configured bindings by name; bindings a reload dropped, until Collect frees them.
   absl::flat_hash_map<std::string, std::unique_ptr<Binding>> bindings_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::unique_ptr<Egress>> egresses_ ABSL_GUARDED_BY(mu_);  // every version
+  std::vector<std::unique_ptr<Binding>> dropped_ ABSL_GUARDED_BY(mu_);
+  // Published egresses by name; replaced ones, until Collect frees them.
+  absl::flat_hash_map<std::string, std::unique_ptr<Egress>> egresses_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Egress>> replaced_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_ids_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // The newest generation whose replaced map no reader holds any more (set from the epoch's
+  // reclamation, which may run after the registry is gone: shared).
+  std::shared_ptr<std::atomic<uint64_t>> quiesced_ =
+      std::make_shared<std::atomic<uint64_t>>(0);
+  std::atomic<bool> has_replaced_{false};
   std::atomic<const Map*> map_{nullptr};
   std::atomic<const Egress*> default_{nullptr};
   std::atomic<uint32_t> next_id_{1};

@@ -2,6 +2,7 @@
 // reachability per binding (§1 rule 13), deterministic (manual clock, no I/O).
 #include "mxsched/scheduler/bindings.h"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -383,6 +384,118 @@ TEST(BindingViews, CountsPerBindingAndPerPairAreTheAdmissionsAndReadingCreatesNo
   Rows want{{"b2", {1, 32}}, {"b3", {1, 32}}, {"default", {0, 32}}};
   want[blocked].first = 0;  // its lease was released
   EXPECT_EQ(rows(v.bindings), want);
+}
+
+
+// --- memory follows the live set (§1 rule 13) ------------------------------------------
+
+std::shared_ptr<const Config> PoolOf(int i) {
+  // A group of two bindings whose names change every reload, and one that stays.
+  auto c = ParseConfig(StrCat("routes = ( \"127.0.0.1\" )\nprohibited_hosts = ( )\n",
+                              "Binding \"stays\" { bind_address = \"127.0.0.4\" }\n",
+                              "Binding_Group \"pool\" {\n  Binding \"b", i,
+                              "\" { bind_address = \"127.0.0.2\" }\n  Binding \"b", i + 1,
+                              "\" { bind_address = \"127.0.0.3\" }\n}\n"),
+                       "t.conf");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return std::make_shared<const Config>(*std::move(c));
+}
+
+TEST(BindingMemory, AReloadFreesWhatItReplacedOnceNoLeaseHoldsIt) {
+  ManualClock clock;
+  SplitMixRandom random{7};
+  Selector selector(PoolOf(0), SelectorOptions{.clock = &clock, .random = &random});
+  BindingRegistry& reg = selector.bindings();
+  EXPECT_EQ(reg.live().bindings, 3u);
+  EXPECT_EQ(reg.live().egresses, 4u);  // each binding, and the group
+  // The same configuration again replaces nothing (the egresses are kept, cursors too).
+  selector.SetConfig(PoolOf(0));
+  EXPECT_EQ(reg.live().egresses, 4u);
+  EXPECT_FALSE(reg.has_replaced());
+
+  // A lease held across three reloads keeps its binding (name, counts, failure memory).
+  Lease held = selector.Acquire("a.example", {.binding = "pool"}).TakeLease();
+  ASSERT_TRUE(held.valid());
+  const std::string held_name(held.binding());
+  Lease stays = selector.Acquire("a.example", {.binding = "stays"}).TakeLease();
+  ASSERT_TRUE(stays.valid());
+  size_t most_bindings = 0, most_egresses = 0;
+  uint32_t most_ids = 0;  // (ids only grow to the most bindings alive at once)
+  std::vector<Lease> recent;
+  for (int i = 1; i <= 300; ++i) {
+    selector.SetConfig(PoolOf(i * 2));
+    if (i == 3) {
+      EXPECT_EQ(held.binding(), held_name);  // still readable (ASan: not freed)
+      held.Report(Outcome::kConnectFailed);
+      held.Release();
+    }
+    AcquireResult r = selector.Acquire("a.example", {.binding = "pool"});
+    ASSERT_TRUE(r.ok()) << i << ": " << r.deferral().detail;
+    recent.push_back(r.TakeLease());
+    if (recent.size() > 2) recent.erase(recent.begin());  // two reloads' leases held
+    if (i <= 3) continue;  // (`held` kept the first pair meanwhile)
+    most_bindings = std::max(most_bindings, reg.live().bindings);
+    most_egresses = std::max(most_egresses, reg.live().egresses);
+    most_ids = std::max(most_ids, reg.size());
+  }
+  // Live: 3 configured + the pairs the two held leases keep (2 each) — never the 600
+  // configured over time; ids are reused (a reload's new bindings take theirs before the
+  // last ones are freed), so per-domain counts stay as small.
+  EXPECT_EQ(most_bindings, 7u);
+  EXPECT_LE(most_egresses, 4u + 2 * 3);
+  EXPECT_LE(most_ids, 12u) << "ids: at most the peak alive (9, with `held`) + 2 new + 1";
+  EXPECT_EQ(stays.binding(), "stays");  // an unchanged binding is the same object
+  stays.Release();
+  recent.clear();
+  selector.EvictIdle();  // collects what the last leases held
+  EXPECT_EQ(reg.live().bindings, 3u);
+  EXPECT_EQ(reg.live().egresses, 4u);
+  EXPECT_FALSE(reg.has_replaced());
+  // The views list the configured bindings only, with fresh counts.
+  DomainView v = selector.Describe("a.example");
+  std::vector<std::string> names;
+  for (const BindingView& b : v.bindings) names.push_back(b.binding);
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"b600", "b601", "default", "stays"}));
+  for (const BindingView& b : v.bindings) EXPECT_EQ(b.active, 0) << b.binding;
+}
+
+TEST(BindingMemory, AQueuedWaiterKeepsItsEgressAcrossAReload) {
+  // Host limit 1: the second session queues through the group; a reload replaces the group;
+  // the hand-off after the release grants it through the old egress, which is then freed.
+  auto conf = [](int i) {
+    auto c = ParseConfig(StrCat("routes = ( \"127.0.0.1\" )\nprohibited_hosts = ( )\n",
+                                "Host \"127.0.0.1\" { max_outbound_connections = 1 }\n",
+                                "Binding_Group \"pool\" { Binding \"w", i,
+                                "\" { bind_address = \"127.0.0.2\" } }\n"),
+                         "t.conf");
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::make_shared<const Config>(*std::move(c));
+  };
+  ManualClock clock;
+  SplitMixRandom random{7};
+  Selector selector(conf(0), SelectorOptions{.clock = &clock, .random = &random});
+  Lease first = selector.Acquire("a.example", {.binding = "pool"}).TakeLease();
+  ASSERT_TRUE(first.valid());
+  struct Waiter : SlotWaiter {
+    void Wake(Lease l) override { lease = std::move(l); }
+    Lease lease;
+  } waiter;
+  selector.WaitForSlot("a.example", &waiter, false, {.binding = "pool"});
+  ASSERT_FALSE(waiter.lease.valid());
+  selector.SetConfig(conf(1));
+  selector.SetConfig(conf(2));
+  // w2 configured; w0 held by the lease and the ticket; w1 (held by nothing) freed.
+  EXPECT_EQ(selector.bindings().live().bindings, 2u);
+  first.Release();
+  ASSERT_TRUE(waiter.lease.valid());
+  EXPECT_EQ(waiter.lease.binding(), "w0");
+  selector.EvictIdle();
+  EXPECT_EQ(selector.bindings().live().bindings, 2u) << "w0 held by the granted lease";
+  waiter.lease.Release();
+  selector.EvictIdle();
+  EXPECT_EQ(selector.bindings().live().bindings, 1u);
+  EXPECT_EQ(selector.bindings().live().egresses, 2u);
 }
 
 }  // namespace

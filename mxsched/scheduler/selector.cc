@@ -273,6 +273,10 @@ void Lease::Release() {
   selector_->ReleaseLease(*this);
   host_ = nullptr;
   reused_ = nullptr;
+  // A binding a reload dropped may be freed now (BindingRegistry::Collect).
+  egress_ = nullptr;
+  binding_ = nullptr;
+  binding_host_ = nullptr;
 }
 
 bool Lease::Park(ParkedConnection* conn, const void* owner) {
@@ -336,10 +340,23 @@ void SelectorImpl::SetConfig(std::shared_ptr<const Config> config) {
     throttles_.store(set->empty() ? nullptr : set.release(), std::memory_order_release);
     if (old != nullptr) epoch::RetireObject(old);
   }
+  CollectBindings();
   server_credit_.SetLimit(limit, limit != kUnlimited);
   idle_ticks_.store(
       std::max<int64_t>(1, (int64_t{idle_s} * kNanosPerSecond) >> DomainEntry::kUseTickShift),
       std::memory_order_relaxed);
+}
+
+void SelectorImpl::CollectBindings() {
+  if (!bindings_.has_replaced()) return;
+  epoch::Reclaim();  // frees the replaced name maps no Acquire reads any more
+  BindingRegistry::Freed freed;
+  {
+    // Tickets take and drop their egress refs under this mutex.
+    MutexLock lock(&waiters_.mu());
+    freed = bindings_.Collect();
+  }
+  freed.Retire();
 }
 
 DomainEntry* SelectorImpl::Materialize(std::string_view domain, Deferral* invalid) {
@@ -411,6 +428,7 @@ std::function<bool(const DomainEntry&)> SelectorImpl::IdlePredicate(int64_t now)
 }
 
 size_t SelectorImpl::EvictIdle() {
+  CollectBindings();  // what a reload replaced and the last lease has since let go
   const size_t evicted = domains_.EvictIdle(SIZE_MAX, IdlePredicate(clock_->NowNanos()));
   if (evicted > 0) stats_.CountDomainsEvicted(evicted);
   return evicted;
@@ -480,6 +498,7 @@ void SelectorImpl::ReleaseLease(Lease& lease) {
     lease.binding_domain_->fetch_sub(1, std::memory_order_acq_rel);
     lease.domain_->bindings.head.load(std::memory_order_acquire)
         ->bound.fetch_sub(1, std::memory_order_seq_cst);
+    lease.egress_->Unref();  // last: the binding may be freed after a reload (Collect)
   }
   lease.host_->Release(lease.probe_, lease.group_);
   lease.domain_->active.fetch_sub(1, std::memory_order_seq_cst);
@@ -614,6 +633,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
         lease.start_at_ = start_at;
         if (egress != nullptr) {
           lease.egress_ = egress;
+          egress->Ref();  // a reload frees it once no lease holds it (bindings.h)
           lease.binding_ = std::exchange(bound.binding_, nullptr);
           lease.binding_host_ = std::exchange(bound.binding_host_, nullptr);
           lease.binding_domain_ = std::exchange(bound.binding_domain_, nullptr);
@@ -1018,6 +1038,7 @@ SlotWaiters::Ticket* SelectorImpl::Enqueue(DomainEntry* entry, SlotWaiter* waite
   }
   SlotWaiters::Ticket* t = waiters_.Add(waiter, entry, kind, hosts, front);
   t->egress = egress;
+  if (egress != nullptr) egress->Ref();  // dropped by SlotWaiters::Remove
   return t;
 }
 
@@ -1500,6 +1521,7 @@ void SelectorImpl::BindingsAt(const std::vector<const Binding*>& all, const Conf
 std::vector<std::vector<BindingView>> SelectorImpl::DescribeBindings(
     const std::vector<const HostState*>& hosts) const {
   std::vector<std::vector<BindingView>> out(hosts.size());
+  epoch::EpochGuard guard;  // `all` may hold bindings a reload dropped (Collect)
   const std::vector<const Binding*> all = bindings_.All();
   if (all.empty()) return out;
   const std::shared_ptr<const Config> c = config();

@@ -60,6 +60,9 @@ class SelectorImpl {
   void WaitForSlot(std::string_view domain, SlotWaiter* waiter, bool front = false,
                    const AcquireOptions& options = {});
   BindingRegistry& bindings() { return bindings_; }
+  // Frees the bindings and egresses a reload replaced that nothing holds any more
+  // (BindingRegistry::Collect); on SetConfig and EvictIdle. Not inside an EpochGuard.
+  void CollectBindings() ABSL_LOCKS_EXCLUDED(waiters_.mu());
   bool CancelWait(SlotWaiter* waiter);
   size_t waiting() const;
 

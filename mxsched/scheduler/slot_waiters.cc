@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "mxsched/scheduler/bindings.h"
 #include "mxsched/scheduler/domain_table.h"
 #include "mxsched/scheduler/host_registry.h"
 
@@ -180,6 +181,10 @@ SlotWaiter* SlotWaiters::Remove(Ticket* t) {
     }
   }
   t->domain->tickets.fetch_sub(1, std::memory_order_seq_cst);
+  if (t->egress != nullptr) {  // taken by SelectorImpl::Enqueue (a reload may free it now)
+    t->egress->Unref();
+    t->egress = nullptr;
+  }
   count_.fetch_sub(1, std::memory_order_seq_cst);
   --live_;
   if (w->slot_ticket_ == t) w->slot_ticket_ = nullptr;
