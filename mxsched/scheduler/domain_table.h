@@ -129,6 +129,9 @@ struct alignas(128) DomainEntry {
   std::atomic<uint32_t> last_used{0};  // clock nanos >> kUseTickShift of the last Acquire
   std::atomic<bool> refreshing{false};
   uint16_t name_size = 0;
+  // ThrottleSet::Collect's cache of the domain's Domain-scope throttles (a set generation
+  // and an index; in what was padding).
+  mutable std::atomic<uint32_t> throttle_cache{0};
   uint64_t hash = 0;
   std::unique_ptr<char[]> name_heap;  // names longer than kInlineName
   DomainBindingsHandle bindings;

@@ -122,6 +122,8 @@ class alignas(128) HostState {
   // arrays instead of hash maps.
   uint32_t index() const { return index_; }
   const std::string& name() const { return name_; }  // first MX/host name seen, or the IP
+  // ThrottleSet::Collect's cache of this host's throttles (a set generation and an index).
+  std::atomic<uint64_t>& throttle_cache() const { return throttle_cache_; }
 
   // Takes a slot if the host is reachable, below its effective limit and its provider group
   // (if any) below the group's limit; never lets either count pass its limit, even
@@ -281,6 +283,10 @@ class alignas(128) HostState {
   std::atomic<int32_t> peak_{0};
   std::atomic<int32_t> waiting_{0};
   std::atomic<LimitGroup*> group_{nullptr};
+  // The Host-scope rate throttles of this host in the current throttle set, found once per
+  // set (ThrottleSet::Collect, docs/DESIGN.md §12): read by every start while throttles
+  // are configured.
+  mutable std::atomic<uint64_t> throttle_cache_{0};
   // Warm: touched on Report.
   std::atomic<int32_t> configured_;
   std::atomic<int32_t> adaptive_floor_{1};

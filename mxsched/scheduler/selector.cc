@@ -719,7 +719,8 @@ SelectorImpl::Grant SelectorImpl::AdmitParked(DomainEntry* entry, const RouteSna
             ABSL_PREDICT_FALSE(ts != nullptr)) {
           // A reused connection takes a message token only (DESIGN §12 rule 5).
           RateThrottle* t[kMaxThrottlesPerStart];
-          const size_t nt = ts->Collect(entry->name(), entry->hash, h->name(), h->endpoint().address,
+          const size_t nt = ts->Collect(entry->name(), entry->hash, &entry->throttle_cache,
+                                        h->name(), h->endpoint().address, &h->throttle_cache(),
                                         l.binding_ != nullptr ? std::string_view(l.binding_->name())
                                                               : std::string_view(),
                                         /*new_connection=*/false, t);
@@ -990,7 +991,8 @@ ThrottleReservation SelectorImpl::ReserveStart(const ThrottleSet& set, const Dom
                                                int64_t now, int64_t max_wait,
                                                RateThrottle** blocked) {
   RateThrottle* ts[kMaxThrottlesPerStart];
-  const size_t n = set.Collect(entry.name(), entry.hash, h.name(), h.endpoint().address,
+  const size_t n = set.Collect(entry.name(), entry.hash, &entry.throttle_cache, h.name(),
+                               h.endpoint().address, &h.throttle_cache(),
                                binding != nullptr ? std::string_view(binding->name()) : "",
                                /*new_connection=*/true, ts);
   const ThrottleReservation r = ReserveAll(std::span<RateThrottle* const>(ts, n), now, max_wait);

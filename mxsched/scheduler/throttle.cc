@@ -45,38 +45,43 @@ absl::StatusOr<ThrottleSpec> ParseThrottleSpec(std::string_view text) {
 
 ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t now,
                                int64_t max_wait_nanos) {
+  using T = RateThrottle;
   int64_t seen[kMaxThrottlesPerStart];
   throttles = throttles.first(std::min(throttles.size(), kMaxThrottlesPerStart));
   for (;;) {
     // The instant: the latest of the throttles' next free instants, and now.
     ThrottleReservation r{false, now, 0};
     for (size_t i = 0; i < throttles.size(); ++i) {
-      const int64_t v = throttles[i]->next_.load(std::memory_order_acquire);
-      seen[i] = v;
-      if (v > r.at) {
-        r.at = v;
+      const int64_t w = throttles[i]->next_.load(std::memory_order_acquire);
+      seen[i] = w;
+      if (T::TimeOf(w) > r.at) {
+        r.at = T::TimeOf(w);
         r.blocking = i;
       }
     }
     if (r.at - now > max_wait_nanos) return r;
-    // Take it on each, in order; a throttle that moved meanwhile (another reservation)
-    // undoes the ones taken and the whole reservation starts again.
+    // Take it on each, in order, counting it in the same CAS; a throttle that moved
+    // meanwhile (another reservation) undoes the ones taken and the whole reservation
+    // starts again.
     size_t taken = 0;
     bool raced = false;
     for (; taken < throttles.size(); ++taken) {
       RateThrottle* t = throttles[taken];
       int64_t expected = seen[taken];
-      if (expected > r.at ||
-          !t->next_.compare_exchange_strong(expected, r.at + t->interval_,
-                                            std::memory_order_acq_rel)) {
+      if (!t->next_.compare_exchange_strong(
+              expected, T::Word(r.at + t->interval_, (seen[taken] & T::kCountMask) + 1),
+              std::memory_order_acq_rel)) {
         raced = true;
         break;
       }
     }
     if (!raced) {
       r.ok = true;
-      for (RateThrottle* t : throttles) {
-        t->allowed_.fetch_add(1, std::memory_order_relaxed);
+      for (size_t i = 0; i < throttles.size(); ++i) {
+        RateThrottle* t = throttles[i];
+        if ((seen[i] & T::kCountMask) == T::kCountMask) {  // the low bits wrapped
+          t->allowed_.fetch_add(T::kCountMask + 1, std::memory_order_relaxed);
+        }
         if (r.at > now) {
           t->waited_.fetch_add(1, std::memory_order_relaxed);
           t->wait_nanos_.fetch_add(static_cast<uint64_t>(r.at - now), std::memory_order_relaxed);
@@ -85,11 +90,15 @@ ThrottleReservation ReserveAll(std::span<RateThrottle* const> throttles, int64_t
       return r;
     }
     // Give back what was taken: exact if nobody reserved after us, else (a later instant
-    // was reserved on top) the slot stays used — conservative, never over the rate.
+    // was reserved on top) the slot stays used — conservative, never over the rate — and
+    // its count is taken back from allowed_ (modulo 2^64: the sum read stays exact).
     for (size_t i = 0; i < taken; ++i) {
       RateThrottle* t = throttles[i];
-      int64_t mine = r.at + t->interval_;
-      t->next_.compare_exchange_strong(mine, seen[i], std::memory_order_acq_rel);
+      int64_t mine = T::Word(r.at + t->interval_, (seen[i] & T::kCountMask) + 1);
+      if (!t->next_.compare_exchange_strong(mine, seen[i], std::memory_order_acq_rel)) {
+        const bool wrapped = (seen[i] & T::kCountMask) == T::kCountMask;
+        t->allowed_.fetch_add(wrapped ? T::kCountMask : ~uint64_t{0}, std::memory_order_relaxed);
+      }
     }
   }
 }
@@ -100,8 +109,12 @@ std::string RateThrottle::Reason() const {
 }
 
 void RateThrottle::TakeOver(const RateThrottle& old) {
-  next_.store(old.next_.load(std::memory_order_acquire), std::memory_order_release);
-  allowed_.store(old.allowed(), std::memory_order_relaxed);
+  // The instant, and the count whole in allowed_ (the low bits start again from 0).
+  const int64_t w = old.next_.load(std::memory_order_acquire);
+  next_.store(Word(TimeOf(w), 0), std::memory_order_release);
+  allowed_.store(old.allowed_.load(std::memory_order_relaxed) +
+                     static_cast<uint64_t>(w & kCountMask),
+                 std::memory_order_relaxed);
   waited_.store(old.waited(), std::memory_order_relaxed);
   wait_nanos_.store(old.wait_nanos(), std::memory_order_relaxed);
   throttled_.store(old.throttled(), std::memory_order_relaxed);
@@ -146,7 +159,18 @@ std::vector<std::string> SortedKeys(const Map& m) {
 }
 }  // namespace
 
-ThrottleSet::ThrottleSet(const Config& c, const ThrottleSet* previous) {
+namespace {
+std::atomic<uint32_t> next_generation{1};
+// The domain cache is 32 bits: the generation's low 20 bits and an index of 12 (so 4094
+// Domain stanzas with throttles are cached; more are looked up). Sets past 2^20 cache no
+// domain (a stale word could otherwise name another set's index).
+constexpr uint32_t kDomainGenBits = 20;
+constexpr uint32_t kDomainIndexMask = (1u << (32 - kDomainGenBits)) - 1;
+constexpr uint32_t kUncacheable = kDomainIndexMask;
+}  // namespace
+
+ThrottleSet::ThrottleSet(const Config& c, const ThrottleSet* previous)
+    : generation_(next_generation.fetch_add(1, std::memory_order_relaxed)) {
   global_ = Make(Throttles{c.outbound_throttle_connections, c.outbound_throttle_messages},
                  "global", false, previous);
   for (const std::string& d : SortedKeys(c.domains)) {
@@ -170,6 +194,58 @@ ThrottleSet::ThrottleSet(const Config& c, const ThrottleSet* previous) {
       bindings_.emplace(b.name, std::move(pb));
     }
   }
+  // The maps are complete: their pairs stay where they are from here on.
+  for (const auto& [hash, v] : domains_.by_hash) {
+    for (const auto& [name, p] : v) domain_index_.push_back(&p);
+  }
+  for (const auto& [a, p] : hosts_.by_address) host_index_.push_back(&p);
+  for (const auto& [n, p] : hosts_.by_name) host_index_.push_back(&p);
+}
+
+const ThrottleSet::Pair* ThrottleSet::DomainPair(std::string_view domain, uint64_t hash,
+                                                 std::atomic<uint32_t>* cache) const {
+  const bool cacheable = cache != nullptr && generation_ < (1u << kDomainGenBits);
+  if (cacheable) {
+    const uint32_t w = cache->load(std::memory_order_relaxed);
+    if (w >> (32 - kDomainGenBits) == generation_) {
+      const uint32_t i = w & kDomainIndexMask;
+      if (i == 0) return nullptr;
+      if (i != kUncacheable) return domain_index_[i - 1];
+    }
+  }
+  const Pair* p = domains_.Find(domain, hash);
+  if (cacheable) {
+    uint32_t i = 0;
+    if (p != nullptr) {
+      const auto it = std::find(domain_index_.begin(), domain_index_.end(), p);
+      const size_t k = static_cast<size_t>(it - domain_index_.begin());
+      i = k + 1 < kUncacheable ? static_cast<uint32_t>(k + 1) : kUncacheable;
+    }
+    cache->store(generation_ << (32 - kDomainGenBits) | i, std::memory_order_relaxed);
+  }
+  return p;
+}
+
+const ThrottleSet::Pair* ThrottleSet::HostPair(const IpAddress& address,
+                                               std::string_view host_name,
+                                               std::atomic<uint64_t>* cache) const {
+  if (cache != nullptr) {
+    const uint64_t w = cache->load(std::memory_order_relaxed);
+    if (w >> 32 == generation_) {
+      const uint32_t i = static_cast<uint32_t>(w);
+      return i == 0 ? nullptr : host_index_[i - 1];
+    }
+  }
+  const Pair* p = hosts_.Find(address, host_name);
+  if (cache != nullptr) {
+    uint64_t i = 0;
+    if (p != nullptr) {
+      i = static_cast<uint64_t>(std::find(host_index_.begin(), host_index_.end(), p) -
+                                host_index_.begin()) + 1;
+    }
+    cache->store(uint64_t{generation_} << 32 | i, std::memory_order_relaxed);
+  }
+  return p;
 }
 
 void ThrottleSet::Add(const Pair& p, bool new_connection, RateThrottle** out, size_t* n) {
@@ -178,15 +254,20 @@ void ThrottleSet::Add(const Pair& p, bool new_connection, RateThrottle** out, si
 }
 
 size_t ThrottleSet::Collect(std::string_view domain, uint64_t domain_hash,
-                            std::string_view host_name, const IpAddress& address,
+                            std::atomic<uint32_t>* domain_cache, std::string_view host_name,
+                            const IpAddress& address, std::atomic<uint64_t>* host_cache,
                             std::string_view binding, bool new_connection,
                             RateThrottle** out) const {
   size_t n = 0;
   Add(global_, new_connection, out, &n);
   if (!domains_.empty()) {
-    if (const Pair* p = domains_.Find(domain, domain_hash)) Add(*p, new_connection, out, &n);
+    if (const Pair* p = DomainPair(domain, domain_hash, domain_cache)) {
+      Add(*p, new_connection, out, &n);
+    }
   }
-  if (const Pair* p = hosts_.Find(address, host_name)) Add(*p, new_connection, out, &n);
+  if (!hosts_.empty()) {
+    if (const Pair* p = HostPair(address, host_name, host_cache)) Add(*p, new_connection, out, &n);
+  }
   if (!binding.empty() && !bindings_.empty()) {
     if (auto b = bindings_.find(Key(binding)); b != bindings_.end()) {
       Add(b->second.own, new_connection, out, &n);

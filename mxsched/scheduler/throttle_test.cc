@@ -132,6 +132,31 @@ TEST(RateThrottle, ConcurrentReservationsNeverOverlap) {
   EXPECT_LE(MaxInAnyWindow(all, kSec), 50);
   EXPECT_LE(MaxInAnyWindow(a, kSec), 20);
   EXPECT_LE(MaxInAnyWindow(b, kSec), 20);
+  // Counted in the reserving CAS (and taken back when a raced reservation could not undo
+  // its instant): exact, across the low bits' wraps.
+  EXPECT_EQ(global.allowed(), all.size());
+  EXPECT_EQ(domain_a.allowed(), a.size());
+  EXPECT_EQ(domain_b.allowed(), b.size());
+}
+
+TEST(RateThrottle, AllowedIsExactAcrossTheCountersWrapAndATakeOver) {
+  RateThrottle t({1'000'000, 1});
+  RateThrottle* ts[] = {&t};
+  int64_t now = kSec;
+  for (int i = 1; i <= 37; ++i) {
+    ASSERT_TRUE(ReserveAll(ts, now, 0).ok);
+    EXPECT_EQ(t.allowed(), static_cast<uint64_t>(i));
+    now += 2'000;
+  }
+  const int64_t next = t.next_free();
+  EXPECT_EQ(next, now - 2'000 + Interval(1'000'000, 1));
+  RateThrottle reloaded({1'000'000, 1});
+  reloaded.TakeOver(t);
+  EXPECT_EQ(reloaded.allowed(), 37u);
+  EXPECT_EQ(reloaded.next_free(), next);
+  RateThrottle* rs[] = {&reloaded};
+  for (int i = 38; i <= 50; ++i, now += 2'000) ASSERT_TRUE(ReserveAll(rs, now, 0).ok);
+  EXPECT_EQ(reloaded.allowed(), 50u);
 }
 
 
