@@ -217,6 +217,13 @@ struct Farm::Impl {
   std::vector<RateWindow> rate_all ABSL_GUARDED_BY(rate_mu);
   std::vector<std::vector<RateWindow>> rate_by_listener ABSL_GUARDED_BY(rate_mu);
   std::deque<int64_t> recent_accepts ABSL_GUARDED_BY(rate_mu);
+  std::deque<int64_t> recent_mails ABSL_GUARDED_BY(rate_mu);  // MAIL commands received
+  void CountMail() {
+    const int64_t t = SteadyNowNanos();
+    MutexLock lock(&rate_mu);
+    if (recent_mails.size() == kRecentAccepts) recent_mails.pop_front();
+    recent_mails.push_back(t);
+  }
   void CountAccept(size_t listener) {
     const int64_t t = SteadyNowNanos();
     MutexLock lock(&rate_mu);
@@ -452,6 +459,7 @@ struct Conn {
     } else if (verb == "helo") {
       out += StrCat("250 ", farm->options.hostname, "\r\n");
     } else if (verb == "mail" || verb == "rcpt" || verb == "rset" || verb == "noop") {
+      if (verb == "mail") farm->CountMail();
       out += "250 2.0.0 ok\r\n";
     } else if (verb == "data") {
       data_mode = true;
@@ -774,6 +782,11 @@ std::vector<int64_t> Farm::RecentAcceptTimes() const {
   return {impl_->recent_accepts.begin(), impl_->recent_accepts.end()};
 }
 
+std::vector<int64_t> Farm::RecentMailTimes() const {
+  MutexLock lock(&impl_->rate_mu);
+  return {impl_->recent_mails.begin(), impl_->recent_mails.end()};
+}
+
 void Farm::ResetCounters() {
   impl_->peak_all = impl_->current_all.load();
   for (auto& l : impl_->listeners) {
@@ -793,6 +806,7 @@ void Farm::ResetCounters() {
       for (RateWindow& w : ws) w.Reset();
     }
     impl_->recent_accepts.clear();
+    impl_->recent_mails.clear();
   }
   MutexLock lock(&impl_->sources_mu);
   for (auto& [a, src] : impl_->sources) {

@@ -135,6 +135,9 @@ class Farm {
   // connections over all addresses, oldest first: tests check the spacing of throttled
   // starts as the receiver saw them.
   std::vector<int64_t> RecentAcceptTimes() const;
+  // The same for MAIL commands (message transactions) over all addresses: what a receiver
+  // that limits the message rate counts (outbound_throttle_messages).
+  std::vector<int64_t> RecentMailTimes() const;
   // Zeroes peaks (to the current count) and totals, e.g. between scenarios.
   void ResetCounters();
 

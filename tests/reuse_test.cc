@@ -4,6 +4,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -194,6 +195,33 @@ TEST_F(ReuseTest, ParkedConnectionsAreClosedWithQuitAfterTheIdleTimeout) {
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kIdleTimeout)], connections)
       << "every parked connection timed out idle before the stop";
   EXPECT_EQ(selector.server_active(), 0);
+}
+
+
+// Issue 22 items 1-2 with reuse (DESIGN §12 rule 5, §13 rule 2): a reused connection takes
+// no connection token but a message token, and waits for its instant as a fresh start does,
+// so the receiver counts at most N message transactions (MAIL) in any second.
+TEST_F(ReuseTest, AMessageThrottleHoldsOverReusedConnections) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_), Ep(Ip(2), port_)});
+  Selector selector(ConfigFrom(TwoHosts(
+      3, "outbound_throttle_messages = \"10\"\nmax_deliveries_per_connection = 100\n")));
+  const auto t0 = std::chrono::steady_clock::now();
+  Tally t = SendMessages(selector, "example.com", 40, 4, /*reuse=*/true);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(t.delivered, 40);
+  EXPECT_GE(t.reused, 30) << "most messages over parked connections";
+  const std::vector<int64_t> mails = farm->RecentMailTimes();
+  ASSERT_EQ(mails.size(), 40u);
+  // The most MAIL commands the receiver saw within any window of 1 s (half-open).
+  size_t peak = 0;
+  for (size_t i = 0, j = 0; i < mails.size(); ++i) {
+    while (mails[i] - mails[j] >= 1'000'000'000) ++j;
+    peak = std::max(peak, i - j + 1);
+  }
+  EXPECT_LE(peak, 10u) << "the message throttle passed through reused connections";
+  EXPECT_GE(secs, 3.5) << "40 messages at 10/s";
+  std::printf("message throttle 10/s with reuse: 40 messages in %.2f s, %lld reused, peak %zu "
+              "MAIL in 1 s\n", secs, static_cast<long long>(t.reused), peak);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
@@ -67,6 +68,7 @@ bool IsLocalError(int err) {
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
 //   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
+//                      | kWaitingThrottle (its message throttles' instant is ahead) -> kDone
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
@@ -117,8 +119,9 @@ constexpr bool LegalTransition(Phase from, Phase to) {
              to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
     case Phase::kWaitingThrottle:
       return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
-    case Phase::kReusing:  // answered RSET: done; stale: a fresh connection (kAcquiring)
-      return to == Phase::kDone || to == Phase::kAcquiring;
+    case Phase::kReusing:  // answered RSET: done (or first the message throttles' instant);
+                           // stale: a fresh connection (kAcquiring)
+      return to == Phase::kDone || to == Phase::kAcquiring || to == Phase::kWaitingThrottle;
     case Phase::kWaitingDns:
     case Phase::kWaitingSlot:
     case Phase::kWaitingCluster:
@@ -557,6 +560,20 @@ struct Connector::Session {
     --pending;
     throttle_waited += SteadyClock::now() - throttle_wait_since;
     if (phase == Phase::kDone) return MaybeDelete();
+    if (reused_ready) {  // a reused connection, checked, waited for its message instant
+      ConnectResult r = std::move(*reused_ready);
+      reused_ready.reset();
+      if (cancelled || connector->stopped_) {
+        // Stopped meanwhile: QUIT (not awaited), close, then the slot goes back (rule 3).
+        static constexpr char kQuit[] = "QUIT\r\n";
+        (void)send(r.fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        close(r.fd);
+        r.lease.Release();
+        r.cluster_lease.Release();
+        return FinishStopped();
+      }
+      return Finish(std::move(r));
+    }
     if (cancelled || connector->stopped_) return FinishStopped();
     Proceed();
   }
@@ -739,6 +756,9 @@ struct Connector::Session {
   // Rate throttle waits (statistics).
   SteadyClock::time_point throttle_wait_since;
   Nanos throttle_waited{0};
+  // A reused connection whose message throttles' instant is ahead (DESIGN §13 rule 2): its
+  // result, handed out when the throttle timer fires.
+  std::optional<ConnectResult> reused_ready;
 
   // What the ring and the selector point into: stable while the session lives.
   Waiter waiter{this};
@@ -1001,6 +1021,13 @@ void Connector::Session::OnReused(Parked* p, bool alive) {
   r.deliveries = p->deliveries;
   r.last_outcome = Outcome::kConnected;
   p->Leave();
+  // Its message throttles (DESIGN §12 rule 5) may have reserved an instant ahead: the
+  // transaction waits for it, as a fresh connection's start does (rule 9).
+  const int64_t delay = r.lease.start_at() - connector->selector_->clock().NowNanos();
+  if (r.lease.start_at() != 0 && delay > 0) {
+    reused_ready = std::move(r);
+    return WaitForThrottle(delay);
+  }
   Finish(std::move(r));
 }
 
