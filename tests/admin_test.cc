@@ -505,6 +505,7 @@ TEST(AdminServer, ThrottlesAreServedInTheirViewsAndAsMetricsThatPassPromtool) {
     routes = ( "127.0.1.1" )
     outbound_throttle_connections = "50"
     Domain "a.test" { outbound_throttle_connections = "1/60" }
+    Host "127.0.1.1" { outbound_throttle_messages = "100" }
   )"));
   io::DnsCache dns;
   AdminOptions o;
@@ -517,7 +518,10 @@ TEST(AdminServer, ThrottlesAreServedInTheirViewsAndAsMetricsThatPassPromtool) {
   HttpReply r = Get(port, "/throttles");
   ASSERT_EQ(r.status, 200) << r.body;
   nlohmann::json t = nlohmann::json::parse(r.body);
-  ASSERT_EQ(t.size(), 2u) << t;
+  ASSERT_EQ(t.size(), 3u) << t;
+  EXPECT_EQ(t[2]["scope"], "host 127.0.1.1");
+  EXPECT_EQ(t[2]["kind"], "messages");
+  EXPECT_EQ(t[2]["allowed"], 1) << "all or none: the refused start took no message token";
   EXPECT_EQ(t[0]["scope"], "global");
   EXPECT_EQ(t[0]["allowed"], 1);
   EXPECT_EQ(t[1]["scope"], "a.test");
@@ -527,6 +531,15 @@ TEST(AdminServer, ThrottlesAreServedInTheirViewsAndAsMetricsThatPassPromtool) {
   EXPECT_GT(t[1]["next_in_ms"].get<int64_t>(), 50'000);
   nlohmann::json d = nlohmann::json::parse(Get(port, "/domains/a.test").body);
   ASSERT_EQ(d["throttles"].size(), 2u) << d;
+  // A host's own throttles under the host (issue 22 item 5), in the route view and /hosts.
+  const nlohmann::json& dh = d["tiers"][0]["hosts"][0]["throttles"];
+  ASSERT_EQ(dh.size(), 1u) << d;
+  EXPECT_EQ(dh[0]["scope"], "host 127.0.1.1");
+  EXPECT_EQ(dh[0]["rate"], "100/1 s");
+  nlohmann::json hosts = nlohmann::json::parse(Get(port, "/hosts").body);
+  ASSERT_EQ(hosts.size(), 1u) << hosts;
+  ASSERT_EQ(hosts[0]["throttles"].size(), 1u) << hosts;
+  EXPECT_EQ(hosts[0]["throttles"][0]["allowed"], 1);
   const std::string text = Get(port, "/metrics").body;
   const auto series = Series(text);
   EXPECT_EQ(series.at("mxsched_throttle_starts_total{scope=\"a.test\",kind=\"connections\"}"), 1)

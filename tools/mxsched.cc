@@ -181,6 +181,15 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
                   b.active, LimitText(b.limit).c_str());
     }
   }
+  // Rate throttles (docs/DESIGN.md §12): the global ones and the domain's own; a host's own
+  // are shown under the host.
+  auto throttle_line = [](const ThrottleView& t) {
+    return StrCat(t.kind, " ", t.rate, " (", ForTerminal(t.scope), "): next start ",
+                  t.next_in_ms > 0 ? StrCat("in ", t.next_in_ms, " ms") : std::string("now"),
+                  ", ", t.allowed, " allowed, ", t.waited, " waited, ", t.throttled, " deferred");
+  };
+  if (!v.throttles.empty()) std::printf("  rate throttles:\n");
+  for (const ThrottleView& t : v.throttles) std::printf("    %s\n", throttle_line(t).c_str());
   if (!items.empty()) std::printf("  route items (tier: lower is preferred):\n");
   for (const RouteItem& it : items) {
     std::printf("    %-32s %-5s %-14s tier %-5u %s\n", ForTerminal(it.text).c_str(),
@@ -226,6 +235,9 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
                     h.group_limit);
       }
       std::printf("\n");
+      for (const ThrottleView& t : h.throttles) {
+        std::printf("        throttle %s\n", throttle_line(t).c_str());
+      }
       // Per (binding, host): the Binding::Host limit and the failure memory of that source.
       for (const BindingView& b : h.bindings) {
         std::printf("        via %s from %s: active %d/%s, %s", ForTerminal(b.binding).c_str(),

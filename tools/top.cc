@@ -103,8 +103,14 @@ struct HostRow {
 
 std::string RawLabel(std::string_view labels, std::string_view key);
 
+// One rate throttle (docs/DESIGN.md §12): the mxsched_throttle_* series of a scope and kind.
+struct ThrottleRow {
+  double starts = 0, waited = 0, deferred = 0;  // counters
+};
+
 struct Scrape {
   std::map<std::string, HostRow> hosts;  // by host
+  std::map<std::string, ThrottleRow> throttles;  // by "SCOPE KIND" (shown escaped)
   std::map<std::string, double> deferrals, sessions;
   std::map<std::string, std::string> sources;  // binding -> its source address(es)
   double waiting = 0, domains = 0, server_active = 0;
@@ -188,6 +194,11 @@ Scrape Parse(std::string_view text) {
           h.failed += v;
         }
       }
+    } else if (name.rfind("mxsched_throttle_", 0) == 0) {
+      ThrottleRow& t = s.throttles[StrCat(Label(labels, "scope"), " ", Label(labels, "kind"))];
+      if (name == "mxsched_throttle_starts_total") t.starts = v;
+      if (name == "mxsched_throttle_waited_total") t.waited = v;
+      if (name == "mxsched_throttle_deferrals_total") t.deferred = v;
     } else if (name == "mxsched_acquire_deferrals_total") {
       s.deferrals[Label(labels, "reason")] = v;
     } else if (name == "mxsched_sessions_total") {
@@ -268,6 +279,28 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
     deferrals += StrCat(" ", reason, " ", Num(r, 1));
   }
   lines.push_back(any ? deferrals : deferrals + " none");
+  // Rate throttles, when configured: starts, waits and deferrals per second of each (at
+  // most 4 lines; /throttles has them all).
+  size_t throttle_lines = 0;
+  for (const auto& [key, t] : now->throttles) {
+    if (throttle_lines == 4) {
+      lines.push_back(StrCat("  ... ", now->throttles.size() - 4, " more throttle(s)"));
+      break;
+    }
+    const ThrottleRow* p = nullptr;
+    if (before) {
+      auto it = before->throttles.find(key);
+      if (it != before->throttles.end()) p = &it->second;
+    }
+    auto per_s = [&](double cur, double prev_v) {
+      return p != nullptr && dt > 0 ? std::max(0.0, (cur - prev_v) / dt) : 0.0;
+    };
+    lines.push_back(StrCat("throttle ", key, ": ", Num(per_s(t.starts, p ? p->starts : 0), 1),
+                           " starts/s  ", Num(per_s(t.waited, p ? p->waited : 0), 1),
+                           " waited/s  ", Num(per_s(t.deferred, p ? p->deferred : 0), 1),
+                           " deferred/s"));
+    ++throttle_lines;
+  }
   if (!now->cluster_mode.empty()) {
     // With cluster_limits (docs/DESIGN.md §7): FLEET is every worker's count on the host's
     // key, as this worker's last heartbeat read it, against the Host limit they share.

@@ -152,7 +152,8 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
            {"provider", h.group},
            {"provider_limit", h.group_limit},
            {"provider_active", h.group_active},
-           {"bindings", BindingsJson(h.bindings, /*per_host=*/true)}});
+           {"bindings", BindingsJson(h.bindings, /*per_host=*/true)},
+           {"throttles", ThrottlesJson(h.throttles)}});
     }
     const DomainView::Tier& tier = v.tiers[t];
     tiers.push_back({{"tier", tier.tier},
@@ -259,7 +260,9 @@ nlohmann::json HostsJson(Selector& selector, int64_t now_nanos, size_t max_hosts
          {"cluster_active", fleet != nullptr && h->configured_limit() != kUnlimited
                                 ? nlohmann::json(fleet->HostCount(h->endpoint()))
                                 : nlohmann::json(nullptr)},
-         {"bindings", BindingsJson(bindings[i], /*per_host=*/true)}});
+         {"bindings", BindingsJson(bindings[i], /*per_host=*/true)},
+         // Its Host stanza's rate throttles (docs/DESIGN.md §12), [] without.
+         {"throttles", ThrottlesJson(selector.ThrottlesAt(*h))}});
   }
   return out;
 }

@@ -35,8 +35,8 @@ struct ClusterCounts {
 // "mx" (filled by an MX lookup), "mx_pref", "hosts": [{"name", "address", "port", "limit",
 // "active", "cluster_active", "reachable", "seconds_since_failure", "consecutive_failures",
 // "configured_limit", "limit_moved", "busy_replies", "provider", "provider_limit",
-// "provider_active", "bindings": BindingsJson per host}]}], "throttles": ThrottlesJson of
-// the global and the domain's own, "bindings": BindingsJson per domain}. Hosts in
+// "provider_active", "bindings": BindingsJson per host, "throttles": ThrottlesJson of the
+// host's own (Host stanza)}]}], "throttles": ThrottlesJson of the global and the domain's own, "bindings": BindingsJson per domain}. Hosts in
 // StableOrder. `items`: the domain's route items (Config::ForDomain(domain).routes);
 // `have_dns`: whether names were looked up at all.
 nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>& items,
@@ -78,7 +78,7 @@ std::string HostStateName(const HostState& h, int64_t now_nanos);
 // "seconds_since_failure" (-1: never), "retry_in_s" (0 unless failed), "connections":
 // {outcome: count}, "cluster_active" (the fleet's count from `fleet`'s cache for a host with
 // a Host limit, -1 unknown; null without `fleet` or limit), "bindings": BindingsJson per
-// host}. At most `max_hosts` entries, the busiest first (the admin endpoint passes its
+// host, "throttles": ThrottlesJson of its Host stanza's rate throttles}. At most `max_hosts` entries, the busiest first (the admin endpoint passes its
 // max_host_series; mxsched_hosts in /metrics gives the total).
 nlohmann::json HostsJson(Selector& selector, int64_t now_nanos, size_t max_hosts = SIZE_MAX,
                          const io::FleetView* fleet = nullptr);

@@ -1448,6 +1448,7 @@ DomainView SelectorImpl::DescribeEntry(const DomainEntry* e, const RouteSnapshot
         vh.group_active = g->active();
       }
       if (!all.empty()) BindingsAt(all, *c, *h, now, &vh.bindings);
+      vh.throttles = ThrottlesAt(*h);
       vt.hosts.push_back(std::move(vh));
     }
     v.tiers.push_back(std::move(vt));
@@ -1544,6 +1545,21 @@ int32_t Selector::parked_on(const HostState& host) const { return impl_->parked_
 Lease Selector::Unpark(ParkedConnection* conn) { return impl_->Unpark(conn); }
 
 
+std::vector<ThrottleView> SelectorImpl::ThrottlesAt(const HostState& h) const {
+  epoch::EpochGuard guard;
+  std::vector<ThrottleView> out;
+  const ThrottleSet* set = throttles_.load(std::memory_order_acquire);
+  if (set == nullptr) return out;
+  std::vector<const RateThrottle*> ts;
+  const std::string_view name = h.name() == h.endpoint().address.ToString()
+                                    ? std::string_view()
+                                    : std::string_view(h.name());
+  set->ForHost(h.endpoint().address, name, &ts);
+  const int64_t now = clock_->NowNanos();
+  for (const RateThrottle* t : ts) out.push_back(ViewOf(*t, now));
+  return out;
+}
+
 std::vector<ThrottleView> SelectorImpl::Throttles() const {
   epoch::EpochGuard guard;
   std::vector<ThrottleView> out;
@@ -1589,6 +1605,9 @@ size_t Selector::EvictIdleHosts() { return impl_->EvictIdleHosts(); }
 size_t Selector::DomainMemoryBytes() const { return impl_->DomainMemoryBytes(); }
 int64_t Selector::server_active() const { return impl_->server_active(); }
 std::vector<ThrottleView> Selector::Throttles() const { return impl_->Throttles(); }
+std::vector<ThrottleView> Selector::ThrottlesAt(const HostState& host) const {
+  return impl_->ThrottlesAt(host);
+}
 HostRegistry& Selector::registry() { return impl_->registry(); }
 BindingRegistry& Selector::bindings() { return impl_->bindings(); }
 std::vector<std::vector<BindingView>> Selector::DescribeBindings(

@@ -310,6 +310,14 @@ void ThrottleSet::ForDomain(std::string_view domain, std::vector<const RateThrot
   if (const Pair* p = domains_.Find(domain, HashDomain(domain))) add(*p);
 }
 
+void ThrottleSet::ForHost(const IpAddress& address, std::string_view host_name,
+                          std::vector<const RateThrottle*>* out) const {
+  if (const Pair* p = hosts_.Find(address, host_name)) {
+    if (p->connections) out->push_back(p->connections);
+    if (p->messages) out->push_back(p->messages);
+  }
+}
+
 void ThrottleSet::DomainPairs::Insert(const std::string& name, Pair p) {
   by_hash[HashDomain(name)].emplace_back(name, p);
 }

@@ -132,6 +132,9 @@ class ThrottleSet {
   const std::vector<std::unique_ptr<RateThrottle>>& all() const { return all_; }
   // The throttles whose scope is `domain` (its Domain stanza), for /domains/NAME.
   void ForDomain(std::string_view domain, std::vector<const RateThrottle*>* out) const;
+  // The throttles whose scope is this host (its Host stanza, by address, else by name).
+  void ForHost(const IpAddress& address, std::string_view host_name,
+               std::vector<const RateThrottle*>* out) const;
 
  private:
   struct Pair {

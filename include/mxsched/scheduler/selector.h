@@ -282,6 +282,10 @@ struct DomainView {
     // Binding::Host limit names it, in configuration order (DescribeBindings).
     std::vector<BindingView> bindings;
     int32_t parked = 0;  // of `active`: connections parked for reuse (docs/DESIGN.md §13)
+    // The Host scope's rate throttles of this host (docs/DESIGN.md §12: a Host stanza's
+    // outbound_throttle_*, by address or MX name); the global and Domain ones are the
+    // domain's `throttles`.
+    std::vector<ThrottleView> throttles;
   };
   struct Tier {
     uint32_t tier;
@@ -412,6 +416,9 @@ class Selector {
   int32_t parked_on(const HostState& host) const;
   // Every rate throttle of the configuration, in a stable order (DESIGN §12).
   std::vector<ThrottleView> Throttles() const;
+  // The Host scope's throttles of `host` (its Host stanza's, by address or name; none
+  // without one), for per-host views (/hosts, route).
+  std::vector<ThrottleView> ThrottlesAt(const HostState& host) const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).
   HostRegistry& registry();
   // The bindings (opaque outside the library; the load report and admin read them).
