@@ -63,7 +63,8 @@ bool IsLocalError(int err) {
 //   kWaitingDns, kWaitingSlot, kWaitingCluster
 //                   -> kAcquiring  (woken, its timer, new routes, or Stop)
 //   kWaitingThrottle -> kClusterAcquire | kConnecting | kDone (its timer; Stop removes it)
-//   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
+//   kClusterAcquire -> kWaitingCluster | kWaitingThrottle (the fleet's rate, DESIGN §12
+//                      rule 10) | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
 //   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
@@ -124,8 +125,8 @@ constexpr bool LegalTransition(Phase from, Phase to) {
     case Phase::kWaitingCluster:
       return to == Phase::kAcquiring;
     case Phase::kClusterAcquire:
-      return to == Phase::kWaitingCluster || to == Phase::kConnecting ||
-             to == Phase::kAcquiring || to == Phase::kDone;
+      return to == Phase::kWaitingCluster || to == Phase::kWaitingThrottle ||
+             to == Phase::kConnecting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kConnecting:
       return to == Phase::kGreeting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kGreeting:
@@ -471,12 +472,15 @@ struct Connector::Session {
   void TakeFleetSlot() {
     const int32_t domain_limit =
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
-    if (!cluster.Plan(lease, domain, domain_limit)) return Open();
+    // The connection throttles are fleet-wide too (DESIGN §12 rule 10): taken in the same ask.
+    if (!cluster.Plan(lease, domain, domain_limit, connector->selector_->ConnectionThrottles(lease))) {
+      return Open();
+    }
     Enter(Phase::kClusterAcquire);
     // The verdict may come before Ask returns, and end the session: one count for the
     // verdict, one holding the session until Ask has returned.
     pending += 2;
-    cluster.Ask(MayWait(), [this](FleetClient::Result res) {
+    cluster.Ask(MayWait(), ThrottleBudget(), [this](FleetClient::Result res) {
       --pending;
       OnClusterVerdict(std::move(res));
     });
@@ -490,6 +494,10 @@ struct Connector::Session {
       cluster_lease = std::move(d.lease);
       if (phase == Phase::kDone) return CloseAttempt(), MaybeDelete();
       if (cancelled) return CloseAttempt(), FinishStopped();
+      if (d.start_in_nanos > 0) {  // the fleet's rate reserved a later instant: both slots held
+        fleet_throttle_granted = true;
+        return WaitForThrottle(d.start_in_nanos);
+      }
       return Open();
     }
     lease.Release();  // the local slot is no use without the fleet's
@@ -558,6 +566,7 @@ struct Connector::Session {
     throttle_waited += SteadyClock::now() - throttle_wait_since;
     if (phase == Phase::kDone) return MaybeDelete();
     if (cancelled || connector->stopped_) return FinishStopped();
+    if (std::exchange(fleet_throttle_granted, false)) return Open();  // the fleet's instant
     Proceed();
   }
 
@@ -739,6 +748,9 @@ struct Connector::Session {
   // Rate throttle waits (statistics).
   SteadyClock::time_point throttle_wait_since;
   Nanos throttle_waited{0};
+  // The throttle wait under way is the fleet's (DESIGN §12 rule 10): the fleet slot is held,
+  // its timer leads to the connect.
+  bool fleet_throttle_granted = false;
 
   // What the ring and the selector point into: stable while the session lives.
   Waiter waiter{this};
