@@ -642,6 +642,19 @@ TEST_F(ClusterLimitsTest, FleetThrottleReservesSpacedInstantsAllOrNoneWithTheKey
   a.leases.clear();
   b.leases.clear();
   f1->lease.Release();
+  // An ask of throttles alone (no limited key) from a worker new to a new store waits out
+  // the warm-up (DESIGN §7 rule 4b): past its wait it is refused saying so, never retried.
+  redis_->Query({"DEL", StrCat("{t", getpid(), "}:epoch")});
+  Worker c(o);
+  loops.push_back(c.loop.get());
+  auto w1 = AcquireRate(c, {}, {t}, 100'000'000, loops);
+  ASSERT_TRUE(w1);
+  EXPECT_EQ(w1->verdict, ClusterClient::Verdict::kFull);
+  EXPECT_EQ(w1->full_mask, 0u);
+  EXPECT_NE(w1->unavailable.find("warm-up"), std::string::npos) << w1->unavailable;
+  auto w2 = AcquireRate(c, {}, {t}, 5 * second, loops);
+  ASSERT_TRUE(w2 && w2->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_GE(w2->start_in_nanos, 500'000'000);
 }
 
 // DESIGN §12 rule 10, Redis away in share mode: each worker starts at its share of the rate

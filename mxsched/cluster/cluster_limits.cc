@@ -49,7 +49,8 @@ int64_t EpochBorn(const std::string& epoch) {
 // next instants and that earliest — all of them move on by their spacing — unless that
 // is more than the wait away: then nothing at all is taken. The reply carries, after
 // warm_left_ms, the wait in µs (granted: until the reserved instant; refused: what it would
-// have been) and the 1-based throttle that decided it (0: none).
+// have been) and the 1-based throttle that decided it (0: none — the warm-up did, when the
+// ask has no lease key).
 // The epoch key ("BORN_MS:CREATOR") is created when missing — Redis restarted, flushed, or
 // the fleet's first start — and for warmup_ms after BORN_MS (the warm-up) nothing is granted
 // to a caller that does not vouch for this epoch: the survivors of the old store re-register
@@ -100,12 +101,14 @@ local wait_us, blocking = 0, 0
 if mask == 0 and T > 0 then
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local at = now_us + tonumber(ARGV[#ARGV - 2])
+  -- No lease key (else warming made them full): the start waits out the warm-up.
+  if warming then at = math.max(at, now_us + warm_left * 1000) end
   for j = 1, T do
     local v = tonumber(redis.call('GET', KEYS[3*n + j]) or 0) or 0
     if v > at then at, blocking = v, j end
   end
   wait_us = at - now_us
-  if wait_us > tonumber(ARGV[#ARGV - 1]) and blocking > 0 then
+  if wait_us > tonumber(ARGV[#ARGV - 1]) then
     return {0, 0, clients, ep, warm_left, wait_us, blocking, unpack(counts)}
   end
   for j = 1, T do

@@ -83,6 +83,13 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
         "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
     return d;
   }
+  if (res.full_mask == 0) {
+    // Refused with no key full (an ask of throttles alone during the warm-up, or this
+    // worker's share of none): no queue to join, nothing another host would change.
+    d.reason = StrCat("451 4.4.3 cluster limits unavailable: ",
+                      res.unavailable.empty() ? std::string("refused") : res.unavailable);
+    return d;
+  }
   // The first full key names the verdict (the host's before the provider's).
   bool host_full = false, domain_full = false;
   std::string where;
