@@ -49,8 +49,9 @@ int64_t EpochBorn(const std::string& epoch) {
 // next instants and that earliest — all of them move on by their spacing — unless that
 // is more than the wait away: then nothing at all is taken. The reply carries, after
 // warm_left_ms, the wait in µs (granted: until the reserved instant; refused: what it would
-// have been) and the 1-based throttle that decided it (0: none — the warm-up did, when the
-// ask has no lease key).
+// have been), the 1-based throttle that decided it (0: none — the warm-up did, when the
+// ask has no lease key) and the Redis clock in µs (the client maps the instant to its own
+// clock by the least-delayed answer it has seen: ClusterClient::ToSteady).
 // The epoch key ("BORN_MS:CREATOR") is created when missing — Redis restarted, flushed, or
 // the fleet's first start — and for warmup_ms after BORN_MS (the warm-up) nothing is granted
 // to a caller that does not vouch for this epoch: the survivors of the old store re-register
@@ -98,8 +99,8 @@ for i = 1, n do
 end
 -- >>> fleet throttles: one start on each, all or none with the leases
 local wait_us, blocking = 0, 0
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if mask == 0 and T > 0 then
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local at = now_us + tonumber(ARGV[#ARGV - 2])
   -- No lease key (else warming made them full): the start waits out the warm-up.
   if warming then at = math.max(at, now_us + warm_left * 1000) end
@@ -109,7 +110,7 @@ if mask == 0 and T > 0 then
   end
   wait_us = at - now_us
   if wait_us > tonumber(ARGV[#ARGV - 1]) then
-    return {0, 0, clients, ep, warm_left, wait_us, blocking, unpack(counts)}
+    return {0, 0, clients, ep, warm_left, wait_us, blocking, now_us, unpack(counts)}
   end
   for j = 1, T do
     local nxt = at + tonumber(ARGV[8 + n + j])
@@ -128,7 +129,7 @@ if mask == 0 then
     end
     counts[i] = counts[i] + 1
   end
-  return {1, 0, clients, ep, warm_left, wait_us, blocking, unpack(counts)}
+  return {1, 0, clients, ep, warm_left, wait_us, blocking, now_us, unpack(counts)}
 end
 for i = 1, n do
   if queued[i] and not full[i] then
@@ -162,7 +163,7 @@ if ARGV[3] == '1' then
     end
   end
 end
-return {0, mask, clients, ep, warm_left, 0, 0, unpack(counts)}
+return {0, mask, clients, ep, warm_left, 0, 0, now_us, unpack(counts)}
 )lua";
 
 // KEYS: triples as above. ARGV: id, channel prefix, then one limit per key. Drops `id`'s
@@ -507,6 +508,8 @@ FleetStatus ClusterLimits::Status() const {
   f.waits = get(stats_.waits);
   f.wakeups = get(stats_.wakeups);
   f.discoveries = get(stats_.discoveries);
+  f.throttle_waits = get(stats_.throttle_waits);
+  f.throttled = get(stats_.throttled);
   for (size_t i = 0; i < f.latency_buckets.size(); ++i) {
     f.latency_buckets[i] = stats_.latency[i].load(std::memory_order_relaxed);
   }
@@ -818,13 +821,21 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
        [this, id, keys, rate = std::move(rate), waiter, reserved,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
-                                              r->elements.size() < 7 + keys.size()) {
+                                              r->elements.size() < 8 + keys.size()) {
            if (reserved) limits_->RemoveHeld(keys);
            OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
            return DecideLocally(id, std::move(keys), std::move(rate), waiter, std::move(done));
          }
-         // The rate part: the wait until the reserved instant, or the refusal's.
-         const int64_t rate_wait = std::max<int64_t>(r->elements[5].integer * 1000, rate.local_start_in);
+         // The rate part: the wait until the reserved instant (on this process's clock, so an
+         // answer read late does not start late), or the refusal's.
+         const int64_t redis_now_us = r->elements[7].integer;
+         const int64_t steady_now = SteadyNowNanos();
+         NoteClock(steady_now, redis_now_us);
+         const int64_t rate_wait =
+             r->elements[5].integer == 0
+                 ? rate.local_start_in
+                 : std::max(rate.local_start_in,
+                            ToSteady(redis_now_us + r->elements[5].integer) - steady_now);
          const int64_t blocking = r->elements[6].integer;
          const int64_t mask = r->elements[1].integer;
          limits_->NoteClients(r->elements[2].integer);
@@ -900,6 +911,26 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
          }
          done(std::move(res));
        });
+}
+
+// The Redis clock (`TIME`, µs of the wall clock) on this process's steady clock: an answer
+// read at steady `recv` says Redis's clock read `redis_us` at most recv - redis_us ago
+// (offset plus that answer's delay). The least of these over the last one to two seconds
+// is the offset plus the least delay seen: an instant mapped with it is never early, and
+// late only by that least delay — not by how late this answer was read. Buckets of 1 s
+// keep a wall-clock step from lasting past 2 s.
+void ClusterClient::NoteClock(int64_t recv, int64_t redis_us) {
+  const int64_t sample = recv - redis_us * 1000;
+  if (recv - clock_bucket_start_ >= 1'000'000'000) {
+    clock_prev_ = clock_cur_;
+    clock_cur_ = INT64_MAX;
+    clock_bucket_start_ = recv;
+  }
+  clock_cur_ = std::min(clock_cur_, sample);
+}
+
+int64_t ClusterClient::ToSteady(int64_t redis_us) const {
+  return redis_us * 1000 + std::min(clock_cur_, clock_prev_);
 }
 
 void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey> keys,

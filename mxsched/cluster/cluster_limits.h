@@ -339,6 +339,10 @@ class ClusterClient final : public FleetClient {
   void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, RateAsk rate,
                      ClusterWaiter* waiter, Done done);
   void Wake(const std::string& id, bool by_publish);
+  // The Redis clock mapped onto the steady clock (DESIGN §12 rule 10), from the answers'
+  // clock readings: NoteClock with each, ToSteady an instant (µs of Redis's clock).
+  void NoteClock(int64_t recv_steady_nanos, int64_t redis_us);
+  int64_t ToSteady(int64_t redis_us) const;
   void EndWait(WaitRec& w);
   void SendRelease(const std::string& id, const std::vector<ClusterKey>& keys);
   void Refresh();
@@ -360,6 +364,9 @@ class ClusterClient final : public FleetClient {
   int64_t next_refresh_ = 0;
   int64_t next_probe_ = 0;
   uint64_t seen_epoch_ = 0;
+  int64_t clock_cur_ = INT64_MAX;  // NoteClock: the least sample this bucket, the last
+  int64_t clock_prev_ = INT64_MAX;
+  int64_t clock_bucket_start_ = 0;
   int64_t discoveries_seen_ = 0;  // cmd_.discoveries() counted into the stats
   bool worker_ = true;
   bool refresh_in_flight_ = false;

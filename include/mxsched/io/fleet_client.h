@@ -149,6 +149,10 @@ struct FleetStatus {
   int64_t waits = 0;          // sessions that waited at a fleet limit
   int64_t wakeups = 0;        // waits ended by a release's publish
   int64_t discoveries = 0;    // masters found through Sentinel (redis-sentinel://)
+  // Fleet rate throttles (docs/DESIGN.md §12 rule 10): starts granted at a later instant,
+  // and asks refused because a throttle's instant was beyond the session's wait.
+  int64_t throttle_waits = 0;
+  int64_t throttled = 0;
   // Round trips of answered commands (non-cumulative, kFleetLatencyBoundsNanos).
   std::array<uint64_t, kFleetLatencyBoundsNanos.size() + 1> latency_buckets{};
   int64_t latency_sum_nanos = 0;
