@@ -38,7 +38,7 @@ start_redis() {
 start_farm() {  # a fresh farm (its accept-rate peaks from zero) for each scenario
   rm -f "$work/farm.json"
   "$bin" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 150 \
-    --rate-window-ms 1000 2>"$work/farm.err" &
+    --rate-window-ms 1000 --rate-window-ms 5000 2>"$work/farm.err" &
   farm_pid=$!
   pids+=($farm_pid)
   wait_for 'grep -q listening "$work/farm.err"'
@@ -75,12 +75,14 @@ r = {f[:-5]: json.load(open(os.path.join(work, f))) for f in os.listdir(work)
      if f.endswith(".json") and f != "farm.json"}
 s = json.load(open(os.path.join(work, "farm.json")))
 rate = s["accept_rate_peaks"]["1000"]
+rate5 = s["accept_rate_peaks"]["5000"]
 ok = eval(expr)
 print(("ok: " if ok else "NOT: ") + expr)
 if not ok:
     print({k: {x: v.get(x) for x in ("connected", "deferred", "failed", "not_started", "elapsed_s", "cluster")}
            for k, v in r.items()})
-    print("farm: 1 s peak", rate, "total", s["total"])
+    print("farm: 1 s peak", rate, "5 s peak", rate5, "total", s["total"])
+    print("load average:", open("/proc/loadavg").read().strip(), "(on", os.cpu_count(), "CPUs)")
     sys.exit(1)
 PY
 }
@@ -89,7 +91,8 @@ report() {  # the numbers, for the log
 import json, os, sys
 work = sys.argv[1]
 s = json.load(open(os.path.join(work, "farm.json")))
-print("farm: accepted", s["total"], "| most in any 1 s:", s["accept_rate_peaks"]["1000"])
+print("farm: accepted", s["total"], "| most in any 1 s:", s["accept_rate_peaks"]["1000"],
+      "| in any 5 s:", s["accept_rate_peaks"]["5000"], "| load average", open("/proc/loadavg").read().split()[0])
 for f in sorted(os.listdir(work)):
     if f.endswith(".json") and f != "farm.json":
         r = json.load(open(os.path.join(work, f)))
@@ -116,6 +119,11 @@ report
 echo "elapsed: $(echo "$t1 - $t0" | bc) s"
 check 'all(r[w]["connected"] == 60 for w in ("w1", "w2"))'
 check 's["total"] == 120'
+# The fleet's rate over 5 s (per process it would be 120 in ~3 s), then the strict promise:
+# at most 20 in any second as the receiver counts. (Accept times jitter with the machine's
+# load: with a load average of 8 on 2 CPUs the per-process ConnectorThrottleTest counts 23-25
+# and this 21-22; idle, both count 20.)
+check 'rate5 <= 100'
 check 'rate <= 20'
 # The fleet's rate, not each process's: 120 starts spaced 51 ms take 6.1 s (the first at
 # once); the processes' own start-up is not in it. Per process they would take ~3 s.
@@ -165,5 +173,6 @@ check 'all(r[w]["failed"] == 0 for w in ("k1", "k2"))'
 check 'sum(r[w]["connected"] for w in ("k1", "k2")) == s["total"]'
 check 'all(r[w]["cluster"]["local_leases"] >= 30 for w in ("k1", "k2"))'
 check 'all(r[w]["cluster"]["mode_switches"] == 2 for w in ("k1", "k2"))'
+check 'rate5 <= 100'
 check 'rate <= 20'
 echo "cluster_throttle_test: all checks passed"
