@@ -8,6 +8,10 @@
 #       the fleet's time (120 at 20/s, ~6 s — per process it would be ~3 s), and the
 #       throttle costs no Redis command: at most 2 per session (acquire, release) besides
 #       the heartbeats and script loads
+#   no_wait_deferred_by_the_fleet
+#       one worker keeps the fleet's 20/s busy; another that may not wait (--wait-ms 0) finds
+#       its own process's throttle free but the fleet's next instant ahead: deferred at once,
+#       "451 4.4.5 connection rate limit for global: 20/1 s", counted as a fleet refusal
 #   redis_killed_mid_run
 #       SIGKILL Redis under both (share mode): each goes on at its share (10/s), the farm
 #       never counts more than 20 in any second; Redis restarted, both rejoin; every session
@@ -136,6 +140,21 @@ check 'all(r[w]["cluster"]["redis_commands"] <= 2 * 60 + r[w]["cluster"]["refres
 # Memory follows the live set: the throttle key expires a second after its last instant.
 wait_for '[ "$(rcli exists "{$name}:t:c:global")" = 0 ]'
 rm -f "$work"/w?.json
+
+echo "== no_wait_deferred_by_the_fleet"
+start_farm
+load busy --sessions 1000000 --concurrency 4 --hold-ms 10 --max-seconds 60; bp=$last
+wait_for '[ "$(rcli exists "{$name}:t:c:global")" = 1 ]'
+load nowait --sessions 20 --concurrency 1 --hold-ms 10 --wait-ms 0; np=$last
+wait "$np" || fail "nowait exited non-zero"
+kill -TERM "$(child_of "$bp")"; wait "$bp"
+stop_farm
+check 'r["nowait"]["deferrals"].get("rate_limited", 0) > 0'
+check 'r["nowait"]["examples"]["rate_limited"] == "451 4.4.5 connection rate limit for global: 20/1 s"'
+check 'r["nowait"]["cluster"]["throttled"] == r["nowait"]["deferrals"]["rate_limited"]'
+check 'r["nowait"]["connected"] + r["nowait"]["deferred"] == 20'
+check 'rate <= 20'
+rm -f "$work"/busy.json "$work"/nowait.json
 
 echo "== redis_killed_mid_run"
 start_farm
