@@ -693,6 +693,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     c.warmup_refusals = st.warmup_refusals.load();
     c.throttle_waits = st.throttle_waits.load();
     c.throttled = st.throttled.load();
+    c.throttle_asks = st.throttle_asks.load();
     c.commands = st.commands.load();
     c.live_workers = options.cluster->live_workers();
     c.mode = options.cluster->degraded()
@@ -737,6 +738,7 @@ std::string LoadReport::ToJson() const {
                     {"warmup_refusals", c.warmup_refusals},
                     {"throttle_waits", c.throttle_waits},
                     {"throttled", c.throttled},
+                    {"throttle_asks", c.throttle_asks},
                     {"redis_commands", c.commands},
                     {"live_workers", c.live_workers},
                     {"mode", c.mode}};
@@ -856,7 +858,7 @@ std::string LoadReport::ToText() const {
                 "Redis errors ", c.redis_errors, " (NOSCRIPT ", c.noscript, "), mode switches ",
                 c.mode_switches, ", Redis commands ", c.commands, ", live workers ", c.live_workers,
                 ", mode ", c.mode, ", fleet throttle waits ", c.throttle_waits, " (", c.throttled,
-                " refused)\n");
+                " refused, ", c.throttle_asks, " asks of throttles alone)\n");
   }
   return s;
 }

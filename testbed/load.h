@@ -189,7 +189,7 @@ struct LoadReport {
             live_workers = 0, store_resets = 0, warmup_refusals = 0;
     // Fleet rate throttles (DESIGN §12 rule 10): starts granted at a later instant, and
     // asks refused (the instant beyond the session's wait).
-    int64_t throttle_waits = 0, throttled = 0;
+    int64_t throttle_waits = 0, throttled = 0, throttle_asks = 0;
     std::string mode;  // "normal" or the failure mode in force at the end
   };
   std::optional<Cluster> cluster;

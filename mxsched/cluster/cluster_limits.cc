@@ -772,6 +772,9 @@ void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
                             ClusterWaiter* waiter, Done done) {
   if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
   RateAsk rate{std::move(throttles), std::max<int64_t>(0, throttle_wait_nanos), 0};
+  if (keys.empty() && !rate.throttles.empty()) {
+    limits_->stats().throttle_asks.fetch_add(1, std::memory_order_relaxed);
+  }
   if (limits_->degraded()) {
     return DecideLocally(id, std::move(keys), std::move(rate), waiter, std::move(done));
   }

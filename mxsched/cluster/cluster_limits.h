@@ -210,6 +210,9 @@ class ClusterLimits final : public FleetView {
     std::atomic<int64_t> discoveries{0};      // masters found through Sentinel
     std::atomic<int64_t> throttle_waits{0};   // starts granted at a later instant (rate)
     std::atomic<int64_t> throttled{0};        // asks refused by a rate throttle
+    // Asks of throttles alone: a start retimed after its process was held up past its
+    // instant, or a start with no limited key.
+    std::atomic<int64_t> throttle_asks{0};
     std::array<std::atomic<uint64_t>, kFleetLatencyBoundsNanos.size() + 1> latency{};
     std::atomic<int64_t> latency_sum_nanos{0};
   };

@@ -59,6 +59,20 @@ void ClusterStep::Ask(bool may_wait, int64_t throttle_wait_nanos, FleetClient::D
                   queued_ ? &waiter_ : nullptr, std::move(done));
 }
 
+void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done) {
+  queued_ = false;
+  fleet_->Acquire(id_, {}, throttles_, throttle_wait_nanos, nullptr, std::move(done));
+}
+
+int64_t ClusterStep::LateStartLimitNanos() const {
+  int64_t limit = INT64_MAX;
+  for (const ClusterThrottle& t : throttles_) {
+    // interval = S/N·1.02: 1% of S is interval·N/102.
+    limit = std::min(limit, t.interval_us * 1000 * t.count / 102);
+  }
+  return limit;
+}
+
 ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
                                          std::string_view domain) {
   using V = FleetClient::Verdict;

@@ -70,6 +70,14 @@ class ClusterStep {
   // `done` runs once, on the loop thread, possibly before Ask returns.
   void Ask(bool may_wait, int64_t throttle_wait_nanos, FleetClient::Done done);
 
+  // Asks the planned throttles alone again (the fleet slots already held): a new instant for
+  // a start whose instant passed while the process was held up (DESIGN §12 rule 10). Judge
+  // the verdict as an Ask's (kOpen: `start_in_nanos`; its lease holds nothing).
+  void AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done);
+  // How late a fleet throttle's start may go before it takes a new instant instead: 1% of
+  // the shortest window S among the planned throttles (half of rule 1's 2% margin).
+  int64_t LateStartLimitNanos() const;
+
   // What to do with the verdict on the last Ask. `may_wait` is as of now: the session's
   // slot wait may have run out while the ask was out. `domain` names it in a reason.
   Decision Judge(FleetClient::Result res, bool may_wait, std::string_view domain);

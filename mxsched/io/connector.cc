@@ -557,6 +557,7 @@ struct Connector::Session {
     // The wait counts against the slot_wait_ms budget (ThrottleBudget admitted it).
     if (slot_timer == Timer::kIdle && MayWait()) ArmSlotTimer();
     throttle_wait_since = SteadyClock::now();
+    throttle_delay = delay;
     throttle_ts = ToTimespec(Nanos(delay));
     io_uring_prep_timeout(Submit(&throttle_timer_done), &throttle_ts, 0, 0);
   }
@@ -566,8 +567,43 @@ struct Connector::Session {
     throttle_waited += SteadyClock::now() - throttle_wait_since;
     if (phase == Phase::kDone) return MaybeDelete();
     if (cancelled || connector->stopped_) return FinishStopped();
-    if (std::exchange(fleet_throttle_granted, false)) return Open();  // the fleet's instant
+    if (std::exchange(fleet_throttle_granted, false)) {
+      // The fleet's instant (DESIGN §12 rule 10) — unless this process was held up past it
+      // (a stall fires every timer due at once): starting now would put this start next to
+      // the fleet's later ones, so it takes a new instant instead (one more ask).
+      const auto late = SteadyClock::now() - throttle_wait_since - Nanos(throttle_delay);
+      if (late > Nanos(cluster.LateStartLimitNanos())) return RetimeFleetStart();
+      return Open();
+    }
     Proceed();
+  }
+
+  // A new instant on the fleet's throttles for the start whose instant passed while this
+  // process was held up; the fleet slots stay held.
+  void RetimeFleetStart() {
+    Enter(Phase::kClusterAcquire);
+    pending += 2;  // as in TakeFleetSlot
+    cluster.AskThrottles(ThrottleBudget(), [this](FleetClient::Result res) {
+      --pending;
+      ClusterStep::Decision d = cluster.Judge(std::move(res), MayWait(), domain);
+      if (phase == Phase::kDone) return MaybeDelete();
+      if (cancelled) return CloseAttempt(), FinishStopped();
+      if (d.next == ClusterStep::Next::kOpen) {
+        if (d.start_in_nanos > 0) {
+          fleet_throttle_granted = true;
+          return WaitForThrottle(d.start_in_nanos);
+        }
+        return Open();
+      }
+      CloseAttempt();  // both slots go back
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = d.defer_reason;
+      r.reason = std::move(d.reason);
+      return Finish(std::move(r));
+    });
+    --pending;
+    MaybeDelete();
   }
 
   // --- docs/DESIGN.md §1 rule 8: wait for a slot ------------------------------------------
@@ -751,6 +787,7 @@ struct Connector::Session {
   // The throttle wait under way is the fleet's (DESIGN §12 rule 10): the fleet slot is held,
   // its timer leads to the connect.
   bool fleet_throttle_granted = false;
+  int64_t throttle_delay = 0;  // the throttle wait under way, as armed
 
   // What the ring and the selector point into: stable while the session lives.
   Waiter waiter{this};
