@@ -691,6 +691,9 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     c.mode_switches = st.mode_switches.load();
     c.store_resets = st.store_resets.load();
     c.warmup_refusals = st.warmup_refusals.load();
+    c.throttle_waits = st.throttle_waits.load();
+    c.throttled = st.throttled.load();
+    c.throttle_asks = st.throttle_asks.load();
     c.commands = st.commands.load();
     c.live_workers = options.cluster->live_workers();
     c.mode = options.cluster->degraded()
@@ -733,6 +736,9 @@ std::string LoadReport::ToJson() const {
                     {"mode_switches", c.mode_switches},
                     {"store_resets", c.store_resets},
                     {"warmup_refusals", c.warmup_refusals},
+                    {"throttle_waits", c.throttle_waits},
+                    {"throttled", c.throttled},
+                    {"throttle_asks", c.throttle_asks},
                     {"redis_commands", c.commands},
                     {"live_workers", c.live_workers},
                     {"mode", c.mode}};
@@ -851,7 +857,8 @@ std::string LoadReport::ToText() const {
                 "refreshes ", c.refreshes, " (", c.reregistered, " leases re-registered), ",
                 "Redis errors ", c.redis_errors, " (NOSCRIPT ", c.noscript, "), mode switches ",
                 c.mode_switches, ", Redis commands ", c.commands, ", live workers ", c.live_workers,
-                ", mode ", c.mode, "\n");
+                ", mode ", c.mode, ", fleet throttle waits ", c.throttle_waits, " (", c.throttled,
+                " refused, ", c.throttle_asks, " asks of throttles alone)\n");
   }
   return s;
 }

@@ -187,6 +187,9 @@ struct LoadReport {
     int64_t leases = 0, local_leases = 0, waits = 0, wait_ms = 0, wakeups = 0, refreshes = 0,
             reregistered = 0, redis_errors = 0, noscript = 0, mode_switches = 0, commands = 0,
             live_workers = 0, store_resets = 0, warmup_refusals = 0;
+    // Fleet rate throttles (DESIGN §12 rule 10): starts granted at a later instant, and
+    // asks refused (the instant beyond the session's wait).
+    int64_t throttle_waits = 0, throttled = 0, throttle_asks = 0;
     std::string mode;  // "normal" or the failure mode in force at the end
   };
   std::optional<Cluster> cluster;

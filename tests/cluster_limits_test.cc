@@ -579,6 +579,140 @@ TEST_F(ClusterLimitsTest, FailureModesWhenRedisNeverAnswers) {
   }
 }
 
+// The verdict of one Acquire with fleet throttles (DESIGN §12 rule 10).
+std::optional<ClusterClient::Result> AcquireRate(Worker& w, std::vector<ClusterKey> keys,
+                                                 std::vector<io::ClusterThrottle> throttles,
+                                                 int64_t wait_nanos, const std::vector<Loop*>& loops) {
+  std::optional<ClusterClient::Result> out;
+  w.client->Acquire(w.client->NewId(), std::move(keys), std::move(throttles), wait_nanos, nullptr,
+                    [&](ClusterClient::Result r) { out = std::move(r); });
+  PumpUntil(loops, [&] { return out.has_value(); });
+  return out;
+}
+
+// DESIGN §12 rule 10: a throttle's starts are reserved fleet-wide in the acquire script,
+// spaced S/N + 2% apart by the Redis clock, all or none with the lease keys; beyond the
+// caller's wait nothing is taken; the key expires once its instant has passed.
+TEST_F(ClusterLimitsTest, FleetThrottleReservesSpacedInstantsAllOrNoneWithTheKeys) {
+  ClusterOptions o = Options();
+  Worker a(o), b(o);
+  std::vector<Loop*> loops = {a.loop.get(), b.loop.get()};
+  const std::string tkey = a.limits->ThrottleKey("global");
+  EXPECT_EQ(tkey, StrCat("{t", getpid(), "}:t:c:global"));
+  const ThrottleSpec spec{20, 1};
+  const io::ClusterThrottle t{tkey, spec.interval_nanos() / 1000 + 1, 20};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.9", 25));
+  const int64_t second = 1'000'000'000;
+  // Ten starts from two workers: each instant one spacing after the last, whoever asks —
+  // read from the throttle's key (the next free instant, µs of the Redis clock) and from
+  // the waits handed out (the i-th waits about i spacings: the asks take little time).
+  std::vector<int64_t> next;
+  for (int i = 0; i < 10; ++i) {
+    Worker& w = i % 2 == 0 ? a : b;
+    auto r = AcquireRate(w, {{key, 100}}, {t}, second, loops);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted) << i;
+    EXPECT_LE(r->start_in_nanos, i * t.interval_us * 1000) << i;
+    EXPECT_GE(r->start_in_nanos, i * t.interval_us * 1000 - 100'000'000) << i;
+    next.push_back(std::stoll(redis_->Query({"GET", tkey})));
+    w.leases.push_back(std::move(r->lease));
+  }
+  for (size_t i = 1; i < next.size(); ++i) EXPECT_EQ(next[i] - next[i - 1], t.interval_us) << i;
+  EXPECT_EQ(a.limits->stats().throttle_waits.load() + b.limits->stats().throttle_waits.load(), 9);
+  // Beyond the wait: refused, naming the throttle, nothing taken (the key's instant and the
+  // lease key's count unchanged).
+  const std::string before = redis_->Query({"GET", tkey});
+  auto r = AcquireRate(a, {{key, 100}}, {t}, 100'000'000, loops);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->verdict, ClusterClient::Verdict::kThrottled);
+  EXPECT_EQ(r->throttle, 0);
+  EXPECT_GT(r->start_in_nanos, 100'000'000);
+  EXPECT_EQ(redis_->Query({"GET", tkey}), before);
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "10");
+  // A full key takes no start either.
+  const std::string full = a.limits->HostKey(Ep("127.0.0.10", 25));
+  auto f1 = AcquireRate(a, {{full, 1}}, {}, 0, loops);
+  ASSERT_TRUE(f1 && f1->verdict == ClusterClient::Verdict::kGranted);
+  auto f2 = AcquireRate(b, {{full, 1}}, {t}, second * 10, loops);
+  ASSERT_TRUE(f2 && f2->verdict == ClusterClient::Verdict::kFull);
+  EXPECT_EQ(redis_->Query({"GET", tkey}), before);
+  // The key lives as long as its instant matters, plus a second.
+  const int64_t pttl = std::stoll(redis_->Query({"PTTL", tkey}));
+  EXPECT_GT(pttl, 0);
+  EXPECT_LE(pttl, 1000 + 10 * spec.interval_nanos() / 1'000'000 + 50);
+  a.leases.clear();
+  b.leases.clear();
+  f1->lease.Release();
+  // An ask of throttles alone (no limited key) from a worker new to a new store waits out
+  // the warm-up (DESIGN §7 rule 4b): past its wait it is refused saying so, never retried.
+  redis_->Query({"DEL", StrCat("{t", getpid(), "}:epoch")});
+  Worker c(o);
+  loops.push_back(c.loop.get());
+  auto w1 = AcquireRate(c, {}, {t}, 100'000'000, loops);
+  ASSERT_TRUE(w1);
+  EXPECT_EQ(w1->verdict, ClusterClient::Verdict::kFull);
+  EXPECT_EQ(w1->full_mask, 0u);
+  EXPECT_NE(w1->unavailable.find("warm-up"), std::string::npos) << w1->unavailable;
+  auto w2 = AcquireRate(c, {}, {t}, 5 * second, loops);
+  ASSERT_TRUE(w2 && w2->verdict == ClusterClient::Verdict::kGranted);
+  EXPECT_GE(w2->start_in_nanos, 500'000'000);
+}
+
+// DESIGN §12 rule 10, Redis away in share mode: each worker starts at its share of the rate
+// (N/W: the spacing times the live workers last seen); closed: none; open: the fleet
+// throttles are not applied here (the selector's per-process throttle holds).
+TEST_F(ClusterLimitsTest, FleetThrottleWhileRedisIsAwayFollowsTheFailureMode) {
+  for (auto mode : {io::ClusterFailureMode::kShare, io::ClusterFailureMode::kClosed,
+                    io::ClusterFailureMode::kOpen}) {
+    SCOPED_TRACE(std::string(io::ClusterFailureModeName(mode)));
+    if (!redis_->ok()) redis_->Start();
+    ASSERT_TRUE(redis_->ok());
+    Establish();
+    ClusterOptions o = Options();
+    o.timeout_ms = 300;
+    o.lease_seconds = 3;
+    o.failure_mode = mode;
+    Worker a(o), b(o);
+    std::vector<Loop*> loops = {a.loop.get(), b.loop.get()};
+    ASSERT_TRUE(PumpUntil(loops, [&] { return a.limits->live_workers() == 2; }));
+    const ThrottleSpec spec{20, 1};
+    const io::ClusterThrottle t{a.limits->ThrottleKey("global"), spec.interval_nanos() / 1000 + 1, 20};
+    {  // one start through Redis: Redis has been reached, the worker count is known
+      auto r = AcquireRate(a, {}, {t}, 0, loops);
+      ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    }
+    redis_->Stop(SIGKILL);
+    // The first ask finds Redis gone (or the switch already happened): from then on local.
+    auto first = AcquireRate(a, {}, {t}, 10 * 1'000'000'000LL, loops);
+    ASSERT_TRUE(first);
+    ASSERT_TRUE(a.limits->degraded());
+    int64_t prev = first->start_in_nanos;
+    for (int i = 0; i < 4; ++i) {
+      auto r = AcquireRate(a, {}, {t}, 10 * 1'000'000'000LL, loops);
+      ASSERT_TRUE(r);
+      if (mode == io::ClusterFailureMode::kClosed) {
+        EXPECT_EQ(r->verdict, ClusterClient::Verdict::kClosed);
+        continue;
+      }
+      ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+      if (mode == io::ClusterFailureMode::kShare) {
+        // Two live workers: twice the spacing (10/s here).
+        EXPECT_GE(r->start_in_nanos - prev, 2 * spec.interval_nanos() - 5'000'000) << i;
+        EXPECT_LE(r->start_in_nanos - prev, 2 * spec.interval_nanos() + 5'000'000) << i;
+      } else {
+        EXPECT_EQ(r->start_in_nanos, 0);
+      }
+      prev = r->start_in_nanos;
+    }
+    if (mode == io::ClusterFailureMode::kShare) {
+      // Beyond the wait: refused, naming the throttle.
+      auto r = AcquireRate(a, {}, {t}, 0, loops);
+      ASSERT_TRUE(r);
+      EXPECT_EQ(r->verdict, ClusterClient::Verdict::kThrottled);
+      EXPECT_EQ(r->throttle, 0);
+    }
+  }
+}
+
 TEST_F(ClusterLimitsTest, ShareModeUsesTheWorkerCountLastSeenAndComesBack) {
   ClusterOptions o = Options();
   o.lease_seconds = 3;

@@ -653,6 +653,12 @@ void AddFleetFamilies(const io::FleetView& fleet, std::vector<MetricFamily>& out
       MetricType::Counter, f.waits);
   one("mxsched_cluster_wakeups_total", "Fleet-limit waits ended by a release's publish.",
       MetricType::Counter, f.wakeups);
+  one("mxsched_cluster_throttle_waits_total",
+      "Starts the fleet's connection rate throttles reserved at a later instant.",
+      MetricType::Counter, f.throttle_waits);
+  one("mxsched_cluster_throttle_refusals_total",
+      "Fleet asks refused: a rate throttle's next instant was beyond the session's wait.",
+      MetricType::Counter, f.throttled);
   one("mxsched_cluster_sentinel_discoveries_total",
       "Redis masters found through Sentinel (redis-sentinel://): the first, and each failover.",
       MetricType::Counter, f.discoveries);

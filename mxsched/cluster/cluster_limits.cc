@@ -41,6 +41,17 @@ int64_t EpochBorn(const std::string& epoch) {
 // a place only where the key was full: a queue whose key has room for it now (another key
 // holds it back) it leaves, waking the waiters behind it as a release would — else they
 // would count it ahead of them and a free slot would idle until their re-check (DESIGN §7).
+// Fleet throttles (DESIGN §12 rule 10; the block between the >>> and <<< marks): KEYS
+// after the triples hold T throttle keys (before the epoch and workers keys), each the next
+// free instant in µs of the Redis clock; ARGV ends with their spacings (µs), the earliest
+// the caller may start (µs from now: its own share while rejoining), its throttle wait (µs)
+// and T. When every key has room, the start is reserved at the latest of the throttles'
+// next instants and that earliest — all of them move on by their spacing — unless that
+// is more than the wait away: then nothing at all is taken. The reply carries, after
+// warm_left_ms, the wait in µs (granted: until the reserved instant; refused: what it would
+// have been), the 1-based throttle that decided it (0: none — the warm-up did, when the
+// ask has no lease key) and the Redis clock in µs (the client maps the instant to its own
+// clock by the least-delayed answer it has seen: ClusterClient::ToSteady).
 // The epoch key ("BORN_MS:CREATOR") is created when missing — Redis restarted, flushed, or
 // the fleet's first start — and for warmup_ms after BORN_MS (the warm-up) nothing is granted
 // to a caller that does not vouch for this epoch: the survivors of the old store re-register
@@ -50,7 +61,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
-local n = (#KEYS - 2) / 3
+local T = tonumber(ARGV[#ARGV])  -- fleet throttles (DESIGN §12 rule 10)
+local n = (#KEYS - 2 - T) / 3
 local clients = redis.call('ZCARD', KEYS[#KEYS])
 local ep = redis.call('GET', KEYS[#KEYS - 1])
 if not ep then
@@ -85,6 +97,28 @@ for i = 1, n do
     mask = mask + 2 ^ (i - 1)
   end
 end
+-- >>> fleet throttles: one start on each, all or none with the leases
+local wait_us, blocking = 0, 0
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if mask == 0 and T > 0 then
+  local at = now_us + tonumber(ARGV[#ARGV - 2])
+  -- No lease key (else warming made them full): the start waits out the warm-up.
+  if warming then at = math.max(at, now_us + warm_left * 1000) end
+  for j = 1, T do
+    local v = tonumber(redis.call('GET', KEYS[3*n + j]) or 0) or 0
+    if v > at then at, blocking = v, j end
+  end
+  wait_us = at - now_us
+  if wait_us > tonumber(ARGV[#ARGV - 1]) then
+    return {0, 0, clients, ep, warm_left, wait_us, blocking, now_us, unpack(counts)}
+  end
+  for j = 1, T do
+    local nxt = at + tonumber(ARGV[8 + n + j])
+    redis.call('SET', KEYS[3*n + j], string.format('%d', nxt), 'PX',
+               string.format('%d', math.floor((nxt - now_us) / 1000) + 1000))
+  end
+end
+-- <<< fleet throttles
 if mask == 0 then
   for i = 1, n do
     redis.call('ZADD', KEYS[3*i-2], now + lease_ms, id)
@@ -95,7 +129,7 @@ if mask == 0 then
     end
     counts[i] = counts[i] + 1
   end
-  return {1, 0, clients, ep, warm_left, unpack(counts)}
+  return {1, 0, clients, ep, warm_left, wait_us, blocking, now_us, unpack(counts)}
 end
 for i = 1, n do
   if queued[i] and not full[i] then
@@ -129,7 +163,7 @@ if ARGV[3] == '1' then
     end
   end
 end
-return {0, mask, clients, ep, warm_left, unpack(counts)}
+return {0, mask, clients, ep, warm_left, 0, 0, now_us, unpack(counts)}
 )lua";
 
 // KEYS: triples as above. ARGV: id, channel prefix, then one limit per key. Drops `id`'s
@@ -320,6 +354,12 @@ std::string ClusterLimits::ProviderKey(std::string_view pattern) const {
   return StrCat(tag_, ":p:", ToLower(pattern));
 }
 
+// Scopes are ThrottleRef::scope ("global", "example.com", "host 192.0.2.1", "binding b1 to
+// x.test"): never empty, lower-case names, words separated by single spaces.
+std::string ClusterLimits::ThrottleKey(std::string_view scope) const {
+  return StrCat(tag_, ":t:c:", scope);
+}
+
 std::string ClusterLimits::BindingHostKey(std::string_view binding, const Endpoint& e) const {
   return StrCat(tag_, ":bh:", binding, ":", e.ToString());
 }
@@ -468,6 +508,8 @@ FleetStatus ClusterLimits::Status() const {
   f.waits = get(stats_.waits);
   f.wakeups = get(stats_.wakeups);
   f.discoveries = get(stats_.discoveries);
+  f.throttle_waits = get(stats_.throttle_waits);
+  f.throttled = get(stats_.throttled);
   for (size_t i = 0; i < f.latency_buckets.size(); ++i) {
     f.latency_buckets[i] = stats_.latency[i].load(std::memory_order_relaxed);
   }
@@ -508,7 +550,12 @@ void ClusterLimits::NoteLatency(int64_t nanos) {
   stats_.latency_sum_nanos.fetch_add(nanos, std::memory_order_relaxed);
 }
 
-bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
+bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys,
+                                 const std::vector<ClusterThrottle>& throttles,
+                                 int64_t throttle_wait_nanos, int64_t* start_in_nanos,
+                                 int32_t* throttled) {
+  if (start_in_nanos != nullptr) *start_in_nanos = 0;
+  if (throttled != nullptr) *throttled = -1;
   // Rejoining after `closed`, the same share holds: the others' open connections may not
   // be in Redis yet.
   const bool share = options_.failure_mode == ClusterFailureMode::kShare ||
@@ -537,8 +584,59 @@ bool ClusterLimits::TryTakeLocal(const std::vector<ClusterKey>& keys) {
     }
     if (h.here >= allowed) return false;
   }
+  if (share && !throttles.empty()) {
+    // DESIGN §12 rule 10: this process's share of each rate — the spacing times the keys'
+    // divisor (all / mine); never reached Redis: startup_share starts per window.
+    if (!reached_ && options_.startup_share <= 0) return false;
+    const int64_t now = SteadyNowNanos();
+    int64_t at = now;
+    int32_t blocking = -1;
+    for (size_t j = 0; j < throttles.size(); ++j) {
+      auto it = local_next_.find(throttles[j].key);
+      if (it != local_next_.end() && it->second > at) {
+        at = it->second;
+        blocking = static_cast<int32_t>(j);
+      }
+    }
+    if (at - now > throttle_wait_nanos) {
+      if (throttled != nullptr) *throttled = blocking;
+      return false;
+    }
+    if (local_next_.size() > 4096) absl::erase_if(local_next_, [now](const auto& kv) { return kv.second <= now; });
+    for (const ClusterThrottle& t : throttles) {
+      const double w = reached_ ? ShareSpacing(t, all) : static_cast<double>(t.count) / options_.startup_share;
+      local_next_[t.key] = at + static_cast<int64_t>(static_cast<double>(t.interval_us) * 1000.0 * std::max(1.0, w));
+    }
+    if (start_in_nanos != nullptr) *start_in_nanos = at - now;
+  }
   for (const ClusterKey& k : keys) ++held_[k.key].here;
   return true;
+}
+
+double ClusterLimits::ShareSpacing(const ClusterThrottle& t, int64_t all) const {
+  // N/W starts per window: the spacing times W = all / mine, at most N (one start per
+  // window: the floor, as a key's share is at least 1). Below 8.8e13 ns (S <= 86,400).
+  const int64_t mine = std::max<int64_t>(1, my_clients_.load(std::memory_order_relaxed));
+  if (all <= 0 || all == INT32_MAX) return t.count;
+  return std::clamp(static_cast<double>(all) / static_cast<double>(std::min(mine, all)), 1.0,
+                    static_cast<double>(std::max(1, t.count)));
+}
+
+void ClusterLimits::NoteFleetStart(const std::vector<ClusterThrottle>& throttles,
+                                   int64_t start_nanos) {
+  if (throttles.empty()) return;
+  const int64_t all = live_clients_.load(std::memory_order_relaxed);
+  MutexLock lock(&mu_);
+  for (const ClusterThrottle& t : throttles) {
+    const int64_t next =
+        start_nanos + static_cast<int64_t>(static_cast<double>(t.interval_us) * 1000.0 * ShareSpacing(t, all));
+    int64_t& v = local_next_[t.key];
+    v = std::max(v, next);
+  }
+  if (local_next_.size() > 4096) {
+    const int64_t now = SteadyNowNanos();
+    absl::erase_if(local_next_, [now](const auto& kv) { return kv.second <= now; });
+  }
 }
 
 void ClusterLimits::AddHeld(const std::vector<ClusterKey>& keys) {
@@ -660,21 +758,45 @@ void ClusterClient::OnFailure(const absl::Status& s) {
   limits_->ReportFailure(s);
 }
 
+namespace {
+FleetClient::Result Throttled(int32_t throttle, int64_t wait_nanos) {
+  FleetClient::Result res{FleetClient::Verdict::kThrottled, ClusterLease()};
+  res.throttle = throttle;
+  res.start_in_nanos = wait_nanos;
+  return res;
+}
+}  // namespace
+
 void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
+                            std::vector<ClusterThrottle> throttles, int64_t throttle_wait_nanos,
                             ClusterWaiter* waiter, Done done) {
   if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
-  if (limits_->degraded()) return DecideLocally(id, std::move(keys), waiter, std::move(done));
+  RateAsk rate{std::move(throttles), std::max<int64_t>(0, throttle_wait_nanos), 0};
+  if (keys.empty() && !rate.throttles.empty()) {
+    limits_->stats().throttle_asks.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (limits_->degraded()) {
+    return DecideLocally(id, std::move(keys), std::move(rate), waiter, std::move(done));
+  }
   bool reserved = false;
   if (limits_->rejoining() && limits_->options().failure_mode != ClusterFailureMode::kOpen) {
-    // Redis may not know the others' connections yet: the share holds as well (header).
-    if (!limits_->TryTakeLocal(keys))
+    // Redis may not know the others' connections yet: the share holds as well (header) —
+    // and Redis may not know the others' last starts: so does the rate's share (§12 rule 10).
+    int32_t throttled = -1;
+    if (!limits_->TryTakeLocal(keys, rate.throttles, rate.wait_nanos, &rate.local_start_in,
+                               &throttled)) {
+      if (throttled >= 0) {
+        limits_->stats().throttled.fetch_add(1, std::memory_order_relaxed);
+        return done(Throttled(throttled, rate.wait_nanos + 1));
+      }
       return LocalFull(id, std::move(keys), waiter, std::move(done));
+    }
     reserved = true;
   }
-  Decide(id, std::move(keys), waiter, reserved, std::move(done));
+  Decide(id, std::move(keys), std::move(rate), waiter, reserved, std::move(done));
 }
 
-void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
+void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, RateAsk rate,
                            ClusterWaiter* waiter, bool reserved, Done done) {
   const ClusterOptions& o = limits_->options();
   // Within this process's rejoin share (`reserved`) or vouching for the store, a grant need
@@ -689,17 +811,35 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
                                    limits_->ChannelPrefix()};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
   std::vector<std::string> redis_keys = Triples(keys);
+  // Fleet throttles (DESIGN §12 rule 10; kAcquireLua's >>> block): keys, spacings, the
+  // wait in µs, their number last.
+  for (const ClusterThrottle& t : rate.throttles) redis_keys.push_back(t.key);
+  for (const ClusterThrottle& t : rate.throttles) args.push_back(StrCat(t.interval_us));
+  args.push_back(StrCat(rate.local_start_in / 1000));  // not before (the rejoin's share)
+  args.push_back(StrCat(rate.wait_nanos / 1000));
+  args.push_back(StrCat(rate.throttles.size()));
   redis_keys.push_back(limits_->EpochKey());
   redis_keys.push_back(limits_->WorkersKey());
   Eval(Script{kScripts[kAcquire].body, kAcquire}, std::move(redis_keys), std::move(args),
-       [this, id, keys, waiter, reserved,
+       [this, id, keys, rate = std::move(rate), waiter, reserved,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
-                                              r->elements.size() < 5 + keys.size()) {
+                                              r->elements.size() < 8 + keys.size()) {
            if (reserved) limits_->RemoveHeld(keys);
            OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
-           return DecideLocally(id, std::move(keys), waiter, std::move(done));
+           return DecideLocally(id, std::move(keys), std::move(rate), waiter, std::move(done));
          }
+         // The rate part: the wait until the reserved instant (on this process's clock, so an
+         // answer read late does not start late), or the refusal's.
+         const int64_t redis_now_us = r->elements[7].integer;
+         const int64_t steady_now = SteadyNowNanos();
+         NoteClock(steady_now, redis_now_us);
+         const int64_t rate_wait =
+             r->elements[5].integer == 0
+                 ? rate.local_start_in
+                 : std::max(rate.local_start_in,
+                            ToSteady(redis_now_us + r->elements[5].integer) - steady_now);
+         const int64_t blocking = r->elements[6].integer;
          const int64_t mask = r->elements[1].integer;
          limits_->NoteClients(r->elements[2].integer);
          const int64_t warm_left = r->elements[4].integer;
@@ -719,11 +859,18 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            const uint64_t h = next_handle_++;
            if (!reserved) limits_->AddHeld(keys);
            limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
+           if (rate_wait > 0) limits_->stats().throttle_waits.fetch_add(1, std::memory_order_relaxed);
+           limits_->NoteFleetStart(rate.throttles, SteadyNowNanos() + rate_wait);
            leases_[h] = LeaseRec{id, std::move(keys)};
            Result res{Verdict::kGranted, MakeLease(h)};
+           res.start_in_nanos = rate_wait;
            return done(std::move(res));
          }
          if (reserved) limits_->RemoveHeld(keys);
+         if (mask == 0 && blocking > 0) {  // the keys had room, a throttle's instant is too far
+           limits_->stats().throttled.fetch_add(1, std::memory_order_relaxed);
+           return done(Throttled(static_cast<int32_t>(blocking - 1), rate_wait));
+         }
          Result res{Verdict::kFull, ClusterLease()};
          res.full_mask = static_cast<uint32_t>(mask);
          const bool warming = warm_left > 0 && !reserved;
@@ -769,13 +916,37 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
        });
 }
 
+// The Redis clock (`TIME`, µs of the wall clock) on this process's steady clock: an answer
+// read at steady `recv` says Redis's clock read `redis_us` at most recv - redis_us ago
+// (offset plus that answer's delay). The least of these over the last one to two seconds
+// is the offset plus the least delay seen: an instant mapped with it is never early, and
+// late only by that least delay — not by how late this answer was read. Buckets of 1 s
+// keep a wall-clock step from lasting past 2 s.
+void ClusterClient::NoteClock(int64_t recv, int64_t redis_us) {
+  const int64_t sample = recv - redis_us * 1000;
+  if (recv - clock_bucket_start_ >= 1'000'000'000) {
+    clock_prev_ = clock_cur_;
+    clock_cur_ = INT64_MAX;
+    clock_bucket_start_ = recv;
+  }
+  clock_cur_ = std::min(clock_cur_, sample);
+}
+
+int64_t ClusterClient::ToSteady(int64_t redis_us) const {
+  return redis_us * 1000 + std::min(clock_cur_, clock_prev_);
+}
+
 void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey> keys,
-                                  ClusterWaiter* waiter, Done done) {
+                                  RateAsk rate, ClusterWaiter* waiter, Done done) {
   if (limits_->options().failure_mode == ClusterFailureMode::kClosed) {
     if (waiter != nullptr) Forget(id);
     return done(Result{Verdict::kClosed, ClusterLease()});
   }
-  if (limits_->TryTakeLocal(keys)) {
+  // Share mode: this process's share of each rate too (open: the selector's per-process
+  // throttles alone; DESIGN §12 rule 10).
+  int64_t start_in = 0;
+  int32_t throttled = -1;
+  if (limits_->TryTakeLocal(keys, rate.throttles, rate.wait_nanos, &start_in, &throttled)) {
     auto it = waiting_.find(id);
     if (it != waiting_.end()) {
       EndWait(it->second);
@@ -784,8 +955,15 @@ void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey>
     const uint64_t h = next_handle_++;
     limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
     limits_->stats().local_leases.fetch_add(1, std::memory_order_relaxed);
+    if (start_in > 0) limits_->stats().throttle_waits.fetch_add(1, std::memory_order_relaxed);
     leases_[h] = LeaseRec{id, std::move(keys)};
-    return done(Result{Verdict::kGranted, MakeLease(h)});
+    Result res{Verdict::kGranted, MakeLease(h)};
+    res.start_in_nanos = start_in;
+    return done(std::move(res));
+  }
+  if (throttled >= 0) {
+    limits_->stats().throttled.fetch_add(1, std::memory_order_relaxed);
+    return done(Throttled(throttled, rate.wait_nanos + 1));
   }
   LocalFull(id, std::move(keys), waiter, std::move(done));
 }
@@ -856,6 +1034,7 @@ void ClusterClient::ReleaseLease(uint64_t handle) {
   LeaseRec rec = std::move(it->second);
   leases_.erase(it);
   limits_->RemoveHeld(rec.keys);
+  if (rec.keys.empty()) return;  // throttles only: nothing held in Redis
   SendRelease(rec.id, rec.keys);
   if (limits_->mode() != ClusterMode::kNormal) {
     // Waiters held back by the local share get no publish: wake the longest on these keys.

@@ -126,6 +126,8 @@ class ClusterLimits final : public FleetView {
   std::string ProviderKey(std::string_view pattern) const;
   std::string BindingHostKey(std::string_view binding, const Endpoint& e) const;
   std::string BindingDomainKey(std::string_view binding, std::string_view domain) const;
+  // {NAME}:t:c:SCOPE — a connection rate throttle's next free instant (DESIGN §12 rule 10).
+  std::string ThrottleKey(std::string_view scope) const;
   std::string WorkersKey() const { return tag_ + ":workers"; }
   std::string EpochKey() const { return tag_ + ":epoch"; }
   std::string ChannelPrefix() const { return options_.name + ":wake:"; }
@@ -162,7 +164,20 @@ class ClusterLimits final : public FleetView {
 
   // Degraded or rejoining: may this process open one more connection on every key? Takes
   // the slots if so. The failure mode decides (header comment).
-  bool TryTakeLocal(const std::vector<ClusterKey>& keys);
+  // With `throttles` (DESIGN §12 rule 10), also one start on each, all or none with the
+  // keys: in share mode at this process's share of each rate (the spacing times the
+  // divisor of the keys' share); within `throttle_wait_nanos`, else nothing is taken and
+  // `*throttled` names the throttle (index) that decided. `*start_in_nanos`: the wait
+  // before the start (0: at once).
+  bool TryTakeLocal(const std::vector<ClusterKey>& keys,
+                    const std::vector<ClusterThrottle>& throttles = {},
+                    int64_t throttle_wait_nanos = 0, int64_t* start_in_nanos = nullptr,
+                    int32_t* throttled = nullptr);
+  // Redis granted a start at `start_nanos` (steady clock) under `throttles`: should this
+  // process decide locally next (Redis away), its next start under each is at least its
+  // share's spacing after this one — so the fleet's reservations still pending and the
+  // shares that follow them do not overlap (DESIGN §12 rule 10).
+  void NoteFleetStart(const std::vector<ClusterThrottle>& throttles, int64_t start_nanos);
   // Redis granted: count the slots here too (unless TryTakeLocal already took them).
   void AddHeld(const std::vector<ClusterKey>& keys);
   void RemoveHeld(const std::vector<ClusterKey>& keys);
@@ -193,6 +208,11 @@ class ClusterLimits final : public FleetView {
     std::atomic<int64_t> store_resets{0};   // Redis found without its keys (new epoch)
     std::atomic<int64_t> warmup_refusals{0};  // grants refused during a warm-up
     std::atomic<int64_t> discoveries{0};      // masters found through Sentinel
+    std::atomic<int64_t> throttle_waits{0};   // starts granted at a later instant (rate)
+    std::atomic<int64_t> throttled{0};        // asks refused by a rate throttle
+    // Asks of throttles alone: a start retimed after its process was held up past its
+    // instant, or a start with no limited key.
+    std::atomic<int64_t> throttle_asks{0};
     std::array<std::atomic<uint64_t>, kFleetLatencyBoundsNanos.size() + 1> latency{};
     std::atomic<int64_t> latency_sum_nanos{0};
   };
@@ -214,11 +234,17 @@ class ClusterLimits final : public FleetView {
   std::atomic<int64_t> live_clients_{0};
   std::atomic<int64_t> my_clients_{0};
   mutable Mutex mu_;
+  // This process's share of a throttle's rate as a multiple of its spacing: W = `all` live
+  // clients / its own (at most N, the floor of one start per window).
+  double ShareSpacing(const ClusterThrottle& t, int64_t all) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   int64_t degraded_since_ ABSL_GUARDED_BY(mu_) = 0;   // steady nanos of the switch
   int64_t share_clients_ ABSL_GUARDED_BY(mu_) = 0;    // live clients at the switch
   int64_t rejoin_since_ms_ ABSL_GUARDED_BY(mu_) = 0;  // Redis clock
   int64_t rejoin_deadline_ ABSL_GUARDED_BY(mu_) = 0;  // steady nanos
   absl::flat_hash_map<std::string, KeyHolding> held_ ABSL_GUARDED_BY(mu_);
+  // Throttle key -> the next instant (steady nanos) this process may start under it while
+  // deciding locally (share mode, or rejoining): its share of the rate.
+  absl::flat_hash_map<std::string, int64_t> local_next_ ABSL_GUARDED_BY(mu_);
   std::string epoch_ ABSL_GUARDED_BY(mu_);  // the fleet epoch last seen
   bool knows_fleet_ ABSL_GUARDED_BY(mu_) = false;  // may vouch for epoch_ (Vouch)
   bool reached_ ABSL_GUARDED_BY(mu_) = false;      // Redis answered a script at least once
@@ -249,8 +275,10 @@ class ClusterClient final : public FleetClient {
   // also queues it (in Redis, keeping its place across calls with the same id) and it is
   // woken once — by a release, or at the re-check. REQUIRES: `waiter` stays valid until
   // woken or Unwait/Forget.
-  void Acquire(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
-               Done done) override;
+  using FleetClient::Acquire;
+  void Acquire(const std::string& id, std::vector<ClusterKey> keys,
+               std::vector<ClusterThrottle> throttles, int64_t throttle_wait_nanos,
+               ClusterWaiter* waiter, Done done) override;
   // Stops waking `id` (it keeps its place in Redis for a last try).
   void Unwait(const std::string& id) override;
   // `id` is done: drops its places in every queue it joined (here and in Redis).
@@ -267,6 +295,9 @@ class ClusterClient final : public FleetClient {
   }
   std::string BindingDomainKey(std::string_view binding, std::string_view domain) const override {
     return limits_->BindingDomainKey(binding, domain);
+  }
+  std::string ThrottleKey(std::string_view scope) const override {
+    return limits_->ThrottleKey(scope);
   }
 
   ClusterLimits& limits() { return *limits_; }
@@ -297,14 +328,24 @@ class ClusterClient final : public FleetClient {
   void ReleaseLease(uint64_t handle) override;
   void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
             RedisConnection::ReplyFn fn);
-  void Decide(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
-              bool reserved, Done done);
+  // A fleet ask's rate part (DESIGN §12 rule 10): the throttles and the caller's wait.
+  struct RateAsk {
+    std::vector<ClusterThrottle> throttles;
+    int64_t wait_nanos = 0;
+    int64_t local_start_in = 0;  // rejoining: the wait the local share already reserved
+  };
+  void Decide(const std::string& id, std::vector<ClusterKey> keys, RateAsk rate,
+              ClusterWaiter* waiter, bool reserved, Done done);
   // Full without asking Redis (degraded, or over the share while rejoining).
   void LocalFull(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
                  Done done);
-  void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
-                     Done done);
+  void DecideLocally(const std::string& id, std::vector<ClusterKey> keys, RateAsk rate,
+                     ClusterWaiter* waiter, Done done);
   void Wake(const std::string& id, bool by_publish);
+  // The Redis clock mapped onto the steady clock (DESIGN §12 rule 10), from the answers'
+  // clock readings: NoteClock with each, ToSteady an instant (µs of Redis's clock).
+  void NoteClock(int64_t recv_steady_nanos, int64_t redis_us);
+  int64_t ToSteady(int64_t redis_us) const;
   void EndWait(WaitRec& w);
   void SendRelease(const std::string& id, const std::vector<ClusterKey>& keys);
   void Refresh();
@@ -326,6 +367,9 @@ class ClusterClient final : public FleetClient {
   int64_t next_refresh_ = 0;
   int64_t next_probe_ = 0;
   uint64_t seen_epoch_ = 0;
+  int64_t clock_cur_ = INT64_MAX;  // NoteClock: the least sample this bucket, the last
+  int64_t clock_prev_ = INT64_MAX;
+  int64_t clock_bucket_start_ = 0;
   int64_t discoveries_seen_ = 0;  // cmd_.discoveries() counted into the stats
   bool worker_ = true;
   bool refresh_in_flight_ = false;

@@ -8,10 +8,19 @@
 
 namespace mxsched::io {
 
-bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t domain_limit) {
+bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t domain_limit,
+                       const std::vector<ThrottleRef>& throttles) {
   if (id_.empty()) id_ = fleet_->NewId();
   keys_.clear();
   roles_.clear();
+  throttles_.clear();
+  throttle_reasons_.clear();
+  for (const ThrottleRef& t : throttles) {
+    throttles_.push_back({fleet_->ThrottleKey(t.scope), t.spec.interval_nanos() / 1000 + 1,
+                          static_cast<int32_t>(t.spec.count)});
+    throttle_reasons_.push_back(
+        StrCat("connection rate limit for ", t.scope, ": ", t.spec.ToString()));
+  }
   const std::string_view binding = lease.binding();
   const Endpoint& e = lease.endpoint();
   auto add = [this](std::string key, int32_t limit, Role role) {
@@ -37,16 +46,31 @@ bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t doma
     add(fleet_->DomainKey(domain), domain_limit, Role::kDomain);
   }
   at_ = FullAt{e, std::string(binding)};
-  return !keys_.empty();
+  return !keys_.empty() || !throttles_.empty();
 }
 
-void ClusterStep::Ask(bool may_wait, FleetClient::Done done) {
+void ClusterStep::Ask(bool may_wait, int64_t throttle_wait_nanos, FleetClient::Done done) {
   const bool seen = std::find(full_hosts_.begin(), full_hosts_.end(), at_) != full_hosts_.end();
   queued_ = may_wait && (queue_ || seen);
   std::vector<ClusterKey> keys = std::exchange(keys_, {});
   // Nothing of this object after the call: `done` may run inside it (a local decision) and
   // end the session that owns this step (ASan: heap-use-after-free in redis_down_at_start).
-  fleet_->Acquire(id_, std::move(keys), queued_ ? &waiter_ : nullptr, std::move(done));
+  fleet_->Acquire(id_, std::move(keys), throttles_, throttle_wait_nanos,
+                  queued_ ? &waiter_ : nullptr, std::move(done));
+}
+
+void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done) {
+  queued_ = false;
+  fleet_->Acquire(id_, {}, throttles_, throttle_wait_nanos, nullptr, std::move(done));
+}
+
+int64_t ClusterStep::LateStartLimitNanos() const {
+  int64_t limit = INT64_MAX;
+  for (const ClusterThrottle& t : throttles_) {
+    // interval = S/N·1.02: 1% of S is interval·N/102.
+    limit = std::min(limit, t.interval_us * 1000 * t.count / 102);
+  }
+  return limit;
 }
 
 ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
@@ -56,11 +80,28 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
   if (res.verdict == V::kGranted) {
     d.next = Next::kOpen;
     d.lease = std::move(res.lease);
+    d.start_in_nanos = res.start_in_nanos;
+    return d;
+  }
+  if (res.verdict == V::kThrottled) {
+    // The fleet's next start under a throttle is beyond this session's wait (§12 rule 10):
+    // deferred now, as the per-process throttle does (§12 rule 3); nothing was taken.
+    d.defer_reason = DeferReason::kRateLimited;
+    const size_t i = static_cast<size_t>(res.throttle);
+    d.reason = StrCat("451 4.4.5 ", i < throttle_reasons_.size() ? throttle_reasons_[i]
+                                                                 : std::string("connection rate limit"));
     return d;
   }
   if (res.verdict == V::kClosed) {
     d.reason =
         "451 4.4.3 cluster limits unavailable: Redis unreachable, cluster_failure_mode = closed";
+    return d;
+  }
+  if (res.full_mask == 0) {
+    // Refused with no key full (an ask of throttles alone during the warm-up, or this
+    // worker's share of none): no queue to join, nothing another host would change.
+    d.reason = StrCat("451 4.4.3 cluster limits unavailable: ",
+                      res.unavailable.empty() ? std::string("refused") : res.unavailable);
     return d;
   }
   // The first full key names the verdict (the host's before the provider's).

@@ -29,7 +29,7 @@ class ClusterStep {
  public:
   // What the session does with a verdict.
   enum class Next : uint8_t {
-    kOpen,   // granted: `lease` holds the fleet's slots; connect
+    kOpen,   // granted: `lease` holds the fleet's slots; connect (after `start_in_nanos`)
     kWait,   // queued at the fleet: wait for the wake-up (`woken`) or the slot-wait timer
     kRetry,  // full here while another host may have room: Acquire again
     kDefer,  // end the session deferred, for `defer_reason` and `reason`
@@ -37,6 +37,9 @@ class ClusterStep {
   struct Decision {
     Next next = Next::kDefer;
     ClusterLease lease;  // kOpen
+    // kOpen: the fleet's rate throttles reserved the start this long from now (DESIGN §12
+    // rule 10): wait, holding both slots, then connect. 0: at once.
+    int64_t start_in_nanos = 0;
     DeferReason defer_reason = DeferReason::kTempFailure;
     std::string reason;  // kDefer: "451 4.4.x ..."
   };
@@ -54,14 +57,26 @@ class ClusterStep {
   // key layout): the host's configured limit over every binding (the fleet's; a lower
   // adaptive one is this process's own view, already applied by the selector); through a
   // named binding, its Binding::Host limit and the domain's limit through it (else
-  // `domain_limit`, the default binding's); the provider pattern's limit (§6). Returns
-  // false when none is limited: there is nothing to ask.
-  bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit);
+  // `domain_limit`, the default binding's); the provider pattern's limit (§6). With
+  // `throttles` (the connection throttles the start takes, Selector::ConnectionThrottles),
+  // one start on each fleet-wide too (§12 rule 10). Returns false when nothing is limited:
+  // there is nothing to ask.
+  bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit,
+            const std::vector<ThrottleRef>& throttles = {});
 
   // Sends the planned ask. With `may_wait`, it joins the fleet's queue when this session
   // has met full hosts enough (or a full domain) or asks for a host it already found full.
+  // The throttles may put the start up to `throttle_wait_nanos` ahead (else kThrottled).
   // `done` runs once, on the loop thread, possibly before Ask returns.
-  void Ask(bool may_wait, FleetClient::Done done);
+  void Ask(bool may_wait, int64_t throttle_wait_nanos, FleetClient::Done done);
+
+  // Asks the planned throttles alone again (the fleet slots already held): a new instant for
+  // a start whose instant passed while the process was held up (DESIGN §12 rule 10). Judge
+  // the verdict as an Ask's (kOpen: `start_in_nanos`; its lease holds nothing).
+  void AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done);
+  // How late a fleet throttle's start may go before it takes a new instant instead: 1% of
+  // the shortest window S among the planned throttles (half of rule 1's 2% margin).
+  int64_t LateStartLimitNanos() const;
 
   // What to do with the verdict on the last Ask. `may_wait` is as of now: the session's
   // slot wait may have run out while the ask was out. `domain` names it in a reason.
@@ -107,6 +122,8 @@ class ClusterStep {
   std::vector<Role> roles_;
   FullAt at_;                   // the host and binding of the planned ask
   std::string provider_;        // its provider pattern, if any
+  std::vector<ClusterThrottle> throttles_;  // its fleet throttles (DESIGN §12 rule 10)
+  std::vector<std::string> throttle_reasons_;  // "connection rate limit for SCOPE: N/S s"
   bool queued_ = false;         // the last ask joined the queue
 };
 

@@ -64,7 +64,8 @@ bool IsLocalError(int err) {
 //   kWaitingDns, kWaitingSlot, kWaitingCluster
 //                   -> kAcquiring  (woken, its timer, new routes, or Stop)
 //   kWaitingThrottle -> kClusterAcquire | kConnecting | kDone (its timer; Stop removes it)
-//   kClusterAcquire -> kWaitingCluster | kConnecting | kAcquiring (another host) | kDone
+//   kClusterAcquire -> kWaitingCluster | kWaitingThrottle (the fleet's rate, DESIGN §12
+//                      rule 10) | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
 //   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
@@ -127,8 +128,8 @@ constexpr bool LegalTransition(Phase from, Phase to) {
     case Phase::kWaitingCluster:
       return to == Phase::kAcquiring;
     case Phase::kClusterAcquire:
-      return to == Phase::kWaitingCluster || to == Phase::kConnecting ||
-             to == Phase::kAcquiring || to == Phase::kDone;
+      return to == Phase::kWaitingCluster || to == Phase::kWaitingThrottle ||
+             to == Phase::kConnecting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kConnecting:
       return to == Phase::kGreeting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kGreeting:
@@ -474,12 +475,15 @@ struct Connector::Session {
   void TakeFleetSlot() {
     const int32_t domain_limit =
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
-    if (!cluster.Plan(lease, domain, domain_limit)) return Open();
+    // The connection throttles are fleet-wide too (DESIGN §12 rule 10): taken in the same ask.
+    if (!cluster.Plan(lease, domain, domain_limit, connector->selector_->ConnectionThrottles(lease))) {
+      return Open();
+    }
     Enter(Phase::kClusterAcquire);
     // The verdict may come before Ask returns, and end the session: one count for the
     // verdict, one holding the session until Ask has returned.
     pending += 2;
-    cluster.Ask(MayWait(), [this](FleetClient::Result res) {
+    cluster.Ask(MayWait(), ThrottleBudget(), [this](FleetClient::Result res) {
       --pending;
       OnClusterVerdict(std::move(res));
     });
@@ -493,6 +497,10 @@ struct Connector::Session {
       cluster_lease = std::move(d.lease);
       if (phase == Phase::kDone) return CloseAttempt(), MaybeDelete();
       if (cancelled) return CloseAttempt(), FinishStopped();
+      if (d.start_in_nanos > 0) {  // the fleet's rate reserved a later instant: both slots held
+        fleet_throttle_granted = true;
+        return WaitForThrottle(d.start_in_nanos);
+      }
       return Open();
     }
     lease.Release();  // the local slot is no use without the fleet's
@@ -552,6 +560,7 @@ struct Connector::Session {
     // The wait counts against the slot_wait_ms budget (ThrottleBudget admitted it).
     if (slot_timer == Timer::kIdle && MayWait()) ArmSlotTimer();
     throttle_wait_since = SteadyClock::now();
+    throttle_delay = delay;
     throttle_ts = ToTimespec(Nanos(delay));
     io_uring_prep_timeout(Submit(&throttle_timer_done), &throttle_ts, 0, 0);
   }
@@ -575,7 +584,43 @@ struct Connector::Session {
       return Finish(std::move(r));
     }
     if (cancelled || connector->stopped_) return FinishStopped();
+    if (std::exchange(fleet_throttle_granted, false)) {
+      // The fleet's instant (DESIGN §12 rule 10) — unless this process was held up past it
+      // (a stall fires every timer due at once): starting now would put this start next to
+      // the fleet's later ones, so it takes a new instant instead (one more ask).
+      const auto late = SteadyClock::now() - throttle_wait_since - Nanos(throttle_delay);
+      if (late > Nanos(cluster.LateStartLimitNanos())) return RetimeFleetStart();
+      return Open();
+    }
     Proceed();
+  }
+
+  // A new instant on the fleet's throttles for the start whose instant passed while this
+  // process was held up; the fleet slots stay held.
+  void RetimeFleetStart() {
+    Enter(Phase::kClusterAcquire);
+    pending += 2;  // as in TakeFleetSlot
+    cluster.AskThrottles(ThrottleBudget(), [this](FleetClient::Result res) {
+      --pending;
+      ClusterStep::Decision d = cluster.Judge(std::move(res), MayWait(), domain);
+      if (phase == Phase::kDone) return MaybeDelete();
+      if (cancelled) return CloseAttempt(), FinishStopped();
+      if (d.next == ClusterStep::Next::kOpen) {
+        if (d.start_in_nanos > 0) {
+          fleet_throttle_granted = true;
+          return WaitForThrottle(d.start_in_nanos);
+        }
+        return Open();
+      }
+      CloseAttempt();  // both slots go back
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = d.defer_reason;
+      r.reason = std::move(d.reason);
+      return Finish(std::move(r));
+    });
+    --pending;
+    MaybeDelete();
   }
 
   // --- docs/DESIGN.md §1 rule 8: wait for a slot ------------------------------------------
@@ -759,6 +804,10 @@ struct Connector::Session {
   // A reused connection whose message throttles' instant is ahead (DESIGN §13 rule 2): its
   // result, handed out when the throttle timer fires.
   std::optional<ConnectResult> reused_ready;
+  // The throttle wait under way is the fleet's (DESIGN §12 rule 10): the fleet slot is held,
+  // its timer leads to the connect.
+  bool fleet_throttle_granted = false;
+  int64_t throttle_delay = 0;  // the throttle wait under way, as armed
 
   // What the ring and the selector point into: stable while the session lives.
   Waiter waiter{this};

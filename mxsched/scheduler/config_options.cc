@@ -329,10 +329,10 @@ constexpr OptionDescriptor kOptions[] = {
      .scopes = G | D | H | B | BD | BH,
      .type = OptionType::kThrottle,
      .doc = "new connections: \"N\" at most N in any second, \"N/S\" at most N in any S "
-            "seconds; global: the whole process (per worker even with cluster_limits: §12 "
-            "status), Domain: that domain, Host: that address, Binding (or its Binding_Group): through it, "
-            "Binding::Domain and Binding::Host: through it to that domain or address; every "
-            "one that applies must allow a start (docs/DESIGN.md §12)",
+            "seconds; global: the whole process, Domain: that domain, Host: that address, "
+            "Binding (or its Binding_Group): through it, Binding::Domain and Binding::Host: "
+            "through it to that domain or address; every one that applies must allow a start; "
+            "with cluster_limits each holds across the fleet (docs/DESIGN.md §12 rule 10)",
      .config = Field<&Config::outbound_throttle_connections>(),
      .domain = kThrottleField<DomainSettings, &Throttles::connections>,
      .host = kThrottleField<HostSettings, &Throttles::connections>},
@@ -340,7 +340,8 @@ constexpr OptionDescriptor kOptions[] = {
      .scopes = G | D | H | B | BD | BH,
      .type = OptionType::kThrottle,
      .doc = "messages, in the form and scopes of outbound_throttle_connections; a new "
-            "connection carries one message (docs/DESIGN.md §12)",
+            "connection carries one message; per process even with cluster_limits "
+            "(docs/DESIGN.md §12 status)",
      .config = Field<&Config::outbound_throttle_messages>(),
      .domain = kThrottleField<DomainSettings, &Throttles::messages>,
      .host = kThrottleField<HostSettings, &Throttles::messages>},

@@ -1570,6 +1570,23 @@ std::vector<ThrottleView> SelectorImpl::Throttles() const {
   return out;
 }
 
+std::vector<ThrottleRef> SelectorImpl::ConnectionThrottles(const Lease& lease) const {
+  epoch::EpochGuard guard;
+  std::vector<ThrottleRef> out;
+  const ThrottleSet* set = throttles_.load(std::memory_order_acquire);
+  if (set == nullptr) return out;
+  RateThrottle* ts[kMaxThrottlesPerStart];
+  const size_t n = set->Collect(lease.domain_->name(), lease.domain_->hash, lease.host_->name(),
+                                lease.host_->endpoint().address, lease.binding(),
+                                /*new_connection=*/true, ts);
+  for (size_t i = 0; i < n; ++i) {
+    if (ts[i]->kind() == RateThrottle::Kind::kConnections) {
+      out.push_back({ts[i]->scope(), ts[i]->spec()});
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------
 // Selector: the public face (selector.h) of SelectorImpl.
 
@@ -1607,6 +1624,9 @@ int64_t Selector::server_active() const { return impl_->server_active(); }
 std::vector<ThrottleView> Selector::Throttles() const { return impl_->Throttles(); }
 std::vector<ThrottleView> Selector::ThrottlesAt(const HostState& host) const {
   return impl_->ThrottlesAt(host);
+}
+std::vector<ThrottleRef> Selector::ConnectionThrottles(const Lease& lease) const {
+  return impl_->ConnectionThrottles(lease);
 }
 HostRegistry& Selector::registry() { return impl_->registry(); }
 BindingRegistry& Selector::bindings() { return impl_->bindings(); }

@@ -27,6 +27,14 @@ struct ClusterKey {
   int32_t limit;
 };
 
+// A connection rate throttle taken fleet-wide (docs/DESIGN.md §12 rule 10): its key and the
+// spacing of starts under it.
+struct ClusterThrottle {
+  std::string key;          // FleetClient::ThrottleKey(scope)
+  int64_t interval_us = 0;  // S/N + 2% (ThrottleSpec::interval_nanos), microseconds
+  int32_t count = 1;        // N (a worker that never reached Redis: its startup share of it)
+};
+
 // The fleet part of a held slot. Move-only; releases on destruction.
 // REQUIRES: used on its client's loop thread; the client outlives it.
 class ClusterLease {
@@ -55,7 +63,9 @@ class ClusterWaiter {
 
 class FleetClient {
  public:
-  enum class Verdict : uint8_t { kGranted, kFull, kClosed };
+  // kThrottled: the keys had room but a throttle's next instant is beyond the caller's
+  // throttle wait; nothing was taken.
+  enum class Verdict : uint8_t { kGranted, kFull, kClosed, kThrottled };
   struct Result {
     Result(Verdict v, ClusterLease l) : verdict(v), lease(std::move(l)) {}
     Verdict verdict;
@@ -65,6 +75,11 @@ class FleetClient {
     // (the store unreachable and this worker's share taken, the store warming up).
     // Sessions deferred for it say "451 4.4.3 cluster limits unavailable: " + unavailable.
     std::string unavailable;
+    // Rate throttles (DESIGN §12 rule 10). kGranted: the instant reserved on every throttle
+    // is this long after the answer (0: at once) — connect no earlier. kThrottled: how long
+    // the caller would have had to wait, and which throttle (index into the ask's) decided.
+    int64_t start_in_nanos = 0;
+    int32_t throttle = -1;
   };
   using Done = std::function<void(Result)>;
 
@@ -76,7 +91,16 @@ class FleetClient {
   // Acquire returns. With a `waiter`, kFull also queues it (keeping its place across calls
   // with the same id) and it is woken once — by a release, or at the re-check.
   // REQUIRES: `waiter` stays valid until woken or Unwait/Forget.
+  void Acquire(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
+               Done done) {
+    Acquire(id, std::move(keys), {}, 0, waiter, std::move(done));
+  }
+  // The same, also taking one start on every throttle of `throttles`, in the same call and
+  // all or none with the keys (DESIGN §12 rule 10): granted, the start is reserved at the
+  // earliest instant every throttle allows (Result::start_in_nanos); when that is more than
+  // `throttle_wait_nanos` away, nothing is taken (kThrottled).
   virtual void Acquire(const std::string& id, std::vector<ClusterKey> keys,
+                       std::vector<ClusterThrottle> throttles, int64_t throttle_wait_nanos,
                        ClusterWaiter* waiter, Done done) = 0;
   // Stops waking `id` (it keeps its place for a last try).
   virtual void Unwait(const std::string& id) = 0;
@@ -91,6 +115,8 @@ class FleetClient {
   virtual std::string BindingHostKey(std::string_view binding, const Endpoint& e) const = 0;
   virtual std::string BindingDomainKey(std::string_view binding,
                                        std::string_view domain) const = 0;
+  // The key of a connection rate throttle of scope `scope` (ThrottleRef::scope).
+  virtual std::string ThrottleKey(std::string_view scope) const = 0;
 
  protected:
   // A lease on `handle` (implementations number their leases), released through
@@ -123,6 +149,10 @@ struct FleetStatus {
   int64_t waits = 0;          // sessions that waited at a fleet limit
   int64_t wakeups = 0;        // waits ended by a release's publish
   int64_t discoveries = 0;    // masters found through Sentinel (redis-sentinel://)
+  // Fleet rate throttles (docs/DESIGN.md §12 rule 10): starts granted at a later instant,
+  // and asks refused because a throttle's instant was beyond the session's wait.
+  int64_t throttle_waits = 0;
+  int64_t throttled = 0;
   // Round trips of answered commands (non-cumulative, kFleetLatencyBoundsNanos).
   std::array<uint64_t, kFleetLatencyBoundsNanos.size() + 1> latency_buckets{};
   int64_t latency_sum_nanos = 0;

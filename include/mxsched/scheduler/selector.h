@@ -242,6 +242,13 @@ struct ThrottleView {
   uint64_t throttled = 0;   // starts refused (the wait was longer than the caller's)
 };
 
+// A connection rate throttle a start takes (docs/DESIGN.md §12): its scope and rate — what
+// the fleet's copy of it in Redis needs (§12 rule 10).
+struct ThrottleRef {
+  std::string scope;  // as ThrottleView::scope
+  ThrottleSpec spec;
+};
+
 // Connections through one egress binding (docs/DESIGN.md §1 rule 13, §8), for views and
 // metrics: per (binding, domain) in DomainView::bindings, per (binding, host) in
 // DomainView::Host::bindings and Selector::DescribeBindings.
@@ -419,6 +426,10 @@ class Selector {
   // The Host scope's throttles of `host` (its Host stanza's, by address or name; none
   // without one), for per-host views (/hosts, route).
   std::vector<ThrottleView> ThrottlesAt(const HostState& host) const;
+  // The connection throttles (outbound_throttle_connections, every scope) a new connection
+  // on `lease` takes, in the configuration in force now (DESIGN §12 rule 10: with
+  // cluster_limits they are fleet-wide too). REQUIRES: lease.valid().
+  std::vector<ThrottleRef> ConnectionThrottles(const Lease& lease) const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).
   HostRegistry& registry();
   // The bindings (opaque outside the library; the load report and admin read them).
