@@ -9,6 +9,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -352,6 +353,46 @@ TEST_F(ClusterLimitsTest, AcquireCountsAcrossWorkersAndReleaseGivesBack) {
   EXPECT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
   EXPECT_EQ(a.limits->Held(key), 2);
   EXPECT_EQ(b.limits->Held(key), 1);
+  EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
+}
+
+// DESIGN §7, batching: what one loop iteration asks — here five acquires, then three
+// releases and two acquires — goes as one call of the batch script, run in the order asked:
+// the first three of five are granted on a limit of 3; the releases run before the
+// acquires behind them, which are granted.
+TEST_F(ClusterLimitsTest, AcquiresAndReleasesOfOneIterationGoInOneCallInOrder) {
+  Worker a(Options());
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.9", 25));
+  std::vector<std::optional<ClusterClient::Result>> got(5);
+  for (int i = 0; i < 5; ++i) {
+    a.client->Acquire(a.client->NewId(), {{key, 3}}, nullptr,
+                      [&got, i](ClusterClient::Result r) { got[i] = std::move(r); });
+  }
+  EXPECT_EQ(a.limits->stats().batched.load(), 0);  // nothing sent before the loop comes round
+  ASSERT_TRUE(PumpUntil(loops, [&] {
+    return std::all_of(got.begin(), got.end(), [](const auto& r) { return r.has_value(); });
+  }));
+  EXPECT_EQ(a.limits->stats().batched.load(), 5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(got[i]->verdict, i < 3 ? ClusterClient::Verdict::kGranted
+                                     : ClusterClient::Verdict::kFull) << i;
+    if (i < 3) a.leases.push_back(std::move(got[i]->lease));
+  }
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  a.leases.clear();  // three releases ...
+  std::vector<std::optional<ClusterClient::Result>> again(2);
+  for (int i = 0; i < 2; ++i) {  // ... and two acquires, in the same iteration
+    a.client->Acquire(a.client->NewId(), {{key, 3}}, nullptr,
+                      [&again, i](ClusterClient::Result r) { again[i] = std::move(r); });
+  }
+  ASSERT_TRUE(PumpUntil(loops, [&] { return again[0].has_value() && again[1].has_value(); }));
+  EXPECT_EQ(a.limits->stats().batched.load(), 10);
+  for (auto& r : again) {
+    EXPECT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
+  }
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
   EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
 }
 

@@ -221,6 +221,35 @@ end
 return out
 )lua";
 
+// Several acquires and releases in one call (DESIGN §7, "Batching"): each runs the acquire
+// or release script above, unchanged, as a function of its own KEYS and ARGV, in the order
+// given — exactly what the same commands sent one by one would do, in one round trip and
+// one command. ARGV: n, then per op its script (1 acquire, 2 release), key count and arg
+// count, then every op's args in order; KEYS: every op's keys in order. Returns one reply
+// per op; an op that fails is an error element (pcall), the others run.
+constexpr char kBatchHead[] = "local op_acquire = function(KEYS, ARGV)\n";
+constexpr char kBatchMid[] = "\nend\nlocal op_release = function(KEYS, ARGV)\n";
+constexpr char kBatchTail[] = R"lua(
+end
+local ops = {op_acquire, op_release}
+local n = tonumber(ARGV[1])
+local ki, ai, out = 1, 2 + 3 * n, {}
+for o = 1, n do
+  local f = ops[tonumber(ARGV[3 * o - 1])]
+  local nk, na = tonumber(ARGV[3 * o]), tonumber(ARGV[3 * o + 1])
+  local ok, r = pcall(f, {unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai, ai + na - 1)})
+  ki, ai = ki + nk, ai + na
+  if ok then
+    out[o] = r
+  elseif type(r) == 'table' and r.err then
+    out[o] = r
+  else
+    out[o] = {err = tostring(r)}
+  end
+end
+return out
+)lua";
+
 // KEYS: one lease key. Live leases on it, by the Redis clock.
 constexpr char kCountLua[] = R"lua(
 local t = redis.call('TIME')
@@ -570,10 +599,19 @@ struct ClusterClient::Script {
   size_t index;
 };
 namespace {
-const struct {
+const std::string& BatchLua() {
+  static const std::string* body =
+      new std::string(StrCat(kBatchHead, kAcquireLua, kBatchMid, kReleaseLua, kBatchTail));
+  return *body;
+}
+struct ScriptBody {
   const char* body;
-} kScripts[] = {{kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}};
-enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3 };
+};
+const ScriptBody kScripts[] = {
+    {kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}, {BatchLua().c_str()}};
+enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3, kBatch = 4 };
+// Ops in one batch call at most (its reply is one array element per op).
+constexpr size_t kMaxBatchOps = 64;
 }  // namespace
 
 ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, bool worker)
@@ -609,6 +647,7 @@ ClusterClient::~ClusterClient() {
     limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
     cmd_.Command({"ZREM", limits_->WorkersKey(), client_id_}, [](absl::StatusOr<RedisReply>) {});
   }
+  Flush();
   // Releases already sent: let them reach Redis, so the fleet sees the slots free now
   // rather than at lease expiry.
   const int rounds = limits_->options().timeout_ms / 10 + 1;
@@ -618,13 +657,72 @@ ClusterClient::~ClusterClient() {
     io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&tick_done_), 0);
     Loop::SetCompletion(sqe, nullptr);
   }
-  for (int i = 0; i < 200 && tick_armed_; ++i) loop_->RunOnce(10);
+  for (int i = 0; i < 200 && (tick_armed_ || flush_armed_); ++i) loop_->RunOnce(10);
 }
 
 std::string ClusterClient::NewId() { return StrCat(client_id_, ":", ++next_id_); }
 
+void ClusterClient::Batched(size_t script, std::vector<std::string> keys,
+                            std::vector<std::string> args, RedisConnection::ReplyFn fn) {
+  batch_.push_back(BatchOp{script, std::move(keys), std::move(args), std::move(fn)});
+  if (batch_.size() >= kMaxBatchOps || destroying_) return Flush();
+  if (flush_armed_) return;
+  // Sent when the loop comes round (the NOP completes at its next wait), with whatever
+  // else this iteration asks: the same moment hiredis would have written it.
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_nop(sqe);
+  Loop::SetCompletion(sqe, &flush_done_);
+  flush_armed_ = true;
+}
+
+void ClusterClient::OnFlush(int, uint32_t) {
+  flush_armed_ = false;
+  Flush();
+}
+
+void ClusterClient::Flush() {
+  if (batch_.empty()) return;
+  std::vector<BatchOp> ops;
+  ops.swap(batch_);
+  if (ops.size() == 1) {
+    BatchOp& op = ops[0];
+    return Eval(Script{kScripts[op.script].body, op.script}, std::move(op.keys),
+                std::move(op.args), std::move(op.fn));
+  }
+  limits_->stats().batched.fetch_add(static_cast<int64_t>(ops.size()), std::memory_order_relaxed);
+  std::vector<std::string> keys, args = {StrCat(ops.size())};
+  std::vector<RedisConnection::ReplyFn> fns;
+  fns.reserve(ops.size());
+  for (const BatchOp& op : ops) {
+    args.push_back(op.script == kAcquire ? "1" : "2");
+    args.push_back(StrCat(op.keys.size()));
+    args.push_back(StrCat(op.args.size()));
+  }
+  for (BatchOp& op : ops) {
+    for (std::string& k : op.keys) keys.push_back(std::move(k));
+    for (std::string& a : op.args) args.push_back(std::move(a));
+    fns.push_back(std::move(op.fn));
+  }
+  Eval(Script{kScripts[kBatch].body, kBatch}, std::move(keys), std::move(args),
+       [fns = std::move(fns)](absl::StatusOr<RedisReply> r) mutable {
+         const bool each = r.ok() && r->type == RedisReply::Type::kArray &&
+                           r->elements.size() == fns.size();
+         for (size_t i = 0; i < fns.size(); ++i) {
+           if (each) {
+             fns[i](std::move(r->elements[i]));
+           } else if (!r.ok() || r->is_error()) {
+             fns[i](r);  // the whole call failed: every op with it
+           } else {
+             fns[i](absl::InternalError("batch: unexpected reply"));
+           }
+         }
+       });
+}
+
 void ClusterClient::Eval(const Script& s, std::vector<std::string> keys,
                          std::vector<std::string> args, RedisConnection::ReplyFn fn) {
+  // Anything batched goes first: commands reach Redis in the order they were asked for.
+  if (s.index != kBatch && s.index != kAcquire && s.index != kRelease) Flush();
   std::vector<std::string> argv;
   argv.reserve(3 + keys.size() + args.size());
   const std::string& sha = shas_[s.index];
@@ -691,7 +789,7 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
   std::vector<std::string> redis_keys = Triples(keys);
   redis_keys.push_back(limits_->EpochKey());
   redis_keys.push_back(limits_->WorkersKey());
-  Eval(Script{kScripts[kAcquire].body, kAcquire}, std::move(redis_keys), std::move(args),
+  Batched(kAcquire, std::move(redis_keys), std::move(args),
        [this, id, keys, waiter, reserved,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
@@ -883,7 +981,7 @@ void ClusterClient::SendRelease(const std::string& id, const std::vector<Cluster
   }
   std::vector<std::string> args = {id, limits_->ChannelPrefix()};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
-  Eval(Script{kScripts[kRelease].body, kRelease}, Triples(keys), std::move(args),
+  Batched(kRelease, Triples(keys), std::move(args),
        [this, id, keys](absl::StatusOr<RedisReply> r) {
          if (absl::Status s = ReplyStatus(r); !s.ok()) {
            OnFailure(s);

@@ -190,6 +190,7 @@ class ClusterLimits final : public FleetView {
     std::atomic<int64_t> noscript{0};       // NOSCRIPT answers (script cache lost)
     std::atomic<int64_t> mode_switches{0};  // normal -> degraded and back
     std::atomic<int64_t> commands{0};       // commands sent to Redis
+    std::atomic<int64_t> batched{0};        // acquires and releases sent in a batch of 2+
     std::atomic<int64_t> store_resets{0};   // Redis found without its keys (new epoch)
     std::atomic<int64_t> warmup_refusals{0};  // grants refused during a warm-up
     std::atomic<int64_t> discoveries{0};      // masters found through Sentinel
@@ -297,6 +298,12 @@ class ClusterClient final : public FleetClient {
   void ReleaseLease(uint64_t handle) override;
   void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
             RedisConnection::ReplyFn fn);
+  // An acquire or release, sent with the others asked for in the same loop iteration as
+  // one call of the batch script (DESIGN §7, "Batching").
+  void Batched(size_t script, std::vector<std::string> keys, std::vector<std::string> args,
+               RedisConnection::ReplyFn fn);
+  void Flush();
+  void OnFlush(int res, uint32_t flags);
   void Decide(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
               bool reserved, Done done);
   // Full without asking Redis (degraded, or over the share while rejoining).
@@ -329,10 +336,19 @@ class ClusterClient final : public FleetClient {
   int64_t discoveries_seen_ = 0;  // cmd_.discoveries() counted into the stats
   bool worker_ = true;
   bool refresh_in_flight_ = false;
+  struct BatchOp {
+    size_t script;
+    std::vector<std::string> keys;
+    std::vector<std::string> args;
+    RedisConnection::ReplyFn fn;
+  };
+  std::vector<BatchOp> batch_;  // asked for this loop iteration, not sent yet
+  bool flush_armed_ = false;
   bool tick_armed_ = false;
   bool destroying_ = false;
   __kernel_timespec tick_ts_{};
   MemberCompletion<ClusterClient, &ClusterClient::OnTick> tick_done_{this};
+  MemberCompletion<ClusterClient, &ClusterClient::OnFlush> flush_done_{this};
 };
 
 }  // namespace mxsched::io
