@@ -16,6 +16,19 @@ constexpr int kTickMs = 100;
 constexpr int kProbeMs = 500;
 constexpr size_t kMaxOwed = 100'000;
 constexpr char kAnyEpoch[] = "*";  // acquire within this process's rejoin share
+// Hand-off (DESIGN §7 rule 10): an idle lease is released after this long unused; a right
+// to hand off lasts this long after the grant that gave it (then a grant renews it).
+constexpr int64_t kIdleNanos = 100 * kMs;
+constexpr int64_t kRightNanos = 1000 * kMs;
+constexpr int64_t kRevokedKeepNanos = 5000 * kMs;
+
+// The keys and limits of an ask, as one string: an idle lease passes only to an ask with
+// the same.
+std::string Signature(const std::vector<ClusterKey>& keys) {
+  std::string sig;
+  for (const ClusterKey& k : keys) sig += StrCat(k.key, "\n", k.limit, "\n");
+  return sig;
+}
 
 // BORN_MS of a fleet epoch "BORN_MS:CREATOR" (Redis clock).
 int64_t EpochBorn(const std::string& epoch) {
@@ -221,24 +234,54 @@ end
 return out
 )lua";
 
-// Several acquires and releases in one call (DESIGN §7, "Batching"): each runs the acquire
-// or release script above, unchanged, as a function of its own KEYS and ARGV, in the order
-// given — exactly what the same commands sent one by one would do, in one round trip and
-// one command. ARGV: n, then per op its script (1 acquire, 2 release), key count and arg
-// count, then every op's args in order; KEYS: every op's keys in order. Returns one reply
-// per op; an op that fails is an error element (pcall), the others run.
+// Several acquires and releases in one call (DESIGN §7, "Batching and hand-off"): each
+// runs the acquire or release script above, unchanged, as a function of its own KEYS and
+// ARGV, in the order given — what the same commands sent one by one would do, in one round
+// trip and one command. ARGV: n, then per op its script (1 acquire, 2 release), key count,
+// arg count and hand-off key count R, then every op's args in order; KEYS: per op its keys,
+// then its R hand-off keys (an acquire's: one set K:r per limit key K, in the order of its
+// triples). Returns one reply per op; an op that fails is an error element (pcall), the
+// others run. After an acquire the call does the hand-off bookkeeping (DESIGN §7 rule 10)
+// and appends two elements to its reply: granted, the mask of keys whose queue is empty
+// (the caller, ARGV[6], joins K:r: it may hand its leases on K to its next session until
+// told otherwise); queued (wait = 1, not granted), every key with waiters has its K:r
+// emptied and each client in it told, on its wake-up channel, "!NOW_US KEY". Then the
+// Redis time in µs.
 constexpr char kBatchHead[] = "local op_acquire = function(KEYS, ARGV)\n";
 constexpr char kBatchMid[] = "\nend\nlocal op_release = function(KEYS, ARGV)\n";
 constexpr char kBatchTail[] = R"lua(
 end
 local ops = {op_acquire, op_release}
 local n = tonumber(ARGV[1])
-local ki, ai, out = 1, 2 + 3 * n, {}
+local ki, ai, out = 1, 2 + 4 * n, {}
 for o = 1, n do
-  local f = ops[tonumber(ARGV[3 * o - 1])]
-  local nk, na = tonumber(ARGV[3 * o]), tonumber(ARGV[3 * o + 1])
-  local ok, r = pcall(f, {unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai, ai + na - 1)})
-  ki, ai = ki + nk, ai + na
+  local kind = tonumber(ARGV[4 * o - 2])
+  local nk, na, nr = tonumber(ARGV[4 * o - 1]), tonumber(ARGV[4 * o]), tonumber(ARGV[4 * o + 1])
+  local k, a = {unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai, ai + na - 1)}
+  local ok, r = pcall(ops[kind], k, a)
+  if ok and kind == 1 and type(r) == 'table' then
+    local t = redis.call('TIME')
+    local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local rights = 0
+    for i = 1, nr do
+      local W, R = k[3 * i - 1], KEYS[ki + nk + i - 1]
+      if r[1] == 1 then
+        if redis.call('EXISTS', W) == 0 then
+          redis.call('SADD', R, a[6])
+          redis.call('PEXPIRE', R, tonumber(a[2]) + 60000)
+          rights = rights + 2 ^ (i - 1)
+        end
+      elseif a[3] == '1' and redis.call('EXISTS', W) == 1 then
+        for _, c in ipairs(redis.call('SMEMBERS', R)) do
+          redis.call('PUBLISH', a[8] .. c, '!' .. string.format('%d', now_us) .. ' ' .. k[3 * i - 2])
+        end
+        redis.call('DEL', R)
+      end
+    end
+    r[#r + 1] = rights
+    r[#r + 1] = now_us
+  end
+  ki, ai = ki + nk + nr, ai + na
   if ok then
     out[o] = r
   elseif type(r) == 'table' and r.err then
@@ -631,8 +674,9 @@ ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, 
   if (!worker_) return;
   limits_->AddClient(+1);
   sub_.Subscribe(limits_->ChannelPrefix() + client_id_,
-                 [this](std::string_view, std::string_view waiter) {
-                   Wake(std::string(waiter), /*by_publish=*/true);
+                 [this](std::string_view, std::string_view payload) {
+                   if (!payload.empty() && payload[0] == '!') return OnRevoke(payload);
+                   Wake(std::string(payload), /*by_publish=*/true);
                  });
   seen_epoch_ = limits_->recovery_epoch();
   Refresh();  // heartbeat now: the live-worker count share mode needs
@@ -647,6 +691,7 @@ ClusterClient::~ClusterClient() {
     limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
     cmd_.Command({"ZREM", limits_->WorkersKey(), client_id_}, [](absl::StatusOr<RedisReply>) {});
   }
+  ReleaseIdle(/*all=*/true);
   Flush();
   // Releases already sent: let them reach Redis, so the fleet sees the slots free now
   // rather than at lease expiry.
@@ -663,8 +708,10 @@ ClusterClient::~ClusterClient() {
 std::string ClusterClient::NewId() { return StrCat(client_id_, ":", ++next_id_); }
 
 void ClusterClient::Batched(size_t script, std::vector<std::string> keys,
-                            std::vector<std::string> args, RedisConnection::ReplyFn fn) {
-  batch_.push_back(BatchOp{script, std::move(keys), std::move(args), std::move(fn)});
+                            std::vector<std::string> args, RedisConnection::ReplyFn fn,
+                            std::vector<std::string> handoff_keys) {
+  batch_.push_back(BatchOp{script, std::move(keys), std::move(args), std::move(fn),
+                           std::move(handoff_keys)});
   if (batch_.size() >= kMaxBatchOps || destroying_) return Flush();
   if (flush_armed_) return;
   // Sent when the loop comes round (the NOP completes at its next wait), with whatever
@@ -684,12 +731,14 @@ void ClusterClient::Flush() {
   if (batch_.empty()) return;
   std::vector<BatchOp> ops;
   ops.swap(batch_);
-  if (ops.size() == 1) {
+  if (ops.size() == 1 && ops[0].script == kRelease) {
     BatchOp& op = ops[0];
     return Eval(Script{kScripts[op.script].body, op.script}, std::move(op.keys),
                 std::move(op.args), std::move(op.fn));
   }
-  limits_->stats().batched.fetch_add(static_cast<int64_t>(ops.size()), std::memory_order_relaxed);
+  if (ops.size() > 1) {
+    limits_->stats().batched.fetch_add(static_cast<int64_t>(ops.size()), std::memory_order_relaxed);
+  }
   std::vector<std::string> keys, args = {StrCat(ops.size())};
   std::vector<RedisConnection::ReplyFn> fns;
   fns.reserve(ops.size());
@@ -697,9 +746,11 @@ void ClusterClient::Flush() {
     args.push_back(op.script == kAcquire ? "1" : "2");
     args.push_back(StrCat(op.keys.size()));
     args.push_back(StrCat(op.args.size()));
+    args.push_back(StrCat(op.handoff_keys.size()));
   }
   for (BatchOp& op : ops) {
     for (std::string& k : op.keys) keys.push_back(std::move(k));
+    for (std::string& k : op.handoff_keys) keys.push_back(std::move(k));
     for (std::string& a : op.args) args.push_back(std::move(a));
     fns.push_back(std::move(op.fn));
   }
@@ -760,6 +811,25 @@ void ClusterClient::OnFailure(const absl::Status& s) {
 
 void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
                             ClusterWaiter* waiter, Done done) {
+  if (!idle_.empty()) {
+    // A lease this client's last session on the same keys let go, while nobody in the fleet
+    // waits for them: it passes on without a Redis call (DESIGN §7 rule 10).
+    auto it = idle_.find(Signature(keys));
+    auto w = waiting_.find(id);
+    if (it != idle_.end() && (w == waiting_.end() || w->second.queued.empty()) &&
+        MayHandOff(keys)) {
+      const uint64_t h = it->second.back().handle;  // the most recent: its keys are warm
+      it->second.pop_back();
+      if (it->second.empty()) idle_.erase(it);
+      if (w != waiting_.end()) {
+        EndWait(w->second);
+        waiting_.erase(w);
+      }
+      limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
+      limits_->stats().handoffs.fetch_add(1, std::memory_order_relaxed);
+      return done(Result{Verdict::kGranted, MakeLease(h)});
+    }
+  }
   if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
   if (limits_->degraded()) return DecideLocally(id, std::move(keys), waiter, std::move(done));
   bool reserved = false;
@@ -789,16 +859,35 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
   std::vector<std::string> redis_keys = Triples(keys);
   redis_keys.push_back(limits_->EpochKey());
   redis_keys.push_back(limits_->WorkersKey());
+  std::vector<std::string> handoff_keys;
+  for (const ClusterKey& k : keys) handoff_keys.push_back(k.key + ":r");
+  // A right granted by this call holds only if no revocation can have been missed since it
+  // was sent: the wake-up channel subscribed now, and no failure of it after (MayHandOff).
+  const int64_t sub_failures = worker_ && sub_.subscribed() ? sub_.failures() : -1;
   Batched(kAcquire, std::move(redis_keys), std::move(args),
-       [this, id, keys, waiter, reserved,
+       [this, id, keys, waiter, reserved, sub_failures,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
-                                              r->elements.size() < 5 + keys.size()) {
+                                              r->elements.size() < 7 + keys.size()) {
            if (reserved) limits_->RemoveHeld(keys);
            OnFailure(s.ok() ? absl::InternalError("acquire: unexpected reply") : s);
            return DecideLocally(id, std::move(keys), waiter, std::move(done));
          }
          const int64_t mask = r->elements[1].integer;
+         {
+           // The hand-off bookkeeping the batch script appended (kBatchTail).
+           const size_t n = r->elements.size();
+           const int64_t rights = r->elements[n - 2].integer;
+           const int64_t now_us = r->elements[n - 1].integer;
+           const int64_t noted = SteadyNowNanos();
+           for (size_t i = 0; i < keys.size() && i < 32; ++i) {
+             if (r->elements[0].integer == 1 && ((rights >> i) & 1) && sub_failures >= 0) {
+               rights_[keys[i].key] = Right{now_us, noted, sub_failures};
+             } else if (r->elements[0].integer == 1 || ((mask >> i) & 1)) {
+               rights_.erase(keys[i].key);
+             }
+           }
+         }
          limits_->NoteClients(r->elements[2].integer);
          const int64_t warm_left = r->elements[4].integer;
          if (limits_->NoteEpoch(r->elements[3].str, warm_left)) limits_->StoreLost(EpochBorn(r->elements[3].str));
@@ -822,6 +911,15 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            return done(std::move(res));
          }
          if (reserved) limits_->RemoveHeld(keys);
+         if (!idle_.empty()) {
+           // Full where this client keeps idle leases: they go back now (and wake whoever
+           // waits there, this ask too if it queued).
+           std::vector<ClusterKey> full;
+           for (size_t i = 0; i < keys.size() && i < 32; ++i) {
+             if ((mask >> i) & 1) full.push_back(keys[i]);
+           }
+           ReleaseIdle(false, &full);
+         }
          Result res{Verdict::kFull, ClusterLease()};
          res.full_mask = static_cast<uint32_t>(mask);
          const bool warming = warm_left > 0 && !reserved;
@@ -864,7 +962,8 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys,
            }
          }
          done(std::move(res));
-       });
+       },
+       std::move(handoff_keys));
 }
 
 void ClusterClient::DecideLocally(const std::string& id, std::vector<ClusterKey> keys,
@@ -948,9 +1047,85 @@ void ClusterClient::Forget(const std::string& id) {
   if (!queued.empty() && !local) SendRelease(id, queued);
 }
 
+bool ClusterClient::MayHandOff(const std::vector<ClusterKey>& keys) const {
+  if (limits_->mode() != ClusterMode::kNormal || !worker_ || !sub_.subscribed()) return false;
+  const int64_t now = SteadyNowNanos();
+  for (const ClusterKey& k : keys) {
+    auto r = rights_.find(k.key);
+    if (r == rights_.end() || r->second.sub_failures != sub_.failures() ||
+        now - r->second.noted > kRightNanos) {
+      return false;
+    }
+    auto v = revoked_.find(k.key);
+    if (v != revoked_.end() && v->second.first >= r->second.granted_us) return false;
+  }
+  return true;
+}
+
+void ClusterClient::OnRevoke(std::string_view payload) {
+  // "!NOW_US KEY"
+  const size_t sp = payload.find(' ');
+  if (sp == std::string_view::npos || sp < 2) return;
+  int64_t at = 0;
+  for (char c : payload.substr(1, sp - 1)) {
+    if (c < '0' || c > '9') return;
+    at = at * 10 + (c - '0');
+  }
+  const std::string key(payload.substr(sp + 1));
+  const int64_t now = SteadyNowNanos();
+  auto [v, fresh] = revoked_.try_emplace(key, at, now);
+  if (!fresh && at > v->second.first) v->second = {at, now};
+  rights_.erase(key);
+  const std::vector<ClusterKey> on = {ClusterKey{key, 0}};
+  ReleaseIdle(false, &on);
+}
+
+void ClusterClient::ReleaseIdle(bool all, const std::vector<ClusterKey>* sharing) {
+  if (idle_.empty()) {
+    if (revoked_.size() > 1024) revoked_.clear();  // bounded; entries matter for 1 s
+    return;
+  }
+  const int64_t now = SteadyNowNanos();
+  std::vector<uint64_t> go;
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    auto& list = it->second;
+    auto rec = leases_.find(list.front().handle);
+    bool drop_all = all || rec == leases_.end() || !MayHandOff(rec->second.keys);
+    if (!drop_all && sharing != nullptr) {
+      for (const ClusterKey& k : *sharing) drop_all = drop_all || HasKey(rec->second.keys, k.key);
+    }
+    std::erase_if(list, [&](const Idle& i) {
+      const bool drop = drop_all || (sharing == nullptr && now - i.since >= kIdleNanos);
+      if (drop) go.push_back(i.handle);
+      return drop;
+    });
+    if (list.empty()) {
+      idle_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  for (uint64_t h : go) DropLease(h);
+}
+
+void ClusterClient::DropLease(uint64_t handle) {
+  auto it = leases_.find(handle);
+  if (it == leases_.end()) return;
+  LeaseRec rec = std::move(it->second);
+  leases_.erase(it);
+  limits_->RemoveHeld(rec.keys);
+  SendRelease(rec.id, rec.keys);
+}
+
 void ClusterClient::ReleaseLease(uint64_t handle) {
   auto it = leases_.find(handle);
   if (it == leases_.end()) return;
+  if (worker_ && !destroying_ && MayHandOff(it->second.keys)) {
+    // Kept for this client's next session on the same keys (DESIGN §7 rule 10): still held
+    // in Redis (and refreshed), released after kIdleNanos unused or when a waiter appears.
+    idle_[Signature(it->second.keys)].push_back(Idle{handle, SteadyNowNanos()});
+    return;
+  }
   LeaseRec rec = std::move(it->second);
   leases_.erase(it);
   limits_->RemoveHeld(rec.keys);
@@ -1106,6 +1281,8 @@ void ClusterClient::OnTick(int, uint32_t) {
   } else if (now >= next_refresh_) {
     Refresh();
   }
+  ReleaseIdle(false);  // unused for kIdleNanos, or no longer to be handed off
+  absl::erase_if(revoked_, [now](const auto& kv) { return now - kv.second.second > kRevokedKeepNanos; });
   std::vector<std::string> due;
   for (auto& [id, w] : waiting_) {
     if (w.waiter != nullptr && now >= w.recheck_at) due.push_back(id);
