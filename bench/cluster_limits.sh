@@ -5,7 +5,10 @@
 #   2. the same with cluster_limits              (ratio of sessions/s; added connect latency)
 #   3. four `load` processes against one Redis   (aggregate sessions/s, never above the limit)
 # Redis commands per session from INFO commandstats: top-level calls (EVALSHA, EVAL, SCRIPT,
-# SUBSCRIBE...) and all calls including those the scripts make.
+# SUBSCRIBE...) and all calls including those the scripts make. Redis CPU per session, to size
+# a fleet's Redis: the time commandstats counts for the top-level calls (their `usec`, which
+# includes the calls their scripts make), and the Redis process's own CPU (INFO cpu,
+# used_cpu_user + used_cpu_sys: the same plus reading, parsing, replying and its event loop).
 # Usage: bench/cluster_limits.sh BUILD_DIR [SESSIONS [HOLD_MS]]   (inside `unshare -n`)
 # HOLD_MS (default 0) holds each session open that long before QUIT: 0 is the worst case for
 # the Redis round trip; real SMTP sessions last far longer.
@@ -55,12 +58,17 @@ run() {  # run NAME CONF SESSIONS: one load process
   "$bin" load --config "$work/$2" --domains a.test,b.test,c.test,d.test --sessions "$3" \
     --concurrency 32 --hold-ms "$hold" --wait-ms 60000 --json "$work/$1.json" >/dev/null 2>"$work/$1.err"
 }
-stats() { redis-cli -p "$rport" info commandstats | tr -d '\r'; }
+stats() { redis-cli -p "$rport" info commandstats | tr -d '\r'; redis-cli -p "$rport" info cpu | tr -d '\r'; }
 run local local.conf "$n"
+# A fleet that has run for a while: its first start waits out the store's warm-up (DESIGN §7
+# rule 4b, 1.5 s once per fleet), which is not a per-session cost; a short run pays it here.
+run establish cluster.conf 64
+stats >"$work/cluster.before"
 redis-cli -p "$rport" config resetstat >/dev/null
 run cluster cluster.conf "$n"
 stats >"$work/cluster.stats"
 redis-cli -p "$rport" config resetstat >/dev/null
+stats >"$work/four.before"
 for i in 1 2 3 4; do run "four$i" cluster.conf $((n / 4)) & pids+=($!); done
 wait "${pids[@]:2}" 2>/dev/null || true
 stats >"$work/four.stats"
@@ -68,12 +76,18 @@ python3 - "$work" "$n" <<'PY'
 import json, sys, os, re
 work, n = sys.argv[1], int(sys.argv[2])
 r = lambda k: json.load(open(os.path.join(work, k + ".json")))
-def calls(path):
+def calls(path, what="calls"):
     out = {}
     for line in open(os.path.join(work, path)):
-        m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", line)
-        if m: out[m.group(1)] = int(m.group(2))
+        m = re.match(r"cmdstat_([a-z|]+):calls=(\d+),usec=(\d+)", line)
+        if m: out[m.group(1)] = int(m.group(2) if what == "calls" else m.group(3))
     return out
+def cpu_us(path):  # the Redis process's CPU (user + sys), microseconds
+    v = {}
+    for line in open(os.path.join(work, path)):
+        k, _, x = line.partition(":")
+        if k in ("used_cpu_user", "used_cpu_sys"): v[k] = float(x)
+    return (v["used_cpu_user"] + v["used_cpu_sys"]) * 1e6
 top = {"evalsha", "eval", "script|load", "script", "subscribe", "ping", "select"}
 loc, clu = r("local"), r("cluster")
 four = [r(f"four{i}") for i in (1, 2, 3, 4)]
@@ -81,17 +95,22 @@ cs, fs = calls("cluster.stats"), calls("four.stats")
 def per(c, s):
     t = sum(v for k, v in c.items() if k in top)
     return t / s, sum(c.values()) / s
+def usec(name, s):  # commandstats usec of the top-level calls, and the process's CPU, per session
+    u = sum(v for k, v in calls(name + ".stats", "usec").items() if k in top)
+    return u / s, (cpu_us(name + ".stats") - cpu_us(name + ".before")) / s
 farm = json.load(open(os.path.join(work, "farm.json")))
 peak = max(a["peak"] for a in farm["addresses"])
 four_sessions = sum(x["sessions"] for x in four)
 four_secs = max(x["seconds"] for x in four)
-print("| run | sessions | sessions/s | ratio | connect p50 / p99 us | Redis cmds/session (top-level / incl. in scripts) |")
-print("|---|---|---|---|---|---|")
-print(f"| 1 worker, no cluster_limits | {loc['sessions']} | {loc['sessions_per_second']:.0f} | 1.00 | {loc['connect_p50_us']} / {loc['connect_p99_us']} | - |")
+print("| run | sessions | sessions/s | ratio | connect p50 / p99 us | Redis cmds/session (top-level / incl. in scripts) | Redis us/session (commandstats / process CPU) |")
+print("|---|---|---|---|---|---|---|")
+print(f"| 1 worker, no cluster_limits | {loc['sessions']} | {loc['sessions_per_second']:.0f} | 1.00 | {loc['connect_p50_us']} / {loc['connect_p99_us']} | - | - |")
 t, a = per(cs, clu["sessions"])
-print(f"| 1 worker, cluster_limits | {clu['sessions']} | {clu['sessions_per_second']:.0f} | {clu['sessions_per_second']/loc['sessions_per_second']:.2f} | {clu['connect_p50_us']} / {clu['connect_p99_us']} | {t:.2f} / {a:.1f} |")
+u, c = usec("cluster", clu["sessions"])
+print(f"| 1 worker, cluster_limits | {clu['sessions']} | {clu['sessions_per_second']:.0f} | {clu['sessions_per_second']/loc['sessions_per_second']:.2f} | {clu['connect_p50_us']} / {clu['connect_p99_us']} | {t:.2f} / {a:.1f} | {u:.1f} / {c:.1f} |")
 t, a = per(fs, four_sessions)
-print(f"| 4 workers, cluster_limits | {four_sessions} | {four_sessions/four_secs:.0f} | {four_sessions/four_secs/loc['sessions_per_second']:.2f} | {max(x['connect_p50_us'] for x in four)} / {max(x['connect_p99_us'] for x in four)} | {t:.2f} / {a:.1f} |")
+u, c = usec("four", four_sessions)
+print(f"| 4 workers, cluster_limits | {four_sessions} | {four_sessions/four_secs:.0f} | {four_sessions/four_secs/loc['sessions_per_second']:.2f} | {max(x['connect_p50_us'] for x in four)} / {max(x['connect_p99_us'] for x in four)} | {t:.2f} / {a:.1f} | {u:.1f} / {c:.1f} |")
 print()
 print(f"added connect latency (1 worker): p50 +{clu['connect_p50_us']-loc['connect_p50_us']} us, p99 +{clu['connect_p99_us']-loc['connect_p99_us']} us")
 print(f"farm peak per address over the whole run: {peak} (Host limit 16)")

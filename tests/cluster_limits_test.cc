@@ -9,6 +9,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -353,6 +354,108 @@ TEST_F(ClusterLimitsTest, AcquireCountsAcrossWorkersAndReleaseGivesBack) {
   EXPECT_EQ(a.limits->Held(key), 2);
   EXPECT_EQ(b.limits->Held(key), 1);
   EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
+}
+
+// DESIGN §7, batching: what one loop iteration asks — here five acquires, then three
+// releases and two acquires — goes as one call of the batch script, run in the order asked:
+// the first three of five are granted on a limit of 3; the releases run before the
+// acquires behind them, which are granted.
+TEST_F(ClusterLimitsTest, AcquiresAndReleasesOfOneIterationGoInOneCallInOrder) {
+  Worker a(Options());
+  std::vector<Loop*> loops = {a.loop.get()};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.9", 25));
+  std::vector<std::optional<ClusterClient::Result>> got(5);
+  for (int i = 0; i < 5; ++i) {
+    a.client->Acquire(a.client->NewId(), {{key, 3}}, nullptr,
+                      [&got, i](ClusterClient::Result r) { got[i] = std::move(r); });
+  }
+  EXPECT_EQ(a.limits->stats().batched.load(), 0);  // nothing sent before the loop comes round
+  ASSERT_TRUE(PumpUntil(loops, [&] {
+    return std::all_of(got.begin(), got.end(), [](const auto& r) { return r.has_value(); });
+  }));
+  EXPECT_EQ(a.limits->stats().batched.load(), 5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(got[i]->verdict, i < 3 ? ClusterClient::Verdict::kGranted
+                                     : ClusterClient::Verdict::kFull) << i;
+    if (i < 3) a.leases.push_back(std::move(got[i]->lease));
+  }
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "3");
+  a.leases.clear();  // three releases ...
+  std::vector<std::optional<ClusterClient::Result>> again(2);
+  for (int i = 0; i < 2; ++i) {  // ... and two acquires, in the same iteration
+    a.client->Acquire(a.client->NewId(), {{key, 3}}, nullptr,
+                      [&again, i](ClusterClient::Result r) { again[i] = std::move(r); });
+  }
+  ASSERT_TRUE(PumpUntil(loops, [&] { return again[0].has_value() && again[1].has_value(); }));
+  EXPECT_EQ(a.limits->stats().batched.load(), 10);
+  for (auto& r : again) {
+    EXPECT_EQ(r->verdict, ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
+  }
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+  EXPECT_EQ(a.limits->stats().redis_errors.load(), 0);
+}
+
+// DESIGN §7 rule 10: while nobody in the fleet waits on its keys, a released lease passes
+// to the client's next session on the same keys with no Redis call — Redis's count never
+// moves past the limit, the slot was never free. A waiter that queues takes the right away
+// (a publish): the next release goes to Redis and wakes it. An idle lease goes back by itself.
+TEST_F(ClusterLimitsTest, ReleasedLeasePassesToTheNextLocalSessionUntilAWaiterQueues) {
+  ClusterOptions o = Options();
+  o.recheck_ms = 600'000;  // only a publish can wake the waiter in this test
+  Worker a(o), b(o);
+  std::vector<Loop*> loops = {a.loop.get(), b.loop.get()};
+  const std::string key = a.limits->HostKey(Ep("127.0.0.10", 25));
+  for (int i = 0; i < 2; ++i) {
+    auto r = AcquireOnce(a, a.client->NewId(), {{key, 2}}, nullptr, loops);
+    ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+    a.leases.push_back(std::move(r->lease));
+  }
+  EXPECT_EQ(redis_->Query({"SCARD", key + ":r"}), "1");
+  EXPECT_TRUE(a.client->MayHandOffForTest({{key, 2}}));
+  const int64_t commands = a.limits->stats().commands.load();
+  a.leases.pop_back();  // kept: a holds the right on the key (nobody waits)
+  std::optional<ClusterClient::Result> handed;
+  a.client->Acquire(a.client->NewId(), {{key, 2}}, nullptr,
+                    [&](ClusterClient::Result r) { handed = std::move(r); });
+  ASSERT_TRUE(handed.has_value());  // decided inside Acquire: no round trip
+  EXPECT_EQ(handed->verdict, ClusterClient::Verdict::kGranted);
+  a.leases.push_back(std::move(handed->lease));
+  EXPECT_EQ(a.limits->stats().handoffs.load(), 1);
+  EXPECT_EQ(a.limits->stats().commands.load(), commands);
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+  EXPECT_EQ(a.limits->Held(key), 2);
+
+  // b queues: a's right is revoked; a's next release goes to Redis and wakes b.
+  TestWaiter w;
+  const std::string id = b.client->NewId();
+  auto full = AcquireOnce(b, id, {{key, 2}}, &w, loops);
+  ASSERT_TRUE(full && full->verdict == ClusterClient::Verdict::kFull);
+  EXPECT_EQ(redis_->Query({"SCARD", key + ":r"}), "0");
+  // The revocation travels by publish: a sees it before its next release here.
+  ASSERT_TRUE(PumpUntil(loops, [&] { return !a.client->MayHandOffForTest({{key, 2}}); }));
+  a.leases.pop_back();
+  ASSERT_TRUE(PumpUntil(loops, [&] { return w.woken == 1; }));
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "1");
+  auto got = AcquireOnce(b, id, {{key, 2}}, &w, loops);
+  ASSERT_TRUE(got && got->verdict == ClusterClient::Verdict::kGranted);
+  b.leases.push_back(std::move(got->lease));
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");
+  EXPECT_EQ(a.limits->stats().handoffs.load(), 1);
+
+  // With nobody waiting again, a's next grant brings the right back; an idle lease that no
+  // session takes goes back to Redis by itself (after ~100 ms).
+  b.leases.clear();
+  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key}) == "1"; }));
+  auto r = AcquireOnce(a, a.client->NewId(), {{key, 2}}, nullptr, loops);
+  ASSERT_TRUE(r && r->verdict == ClusterClient::Verdict::kGranted);
+  a.leases.push_back(std::move(r->lease));
+  EXPECT_TRUE(a.client->MayHandOffForTest({{key, 2}}));
+  a.leases.clear();
+  EXPECT_EQ(redis_->Query({"ZCARD", key}), "2");  // both kept idle
+  ASSERT_TRUE(PumpUntil(loops, [&] { return redis_->Query({"ZCARD", key}) == "0"; }));
+  EXPECT_EQ(a.limits->Held(key), 0);
+  EXPECT_EQ(a.limits->stats().redis_errors.load() + b.limits->stats().redis_errors.load(), 0);
 }
 
 TEST_F(ClusterLimitsTest, FreedSlotGoesToTheLongestWaiterByPublish) {

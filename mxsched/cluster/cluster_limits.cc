@@ -16,6 +16,19 @@ constexpr int kTickMs = 100;
 constexpr int kProbeMs = 500;
 constexpr size_t kMaxOwed = 100'000;
 constexpr char kAnyEpoch[] = "*";  // acquire within this process's rejoin share
+// Hand-off (DESIGN §7 rule 10): an idle lease is released after this long unused; a right
+// to hand off lasts this long after the grant that gave it (then a grant renews it).
+constexpr int64_t kIdleNanos = 100 * kMs;
+constexpr int64_t kRightNanos = 1000 * kMs;
+constexpr int64_t kRevokedKeepNanos = 5000 * kMs;
+
+// The keys and limits of an ask, as one string: an idle lease passes only to an ask with
+// the same.
+std::string Signature(const std::vector<ClusterKey>& keys) {
+  std::string sig;
+  for (const ClusterKey& k : keys) sig += StrCat(k.key, "\n", k.limit, "\n");
+  return sig;
+}
 
 // BORN_MS of a fleet epoch "BORN_MS:CREATOR" (Redis clock).
 int64_t EpochBorn(const std::string& epoch) {
@@ -251,6 +264,65 @@ end
 local out = {workers, added, #members / 2, oldest, now, ep, warm_left}
 for i = 3, math.min(#KEYS, 1002) do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
+end
+return out
+)lua";
+
+// Several acquires and releases in one call (DESIGN §7, "Batching and hand-off"): each
+// runs the acquire or release script above, unchanged, as a function of its own KEYS and
+// ARGV, in the order given — what the same commands sent one by one would do, in one round
+// trip and one command. ARGV: n, then per op its script (1 acquire, 2 release), key count,
+// arg count and hand-off key count R, then every op's args in order; KEYS: per op its keys,
+// then its R hand-off keys (an acquire's: one set K:r per limit key K, in the order of its
+// triples). Returns one reply per op; an op that fails is an error element (pcall), the
+// others run. After an acquire the call does the hand-off bookkeeping (DESIGN §7 rule 10)
+// and appends two elements to its reply: granted, the mask of keys whose queue is empty
+// (the caller, ARGV[6], joins K:r: it may hand its leases on K to its next session until
+// told otherwise); queued (wait = 1, not granted), every key with waiters has its K:r
+// emptied and each client in it told, on its wake-up channel, "!NOW_US KEY". Then the
+// Redis time in µs.
+constexpr char kBatchHead[] = "local op_acquire = function(KEYS, ARGV)\n";
+constexpr char kBatchMid[] = "\nend\nlocal op_release = function(KEYS, ARGV)\n";
+constexpr char kBatchTail[] = R"lua(
+end
+local ops = {op_acquire, op_release}
+local n = tonumber(ARGV[1])
+local ki, ai, out = 1, 2 + 4 * n, {}
+for o = 1, n do
+  local kind = tonumber(ARGV[4 * o - 2])
+  local nk, na, nr = tonumber(ARGV[4 * o - 1]), tonumber(ARGV[4 * o]), tonumber(ARGV[4 * o + 1])
+  local k, a = {unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai, ai + na - 1)}
+  local ok, r = pcall(ops[kind], k, a)
+  if ok and kind == 1 and type(r) == 'table' then
+    local t = redis.call('TIME')
+    local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local rights = 0
+    for i = 1, nr do
+      local W, R = k[3 * i - 1], KEYS[ki + nk + i - 1]
+      if r[1] == 1 then
+        if redis.call('EXISTS', W) == 0 then
+          redis.call('SADD', R, a[6])
+          redis.call('PEXPIRE', R, tonumber(a[2]) + 60000)
+          rights = rights + 2 ^ (i - 1)
+        end
+      elseif a[3] == '1' and redis.call('EXISTS', W) == 1 then
+        for _, c in ipairs(redis.call('SMEMBERS', R)) do
+          redis.call('PUBLISH', a[8] .. c, '!' .. string.format('%d', now_us) .. ' ' .. k[3 * i - 2])
+        end
+        redis.call('DEL', R)
+      end
+    end
+    r[#r + 1] = rights
+    r[#r + 1] = now_us
+  end
+  ki, ai = ki + nk + nr, ai + na
+  if ok then
+    out[o] = r
+  elseif type(r) == 'table' and r.err then
+    out[o] = r
+  else
+    out[o] = {err = tostring(r)}
+  end
 end
 return out
 )lua";
@@ -668,10 +740,19 @@ struct ClusterClient::Script {
   size_t index;
 };
 namespace {
-const struct {
+const std::string& BatchLua() {
+  static const std::string* body =
+      new std::string(StrCat(kBatchHead, kAcquireLua, kBatchMid, kReleaseLua, kBatchTail));
+  return *body;
+}
+struct ScriptBody {
   const char* body;
-} kScripts[] = {{kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}};
-enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3 };
+};
+const ScriptBody kScripts[] = {
+    {kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}, {BatchLua().c_str()}};
+enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3, kBatch = 4 };
+// Ops in one batch call at most (its reply is one array element per op).
+constexpr size_t kMaxBatchOps = 64;
 }  // namespace
 
 ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, bool worker)
@@ -691,8 +772,9 @@ ClusterClient::ClusterClient(Loop* loop, std::shared_ptr<ClusterLimits> limits, 
   if (!worker_) return;
   limits_->AddClient(+1);
   sub_.Subscribe(limits_->ChannelPrefix() + client_id_,
-                 [this](std::string_view, std::string_view waiter) {
-                   Wake(std::string(waiter), /*by_publish=*/true);
+                 [this](std::string_view, std::string_view payload) {
+                   if (!payload.empty() && payload[0] == '!') return OnRevoke(payload);
+                   Wake(std::string(payload), /*by_publish=*/true);
                  });
   seen_epoch_ = limits_->recovery_epoch();
   Refresh();  // heartbeat now: the live-worker count share mode needs
@@ -707,6 +789,8 @@ ClusterClient::~ClusterClient() {
     limits_->stats().commands.fetch_add(1, std::memory_order_relaxed);
     cmd_.Command({"ZREM", limits_->WorkersKey(), client_id_}, [](absl::StatusOr<RedisReply>) {});
   }
+  ReleaseIdle(/*all=*/true);
+  Flush();
   // Releases already sent: let them reach Redis, so the fleet sees the slots free now
   // rather than at lease expiry.
   const int rounds = limits_->options().timeout_ms / 10 + 1;
@@ -716,13 +800,78 @@ ClusterClient::~ClusterClient() {
     io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&tick_done_), 0);
     Loop::SetCompletion(sqe, nullptr);
   }
-  for (int i = 0; i < 200 && tick_armed_; ++i) loop_->RunOnce(10);
+  for (int i = 0; i < 200 && (tick_armed_ || flush_armed_); ++i) loop_->RunOnce(10);
 }
 
 std::string ClusterClient::NewId() { return StrCat(client_id_, ":", ++next_id_); }
 
+void ClusterClient::Batched(size_t script, std::vector<std::string> keys,
+                            std::vector<std::string> args, RedisConnection::ReplyFn fn,
+                            std::vector<std::string> handoff_keys) {
+  batch_.push_back(BatchOp{script, std::move(keys), std::move(args), std::move(fn),
+                           std::move(handoff_keys)});
+  if (batch_.size() >= kMaxBatchOps || destroying_) return Flush();
+  if (flush_armed_) return;
+  // Sent when the loop comes round (the NOP completes at its next wait), with whatever
+  // else this iteration asks: the same moment hiredis would have written it.
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_nop(sqe);
+  Loop::SetCompletion(sqe, &flush_done_);
+  flush_armed_ = true;
+}
+
+void ClusterClient::OnFlush(int, uint32_t) {
+  flush_armed_ = false;
+  Flush();
+}
+
+void ClusterClient::Flush() {
+  if (batch_.empty()) return;
+  std::vector<BatchOp> ops;
+  ops.swap(batch_);
+  if (ops.size() == 1 && ops[0].script == kRelease) {
+    BatchOp& op = ops[0];
+    return Eval(Script{kScripts[op.script].body, op.script}, std::move(op.keys),
+                std::move(op.args), std::move(op.fn));
+  }
+  if (ops.size() > 1) {
+    limits_->stats().batched.fetch_add(static_cast<int64_t>(ops.size()), std::memory_order_relaxed);
+  }
+  std::vector<std::string> keys, args = {StrCat(ops.size())};
+  std::vector<RedisConnection::ReplyFn> fns;
+  fns.reserve(ops.size());
+  for (const BatchOp& op : ops) {
+    args.push_back(op.script == kAcquire ? "1" : "2");
+    args.push_back(StrCat(op.keys.size()));
+    args.push_back(StrCat(op.args.size()));
+    args.push_back(StrCat(op.handoff_keys.size()));
+  }
+  for (BatchOp& op : ops) {
+    for (std::string& k : op.keys) keys.push_back(std::move(k));
+    for (std::string& k : op.handoff_keys) keys.push_back(std::move(k));
+    for (std::string& a : op.args) args.push_back(std::move(a));
+    fns.push_back(std::move(op.fn));
+  }
+  Eval(Script{kScripts[kBatch].body, kBatch}, std::move(keys), std::move(args),
+       [fns = std::move(fns)](absl::StatusOr<RedisReply> r) mutable {
+         const bool each = r.ok() && r->type == RedisReply::Type::kArray &&
+                           r->elements.size() == fns.size();
+         for (size_t i = 0; i < fns.size(); ++i) {
+           if (each) {
+             fns[i](std::move(r->elements[i]));
+           } else if (!r.ok() || r->is_error()) {
+             fns[i](r);  // the whole call failed: every op with it
+           } else {
+             fns[i](absl::InternalError("batch: unexpected reply"));
+           }
+         }
+       });
+}
+
 void ClusterClient::Eval(const Script& s, std::vector<std::string> keys,
                          std::vector<std::string> args, RedisConnection::ReplyFn fn) {
+  // Anything batched goes first: commands reach Redis in the order they were asked for.
+  if (s.index != kBatch && s.index != kAcquire && s.index != kRelease) Flush();
   std::vector<std::string> argv;
   argv.reserve(3 + keys.size() + args.size());
   const std::string& sha = shas_[s.index];
@@ -770,6 +919,26 @@ FleetClient::Result Throttled(int32_t throttle, int64_t wait_nanos) {
 void ClusterClient::Acquire(const std::string& id, std::vector<ClusterKey> keys,
                             std::vector<ClusterThrottle> throttles, int64_t throttle_wait_nanos,
                             ClusterWaiter* waiter, Done done) {
+  if (!idle_.empty() && throttles.empty()) {
+    // A lease this client's last session on the same keys let go (a start that takes a
+    // throttle asks Redis for its instant: §12 rule 10), while nobody in the fleet
+    // waits for them: it passes on without a Redis call (DESIGN §7 rule 10).
+    auto it = idle_.find(Signature(keys));
+    auto w = waiting_.find(id);
+    if (it != idle_.end() && (w == waiting_.end() || w->second.queued.empty()) &&
+        MayHandOff(keys)) {
+      const uint64_t h = it->second.back().handle;  // the most recent: its keys are warm
+      it->second.pop_back();
+      if (it->second.empty()) idle_.erase(it);
+      if (w != waiting_.end()) {
+        EndWait(w->second);
+        waiting_.erase(w);
+      }
+      limits_->stats().leases.fetch_add(1, std::memory_order_relaxed);
+      limits_->stats().handoffs.fetch_add(1, std::memory_order_relaxed);
+      return done(Result{Verdict::kGranted, MakeLease(h)});
+    }
+  }
   if (waiter != nullptr) waiting_.try_emplace(id);  // a publish may beat the reply
   RateAsk rate{std::move(throttles), std::max<int64_t>(0, throttle_wait_nanos), 0};
   if (keys.empty() && !rate.throttles.empty()) {
@@ -820,8 +989,13 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
   args.push_back(StrCat(rate.throttles.size()));
   redis_keys.push_back(limits_->EpochKey());
   redis_keys.push_back(limits_->WorkersKey());
-  Eval(Script{kScripts[kAcquire].body, kAcquire}, std::move(redis_keys), std::move(args),
-       [this, id, keys, rate = std::move(rate), waiter, reserved,
+  std::vector<std::string> handoff_keys;
+  for (const ClusterKey& k : keys) handoff_keys.push_back(k.key + ":r");
+  // A right granted by this call holds only if no revocation can have been missed since it
+  // was sent: the wake-up channel subscribed now, and no failure of it after (MayHandOff).
+  const int64_t sub_failures = worker_ && sub_.subscribed() ? sub_.failures() : -1;
+  Batched(kAcquire, std::move(redis_keys), std::move(args),
+       [this, id, keys, rate = std::move(rate), waiter, reserved, sub_failures,
         done = std::move(done)](absl::StatusOr<RedisReply> r) mutable {
          if (absl::Status s = ReplyStatus(r); !s.ok() || r->type != RedisReply::Type::kArray ||
                                               r->elements.size() < 8 + keys.size()) {
@@ -841,6 +1015,20 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
                             ToSteady(redis_now_us + r->elements[5].integer) - steady_now);
          const int64_t blocking = r->elements[6].integer;
          const int64_t mask = r->elements[1].integer;
+         {
+           // The hand-off bookkeeping the batch script appended (kBatchTail).
+           const size_t n = r->elements.size();
+           const int64_t rights = r->elements[n - 2].integer;
+           const int64_t now_us = r->elements[n - 1].integer;
+           const int64_t noted = SteadyNowNanos();
+           for (size_t i = 0; i < keys.size() && i < 32; ++i) {
+             if (r->elements[0].integer == 1 && ((rights >> i) & 1) && sub_failures >= 0) {
+               rights_[keys[i].key] = Right{now_us, noted, sub_failures};
+             } else if (r->elements[0].integer == 1 || ((mask >> i) & 1)) {
+               rights_.erase(keys[i].key);
+             }
+           }
+         }
          limits_->NoteClients(r->elements[2].integer);
          const int64_t warm_left = r->elements[4].integer;
          if (limits_->NoteEpoch(r->elements[3].str, warm_left)) limits_->StoreLost(EpochBorn(r->elements[3].str));
@@ -870,6 +1058,15 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
          if (mask == 0 && blocking > 0) {  // the keys had room, a throttle's instant is too far
            limits_->stats().throttled.fetch_add(1, std::memory_order_relaxed);
            return done(Throttled(static_cast<int32_t>(blocking - 1), rate_wait));
+          }
+         if (!idle_.empty()) {
+           // Full where this client keeps idle leases: they go back now (and wake whoever
+           // waits there, this ask too if it queued).
+           std::vector<ClusterKey> full;
+           for (size_t i = 0; i < keys.size() && i < 32; ++i) {
+             if ((mask >> i) & 1) full.push_back(keys[i]);
+           }
+           ReleaseIdle(false, &full);
          }
          Result res{Verdict::kFull, ClusterLease()};
          res.full_mask = static_cast<uint32_t>(mask);
@@ -913,7 +1110,8 @@ void ClusterClient::Decide(const std::string& id, std::vector<ClusterKey> keys, 
            }
          }
          done(std::move(res));
-       });
+       },
+       std::move(handoff_keys));
 }
 
 // The Redis clock (`TIME`, µs of the wall clock) on this process's steady clock: an answer
@@ -1028,9 +1226,85 @@ void ClusterClient::Forget(const std::string& id) {
   if (!queued.empty() && !local) SendRelease(id, queued);
 }
 
+bool ClusterClient::MayHandOff(const std::vector<ClusterKey>& keys) const {
+  if (limits_->mode() != ClusterMode::kNormal || !worker_ || !sub_.subscribed()) return false;
+  const int64_t now = SteadyNowNanos();
+  for (const ClusterKey& k : keys) {
+    auto r = rights_.find(k.key);
+    if (r == rights_.end() || r->second.sub_failures != sub_.failures() ||
+        now - r->second.noted > kRightNanos) {
+      return false;
+    }
+    auto v = revoked_.find(k.key);
+    if (v != revoked_.end() && v->second.first >= r->second.granted_us) return false;
+  }
+  return true;
+}
+
+void ClusterClient::OnRevoke(std::string_view payload) {
+  // "!NOW_US KEY"
+  const size_t sp = payload.find(' ');
+  if (sp == std::string_view::npos || sp < 2) return;
+  int64_t at = 0;
+  for (char c : payload.substr(1, sp - 1)) {
+    if (c < '0' || c > '9') return;
+    at = at * 10 + (c - '0');
+  }
+  const std::string key(payload.substr(sp + 1));
+  const int64_t now = SteadyNowNanos();
+  auto [v, fresh] = revoked_.try_emplace(key, at, now);
+  if (!fresh && at > v->second.first) v->second = {at, now};
+  rights_.erase(key);
+  const std::vector<ClusterKey> on = {ClusterKey{key, 0}};
+  ReleaseIdle(false, &on);
+}
+
+void ClusterClient::ReleaseIdle(bool all, const std::vector<ClusterKey>* sharing) {
+  if (idle_.empty()) {
+    if (revoked_.size() > 1024) revoked_.clear();  // bounded; entries matter for 1 s
+    return;
+  }
+  const int64_t now = SteadyNowNanos();
+  std::vector<uint64_t> go;
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    auto& list = it->second;
+    auto rec = leases_.find(list.front().handle);
+    bool drop_all = all || rec == leases_.end() || !MayHandOff(rec->second.keys);
+    if (!drop_all && sharing != nullptr) {
+      for (const ClusterKey& k : *sharing) drop_all = drop_all || HasKey(rec->second.keys, k.key);
+    }
+    std::erase_if(list, [&](const Idle& i) {
+      const bool drop = drop_all || (sharing == nullptr && now - i.since >= kIdleNanos);
+      if (drop) go.push_back(i.handle);
+      return drop;
+    });
+    if (list.empty()) {
+      idle_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  for (uint64_t h : go) DropLease(h);
+}
+
+void ClusterClient::DropLease(uint64_t handle) {
+  auto it = leases_.find(handle);
+  if (it == leases_.end()) return;
+  LeaseRec rec = std::move(it->second);
+  leases_.erase(it);
+  limits_->RemoveHeld(rec.keys);
+  SendRelease(rec.id, rec.keys);
+}
+
 void ClusterClient::ReleaseLease(uint64_t handle) {
   auto it = leases_.find(handle);
   if (it == leases_.end()) return;
+  if (worker_ && !destroying_ && MayHandOff(it->second.keys)) {
+    // Kept for this client's next session on the same keys (DESIGN §7 rule 10): still held
+    // in Redis (and refreshed), released after kIdleNanos unused or when a waiter appears.
+    idle_[Signature(it->second.keys)].push_back(Idle{handle, SteadyNowNanos()});
+    return;
+  }
   LeaseRec rec = std::move(it->second);
   leases_.erase(it);
   limits_->RemoveHeld(rec.keys);
@@ -1062,7 +1336,7 @@ void ClusterClient::SendRelease(const std::string& id, const std::vector<Cluster
   }
   std::vector<std::string> args = {id, limits_->ChannelPrefix()};
   for (const ClusterKey& k : keys) args.push_back(StrCat(k.limit));
-  Eval(Script{kScripts[kRelease].body, kRelease}, Triples(keys), std::move(args),
+  Batched(kRelease, Triples(keys), std::move(args),
        [this, id, keys](absl::StatusOr<RedisReply> r) {
          if (absl::Status s = ReplyStatus(r); !s.ok()) {
            OnFailure(s);
@@ -1187,6 +1461,8 @@ void ClusterClient::OnTick(int, uint32_t) {
   } else if (now >= next_refresh_) {
     Refresh();
   }
+  ReleaseIdle(false);  // unused for kIdleNanos, or no longer to be handed off
+  absl::erase_if(revoked_, [now](const auto& kv) { return now - kv.second.second > kRevokedKeepNanos; });
   std::vector<std::string> due;
   for (auto& [id, w] : waiting_) {
     if (w.waiter != nullptr && now >= w.recheck_at) due.push_back(id);

@@ -205,6 +205,8 @@ class ClusterLimits final : public FleetView {
     std::atomic<int64_t> noscript{0};       // NOSCRIPT answers (script cache lost)
     std::atomic<int64_t> mode_switches{0};  // normal -> degraded and back
     std::atomic<int64_t> commands{0};       // commands sent to Redis
+    std::atomic<int64_t> batched{0};        // acquires and releases sent in a batch of 2+
+    std::atomic<int64_t> handoffs{0};       // slots handed to the next session, no Redis call
     std::atomic<int64_t> store_resets{0};   // Redis found without its keys (new epoch)
     std::atomic<int64_t> warmup_refusals{0};  // grants refused during a warm-up
     std::atomic<int64_t> discoveries{0};      // masters found through Sentinel
@@ -301,6 +303,8 @@ class ClusterClient final : public FleetClient {
   }
 
   ClusterLimits& limits() { return *limits_; }
+  // For tests: would a lease on `keys` pass to the next session now (DESIGN §7 rule 10)?
+  bool MayHandOffForTest(const std::vector<ClusterKey>& keys) const { return MayHandOff(keys); }
   size_t leases() const { return leases_.size(); }
   size_t waiting() const { return waiting_.size(); }
   // The wake-up channel is subscribed (until then a waiter is found by its re-check only).
@@ -336,6 +340,20 @@ class ClusterClient final : public FleetClient {
   };
   void Decide(const std::string& id, std::vector<ClusterKey> keys, RateAsk rate,
               ClusterWaiter* waiter, bool reserved, Done done);
+  // An acquire or release, sent with the others asked for in the same loop iteration as
+  // one call of the batch script (DESIGN §7, "Batching").
+  void Batched(size_t script, std::vector<std::string> keys, std::vector<std::string> args,
+               RedisConnection::ReplyFn fn, std::vector<std::string> handoff_keys = {});
+  void Flush();
+  void OnFlush(int res, uint32_t flags);
+  // Hand-off (DESIGN §7 rule 10): may a lease on `keys` pass to this client's next session?
+  bool MayHandOff(const std::vector<ClusterKey>& keys) const;
+  // A "!NOW_US KEY" message: a waiter queued on KEY; stop handing off there.
+  void OnRevoke(std::string_view payload);
+  // Releases idle leases: every one (`all`), those idle for kIdleMs or that may no longer be
+  // handed off, or (with `sharing`) those on any of those keys.
+  void ReleaseIdle(bool all, const std::vector<ClusterKey>* sharing = nullptr);
+  void DropLease(uint64_t handle);  // forgets the lease here and releases it in Redis
   // Full without asking Redis (degraded, or over the share while rejoining).
   void LocalFull(const std::string& id, std::vector<ClusterKey> keys, ClusterWaiter* waiter,
                  Done done);
@@ -373,10 +391,38 @@ class ClusterClient final : public FleetClient {
   int64_t discoveries_seen_ = 0;  // cmd_.discoveries() counted into the stats
   bool worker_ = true;
   bool refresh_in_flight_ = false;
+  struct BatchOp {
+    size_t script;
+    std::vector<std::string> keys;
+    std::vector<std::string> args;
+    RedisConnection::ReplyFn fn;
+    std::vector<std::string> handoff_keys;  // an acquire's K:r sets (DESIGN §7 rule 10)
+  };
+  std::vector<BatchOp> batch_;  // asked for this loop iteration, not sent yet
+  // Hand-off (DESIGN §7 rule 10). A right to hand off on a key: granted by Redis at
+  // `granted_us` (its clock), noted here at `noted`, while the wake-up channel had seen
+  // `sub_failures` failures (a failure since: a revocation may have been missed).
+  struct Right {
+    int64_t granted_us = 0;
+    int64_t noted = 0;
+    int64_t sub_failures = 0;
+  };
+  absl::flat_hash_map<std::string, Right> rights_;
+  // The latest revocation per key: {Redis µs, local nanos noted} (kept 5 s: a reply granting
+  // a right before it may arrive after it).
+  absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> revoked_;
+  struct Idle {
+    uint64_t handle;
+    int64_t since;
+  };
+  // Released leases kept for the next session on the same keys, by the keys' signature.
+  absl::flat_hash_map<std::string, std::vector<Idle>> idle_;
+  bool flush_armed_ = false;
   bool tick_armed_ = false;
   bool destroying_ = false;
   __kernel_timespec tick_ts_{};
   MemberCompletion<ClusterClient, &ClusterClient::OnTick> tick_done_{this};
+  MemberCompletion<ClusterClient, &ClusterClient::OnFlush> flush_done_{this};
 };
 
 }  // namespace mxsched::io
