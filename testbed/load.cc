@@ -153,6 +153,7 @@ struct Hold {
   int pending = 0;
   size_t step = 0;
   size_t sent = 0;
+  bool pipelining = false;  // this connection's EHLO advertised PIPELINING (and --pipelining)
   std::string reply;
   __kernel_timespec hold_ts{}, reply_ts{};
   char buf[512];
@@ -164,6 +165,9 @@ struct Hold {
   void Recv();
   void OnReply(int res, uint32_t);
   void OnTimer(int, uint32_t);
+  // MAIL, RCPT and DATA in one write (pipelining, at step 1), else the step's command.
+  bool Grouped() const { return pipelining && step == 1; }
+  const std::string& Out() const;
   // Cuts the hold short (the run is stopping): the hold timer is cancelled and QUIT is sent
   // at once, so the server sees the session end before the slot is released (a shutdown
   // would let a waiter connect while the server still counts the old connection). End()
@@ -201,6 +205,7 @@ class Worker {
         body += "La-la-la mxsched load test body line.\r\n";
       }
       dialogue_.push_back(body + ".\r\n");
+      pipelined_group_ = dialogue_[1] + dialogue_[2] + dialogue_[3];
     }
     dialogue_.push_back("QUIT\r\n");
     auto loop = Loop::Create(4096);
@@ -351,6 +356,10 @@ class Worker {
   }
   const LoadOptions& options() const { return *shared_->options; }
   const std::vector<std::string>& dialogue() const { return dialogue_; }
+  const std::string& pipelined_group() const { return pipelined_group_; }
+  // Whether a connection's EHLO advertised PIPELINING, by fd: a reused connection (no EHLO
+  // this session) keeps what its first session learnt; a fresh one on the same fd replaces it.
+  absl::flat_hash_map<int, bool>& ehlo_pipelining() { return ehlo_pipelining_; }
   Shared* shared() { return shared_; }
 
   // Histograms, not samples: a run's memory must not grow with its length.
@@ -376,6 +385,8 @@ class Worker {
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;
   std::vector<std::string> dialogue_;
+  std::string pipelined_group_;  // MAIL + RCPT + DATA
+  absl::flat_hash_map<int, bool> ehlo_pipelining_;
   std::string domain_buf_;  // a generated session domain (Connect copies it)
 };
 
@@ -388,7 +399,11 @@ void Hold::Start() {
   io_uring_prep_timeout(dl, &reply_ts, 0, 0);
   Loop::SetCompletion(dl, &timer_done);
   ++pending;
-  if (conn.reused) step = 1;  // EHLO was said on this connection before (RSET since)
+  if (conn.reused) {
+    step = 1;  // EHLO was said on this connection before (RSET since)
+    auto it = worker->ehlo_pipelining().find(conn.fd);
+    pipelining = it != worker->ehlo_pipelining().end() && it->second;
+  }
   if (ms <= 0) return Send();
   hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
   io_uring_sqe* sqe = worker->loop()->Sqe();
@@ -403,6 +418,10 @@ void Hold::OnHold(int, uint32_t) {
   holding = false;
   if (stopped) step = worker->dialogue().size() - 1;  // straight to QUIT
   Send();
+}
+
+const std::string& Hold::Out() const {
+  return Grouped() ? worker->pipelined_group() : worker->dialogue()[step];
 }
 
 std::string Hold::DialogueStep() const {
@@ -422,7 +441,7 @@ void Hold::Stop() {
 }
 
 void Hold::Send() {
-  const std::string& cmd = worker->dialogue()[step];
+  const std::string& cmd = Out();
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_send(sqe, conn.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
   Loop::SetCompletion(sqe, &sent_done);
@@ -433,7 +452,7 @@ void Hold::OnSent(int res, uint32_t) {
   --pending;
   if (res < 0) return End(StrCat("dialogue: sending ", DialogueStep(), ": ", std::strerror(-res)));
   sent += res;
-  if (sent < worker->dialogue()[step].size()) return Send();
+  if (sent < Out().size()) return Send();
   reply.clear();
   Recv();
 }
@@ -454,11 +473,26 @@ void Hold::OnReply(int res, uint32_t) {
   if (reply.size() > 65536) {  // a server that never ends its reply
     return End(StrCat("dialogue: reply to ", DialogueStep(), " over 65536 bytes"));
   }
-  // Complete when the last line is "NNN text\r\n" (not "NNN-").
+  // Complete when the last line is "NNN text\r\n" (not "NNN-"); a pipelined group when
+  // its three replies' last lines are in.
   if (reply.size() < 2 || reply.back() != '\n') return Recv();
-  const size_t line = reply.rfind('\n', reply.size() - 2);
-  const size_t start = line == std::string::npos ? 0 : line + 1;
-  if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
+  if (Grouped()) {
+    int finals = 0;
+    for (size_t at = 0, nl; (nl = reply.find('\n', at)) != std::string::npos; at = nl + 1) {
+      if (nl - at < 4 || reply[at + 3] != '-') ++finals;
+    }
+    if (finals < 3) return Recv();
+    step = 3;  // the group was MAIL, RCPT, DATA: the body is next
+  } else {
+    const size_t line = reply.rfind('\n', reply.size() - 2);
+    const size_t start = line == std::string::npos ? 0 : line + 1;
+    if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
+  }
+  if (step == 0 && worker->options().pipelining && worker->dialogue().size() > 2) {
+    // The EHLO reply: does the server take pipelined commands (RFC 2920)?
+    pipelining = ToLower(reply).find("pipelining") != std::string::npos;
+    worker->ehlo_pipelining()[conn.fd] = pipelining;
+  }
   // Parking: the transaction ends before QUIT (the last step), which the connector sends
   // when it closes the connection. A stopped hold sends QUIT and ends after it.
   const size_t end = worker->dialogue().size() - (worker->parking() && !stopped ? 1 : 0);

@@ -94,6 +94,10 @@ struct LoadOptions {
   // after the message (Connector::Park, docs/DESIGN.md §13) instead of QUIT, and a session
   // that gets a parked one (ConnectResult::reused: RSET already answered) runs MAIL, RCPT,
   // DATA without EHLO. Parked connections are closed with QUIT when the run ends.
+  // With message_bytes >= 0 and `pipelining` (`--pipelining`): MAIL, RCPT and DATA go in one
+  // write when the server's EHLO reply advertised PIPELINING (RFC 2920), their three replies
+  // read together — one round trip where there were three. (smtp-source has no pipelining.)
+  bool pipelining = false;
   // At max_seconds, or once *stop is true (a signal handler's flag), the run stops: no new
   // session starts; a session holding (--hold-ms) quits at once and is counted deferred,
   // kind "stopped"; one in its dialogue finishes it; sessions never started are reported

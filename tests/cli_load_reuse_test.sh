@@ -2,7 +2,7 @@
 # `mxsched load --message B --reuse` end to end (docs/DESIGN.md §9, §13 rule 8) against the
 # farm: the report's messages, connections, reused, stale and messages per connection
 # against the farm's own counts; the same load without --reuse; --reuse without --message
-# is a usage error; `top --once` during a reusing run shows the PARKED column and the
+# is a usage error; --pipelining's grouped commands; `top --once` during a reusing run shows the PARKED column and the
 # reuse line. Ends only the processes it started, by PID.
 #   cli_load_reuse_test.sh MXSCHED_BINARY
 set -u
@@ -72,6 +72,14 @@ stop_farm
 check plain 'r["connected"] == 200 and total == 200 and quits == 200'
 check plain 'not r["reuse"]["enabled"] and r["reuse"]["connections"] == 200 and r["reuse"]["reused"] == 0'
 grep -q 'reuse off: 0 reused' "$work/plain.out" || fail "reuse off in the text"
+
+echo "== load --message 100 --reuse --pipelining: MAIL, RCPT, DATA in one write"
+farm fpipe
+load --sessions 500 --concurrency 8 --message 100 --reuse --pipelining --json "$work/pipe.json" \
+  >"$work/pipe.out" 2>"$work/pipe.err" || fail "load --pipelining: $(cat "$work/pipe.out")"
+stop_farm
+check pipe 'r["connected"] == 500 and messages == 500 and r["failed"] == 0'
+check pipe 'r["reuse"]["reused"] > 0 and r["reuse"]["connections"] == total and quits == total'
 
 echo "== --reuse needs --message"
 load --sessions 1 --reuse >"$work/bad.out" 2>&1

@@ -373,6 +373,10 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
                "to reuse after RSET (docs/DESIGN.md §13; idle_timeout and "
                "max_deliveries_per_connection from the config); needs --message")
       ->needs(message);
+  sub.add_flag("--pipelining", o.pipelining,
+               "Send MAIL, RCPT and DATA in one write when the server's EHLO advertises "
+               "PIPELINING (RFC 2920; smtp-source does not); needs --message")
+      ->needs(message);
   // Waiting is the default: without it a run against a limit "completes" at a huge rate with
   // nearly every session deferred, which measures nothing.
   o.connector.slot_wait_ms = 10'000;
