@@ -294,5 +294,63 @@ TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) 
   EXPECT_EQ(selector.server_active(), 0);
 }
 
+
+// A waiter that cannot use the parked connections holding its host's slots (another
+// connector: another owner) does not wait for their idle timeout (300 s here): the oldest
+// is closed with QUIT for it and its slot handed over (DESIGN §13 rule 4), across two
+// connectors on the farm.
+TEST_F(ReuseTest, AWaiterOfAnotherConnectorGetsAParkedConnectionClosedForIt) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_)});
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 10),
+                                      " )\nidle_timeout = 300\nHost \"", Ip(1),
+                                      "\" { max_outbound_connections = 2 }\n")));
+  auto loop = io::Loop::Create();
+  ASSERT_TRUE(loop.ok());
+  const io::ConnectorOptions co{.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
+                                .slot_wait_ms = 30000, .reuse = true};
+  io::Connector a(loop->get(), &selector, co), b(loop->get(), &selector, co);
+  auto run = [&](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!done() && std::chrono::steady_clock::now() < deadline) (*loop)->RunOnce(50);
+    return done();
+  };
+  std::vector<ConnectResult> got;
+  for (int i = 0; i < 2; ++i) {
+    a.Connect("a.example", [&](ConnectResult r) { got.push_back(std::move(r)); });
+  }
+  ASSERT_TRUE(run([&] { return got.size() == 2; }));
+  for (ConnectResult& r : got) {
+    ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+    ASSERT_TRUE(Transact(r.fd, true));
+    a.Park(std::move(r));
+  }
+  got.clear();
+  ASSERT_EQ(selector.parked(), 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  b.Connect("b.example", [&](ConnectResult r) { got.push_back(std::move(r)); });
+  ASSERT_TRUE(run([&] { return got.size() == 1; }));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(got[0].kind, ConnectResult::Kind::kConnected) << got[0].reason;
+  EXPECT_FALSE(got[0].reused) << "another owner's parked connection is never handed over";
+  EXPECT_LT(waited, 30.0) << "not the 300 s idle timeout";
+  EXPECT_EQ(selector.parked(), 1);
+  EXPECT_EQ(a.parked(), 1u);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kEvicted)], 1u);
+  ASSERT_TRUE(Transact(got[0].fd, true));
+  testing::CloseConnection(got[0]);
+  a.Stop("test over");
+  b.Stop("test over");
+  ASSERT_TRUE(run([&] { return a.parked() == 0 && b.parked() == 0; }));
+  auto s = SettledStats(*farm);
+  const auto* h = StatsFor(s, Ip(1));
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->total, 3u);
+  EXPECT_LE(h->peak, 2) << "the evicted connection closed before the waiter's connected";
+  EXPECT_EQ(h->quits, 2u) << "the evicted and the stopped one QUIT (the test closed its own)";
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
 }  // namespace
 }  // namespace mxsched
