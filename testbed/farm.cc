@@ -210,6 +210,7 @@ struct Farm::Impl {
   std::thread thread;
   std::atomic<bool> stopping{false};
   std::atomic<int64_t> current_all{0}, peak_all{0};  // over every listener
+  std::atomic<uint64_t> rsets{0};  // RSETs seen, for FarmOptions::rset_fail_every
   // Accept rates (FarmOptions::rate_windows_ms): over all listeners, per listener (index),
   // and the recent accept times. Written on the farm thread, read by Stats.
   static constexpr size_t kRecentAccepts = 65536;
@@ -286,6 +287,7 @@ struct alignas(64) Listener {
   std::atomic<uint64_t> rejected{0};
   std::atomic<int64_t> serving{0}, served_peak{0};  // sessions greeted 220 and still open
   std::atomic<uint64_t> idle_closed{0}, accept_backoffs{0};
+  std::atomic<uint64_t> rsets_refused{0};
   Fault fault() const { return {static_cast<Fault::Kind>(fault_kind.load()), slow_ms.load()}; }
   void ArmAccept() {
     if (fd < 0 || accept_armed) return;
@@ -458,6 +460,13 @@ struct Conn {
       out += StrCat("250-", farm->options.hostname, "\r\n250 PIPELINING\r\n");
     } else if (verb == "helo") {
       out += StrCat("250 ", farm->options.hostname, "\r\n");
+    } else if (verb == "rset" && farm->options.rset_fail_every > 0 &&
+               farm->rsets.fetch_add(1, std::memory_order_relaxed) %
+                       farm->options.rset_fail_every ==
+                   static_cast<uint64_t>(farm->options.rset_fail_every - 1)) {
+      listener->rsets_refused.fetch_add(1, std::memory_order_relaxed);
+      out += "421 4.3.2 session lost, closing\r\n";
+      close_after_send = true;
     } else if (verb == "mail" || verb == "rcpt" || verb == "rset" || verb == "noop") {
       if (verb == "mail") farm->CountMail();
       out += "250 2.0.0 ok\r\n";
@@ -766,6 +775,7 @@ std::vector<FarmAddressStats> Farm::Stats() const {
                    l->current.load(), l->peak.load(), l->rejected.load(), l->served_peak.load(),
                    l->idle_closed.load(), l->accept_backoffs.load(),
                    Peaks(impl_->rate_by_listener[l->index])});
+    out.back().rsets_refused = l->rsets_refused.load();
   }
   return out;
 }
@@ -798,6 +808,7 @@ void Farm::ResetCounters() {
     l->served_peak = l->serving.load();
     l->idle_closed = 0;
     l->accept_backoffs = 0;
+    l->rsets_refused = 0;
   }
   {
     MutexLock lock(&impl_->rate_mu);

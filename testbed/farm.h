@@ -77,6 +77,10 @@ struct FarmOptions {
   // connection rate counts (outbound_throttle_connections, docs/DESIGN.md §12). Each
   // window keeps only the accept times inside it: memory follows the rate, not the run.
   std::vector<int> rate_windows_ms = {1000};
+  // > 0: every Nth RSET the farm gets (over all addresses) is answered "421 4.3.2" and the
+  // connection closed — a server that dropped a reused connection's session, found by the
+  // client's RSET (docs/DESIGN.md §13: stale). Counted in rsets_refused. 0: never.
+  int rset_fail_every = 0;
 };
 
 // The most accepts seen within any window of `window_ms` (half-open: N+1 accepts less than
@@ -107,6 +111,7 @@ struct FarmAddressStats {
   uint64_t idle_closed = 0;      // closed by the farm after idle_timeout_ms without a byte
   uint64_t accept_backoffs = 0;  // accepts failed for lack of fds/memory, each backed off
   std::vector<FarmRatePeak> rate_peaks;  // one per FarmOptions::rate_windows_ms
+  uint64_t rsets_refused = 0;  // RSETs answered 421 (FarmOptions::rset_fail_every)
 };
 
 class Farm {

@@ -153,6 +153,7 @@ struct Hold {
   int pending = 0;
   size_t step = 0;
   size_t sent = 0;
+  bool pipelining = false;  // this connection's EHLO advertised PIPELINING (and --pipelining)
   std::string reply;
   __kernel_timespec hold_ts{}, reply_ts{};
   char buf[512];
@@ -164,6 +165,9 @@ struct Hold {
   void Recv();
   void OnReply(int res, uint32_t);
   void OnTimer(int, uint32_t);
+  // MAIL, RCPT and DATA in one write (pipelining, at step 1), else the step's command.
+  bool Grouped() const { return pipelining && step == 1; }
+  const std::string& Out() const;
   // Cuts the hold short (the run is stopping): the hold timer is cancelled and QUIT is sent
   // at once, so the server sees the session end before the slot is released (a shutdown
   // would let a waiter connect while the server still counts the old connection). End()
@@ -201,6 +205,7 @@ class Worker {
         body += "La-la-la mxsched load test body line.\r\n";
       }
       dialogue_.push_back(body + ".\r\n");
+      pipelined_group_ = dialogue_[1] + dialogue_[2] + dialogue_[3];
     }
     dialogue_.push_back("QUIT\r\n");
     auto loop = Loop::Create(4096);
@@ -234,6 +239,12 @@ class Worker {
         for (Hold* h : std::vector<Hold*>(holds_.begin(), holds_.end())) h->Stop();
       }
       if (more_to_start_) StartMore();
+    }
+    // Parked connections (--reuse) end with QUIT, answered or not within 1 s each, so the
+    // server sees every connection closed by the client (docs/DESIGN.md §13 rule 6).
+    if (connector_->parked() > 0) {
+      if (!connector_->stopped()) connector_->Stop("the load run is over");
+      for (int i = 0; i < 100 && connector_->parked() > 0; ++i) loop_->RunOnce(50);
     }
     // Let cancelled timers' completions drain so no session object outlives the loop.
     for (int i = 0; i < 10 && loop_->RunOnce(1) > 0; ++i) {
@@ -285,7 +296,13 @@ class Worker {
     if (r.slot_wait_nanos > 0) slot_waits_.Add(r.slot_wait_nanos);
     if (r.throttle_wait_nanos > 0) throttle_waits_.Add(r.throttle_wait_nanos);
     if (r.kind == ConnectResult::Kind::kConnected) {
-      latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos - r.throttle_wait_nanos);
+      // A reused connection had no connect and no greeting: its latency is not a connect's.
+      if (r.reused) {
+        ++reused_;
+      } else {
+        ++fresh_;
+        latencies_.Add(r.elapsed_nanos - r.slot_wait_nanos - r.throttle_wait_nanos);
+      }
       HostCount* host = shared_->Host(r.lease.endpoint());
       host->Opened();
       HostCount* binding = shared_->BindingCount(r.lease.binding());
@@ -332,8 +349,17 @@ class Worker {
   }
 
   Loop* loop() { return loop_.get(); }
+  Connector* connector() { return connector_.get(); }
+  // --reuse with --message: a finished transaction parks its connection instead of QUIT.
+  bool parking() const {
+    return shared_->options->message_bytes >= 0 && shared_->options->connector.reuse;
+  }
   const LoadOptions& options() const { return *shared_->options; }
   const std::vector<std::string>& dialogue() const { return dialogue_; }
+  const std::string& pipelined_group() const { return pipelined_group_; }
+  // Whether a connection's EHLO advertised PIPELINING, by fd: a reused connection (no EHLO
+  // this session) keeps what its first session learnt; a fresh one on the same fd replaces it.
+  absl::flat_hash_map<int, bool>& ehlo_pipelining() { return ehlo_pipelining_; }
   Shared* shared() { return shared_; }
 
   // Histograms, not samples: a run's memory must not grow with its length.
@@ -341,6 +367,7 @@ class Worker {
   int64_t busy_replies_ = 0;
   LatencyHistogram slot_waits_;  // every session that waited for a slot
   LatencyHistogram throttle_waits_;  // every session that waited for a rate throttle
+  int64_t fresh_ = 0, reused_ = 0;  // connected results: opened, taken up from the lot
   std::map<std::string, int64_t> deferrals_, failures_;
   std::map<std::string, std::string> examples_;
 
@@ -358,6 +385,8 @@ class Worker {
   std::unique_ptr<Connector> connector_;
   std::unique_ptr<DnsClient> dns_;
   std::vector<std::string> dialogue_;
+  std::string pipelined_group_;  // MAIL + RCPT + DATA
+  absl::flat_hash_map<int, bool> ehlo_pipelining_;
   std::string domain_buf_;  // a generated session domain (Connect copies it)
 };
 
@@ -370,6 +399,11 @@ void Hold::Start() {
   io_uring_prep_timeout(dl, &reply_ts, 0, 0);
   Loop::SetCompletion(dl, &timer_done);
   ++pending;
+  if (conn.reused) {
+    step = 1;  // EHLO was said on this connection before (RSET since)
+    auto it = worker->ehlo_pipelining().find(conn.fd);
+    pipelining = it != worker->ehlo_pipelining().end() && it->second;
+  }
   if (ms <= 0) return Send();
   hold_ts = {ms / 1000, (ms % 1000) * 1'000'000LL};
   io_uring_sqe* sqe = worker->loop()->Sqe();
@@ -384,6 +418,10 @@ void Hold::OnHold(int, uint32_t) {
   holding = false;
   if (stopped) step = worker->dialogue().size() - 1;  // straight to QUIT
   Send();
+}
+
+const std::string& Hold::Out() const {
+  return Grouped() ? worker->pipelined_group() : worker->dialogue()[step];
 }
 
 std::string Hold::DialogueStep() const {
@@ -403,7 +441,7 @@ void Hold::Stop() {
 }
 
 void Hold::Send() {
-  const std::string& cmd = worker->dialogue()[step];
+  const std::string& cmd = Out();
   io_uring_sqe* sqe = worker->loop()->Sqe();
   io_uring_prep_send(sqe, conn.fd, cmd.data() + sent, cmd.size() - sent, MSG_NOSIGNAL);
   Loop::SetCompletion(sqe, &sent_done);
@@ -414,7 +452,7 @@ void Hold::OnSent(int res, uint32_t) {
   --pending;
   if (res < 0) return End(StrCat("dialogue: sending ", DialogueStep(), ": ", std::strerror(-res)));
   sent += res;
-  if (sent < worker->dialogue()[step].size()) return Send();
+  if (sent < Out().size()) return Send();
   reply.clear();
   Recv();
 }
@@ -435,12 +473,30 @@ void Hold::OnReply(int res, uint32_t) {
   if (reply.size() > 65536) {  // a server that never ends its reply
     return End(StrCat("dialogue: reply to ", DialogueStep(), " over 65536 bytes"));
   }
-  // Complete when the last line is "NNN text\r\n" (not "NNN-").
+  // Complete when the last line is "NNN text\r\n" (not "NNN-"); a pipelined group when
+  // its three replies' last lines are in.
   if (reply.size() < 2 || reply.back() != '\n') return Recv();
-  const size_t line = reply.rfind('\n', reply.size() - 2);
-  const size_t start = line == std::string::npos ? 0 : line + 1;
-  if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
-  if (++step >= worker->dialogue().size()) return End();
+  if (Grouped()) {
+    int finals = 0;
+    for (size_t at = 0, nl; (nl = reply.find('\n', at)) != std::string::npos; at = nl + 1) {
+      if (nl - at < 4 || reply[at + 3] != '-') ++finals;
+    }
+    if (finals < 3) return Recv();
+    step = 3;  // the group was MAIL, RCPT, DATA: the body is next
+  } else {
+    const size_t line = reply.rfind('\n', reply.size() - 2);
+    const size_t start = line == std::string::npos ? 0 : line + 1;
+    if (reply.size() - start > 3 && reply[start + 3] == '-') return Recv();
+  }
+  if (step == 0 && worker->options().pipelining && worker->dialogue().size() > 2) {
+    // The EHLO reply: does the server take pipelined commands (RFC 2920)?
+    pipelining = ToLower(reply).find("pipelining") != std::string::npos;
+    worker->ehlo_pipelining()[conn.fd] = pipelining;
+  }
+  // Parking: the transaction ends before QUIT (the last step), which the connector sends
+  // when it closes the connection. A stopped hold sends QUIT and ends after it.
+  const size_t end = worker->dialogue().size() - (worker->parking() && !stopped ? 1 : 0);
+  if (++step >= end) return End();
   sent = 0;
   Send();
 }
@@ -467,12 +523,17 @@ void Hold::End(std::string why) {
       io_uring_prep_timeout_remove(sqe, reinterpret_cast<uint64_t>(&timer_done), 0);
       Loop::SetCompletion(sqe, nullptr);
     }
-    close(conn.fd);
-    conn.fd = -1;
     host->Closed();
     binding->Closed();
-    conn.lease.Release();  // after close: the slot covers the socket's whole life
-    conn.cluster_lease.Release();
+    if (worker->parking() && !stopped && why.empty()) {
+      // Before SessionEnded: the next session may take it up (or a waiter gets it now).
+      worker->connector()->Park(std::move(conn), 1);
+    } else {
+      close(conn.fd);
+      conn.fd = -1;
+      conn.lease.Release();  // after close: the slot covers the socket's whole life
+      conn.cluster_lease.Release();
+    }
     // Connected means the whole dialogue ran. A session cut short by a stop is deferred; one
     // whose dialogue failed after the greeting is failed, kind "dialogue" — not connected.
     if (stopped) {
@@ -611,11 +672,14 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.sessions_per_second = report.sessions / std::max(report.seconds, 1e-9);
   report.connected_per_second = report.connected / std::max(report.seconds, 1e-9);
   LatencyHistogram lat, waits, throttle_waits;
+  int64_t fresh = 0, reused = 0;
   for (auto& w : workers) {
     lat.Merge(w->latencies_);
     waits.Merge(w->slot_waits_);
     throttle_waits.Merge(w->throttle_waits_);
     report.busy_replies += w->busy_replies_;
+    fresh += w->fresh_;
+    reused += w->reused_;
     for (auto& [k, v] : w->deferrals_) report.deferrals[k] += v;
     for (auto& [k, v] : w->failures_) report.failures[k] += v;
     for (auto& [k, v] : w->examples_) report.examples.try_emplace(k, v);
@@ -676,6 +740,18 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
   report.throttle_wait_p50_us = throttle_waits.Percentile(50) / 1000;
   report.throttle_wait_p99_us = throttle_waits.Percentile(99) / 1000;
   report.throttle_wait_max_us = throttle_waits.max() / 1000;
+  if (options.message_bytes >= 0) {
+    LoadReport::Reuse& r = report.reuse.emplace();
+    r.enabled = options.connector.reuse;
+    r.messages = report.connected;
+    r.connections = fresh;
+    r.reused = reused;
+    const SelectorStats::Totals after = selector.stats().Collect();
+    for (size_t e = 0; e < kReuseEvents; ++e) {
+      r.events[std::string(ReuseEventName(static_cast<ReuseEvent>(e)))] =
+          static_cast<int64_t>(after.reuse[e] - stats_before.reuse[e]);
+    }
+  }
   if (options.cluster != nullptr) {
     const ClusterLimits::Stats& st = options.cluster->stats();
     LoadReport::Cluster c;
@@ -751,8 +827,19 @@ std::string LoadReport::ToJson() const {
                                                      {"failures", b.failures},
                                                      {"hosts_failed", b.hosts_failed}};
   }
+  nlohmann::json reuse_json = nullptr;
+  if (reuse) {
+    reuse_json = {{"enabled", reuse->enabled},
+                  {"messages", reuse->messages},
+                  {"connections", reuse->connections},
+                  {"reused", reuse->reused},
+                  {"stale", reuse->stale()},
+                  {"messages_per_connection", reuse->messages_per_connection()},
+                  {"events", reuse->events}};
+  }
   return DumpJson(
       {{"cluster", std::move(cluster_json)},
+       {"reuse", std::move(reuse_json)},
        {"sessions", sessions},
        {"connected", connected},
        {"deferred", deferred},
@@ -817,6 +904,21 @@ std::string LoadReport::ToText() const {
     s += StrCat("waited for a rate throttle: ", throttle_waited, " sessions, p50 ",
                 throttle_wait_p50_us, " us, p99 ", throttle_wait_p99_us, " us, max ",
                 throttle_wait_max_us, " us\n");
+  }
+  if (reuse) {
+    const Reuse& r = *reuse;
+    s += StrCat("messages: ", r.messages, " over ", r.connections, " connections opened (",
+                r.messages_per_connection(), " per connection); reuse ",
+                r.enabled ? "on" : "off", ": ", r.reused, " reused, ", r.stale(), " stale");
+    if (r.enabled) {
+      std::vector<std::string> closed;
+      for (const char* k : {"idle_timeout", "server_closed", "evicted", "max_deliveries", "stopped"}) {
+        auto it = r.events.find(k);
+        if (it != r.events.end() && it->second > 0) closed.push_back(StrCat(k, " ", it->second));
+      }
+      s += StrCat("; parked closed: ", closed.empty() ? std::string("none") : Join(closed, ", "));
+    }
+    s += "\n";
   }
   if (busy_replies > 0) {
     s += StrCat("busy replies (421 too many connections...): ", busy_replies, "\n");

@@ -90,6 +90,14 @@ struct LoadOptions {
   // body of about this many bytes, ".") before QUIT — the dialogue Postfix's smtp-source
   // runs, for a like-for-like comparison. -1: QUIT only.
   int message_bytes = -1;
+  // With message_bytes >= 0 and connector.reuse (`--reuse`): the connection is parked
+  // after the message (Connector::Park, docs/DESIGN.md §13) instead of QUIT, and a session
+  // that gets a parked one (ConnectResult::reused: RSET already answered) runs MAIL, RCPT,
+  // DATA without EHLO. Parked connections are closed with QUIT when the run ends.
+  // With message_bytes >= 0 and `pipelining` (`--pipelining`): MAIL, RCPT and DATA go in one
+  // write when the server's EHLO reply advertised PIPELINING (RFC 2920), their three replies
+  // read together — one round trip where there were three. (smtp-source has no pipelining.)
+  bool pipelining = false;
   // At max_seconds, or once *stop is true (a signal handler's flag), the run stops: no new
   // session starts; a session holding (--hold-ms) quits at once and is counted deferred,
   // kind "stopped"; one in its dialogue finishes it; sessions never started are reported
@@ -193,6 +201,22 @@ struct LoadReport {
     std::string mode;  // "normal" or the failure mode in force at the end
   };
   std::optional<Cluster> cluster;
+  // Message transactions (--message; docs/DESIGN.md §13 for --reuse): `messages` sessions
+  // whose whole transaction ran (= connected), over `connections` opened (fresh
+  // connections, 2xx greeting) and `reused` (parked ones taken up after RSET); from the
+  // selector's counters over the run, `stale` (a reused connection whose RSET failed:
+  // closed, a fresh one opened) and why parked connections were closed. Unset without
+  // --message.
+  struct Reuse {
+    bool enabled = false;  // --reuse
+    int64_t messages = 0, connections = 0, reused = 0;
+    std::map<std::string, int64_t> events;  // ReuseEventName -> count during the run
+    int64_t stale() const { auto it = events.find("stale"); return it == events.end() ? 0 : it->second; }
+    double messages_per_connection() const {
+      return connections > 0 ? static_cast<double>(messages) / connections : 0;
+    }
+  };
+  std::optional<Reuse> reuse;
   std::string ToJson() const;
   std::string ToText() const;
 };

@@ -5,9 +5,13 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
@@ -715,6 +719,157 @@ TEST_F(AdminBindingsTest, PerBindingCountsAreWhatTheReceiverCountsPerSourceAddre
   EXPECT_EQ(count(m, "mxsched_binding_host_"), 0) << "no series for a pair whose host is gone";
   EXPECT_EQ(m.at("mxsched_binding_active_connections{binding=\"b2\"}"), 0);
   EXPECT_EQ(nlohmann::json::parse(Get(port, "/hosts").body).size(), 0u);
+}
+
+
+// Connection reuse (DESIGN §13 rule 8) where an operator looks, against the farm: four
+// connections parked after one message each; /metrics (promtool, and the Collectable path
+// says the same), /hosts and /domains/NAME show them per host equal to the farm's open
+// connections, and the reuse counters move as a parked one is taken up and the rest are
+// closed at the stop; the parked gauge stays with the host (series follow the host set).
+class AdminReuseTest : public testing::LoopbackTest {};
+
+// One message transaction, blocking (the farm answers on its own thread).
+bool Transact(int fd, bool ehlo) {
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string dialogue = ehlo ? "EHLO t\r\n" : "";
+  dialogue += "MAIL FROM:<a@t.test>\r\nRCPT TO:<b@t.test>\r\nDATA\r\n";
+  const int replies = (ehlo ? 1 : 0) + 3;
+  if (send(fd, dialogue.data(), dialogue.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(dialogue.size())) {
+    return false;
+  }
+  // The farm answers each command (PIPELINING): read until every reply's last line is in.
+  std::string got;
+  char buf[1024];
+  auto complete = [&](int want) {
+    int n = 0;
+    for (std::string_view line : Split(got, '\n')) {
+      if (line.size() >= 4 && line[3] == ' ') ++n;
+    }
+    return n >= want;
+  };
+  while (!complete(replies)) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    got.append(buf, n);
+  }
+  const std::string body = "Subject: t\r\n\r\nhello\r\n.\r\n";
+  if (send(fd, body.data(), body.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(body.size())) return false;
+  while (!complete(replies + 1)) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    got.append(buf, n);
+  }
+  return got.find("250 2.0.0 queued") != std::string::npos;
+}
+
+TEST_F(AdminReuseTest, ParkedConnectionsAreSeenInMetricsHostsAndDomains) {
+  auto farm = testing::StartFarm({testing::Ep(Ip(1), port_), testing::Ep(Ip(2), port_)});
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(StrCat(
+      "remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 10), " ", Url(2, 10), " )\n",
+      "idle_timeout = 300\n",
+      "Host \"", Ip(1), "\" { max_outbound_connections = 3 }\n",
+      "Host \"", Ip(2), "\" { max_outbound_connections = 3 }\n")));
+  io::DnsCache dns;
+  AdminOptions o;
+  o.listen = "127.0.0.1:0";
+  auto server = AdminServer::Start(&selector, &dns, o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  auto loop = io::Loop::Create(256);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  io::Connector connector(loop->get(), &selector,
+                          {.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
+                           .slot_wait_ms = 10000, .reuse = true});
+  auto run = [&](auto done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!done() && std::chrono::steady_clock::now() < deadline) (*loop)->RunOnce(50);
+    return done();
+  };
+  // Four sessions at once (fresh connections), each one message, then parked.
+  std::vector<io::ConnectResult> results;
+  for (int i = 0; i < 4; ++i) {
+    connector.Connect("example.com", [&](io::ConnectResult r) { results.push_back(std::move(r)); });
+  }
+  ASSERT_TRUE(run([&] { return results.size() == 4; }));
+  for (io::ConnectResult& r : results) {
+    ASSERT_EQ(r.kind, io::ConnectResult::Kind::kConnected) << r.reason;
+    ASSERT_FALSE(r.reused);
+    ASSERT_TRUE(Transact(r.fd, true));
+    connector.Park(std::move(r));
+  }
+  results.clear();
+  ASSERT_EQ(selector.parked(), 4);
+  auto farm_current = [&](const std::string& ip) -> int64_t {
+    for (const auto& a : farm->Stats()) {
+      if (a.endpoint.address.ToString() == ip) return a.current;
+    }
+    return -1;
+  };
+  for (int i = 0; i < 600 && farm_current(Ip(1)) + farm_current(Ip(2)) != 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the farm accepts apart
+  }
+  const std::string h1 = StrCat(Ip(1), ":", port_), h2 = StrCat(Ip(2), ":", port_);
+  auto labels = [&](const std::string& ip) {
+    return StrCat("{host=\"", ip, ":", port_, "\",mx=\"", ip, "\"}");
+  };
+
+  HttpReply r = Get(port, "/metrics");
+  ASSERT_EQ(r.status, 200);
+  std::string promtool;
+  EXPECT_EQ(Promtool(r.body, &promtool), 0) << promtool;
+  auto direct = Series(r.body);
+  auto collected = Series(SerializeText((*server)->metrics().Collect()));
+  std::erase_if(collected, [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
+  std::map<std::string, double> still = direct;
+  std::erase_if(still, [](const auto& kv) { return kv.first.find("retry_after") != std::string::npos; });
+  EXPECT_EQ(still, collected);
+  EXPECT_EQ(direct.at("mxsched_parked_connections"), 4);
+  for (const std::string& ip : {Ip(1), Ip(2)}) {
+    EXPECT_EQ(direct.at("mxsched_host_parked_connections" + labels(ip)), farm_current(ip))
+        << ip << ": every connection the farm holds open is parked";
+    EXPECT_EQ(direct.at("mxsched_host_active_connections" + labels(ip)), farm_current(ip)) << ip;
+  }
+  EXPECT_EQ(direct.at(R"(mxsched_connection_reuse_events_total{event="parked"})"), 4);
+  EXPECT_EQ(direct.at(R"(mxsched_connection_reuse_events_total{event="reused"})"), 0);
+
+  // /hosts and /domains/NAME: `parked` of `active`, per host, as the farm counts.
+  nlohmann::json hosts = nlohmann::json::parse(Get(port, "/hosts").body);
+  ASSERT_EQ(hosts.size(), 2u) << hosts;
+  for (const auto& h : hosts) {
+    EXPECT_EQ(h["parked"], farm_current(h["address"].get<std::string>())) << h;
+    EXPECT_EQ(h["parked"], h["active"]) << h;
+  }
+  nlohmann::json domain = nlohmann::json::parse(Get(port, "/domains/example.com").body);
+  int64_t parked = 0;
+  for (const auto& t : domain["tiers"]) {
+    for (const auto& h : t["hosts"]) parked += h["parked"].get<int64_t>();
+  }
+  EXPECT_EQ(parked, 4) << domain;
+
+  // One taken up: reused counted, one fewer parked.
+  connector.Connect("example.com", [&](io::ConnectResult c) { results.push_back(std::move(c)); });
+  ASSERT_TRUE(run([&] { return results.size() == 1; }));
+  ASSERT_TRUE(results[0].reused);
+  direct = Series(Get(port, "/metrics").body);
+  EXPECT_EQ(direct.at("mxsched_parked_connections"), 3);
+  EXPECT_EQ(direct.at(R"(mxsched_connection_reuse_events_total{event="reused"})"), 1);
+  ASSERT_TRUE(Transact(results[0].fd, false));
+  connector.Park(std::move(results[0]));
+
+  // The stop closes the parked ones with QUIT: the gauges go to 0, the host series stay.
+  connector.Stop("test over");
+  ASSERT_TRUE(run([&] { return connector.parked() == 0; }));
+  direct = Series(Get(port, "/metrics").body);
+  EXPECT_EQ(direct.at("mxsched_parked_connections"), 0);
+  EXPECT_EQ(direct.at("mxsched_host_parked_connections" + labels(Ip(1))), 0);
+  EXPECT_EQ(direct.at("mxsched_host_parked_connections" + labels(Ip(2))), 0);
+  EXPECT_EQ(direct.at(R"(mxsched_connection_reuse_events_total{event="stopped"})"), 4);
+  EXPECT_EQ(selector.server_active(), 0);
 }
 
 }  // namespace

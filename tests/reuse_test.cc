@@ -18,6 +18,7 @@
 #include "testbed/farm.h"
 #include "tests/net_testutil.h"
 #include "tests/testutil.h"
+#include "mxsched/scheduler/host_registry.h"
 
 namespace mxsched {
 namespace {
@@ -73,8 +74,10 @@ struct Tally {
 
 // Sends `messages` messages to `domain`, `concurrency` at a time, each session one message;
 // with `reuse` the connection is parked after each. Every session is accounted for.
+// `rounds` > 1: the messages are sent that many times, and between rounds the loop runs
+// until `between()` holds (bounded: 15 s), e.g. until the server closed the parked ones.
 Tally SendMessages(Selector& selector, std::string_view domain, int messages, int concurrency, bool reuse,
-          int idle_gap_ms = 0) {
+          int idle_gap_ms = 0, int rounds = 1, std::function<bool()> between = nullptr) {
   auto loop = io::Loop::Create();
   EXPECT_TRUE(loop.ok());
   Tally t;
@@ -82,7 +85,7 @@ Tally SendMessages(Selector& selector, std::string_view domain, int messages, in
     io::Connector connector(loop->get(), &selector,
                             {.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
                              .slot_wait_ms = 30000, .reuse = reuse});
-    int started = 0, ended = 0;
+    int started = 0, ended = 0, target = 0;
     std::function<void()> start = [&] {
       ++started;
       connector.Connect(domain, [&](ConnectResult r) {
@@ -99,15 +102,24 @@ Tally SendMessages(Selector& selector, std::string_view domain, int messages, in
           ++t.deferred;
         }
         ++ended;
-        if (started < messages) start();
+        if (started < target) start();
       });
     };
-    for (int i = 0; i < concurrency && started < messages; ++i) start();
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (ended < messages && std::chrono::steady_clock::now() < deadline) {
-      (*loop)->RunOnce(100);
+    for (int round = 0; round < rounds; ++round) {
+      if (round > 0 && between) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+        while (!between() && std::chrono::steady_clock::now() < until) (*loop)->RunOnce(50);
+        EXPECT_TRUE(between()) << "the condition between rounds " << round << " and " << round + 1;
+      }
+      target += messages;
+      for (int i = 0; i < concurrency && started < target; ++i) start();
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+      while (ended < target && std::chrono::steady_clock::now() < deadline) {
+        (*loop)->RunOnce(100);
+      }
+      EXPECT_EQ(ended, target) << "sessions lost";
     }
-    EXPECT_EQ(ended, messages) << "sessions lost";
+    messages = target;
     if (idle_gap_ms > 0) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(idle_gap_ms);
       while (std::chrono::steady_clock::now() < until) (*loop)->RunOnce(50);
@@ -222,6 +234,150 @@ TEST_F(ReuseTest, AMessageThrottleHoldsOverReusedConnections) {
   EXPECT_GE(secs, 3.5) << "40 messages at 10/s";
   std::printf("message throttle 10/s with reuse: 40 messages in %.2f s, %lld reused, peak %zu "
               "MAIL in 1 s\n", secs, static_cast<long long>(t.reused), peak);
+}
+
+// No host is marked failed and none has a failure on record.
+void ExpectNoHostBlamed(Selector& selector) {
+  int hosts = 0;
+  selector.registry().ForEach([&](const HostState& h) {
+    ++hosts;
+    EXPECT_EQ(h.consecutive_failures(), 0u) << h.endpoint().ToString();
+    EXPECT_EQ(h.failed_until(), 0) << h.endpoint().ToString();
+  });
+  EXPECT_GT(hosts, 0);
+}
+
+std::unique_ptr<testbed::Farm> StartFarmWith(testbed::FarmOptions o) {
+  auto farm = testbed::Farm::Start(std::move(o));
+  EXPECT_TRUE(farm.ok()) << farm.status();
+  return farm.ok() ? *std::move(farm) : nullptr;
+}
+
+// A receiver that closes connections idle for 1 s (the farm's idle timeout) while the
+// client would keep them parked for 30: each is freed when the server closes it (the read
+// armed while parked sees EOF: server_closed), no message is lost, no host is blamed, and
+// the next round opens fresh connections.
+TEST_F(ReuseTest, AServerClosingIdleConnectionsAfterOneSecondLosesNothingAndBlamesNoHost) {
+  testbed::FarmOptions fo;
+  fo.listen = {Ep(Ip(1), port_), Ep(Ip(2), port_)};
+  fo.idle_timeout_ms = 1000;
+  auto farm = StartFarmWith(std::move(fo));
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(TwoHosts(3, "idle_timeout = 30\n")));
+  auto server_closed = [&] {
+    return selector.stats().Collect().reuse[static_cast<size_t>(ReuseEvent::kServerClosed)];
+  };
+  // Between rounds: every connection of the round was closed by the server (1 s idle).
+  Tally t = SendMessages(selector, "example.com", 30, 3, /*reuse=*/true, 0, /*rounds=*/3,
+                         [&] { return selector.parked() == 0; });
+  EXPECT_EQ(t.delivered, 90);
+  EXPECT_EQ(t.failed, 0);
+  EXPECT_EQ(t.deferred, 0);
+  auto s = SettledStats(*farm);
+  const auto* a = StatsFor(s, Ip(1));
+  const auto* b = StatsFor(s, Ip(2));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->messages + b->messages, 90u) << "every message delivered once";
+  const uint64_t connections = a->total + b->total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh);
+  EXPECT_GE(connections, 2u) << "the rounds after the first needed fresh connections";
+  EXPECT_GT(server_closed(), 0u);
+  EXPECT_EQ(a->idle_closed + b->idle_closed, server_closed())
+      << "each connection the server closed idle was freed as server_closed";
+  EXPECT_EQ(a->quits + b->quits + a->idle_closed + b->idle_closed, connections)
+      << "every other connection ended with the client's QUIT";
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
+// A reused connection whose RSET fails (the farm answers every third RSET 421 and closes)
+// is stale: counted, closed, and the session gets a fresh connection without noticing.
+TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) {
+  testbed::FarmOptions fo;
+  fo.listen = {Ep(Ip(1), port_), Ep(Ip(2), port_)};
+  fo.rset_fail_every = 3;
+  auto farm = StartFarmWith(std::move(fo));
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(TwoHosts(3, "")));
+  Tally t = SendMessages(selector, "example.com", 60, 2, /*reuse=*/true);
+  EXPECT_EQ(t.delivered, 60) << "no session saw the stale connection";
+  EXPECT_EQ(t.failed, 0);
+  EXPECT_EQ(t.deferred, 0);
+  auto s = SettledStats(*farm);
+  const auto* a = StatsFor(s, Ip(1));
+  const auto* b = StatsFor(s, Ip(2));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->messages + b->messages, 60u);
+  const uint64_t refused = a->rsets_refused + b->rsets_refused;
+  EXPECT_GT(refused, 0u);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
+      << "each refused RSET counted stale once";
+  const uint64_t connections = a->total + b->total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
+      << "the replacement connections are the sessions' fresh ones";
+  EXPECT_EQ(a->quits + b->quits + refused, connections)
+      << "every connection not dropped by the server ended with QUIT";
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
+
+// A waiter that cannot use the parked connections holding its host's slots (another
+// connector: another owner) does not wait for their idle timeout (300 s here): the oldest
+// is closed with QUIT for it and its slot handed over (DESIGN §13 rule 4), across two
+// connectors on the farm.
+TEST_F(ReuseTest, AWaiterOfAnotherConnectorGetsAParkedConnectionClosedForIt) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_)});
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(StrCat("remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 10),
+                                      " )\nidle_timeout = 300\nHost \"", Ip(1),
+                                      "\" { max_outbound_connections = 2 }\n")));
+  auto loop = io::Loop::Create();
+  ASSERT_TRUE(loop.ok());
+  const io::ConnectorOptions co{.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
+                                .slot_wait_ms = 30000, .reuse = true};
+  io::Connector a(loop->get(), &selector, co), b(loop->get(), &selector, co);
+  auto run = [&](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!done() && std::chrono::steady_clock::now() < deadline) (*loop)->RunOnce(50);
+    return done();
+  };
+  std::vector<ConnectResult> got;
+  for (int i = 0; i < 2; ++i) {
+    a.Connect("a.example", [&](ConnectResult r) { got.push_back(std::move(r)); });
+  }
+  ASSERT_TRUE(run([&] { return got.size() == 2; }));
+  for (ConnectResult& r : got) {
+    ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+    ASSERT_TRUE(Transact(r.fd, true));
+    a.Park(std::move(r));
+  }
+  got.clear();
+  ASSERT_EQ(selector.parked(), 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  b.Connect("b.example", [&](ConnectResult r) { got.push_back(std::move(r)); });
+  ASSERT_TRUE(run([&] { return got.size() == 1; }));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(got[0].kind, ConnectResult::Kind::kConnected) << got[0].reason;
+  EXPECT_FALSE(got[0].reused) << "another owner's parked connection is never handed over";
+  EXPECT_LT(waited, 30.0) << "not the 300 s idle timeout";
+  EXPECT_EQ(selector.parked(), 1);
+  EXPECT_EQ(a.parked(), 1u);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kEvicted)], 1u);
+  ASSERT_TRUE(Transact(got[0].fd, true));
+  testing::CloseConnection(got[0]);
+  a.Stop("test over");
+  b.Stop("test over");
+  ASSERT_TRUE(run([&] { return a.parked() == 0 && b.parked() == 0; }));
+  auto s = SettledStats(*farm);
+  const auto* h = StatsFor(s, Ip(1));
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->total, 3u);
+  EXPECT_LE(h->peak, 2) << "the evicted connection closed before the waiter's connected";
+  EXPECT_EQ(h->quits, 2u) << "the evicted and the stopped one QUIT (the test closed its own)";
+  EXPECT_EQ(selector.server_active(), 0);
 }
 
 }  // namespace

@@ -363,11 +363,20 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
   sub.add_option("--max-attempts", o.connector.max_attempts,
                  "Destinations tried per session (failover)")
       ->check(CLI::Range(1, 100));
-  sub.add_option("--message", o.message_bytes,
+  CLI::Option* message = sub.add_option("--message", o.message_bytes,
                  "Run one message transaction of about this many bytes before QUIT, like "
                  "smtp-source (-1: QUIT only)")
       ->check(CLI::Range(-1, 10'000'000))
       ->type_name("BYTES");
+  sub.add_flag("--reuse", o.connector.reuse,
+               "Park each connection after its message instead of QUIT, for the next session "
+               "to reuse after RSET (docs/DESIGN.md §13; idle_timeout and "
+               "max_deliveries_per_connection from the config); needs --message")
+      ->needs(message);
+  sub.add_flag("--pipelining", o.pipelining,
+               "Send MAIL, RCPT and DATA in one write when the server's EHLO advertises "
+               "PIPELINING (RFC 2920; smtp-source does not); needs --message")
+      ->needs(message);
   // Waiting is the default: without it a run against a limit "completes" at a huge rate with
   // nearly every session deferred, which measures nothing.
   o.connector.slot_wait_ms = 10'000;

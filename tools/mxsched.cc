@@ -216,6 +216,8 @@ void PrintHuman(const DomainView& v, const std::vector<RouteItem>& items, bool h
       std::string limit = h.limit == kUnlimited ? "unlimited" : std::to_string(h.limit);
       std::printf("    %s %-24s %-28s limit %-9s active %d", mark, h.endpoint.ToString().c_str(),
                   ForTerminal(h.name).c_str(), limit.c_str(), h.active);
+      // Of active: parked for reuse (DESIGN §13), shown only when some are.
+      if (h.parked > 0) std::printf(" (%d parked)", h.parked);
       if (cluster.enabled && h.configured_limit != kUnlimited) {
         std::printf("  cluster-wide %s/%d", CountText(HostClusterCount(cluster, h)).c_str(),
                     h.configured_limit);

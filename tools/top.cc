@@ -4,7 +4,9 @@
 // consecutive failures, state), under each host a row per egress binding that has used it
 // (its active against its Binding::Host limit, rates, failure memory), with cluster_limits
 // the fleet's count per host (FLEET) and the cluster mode, sessions/s by result,
-// deferrals/s by reason, and waiting sessions. Rates are differences between two scrapes.
+// deferrals/s by reason, and waiting sessions; once connections were parked for reuse
+// (docs/DESIGN.md §13), a PARKED column and a reuse/s line (reused, stale, parked now).
+// Rates are differences between two scrapes.
 //
 // Terminal: the alternate screen, no echo, single keys; `q` or Ctrl-C quits and restores the
 // terminal. Lines are cut to the terminal's width and columns dropped when it is narrow;
@@ -98,6 +100,7 @@ struct HostRow {
   double connected = 0, failed = 0;  // counters (failed: every outcome but connected/local)
   double connected_rate = 0, failed_rate = 0;
   double cluster = -1;  // the fleet's count (mxsched_host_cluster_active_connections); -1: none
+  double parked = 0;    // of active: parked for reuse (mxsched_host_parked_connections)
   std::map<std::string, BindingRow> bindings;  // by binding name (shown escaped)
 };
 
@@ -116,6 +119,9 @@ struct Scrape {
   double waiting = 0, domains = 0, server_active = 0;
   std::string cluster_mode;  // with cluster_limits: the mode in force ("" without)
   double cluster_workers = 0;
+  // Connection reuse (docs/DESIGN.md §13): connections parked now, events by kind.
+  double parked = 0;
+  std::map<std::string, double> reuse;
   std::chrono::steady_clock::time_point at;
 };
 
@@ -183,6 +189,7 @@ Scrape Parse(std::string_view text) {
       if (name == "mxsched_host_connection_limit") h.limit = v;
       if (name == "mxsched_host_configured_connection_limit") h.configured = v;
       if (name == "mxsched_host_cluster_active_connections") h.cluster = v;
+      if (name == "mxsched_host_parked_connections") h.parked = v;
       if (name == "mxsched_host_reachable") h.reachable = v;
       if (name == "mxsched_host_consecutive_failures") h.consecutive = v;
       if (name == "mxsched_host_retry_after_seconds") h.retry_s = v;
@@ -215,6 +222,10 @@ Scrape Parse(std::string_view text) {
       if (v == 1) s.cluster_mode = Label(labels, "mode");
     } else if (name == "mxsched_cluster_live_workers") {
       s.cluster_workers = v;
+    } else if (name == "mxsched_parked_connections") {
+      s.parked = v;
+    } else if (name == "mxsched_connection_reuse_events_total") {
+      s.reuse[Label(labels, "event")] = v;
     }
   }
   return s;
@@ -308,6 +319,19 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
                            Num(now->cluster_workers),
                            "   (FLEET: every worker's connections / the shared limit)"));
   }
+  // Connection reuse (docs/DESIGN.md §13), once anything was parked: the PARKED column too.
+  auto reuse_total = [&](const char* k) {
+    auto it = now->reuse.find(k);
+    return it == now->reuse.end() ? 0.0 : it->second;
+  };
+  const bool reuse = reuse_total("parked") > 0 || now->parked > 0;
+  if (reuse) {
+    const auto& prev_reuse = before ? before->reuse : none;
+    lines.push_back(StrCat("reuse/s: ", Num(rate(now->reuse, prev_reuse, "reused"), 1),
+                           " reused  ", Num(rate(now->reuse, prev_reuse, "stale"), 1),
+                           " stale   parked ", Num(now->parked), "   stale in all ",
+                           Num(reuse_total("stale"))));
+  }
   lines.push_back("");
 
   std::vector<HostRow> rows;
@@ -339,6 +363,8 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
              show_fail = width >= 52, show_fleet = fleet && width >= 64;
   std::string header = Pad("HOST", 24) + Pad("ACTIVE/LIMIT", 13, true);
   if (show_fleet) header += Pad("FLEET", 10, true);
+  const bool show_parked = reuse && width >= 72;
+  if (show_parked) header += Pad("PARKED", 8, true);
   header += Pad("CONN/S", 9, true);
   if (show_fail) header += Pad("FAIL/S", 8, true) + Pad("CONSEC", 7, true);
   if (show_state) header += "  " + Pad("STATE", 14);
@@ -360,6 +386,7 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
                                 : StrCat(Num(h.cluster), "/", Num(h.configured)),
                   10, true);
     }
+    if (show_parked) line += Pad(Num(h.parked), 8, true);
     line += Pad(Num(h.connected_rate, 1), 9, true);
     if (show_fail) line += Pad(Num(h.failed_rate, 1), 8, true) + Pad(Num(h.consecutive), 7, true);
     if (show_state) line += "  " + Pad(state(h.reachable, h.retry_s), 14);
@@ -374,6 +401,7 @@ std::vector<std::string> Render(const std::string& addr, const std::optional<Scr
       std::string sub = Pad(StrCat("  via ", name), 24) +
                         Pad(StrCat(Num(b.active), "/", Num(b.limit)), 13, true);
       if (show_fleet) sub += Pad("", 10);
+      if (show_parked) sub += Pad("", 8);
       sub += Pad(Num(b.connections_rate, 1), 9, true);
       if (show_fail) {
         sub += Pad(Num(b.failures_rate, 1), 8, true) + Pad(Num(b.consecutive), 7, true);

@@ -33,6 +33,7 @@ struct HostSample {
   std::string labels;  // host="…",mx="…"
   bool aggregate = false;
   int32_t active = 0, limit = 0, configured = 0;
+  int32_t parked = 0;  // of `active`: parked for reuse (DESIGN §13)
   uint64_t busy = 0;
   bool reachable = true;
   uint32_t consecutive = 0;
@@ -103,6 +104,7 @@ std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t
     s.host = h.endpoint().ToString();
     s.mx = h.name();
     s.active = std::max(0, h.active());  // a host being evicted reads as its dead mark
+    s.parked = selector.parked_on(h);  // 0 without a lock when nothing is parked
     s.limit = h.limit();
     s.configured = h.configured_limit();
     s.busy = h.busy_replies();
@@ -124,6 +126,11 @@ std::vector<HostSample> SampleHosts(Selector& selector, size_t max_hosts, size_t
     }
   }
   if (samples.size() > shown) {
+    // Parked on the hosts not shown: the lot's total less theirs (one lock per host shown,
+    // not one per host of the registry). Read apart, so clamped at 0.
+    int64_t rest = selector.parked();
+    for (size_t i = 0; i < shown; ++i) rest -= samples[i].parked;
+    samples.back().parked = static_cast<int32_t>(std::max<int64_t>(0, rest));
     samples.back().host = "other";
     samples.back().mx = "other";
   }
@@ -178,6 +185,9 @@ ClientMetric Histogram(const std::array<uint64_t, N>& counts, const std::array<i
 constexpr char kConfiguredHelp[] =
     "Per-destination connection limit as configured (+Inf: unlimited); the effective limit "
     "is lower while busy replies hold it down.";
+constexpr char kParkedHelp[] =
+    "Connections to the destination parked for reuse now (of "
+    "mxsched_host_active_connections: they keep their slot).";
 constexpr char kBusyHelp[] =
     "Busy replies (421 too many connections and the like) from the "
     "destination.";
@@ -228,6 +238,8 @@ void AddHostFamilies(Selector& selector, size_t max_hosts, const io::FleetView* 
   MetricFamily configured =
       Family("mxsched_host_configured_connection_limit", kConfiguredHelp, MetricType::Gauge, n);
   MetricFamily busy = Family("mxsched_host_busy_replies_total", kBusyHelp, MetricType::Counter, n);
+  MetricFamily parked =
+      Family("mxsched_host_parked_connections", kParkedHelp, MetricType::Gauge, n);
   MetricFamily latency = Family("mxsched_host_connect_duration_seconds",
                                 "Time from Acquire to a 2xx greeting, successful connections only.",
                                 MetricType::Histogram, n);
@@ -237,6 +249,7 @@ void AddHostFamilies(Selector& selector, size_t max_hosts, const io::FleetView* 
   for (const HostSample& h : samples) {
     std::vector<ClientMetric::Label> labels{{"host", h.host}, {"mx", h.mx}};
     active.metric.push_back(Value(MetricType::Gauge, h.active, labels));
+    parked.metric.push_back(Value(MetricType::Gauge, h.parked, labels));
     busy.metric.push_back(Value(MetricType::Counter, static_cast<double>(h.busy), labels));
     if (!h.aggregate) {
       limit.metric.push_back(Value(MetricType::Gauge, inf(h.limit), labels));
@@ -255,7 +268,8 @@ void AddHostFamilies(Selector& selector, size_t max_hosts, const io::FleetView* 
                                        h.latency.sum_nanos, std::move(labels)));
   }
   for (MetricFamily* f :
-       {&active, &limit, &configured, &busy, &reachable, &failures, &retry, &outcomes, &latency}) {
+       {&active, &parked, &limit, &configured, &busy, &reachable, &failures, &retry, &outcomes,
+        &latency}) {
     out.push_back(std::move(*f));
   }
   MetricFamily count =
@@ -458,6 +472,25 @@ void AddProcessFamilies(Selector& selector, std::vector<MetricFamily>& out) {
                                MetricType::Gauge, 1);
   routes.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.route_count())));
   out.push_back(std::move(routes));
+
+  // Connection reuse (DESIGN §13): one series per event, a fixed set.
+  MetricFamily parked = Family("mxsched_parked_connections",
+                               "Connections parked for reuse now, over all destinations.",
+                               MetricType::Gauge, 1);
+  parked.metric.push_back(Value(MetricType::Gauge, static_cast<double>(selector.parked())));
+  out.push_back(std::move(parked));
+  MetricFamily reuse =
+      Family("mxsched_connection_reuse_events_total",
+             "Connection reuse events: parked, reused (handed to a session after RSET), stale "
+             "(failed its RSET: closed, a fresh connection opened), and closed parked "
+             "connections by why: idle_timeout, server_closed, evicted, max_deliveries, stopped.",
+             MetricType::Counter, kReuseEvents);
+  for (size_t e = 0; e < kReuseEvents; ++e) {
+    reuse.metric.push_back(
+        Value(MetricType::Counter, static_cast<double>(t.reuse[e]),
+              {{"event", std::string(ReuseEventName(static_cast<ReuseEvent>(e)))}}));
+  }
+  out.push_back(std::move(reuse));
   AddThrottleFamilies(selector, out);
 }
 
@@ -691,6 +724,10 @@ void MetricsCollector::AppendText(std::string* out) const {
     AppendSample(out, "mxsched_host_configured_connection_limit", s.labels,
                  s.configured == kUnlimited ? std::numeric_limits<double>::infinity()
                                             : static_cast<double>(s.configured));
+  }
+  AppendHeader(out, "mxsched_host_parked_connections", kParkedHelp, "gauge");
+  for (const HostSample& s : samples) {
+    AppendSample(out, "mxsched_host_parked_connections", s.labels, s.parked);
   }
   AppendHeader(out, "mxsched_host_busy_replies_total", kBusyHelp, "counter");
   for (const HostSample& s : samples) {

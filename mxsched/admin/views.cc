@@ -139,6 +139,7 @@ nlohmann::json DomainViewJson(const DomainView& v, const std::vector<RouteItem>&
            {"port", h.endpoint.port},
            {"limit", h.limit == kUnlimited ? int64_t{-1} : int64_t{h.limit}},
            {"active", h.active},
+           {"parked", h.parked},  // of active: parked for reuse (DESIGN §13)
            {"cluster_active", cluster.enabled && h.configured_limit != kUnlimited
                                   ? nlohmann::json(HostClusterCount(cluster, h))
                                   : nlohmann::json(nullptr)},
@@ -247,6 +248,7 @@ nlohmann::json HostsJson(Selector& selector, int64_t now_nanos, size_t max_hosts
          {"port", h->endpoint().port},
          {"name", h->name()},
          {"active", active},
+         {"parked", selector.parked_on(*h)},  // of active: parked for reuse (DESIGN §13)
          {"limit", LimitJson(h->limit())},
          {"peak", h->peak()},
          {"state", HostStateName(*h, now_nanos)},

@@ -1143,15 +1143,15 @@ void Connector::Park(ConnectResult r, int delivered) {
   auto* p = new Parked(this, r.fd, std::move(r.cluster_lease), r.deliveries + delivered,
                        std::move(r.greeting));
   const Config& c = CurrentConfig();
-  const DomainSettings& ds = c.ForDomain(r.domain);
   const Endpoint& ep = r.lease.endpoint();
   const std::string_view name = r.lease.host_name() == ep.address.ToString()
                                     ? std::string_view()
                                     : r.lease.host_name();
   const HostPolicy hp = c.PolicyFor(name, ep.address);
-  const uint32_t idle = hp.idle_timeout_s.value_or(ds.idle_timeout_s);
-  const int32_t max_deliveries =
-      hp.max_deliveries_per_connection.value_or(ds.max_deliveries_per_connection);
+  // Host stanza, Domain stanza, Binding, Binding_Group, global (Config::ReuseFor).
+  const ReuseSettings rs = c.ReuseFor(r.domain, r.lease.binding(), hp);
+  const uint32_t idle = rs.idle_timeout_s;
+  const int32_t max_deliveries = rs.max_deliveries_per_connection;
   p->lease = std::move(r.lease);
   if (stopped_) {
     p->Quit(ReuseEvent::kStopped);

@@ -96,6 +96,59 @@ TEST(BindingConfig, ErrorsNameFileLineAndWhatWasExpected) {
             std::string::npos);
 }
 
+// Connection reuse options (docs/DESIGN.md §13) in Binding and Binding_Group scopes, with
+// Momentum's fall-back: Host, then Domain, then Binding, then Binding_Group, then global.
+TEST(BindingConfig, ReuseOptionsInBindingAndGroupScopesFallBackNarrowestFirst) {
+  auto c = ParseConfig(R"(
+idle_timeout = 7
+max_deliveries_per_connection = 100
+Binding_Group "pool" {
+  idle_timeout = 30
+  max_deliveries_per_connection = 20
+  Binding "b1" { bind_address = "127.0.0.2" }
+  Binding "b2" { bind_address = "127.0.0.3"  idle_timeout = 2  max_deliveries_per_connection = 3 }
+}
+Binding "solo" { idle_timeout = 0 }
+Domain "pinned.example" { idle_timeout = 11  max_deliveries_per_connection = 12 }
+Host "127.0.0.50" { idle_timeout = 1 }
+)", "b.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const HostPolicy plain = c->PolicyFor("", *IpAddress::Parse("127.0.0.1"));
+  const HostPolicy stanza = c->PolicyFor("", *IpAddress::Parse("127.0.0.50"));
+  auto idle = [&](std::string_view d, std::string_view b, const HostPolicy& h) {
+    return c->ReuseFor(d, b, h).idle_timeout_s;
+  };
+  auto max = [&](std::string_view d, std::string_view b, const HostPolicy& h) {
+    return c->ReuseFor(d, b, h).max_deliveries_per_connection;
+  };
+  EXPECT_EQ(idle("a.example", "", plain), 7u);            // global (the default binding)
+  EXPECT_EQ(max("a.example", "", plain), 100);
+  EXPECT_EQ(idle("a.example", "b1", plain), 30u);         // the group's
+  EXPECT_EQ(max("a.example", "b1", plain), 20);
+  EXPECT_EQ(idle("a.example", "b2", plain), 2u);          // the binding's own
+  EXPECT_EQ(max("a.example", "b2", plain), 3);
+  EXPECT_EQ(idle("a.example", "solo", plain), 0u);        // 0: never parked through it
+  EXPECT_EQ(max("a.example", "solo", plain), 100);        // not set there: global
+  EXPECT_EQ(idle("pinned.example", "b2", plain), 11u);    // a Domain stanza wins
+  EXPECT_EQ(max("pinned.example", "b2", plain), 12);
+  EXPECT_EQ(idle("pinned.example", "b2", stanza), 1u);    // a Host stanza wins over all
+  EXPECT_EQ(max("pinned.example", "b2", stanza), 12);
+  EXPECT_EQ(idle("a.example", "no-such", plain), 7u);     // unknown: the default binding's
+  EXPECT_NE(ErrorOf("Binding_Group \"g\" { idle_timeout = 1 }\n"
+                    "Binding_Group \"g\" { idle_timeout = 2 }")
+                .find("idle_timeout of Binding_Group \"g\" set twice"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("Binding \"a\" { Host \"127.0.0.1\" { idle_timeout = 2 } }")
+                .find("not valid in Binding::Host scope"),
+            std::string::npos);
+  // The listing parses back to the same settings (each binding with its effective values).
+  std::string listed = ListConfig(*c, ConfigListing::kNonDefault);
+  auto again = ParseConfig(listed, "listed.conf");
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << listed;
+  EXPECT_EQ(ListConfig(*again, ConfigListing::kNonDefault), listed);
+  EXPECT_EQ(again->ReuseFor("a.example", "b1", plain).idle_timeout_s, 30u);
+}
+
 TEST(BindingConfig, AGroupDeclaredTwiceAddsUp) {
   auto c = ParseConfig("Binding_Group \"g\" { Binding \"a\" { } }\n"
                        "Binding_Group \"g\" { Binding \"b\" { } }\n",

@@ -430,6 +430,8 @@ class Binder {
         FindConfigOption(e.name)->domain.set(d, *v);
         if (e.name == "routes") d.routes_from_domain = true;
         if (e.name == "max_outbound_connections") d.limit_from_domain = true;
+        if (e.name == "idle_timeout") d.idle_timeout_from_domain = true;
+        if (e.name == "max_deliveries_per_connection") d.max_deliveries_from_domain = true;
       }
       config.domains.emplace(*name, std::move(d));
     }
@@ -501,6 +503,10 @@ class Binder {
       // Momentum's binding_group scope: each binding of the group gets the group's rate.
       if (g != nullptr && !b.throttles.connections.set()) b.throttles.connections = g->throttles.connections;
       if (g != nullptr && !b.throttles.messages.set()) b.throttles.messages = g->throttles.messages;
+      if (g != nullptr && !b.idle_timeout_s) b.idle_timeout_s = g->idle_timeout_s;
+      if (g != nullptr && !b.max_deliveries_per_connection) {
+        b.max_deliveries_per_connection = g->max_deliveries_per_connection;
+      }
     }
     config.warnings = std::move(warnings_);
     return config;
@@ -546,6 +552,17 @@ class Binder {
                                                  "\" set twice"));
           }
           *t = v->throttle;
+        } else if (e.name == "idle_timeout" || e.name == "max_deliveries_per_connection") {
+          const bool idle = e.name == "idle_timeout";
+          if (idle ? g->idle_timeout_s.has_value() : g->max_deliveries_per_connection.has_value()) {
+            return parser_.ErrorAt(e.pos, StrCat(e.name, " of Binding_Group \"", g->name,
+                                                 "\" set twice"));
+          }
+          if (idle) {
+            g->idle_timeout_s = static_cast<uint32_t>(v->number);
+          } else {
+            g->max_deliveries_per_connection = static_cast<int32_t>(v->number);
+          }
         } else if (e.name == "bind_address") {
           if (!g->bind_address.empty()) {
             return parser_.ErrorAt(e.pos, StrCat("bind_address of Binding_Group \"", g->name,
@@ -632,6 +649,10 @@ class Binder {
       if (!v.ok()) return v.status();
       if (ThrottleSpec* t = ThrottleOf(e.name, b.throttles)) {
         *t = v->throttle;
+      } else if (e.name == "idle_timeout") {
+        b.idle_timeout_s = static_cast<uint32_t>(v->number);
+      } else if (e.name == "max_deliveries_per_connection") {
+        b.max_deliveries_per_connection = static_cast<int32_t>(v->number);
       } else if (e.name == "bind_address") {
         b.bind_address = v->addresses;
       } else {
@@ -930,6 +951,23 @@ HostPolicy Config::PolicyFor(std::string_view name, const IpAddress& address) co
     }
   }
   return out;
+}
+
+ReuseSettings Config::ReuseFor(std::string_view domain, std::string_view binding,
+                               const HostPolicy& host) const {
+  const DomainSettings& d = ForDomain(domain);
+  const BindingSpec* b = binding.empty() ? nullptr : FindBinding(binding);
+  ReuseSettings r;
+  r.idle_timeout_s = host.idle_timeout_s              ? *host.idle_timeout_s
+                     : d.idle_timeout_from_domain     ? d.idle_timeout_s
+                     : b != nullptr && b->idle_timeout_s ? *b->idle_timeout_s
+                                                      : d.idle_timeout_s;
+  r.max_deliveries_per_connection =
+      host.max_deliveries_per_connection ? *host.max_deliveries_per_connection
+      : d.max_deliveries_from_domain     ? d.max_deliveries_per_connection
+      : b != nullptr && b->max_deliveries_per_connection ? *b->max_deliveries_per_connection
+                                                         : d.max_deliveries_per_connection;
+  return r;
 }
 
 absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name) {

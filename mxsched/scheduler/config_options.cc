@@ -308,21 +308,24 @@ constexpr OptionDescriptor kOptions[] = {
             "global one; \"*\" or ( ): the kernel chooses (docs/DESIGN.md §4)",
      .config = Field<&Config::bind_address>()},
     {.name = "idle_timeout",
-     .scopes = G | D | H,
+     .scopes = G | D | H | B,
      .type = OptionType::kSeconds,
      .min = 0,
      .max = kDay,
      .doc = "how long a connection parked after a message is kept open for the next one, "
-            "then closed with QUIT (0: never parked); Host: that address (docs/DESIGN.md §13)",
+            "then closed with QUIT (0: never parked); Host: that address; Binding (or its "
+            "Binding_Group): through it; Host, then Domain, then Binding, then Binding_Group, "
+            "then global (docs/DESIGN.md §13)",
      .domain = Field<&DomainSettings::idle_timeout_s>(),
      .host = Field<&HostSettings::idle_timeout_s>()},
     {.name = "max_deliveries_per_connection",
-     .scopes = G | D | H,
+     .scopes = G | D | H | B,
      .type = OptionType::kCount,
      .min = 0,
      .max = 1000000,
      .doc = "successful messages over one connection; after the last it is closed with "
-            "QUIT, not parked (0: no limit; docs/DESIGN.md §13)",
+            "QUIT, not parked (0: no limit); scopes and fall-back as idle_timeout "
+            "(docs/DESIGN.md §13)",
      .domain = Field<&DomainSettings::max_deliveries_per_connection>(),
      .host = Field<&HostSettings::max_deliveries_per_connection>()},
     {.name = "outbound_throttle_connections",
@@ -647,7 +650,11 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
     for (const OptionDescriptor& o : kOptions) {
       if (!(o.scopes & kDomainScope) || !o.domain) continue;
       std::string text = FormatOptionValue(o, o.domain.get(d));
-      const bool pinned = o.name == "max_outbound_connections" && d.limit_from_domain;
+      // Set in the stanza, equal to the global value or not: it still wins over a binding's.
+      const bool pinned = (o.name == "max_outbound_connections" && d.limit_from_domain) ||
+                          (o.name == "idle_timeout" && d.idle_timeout_from_domain) ||
+                          (o.name == "max_deliveries_per_connection" &&
+                           d.max_deliveries_from_domain);
       if (!pinned && text == FormatOptionValue(o, o.domain.get(config.global))) continue;
       out += StrCat("  ", o.name, " = ", text, "\n");
     }
@@ -689,6 +696,15 @@ std::string ListConfig(const Config& config, ConfigListing listing) {
       return s;
     };
     if (b.throttles.any()) out += StrCat(indent, " ", throttles(b.throttles), "\n");
+    if (b.idle_timeout_s) {
+      const OptionDescriptor& idle = *FindConfigOption("idle_timeout");
+      out += StrCat(indent, "  idle_timeout = ",
+                    FormatOptionValue(idle, Read(int64_t{*b.idle_timeout_s})), "\n");
+    }
+    if (b.max_deliveries_per_connection) {
+      out += StrCat(indent, "  max_deliveries_per_connection = ",
+                    *b.max_deliveries_per_connection, "\n");
+    }
     for (bool domain : {true, false}) {
       const auto& limits = domain ? b.domain_limits : b.host_limits;
       const auto& rates = domain ? b.domain_throttles : b.host_throttles;

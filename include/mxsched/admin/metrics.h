@@ -21,6 +21,8 @@
 //   mxsched_host_connection_limit (gauge; host, mx): effective per-host limit (+Inf: unlimited)
 //   mxsched_host_configured_connection_limit (gauge; host, mx): the configured limit; the effective
 //       one is lower while busy replies hold it down (DESIGN §6)
+//   mxsched_host_parked_connections (gauge; host, mx): of the active ones, connections parked
+//       for reuse now (DESIGN §13; they keep their slot)
 //   mxsched_host_busy_replies_total (counter; host, mx): busy replies ("421 too many
 //       connections"...) from the destination
 //   mxsched_host_reachable (gauge; host, mx): 1 if a new connection may go (0: inside
@@ -52,6 +54,10 @@
 //   mxsched_domains_resident (gauge): domains with a route entry in the selector
 //   mxsched_domains_total (counter; event): domain entries created and evicted (DESIGN §5)
 //   mxsched_routes_distinct (gauge): distinct route snapshots; domains with equal routes share one
+//   mxsched_parked_connections (gauge): connections parked for reuse now, all hosts (DESIGN §13)
+//   mxsched_connection_reuse_events_total (counter; event): parked, reused (taken up after RSET),
+//       stale (RSET failed: closed, a fresh connection instead), and parked connections closed:
+//       idle_timeout, server_closed, evicted, max_deliveries, stopped
 //   mxsched_dns_lookups_total (counter; result): resolver lookups: hit (fresh cached answer), miss
 //   mxsched_dns_queries_total (counter): queries handed to a DNS client
 //   mxsched_dns_answers_total (counter; result): answers stored: ok, nodata, nxdomain, tempfail

@@ -104,6 +104,8 @@ struct DomainSettings {
   // parked), and successful messages per connection before it is closed (0: no limit).
   uint32_t idle_timeout_s = 5;
   int32_t max_deliveries_per_connection = 0;
+  // Set when a Domain stanza sets them: they then win over a Binding's (ReuseFor).
+  bool idle_timeout_from_domain = false, max_deliveries_from_domain = false;
   bool routes_from_domain = false;  // true when a Domain stanza set routes (for display)
   bool limit_from_domain = false;   // true when a Domain stanza set max_outbound_connections
   // A Domain stanza's throttles: that domain's rate over all bindings (the global scope's
@@ -163,6 +165,10 @@ struct BindingSpec {
   Throttles throttles;
   absl::flat_hash_map<std::string, Throttles> domain_throttles;
   absl::flat_hash_map<std::string, Throttles> host_throttles;
+  // Connection reuse (docs/DESIGN.md §13): the binding's own, else its group's; unset: the
+  // domain's (Config::ReuseFor).
+  std::optional<uint32_t> idle_timeout_s;
+  std::optional<int32_t> max_deliveries_per_connection;
   std::string where;  // "FILE:LINE" of the stanza, for messages
   // The address of `family` this binding connects from, or null (kernel's choice).
   const IpAddress* AddressFor(bool v4) const;
@@ -174,6 +180,14 @@ struct BindingGroupSpec {
   std::vector<IpAddress> bind_address;
   int32_t max_outbound_connections = 0;  // 0: unset
   Throttles throttles;                    // each binding's, unless it sets its own
+  std::optional<uint32_t> idle_timeout_s;  // each binding's, unless it sets its own (§13)
+  std::optional<int32_t> max_deliveries_per_connection;
+};
+
+// Connection reuse settings for one connection (docs/DESIGN.md §13, Config::ReuseFor).
+struct ReuseSettings {
+  uint32_t idle_timeout_s = 5;
+  int32_t max_deliveries_per_connection = 0;
 };
 
 // The ranges DNS answers may not point at unless the configuration says otherwise.
@@ -223,6 +237,12 @@ struct Config {
   HostPolicy PolicyFor(std::string_view name, const IpAddress& address) const;
   const BindingSpec* FindBinding(std::string_view name) const;
   const BindingGroupSpec* FindBindingGroup(std::string_view name) const;
+  // idle_timeout and max_deliveries_per_connection for a connection to `domain` through
+  // `binding` ("" or unknown: the default binding) at the host of `host` (PolicyFor), each
+  // from the narrowest scope that sets it: Host stanza, then Domain stanza, then Binding,
+  // then Binding_Group, then global — the order of max_outbound_connections (§4).
+  ReuseSettings ReuseFor(std::string_view domain, std::string_view binding,
+                         const HostPolicy& host) const;
   // Connections to `domain` (lower-case) at once through `binding`: Binding::Domain, else
   // a Domain stanza's max_outbound_connections, else the binding's (or its group's), else
   // the global value — Momentum's fall-back from the narrower scope to the wider.

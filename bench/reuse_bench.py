@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Connection reuse benchmark (docs/DESIGN.md §13; issue 23 item 6), paired runs against
+Postfix's smtp-sink:
+
+  1. `mxsched load --message 100 --reuse` against Postfix `smtp-source -d` (which sends the
+     next message over the same connection), same concurrency, same message count; both
+     unlimited messages per connection. Target: load >= 1.5x.
+  2. `load --message 100 --reuse` with max_deliveries_per_connection = 10 against
+     `load --message 100` without reuse (one connection per message).
+
+    python3 bench/reuse_bench.py BUILD_DIR [--messages N] [--concurrency C] [--reps R]
+
+Rates are messages / wall time of the client process, start to exit, measured the same way
+for every client. Every run gets a fresh smtp-sink on a fresh 127.0.52.x address (no run
+meets the TIME_WAIT sockets of the one before); the sink's own counters must show every
+message. Within a repetition the two clients of a pair run back to back, the order
+alternating between repetitions; the ratio is taken per repetition and the median
+reported. Traffic goes only to 127.0.0.0/8; every process is bounded and ended by PID.
+"""
+import argparse, json, os, pwd, re, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("build")
+ap.add_argument("--messages", type=int, default=20000)
+ap.add_argument("--concurrency", type=int, default=16)
+ap.add_argument("--reps", type=int, default=3)
+ap.add_argument("--only", default="1,1p,2", help="pairs to run: 1, 1p (pipelined), 2")
+args = ap.parse_args()
+MX = os.path.join(args.build, "mxsched")
+SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+for p in (SINK, SOURCE):
+    if not os.access(p, os.X_OK):
+        print(f"SKIP: {p} not installed (Debian postfix)")
+        sys.exit(77)
+WORK = tempfile.mkdtemp(prefix="mxsched-reuse-bench-")
+N, C = args.messages, args.concurrency
+next_addr = [0]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def stop_pid(proc, seconds=10):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=seconds)
+
+
+class Sink:
+    """smtp-sink -c: its counters (sess= quit= mesg=) are read after it is ended by PID."""
+
+    def __init__(self, addr, port):
+        self.out_path = os.path.join(WORK, f"sink-{time.monotonic_ns()}.out")
+        self.out = open(self.out_path, "w")
+        cmd = [SINK, "-c"]
+        if os.geteuid() == 0:  # required as root
+            cmd += ["-u", pwd.getpwuid(os.getuid()).pw_name]
+        cmd += [f"{addr}:{port}", "256"]
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop_pid(self.proc)
+                raise SystemExit(f"smtp-sink did not accept on {addr}:{port}")
+            try:
+                socket.create_connection((addr, port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+    def stop(self):
+        stop_pid(self.proc)
+        self.out.close()
+        with open(self.out_path) as f:
+            counts = re.findall(r"sess=(\d+) quit=(\d+) mesg=(\d+)", f.read())
+        sess, quit, mesg = (int(x) for x in counts[-1]) if counts else (0, 0, 0)
+        return {"sessions": sess - 1, "quits": quit, "messages": mesg}  # less the probe
+
+
+def one_run(client):
+    """client: "smtp-source -d", "load reuse", "load reuse pipelining", "load reuse 10",
+    "load"."""
+    next_addr[0] += 1
+    assert next_addr[0] < 255
+    addr, port = f"127.0.52.{next_addr[0]}", free_port()
+    sink = Sink(addr, port)
+    report = None
+    try:
+        t0 = time.monotonic()
+        if client == "smtp-source -d":
+            subprocess.run([SOURCE, "-d", "-s", str(C), "-m", str(N), "-l", "100",
+                            f"{addr}:{port}"], check=True, stdout=subprocess.DEVNULL, timeout=300)
+        else:
+            reuse = client.startswith("load reuse")
+            per = 10 if client == "load reuse 10" else 0
+            conf = os.path.join(WORK, f"c{next_addr[0]}.conf")
+            with open(conf, "w") as f:
+                f.write(f'routes = ( "smtp://{addr}?port={port}" )\n'
+                        f"max_outbound_connections = 1000\n"
+                        f"max_deliveries_per_connection = {per}\n")
+            out = os.path.join(WORK, f"r{next_addr[0]}.json")
+            cmd = [MX, "load", "--config", conf, "--no-dns", "--domains", "a.example",
+                   "--sessions", str(N), "--concurrency", str(C), "--threads", "1",
+                   "--message", "100", "--json", out, "--max-seconds", "300"]
+            if reuse:
+                cmd.append("--reuse")
+            if client.endswith("pipelining"):
+                cmd.append("--pipelining")
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=320)
+            with open(out) as f:
+                report = json.load(f)
+            assert report["connected"] == N, report
+        wall = time.monotonic() - t0
+    finally:
+        counts = sink.stop()
+    assert counts["messages"] == N, (client, counts)
+    conns = counts["sessions"]
+    return {"rate": N / wall, "connections": conns, "quits": counts["quits"],
+            "reused": report["reuse"]["reused"] if report else None}
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def pair(a, b):
+    runs = {a: [], b: [], "ratio": []}
+    for rep in range(args.reps):
+        order = (a, b) if rep % 2 == 0 else (b, a)
+        r = {c: one_run(c) for c in order}
+        runs[a].append(r[a])
+        runs[b].append(r[b])
+        runs["ratio"].append(r[a]["rate"] / r[b]["rate"])
+    return runs
+
+
+def show(title, a, b, runs, target=None):
+    print(f"\n{title}")
+    print(f"| client | messages/s (median) | connections (sink) | runs, messages/s |")
+    print("|---|---|---|---|")
+    for c in (a, b):
+        rs = runs[c]
+        print(f"| {c} | {median([x['rate'] for x in rs]):,.0f} | "
+              f"{median([x['connections'] for x in rs]):,} | "
+              f"{' / '.join(format(x['rate'], ',.0f') for x in rs)} |")
+    ratio = median(runs["ratio"])
+    verdict = "" if target is None else (f" (target >= {target}x)" if ratio >= target
+                                         else f" (target >= {target}x: NO)")
+    print(f"\nratio {a} / {b} per repetition: "
+          f"{' / '.join(f'{x:.2f}' for x in runs['ratio'])}; median **{ratio:.2f}x**{verdict}")
+    return ratio
+
+
+print(f"{N:,} messages of ~100 bytes, concurrency {C}, {args.reps} repetitions, "
+      f"{os.cpu_count()} CPUs, load average before {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+only = args.only.split(",")
+if "1" in only:
+    r1 = pair("load reuse", "smtp-source -d")
+    show("1. mxsched load --message 100 --reuse vs Postfix smtp-source -d -l 100 (smtp-sink), "
+         "one command at a time both", "load reuse", "smtp-source -d", r1, target=1.5)
+if "1p" in only:
+    r1p = pair("load reuse pipelining", "smtp-source -d")
+    show("1p. mxsched load --message 100 --reuse --pipelining vs Postfix smtp-source -d -l 100 "
+         "(smtp-sink; smtp-source has no pipelining)", "load reuse pipelining", "smtp-source -d",
+         r1p, target=1.5)
+if "2" in only:
+    r2 = pair("load reuse 10", "load")
+    show("2. load --message 100 --reuse, max_deliveries_per_connection = 10, vs load --message 100 "
+         "(no reuse)", "load reuse 10", "load", r2)
+print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+shutil.rmtree(WORK, ignore_errors=True)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Connection reuse across a fleet (docs/DESIGN.md §13 with §7): three `mxsched load --reuse`
+# processes share a Host limit of 4 through a real redis-server. A parked connection keeps
+# its fleet lease, so the farm never sees more than 4 connections at once, parked ones
+# included, while every worker parks and reuses.
+#   parked_connections_count_fleet_wide
+#       600 messages (200 per worker, concurrency 4 each, 10 per connection): every message
+#       delivered once, the farm's peak <= 4, reuse in every worker, every connection ended
+#       with QUIT, the fleet contended (cluster waits)
+# Every process here is started by this script, bounded (`timeout -s KILL`), and stopped by
+# its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
+#   cluster_reuse_test.sh MXSCHED_BINARY
+set -u
+bin=$1
+REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
+CLI=$(command -v redis-cli)
+[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
+HARNESS_SIGNAL=KILL
+. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
+port=$(free_port); rport=$(free_port)
+claim_test_net
+net="$test_net.83"
+name="r$$"
+rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
+
+timeout -s KILL 120 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+  --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_for '[ "$(rcli ping)" = PONG ]'
+
+timeout -s KILL 120 "$bin" farm --listen "$net.1:$port" --stats "$work/f1.json" \
+  --max-seconds 100 2>"$work/f1.err" &
+pids+=($!)
+wait_for "grep -q listening \"$work/f1.err\""
+
+cat >"$work/r.conf" <<CONF
+routes = ( "$net.1" )
+remote_smtp_port = $port
+max_outbound_connections = 64
+Host "$net.1" { max_outbound_connections = 4 }
+idle_timeout = 2
+max_deliveries_per_connection = 10
+cluster_limits = "redis://127.0.0.1:$rport"
+cluster_name = "$name"
+cluster_lease_seconds = 6
+CONF
+
+echo "== parked_connections_count_fleet_wide"
+p=()
+for w in w1 w2 w3; do
+  timeout -s KILL 60 "$bin" load --config "$work/r.conf" --json "$work/$w.json" \
+    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 50 \
+    --domains a.test --sessions 200 --concurrency 4 --message 100 --reuse \
+    >"$work/$w.out" 2>"$work/$w.err" &
+  p+=($!); pids+=($!)
+done
+for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/w?.out)"; done
+# The farm rewrites its stats every second: wait until it has seen every connection close.
+farm_settled() {
+  python3 -c "
+import json; s = json.load(open('$work/f1.json'))
+a = s['addresses'][0]
+print(1 if a['current'] == 0 and a['messages'] >= 600 else 0)" 2>/dev/null || echo 0
+}
+wait_for '[ "$(farm_settled)" = 1 ]'
+python3 - "$work" <<'PY' || fail "checks"
+import json, os, sys
+work = sys.argv[1]
+r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ("w1", "w2", "w3")}
+a = json.load(open(os.path.join(work, "f1.json")))["addresses"][0]
+checks = [
+    ("every message delivered", all(r[w]["connected"] == 200 for w in r)),
+    ("the farm got 600 messages, once each", a["messages"] == 600),
+    ("server-side peak <= 4, parked connections included", a["peak"] <= 4),
+    ("every worker reused parked connections", all(r[w]["reuse"]["reused"] > 0 for w in r)),
+    ("connections opened = the farm's", sum(r[w]["reuse"]["connections"] for w in r) == a["total"]),
+    ("a fifth or fewer connections than messages", a["total"] <= 120),
+    ("every connection ended with QUIT", a["quits"] == a["total"]),
+    ("the fleet's limit was contended", sum(r[w]["cluster"]["waits"] for w in r) > 0),
+    ("no Redis errors", all(r[w]["cluster"]["redis_errors"] == 0 for w in r)),
+]
+bad = [c for c, ok in checks if not ok]
+for c, ok in checks:
+    print(("ok: " if ok else "NOT: ") + c)
+if bad:
+    print({w: {k: r[w][k] for k in ("connected", "deferred", "failed", "reuse", "cluster")} for w in r})
+    print("farm", a)
+    sys.exit(1)
+PY
+echo "cluster_reuse_test: all checks passed"
