@@ -16,22 +16,16 @@
 # its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
 set -u
 bin=$1
-REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
-CLI=$(command -v redis-cli)
-[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
 DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
 HARNESS_SIGNAL=KILL
 . "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-port=$(free_port); rport=$(free_port); dport=$(free_port)
+. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
+port=$(free_port); dport=$(free_port)
 claim_test_net
 net="$test_net.79"
 name="k$$"
-rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
 
-timeout -s KILL 120 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
-pids+=($!)
-wait_for '[ "$(rcli ping)" = PONG ]'
+start_redis 120
 
 # farm NAME LISTEN: a farm in the background, its stats in NAME.json.
 farm() {

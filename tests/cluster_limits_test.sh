@@ -40,29 +40,16 @@
 set -u
 bin=$1
 example=${2:-}  # tools/example_worker: the README's embedding
-REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
-CLI=$(command -v redis-cli)
-[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
 HARNESS_SIGNAL=KILL
 . "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-port=$(free_port); rport=$(free_port)
+. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
+port=$(free_port)
 claim_test_net
 net="$test_net.78"
 name="t$$"
 hostkey="{$name}:h:$net.1:$port"
-rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
 
-# Children run under `timeout -s KILL` (bounded even if this script is killed); child_of
-# gives the real process under it, for the SIGKILLs the scenarios need.
-child_of() { wait_for "pgrep -P $1 >/dev/null"; pgrep -P "$1"; }
-start_redis() {
-  timeout -s KILL 300 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-    --maxmemory-policy noeviction --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
-  local t=$!
-  wait_for '[ "$(rcli ping)" = PONG ]'
-  redis_pid=$(child_of $t)
-  pids+=($redis_pid $t)
-}
+# Children run under `timeout -s KILL` (bounded even if this script is killed).
 start_redis
 "$bin" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 300 \
   2>"$work/farm.err" &

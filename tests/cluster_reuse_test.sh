@@ -12,21 +12,15 @@
 #   cluster_reuse_test.sh MXSCHED_BINARY
 set -u
 bin=$1
-REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
-CLI=$(command -v redis-cli)
-[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
 HARNESS_SIGNAL=KILL
 . "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-port=$(free_port); rport=$(free_port)
+. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
+port=$(free_port)
 claim_test_net
 net="$test_net.83"
 name="r$$"
-rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
 
-timeout -s KILL 120 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
-pids+=($!)
-wait_for '[ "$(rcli ping)" = PONG ]'
+start_redis 120
 
 timeout -s KILL 120 "$bin" farm --listen "$net.1:$port" --stats "$work/f1.json" \
   --max-seconds 100 2>"$work/f1.err" &

@@ -20,25 +20,13 @@
 # its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
 set -u
 bin=$1
-REDIS=$(command -v redis-server || ls /usr/bin/redis-server 2>/dev/null)
-CLI=$(command -v redis-cli)
-[ -n "$REDIS" ] && [ -n "$CLI" ] || { echo "SKIP: redis-server not installed"; exit 77; }
 HARNESS_SIGNAL=KILL
 . "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-port=$(free_port); rport=$(free_port)
+. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
+port=$(free_port)
 claim_test_net
 net="$test_net.81"
 name="r$$"
-rcli() { "$CLI" -p "$rport" "$@" 2>/dev/null; }
-child_of() { wait_for "pgrep -P $1 >/dev/null"; pgrep -P "$1"; }
-start_redis() {
-  timeout -s KILL 200 "$REDIS" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-    --maxmemory-policy noeviction --logfile "" --loglevel warning >"$work/redis.log" 2>&1 &
-  local t=$!
-  wait_for '[ "$(rcli ping)" = PONG ]'
-  redis_pid=$(child_of $t)
-  pids+=($redis_pid $t)
-}
 start_farm() {  # a fresh farm (its accept-rate peaks from zero) for each scenario
   rm -f "$work/farm.json"
   "$bin" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 150 \
@@ -51,7 +39,7 @@ stop_farm() {  # SIGTERM: the farm writes its final stats (every accept) and exi
   kill -TERM "$farm_pid"; wait "$farm_pid" 2>/dev/null
   [ -s "$work/farm.json" ] || fail "no farm stats"
 }
-start_redis
+start_redis 200
 
 cat >"$work/c.conf" <<CONF
 routes = ( "$net.1" )
@@ -182,7 +170,7 @@ kill -9 "$redis_pid"
 wait_for 'grep -q unreachable "$work/k1.err" && grep -q unreachable "$work/k2.err"'
 # Each goes on at its share (10/s): 30 local starts each is ~3 s of the outage.
 wait_for '[ "$(local_leases 1)" -ge 30 ] && [ "$(local_leases 2)" -ge 30 ]'
-start_redis
+start_redis 200
 wait_for 'grep -q "limits shared again" "$work/k1.err" && grep -q "limits shared again" "$work/k2.err"'
 wait_for '[ "$(leases 1)" -ge 80 ] && [ "$(leases 2)" -ge 80 ]'  # and on through Redis again
 for i in 1 2; do
