@@ -17,7 +17,9 @@ message. Within a repetition the two clients of a pair run back to back, the ord
 alternating between repetitions; the ratio is taken per repetition and the median
 reported. Traffic goes only to 127.0.0.0/8; every process is bounded and ended by PID.
 """
-import argparse, json, os, pwd, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+
+from peers import SINK, SOURCE, Sink, free_port
 
 ap = argparse.ArgumentParser()
 ap.add_argument("build")
@@ -27,64 +29,12 @@ ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--only", default="1,1p,2", help="pairs to run: 1, 1p (pipelined), 2")
 args = ap.parse_args()
 MX = os.path.join(args.build, "mxsched")
-SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-for p in (SINK, SOURCE):
-    if not os.access(p, os.X_OK):
-        print(f"SKIP: {p} not installed (Debian postfix)")
-        sys.exit(77)
+if not (SINK and SOURCE):
+    print("SKIP: smtp-sink or smtp-source not installed (Debian postfix)")
+    sys.exit(77)
 WORK = tempfile.mkdtemp(prefix="mxsched-reuse-bench-")
 N, C = args.messages, args.concurrency
 next_addr = [0]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def stop_pid(proc, seconds=10):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=seconds)
-
-
-class Sink:
-    """smtp-sink -c: its counters (sess= quit= mesg=) are read after it is ended by PID."""
-
-    def __init__(self, addr, port):
-        self.out_path = os.path.join(WORK, f"sink-{time.monotonic_ns()}.out")
-        self.out = open(self.out_path, "w")
-        cmd = [SINK, "-c"]
-        if os.geteuid() == 0:  # required as root
-            cmd += ["-u", pwd.getpwuid(os.getuid()).pw_name]
-        cmd += [f"{addr}:{port}", "256"]
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                stop_pid(self.proc)
-                raise SystemExit(f"smtp-sink did not accept on {addr}:{port}")
-            try:
-                socket.create_connection((addr, port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-
-    def stop(self):
-        stop_pid(self.proc)
-        self.out.close()
-        with open(self.out_path) as f:
-            counts = re.findall(r"sess=(\d+) quit=(\d+) mesg=(\d+)", f.read())
-        sess, quit, mesg = (int(x) for x in counts[-1]) if counts else (0, 0, 0)
-        return {"sessions": sess - 1, "quits": quit, "messages": mesg}  # less the probe
 
 
 def one_run(client):
@@ -93,7 +43,7 @@ def one_run(client):
     next_addr[0] += 1
     assert next_addr[0] < 255
     addr, port = f"127.0.52.{next_addr[0]}", free_port()
-    sink = Sink(addr, port)
+    sink = Sink(addr, port, WORK)
     report = None
     try:
         t0 = time.monotonic()

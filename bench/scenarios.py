@@ -11,7 +11,9 @@ Every number is measured in this run on this machine; ratios divide by baselines
 in the same run on the same farm. Traffic goes only to 127.0.0.0/8; every farm and load is
 bounded in count and time and is ended by PID. Prints markdown tables (bench/README.md).
 """
-import argparse, json, os, pwd, re, resource, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, shutil, signal, subprocess, sys, tempfile, time
+
+from peers import SINK, SOURCE, Sink, free_port
 
 
 def ms(us):
@@ -30,14 +32,6 @@ WORK = tempfile.mkdtemp(prefix="mxsched-scenarios-")
 Q = args.quick
 results = {}
 resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Farm:
@@ -129,62 +123,6 @@ if "baselines" in only:
 # QUITs. Within a repetition the two clients run back to back, the order alternating
 # between repetitions (and the peers' order too); ratio = load / smtp-source per
 # repetition, the median of the repetitions reported.
-SINK = shutil.which("smtp-sink") or next(
-    (p for p in ("/usr/sbin/smtp-sink",) if os.access(p, os.X_OK)), None)
-SOURCE = shutil.which("smtp-source") or next(
-    (p for p in ("/usr/sbin/smtp-source",) if os.access(p, os.X_OK)), None)
-
-
-def wait_accepting(addr, port, proc, what, seconds=10):
-    """Polls connect() until addr:port accepts (bounded); fails if proc exits first.
-    Returns the number of probe connections that succeeded (always 1)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited ({proc.returncode}) before accepting on {addr}:{port}")
-        try:
-            socket.create_connection((addr, port), timeout=0.5).close()
-            return 1
-        except OSError:
-            time.sleep(0.02)
-    stop_pid(proc)
-    raise SystemExit(f"{what} did not accept on {addr}:{port} within {seconds} s")
-
-
-def stop_pid(proc, seconds=10):
-    """SIGTERM to this child's PID, then SIGKILL to the same PID if it does not exit."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=seconds)
-
-
-class Sink:
-    """Postfix smtp-sink as a child process: `-c` prints its running counters
-    (sess=S quit=Q mesg=M) on every session end, QUIT and "."; the last line is read
-    after it is ended by PID."""
-
-    def __init__(self, addr, port, backlog=256):
-        self.out_path = os.path.join(WORK, f"sink-{time.monotonic_ns()}.out")
-        self.out = open(self.out_path, "w")
-        cmd = [SINK, "-c"]
-        if os.geteuid() == 0:  # required as root; refused (initgroups) otherwise
-            cmd += ["-u", pwd.getpwuid(os.getuid()).pw_name]
-        cmd += [f"{addr}:{port}", str(backlog)]
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT)
-        self.probes = wait_accepting(addr, port, self.proc, "smtp-sink")
-
-    def stop(self):
-        stop_pid(self.proc)
-        self.out.close()
-        with open(self.out_path) as f:
-            counts = re.findall(r"sess=(\d+) quit=(\d+) mesg=(\d+)", f.read())
-        sess, quit, mesg = (int(x) for x in counts[-1]) if counts else (0, 0, 0)
-        # The readiness probe is a session that sent nothing.
-        return {"sessions": sess - self.probes, "quits": quit, "messages": mesg}
 
 
 class FarmPeer:
@@ -196,9 +134,14 @@ class FarmPeer:
         return {"sessions": a["total"], "quits": a["quits"], "messages": a["messages"]}
 
 
+class SinkPeer(Sink):
+    def __init__(self, addr, port):
+        super().__init__(addr, port, WORK)
+
+
 if "postfix" in only and SOURCE and SINK:
     n, conc, reps = (5000 if Q else 20000), 16, 3  # one destination: well under ~28k ports
-    peers = {"mxsched farm": FarmPeer, "Postfix smtp-sink": Sink}
+    peers = {"mxsched farm": FarmPeer, "Postfix smtp-sink": SinkPeer}
     runs = {p: {"smtp-source": [], "load": [], "ratio": []} for p in peers}
     cpu = {p: {"smtp-source": [], "load": []} for p in peers}  # (client, peer) µs per session
     next_addr = [0]
