@@ -758,6 +758,12 @@ TEST_F(ClusterLimitsTest, FleetThrottleReservesSpacedInstantsAllOrNoneWithTheKey
   auto w2 = AcquireRate(c, {}, {t}, 5 * second, loops);
   ASSERT_TRUE(w2 && w2->verdict == ClusterClient::Verdict::kGranted);
   EXPECT_GE(w2->start_in_nanos, 500'000'000);
+  // A lease of throttles alone holds nothing in Redis: its release ends it at once, kept
+  // for no hand-off (DESIGN §7 rule 10 passes on leases of keys), with no release sent.
+  EXPECT_FALSE(c.client->MayHandOffForTest({}));
+  EXPECT_EQ(c.client->leases(), 1u);
+  w2->lease.Release();
+  EXPECT_EQ(c.client->leases(), 0u);
 }
 
 // DESIGN §12 rule 10, Redis away in share mode: each worker starts at its share of the rate

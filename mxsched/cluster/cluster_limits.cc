@@ -1227,6 +1227,8 @@ void ClusterClient::Forget(const std::string& id) {
 }
 
 bool ClusterClient::MayHandOff(const std::vector<ClusterKey>& keys) const {
+  // A lease of throttles alone holds nothing in Redis: nothing to pass on.
+  if (keys.empty()) return false;
   if (limits_->mode() != ClusterMode::kNormal || !worker_ || !sub_.subscribed()) return false;
   const int64_t now = SteadyNowNanos();
   for (const ClusterKey& k : keys) {
