@@ -469,6 +469,11 @@ const RouteSnapshot* SelectorImpl::Refresh(DomainEntry* entry, const RouteSnapsh
     entry->refreshing.store(false, std::memory_order_release);
     return old;
   }
+  return Replan(entry, old, now);
+}
+
+const RouteSnapshot* SelectorImpl::Replan(DomainEntry* entry, const RouteSnapshot* old,
+                                          int64_t now) {
   const uint32_t gen = generation_.load(std::memory_order_acquire);
   PlannedRoute fresh = planner_.Plan(*config(), entry->name());
   const RouteSnapshot* now_serving = old;
@@ -1334,7 +1339,11 @@ bool SelectorImpl::RefreshDomain(std::string_view domain) {
   epoch::EpochGuard guard;
   DomainEntry* e = domains_.Find(hash, domain);
   if (e == nullptr) return false;
-  e->generation.store(0, std::memory_order_release);
+  // Re-plan here, not at the next use: a caller that describes the domain next must see the
+  // new route even when a delivery thread holds the re-plan flag at that moment (and that
+  // thread may have checked the generation before this refresh). Planning never blocks.
+  while (e->refreshing.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+  Replan(e, e->snapshot.load(std::memory_order_acquire), clock_->NowNanos());
   // This domain's waiters re-plan against the new route.
   std::vector<SlotWaiter*> wake;
   {

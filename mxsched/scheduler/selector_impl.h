@@ -101,6 +101,9 @@ class SelectorImpl {
   // name that is not a valid domain. REQUIRES: an EpochGuard.
   DomainEntry* Materialize(std::string_view domain, Deferral* invalid);
   const RouteSnapshot* Refresh(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
+  // Plans the entry's route at `now` and installs it (or, DNS failing, keeps `old` a while).
+  // REQUIRES: the caller holds entry->refreshing, which this clears; an EpochGuard.
+  const RouteSnapshot* Replan(DomainEntry* entry, const RouteSnapshot* old, int64_t now);
   // Installs `planned` (interned) as the entry's route and drops the old one.
   void Publish(DomainEntry* entry, PlannedRoute planned);
 

@@ -512,6 +512,31 @@ TEST(Reload, RefreshDomainAppliesNowAndOnlyThere) {
   EXPECT_EQ(f.Pick("b.example"), "127.0.3.2");
 }
 
+// Found in CI (cli_admin_top under ASan): POST /refresh answered with the old route when a
+// delivery thread was re-planning the same domain at that moment — RefreshDomain only marked
+// the route stale, and Describe, losing the re-plan flag to that thread, showed the route
+// still in place. RefreshDomain re-plans before it returns.
+TEST(Reload, RefreshDomainHasReplannedWhenItReturnsWhileOthersAcquire) {
+  SelectorFixture f(R"(routes = ( "smtp://127.0.3.1?ttl=60" ))");
+  f.MustAcquire("example.com").Release();
+  std::atomic<bool> stop{false};
+  std::thread worker([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      AcquireResult r = f.selector.Acquire("example.com");
+      if (r.ok()) r.lease().Release();
+    }
+  });
+  int stale = 0;
+  for (int i = 0; i < 20000; ++i) {
+    f.clock.AdvanceSeconds(1);  // the route ages: an un-replanned view shows less than 60
+    ASSERT_TRUE(f.selector.RefreshDomain("example.com"));
+    if (f.selector.Describe("example.com").ttl_left_s != 60) ++stale;
+  }
+  stop = true;
+  worker.join();
+  EXPECT_EQ(stale, 0);
+}
+
 TEST(Reload, OpenLeasesSurviveARefresh) {
   SelectorFixture f(R"(
     routes = ( "127.0.3.1" )
