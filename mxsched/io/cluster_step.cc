@@ -67,8 +67,9 @@ void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done do
 int64_t ClusterStep::LateStartLimitNanos() const {
   int64_t limit = INT64_MAX;
   for (const ClusterThrottle& t : throttles_) {
-    // interval = S/N·1.02: 1% of S is interval·N/102.
-    limit = std::min(limit, t.interval_us * 1000 * t.count / 102);
+    // Half the jitter allowance (DESIGN §12 rule 1): interval·N = S + max(S/50, 50 ms), so
+    // A/2 is interval·N/102 from S = 2.5 s up and 25 ms below.
+    limit = std::min(limit, std::max<int64_t>(t.interval_us * 1000 * t.count / 102, 25'000'000));
   }
   return limit;
 }

@@ -13,6 +13,7 @@ namespace mxsched {
 namespace {
 constexpr uint32_t kMaxCount = 1'000'000;
 constexpr uint32_t kMaxSeconds = 86'400;
+constexpr int64_t kJitterAllowanceNanos = 50'000'000;
 
 bool ParseUint(std::string_view s, uint32_t* out) {
   if (s.empty() || s.size() > 10) return false;
@@ -22,8 +23,11 @@ bool ParseUint(std::string_view s, uint32_t* out) {
 }  // namespace
 
 int64_t ThrottleSpec::interval_nanos() const {
-  const int64_t base = int64_t{seconds} * kNanosPerSecond / std::max<uint32_t>(count, 1);
-  return std::max<int64_t>(1, base + base / 50);
+  // N+1 starts span S plus a jitter allowance: 2% of S, at least 50 ms (DESIGN §12 rule 1).
+  const int64_t n = std::max<uint32_t>(count, 1);
+  const int64_t span = int64_t{seconds} * kNanosPerSecond;
+  const int64_t allowance = std::max<int64_t>(span / 50, kJitterAllowanceNanos);
+  return std::max<int64_t>(1, (span + allowance) / n);
 }
 
 std::string ThrottleSpec::ToString() const { return StrCat(count, "/", seconds, " s"); }

@@ -2,13 +2,13 @@
 // "N" (at most N starts in any second) or "N/S" (at most N in any S seconds) — as the
 // receiver counts them (docs/DESIGN.md §12).
 //
-// Strict spacing: starts go at least S/N apart, plus 2% (a GCRA with no burst tolerance,
-// one 64-bit value per throttle: the earliest instant the next start may go). A GCRA with
-// a burst of N lets 2N-1 through in some window of S; a sliding log of the last N starts
-// releases N at once each window, and the receiver, counting on its own clock with
-// delivery jitter, sees the tail of one burst and the head of the next in one window. With
-// spacing, N+1 starts span 1.02·S, so a receiver whose accepts jitter by up to 1% of S
-// still counts at most N in any window of S.
+// Strict spacing: starts go at least (S + A)/N apart, A = max(2% of S, 50 ms) a jitter
+// allowance (a GCRA with no burst tolerance, one 64-bit value per throttle: the earliest
+// instant the next start may go). A GCRA with a burst of N lets 2N-1 through in some window
+// of S; a sliding log of the last N starts releases N at once each window, and the
+// receiver, counting on its own clock with delivery jitter, sees the tail of one burst and
+// the head of the next in one window. With spacing, N+1 starts span S + A, so a receiver
+// whose accepts jitter by up to A/2 still counts at most N in any window of S.
 //
 // Reservations, not polling: ReserveAll takes the next start of every throttle that applies
 // at one instant t >= now, all or none; the caller starts at t (a timer, never a periodic

@@ -65,9 +65,14 @@ TEST(RateThrottle, NeverMoreThanNInAnyWindowWhateverTheArrivals) {
     }
     EXPECT_LE(MaxInAnyWindow(starts, int64_t{spec.seconds} * kSec), static_cast<int>(spec.count))
         << spec.ToString();
-    // And no slower than the rate allows (2% spacing margin): 500 starts in about 500/N·S.
+    // And no slower than the rate allows: 500 starts in 499 spacings (S/N plus the jitter
+    // allowance, rule 1), and the allowance is max(2% of S, 50 ms) over N+1 starts.
     const double span_s = static_cast<double>(starts.back() - starts.front()) / kSec;
-    EXPECT_LE(span_s, 499.0 * spec.seconds / spec.count * 1.03) << spec.ToString();
+    EXPECT_LE(span_s, 499.0 * static_cast<double>(spec.interval_nanos()) / kSec * 1.001)
+        << spec.ToString();
+    EXPECT_EQ(spec.interval_nanos() * spec.count,
+              int64_t{spec.seconds} * kSec + std::max<int64_t>(spec.seconds * kSec / 50, kSec / 20))
+        << spec.ToString();
   }
 }
 
