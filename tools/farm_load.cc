@@ -375,7 +375,9 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->needs(message);
   sub.add_flag("--pipelining", o.pipelining,
                "Send MAIL, RCPT and DATA in one write when the server's EHLO advertises "
-               "PIPELINING (RFC 2920; smtp-source does not); needs --message")
+               "PIPELINING (RFC 2920; smtp-source does not); with --reuse a reused "
+               "connection's RSET goes in the same write (docs/DESIGN.md §13 rule 6); needs "
+               "--message")
       ->needs(message);
   // Waiting is the default: without it a run against a limit "completes" at a huge rate with
   // nearly every session deferred, which measures nothing.
