@@ -5,10 +5,15 @@ Postfix's smtp-sink:
   1. `mxsched load --message 100 --reuse` against Postfix `smtp-source -d` (which sends the
      next message over the same connection), same concurrency, same message count; both
      unlimited messages per connection. Target: load >= 1.5x.
+     With `--pipelining` (pair 1p) a reused connection's RSET goes in the same write as
+     MAIL, RCPT and DATA (DESIGN §13 rule 6), so a reused message costs two round trips.
   2. `load --message 100 --reuse` with max_deliveries_per_connection = 10 against
      `load --message 100` without reuse (one connection per message).
+  1b. With `--before OLD_BUILD_DIR`: `load --reuse --pipelining` of BUILD_DIR against the
+     same of OLD_BUILD_DIR (e.g. a build from before a change), paired the same way.
 
     python3 bench/reuse_bench.py BUILD_DIR [--messages N] [--concurrency C] [--reps R]
+                                 [--only 1,1p,2,1b] [--before OLD_BUILD_DIR]
 
 Rates are messages / wall time of the client process, start to exit, measured the same way
 for every client. Every run gets a fresh smtp-sink on a fresh 127.0.52.x address (no run
@@ -26,9 +31,12 @@ ap.add_argument("build")
 ap.add_argument("--messages", type=int, default=20000)
 ap.add_argument("--concurrency", type=int, default=16)
 ap.add_argument("--reps", type=int, default=3)
-ap.add_argument("--only", default="1,1p,2", help="pairs to run: 1, 1p (pipelined), 2")
+ap.add_argument("--only", default="1,1p,2,1b",
+                help="pairs to run: 1, 1p (pipelined), 2, 1b (needs --before)")
+ap.add_argument("--before", help="a build dir whose mxsched is the 'before' of pair 1b")
 args = ap.parse_args()
 MX = os.path.join(args.build, "mxsched")
+MX_BEFORE = os.path.join(args.before, "mxsched") if args.before else None
 if not (SINK and SOURCE):
     print("SKIP: smtp-sink or smtp-source not installed (Debian postfix)")
     sys.exit(77)
@@ -39,7 +47,7 @@ next_addr = [0]
 
 def one_run(client):
     """client: "smtp-source -d", "load reuse", "load reuse pipelining", "load reuse 10",
-    "load"."""
+    "load", "before: load reuse pipelining" (MX_BEFORE)."""
     next_addr[0] += 1
     assert next_addr[0] < 255
     addr, port = f"127.0.52.{next_addr[0]}", free_port()
@@ -51,6 +59,9 @@ def one_run(client):
             subprocess.run([SOURCE, "-d", "-s", str(C), "-m", str(N), "-l", "100",
                             f"{addr}:{port}"], check=True, stdout=subprocess.DEVNULL, timeout=300)
         else:
+            mx = MX
+            if client.startswith("before: "):
+                mx, client = MX_BEFORE, client[len("before: "):]
             reuse = client.startswith("load reuse")
             per = 10 if client == "load reuse 10" else 0
             conf = os.path.join(WORK, f"c{next_addr[0]}.conf")
@@ -59,7 +70,7 @@ def one_run(client):
                         f"max_outbound_connections = 1000\n"
                         f"max_deliveries_per_connection = {per}\n")
             out = os.path.join(WORK, f"r{next_addr[0]}.json")
-            cmd = [MX, "load", "--config", conf, "--no-dns", "--domains", "a.example",
+            cmd = [mx, "load", "--config", conf, "--no-dns", "--domains", "a.example",
                    "--sessions", str(N), "--concurrency", str(C), "--threads", "1",
                    "--message", "100", "--json", out, "--max-seconds", "300"]
             if reuse:
@@ -127,5 +138,9 @@ if "2" in only:
     r2 = pair("load reuse 10", "load")
     show("2. load --message 100 --reuse, max_deliveries_per_connection = 10, vs load --message 100 "
          "(no reuse)", "load reuse 10", "load", r2)
+if "1b" in only and MX_BEFORE:
+    r1b = pair("load reuse pipelining", "before: load reuse pipelining")
+    show(f"1b. load --message 100 --reuse --pipelining: {MX} vs {MX_BEFORE}",
+         "load reuse pipelining", "before: load reuse pipelining", r1b)
 print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 shutil.rmtree(WORK, ignore_errors=True)

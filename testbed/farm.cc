@@ -854,6 +854,7 @@ std::string Farm::StatsJson() const {
                          {"rejected", s.rejected},
                          {"served_peak", s.served_peak},
                          {"idle_closed", s.idle_closed},
+                         {"rsets_refused", s.rsets_refused},
                          {"accept_backoffs", s.accept_backoffs},
                          {"accept_rate_peaks", RateJson(s.rate_peaks)}});
   }

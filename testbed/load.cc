@@ -174,7 +174,9 @@ struct Hold {
   // counts it "stopped". A session already in its dialogue finishes it.
   void Stop();
   // `why` empty: the dialogue ran to its end (connected); else it failed after the greeting.
-  void End(std::string why = {});
+  // `stale`: a reused connection's pipelined RSET was refused, or it closed before the reply
+  // (Connector::Stale gets the session a fresh connection; nothing is counted here).
+  void End(std::string why = {}, bool stale = false);
   // The command whose reply is awaited, for messages: "EHLO", "QUIT", "the message body".
   std::string DialogueStep() const;
 
@@ -206,6 +208,7 @@ class Worker {
       }
       dialogue_.push_back(body + ".\r\n");
       pipelined_group_ = dialogue_[1] + dialogue_[2] + dialogue_[3];
+      rset_group_ = "RSET\r\n" + pipelined_group_;
     }
     dialogue_.push_back("QUIT\r\n");
     auto loop = Loop::Create(4096);
@@ -341,6 +344,12 @@ class Worker {
     shared_->failed.fetch_add(1, std::memory_order_relaxed);
   }
   void HoldEnded(Hold* h) { holds_.erase(h); }
+  // A reused connection found stale by its pipelined RSET (Hold::End): it carried no
+  // message, so it is not a reuse; the connector gets the session a fresh connection.
+  void GoStale(ConnectResult r) {
+    --reused_;
+    connector_->Stale(std::move(r), [this](ConnectResult c) { OnConnected(std::move(c)); });
+  }
 
   void SessionEnded() {
     shared_->done.fetch_add(1, std::memory_order_relaxed);
@@ -357,6 +366,9 @@ class Worker {
   const LoadOptions& options() const { return *shared_->options; }
   const std::vector<std::string>& dialogue() const { return dialogue_; }
   const std::string& pipelined_group() const { return pipelined_group_; }
+  // RSET + MAIL + RCPT + DATA: a reused connection whose RSET the connector left to the
+  // transaction (ConnectResult::rset_pending, DESIGN §13 rule 6).
+  const std::string& rset_group() const { return rset_group_; }
   // Whether a connection's EHLO advertised PIPELINING, by fd: a reused connection (no EHLO
   // this session) keeps what its first session learnt; a fresh one on the same fd replaces it.
   absl::flat_hash_map<int, bool>& ehlo_pipelining() { return ehlo_pipelining_; }
@@ -386,6 +398,7 @@ class Worker {
   std::unique_ptr<DnsClient> dns_;
   std::vector<std::string> dialogue_;
   std::string pipelined_group_;  // MAIL + RCPT + DATA
+  std::string rset_group_;       // RSET + MAIL + RCPT + DATA
   absl::flat_hash_map<int, bool> ehlo_pipelining_;
   std::string domain_buf_;  // a generated session domain (Connect copies it)
 };
@@ -416,12 +429,16 @@ void Hold::Start() {
 void Hold::OnHold(int, uint32_t) {
   --pending;
   holding = false;
-  if (stopped) step = worker->dialogue().size() - 1;  // straight to QUIT
+  if (stopped) {
+    step = worker->dialogue().size() - 1;  // straight to QUIT (no RSET: nothing follows)
+    conn.rset_pending = false;
+  }
   Send();
 }
 
 const std::string& Hold::Out() const {
-  return Grouped() ? worker->pipelined_group() : worker->dialogue()[step];
+  if (!Grouped()) return worker->dialogue()[step];
+  return conn.rset_pending ? worker->rset_group() : worker->pipelined_group();
 }
 
 std::string Hold::DialogueStep() const {
@@ -466,12 +483,29 @@ void Hold::Recv() {
 
 void Hold::OnReply(int res, uint32_t) {
   --pending;
+  // A close or an error before the RSET reply of a reused connection: it was stale (the
+  // message was not sent; the connector gets the session a fresh connection).
+  if (res <= 0 && conn.rset_pending && !timer_fired) return End({}, /*stale=*/true);
   if (res < 0) return End(StrCat("dialogue: reply to ", DialogueStep(), ": ", std::strerror(-res)));
   if (res == 0)
     return End(StrCat("dialogue: connection closed before the reply to ", DialogueStep()));
   reply.append(buf, res);
   if (reply.size() > 65536) {  // a server that never ends its reply
     return End(StrCat("dialogue: reply to ", DialogueStep(), " over 65536 bytes"));
+  }
+  if (conn.rset_pending) {
+    // The RSET reply comes first (multi-line aware): a 2xx lets the transaction go on.
+    size_t at = 0;
+    for (size_t nl; (nl = reply.find('\n', at)) != std::string::npos;) {
+      const bool last = nl - at < 4 || reply[at + 3] != '-';
+      at = nl + 1;
+      if (!last) continue;
+      if (reply[0] != '2') return End({}, /*stale=*/true);
+      conn.rset_pending = false;
+      reply.erase(0, at);
+      break;
+    }
+    if (conn.rset_pending || reply.empty()) return Recv();
   }
   // Complete when the last line is "NNN text\r\n" (not "NNN-"); a pipelined group when
   // its three replies' last lines are in.
@@ -512,7 +546,7 @@ void Hold::OnTimer(int, uint32_t) {
   End();
 }
 
-void Hold::End(std::string why) {
+void Hold::End(std::string why, bool stale) {
   if (!ended) {
     ended = true;
     if (timer_fired && !why.empty()) {
@@ -525,9 +559,17 @@ void Hold::End(std::string why) {
     }
     host->Closed();
     binding->Closed();
+    if (stale) {
+      // Not ended: the session goes on over a fresh connection (OnConnected again).
+      worker->HoldEnded(this);
+      worker->GoStale(std::move(conn));
+      if (pending == 0) delete this;
+      return;
+    }
     if (worker->parking() && !stopped && why.empty()) {
-      // Before SessionEnded: the next session may take it up (or a waiter gets it now).
-      worker->connector()->Park(std::move(conn), 1);
+      // Before SessionEnded: the next session may take it up (or a waiter gets it now). With
+      // pipelining the next transaction carries the RSET (DESIGN §13 rule 6).
+      worker->connector()->Park(std::move(conn), 1, {.rset_with_transaction = pipelining});
     } else {
       close(conn.fd);
       conn.fd = -1;

@@ -97,6 +97,10 @@ struct LoadOptions {
   // With message_bytes >= 0 and `pipelining` (`--pipelining`): MAIL, RCPT and DATA go in one
   // write when the server's EHLO reply advertised PIPELINING (RFC 2920), their three replies
   // read together — one round trip where there were three. (smtp-source has no pipelining.)
+  // With reuse too, such a connection is parked with ParkOptions::rset_with_transaction: the
+  // next session's write is RSET, MAIL, RCPT, DATA (the connector sends no RSET of its own),
+  // and a refused RSET (or a close before its reply) hands it to Connector::Stale, which
+  // gets the session a fresh connection (docs/DESIGN.md §13 rule 6).
   bool pipelining = false;
   // At max_seconds, or once *stop is true (a signal handler's flag), the run stops: no new
   // session starts; a session holding (--hold-ms) quits at once and is counted deferred,

@@ -2,7 +2,8 @@
 # `mxsched load --message B --reuse` end to end (docs/DESIGN.md §9, §13 rule 8) against the
 # farm: the report's messages, connections, reused, stale and messages per connection
 # against the farm's own counts; the same load without --reuse; --reuse without --message
-# is a usage error; --pipelining's grouped commands; `top --once` during a reusing run shows the PARKED column and the
+# is a usage error; --pipelining's grouped commands, and with a farm refusing RSETs the
+# pipelined RSET's stale path (DESIGN §13 rule 6); `top --once` during a reusing run shows the PARKED column and the
 # reuse line. Ends only the processes it started, by PID.
 #   cli_load_reuse_test.sh MXSCHED_BINARY
 set -u
@@ -12,10 +13,10 @@ port=$(free_port); aport=$(free_port)
 claim_test_net
 net="$test_net.85"
 
-# farm NAME: a fresh farm on .1 and .2 (its stats in NAME.json); PID in $farm_pid.
+# farm NAME [FLAG...]: a fresh farm on .1 and .2 (its stats in NAME.json); PID in $farm_pid.
 farm() {
   timeout -s KILL 120 "$bin" farm --listen "$net.1-$net.2:$port" --stats "$work/$1.json" \
-    --max-seconds 100 2>"$work/$1.err" &
+    --max-seconds 100 "${@:2}" 2>"$work/$1.err" &
   farm_pid=$!; pids+=($!)
   wait_for "grep -q listening \"$work/$1.err\""
 }
@@ -80,6 +81,17 @@ load --sessions 500 --concurrency 8 --message 100 --reuse --pipelining --json "$
 stop_farm
 check pipe 'r["connected"] == 500 and messages == 500 and r["failed"] == 0'
 check pipe 'r["reuse"]["reused"] > 0 and r["reuse"]["connections"] == total and quits == total'
+
+echo "== --reuse --pipelining, the farm refusing every third RSET: stale, each message once"
+farm fstale --rset-fail-every 3
+load --sessions 300 --concurrency 8 --message 100 --reuse --pipelining --json "$work/stale.json" \
+  >"$work/stale.out" 2>"$work/stale.err" || fail "load stale: $(cat "$work/stale.out")"
+stop_farm
+refused='sum(x["rsets_refused"] for x in a)'
+check stale 'r["connected"] == 300 and messages == 300 and r["failed"] == 0 and r["deferred"] == 0'
+check stale "$refused > 0 and r[\"reuse\"][\"stale\"] == $refused"
+check stale 'r["reuse"]["reused"] + r["reuse"]["connections"] == 300'
+check stale "r[\"reuse\"][\"connections\"] == total and quits + $refused == total"
 
 echo "== --reuse needs --message"
 load --sessions 1 --reuse >"$work/bad.out" 2>&1

@@ -68,16 +68,72 @@ bool Transact(int fd, bool ehlo) {
          Send(fd, "Subject: t\r\n\r\nhello\r\n.\r\n") && Expect(fd, "250");
 }
 
+// Replies read off one connection, kept between reads: pipelined commands' replies (RFC
+// 2920) arrive together, so a reader that drops what follows the reply it wants loses them.
+struct Replies {
+  int fd;
+  std::string in;
+  // The next reply's code ("250"), multi-line aware; "" at EOF, an error or a timeout.
+  std::string Next() {
+    for (;;) {
+      size_t at = 0;
+      for (size_t nl; (nl = in.find('\n', at)) != std::string::npos;) {
+        const bool last = nl - at < 4 || in[at + 3] != '-';
+        at = nl + 1;
+        if (!last) continue;
+        std::string code = in.substr(0, 3);
+        in.erase(0, at);
+        return code;
+      }
+      char buf[2048];
+      ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      if (n < 0 && errno == EINTR) continue;  // (io_uring's task work interrupts blocking calls)
+      if (n <= 0) return "";
+      in.append(buf, static_cast<size_t>(n));
+    }
+  }
+};
+
+enum class Sent { kDelivered, kFailed, kStale };
+
+// One message transaction pipelined (RFC 2920), blocking: EHLO on a fresh connection (the
+// farm advertises PIPELINING), then MAIL, RCPT and DATA in one write — led by RSET when the
+// connector left it to the transaction (rset_pending, DESIGN §13 rule 6) — and their replies
+// read in order. A refused RSET, or a close before its reply: stale (nothing was sent).
+Sent TransactPipelined(const ConnectResult& r) {
+  timeval tv{10, 0};
+  setsockopt(r.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  Replies in{r.fd, {}};
+  if (!r.reused) {
+    if (!Send(r.fd, "EHLO client.test\r\n")) return Sent::kFailed;
+    // (Replies::Next keeps only the code: the farm's EHLO reply ends "250 PIPELINING".)
+    if (in.Next() != "250") return Sent::kFailed;
+  }
+  const std::string group = StrCat(r.rset_pending ? "RSET\r\n" : "",
+                                   "MAIL FROM:<s@example.test>\r\nRCPT TO:<r@example.test>\r\n"
+                                   "DATA\r\n");
+  if (!Send(r.fd, group)) return r.rset_pending ? Sent::kStale : Sent::kFailed;
+  if (r.rset_pending && !in.Next().starts_with("2")) return Sent::kStale;
+  if (in.Next() != "250" || in.Next() != "250" || in.Next() != "354") return Sent::kFailed;
+  if (!Send(r.fd, "Subject: t\r\n\r\nhello\r\n.\r\n")) return Sent::kFailed;
+  return in.Next() == "250" ? Sent::kDelivered : Sent::kFailed;
+}
+
 struct Tally {
   int64_t delivered = 0, failed = 0, deferred = 0, reused = 0, fresh = 0;
+  int64_t stale = 0;       // pipelined: reused connections whose RSET the embedder found refused
+  int64_t rset_pending = 0;  // pipelined: reused connections handed over without an RSET
 };
 
 // Sends `messages` messages to `domain`, `concurrency` at a time, each session one message;
 // with `reuse` the connection is parked after each. Every session is accounted for.
 // `rounds` > 1: the messages are sent that many times, and between rounds the loop runs
 // until `between()` holds (bounded: 15 s), e.g. until the server closed the parked ones.
+// `pipelined`: each transaction is pipelined and parks with rset_with_transaction, so a
+// reused connection carries its RSET in the transaction's write (DESIGN §13 rule 6).
 Tally SendMessages(Selector& selector, std::string_view domain, int messages, int concurrency, bool reuse,
-          int idle_gap_ms = 0, int rounds = 1, std::function<bool()> between = nullptr) {
+          int idle_gap_ms = 0, int rounds = 1, std::function<bool()> between = nullptr,
+          bool pipelined = false) {
   auto loop = io::Loop::Create();
   EXPECT_TRUE(loop.ok());
   Tally t;
@@ -86,24 +142,34 @@ Tally SendMessages(Selector& selector, std::string_view domain, int messages, in
                             {.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
                              .slot_wait_ms = 30000, .reuse = reuse});
     int started = 0, ended = 0, target = 0;
-    std::function<void()> start = [&] {
-      ++started;
-      connector.Connect(domain, [&](ConnectResult r) {
-        if (r.kind == ConnectResult::Kind::kConnected) {
-          (r.reused ? t.reused : t.fresh) += 1;
-          if (Transact(r.fd, !r.reused)) {
-            ++t.delivered;
-            connector.Park(std::move(r));
-          } else {
-            ++t.failed;
-            testing::CloseConnection(r);
-          }
-        } else {
-          ++t.deferred;
+    std::function<void()> start;
+    std::function<void(ConnectResult)> on_result = [&](ConnectResult r) {
+      if (r.kind == ConnectResult::Kind::kConnected) {
+        (r.reused ? t.reused : t.fresh) += 1;
+        t.rset_pending += r.rset_pending ? 1 : 0;
+        const Sent sent = pipelined ? TransactPipelined(r)
+                          : Transact(r.fd, !r.reused) ? Sent::kDelivered : Sent::kFailed;
+        if (sent == Sent::kStale) {
+          ++t.stale;
+          --t.reused;  // it carried nothing; the same session goes on
+          return connector.Stale(std::move(r), on_result);
         }
-        ++ended;
-        if (started < target) start();
-      });
+        if (sent == Sent::kDelivered) {
+          ++t.delivered;
+          connector.Park(std::move(r), 1, {.rset_with_transaction = pipelined});
+        } else {
+          ++t.failed;
+          testing::CloseConnection(r);
+        }
+      } else {
+        ++t.deferred;
+      }
+      ++ended;
+      if (started < target) start();
+    };
+    start = [&] {
+      ++started;
+      connector.Connect(domain, on_result);
     };
     for (int round = 0; round < rounds; ++round) {
       if (round > 0 && between) {
@@ -313,6 +379,78 @@ TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) 
   const auto totals = selector.stats().Collect();
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
       << "each refused RSET counted stale once";
+  const uint64_t connections = a->total + b->total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
+      << "the replacement connections are the sessions' fresh ones";
+  EXPECT_EQ(a->quits + b->quits + refused, connections)
+      << "every connection not dropped by the server ended with QUIT";
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
+// DESIGN §13 rule 6, pipelined: parked with rset_with_transaction, a reused connection comes
+// back at once with rset_pending (no RSET round trip of the connector's) and the embedder's
+// one write carries RSET, MAIL, RCPT and DATA. Every message once, every connection closed
+// with QUIT, the farm saw an RSET before each reused transaction, and far fewer connections.
+TEST_F(ReuseTest, PipelinedRsetTravelsWithTheTransactionAndDeliversEveryMessageOnce) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_), Ep(Ip(2), port_)});
+  Selector selector(ConfigFrom(TwoHosts(3, "max_deliveries_per_connection = 10\n")));
+  Tally t = SendMessages(selector, "example.com", 300, 4, /*reuse=*/true, 0, 1, nullptr,
+                         /*pipelined=*/true);
+  EXPECT_EQ(t.delivered, 300);
+  EXPECT_EQ(t.failed, 0);
+  EXPECT_EQ(t.deferred, 0);
+  EXPECT_EQ(t.stale, 0);
+  EXPECT_GE(t.reused, 240) << "nine of ten messages over a parked connection";
+  EXPECT_EQ(t.rset_pending, t.reused) << "every reused connection left its RSET to the embedder";
+  auto s = SettledStats(*farm);
+  const auto* a = StatsFor(s, Ip(1));
+  const auto* b = StatsFor(s, Ip(2));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->messages + b->messages, 300u) << "every message delivered once";
+  const uint64_t connections = a->total + b->total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh);
+  EXPECT_EQ(a->quits + b->quits, connections) << "every connection closed with QUIT";
+  EXPECT_LE(a->peak, 3);
+  EXPECT_LE(b->peak, 3);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kReused)], static_cast<uint64_t>(t.reused));
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], 0u);
+  EXPECT_EQ(totals.sessions[static_cast<size_t>(ConnectResult::Kind::kConnected)], 300u);
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
+// The stale case of the pipelined path: the farm answers every third RSET 421 and closes,
+// after MAIL, RCPT and DATA were already written behind it. The embedder reads the 421 first
+// and hands the connection to Connector::Stale: counted stale (the same counter as the
+// connector's own RSET), closed, no host blamed, and the same session gets a fresh
+// connection — each message delivered once (DATA was never answered 354 on the stale one).
+TEST_F(ReuseTest, APipelinedRsetRefusedIsCountedStaleAndTheMessageGoesOnceOverAFreshConnection) {
+  testbed::FarmOptions fo;
+  fo.listen = {Ep(Ip(1), port_), Ep(Ip(2), port_)};
+  fo.rset_fail_every = 3;
+  auto farm = StartFarmWith(std::move(fo));
+  ASSERT_TRUE(farm);
+  Selector selector(ConfigFrom(TwoHosts(3, "")));
+  Tally t = SendMessages(selector, "example.com", 60, 2, /*reuse=*/true, 0, 1, nullptr,
+                         /*pipelined=*/true);
+  EXPECT_EQ(t.delivered, 60) << "every session ended delivered";
+  EXPECT_EQ(t.failed, 0);
+  EXPECT_EQ(t.deferred, 0);
+  auto s = SettledStats(*farm);
+  const auto* a = StatsFor(s, Ip(1));
+  const auto* b = StatsFor(s, Ip(2));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->messages + b->messages, 60u) << "each message once: none twice, none lost";
+  const uint64_t refused = a->rsets_refused + b->rsets_refused;
+  EXPECT_GT(refused, 0u);
+  EXPECT_EQ(static_cast<uint64_t>(t.stale), refused) << "the embedder saw each refusal";
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
+      << "each refused RSET counted stale once";
+  EXPECT_EQ(totals.sessions[static_cast<size_t>(ConnectResult::Kind::kConnected)], 60u)
+      << "a session that went on after a stale connection is counted once";
   const uint64_t connections = a->total + b->total;
   EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
       << "the replacement connections are the sessions' fresh ones";

@@ -81,12 +81,14 @@ struct FarmFlags {
   std::string stats_path;
   int64_t max_seconds = 600;
   int idle_timeout_ms = testbed::FarmOptions{}.idle_timeout_ms;
+  int rset_fail_every = 0;
   std::vector<int> rate_windows_ms = testbed::FarmOptions{}.rate_windows_ms;
 };
 
 int RunFarm(const FarmFlags& f) {
   testbed::FarmOptions options;
   options.idle_timeout_ms = f.idle_timeout_ms;
+  options.rset_fail_every = f.rset_fail_every;
   options.rate_windows_ms = f.rate_windows_ms;
   std::vector<std::pair<IpAddress, int64_t>> flaps;  // address, period ms
   const std::string& stats_path = f.stats_path;
@@ -311,6 +313,11 @@ CommandRun SetUpFarmCommand(CLI::App& sub) {
                  "next command (counted as idle_closed; blackhole addresses exempt); 0: never")
       ->check(CLI::Range(0, 86'400'000))
       ->capture_default_str();
+  sub.add_option("--rset-fail-every", f->rset_fail_every,
+                 "Answer every Nth RSET (over all addresses) 421 and close, as a receiver that "
+                 "dropped a cached session (counted as rsets_refused); 0: never")
+      ->check(CLI::Range(0, 1'000'000))
+      ->capture_default_str();
   sub.add_option("--rate-window-ms", f->rate_windows_ms,
                  "Report the most connections accepted within any window of this many ms "
                  "(accept_rate_peaks, per address and in all), as a receiver that limits the "
@@ -375,7 +382,9 @@ CommandRun SetUpLoadCommand(CLI::App& sub) {
       ->needs(message);
   sub.add_flag("--pipelining", o.pipelining,
                "Send MAIL, RCPT and DATA in one write when the server's EHLO advertises "
-               "PIPELINING (RFC 2920; smtp-source does not); needs --message")
+               "PIPELINING (RFC 2920; smtp-source does not); with --reuse a reused "
+               "connection's RSET goes in the same write (docs/DESIGN.md §13 rule 6); needs "
+               "--message")
       ->needs(message);
   // Waiting is the default: without it a run against a limit "completes" at a huge rate with
   // nearly every session deferred, which measures nothing.

@@ -741,12 +741,17 @@ struct Connector::Session {
     r.attempts = attempts;
     r.busy_replies = busy_replies;
     r.domain = domain;
+    r.binding = binding;
     const SteadyClock::time_point now = SteadyClock::now();
     r.elapsed_nanos = Nanos(now - start).count();
     r.slot_wait_nanos = slot_waited.count();
     r.throttle_wait_nanos = throttle_waited.count();
-    connector->selector_->stats().CountSession(
-        static_cast<size_t>(r.kind), slot_wait_start ? Nanos(now - *slot_wait_start).count() : -1);
+    // A session going on after a stale pipelined reuse (Connector::Stale) was counted
+    // connected already: a connection again is not another session.
+    if (!replacing || r.kind != ConnectResult::Kind::kConnected) {
+      connector->selector_->stats().CountSession(
+          static_cast<size_t>(r.kind), slot_wait_start ? Nanos(now - *slot_wait_start).count() : -1);
+    }
     --connector->in_flight_;
     Callback cb = std::move(done);
     cb(std::move(r));
@@ -768,6 +773,7 @@ struct Connector::Session {
   // Where it is, and the facts orthogonal to that.
   Phase phase = Phase::kNew;
   bool cancelled = false;            // Connector::Stop reached it (in any phase)
+  bool replacing = false;            // Connector::Stale: goes on for a session counted connected
   Timer dns_timer = Timer::kIdle;    // the dns_wait_ms budget
   Timer slot_timer = Timer::kIdle;   // the slot_wait_ms budget (slot waits and fleet waits)
   bool slot_woken_before = false;    // a slot wait ended by a wake-up (goes back to the front)
@@ -920,10 +926,12 @@ struct Connector::Parked : ParkedConnection {
     if (!timer_armed && !read_armed) Verify(), MaybeDelete();
   }
 
-  // Both watch operations are done: RSET (as Postfix checks a cached session).
+  // Both watch operations are done: RSET (as Postfix checks a cached session) — or, parked
+  // with rset_with_transaction, none: the embedder sends it with its transaction (rule 6).
   void Verify() {
     if (verifying) return;
     verifying = true;
+    if (rset_with_transaction) return Answer(!dead);
     static constexpr char kRset[] = "RSET\r\n";
     if (dead || send(fd, kRset, sizeof(kRset) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) !=
                     static_cast<ssize_t>(sizeof(kRset) - 1)) {
@@ -1018,6 +1026,7 @@ struct Connector::Parked : ParkedConnection {
   bool read_armed = false, timer_armed = false, quit_timer_armed = false;
   bool dead = false;       // the idle read saw data, EOF or an error
   bool verifying = false;  // RSET sent
+  bool rset_with_transaction = false;  // ParkOptions: the taker's embedder sends RSET
   Session* taker = nullptr;
   Millis rset_timeout{10000};
   SteadyClock::time_point rset_deadline;
@@ -1067,6 +1076,7 @@ void Connector::Session::OnReused(Parked* p, bool alive) {
   r.cluster_lease = std::move(p->cluster_lease);
   r.greeting = p->greeting;
   r.reused = true;
+  r.rset_pending = p->rset_with_transaction;
   r.deliveries = p->deliveries;
   r.last_outcome = Outcome::kConnected;
   p->Leave();
@@ -1135,7 +1145,7 @@ void Connector::QueueEvicted(Parked* p, Lease lease) {
   wake_->Notify();
 }
 
-void Connector::Park(ConnectResult r, int delivered) {
+void Connector::Park(ConnectResult r, int delivered, ParkOptions park) {
   if (r.kind != ConnectResult::Kind::kConnected || r.fd < 0 || !r.lease.valid()) {
     if (r.fd >= 0) close(r.fd);
     return;
@@ -1153,6 +1163,7 @@ void Connector::Park(ConnectResult r, int delivered) {
   const uint32_t idle = rs.idle_timeout_s;
   const int32_t max_deliveries = rs.max_deliveries_per_connection;
   p->lease = std::move(r.lease);
+  p->rset_with_transaction = park.rset_with_transaction;
   if (stopped_) {
     p->Quit(ReuseEvent::kStopped);
   } else if (!options_.reuse || idle == 0) {
@@ -1164,6 +1175,28 @@ void Connector::Park(ConnectResult r, int delivered) {
     if (!p->lease.Park(p, this)) p->Quit(std::nullopt);  // waiters it cannot serve first
   }
   p->MaybeDelete();
+}
+
+void Connector::Stale(ConnectResult r, Callback done) {
+  if (r.kind == ConnectResult::Kind::kConnected) {
+    selector_->stats().CountReuse(ReuseEvent::kStale);
+    if (r.fd >= 0) {
+      // QUIT where the server still listens (a refused RSET without a close); not awaited:
+      // the replies to the rest of the group may be ahead of its 221.
+      static constexpr char kQuit[] = "QUIT\r\n";
+      (void)send(r.fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+      close(r.fd);
+    }
+    r.fd = -1;
+    r.lease.Release();  // after close: the slot covers the socket's whole life; no blame
+    r.cluster_lease.Release();
+  }
+  ++in_flight_;
+  auto* s = new Session(this, std::move(r.domain), std::move(r.binding), std::move(done));
+  s->replacing = true;
+  s->index = sessions_.size();
+  sessions_.push_back(s);
+  s->Attempt();
 }
 
 void Connector::CloseParked() {

@@ -81,7 +81,14 @@ struct ConnectResult {
   // delivered over this connection before (Connector::Park counts them).
   bool reused = false;
   int deliveries = 0;
-  std::string domain;  // the domain the session was for (Park reads its settings)
+  // Reused, parked with ParkOptions::rset_with_transaction (DESIGN §13 rule 6): the connector
+  // sent no RSET. The embedder sends "RSET\r\n" first in its pipelined group (RSET, MAIL,
+  // RCPT, DATA in one write, RFC 2920) and reads the RSET reply first: a 2xx goes on with the
+  // transaction; any other reply, EOF or an error before it means the connection was stale —
+  // hand the result to Connector::Stale (the message was not sent: DATA was not answered).
+  bool rset_pending = false;
+  std::string domain;   // the domain the session was for (Park reads its settings)
+  std::string binding;  // the Binding or Binding_Group it asked for (Stale asks again)
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
 static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
@@ -117,6 +124,16 @@ struct ConnectorOptions {
   bool reuse = false;
 };
 
+// How Connector::Park keeps a connection (DESIGN §13 rule 6).
+struct ParkOptions {
+  // The next session to take it up sends RSET itself, in the same write as its transaction
+  // (MAIL, RCPT, DATA), instead of the connector sending RSET and waiting for the answer:
+  // one round trip less per reused message. Set it only when the server advertised
+  // PIPELINING (RFC 2920) and every session of this connector pipelines; the result then has
+  // ConnectResult::rset_pending. Unset: the connector checks it with RSET first, as before.
+  bool rset_with_transaction = false;
+};
+
 class Connector {
  public:
   using Callback = std::function<void(ConnectResult)>;
@@ -146,7 +163,15 @@ class Connector {
   // idle_timeout — or closes it with QUIT at once when max_deliveries_per_connection is
   // reached, idle_timeout is 0, reuse is off, the connector stopped, or sessions wait for its
   // slot that cannot use it. Either way the connector owns the socket from here.
-  void Park(ConnectResult r, int delivered = 1);
+  void Park(ConnectResult r, int delivered = 1, ParkOptions park = {});
+  // A reused connection with rset_pending (an unchanged kConnected result from this
+  // connector: fd and lease untouched) whose RSET the embedder found refused (non-2xx), or
+  // which closed before the RSET reply: counted stale (as when the connector's own RSET
+  // fails), closed — QUIT sent first without waiting (the server may be gone) — its slot
+  // freed without blaming the host, and the same session goes on for a fresh connection:
+  // `done` is called exactly once with its result, as for Connect (possibly before Stale
+  // returns). The embedder counts the session once: the stale connection carried nothing.
+  void Stale(ConnectResult r, Callback done);
   // Connections parked by this connector now, and closing (QUIT sent, lease still held).
   size_t parked() const { return parked_.size(); }
   // Ends every session in flight as deferred (ConnectResult::stopped, `why` in its reason)
