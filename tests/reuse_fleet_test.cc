@@ -234,6 +234,43 @@ TEST_F(ReuseFleetTest, AConnectionReusedForAnotherDomainMovesItsFleetDomainKey) 
   EXPECT_EQ(w1.limits->stats().redis_errors.load(), 0);
 }
 
+// Through a named binding the fleet's per-binding domain key moves the same way: from
+// bd:b1:a.test to bd:b1:b.test (DESIGN §7 rule 1a, §13 rules 3 and 7).
+TEST_F(ReuseFleetTest, ThroughANamedBindingThePerBindingFleetKeyMovesToo) {
+  auto farm = testing::StartFarm({Ep(Ip(1), port_)});
+  ASSERT_TRUE(farm);
+  const std::string config = StrCat(
+      "remote_smtp_port = ", port_, "\nroutes = ( ", Url(1, 10),
+      " )\nidle_timeout = 300\nBinding \"b1\" { bind_address = \"127.0.0.1\"\n"
+      "  Domain \"a.test\" { max_outbound_connections = 5 }\n"
+      "  Domain \"b.test\" { max_outbound_connections = 1 } }\n");
+  FleetWorker w(config, Options(), 0);
+  const std::vector<FleetWorker*> one = {&w};
+  const std::string ka = Key("bd", "b1:a.test"), kb = Key("bd", "b1:b.test");
+  auto connect = [&](std::string_view domain) {
+    w.connector->Connect(domain, AcquireOptions{.binding = "b1"},
+                         [&](ConnectResult r) { w.results.push_back(std::move(r)); });
+    return Pump(one, [&] { return w.results.size() == 1; });
+  };
+  ASSERT_TRUE(connect("a.test"));
+  ASSERT_EQ(w.results[0].kind, ConnectResult::Kind::kConnected) << w.results[0].reason;
+  ASSERT_TRUE(Transact(w.results[0].fd, true));
+  w.connector->Park(std::move(w.results[0]));
+  w.results.clear();
+  const std::string lease_id = Members(ka);
+  ASSERT_FALSE(lease_id.empty());
+  ASSERT_TRUE(connect("b.test"));
+  ASSERT_EQ(w.results[0].kind, ConnectResult::Kind::kConnected) << w.results[0].reason;
+  EXPECT_TRUE(w.results[0].reused);
+  EXPECT_EQ(w.results[0].lease.binding(), "b1");
+  EXPECT_EQ(Members(kb), lease_id);
+  EXPECT_EQ(ZCard(ka), "0");
+  ASSERT_TRUE(Transact(w.results[0].fd, false));
+  testing::CloseConnection(w.results[0]);
+  w.results.clear();
+  ASSERT_TRUE(Pump(one, [&] { return ZCard(kb) == "0"; }));
+}
+
 // DESIGN §13 rule 7: a parked connection of worker A holds the fleet's only slot on a host
 // (Host limit 1 fleet-wide) while worker B's session queues for that host in Redis. B's
 // queueing tells A (the take-back publish, §7 rule 10), A closes its parked connection with
