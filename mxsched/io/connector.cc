@@ -1074,7 +1074,13 @@ void Connector::Session::OnMoved(Parked* p, bool moved) {
   move_pending = false;
   move_refused = !moved;
   if (moved) lease.SettleMove();
-  if (rset_alive) Reused(p, *std::exchange(rset_alive, std::nullopt));
+  if (!rset_alive) return;
+  const bool alive = *std::exchange(rset_alive, std::nullopt);
+  // Reused deletes `p` itself on the paths that QUIT it; on the others (stale, handed out)
+  // it only leaves it, and OnRset's MaybeDelete has run already (ASan: a leak).
+  const bool deletes = alive && (move_refused || cancelled);
+  Reused(p, alive);
+  if (!deletes) p->MaybeDelete();
 }
 
 void Connector::Session::OnReused(Parked* p, bool alive) {
