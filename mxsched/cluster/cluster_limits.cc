@@ -285,7 +285,51 @@ constexpr char kBatchHead[] = "local op_acquire = function(KEYS, ARGV)\n";
 constexpr char kBatchMid[] = "\nend\nlocal op_release = function(KEYS, ARGV)\n";
 constexpr char kBatchTail[] = R"lua(
 end
-local ops = {op_acquire, op_release}
+-- A lease's domain count moves with its reused connection (DESIGN §13 rule 3). KEYS: the
+-- old key's triple, the new key's triple. ARGV: id, lease_ms, channel prefix, old limit,
+-- new limit, has old (1/0), has new (1/0). The new key is taken only if it has room as an
+-- acquire that does not wait would find it (live leases plus every waiter below the
+-- limit); then the old one is released as the release script does (its waiters woken).
+-- Returns {moved, count on the new key}; not moved: nothing changed.
+local op_move = function(KEYS, ARGV)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local id, lease_ms = ARGV[1], tonumber(ARGV[2])
+  local c = 0
+  if ARGV[7] == '1' then
+    local L, W, WX = KEYS[4], KEYS[5], KEYS[6]
+    redis.call('ZREMRANGEBYSCORE', L, '-inf', now)
+    local ahead = 0
+    if redis.call('EXISTS', W) == 1 then
+      local gone = redis.call('ZRANGEBYSCORE', WX, '-inf', now)
+      if #gone > 0 then
+        redis.call('ZREM', W, unpack(gone))
+        redis.call('ZREM', WX, unpack(gone))
+      end
+      ahead = redis.call('ZCARD', W)
+    end
+    c = redis.call('ZCARD', L)
+    if not redis.call('ZSCORE', L, id) then
+      if c + ahead >= tonumber(ARGV[5]) then return {0, c} end
+      c = c + 1
+    end
+    redis.call('ZADD', L, now + lease_ms, id)
+    redis.call('PEXPIRE', L, lease_ms + 60000)
+  end
+  if ARGV[6] == '1' then op_release({KEYS[1], KEYS[2], KEYS[3]}, {id, ARGV[3], ARGV[4]}) end
+  return {1, c}
+end
+-- A parked connection's lease (DESIGN §13 rule 7). KEYS: the K:r set of each of its keys.
+-- ARGV: client id, lease_ms. The client joins each K:r: a waiter that queues on K tells it
+-- ("!NOW_US K", as it takes back a hand-off right) and it closes a parked connection there.
+local op_park = function(KEYS, ARGV)
+  for i = 1, #KEYS do
+    redis.call('SADD', KEYS[i], ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) + 60000)
+  end
+  return 1
+end
+local ops = {op_acquire, op_release, op_move, op_park}
 local n = tonumber(ARGV[1])
 local ki, ai, out = 1, 2 + 4 * n, {}
 for o = 1, n do
@@ -751,6 +795,9 @@ struct ScriptBody {
 const ScriptBody kScripts[] = {
     {kAcquireLua}, {kReleaseLua}, {kRefreshLua}, {kCountLua}, {BatchLua().c_str()}};
 enum ScriptIndex : size_t { kAcquire = 0, kRelease = 1, kRefresh = 2, kCount = 3, kBatch = 4 };
+// An op of the batch script only (no script of its own): FleetClient::Move.
+constexpr size_t kMoveOp = 100;
+constexpr size_t kParkOp = 101;  // FleetClient::Parked
 // Ops in one batch call at most (its reply is one array element per op).
 constexpr size_t kMaxBatchOps = 64;
 }  // namespace
@@ -841,7 +888,10 @@ void ClusterClient::Flush() {
   std::vector<RedisConnection::ReplyFn> fns;
   fns.reserve(ops.size());
   for (const BatchOp& op : ops) {
-    args.push_back(op.script == kAcquire ? "1" : "2");
+    args.push_back(op.script == kAcquire   ? "1"
+                   : op.script == kRelease ? "2"
+                   : op.script == kMoveOp  ? "3"
+                                           : "4");
     args.push_back(StrCat(op.keys.size()));
     args.push_back(StrCat(op.args.size()));
     args.push_back(StrCat(op.handoff_keys.size()));
@@ -1259,6 +1309,8 @@ void ClusterClient::OnRevoke(std::string_view payload) {
   rights_.erase(key);
   const std::vector<ClusterKey> on = {ClusterKey{key, 0}};
   ReleaseIdle(false, &on);
+  // A parked connection here may hold what that waiter needs (DESIGN §13 rule 7).
+  if (take_back_) take_back_(key);
 }
 
 void ClusterClient::ReleaseIdle(bool all, const std::vector<ClusterKey>* sharing) {
@@ -1328,6 +1380,83 @@ void ClusterClient::ReleaseLease(uint64_t handle) {
     }
     if (!best.empty()) Wake(best, false);
   }
+}
+
+void ClusterClient::MoveLease(uint64_t handle, const std::string& from, ClusterKey to,
+                              MoveDone done) {
+  auto it = leases_.find(handle);
+  if (it == leases_.end()) return done(to.key.empty());
+  std::vector<ClusterKey>& keys = it->second.keys;
+  auto old = std::find_if(keys.begin(), keys.end(),
+                          [&](const ClusterKey& k) { return k.key == from; });
+  const bool has_old = old != keys.end() && !from.empty();
+  const bool has_new = !to.key.empty() && !HasKey(keys, to.key);
+  if (!has_old && !has_new) return done(true);
+  const ClusterKey was = has_old ? *old : ClusterKey{from, 0};
+  // Applies the move to this client's record: the refresh renews (and after a Redis
+  // restart re-registers, rule 4) the new key, not the old one.
+  auto apply = [this, handle, was, to, has_old, has_new]() {
+    auto it = leases_.find(handle);
+    if (it == leases_.end()) return;
+    std::vector<ClusterKey>& keys = it->second.keys;
+    if (has_old) {
+      std::erase_if(keys, [&](const ClusterKey& k) { return k.key == was.key; });
+      limits_->RemoveHeld({was});
+    }
+    if (has_new) keys.push_back(to);
+  };
+  if (limits_->mode() != ClusterMode::kNormal) {
+    // Degraded or rejoining: the new key as the failure mode decides an acquire (within
+    // this process's share, none, or the local limits only).
+    if (has_new && !limits_->TryTakeLocal({to})) return done(false);
+    if (limits_->degraded()) {
+      apply();
+      if (has_old) SendRelease(it->second.id, {was});  // owed until Redis answers
+      return done(true);
+    }
+  } else if (has_new) {
+    limits_->AddHeld({to});
+  }
+  const ClusterOptions& o = limits_->options();
+  std::vector<ClusterKey> both = {has_old ? was : to, has_new ? to : was};
+  std::vector<std::string> args = {it->second.id, StrCat(int64_t{o.lease_seconds} * 1000),
+                                   limits_->ChannelPrefix(), StrCat(was.limit),
+                                   StrCat(to.limit), has_old ? "1" : "0", has_new ? "1" : "0"};
+  Batched(kMoveOp, Triples(both), std::move(args),
+          [this, to, has_new, apply = std::move(apply), done = std::move(done)](
+              absl::StatusOr<RedisReply> r) mutable {
+            absl::Status s = ReplyStatus(r);
+            const bool moved = s.ok() && r->type == RedisReply::Type::kArray &&
+                               !r->elements.empty() && r->elements[0].integer == 1;
+            if (!s.ok()) OnFailure(s);
+            if (moved) {
+              apply();
+            } else if (has_new) {
+              limits_->RemoveHeld({to});
+            }
+            done(moved);
+          });
+}
+
+void ClusterClient::ParkedLease(uint64_t handle) {
+  auto it = leases_.find(handle);
+  if (it == leases_.end() || it->second.keys.empty() || !worker_ || limits_->degraded()) return;
+  std::vector<std::string> keys;
+  for (const ClusterKey& k : it->second.keys) keys.push_back(k.key + ":r");
+  Batched(kParkOp, std::move(keys),
+          {client_id_, StrCat(int64_t{limits_->options().lease_seconds} * 1000)},
+          [this](absl::StatusOr<RedisReply> r) {
+            if (absl::Status s = ReplyStatus(r); !s.ok()) OnFailure(s);
+          });
+}
+
+bool ClusterClient::LeaseHolds(uint64_t handle, std::string_view key) const {
+  auto it = leases_.find(handle);
+  if (it == leases_.end()) return false;
+  for (const ClusterKey& k : it->second.keys) {
+    if (k.key == key) return true;
+  }
+  return false;
 }
 
 void ClusterClient::SendRelease(const std::string& id, const std::vector<ClusterKey>& keys) {

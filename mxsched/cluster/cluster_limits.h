@@ -330,6 +330,16 @@ class ClusterClient final : public FleetClient {
   struct Script;
 
   void ReleaseLease(uint64_t handle) override;
+  // FleetClient::Move: the "move" op of the batch script (DESIGN §7, §13 rule 3).
+  void MoveLease(uint64_t handle, const std::string& from, ClusterKey to,
+                 MoveDone done) override;
+  // FleetClient::Parked: the "park" op of the batch script (this client joins KEY:r of each
+  // key, so a waiter queueing there tells it, DESIGN §13 rule 7).
+  void ParkedLease(uint64_t handle) override;
+  bool LeaseHolds(uint64_t handle, std::string_view key) const override;
+ public:
+  void OnTakeBack(TakeBackFn fn) override { take_back_ = std::move(fn); }
+ private:
   void Eval(const Script& s, std::vector<std::string> keys, std::vector<std::string> args,
             RedisConnection::ReplyFn fn);
   // A fleet ask's rate part (DESIGN §12 rule 10): the throttles and the caller's wait.
@@ -417,6 +427,7 @@ class ClusterClient final : public FleetClient {
   };
   // Released leases kept for the next session on the same keys, by the keys' signature.
   absl::flat_hash_map<std::string, std::vector<Idle>> idle_;
+  TakeBackFn take_back_;  // FleetClient::OnTakeBack
   bool flush_armed_ = false;
   bool tick_armed_ = false;
   bool destroying_ = false;

@@ -64,6 +64,29 @@ void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done do
   fleet_->Acquire(id_, {}, throttles_, throttle_wait_nanos, nullptr, std::move(done));
 }
 
+void ClusterStep::Move(ClusterLease& cluster_lease, const Lease& lease,
+                       std::string_view from_domain, std::string_view to_domain,
+                       int32_t to_limit, FleetClient::MoveDone done) {
+  const std::string_view binding = lease.binding();
+  auto key = [&](std::string_view d) {
+    return binding.empty() ? fleet_->DomainKey(d) : fleet_->BindingDomainKey(binding, d);
+  };
+  ClusterKey to{"", 0};
+  if (to_limit != kUnlimited && to_limit > 0) to = {key(to_domain), to_limit};
+  if (cluster_lease.valid()) {
+    return fleet_->Move(cluster_lease, key(from_domain), std::move(to), std::move(done));
+  }
+  if (to.key.empty()) return done(true);
+  // Nothing held fleet-wide yet: a lease on the new domain's key, granted now or not at all.
+  if (id_.empty()) id_ = fleet_->NewId();
+  fleet_->Acquire(id_, {std::move(to)}, nullptr,
+                  [&cluster_lease, done = std::move(done)](FleetClient::Result r) {
+                    const bool ok = r.verdict == FleetClient::Verdict::kGranted;
+                    if (ok) cluster_lease = std::move(r.lease);
+                    done(ok);
+                  });
+}
+
 int64_t ClusterStep::LateStartLimitNanos() const {
   int64_t limit = INT64_MAX;
   for (const ClusterThrottle& t : throttles_) {

@@ -82,6 +82,16 @@ class ClusterStep {
   // slot wait may have run out while the ask was out. `domain` names it in a reason.
   Decision Judge(FleetClient::Result res, bool may_wait, std::string_view domain);
 
+  // A parked connection reused for `to_domain` that `from_domain` parked (Lease::moving_from,
+  // DESIGN §13 rule 3): moves the fleet's domain count of `cluster_lease` — the old domain's
+  // key (d:, or bd:BINDING: through a named binding) to the new one's, `to_limit` its limit
+  // (kUnlimited: the new domain takes no key) — in one op of the next batch. A connection
+  // that held no fleet lease (nothing limited when it opened) takes one on the new key, not
+  // waiting. `done(true)`: moved, or nothing to move; false: the new key is full, nothing
+  // changed. Runs on the loop thread, possibly before Move returns.
+  void Move(ClusterLease& cluster_lease, const Lease& lease, std::string_view from_domain,
+            std::string_view to_domain, int32_t to_limit, FleetClient::MoveDone done);
+
   // The binding the last Ask queued through ("" when it did not queue, or went through the
   // default binding): a woken session asks through it first.
   std::string_view queued_binding() const {

@@ -227,7 +227,7 @@ struct Connector::Session {
   AcquireOptions AcquireOpts() const {
     return {.binding = binding,
             .throttle_wait_nanos = ThrottleBudget(),
-            .reuse_owner = connector->options_.reuse ? connector : nullptr};
+            .reuse_owner = connector->options_.reuse && !no_reuse ? connector : nullptr};
   }
 
   // How long a rate throttle may hold this session back (DESIGN §12 rule 3): what is left of
@@ -404,6 +404,8 @@ struct Connector::Session {
   // --- connection reuse (DESIGN §13) ------------------------------------------------------
   void TakeUp(ParkedConnection* pc);  // after Parked
   void OnReused(Parked* p, bool alive);
+  void OnMoved(Parked* p, bool moved);
+  void Reused(Parked* p, bool alive);
 
   void OnTimeout(int, uint32_t) {
     --pending;
@@ -810,6 +812,14 @@ struct Connector::Session {
   // A reused connection whose message throttles' instant is ahead (DESIGN §13 rule 2): its
   // result, handed out when the throttle timer fires.
   std::optional<ConnectResult> reused_ready;
+  // A cross-domain reuse (DESIGN §13 rule 3): the fleet's domain count is moving (the
+  // RSET goes meanwhile); its verdict, and the RSET's answer if it came first.
+  bool move_pending = false;
+  bool move_refused = false;
+  std::optional<bool> rset_alive;
+  // The fleet refused to move a parked connection's domain count here: this session takes
+  // no more parked connections (each would be refused the same way), a fresh one instead.
+  bool no_reuse = false;
   // The throttle wait under way is the fleet's (DESIGN §12 rule 10): the fleet slot is held,
   // its timer leads to the connect.
   bool fleet_throttle_granted = false;
@@ -1047,10 +1057,61 @@ void Connector::Session::TakeUp(ParkedConnection* pc) {
   p->rset_timeout = connector->options_.banner_timeout_ms >= 0
                         ? Millis(connector->options_.banner_timeout_ms)
                         : Millis(int64_t{ds.banner_timeout_s} * 1000);
+  if (!lease.moving_from().empty()) {
+    if (!cluster.enabled()) {
+      lease.SettleMove();
+    } else {
+      // The fleet's domain count moves too, in the next batch, while the RSET goes.
+      move_pending = true;
+      ++pending;
+      const std::string from(lease.moving_from());
+      // The new domain's limit: through a named binding the one the selector moved its
+      // per-binding count under, else the domain's.
+      const int32_t limit =
+          lease.binding().empty() ? ds.max_outbound_connections : lease.binding_domain_limit();
+      cluster.Move(p->cluster_lease, lease, from, domain, limit,
+                   [this, p](bool moved) {
+                     --pending;
+                     OnMoved(p, moved);
+                   });
+    }
+  }
   p->TakeUp(this);
 }
 
+void Connector::Session::OnMoved(Parked* p, bool moved) {
+  move_pending = false;
+  move_refused = !moved;
+  if (moved) lease.SettleMove();
+  if (!rset_alive) return;
+  const bool alive = *std::exchange(rset_alive, std::nullopt);
+  // Reused deletes `p` itself on the paths that QUIT it; on the others (stale, handed out)
+  // it only leaves it, and OnRset's MaybeDelete has run already (ASan: a leak).
+  const bool deletes = alive && (move_refused || cancelled);
+  Reused(p, alive);
+  if (!deletes) p->MaybeDelete();
+}
+
 void Connector::Session::OnReused(Parked* p, bool alive) {
+  if (move_pending) {
+    rset_alive = alive;  // OnMoved goes on
+    return;
+  }
+  Reused(p, alive);
+}
+
+void Connector::Session::Reused(Parked* p, bool alive) {
+  if (alive && move_refused) {
+    // The new domain is full fleet-wide: not reused. Closed with QUIT (its slot and fleet
+    // lease go back), and the session goes the normal way, with fresh connections only.
+    move_refused = false;
+    no_reuse = true;
+    p->lease = std::move(lease);
+    p->Quit(std::nullopt);
+    p->MaybeDelete();
+    if (cancelled) return FinishStopped();
+    return Attempt();
+  }
   if (!alive) {
     // Stale: closed (the server is gone: no QUIT to send), counted, and a fresh connection
     // instead — the caller never sees it.
@@ -1102,9 +1163,13 @@ Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)
       options_.reuse = false;     // (an eviction could not reach the loop)
     }
   }
+  if (options_.reuse && options_.cluster != nullptr) {
+    options_.cluster->OnTakeBack([this](std::string_view key) { TakeBack(key); });
+  }
 }
 
 Connector::~Connector() {
+  if (options_.reuse && options_.cluster != nullptr) options_.cluster->OnTakeBack(nullptr);
   CloseParked();
   // Finished sessions may still await the completions of cancelled timeouts; let them come
   // in (bounded) so no session is freed while the ring can still report to it.
@@ -1172,7 +1237,12 @@ void Connector::Park(ConnectResult r, int delivered, ParkOptions park) {
     p->Quit(ReuseEvent::kMaxDeliveries);
   } else {
     p->Arm(idle);  // watched before the lot exposes it
-    if (!p->lease.Park(p, this)) p->Quit(std::nullopt);  // waiters it cannot serve first
+    if (!p->lease.Park(p, this)) {
+      p->Quit(std::nullopt);  // waiters it cannot serve first
+    } else if (options_.cluster != nullptr) {
+      // Told when another worker's session queues on one of its fleet keys (rule 7).
+      options_.cluster->Parked(p->cluster_lease);
+    }
   }
   p->MaybeDelete();
 }
@@ -1197,6 +1267,37 @@ void Connector::Stale(ConnectResult r, Callback done) {
   s->index = sessions_.size();
   sessions_.push_back(s);
   s->Attempt();
+}
+
+void Connector::TakeBack(std::string_view key) {
+  FleetClient* fleet = options_.cluster;
+  if (stopped_ || fleet == nullptr) return;
+  // One at a time per key: a waiter's re-checks repeat the take-back while the QUIT of the
+  // connection closed for it is on its way.
+  for (Parked* p : parked_) {
+    if (p->state == Parked::State::kQuitting && fleet->Holds(p->cluster_lease, key)) return;
+  }
+  Parked* victim = nullptr;
+  for (Parked* p : parked_) {  // the oldest first
+    if (p->state == Parked::State::kParked && fleet->Holds(p->cluster_lease, key)) {
+      victim = p;
+      break;
+    }
+  }
+  if (victim == nullptr) return;
+  Lease l = selector_->Unpark(victim);
+  if (!l.valid()) return;  // a local eviction or a session got there first
+  selector_->stats().CountReuse(ReuseEvent::kEvicted);
+  victim->lease = std::move(l);
+  victim->Quit(std::nullopt);  // its release wakes the fleet's waiter (§7 rule 2)
+  victim->MaybeDelete();
+  // More parked here: stay registered for the next waiter (the take-back emptied KEY:r).
+  for (Parked* p : parked_) {
+    if (p->state == Parked::State::kParked && fleet->Holds(p->cluster_lease, key)) {
+      fleet->Parked(p->cluster_lease);
+      break;
+    }
+  }
 }
 
 void Connector::CloseParked() {

@@ -261,5 +261,57 @@ TEST(ConnectionReuse, AParkedConnectionServesOnlyItsOwnBinding) {
   EXPECT_EQ(same.lease().binding(), "b1");
 }
 
+// The domain's count through `binding` as Describe shows it (-1: not listed).
+int32_t ThroughBinding(Selector& s, std::string_view domain, std::string_view binding) {
+  for (const BindingView& b : s.Describe(domain).bindings) {
+    if (b.binding == binding) return b.active;
+  }
+  return -1;
+}
+
+// Rule 3 through a named binding: the per-binding domain count moves with the connection
+// (before: such a connection served only the domain that parked it), under the new
+// domain's Binding::Domain limit; a full one does not take it.
+TEST(ConnectionReuse, ThroughANamedBindingThePerBindingDomainCountMovesWithTheConnection) {
+  SelectorFixture f(R"(
+    routes = ( "127.0.9.1" )
+    Binding "b1" { bind_address = "127.0.0.1"  Domain "c.example" { max_outbound_connections = 1 } }
+  )");
+  FakeConnection conn;
+  AcquireResult first = f.selector.Acquire("a.example", {.binding = "b1"});
+  ASSERT_TRUE(first.ok());
+  Lease l = first.TakeLease();
+  ASSERT_TRUE(l.Park(&conn, A));
+  EXPECT_EQ(ThroughBinding(f.selector, "a.example", "b1"), 1);
+  AcquireResult moved = f.selector.Acquire("b.example", {.binding = "b1", .reuse_owner = A});
+  ASSERT_TRUE(moved.ok());
+  ASSERT_EQ(moved.lease().reused(), &conn);
+  EXPECT_EQ(moved.lease().moving_from(), "a.example");
+  EXPECT_EQ(ThroughBinding(f.selector, "a.example", "b1"), 0);
+  EXPECT_EQ(ThroughBinding(f.selector, "b.example", "b1"), 1);
+  EXPECT_EQ(f.selector.Describe("a.example").active, 0);
+  EXPECT_EQ(f.selector.Describe("b.example").active, 1);
+  // c.example's limit through b1 is 1, and a fresh connection holds it: not moved there.
+  AcquireResult cr = f.selector.Acquire("c.example", {.binding = "b1"});
+  ASSERT_TRUE(cr.ok());
+  Lease c = cr.TakeLease();
+  Lease back = moved.TakeLease();
+  back.SettleMove();
+  EXPECT_EQ(back.moving_from(), "");
+  ASSERT_TRUE(back.Park(&conn, A));
+  AcquireResult full = f.selector.Acquire("c.example", {.binding = "b1", .reuse_owner = A});
+  EXPECT_FALSE(full.ok() && full.lease().reused() != nullptr);
+  EXPECT_EQ(ThroughBinding(f.selector, "b.example", "b1"), 1) << "still b.example's";
+  EXPECT_EQ(ThroughBinding(f.selector, "c.example", "b1"), 1);
+  Lease unparked = f.selector.Unpark(&conn);
+  ASSERT_TRUE(unparked.valid());
+  unparked.Release();
+  c.Release();
+  EXPECT_EQ(ThroughBinding(f.selector, "b.example", "b1"), 0);
+  EXPECT_EQ(ThroughBinding(f.selector, "c.example", "b1"), 0);
+  EXPECT_EQ(f.selector.Describe("b.example").active, 0);
+  EXPECT_EQ(f.selector.Describe("c.example").active, 0);
+}
+
 }  // namespace
 }  // namespace mxsched

@@ -155,6 +155,8 @@ Lease& Lease::operator=(Lease&& o) noexcept {
     reported_ = o.reported_;
     busy_reported_ = o.busy_reported_;
     reused_ = std::exchange(o.reused_, nullptr);
+    moving_from_ = std::move(o.moving_from_);
+    o.moving_from_.clear();
   }
   return *this;
 }
@@ -273,6 +275,7 @@ void Lease::Release() {
   selector_->ReleaseLease(*this);
   host_ = nullptr;
   reused_ = nullptr;
+  moving_from_.clear();
   // A binding a reload dropped may be freed now (BindingRegistry::Collect).
   egress_ = nullptr;
   binding_ = nullptr;
@@ -701,10 +704,30 @@ SelectorImpl::Grant SelectorImpl::AdmitParked(DomainEntry* entry, const RouteSna
           continue;
         }
         DomainEntry* from = l.domain_;
-        if (from != entry) {
-          // Through a named binding the per-binding domain counts would have to move too:
-          // not built; such a connection serves only the domain that parked it.
-          if (egress != nullptr) continue;
+        // Through a named binding: the new domain's count through that binding.
+        DomainBindingCounts::Slot* bds = nullptr;
+        int32_t blimit = 0;
+        if (from != entry && l.binding_ != nullptr) {
+          // The per-binding domain count moves (rule 13 of §1): taken through the binding as
+          // AdmitBinding takes it, then the total (raised and marked bound, as Admit does).
+          bds = BindingDomainSlot(
+              entry, l.binding_,
+              static_cast<uint32_t>(config_version_.load(std::memory_order_acquire)));
+          blimit = bds->limit.load(std::memory_order_relaxed);
+          int32_t a = bds->active.load(std::memory_order_relaxed);
+          bool took = false;
+          while (a < blimit) {
+            if (bds->active.compare_exchange_weak(a, a + 1, std::memory_order_acq_rel,
+                                                  std::memory_order_relaxed)) {
+              took = true;
+              break;
+            }
+          }
+          if (!took) continue;  // full through this binding: maybe another parked one
+          entry->active.fetch_add(1, std::memory_order_seq_cst);
+          entry->bindings.head.load(std::memory_order_acquire)
+              ->bound.fetch_add(1, std::memory_order_seq_cst);
+        } else if (from != entry) {
           // The domain's own slot, as a fresh connection would take it (the default
           // binding's count, rule 13).
           int32_t a = entry->active.load(std::memory_order_seq_cst);
@@ -732,6 +755,11 @@ SelectorImpl::Grant SelectorImpl::AdmitParked(DomainEntry* entry, const RouteSna
           const ThrottleReservation r =
               ReserveAll(std::span<RateThrottle* const>(t, nt), now, claim.throttle_wait);
           if (!r.ok) {
+            if (bds != nullptr) {
+              bds->active.fetch_sub(1, std::memory_order_acq_rel);
+              entry->bindings.head.load(std::memory_order_acquire)
+                  ->bound.fetch_sub(1, std::memory_order_seq_cst);
+            }
             if (from != entry) entry->active.fetch_sub(1, std::memory_order_acq_rel);
             return Grant::kHosts;  // Admit meets the same throttle and says so
           }
@@ -743,9 +771,19 @@ SelectorImpl::Grant SelectorImpl::AdmitParked(DomainEntry* entry, const RouteSna
         lease.reported_ = true;
         lease.probe_ = false;
         lease.start_at_ = start_at;
+        if (from != entry) lease.moving_from_.assign(from->name());
         slots.erase(slots.begin() + static_cast<ptrdiff_t>(j));
         if (slots.empty()) lot_.erase(it);
         parked_.fetch_sub(1, std::memory_order_acq_rel);
+        if (bds != nullptr) {
+          // The old domain's count through the binding goes back (as ReleaseLease: the
+          // binding's counts first, then the total below).
+          lease.binding_domain_->fetch_sub(1, std::memory_order_acq_rel);
+          from->bindings.head.load(std::memory_order_acquire)
+              ->bound.fetch_sub(1, std::memory_order_seq_cst);
+          lease.binding_domain_ = &bds->active;
+          lease.binding_domain_limit_ = blimit;
+        }
         if (from != entry) {
           // The old domain's slot is free: its waiters are served once outside the locks.
           from->active.fetch_sub(1, std::memory_order_seq_cst);
@@ -922,16 +960,7 @@ bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostSt
     *saw_usable = true;
     // The domain's count through this binding (Momentum: max_outbound_connections per
     // binding), its limit computed once per configuration.
-    DomainBindingCounts::Slot* ds =
-        DomainBindingCounts::Get(entry->bindings.head, b->id(), bindings_.size());
-    if (ABSL_PREDICT_FALSE(ds->version.load(std::memory_order_acquire) != version)) {
-      std::shared_ptr<const Config> c = config();
-      const BindingSpec* spec = c->FindBinding(b->name());
-      ds->limit.store(spec ? c->BindingDomainLimit(*spec, entry->name())
-                           : c->ForDomain(entry->name()).max_outbound_connections,
-                      std::memory_order_relaxed);
-      ds->version.store(version, std::memory_order_release);
-    }
+    DomainBindingCounts::Slot* ds = BindingDomainSlot(entry, b, version);
     const int32_t dlimit = ds->limit.load(std::memory_order_relaxed);
     int32_t a = ds->active.load(std::memory_order_relaxed);
     bool took = false;
@@ -980,6 +1009,21 @@ bool SelectorImpl::AdmitBinding(DomainEntry* entry, const Egress& egress, HostSt
     return true;
   }
   return false;
+}
+
+DomainBindingCounts::Slot* SelectorImpl::BindingDomainSlot(DomainEntry* entry, const Binding* b,
+                                                           uint32_t version) {
+  DomainBindingCounts::Slot* ds =
+      DomainBindingCounts::Get(entry->bindings.head, b->id(), bindings_.size());
+  if (ABSL_PREDICT_FALSE(ds->version.load(std::memory_order_acquire) != version)) {
+    std::shared_ptr<const Config> c = config();
+    const BindingSpec* spec = c->FindBinding(b->name());
+    ds->limit.store(spec ? c->BindingDomainLimit(*spec, entry->name())
+                         : c->ForDomain(entry->name()).max_outbound_connections,
+                    std::memory_order_relaxed);
+    ds->version.store(version, std::memory_order_release);
+  }
+  return ds;
 }
 
 void SelectorImpl::UndoBinding(DomainEntry* entry, Lease& bound) {

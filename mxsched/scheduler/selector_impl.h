@@ -160,6 +160,10 @@ class SelectorImpl {
   ThrottleReservation ReserveStart(const ThrottleSet& set, const DomainEntry& entry,
                                    const HostState& h, const Binding* binding, int64_t now,
                                    int64_t max_wait, RateThrottle** blocked);
+  // The domain's count through binding `b` (DomainBindingCounts), its limit computed once
+  // per configuration version.
+  DomainBindingCounts::Slot* BindingDomainSlot(DomainEntry* entry, const Binding* b,
+                                               uint32_t version);
   // Undoes AdmitBinding's counts (a grant taken back before it was handed out).
   static void UndoBinding(DomainEntry* entry, Lease& bound);
   // Takes a slot through one of `egress`'s bindings to `host` (whose own slot is held):

@@ -196,6 +196,10 @@ class Connector {
   // is queued here and closed on the loop (RunWoken).
   void QueueEvicted(Parked* p, Lease lease);
   void CloseParked();  // Stop and the destructor: QUIT on every parked connection
+  // A session of another worker queued at the fleet on `key` (FleetClient::OnTakeBack,
+  // DESIGN §13 rule 7): the oldest idle parked connection holding it is closed with QUIT
+  // (one at a time per key).
+  void TakeBack(std::string_view key);
   // Slot waits: the Selector wakes sessions from any thread; they are queued here and an
   // eventfd read on this loop picks them up.
   void QueueWoken(Session* s, Lease lease);

@@ -117,12 +117,46 @@ class FleetClient {
                                        std::string_view domain) const = 0;
   // The key of a connection rate throttle of scope `scope` (ThrottleRef::scope).
   virtual std::string ThrottleKey(std::string_view scope) const = 0;
+  // A parked connection reused for another domain (docs/DESIGN.md §13 rule 3): `lease` stops
+  // counting on key `from` and counts on `to` instead, atomically and only if `to` has room
+  // (as an acquire that does not wait: live leases plus waiters below its limit). `from`
+  // not among the lease's keys: nothing to give back; `to.key` empty: nothing to take.
+  // `done(true)`: moved (re-registration after a Redis restart, rule 4, now names `to`);
+  // `done(false)`: `to` is full, nothing changed. Runs on the loop thread, possibly before
+  // Move returns. An invalid `lease` moves nothing (done(true)).
+  using MoveDone = std::function<void(bool)>;
+  void Move(ClusterLease& lease, const std::string& from, ClusterKey to, MoveDone done) {
+    if (!lease.valid()) return done(true);
+    MoveLease(lease.handle_, from, std::move(to), std::move(done));
+  }
+  // A parked connection holds `lease` (docs/DESIGN.md §13 rule 7): a session of another
+  // worker that queues at the fleet on one of its keys is to take its slot back. Registers
+  // this client to be told (the take-back publish of §7 rule 10), in the next batch.
+  void Parked(const ClusterLease& lease) {
+    if (lease.valid()) ParkedLease(lease.handle_);
+  }
+  // Does `lease` count on fleet key `key`?
+  bool Holds(const ClusterLease& lease, std::string_view key) const {
+    return lease.valid() && LeaseHolds(lease.handle_, key);
+  }
+  // `fn(key)` runs on the loop thread when a session somewhere in the fleet queued on `key`
+  // while this client was registered there (Parked, or a hand-off right): the owner closes
+  // its oldest idle parked connection holding `key`. One handler per client (the last set).
+  using TakeBackFn = std::function<void(std::string_view key)>;
+  virtual void OnTakeBack(TakeBackFn /*fn*/) {}
 
  protected:
   // A lease on `handle` (implementations number their leases), released through
   // ReleaseLease.
   ClusterLease MakeLease(uint64_t handle) { return ClusterLease(this, handle); }
   virtual void ReleaseLease(uint64_t handle) = 0;
+  virtual void ParkedLease(uint64_t /*handle*/) {}
+  virtual bool LeaseHolds(uint64_t /*handle*/, std::string_view /*key*/) const { return false; }
+  // Move (above). The default: no move supported — `to` is refused.
+  virtual void MoveLease(uint64_t /*handle*/, const std::string& /*from*/, ClusterKey to,
+                         MoveDone done) {
+    done(to.key.empty());
+  }
 
  private:
   friend class ClusterLease;

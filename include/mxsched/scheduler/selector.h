@@ -192,6 +192,13 @@ class Lease {
   // Non-null: this slot came out of the parking lot with that open connection (no connect,
   // no greeting to read; the caller checks it is alive, e.g. with RSET).
   ParkedConnection* reused() const { return reused_; }
+  // A reused slot whose connection was parked by another domain (docs/DESIGN.md §13 rule 3):
+  // that domain's name, until SettleMove. The local domain counts have moved already; the
+  // owner moves the fleet's (cluster_limits: the old domain's key to this lease's domain,
+  // ClusterStep::Move) before using the connection, or closes it. "" otherwise.
+  std::string_view moving_from() const { return moving_from_; }
+  // The fleet's domain count has moved with it (or there was none to move).
+  void SettleMove() { moving_from_.clear(); }
 
  private:
   friend class SelectorImpl;
@@ -215,6 +222,7 @@ class Lease {
   bool reported_ = false;
   bool busy_reported_ = false;
   ParkedConnection* reused_ = nullptr;
+  std::string moving_from_;  // moving_from()
 };
 
 class AcquireResult {
