@@ -9,6 +9,10 @@
 #       would be up to 60), every message is accounted and delivered once, the run takes
 #       the fleet's time (120 at 20/s, ~6 s), connections are reused, and a reused message
 #       costs at most one Redis command (its ask of the message throttles alone)
+#   redis_killed_mid_run
+#       SIGKILL Redis under two such workers (share mode): each goes on at its share
+#       (10/s), the farm never counts more than 20 MAIL in any second; Redis restarted, both
+#       rejoin; every message accounted, none failed
 # Every process here is started by this script, bounded (`timeout -s KILL`), and stopped by
 # its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
 #   cluster_message_throttle_test.sh MXSCHED_BINARY  (FARM_BIN=...: another binary for the farm)
@@ -23,11 +27,18 @@ net="$test_net.86"
 name="r$$"
 start_redis 200
 
-"${FARM_BIN:-$bin}" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 100 \
-  --rate-window-ms 1000 --rate-window-ms 5000 2>"$work/farm.err" &
-farm_pid=$!
-pids+=($farm_pid)
-wait_for 'grep -q listening "$work/farm.err"'
+start_farm() {  # a fresh farm (its MAIL-rate peaks from zero) for each scenario
+  rm -f "$work/farm.json"
+  "${FARM_BIN:-$bin}" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 100 \
+    --rate-window-ms 1000 --rate-window-ms 5000 2>"$work/farm.err" &
+  farm_pid=$!
+  pids+=($farm_pid)
+  wait_for 'grep -q listening "$work/farm.err"'
+}
+stop_farm() {  # SIGTERM: the farm writes its final stats (every MAIL) and exits
+  kill -TERM "$farm_pid"; wait "$farm_pid" 2>/dev/null
+  [ -s "$work/farm.json" ] || fail "no farm stats"
+}
 
 cat >"$work/m.conf" <<CONF
 routes = ( "$net.1" )
@@ -44,6 +55,7 @@ CONF
 echo "== three_workers_share_a_global_message_rate"
 # A fleet that has run for a while: past the warm-up (DESIGN §7 rule 4b).
 rcli set "{$name}:epoch" "1:established" >/dev/null
+start_farm
 t0=$(date +%s.%N)
 p=()
 for w in w1 w2 w3; do
@@ -55,8 +67,7 @@ for w in w1 w2 w3; do
 done
 for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/w?.out)"; done
 t1=$(date +%s.%N)
-kill -TERM "$farm_pid"; wait "$farm_pid" 2>/dev/null  # its final stats: every MAIL
-[ -s "$work/farm.json" ] || fail "no farm stats"
+stop_farm
 elapsed=$(echo "$t1 - $t0" | bc)
 echo "elapsed: $elapsed s"
 python3 - "$work" "$elapsed" <<'PY' || fail "checks"
@@ -97,6 +108,72 @@ checks = [
          + r[w]["cluster"]["refreshes"] + 6 for w in ws)),
     ("a reused message asks once (and a late one again)",
      all(r[w]["reuse"]["reused"] <= r[w]["cluster"]["throttle_asks"] <= r[w]["reuse"]["reused"] + 10 for w in ws)),
+]
+bad = [c for c, ok in checks if not ok]
+for c, ok in checks:
+    print(("ok: " if ok else "NOT: ") + c)
+sys.exit(1 if bad else 0)
+PY
+rm -f "$work"/w?.json
+
+echo "== redis_killed_mid_run"
+# SIGKILL Redis under two workers (cluster_failure_mode share, the default): each goes on at
+# its share of the message rate (10/s), the farm never counts more than 20 MAIL commands in
+# any second; Redis restarted, both rejoin and go on through it; every message accounted.
+start_farm
+for i in 1 2; do
+  radmin[$i]=$(free_port)
+  timeout -s KILL 100 "$bin" load --config "$work/m.conf" --json "$work/k$i.json" \
+    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 80 \
+    --domains a.test --sessions 1000000 --concurrency 4 --message 100 --reuse \
+    --admin "127.0.0.1:${radmin[$i]}" >"$work/k$i.out" 2>"$work/k$i.err" &
+  kp[$i]=$!; pids+=($!)
+done
+metric() {  # metric WORKER DECIDED: slots (and message asks) decided "redis" or "local"
+  curl -sf "127.0.0.1:${radmin[$1]}/metrics" |
+    sed -n "s/^mxsched_cluster_leases_total{decided=\"$2\"} \([0-9]*\)\$/\1/p"
+}
+wait_for '[ "$(metric 1 redis)" -ge 20 ] && [ "$(metric 2 redis)" -ge 20 ]'
+kill -9 "$redis_pid"
+wait_for 'grep -q unreachable "$work/k1.err" && grep -q unreachable "$work/k2.err"'
+wait_for '[ "$(metric 1 local)" -ge 20 ] && [ "$(metric 2 local)" -ge 20 ]'  # ~2 s at 10/s
+start_redis 200
+wait_for 'grep -q "limits shared again" "$work/k1.err" && grep -q "limits shared again" "$work/k2.err"'
+r1=$(metric 1 redis); r2=$(metric 2 redis)
+wait_for '[ "$(metric 1 redis)" -ge $((r1 + 20)) ] && [ "$(metric 2 redis)" -ge $((r2 + 20)) ]'
+for i in 1 2; do
+  kill -TERM "$(child_of "${kp[$i]}")"
+  wait "${kp[$i]}"; rc=$?
+  [ $rc -eq 143 ] || fail "k$i exited $rc, not 143 (stopped by SIGTERM)"
+done
+stop_farm
+python3 - "$work" <<'PY' || fail "checks"
+import json, os, sys
+work = sys.argv[1]
+ws = ("k1", "k2")
+r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
+s = json.load(open(os.path.join(work, "farm.json")))
+a = s["addresses"][0]
+mail1, mail5 = s["mail_rate_peaks"]["1000"], s["mail_rate_peaks"]["5000"]
+print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
+      "| in any 5 s:", mail5, "| load average", open("/proc/loadavg").read().split()[0])
+for w in ws:
+    c = r[w]["cluster"]
+    print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], "failed", r[w]["failed"],
+          "| reused", r[w]["reuse"]["reused"], "| local leases", c["local_leases"], "mode switches",
+          c["mode_switches"], "| throttle asks", c["throttle_asks"])
+connected = sum(r[w]["connected"] for w in ws)
+checks = [
+    ("at most 20 MAIL commands in any 1 s, across the outage and the rejoin", mail1 <= 20),
+    ("at most 100 in any 5 s", mail5 <= 100),
+    ("every message accounted",
+     all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] + r[w]["not_started"] == 1000000 for w in ws)),
+    ("none failed", all(r[w]["failed"] == 0 for w in ws)),
+    # (A session the SIGTERM stopped mid-transaction: connected, its message not completed.)
+    ("the farm's messages are the connected sessions'", connected - 8 <= a["messages"] <= connected),
+    ("each went on locally while Redis was away", all(r[w]["cluster"]["local_leases"] >= 20 for w in ws)),
+    ("each left and rejoined", all(r[w]["cluster"]["mode_switches"] == 2 for w in ws)),
+    ("connections were reused", all(r[w]["reuse"]["reused"] > 0 for w in ws)),
 ]
 bad = [c for c, ok in checks if not ok]
 for c, ok in checks:
