@@ -9,6 +9,10 @@
 #       would be up to 60), every message is accounted and delivered once, the run takes
 #       the fleet's time (120 at 20/s, ~6 s), connections are reused, and a reused message
 #       costs at most one Redis command (its ask of the message throttles alone)
+#   slow_greeting_retimes_the_first_message
+#       the farm greets 100 ms late: a new connection's first message, reserved at its
+#       connect instant, asks the message throttles again before it is handed out; at most
+#       20 MAIL in any second, every message delivered
 #   redis_killed_mid_run
 #       SIGKILL Redis under two such workers (share mode): each goes on at its share
 #       (10/s), the farm never counts more than 20 MAIL in any second; Redis restarted, both
@@ -27,10 +31,10 @@ net="$test_net.86"
 name="r$$"
 start_redis 200
 
-start_farm() {  # a fresh farm (its MAIL-rate peaks from zero) for each scenario
+start_farm() {  # a fresh farm (its MAIL-rate peaks from zero) for each scenario; ARGS: more options
   rm -f "$work/farm.json"
   "${FARM_BIN:-$bin}" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 100 \
-    --rate-window-ms 1000 --rate-window-ms 5000 2>"$work/farm.err" &
+    --rate-window-ms 1000 --rate-window-ms 5000 "$@" 2>"$work/farm.err" &
   farm_pid=$!
   pids+=($farm_pid)
   wait_for 'grep -q listening "$work/farm.err"'
@@ -115,6 +119,51 @@ for c, ok in checks:
 sys.exit(1 if bad else 0)
 PY
 rm -f "$work"/w?.json
+
+echo "== slow_greeting_retimes_the_first_message"
+# A new connection's first message is reserved at its connect instant; the receiver counts
+# its MAIL, after the greeting — here 100 ms late (the farm's slow:100), past the late-start
+# limit (25 ms at S = 1 s). Each such connection asks the message throttles again before it
+# is handed out: two workers without reuse, 20 messages each, still at most 20 MAIL in any
+# second; one re-ask per connection (the first token goes unused: the cost of a slow
+# greeting).
+start_farm --fault "$net.1=slow:100"
+p=()
+for w in s1 s2; do
+  timeout -s KILL 60 "$bin" load --config "$work/m.conf" --json "$work/$w.json" \
+    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 50 \
+    --domains a.test --sessions 20 --concurrency 5 --message 100 \
+    >"$work/$w.out" 2>"$work/$w.err" &
+  p+=($!); pids+=($!)
+done
+for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/s?.out)"; done
+stop_farm
+python3 - "$work" <<'PY' || fail "checks"
+import json, os, sys
+work = sys.argv[1]
+ws = ("s1", "s2")
+r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
+s = json.load(open(os.path.join(work, "farm.json")))
+a = s["addresses"][0]
+mail1 = s["mail_rate_peaks"]["1000"]
+print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
+      "| load average", open("/proc/loadavg").read().split()[0])
+for w in ws:
+    c = r[w]["cluster"]
+    print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], "| throttle asks",
+          c["throttle_asks"], "waits", c["throttle_waits"], "| Redis commands", c["redis_commands"])
+checks = [
+    ("at most 20 MAIL commands in any 1 s at the receiver", mail1 <= 20),
+    ("every message delivered", all(r[w]["connected"] == 20 for w in ws)),
+    ("the farm got 40 messages", a["messages"] == 40),
+    ("each late first message asked again", all(r[w]["cluster"]["throttle_asks"] >= 18 for w in ws)),
+]
+bad = [c for c, ok in checks if not ok]
+for c, ok in checks:
+    print(("ok: " if ok else "NOT: ") + c)
+sys.exit(1 if bad else 0)
+PY
+rm -f "$work"/s?.json
 
 echo "== redis_killed_mid_run"
 # SIGKILL Redis under two workers (cluster_failure_mode share, the default): each goes on at
