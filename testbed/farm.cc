@@ -219,9 +219,12 @@ struct Farm::Impl {
   std::vector<std::vector<RateWindow>> rate_by_listener ABSL_GUARDED_BY(rate_mu);
   std::deque<int64_t> recent_accepts ABSL_GUARDED_BY(rate_mu);
   std::deque<int64_t> recent_mails ABSL_GUARDED_BY(rate_mu);  // MAIL commands received
+  // MAIL commands over all listeners in the same windows: the message rate a receiver counts.
+  std::vector<RateWindow> mail_rate_all ABSL_GUARDED_BY(rate_mu);
   void CountMail() {
     const int64_t t = SteadyNowNanos();
     MutexLock lock(&rate_mu);
+    for (RateWindow& w : mail_rate_all) w.Add(t);
     if (recent_mails.size() == kRecentAccepts) recent_mails.pop_front();
     recent_mails.push_back(t);
   }
@@ -696,6 +699,7 @@ absl::StatusOr<std::unique_ptr<Farm>> Farm::Start(FarmOptions options) {
   {
     MutexLock lock(&impl->rate_mu);
     impl->rate_all = windows;
+    impl->mail_rate_all = windows;
     impl->rate_by_listener.assign(options.listen.size(), windows);
   }
   for (const Endpoint& ep : options.listen) {
@@ -787,6 +791,11 @@ std::vector<FarmRatePeak> Farm::RatePeaksAllAddresses() const {
   return Peaks(impl_->rate_all);
 }
 
+std::vector<FarmRatePeak> Farm::MailRatePeaksAllAddresses() const {
+  MutexLock lock(&impl_->rate_mu);
+  return Peaks(impl_->mail_rate_all);
+}
+
 std::vector<int64_t> Farm::RecentAcceptTimes() const {
   MutexLock lock(&impl_->rate_mu);
   return {impl_->recent_accepts.begin(), impl_->recent_accepts.end()};
@@ -813,6 +822,7 @@ void Farm::ResetCounters() {
   {
     MutexLock lock(&impl_->rate_mu);
     for (RateWindow& w : impl_->rate_all) w.Reset();
+    for (RateWindow& w : impl_->mail_rate_all) w.Reset();
     for (auto& ws : impl_->rate_by_listener) {
       for (RateWindow& w : ws) w.Reset();
     }
@@ -871,6 +881,7 @@ std::string Farm::StatsJson() const {
                    {"max_peak", peak},
                    {"peak_all_addresses", PeakAllAddresses()},
                    {"accept_rate_peaks", RateJson(RatePeaksAllAddresses())},
+                   {"mail_rate_peaks", RateJson(MailRatePeaksAllAddresses())},
                    {"idle_closed", idle_closed},
                    {"accept_backoffs", accept_backoffs}});
 }

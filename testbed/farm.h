@@ -136,6 +136,9 @@ class Farm {
   int64_t PeakAllAddresses() const;
   // The accept-rate peaks over all addresses, one per FarmOptions::rate_windows_ms.
   std::vector<FarmRatePeak> RatePeaksAllAddresses() const;
+  // The same for MAIL commands (message transactions, every address): what a receiver that
+  // limits the message rate counts (outbound_throttle_messages); "mail_rate_peaks" in JSON.
+  std::vector<FarmRatePeak> MailRatePeaksAllAddresses() const;
   // The accept times (CLOCK_MONOTONIC nanoseconds, SteadyNowNanos) of the last 65,536
   // connections over all addresses, oldest first: tests check the spacing of throttled
   // starts as the receiver saw them.

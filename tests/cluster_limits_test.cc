@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include <sys/resource.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <functional>
 #include <thread>
@@ -21,6 +23,10 @@
 #include "gtest/gtest.h"
 #include "mxsched/cluster/cluster_limits.h"
 #include "mxsched/cluster/redis_async.h"
+#include "mxsched/io/connector.h"
+#include "mxsched/scheduler/selector.h"
+#include "testbed/farm.h"
+#include "tests/testutil.h"
 #include "tests/net_testutil.h"
 #include "tests/redis_server.h"
 
@@ -1007,6 +1013,139 @@ TEST_F(ClusterLimitsTest, FirstStartOfAFleetWaitsOutTheWarmUpOnce) {
   r = AcquireOnce(a, a.client->NewId(), {{key, 2}}, nullptr, loops);
   ASSERT_EQ(r->verdict, ClusterClient::Verdict::kGranted);  // past the warm-up: no wait
   a.leases.push_back(std::move(r->lease));
+}
+
+// One message transaction on a connected socket, blocking (the farm runs on its own thread).
+bool SendOneMessage(int fd, bool ehlo) {
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto send_all = [fd](std::string_view s) {
+    return send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
+  };
+  // The reply's last line ("250 ...", not "250-..."), bounded by the receive timeout.
+  auto expect = [fd](std::string_view code) {
+    std::string got;
+    char buf[1024];
+    for (int i = 0; i < 64; ++i) {
+      const size_t end = got.rfind('\n');
+      if (end != std::string::npos) {
+        const size_t start = end == 0 ? std::string::npos : got.rfind('\n', end - 1);
+        const std::string last = got.substr(start == std::string::npos ? 0 : start + 1);
+        if (last.size() >= 4 && last[3] == ' ') return last.starts_with(code);
+      }
+      const ssize_t n = recv(fd, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return false;
+  };
+  if (ehlo && !(send_all("EHLO client.test\r\n") && expect("250"))) return false;
+  return send_all("MAIL FROM:<s@example.test>\r\n") && expect("250") &&
+         send_all("RCPT TO:<r@example.test>\r\n") && expect("250") && send_all("DATA\r\n") &&
+         expect("354") && send_all("Subject: t\r\n\r\nhello\r\n.\r\n") && expect("250");
+}
+
+// Issue 22's last gap (DESIGN §12 rule 10): message throttles are fleet-wide. Two workers —
+// each its own selector (its own per-process throttle of 10/s), connector, loop and cluster
+// client — send 15 messages each over reused connections to one farm, sharing
+// outbound_throttle_messages = "10" through Redis. Per process each could go at 10/s (20/s
+// together); the receiver counts at most 10 MAIL commands in any second. A new connection
+// reserves its first message's token in its acquire (no extra command); a reused message
+// asks the message throttles alone: one ask each, at most one Redis command.
+TEST_F(ClusterLimitsTest, FleetMessageThrottleHoldsAcrossWorkersAndAReusedMessageAsksAlone) {
+  const std::string net = LoopbackPrefix();
+  const uint16_t port = FreePort();
+  testbed::FarmOptions fo;
+  fo.listen = {Endpoint{*IpAddress::Parse(StrCat(net, 1)), port}};
+  auto farm = testbed::Farm::Start(std::move(fo));
+  ASSERT_TRUE(farm.ok()) << farm.status();
+  const std::string conf =
+      StrCat("remote_smtp_port = ", port, "\nroutes = ( \"", net, "1\" )\n",
+             "max_outbound_connections = 8\noutbound_throttle_messages = \"10\"\n"
+             "idle_timeout = 30\nmax_deliveries_per_connection = 100\n");
+  Worker a(Options()), b(Options());
+  struct Side {
+    Worker* w;
+    std::unique_ptr<Selector> selector;
+    std::unique_ptr<io::Connector> connector;
+    int started = 0, ended = 0, delivered = 0, reused = 0, fresh = 0;
+    int64_t commands0 = 0, asks0 = 0, refreshes0 = 0;
+  };
+  Side sides[2] = {{&a}, {&b}};
+  constexpr int kPerWorker = 15, kConcurrency = 2;
+  std::function<void(Side&)> start = [&](Side& s) {
+    ++s.started;
+    s.connector->Connect("example.com", [&s, &start](io::ConnectResult r) {
+      if (r.kind == io::ConnectResult::Kind::kConnected) {
+        (r.reused ? s.reused : s.fresh) += 1;
+        if (SendOneMessage(r.fd, !r.reused)) {
+          ++s.delivered;
+          s.connector->Park(std::move(r));
+        } else {
+          CloseConnection(r);
+        }
+      } else {
+        ADD_FAILURE() << "not connected: " << r.reason;
+      }
+      ++s.ended;
+      if (s.started < kPerWorker) start(s);
+    });
+  };
+  for (Side& s : sides) {
+    s.selector = std::make_unique<Selector>(ConfigFrom(conf));
+    s.connector = std::make_unique<io::Connector>(
+        s.w->loop.get(), s.selector.get(),
+        io::ConnectorOptions{.connect_timeout_ms = 10000, .banner_timeout_ms = 10000,
+                             .slot_wait_ms = 30000, .cluster = s.w->client.get(), .reuse = true});
+    s.commands0 = s.w->limits->stats().commands.load();
+    s.asks0 = s.w->limits->stats().throttle_asks.load();
+    s.refreshes0 = s.w->limits->stats().refreshes.load();
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kConcurrency; ++i) {
+    for (Side& s : sides) start(s);
+  }
+  PumpUntil({a.loop.get(), b.loop.get()},
+            [&] { return sides[0].ended == kPerWorker && sides[1].ended == kPerWorker; }, 60000);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (Side& s : sides) s.connector->Stop("test over");  // parked connections QUIT, released
+  PumpUntil({a.loop.get(), b.loop.get()},
+            [&] { return sides[0].connector->parked() == 0 && sides[1].connector->parked() == 0; });
+  for (Side& s : sides) {
+    EXPECT_EQ(s.delivered, kPerWorker);
+    EXPECT_GT(s.reused, 0) << "messages over parked connections";
+  }
+  // What the receiver counted: the most MAIL commands within any window of 1 s (half-open).
+  const std::vector<int64_t> mails = (*farm)->RecentMailTimes();
+  ASSERT_EQ(mails.size(), 2u * kPerWorker);
+  size_t peak = 0;
+  for (size_t i = 0, j = 0; i < mails.size(); ++i) {
+    while (mails[i] - mails[j] >= 1'000'000'000) ++j;
+    peak = std::max(peak, i - j + 1);
+  }
+  EXPECT_LE(peak, 10u) << "the fleet's message throttle: at most 10 MAIL in any second";
+  EXPECT_GE(secs, 2.5) << "30 messages at the fleet's 10/s (each process alone: 15 at 10/s)";
+  for (Side& s : sides) {
+    // Every reused message asked the message throttles alone (a late one again); a new
+    // connection's first message rode on its acquire. Commands: an acquire and a release
+    // per connection, one ask per reused message (batched: at most one command each), the
+    // refreshes.
+    const auto& st = s.w->limits->stats();
+    const int64_t asks = st.throttle_asks.load() - s.asks0;
+    const int64_t commands = st.commands.load() - s.commands0;
+    EXPECT_GE(asks, s.reused);
+    EXPECT_LE(asks, s.reused + s.fresh) << "at most one re-ask per message, when late";
+    EXPECT_LE(commands, 2 * s.fresh + asks + (st.refreshes.load() - s.refreshes0))
+        << "a reused message costs at most one Redis command";
+    std::printf("worker: %d messages, %d over new connections, %d reused; %lld throttle asks, "
+                "%lld Redis commands\n", s.delivered, s.fresh, s.reused,
+                static_cast<long long>(asks), static_cast<long long>(commands));
+  }
+  std::printf("fleet message throttle 10/s: 30 messages from two workers in %.2f s, peak %zu "
+              "MAIL in 1 s at the receiver\n", secs, peak);
+  sides[0].connector.reset();
+  sides[1].connector.reset();
 }
 
 }  // namespace

@@ -472,8 +472,8 @@ std::string ClusterLimits::ProviderKey(std::string_view pattern) const {
 
 // Scopes are ThrottleRef::scope ("global", "example.com", "host 192.0.2.1", "binding b1 to
 // x.test"): never empty, lower-case names, words separated by single spaces.
-std::string ClusterLimits::ThrottleKey(std::string_view scope) const {
-  return StrCat(tag_, ":t:c:", scope);
+std::string ClusterLimits::ThrottleKey(std::string_view scope, bool messages) const {
+  return StrCat(tag_, messages ? ":t:m:" : ":t:c:", scope);
 }
 
 std::string ClusterLimits::BindingHostKey(std::string_view binding, const Endpoint& e) const {

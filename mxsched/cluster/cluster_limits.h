@@ -126,8 +126,9 @@ class ClusterLimits final : public FleetView {
   std::string ProviderKey(std::string_view pattern) const;
   std::string BindingHostKey(std::string_view binding, const Endpoint& e) const;
   std::string BindingDomainKey(std::string_view binding, std::string_view domain) const;
-  // {NAME}:t:c:SCOPE — a connection rate throttle's next free instant (DESIGN §12 rule 10).
-  std::string ThrottleKey(std::string_view scope) const;
+  // {NAME}:t:c:SCOPE — a connection rate throttle's next free instant (DESIGN §12 rule 10);
+  // with `messages`, {NAME}:t:m:SCOPE — a message rate throttle's.
+  std::string ThrottleKey(std::string_view scope, bool messages = false) const;
   std::string WorkersKey() const { return tag_ + ":workers"; }
   std::string EpochKey() const { return tag_ + ":epoch"; }
   std::string ChannelPrefix() const { return options_.name + ":wake:"; }
@@ -213,7 +214,8 @@ class ClusterLimits final : public FleetView {
     std::atomic<int64_t> throttle_waits{0};   // starts granted at a later instant (rate)
     std::atomic<int64_t> throttled{0};        // asks refused by a rate throttle
     // Asks of throttles alone: a start retimed after its process was held up past its
-    // instant, or a start with no limited key.
+    // instant, a start with no limited key, a reused connection's message (its message
+    // throttles, DESIGN §12 rule 10) or a new connection's first message re-timed.
     std::atomic<int64_t> throttle_asks{0};
     std::array<std::atomic<uint64_t>, kFleetLatencyBoundsNanos.size() + 1> latency{};
     std::atomic<int64_t> latency_sum_nanos{0};
@@ -300,6 +302,9 @@ class ClusterClient final : public FleetClient {
   }
   std::string ThrottleKey(std::string_view scope) const override {
     return limits_->ThrottleKey(scope);
+  }
+  std::string MessageThrottleKey(std::string_view scope) const override {
+    return limits_->ThrottleKey(scope, /*messages=*/true);
   }
 
   ClusterLimits& limits() { return *limits_; }

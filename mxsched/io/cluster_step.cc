@@ -8,19 +8,29 @@
 
 namespace mxsched::io {
 
-bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t domain_limit,
-                       const std::vector<ThrottleRef>& throttles) {
+bool ClusterStep::PlanThrottles(const std::vector<ThrottleRef>& throttles) {
   if (id_.empty()) id_ = fleet_->NewId();
   keys_.clear();
   roles_.clear();
   throttles_.clear();
   throttle_reasons_.clear();
+  throttle_messages_.clear();
   for (const ThrottleRef& t : throttles) {
-    throttles_.push_back({fleet_->ThrottleKey(t.scope), t.spec.interval_nanos() / 1000 + 1,
-                          static_cast<int32_t>(t.spec.count)});
-    throttle_reasons_.push_back(
-        StrCat("connection rate limit for ", t.scope, ": ", t.spec.ToString()));
+    // A message throttle's key is beside the connection throttle's of the same scope, and
+    // spaced by the same rule (DESIGN §12 rules 1, 10).
+    throttles_.push_back({t.messages ? fleet_->MessageThrottleKey(t.scope)
+                                     : fleet_->ThrottleKey(t.scope),
+                          t.spec.interval_nanos() / 1000 + 1, static_cast<int32_t>(t.spec.count)});
+    throttle_reasons_.push_back(StrCat(t.messages ? "message" : "connection", " rate limit for ",
+                                       t.scope, ": ", t.spec.ToString()));
+    throttle_messages_.push_back(t.messages);
   }
+  return !throttles_.empty();
+}
+
+bool ClusterStep::Plan(const Lease& lease, std::string_view domain, int32_t domain_limit,
+                       const std::vector<ThrottleRef>& throttles) {
+  PlanThrottles(throttles);
   const std::string_view binding = lease.binding();
   const Endpoint& e = lease.endpoint();
   auto add = [this](std::string key, int32_t limit, Role role) {
@@ -53,15 +63,24 @@ void ClusterStep::Ask(bool may_wait, int64_t throttle_wait_nanos, FleetClient::D
   const bool seen = std::find(full_hosts_.begin(), full_hosts_.end(), at_) != full_hosts_.end();
   queued_ = may_wait && (queue_ || seen);
   std::vector<ClusterKey> keys = std::exchange(keys_, {});
+  asked_reasons_ = throttle_reasons_;
   // Nothing of this object after the call: `done` may run inside it (a local decision) and
   // end the session that owns this step (ASan: heap-use-after-free in redis_down_at_start).
   fleet_->Acquire(id_, std::move(keys), throttles_, throttle_wait_nanos,
                   queued_ ? &waiter_ : nullptr, std::move(done));
 }
 
-void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done) {
+void ClusterStep::AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done,
+                               bool messages_only) {
   queued_ = false;
-  fleet_->Acquire(id_, {}, throttles_, throttle_wait_nanos, nullptr, std::move(done));
+  std::vector<ClusterThrottle> ask;
+  asked_reasons_.clear();
+  for (size_t i = 0; i < throttles_.size(); ++i) {
+    if (messages_only && !throttle_messages_[i]) continue;
+    ask.push_back(throttles_[i]);
+    asked_reasons_.push_back(throttle_reasons_[i]);
+  }
+  fleet_->Acquire(id_, {}, std::move(ask), throttle_wait_nanos, nullptr, std::move(done));
 }
 
 void ClusterStep::Move(ClusterLease& cluster_lease, const Lease& lease,
@@ -87,9 +106,11 @@ void ClusterStep::Move(ClusterLease& cluster_lease, const Lease& lease,
                   });
 }
 
-int64_t ClusterStep::LateStartLimitNanos() const {
+int64_t ClusterStep::LateStartLimitNanos(bool messages_only) const {
   int64_t limit = INT64_MAX;
-  for (const ClusterThrottle& t : throttles_) {
+  for (size_t i = 0; i < throttles_.size(); ++i) {
+    if (messages_only && !throttle_messages_[i]) continue;
+    const ClusterThrottle& t = throttles_[i];
     // Half the jitter allowance (DESIGN §12 rule 1): interval·N = S + max(S/50, 50 ms), so
     // A/2 is interval·N/102 from S = 2.5 s up and 25 ms below.
     limit = std::min(limit, std::max<int64_t>(t.interval_us * 1000 * t.count / 102, 25'000'000));
@@ -112,8 +133,8 @@ ClusterStep::Decision ClusterStep::Judge(FleetClient::Result res, bool may_wait,
     // deferred now, as the per-process throttle does (§12 rule 3); nothing was taken.
     d.defer_reason = DeferReason::kRateLimited;
     const size_t i = static_cast<size_t>(res.throttle);
-    d.reason = StrCat("451 4.4.5 ", i < throttle_reasons_.size() ? throttle_reasons_[i]
-                                                                 : std::string("connection rate limit"));
+    d.reason = StrCat("451 4.4.5 ", i < asked_reasons_.size() ? asked_reasons_[i]
+                                                              : std::string("rate limit"));
     return d;
   }
   if (res.verdict == V::kClosed) {

@@ -13,6 +13,7 @@
 #ifndef MXSCHED_IO_CLUSTER_STEP_H_
 #define MXSCHED_IO_CLUSTER_STEP_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -58,11 +59,21 @@ class ClusterStep {
   // adaptive one is this process's own view, already applied by the selector); through a
   // named binding, its Binding::Host limit and the domain's limit through it (else
   // `domain_limit`, the default binding's); the provider pattern's limit (§6). With
-  // `throttles` (the connection throttles the start takes, Selector::ConnectionThrottles),
-  // one start on each fleet-wide too (§12 rule 10). Returns false when nothing is limited:
-  // there is nothing to ask.
+  // `throttles` (the rate throttles a new connection takes, Selector::StartThrottles: its
+  // connection and its first message's), one start on each fleet-wide too, all reserved at
+  // one instant (§12 rule 10). Returns false when nothing is limited: nothing to ask.
   bool Plan(const Lease& lease, std::string_view domain, int32_t domain_limit,
             const std::vector<ThrottleRef>& throttles = {});
+
+  // Plans an ask of `throttles` alone (no lease key): a reused connection's message
+  // throttles (Selector::StartThrottles(lease, false); DESIGN §12 rule 10). Send it with
+  // AskThrottles. Returns false when there are none.
+  bool PlanThrottles(const std::vector<ThrottleRef>& throttles);
+  // Whether the planned ask holds a message throttle (outbound_throttle_messages).
+  bool has_message_throttles() const {
+    return std::find(throttle_messages_.begin(), throttle_messages_.end(), true) !=
+           throttle_messages_.end();
+  }
 
   // Sends the planned ask. With `may_wait`, it joins the fleet's queue when this session
   // has met full hosts enough (or a full domain) or asks for a host it already found full.
@@ -72,11 +83,15 @@ class ClusterStep {
 
   // Asks the planned throttles alone again (the fleet slots already held): a new instant for
   // a start whose instant passed while the process was held up (DESIGN §12 rule 10). Judge
-  // the verdict as an Ask's (kOpen: `start_in_nanos`; its lease holds nothing).
-  void AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done);
-  // How late a fleet throttle's start may go before it takes a new instant instead: 1% of
-  // the shortest window S among the planned throttles (half of rule 1's 2% margin).
-  int64_t LateStartLimitNanos() const;
+  // the verdict as an Ask's (kOpen: `start_in_nanos`; its lease holds nothing). With
+  // `messages_only`, the message throttles alone: a message whose reserved instant passed
+  // before it could go (a new connection's handshake took longer), or a reused one's.
+  void AskThrottles(int64_t throttle_wait_nanos, FleetClient::Done done,
+                    bool messages_only = false);
+  // How late a fleet throttle's start may go before it takes a new instant instead: half the
+  // jitter allowance of the shortest window S among the planned throttles (the message
+  // throttles' alone with `messages_only`; INT64_MAX when there are none).
+  int64_t LateStartLimitNanos(bool messages_only = false) const;
 
   // What to do with the verdict on the last Ask. `may_wait` is as of now: the session's
   // slot wait may have run out while the ask was out. `domain` names it in a reason.
@@ -134,6 +149,8 @@ class ClusterStep {
   std::string provider_;        // its provider pattern, if any
   std::vector<ClusterThrottle> throttles_;  // its fleet throttles (DESIGN §12 rule 10)
   std::vector<std::string> throttle_reasons_;  // "connection rate limit for SCOPE: N/S s"
+  std::vector<bool> throttle_messages_;        // a message throttle (else a connection one)
+  std::vector<std::string> asked_reasons_;     // the last ask's throttles' reasons (Judge)
   bool queued_ = false;         // the last ask joined the queue
 };
 

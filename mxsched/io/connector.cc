@@ -12,6 +12,7 @@
 #include <cstring>
 #include <optional>
 
+#include "mxsched/base/clock.h"
 #include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/host_registry.h"
@@ -68,8 +69,11 @@ bool IsLocalError(int err) {
 //                      rule 10) | kConnecting | kAcquiring (another host) | kDone
 //   kConnecting     -> kGreeting | kAcquiring (failover) | kDone
 //   kGreeting       -> kAcquiring (failover) | kDone
+//                      | kClusterAcquire (its fleet message instant passed: a new one, §12
+//                      rule 10) -> kWaitingThrottle -> kDone
 //   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
 //                      | kWaitingThrottle (its message throttles' instant is ahead) -> kDone
+//                      | kClusterAcquire (the fleet's message throttles) -> kWaitingThrottle
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
@@ -120,9 +124,11 @@ constexpr bool LegalTransition(Phase from, Phase to) {
              to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
     case Phase::kWaitingThrottle:
       return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
-    case Phase::kReusing:  // answered RSET: done (or first the message throttles' instant);
+    case Phase::kReusing:  // answered RSET: done (or first the message throttles' instant,
+                           // or the fleet's message throttles);
                            // stale: a fresh connection (kAcquiring)
-      return to == Phase::kDone || to == Phase::kAcquiring || to == Phase::kWaitingThrottle;
+      return to == Phase::kDone || to == Phase::kAcquiring || to == Phase::kWaitingThrottle ||
+             to == Phase::kClusterAcquire;
     case Phase::kWaitingDns:
     case Phase::kWaitingSlot:
     case Phase::kWaitingCluster:
@@ -133,7 +139,7 @@ constexpr bool LegalTransition(Phase from, Phase to) {
     case Phase::kConnecting:
       return to == Phase::kGreeting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kGreeting:
-      return to == Phase::kAcquiring || to == Phase::kDone;
+      return to == Phase::kAcquiring || to == Phase::kDone || to == Phase::kClusterAcquire;
     case Phase::kDone:
       return false;
   }
@@ -398,6 +404,18 @@ struct Connector::Session {
     r.cluster_lease = std::move(cluster_lease);
     r.greeting = parser.Summary();
     r.last_outcome = Outcome::kConnected;
+    // The fleet reserved this connection's first message at its connect instant (DESIGN §12
+    // rule 10); the receiver counts the MAIL, which goes out after the handshake. Too late
+    // past that instant, it would land next to the fleet's later messages: a new instant on
+    // the message throttles alone (one command), waited for before the connection is handed
+    // out.
+    if (fleet_message_at != 0 &&
+        SteadyNowNanos() - fleet_message_at > cluster.LateStartLimitNanos(/*messages_only=*/true)) {
+      ready = std::move(r);
+      ready_local_done = true;   // its local instant was the connect's
+      ready_fleet_asked = true;  // asked now
+      return AskFleetMessages();
+    }
     Finish(std::move(r));
   }
 
@@ -477,8 +495,9 @@ struct Connector::Session {
   void TakeFleetSlot() {
     const int32_t domain_limit =
         connector->CurrentConfig().ForDomain(domain).max_outbound_connections;
-    // The connection throttles are fleet-wide too (DESIGN §12 rule 10): taken in the same ask.
-    if (!cluster.Plan(lease, domain, domain_limit, connector->selector_->ConnectionThrottles(lease))) {
+    // The rate throttles are fleet-wide too (DESIGN §12 rule 10): the connection's and its
+    // first message's taken in the same ask.
+    if (!cluster.Plan(lease, domain, domain_limit, connector->selector_->StartThrottles(lease))) {
       return Open();
     }
     Enter(Phase::kClusterAcquire);
@@ -499,6 +518,7 @@ struct Connector::Session {
       cluster_lease = std::move(d.lease);
       if (phase == Phase::kDone) return CloseAttempt(), MaybeDelete();
       if (cancelled) return CloseAttempt(), FinishStopped();
+      NoteFleetMessageInstant(d.start_in_nanos);
       if (d.start_in_nanos > 0) {  // the fleet's rate reserved a later instant: both slots held
         fleet_throttle_granted = true;
         return WaitForThrottle(d.start_in_nanos);
@@ -571,19 +591,13 @@ struct Connector::Session {
     --pending;
     throttle_waited += SteadyClock::now() - throttle_wait_since;
     if (phase == Phase::kDone) return MaybeDelete();
-    if (reused_ready) {  // a reused connection, checked, waited for its message instant
-      ConnectResult r = std::move(*reused_ready);
-      reused_ready.reset();
-      if (cancelled || connector->stopped_) {
-        // Stopped meanwhile: QUIT (not awaited), close, then the slot goes back (rule 3).
-        static constexpr char kQuit[] = "QUIT\r\n";
-        (void)send(r.fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-        close(r.fd);
-        r.lease.Release();
-        r.cluster_lease.Release();
-        return FinishStopped();
+    if (ready) {  // a connection, ready, waited for its message instant
+      if (cancelled || connector->stopped_) return QuitReady(), FinishStopped();
+      if (std::exchange(fleet_message_granted, false) &&
+          SteadyNowNanos() - fleet_message_at > cluster.LateStartLimitNanos(/*messages_only=*/true)) {
+        return AskFleetMessages();  // held up past the fleet's instant: a new one
       }
-      return Finish(std::move(r));
+      return ContinueReady();
     }
     if (cancelled || connector->stopped_) return FinishStopped();
     if (std::exchange(fleet_throttle_granted, false)) {
@@ -597,6 +611,79 @@ struct Connector::Session {
     Proceed();
   }
 
+  // The fleet's reply reserved the start, message throttles included, this far ahead: when
+  // the first message may go (DESIGN §12 rule 10), for the late-start check after the
+  // greeting. 0: no fleet message throttle.
+  void NoteFleetMessageInstant(int64_t start_in_nanos) {
+    fleet_message_at = cluster.has_message_throttles()
+                           ? SteadyNowNanos() + std::max<int64_t>(0, start_in_nanos)
+                           : 0;
+  }
+
+  // A connection ready for a message (`ready`: reused and checked, or new and greeted) goes
+  // to the caller once its message throttles allow: this process's instant (Lease::start_at,
+  // the selector's), then the fleet's (a reused connection asks the message throttles alone,
+  // one command batched with the loop's others; DESIGN §12 rule 10, §13 rule 2).
+  void ContinueReady() {
+    if (!ready_local_done) {
+      ready_local_done = true;
+      const int64_t delay = ready->lease.start_at() - connector->selector_->clock().NowNanos();
+      if (ready->lease.start_at() != 0 && delay > 0) return WaitForThrottle(delay);
+    }
+    if (!ready_fleet_asked) {
+      ready_fleet_asked = true;
+      if (cluster.enabled() &&
+          cluster.PlanThrottles(connector->selector_->StartThrottles(ready->lease, false))) {
+        return AskFleetMessages();
+      }
+    }
+    ConnectResult r = std::move(*ready);
+    ready.reset();
+    Finish(std::move(r));
+  }
+
+  // Stopped (or refused) with a connection ready: QUIT (not awaited), close, then the slot
+  // goes back (rule 3 of §1).
+  void QuitReady() {
+    if (!ready) return;
+    static constexpr char kQuit[] = "QUIT\r\n";
+    (void)send(ready->fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(ready->fd);
+    ready->lease.Release();
+    ready->cluster_lease.Release();
+    ready.reset();
+  }
+
+  // The fleet's message throttles alone (the planned ask's), for the ready connection: an
+  // instant, then its timer (FIFO across the fleet, no polling). Beyond the session's wait
+  // the message is deferred naming the throttle, its connection closed with QUIT.
+  void AskFleetMessages() {
+    Enter(Phase::kClusterAcquire);
+    pending += 2;  // as in TakeFleetSlot
+    cluster.AskThrottles(ThrottleBudget(), [this](FleetClient::Result res) {
+      --pending;
+      ClusterStep::Decision d = cluster.Judge(std::move(res), MayWait(), domain);
+      if (phase == Phase::kDone) return QuitReady(), MaybeDelete();
+      if (cancelled || connector->stopped_) return QuitReady(), FinishStopped();
+      if (d.next == ClusterStep::Next::kOpen) {  // its lease holds nothing: dropped
+        fleet_message_at = SteadyNowNanos() + std::max<int64_t>(0, d.start_in_nanos);
+        if (d.start_in_nanos > 0) {
+          fleet_message_granted = true;
+          return WaitForThrottle(d.start_in_nanos);
+        }
+        return ContinueReady();
+      }
+      QuitReady();
+      ConnectResult r;
+      r.kind = ConnectResult::Kind::kDeferred;
+      r.defer_reason = d.next == ClusterStep::Next::kDefer ? d.defer_reason : DeferReason::kTempFailure;
+      r.reason = d.reason.empty() ? std::string("451 4.4.3 cluster limits unavailable") : std::move(d.reason);
+      return Finish(std::move(r));
+    }, /*messages_only=*/true);
+    --pending;
+    MaybeDelete();
+  }
+
   // A new instant on the fleet's throttles for the start whose instant passed while this
   // process was held up; the fleet slots stay held.
   void RetimeFleetStart() {
@@ -608,6 +695,7 @@ struct Connector::Session {
       if (phase == Phase::kDone) return MaybeDelete();
       if (cancelled) return CloseAttempt(), FinishStopped();
       if (d.next == ClusterStep::Next::kOpen) {
+        NoteFleetMessageInstant(d.start_in_nanos);
         if (d.start_in_nanos > 0) {
           fleet_throttle_granted = true;
           return WaitForThrottle(d.start_in_nanos);
@@ -809,9 +897,16 @@ struct Connector::Session {
   // Rate throttle waits (statistics).
   SteadyClock::time_point throttle_wait_since;
   Nanos throttle_waited{0};
-  // A reused connection whose message throttles' instant is ahead (DESIGN §13 rule 2): its
-  // result, handed out when the throttle timer fires.
-  std::optional<ConnectResult> reused_ready;
+  // A connection ready for a message whose message throttles' instant is ahead (a reused one,
+  // DESIGN §13 rule 2, or a new one whose fleet message instant passed, §12 rule 10): its
+  // result, handed out once the throttles allow (ContinueReady).
+  std::optional<ConnectResult> ready;
+  bool ready_local_done = false;   // its wait for Lease::start_at is over
+  bool ready_fleet_asked = false;  // the fleet's message throttles were asked for it
+  // The fleet's instant (SteadyNowNanos) for the session's message (0: none reserved), and
+  // whether the throttle wait under way is for it (late past it: a new instant).
+  int64_t fleet_message_at = 0;
+  bool fleet_message_granted = false;
   // A cross-domain reuse (DESIGN §13 rule 3): the fleet's domain count is moving (the
   // RSET goes meanwhile); its verdict, and the RSET's answer if it came first.
   bool move_pending = false;
@@ -1142,13 +1237,12 @@ void Connector::Session::Reused(Parked* p, bool alive) {
   r.last_outcome = Outcome::kConnected;
   p->Leave();
   // Its message throttles (DESIGN §12 rule 5) may have reserved an instant ahead: the
-  // transaction waits for it, as a fresh connection's start does (rule 9).
-  const int64_t delay = r.lease.start_at() - connector->selector_->clock().NowNanos();
-  if (r.lease.start_at() != 0 && delay > 0) {
-    reused_ready = std::move(r);
-    return WaitForThrottle(delay);
-  }
-  Finish(std::move(r));
+  // transaction waits for it, as a fresh connection's start does (rule 9); with
+  // cluster_limits, then for the fleet's (rule 10).
+  ready = std::move(r);
+  ready_local_done = false;
+  ready_fleet_asked = false;
+  ContinueReady();
 }
 
 Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)

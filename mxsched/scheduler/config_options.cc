@@ -343,8 +343,8 @@ constexpr OptionDescriptor kOptions[] = {
      .scopes = G | D | H | B | BD | BH,
      .type = OptionType::kThrottle,
      .doc = "messages, in the form and scopes of outbound_throttle_connections; a new "
-            "connection carries one message; per process even with cluster_limits "
-            "(docs/DESIGN.md §12 status)",
+            "connection carries one message, a reused one takes one per message; "
+            "fleet-wide with cluster_limits (docs/DESIGN.md §12 rule 10)",
      .config = Field<&Config::outbound_throttle_messages>(),
      .domain = kThrottleField<DomainSettings, &Throttles::messages>,
      .host = kThrottleField<HostSettings, &Throttles::messages>},

@@ -1623,7 +1623,8 @@ std::vector<ThrottleView> SelectorImpl::Throttles() const {
   return out;
 }
 
-std::vector<ThrottleRef> SelectorImpl::ConnectionThrottles(const Lease& lease) const {
+std::vector<ThrottleRef> SelectorImpl::StartThrottles(const Lease& lease,
+                                                      bool new_connection) const {
   epoch::EpochGuard guard;
   std::vector<ThrottleRef> out;
   const ThrottleSet* set = throttles_.load(std::memory_order_acquire);
@@ -1631,11 +1632,10 @@ std::vector<ThrottleRef> SelectorImpl::ConnectionThrottles(const Lease& lease) c
   RateThrottle* ts[kMaxThrottlesPerStart];
   const size_t n = set->Collect(lease.domain_->name(), lease.domain_->hash, lease.host_->name(),
                                 lease.host_->endpoint().address, lease.binding(),
-                                /*new_connection=*/true, ts);
+                                new_connection, ts);
   for (size_t i = 0; i < n; ++i) {
-    if (ts[i]->kind() == RateThrottle::Kind::kConnections) {
-      out.push_back({ts[i]->scope(), ts[i]->spec()});
-    }
+    out.push_back({ts[i]->scope(), ts[i]->spec(),
+                   ts[i]->kind() == RateThrottle::Kind::kMessages});
   }
   return out;
 }
@@ -1678,8 +1678,8 @@ std::vector<ThrottleView> Selector::Throttles() const { return impl_->Throttles(
 std::vector<ThrottleView> Selector::ThrottlesAt(const HostState& host) const {
   return impl_->ThrottlesAt(host);
 }
-std::vector<ThrottleRef> Selector::ConnectionThrottles(const Lease& lease) const {
-  return impl_->ConnectionThrottles(lease);
+std::vector<ThrottleRef> Selector::StartThrottles(const Lease& lease, bool new_connection) const {
+  return impl_->StartThrottles(lease, new_connection);
 }
 HostRegistry& Selector::registry() { return impl_->registry(); }
 BindingRegistry& Selector::bindings() { return impl_->bindings(); }

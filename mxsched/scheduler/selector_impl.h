@@ -79,7 +79,7 @@ class SelectorImpl {
   int64_t server_active() const;
   std::vector<ThrottleView> Throttles() const;
   std::vector<ThrottleView> ThrottlesAt(const HostState& host) const;
-  std::vector<ThrottleRef> ConnectionThrottles(const Lease& lease) const;
+  std::vector<ThrottleRef> StartThrottles(const Lease& lease, bool new_connection) const;
   Lease Unpark(ParkedConnection* conn);
   int64_t parked() const { return parked_.load(std::memory_order_acquire); }
   int32_t parked_on(const HostState& host) const;

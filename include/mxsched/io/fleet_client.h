@@ -27,8 +27,8 @@ struct ClusterKey {
   int32_t limit;
 };
 
-// A connection rate throttle taken fleet-wide (docs/DESIGN.md §12 rule 10): its key and the
-// spacing of starts under it.
+// A rate throttle taken fleet-wide (docs/DESIGN.md §12 rule 10), of connections or of
+// messages: its key and the spacing of starts under it.
 struct ClusterThrottle {
   std::string key;          // FleetClient::ThrottleKey(scope)
   int64_t interval_us = 0;  // S/N + 2% (ThrottleSpec::interval_nanos), microseconds
@@ -117,6 +117,9 @@ class FleetClient {
                                        std::string_view domain) const = 0;
   // The key of a connection rate throttle of scope `scope` (ThrottleRef::scope).
   virtual std::string ThrottleKey(std::string_view scope) const = 0;
+  // The key of a message rate throttle of scope `scope` (outbound_throttle_messages; DESIGN
+  // §12 rule 10): beside the connection throttle's, spaced by the same rule.
+  virtual std::string MessageThrottleKey(std::string_view scope) const = 0;
   // A parked connection reused for another domain (docs/DESIGN.md §13 rule 3): `lease` stops
   // counting on key `from` and counts on `to` instead, atomically and only if `to` has room
   // (as an acquire that does not wait: live leases plus waiters below its limit). `from`

@@ -250,11 +250,12 @@ struct ThrottleView {
   uint64_t throttled = 0;   // starts refused (the wait was longer than the caller's)
 };
 
-// A connection rate throttle a start takes (docs/DESIGN.md §12): its scope and rate — what
-// the fleet's copy of it in Redis needs (§12 rule 10).
+// A rate throttle a start takes (docs/DESIGN.md §12): its scope, rate and kind — what the
+// fleet's copy of it in Redis needs (§12 rule 10).
 struct ThrottleRef {
   std::string scope;  // as ThrottleView::scope
   ThrottleSpec spec;
+  bool messages = false;  // outbound_throttle_messages (else outbound_throttle_connections)
 };
 
 // Connections through one egress binding (docs/DESIGN.md §1 rule 13, §8), for views and
@@ -434,10 +435,12 @@ class Selector {
   // The Host scope's throttles of `host` (its Host stanza's, by address or name; none
   // without one), for per-host views (/hosts, route).
   std::vector<ThrottleView> ThrottlesAt(const HostState& host) const;
-  // The connection throttles (outbound_throttle_connections, every scope) a new connection
-  // on `lease` takes, in the configuration in force now (DESIGN §12 rule 10: with
-  // cluster_limits they are fleet-wide too). REQUIRES: lease.valid().
-  std::vector<ThrottleRef> ConnectionThrottles(const Lease& lease) const;
+  // The rate throttles (every scope) a start on `lease` takes, in the configuration in force
+  // now (DESIGN §12 rule 10: with cluster_limits they are fleet-wide too), each marked with
+  // its kind: a new connection's connection and message throttles
+  // (outbound_throttle_connections, outbound_throttle_messages); with `new_connection`
+  // false, a reused connection's message throttles alone. REQUIRES: lease.valid().
+  std::vector<ThrottleRef> StartThrottles(const Lease& lease, bool new_connection = true) const;
   // The shared host state (opaque outside the library; the admin endpoint reads it).
   HostRegistry& registry();
   // The bindings (opaque outside the library; the load report and admin read them).
