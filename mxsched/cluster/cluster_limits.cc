@@ -953,6 +953,7 @@ void ClusterClient::Eval(const Script& s, std::vector<std::string> keys,
 }
 
 void ClusterClient::OnFailure(const absl::Status& s) {
+  parked_on_.clear();  // a registration may not have reached Redis
   limits_->stats().redis_errors.fetch_add(1, std::memory_order_relaxed);
   limits_->ReportFailure(s);
 }
@@ -1307,6 +1308,7 @@ void ClusterClient::OnRevoke(std::string_view payload) {
   auto [v, fresh] = revoked_.try_emplace(key, at, now);
   if (!fresh && at > v->second.first) v->second = {at, now};
   rights_.erase(key);
+  parked_on_.erase(key);  // the take-back emptied its K:r set
   const std::vector<ClusterKey> on = {ClusterKey{key, 0}};
   ReleaseIdle(false, &on);
   // A parked connection here may hold what that waiter needs (DESIGN §13 rule 7).
@@ -1441,8 +1443,24 @@ void ClusterClient::MoveLease(uint64_t handle, const std::string& from, ClusterK
 void ClusterClient::ParkedLease(uint64_t handle) {
   auto it = leases_.find(handle);
   if (it == leases_.end() || it->second.keys.empty() || !worker_ || limits_->degraded()) return;
+  // One registration per key while it lasts: a park costs no Redis command when this
+  // client is known to be in the key's set already (the common case under reuse).
+  const int64_t now = SteadyNowNanos();
+  const uint64_t epoch = limits_->recovery_epoch();
+  const int64_t lease_ns = int64_t{limits_->options().lease_seconds} * 1'000'000'000;
+  if (parked_on_.size() > 4096) {  // bounded: expired and stale entries go first
+    absl::erase_if(parked_on_, [&](const auto& e) {
+      return e.second.until <= now || e.second.epoch != epoch;
+    });
+  }
   std::vector<std::string> keys;
-  for (const ClusterKey& k : it->second.keys) keys.push_back(k.key + ":r");
+  for (const ClusterKey& k : it->second.keys) {
+    auto [p, fresh] = parked_on_.try_emplace(k.key, ParkedOn{0, 0});
+    if (!fresh && p->second.until > now && p->second.epoch == epoch) continue;
+    p->second = {now + lease_ns / 2, epoch};
+    keys.push_back(k.key + ":r");
+  }
+  if (keys.empty()) return;
   Batched(kParkOp, std::move(keys),
           {client_id_, StrCat(int64_t{limits_->options().lease_seconds} * 1000)},
           [this](absl::StatusOr<RedisReply> r) {

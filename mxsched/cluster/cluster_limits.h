@@ -426,6 +426,14 @@ class ClusterClient final : public FleetClient {
   // The latest revocation per key: {Redis µs, local nanos noted} (kept 5 s: a reply granting
   // a right before it may arrive after it).
   absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> revoked_;
+  // Keys whose `K:r` set holds this client (ParkedLease): until when (local nanos, half the
+  // set's lease time) and under which recovery epoch. A park on such a key sends nothing; a
+  // take-back there (which empties the set), a Redis restart or flush, or the time ends it.
+  struct ParkedOn {
+    int64_t until;
+    uint64_t epoch;
+  };
+  absl::flat_hash_map<std::string, ParkedOn> parked_on_;
   struct Idle {
     uint64_t handle;
     int64_t since;
