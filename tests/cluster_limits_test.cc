@@ -1072,7 +1072,9 @@ TEST_F(ClusterLimitsTest, FleetMessageThrottleHoldsAcrossWorkersAndAReusedMessag
     int started = 0, ended = 0, delivered = 0, reused = 0, fresh = 0;
     int64_t commands0 = 0, asks0 = 0, refreshes0 = 0;
   };
-  Side sides[2] = {{&a}, {&b}};
+  Side sides[2];
+  sides[0].w = &a;
+  sides[1].w = &b;
   constexpr int kPerWorker = 15, kConcurrency = 2;
   std::function<void(Side&)> start = [&](Side& s) {
     ++s.started;
