@@ -5,6 +5,7 @@
 #define MXSCHED_TESTS_DNSMASQ_H_
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -32,7 +33,15 @@ class Dnsmasq {
  public:
   // `records`: dnsmasq options such as "--mx-host=a.test,mx1.a.test,10",
   // "--host-record=mx1.a.test,127.0.0.1", "--dns-rr=n.test,15,000000".
-  Dnsmasq(std::vector<std::string> records, int ttl) : port_(FreePort()) { Start(records, ttl); }
+  // A port is picked free, but another process may bind it before dnsmasq does (c-ares
+  // clients of other tests bind ephemeral UDP ports): dnsmasq then exits, and the next
+  // free port is tried.
+  Dnsmasq(std::vector<std::string> records, int ttl) {
+    for (int attempt = 0; attempt < 5 && pid_ <= 0; ++attempt) {
+      port_ = FreePort();
+      Start(records, ttl);
+    }
+  }
   ~Dnsmasq() { Stop(); }
 
   bool ok() const { return pid_ > 0; }
@@ -45,15 +54,29 @@ class Dnsmasq {
   }
 
  private:
-  bool UdpPortTaken() const {
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  // True once dnsmasq answers a query on its port: "the port is bound" was not enough, the
+  // port could be bound by someone else (a test then saw every lookup time out).
+  bool Answers() const {
+    const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
     sockaddr_in sin{};
     sin.sin_family = AF_INET;
     sin.sin_port = htons(port_);
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const bool taken = bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) != 0;
+    // ID 0x6d78, RD, one question: "ready.test" A IN (NXDOMAIN under --local=/test/).
+    static constexpr unsigned char kQuery[] = {
+        0x6d, 0x78, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,  //
+        5, 'r', 'e', 'a', 'd', 'y', 4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+    bool answered = false;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0 &&
+        send(fd, kQuery, sizeof(kQuery), 0) == static_cast<ssize_t>(sizeof(kQuery))) {
+      pollfd p{fd, POLLIN, 0};
+      unsigned char reply[512];
+      answered = poll(&p, 1, 100) == 1 && recv(fd, reply, sizeof(reply), 0) >= 12 &&
+                 reply[0] == kQuery[0] && reply[1] == kQuery[1] && (reply[2] & 0x80) != 0;
+    }
     close(fd);
-    return taken;
+    return answered;
   }
 
   void Start(const std::vector<std::string>& records, int ttl) {
@@ -83,12 +106,17 @@ class Dnsmasq {
       execv(bin, argv.data());
       _exit(127);
     }
-    // Ready once it has bound its port (it binds after reading its whole command line).
-    // Bounded generously: a sanitizer build next to another build starts slowly.
-    for (int i = 0; i < 3000 && !UdpPortTaken(); ++i) {
+    // Ready once it answers. Bounded generously: a sanitizer build next to another build
+    // starts slowly. Each try waits up to 100 ms for the answer, or 10 ms after a refusal.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!Answers()) {
       int status;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {  // exited: bad arguments
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {  // exited: bad arguments, port taken
         pid_ = -1;
+        return;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        Stop();
         return;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -103,7 +131,7 @@ class Dnsmasq {
     pid_ = -1;
   }
 
-  uint16_t port_;
+  uint16_t port_ = 0;
   pid_t pid_ = -1;
 };
 
