@@ -188,6 +188,7 @@ struct Hold {
   bool timer_fired = false;
   bool stopped = false;
   bool holding = false;  // the hold timer is outstanding
+  bool quit_answered = false;  // the 221 is in: what is left is the server's EOF
 };
 
 class Worker {
@@ -483,6 +484,15 @@ void Hold::Recv() {
 
 void Hold::OnReply(int res, uint32_t) {
   --pending;
+  if (quit_answered) {
+    // After the 221, read on to the server's EOF (or the deadline's shutdown): released
+    // before it, the slot could carry a new connection to a server still counting this one.
+    if (res > 0 && (reply.size() + res) <= 65536) {
+      reply.append(buf, res);
+      return Recv();
+    }
+    return End();
+  }
   // A close or an error before the RSET reply of a reused connection: it was stale (the
   // message was not sent; the connector gets the session a fresh connection).
   if (res <= 0 && conn.rset_pending && !timer_fired) return End({}, /*stale=*/true);
@@ -530,7 +540,12 @@ void Hold::OnReply(int res, uint32_t) {
   // Parking: the transaction ends before QUIT (the last step), which the connector sends
   // when it closes the connection. A stopped hold sends QUIT and ends after it.
   const size_t end = worker->dialogue().size() - (worker->parking() && !stopped ? 1 : 0);
-  if (++step >= end) return End();
+  if (++step >= end) {
+    if (end < worker->dialogue().size()) return End();  // parking: no QUIT was sent
+    quit_answered = true;
+    reply.clear();
+    return Recv();
+  }
   sent = 0;
   Send();
 }

@@ -6,6 +6,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -115,8 +116,24 @@ inline io::ConnectResult ConnectOnce(Selector& selector, const std::string& doma
   return out;
 }
 
+// Ends a connected session as the receiver counts it (DESIGN §1 rule 3): half-closes, waits
+// (bounded, 10 s) for the server's EOF — it has closed its side, so it no longer counts the
+// connection — then closes and releases the slot. Closing and releasing at once let the
+// next connection reach the farm before it read the FIN: it counted limit + 1 (CI, ASan).
 inline void CloseConnection(io::ConnectResult& r) {
-  if (r.fd >= 0) close(r.fd);
+  if (r.fd >= 0) {
+    shutdown(r.fd, SHUT_WR);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    char buf[512];
+    for (auto now = std::chrono::steady_clock::now(); now < deadline;
+         now = std::chrono::steady_clock::now()) {
+      pollfd p{r.fd, POLLIN, 0};
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      if (poll(&p, 1, static_cast<int>(left.count()) + 1) <= 0) continue;
+      if (recv(r.fd, buf, sizeof(buf), 0) <= 0) break;  // EOF (or reset): the server closed
+    }
+    close(r.fd);
+  }
   r.fd = -1;
   r.lease.Release();
 }

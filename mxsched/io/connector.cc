@@ -1000,7 +1000,15 @@ struct Connector::Parked : ParkedConnection {
         if (!timer_armed) Verify();
         break;
       case State::kQuitting:
-        CloseNow();  // the 221, EOF, or the quit timer cancelled the read
+        // The 221 is read on to the server's EOF (RFC 5321 4.1.1.10: it closes after its
+        // reply): released before, the slot could carry a new connection to a receiver
+        // that still counts this one. Bounded by the quit timer and kQuitReadCap bytes.
+        if (res > 0 && quit_read + res < kQuitReadCap) {
+          quit_read += res;
+          ArmRead();
+          break;
+        }
+        CloseNow();  // EOF, an error, too much, or the quit timer cancelled the read
         break;
       case State::kClosed:
         break;
@@ -1120,6 +1128,8 @@ struct Connector::Parked : ParkedConnection {
   }
 
   static constexpr Nanos kQuitWait = Millis(1000);
+  static constexpr int kQuitReadCap = 4096;
+  int quit_read = 0;  // bytes read after QUIT
   Connector* const connector;
   int fd;
   ClusterLease cluster_lease;
