@@ -435,5 +435,84 @@ TEST_F(ConnectorTest, GreetingSplitAcrossManyReads) {
   testing::CloseConnection(r);
 }
 
+// DESIGN §1 rule 3: a connection closed with QUIT gives its slot back once the server has
+// closed its side, not when its 221 is read — a server that counts until it closes would
+// otherwise see limit + 1. This server answers QUIT and keeps the socket open a while: no
+// second connection may arrive in that while, and one arrives once it closes.
+TEST_F(ConnectorTest, AQuitConnectionsSlotGoesBackWhenTheServerClosesNotAtIts221) {
+  const Endpoint ep = Ep(Ip(1), port_);
+  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_storage ss;
+  const socklen_t len = ep.ToSockaddr(&ss);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&ss), len), 0);
+  ASSERT_EQ(listen(lfd, 16), 0);
+  std::atomic<bool> early{false}, second{false}, quit_seen{false};
+  auto wait_readable = [](int fd, int ms) {
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, ms) == 1;
+  };
+  std::thread server([&] {
+    const int a = accept(lfd, nullptr, nullptr);
+    if (a < 0) return;
+    send(a, "220 hi\r\n", 8, MSG_NOSIGNAL);
+    std::string in;
+    char buf[256];
+    for (int i = 0; i < 100 && in.find("QUIT\r\n") == std::string::npos; ++i) {
+      if (!wait_readable(a, 10'000)) break;
+      const ssize_t n = recv(a, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      in.append(buf, n);
+    }
+    quit_seen = in.find("QUIT\r\n") != std::string::npos;
+    send(a, "221 bye\r\n", 9, MSG_NOSIGNAL);
+    // Still open: the client must not have reused the slot (300 ms, well inside the
+    // connector's 1 s quit timer).
+    early = wait_readable(lfd, 300);
+    close(a);
+    if (!wait_readable(lfd, 30'000)) return;
+    const int b = accept(lfd, nullptr, nullptr);
+    if (b < 0) return;
+    second = true;
+    send(b, "220 hi\r\n", 8, MSG_NOSIGNAL);
+    for (int i = 0; i < 100 && wait_readable(b, 10'000) && recv(b, buf, sizeof(buf), 0) > 0;) {
+      ++i;
+    }
+    close(b);
+  });
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\n", "Host \"", Ip(1),
+                                             "\" { max_outbound_connections = 1 }"));
+  Selector selector(config);
+  auto loop = io::Loop::Create(256);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  int finished = 0;
+  {
+    io::Connector connector(loop->get(), &selector, {.slot_wait_ms = 30'000});
+    connector.Connect("example.com", [&](ConnectResult r) {
+      ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+      connector.Park(std::move(r));  // reuse off: QUIT at once
+      ++finished;
+    });
+    connector.Connect("example.com", [&](ConnectResult r) {  // waits for the one slot
+      EXPECT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+      testing::CloseConnection(r);
+      ++finished;
+    });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while ((finished < 2 || connector.parked() > 0) &&
+           std::chrono::steady_clock::now() < deadline) {
+      (*loop)->RunOnce(100);
+    }
+    EXPECT_EQ(finished, 2);
+  }
+  server.join();
+  close(lfd);
+  EXPECT_TRUE(quit_seen);
+  EXPECT_FALSE(early) << "a second connection arrived while the server still held the first";
+  EXPECT_TRUE(second);
+}
+
 }  // namespace
 }  // namespace mxsched
