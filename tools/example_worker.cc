@@ -3,7 +3,6 @@
 // there is none), says QUIT, closes the socket and only then releases the slot.
 //
 //   example_worker CONFIG [--dns HOST:PORT] DOMAIN...
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -61,7 +60,7 @@ int main(int argc, char** argv) {
 
   for (int i = first_domain; i < argc; ++i) {
     std::string domain = argv[i];
-    connector.Connect(domain, [domain](mxsched::io::ConnectResult r) {
+    connector.Connect(domain, [domain, &connector](mxsched::io::ConnectResult r) {
       if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) {
         std::printf("%s: %s: %s\n", domain.c_str(),
                     std::string(mxsched::io::ConnectKindName(r.kind)).c_str(), r.reason.c_str());
@@ -70,12 +69,12 @@ int main(int argc, char** argv) {
       std::printf("%s: connected to %s after %d attempt(s): %s\n", domain.c_str(),
                   r.lease.endpoint().ToString().c_str(), r.attempts, r.greeting.c_str());
       // ... EHLO, MAIL, RCPT, DATA would go here ...
-      [[maybe_unused]] ssize_t n = write(r.fd, "QUIT\r\n", 6);
-      close(r.fd);                // first the socket,
-      r.lease.Release();          // then the slot: the MX never sees limit + 1
-      r.cluster_lease.Release();  // and the fleet's
+      // QUIT, read on to the server's close, then the slot and the fleet's lease go back:
+      // the MX never sees limit + 1 (DESIGN §1 rule 3). With ConnectorOptions::reuse the
+      // connection would stay open for the next message instead (§13).
+      connector.Park(std::move(r));
     });
   }
-  while (connector.in_flight() > 0) (*loop)->RunOnce(-1);
+  while (connector.in_flight() > 0 || connector.parked() > 0) (*loop)->RunOnce(-1);
   return 0;
 }
