@@ -514,5 +514,111 @@ TEST_F(ConnectorTest, AQuitConnectionsSlotGoesBackWhenTheServerClosesNotAtIts221
   EXPECT_TRUE(second);
 }
 
+
+// A server that refuses a reused connection's RSET (421) and closes only a while later.
+// Connection A is greeted, refuses RSET and stays open `hold_ms` watching for a second
+// connection (`early`); then it closes, and B is greeted and served to its EOF.
+struct RsetRefuser {
+  explicit RsetRefuser(const Endpoint& ep) {
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_storage ss;
+    const socklen_t len = ep.ToSockaddr(&ss);
+    EXPECT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&ss), len), 0);
+    EXPECT_EQ(listen(lfd, 16), 0);
+    thread = std::thread([this] { Serve(); });
+  }
+  ~RsetRefuser() {
+    thread.join();
+    close(lfd);
+  }
+  static bool Readable(int fd, int ms) {
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, ms) == 1;
+  }
+  // Reads until `what` is in (bounded): true if it came.
+  static bool ReadUntil(int fd, std::string_view what) {
+    std::string in;
+    char buf[256];
+    for (int i = 0; i < 100 && in.find(what) == std::string::npos; ++i) {
+      if (!Readable(fd, 10'000)) return false;
+      const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return false;
+      in.append(buf, n);
+    }
+    return in.find(what) != std::string::npos;
+  }
+  void Serve() {
+    const int a = accept(lfd, nullptr, nullptr);
+    if (a < 0) return;
+    send(a, "220 a\r\n", 7, MSG_NOSIGNAL);
+    rset_seen = ReadUntil(a, "RSET\r\n");
+    send(a, "421 4.3.2 closing soon\r\n", 24, MSG_NOSIGNAL);
+    early = Readable(lfd, 300);  // well inside the connector's 1 s quit wait
+    close(a);
+    if (!Readable(lfd, 30'000)) return;
+    const int b = accept(lfd, nullptr, nullptr);
+    if (b < 0) return;
+    second = true;
+    send(b, "220 b\r\n", 7, MSG_NOSIGNAL);
+    ReadUntil(b, "never");  // to EOF
+    close(b);
+  }
+  int lfd = -1;
+  std::atomic<bool> early{false}, second{false}, rset_seen{false};
+  std::thread thread;
+};
+
+// DESIGN §1 rule 3 with reuse (§13 rule 6): a stale reused connection whose RSET is refused
+// gives its slot back once the server has closed it, not at the refusal: the session's
+// fresh connection (limit 1) must not reach the server while it still holds the stale one.
+// Both ways: the connector's own RSET, and the embedder's pipelined RSET (Connector::Stale).
+TEST_F(ConnectorTest, AStaleConnectionsSlotGoesBackWhenTheServerClosesIt) {
+  for (const bool pipelined : {false, true}) {
+    SCOPED_TRACE(pipelined ? "pipelined RSET, Connector::Stale" : "the connector's RSET");
+    port_ = testing::FreePort();
+    RsetRefuser server(Ep(Ip(1), port_));
+    auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nidle_timeout = 30\n",
+                                               "Host \"", Ip(1), "\" { max_outbound_connections = 1 }"));
+    Selector selector(config);
+    auto loop = io::Loop::Create(256);
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    int finished = 0;
+    std::string fresh_greeting;
+    {
+      io::Connector connector(loop->get(), &selector, {.slot_wait_ms = 30'000, .reuse = true});
+      auto second = [&](ConnectResult r) {
+        EXPECT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+        EXPECT_FALSE(r.reused);
+        fresh_greeting = r.greeting;
+        testing::CloseConnection(r);
+        ++finished;
+      };
+      connector.Connect("example.com", [&](ConnectResult r) {
+        ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+        connector.Park(std::move(r), 1, {.rset_with_transaction = pipelined});
+        connector.Connect("example.com", [&](ConnectResult r2) {
+          if (!r2.rset_pending) return second(std::move(r2));
+          // The embedder's pipelined group starts with RSET; its reply is the 421.
+          ASSERT_EQ(write(r2.fd, "RSET\r\n", 6), 6);
+          EXPECT_TRUE(RsetRefuser::ReadUntil(r2.fd, "421"));
+          connector.Stale(std::move(r2), second);
+        });
+      });
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while ((finished < 1 || connector.parked() > 0 || connector.in_flight() > 0) &&
+             std::chrono::steady_clock::now() < deadline) {
+        (*loop)->RunOnce(100);
+      }
+      EXPECT_EQ(finished, 1);
+    }
+    EXPECT_TRUE(server.rset_seen);
+    EXPECT_FALSE(server.early) << "the fresh connection came while the server held the stale one";
+    EXPECT_TRUE(server.second);
+    EXPECT_EQ(fresh_greeting, "220 b");
+  }
+}
+
 }  // namespace
 }  // namespace mxsched

@@ -1064,6 +1064,14 @@ struct Connector::Parked : ParkedConnection {
   }
   void OnRset(int res, uint32_t) {
     --pending;
+    if (draining) {
+      // After a refused RSET: read on to the server's EOF (bounded by the quit wait).
+      if (res > 0 && SteadyClock::now() < rset_deadline) {
+        have = 0;
+        return ReadRset();
+      }
+      return Answer(false), MaybeDelete();
+    }
     if (res <= 0) return Answer(false), MaybeDelete();
     have += static_cast<size_t>(res);
     std::string_view got(buf, have);
@@ -1071,7 +1079,18 @@ struct Connector::Parked : ParkedConnection {
       if (have < sizeof(buf) && SteadyClock::now() < rset_deadline) return ReadRset();
       return Answer(false), MaybeDelete();
     }
-    Answer(got.starts_with("250"));
+    if (!got.starts_with("250")) {
+      // Stale, but the server may still count it (a 421 closes a moment after its reply,
+      // another refusal not at all): QUIT, and the slot goes back once the server has
+      // closed its side (DESIGN §1 rule 3), or after the quit wait.
+      static constexpr char kQuit[] = "QUIT\r\n";
+      (void)send(fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+      draining = true;
+      have = 0;
+      rset_deadline = SteadyClock::now() + kQuitWait;
+      return ReadRset();
+    }
+    Answer(true);
     MaybeDelete();
   }
   void OnTimeout(int, uint32_t) {
@@ -1115,6 +1134,7 @@ struct Connector::Parked : ParkedConnection {
     lease.Release();
     cluster_lease.Release();
     Leave();
+    if (after_close) std::exchange(after_close, nullptr)();
   }
   void Leave() {
     state = State::kClosed;
@@ -1129,6 +1149,8 @@ struct Connector::Parked : ParkedConnection {
 
   static constexpr Nanos kQuitWait = Millis(1000);
   static constexpr int kQuitReadCap = 4096;
+  // Connector::Stale: the session goes on once the stale connection is closed.
+  std::function<void()> after_close;
   int quit_read = 0;  // bytes read after QUIT
   Connector* const connector;
   int fd;
@@ -1141,6 +1163,7 @@ struct Connector::Parked : ParkedConnection {
   bool read_armed = false, timer_armed = false, quit_timer_armed = false;
   bool dead = false;       // the idle read saw data, EOF or an error
   bool verifying = false;  // RSET sent
+  bool draining = false;   // the RSET was refused: reading on to the server's EOF
   bool rset_with_transaction = false;  // ParkOptions: the taker's embedder sends RSET
   Session* taker = nullptr;
   Millis rset_timeout{10000};
@@ -1352,25 +1375,34 @@ void Connector::Park(ConnectResult r, int delivered, ParkOptions park) {
 }
 
 void Connector::Stale(ConnectResult r, Callback done) {
-  if (r.kind == ConnectResult::Kind::kConnected) {
-    selector_->stats().CountReuse(ReuseEvent::kStale);
-    if (r.fd >= 0) {
-      // QUIT where the server still listens (a refused RSET without a close); not awaited:
-      // the replies to the rest of the group may be ahead of its 221.
-      static constexpr char kQuit[] = "QUIT\r\n";
-      (void)send(r.fd, kQuit, sizeof(kQuit) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-      close(r.fd);
-    }
-    r.fd = -1;
-    r.lease.Release();  // after close: the slot covers the socket's whole life; no blame
-    r.cluster_lease.Release();
-  }
   ++in_flight_;
-  auto* s = new Session(this, std::move(r.domain), std::move(r.binding), std::move(done));
-  s->replacing = true;
-  s->index = sessions_.size();
-  sessions_.push_back(s);
-  s->Attempt();
+  auto go_on = [this, domain = std::move(r.domain), binding = std::move(r.binding),
+                done = std::move(done)]() mutable {
+    auto* s = new Session(this, std::move(domain), std::move(binding), std::move(done));
+    s->replacing = true;
+    s->index = sessions_.size();
+    sessions_.push_back(s);
+    s->Attempt();
+  };
+  if (r.kind != ConnectResult::Kind::kConnected) return go_on();
+  selector_->stats().CountReuse(ReuseEvent::kStale);
+  if (r.fd < 0 || !r.lease.valid()) {
+    if (r.fd >= 0) close(r.fd);
+    r.fd = -1;
+    r.lease.Release();
+    r.cluster_lease.Release();
+    return go_on();
+  }
+  // Closed with QUIT where the server still listens (a refused RSET without a close), its
+  // answer — after the replies to the rest of the group — read on to the server's EOF: the
+  // slot goes back, and the session goes on, once the server no longer counts it (DESIGN
+  // §1 rule 3; the host not blamed).
+  auto* p = new Parked(this, r.fd, std::move(r.cluster_lease), r.deliveries,
+                       std::move(r.greeting));
+  p->lease = std::move(r.lease);
+  p->after_close = std::move(go_on);
+  p->Quit(std::nullopt);
+  p->MaybeDelete();
 }
 
 void Connector::TakeBack(std::string_view key) {

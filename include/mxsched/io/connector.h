@@ -167,10 +167,10 @@ class Connector {
   // A reused connection with rset_pending (an unchanged kConnected result from this
   // connector: fd and lease untouched) whose RSET the embedder found refused (non-2xx), or
   // which closed before the RSET reply: counted stale (as when the connector's own RSET
-  // fails), closed — QUIT sent first without waiting (the server may be gone) — its slot
-  // freed without blaming the host, and the same session goes on for a fresh connection:
-  // `done` is called exactly once with its result, as for Connect (possibly before Stale
-  // returns). The embedder counts the session once: the stale connection carried nothing.
+  // fails), closed with QUIT read on to the server's EOF (bounded by 1 s; at once if the
+  // server is gone), then its slot freed without blaming the host, and the same session goes
+  // on for a fresh connection: `done` is called exactly once with its result, as for
+  // Connect (possibly before Stale returns). in_flight() counts the session meanwhile. The embedder counts the session once: the stale connection carried nothing.
   void Stale(ConnectResult r, Callback done);
   // Connections parked by this connector now, and closing (QUIT sent, lease still held).
   size_t parked() const { return parked_.size(); }
