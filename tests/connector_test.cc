@@ -515,11 +515,12 @@ TEST_F(ConnectorTest, AQuitConnectionsSlotGoesBackWhenTheServerClosesNotAtIts221
 }
 
 
-// A server that refuses a reused connection's RSET (421) and closes only a while later.
-// Connection A is greeted, refuses RSET and stays open `hold_ms` watching for a second
-// connection (`early`); then it closes, and B is greeted and served to its EOF.
+// A server that says 421 on a connection and closes it only a while later. Connection A
+// is greeted and sends its 421 — as the reply to RSET, or (`idle_421`) unasked once `go` is
+// set — then stays open 300 ms watching for a second connection (`early`); then it closes,
+// and B is greeted and served to its EOF.
 struct RsetRefuser {
-  explicit RsetRefuser(const Endpoint& ep) {
+  explicit RsetRefuser(const Endpoint& ep, bool idle = false) : idle_421(idle) {
     lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -553,7 +554,14 @@ struct RsetRefuser {
     const int a = accept(lfd, nullptr, nullptr);
     if (a < 0) return;
     send(a, "220 a\r\n", 7, MSG_NOSIGNAL);
-    rset_seen = ReadUntil(a, "RSET\r\n");
+    if (idle_421) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!go && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    } else {
+      rset_seen = ReadUntil(a, "RSET\r\n");
+    }
     send(a, "421 4.3.2 closing soon\r\n", 24, MSG_NOSIGNAL);
     early = Readable(lfd, 300);  // well inside the connector's 1 s quit wait
     close(a);
@@ -565,8 +573,9 @@ struct RsetRefuser {
     ReadUntil(b, "never");  // to EOF
     close(b);
   }
+  const bool idle_421;
   int lfd = -1;
-  std::atomic<bool> early{false}, second{false}, rset_seen{false};
+  std::atomic<bool> go{false}, early{false}, second{false}, rset_seen{false};
   std::thread thread;
 };
 
@@ -618,6 +627,53 @@ TEST_F(ConnectorTest, AStaleConnectionsSlotGoesBackWhenTheServerClosesIt) {
     EXPECT_TRUE(server.second);
     EXPECT_EQ(fresh_greeting, "220 b");
   }
+}
+
+
+// The same for a parked connection the server ends with a 421 while it is idle: QUIT, and
+// the slot goes back at the server's EOF; a session that asks meanwhile waits for it.
+TEST_F(ConnectorTest, AParkedConnectionEndedBy421KeepsItsSlotUntilTheServerCloses) {
+  RsetRefuser server(Ep(Ip(1), port_), /*idle=*/true);
+  auto config = ConfigFrom(Common() + StrCat("routes = ( ", Url(1, 0), " )\nidle_timeout = 30\n",
+                                             "Host \"", Ip(1), "\" { max_outbound_connections = 1 }"));
+  Selector selector(config);
+  auto server_closed = [&] {
+    return selector.stats().Collect().reuse[static_cast<size_t>(ReuseEvent::kServerClosed)];
+  };
+  auto loop = io::Loop::Create(256);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  bool parked = false, done = false;
+  std::string greeting;
+  {
+    io::Connector connector(loop->get(), &selector, {.slot_wait_ms = 30'000, .reuse = true});
+    connector.Connect("example.com", [&](ConnectResult r) {
+      ASSERT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+      connector.Park(std::move(r));
+      parked = true;
+    });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!parked && std::chrono::steady_clock::now() < deadline) (*loop)->RunOnce(100);
+    ASSERT_TRUE(parked);
+    server.go = true;  // the 421 comes now
+    while (server_closed() == 0 && std::chrono::steady_clock::now() < deadline) {
+      (*loop)->RunOnce(100);
+    }
+    ASSERT_EQ(server_closed(), 1u);
+    connector.Connect("example.com", [&](ConnectResult r) {
+      EXPECT_EQ(r.kind, ConnectResult::Kind::kConnected) << r.reason;
+      EXPECT_FALSE(r.reused);
+      greeting = r.greeting;
+      testing::CloseConnection(r);
+      done = true;
+    });
+    while ((!done || connector.parked() > 0) && std::chrono::steady_clock::now() < deadline) {
+      (*loop)->RunOnce(100);
+    }
+    EXPECT_TRUE(done);
+  }
+  EXPECT_FALSE(server.early) << "a new connection came while the server held the one it ended";
+  EXPECT_TRUE(server.second);
+  EXPECT_EQ(greeting, "220 b");
 }
 
 }  // namespace

@@ -986,11 +986,19 @@ struct Connector::Parked : ParkedConnection {
       case State::kParked:
         // Data (a 421), EOF or an error while idle: the server is done with it.
         if (res != -ECANCELED) {
-          dead = true;
+          // Data (a 421: the server closes a moment later) is answered with QUIT and read on
+          // to its EOF before the slot goes back (§1 rule 3); EOF or an error closes now.
           if (Lease l = connector->selector_->Unpark(this); l.valid()) {
             lease = std::move(l);
-            Count(ReuseEvent::kServerClosed);
-            CloseNow();
+            if (res <= 0) {
+              dead = true;
+              Count(ReuseEvent::kServerClosed);
+              CloseNow();
+            } else {
+              Quit(ReuseEvent::kServerClosed);
+            }
+          } else {
+            dead = true;
           }
           // (else an eviction is queued: its Quit finds the socket dead and closes it)
         }
