@@ -4,10 +4,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <functional>
 #include <string>
 
@@ -17,6 +15,7 @@
 #include "mxsched/io/loop.h"
 #include "testbed/farm.h"
 #include "tests/net_testutil.h"
+#include "tests/smtp_client.h"
 #include "tests/testutil.h"
 #include "mxsched/scheduler/host_registry.h"
 
@@ -26,47 +25,9 @@ namespace {
 using io::ConnectResult;
 using testing::ConfigFrom;
 using testing::Ep;
+using testing::Send;
 using testing::StatsFor;
-
-// One SMTP reply, multi-line ones ("250-...") read to their last line ("250 ..."); false on
-// timeout, EOF or a code other than `code`.
-bool Expect(int fd, std::string_view code) {
-  char buf[2048];
-  size_t have = 0;
-  for (;;) {
-    std::string_view got(buf, have);
-    const size_t end = got.rfind('\n');
-    if (end != std::string_view::npos) {
-      const size_t start = got.rfind('\n', end == 0 ? 0 : end - 1);
-      std::string_view last = got.substr(start == std::string_view::npos || end == 0 ? 0 : start + 1);
-      if (last.size() >= 4 && last[3] == ' ') return got.starts_with(code);
-    }
-    if (have == sizeof(buf)) return false;
-    ssize_t n = recv(fd, buf + have, sizeof(buf) - have, 0);
-    if (n < 0 && errno == EINTR) continue;  // (io_uring's task work interrupts blocking calls)
-    if (n <= 0) {
-      ADD_FAILURE() << "waiting for " << code << ": " << (n == 0 ? "EOF" : std::strerror(errno))
-                    << " after \"" << std::string_view(buf, have) << "\"";
-      return false;
-    }
-    have += static_cast<size_t>(n);
-  }
-}
-
-bool Send(int fd, std::string_view s) {
-  return send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
-}
-
-// One message transaction, blocking (the farm runs on its own thread).
-bool Transact(int fd, bool ehlo) {
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (ehlo && !(Send(fd, "EHLO client.test\r\n") && Expect(fd, "250"))) return false;
-  return Send(fd, "MAIL FROM:<s@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "RCPT TO:<r@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "DATA\r\n") && Expect(fd, "354") &&
-         Send(fd, "Subject: t\r\n\r\nhello\r\n.\r\n") && Expect(fd, "250");
-}
+using testing::Transact;
 
 // Replies read off one connection, kept between reads: pipelined commands' replies (RFC
 // 2920) arrive together, so a reader that drops what follows the reply it wants loses them.
@@ -291,11 +252,7 @@ TEST_F(ReuseTest, AMessageThrottleHoldsOverReusedConnections) {
   const std::vector<int64_t> mails = farm->RecentMailTimes();
   ASSERT_EQ(mails.size(), 40u);
   // The most MAIL commands the receiver saw within any window of 1 s (half-open).
-  size_t peak = 0;
-  for (size_t i = 0, j = 0; i < mails.size(); ++i) {
-    while (mails[i] - mails[j] >= 1'000'000'000) ++j;
-    peak = std::max(peak, i - j + 1);
-  }
+  const size_t peak = testing::MostInAnySecond(mails);
   EXPECT_LE(peak, 10u) << "the message throttle passed through reused connections";
   EXPECT_GE(secs, 3.5) << "40 messages at 10/s";
   std::printf("message throttle 10/s with reuse: 40 messages in %.2f s, %lld reused, peak %zu "
