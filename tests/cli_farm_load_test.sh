@@ -4,13 +4,8 @@
 # Ends only the processes it started, by PID. Exit 77 (skip) when dnsmasq is missing.
 set -u
 bin=$1
-DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
-[ -n "$DNSMASQ" ] || { echo "SKIP: dnsmasq not installed (Debian dnsmasq-base)"; exit 77; }
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, free_port, claim_test_net
-port=$(free_port); dport=$(free_port)
-# A 127.N.77.0/24 network no other running test uses (tests/test_net.sh).
-claim_test_net
-net="$test_net.77"
+dns_net=77
+. "$(dirname "$0")/dnsmasq_peer.sh"  # skip without dnsmasq; harness, $DNSMASQ, $port, $dport, $net
 
 "$bin" farm --listen "$net.1-$net.4:$port" --fault "$net.4=refuse" --stats "$work/farm.json" \
   --max-seconds 120 2>"$work/farm.err" &

@@ -10,13 +10,8 @@
 # Ends only the processes it started, by PID. Exit 77 (skip) when dnsmasq is missing.
 set -u
 bin=$1
-DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
-[ -n "$DNSMASQ" ] || { echo "SKIP: dnsmasq not installed (Debian dnsmasq-base)"; exit 77; }
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, free_port, claim_test_net
-port=$(free_port); dport=$(free_port)
-# a 127.N no other running test uses (tests/test_net.sh)
-claim_test_net
-net="$test_net.93"
+dns_net=93
+. "$(dirname "$0")/dnsmasq_peer.sh"  # skip without dnsmasq; harness, $DNSMASQ, $port, $dport, $net
 
 # --- farm: mistakes are errors at start (bounded: a farm that starts anyway stops in 5 s)
 p2=$(free_port)
