@@ -313,6 +313,30 @@ TEST_F(ReuseTest, AServerClosingIdleConnectionsAfterOneSecondLosesNothingAndBlam
   EXPECT_EQ(selector.server_active(), 0);
 }
 
+// How a run against a farm that refuses some RSETs (rset_fail_every) ends, over its two
+// hosts `a` and `b` (DESIGN §13 rule 6): each of `messages` delivered once; the refused RSETs
+// counted stale once each; the replacement connections are the sessions' fresh ones; every
+// connection not dropped by the server ended with QUIT; no host blamed, no slot held.
+// Returns the refused RSETs.
+uint64_t ExpectStaleRunAccounted(Selector& selector, const testbed::FarmAddressStats& a,
+                                 const testbed::FarmAddressStats& b, const Tally& t,
+                                 uint64_t messages) {
+  EXPECT_EQ(a.messages + b.messages, messages) << "each message once: none twice, none lost";
+  const uint64_t refused = a.rsets_refused + b.rsets_refused;
+  EXPECT_GT(refused, 0u);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
+      << "each refused RSET counted stale once";
+  const uint64_t connections = a.total + b.total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
+      << "the replacement connections are the sessions' fresh ones";
+  EXPECT_EQ(a.quits + b.quits + refused, connections)
+      << "every connection not dropped by the server ended with QUIT";
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+  return refused;
+}
+
 // A reused connection whose RSET fails (the farm answers every third RSET 421 and closes)
 // is stale: counted, closed, and the session gets a fresh connection without noticing.
 TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) {
@@ -330,19 +354,7 @@ TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) 
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 60u);
-  const uint64_t refused = a->rsets_refused + b->rsets_refused;
-  EXPECT_GT(refused, 0u);
-  const auto totals = selector.stats().Collect();
-  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
-      << "each refused RSET counted stale once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
-      << "the replacement connections are the sessions' fresh ones";
-  EXPECT_EQ(a->quits + b->quits + refused, connections)
-      << "every connection not dropped by the server ended with QUIT";
-  ExpectNoHostBlamed(selector);
-  EXPECT_EQ(selector.server_active(), 0);
+  ExpectStaleRunAccounted(selector, *a, *b, t, 60);
 }
 
 // DESIGN §13 rule 6, pipelined: parked with rset_with_transaction, a reused connection comes
@@ -399,22 +411,11 @@ TEST_F(ReuseTest, APipelinedRsetRefusedIsCountedStaleAndTheMessageGoesOnceOverAF
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 60u) << "each message once: none twice, none lost";
-  const uint64_t refused = a->rsets_refused + b->rsets_refused;
-  EXPECT_GT(refused, 0u);
+  const uint64_t refused = ExpectStaleRunAccounted(selector, *a, *b, t, 60);
   EXPECT_EQ(static_cast<uint64_t>(t.stale), refused) << "the embedder saw each refusal";
   const auto totals = selector.stats().Collect();
-  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
-      << "each refused RSET counted stale once";
   EXPECT_EQ(totals.sessions[static_cast<size_t>(ConnectResult::Kind::kConnected)], 60u)
       << "a session that went on after a stale connection is counted once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
-      << "the replacement connections are the sessions' fresh ones";
-  EXPECT_EQ(a->quits + b->quits + refused, connections)
-      << "every connection not dropped by the server ended with QUIT";
-  ExpectNoHostBlamed(selector);
-  EXPECT_EQ(selector.server_active(), 0);
 }
 
 
