@@ -172,6 +172,21 @@ std::vector<testbed::FarmAddressStats> SettledStats(testbed::Farm& farm) {
   return s;
 }
 
+// How a reusing run over two hosts of limit 3, `a` and `b`, ends when nothing fails: each of
+// `messages` delivered once, every connection made by a session (t.fresh) and closed with
+// QUIT, neither host past its limit. Returns the connections.
+uint64_t ExpectEveryMessageOnceEveryConnectionQuit(const testbed::FarmAddressStats& a,
+                                                   const testbed::FarmAddressStats& b,
+                                                   const Tally& t, uint64_t messages) {
+  EXPECT_EQ(a.messages + b.messages, messages) << "every message delivered once";
+  const uint64_t connections = a.total + b.total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh) << "every connection made by a session";
+  EXPECT_EQ(a.quits + b.quits, connections) << "every connection closed with QUIT";
+  EXPECT_LE(a.peak, 3);
+  EXPECT_LE(b.peak, 3);
+  return connections;
+}
+
 class ReuseTest : public testing::LoopbackTest {
  protected:
   std::string TwoHosts(int limit, std::string extra) const {
@@ -192,13 +207,8 @@ TEST_F(ReuseTest, AThousandMessagesOverTwoHostsOfLimitThreeTakeAFifthOfTheConnec
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 1000u) << "every message delivered once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh) << "every connection made by a session";
+  const uint64_t connections = ExpectEveryMessageOnceEveryConnectionQuit(*a, *b, t, 1000);
   EXPECT_LE(connections, 200u) << "a fifth or fewer of the no-reuse run's 1000";
-  EXPECT_EQ(a->quits + b->quits, connections) << "every connection closed with QUIT";
-  EXPECT_LE(a->peak, 3);
-  EXPECT_LE(b->peak, 3);
   EXPECT_NEAR(static_cast<double>(a->messages), 500, 150) << "messages spread over both hosts";
   auto totals = selector.stats().Collect();
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kReused)], static_cast<uint64_t>(t.reused));
@@ -376,12 +386,7 @@ TEST_F(ReuseTest, PipelinedRsetTravelsWithTheTransactionAndDeliversEveryMessageO
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 300u) << "every message delivered once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh);
-  EXPECT_EQ(a->quits + b->quits, connections) << "every connection closed with QUIT";
-  EXPECT_LE(a->peak, 3);
-  EXPECT_LE(b->peak, 3);
+  ExpectEveryMessageOnceEveryConnectionQuit(*a, *b, t, 300);
   const auto totals = selector.stats().Collect();
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kReused)], static_cast<uint64_t>(t.reused));
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], 0u);
