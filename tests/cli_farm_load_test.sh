@@ -4,25 +4,16 @@
 # Ends only the processes it started, by PID. Exit 77 (skip) when dnsmasq is missing.
 set -u
 bin=$1
-DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
-[ -n "$DNSMASQ" ] || { echo "SKIP: dnsmasq not installed (Debian dnsmasq-base)"; exit 77; }
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, free_port, claim_test_net
-port=$(free_port); dport=$(free_port)
-# A 127.N.77.0/24 network no other running test uses (tests/test_net.sh).
-claim_test_net
-net="$test_net.77"
+dns_net=77
+. "$(dirname "$0")/dnsmasq_peer.sh"  # skip without dnsmasq; harness, $DNSMASQ, $port, $dport, $net
 
 "$bin" farm --listen "$net.1-$net.4:$port" --fault "$net.4=refuse" --stats "$work/farm.json" \
   --max-seconds 120 2>"$work/farm.err" &
 pids+=($!); farm_pid=$!
-"$DNSMASQ" --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-negcache \
-  --listen-address=127.0.0.1 --bind-interfaces --user=root --pid-file= --port="$dport" \
-  --local-ttl=300 --local=/test/ \
-  --mx-host=x.test,mx1.x.test,10 --mx-host=x.test,mx2.x.test,10 \
+start_dnsmasq --mx-host=x.test,mx1.x.test,10 --mx-host=x.test,mx2.x.test,10 \
   --mx-host=x.test,mx3.x.test,10 --mx-host=x.test,mx4.x.test,10 \
   --host-record=mx1.x.test,$net.1 --host-record=mx2.x.test,$net.2 \
-  --host-record=mx3.x.test,$net.3 --host-record=mx4.x.test,$net.4 2>/dev/null &
-pids+=($!)
+  --host-record=mx3.x.test,$net.3 --host-record=mx4.x.test,$net.4
 # Wait for the peers by what they do, not for a guessed time: the farm says "listening";
 # dnsmasq is ready when `route --dns` gets the MX set (both bounded at 30 s).
 for i in $(seq 300); do grep -q listening "$work/farm.err" 2>/dev/null && break; sleep 0.1; done

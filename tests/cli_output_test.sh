@@ -10,13 +10,8 @@
 # Ends only the processes it started, by PID. Exit 77 (skip) when dnsmasq is missing.
 set -u
 bin=$1
-DNSMASQ=$(command -v dnsmasq || ls /usr/sbin/dnsmasq 2>/dev/null)
-[ -n "$DNSMASQ" ] || { echo "SKIP: dnsmasq not installed (Debian dnsmasq-base)"; exit 77; }
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, free_port, claim_test_net
-port=$(free_port); dport=$(free_port)
-# a 127.N no other running test uses (tests/test_net.sh)
-claim_test_net
-net="$test_net.93"
+dns_net=93
+. "$(dirname "$0")/dnsmasq_peer.sh"  # skip without dnsmasq; harness, $DNSMASQ, $port, $dport, $net
 
 # --- farm: mistakes are errors at start (bounded: a farm that starts anyway stops in 5 s)
 p2=$(free_port)
@@ -39,14 +34,10 @@ grep -q "global route" <<<"$out" && fail "demo ran before checking --out"
 "$bin" farm --listen "$net.1-$net.3:$port" --fault "$net.3=refuse" --stats "$work/farm.json" \
   --max-seconds 120 2>"$work/farm.err" &
 pids+=($!); farm_pid=$!
-"$DNSMASQ" --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-negcache \
-  --listen-address=127.0.0.1 --bind-interfaces --user=root --pid-file= --port="$dport" \
-  --local-ttl=300 --local=/test/ \
-  --mx-host=y.test,mx1.y.test,10 --mx-host=y.test,mx2.y.test,20 \
+start_dnsmasq --mx-host=y.test,mx1.y.test,10 --mx-host=y.test,mx2.y.test,20 \
   --mx-host=x.test,mx1.y.test,10 --mx-host=x.test,mx2.y.test,10 --mx-host=x.test,mx3.y.test,10 \
   --host-record=mx1.y.test,$net.1 --host-record=mx2.y.test,$net.2 \
-  --host-record=mx3.y.test,$net.3 2>"$work/dnsmasq.err" &
-pids+=($!)
+  --host-record=mx3.y.test,$net.3
 for i in $(seq 100); do grep -q listening "$work/farm.err" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/farm.err" || fail "farm did not start: $(cat "$work/farm.err")"
 cat >"$work/mx.conf" <<CONF

@@ -29,6 +29,7 @@
 #include "tests/testutil.h"
 #include "tests/net_testutil.h"
 #include "tests/redis_server.h"
+#include "tests/smtp_client.h"
 
 namespace mxsched::testing {
 namespace {
@@ -1015,37 +1016,6 @@ TEST_F(ClusterLimitsTest, FirstStartOfAFleetWaitsOutTheWarmUpOnce) {
   a.leases.push_back(std::move(r->lease));
 }
 
-// One message transaction on a connected socket, blocking (the farm runs on its own thread).
-bool SendOneMessage(int fd, bool ehlo) {
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  auto send_all = [fd](std::string_view s) {
-    return send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
-  };
-  // The reply's last line ("250 ...", not "250-..."), bounded by the receive timeout.
-  auto expect = [fd](std::string_view code) {
-    std::string got;
-    char buf[1024];
-    for (int i = 0; i < 64; ++i) {
-      const size_t end = got.rfind('\n');
-      if (end != std::string::npos) {
-        const size_t start = end == 0 ? std::string::npos : got.rfind('\n', end - 1);
-        const std::string last = got.substr(start == std::string::npos ? 0 : start + 1);
-        if (last.size() >= 4 && last[3] == ' ') return last.starts_with(code);
-      }
-      const ssize_t n = recv(fd, buf, sizeof buf, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      got.append(buf, static_cast<size_t>(n));
-    }
-    return false;
-  };
-  if (ehlo && !(send_all("EHLO client.test\r\n") && expect("250"))) return false;
-  return send_all("MAIL FROM:<s@example.test>\r\n") && expect("250") &&
-         send_all("RCPT TO:<r@example.test>\r\n") && expect("250") && send_all("DATA\r\n") &&
-         expect("354") && send_all("Subject: t\r\n\r\nhello\r\n.\r\n") && expect("250");
-}
-
 // Issue 22's last gap (DESIGN §12 rule 10): message throttles are fleet-wide. Two workers —
 // each its own selector (its own per-process throttle of 10/s), connector, loop and cluster
 // client — send 15 messages each over reused connections to one farm, sharing
@@ -1081,7 +1051,7 @@ TEST_F(ClusterLimitsTest, FleetMessageThrottleHoldsAcrossWorkersAndAReusedMessag
     s.connector->Connect("example.com", [&s, &start](io::ConnectResult r) {
       if (r.kind == io::ConnectResult::Kind::kConnected) {
         (r.reused ? s.reused : s.fresh) += 1;
-        if (SendOneMessage(r.fd, !r.reused)) {
+        if (Transact(r.fd, !r.reused)) {
           ++s.delivered;
           s.connector->Park(std::move(r));
         } else {
@@ -1121,11 +1091,7 @@ TEST_F(ClusterLimitsTest, FleetMessageThrottleHoldsAcrossWorkersAndAReusedMessag
   // What the receiver counted: the most MAIL commands within any window of 1 s (half-open).
   const std::vector<int64_t> mails = (*farm)->RecentMailTimes();
   ASSERT_EQ(mails.size(), 2u * kPerWorker);
-  size_t peak = 0;
-  for (size_t i = 0, j = 0; i < mails.size(); ++i) {
-    while (mails[i] - mails[j] >= 1'000'000'000) ++j;
-    peak = std::max(peak, i - j + 1);
-  }
+  const size_t peak = MostInAnySecond(mails);
   EXPECT_LE(peak, 10u) << "the fleet's message throttle: at most 10 MAIL in any second";
   EXPECT_GE(secs, 2.5) << "30 messages at the fleet's 10/s (each process alone: 15 at 10/s)";
   for (Side& s : sides) {

@@ -22,26 +22,33 @@
 #   cluster_message_throttle_test.sh MXSCHED_BINARY  (FARM_BIN=...: another binary for the farm)
 set -u
 bin=$1
-HARNESS_SIGNAL=KILL
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
-port=$(free_port)
-claim_test_net
-net="$test_net.86"
-name="r$$"
-start_redis 200
+fleet_net=86
+. "$(dirname "$0")/fleet_peers.sh"  # harness, Redis started; $port, $net, $name, start_farm, worker, ...
 
-start_farm() {  # a fresh farm (its MAIL-rate peaks from zero) for each scenario; ARGS: more options
-  rm -f "$work/farm.json"
-  "${FARM_BIN:-$bin}" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 100 \
-    --rate-window-ms 1000 --rate-window-ms 5000 "$@" 2>"$work/farm.err" &
-  farm_pid=$!
-  pids+=($farm_pid)
-  wait_for 'grep -q listening "$work/farm.err"'
-}
-stop_farm() {  # SIGTERM: the farm writes its final stats (every MAIL) and exits
-  kill -TERM "$farm_pid"; wait "$farm_pid" 2>/dev/null
-  [ -s "$work/farm.json" ] || fail "no farm stats"
+# check_scenario WORKER... <<'PY' (prints and `checks = [(what, holds), ...]`) PY: runs the
+# checks with r (each worker's JSON report), s (the farm's stats), a (its one address),
+# mail1 and mail5 (the most MAIL in any 1 s and 5 s) and $ELAPSED; fails unless all hold.
+check_scenario() {
+  {
+    cat <<'PY'
+import json, os, sys
+work, ws = sys.argv[1], tuple(sys.argv[2:])
+r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
+s = json.load(open(os.path.join(work, "farm.json")))
+a = s["addresses"][0]
+mail1, mail5 = s["mail_rate_peaks"]["1000"], s["mail_rate_peaks"]["5000"]
+print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
+      "| in any 5 s:", mail5, "| load average", open("/proc/loadavg").read().split()[0])
+PY
+    cat
+    cat <<'PY'
+bad = [c for c, ok in checks if not ok]
+for c, ok in checks:
+    print(("ok: " if ok else "NOT: ") + c)
+sys.exit(1 if bad else 0)
+PY
+  } >"$work/checks.py"
+  python3 "$work/checks.py" "$work" "$@" || fail "checks"
 }
 
 cat >"$work/m.conf" <<CONF
@@ -63,27 +70,16 @@ start_farm
 t0=$(date +%s.%N)
 p=()
 for w in w1 w2 w3; do
-  timeout -s KILL 60 "$bin" load --config "$work/m.conf" --json "$work/$w.json" \
-    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 50 \
-    --domains a.test --sessions 40 --concurrency 4 --message 100 --reuse \
-    >"$work/$w.out" 2>"$work/$w.err" &
-  p+=($!); pids+=($!)
+  worker $w 60 "$work/m.conf" --max-seconds 50 --sessions 40 --concurrency 4 --message 100 --reuse
+  p+=($last)
 done
-for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/w?.out)"; done
+wait_workers "${p[@]}"
 t1=$(date +%s.%N)
 stop_farm
 elapsed=$(echo "$t1 - $t0" | bc)
 echo "elapsed: $elapsed s"
-python3 - "$work" "$elapsed" <<'PY' || fail "checks"
-import json, os, sys
-work, elapsed = sys.argv[1], float(sys.argv[2])
-ws = ("w1", "w2", "w3")
-r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
-s = json.load(open(os.path.join(work, "farm.json")))
-a = s["addresses"][0]
-mail1, mail5 = s["mail_rate_peaks"]["1000"], s["mail_rate_peaks"]["5000"]
-print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
-      "| in any 5 s:", mail5, "| load average", open("/proc/loadavg").read().split()[0])
+ELAPSED=$elapsed check_scenario w1 w2 w3 <<'PY'
+elapsed = float(os.environ["ELAPSED"])
 for w in ws:
     c = r[w]["cluster"]
     print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], "failed", r[w]["failed"],
@@ -115,10 +111,6 @@ checks = [
     ("a reused message asks once (and a late one again)",
      all(r[w]["reuse"]["reused"] <= r[w]["cluster"]["throttle_asks"] <= r[w]["reuse"]["reused"] + 10 for w in ws)),
 ]
-bad = [c for c, ok in checks if not ok]
-for c, ok in checks:
-    print(("ok: " if ok else "NOT: ") + c)
-sys.exit(1 if bad else 0)
 PY
 rm -f "$work"/w?.json
 
@@ -132,24 +124,12 @@ echo "== slow_greeting_retimes_the_first_message"
 start_farm --fault "$net.1=slow:100"
 p=()
 for w in s1 s2; do
-  timeout -s KILL 60 "$bin" load --config "$work/m.conf" --json "$work/$w.json" \
-    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 50 \
-    --domains a.test --sessions 20 --concurrency 5 --message 100 \
-    >"$work/$w.out" 2>"$work/$w.err" &
-  p+=($!); pids+=($!)
+  worker $w 60 "$work/m.conf" --max-seconds 50 --sessions 20 --concurrency 5 --message 100
+  p+=($last)
 done
-for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/s?.out)"; done
+wait_workers "${p[@]}"
 stop_farm
-python3 - "$work" <<'PY' || fail "checks"
-import json, os, sys
-work = sys.argv[1]
-ws = ("s1", "s2")
-r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
-s = json.load(open(os.path.join(work, "farm.json")))
-a = s["addresses"][0]
-mail1 = s["mail_rate_peaks"]["1000"]
-print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
-      "| load average", open("/proc/loadavg").read().split()[0])
+check_scenario s1 s2 <<'PY'
 for w in ws:
     c = r[w]["cluster"]
     print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], "| throttle asks",
@@ -160,10 +140,6 @@ checks = [
     ("the farm got 40 messages", a["messages"] == 40),
     ("each late first message asked again", all(r[w]["cluster"]["throttle_asks"] >= 18 for w in ws)),
 ]
-bad = [c for c, ok in checks if not ok]
-for c, ok in checks:
-    print(("ok: " if ok else "NOT: ") + c)
-sys.exit(1 if bad else 0)
 PY
 rm -f "$work"/s?.json
 
@@ -174,40 +150,17 @@ echo "== redis_killed_mid_run"
 start_farm
 for i in 1 2; do
   radmin[$i]=$(free_port)
-  timeout -s KILL 100 "$bin" load --config "$work/m.conf" --json "$work/k$i.json" \
-    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 80 \
-    --domains a.test --sessions 1000000 --concurrency 4 --message 100 --reuse \
-    --admin "127.0.0.1:${radmin[$i]}" >"$work/k$i.out" 2>"$work/k$i.err" &
-  kp[$i]=$!; pids+=($!)
+  worker k$i 100 "$work/m.conf" --max-seconds 80 --sessions 1000000 --concurrency 4 \
+    --message 100 --reuse --admin "127.0.0.1:${radmin[$i]}"
+  kp[$i]=$last
 done
-metric() {  # metric WORKER DECIDED: slots (and message asks) decided "redis" or "local"
-  curl -sf "127.0.0.1:${radmin[$1]}/metrics" |
-    sed -n "s/^mxsched_cluster_leases_total{decided=\"$2\"} \([0-9]*\)\$/\1/p"
-}
 wait_for '[ "$(metric 1 redis)" -ge 20 ] && [ "$(metric 2 redis)" -ge 20 ]'
-kill -9 "$redis_pid"
-wait_for 'grep -q unreachable "$work/k1.err" && grep -q unreachable "$work/k2.err"'
-wait_for '[ "$(metric 1 local)" -ge 20 ] && [ "$(metric 2 local)" -ge 20 ]'  # ~2 s at 10/s
-start_redis 200
-wait_for 'grep -q "limits shared again" "$work/k1.err" && grep -q "limits shared again" "$work/k2.err"'
+restart_redis_under_workers 20  # ~2 s at 10/s
 r1=$(metric 1 redis); r2=$(metric 2 redis)
 wait_for '[ "$(metric 1 redis)" -ge $((r1 + 20)) ] && [ "$(metric 2 redis)" -ge $((r2 + 20)) ]'
-for i in 1 2; do
-  kill -TERM "$(child_of "${kp[$i]}")"
-  wait "${kp[$i]}"; rc=$?
-  [ $rc -eq 143 ] || fail "k$i exited $rc, not 143 (stopped by SIGTERM)"
-done
+stop_workers
 stop_farm
-python3 - "$work" <<'PY' || fail "checks"
-import json, os, sys
-work = sys.argv[1]
-ws = ("k1", "k2")
-r = {w: json.load(open(os.path.join(work, w + ".json"))) for w in ws}
-s = json.load(open(os.path.join(work, "farm.json")))
-a = s["addresses"][0]
-mail1, mail5 = s["mail_rate_peaks"]["1000"], s["mail_rate_peaks"]["5000"]
-print("farm: messages", a["messages"], "connections", a["total"], "| most MAIL in any 1 s:", mail1,
-      "| in any 5 s:", mail5, "| load average", open("/proc/loadavg").read().split()[0])
+check_scenario k1 k2 <<'PY'
 for w in ws:
     c = r[w]["cluster"]
     print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], "failed", r[w]["failed"],
@@ -226,9 +179,5 @@ checks = [
     ("each left and rejoined", all(r[w]["cluster"]["mode_switches"] == 2 for w in ws)),
     ("connections were reused", all(r[w]["reuse"]["reused"] > 0 for w in ws)),
 ]
-bad = [c for c, ok in checks if not ok]
-for c, ok in checks:
-    print(("ok: " if ok else "NOT: ") + c)
-sys.exit(1 if bad else 0)
 PY
 echo "cluster_message_throttle_test: all checks passed"

@@ -12,15 +12,9 @@
 #   cluster_reuse_test.sh MXSCHED_BINARY
 set -u
 bin=$1
-HARNESS_SIGNAL=KILL
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
-port=$(free_port)
-claim_test_net
-net="$test_net.83"
-name="r$$"
-
-start_redis 120
+fleet_net=83
+fleet_redis_seconds=120
+. "$(dirname "$0")/fleet_peers.sh"  # harness, Redis started; $port, $net, $name, worker, ...
 
 timeout -s KILL 120 "$bin" farm --listen "$net.1:$port" --stats "$work/f1.json" \
   --max-seconds 100 2>"$work/f1.err" &
@@ -42,13 +36,10 @@ CONF
 echo "== parked_connections_count_fleet_wide"
 p=()
 for w in w1 w2 w3; do
-  timeout -s KILL 60 "$bin" load --config "$work/r.conf" --json "$work/$w.json" \
-    --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms 30000 --max-seconds 50 \
-    --domains a.test --sessions 200 --concurrency 4 --message 100 --reuse \
-    >"$work/$w.out" 2>"$work/$w.err" &
-  p+=($!); pids+=($!)
+  worker $w 60 "$work/r.conf" --max-seconds 50 --sessions 200 --concurrency 4 --message 100 --reuse
+  p+=($last)
 done
-for x in "${p[@]}"; do wait "$x" || fail "a worker exited non-zero: $(cat "$work"/w?.out)"; done
+wait_workers "${p[@]}"
 # The farm rewrites its stats every second: wait until it has seen every connection close.
 farm_settled() {
   python3 -c "

@@ -20,26 +20,9 @@
 # its PID. Exit 77 (skip) when redis-server is missing. KEEP_WORK=1 keeps the files.
 set -u
 bin=$1
-HARNESS_SIGNAL=KILL
-. "$(dirname "$0")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
-. "$(dirname "$0")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
-port=$(free_port)
-claim_test_net
-net="$test_net.81"
-name="r$$"
-start_farm() {  # a fresh farm (its accept-rate peaks from zero) for each scenario
-  rm -f "$work/farm.json"
-  "$bin" farm --listen "$net.1:$port" --stats "$work/farm.json" --max-seconds 150 \
-    --rate-window-ms 1000 --rate-window-ms 5000 2>"$work/farm.err" &
-  farm_pid=$!
-  pids+=($farm_pid)
-  wait_for 'grep -q listening "$work/farm.err"'
-}
-stop_farm() {  # SIGTERM: the farm writes its final stats (every accept) and exits
-  kill -TERM "$farm_pid"; wait "$farm_pid" 2>/dev/null
-  [ -s "$work/farm.json" ] || fail "no farm stats"
-}
-start_redis 200
+fleet_net=81
+farm_seconds=150
+. "$(dirname "$0")/fleet_peers.sh"  # harness, Redis started; $port, $net, $name, start_farm, worker, ...
 
 cat >"$work/c.conf" <<CONF
 routes = ( "$net.1" )
@@ -51,13 +34,8 @@ cluster_name = "$name"
 cluster_lease_seconds = 6
 CONF
 
-load() {  # load NAME ARGS...: a worker in the background; its JSON in NAME.json, PID in $last
-  local n=$1; shift
-  timeout -s KILL 120 "$bin" load --config "$work/c.conf" --domains a.test \
-    --json "$work/$n.json" --connect-timeout-ms 5000 --banner-timeout-ms 5000 --wait-ms "${wait_ms:-30000}" \
-    "$@" >"$work/$n.out" 2>"$work/$n.err" &
-  last=$!
-  pids+=($last)
+load() {  # load NAME ARGS...: a worker on c.conf in the background (bounded: 120 s), PID in $last
+  worker "$1" 120 "$work/c.conf" "${@:2}"
 }
 check() {  # check PY: assert over the JSON reports r[NAME], the farm's stats s, its 1 s peak
   python3 - "$work" "$1" <<'PY' || fail "$1"
@@ -156,28 +134,12 @@ for i in 1 2; do
   load k$i --sessions 1000000 --concurrency 10 --hold-ms 10 --max-seconds 100 \
     --admin "127.0.0.1:${radmin[$i]}"; kp[$i]=$last
 done
-local_leases() {  # slots worker $1 decided locally (share mode), from its /metrics
-  curl -sf "127.0.0.1:${radmin[$1]}/metrics" |
-    sed -n 's/^mxsched_cluster_leases_total{decided="local"} \([0-9]*\)$/\1/p'
-}
-leases() {  # every slot worker $1 took
-  curl -sf "127.0.0.1:${radmin[$1]}/metrics" |
-    sed -n 's/^mxsched_cluster_leases_total{decided="redis"} \([0-9]*\)$/\1/p'
-}
 wait_for '[ "$(rcli zcard "{$name}:workers")" -ge 2 ]'
-wait_for '[ "${#radmin[@]}" = 2 ] && [ "$(leases 1)" -ge 20 ] && [ "$(leases 2)" -ge 20 ]'
-kill -9 "$redis_pid"
-wait_for 'grep -q unreachable "$work/k1.err" && grep -q unreachable "$work/k2.err"'
+wait_for '[ "${#radmin[@]}" = 2 ] && [ "$(metric 1 redis)" -ge 20 ] && [ "$(metric 2 redis)" -ge 20 ]'
 # Each goes on at its share (10/s): 30 local starts each is ~3 s of the outage.
-wait_for '[ "$(local_leases 1)" -ge 30 ] && [ "$(local_leases 2)" -ge 30 ]'
-start_redis 200
-wait_for 'grep -q "limits shared again" "$work/k1.err" && grep -q "limits shared again" "$work/k2.err"'
-wait_for '[ "$(leases 1)" -ge 80 ] && [ "$(leases 2)" -ge 80 ]'  # and on through Redis again
-for i in 1 2; do
-  kill -TERM "$(child_of "${kp[$i]}")"
-  wait "${kp[$i]}"; rc=$?
-  [ $rc -eq 143 ] || fail "k$i exited $rc, not 143 (stopped by SIGTERM)"
-done
+restart_redis_under_workers 30
+wait_for '[ "$(metric 1 redis)" -ge 80 ] && [ "$(metric 2 redis)" -ge 80 ]'  # and on through Redis again
+stop_workers
 stop_farm
 report
 check 'all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] + r[w]["not_started"] == 1000000 for w in ("k1", "k2"))'

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -73,6 +74,18 @@ inline std::unique_ptr<testbed::Farm> StartFarm(
   auto farm = testbed::Farm::Start(std::move(o));
   EXPECT_TRUE(farm.ok()) << farm.status();
   return farm.ok() ? *std::move(farm) : nullptr;
+}
+
+// The most of `times` (steady nanoseconds, ascending: the farm's RecentMailTimes or
+// RecentAcceptTimes) within any window of 1 s (half-open), as a receiver that limits the rate
+// counts them.
+inline size_t MostInAnySecond(const std::vector<int64_t>& times) {
+  size_t peak = 0;
+  for (size_t i = 0, j = 0; i < times.size(); ++i) {
+    while (times[i] - times[j] >= 1'000'000'000) ++j;
+    peak = std::max(peak, i - j + 1);
+  }
+  return peak;
 }
 
 // Runs `o` against `s` and checks that every session is accounted for. Timeouts not set

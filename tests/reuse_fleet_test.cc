@@ -1,14 +1,8 @@
 // Connection reuse under cluster_limits (docs/DESIGN.md §13 rules 3 and 7, §7): a real
 // redis-server and the farm; two FleetWorkers stand for two worker processes (each its own
 // selector, loop, ClusterLimits, ClusterClient and connector), driven from the test thread.
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -22,6 +16,7 @@
 #include "testbed/farm.h"
 #include "tests/net_testutil.h"
 #include "tests/redis_server.h"
+#include "tests/smtp_client.h"
 #include "tests/testutil.h"
 
 namespace mxsched {
@@ -31,41 +26,7 @@ using io::ConnectResult;
 using testing::ConfigFrom;
 using testing::Ep;
 using testing::StatsFor;
-
-bool Expect(int fd, std::string_view code) {
-  char buf[2048];
-  size_t have = 0;
-  for (;;) {
-    std::string_view got(buf, have);
-    const size_t end = got.rfind('\n');
-    if (end != std::string_view::npos) {
-      const size_t start = got.rfind('\n', end == 0 ? 0 : end - 1);
-      std::string_view last =
-          got.substr(start == std::string_view::npos || end == 0 ? 0 : start + 1);
-      if (last.size() >= 4 && last[3] == ' ') return got.starts_with(code);
-    }
-    if (have == sizeof(buf)) return false;
-    ssize_t n = recv(fd, buf + have, sizeof(buf) - have, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    have += static_cast<size_t>(n);
-  }
-}
-
-bool Send(int fd, std::string_view s) {
-  return send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
-}
-
-// One message transaction, blocking (the farm runs on its own thread).
-bool Transact(int fd, bool ehlo) {
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (ehlo && !(Send(fd, "EHLO client.test\r\n") && Expect(fd, "250"))) return false;
-  return Send(fd, "MAIL FROM:<s@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "RCPT TO:<r@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "DATA\r\n") && Expect(fd, "354") &&
-         Send(fd, "Subject: t\r\n\r\nhello\r\n.\r\n") && Expect(fd, "250");
-}
+using testing::Transact;
 
 // One worker process: its selector, loop, fleet client and a reusing connector.
 struct FleetWorker {

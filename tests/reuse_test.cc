@@ -4,10 +4,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <functional>
 #include <string>
 
@@ -17,6 +15,7 @@
 #include "mxsched/io/loop.h"
 #include "testbed/farm.h"
 #include "tests/net_testutil.h"
+#include "tests/smtp_client.h"
 #include "tests/testutil.h"
 #include "mxsched/scheduler/host_registry.h"
 
@@ -26,47 +25,9 @@ namespace {
 using io::ConnectResult;
 using testing::ConfigFrom;
 using testing::Ep;
+using testing::Send;
 using testing::StatsFor;
-
-// One SMTP reply, multi-line ones ("250-...") read to their last line ("250 ..."); false on
-// timeout, EOF or a code other than `code`.
-bool Expect(int fd, std::string_view code) {
-  char buf[2048];
-  size_t have = 0;
-  for (;;) {
-    std::string_view got(buf, have);
-    const size_t end = got.rfind('\n');
-    if (end != std::string_view::npos) {
-      const size_t start = got.rfind('\n', end == 0 ? 0 : end - 1);
-      std::string_view last = got.substr(start == std::string_view::npos || end == 0 ? 0 : start + 1);
-      if (last.size() >= 4 && last[3] == ' ') return got.starts_with(code);
-    }
-    if (have == sizeof(buf)) return false;
-    ssize_t n = recv(fd, buf + have, sizeof(buf) - have, 0);
-    if (n < 0 && errno == EINTR) continue;  // (io_uring's task work interrupts blocking calls)
-    if (n <= 0) {
-      ADD_FAILURE() << "waiting for " << code << ": " << (n == 0 ? "EOF" : std::strerror(errno))
-                    << " after \"" << std::string_view(buf, have) << "\"";
-      return false;
-    }
-    have += static_cast<size_t>(n);
-  }
-}
-
-bool Send(int fd, std::string_view s) {
-  return send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
-}
-
-// One message transaction, blocking (the farm runs on its own thread).
-bool Transact(int fd, bool ehlo) {
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (ehlo && !(Send(fd, "EHLO client.test\r\n") && Expect(fd, "250"))) return false;
-  return Send(fd, "MAIL FROM:<s@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "RCPT TO:<r@example.test>\r\n") && Expect(fd, "250") &&
-         Send(fd, "DATA\r\n") && Expect(fd, "354") &&
-         Send(fd, "Subject: t\r\n\r\nhello\r\n.\r\n") && Expect(fd, "250");
-}
+using testing::Transact;
 
 // Replies read off one connection, kept between reads: pipelined commands' replies (RFC
 // 2920) arrive together, so a reader that drops what follows the reply it wants loses them.
@@ -211,6 +172,21 @@ std::vector<testbed::FarmAddressStats> SettledStats(testbed::Farm& farm) {
   return s;
 }
 
+// How a reusing run over two hosts of limit 3, `a` and `b`, ends when nothing fails: each of
+// `messages` delivered once, every connection made by a session (t.fresh) and closed with
+// QUIT, neither host past its limit. Returns the connections.
+uint64_t ExpectEveryMessageOnceEveryConnectionQuit(const testbed::FarmAddressStats& a,
+                                                   const testbed::FarmAddressStats& b,
+                                                   const Tally& t, uint64_t messages) {
+  EXPECT_EQ(a.messages + b.messages, messages) << "every message delivered once";
+  const uint64_t connections = a.total + b.total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh) << "every connection made by a session";
+  EXPECT_EQ(a.quits + b.quits, connections) << "every connection closed with QUIT";
+  EXPECT_LE(a.peak, 3);
+  EXPECT_LE(b.peak, 3);
+  return connections;
+}
+
 class ReuseTest : public testing::LoopbackTest {
  protected:
   std::string TwoHosts(int limit, std::string extra) const {
@@ -231,13 +207,8 @@ TEST_F(ReuseTest, AThousandMessagesOverTwoHostsOfLimitThreeTakeAFifthOfTheConnec
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 1000u) << "every message delivered once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh) << "every connection made by a session";
+  const uint64_t connections = ExpectEveryMessageOnceEveryConnectionQuit(*a, *b, t, 1000);
   EXPECT_LE(connections, 200u) << "a fifth or fewer of the no-reuse run's 1000";
-  EXPECT_EQ(a->quits + b->quits, connections) << "every connection closed with QUIT";
-  EXPECT_LE(a->peak, 3);
-  EXPECT_LE(b->peak, 3);
   EXPECT_NEAR(static_cast<double>(a->messages), 500, 150) << "messages spread over both hosts";
   auto totals = selector.stats().Collect();
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kReused)], static_cast<uint64_t>(t.reused));
@@ -291,11 +262,7 @@ TEST_F(ReuseTest, AMessageThrottleHoldsOverReusedConnections) {
   const std::vector<int64_t> mails = farm->RecentMailTimes();
   ASSERT_EQ(mails.size(), 40u);
   // The most MAIL commands the receiver saw within any window of 1 s (half-open).
-  size_t peak = 0;
-  for (size_t i = 0, j = 0; i < mails.size(); ++i) {
-    while (mails[i] - mails[j] >= 1'000'000'000) ++j;
-    peak = std::max(peak, i - j + 1);
-  }
+  const size_t peak = testing::MostInAnySecond(mails);
   EXPECT_LE(peak, 10u) << "the message throttle passed through reused connections";
   EXPECT_GE(secs, 3.5) << "40 messages at 10/s";
   std::printf("message throttle 10/s with reuse: 40 messages in %.2f s, %lld reused, peak %zu "
@@ -356,6 +323,30 @@ TEST_F(ReuseTest, AServerClosingIdleConnectionsAfterOneSecondLosesNothingAndBlam
   EXPECT_EQ(selector.server_active(), 0);
 }
 
+// How a run against a farm that refuses some RSETs (rset_fail_every) ends, over its two
+// hosts `a` and `b` (DESIGN §13 rule 6): each of `messages` delivered once; the refused RSETs
+// counted stale once each; the replacement connections are the sessions' fresh ones; every
+// connection not dropped by the server ended with QUIT; no host blamed, no slot held.
+// Returns the refused RSETs.
+uint64_t ExpectStaleRunAccounted(Selector& selector, const testbed::FarmAddressStats& a,
+                                 const testbed::FarmAddressStats& b, const Tally& t,
+                                 uint64_t messages) {
+  EXPECT_EQ(a.messages + b.messages, messages) << "each message once: none twice, none lost";
+  const uint64_t refused = a.rsets_refused + b.rsets_refused;
+  EXPECT_GT(refused, 0u);
+  const auto totals = selector.stats().Collect();
+  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
+      << "each refused RSET counted stale once";
+  const uint64_t connections = a.total + b.total;
+  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
+      << "the replacement connections are the sessions' fresh ones";
+  EXPECT_EQ(a.quits + b.quits + refused, connections)
+      << "every connection not dropped by the server ended with QUIT";
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+  return refused;
+}
+
 // A reused connection whose RSET fails (the farm answers every third RSET 421 and closes)
 // is stale: counted, closed, and the session gets a fresh connection without noticing.
 TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) {
@@ -373,19 +364,7 @@ TEST_F(ReuseTest, AStaleConnectionFoundByRsetIsCountedAndReplacedTransparently) 
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 60u);
-  const uint64_t refused = a->rsets_refused + b->rsets_refused;
-  EXPECT_GT(refused, 0u);
-  const auto totals = selector.stats().Collect();
-  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
-      << "each refused RSET counted stale once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
-      << "the replacement connections are the sessions' fresh ones";
-  EXPECT_EQ(a->quits + b->quits + refused, connections)
-      << "every connection not dropped by the server ended with QUIT";
-  ExpectNoHostBlamed(selector);
-  EXPECT_EQ(selector.server_active(), 0);
+  ExpectStaleRunAccounted(selector, *a, *b, t, 60);
 }
 
 // DESIGN §13 rule 6, pipelined: parked with rset_with_transaction, a reused connection comes
@@ -407,12 +386,7 @@ TEST_F(ReuseTest, PipelinedRsetTravelsWithTheTransactionAndDeliversEveryMessageO
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 300u) << "every message delivered once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh);
-  EXPECT_EQ(a->quits + b->quits, connections) << "every connection closed with QUIT";
-  EXPECT_LE(a->peak, 3);
-  EXPECT_LE(b->peak, 3);
+  ExpectEveryMessageOnceEveryConnectionQuit(*a, *b, t, 300);
   const auto totals = selector.stats().Collect();
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kReused)], static_cast<uint64_t>(t.reused));
   EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], 0u);
@@ -442,22 +416,11 @@ TEST_F(ReuseTest, APipelinedRsetRefusedIsCountedStaleAndTheMessageGoesOnceOverAF
   const auto* a = StatsFor(s, Ip(1));
   const auto* b = StatsFor(s, Ip(2));
   ASSERT_TRUE(a && b);
-  EXPECT_EQ(a->messages + b->messages, 60u) << "each message once: none twice, none lost";
-  const uint64_t refused = a->rsets_refused + b->rsets_refused;
-  EXPECT_GT(refused, 0u);
+  const uint64_t refused = ExpectStaleRunAccounted(selector, *a, *b, t, 60);
   EXPECT_EQ(static_cast<uint64_t>(t.stale), refused) << "the embedder saw each refusal";
   const auto totals = selector.stats().Collect();
-  EXPECT_EQ(totals.reuse[static_cast<size_t>(ReuseEvent::kStale)], refused)
-      << "each refused RSET counted stale once";
   EXPECT_EQ(totals.sessions[static_cast<size_t>(ConnectResult::Kind::kConnected)], 60u)
       << "a session that went on after a stale connection is counted once";
-  const uint64_t connections = a->total + b->total;
-  EXPECT_EQ(static_cast<int64_t>(connections), t.fresh)
-      << "the replacement connections are the sessions' fresh ones";
-  EXPECT_EQ(a->quits + b->quits + refused, connections)
-      << "every connection not dropped by the server ended with QUIT";
-  ExpectNoHostBlamed(selector);
-  EXPECT_EQ(selector.server_active(), 0);
 }
 
 
