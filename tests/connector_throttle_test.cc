@@ -89,7 +89,10 @@ TEST_F(ConnectorThrottleTest, TwentyPerSecondHoldsAtTheReceiverAndWaitersStartOn
   EXPECT_GE(views[0].waited, 100u);
 }
 
-// "N/S": 40 in any 2 s. Spacing spreads them: no second sees more than 20 either.
+// "N/S": 40 in any 2 s — the option's promise. Spacing spreads them: a second sees about
+// 20, not a burst of 40. (Not "at most 20": the jitter allowance covers the option's own
+// window, and one start the machine delayed by 100 ms lets the next two arrive close
+// together: an ASan run under load saw 22 in a second, 40 in 2 s.)
 TEST_F(ConnectorThrottleTest, FortyPerTwoSecondsForm) {
   auto farm = StartFarm({1000, 2000});
   Selector selector(ConfigFrom(Common() + "outbound_throttle_connections = \"40/2\"\n"));
@@ -97,7 +100,7 @@ TEST_F(ConnectorThrottleTest, FortyPerTwoSecondsForm) {
   EXPECT_EQ(r.connected, 60);
   EXPECT_LE(Peak(farm->RatePeaksAllAddresses(), 2000), 40);
   EXPECT_GE(Peak(farm->RatePeaksAllAddresses(), 2000), 30);
-  EXPECT_LE(Peak(farm->RatePeaksAllAddresses(), 1000), 20) << "spaced, not a burst of 40";
+  EXPECT_LE(Peak(farm->RatePeaksAllAddresses(), 1000), 25) << "spaced, not a burst of 40";
   EXPECT_GE(r.seconds, 59 * 0.051 - 0.01);
 }
 
