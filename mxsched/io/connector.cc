@@ -75,7 +75,10 @@ bool IsLocalError(int err) {
 //                      | kWaitingThrottle (its message throttles' instant is ahead) -> kDone
 //                      | kClusterAcquire (the fleet's message throttles) -> kWaitingThrottle
 //                      (either -> kReusing again: the server closed it during the wait, so it
-//                      is closed as stale and the session goes on -> kAcquiring)
+//                      is closed as stale and the session goes on -> kAcquiring; a new
+//                      connection closed during the fleet's re-timed wait, from kGreeting
+//                      -> kClusterAcquire -> kWaitingThrottle, likewise -> kReusing -> kDone,
+//                      deferred)
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
@@ -124,7 +127,7 @@ constexpr bool LegalTransition(Phase from, Phase to) {
       return to == Phase::kWaitingDns || to == Phase::kWaitingSlot ||
              to == Phase::kWaitingThrottle || to == Phase::kClusterAcquire ||
              to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
-    case Phase::kWaitingThrottle:  // (kReusing: a reused connection closed during its wait)
+    case Phase::kWaitingThrottle:  // (kReusing: a ready connection closed during its wait)
       return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone ||
              to == Phase::kReusing;
     case Phase::kReusing:  // answered RSET: done (or first the message throttles' instant,
