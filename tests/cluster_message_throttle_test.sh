@@ -13,6 +13,10 @@
 #       the farm greets 100 ms late: a new connection's first message, reserved at its
 #       connect instant, asks the message throttles again before it is handed out; at most
 #       20 MAIL in any second, every message delivered
+#   slow_greeting_and_an_idle_close_defer_naming_the_rate
+#       the farm greets 100 ms late and closes a client idle for 50 ms: a new connection
+#       closed while it waits for its re-asked message instant is not handed out; its session
+#       is deferred naming the rate (none fails), at most 20 MAIL in any second
 #   redis_killed_mid_run
 #       SIGKILL Redis under two such workers (share mode): each goes on at its share
 #       (10/s), the farm never counts more than 20 MAIL in any second; Redis restarted, both
@@ -142,6 +146,46 @@ checks = [
 ]
 PY
 rm -f "$work"/s?.json
+
+echo "== slow_greeting_and_an_idle_close_defer_naming_the_rate"
+# As above, and the farm also closes a client idle for 50 ms: a new connection waits for its
+# re-asked message instant after the greeting and is closed meanwhile. It is not handed out
+# (main's code did: sessions failed "connection closed before the reply to EHLO"): closed
+# with QUIT, the host not blamed, the session deferred naming the message rate — a fresh
+# connection would greet as late and wait as long. Nothing fails; what is connected is
+# delivered; at most 20 MAIL in any second.
+start_farm --fault "$net.1=slow:100" --idle-timeout-ms 50
+p=()
+for w in c1 c2; do
+  worker $w 60 "$work/m.conf" --max-seconds 50 --sessions 20 --concurrency 5 --message 100
+  p+=($last)
+done
+# (A worker may connect no session at all — exit 1, "no session connected": every wait can
+# outlast the farm's 50 ms. Its report says how each session ended.)
+for x in "${p[@]}"; do
+  wait "$x"; rc=$?
+  [ $rc -le 1 ] || fail "a worker exited $rc: $(cat "$work"/c?.out)"
+done
+stop_farm
+check_scenario c1 c2 <<'PY'
+for w in ws:
+    print(w, "connected", r[w]["connected"], "deferred", r[w]["deferred"], r[w]["deferrals"],
+          "failed", r[w]["failed"], r[w]["failures"])
+print("farm: idle_closed", a["idle_closed"], "quits", a["quits"])
+checks = [
+    ("at most 20 MAIL commands in any 1 s at the receiver", mail1 <= 20),
+    ("every session accounted",
+     all(r[w]["connected"] + r[w]["deferred"] + r[w]["failed"] + r[w]["not_started"] == 20 for w in ws)),
+    ("none failed", all(r[w]["failed"] == 0 for w in ws)),
+    ("the farm closed connections waiting for their instant", a["idle_closed"] > 0),
+    ("each deferral names the message rate",
+     all(r[w]["deferrals"].get("rate_limited", 0) == r[w]["deferred"] for w in ws)),
+    ("every connected session's message delivered", a["messages"] == sum(r[w]["connected"] for w in ws)),
+    ("every connection ended by the farm's close or the client's QUIT",
+     a["idle_closed"] + a["quits"] == a["total"]),
+]
+PY
+rm -f "$work"/c?.json
 
 echo "== redis_killed_mid_run"
 # SIGKILL Redis under two workers (cluster_failure_mode share, the default): each goes on at

@@ -323,6 +323,44 @@ TEST_F(ReuseTest, AServerClosingIdleConnectionsAfterOneSecondLosesNothingAndBlam
   EXPECT_EQ(selector.server_active(), 0);
 }
 
+// A reused connection whose message throttle's instant is ahead waits for it after its RSET
+// (DESIGN §13 rule 2, §12 rule 9); a receiver that closes connections idle for 100 ms closes
+// it meanwhile. Found probing `load --reuse` against `farm --idle-timeout-ms 50` with
+// outbound_throttle_messages = "10": 14 of 30 sessions ended failed "connection closed before
+// the reply to MAIL". Such a connection is stale, like one whose RSET is refused: counted,
+// closed, and the session goes on over a fresh connection — no message fails, no host is
+// blamed, every connection the server did not close ends with QUIT.
+TEST_F(ReuseTest, AConnectionClosedByTheServerWhileItWaitsForItsMessageInstantIsReplaced) {
+  testbed::FarmOptions fo;
+  fo.listen = {Ep(Ip(1), port_), Ep(Ip(2), port_)};
+  fo.idle_timeout_ms = 100;
+  auto farm = StartFarmWith(std::move(fo));
+  ASSERT_TRUE(farm);
+  // "5": messages 210 ms apart, so every reused connection waits past the farm's 100 ms.
+  Selector selector(ConfigFrom(TwoHosts(
+      3, "outbound_throttle_messages = \"5\"\nidle_timeout = 30\n"
+         "max_deliveries_per_connection = 100\n")));
+  Tally t = SendMessages(selector, "example.com", 8, 2, /*reuse=*/true);
+  EXPECT_EQ(t.delivered, 8);
+  EXPECT_EQ(t.failed, 0) << "a connection the server closed during the wait was handed out";
+  EXPECT_EQ(t.deferred, 0);
+  auto s = SettledStats(*farm);
+  const auto* a = StatsFor(s, Ip(1));
+  const auto* b = StatsFor(s, Ip(2));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->messages + b->messages, 8u) << "every message delivered once";
+  const uint64_t closed = a->idle_closed + b->idle_closed;
+  EXPECT_GT(closed, 0u) << "the farm closed connections waiting for their instant";
+  const uint64_t stale = selector.stats().Collect().reuse[static_cast<size_t>(ReuseEvent::kStale)];
+  EXPECT_GT(stale, 0u) << "each closed during its wait counted stale";
+  EXPECT_EQ(a->quits + b->quits + closed, a->total + b->total)
+      << "every connection the server did not close ended with the client's QUIT";
+  EXPECT_LE(a->peak, 3);
+  EXPECT_LE(b->peak, 3);
+  ExpectNoHostBlamed(selector);
+  EXPECT_EQ(selector.server_active(), 0);
+}
+
 // How a run against a farm that refuses some RSETs (rset_fail_every) ends, over its two
 // hosts `a` and `b` (DESIGN §13 rule 6): each of `messages` delivered once; the refused RSETs
 // counted stale once each; the replacement connections are the sessions' fresh ones; every

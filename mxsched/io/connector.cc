@@ -74,6 +74,11 @@ bool IsLocalError(int err) {
 //   kAcquiring      -> kReusing (a parked connection, DESIGN §13) -> kDone | kAcquiring (stale)
 //                      | kWaitingThrottle (its message throttles' instant is ahead) -> kDone
 //                      | kClusterAcquire (the fleet's message throttles) -> kWaitingThrottle
+//                      (either -> kReusing again: the server closed it during the wait, so it
+//                      is closed as stale and the session goes on -> kAcquiring; a new
+//                      connection closed during the fleet's re-timed wait, from kGreeting
+//                      -> kClusterAcquire -> kWaitingThrottle, likewise -> kReusing -> kDone,
+//                      deferred)
 //
 // A waiting phase is registered with someone who will call back (the connector's DNS list,
 // the selector's waiter queue, the fleet's queue), so it cannot end in kDone directly: a
@@ -122,8 +127,9 @@ constexpr bool LegalTransition(Phase from, Phase to) {
       return to == Phase::kWaitingDns || to == Phase::kWaitingSlot ||
              to == Phase::kWaitingThrottle || to == Phase::kClusterAcquire ||
              to == Phase::kConnecting || to == Phase::kReusing || to == Phase::kDone;
-    case Phase::kWaitingThrottle:
-      return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone;
+    case Phase::kWaitingThrottle:  // (kReusing: a ready connection closed during its wait)
+      return to == Phase::kClusterAcquire || to == Phase::kConnecting || to == Phase::kDone ||
+             to == Phase::kReusing;
     case Phase::kReusing:  // answered RSET: done (or first the message throttles' instant,
                            // or the fleet's message throttles);
                            // stale: a fresh connection (kAcquiring)
@@ -135,7 +141,8 @@ constexpr bool LegalTransition(Phase from, Phase to) {
       return to == Phase::kAcquiring;
     case Phase::kClusterAcquire:
       return to == Phase::kWaitingCluster || to == Phase::kWaitingThrottle ||
-             to == Phase::kConnecting || to == Phase::kAcquiring || to == Phase::kDone;
+             to == Phase::kConnecting || to == Phase::kAcquiring || to == Phase::kDone ||
+             to == Phase::kReusing;
     case Phase::kConnecting:
       return to == Phase::kGreeting || to == Phase::kAcquiring || to == Phase::kDone;
     case Phase::kGreeting:
@@ -414,6 +421,7 @@ struct Connector::Session {
       ready = std::move(r);
       ready_local_done = true;   // its local instant was the connect's
       ready_fleet_asked = true;  // asked now
+      ready_waited = false;
       return AskFleetMessages();
     }
     Finish(std::move(r));
@@ -424,6 +432,8 @@ struct Connector::Session {
   void OnReused(Parked* p, bool alive);
   void OnMoved(Parked* p, bool moved);
   void Reused(Parked* p, bool alive);
+  bool ReadyStillOpen() const;
+  void ReplaceClosedReady();  // after Parked
 
   void OnTimeout(int, uint32_t) {
     --pending;
@@ -579,6 +589,7 @@ struct Connector::Session {
   // measured against it never fires early.
   void WaitForThrottle(int64_t delay) {
     Enter(Phase::kWaitingThrottle);
+    if (ready) ready_waited = true;
     // The wait counts against the slot_wait_ms budget (ThrottleBudget admitted it).
     if (slot_timer == Timer::kIdle && MayWait()) ArmSlotTimer();
     throttle_wait_since = SteadyClock::now();
@@ -637,6 +648,10 @@ struct Connector::Session {
         return AskFleetMessages();
       }
     }
+    // A connection that waited for its message instant (a reused one after its RSET, a new
+    // one after its greeting): the server may have closed it meanwhile (an idle timeout
+    // shorter than the wait) or sent a 421. Never handed out then (DESIGN §13 rule 6).
+    if (ready_waited && !ReadyStillOpen()) return ReplaceClosedReady();
     ConnectResult r = std::move(*ready);
     ready.reset();
     Finish(std::move(r));
@@ -903,6 +918,8 @@ struct Connector::Session {
   std::optional<ConnectResult> ready;
   bool ready_local_done = false;   // its wait for Lease::start_at is over
   bool ready_fleet_asked = false;  // the fleet's message throttles were asked for it
+  bool ready_waited = false;       // it waited on the throttle timer (the server may be gone)
+                                   // (reset wherever `ready` is set)
   // The fleet's instant (SteadyNowNanos) for the session's message (0: none reserved), and
   // whether the throttle wait under way is for it (late past it: a new instant).
   int64_t fleet_message_at = 0;
@@ -1283,7 +1300,52 @@ void Connector::Session::Reused(Parked* p, bool alive) {
   ready = std::move(r);
   ready_local_done = false;
   ready_fleet_asked = false;
+  ready_waited = false;
   ContinueReady();
+}
+
+// Whether the server still has the ready connection open: nothing to read yet (no EOF, no
+// 421 sent while the session waited). One non-blocking peek.
+bool Connector::Session::ReadyStillOpen() const {
+  char c;
+  for (;;) {
+    const ssize_t n = recv(ready->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+}
+
+// The server closed (or refused: a 421) the ready connection while the session waited for
+// its message instant. It is closed with QUIT read on to the server's EOF (within the quit
+// wait) before its slot and fleet lease go back (§1 rule 3), the host not blamed (it
+// answered; the wait was ours). A reused one is stale, as after a refused RSET (§13 rule 6):
+// counted, and the session asks again, for a fresh connection (its wait budget bounds the
+// asking). A new one, which waited after its greeting for the fleet's re-timed message
+// instant (§12 rule 10), is deferred naming the rate: a fresh connection would greet as
+// late, wait as long and be closed the same way.
+void Connector::Session::ReplaceClosedReady() {
+  const bool reused = ready->reused;
+  if (reused) connector->selector_->stats().CountReuse(ReuseEvent::kStale);
+  Enter(Phase::kReusing);  // Stop meanwhile: the close below goes on, then FinishStopped
+  auto* p = new Parked(connector, std::exchange(ready->fd, -1), std::move(ready->cluster_lease),
+                       ready->deliveries, std::move(ready->greeting));
+  p->lease = std::move(ready->lease);
+  ready.reset();
+  ++pending;
+  p->after_close = [this, reused] {
+    --pending;
+    if (cancelled || connector->stopped_) return FinishStopped();
+    if (reused) return Attempt();
+    ConnectResult r;
+    r.kind = ConnectResult::Kind::kDeferred;
+    r.defer_reason = DeferReason::kRateLimited;
+    r.reason = "451 4.4.5 message rate limit: the server closed the connection while it "
+               "waited for its message instant";
+    r.last_outcome = Outcome::kConnected;
+    Finish(std::move(r));
+  };
+  p->Quit(std::nullopt);
+  p->MaybeDelete();
 }
 
 Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)

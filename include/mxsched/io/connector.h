@@ -77,8 +77,10 @@ struct ConnectResult {
   // kDeferred because Connector::Stop cut the session short (no host was blamed).
   bool stopped = false;
   // kConnected from the parking lot (DESIGN §13): no connect, no greeting (`greeting` is the
-  // one of the connection's first session); it answered RSET. `deliveries`: messages
-  // delivered over this connection before (Connector::Park counts them).
+  // one of the connection's first session); it answered RSET, and, if it then waited for its
+  // message throttles' instant, the server had not closed it (nor sent anything) by the end
+  // of the wait. `deliveries`: messages delivered over this connection before
+  // (Connector::Park counts them).
   bool reused = false;
   int deliveries = 0;
   // Reused, parked with ParkOptions::rset_with_transaction (DESIGN §13 rule 6): the connector
