@@ -258,6 +258,17 @@ void BindingRegistry::Configure(const Config& config) {
     }
     egresses_.swap(published);
     if (auto it = map->egress.find("default"); it != map->egress.end()) dflt = it->second;
+    // The global bind_address is the default binding's source (docs/DESIGN.md §4): a
+    // connection through no binding binds it too, not only the bindings that fall back to it.
+    if (config.bind_address.empty()) {
+      default_addresses_.store(nullptr, std::memory_order_release);
+    } else {
+      auto a = std::make_unique<BindingAddresses>();
+      a->any = false;
+      for (const IpAddress& ip : config.bind_address) (ip.is_v4() ? a->v4 : a->v6) = ip;
+      default_addresses_.store(a.get(), std::memory_order_release);
+      default_address_history_.push_back(std::move(a));
+    }
     has_replaced_.store(!replaced_.empty() || !dropped_.empty(), std::memory_order_release);
   }
   const Map* old = map_.exchange(map.release(), std::memory_order_acq_rel);

@@ -22,6 +22,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "mxsched/base/endpoint.h"
@@ -227,6 +228,15 @@ class BindingRegistry {
   // The egress of an unnamed Acquire: a Binding or Binding_Group named "default", or null
   // (the default binding: no binding state at all).
   const Egress* default_egress() const { return default_.load(std::memory_order_acquire); }
+  // The source address of a connection through no binding (no Binding or Binding_Group
+  // called "default"): the global bind_address of the host's family, or null (none of that
+  // family: the kernel chooses). docs/DESIGN.md §1 rule 13.
+  const IpAddress* DefaultSource(bool v4_host) const {
+    const BindingAddresses* a = default_addresses_.load(std::memory_order_acquire);
+    if (ABSL_PREDICT_TRUE(a == nullptr)) return nullptr;
+    const std::optional<IpAddress>& ip = v4_host ? a->v4 : a->v6;
+    return ip ? &*ip : nullptr;
+  }
   // Binding ids are below this (ids of freed bindings are reused, so it follows the most
   // bindings alive at once).
   uint32_t size() const { return next_id_.load(std::memory_order_acquire); }
@@ -258,6 +268,10 @@ class BindingRegistry {
   std::atomic<bool> has_replaced_{false};
   std::atomic<const Map*> map_{nullptr};
   std::atomic<const Egress*> default_{nullptr};
+  // The global bind_address (null: none). Kept after a reload replaces it, as a binding's
+  // addresses are (a few bytes per reload): an Acquire may still be reading it.
+  std::atomic<const BindingAddresses*> default_addresses_{nullptr};
+  std::vector<std::unique_ptr<BindingAddresses>> default_address_history_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint32_t> next_id_{1};
 };
 

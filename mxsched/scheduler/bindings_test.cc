@@ -371,6 +371,53 @@ Binding "v4only" { bind_address = "127.0.0.2" }
   EXPECT_EQ(d.lease().endpoint().address.ToString(), "::1");
 }
 
+// The global bind_address is the default binding's source (DESIGN §4): a session through no
+// binding binds it (main's code left the source to the kernel: `mxsched load` with only a
+// global bind_address reached the farm from 127.0.0.1). A family it has no address for is
+// the kernel's choice; a Binding "default" still takes precedence; a reload replaces it.
+TEST(BindingSelection, TheGlobalBindAddressIsTheDefaultBindingsSource) {
+  Fixture f(R"(
+routes = ( "127.0.0.1" )
+bind_address = "127.0.0.9"
+)");
+  AcquireResult r = f.selector->Acquire("a.example");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.lease().binding(), "");
+  ASSERT_NE(r.lease().source_address(), nullptr);
+  EXPECT_EQ(r.lease().source_address()->ToString(), "127.0.0.9");
+  Fixture v6(R"(
+routes = ( "[::1]" )
+bind_address = "127.0.0.9"
+)");
+  AcquireResult k = v6.selector->Acquire("a.example");
+  ASSERT_TRUE(k.ok());
+  EXPECT_EQ(k.lease().source_address(), nullptr);  // no IPv6 address: the kernel chooses
+  Fixture both(R"(
+routes = ( "[::1]" )
+bind_address = ( "127.0.0.9" "::1" )
+)");
+  AcquireResult b = both.selector->Acquire("a.example");
+  ASSERT_TRUE(b.ok());
+  ASSERT_NE(b.lease().source_address(), nullptr);
+  EXPECT_EQ(b.lease().source_address()->ToString(), "::1");
+  Fixture named(R"(
+routes = ( "127.0.0.1" )
+bind_address = "127.0.0.9"
+Binding "default" { bind_address = "127.0.0.8" }
+)");
+  AcquireResult n = named.selector->Acquire("a.example");
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n.lease().binding(), "default");
+  EXPECT_EQ(n.lease().source_address()->ToString(), "127.0.0.8");
+  // Reloaded without it: the kernel chooses again.
+  auto plain = ParseConfig("routes = ( \"127.0.0.1\" )\n", "b.conf");
+  ASSERT_TRUE(plain.ok());
+  f.selector->SetConfig(std::make_shared<const Config>(*plain));
+  AcquireResult after = f.selector->Acquire("b.example");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after.lease().source_address(), nullptr);
+}
+
 // --- views (docs/DESIGN.md §8, "Egress bindings in the views") ---------------------------
 
 // What Describe shows per binding is what the next admission applies; reading creates
