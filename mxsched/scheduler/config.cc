@@ -491,6 +491,17 @@ class Binder {
     for (const Stanza* st : bindings) {
       if (absl::Status s = BindBinding(*st, nullptr, config); !s.ok()) return s;
     }
+    // A group with no binding (in any of its declarations) sends nothing anywhere: a session
+    // through it could only be deferred as an unknown name. Said at its first declaration.
+    for (const Stanza* st : bindings) {
+      if (st->kind != "binding_group") continue;
+      const BindingGroupSpec* g = config.FindBindingGroup(st->name);
+      if (g != nullptr && g->bindings.empty()) {
+        return parser_.ErrorAt(st->pos, StrCat("Binding_Group \"", g->name,
+                                               "\" holds no Binding (expected at least one "
+                                               "Binding \"name\" { } stanza inside it)"));
+      }
+    }
     // Fall-backs: a binding without an address takes its group's, then the global one; a
     // binding without max_outbound_connections takes its group's.
     for (BindingSpec& b : config.bindings) {
