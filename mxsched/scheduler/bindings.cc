@@ -35,8 +35,7 @@ Admission BindingHost::TryAdmit(int64_t now_nanos) {
 }
 
 Binding::Binding(uint32_t id, std::string name)
-    : id_(id), name_(std::move(name)), chunks_(new std::atomic<Chunk*>[kChunks]) {
-  for (uint32_t i = 0; i < kChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
+    : id_(id), name_(std::move(name)) {
   auto a = std::make_unique<BindingAddresses>();
   addresses_.store(a.get(), std::memory_order_release);
   MutexLock lock(&mu_);
@@ -44,12 +43,15 @@ Binding::Binding(uint32_t id, std::string name)
 }
 
 Binding::~Binding() {
+  std::atomic<Chunk*>* table = chunks_.load(std::memory_order_acquire);
+  if (table == nullptr) return;
   for (uint32_t c = 0; c < kChunks; ++c) {
-    Chunk* chunk = chunks_[c].load(std::memory_order_acquire);
+    Chunk* chunk = table[c].load(std::memory_order_acquire);
     if (chunk == nullptr) continue;
     for (auto& h : chunk->hosts) delete h.load(std::memory_order_acquire);
     delete chunk;
   }
+  delete[] table;
 }
 
 std::string BindingAddresses::ToString() const {
@@ -76,7 +78,17 @@ void Binding::SetAddresses(const std::vector<IpAddress>& addresses) {
 BindingHost* Binding::GetOrCreate(const HostState& host) {
   const uint32_t i = host.index();
   if (i >= kChunks * kChunk) return nullptr;
-  std::atomic<Chunk*>& slot = chunks_[i / kChunk];
+  std::atomic<Chunk*>* table = chunks_.load(std::memory_order_acquire);
+  if (ABSL_PREDICT_FALSE(table == nullptr)) {
+    auto* fresh = new std::atomic<Chunk*>[kChunks];
+    for (uint32_t k = 0; k < kChunks; ++k) fresh[k].store(nullptr, std::memory_order_relaxed);
+    if (chunks_.compare_exchange_strong(table, fresh, std::memory_order_acq_rel)) {
+      table = fresh;
+    } else {
+      delete[] fresh;  // table holds the winner's
+    }
+  }
+  std::atomic<Chunk*>& slot = table[i / kChunk];
   Chunk* c = slot.load(std::memory_order_acquire);
   if (c == nullptr) {
     auto* fresh = new Chunk;
@@ -108,10 +120,13 @@ BindingHost* Binding::GetOrCreate(const HostState& host) {
 }
 
 size_t Binding::MemoryBytes() const {
-  size_t bytes = sizeof(*this) + kChunks * sizeof(std::atomic<Chunk*>);
+  size_t bytes = sizeof(*this);
+  const std::atomic<Chunk*>* table = chunks_.load(std::memory_order_acquire);
+  if (table == nullptr) return bytes;
+  bytes += kChunks * sizeof(std::atomic<Chunk*>);
   ForEachHost([&](uint32_t, const BindingHost&) { bytes += sizeof(BindingHost); });
   for (uint32_t c = 0; c < kChunks; ++c) {
-    if (chunks_[c].load(std::memory_order_acquire) != nullptr) bytes += sizeof(Chunk);
+    if (table[c].load(std::memory_order_acquire) != nullptr) bytes += sizeof(Chunk);
   }
   return bytes;
 }
