@@ -157,7 +157,9 @@ TEST(BindingConfig, ManyBindingsAreFoundByIndexAndAHandEditedConfigStillFindsThe
   EXPECT_EQ(c->FindBindingGroup("g")->bindings.size(), 20000u);
   // By hand: a binding appended, one renamed, the index left as it was.
   Config& h = *c;
-  h.bindings.push_back(BindingSpec{.name = "added"});
+  BindingSpec added;
+  added.name = "added";
+  h.bindings.push_back(added);
   h.bindings[0].name = "renamed";
   EXPECT_NE(h.FindBinding("added"), nullptr);
   EXPECT_NE(h.FindBinding("renamed"), nullptr);
