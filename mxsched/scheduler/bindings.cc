@@ -1,6 +1,7 @@
 #include "mxsched/scheduler/bindings.h"
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 
 #include "absl/container/flat_hash_set.h"
@@ -215,22 +216,26 @@ void BindingRegistry::Configure(const Config& config) {
     generation = ++generation_;
     absl::flat_hash_map<std::string, std::unique_ptr<Binding>> configured;
     absl::flat_hash_map<std::string, Binding*> current;
+    // The dropped bindings by name (one named again before Collect freed it is taken back)
+    // and the free ids lowest last: one pass each, not a scan per new binding (a reload
+    // renaming 100,000 bindings took minutes under mu_).
+    absl::flat_hash_map<std::string_view, size_t> dropped_at;
+    for (size_t i = 0; i < dropped_.size(); ++i) dropped_at.emplace(dropped_[i]->name(), i);
+    std::sort(free_ids_.begin(), free_ids_.end(), std::greater<>());
     for (const BindingSpec& spec : config.bindings) {
       std::unique_ptr<Binding> b;
       if (auto it = bindings_.find(spec.name); it != bindings_.end()) {
         b = std::move(it->second);
         bindings_.erase(it);
-      } else if (auto d = std::find_if(dropped_.begin(), dropped_.end(),
-                                       [&](const auto& x) { return x->name() == spec.name; });
-                 d != dropped_.end()) {
-        b = std::move(*d);  // dropped and configured again before it was freed: the same one
-        dropped_.erase(d);
+      } else if (auto d = dropped_at.find(spec.name);
+                 d != dropped_at.end() && dropped_[d->second] != nullptr) {
+        b = std::move(dropped_[d->second]);  // dropped and configured again before it was
+                                             // freed: the same one
       } else {
         uint32_t id;
         if (!free_ids_.empty()) {
-          auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
-          id = *lowest;
-          free_ids_.erase(lowest);
+          id = free_ids_.back();  // the lowest
+          free_ids_.pop_back();
         } else {
           id = next_id_.load(std::memory_order_relaxed);
           next_id_.fetch_add(1, std::memory_order_acq_rel);
@@ -241,6 +246,7 @@ void BindingRegistry::Configure(const Config& config) {
       current[spec.name] = b.get();
       configured[spec.name] = std::move(b);
     }
+    std::erase_if(dropped_, [](const std::unique_ptr<Binding>& b) { return b == nullptr; });
     for (auto& [name, b] : bindings_) dropped_.push_back(std::move(b));
     bindings_.swap(configured);
 
