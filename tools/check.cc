@@ -51,6 +51,14 @@ int RunCheck(const CheckFlags& f) {
   if (!config) return 2;
   // Bindings whose source address this machine does not have: a warning here, a local
   // error at connect (docs/DESIGN.md §4 Bindings).
+  for (const IpAddress& a : config->bind_address) {
+    if (std::string problem = BindProblem(a); !problem.empty()) {
+      std::fprintf(stderr,
+                   "mxsched: warning: %s: bind_address %s cannot be bound here (%s); "
+                   "connections through the default binding will fail as local errors\n",
+                   EchoForError(f.config_path, 4096).c_str(), a.ToString().c_str(), problem.c_str());
+    }
+  }
   for (const BindingSpec& b : config->bindings) {
     for (const IpAddress& a : b.bind_address) {
       if (std::string problem = BindProblem(a); !problem.empty()) {

@@ -491,6 +491,17 @@ class Binder {
     for (const Stanza* st : bindings) {
       if (absl::Status s = BindBinding(*st, nullptr, config); !s.ok()) return s;
     }
+    // A group with no binding (in any of its declarations) sends nothing anywhere: a session
+    // through it could only be deferred as an unknown name. Said at its first declaration.
+    for (const Stanza* st : bindings) {
+      if (st->kind != "binding_group") continue;
+      const BindingGroupSpec* g = config.FindBindingGroup(st->name);
+      if (g != nullptr && g->bindings.empty()) {
+        return parser_.ErrorAt(st->pos, StrCat("Binding_Group \"", g->name,
+                                               "\" holds no Binding (expected at least one "
+                                               "Binding \"name\" { } stanza inside it)"));
+      }
+    }
     // Fall-backs: a binding without an address takes its group's, then the global one; a
     // binding without max_outbound_connections takes its group's.
     for (BindingSpec& b : config.bindings) {
@@ -525,8 +536,8 @@ class Binder {
     }
     const std::string where = StrCat(EchoForError(parser_.source(), 4096), ":", st.pos.line);
     // One namespace: Acquire takes a binding or a group by name.
-    if (is_group ? config.FindBinding(st.name) != nullptr
-                 : config.FindBindingGroup(st.name) != nullptr) {
+    if (is_group ? config.binding_index.contains(st.name)
+                 : config.binding_group_index.contains(st.name)) {
       return parser_.ErrorAt(st.pos, StrCat(what, " \"", st.name, "\": a Binding and a "
                                             "Binding_Group cannot share a name"));
     }
@@ -534,10 +545,11 @@ class Binder {
     if (is_group) {
       // Momentum: a group may be declared several times (include files); its bindings add up.
       BindingGroupSpec* g = nullptr;
-      for (BindingGroupSpec& x : config.binding_groups) {
-        if (x.name == st.name) g = &x;
-      }
-      if (g == nullptr) {
+      if (auto it = config.binding_group_index.find(st.name);
+          it != config.binding_group_index.end()) {
+        g = &config.binding_groups[it->second];
+      } else {
+        config.binding_group_index.emplace(st.name, config.binding_groups.size());
         config.binding_groups.push_back({});
         g = &config.binding_groups.back();
         g->name = st.name;
@@ -583,7 +595,8 @@ class Binder {
       }
       return absl::OkStatus();
     }
-    if (const BindingSpec* old = config.FindBinding(st.name)) {
+    if (auto it = config.binding_index.find(st.name); it != config.binding_index.end()) {
+      const BindingSpec* old = &config.bindings[it->second];
       return parser_.ErrorAt(
           st.pos, old->group.empty() || group == nullptr || old->group == group->name
                       ? StrCat("Binding \"", st.name, "\" defined twice (first at ", old->where, ")")
@@ -660,6 +673,7 @@ class Binder {
       }
     }
     if (group != nullptr) group->bindings.push_back(b.name);
+    config.binding_index.emplace(b.name, config.bindings.size());
     config.bindings.push_back(std::move(b));
     return absl::OkStatus();
   }
@@ -875,18 +889,29 @@ const IpAddress* BindingSpec::AddressFor(bool v4) const {
   return nullptr;
 }
 
-const BindingSpec* Config::FindBinding(std::string_view name) const {
-  for (const BindingSpec& b : bindings) {
-    if (b.name == name) return &b;
+namespace {
+// The spec called `name`: through the index when its entry still names it, else a scan.
+template <typename Spec>
+const Spec* FindByName(const std::vector<Spec>& specs,
+                       const absl::flat_hash_map<std::string, uint32_t>& index,
+                       std::string_view name) {
+  if (auto it = index.find(absl::string_view(name.data(), name.size()));
+      it != index.end() && it->second < specs.size() && specs[it->second].name == name) {
+    return &specs[it->second];
+  }
+  for (const Spec& s : specs) {
+    if (s.name == name) return &s;
   }
   return nullptr;
 }
+}  // namespace
+
+const BindingSpec* Config::FindBinding(std::string_view name) const {
+  return FindByName(bindings, binding_index, name);
+}
 
 const BindingGroupSpec* Config::FindBindingGroup(std::string_view name) const {
-  for (const BindingGroupSpec& g : binding_groups) {
-    if (g.name == name) return &g;
-  }
-  return nullptr;
+  return FindByName(binding_groups, binding_group_index, name);
 }
 
 int32_t Config::BindingDomainLimit(const BindingSpec& binding, std::string_view domain) const {

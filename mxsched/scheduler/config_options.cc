@@ -566,6 +566,22 @@ absl::StatusOr<std::vector<IpAddress>> ParseBindAddress(const std::vector<std::s
                                                "\" is not an IP address (IPv6 without "
                                                "brackets; \"*\" alone: the kernel chooses)"));
     }
+    // A source address must be one this host can send from: a multicast or broadcast
+    // address, or the unspecified one, binds (on Linux) but the connection then leaves from
+    // an address the kernel picks — mail sent from an address nobody configured.
+    const auto& b = ip->bytes();
+    const bool v4 = ip->is_v4();
+    const bool unspecified =
+        std::all_of(b.begin(), b.begin() + (v4 ? 4 : 16), [](uint8_t x) { return x == 0; });
+    const bool multicast = v4 ? (b[0] & 0xf0) == 0xe0 : b[0] == 0xff;
+    const bool broadcast = v4 && b[0] == 255 && b[1] == 255 && b[2] == 255 && b[3] == 255;
+    if (unspecified || multicast || broadcast) {
+      return absl::InvalidArgumentError(
+          StrCat("bind_address \"", ip->ToString(), "\" is ",
+                 unspecified ? "the unspecified address" : multicast ? "a multicast address"
+                                                                     : "the broadcast address",
+                 ", not a source address of this machine (\"*\" or ( ): the kernel chooses)"));
+    }
     for (const IpAddress& a : out) {
       if (a.is_v4() == ip->is_v4()) {
         return absl::InvalidArgumentError(

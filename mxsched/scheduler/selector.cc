@@ -649,6 +649,10 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline SelectorImpl::Grant SelectorImpl::Admit(
           lease.source_ = bound.source_;
           lease.has_source_ = bound.has_source_;
           lease.binding_probe_ = bound.binding_probe_;
+        } else if (const IpAddress* src = bindings_.DefaultSource(h->endpoint().address.is_v4())) {
+          // The default binding's source: the global bind_address (rule 13).
+          lease.source_ = *src;
+          lease.has_source_ = true;
         }
         *out = std::move(lease);
         return Grant::kGranted;

@@ -42,7 +42,7 @@ absl::StatusOr<ThrottleSpec> ParseThrottleSpec(std::string_view text) {
       spec.seconds > kMaxSeconds) {
     return absl::InvalidArgumentError(
         StrCat("expects \"N\" (at most N per second) or \"N/S\" (at most N in any S seconds), "
-               "N 1..", kMaxCount, ", S 1..", kMaxSeconds, "; got ", EchoForError(text)));
+               "N 1..", kMaxCount, ", S 1..", kMaxSeconds, "; got \"", EchoForError(text), "\""));
   }
   return spec;
 }

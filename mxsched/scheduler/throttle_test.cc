@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mxsched/base/strings.h"
 #include "mxsched/base/clock.h"
 #include "mxsched/scheduler/config_options.h"
 #include "mxsched/scheduler/selector.h"
@@ -42,7 +43,20 @@ TEST(ThrottleSpec, ParsesMomentumsFormsAndRejectsTheRestSayingWhatItExpects) {
     ASSERT_FALSE(s.ok()) << bad;
     EXPECT_NE(std::string(s.status().message()).find("expects \"N\""), std::string::npos)
         << s.status();
+    // The value quoted as every other option's is (DESIGN §4 rule 2): " 20" and "20 / 5"
+    // showed unquoted, their spaces invisible.
+    EXPECT_NE(std::string(s.status().message()).find(StrCat("; got \"", bad, "\"")),
+              std::string::npos)
+        << s.status();
   }
+  for (const char* bad : {"20 / 5", "1e30", "9223372036854775808", "99999999999999999999/1",
+                          "1/99999999999999999999", "20/0s", "1/1000000h", "\xef\xbc\x92\xef\xbc\x90"}) {
+    EXPECT_FALSE(ParseThrottleSpec(bad).ok()) << bad;
+  }
+  // The extremes that load keep a sane spacing: 1000000/1 is 1.05 us apart (never 0),
+  // 1/86400 is 88128 s (S plus 2%) apart.
+  EXPECT_EQ(ParseThrottleSpec("1000000/1")->interval_nanos(), 1050);
+  EXPECT_EQ(ParseThrottleSpec("1/86400")->interval_nanos(), int64_t{88128} * 1000000000);
 }
 
 TEST(RateThrottle, NeverMoreThanNInAnyWindowWhateverTheArrivals) {

@@ -221,6 +221,12 @@ struct Config {
   std::vector<IpAddress> bind_address;
   std::vector<BindingSpec> bindings;             // in declaration order
   std::vector<BindingGroupSpec> binding_groups;  // in declaration order
+  // Positions in `bindings` and `binding_groups` by name, kept by the parser so that
+  // FindBinding and FindBindingGroup cost one hash lookup (a file of 100,000 bindings took
+  // minutes to load when each was a scan). An entry is checked against the name it points
+  // at, and a miss scans: a Config built or changed by hand is still found.
+  absl::flat_hash_map<std::string, uint32_t> binding_index;
+  absl::flat_hash_map<std::string, uint32_t> binding_group_index;
   // Global-scope throttles: one rate for the whole process (or fleet; docs/DESIGN.md §12).
   ThrottleSpec outbound_throttle_connections;
   ThrottleSpec outbound_throttle_messages;
