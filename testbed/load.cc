@@ -771,6 +771,12 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
         rb.hosts_failed += bh.Failed(at) ? 1 : 0;
       });
     }
+    // The default binding's source: the global bind_address (DESIGN §4), if any.
+    if (auto it = report.bindings.find(""); it != report.bindings.end() && it->second.source.empty()) {
+      std::vector<std::string> sources;
+      for (const IpAddress& a : config->bind_address) sources.push_back(a.ToString());
+      it->second.source = Join(sources, " ");
+    }
   }
   const int64_t now = selector.clock().NowNanos();
   selector.registry().ForEach([&](const HostState& h) {
@@ -994,10 +1000,24 @@ std::string LoadReport::ToText() const {
   if (bindings.size() > 1 || (bindings.size() == 1 && !bindings.begin()->first.empty())) {
     s += "per binding (sessions, peak concurrent connections, source, failures through it, "
          "hosts it is kept off now):\n";
+    // Only the bindings this run used or keeps off a host: a configuration may name 100,000
+    // (the JSON report has them all), and at most kMaxRows of those.
+    constexpr size_t kMaxRows = 100;
+    size_t listed = 0, unused = 0, over = 0;
     for (const auto& [name, b] : bindings) {
-      s += StrCat("  ", name.empty() ? "default" : name, "  ", b.sessions, "  ", b.peak, "  ",
-                  b.source.empty() ? "-" : b.source, "  ", b.failures, "  ", b.hosts_failed, "\n");
+      if (b.sessions == 0 && b.failures == 0 && b.hosts_failed == 0) {
+        ++unused;
+      } else if (listed == kMaxRows) {
+        ++over;
+      } else {
+        ++listed;
+        s += StrCat("  ", name.empty() ? "default" : ForTerminal(name), "  ", b.sessions, "  ",
+                    b.peak, "  ", b.source.empty() ? "-" : b.source, "  ", b.failures, "  ",
+                    b.hosts_failed, "\n");
+      }
     }
+    if (over > 0) s += StrCat("  ... ", over, " more used (--json lists every binding)\n");
+    if (unused > 0) s += StrCat("  (", unused, " configured, not used in this run)\n");
   }
   s += StrCat("domains: ", domains.distinct, " distinct; resident at the end ", domains.resident,
               ", peak ", domains.peak_resident, " (sampled every 250 ms); created ",

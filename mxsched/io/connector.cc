@@ -322,7 +322,10 @@ struct Connector::Session {
       const socklen_t len = Endpoint{*source, 0}.ToSockaddr(&local);
       if (bind(fd, reinterpret_cast<sockaddr*>(&local), len) != 0) {
         const int err = errno;
-        return LocalFailure(StrCat("bind to ", source->ToString(), " (binding ", lease.binding(),
+        // The global bind_address is the default binding's (an empty name).
+        return LocalFailure(StrCat("bind to ", source->ToString(), " (",
+                                   lease.binding().empty() ? std::string("default binding")
+                                                           : StrCat("binding ", lease.binding()),
                                    ")"),
                             err);
       }
