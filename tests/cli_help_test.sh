@@ -23,6 +23,12 @@ grep -q -- "--sessions" <<<"$err" || fail "bad value names the flag: $err"
 err=$("$bin" farm --listen 127.0.0.1:1 --bogus 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "unknown flag exit $rc"
 grep -q -- "--bogus" <<<"$err" || fail "unknown flag named: $err"
+# More addresses than the fd limit lets the farm listen on: said before any is opened (it
+# was "socket: Too many open files" halfway through the range).
+err=$(ulimit -n 512; "$bin" farm --listen 127.0.0.1-127.0.3.255:1 --max-seconds 1 2>&1); rc=$?
+[ $rc -eq 2 ] || fail "farm range past the fd limit exit $rc: $err"
+grep -qF "1023 addresses need as many listening sockets" <<<"$err" && grep -qF "serve at most 448" <<<"$err" \
+  || fail "farm range past the fd limit: $err"
 err=$("$bin" load --domains a 2>&1); rc=$?
 [ $rc -eq 2 ] || fail "missing required exit $rc"
 grep -q -- "--config" <<<"$err" || fail "missing --config named: $err"

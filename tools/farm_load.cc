@@ -129,6 +129,21 @@ int RunFarm(const FarmFlags& f) {
     flaps.emplace_back(*ip, static_cast<int64_t>(ms));
   }
   RaiseFdLimit();
+  {
+    // One listening socket per address, and room left for the connections it serves: say
+    // so before opening any (else "socket: Too many open files" halfway through a range).
+    rlimit rl;
+    constexpr size_t kSpare = 64;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        options.listen.size() + kSpare > rl.rlim_cur) {
+      return UsageError(StrCat("farm: --listen: ", options.listen.size(),
+                               " addresses need as many listening sockets plus room for their "
+                               "connections; this process may open ",
+                               static_cast<uint64_t>(rl.rlim_cur),
+                               " files (ulimit -n): serve at most ",
+                               rl.rlim_cur > kSpare ? rl.rlim_cur - kSpare : 0, " addresses"));
+    }
+  }
   const volatile bool* stop = InstallStopSignals();
   auto farm = testbed::Farm::Start(options);
   if (!farm.ok()) {
