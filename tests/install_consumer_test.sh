@@ -88,6 +88,7 @@ check_run() {  # BINARY LABEL
   grep -q "^lease 127.0.0.1:1$" <<<"$out" || fail "$2: selector lease"
   grep -q "^admin on port 1$" <<<"$out" || fail "$2: admin endpoint"
   grep -q "^fleet off$" <<<"$out" || fail "$2: cluster component"
+  grep -q "^stopped$" <<<"$out" || fail "$2: README reuse snippet: Stop, then parked connections closed"
   grep -q "^done$" <<<"$out" || fail "$2: connector finished"
   err=$("$1" "$work/missing.conf" 2>&1); rc=$?
   [ $rc -eq 2 ] && grep -q "missing.conf" <<<"$err" || fail "$2: unchecked LoadConfigFile ($rc): $err"

@@ -17,6 +17,11 @@ static_assert(MXSCHED_VERSION >= 300, "mxsched/version.h gives the installed ver
 
 namespace {
 void defer(const std::string& why) { std::printf("deferred: %s\n", why.c_str()); }
+// README's deliver(): the consumer connects nowhere that answers, so it is never called.
+int deliver(int fd, const std::string& greeting) {
+  std::printf("connected: %s\n", greeting.c_str());
+  return fd >= 0 ? 1 : 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -53,13 +58,32 @@ int main(int argc, char** argv) {
   }
   std::printf("fleet %s\n", *fleet ? "on" : "off");
   mxsched::io::Connector connector(loop->get(), &selector, options);
-  connector.Connect("example.com", [](mxsched::io::ConnectResult r) {
+  connector.Connect("example.com", [&](mxsched::io::ConnectResult r) {
     if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) return defer(r.reason);
-    std::printf("connected: %s\n", r.greeting.c_str());
-    close(r.fd);        // first the socket,
-    r.lease.Release();  // then the slot
+    deliver(r.fd, r.greeting);                             // EHLO, MAIL, RCPT, DATA
+    connector.Park(std::move(r));                          // QUIT, the server's close, the slot
   });
-  while (connector.in_flight() > 0) (*loop)->RunOnce(-1);
+  while (connector.in_flight() > 0 || connector.parked() > 0) (*loop)->RunOnce(-1);
+
+  // --- README: with reuse, a binding per message, the reason of a deferral ---
+  mxsched::io::ConnectorOptions reuse_options;
+  reuse_options.reuse = true;          // take parked connections before opening new ones
+  reuse_options.slot_wait_ms = 10000;  // wait for a slot or a throttle's instant, not defer
+  reuse_options.cluster = client.get();  // with cluster_limits (below); else null
+  mxsched::io::Connector worker(loop->get(), &selector, reuse_options);
+  std::string group = "pool";                           // a Binding or Binding_Group, per message
+  worker.Connect("example.com", {.binding = group}, [&](mxsched::io::ConnectResult r) {
+    if (r.kind != mxsched::io::ConnectResult::Kind::kConnected) {
+      return defer(r.reason);
+    }
+    int accepted = deliver(r.fd, r.greeting);   // [EHLO,] MAIL, RCPT, DATA: 1 if accepted
+    worker.Park(std::move(r), accepted);         // counts toward max_deliveries_per_connection
+  });
+  // Shutting down: Stop defers the sessions in flight and closes the parked connections
+  // with QUIT (the destructor closes them too, but REQUIRES in_flight() == 0).
+  worker.Stop("shutting down");
+  while (worker.in_flight() > 0 || worker.parked() > 0) (*loop)->RunOnce(100);
+  std::printf("stopped\n");
 
   // --- README: the admin endpoint (component admin) ---
   mxsched::admin::AdminOptions admin_options;

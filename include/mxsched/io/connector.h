@@ -5,13 +5,15 @@
 //   io::Connector connector(loop, &selector);
 //   connector.Connect("example.com", [](io::ConnectResult r) {
 //     if (r.kind == io::ConnectResult::Kind::kConnected) {
-//       // r.fd is a connected TCP socket after a 2xx greeting (r.greeting); r.lease holds the
-//       // slot: close(r.fd) first, then let r.lease go (or call r.lease.Release()).
+//       // r.fd is a connected, blocking TCP socket after a 2xx greeting (r.greeting); r.lease
+//       // (and r.cluster_lease) hold the slot. Between transactions: connector.Park(std::move(r))
+//       // (parked with ConnectorOptions::reuse, else QUIT; the slot goes after the server's
+//       // close). A dialogue that broke mid-transaction: close(r.fd) first, then let r go.
 //     } else {
 //       // kDeferred (try later) or kFailed, with r.reason ("421 4.4.0 ...", "...: refused").
 //     }
 //   });
-//   while (connector.in_flight() > 0) loop->RunOnce(-1);
+//   while (connector.in_flight() > 0 || connector.parked() > 0) loop->RunOnce(-1);
 //
 // One attempt: Acquire -> socket (IORING_OP_SOCKET, or socket(2) where the kernel lacks
 // it) -> connect linked to a timeout (connect_timeout) -> recv linked to a timeout until a
@@ -30,7 +32,9 @@
 // worker process) is taken after the selector's and before the socket (DESIGN §7).
 //
 // Thread-safety: REQUIRES external synchronization — a Connector belongs to its Loop's
-// thread. Several connectors (one per thread) may share one Selector.
+// thread. Several connectors (one per thread) may share one Selector. A ConnectResult is
+// the loop thread's too: Park, Stale and its destruction (ClusterLease) happen there, so a
+// worker that delivers on another thread hands the result back before ending it.
 #ifndef MXSCHED_IO_CONNECTOR_H_
 #define MXSCHED_IO_CONNECTOR_H_
 
@@ -77,7 +81,9 @@ struct ConnectResult {
   // kDeferred because Connector::Stop cut the session short (no host was blamed).
   bool stopped = false;
   // kConnected from the parking lot (DESIGN §13): no connect, no greeting (`greeting` is the
-  // one of the connection's first session); it answered RSET, and, if it then waited for its
+  // one of the connection's first session) and no EHLO to send (RSET keeps the EHLO state;
+  // what the EHLO advertised is not kept here: an embedder needing it keeps it by fd,
+  // replaced at every result that is not reused); it answered RSET, and, if it then waited for its
   // message throttles' instant, the server had not closed it (nor sent anything) by the end
   // of the wait. `deliveries`: messages delivered over this connection before
   // (Connector::Park counts them).
@@ -90,7 +96,9 @@ struct ConnectResult {
   // hand the result to Connector::Stale (the message was not sent: DATA was not answered).
   bool rset_pending = false;
   std::string domain;   // the domain the session was for (Park reads its settings)
-  std::string binding;  // the Binding or Binding_Group it asked for (Stale asks again)
+  // The Binding or Binding_Group it asked for (Stale asks again); the Binding taken is
+  // lease.binding().
+  std::string binding;
 };
 std::string_view ConnectKindName(ConnectResult::Kind k);
 static_assert(static_cast<size_t>(ConnectResult::Kind::kFailed) + 1 == kSessionResults);
@@ -144,8 +152,9 @@ class Connector {
   // Selector::SetConfig reload reaches them without telling the connector.
   // REQUIRES: `loop` and `selector` outlive the connector.
   Connector(Loop* loop, Selector* selector, ConnectorOptions options = {});
-  // REQUIRES: in_flight() == 0. Runs the loop briefly so finished sessions can collect the
-  // completions of their cancelled timeouts.
+  // REQUIRES: in_flight() == 0 (Stop, then run the loop until it is). Closes the parked
+  // connections with QUIT and runs the loop briefly (bounded) so they end and finished
+  // sessions can collect the completions of their cancelled timeouts.
   ~Connector();
 
   // `done` is called exactly once, on this loop's thread — possibly before Connect returns
@@ -164,7 +173,10 @@ class Connector {
   // (the server closing or sending 421 frees it, the host not blamed), closed with QUIT after
   // idle_timeout — or closes it with QUIT at once when max_deliveries_per_connection is
   // reached, idle_timeout is 0, reuse is off, the connector stopped, or sessions wait for its
-  // slot that cannot use it. Either way the connector owns the socket from here.
+  // slot that cannot use it. Either way the connector owns the socket from here. Call it
+  // only between transactions (the last reply read, nothing unanswered): a transaction the
+  // server refused is parked with delivered = 0; a dialogue that broke mid-transaction is
+  // not parked — close(r.fd), then let `r` go (lease and cluster lease release).
   void Park(ConnectResult r, int delivered = 1, ParkOptions park = {});
   // A reused connection with rset_pending (an unchanged kConnected result from this
   // connector: fd and lease untouched) whose RSET the embedder found refused (non-2xx), or
@@ -180,8 +192,11 @@ class Connector {
   // and every later Connect at once: a connect or greeting read in progress is cancelled
   // (io_uring async cancel; its host is not blamed), a slot, DNS or cluster wait is left,
   // and no further attempt (failover) starts. Sessions whose cancelled operation has not
-  // completed yet end when it does, within a loop iteration. `load --max-seconds` uses it
-  // so a run ends at its deadline, not attempts x timeouts later.
+  // completed yet end when it does, within a loop iteration. Parked connections are closed
+  // with QUIT (so is a connection Park is given after Stop); each stays in parked(), its slot held,
+  // until the server's close, at most 1 s (the loop must run for that; the destructor,
+  // which closes parked connections the same way, runs it itself). `load --max-seconds`
+  // uses it so a run ends at its deadline, not attempts x timeouts later.
   void Stop(std::string why);
   bool stopped() const { return stopped_; }
 

@@ -61,6 +61,9 @@ struct AcquireOptions {
   // default binding (a Binding or Binding_Group named "default" if configured, else no
   // binding: the kernel's source address, as before bindings existed). A group spreads new
   // connections evenly over its bindings. An unknown name defers (kTempFailure, 4.3.5).
+  // Read during the call only (Connector::Connect copies it): a temporary is fine. Chosen
+  // per call, so per message: there is no per-connector or per-domain default besides
+  // "default".
   std::string_view binding = {};
   // How long the caller would wait for a rate throttle (outbound_throttle_*, docs/DESIGN.md
   // §12): a start the throttles allow within this is granted with Lease::start_at() set to
