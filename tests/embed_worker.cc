@@ -7,6 +7,7 @@
 // Prints "delivered D fresh F reused R deferred X failed Y parked_after_stop P", then one
 // "binding NAME N" line per Binding taken and one "reason ..." line per deferral kind.
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -39,6 +40,17 @@ bool Step(int fd, const std::string& cmd, int want) {
   if (send(fd, cmd.data(), cmd.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(cmd.size()))
     return false;
   return ReadReply(fd) / 100 == want;
+}
+// A dialogue that broke: half-close and read on to the server's EOF (at most 1 s, 64 KiB),
+// so the server has stopped counting it before the slot goes (DESIGN §1 rule 3).
+void Abandon(int fd) {
+  shutdown(fd, SHUT_WR);
+  timeval tv{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[4096];
+  for (int i = 0; i < 16 && recv(fd, buf, sizeof(buf), 0) > 0; ++i) {
+  }
+  close(fd);
 }
 }  // namespace
 
@@ -94,7 +106,7 @@ int main(int argc, char** argv) {
     if (!ok) {  // broken mid-transaction: not parked; the socket first, then the slot
       ++failed;
       reasons["dialogue"]++;
-      close(r.fd);
+      Abandon(r.fd);
       return;
     }
     ++delivered;

@@ -8,7 +8,8 @@
 //       // r.fd is a connected, blocking TCP socket after a 2xx greeting (r.greeting); r.lease
 //       // (and r.cluster_lease) hold the slot. Between transactions: connector.Park(std::move(r))
 //       // (parked with ConnectorOptions::reuse, else QUIT; the slot goes after the server's
-//       // close). A dialogue that broke mid-transaction: close(r.fd) first, then let r go.
+//       // close). A dialogue that broke mid-transaction: half-close and read on to the
+//       // server's EOF (unless it closed already; DESIGN §1 rule 3), close(r.fd), let r go.
 //     } else {
 //       // kDeferred (try later) or kFailed, with r.reason ("421 4.4.0 ...", "...: refused").
 //     }
@@ -176,7 +177,9 @@ class Connector {
   // slot that cannot use it. Either way the connector owns the socket from here. Call it
   // only between transactions (the last reply read, nothing unanswered): a transaction the
   // server refused is parked with delivered = 0; a dialogue that broke mid-transaction is
-  // not parked — close(r.fd), then let `r` go (lease and cluster lease release).
+  // not parked — shutdown(r.fd, SHUT_WR) and read on to the server's EOF (bounded; not
+  // needed if it closed already), close(r.fd), then let `r` go (lease and cluster lease
+  // release): the slot covers the server's count (DESIGN §1 rule 3).
   void Park(ConnectResult r, int delivered = 1, ParkOptions park = {});
   // A reused connection with rset_pending (an unchanged kConnected result from this
   // connector: fd and lease untouched) whose RSET the embedder found refused (non-2xx), or
