@@ -164,7 +164,9 @@ class Connector {
   // Through a binding or binding group (Selector::Acquire's AcquireOptions): the socket is
   // bound to the binding's source address before connecting (IP_BIND_ADDRESS_NO_PORT: the
   // port is picked at connect time, per 4-tuple). A bind that fails (the address is not on
-  // this machine) is a local error: deferred with the reason, the host not blamed.
+  // this machine) is a local error: deferred with the reason, the host not blamed. Only
+  // options.binding is read (copied; chosen per call, so per message): the throttle wait
+  // and the reuse owner come from ConnectorOptions (slot_wait_ms, reuse).
   void Connect(std::string_view domain, const AcquireOptions& options, Callback done);
   // Routes may have changed (a DNS answer arrived): sessions waiting on resolution retry.
   void OnRoutesChanged();
