@@ -84,9 +84,9 @@ struct ConnectResult {
   // kConnected from the parking lot (DESIGN §13): no connect, no greeting (`greeting` is the
   // one of the connection's first session) and no EHLO to send (RSET keeps the EHLO state;
   // what the EHLO advertised is not kept here: an embedder needing it keeps it by fd,
-  // replaced at every result that is not reused); it answered RSET, and, if it then waited for its
-  // message throttles' instant, the server had not closed it (nor sent anything) by the end
-  // of the wait. `deliveries`: messages delivered over this connection before
+  // replaced at every result that is not reused); it answered RSET, and, if it then waited
+  // for its message throttles' instant, the server had not closed it (nor sent anything) by
+  // the end of the wait. `deliveries`: messages delivered over this connection before
   // (Connector::Park counts them).
   bool reused = false;
   int deliveries = 0;
@@ -198,9 +198,9 @@ class Connector {
   // (io_uring async cancel; its host is not blamed), a slot, DNS or cluster wait is left,
   // and no further attempt (failover) starts. Sessions whose cancelled operation has not
   // completed yet end when it does, within a loop iteration. Parked connections are closed
-  // with QUIT (so is a connection Park is given after Stop); each stays in parked(), its slot held,
-  // until the server's close, at most 1 s (the loop must run for that; the destructor,
-  // which closes parked connections the same way, runs it itself). `load --max-seconds`
+  // with QUIT (so is a connection Park is given after Stop); each stays in parked(), its
+  // slot held, until the server's close, at most 1 s (the loop must run for that; the
+  // destructor, which closes parked connections the same way, runs it itself). `load --max-seconds`
   // uses it so a run ends at its deadline, not attempts x timeouts later.
   void Stop(std::string why);
   bool stopped() const { return stopped_; }
