@@ -38,7 +38,7 @@ max_deliveries_per_connection = 10
 $1
 CONF
 }
-stat() { python3 - "$work/farm.json" "$1" <<'PY'
+farm_stat() { python3 - "$work/farm.json" "$1" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 a = d["addresses"]
@@ -62,11 +62,11 @@ run() {  # NAME MESSAGES_BEFORE EXTRA_CONF
     || { cat "$work/$name.out"; fail "$name: the group's two bindings were not both used"; }
   # The farm's counts: every message once; after Stop no connection open and each ended
   # with QUIT (the stats file is rewritten every second).
-  wait_for '[ "$(stat messages)" -eq $((before + 200)) ] && [ "$(stat current)" -eq 0 ]'
-  [ "$(stat quits)" -eq "$(stat total)" ] || fail "$name: $(stat total) connections, $(stat quits) QUITs"
-  [ "$(stat peak)" -le 3 ] || fail "$name: a host saw $(stat peak) connections, limit 3"
-  [ "$(stat sources)" -eq 2 ] || fail "$name: the farm saw $(stat sources) source addresses"
-  echo "$name: $(head -1 "$work/$name.out"); farm: $(stat total) connections"
+  wait_for '[ "$(farm_stat messages)" -eq $((before + 200)) ] && [ "$(farm_stat current)" -eq 0 ]'
+  [ "$(farm_stat quits)" -eq "$(farm_stat total)" ] || fail "$name: $(farm_stat total) connections, $(farm_stat quits) QUITs"
+  [ "$(farm_stat peak)" -le 3 ] || fail "$name: a host saw $(farm_stat peak) connections, limit 3"
+  [ "$(farm_stat sources)" -eq 2 ] || fail "$name: the farm saw $(farm_stat sources) source addresses"
+  echo "$name: $(head -1 "$work/$name.out"); farm: $(farm_stat total) connections"
 }
 
 run local 0 ""
