@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "mxsched/base/sanitizers.h"
 #include "mxsched/base/strings.h"
 #include "mxsched/scheduler/config.h"
 #include "mxsched/scheduler/config_options.h"
@@ -604,7 +605,13 @@ TEST(BindingMemory, ABindingNeverUsedHoldsNoHostTable) {
   // Each binding: its object, name and address record, a few hundred bytes (320 MB with a
   // table each from the start).
   EXPECT_LT(bytes, size_t{kBindings} * 512) << bytes;
+#if !defined(MXSCHED_TSAN) && !defined(MXSCHED_ASAN)
+  // And the process's own count agrees (a sanitizer's shadow memory would not: TSan's grew
+  // 52 MB here).
   EXPECT_LT(grew, kBindings * 2) << "KiB for " << kBindings << " bindings";
+#else
+  (void)grew;
+#endif
   // One admission through the group makes the table of the binding it used, and only that.
   AcquireResult r = selector.Acquire("a.example", {.binding = "g"});
   ASSERT_TRUE(r.ok());
@@ -614,31 +621,40 @@ TEST(BindingMemory, ABindingNeverUsedHoldsNoHostTable) {
 
 // A reload that renames many bindings takes time linear in their number: each new binding
 // took the lowest free id by a scan and an erase of the free list, and looked for itself
-// among the dropped bindings by a scan (100,000 renamed twice: minutes, under the
-// registry's mutex). Ids stay dense: the lowest free ones are taken first.
+// among the dropped bindings by a scan (100,000 renamed twice: 25 s, under the registry's
+// mutex). Measured as a ratio in one run, not against a clock: four times the bindings
+// take about four times as long (quadratic: sixteen). Ids stay dense: the lowest free ones
+// are taken first.
 TEST(BindingMemory, AReloadRenamingManyBindingsTakesLinearTime) {
-  constexpr int kBindings = 100000;
-  auto named = [&](char prefix) {
+  auto named = [&](int n, char prefix) {
     std::string text = "routes = ( \"127.0.0.1\" )\n";
-    for (int i = 0; i < kBindings; ++i) text += StrCat("Binding \"", prefix, i, "\" { }\n");
+    for (int i = 0; i < n; ++i) text += StrCat("Binding \"", prefix, i, "\" { }\n");
     auto c = ParseConfig(text, "t.conf");
     EXPECT_TRUE(c.ok()) << c.status();
     return std::make_shared<const Config>(*std::move(c));
   };
-  auto a = named('a'), b = named('b'), c = named('c');
-  ManualClock clock;
-  SplitMixRandom random{7};
-  Selector selector(a, SelectorOptions{.clock = &clock, .random = &random});
-  const auto start = std::chrono::steady_clock::now();
-  selector.SetConfig(b);  // every a dropped, then freed: 100,000 free ids
-  selector.SetConfig(c);  // every c takes one of them
-  selector.SetConfig(b);  // and back, the c's dropped and freed
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_LT(seconds, 12.0) << "three reloads of 100,000 renamed bindings (main: 25 s)";
-  std::cout << "three reloads of " << kBindings << " renamed bindings: " << seconds << " s\n";
-  EXPECT_EQ(selector.bindings().live().bindings, size_t{kBindings});
-  EXPECT_LE(selector.bindings().size(), uint32_t{2 * kBindings + 1}) << "ids are reused";
+  // Three reloads of n renamed bindings: every a dropped and freed (n free ids), every c
+  // takes one of them, and back (the c's dropped and freed). Returns seconds.
+  auto reloads = [&](int n) {
+    auto a = named(n, 'a'), b = named(n, 'b'), c = named(n, 'c');
+    ManualClock clock;
+    SplitMixRandom random{7};
+    Selector selector(a, SelectorOptions{.clock = &clock, .random = &random});
+    const auto start = std::chrono::steady_clock::now();
+    selector.SetConfig(b);
+    selector.SetConfig(c);
+    selector.SetConfig(b);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(selector.bindings().live().bindings, size_t(n));
+    EXPECT_LE(selector.bindings().size(), uint32_t(2 * n + 1)) << "ids are reused";
+    return seconds;
+  };
+  const double small = reloads(25000);
+  const double large = reloads(100000);
+  std::cout << "three reloads of renamed bindings: 25,000 " << small << " s, 100,000 " << large
+            << " s (" << large / small << "x)\n";
+  EXPECT_LT(large / small, 9.0) << "4x the bindings; linear is ~4x, quadratic 16x";
 }
 
 TEST(BindingMemory, AReloadFreesWhatItReplacedOnceNoLeaseHoldsIt) {
