@@ -55,17 +55,7 @@ PY
   python3 "$work/checks.py" "$work" "$@" || fail "checks"
 }
 
-cat >"$work/m.conf" <<CONF
-routes = ( "$net.1" )
-remote_smtp_port = $port
-max_outbound_connections = 64
-outbound_throttle_messages = "20"
-idle_timeout = 5
-max_deliveries_per_connection = 100
-cluster_limits = "redis://127.0.0.1:$rport"
-cluster_name = "$name"
-cluster_lease_seconds = 6
-CONF
+message_rate_conf 20 >"$work/m.conf"
 
 echo "== three_workers_share_a_global_message_rate"
 # A fleet that has run for a while: past the warm-up (DESIGN §7 rule 4b).

@@ -81,17 +81,7 @@ if bad:
 PY
 echo "== a_receiver_closing_idle_connections_during_the_message_wait"
 port=$(free_port)  # the first scenario's farm still has the other
-cat >"$work/m.conf" <<CONF
-routes = ( "$net.1" )
-remote_smtp_port = $port
-max_outbound_connections = 64
-outbound_throttle_messages = "10"
-idle_timeout = 5
-max_deliveries_per_connection = 100
-cluster_limits = "redis://127.0.0.1:$rport"
-cluster_name = "$name"
-cluster_lease_seconds = 6
-CONF
+message_rate_conf 10 >"$work/m.conf"
 # A fleet that has run for a while: past the warm-up (DESIGN §7 rule 4b).
 rcli set "{$name}:epoch" "1:established" >/dev/null
 start_farm --idle-timeout-ms 50

@@ -25,6 +25,10 @@
 #                        say "limits shared again"
 #   stop_workers         SIGTERM to workers k1 and k2 (PIDs ${kp[1]}, ${kp[2]}): each must
 #                        exit 143
+#   message_rate_conf RATE
+#                        prints a worker's configuration: $net.1:$port under a fleet
+#                        message throttle of RATE (reuse on: idle_timeout 5 s, 100 messages
+#                        a connection; 6 s leases)
 HARNESS_SIGNAL=KILL
 . "$(dirname "${BASH_SOURCE[0]}")/harness.sh"  # $work, $pids, cleanup, fail, wait_for, free_port
 . "$(dirname "${BASH_SOURCE[0]}")/redis_peer.sh"  # skip without Redis; $rport, rcli, child_of, start_redis
@@ -78,4 +82,18 @@ stop_workers() {
     wait "${kp[$i]}"; rc=$?
     [ $rc -eq 143 ] || fail "k$i exited $rc, not 143 (stopped by SIGTERM)"
   done
+}
+
+message_rate_conf() {
+  cat <<CONF
+routes = ( "$net.1" )
+remote_smtp_port = $port
+max_outbound_connections = 64
+outbound_throttle_messages = "$1"
+idle_timeout = 5
+max_deliveries_per_connection = 100
+cluster_limits = "redis://127.0.0.1:$rport"
+cluster_name = "$name"
+cluster_lease_seconds = 6
+CONF
 }
