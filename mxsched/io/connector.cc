@@ -1330,12 +1330,10 @@ void Connector::Session::ReplaceClosedReady() {
   const bool reused = ready->reused;
   if (reused) connector->selector_->stats().CountReuse(ReuseEvent::kStale);
   Enter(Phase::kReusing);  // Stop meanwhile: the close below goes on, then FinishStopped
-  auto* p = new Parked(connector, std::exchange(ready->fd, -1), std::move(ready->cluster_lease),
-                       ready->deliveries, std::move(ready->greeting));
-  p->lease = std::move(ready->lease);
+  ConnectResult closing = std::move(*ready);
   ready.reset();
   ++pending;
-  p->after_close = [this, reused] {
+  connector->QuitThen(closing, [this, reused] {
     --pending;
     if (cancelled || connector->stopped_) return FinishStopped();
     if (reused) return Attempt();
@@ -1346,9 +1344,7 @@ void Connector::Session::ReplaceClosedReady() {
                "waited for its message instant";
     r.last_outcome = Outcome::kConnected;
     Finish(std::move(r));
-  };
-  p->Quit(std::nullopt);
-  p->MaybeDelete();
+  });
 }
 
 Connector::Connector(Loop* loop, Selector* selector, ConnectorOptions options)
@@ -1470,10 +1466,14 @@ void Connector::Stale(ConnectResult r, Callback done) {
   // answer — after the replies to the rest of the group — read on to the server's EOF: the
   // slot goes back, and the session goes on, once the server no longer counts it (DESIGN
   // §1 rule 3; the host not blamed).
-  auto* p = new Parked(this, r.fd, std::move(r.cluster_lease), r.deliveries,
+  QuitThen(r, std::move(go_on));
+}
+
+void Connector::QuitThen(ConnectResult& r, std::function<void()> after) {
+  auto* p = new Parked(this, std::exchange(r.fd, -1), std::move(r.cluster_lease), r.deliveries,
                        std::move(r.greeting));
   p->lease = std::move(r.lease);
-  p->after_close = std::move(go_on);
+  p->after_close = std::move(after);
   p->Quit(std::nullopt);
   p->MaybeDelete();
 }

@@ -218,6 +218,9 @@ class Connector {
   // is queued here and closed on the loop (RunWoken).
   void QueueEvicted(Parked* p, Lease lease);
   void CloseParked();  // Stop and the destructor: QUIT on every parked connection
+  // A connection not to be parked (stale, or closed during a throttle wait): QUIT, read on
+  // to the server's EOF, then its slot and fleet lease go back and `after` runs (§1 rule 3).
+  void QuitThen(ConnectResult& r, std::function<void()> after);
   // A session of another worker queued at the fleet on `key` (FleetClient::OnTakeBack,
   // DESIGN §13 rule 7): the oldest idle parked connection holding it is closed with QUIT
   // (one at a time per key).
