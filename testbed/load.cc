@@ -759,13 +759,16 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     // binding kept off every host shows up here with no sessions).
     const std::shared_ptr<const Config> config = selector.config();
     const int64_t at = selector.clock().NowNanos();
+    auto joined = [](const std::vector<IpAddress>& addresses) {
+      std::vector<std::string> out;
+      for (const IpAddress& a : addresses) out.push_back(a.ToString());
+      return Join(out, " ");
+    };
     for (const Binding* b : selector.bindings().All()) {
       const BindingSpec* spec = config->FindBinding(b->name());
       if (spec == nullptr) continue;
       LoadReport::Binding& rb = report.bindings[b->name()];
-      std::vector<std::string> sources;
-      for (const IpAddress& a : spec->bind_address) sources.push_back(a.ToString());
-      rb.source = Join(sources, " ");
+      rb.source = joined(spec->bind_address);
       b->ForEachHost([&](uint32_t, const BindingHost& bh) {
         rb.failures += bh.failures.load();
         rb.hosts_failed += bh.Failed(at) ? 1 : 0;
@@ -773,9 +776,7 @@ absl::StatusOr<LoadReport> RunLoad(Selector& selector, const LoadOptions& option
     }
     // The default binding's source: the global bind_address (DESIGN §4), if any.
     if (auto it = report.bindings.find(""); it != report.bindings.end() && it->second.source.empty()) {
-      std::vector<std::string> sources;
-      for (const IpAddress& a : config->bind_address) sources.push_back(a.ToString());
-      it->second.source = Join(sources, " ");
+      it->second.source = joined(config->bind_address);
     }
   }
   const int64_t now = selector.clock().NowNanos();
