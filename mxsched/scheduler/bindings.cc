@@ -65,14 +65,27 @@ std::string BindingAddresses::ToString() const {
   return out;
 }
 
-void Binding::SetAddresses(const std::vector<IpAddress>& addresses) {
+namespace {
+// `addresses` as a binding (or the default binding) holds them: one per family; none: any.
+std::unique_ptr<BindingAddresses> MakeAddresses(const std::vector<IpAddress>& addresses) {
   auto a = std::make_unique<BindingAddresses>();
   a->any = addresses.empty();
   for (const IpAddress& ip : addresses) (ip.is_v4() ? a->v4 : a->v6) = ip;
+  return a;
+}
+bool SameAddresses(const BindingAddresses* a, const BindingAddresses& b) {
+  return a != nullptr && a->any == b.any && a->v4 == b.v4 && a->v6 == b.v6;
+}
+}  // namespace
+
+void Binding::SetAddresses(const std::vector<IpAddress>& addresses) {
+  auto a = MakeAddresses(addresses);
   // Leases copy the address they need, so the old value may go with the binding; it is
-  // kept (a few bytes per reload) because a concurrent Acquire may still be reading it.
-  addresses_.store(a.get(), std::memory_order_release);
+  // kept (a few bytes per reload that changes it) because a concurrent Acquire may still be
+  // reading it. Unchanged (most reloads): nothing new is kept.
   MutexLock lock(&mu_);
+  if (SameAddresses(addresses_.load(std::memory_order_acquire), *a)) return;
+  addresses_.store(a.get(), std::memory_order_release);
   address_history_.push_back(std::move(a));
 }
 
@@ -283,10 +296,8 @@ void BindingRegistry::Configure(const Config& config) {
     // connection through no binding binds it too, not only the bindings that fall back to it.
     if (config.bind_address.empty()) {
       default_addresses_.store(nullptr, std::memory_order_release);
-    } else {
-      auto a = std::make_unique<BindingAddresses>();
-      a->any = false;
-      for (const IpAddress& ip : config.bind_address) (ip.is_v4() ? a->v4 : a->v6) = ip;
+    } else if (auto a = MakeAddresses(config.bind_address);
+               !SameAddresses(default_addresses_.load(std::memory_order_acquire), *a)) {
       default_addresses_.store(a.get(), std::memory_order_release);
       default_address_history_.push_back(std::move(a));
     }
